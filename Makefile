@@ -1,0 +1,62 @@
+# Agora: `make run` starts the platform, `make test` runs every test on an isolated stack.
+# Everything is installed by these targets; see README.md.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TEST_ENV := AGORA_PROFILE=test
+PYTEST_ARGS ?=
+
+.PHONY: help venv run stop status test test-unit test-integration lint bench protos logs clean-state
+
+help:
+	@echo "make run     install everything, start the local platform, print its URLs"
+	@echo "make test    the same set-up on an isolated test stack, then all tests"
+	@echo "make stop    stop everything 'make run' started;  make status  what runs where"
+	@echo "make test-unit | lint | bench | protos | logs TRACE=<id>"
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> Python environment ($(VENV))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --progress-bar off -q --upgrade pip
+	@$(PY) -m pip install --progress-bar off -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	@$(PY) -m stack up --platform
+
+stop: venv
+	@$(PY) -m stack down
+
+status: venv
+	@$(PY) -m stack status
+
+# The test stack has its own state folder (.state/test) and ports (+100), is started
+# fresh for each run and stopped afterwards, even when a test fails.
+test: venv
+	@rm -rf .state/test
+	@$(TEST_ENV) $(PY) -m stack up
+	@set -o pipefail; status=0; \
+	  $(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	  $(TEST_ENV) $(PY) -m stack down; \
+	  exit $$status
+
+test-unit: venv
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	@$(PY) -m ruff check .
+	@$(PY) -m ruff format --check .
+	@$(PY) -m mypy agora stack workers workflows activities gateway
+
+bench: venv
+	@$(PY) -m bench
+
+protos: venv
+	@$(PY) protos/generate.py
+
+logs: venv
+	@$(PY) -m agora.logview $(TRACE)

@@ -1,0 +1,168 @@
+"""Configuration: the one place that reads the environment.
+
+Everything below the entry points takes explicit arguments; entry points call
+`load()` once and pass the pieces down. Every variable has a documented default
+(docs/configuration.md) that works for the local stack started by `make run`.
+
+Two local profiles exist: `dev` (what `make run` starts) and `test` (what
+`make test` starts, with its own state folder and every port shifted by
+`AGORA_PORT_OFFSET`, 100 by default), so tests never touch a running dev stack.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES: tuple[str, ...] = (
+    "identity",
+    "catalog",
+    "search",
+    "inventory",
+    "orders",
+    "payments",
+    "audit",
+)
+
+# Base ports of the dev profile. The test profile adds AGORA_PORT_OFFSET.
+# Each can be overridden by AGORA_PORT_<NAME> (e.g. AGORA_PORT_POSTGRES=5432).
+BASE_PORTS: dict[str, int] = {
+    "postgres": 15432,
+    "redis": 16379,
+    "kafka": 19092,
+    "kafka_controller": 19093,
+    "elasticsearch": 19200,
+    "elasticsearch_transport": 19201,
+    "temporal": 17233,
+    "temporal_ui": 18233,
+    "temporal_http": 17243,
+    "temporal_metrics": 17234,
+    "otelcol_grpc": 14317,
+    "otelcol_http": 14318,
+    "otelcol_prom": 18889,
+    "otelcol_health": 13133,
+    "otelcol_self_metrics": 18888,
+    "jaeger_otlp": 14327,
+    "jaeger_otlp_http": 14328,
+    "jaeger_ui": 16686,
+    "jaeger_health": 13134,
+    "jaeger_self_metrics": 18887,
+    "jaeger_query_grpc": 16685,
+    "prometheus": 19090,
+    "gateway": 18080,
+    "gateway_side": 16000,
+}
+# gRPC port and side (health/metrics) port of each service, in SERVICES order.
+for _i, _svc in enumerate(SERVICES, start=1):
+    BASE_PORTS[f"{_svc}_grpc"] = 15000 + _i
+    BASE_PORTS[f"{_svc}_side"] = 16000 + _i
+
+DEFAULT_TEST_OFFSET = 100
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ports(env: Mapping[str, str], offset: int) -> dict[str, int]:
+    ports = {}
+    for name, base in BASE_PORTS.items():
+        override = env.get(f"AGORA_PORT_{name.upper()}")
+        ports[name] = int(override) if override else base + offset
+    return ports
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of one process, resolved from the environment."""
+
+    profile: str
+    state_dir: Path
+    cache_dir: Path
+    ports: dict[str, int]
+    host: str = "127.0.0.1"
+    service: str = "agora"
+    log_level: str = "INFO"
+    trace_sample_ratio: float = 1.0
+    otlp_endpoint: str = ""
+    tracing_enabled: bool = True
+    temporal_namespace: str = "default"
+    db_password_prefix: str = "agora-local-"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # Derived addresses -------------------------------------------------
+
+    @property
+    def temporal_address(self) -> str:
+        return f"{self.host}:{self.ports['temporal']}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.ports['kafka']}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.ports['redis']}/0"
+
+    @property
+    def elasticsearch_url(self) -> str:
+        return f"http://{self.host}:{self.ports['elasticsearch']}"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    def db_password(self, service: str) -> str:
+        return self.extra.get(f"db_password_{service}") or f"{self.db_password_prefix}{service}"
+
+    def db_dsn(self, service: str) -> str:
+        """DSN for a service's own database under its own login role."""
+        return (
+            f"postgresql://{service}:{self.db_password(service)}"
+            f"@{self.host}:{self.ports['postgres']}/{service}"
+        )
+
+    def grpc_port(self, service: str) -> int:
+        return self.ports[f"{service}_grpc"]
+
+    def side_port(self, service: str) -> int:
+        return self.ports.get(f"{service}_side", self.ports["gateway_side"])
+
+    def task_queue(self, service: str) -> str:
+        return f"agora-{service}"
+
+
+def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Settings:
+    """Read the environment once. Documented in docs/configuration.md."""
+    env = os.environ if env is None else env
+    profile = env.get("AGORA_PROFILE", "dev")
+    if profile not in ("dev", "test", "prod"):
+        raise ValueError(f"AGORA_PROFILE must be dev, test or prod, not {profile!r}")
+    offset_default = DEFAULT_TEST_OFFSET if profile == "test" else 0
+    offset = int(env.get("AGORA_PORT_OFFSET", offset_default))
+    state_dir = Path(env.get("AGORA_STATE_DIR", REPO_ROOT / ".state" / profile)).resolve()
+    cache_dir = Path(
+        env.get("AGORA_CACHE_DIR", Path.home() / ".cache" / "agora")
+    ).expanduser().resolve()
+    ports = _ports(env, offset)
+    host = env.get("AGORA_HOST", "127.0.0.1")
+    extra = {
+        f"db_password_{key.removeprefix('AGORA_DB_PASSWORD_').lower()}": value
+        for key, value in env.items()
+        if key.startswith("AGORA_DB_PASSWORD_")
+    }
+    return Settings(
+        profile=profile,
+        state_dir=state_dir,
+        cache_dir=cache_dir,
+        ports=ports,
+        host=host,
+        service=env.get("AGORA_SERVICE", service),
+        log_level=env.get("AGORA_LOG_LEVEL", "INFO").upper(),
+        trace_sample_ratio=float(env.get("AGORA_TRACE_SAMPLE_RATIO", "1.0")),
+        otlp_endpoint=env.get(
+            "AGORA_OTLP_ENDPOINT", f"http://{host}:{ports['otelcol_grpc']}"
+        ),
+        tracing_enabled=env.get("AGORA_TRACING", "on").lower() not in ("off", "0", "false"),
+        temporal_namespace=env.get("AGORA_TEMPORAL_NAMESPACE", "default"),
+        extra=extra,
+    )

@@ -1,0 +1,50 @@
+"""PostgreSQL: a connection pool per service and its versioned SQL migrations (yoyo)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+from yoyo import get_backend, read_migrations
+
+from agora.config import Settings
+
+MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "activities" / "migrations"
+
+
+def migrations_dir(service: str) -> Path:
+    return MIGRATIONS_ROOT / service
+
+
+def _migrate(dsn: str, directory: Path) -> int:
+    backend = get_backend(dsn)
+    migrations = read_migrations(str(directory))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return len(pending)
+
+
+async def migrate(settings: Settings, service: str) -> int:
+    """Apply the service's pending migrations under its own role; returns how many ran.
+
+    yoyo holds a lock table while it runs, so several processes of one service
+    starting together apply each migration once.
+    """
+    directory = migrations_dir(service)
+    if not directory.exists():
+        return 0
+    return await asyncio.to_thread(_migrate, settings.db_dsn(service), directory)
+
+
+async def create_pool(settings: Settings, service: str, *, size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.db_dsn(service),
+        min_size=2,
+        max_size=size,
+        command_timeout=30,
+        server_settings={"application_name": f"agora-{service}"},
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,168 @@
+"""Kafka: the idempotent producer and a consumer that commits only after its effect is durable.
+
+Topics: `<service>.events` carry EventEnvelope protobufs keyed by aggregate id;
+each has a `<topic>.dlq` twin for poison messages, with the reason in a header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from opentelemetry import metrics
+from tenacity import AsyncRetrying, retry_if_not_exception_type, wait_exponential
+
+from agora.config import Settings
+from agora.errors import PoisonMessage
+from contracts.agora.events.v1 import EventEnvelope
+
+log = logging.getLogger(__name__)
+_meter = metrics.get_meter("agora.kafka")
+_consumed = _meter.create_counter("agora_kafka_consumed", description="records handled")
+_dead = _meter.create_counter("agora_kafka_dead_lettered", description="records sent to a DLQ")
+
+EVENT_TOPICS = (
+    "identity.events",
+    "catalog.events",
+    "inventory.events",
+    "orders.events",
+    "payments.events",
+)
+PARTITIONS = 6
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+async def ensure_topics(bootstrap: str, topics: Sequence[str] = EVENT_TOPICS) -> None:
+    """Create the event topics and their dead-letter twins if missing (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for topic in topics for t in (topic, dlq_topic(topic))]
+        new = [
+            NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)
+            for name in wanted
+            if name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+def create_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
+    """Idempotent (acks=all, enable_idempotence): a retried send is written once, in order."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        request_timeout_ms=10_000,
+    )
+
+
+Handler = Callable[[EventEnvelope, ConsumerRecord], Awaitable[None]]
+
+
+@dataclass
+class ConsumerSpec:
+    """What a service consumes: the group, the topics and the handler of one envelope."""
+
+    group: str
+    topics: Sequence[str]
+    handler: Handler
+
+
+class EventConsumer:
+    """Runs one ConsumerSpec.
+
+    Offsets are committed only after the handler returned (its effect is durable),
+    so a crash re-delivers; handlers dedupe by event id. A record that cannot be
+    decoded, or whose handler raises PoisonMessage, goes to the topic's DLQ with
+    the reason and is then committed. Any other error is retried with backoff
+    without moving past the record, so an outage delays events but loses none.
+    """
+
+    def __init__(self, settings: Settings, spec: ConsumerSpec, producer: AIOKafkaProducer):
+        self.spec = spec
+        self._producer = producer
+        self._consumer = AIOKafkaConsumer(
+            *spec.topics,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=spec.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        await self._consumer.start()
+        try:
+            while not self._stopping.is_set():
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=500)
+                for partition, records in batches.items():
+                    for record in records:
+                        await self._handle(record)
+                        if self._stopping.is_set():
+                            break
+                    await self._consumer.commit({partition: record.offset + 1})
+        finally:
+            await self._consumer.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        try:
+            envelope = EventEnvelope.parse(record.value)
+            if not envelope.event_id:
+                raise PoisonMessage("envelope has no event_id")
+        except PoisonMessage as error:
+            await self._dead_letter(record, str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - any decode failure is poison
+            await self._dead_letter(record, f"undecodable envelope: {error}")
+            return
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=0.1, max=5),
+            retry=retry_if_not_exception_type(PoisonMessage),
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "handler failed, retrying",
+                extra={"event_id": envelope.event_id, "error": str(state.outcome.exception())},
+            ),
+        ):
+            with attempt:
+                try:
+                    await self.spec.handler(envelope, record)
+                except PoisonMessage as error:
+                    await self._dead_letter(record, str(error))
+                    return
+        _consumed.add(1, {"group": self.spec.group, "topic": record.topic})
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        log.error("dead-lettered", extra={"topic": record.topic, "offset": record.offset, "reason": reason})
+        headers = [
+            ("dlq-reason", reason.encode()[:1000]),
+            ("dlq-topic", record.topic.encode()),
+            ("dlq-partition", str(record.partition).encode()),
+            ("dlq-offset", str(record.offset).encode()),
+            ("dlq-group", self.spec.group.encode()),
+        ]
+        await self._producer.send_and_wait(
+            dlq_topic(record.topic), record.value, key=record.key, headers=headers
+        )
+        _dead.add(1, {"group": self.spec.group, "topic": record.topic})

@@ -1,0 +1,48 @@
+"""JSON logs: one line per record with timestamp, service, level, message, trace_id, span_id."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from opentelemetry import trace
+from pythonjsonlogger.json import JsonFormatter
+
+
+class _TraceContext(logging.Filter):
+    """Stamps each record with the service name and the current span's ids."""
+
+    def __init__(self, service: str):
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+            record.span_id = format(context.span_id, "016x")
+        else:
+            record.trace_id = getattr(record, "trace_id", "")
+            record.span_id = getattr(record, "span_id", "")
+        return True
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    """Route every logger (ours, aiohttp's, temporalio's, aiokafka's) to JSON on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_TraceContext(service))
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{service}{levelname}{name}{message}{trace_id}{span_id}",
+            style="{",
+            rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
+            timestamp=False,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Chatty libraries: their INFO lines are noise at our INFO.
+    for noisy in ("aiokafka", "kafka", "elastic_transport", "temporalio.activity"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,224 @@
+"""The transactional outbox: events are rows written in the caller's transaction.
+
+`append` writes the event (as a serialized EventEnvelope) in the same database
+transaction as the state change. The `OutboxRelay` publishes unsent rows to Kafka
+in id order with the idempotent producer, keyed by aggregate id (so one
+aggregate's events stay in one partition, in order), then marks them sent. A
+crash between publish and mark re-publishes: consumers dedupe by event id, so
+nothing is lost and nothing is duplicated in effect. One relay per service is
+active at a time (a Postgres advisory lock), which keeps per-aggregate order when
+a service runs several processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+import zlib
+from dataclasses import dataclass
+
+import asyncpg
+import betterproto2
+from aiokafka import AIOKafkaProducer
+from opentelemetry import metrics, trace
+from opentelemetry.propagate import inject
+
+from contracts import full_name
+from contracts.agora.events.v1 import EventEnvelope
+
+log = logging.getLogger(__name__)
+_meter = metrics.get_meter("agora.outbox")
+_published = _meter.create_counter("agora_outbox_published", description="outbox rows published")
+
+# Shared by every service's first migration (activities/migrations/<service>/0001_outbox.py).
+OUTBOX_DDL = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id             bigserial PRIMARY KEY,
+    event_id       uuid        NOT NULL UNIQUE,
+    topic          text        NOT NULL,
+    aggregate_type text        NOT NULL,
+    aggregate_id   text        NOT NULL,
+    sequence       bigint      NOT NULL,
+    event_type     text        NOT NULL,
+    envelope       bytea       NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    sent_at        timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS outbox_sequence (
+    aggregate_type text   NOT NULL,
+    aggregate_id   text   NOT NULL,
+    last_sequence  bigint NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id)
+);
+CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('outbox', '');
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS outbox_notify ON outbox;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+"""
+
+
+@dataclass(frozen=True)
+class WorkflowRef:
+    """The Temporal workflow execution that caused an event, when one did."""
+
+    workflow_id: str = ""
+    run_id: str = ""
+
+
+async def append(
+    conn: asyncpg.Connection,
+    *,
+    producer: str,
+    topic: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    payload: betterproto2.Message,
+    workflow: WorkflowRef | None = None,
+    event_id: uuid.UUID | None = None,
+) -> EventEnvelope:
+    """Write one event in the caller's (open) transaction and return its envelope."""
+    sequence = await conn.fetchval(
+        """
+        INSERT INTO outbox_sequence (aggregate_type, aggregate_id, last_sequence)
+        VALUES ($1, $2, 1)
+        ON CONFLICT (aggregate_type, aggregate_id)
+        DO UPDATE SET last_sequence = outbox_sequence.last_sequence + 1
+        RETURNING last_sequence
+        """,
+        aggregate_type,
+        aggregate_id,
+    )
+    carrier: dict[str, str] = {}
+    inject(carrier)  # the current trace context travels with the event
+    event_id = event_id or uuid.uuid4()
+    envelope = EventEnvelope(
+        event_id=str(event_id),
+        event_type=f"{producer}.{type(payload).__name__}",
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        sequence=sequence,
+        occurred_at=dt.datetime.now(dt.UTC),
+        producer=producer,
+        traceparent=carrier.get("traceparent", ""),
+        tracestate=carrier.get("tracestate", ""),
+        workflow_id=(workflow or WorkflowRef()).workflow_id,
+        run_id=(workflow or WorkflowRef()).run_id,
+        payload=bytes(payload),
+        payload_type=full_name(payload),
+    )
+    await conn.execute(
+        """
+        INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, sequence, event_type, envelope)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """,
+        event_id,
+        topic,
+        aggregate_type,
+        aggregate_id,
+        sequence,
+        envelope.event_type,
+        bytes(envelope),
+    )
+    return envelope
+
+
+class OutboxRelay:
+    """Publishes a service's outbox to Kafka; wakes on NOTIFY, polls as a fallback."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        service: str,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+    ):
+        self._pool = pool
+        self._producer = producer
+        self._service = service
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._lock_key = zlib.crc32(f"agora-outbox-{service}".encode())
+        self._tracer = trace.get_tracer("agora.outbox")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Hold the relay lock on one connection, then publish until stopped."""
+        async with self._pool.acquire() as lock_conn:
+            while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+                if await self._sleep(self._poll_interval * 5):
+                    return
+            await lock_conn.add_listener("outbox", self._on_notify)
+            try:
+                while True:
+                    published = await self.publish_batch()
+                    if published == self._batch_size:
+                        continue  # more waiting: no pause
+                    if self._stopping.is_set():
+                        break
+                    await self._sleep(self._poll_interval)
+                # Flush what was committed before the stop.
+                while await self.publish_batch():
+                    pass
+            finally:
+                await lock_conn.remove_listener("outbox", self._on_notify)
+                await lock_conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait for a NOTIFY or the poll interval; True when stopping."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+        return self._stopping.is_set()
+
+    async def publish_batch(self) -> int:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, topic, aggregate_id, event_id, event_type, envelope FROM outbox"
+                " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            with self._tracer.start_as_current_span("outbox publish"):
+                futures = [
+                    await self._producer.send(
+                        row["topic"],
+                        value=bytes(row["envelope"]),
+                        key=row["aggregate_id"].encode(),
+                        headers=[
+                            ("event_id", str(row["event_id"]).encode()),
+                            ("event_type", row["event_type"].encode()),
+                        ],
+                    )
+                    for row in rows
+                ]
+                await asyncio.gather(*futures)
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows],
+            )
+        _published.add(len(rows), {"service": self._service})
+        return len(rows)
+
+    async def backlog(self) -> int:
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))

@@ -1,0 +1,142 @@
+"""The local platform CA and one certificate per service, generated on first start.
+
+In Kubernetes cert-manager issues the same files (ca.crt, tls.crt, tls.key) into
+each pod; locally they live under <state>/pki/<service>/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import ipaddress
+import ssl
+from contextlib import contextmanager
+from pathlib import Path
+from collections.abc import Iterator
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_NAME = "Agora platform CA"
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Several processes may start at once; only one generates."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def create_ca(directory: Path, common_name: str = CA_NAME) -> None:
+    """A self-signed CA in directory/ca.crt + ca.key (used by tests to make a foreign CA too)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(directory / "ca.key", key)
+    (directory / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def issue(ca_dir: Path, out_dir: Path, name: str, days: int = 365) -> None:
+    """A certificate for `name` (server and client use) signed by the CA in ca_dir."""
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(name),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_key(out_dir / "tls.key", key)
+    (out_dir / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out_dir / "ca.crt").write_bytes((ca_dir / "ca.crt").read_bytes())
+
+
+def ensure_pki(pki_dir: Path, names: list[str] | tuple[str, ...]) -> None:
+    """Create the CA and any missing per-service certificate; idempotent and process-safe."""
+    with _locked(pki_dir):
+        ca_dir = pki_dir / "ca"
+        if not (ca_dir / "ca.crt").exists() or not (ca_dir / "ca.key").exists():
+            create_ca(ca_dir)
+        for name in names:
+            if not (pki_dir / name / "tls.crt").exists():
+                issue(ca_dir, pki_dir / name, name)
+
+
+def server_context(pki_dir: Path, name: str) -> ssl.SSLContext:
+    """TLS for a gRPC server that requires a client certificate from the platform CA."""
+    own = pki_dir / name
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(own / "ca.crt"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def client_context(pki_dir: Path, name: str) -> ssl.SSLContext:
+    """TLS for a gRPC client presenting its own certificate and trusting only the platform CA."""
+    own = pki_dir / name
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(own / "ca.crt"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
+    context.set_alpn_protocols(["h2"])
+    return context

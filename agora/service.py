@@ -1,0 +1,149 @@
+"""One service process: Temporal worker + gRPC server + consumers + outbox relay + side port.
+
+`workers/<service>.py` describes what the service has (a `ServiceDefinition`);
+`run_service` wires it to the shared runtime and runs it until SIGTERM, then
+shuts down in order: stop taking work, finish in-flight activities, flush the
+outbox and telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from agora import db, grpc, kafka, temporal
+from agora.config import SERVICES, Settings
+from agora.logs import setup_logging
+from agora.outbox import OutboxRelay
+from agora.pki import ensure_pki
+from agora.sideport import SidePort
+from agora.telemetry import setup_telemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The dependencies a service's activities, handlers and consumers are built from."""
+
+    settings: Settings
+    service: str
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    producer: AIOKafkaProducer
+    temporal: Client
+    channels: grpc.Channels
+
+    @property
+    def redis_prefix(self) -> str:
+        """Every Redis key of a service starts with this: services share no keys."""
+        return f"{self.service}:"
+
+
+@dataclass
+class ServiceParts:
+    grpc_handlers: Sequence[object] = ()
+    activities: Sequence[Callable[..., Any]] = ()
+    workflows: Sequence[type] = ()
+    consumers: Sequence[kafka.ConsumerSpec] = ()
+    background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    name: str
+    build: Callable[[Runtime], Awaitable[ServiceParts]]
+    uses_kafka: bool = True
+
+
+async def run_service(definition: ServiceDefinition, settings: Settings) -> None:
+    service = definition.name
+    setup_logging(service, settings.log_level)
+    telemetry = setup_telemetry(settings, service)
+    ensure_pki(settings.pki_dir, (*SERVICES, "gateway"))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    side = SidePort(settings.host, settings.side_port(service))
+    await side.start()
+
+    applied = await db.migrate(settings, service)
+    pool = await db.create_pool(settings, service)
+    redis = aioredis.from_url(settings.redis_url)
+    producer = kafka.create_producer(settings, client_id=service)
+    await producer.start()
+    client = await temporal.connect(settings)
+    channels = grpc.Channels(settings, caller=service)
+    rt = Runtime(settings, service, pool, redis, producer, client, channels)
+    parts = await definition.build(rt)
+
+    relay = OutboxRelay(pool, producer, service)
+    consumers = [kafka.EventConsumer(settings, spec, producer) for spec in parts.consumers]
+    worker = Worker(
+        client,
+        task_queue=settings.task_queue(service),
+        activities=list(parts.activities),
+        workflows=list(parts.workflows),
+        graceful_shutdown_timeout=timedelta(seconds=20),
+    )
+    server = await grpc.start_server(settings, service, parts.grpc_handlers)
+
+    async def _pg_ready() -> bool:
+        return await pool.fetchval("SELECT 1") == 1
+
+    async def _redis_ready() -> bool:
+        return bool(await redis.ping())
+
+    side.add_check("postgres", _pg_ready)
+    side.add_check("redis", _redis_ready)
+
+    tasks = [
+        asyncio.create_task(worker.run(), name="temporal-worker"),
+        asyncio.create_task(relay.run(), name="outbox-relay"),
+        *(asyncio.create_task(c.run(), name=f"consumer-{c.spec.group}") for c in consumers),
+        *(asyncio.create_task(job(), name="background") for job in parts.background),
+    ]
+    log.info("service started", extra={"migrations_applied": applied, "grpc_port": settings.grpc_port(service)})
+
+    done_or_stop = asyncio.create_task(stop.wait())
+    finished, _ = await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in finished if t is not done_or_stop and t.exception() is not None]
+    for task in failed:
+        log.error("component failed", exc_info=task.exception(), extra={"task": task.get_name()})
+
+    # Graceful shutdown: readiness off, stop intake, drain, flush.
+    log.info("shutting down")
+    side.draining = True
+    server.close()
+    await worker.shutdown()  # waits for in-flight activities (graceful_shutdown_timeout)
+    for consumer in consumers:
+        consumer.stop()
+    relay.stop()
+    remaining = [t for t in tasks if not t.done() and t.get_name() != "background"]
+    await asyncio.wait(remaining, timeout=20)
+    for task in tasks:
+        task.cancel()
+    await server.wait_closed()
+    await producer.stop()
+    channels.close()
+    await redis.aclose()
+    await pool.close()
+    await side.stop()
+    telemetry.shutdown()
+    log.info("stopped")
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,73 @@
+"""OpenTelemetry set up in one call: traces and metrics over OTLP to the collector.
+
+Metrics are also exposed for Prometheus on the side port's /metrics (through the
+OTel Prometheus reader), so code records every metric once, with the OTel API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from agora.config import Settings
+
+
+@dataclass
+class Telemetry:
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+
+    def shutdown(self) -> None:
+        """Flush what is buffered; called last on graceful shutdown."""
+        self.tracer_provider.force_flush(5_000)
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown(timeout_millis=5_000)
+
+
+_installed: Telemetry | None = None
+
+
+def setup_telemetry(settings: Settings, service: str) -> Telemetry:
+    """Install global tracer and meter providers for this process (once)."""
+    global _installed
+    if _installed is not None:
+        return _installed
+    resource = Resource.create(
+        {
+            "service.name": service,
+            "service.namespace": "agora",
+            "deployment.environment": settings.profile,
+        }
+    )
+    sampler = ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+    if settings.tracing_enabled:
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True),
+                schedule_delay_millis=500,
+            )
+        )
+    trace.set_tracer_provider(tracer_provider)
+    readers = [PrometheusMetricReader()]
+    if settings.tracing_enabled:
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=settings.otlp_endpoint, insecure=True),
+                export_interval_millis=15_000,
+            )
+        )
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(meter_provider)
+    _installed = Telemetry(tracer_provider, meter_provider)
+    return _installed

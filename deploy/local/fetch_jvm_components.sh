@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# fetch_jvm_components.sh <cache_dir>
+#
+# Fetches, from Maven Central with the ordinary `mvn` client (default ~/.m2),
+# the JVM-based services Agora runs as plain processes:
+#   * Apache Kafka (KRaft)  -> <cache_dir>/kafka/<KAFKA_VERSION>/libs/*.jar
+#   * Elasticsearch         -> <cache_dir>/elasticsearch/<ES_VERSION>/{bin,lib,modules,config,...}
+#                              (the org.elasticsearch.distribution.integ-test-zip zip, unpacked)
+# Idempotent: each component has a stamp file; a second run prints "cached" and
+# downloads nothing. Each component is built in a temp dir next to its final
+# place and renamed into place only when complete, so an interrupted run never
+# leaves a half-fetched component that looks finished.
+#
+# Env overrides: KAFKA_VERSION (default 4.4.0), ES_VERSION (default 9.5.4),
+#                MVN (default mvn), FETCH_ONLY (kafka|elasticsearch).
+set -euo pipefail
+
+KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
+ES_VERSION="${ES_VERSION:-9.5.4}"
+MVN="${MVN:-mvn}"
+DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+KAFKA_POM="$HERE/../kafka/pom.xml"
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 <cache_dir>" >&2
+    exit 2
+fi
+CACHE="$1"
+mkdir -p "$CACHE"
+CACHE="$(cd "$CACHE" && pwd)"
+
+log() { printf '[fetch-jvm] %s\n' "$*"; }
+
+fail() { # component command logfile
+    local comp="$1" cmd="$2" logf="$3"
+    {
+        echo "[fetch-jvm] FAILED: $comp"
+        echo "[fetch-jvm]   command: $cmd"
+        echo "[fetch-jvm]   log:     $logf"
+        echo "[fetch-jvm]   last lines of the log:"
+        tail -n 25 "$logf" 2>/dev/null | sed 's/^/[fetch-jvm]     /'
+        echo "[fetch-jvm]   fix: check that Maven Central is reachable (mvn -v; ~/.m2/settings.xml),"
+        echo "[fetch-jvm]        that the version exists, then re-run $0 $CACHE"
+    } >&2
+    exit 1
+}
+
+command -v "$MVN" >/dev/null 2>&1 || {
+    echo "[fetch-jvm] FAILED: '$MVN' not found; install Maven (apt-get install -y maven)" >&2
+    exit 1
+}
+
+# run_with_heartbeat <component> <logfile> <cmd...>
+# Runs cmd with output to logfile, printing a progress line every 10 s.
+run_with_heartbeat() {
+    local comp="$1" logf="$2"
+    shift 2
+    local start=$SECONDS
+    "$@" >"$logf" 2>&1 &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 2
+        if (( (SECONDS - start) % 10 < 2 && SECONDS - start >= 2 )); then
+            local n
+            n=$(grep -c 'Downloaded from' "$logf" 2>/dev/null || true)
+            log "$comp: still fetching ($((SECONDS - start))s, ${n:-0} files downloaded; log $logf)"
+        fi
+    done
+    wait "$pid"
+}
+
+fetch_kafka() {
+    local dest="$CACHE/kafka/$KAFKA_VERSION"
+    local stamp="$dest/.agora-complete"
+    if [[ -f "$stamp" ]]; then
+        log "kafka $KAFKA_VERSION: cached ($dest)"
+        return 0
+    fi
+    mkdir -p "$CACHE/kafka"
+    local tmp="$CACHE/kafka/.tmp-$KAFKA_VERSION-$$"
+    local logf="$CACHE/kafka/fetch-$KAFKA_VERSION.log"
+    rm -rf "$tmp"
+    mkdir -p "$tmp/libs"
+    local cmd=("$MVN" -B -Dstyle.color=never -f "$KAFKA_POM" "$DEP_PLUGIN:copy-dependencies"
+        "-Dkafka.version=$KAFKA_VERSION" -DincludeScope=runtime
+        "-DoutputDirectory=$tmp/libs")
+    log "kafka $KAFKA_VERSION: fetching jars from Maven Central -> $dest/libs"
+    local t0=$SECONDS
+    run_with_heartbeat kafka "$logf" "${cmd[@]}" || { rm -rf "$tmp"; fail "kafka $KAFKA_VERSION" "${cmd[*]}" "$logf"; }
+    ls "$tmp/libs"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 \
+        || { rm -rf "$tmp"; fail "kafka $KAFKA_VERSION (kafka_2.13 jar missing after fetch)" "${cmd[*]}" "$logf"; }
+    echo "$KAFKA_VERSION" >"$tmp/.agora-complete"
+    rm -rf "$dest"          # a stale dir without a stamp is incomplete
+    mv "$tmp" "$dest"
+    log "kafka $KAFKA_VERSION: done in $((SECONDS - t0))s, $(ls "$dest/libs" | wc -l) jars, $(du -sh "$dest" | cut -f1)"
+}
+
+fetch_elasticsearch() {
+    local dest="$CACHE/elasticsearch/$ES_VERSION"
+    local stamp="$dest/.agora-complete"
+    if [[ -f "$stamp" ]]; then
+        log "elasticsearch $ES_VERSION: cached ($dest)"
+        return 0
+    fi
+    command -v unzip >/dev/null 2>&1 || {
+        echo "[fetch-jvm] FAILED: elasticsearch: 'unzip' not found; apt-get install -y unzip" >&2
+        exit 1
+    }
+    mkdir -p "$CACHE/elasticsearch"
+    local tmp="$CACHE/elasticsearch/.tmp-$ES_VERSION-$$"
+    local logf="$CACHE/elasticsearch/fetch-$ES_VERSION.log"
+    rm -rf "$tmp"
+    mkdir -p "$tmp/dl" "$tmp/unpack"
+    local cmd=("$MVN" -B -Dstyle.color=never "$DEP_PLUGIN:copy"
+        "-Dartifact=org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip"
+        "-DoutputDirectory=$tmp/dl")
+    log "elasticsearch $ES_VERSION: fetching integ-test-zip from Maven Central -> $dest"
+    local t0=$SECONDS
+    run_with_heartbeat elasticsearch "$logf" "${cmd[@]}" || { rm -rf "$tmp"; fail "elasticsearch $ES_VERSION" "${cmd[*]}" "$logf"; }
+    local zip="$tmp/dl/elasticsearch-$ES_VERSION.zip"
+    unzip -q "$zip" -d "$tmp/unpack" >>"$logf" 2>&1 \
+        || { rm -rf "$tmp"; fail "elasticsearch $ES_VERSION (unzip)" "unzip -q $zip -d $tmp/unpack" "$logf"; }
+    local home="$tmp/unpack/elasticsearch-$ES_VERSION"
+    [[ -x "$home/bin/elasticsearch" ]] \
+        || { rm -rf "$tmp"; fail "elasticsearch $ES_VERSION (bin/elasticsearch missing in zip)" "${cmd[*]}" "$logf"; }
+    echo "$ES_VERSION" >"$home/.agora-complete"
+    rm -rf "$dest"
+    mv "$home" "$dest"
+    rm -rf "$tmp"
+    log "elasticsearch $ES_VERSION: done in $((SECONDS - t0))s, $(du -sh "$dest" | cut -f1)"
+}
+
+case "${FETCH_ONLY:-}" in
+    kafka) fetch_kafka ;;
+    elasticsearch) fetch_elasticsearch ;;
+    "") fetch_kafka; fetch_elasticsearch ;;
+    *) echo "FETCH_ONLY must be kafka or elasticsearch" >&2; exit 2 ;;
+esac

@@ -1,0 +1,158 @@
+"""The local stack: `python -m stack up|down|status|urls|kill|restart`.
+
+Used by `make run` (profile dev), `make test` (profile test) and the fault tests.
+Every step is idempotent: running `up` again starts only what is not running
+and downloads nothing that is cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from agora import config
+from stack.base import ComponentError, Context, say
+from stack.component import Component
+from stack.elasticsearch import Elasticsearch
+from stack.kafka import Kafka
+from stack.otelcol import Jaeger, OtelCollector
+from stack.platform import platform_components
+from stack.postgres import Postgres
+from stack.prometheus import Prometheus
+from stack.redis import Redis
+from stack.temporal import Temporal
+
+
+def infrastructure() -> list[Component]:
+    """In start order: telemetry first so every later process can export to it."""
+    return [
+        Jaeger(),
+        OtelCollector(),
+        Postgres(),
+        Redis(),
+        Kafka(),
+        Elasticsearch(),
+        Temporal(),
+        Prometheus(),
+    ]
+
+
+def install_debian_packages(components: list[Component], ctx: Context) -> None:
+    missing = sorted(
+        {pkg for c in components if not c.installed(ctx) for pkg in c.debian_packages}
+    )
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise ComponentError(
+            "apt",
+            f"missing Debian packages: {' '.join(missing)}",
+            hint=f"sudo apt-get update && sudo apt-get install -y {' '.join(missing)}",
+        )
+    say("apt", f"installing {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+    ):
+        if subprocess.run(argv, env=env).returncode != 0:
+            raise ComponentError("apt", f"`{' '.join(argv)}` failed", hint="read apt's output above")
+
+
+def select(components: list[Component], names: list[str]) -> list[Component]:
+    if not names:
+        return components
+    known = {c.name: c for c in components}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown component(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def all_components(with_platform: bool) -> list[Component]:
+    return infrastructure() + (platform_components() if with_platform else [])
+
+
+def cmd_up(ctx: Context, args: argparse.Namespace) -> None:
+    components = select(all_components(args.platform), args.names)
+    install_debian_packages(components, ctx)
+    timings = {}
+    started = time.monotonic()
+    for component in components:
+        timings[component.name] = component.up(ctx)
+    say("stack", f"{ctx.settings.profile} stack healthy in {time.monotonic() - started:.1f}s")
+    (ctx.state / "last-up.txt").write_text(
+        "".join(f"{name} {seconds:.2f}\n" for name, seconds in timings.items())
+    )
+    print_urls(ctx, components)
+
+
+def print_urls(ctx: Context, components: list[Component]) -> None:
+    print(f"\nAgora ({ctx.settings.profile}) is up. URLs:")
+    for component in components:
+        for label, url in component.urls(ctx).items():
+            print(f"  {label:<16} {url}")
+    print(f"  {'logs':<16} {ctx.logs}/")
+
+
+def cmd_down(ctx: Context, args: argparse.Namespace) -> None:
+    # Platform first (it depends on the rest), then infrastructure in reverse start order.
+    for component in reversed(select(all_components(True), args.names)):
+        if component.down(ctx):
+            say(component.name, "stopped")
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
+    print(f"Agora stack, profile {ctx.settings.profile}, state {ctx.state}")
+    for component in all_components(True):
+        pid = ctx.running_pid(component.name)
+        if pid is None:
+            state = "stopped"
+        else:
+            try:
+                state = "healthy" if component.healthy(ctx) else "unhealthy"
+            except Exception:  # noqa: BLE001
+                state = "unhealthy"
+        urls = "  ".join(component.urls(ctx).values())
+        print(f"  {component.name:<16} {state:<10} pid {pid or '-':<8} {urls}")
+
+
+def cmd_kill(ctx: Context, args: argparse.Namespace) -> None:
+    for component in select(all_components(True), args.names):
+        ctx.kill(component.name)
+        say(component.name, "killed (SIGKILL)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Health probes retry while a component starts; its client libraries need not shout.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="install and start components, wait until healthy")
+    up.add_argument("--platform", action="store_true", help="also start services and gateway")
+    up.add_argument("names", nargs="*")
+    down = sub.add_parser("down", help="stop components (all by default)")
+    down.add_argument("names", nargs="*")
+    sub.add_parser("status", help="each component, its state and URL")
+    kill = sub.add_parser("kill", help="SIGKILL components, as a crash would")
+    kill.add_argument("names", nargs="+")
+    args = parser.parse_args(argv)
+
+    ctx = Context(config.load())
+    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "kill": cmd_kill}
+    try:
+        handlers[args.command](ctx, args)
+    except ComponentError as error:
+        print(f"\nFAILED {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""What every local component has in common: pid files, logs, health waits, errors.
+
+Why not supervisord or another process supervisor: the components here are
+started once by `make run` / `make test`, each behind a real health check that
+supervisord cannot express, and must outlive the command that started them
+(the way `pg_ctl` or `redis-server --daemonize` do) so that `make stop` and the
+fault-injection tests can kill and restart one of them by its recorded pid. A
+supervisor would be one more long-lived daemon that itself needs supervising;
+the few lines below (spawn in a new session, record the pid, signal the process
+group) are all that is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agora.config import Settings
+
+
+class ComponentError(RuntimeError):
+    """A component failed to install or start; the message says what to do."""
+
+    def __init__(self, component: str, what: str, *, hint: str = "", log: Path | None = None):
+        lines = [f"[{component}] {what}"]
+        if log is not None:
+            lines.append(f"  log: {log}")
+        if hint:
+            lines.append(f"  fix: {hint}")
+        super().__init__("\n".join(lines))
+        self.component = component
+
+
+def say(component: str, message: str) -> None:
+    """Progress line on stderr, flushed at once so long steps show they are alive."""
+    print(f"  {component:<14} {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Context:
+    """Paths and settings shared by all components of one stack (dev or test)."""
+
+    settings: Settings
+
+    @property
+    def state(self) -> Path:
+        return self.settings.state_dir
+
+    @property
+    def cache(self) -> Path:
+        return self.settings.cache_dir
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.state / "pids"
+
+    def port(self, name: str) -> int:
+        return self.settings.ports[name]
+
+    def data(self, component: str) -> Path:
+        path = self.state / component
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_file(self, name: str) -> Path:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        return self.logs / f"{name}.log"
+
+    # Processes ---------------------------------------------------------
+
+    def pid_file(self, name: str) -> Path:
+        return self.pids / f"{name}.json"
+
+    def running_pid(self, name: str) -> int | None:
+        """The pid recorded for `name` if that process still runs (and is the same one)."""
+        try:
+            record = json.loads(self.pid_file(name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        pid = int(record["pid"])
+        if not _alive(pid) or _start_time(pid) != record.get("start_time"):
+            return None
+        return pid
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str | Path],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        user: str | None = None,
+    ) -> int:
+        """Start `argv` detached in its own session, logging to logs/<name>.log."""
+        if self.running_pid(name) is not None:
+            raise ComponentError(name, "already running", hint="make stop first")
+        argv = [str(a) for a in argv]
+        if user is not None and os.geteuid() == 0:
+            # setpriv execs in place, so the recorded pid is the component itself.
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+        full_env = {**os.environ, **(env or {})}
+        log = self.log_file(name)
+        with log.open("ab") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {argv}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=full_env,
+                start_new_session=True,
+            )
+        self.pids.mkdir(parents=True, exist_ok=True)
+        self.pid_file(name).write_text(
+            json.dumps({"pid": proc.pid, "start_time": _start_time(proc.pid), "argv": argv})
+        )
+        return proc.pid
+
+    def stop(self, name: str, *, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool:
+        """Stop the process group recorded for `name`; SIGKILL after `timeout` seconds."""
+        pid = self.running_pid(name)
+        self.pid_file(name).unlink(missing_ok=True)
+        if pid is None:
+            return False
+        _signal_group(pid, sig)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        return True
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would: used by fault-injection tests."""
+        pid = self.running_pid(name)
+        if pid is not None:
+            _signal_group(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    # A zombie has exited; its parent (long gone) will never reap it.
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _start_time(pid: int) -> str | None:
+    """Process start time in clock ticks since boot: tells a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def require_free_ports(component: str, ctx: Context, names: Sequence[str]) -> None:
+    """Fail with a clear message if another program holds one of our ports."""
+    for name in names:
+        port = ctx.port(name)
+        if not port_free(ctx.settings.host, port):
+            raise ComponentError(
+                component,
+                f"port {port} ({name}) is already taken by another program",
+                hint=(
+                    f"find it with `ss -ltnp 'sport = :{port}'`, stop it, or choose another port "
+                    f"with AGORA_PORT_{name.upper()}=<port>"
+                ),
+            )
+
+
+def wait_until(
+    component: str,
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    ctx: Context,
+    log_name: str | None = None,
+    interval: float = 0.25,
+) -> float:
+    """Poll `check` until true; fail with the log's tail if the process died or time ran out."""
+    started = time.monotonic()
+    last_note = started
+    name = log_name or component
+    while True:
+        try:
+            if check():
+                return time.monotonic() - started
+        except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
+            pass
+        now = time.monotonic()
+        if ctx.pid_file(name).exists() and ctx.running_pid(name) is None:
+            raise ComponentError(
+                component, "exited during start-up", log=ctx.log_file(name), hint=_tail(ctx, name)
+            )
+        if now - started > timeout:
+            raise ComponentError(
+                component,
+                f"not healthy after {timeout:.0f}s",
+                log=ctx.log_file(name),
+                hint=_tail(ctx, name),
+            )
+        if now - last_note > 10:
+            say(component, f"still waiting for health ({now - started:.0f}s)")
+            last_note = now
+        time.sleep(interval)
+
+
+def _tail(ctx: Context, name: str, lines: int = 8) -> str:
+    try:
+        text = ctx.log_file(name).read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return "no log was written"
+    return "read the log; its last lines:\n    " + "\n    ".join(text)
+
+
+def ensure_system_user(name: str) -> str | None:
+    """The unprivileged user PostgreSQL and Elasticsearch run as when we are root.
+
+    Both refuse to run as root. Returns None when we are not root (then they run as us).
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+        )
+    return name
+
+
+def chown_tree(path: Path, user: str | None) -> None:
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for item in (root, *(os.path.join(root, d) for d in dirs), *(
+            os.path.join(root, f) for f in files
+        )):
+            os.lchown(item, entry.pw_uid, entry.pw_gid)
+
+
+def which(component: str, binary: str, *, hint: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise ComponentError(component, f"`{binary}` not found", hint=hint)
+    return path
+
+
+def run_step(
+    component: str,
+    argv: Sequence[str | Path],
+    *,
+    ctx: Context,
+    env: Mapping[str, str] | None = None,
+    tee: bool = False,
+) -> None:
+    """Run an install/set-up command, its output appended to the component's set-up log.
+
+    With tee, each output line is also shown (prefixed) so long downloads show progress.
+    """
+    log = ctx.log_file(f"{component}-setup")
+    command = [str(a) for a in argv]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if tee:
+                say(component, line.decode(errors="replace").rstrip())
+        returncode = proc.wait()
+    if returncode != 0:
+        raise ComponentError(
+            component, f"command failed (exit {returncode}): {' '.join(command)}", log=log
+        )
+
+
+def grant_traverse(path: Path, user: str | None) -> None:
+    """Let `user` reach `path` through ancestors it could not enter (e.g. a 0700 /root).
+
+    Grants only search (x) on those directories, with an ACL, rather than opening them.
+    """
+    if user is None:
+        return
+    for ancestor in reversed(path.resolve().parents):
+        if ancestor.stat().st_mode & 0o001:
+            continue
+        result = subprocess.run(
+            ["setfacl", "-m", f"u:{user}:x", str(ancestor)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise ComponentError(
+                user,
+                f"cannot let {user} traverse {ancestor}: {result.stderr.strip()}",
+                hint=f"chmod o+x {ancestor}, or set AGORA_STATE_DIR / AGORA_CACHE_DIR elsewhere",
+            )

@@ -1,0 +1,108 @@
+"""Elasticsearch (the integ-test-zip distribution from Maven Central) on the Temurin JDK."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+
+from agora.config import REPO_ROOT
+from stack.base import (
+    ComponentError,
+    Context,
+    chown_tree,
+    ensure_system_user,
+    grant_traverse,
+    run_step,
+    which,
+)
+from stack.component import Component, http_body, render_template
+
+VERSION = "9.5.4"
+ES_USER = "agora-es"  # Elasticsearch refuses to run as root
+DEPLOY = REPO_ROOT / "deploy" / "elasticsearch"
+FETCH = REPO_ROOT / "deploy" / "local" / "fetch_jvm_components.sh"
+
+
+def java_home() -> str:
+    """Elasticsearch 9 needs Java 21+: the Temurin JDK under /usr/lib/jvm."""
+    explicit = os.environ.get("AGORA_ES_JAVA_HOME")
+    if explicit:
+        return explicit
+    for candidate in sorted(glob.glob("/usr/lib/jvm/temurin-*-jdk-*"), reverse=True):
+        major = int(Path(candidate).name.split("-")[1])
+        if major >= 21:
+            return candidate
+    raise ComponentError(
+        "elasticsearch",
+        f"Elasticsearch {VERSION} needs Java 21 or newer; none found under /usr/lib/jvm",
+        hint="install a JDK 21+ (e.g. apt-get install openjdk-21-jdk-headless where available) "
+        "and point AGORA_ES_JAVA_HOME at it",
+    )
+
+
+class Elasticsearch(Component):
+    name = "elasticsearch"
+    ports = ("elasticsearch", "elasticsearch_transport")
+    debian_packages = ("acl",)
+    start_timeout = 120
+
+    def home(self, ctx: Context) -> Path:
+        return ctx.cache / "elasticsearch" / VERSION
+
+    def installed(self, ctx: Context) -> bool:
+        return (self.home(ctx) / ".agora-complete").exists() and shutil.which("setfacl") is not None
+
+    def install(self, ctx: Context) -> None:
+        which(self.name, "mvn", hint="apt-get install maven")
+        env = {**os.environ, "FETCH_ONLY": "elasticsearch"}
+        run_step(self.name, ["bash", FETCH, ctx.cache], ctx=ctx, env=env, tee=True)
+
+    def prepare(self, ctx: Context) -> None:
+        root = ctx.data("elasticsearch")
+        config = root / "config"
+        if not (config / "jvm.options").exists():
+            shutil.copytree(self.home(ctx) / "config", config, dirs_exist_ok=True)
+        for sub in ("data", "logs", "tmp"):
+            (root / sub).mkdir(exist_ok=True)
+        render_template(
+            DEPLOY / "elasticsearch.yml.tmpl",
+            config / "elasticsearch.yml",
+            {
+                "ES_HTTP_PORT": ctx.port("elasticsearch"),
+                "ES_TRANSPORT_PORT": ctx.port("elasticsearch_transport"),
+                "ES_DATA_DIR": root / "data",
+                "ES_LOGS_DIR": root / "logs",
+            },
+        )
+        user = ensure_system_user(ES_USER)
+        chown_tree(root, user)
+        grant_traverse(self.home(ctx), user)
+        grant_traverse(root, user)
+
+    def start(self, ctx: Context) -> None:
+        root = ctx.data("elasticsearch")
+        ctx.spawn(
+            self.name,
+            [self.home(ctx) / "bin" / "elasticsearch"],
+            env={
+                "ES_JAVA_HOME": java_home(),
+                "ES_PATH_CONF": str(root / "config"),
+                "ES_TMPDIR": str(root / "tmp"),
+                "ES_JAVA_OPTS": os.environ.get("AGORA_ES_HEAP_OPTS", "-Xms1g -Xmx1g"),
+                "HOME": str(root),
+            },
+            user=ensure_system_user(ES_USER),
+        )
+
+    def healthy(self, ctx: Context) -> bool:
+        url = (
+            f"{ctx.settings.elasticsearch_url}/_cluster/health"
+            "?wait_for_status=yellow&timeout=1s"
+        )
+        return json.loads(http_body(url))["status"] in ("green", "yellow")
+
+    def urls(self, ctx: Context) -> dict[str, str]:
+        return {"elasticsearch": ctx.settings.elasticsearch_url}

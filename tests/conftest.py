@@ -1,0 +1,17 @@
+"""Shared fixtures: settings of the profile under test (test by default)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("AGORA_PROFILE", "test")
+
+from agora import config  # noqa: E402
+from agora.config import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return config.load()

@@ -1,0 +1,93 @@
+"""Fixtures for tests against the real local stack that `make test` starts.
+
+Service processes are started here, per test session, as `python -m workers
+<service>` subprocesses so that tests can kill and restart them like a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agora.config import Settings
+from stack.base import Context
+
+pytestmark = pytest.mark.integration
+
+
+class ServiceProcess:
+    """One `python -m workers <service>` subprocess with its log in the test state folder."""
+
+    def __init__(self, settings: Settings, service: str):
+        self.settings = settings
+        self.service = service
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = settings.state_dir / "logs" / f"test-svc-{service}.log"
+
+    def start(self, timeout: float = 60) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "AGORA_PROFILE": self.settings.profile}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers", self.service],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        url = f"http://{self.settings.host}:{self.settings.side_port(self.service)}/readyz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.service} exited; see {self.log}:\n{tail(self.log)}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.service} not ready in {timeout}s; see {self.log}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Context:
+    return Context(settings)
+
+
+@pytest.fixture(scope="session")
+def identity_service(settings: Settings) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(settings, "identity")
+    process.start()
+    yield process
+    process.stop()
