@@ -140,9 +140,9 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
     offset_default = DEFAULT_TEST_OFFSET if profile == "test" else 0
     offset = int(env.get("AGORA_PORT_OFFSET", offset_default))
     state_dir = Path(env.get("AGORA_STATE_DIR", REPO_ROOT / ".state" / profile)).resolve()
-    cache_dir = Path(
-        env.get("AGORA_CACHE_DIR", Path.home() / ".cache" / "agora")
-    ).expanduser().resolve()
+    cache_dir = (
+        Path(env.get("AGORA_CACHE_DIR", Path.home() / ".cache" / "agora")).expanduser().resolve()
+    )
     ports = _ports(env, offset)
     host = env.get("AGORA_HOST", "127.0.0.1")
     extra = {
@@ -159,9 +159,7 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         service=env.get("AGORA_SERVICE", service),
         log_level=env.get("AGORA_LOG_LEVEL", "INFO").upper(),
         trace_sample_ratio=float(env.get("AGORA_TRACE_SAMPLE_RATIO", "1.0")),
-        otlp_endpoint=env.get(
-            "AGORA_OTLP_ENDPOINT", f"http://{host}:{ports['otelcol_grpc']}"
-        ),
+        otlp_endpoint=env.get("AGORA_OTLP_ENDPOINT", f"http://{host}:{ports['otelcol_grpc']}"),
         tracing_enabled=env.get("AGORA_TRACING", "on").lower() not in ("off", "0", "false"),
         temporal_namespace=env.get("AGORA_TEMPORAL_NAMESPACE", "default"),
         extra=extra,

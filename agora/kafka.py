@@ -133,7 +133,7 @@ class EventConsumer:
         except PoisonMessage as error:
             await self._dead_letter(record, str(error))
             return
-        except Exception as error:  # noqa: BLE001 - any decode failure is poison
+        except Exception as error:
             await self._dead_letter(record, f"undecodable envelope: {error}")
             return
         async for attempt in AsyncRetrying(
@@ -154,7 +154,10 @@ class EventConsumer:
         _consumed.add(1, {"group": self.spec.group, "topic": record.topic})
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        log.error("dead-lettered", extra={"topic": record.topic, "offset": record.offset, "reason": reason})
+        log.error(
+            "dead-lettered",
+            extra={"topic": record.topic, "offset": record.offset, "reason": reason},
+        )
         headers = [
             ("dlq-reason", reason.encode()[:1000]),
             ("dlq-topic", record.topic.encode()),

@@ -115,7 +115,8 @@ async def append(
     )
     await conn.execute(
         """
-        INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, sequence, event_type, envelope)
+        INSERT INTO outbox
+            (event_id, topic, aggregate_type, aggregate_id, sequence, event_type, envelope)
         VALUES ($1, $2, $3, $4, $5, $6, $7)
         """,
         event_id,

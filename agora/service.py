@@ -9,11 +9,11 @@ outbox and telemetry.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -117,7 +117,10 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         *(asyncio.create_task(c.run(), name=f"consumer-{c.spec.group}") for c in consumers),
         *(asyncio.create_task(job(), name="background") for job in parts.background),
     ]
-    log.info("service started", extra={"migrations_applied": applied, "grpc_port": settings.grpc_port(service)})
+    log.info(
+        "service started",
+        extra={"migrations_applied": applied, "grpc_port": settings.grpc_port(service)},
+    )
 
     done_or_stop = asyncio.create_task(stop.wait())
     finished, _ = await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -42,9 +42,7 @@ def infrastructure() -> list[Component]:
 
 
 def install_debian_packages(components: list[Component], ctx: Context) -> None:
-    missing = sorted(
-        {pkg for c in components if not c.installed(ctx) for pkg in c.debian_packages}
-    )
+    missing = sorted({pkg for c in components if not c.installed(ctx) for pkg in c.debian_packages})
     if not missing:
         return
     if os.geteuid() != 0:
@@ -60,7 +58,9 @@ def install_debian_packages(components: list[Component], ctx: Context) -> None:
         ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
     ):
         if subprocess.run(argv, env=env).returncode != 0:
-            raise ComponentError("apt", f"`{' '.join(argv)}` failed", hint="read apt's output above")
+            raise ComponentError(
+                "apt", f"`{' '.join(argv)}` failed", hint="read apt's output above"
+            )
 
 
 def select(components: list[Component], names: list[str]) -> list[Component]:
@@ -115,7 +115,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
         else:
             try:
                 state = "healthy" if component.healthy(ctx) else "unhealthy"
-            except Exception:  # noqa: BLE001
+            except Exception:
                 state = "unhealthy"
         urls = "  ".join(component.urls(ctx).values())
         print(f"  {component.name:<16} {state:<10} pid {pid or '-':<8} {urls}")

@@ -225,7 +225,7 @@ def wait_until(
         try:
             if check():
                 return time.monotonic() - started
-        except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
+        except Exception:
             pass
         now = time.monotonic()
         if ctx.pid_file(name).exists() and ctx.running_pid(name) is None:
@@ -275,9 +275,11 @@ def chown_tree(path: Path, user: str | None) -> None:
         return
     entry = pwd.getpwnam(user)
     for root, dirs, files in os.walk(path):
-        for item in (root, *(os.path.join(root, d) for d in dirs), *(
-            os.path.join(root, f) for f in files
-        )):
+        for item in (
+            root,
+            *(os.path.join(root, d) for d in dirs),
+            *(os.path.join(root, f) for f in files),
+        ):
             os.lchown(item, entry.pw_uid, entry.pw_gid)
 
 

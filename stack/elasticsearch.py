@@ -98,10 +98,7 @@ class Elasticsearch(Component):
         )
 
     def healthy(self, ctx: Context) -> bool:
-        url = (
-            f"{ctx.settings.elasticsearch_url}/_cluster/health"
-            "?wait_for_status=yellow&timeout=1s"
-        )
+        url = f"{ctx.settings.elasticsearch_url}/_cluster/health?wait_for_status=yellow&timeout=1s"
         return json.loads(http_body(url))["status"] in ("green", "yellow")
 
     def urls(self, ctx: Context) -> dict[str, str]:

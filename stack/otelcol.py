@@ -21,9 +21,17 @@ def telemetry_env(ctx: Context) -> dict[str, str]:
     return {
         f"AGORA_{name.upper()}_PORT": str(ctx.port(name))
         for name in (
-            "otelcol_grpc", "otelcol_http", "otelcol_prom", "otelcol_health",
-            "otelcol_self_metrics", "jaeger_otlp", "jaeger_otlp_http", "jaeger_ui",
-            "jaeger_health", "jaeger_self_metrics", "jaeger_query_grpc",
+            "otelcol_grpc",
+            "otelcol_http",
+            "otelcol_prom",
+            "otelcol_health",
+            "otelcol_self_metrics",
+            "jaeger_otlp",
+            "jaeger_otlp_http",
+            "jaeger_ui",
+            "jaeger_health",
+            "jaeger_self_metrics",
+            "jaeger_query_grpc",
         )
     }
 
@@ -39,14 +47,24 @@ class GoBinary(Component):
         return False
 
     def install(self, ctx: Context) -> None:
-        which(self.name, "go", hint="install Go (https://go.dev/doc/install) or apt-get install golang")
+        which(
+            self.name,
+            "go",
+            hint="install Go (https://go.dev/doc/install) or apt-get install golang",
+        )
         run_step(self.name, ["bash", BUILD, ctx.cache], ctx=ctx, env=dict(os.environ), tee=True)
 
 
 class OtelCollector(GoBinary):
     name = "otelcol"
     binary = "otelcol-agora"
-    ports = ("otelcol_grpc", "otelcol_http", "otelcol_prom", "otelcol_health", "otelcol_self_metrics")
+    ports = (
+        "otelcol_grpc",
+        "otelcol_http",
+        "otelcol_prom",
+        "otelcol_health",
+        "otelcol_self_metrics",
+    )
 
     def start(self, ctx: Context) -> None:
         ctx.spawn(

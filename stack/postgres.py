@@ -1,4 +1,4 @@
-"""PostgreSQL: the project's own cluster (initdb into the state folder), one DB + role per service."""
+"""PostgreSQL: the project's own cluster (initdb into the state folder), a DB and role per service."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import subprocess
 from pathlib import Path
 
 from agora.config import SERVICES
-from stack.base import ComponentError, Context, chown_tree, ensure_system_user, grant_traverse, run_step
+from stack.base import (
+    ComponentError,
+    Context,
+    chown_tree,
+    ensure_system_user,
+    grant_traverse,
+    run_step,
+)
 from stack.component import Component
 
 PG_USER = "postgres"  # the Debian package's system user; PostgreSQL refuses to run as root
@@ -56,8 +63,16 @@ class Postgres(Component):
             data.mkdir(mode=0o700)
             chown_tree(data, user)
             argv = [
-                pg_bin("initdb"), "-D", data, "-U", "postgres", "-E", "UTF8",
-                "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions",
+                pg_bin("initdb"),
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-instructions",
             ]
             if user:
                 argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
@@ -70,12 +85,23 @@ class Postgres(Component):
         ctx.spawn(
             self.name,
             [
-                pg_bin("postgres"), "-D", data, "-p", ctx.port("postgres"), "-k", run,
-                "-c", f"listen_addresses={ctx.settings.host}",
-                "-c", "max_connections=400",
-                "-c", "shared_buffers=512MB",
-                "-c", "wal_level=logical",
-                "-c", "log_line_prefix=%m [%p] %q%u@%d ",
+                pg_bin("postgres"),
+                "-D",
+                data,
+                "-p",
+                ctx.port("postgres"),
+                "-k",
+                run,
+                "-c",
+                f"listen_addresses={ctx.settings.host}",
+                "-c",
+                "max_connections=400",
+                "-c",
+                "shared_buffers=512MB",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "log_line_prefix=%m [%p] %q%u@%d ",
             ],
             user=ensure_system_user(PG_USER),
         )
@@ -84,8 +110,20 @@ class Postgres(Component):
         _, run = self._dirs(ctx)
         result = subprocess.run(
             [
-                pg_bin("psql"), "-h", str(run), "-p", str(ctx.port("postgres")), "-U", "postgres",
-                "-d", db, "-v", "ON_ERROR_STOP=1", "-qtAX", "-c", sql,
+                pg_bin("psql"),
+                "-h",
+                str(run),
+                "-p",
+                str(ctx.port("postgres")),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qtAX",
+                "-c",
+                sql,
             ],
             capture_output=True,
             text=True,

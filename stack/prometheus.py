@@ -54,13 +54,17 @@ class Prometheus(Component):
         targets.write_text(json.dumps(entries, indent=2))
         rules = REPO_ROOT / "deploy" / "prometheus" / "rules" / "*.yml"
         (root / "prometheus.yml").write_text(
-            CONFIG.format(host=ctx.settings.host, targets=targets, rules=rules, **ctx.settings.ports)
+            CONFIG.format(
+                host=ctx.settings.host, targets=targets, rules=rules, **ctx.settings.ports
+            )
         )
 
     def start(self, ctx: Context) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
-            raise ComponentError(self.name, "prometheus not found", hint="apt-get install prometheus")
+            raise ComponentError(
+                self.name, "prometheus not found", hint="apt-get install prometheus"
+            )
         root = ctx.data("prometheus")
         ctx.spawn(
             self.name,

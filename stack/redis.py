@@ -22,19 +22,29 @@ class Redis(Component):
     def start(self, ctx: Context) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise ComponentError(self.name, "redis-server not found", hint="apt-get install redis-server")
+            raise ComponentError(
+                self.name, "redis-server not found", hint="apt-get install redis-server"
+            )
         ctx.spawn(
             self.name,
             [
                 binary,
-                "--bind", ctx.settings.host,
-                "--port", str(ctx.port("redis")),
-                "--dir", str(ctx.data("redis")),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-                "--daemonize", "no",
-                "--loglevel", "warning",
+                "--bind",
+                ctx.settings.host,
+                "--port",
+                str(ctx.port("redis")),
+                "--dir",
+                str(ctx.data("redis")),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
             ],
         )
 

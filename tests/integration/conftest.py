@@ -81,7 +81,7 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Context:
+def stack_ctx(settings: Settings) -> Context:
     return Context(settings)
 
 

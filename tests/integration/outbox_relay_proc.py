@@ -14,12 +14,16 @@ from agora.outbox import OutboxRelay
 async def main(schema: str, batch_size: int) -> None:
     settings = config.load()
     pool = await asyncpg.create_pool(
-        settings.db_dsn("identity"), min_size=2, max_size=4,
+        settings.db_dsn("identity"),
+        min_size=2,
+        max_size=4,
         server_settings={"search_path": schema},
     )
     producer = kafka.create_producer(settings, client_id="outbox-test")
     await producer.start()
-    relay = OutboxRelay(pool, producer, f"outbox-test-{schema}", batch_size=batch_size, poll_interval=0.2)
+    relay = OutboxRelay(
+        pool, producer, f"outbox-test-{schema}", batch_size=batch_size, poll_interval=0.2
+    )
     await relay.run()
 
 

@@ -1,4 +1,4 @@
-"""A minimal workflow + activity for the dev-server test (its own module: the sandbox re-imports it)."""
+"""A tiny workflow and activity for the dev-server test, alone so the sandbox can re-import it."""
 
 from __future__ import annotations
 

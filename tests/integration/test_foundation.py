@@ -26,21 +26,21 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from agora import kafka, outbox, pki
-from tests.integration.shout import ShoutWorkflow, shout
 from agora.config import Settings
 from agora.outbox import OUTBOX_DDL
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.identity.v1 import AccountRegistered
+from tests.integration.shout import ShoutWorkflow, shout
 
 pytestmark = pytest.mark.integration
 
 
 def http_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
 
 
-async def eventually(check, *, timeout: float = 30, interval: float = 0.3):
+async def eventually(check, *, timeout: float = 30, interval: float = 0.3):  # noqa: ASYNC109
     """Poll an async check until it returns a truthy value; return that value."""
     deadline = time.monotonic() + timeout
     last = None
@@ -117,7 +117,9 @@ async def test_kafka_produce_consume_with_acks_all(settings: Settings) -> None:
     assert values == [f"m{i}".encode() for i in range(5)]
 
 
-async def test_platform_topics_exist_with_partitions_and_dead_letter_twins(settings: Settings) -> None:
+async def test_platform_topics_exist_with_partitions_and_dead_letter_twins(
+    settings: Settings,
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -136,7 +138,9 @@ async def test_elasticsearch_index_then_search(settings: Settings) -> None:
     client = AsyncElasticsearch(settings.elasticsearch_url)
     index = f"test-{uuid.uuid4().hex[:8]}"
     try:
-        await client.index(index=index, id="1", document={"title": "Blue running shoes"}, refresh=True)
+        await client.index(
+            index=index, id="1", document={"title": "Blue running shoes"}, refresh=True
+        )
         await client.index(index=index, id="2", document={"title": "Red kettle"}, refresh=True)
         found = await client.search(index=index, query={"match": {"title": "shoes"}})
         assert [hit["_id"] for hit in found["hits"]["hits"]] == ["1"]
@@ -207,7 +211,7 @@ async def test_collector_receives_a_span_and_forwards_it_to_jaeger(settings: Set
 async def test_outbox_relay_delivers_every_event_once_in_effect_across_a_crash(
     settings: Settings,
 ) -> None:
-    """Kill the relay with SIGKILL mid-stream, restart it: no event lost, at most one batch twice."""
+    """SIGKILL the relay mid-stream and restart it: nothing lost, at most one batch twice."""
     schema = f"outbox_test_{uuid.uuid4().hex[:8]}"
     topic = f"outbox-test-{schema}"
     total, batch = 3000, 25
@@ -234,7 +238,12 @@ async def test_outbox_relay_delivers_every_event_once_in_effect_across_a_crash(
 
     def start_relay() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("outbox_relay_proc.py")), schema, str(batch)],
+            [
+                sys.executable,
+                str(Path(__file__).with_name("outbox_relay_proc.py")),
+                schema,
+                str(batch),
+            ],
             env={**os.environ, "PYTHONPATH": os.getcwd()},
             start_new_session=True,
         )
@@ -255,8 +264,11 @@ async def test_outbox_relay_delivers_every_event_once_in_effect_across_a_crash(
         relay.wait()
 
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-        group_id=f"test-{schema}", enable_auto_commit=False,
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"test-{schema}",
+        enable_auto_commit=False,
     )
     await consumer.start()
     delivered: list[EventEnvelope] = []
@@ -297,12 +309,16 @@ async def _health(settings: Settings, context: ssl.SSLContext) -> HealthCheckRes
         channel.close()
 
 
-async def test_grpc_accepts_a_peer_with_a_platform_certificate(settings: Settings, identity_service) -> None:
+async def test_grpc_accepts_a_peer_with_a_platform_certificate(
+    settings: Settings, identity_service
+) -> None:
     response = await _health(settings, pki.client_context(settings.pki_dir, "gateway"))
     assert response.status == HealthCheckResponse.SERVING
 
 
-async def test_grpc_refuses_a_peer_without_a_certificate(settings: Settings, identity_service) -> None:
+async def test_grpc_refuses_a_peer_without_a_certificate(
+    settings: Settings, identity_service
+) -> None:
     context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
     context.set_alpn_protocols(["h2"])
     with pytest.raises((ConnectionError, ssl.SSLError, OSError, Exception)) as raised:
@@ -316,7 +332,9 @@ async def test_grpc_refuses_a_peer_whose_certificate_is_from_another_ca(
     pki.create_ca(tmp_path / "ca", "Rogue CA")
     pki.issue(tmp_path / "ca", tmp_path / "gateway", "gateway")
     context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
-    context.load_cert_chain(str(tmp_path / "gateway" / "tls.crt"), str(tmp_path / "gateway" / "tls.key"))
+    context.load_cert_chain(
+        str(tmp_path / "gateway" / "tls.crt"), str(tmp_path / "gateway" / "tls.key")
+    )
     context.set_alpn_protocols(["h2"])
     with pytest.raises(Exception) as raised:
         await _health(settings, context)

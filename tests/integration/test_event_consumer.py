@@ -1,0 +1,136 @@
+"""The consumer helper: commits after the effect, dead-letters poison, retries the transient."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from agora import kafka
+from agora.config import Settings
+from agora.errors import PoisonMessage
+from contracts.agora.events.v1 import EventEnvelope
+
+pytestmark = pytest.mark.integration
+
+
+def envelope(event_id: str, payload: bytes = b"") -> bytes:
+    return bytes(EventEnvelope(event_id=event_id, event_type="test.Thing", payload=payload))
+
+
+async def read_all(settings: Settings, topic: str, expected: int) -> list:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4()}",
+    )
+    await consumer.start()
+    records: list = []
+    try:
+        for _ in range(30):
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+            if len(records) >= expected:
+                break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def committed(settings: Settings, group: str, topic: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
+
+
+async def test_poison_goes_to_the_dead_letter_topic_with_its_reason_and_the_rest_flows(
+    settings: Settings,
+) -> None:
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    handled: list[str] = []
+    attempts: dict[str, int] = {}
+
+    async def handler(env: EventEnvelope, record) -> None:
+        attempts[env.event_id] = attempts.get(env.event_id, 0) + 1
+        if env.payload == b"reject":
+            raise PoisonMessage("payload says reject")
+        if env.payload == b"flaky" and attempts[env.event_id] < 3:
+            raise ConnectionError("database briefly away")
+        handled.append(env.event_id)
+
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    spec = kafka.ConsumerSpec(group=group, topics=[topic], handler=handler)
+    consumer = kafka.EventConsumer(settings, spec, producer)
+    try:
+        key = b"one-partition"
+        await producer.send_and_wait(topic, envelope("a"), key=key)
+        await producer.send_and_wait(topic, b"\xff\x00 not protobuf", key=key)
+        await producer.send_and_wait(topic, envelope("b", b"reject"), key=key)
+        await producer.send_and_wait(topic, envelope("c", b"flaky"), key=key)
+        await producer.send_and_wait(topic, envelope("d"), key=key)
+        task = asyncio.create_task(consumer.run())
+        for _ in range(100):
+            if handled == ["a", "c", "d"]:
+                break
+            await asyncio.sleep(0.1)
+        consumer.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await producer.stop()
+
+    assert handled == ["a", "c", "d"], "order kept, poison skipped, flaky retried"
+    assert attempts["c"] == 3
+    dead = await read_all(settings, kafka.dlq_topic(topic), 2)
+    reasons = [dict(r.headers)["dlq-reason"].decode() for r in dead]
+    assert len(dead) == 2
+    # Garbage bytes either fail to parse or parse into an envelope with no id: both are poison.
+    assert reasons[0].startswith(("undecodable envelope", "envelope has no event_id"))
+    assert reasons[1] == "payload says reject"
+    assert all(dict(r.headers)["dlq-topic"].decode() == topic for r in dead)
+    assert await committed(settings, group, topic) == 5
+
+
+async def test_offsets_are_not_committed_while_the_handler_keeps_failing(
+    settings: Settings,
+) -> None:
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    calls = 0
+
+    async def always_down(env: EventEnvelope, record) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("store down")
+
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    consumer = kafka.EventConsumer(
+        settings, kafka.ConsumerSpec(group=group, topics=[topic], handler=always_down), producer
+    )
+    try:
+        await producer.send_and_wait(topic, envelope("x"), key=b"k")
+        task = asyncio.create_task(consumer.run())
+        for _ in range(50):
+            if calls >= 3:
+                break
+            await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await producer.stop()
+    assert calls >= 3
+    assert await committed(settings, group, topic) <= 0, "committed past an unhandled record"

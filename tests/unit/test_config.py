@@ -1,0 +1,48 @@
+"""Configuration resolves profiles, ports and overrides from the environment alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from agora import config
+
+
+def test_dev_and_test_profiles_share_no_port() -> None:
+    dev = config.load({})
+    test = config.load({"AGORA_PROFILE": "test"})
+    assert not set(dev.ports.values()) & set(test.ports.values())
+    assert len(set(dev.ports.values())) == len(dev.ports), "two components share a port"
+
+
+def test_profiles_have_separate_state_folders() -> None:
+    assert config.load({}).state_dir.name == "dev"
+    assert config.load({"AGORA_PROFILE": "test"}).state_dir.name == "test"
+
+
+def test_a_single_port_can_be_overridden() -> None:
+    settings = config.load({"AGORA_PORT_POSTGRES": "5432"})
+    assert settings.ports["postgres"] == 5432
+    assert settings.ports["redis"] == config.BASE_PORTS["redis"]
+
+
+def test_each_service_connects_as_its_own_role_to_its_own_database() -> None:
+    settings = config.load({"AGORA_DB_PASSWORD_CATALOG": "s3cret"})
+    assert settings.db_dsn("catalog").startswith("postgresql://catalog:s3cret@")
+    assert settings.db_dsn("catalog").endswith("/catalog")
+    assert settings.db_dsn("orders").startswith("postgresql://orders:agora-local-orders@")
+
+
+def test_every_service_has_a_grpc_and_a_side_port() -> None:
+    settings = config.load({})
+    for service in config.SERVICES:
+        assert settings.grpc_port(service) != settings.side_port(service)
+
+
+def test_an_unknown_profile_is_refused() -> None:
+    with pytest.raises(ValueError, match="AGORA_PROFILE"):
+        config.load({"AGORA_PROFILE": "staging-ish"})
+
+
+def test_sampling_ratio_comes_from_the_environment() -> None:
+    assert config.load({"AGORA_TRACE_SAMPLE_RATIO": "0.1"}).trace_sample_ratio == 0.1
+    assert config.load({}).trace_sample_ratio == 1.0

@@ -1,0 +1,67 @@
+"""The stack's process handling: pid records, crash detection, clear errors."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from agora import config
+from stack.base import ComponentError, Context, require_free_ports, wait_until
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Context:
+    return Context(config.load({"AGORA_STATE_DIR": str(tmp_path)}))
+
+
+def test_spawned_process_is_recorded_and_stopped(ctx: Context) -> None:
+    pid = ctx.spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+    assert ctx.running_pid("sleeper") == pid
+    assert ctx.stop("sleeper") is True
+    assert ctx.running_pid("sleeper") is None
+    assert not ctx.pid_file("sleeper").exists()
+
+
+def test_a_killed_process_is_seen_as_not_running(ctx: Context) -> None:
+    ctx.spawn("victim", [sys.executable, "-c", "import time; time.sleep(60)"])
+    ctx.kill("victim")
+    assert ctx.running_pid("victim") is None
+
+
+def test_a_stale_pid_record_of_a_reused_pid_is_not_trusted(ctx: Context) -> None:
+    ctx.pids.mkdir(parents=True)
+    # pid 1 runs, but it is not the process we started: its start time differs.
+    ctx.pid_file("ghost").write_text('{"pid": 1, "start_time": "0", "argv": []}')
+    assert ctx.running_pid("ghost") is None
+
+
+def test_starting_twice_is_refused(ctx: Context) -> None:
+    ctx.spawn("once", [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(ComponentError, match="already running"):
+            ctx.spawn("once", [sys.executable, "-c", "pass"])
+    finally:
+        ctx.stop("once")
+
+
+def test_a_taken_port_names_the_port_and_the_fix(ctx: Context) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ctx.settings.ports["redis"] = port
+        with pytest.raises(ComponentError) as raised:
+            require_free_ports("redis", ctx, ["redis"])
+    message = str(raised.value)
+    assert f"port {port}" in message and "AGORA_PORT_REDIS" in message
+
+
+def test_a_process_dying_during_start_up_fails_fast_with_its_log(ctx: Context) -> None:
+    ctx.spawn("crasher", [sys.executable, "-c", "print('bad config line 3'); raise SystemExit(3)"])
+    with pytest.raises(ComponentError) as raised:
+        wait_until("crasher", lambda: False, timeout=30, ctx=ctx)
+    assert "exited during start-up" in str(raised.value)
+    assert "bad config line 3" in str(raised.value)
