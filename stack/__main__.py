@@ -92,11 +92,16 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def print_urls(ctx: Context, components: list[Component]) -> None:
-    print(f"\nAgora ({ctx.settings.profile}) is up. URLs:")
-    for component in components:
-        for label, url in component.urls(ctx).items():
-            print(f"  {label:<16} {url}")
+    urls = {label: url for c in components for label, url in c.urls(ctx).items()}
+    print(f"\nAgora ({ctx.settings.profile}) is up.")
+    for label, url in urls.items():
+        print(f"  {label:<16} {url}")
     print(f"  {'logs':<16} {ctx.logs}/")
+    print("\nOpen:")
+    for label in ("gateway", "temporal-ui", "jaeger", "prometheus"):
+        if label in urls:
+            print(f"  {label:<16} {urls[label]}")
+    print("\nStop with `make stop`; see what runs with `make status`.")
 
 
 def cmd_down(ctx: Context, args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""PostgreSQL: the project's own cluster (initdb into the state folder), a DB and role per service."""
+"""PostgreSQL: the project's own cluster (initdb in the state folder), a DB and role per service."""
 
 from __future__ import annotations
 
