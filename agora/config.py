@@ -60,6 +60,13 @@ for _i, _svc in enumerate(SERVICES, start=1):
     BASE_PORTS[f"{_svc}_side"] = 16000 + _i
 
 DEFAULT_TEST_OFFSET = 100
+
+# Gateway rate limits per route class; each is overridable by AGORA_RATE_LIMIT_<CLASS>.
+DEFAULT_RATE_LIMITS: dict[str, str] = {
+    "read": "100/s burst 200",
+    "write": "20/s burst 40",
+    "auth": "5/s burst 10",
+}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,6 +95,21 @@ class Settings:
     temporal_namespace: str = "default"
     db_password_prefix: str = "agora-local-"
     extra: dict[str, str] = field(default_factory=dict)
+    # Access tokens: identity issues them with these claims, the gateway checks them.
+    jwt_issuer: str = "agora-identity"
+    jwt_audience: str = "agora-api"
+    # Gateway: GCRA limits per route class ("<n>/<s|m|h> burst <b>", AGORA_RATE_LIMIT_<CLASS>),
+    # the largest request body accepted and the upstream deadline when a request sets none.
+    rate_limits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    gateway_max_body_bytes: int = 64 * 1024
+    gateway_default_timeout_ms: int = 2000
+    # Identity: key-encryption key (base64 of 32 bytes; locally generated into
+    # <state>/secrets/identity-kek when empty), token lifetimes and the signing-key
+    # rotation interval, all in seconds.
+    identity_kek: str = ""
+    access_token_ttl_s: int = 15 * 60
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    signing_key_rotation_s: int = 24 * 3600
 
     # Derived addresses -------------------------------------------------
 
@@ -163,4 +185,16 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         tracing_enabled=env.get("AGORA_TRACING", "on").lower() not in ("off", "0", "false"),
         temporal_namespace=env.get("AGORA_TEMPORAL_NAMESPACE", "default"),
         extra=extra,
+        jwt_issuer=env.get("AGORA_JWT_ISSUER", "agora-identity"),
+        jwt_audience=env.get("AGORA_JWT_AUDIENCE", "agora-api"),
+        rate_limits={
+            name: env.get(f"AGORA_RATE_LIMIT_{name.upper()}", default)
+            for name, default in DEFAULT_RATE_LIMITS.items()
+        },
+        gateway_max_body_bytes=int(env.get("AGORA_GATEWAY_MAX_BODY_BYTES", 64 * 1024)),
+        gateway_default_timeout_ms=int(env.get("AGORA_GATEWAY_DEFAULT_TIMEOUT_MS", 2000)),
+        identity_kek=env.get("AGORA_IDENTITY_KEK", ""),
+        access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
+        refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),
+        signing_key_rotation_s=int(env.get("AGORA_IDENTITY_KEY_ROTATION_S", 24 * 3600)),
     )

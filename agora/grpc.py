@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from grpclib._typing import IServable
 from grpclib.client import Channel
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
@@ -13,9 +14,9 @@ from agora.config import Settings
 from agora.pki import client_context, server_context
 
 
-async def start_server(settings: Settings, service: str, handlers: Sequence[object]) -> Server:
+async def start_server(settings: Settings, service: str, handlers: Sequence[IServable]) -> Server:
     """Serve `handlers` (plus gRPC health) on the service's port; refuses peers without a cert."""
-    all_handlers = [*handlers, Health()]
+    all_handlers: list[IServable] = [*handlers, Health()]
     server = Server(ServerReflection.extend(all_handlers))
     await server.start(
         settings.host,

@@ -142,7 +142,10 @@ class EventConsumer:
             reraise=True,
             before_sleep=lambda state: log.warning(
                 "handler failed, retrying",
-                extra={"event_id": envelope.event_id, "error": str(state.outcome.exception())},
+                extra={
+                    "event_id": envelope.event_id,
+                    "error": str(state.outcome.exception() if state.outcome else None),
+                },
             ),
         ):
             with attempt:

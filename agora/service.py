@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from grpclib._typing import IServable
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -53,11 +54,11 @@ class Runtime:
 
 @dataclass
 class ServiceParts:
-    grpc_handlers: Sequence[object] = ()
+    grpc_handlers: Sequence[IServable] = ()
     activities: Sequence[Callable[..., Any]] = ()
     workflows: Sequence[type] = ()
     consumers: Sequence[kafka.ConsumerSpec] = ()
-    background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -59,7 +59,7 @@ def setup_telemetry(settings: Settings, service: str) -> Telemetry:
             )
         )
     trace.set_tracer_provider(tracer_provider)
-    readers = [PrometheusMetricReader()]
+    readers: list[MetricReader] = [PrometheusMetricReader()]
     if settings.tracing_enabled:
         readers.append(
             PeriodicExportingMetricReader(

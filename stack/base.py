@@ -99,7 +99,7 @@ class Context:
     def spawn(
         self,
         name: str,
-        argv: Sequence[str | Path],
+        argv: Sequence[object],
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
@@ -108,17 +108,17 @@ class Context:
         """Start `argv` detached in its own session, logging to logs/<name>.log."""
         if self.running_pid(name) is not None:
             raise ComponentError(name, "already running", hint="make stop first")
-        argv = [str(a) for a in argv]
+        command = [str(a) for a in argv]
         if user is not None and os.geteuid() == 0:
             # setpriv execs in place, so the recorded pid is the component itself.
-            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+            command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *command]
         full_env = {**os.environ, **(env or {})}
         log = self.log_file(name)
         with log.open("ab") as out:
-            out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {argv}\n".encode())
+            out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {command}\n".encode())
             out.flush()
             proc = subprocess.Popen(
-                argv,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -128,7 +128,7 @@ class Context:
             )
         self.pids.mkdir(parents=True, exist_ok=True)
         self.pid_file(name).write_text(
-            json.dumps({"pid": proc.pid, "start_time": _start_time(proc.pid), "argv": argv})
+            json.dumps({"pid": proc.pid, "start_time": _start_time(proc.pid), "argv": command})
         )
         return proc.pid
 
@@ -292,7 +292,7 @@ def which(component: str, binary: str, *, hint: str) -> str:
 
 def run_step(
     component: str,
-    argv: Sequence[str | Path],
+    argv: Sequence[object],
     *,
     ctx: Context,
     env: Mapping[str, str] | None = None,
