@@ -67,13 +67,20 @@ class GatewayProcess(Component):
         return {"gateway": f"http://{ctx.settings.host}:{ctx.port('gateway')}"}
 
 
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package itself is missing
+        return False
+
+
 def implemented_services() -> list[str]:
-    """Services whose worker wiring exists (workers/<service>.py)."""
-    return [s for s in SERVICES if importlib.util.find_spec(f"workers.{s}") is not None]
+    """Services whose worker wiring exists (workers/<service>/)."""
+    return [s for s in SERVICES if _exists(f"workers.{s}")]
 
 
 def platform_components() -> list[Component]:
     components: list[Component] = [ServiceProcess(s) for s in implemented_services()]
-    if importlib.util.find_spec("gateway.__main__") is not None:
+    if _exists("gateway.__main__"):
         components.append(GatewayProcess())
     return components
