@@ -37,6 +37,7 @@ status: venv
 # The test stack has its own state folder (.state/test) and ports (+100), is started
 # fresh for each run and stopped afterwards, even when a test fails.
 test: venv
+	@$(TEST_ENV) $(PY) -m stack down >/dev/null 2>&1 || true
 	@rm -rf .state/test
 	@$(TEST_ENV) $(PY) -m stack up
 	@set -o pipefail; status=0; \
