@@ -1,7 +1,16 @@
-"""Identity's activities: the write side of accounts, run by identity's worker."""
+"""Identity's activities: the write side run by identity's worker for its workflows.
+
+Each activity is one idempotent step keyed by what the workflow passes (an
+account id, a kid, a client id), so Temporal's retries never apply it twice.
+No secret travels through them: passwords arrive already hashed, private keys
+are generated inside the activity and stored sealed, API-client secrets never
+enter a workflow at all.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -10,17 +19,25 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from agora import outbox
+from agora.errors import NotFound
 from contracts.agora.identity.v1 import AccountRegistered, Role
+from workers.identity import apiclients, keys
+from workers.identity.errors import API_CLIENT_NOT_FOUND, EMAIL_TAKEN
+from workers.identity.kek import SecretBox
+from workers.identity.sessions import Revocations
 
 TOPIC = "identity.events"
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Every token a key signed expires within the access TTL; the leeway covers clock skew.
+VERIFY_LEEWAY_S = 60
 
 
 @dataclass
-class CreateAccountInput:
+class RegisterAccountInput:
     account_id: str
     email: str
     display_name: str
-    password_hash: str  # hashed at the edge: a clear password never enters workflow history
+    password_hash: str  # argon2id, hashed at the edge: a clear password never enters history
     roles: list[str] = field(default_factory=lambda: ["customer"])
 
 
@@ -30,20 +47,70 @@ class AccountRef:
     created: bool
 
 
+@dataclass
+class RotateSigningKeyInput:
+    kid: str
+
+
+@dataclass
+class RotateSigningKeyResult:
+    kid: str
+    previous_kid: str
+    previous_valid_until: str  # ISO 8601; "" when there was no previous key
+    created: bool
+
+
+@dataclass
+class PrunedKeys:
+    kids: list[str]
+
+
+@dataclass
+class RevokeApiClientInput:
+    client_id: str
+    revoked_by: str = ""
+
+
+@dataclass
+class ApiClientRevocation:
+    client_id: str
+    revoked_at: str  # ISO 8601
+    newly_revoked: bool
+
+
+@dataclass
+class RevokeSessionInput:
+    sid: str
+
+
+def _workflow_ref() -> outbox.WorkflowRef:
+    info = activity.info()
+    return outbox.WorkflowRef(info.workflow_id or "", info.workflow_run_id or "")
+
+
 class IdentityActivities:
     """Holds identity's dependencies; each method is one idempotent activity."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        box: SecretBox,
+        revocations: Revocations,
+        *,
+        access_ttl_s: int,
+    ):
         self.pool = pool
+        self.box = box
+        self.revocations = revocations
+        self.key_overlap = dt.timedelta(seconds=access_ttl_s + VERIFY_LEEWAY_S)
 
     @activity.defn(name="identity.create_account")
-    async def create_account(self, data: CreateAccountInput) -> AccountRef:
+    async def create_account(self, data: RegisterAccountInput) -> AccountRef:
         """Insert the account and its AccountRegistered event in one transaction.
 
         Idempotent by account_id (the workflow passes a stable one); another
         account with the same email is a non-retryable business rejection.
         """
-        info = activity.info()
         async with self.pool.acquire() as conn, conn.transaction():
             existing = await conn.fetchrow(
                 "SELECT account_id FROM accounts WHERE account_id = $1 OR lower(email) = lower($2)",
@@ -54,7 +121,7 @@ class IdentityActivities:
                 if str(existing["account_id"]) == data.account_id:
                     return AccountRef(data.account_id, created=False)
                 raise ApplicationError(
-                    "an account with this email exists", type="EmailTaken", non_retryable=True
+                    "an account with this email exists", type=EMAIL_TAKEN, non_retryable=True
                 )
             await conn.execute(
                 "INSERT INTO accounts (account_id, email, display_name, password_hash, roles)"
@@ -76,6 +143,46 @@ class IdentityActivities:
                     email=data.email,
                     roles=[Role.from_string(r.upper()) for r in data.roles],
                 ),
-                workflow=outbox.WorkflowRef(info.workflow_id or "", info.workflow_run_id or ""),
+                workflow=_workflow_ref(),
             )
         return AccountRef(data.account_id, created=True)
+
+    @activity.defn(name="identity.rotate_signing_key")
+    async def rotate_signing_key(self, data: RotateSigningKeyInput) -> RotateSigningKeyResult:
+        """Create key `kid`, make it current, retire the previous one (idempotent by kid)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            outcome = await keys.rotate(
+                conn, self.box, data.kid, overlap=self.key_overlap, workflow=_workflow_ref()
+            )
+        until = outcome.previous_valid_until
+        return RotateSigningKeyResult(
+            kid=outcome.kid,
+            previous_kid=outcome.previous_kid,
+            previous_valid_until=until.isoformat() if until else "",
+            created=outcome.created,
+        )
+
+    @activity.defn(name="identity.prune_signing_keys")
+    async def prune_signing_keys(self) -> PrunedKeys:
+        """Drop retired keys whose overlap has ended (naturally idempotent)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            return PrunedKeys(await keys.prune(conn))
+
+    @activity.defn(name="identity.mark_api_client_revoked")
+    async def mark_api_client_revoked(self, data: RevokeApiClientInput) -> ApiClientRevocation:
+        """Mark the client revoked with its events; a second call changes nothing."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                revoked_at, newly = await apiclients.mark_revoked(
+                    conn, data.client_id, data.revoked_by, workflow=_workflow_ref()
+                )
+        except NotFound as exc:
+            raise ApplicationError(
+                exc.detail, type=API_CLIENT_NOT_FOUND, non_retryable=True
+            ) from None
+        return ApiClientRevocation(data.client_id, revoked_at.isoformat(), newly)
+
+    @activity.defn(name="identity.revoke_session")
+    async def revoke_session(self, data: RevokeSessionInput) -> None:
+        """Publish a session's (or client's) revocation to Redis; setting it again is harmless."""
+        await self.revocations.revoke_sid(data.sid)

@@ -1,22 +1,37 @@
-"""grpclib servers and channels, always over mutual TLS with the platform CA."""
+"""grpclib servers and channels, always over mutual TLS with the platform CA.
+
+Servicers get two things from `start_server` without asking: the calling
+service's name (its certificate's CN, `peer_cn()`) and the mapping of domain
+errors (`agora.errors.DomainError`) to gRPC statuses. betterproto2 servicer
+methods receive only the request message, not the grpclib stream, so each
+servicer's `__mapping__` is wrapped: before a call, the wrapper puts the peer
+certificate's CN into a context variable (the handler runs in the same task,
+so it sees it) and turns domain errors into the error's status.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextvars
+import functools
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
+from grpclib import GRPCError
 from grpclib._typing import IServable
 from grpclib.client import Channel
+from grpclib.const import Handler
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server
+from grpclib.server import Server, Stream
 
 from agora.config import Settings
+from agora.errors import DomainError
 from agora.pki import client_context, server_context
 
 
 async def start_server(settings: Settings, service: str, handlers: Sequence[IServable]) -> Server:
     """Serve `handlers` (plus gRPC health) on the service's port; refuses peers without a cert."""
-    all_handlers: list[IServable] = [*handlers, Health()]
+    all_handlers: list[IServable] = [*(_WithCallContext(h) for h in handlers), Health()]
     server = Server(ServerReflection.extend(all_handlers))
     await server.start(
         settings.host,
@@ -24,6 +39,55 @@ async def start_server(settings: Settings, service: str, handlers: Sequence[ISer
         ssl=server_context(settings.pki_dir, service),
     )
     return server
+
+
+_peer_cn: contextvars.ContextVar[str] = contextvars.ContextVar("identity_peer_cn", default="")
+
+
+def peer_cn() -> str:
+    """The common name of the calling service's certificate ("" outside a call)."""
+    return _peer_cn.get()
+
+
+def common_name(cert: dict[str, Any] | None) -> str:
+    """CN of a certificate as returned by ssl.SSLSocket.getpeercert()."""
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
+
+
+StreamFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
+
+
+def _wrap(func: StreamFunc) -> StreamFunc:
+    @functools.wraps(func)
+    async def handle(stream: Stream[Any, Any]) -> None:
+        token = _peer_cn.set(common_name(stream.peer.cert()))
+        try:
+            await func(stream)
+        except DomainError as exc:
+            raise GRPCError(exc.grpc_status, exc.detail) from None
+        finally:
+            _peer_cn.reset(token)
+
+    return handle
+
+
+def with_call_context(mapping: Mapping[str, Handler]) -> dict[str, Handler]:
+    """The servicer's mapping with every method wrapped as described in the module docstring."""
+    return {name: handler._replace(func=_wrap(handler.func)) for name, handler in mapping.items()}
+
+
+class _WithCallContext:
+    """A servicer whose every method runs inside `with_call_context`."""
+
+    def __init__(self, servicer: IServable):
+        self._servicer = servicer
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return with_call_context(self._servicer.__mapping__())
 
 
 class Channels:

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from opentelemetry import metrics
-from tenacity import AsyncRetrying, retry_if_not_exception_type, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    wait_exponential,
+)
 
 from agora.config import Settings
 from agora.errors import PoisonMessage
@@ -98,29 +103,53 @@ class EventConsumer:
     def __init__(self, settings: Settings, spec: ConsumerSpec, producer: AIOKafkaProducer):
         self.spec = spec
         self._producer = producer
-        self._consumer = AIOKafkaConsumer(
-            *spec.topics,
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=spec.group,
+        self._settings = settings
+        self._stopping = asyncio.Event()
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            *self.spec.topics,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self.spec.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
         )
-        self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        await self._consumer.start()
+        """Consume until stopped; a broker outage restarts the session after a backoff.
+
+        Whatever was handled but not committed when a session broke is delivered
+        again, which handlers absorb by deduplicating on the event id.
+        """
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type(KafkaError),
+            before_sleep=lambda state: log.warning(
+                "consumer interrupted, retrying",
+                extra={
+                    "group": self.spec.group,
+                    "error": repr(state.outcome.exception() if state.outcome else None),
+                },
+            ),
+        ):
+            with attempt:
+                await self._session()
+
+    async def _session(self) -> None:
+        consumer = self._new_consumer()
+        await consumer.start()
         try:
             while not self._stopping.is_set():
-                batches = await self._consumer.getmany(timeout_ms=200, max_records=500)
+                batches = await consumer.getmany(timeout_ms=200, max_records=500)
                 for partition, records in batches.items():
                     for record in records:
                         await self._handle(record)
                         if self._stopping.is_set():
                             break
-                    await self._consumer.commit({partition: record.offset + 1})
+                    await consumer.commit({partition: record.offset + 1})
         finally:
-            await self._consumer.stop()
+            await consumer.stop()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -22,13 +22,23 @@ from dataclasses import dataclass
 import asyncpg
 import betterproto2
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from opentelemetry import metrics, trace
 from opentelemetry.propagate import inject
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from contracts import full_name
 from contracts.agora.events.v1 import EventEnvelope
 
 log = logging.getLogger(__name__)
+# What a restart of PostgreSQL or Kafka looks like from here: retried, never fatal.
+_TRANSIENT = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    KafkaError,
+)
 _meter = metrics.get_meter("agora.outbox")
 _published = _meter.create_counter("agora_outbox_published", description="outbox rows published")
 
@@ -157,6 +167,27 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
+        """Publish until stopped, riding out database and Kafka outages.
+
+        A lost connection (PostgreSQL restarted, Kafka unreachable) ends only the
+        current session: the relay backs off and starts a new one, re-taking the
+        lock. Rows stay unsent meanwhile, so nothing is lost.
+        """
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type(_TRANSIENT),
+            before_sleep=lambda state: log.warning(
+                "outbox relay interrupted, retrying",
+                extra={
+                    "service": self._service,
+                    "error": repr(state.outcome.exception() if state.outcome else None),
+                },
+            ),
+        ):
+            with attempt:
+                await self._session()
+
+    async def _session(self) -> None:
         """Hold the relay lock on one connection, then publish until stopped."""
         async with self._pool.acquire() as lock_conn:
             while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
@@ -175,8 +206,9 @@ class OutboxRelay:
                 while await self.publish_batch():
                     pass
             finally:
-                await lock_conn.remove_listener("outbox", self._on_notify)
-                await lock_conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
+                if not lock_conn.is_closed():
+                    await lock_conn.remove_listener("outbox", self._on_notify)
+                    await lock_conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

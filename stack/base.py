@@ -144,8 +144,7 @@ class Context:
             time.sleep(0.1)
         if _alive(pid):
             _signal_group(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
+        _wait_gone(pid)
         return True
 
     def kill(self, name: str) -> None:
@@ -153,8 +152,7 @@ class Context:
         pid = self.running_pid(name)
         if pid is not None:
             _signal_group(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
+            _wait_gone(pid)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -164,6 +162,33 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
     except PermissionError:
         os.kill(pid, sig)
+
+
+def _wait_gone(pgid: int, timeout: float = 10.0) -> None:
+    """Wait until the whole process group has exited and its leader has been reaped.
+
+    A restart must not race the dead: PostgreSQL, for one, refuses to start while
+    the pid in its lock file still exists, even as a zombie not yet reaped by init.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pgid}").exists() and not _group_members(pgid):
+            return
+        time.sleep(0.05)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
 
 
 def _alive(pid: int) -> bool:

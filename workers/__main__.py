@@ -8,7 +8,6 @@ API (mTLS), its Kafka consumers, its outbox relay and a side HTTP port with
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import sys
 

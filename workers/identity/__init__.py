@@ -1,20 +1,19 @@
-"""Identity's worker wiring: accounts, tokens, signing keys, API clients."""
+"""Identity's worker: accounts, tokens, signing keys, API clients (`python -m workers identity`).
+
+The wiring lives in `wiring.py` and is imported only when the service is
+built: activities and workflows import identity's domain modules from this
+package, and importing the wiring eagerly here would make that circular.
+"""
 
 from __future__ import annotations
 
-from activities.identity import IdentityActivities
 from agora.service import Runtime, ServiceDefinition, ServiceParts
-from workers.identity.api import IdentityApi
-from workflows.identity import RegisterAccountWorkflow
 
 
 async def build(rt: Runtime) -> ServiceParts:
-    activities = IdentityActivities(rt.pool)
-    return ServiceParts(
-        grpc_handlers=[IdentityApi(rt.pool)],
-        activities=[activities.create_account],
-        workflows=[RegisterAccountWorkflow],
-    )
+    from workers.identity.wiring import build_parts
+
+    return await build_parts(rt)
 
 
 DEFINITION = ServiceDefinition(name="identity", build=build)

@@ -10,8 +10,12 @@ __all__ = (
     "ApiClientCreated",
     "ApiClientRevoked",
     "ClientCredentialsGrant",
+    "CreateApiClientRequest",
+    "CreateApiClientResponse",
     "GetAccountRequest",
     "GetAccountResponse",
+    "GetApiClientSigningSecretRequest",
+    "GetApiClientSigningSecretResponse",
     "GetJwksRequest",
     "GetJwksResponse",
     "IdentityServiceBase",
@@ -29,6 +33,8 @@ __all__ = (
     "Role",
     "SignInRequest",
     "SignInResponse",
+    "SignOutRequest",
+    "SignOutResponse",
     "SignedIn",
     "SigningKeyRotated",
     "TokenRevoked",
@@ -187,7 +193,7 @@ default_message_pool.register_message("agora.identity.v1", "AccountRegistered", 
 class ApiClient(betterproto2.Message):
     """
     A machine account. Its HMAC secret is never part of any message except the
-    one-time result of the provisioning workflow.
+    one-time CreateApiClientResponse and the gateway-only signing-secret answer.
     """
 
     client_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -249,6 +255,43 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class CreateApiClientRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    owner_account_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The account that owns (and is accountable for) the client.
+    """
+
+    scopes: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Scopes the client may request; each must be a known platform scope.
+    """
+
+
+default_message_pool.register_message(
+    "agora.identity.v1", "CreateApiClientRequest", CreateApiClientRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class CreateApiClientResponse(betterproto2.Message):
+    client: "ApiClient | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+    client_secret: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Shown once: identity keeps it only encrypted under its key-encryption key.
+    Used both as the client-credentials secret and as the HMAC-SHA256 key
+    (its UTF-8 bytes) for request signing.
+    """
+
+
+default_message_pool.register_message(
+    "agora.identity.v1", "CreateApiClientResponse", CreateApiClientResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class GetAccountRequest(betterproto2.Message):
     account_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -262,6 +305,33 @@ class GetAccountResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("agora.identity.v1", "GetAccountResponse", GetAccountResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetApiClientSigningSecretRequest(betterproto2.Message):
+    client_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "agora.identity.v1", "GetApiClientSigningSecretRequest", GetApiClientSigningSecretRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetApiClientSigningSecretResponse(betterproto2.Message):
+    client_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    secret: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    HMAC-SHA256 key: the UTF-8 bytes of this string.
+    """
+
+    scopes: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message(
+    "agora.identity.v1", "GetApiClientSigningSecretResponse", GetApiClientSigningSecretResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -319,6 +389,11 @@ class IntrospectResponse(betterproto2.Message):
     expires_at: "datetime.datetime | None" = betterproto2.field(
         10, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
+
+    sid: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    Session (refresh-token family) id; the client id for client credentials.
+    """
 
 
 default_message_pool.register_message("agora.identity.v1", "IntrospectResponse", IntrospectResponse)
@@ -491,6 +566,58 @@ default_message_pool.register_message("agora.identity.v1", "SignInResponse", Sig
 
 
 @dataclass(eq=False, repr=False)
+class SignOutRequest(betterproto2.Message):
+    """
+
+
+    Oneofs:
+        - session:
+    """
+
+    refresh_token: "str | None" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, optional=True, group="session"
+    )
+    """
+    Revokes the family this refresh token belongs to.
+    """
+
+    sid: "str | None" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, optional=True, group="session"
+    )
+    """
+    Revokes this session (the `sid` claim of an access token).
+    """
+
+    access_token: "str | None" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, optional=True, group="session"
+    )
+    """
+    Revokes this access token (its jti) and, for an account, its session.
+    """
+
+    subject: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    When set, the session must belong to this subject (else NOT_FOUND).
+    """
+
+
+default_message_pool.register_message("agora.identity.v1", "SignOutRequest", SignOutRequest)
+
+
+@dataclass(eq=False, repr=False)
+class SignOutResponse(betterproto2.Message):
+    sid: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    already_revoked: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True when the session was already revoked (sign-out is idempotent).
+    """
+
+
+default_message_pool.register_message("agora.identity.v1", "SignOutResponse", SignOutResponse)
+
+
+@dataclass(eq=False, repr=False)
 class TokenRevoked(betterproto2.Message):
     subject: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -649,6 +776,28 @@ class IdentityServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def sign_out(
+        self,
+        message: "SignOutRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SignOutResponse":
+        """
+        Revokes a whole session (refresh-token family); for an API client's access
+        token only that token.
+        """
+
+        return await self._unary_unary(
+            "/agora.identity.v1.IdentityService/SignOut",
+            message,
+            SignOutResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def list_api_clients(
         self,
         message: "ListApiClientsRequest",
@@ -662,6 +811,50 @@ class IdentityServiceStub(betterproto2_grpclib.ServiceStub):
             "/agora.identity.v1.IdentityService/ListApiClients",
             message,
             ListApiClientsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def create_api_client(
+        self,
+        message: "CreateApiClientRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CreateApiClientResponse":
+        """
+        Provisions an API client and returns its secret, the only time it is shown.
+        Direct, not a workflow: the secret must never enter workflow history.
+        """
+
+        return await self._unary_unary(
+            "/agora.identity.v1.IdentityService/CreateApiClient",
+            message,
+            CreateApiClientResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_api_client_signing_secret(
+        self,
+        message: "GetApiClientSigningSecretRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetApiClientSigningSecretResponse":
+        """
+        The HMAC secret of an active API client, for request-signature checks.
+        Answered only to a peer whose mTLS certificate CN is "gateway".
+        """
+
+        return await self._unary_unary(
+            "/agora.identity.v1.IdentityService/GetApiClientSigningSecret",
+            message,
+            GetApiClientSigningSecretResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -705,7 +898,35 @@ class IdentityServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def sign_out(self, message: "SignOutRequest") -> "SignOutResponse":
+        """
+        Revokes a whole session (refresh-token family); for an API client's access
+        token only that token.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def list_api_clients(self, message: "ListApiClientsRequest") -> "ListApiClientsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def create_api_client(
+        self, message: "CreateApiClientRequest"
+    ) -> "CreateApiClientResponse":
+        """
+        Provisions an API client and returns its secret, the only time it is shown.
+        Direct, not a workflow: the secret must never enter workflow history.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_api_client_signing_secret(
+        self, message: "GetApiClientSigningSecretRequest"
+    ) -> "GetApiClientSigningSecretResponse":
+        """
+        The HMAC secret of an active API client, for request-signature checks.
+        Answered only to a peer whose mTLS certificate CN is "gateway".
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -749,12 +970,37 @@ class IdentityServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.refresh(request)
         await stream.send_message(response)
 
+    async def __rpc_sign_out(
+        self, stream: "grpclib.server.Stream[SignOutRequest, SignOutResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.sign_out(request)
+        await stream.send_message(response)
+
     async def __rpc_list_api_clients(
         self, stream: "grpclib.server.Stream[ListApiClientsRequest, ListApiClientsResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.list_api_clients(request)
+        await stream.send_message(response)
+
+    async def __rpc_create_api_client(
+        self, stream: "grpclib.server.Stream[CreateApiClientRequest, CreateApiClientResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.create_api_client(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_api_client_signing_secret(
+        self,
+        stream: "grpclib.server.Stream[GetApiClientSigningSecretRequest, GetApiClientSigningSecretResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_api_client_signing_secret(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
@@ -789,10 +1035,28 @@ class IdentityServiceBase(betterproto2_grpclib.ServiceBase):
                 RefreshRequest,
                 RefreshResponse,
             ),
+            "/agora.identity.v1.IdentityService/SignOut": grpclib.const.Handler(
+                self.__rpc_sign_out,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SignOutRequest,
+                SignOutResponse,
+            ),
             "/agora.identity.v1.IdentityService/ListApiClients": grpclib.const.Handler(
                 self.__rpc_list_api_clients,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListApiClientsRequest,
                 ListApiClientsResponse,
+            ),
+            "/agora.identity.v1.IdentityService/CreateApiClient": grpclib.const.Handler(
+                self.__rpc_create_api_client,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateApiClientRequest,
+                CreateApiClientResponse,
+            ),
+            "/agora.identity.v1.IdentityService/GetApiClientSigningSecret": grpclib.const.Handler(
+                self.__rpc_get_api_client_signing_secret,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetApiClientSigningSecretRequest,
+                GetApiClientSigningSecretResponse,
             ),
         }

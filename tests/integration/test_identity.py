@@ -1,0 +1,496 @@
+"""Identity against the real stack: the service process, its Postgres, Redis and Temporal.
+
+Calls go over mTLS gRPC as the gateway makes them; writes that are workflows
+are started on identity's task queue and run by the identity process itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from argon2 import PasswordHasher
+from grpclib import GRPCError
+from grpclib.const import Status
+from joserfc import jwt
+from joserfc.jwk import KeySet, OKPKey
+from joserfc.jws import extract_compact
+from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from agora.config import Settings
+from agora.grpc import Channels
+from contracts.agora.identity.v1 import (
+    ClientCredentialsGrant,
+    CreateApiClientRequest,
+    GetApiClientSigningSecretRequest,
+    GetJwksRequest,
+    IdentityServiceStub,
+    IntrospectRequest,
+    ListApiClientsRequest,
+    PasswordGrant,
+    PrincipalType,
+    RefreshRequest,
+    SignInRequest,
+    SignOutRequest,
+    Tokens,
+)
+from workers.identity.keys import ALG
+from workers.identity.schedule import ensure_rotation_schedule
+from workers.identity.sessions import revoked_sid_key
+from workflows.identity import (
+    ROTATION_SCHEDULE_ID,
+    AccountRef,
+    RegisterAccountInput,
+    RegisterAccountWorkflow,
+    RevokeApiClientInput,
+    RevokeApiClientWorkflow,
+    RotateSigningKeyWorkflow,
+    register_workflow_id,
+    revoke_api_client_workflow_id,
+)
+
+pytestmark = [
+    pytest.mark.integration,
+    # RFC 9864 deprecates the "EdDSA" name; the platform contract still uses it (keys.py).
+    pytest.mark.filterwarnings("ignore:EdDSA is deprecated"),
+]
+
+PASSWORD = "correct horse battery staple"
+TASK_QUEUE = "agora-identity"
+
+
+# Fixtures -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def channels(settings: Settings, identity_service: Any) -> AsyncIterator[Channels]:
+    pool = Channels(settings, caller="gateway")
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+async def identity(channels: Channels) -> IdentityServiceStub:
+    return IdentityServiceStub(channels.get("identity"))
+
+
+@pytest.fixture(scope="module")
+async def temporal(settings: Settings) -> Client:
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+
+
+@pytest.fixture(scope="module")
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(settings.db_dsn("identity"), min_size=1, max_size=2)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+# Helpers --------------------------------------------------------------------
+
+
+def new_email() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}@example.test"
+
+
+async def register(temporal: Client, email: str, *, account_id: str | None = None) -> AccountRef:
+    """What the gateway does: hash with argon2id (off the loop), then run the workflow."""
+    password_hash = await asyncio.to_thread(PasswordHasher().hash, PASSWORD)
+    return await temporal.execute_workflow(
+        RegisterAccountWorkflow.run,
+        RegisterAccountInput(
+            account_id=account_id or str(uuid.uuid4()),
+            email=email,
+            display_name="Test User",
+            password_hash=password_hash,
+        ),
+        id=register_workflow_id(email),
+        task_queue=TASK_QUEUE,
+    )
+
+
+async def sign_in(identity: IdentityServiceStub, email: str, password: str = PASSWORD) -> Tokens:
+    response = await identity.sign_in(
+        SignInRequest(password=PasswordGrant(email=email, password=password))
+    )
+    assert response.tokens is not None
+    return response.tokens
+
+
+async def jwks(identity: IdentityServiceStub) -> KeySet:
+    response = await identity.get_jwks(GetJwksRequest())
+    return KeySet(
+        [
+            OKPKey.import_key({"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid})
+            for k in response.keys
+        ]
+    )
+
+
+def kid_of(token: str) -> str:
+    return str(extract_compact(token.encode()).headers()["kid"])
+
+
+async def active(identity: IdentityServiceStub, token: str) -> bool:
+    return (await identity.introspect(IntrospectRequest(token=token))).active
+
+
+async def status_of(call: Awaitable[Any]) -> Status:
+    with pytest.raises(GRPCError) as raised:
+        await call
+    return raised.value.status
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)
+
+
+# Accounts and tokens ----------------------------------------------------------
+
+
+async def test_sign_in_returns_an_access_token_that_verifies_against_the_jwks(
+    identity: IdentityServiceStub, temporal: Client, settings: Settings
+) -> None:
+    email = new_email()
+    account = await register(temporal, email)
+    assert account.created
+
+    tokens = await sign_in(identity, email.upper())  # email matches case-insensitively
+
+    decoded = jwt.decode(tokens.access_token, await jwks(identity), algorithms=[ALG])
+    claims = decoded.claims
+    assert decoded.header["alg"] == "EdDSA" and decoded.header["kid"]
+    assert claims["iss"] == settings.jwt_issuer and claims["aud"] == settings.jwt_audience
+    assert claims["sub"] == account.account_id and claims["ptype"] == "account"
+    assert claims["scope"].split() == sorted(
+        ["profile", "catalog:read", "orders:read", "orders:write"]
+    )
+    assert claims["exp"] - claims["iat"] == settings.access_token_ttl_s
+    assert claims["nbf"] == claims["iat"] and uuid.UUID(claims["jti"]) and uuid.UUID(claims["sid"])
+    assert tokens.refresh_token and tokens.principal_type == PrincipalType.ACCOUNT
+    introspection = await identity.introspect(IntrospectRequest(token=tokens.access_token))
+    assert introspection.active and introspection.sid == claims["sid"]
+
+
+async def test_sign_in_with_a_wrong_password_is_unauthenticated(
+    identity: IdentityServiceStub, temporal: Client
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    assert await status_of(sign_in(identity, email, "wrong")) == Status.UNAUTHENTICATED
+    assert await status_of(sign_in(identity, new_email())) == Status.UNAUTHENTICATED
+
+
+async def test_sign_in_asking_for_a_scope_not_held_is_rejected(
+    identity: IdentityServiceStub, temporal: Client
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    request = SignInRequest(
+        password=PasswordGrant(email=email, password=PASSWORD), scopes=["identity:admin"]
+    )
+    assert await status_of(identity.sign_in(request)) == Status.INVALID_ARGUMENT
+    narrowed = await identity.sign_in(
+        SignInRequest(password=PasswordGrant(email=email, password=PASSWORD), scopes=["profile"])
+    )
+    assert narrowed.tokens is not None and narrowed.tokens.scopes == ["profile"]
+
+
+async def test_registering_a_taken_email_fails_with_email_taken(temporal: Client) -> None:
+    email = new_email()
+    await register(temporal, email)
+    with pytest.raises(WorkflowFailureError) as raised:
+        await register(temporal, email.upper())
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "EmailTaken"
+    assert cause.non_retryable
+
+
+async def test_registering_again_with_the_same_account_id_is_idempotent(temporal: Client) -> None:
+    email, account_id = new_email(), str(uuid.uuid4())
+    assert (await register(temporal, email, account_id=account_id)).created
+    assert not (await register(temporal, email, account_id=account_id)).created
+
+
+async def test_refresh_rotates_the_refresh_token(
+    identity: IdentityServiceStub, temporal: Client
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    first = await sign_in(identity, email)
+
+    second = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
+
+    assert second is not None
+    assert second.refresh_token != first.refresh_token
+    assert second.access_token != first.access_token
+    assert await active(identity, second.access_token)
+    third = (await identity.refresh(RefreshRequest(refresh_token=second.refresh_token))).tokens
+    assert third is not None and third.refresh_token
+
+
+async def test_reusing_a_refresh_token_revokes_the_whole_family(
+    identity: IdentityServiceStub, temporal: Client, redis: aioredis.Redis
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    first = await sign_in(identity, email)
+    second = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
+    assert second is not None
+    sid = (await identity.introspect(IntrospectRequest(token=second.access_token))).sid
+
+    reuse = identity.refresh(RefreshRequest(refresh_token=first.refresh_token))
+    assert await status_of(reuse) == Status.UNAUTHENTICATED
+
+    assert await redis.exists(revoked_sid_key(sid))
+    assert 0 < await redis.ttl(revoked_sid_key(sid))
+    assert not await active(identity, first.access_token)
+    assert not await active(identity, second.access_token)
+    # The legitimate holder's newer refresh token is dead too: the family is gone.
+    newer = identity.refresh(RefreshRequest(refresh_token=second.refresh_token))
+    assert await status_of(newer) == Status.UNAUTHENTICATED
+
+
+async def test_sign_out_revokes_the_session(
+    identity: IdentityServiceStub, temporal: Client
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    tokens = await sign_in(identity, email)
+
+    out = await identity.sign_out(SignOutRequest(refresh_token=tokens.refresh_token))
+
+    assert not out.already_revoked
+    assert not await active(identity, tokens.access_token)
+    refresh = identity.refresh(RefreshRequest(refresh_token=tokens.refresh_token))
+    assert await status_of(refresh) == Status.UNAUTHENTICATED
+    again = await identity.sign_out(SignOutRequest(sid=out.sid))
+    assert again.already_revoked and again.sid == out.sid
+
+
+async def test_sign_out_with_an_access_token_revokes_its_session(
+    identity: IdentityServiceStub, temporal: Client
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    tokens = await sign_in(identity, email)
+
+    await identity.sign_out(SignOutRequest(access_token=tokens.access_token))
+
+    assert not await active(identity, tokens.access_token)
+    refresh = identity.refresh(RefreshRequest(refresh_token=tokens.refresh_token))
+    assert await status_of(refresh) == Status.UNAUTHENTICATED
+
+
+async def test_sign_out_of_another_subjects_session_is_not_found(
+    identity: IdentityServiceStub, temporal: Client
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    tokens = await sign_in(identity, email)
+    sid = (await identity.introspect(IntrospectRequest(token=tokens.access_token))).sid
+    request = SignOutRequest(sid=sid, subject=str(uuid.uuid4()))
+    assert await status_of(identity.sign_out(request)) == Status.NOT_FOUND
+    assert await active(identity, tokens.access_token)
+
+
+async def test_state_changes_write_their_events_to_the_outbox(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
+) -> None:
+    email = new_email()
+    account = await register(temporal, email)
+    tokens = await sign_in(identity, email)
+    await identity.sign_out(SignOutRequest(refresh_token=tokens.refresh_token))
+    types = await db.fetch(
+        "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY sequence",
+        account.account_id,
+    )
+    assert [r["event_type"] for r in types] == [
+        "identity.AccountRegistered",
+        "identity.SignedIn",
+        "identity.TokenRevoked",
+    ]
+
+
+# Signing keys -------------------------------------------------------------------
+
+
+async def test_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    before = await sign_in(identity, email)
+    old_kid = kid_of(before.access_token)
+
+    report = await temporal.execute_workflow(
+        RotateSigningKeyWorkflow.run,
+        id=f"test-rotate-{uuid.uuid4()}",
+        task_queue=TASK_QUEUE,
+    )
+
+    new_kid = report.rotation.kid
+    assert report.rotation.created and new_kid != old_kid
+    assert report.rotation.previous_kid == old_kid
+    keys = {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
+    assert {old_kid, new_kid} <= keys, "the previous key must stay published through the overlap"
+    jwt.decode(before.access_token, await jwks(identity), algorithms=[ALG])
+    assert await active(identity, before.access_token)
+
+    async def signs_with_new_key() -> bool:
+        return kid_of((await sign_in(identity, email)).access_token) == new_kid
+
+    assert await eventually(signs_with_new_key), "new tokens must use the new key"
+    events = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
+        new_kid,
+        "identity.SigningKeyRotated",
+    )
+    assert events == 1
+
+
+# API clients ----------------------------------------------------------------------
+
+
+async def test_api_client_lifecycle(
+    identity: IdentityServiceStub,
+    temporal: Client,
+    settings: Settings,
+    redis: aioredis.Redis,
+    db: asyncpg.Pool,
+) -> None:
+    owner = await register(temporal, new_email())
+    created = await identity.create_api_client(
+        CreateApiClientRequest(
+            name="warehouse sync", owner_account_id=owner.account_id, scopes=["catalog:read"]
+        )
+    )
+    assert created.client is not None and created.client_secret
+    client_id, secret = created.client.client_id, created.client_secret
+
+    # Stored sealed: neither the secret nor any of it appears in the row.
+    row = await db.fetchrow("SELECT * FROM api_clients WHERE client_id = $1", uuid.UUID(client_id))
+    assert secret.encode() not in bytes(row["secret_sealed"])
+    assert all(secret not in str(value) for value in row.values())
+
+    grant = SignInRequest(
+        client_credentials=ClientCredentialsGrant(client_id=client_id, client_secret=secret)
+    )
+    tokens = (await identity.sign_in(grant)).tokens
+    assert tokens is not None and not tokens.refresh_token
+    assert tokens.principal_type == PrincipalType.API_CLIENT and tokens.scopes == ["catalog:read"]
+    claims = jwt.decode(tokens.access_token, await jwks(identity), algorithms=[ALG]).claims
+    assert claims["ptype"] == "api_client" and claims["sub"] == claims["sid"] == client_id
+
+    bad = SignInRequest(
+        client_credentials=ClientCredentialsGrant(client_id=client_id, client_secret=secret + "x")
+    )
+    assert await status_of(identity.sign_in(bad)) == Status.UNAUTHENTICATED
+
+    # Only the gateway's certificate may read the signing secret.
+    ask = GetApiClientSigningSecretRequest(client_id=client_id)
+    catalog = Channels(settings, caller="catalog")
+    try:
+        as_catalog = IdentityServiceStub(catalog.get("identity")).get_api_client_signing_secret(ask)
+        assert await status_of(as_catalog) == Status.PERMISSION_DENIED
+    finally:
+        catalog.close()
+    assert (await identity.get_api_client_signing_secret(ask)).secret == secret
+
+    listed = await identity.list_api_clients(
+        ListApiClientsRequest(owner_account_id=owner.account_id)
+    )
+    assert [c.client_id for c in listed.clients] == [client_id]
+
+    revocation = await temporal.execute_workflow(
+        RevokeApiClientWorkflow.run,
+        RevokeApiClientInput(client_id=client_id, revoked_by=owner.account_id),
+        id=revoke_api_client_workflow_id(client_id),
+        task_queue=TASK_QUEUE,
+    )
+
+    assert revocation.newly_revoked
+    assert await redis.exists(revoked_sid_key(client_id))
+    assert not await active(identity, tokens.access_token)
+    assert await status_of(identity.sign_in(grant)) == Status.UNAUTHENTICATED
+    assert await status_of(identity.get_api_client_signing_secret(ask)) == Status.NOT_FOUND
+    events = await db.fetch(
+        "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY sequence", client_id
+    )
+    assert [r["event_type"] for r in events] == [
+        "identity.ApiClientCreated",
+        "identity.SignedIn",
+        "identity.ApiClientRevoked",
+        "identity.TokenRevoked",
+    ]
+
+
+async def test_creating_an_api_client_with_an_unknown_scope_is_rejected(
+    identity: IdentityServiceStub,
+) -> None:
+    request = CreateApiClientRequest(name="x", scopes=["root"])
+    assert await status_of(identity.create_api_client(request)) == Status.INVALID_ARGUMENT
+
+
+async def test_revoking_an_unknown_api_client_fails_with_api_client_not_found(
+    temporal: Client, identity_service: Any
+) -> None:
+    client_id = str(uuid.uuid4())
+    with pytest.raises(WorkflowFailureError) as raised:
+        await temporal.execute_workflow(
+            RevokeApiClientWorkflow.run,
+            RevokeApiClientInput(client_id=client_id),
+            id=revoke_api_client_workflow_id(client_id),
+            task_queue=TASK_QUEUE,
+        )
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ApiClientNotFound"
+
+
+# The rotation schedule -----------------------------------------------------------
+
+
+async def test_identity_start_up_ensured_the_rotation_schedule(
+    temporal: Client, settings: Settings, identity_service: Any
+) -> None:
+    description = await temporal.get_schedule_handle(ROTATION_SCHEDULE_ID).describe()
+    intervals = [spec.every for spec in description.schedule.spec.intervals]
+    assert intervals == [timedelta(seconds=settings.signing_key_rotation_s)]
+    action = description.schedule.action
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    assert action.workflow == "RotateSigningKey" and action.task_queue == TASK_QUEUE
+
+
+async def test_ensuring_the_schedule_creates_then_updates_then_leaves_it(temporal: Client) -> None:
+    schedule_id = f"test-rotation-{uuid.uuid4().hex[:8]}"
+    try:
+        hour, day = timedelta(hours=1), timedelta(days=1)
+        ensure = ensure_rotation_schedule
+        assert await ensure(temporal, day, TASK_QUEUE, schedule_id=schedule_id) == "created"
+        assert await ensure(temporal, day, TASK_QUEUE, schedule_id=schedule_id) == "unchanged"
+        assert await ensure(temporal, hour, TASK_QUEUE, schedule_id=schedule_id) == "updated"
+        description = await temporal.get_schedule_handle(schedule_id).describe()
+        assert [spec.every for spec in description.schedule.spec.intervals] == [hour]
+    finally:
+        await temporal.get_schedule_handle(schedule_id).delete()

@@ -1,0 +1,136 @@
+"""Identity's workflows in the time-skipping environment, with stand-in activities."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.identity import (
+    AccountRef,
+    ApiClientRevocation,
+    PrunedKeys,
+    RegisterAccountInput,
+    RevokeApiClientInput,
+    RevokeSessionInput,
+    RotateSigningKeyInput,
+    RotateSigningKeyResult,
+)
+from workflows.identity import (
+    RegisterAccountWorkflow,
+    RevokeApiClientWorkflow,
+    RotateSigningKeyWorkflow,
+)
+
+TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+
+
+@pytest.fixture(scope="module")
+async def env():
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(TEST_SERVER)
+    )
+    yield environment
+    await environment.shutdown()
+
+
+calls: list[object] = []
+
+
+@activity.defn(name="identity.create_account")
+async def create_account(data: RegisterAccountInput) -> AccountRef:
+    if data.email.startswith("taken"):
+        raise ApplicationError("exists", type="EmailTaken", non_retryable=True)
+    return AccountRef(data.account_id, created=True)
+
+
+@activity.defn(name="identity.rotate_signing_key")
+async def rotate_signing_key(data: RotateSigningKeyInput) -> RotateSigningKeyResult:
+    calls.append(data)
+    return RotateSigningKeyResult(data.kid, "old", "2030-01-01T00:00:00+00:00", True)
+
+
+@activity.defn(name="identity.prune_signing_keys")
+async def prune_signing_keys() -> PrunedKeys:
+    calls.append("prune")
+    return PrunedKeys(["older"])
+
+
+@activity.defn(name="identity.mark_api_client_revoked")
+async def mark_api_client_revoked(data: RevokeApiClientInput) -> ApiClientRevocation:
+    calls.append(data)
+    return ApiClientRevocation(data.client_id, "2030-01-01T00:00:00+00:00", True)
+
+
+@activity.defn(name="identity.revoke_session")
+async def revoke_session(data: RevokeSessionInput) -> None:
+    calls.append(data)
+
+
+ACTIVITIES = [
+    create_account,
+    rotate_signing_key,
+    prune_signing_keys,
+    mark_api_client_revoked,
+    revoke_session,
+]
+WORKFLOWS = [RegisterAccountWorkflow, RotateSigningKeyWorkflow, RevokeApiClientWorkflow]
+
+
+async def run(env: WorkflowEnvironment, workflow, *args):
+    queue = f"test-{uuid.uuid4()}"
+    async with Worker(env.client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES):
+        return await env.client.execute_workflow(
+            workflow, *args, id=f"wf-{uuid.uuid4()}", task_queue=queue
+        )
+
+
+def registration(email: str, password_hash: str = HASH) -> RegisterAccountInput:
+    return RegisterAccountInput(str(uuid.uuid4()), email, "Ann", password_hash)
+
+
+async def test_register_account_creates_the_account(env: WorkflowEnvironment) -> None:
+    data = registration("ann@example.test")
+    assert await run(env, RegisterAccountWorkflow.run, data) == AccountRef(data.account_id, True)
+
+
+async def test_a_taken_email_surfaces_as_the_workflows_own_failure(
+    env: WorkflowEnvironment,
+) -> None:
+    with pytest.raises(WorkflowFailureError) as raised:
+        await run(env, RegisterAccountWorkflow.run, registration("taken@example.test"))
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "EmailTaken"
+
+
+async def test_a_clear_password_is_refused_before_anything_is_stored(
+    env: WorkflowEnvironment,
+) -> None:
+    with pytest.raises(WorkflowFailureError) as raised:
+        await run(env, RegisterAccountWorkflow.run, registration("a@example.test", "hunter2"))
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidRegistration"
+
+
+async def test_rotation_creates_a_key_then_prunes(env: WorkflowEnvironment) -> None:
+    calls.clear()
+    report = await run(env, RotateSigningKeyWorkflow.run)
+    assert isinstance(calls[0], RotateSigningKeyInput) and calls[1] == "prune"
+    assert report.rotation.kid == calls[0].kid and report.pruned_kids == ["older"]
+
+
+async def test_revoking_an_api_client_marks_it_then_revokes_its_tokens(
+    env: WorkflowEnvironment,
+) -> None:
+    calls.clear()
+    revocation = await run(env, RevokeApiClientWorkflow.run, RevokeApiClientInput("c-1", "admin"))
+    assert revocation.newly_revoked
+    assert calls == [RevokeApiClientInput("c-1", "admin"), RevokeSessionInput("c-1")]

@@ -1,0 +1,248 @@
+"""API clients (machine accounts): provisioning, listing, their sealed HMAC secrets, revocation.
+
+The secret is generated here, returned once by CreateApiClient and otherwise
+kept only sealed under the KEK. It is both the client-credentials secret and
+the HMAC-SHA256 key for request signing, so the gateway (and only the gateway)
+can ask for it to check signatures.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from agora import outbox, scopes
+from agora.errors import InvalidArgument
+from contracts.agora.identity.v1 import (
+    ApiClientCreated,
+    ApiClientRevoked,
+    PrincipalType,
+    RevocationReason,
+)
+from workers.identity.errors import (
+    AccountNotFound,
+    ApiClientNotFound,
+    InvalidCredentials,
+    InvalidScope,
+)
+from workers.identity.kek import SecretBox
+from workers.identity.sessions import append_token_revoked
+
+TOPIC = "identity.events"
+SECRET_PREFIX = "ags_"  # "Agora signing secret": recognisable by secret scanners
+MAX_PAGE = 200
+_COLUMNS = "client_id, name, owner_account_id, scopes, created_at, revoked_at"
+
+
+@dataclass(frozen=True)
+class ApiClientRow:
+    client_id: str
+    name: str
+    owner_account_id: str
+    scopes: tuple[str, ...]
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> ApiClientRow:
+        return cls(
+            client_id=str(row["client_id"]),
+            name=row["name"],
+            owner_account_id=str(row["owner_account_id"] or ""),
+            scopes=tuple(row["scopes"]),
+            created_at=row["created_at"],
+            revoked_at=row["revoked_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    clients: list[ApiClientRow]
+    next_cursor: str
+
+
+def _context(client_id: str) -> str:
+    return f"api_client:{client_id}"
+
+
+def parse_client_id(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+class ApiClients:
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox):
+        self._pool = pool
+        self._box = box
+
+    async def create(
+        self, name: str, owner_account_id: str, requested: list[str]
+    ) -> tuple[ApiClientRow, str]:
+        """Insert a client and its ApiClientCreated event; returns it with its clear secret."""
+        if not name.strip():
+            raise InvalidArgument("name is required")
+        try:
+            granted = scopes.validate(requested)
+        except scopes.UnknownScope as exc:
+            raise InvalidScope(str(exc)) from None
+        if not granted:
+            raise InvalidScope("an API client needs at least one scope")
+        owner = parse_client_id(owner_account_id) if owner_account_id else None
+        if owner_account_id and owner is None:
+            raise InvalidArgument("owner_account_id must be a UUID")
+        client_id = str(uuid.uuid4())
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if owner and not await conn.fetchval(
+                "SELECT 1 FROM accounts WHERE account_id = $1", owner
+            ):
+                raise AccountNotFound("no such owner account")
+            row = await conn.fetchrow(
+                "INSERT INTO api_clients"
+                " (client_id, name, owner_account_id, scopes, secret_sealed, kek_id)"
+                f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+                uuid.UUID(client_id),
+                name.strip(),
+                owner,
+                granted,
+                self._box.seal(secret.encode(), _context(client_id)),
+                self._box.kek_id,
+            )
+            await outbox.append(
+                conn,
+                producer="identity",
+                topic=TOPIC,
+                aggregate_type="api_client",
+                aggregate_id=client_id,
+                payload=ApiClientCreated(
+                    client_id=client_id,
+                    name=name.strip(),
+                    owner_account_id=owner_account_id,
+                    scopes=granted,
+                ),
+            )
+        return ApiClientRow.of(row), secret
+
+    async def signing_secret(self, client_id: str) -> tuple[str, tuple[str, ...]]:
+        """The clear secret and scopes of an active client."""
+        cid = parse_client_id(client_id)
+        row = None
+        if cid is not None:
+            row = await self._pool.fetchrow(
+                "SELECT scopes, secret_sealed, revoked_at FROM api_clients WHERE client_id = $1",
+                cid,
+            )
+        if row is None or row["revoked_at"] is not None:
+            raise ApiClientNotFound("no such active API client")
+        secret = self._box.open(bytes(row["secret_sealed"]), _context(client_id)).decode()
+        return secret, tuple(row["scopes"])
+
+    async def authenticate(self, client_id: str, client_secret: str) -> tuple[str, ...]:
+        """The scopes of a client whose secret matches; InvalidCredentials otherwise."""
+        try:
+            secret, granted = await self.signing_secret(client_id)
+        except ApiClientNotFound:
+            raise InvalidCredentials() from None
+        if not hmac.compare_digest(secret.encode(), client_secret.encode()):
+            raise InvalidCredentials()
+        return granted
+
+    async def page(
+        self, owner_account_id: str, include_revoked: bool, page_size: int, cursor: str
+    ) -> Page:
+        """Keyset pagination, oldest first; the cursor is the last row's (created_at, id)."""
+        size = min(page_size or 50, MAX_PAGE)
+        conditions: list[str] = ["true"]
+        args: list[object] = []
+        if owner_account_id:
+            owner = parse_client_id(owner_account_id)
+            if owner is None:
+                raise InvalidArgument("owner_account_id must be a UUID")
+            args.append(owner)
+            conditions.append(f"owner_account_id = ${len(args)}")
+        if not include_revoked:
+            conditions.append("revoked_at IS NULL")
+        if cursor:
+            after_at, after_id = _decode_cursor(cursor)
+            args += [after_at, after_id]
+            conditions.append(f"(created_at, client_id) > (${len(args) - 1}, ${len(args)})")
+        args.append(size + 1)
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM api_clients WHERE {' AND '.join(conditions)}"
+            f" ORDER BY created_at, client_id LIMIT ${len(args)}",
+            *args,
+        )
+        clients = [ApiClientRow.of(r) for r in rows[:size]]
+        more = len(rows) > size
+        return Page(clients, _encode_cursor(clients[-1]) if more else "")
+
+
+def _encode_cursor(last: ApiClientRow) -> str:
+    return base64.urlsafe_b64encode(
+        f"{last.created_at.isoformat()}|{last.client_id}".encode()
+    ).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        at, cid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return dt.datetime.fromisoformat(at), uuid.UUID(cid)
+    except ValueError:
+        raise InvalidArgument("bad page cursor") from None
+
+
+async def mark_revoked(
+    conn: asyncpg.Connection,
+    client_id: str,
+    revoked_by: str,
+    *,
+    workflow: outbox.WorkflowRef | None = None,
+) -> tuple[dt.datetime, bool]:
+    """Mark a client revoked with its events, in the caller's transaction.
+
+    Returns (revoked_at, newly_revoked); idempotent: a second call changes nothing.
+    """
+    cid = parse_client_id(client_id)
+    row = (
+        await conn.fetchrow(
+            "SELECT revoked_at FROM api_clients WHERE client_id = $1 FOR UPDATE", cid
+        )
+        if cid
+        else None
+    )
+    if row is None:
+        raise ApiClientNotFound(f"no API client {client_id}")
+    if row["revoked_at"] is not None:
+        return row["revoked_at"], False
+    revoked_at = await conn.fetchval(
+        "UPDATE api_clients SET revoked_at = now(), revoked_by = $2 WHERE client_id = $1"
+        " RETURNING revoked_at",
+        cid,
+        revoked_by,
+    )
+    await outbox.append(
+        conn,
+        producer="identity",
+        topic=TOPIC,
+        aggregate_type="api_client",
+        aggregate_id=client_id,
+        payload=ApiClientRevoked(client_id=client_id, revoked_by=revoked_by),
+        workflow=workflow,
+    )
+    await append_token_revoked(
+        conn,
+        subject=client_id,
+        sid=client_id,
+        reason=RevocationReason.API_CLIENT_REVOKED,
+        principal_type=PrincipalType.API_CLIENT,
+        workflow=workflow,
+    )
+    return revoked_at, True

@@ -1,0 +1,227 @@
+"""Sessions: refresh-token families with rotation and reuse detection, and revocation.
+
+A session starts at a password sign-in and is one family of refresh tokens:
+each refresh exchanges the presented token for a new one. Presenting a token
+that was already exchanged means it was copied, so the whole family is
+revoked (reuse detection, OAuth 2.0 Security BCP §4.14).
+
+Revocation is written to Redis, where the gateway checks it on every request:
+`identity:revoked:sid:<sid>` kills every access token of a session (or of an
+API client, whose sid is its id), `identity:revoked:jti:<jti>` one token. The
+Redis write happens inside the database transaction, before its commit: if
+Redis fails the revocation fails as a whole, and if the commit fails the
+token is revoked anyway (the safe side).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from agora import outbox
+from agora.scopes import scopes_for
+from contracts.agora.identity.v1 import PrincipalType, RevocationReason, TokenRevoked
+from workers.identity.errors import InvalidRefreshToken, RefreshTokenReused
+
+TOPIC = "identity.events"
+REFRESH_TOKEN_PREFIX = "art_"  # "Agora refresh token": recognisable by secret scanners
+
+
+def revoked_sid_key(sid: str) -> str:
+    return f"identity:revoked:sid:{sid}"
+
+
+def revoked_jti_key(jti: str) -> str:
+    return f"identity:revoked:jti:{jti}"
+
+
+def hash_refresh_token(token: str) -> bytes:
+    """Only this digest is stored: a database leak yields no usable refresh token."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def new_refresh_token() -> str:
+    return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class Revocations:
+    """Identity's revocation keys in Redis (read by the gateway and by Introspect)."""
+
+    def __init__(self, redis: aioredis.Redis, *, sid_ttl_s: int):
+        self._redis = redis
+        self._sid_ttl_s = sid_ttl_s
+
+    async def revoke_sid(self, sid: str) -> None:
+        # Outlives every refresh token of the session, so every access token too.
+        await self._redis.set(revoked_sid_key(sid), b"1", ex=self._sid_ttl_s)
+
+    async def revoke_jti(self, jti: str, expires_at: dt.datetime) -> None:
+        remaining = int((expires_at - dt.datetime.now(dt.UTC)).total_seconds()) + 1
+        if remaining > 0:
+            await self._redis.set(revoked_jti_key(jti), b"1", ex=remaining)
+
+    async def is_revoked(self, jti: str, sid: str) -> bool:
+        return bool(await self._redis.exists(revoked_jti_key(jti), revoked_sid_key(sid)))
+
+
+@dataclass(frozen=True)
+class NewSession:
+    sid: str
+    refresh_token: str
+    refresh_expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """A successful refresh: the account, its scopes for the new access token, the new token."""
+
+    account_id: str
+    scopes: tuple[str, ...]
+    session: NewSession
+
+
+class Sessions:
+    def __init__(self, revocations: Revocations, *, refresh_ttl_s: int):
+        self.revocations = revocations
+        self._ttl = dt.timedelta(seconds=refresh_ttl_s)
+
+    async def start(
+        self, conn: asyncpg.Connection, account_id: str, scopes: list[str]
+    ) -> NewSession:
+        """A new family with its first refresh token, in the caller's transaction."""
+        family_id = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO token_families (family_id, account_id, scopes) VALUES ($1, $2, $3)",
+            family_id,
+            uuid.UUID(account_id),
+            scopes,
+        )
+        return await self._add_token(conn, family_id)
+
+    async def _add_token(self, conn: asyncpg.Connection, family_id: uuid.UUID) -> NewSession:
+        token = new_refresh_token()
+        expires_at = dt.datetime.now(dt.UTC) + self._ttl
+        await conn.execute(
+            "INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES ($1, $2, $3)",
+            hash_refresh_token(token),
+            family_id,
+            expires_at,
+        )
+        return NewSession(str(family_id), token, expires_at)
+
+    async def rotate(self, pool: asyncpg.Pool, refresh_token: str) -> Rotated:
+        """Exchange a refresh token for a new one of the same family.
+
+        Raises RefreshTokenReused (after committing the family's revocation)
+        when the token was already exchanged.
+        """
+        reused = False
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """
+                SELECT t.family_id, t.expires_at, t.used_at, f.account_id, f.scopes,
+                       f.revoked_at, a.disabled, a.roles, a.scopes AS extra_scopes
+                FROM refresh_tokens t
+                JOIN token_families f USING (family_id)
+                JOIN accounts a USING (account_id)
+                WHERE t.token_hash = $1
+                FOR UPDATE OF t, f
+                """,
+                hash_refresh_token(refresh_token),
+            )
+            if row is None or row["revoked_at"] is not None or row["disabled"]:
+                raise InvalidRefreshToken()
+            if row["used_at"] is not None:
+                reused = True
+                await self.revoke_family(conn, row["family_id"], RevocationReason.REFRESH_REUSE)
+            elif row["expires_at"] <= dt.datetime.now(dt.UTC):
+                raise InvalidRefreshToken("refresh token expired")
+            else:
+                await conn.execute(
+                    "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
+                    hash_refresh_token(refresh_token),
+                )
+                session = await self._add_token(conn, row["family_id"])
+        if reused:
+            raise RefreshTokenReused()
+        # A role taken away since sign-in takes its scopes away at the next refresh.
+        current = set(scopes_for(row["roles"], row["extra_scopes"]))
+        scopes = tuple(s for s in row["scopes"] if s in current)
+        return Rotated(str(row["account_id"]), scopes, session)
+
+    async def revoke_family(
+        self,
+        conn: asyncpg.Connection,
+        family_id: uuid.UUID,
+        reason: RevocationReason,
+        *,
+        workflow: outbox.WorkflowRef | None = None,
+    ) -> bool:
+        """Revoke a session in the caller's transaction; False when it already was."""
+        account_id = await conn.fetchval(
+            "UPDATE token_families SET revoked_at = now(), revoke_reason = $2"
+            " WHERE family_id = $1 AND revoked_at IS NULL RETURNING account_id",
+            family_id,
+            reason.name.lower(),
+        )
+        if account_id is None:
+            return False
+        await self.revocations.revoke_sid(str(family_id))
+        await append_token_revoked(
+            conn,
+            subject=str(account_id),
+            sid=str(family_id),
+            reason=reason,
+            workflow=workflow,
+        )
+        return True
+
+    async def family_of(
+        self, conn: asyncpg.Connection, *, refresh_token: str = "", sid: str = ""
+    ) -> tuple[uuid.UUID, str, bool] | None:
+        """(family id, account id, revoked?) of a session named by either handle."""
+        if refresh_token:
+            row = await conn.fetchrow(
+                "SELECT f.family_id, f.account_id, f.revoked_at FROM refresh_tokens t"
+                " JOIN token_families f USING (family_id) WHERE t.token_hash = $1",
+                hash_refresh_token(refresh_token),
+            )
+        else:
+            try:
+                family_id = uuid.UUID(sid)
+            except ValueError:
+                return None
+            row = await conn.fetchrow(
+                "SELECT family_id, account_id, revoked_at FROM token_families WHERE family_id = $1",
+                family_id,
+            )
+        if row is None:
+            return None
+        return row["family_id"], str(row["account_id"]), row["revoked_at"] is not None
+
+
+async def append_token_revoked(
+    conn: asyncpg.Connection,
+    *,
+    subject: str,
+    reason: RevocationReason,
+    sid: str = "",
+    jti: str = "",
+    principal_type: PrincipalType = PrincipalType.ACCOUNT,
+    workflow: outbox.WorkflowRef | None = None,
+) -> None:
+    await outbox.append(
+        conn,
+        producer="identity",
+        topic=TOPIC,
+        aggregate_type="account" if principal_type == PrincipalType.ACCOUNT else "api_client",
+        aggregate_id=subject,
+        payload=TokenRevoked(subject=subject, jti=jti, token_family_id=sid, reason=reason),
+        workflow=workflow,
+    )

@@ -1,0 +1,190 @@
+"""Sign-in (password and client-credentials grants), refresh, sign-out and introspection.
+
+Each is one local transaction answered in milliseconds (plus one argon2
+verification for a password), so they are direct gRPC calls, not workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+
+import asyncpg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from agora import outbox, scopes
+from contracts.agora.identity.v1 import PrincipalType, RevocationReason, SignedIn
+from workers.identity import tokens
+from workers.identity.apiclients import ApiClients
+from workers.identity.errors import (
+    InvalidCredentials,
+    InvalidScope,
+    InvalidToken,
+    SessionNotFound,
+)
+from workers.identity.keys import KeyRing
+from workers.identity.sessions import NewSession, Sessions, append_token_revoked
+from workers.identity.tokens import Principal, TokenPolicy
+
+TOPIC = "identity.events"
+_hasher = PasswordHasher()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the email is unknown, so timing does not reveal which emails exist."""
+    return _hasher.hash("agora-no-such-account")
+
+
+def _verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    """argon2id verification off the event loop (it takes tens of milliseconds by design)."""
+    if password_hash is None:
+        await asyncio.to_thread(_verify_password, _dummy_hash(), password)
+        return False
+    return await asyncio.to_thread(_verify_password, password_hash, password)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a successful sign-in or refresh returns."""
+
+    principal: Principal
+    access: tokens.IssuedToken
+    session: NewSession | None  # None for client credentials: no refresh token
+
+
+@dataclass(frozen=True)
+class SignOutResult:
+    sid: str
+    already_revoked: bool
+
+
+class TokenService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keys: KeyRing,
+        sessions: Sessions,
+        clients: ApiClients,
+        policy: TokenPolicy,
+    ):
+        self._pool = pool
+        self._keys = keys
+        self._sessions = sessions
+        self._clients = clients
+        self.policy = policy
+
+    async def _issue(self, principal: Principal) -> tokens.IssuedToken:
+        return tokens.issue(principal, self.policy, await self._keys.signing_key())
+
+    async def sign_in_password(self, email: str, password: str, requested: list[str]) -> Grant:
+        row = await self._pool.fetchrow(
+            "SELECT account_id, password_hash, roles, scopes, disabled FROM accounts"
+            " WHERE lower(email) = lower($1)",
+            email,
+        )
+        ok = await verify_password(row["password_hash"] if row else None, password)
+        if row is None or not ok or row["disabled"]:
+            raise InvalidCredentials()
+        account_id = str(row["account_id"])
+        granted = _narrow(scopes.scopes_for(row["roles"], row["scopes"]), requested)
+        async with self._pool.acquire() as conn, conn.transaction():
+            session = await self._sessions.start(conn, account_id, granted)
+            await _append_signed_in(conn, account_id, PrincipalType.ACCOUNT, session.sid, granted)
+        principal = Principal(account_id, "account", tuple(granted), session.sid)
+        return Grant(principal, await self._issue(principal), session)
+
+    async def sign_in_client(self, client_id: str, secret: str, requested: list[str]) -> Grant:
+        granted = _narrow(list(await self._clients.authenticate(client_id, secret)), requested)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _append_signed_in(conn, client_id, PrincipalType.API_CLIENT, "", granted)
+        # The sid of a client's tokens is the client id: revoking the client revokes them all.
+        principal = Principal(client_id, "api_client", tuple(granted), client_id)
+        return Grant(principal, await self._issue(principal), None)
+
+    async def refresh(self, refresh_token: str) -> Grant:
+        rotated = await self._sessions.rotate(self._pool, refresh_token)
+        principal = Principal(rotated.account_id, "account", rotated.scopes, rotated.session.sid)
+        return Grant(principal, await self._issue(principal), rotated.session)
+
+    async def introspect(self, token: str) -> tokens.VerifiedToken | None:
+        """The verified token, or None when it is invalid, expired or revoked."""
+        try:
+            keyset = await self._keys.keyset(kid=tokens.unverified_kid(token))
+            verified = tokens.verify(token, keyset, self.policy)
+        except InvalidToken:
+            return None
+        revoked = await self._sessions.revocations.is_revoked(verified.jti, verified.principal.sid)
+        return None if revoked else verified
+
+    async def sign_out(
+        self, *, refresh_token: str = "", sid: str = "", access_token: str = "", subject: str = ""
+    ) -> SignOutResult:
+        """Revoke a session (or, for an API client's access token, that token)."""
+        if access_token:
+            verified = tokens.verify(
+                access_token,
+                await self._keys.keyset(kid=tokens.unverified_kid(access_token)),
+                self.policy,
+            )
+            subject = subject or verified.principal.subject
+            await self._sessions.revocations.revoke_jti(verified.jti, verified.expires_at)
+            if verified.principal.kind == "api_client":
+                # A client's sid is the client itself: revoking it would disable the client.
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await _append_jti_revoked(conn, verified)
+                return SignOutResult(verified.principal.sid, already_revoked=False)
+            sid = verified.principal.sid
+        async with self._pool.acquire() as conn, conn.transaction():
+            family = await self._sessions.family_of(conn, refresh_token=refresh_token, sid=sid)
+            if family is None or (subject and family[1] != subject):
+                raise SessionNotFound("no such session")
+            family_id, _, already = family
+            if not already:
+                await self._sessions.revoke_family(conn, family_id, RevocationReason.SIGN_OUT)
+        return SignOutResult(str(family_id), already_revoked=already)
+
+
+def _narrow(granted: list[str], requested: list[str]) -> list[str]:
+    try:
+        return scopes.narrow(granted, requested)
+    except scopes.UnknownScope as exc:
+        raise InvalidScope(str(exc)) from None
+
+
+async def _append_signed_in(
+    conn: asyncpg.Connection,
+    subject: str,
+    principal_type: PrincipalType,
+    sid: str,
+    granted: list[str],
+) -> None:
+    await outbox.append(
+        conn,
+        producer="identity",
+        topic=TOPIC,
+        aggregate_type="account" if principal_type == PrincipalType.ACCOUNT else "api_client",
+        aggregate_id=subject,
+        payload=SignedIn(
+            subject=subject, principal_type=principal_type, token_family_id=sid, scopes=granted
+        ),
+    )
+
+
+async def _append_jti_revoked(conn: asyncpg.Connection, verified: tokens.VerifiedToken) -> None:
+    await append_token_revoked(
+        conn,
+        subject=verified.principal.subject,
+        jti=verified.jti,
+        reason=RevocationReason.SIGN_OUT,
+        principal_type=PrincipalType.API_CLIENT,
+    )
