@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,12 +23,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from agora import db, grpc, kafka, temporal
-from agora.config import SERVICES, Settings
-from agora.logs import setup_logging
+from agora.config import Settings
 from agora.outbox import OutboxRelay
-from agora.pki import ensure_pki
+from agora.process import bootstrap
 from agora.sideport import SidePort
-from agora.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +67,7 @@ class ServiceDefinition:
 
 async def run_service(definition: ServiceDefinition, settings: Settings) -> None:
     service = definition.name
-    setup_logging(service, settings.log_level)
-    telemetry = setup_telemetry(settings, service)
-    ensure_pki(settings.pki_dir, (*SERVICES, "gateway"))
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    telemetry, stop = bootstrap(settings, service)
 
     side = SidePort(settings.host, settings.side_port(service))
     await side.start()
@@ -118,6 +108,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         *(asyncio.create_task(c.run(), name=f"consumer-{c.spec.group}") for c in consumers),
         *(asyncio.create_task(job(), name="background") for job in parts.background),
     ]
+    side.started = True
     log.info(
         "service started",
         extra={"migrations_applied": applied, "grpc_port": settings.grpc_port(service)},

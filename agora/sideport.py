@@ -19,6 +19,8 @@ class SidePort:
         self.port = port
         self.checks: dict[str, ReadinessCheck] = {}
         self.draining = False
+        # Not ready until the process says every part (gRPC port, worker, consumers) is up.
+        self.started = False
         self._runner: web.AppRunner | None = None
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:
@@ -30,6 +32,8 @@ class SidePort:
     async def _readyz(self, _: web.Request) -> web.Response:
         if self.draining:
             return web.json_response({"status": "draining"}, status=503)
+        if not self.started:
+            return web.json_response({"status": "starting"}, status=503)
         results = {}
         for name, check in self.checks.items():
             try:

@@ -85,9 +85,34 @@ def stack_ctx(settings: Settings) -> Context:
     return Context(settings)
 
 
+class Services:
+    """Starts service processes on first use and stops them all at the end of the session."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.running: dict[str, ServiceProcess] = {}
+
+    def __call__(self, service: str) -> ServiceProcess:
+        process = self.running.get(service)
+        if process is None or process.proc is None or process.proc.poll() is not None:
+            process = ServiceProcess(self.settings, service)
+            process.start()
+            self.running[service] = process
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.running.values():
+            process.stop()
+
+
 @pytest.fixture(scope="session")
-def identity_service(settings: Settings) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(settings, "identity")
-    process.start()
-    yield process
-    process.stop()
+def services(settings: Settings) -> Iterator[Services]:
+    """`services("catalog")` returns a running catalog process, started once per session."""
+    registry = Services(settings)
+    yield registry
+    registry.stop_all()
+
+
+@pytest.fixture(scope="session")
+def identity_service(services: Services) -> ServiceProcess:
+    return services("identity")

@@ -1,0 +1,91 @@
+"""`python -m bench [scenario...]` (all scenarios when none is named); `make bench` runs it.
+
+Writes reports/bench-<UTC timestamp>.md (tables) and .json (the same numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import uvloop
+
+from agora import config
+from agora.config import REPO_ROOT, Settings
+from bench import auth
+from bench.stats import Row
+
+Scenario = Callable[[Settings], Coroutine[Any, Any, dict[str, Any]]]
+SCENARIOS: dict[str, Scenario] = {"auth": auth.run}
+
+
+def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"# Benchmark {meta['started']}", ""]
+    lines.append(
+        f"Profile `{meta['profile']}`, {meta['cpus']} CPUs, Python {meta['python']},"
+        f" {meta['machine']}. Times in milliseconds."
+    )
+    for name, result in results.items():
+        lines += ["", f"## `{name}`: {result['title']}", ""]
+        lines.append("| measurement | n | p50 | p95 | p99 | mean |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for r in result["rows"]:
+            lines.append(
+                f"| {r.name} | {r.n} | {r.p50_ms:.3f} | {r.p95_ms:.3f} | {r.p99_ms:.3f}"
+                f" | {r.mean_ms:.3f} |"
+            )
+        for target in result.get("targets", []):
+            verdict = "met" if target["met"] else "NOT met"
+            lines.append("")
+            lines.append(
+                f"Target {target['name']} <= {target['target_ms']} ms:"
+                f" measured {target['measured_ms']:.3f} ms, **{verdict}**."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Row):
+        return value.as_dict()
+    raise TypeError(type(value))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], metavar="scenario")
+    args = parser.parse_args(argv)
+    names = args.scenarios or list(SCENARIOS)
+    settings = config.load(service="bench")
+    started = datetime.now(UTC)
+    meta = {
+        "started": started.isoformat(timespec="seconds"),
+        "profile": settings.profile,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+    }
+    results: dict[str, dict[str, Any]] = {
+        name: uvloop.run(SCENARIOS[name](settings)) for name in names
+    }
+    reports = REPO_ROOT / "reports"
+    reports.mkdir(exist_ok=True)
+    stem = reports / f"bench-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    text = markdown(results, meta)
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "results": results}, default=_jsonable, indent=2)
+    )
+    print(text)
+    print(f"written: {stem}.md and {stem}.json")
+    met = all(t["met"] for r in results.values() for t in r.get("targets", []))
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

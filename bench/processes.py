@@ -1,0 +1,82 @@
+"""Processes a scenario needs: reuse the stack's when they run, else start and stop them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agora.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def process(
+    name: str,
+    argv: list[str],
+    ready_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 60,
+) -> Iterator[subprocess.Popen[bytes]]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"bench-{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not http_ok(ready_url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited; see {log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready in {timeout_s}s; see {log}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def identity_running(settings: Settings) -> Iterator[None]:
+    url = f"http://{settings.host}:{settings.side_port('identity')}/readyz"
+    if http_ok(url):
+        yield
+        return
+    with process(
+        "identity",
+        ["-m", "workers", "identity"],
+        url,
+        settings.state_dir / "logs",
+        env={"AGORA_PROFILE": settings.profile},
+    ):
+        time.sleep(1.0)  # the gRPC port opens just after the side port reports ready
+        yield

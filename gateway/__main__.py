@@ -1,0 +1,53 @@
+"""`python -m gateway`: run the API gateway (aiohttp on uvloop) and its side port.
+
+The public port is settings.ports["gateway"]; /healthz, /readyz and /metrics are
+also on the side port settings.ports["gateway_side"], like every service.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvloop
+from aiohttp import web
+
+from agora import config
+from agora.process import bootstrap
+from agora.sideport import SidePort
+from gateway.app import build_app, close_gateway, create_gateway
+from gateway.health import readiness_checks
+
+log = logging.getLogger("gateway")
+
+
+async def serve() -> None:
+    settings = config.load(service="gateway")
+    telemetry, stop = bootstrap(settings, "gateway")
+
+    gw = await create_gateway(settings)
+    side = SidePort(settings.host, settings.ports["gateway_side"])
+    for name, check in readiness_checks(gw).items():
+        side.add_check(name, check)
+    await side.start()
+
+    runner = web.AppRunner(build_app(gw), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.ports["gateway"], backlog=1024).start()
+    side.started = True
+    log.info("gateway listening", extra={"port": settings.ports["gateway"]})
+
+    await stop.wait()
+    log.info("shutting down")
+    side.draining = True  # load balancers stop sending first, then in-flight requests finish
+    await runner.cleanup()
+    await close_gateway(gw)
+    await side.stop()
+    telemetry.shutdown()
+
+
+def main() -> None:
+    uvloop.run(serve())
+
+
+if __name__ == "__main__":
+    main()

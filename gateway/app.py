@@ -1,0 +1,127 @@
+"""Assembly: dependencies from settings, the aiohttp application from dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from argon2 import PasswordHasher
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from agora import temporal
+from agora.config import Settings
+from agora.grpc import Channels
+from contracts.agora.identity.v1 import (
+    GetApiClientSigningSecretRequest,
+    GetJwksRequest,
+    IdentityServiceStub,
+)
+from gateway import middleware
+from gateway.deps import GATEWAY, Gateway
+from gateway.jwks import JwksCache, JwksFetcher
+from gateway.metrics import GatewayMetrics
+from gateway.openapi import DOCS_HTML, OPENAPI, build_openapi, render_docs
+from gateway.ratelimit import Admitter, Rate
+from gateway.routes import all_routes
+from gateway.routing import RouteTable
+from gateway.signatures import SecretFetcher, SigningSecrets
+from gateway.tokens import TokenVerifier
+from gateway.upstream import Upstream
+
+# Internal calls the gateway makes for itself (not for one request): short and fixed.
+_INTERNAL_TIMEOUT_S = 2.0
+# A dead or partitioned Redis must cost a request milliseconds, not seconds.
+_REDIS_TIMEOUT_S = 0.25
+
+
+def jwks_from_identity(identity: IdentityServiceStub) -> JwksFetcher:
+    async def fetch() -> list[dict[str, Any]]:
+        reply = await identity.get_jwks(GetJwksRequest(), timeout=_INTERNAL_TIMEOUT_S)
+        return [{k: v for k, v in key.to_dict().items() if v} for key in reply.keys]
+
+    return fetch
+
+
+def secrets_from_identity(identity: IdentityServiceStub) -> SecretFetcher:
+    async def fetch(client_id: str) -> str | None:
+        try:
+            reply = await identity.get_api_client_signing_secret(
+                GetApiClientSigningSecretRequest(client_id=client_id),
+                timeout=_INTERNAL_TIMEOUT_S,
+            )
+        except GRPCError as error:
+            if error.status in (Status.NOT_FOUND, Status.FAILED_PRECONDITION):
+                return None  # unknown or revoked client: its signatures cannot verify
+            raise
+        return reply.secret or None
+
+    return fetch
+
+
+def rates_from(settings: Settings) -> dict[str, Rate]:
+    return {name: Rate.parse(text) for name, text in settings.rate_limits.items()}
+
+
+async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None = None) -> Gateway:
+    """Open the gateway's clients. `jwks_fetch` replaces identity as the key source (tests)."""
+    metrics = GatewayMetrics()
+    redis = Redis(
+        host=settings.host,
+        port=settings.ports["redis"],
+        socket_timeout=_REDIS_TIMEOUT_S,
+        socket_connect_timeout=_REDIS_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+    channels = Channels(settings, caller="gateway")
+    client = await temporal.connect(settings)
+    upstream = Upstream(channels, client, metrics)
+    jwks = JwksCache(jwks_fetch or jwks_from_identity(upstream.identity))
+    return Gateway(
+        settings=settings,
+        redis=redis,
+        admitter=Admitter(redis, rates_from(settings)),
+        jwks=jwks,
+        verifier=TokenVerifier(jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience),
+        secrets=SigningSecrets(secrets_from_identity(upstream.identity)),
+        upstream=upstream,
+        hasher=PasswordHasher(),
+        metrics=metrics,
+        routes=RouteTable(all_routes()),
+    )
+
+
+async def close_gateway(gw: Gateway) -> None:
+    gw.upstream.channels.close()
+    await gw.redis.aclose()
+
+
+def build_app(gw: Gateway) -> web.Application:
+    app = web.Application(
+        middlewares=[middleware.edge, middleware.authenticate, middleware.admit],
+        client_max_size=gw.settings.gateway_max_body_bytes,
+    )
+    app[GATEWAY] = gw
+    gw.routes.register(app)
+    document = build_openapi(gw.routes.routes, gw.admitter.rates)
+    app[OPENAPI] = document
+    app[DOCS_HTML] = render_docs(document)
+    app.cleanup_ctx.append(_background)
+    return app
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Load the keys before the first request, keep them fresh while serving."""
+    gw = app[GATEWAY]
+    await gw.jwks.refresh(force=True)
+    refresher = asyncio.create_task(gw.jwks.run_periodic_refresh())
+    yield
+    refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await refresher

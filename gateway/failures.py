@@ -1,0 +1,94 @@
+"""The one table from upstream failures (gRPC statuses, Temporal failures) to problems.
+
+Reads fail with a grpclib `GRPCError`; writes fail with a Temporal failure whose
+root cause is usually an `ApplicationError` carrying a business `type` (e.g.
+"EmailTaken" raised by an identity activity). Both land here, so a status code
+means the same thing to a client whichever path the request took.
+"""
+
+from __future__ import annotations
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import (
+    ApplicationError,
+    FailureError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.exceptions import (
+    TimeoutError as TemporalTimeoutError,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from gateway.problems import Problem
+
+# gRPC status -> problem code (its HTTP status comes from gateway/problems.py).
+GRPC_STATUS: dict[Status, str] = {
+    Status.INVALID_ARGUMENT: "invalid-argument",
+    Status.OUT_OF_RANGE: "invalid-argument",
+    Status.UNAUTHENTICATED: "invalid-credentials",
+    Status.PERMISSION_DENIED: "permission-denied",
+    Status.NOT_FOUND: "not-found",
+    Status.ALREADY_EXISTS: "conflict",
+    Status.ABORTED: "conflict",
+    Status.FAILED_PRECONDITION: "precondition-failed",
+    Status.RESOURCE_EXHAUSTED: "upstream-rate-limited",
+    Status.UNIMPLEMENTED: "not-implemented",
+    Status.UNAVAILABLE: "upstream-unavailable",
+    Status.DEADLINE_EXCEEDED: "upstream-timeout",
+    Status.CANCELLED: "upstream-unavailable",
+    Status.INTERNAL: "upstream-error",
+    Status.UNKNOWN: "upstream-error",
+    Status.DATA_LOSS: "upstream-error",
+}
+
+# Temporal ApplicationError.type (raised by activities / workflows) -> problem code.
+APPLICATION_ERROR_TYPE: dict[str, str] = {
+    "EmailTaken": "email-taken",
+    "InvalidArgument": "invalid-argument",
+    "InvalidRegistration": "invalid-argument",
+    "NotFound": "not-found",
+    "ApiClientNotFound": "not-found",
+    "AlreadyExists": "conflict",
+    "Conflict": "conflict",
+    "PermissionDenied": "permission-denied",
+    "FailedPrecondition": "precondition-failed",
+}
+
+# Statuses whose upstream message is safe and useful to show the client. Others
+# (INTERNAL, UNKNOWN, ...) may carry internals: the client gets the title only.
+_SHOW_DETAIL = frozenset(
+    code for code in GRPC_STATUS.values() if code not in ("upstream-error", "upstream-unavailable")
+)
+
+
+def from_grpc(error: GRPCError) -> Problem:
+    code = GRPC_STATUS.get(error.status, "upstream-error")
+    detail = (error.message or "") if code in _SHOW_DETAIL else ""
+    return Problem(code, detail)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost failure: WorkflowFailureError -> ActivityError -> ApplicationError."""
+    seen: BaseException = error
+    while isinstance(seen, WorkflowFailureError | FailureError) and seen.cause is not None:
+        seen = seen.cause
+    return seen
+
+
+def from_temporal(error: BaseException) -> Problem:
+    """A workflow failure (possibly wrapping activity errors) or a Temporal RPC error."""
+    if isinstance(error, WorkflowAlreadyStartedError):
+        # The same workflow id is running: e.g. a registration of this email in flight.
+        return Problem("conflict", "the same operation is already in progress")
+    if isinstance(error, RPCError):
+        if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
+            return Problem("upstream-timeout")
+        return Problem("upstream-unavailable")
+    root = _root_cause(error)
+    if isinstance(root, ApplicationError) and root.type in APPLICATION_ERROR_TYPE:
+        return Problem(APPLICATION_ERROR_TYPE[root.type], root.message)
+    if isinstance(root, TemporalTimeoutError):
+        return Problem("upstream-timeout")
+    return Problem("upstream-error")

@@ -1,0 +1,99 @@
+"""Identity's public signing keys, cached in memory and refetched on an unknown `kid`.
+
+Identity signs with its current key and keeps previous keys in its JWKS for an
+overlap window, so a token the gateway cannot match to a key is either forged or
+signed by a key minted since the last fetch. The second case is rare (one per
+rotation), so an unknown `kid` triggers a refetch, but at most once per
+`refetch_floor_s`: a flood of tokens with random `kid`s must not become a flood
+of calls to identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from joserfc.jwk import OKPKey
+
+log = logging.getLogger(__name__)
+
+JwksFetcher = Callable[[], Awaitable[list[dict[str, Any]]]]
+
+
+def _usable(jwk: Mapping[str, Any]) -> bool:
+    """Only Ed25519 signing keys: a key of another type or use is never trusted."""
+    return (
+        jwk.get("kty") == "OKP"
+        and jwk.get("crv") == "Ed25519"
+        and bool(jwk.get("kid"))
+        and jwk.get("use", "sig") in ("", "sig")
+        and "d" not in jwk
+    )
+
+
+class JwksCache:
+    """kid -> public key; `get` is the synchronous hot path, `refresh` the slow one."""
+
+    def __init__(
+        self,
+        fetch: JwksFetcher,
+        *,
+        refetch_floor_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._fetch = fetch
+        self._floor = refetch_floor_s
+        self._clock = clock
+        self._keys: dict[str, OKPKey] = {}
+        self._document: list[dict[str, Any]] = []
+        self._attempted_at = -math.inf
+        self._loaded = False
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def get(self, kid: str) -> OKPKey | None:
+        return self._keys.get(kid)
+
+    def document(self) -> dict[str, list[dict[str, Any]]]:
+        """The JWK set as served at /.well-known/jwks.json."""
+        return {"keys": list(self._document)}
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Fetch the key set unless one was attempted within the floor; True if it fetched."""
+        if not force and self._clock() - self._attempted_at < self._floor:
+            return False
+        async with self._lock:
+            # Another request may have refreshed while this one waited for the lock.
+            if not force and self._clock() - self._attempted_at < self._floor:
+                return False
+            self._attempted_at = self._clock()
+            self.fetches += 1
+            try:
+                jwks = await self._fetch()
+            except Exception:
+                log.warning(
+                    "JWKS fetch failed; keeping %d cached keys", len(self._keys), exc_info=True
+                )
+                return False
+            keys = {}
+            for jwk in jwks:
+                if _usable(jwk):
+                    keys[jwk["kid"]] = OKPKey.import_key(dict(jwk))
+            self._keys = keys
+            self._document = [dict(jwk) for jwk in jwks if _usable(jwk)]
+            self._loaded = True
+            return True
+
+    async def run_periodic_refresh(self, interval_s: float = 60.0) -> None:
+        """Drop keys identity retired and pick up new ones without waiting for an unknown kid."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.refresh(force=True)

@@ -1,0 +1,209 @@
+"""The request pipeline, in order: edge -> authenticate -> admit -> route handler.
+
+* edge: request id, trace span, deadline, Server-Timing, and every error turned
+  into problem+json (a stack trace never leaves the process).
+* authenticate: bearer JWT verified locally against the cached JWKS, then the
+  route's scopes.
+* admit: ONE Redis call doing revocation, rate limit and (for API clients) the
+  nonce together, then the API client's request signature (one HMAC with a
+  cached secret), so a revoked client is refused without a secret lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from opentelemetry import propagate, trace
+from redis.exceptions import RedisError
+
+from gateway.context import DEADLINE, PRINCIPAL, REQUEST_ID, TIMING, TRACE_ID, ServerTiming
+from gateway.deps import deps
+from gateway.problems import Problem, render
+from gateway.ratelimit import Verdict
+from gateway.signatures import signed_headers, verify_request
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("agora.gateway")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
+MAX_TIMEOUT_MS = 30_000
+_WWW_AUTHENTICATE = 'Bearer realm="agora"'
+
+
+def _from_http_exception(error: web.HTTPException) -> Problem:
+    """aiohttp's own refusals (no route, wrong method, body over client_max_size)."""
+    if isinstance(error, web.HTTPNotFound):
+        return Problem("route-not-found")
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        return Problem(
+            "method-not-allowed",
+            f"allowed: {', '.join(sorted(error.allowed_methods))}",
+            headers={"Allow": ", ".join(sorted(error.allowed_methods))},
+        )
+    if isinstance(error, web.HTTPRequestEntityTooLarge):
+        return Problem("body-too-large", error.text or "")
+    return Problem("invalid-argument", error.reason)
+
+
+def _deadline(request: web.Request, default_ms: int) -> float:
+    raw = request.headers.get("X-Request-Timeout")
+    timeout_ms = default_ms
+    if raw is not None:
+        if not raw.isdigit() or not 0 < int(raw) <= MAX_TIMEOUT_MS:
+            raise Problem("invalid-argument", f"X-Request-Timeout must be 1-{MAX_TIMEOUT_MS} ms")
+        timeout_ms = int(raw)
+    return time.monotonic() + timeout_ms / 1000
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gw = deps(request)
+    started = time.perf_counter()
+    presented = request.headers.get("X-Request-Id", "")
+    request_id = presented if _REQUEST_ID.fullmatch(presented) else uuid.uuid4().hex
+    timing = ServerTiming()
+    request[REQUEST_ID] = request_id
+    request[TIMING] = timing
+    route = gw.routes.lookup(request)
+    name = f"{request.method} {route.path if route else 'unmatched'}"
+    with tracer.start_as_current_span(
+        name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER
+    ) as span:
+        context = span.get_span_context()
+        trace_id = format(context.trace_id, "032x") if context.is_valid else request_id
+        request[TRACE_ID] = trace_id
+        try:
+            request[DEADLINE] = _deadline(request, gw.settings.gateway_default_timeout_ms)
+            response = await handler(request)
+        except Problem as problem:
+            response = _refusal(request, problem, trace_id)
+        except web.HTTPException as error:
+            response = _refusal(request, _from_http_exception(error), trace_id)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+            response = _refusal(request, Problem("internal-error"), trace_id)
+        span.set_attribute("http.response.status_code", response.status)
+    response.headers["X-Request-Id"] = request_id
+    timing.add("total", time.perf_counter() - started)
+    response.headers["Server-Timing"] = timing.header()
+    attributes = {"route": route.path if route else "unmatched", "method": request.method}
+    gw.metrics.requests.add(1, {**attributes, "status": response.status})
+    gw.metrics.duration.record(time.perf_counter() - started, attributes)
+    return response
+
+
+def _refusal(request: web.Request, problem: Problem, trace_id: str) -> web.Response:
+    deps(request).metrics.rejections.add(1, {"type": problem.code})
+    return render(problem, instance=request.path, trace_id=trace_id)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gw = deps(request)
+    route = gw.routes.lookup(request)
+    if route is None or not route.auth:
+        return await handler(request)
+    started = time.perf_counter()
+    try:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Problem(
+                "token-missing",
+                "send Authorization: Bearer <access token>",
+                headers={"WWW-Authenticate": _WWW_AUTHENTICATE},
+            )
+        try:
+            principal = await gw.verifier.verify(token)
+        except Problem as problem:
+            problem.headers.setdefault(
+                "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
+            )
+            raise
+        missing = route.scopes - principal.scopes
+        if missing:
+            needed = " ".join(sorted(route.scopes))
+            raise Problem(
+                "insufficient-scope",
+                f"this route requires scope {needed}",
+                headers={
+                    "WWW-Authenticate": f'{_WWW_AUTHENTICATE}, error="insufficient_scope",'
+                    f' scope="{needed}"'
+                },
+            )
+        request[PRINCIPAL] = principal
+    finally:
+        request[TIMING].add("auth", time.perf_counter() - started)
+    return await handler(request)
+
+
+@web.middleware
+async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gw = deps(request)
+    route = gw.routes.lookup(request)
+    if route is None or route.route_class is None:
+        return await handler(request)
+    principal = request.get(PRINCIPAL)
+    signed = None
+    if principal is not None and principal.is_api_client:
+        signed = signed_headers(request)
+    started = time.perf_counter()
+    try:
+        if principal is not None:
+            admission = await gw.admitter.admit(
+                route.route_class,
+                principal.subject,
+                jti=principal.jti,
+                sid=principal.sid,
+                nonce_key=signed.nonce_key(principal.subject) if signed else "",
+            )
+        else:
+            admission = await gw.admitter.admit(route.route_class, f"ip:{request.remote}")
+    except (RedisError, OSError) as error:
+        # Signed requests need the nonce check, so API clients always fail closed.
+        if route.fails_open and signed is None:
+            gw.metrics.redis_unavailable.add(1, {"mode": "open"})
+            log.warning("Redis unavailable; admitting a read unchecked: %s", error)
+            return await handler(request)
+        gw.metrics.redis_unavailable.add(1, {"mode": "closed"})
+        raise Problem(
+            "dependency-unavailable",
+            "revocation and rate-limit checks are unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
+    finally:
+        request[TIMING].add("ratelimit", time.perf_counter() - started)
+    if admission.verdict in (Verdict.JTI_REVOKED, Verdict.SID_REVOKED):
+        raise Problem(
+            "token-revoked",
+            "this token's session was revoked"
+            if admission.verdict is Verdict.SID_REVOKED
+            else "this token was revoked",
+            headers={"WWW-Authenticate": f'{_WWW_AUTHENTICATE}, error="invalid_token"'},
+        )
+    if admission.verdict is Verdict.RATE_LIMITED:
+        raise Problem(
+            "rate-limited",
+            f"limit for {route.route_class} routes exceeded; retry after the Retry-After delay",
+            headers=admission.headers(),
+        )
+    if admission.verdict is Verdict.NONCE_REPLAYED:
+        raise Problem("nonce-replayed", "this nonce was already used")
+    if signed is not None and principal is not None:
+        started = time.perf_counter()
+        try:
+            await verify_request(request, principal, gw.secrets, signed)
+        finally:
+            request[TIMING].add("signature", time.perf_counter() - started)
+    try:
+        response = await handler(request)
+    except Problem as problem:
+        problem.headers.update(admission.headers())
+        raise
+    response.headers.update(admission.headers())
+    return response

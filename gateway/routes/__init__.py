@@ -1,0 +1,11 @@
+"""The public API's routes, one module per area; `all_routes()` is the whole table."""
+
+from __future__ import annotations
+
+from gateway.routing import Route
+
+
+def all_routes() -> list[Route]:
+    from gateway.routes import accounts, admin, auth, meta
+
+    return [*accounts.ROUTES, *auth.ROUTES, *admin.ROUTES, *meta.ROUTES]

@@ -1,0 +1,147 @@
+"""The route table: one declaration per route drives the router, the pipeline and OpenAPI.
+
+A `Route` says who may call it (token and scopes), which rate-limit class it is
+in, and the pydantic models of its body, query and answer. The middlewares read
+it to authenticate and admit, `bind` parses the input, and gateway/openapi.py
+documents exactly the same table, so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
+from pydantic import BaseModel, ValidationError
+
+from agora import scopes
+from gateway.problems import Problem
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request, Any], Awaitable[BaseModel | web.StreamResponse | None]]
+
+ROUTE_CLASSES = ("read", "write", "auth")
+# A route needing one of these is sensitive: it fails closed when Redis is down.
+ADMIN_SCOPES = frozenset({scopes.ADMIN, scopes.IDENTITY_ADMIN})
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    # Bearer token required; the token must hold every scope in `scopes`.
+    auth: bool = False
+    scopes: frozenset[str] = frozenset()
+    # Rate-limit class (settings.rate_limits); None: not rate limited (health, docs).
+    route_class: str | None = None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    # Problem codes this route answers beyond the pipeline's own (for the OpenAPI doc).
+    problems: tuple[str, ...] = ()
+    # Raw (non-JSON-model) response, described for the OpenAPI doc.
+    raw_response: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.body is not None and self.query is not None:
+            raise ValueError(
+                f"{self.method} {self.path}: a route takes a body or a query, not both"
+            )
+        if self.route_class is not None and self.route_class not in ROUTE_CLASSES:
+            raise ValueError(f"{self.method} {self.path}: unknown route class {self.route_class}")
+        if self.scopes and not self.auth:
+            raise ValueError(f"{self.method} {self.path}: scopes need auth=True")
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+    @property
+    def fails_open(self) -> bool:
+        """Whether the route is served without Redis (no rate limit, no revocation check).
+
+        Only plain reads: writes, auth and admin routes fail closed (docs/gateway.md).
+        """
+        return self.route_class == "read" and not (self.scopes & ADMIN_SCOPES)
+
+
+class RouteTable:
+    """The routes, and the lookup from aiohttp's matched route back to ours."""
+
+    def __init__(self, routes: Iterable[Route]):
+        self.routes = tuple(routes)
+        self._by_aiohttp: dict[AbstractRoute, Route] = {}
+
+    def register(self, app: web.Application) -> None:
+        for route in self.routes:
+            registered = app.router.add_route(route.method, route.path, bind(route))
+            self._by_aiohttp[registered] = route
+
+    def lookup(self, request: web.Request) -> Route | None:
+        return self._by_aiohttp.get(request.match_info.route)
+
+
+def _validation_problem(error: ValidationError, where: str) -> Problem:
+    # Never echo the input back: it may hold a password.
+    errors = [
+        {
+            "location": [where, *error_item["loc"]],
+            "message": error_item["msg"],
+            "type": error_item["type"],
+        }
+        for error_item in error.errors(include_url=False, include_input=False)
+    ]
+    return Problem(
+        "validation-failed",
+        f"the request {where} does not match the schema",
+        extensions={"errors": errors},
+    )
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    if request.content_type != "application/json":
+        raise Problem("unsupported-media-type", f"got {request.content_type or 'no content type'}")
+    raw = await request.read()  # bounded by the app's client_max_size (413 beyond)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        if any(item["type"] == "json_invalid" for item in error.errors()):
+            raise Problem("malformed-json", "the body could not be parsed as JSON") from None
+        raise _validation_problem(error, "body") from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.rel_url.query))
+    except ValidationError as error:
+        raise _validation_problem(error, "query") from None
+
+
+def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler of a route: parse input, call the route's handler, render output."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        payload: BaseModel | None = None
+        if route.body is not None:
+            payload = await parse_body(request, route.body)
+        elif route.query is not None:
+            payload = parse_query(request, route.query)
+        elif request.rel_url.query:
+            raise Problem("validation-failed", "this route takes no query parameters")
+        result = await route.handler(request, payload)
+        if result is None:
+            return web.Response(status=204)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return web.json_response(
+            result.model_dump(mode="json", exclude_none=True), status=route.status
+        )
+
+    handle.__name__ = route.operation_id
+    return handle

@@ -1,0 +1,163 @@
+"""Request and response bodies of the public API: strict, unknown fields rejected.
+
+These models are the contract clients see; their JSON Schemas are the
+`components.schemas` of /openapi.json.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Email = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=3,
+        max_length=254,
+        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+    ),
+]
+Password = Annotated[str, StringConstraints(min_length=10, max_length=256)]
+Scope = Annotated[str, StringConstraints(pattern=r"^[a-z]+(:[a-z]+)?$", max_length=64)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Answer(BaseModel):
+    """Responses: unknown fields are impossible (we build them), so no strictness needed."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+# Requests -------------------------------------------------------------------
+
+
+class RegisterRequest(Strict):
+    email: Email
+    password: Password
+    display_name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+    ]
+
+
+class SignInRequest(Strict):
+    email: Email
+    password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    scope: str | None = Field(default=None, description="Space-separated subset of your scopes")
+
+
+class ClientCredentialsRequest(Strict):
+    grant_type: Literal["client_credentials"]
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    client_secret: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    scope: str | None = Field(
+        default=None, description="Space-separated subset of the client's scopes"
+    )
+
+
+class RefreshRequest(Strict):
+    refresh_token: Token
+
+
+class CreateApiClientRequest(Strict):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=32)]
+
+
+class ListApiClientsQuery(Strict):
+    # Query strings are text: these fields accept "true" / "25".
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    include_revoked: bool = False
+    page_size: Annotated[int, Field(ge=1, le=100)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=512)] = ""
+
+
+# Responses ------------------------------------------------------------------
+
+
+class TokenResponse(Answer):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int = Field(description="Seconds until the access token expires")
+    scope: str
+    refresh_token: str | None = Field(default=None, description="Absent for client credentials")
+    refresh_expires_in: int | None = None
+
+
+class AccountResponse(Answer):
+    account_id: str
+    email: str
+    display_name: str
+    roles: list[str]
+    scopes: list[str]
+    created_at: datetime | None = None
+
+
+class RegisterResponse(Answer):
+    account_id: str
+    email: str
+    display_name: str
+
+
+class MeResponse(Answer):
+    subject: str
+    principal_type: Literal["account", "api_client"]
+    scopes: list[str]
+    account: AccountResponse | None = None
+
+
+class ApiClientResponse(Answer):
+    client_id: str
+    name: str
+    owner_account_id: str
+    scopes: list[str]
+    revoked: bool
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class CreatedApiClientResponse(ApiClientResponse):
+    client_secret: str = Field(
+        description="Shown once. The client-credentials secret and the HMAC key for signing"
+    )
+
+
+class ApiClientListResponse(Answer):
+    clients: list[ApiClientResponse]
+    next_cursor: str | None = None
+
+
+class Jwk(Answer):
+    kty: str
+    crv: str
+    x: str
+    kid: str
+    alg: str | None = None
+    use: str | None = None
+
+
+class JwksResponse(Answer):
+    keys: list[Jwk]
+
+
+class HealthResponse(Answer):
+    status: str
+    checks: dict[str, bool] | None = None
+
+
+class ProblemResponse(Answer):
+    """application/problem+json (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    trace_id: str

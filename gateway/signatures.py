@@ -1,0 +1,109 @@
+"""Verification of signed requests from API clients (scheme in agora/signing.py).
+
+The HMAC key is the client's secret, which only identity holds (encrypted). The
+gateway asks identity for it over mTLS (identity answers only to the gateway's
+certificate) and keeps it in memory for a minute, so signing costs one HMAC per
+request and a revoked client's secret leaves memory soon after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from agora import signing
+from gateway.problems import Problem
+from gateway.ratelimit import nonce_key
+from gateway.tokens import Principal
+
+SecretFetcher = Callable[[str], Awaitable[str | None]]
+
+
+class SigningSecrets:
+    """client id -> secret, cached for `ttl_s`; a fetched None means no such active client."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(
+        self,
+        fetch: SecretFetcher,
+        *,
+        ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._fetch = fetch
+        self._ttl = ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[float, str]] = {}
+        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        self.fetches = 0
+
+    async def get(self, client_id: str) -> str | None:
+        hit = self._cache.get(client_id)
+        if hit is not None and hit[0] > self._clock():
+            return hit[1]
+        # One fetch per client at a time, however many requests are waiting for it.
+        pending = self._inflight.get(client_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._inflight[client_id] = future
+        self.fetches += 1
+        try:
+            secret = await self._fetch(client_id)
+            future.set_result(secret)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # consumed here; waiters get it from the shield
+            raise
+        finally:
+            del self._inflight[client_id]
+        if secret is not None:
+            if len(self._cache) >= self.MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[client_id] = (self._clock() + self._ttl, secret)
+        return secret
+
+    def forget(self, client_id: str) -> None:
+        self._cache.pop(client_id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHeaders:
+    timestamp: str
+    nonce: str
+    signature: str
+
+    def nonce_key(self, client_id: str) -> str:
+        return nonce_key(client_id, self.nonce)
+
+
+def signed_headers(request: web.Request) -> SignedHeaders:
+    """The cheap checks (presence, shape, clock window), before any Redis or secret lookup."""
+    try:
+        return SignedHeaders(*signing.check_headers(request.headers))
+    except signing.SignatureError as error:
+        raise Problem(error.code, error.detail) from None
+
+
+async def verify_request(
+    request: web.Request, principal: Principal, secrets: SigningSecrets, signed: SignedHeaders
+) -> None:
+    """The HMAC check, after admission: a revoked client is refused without a secret lookup."""
+    body = await request.read() if request.body_exists else b""
+    secret = await secrets.get(principal.subject)
+    if secret is None or not signing.verify(
+        secret,
+        request.method,
+        request.rel_url.raw_path,  # as sent, percent-encoded: what the client signed
+        request.rel_url.query.items(),
+        body,
+        signed.timestamp,
+        signed.nonce,
+        signed.signature,
+    ):
+        raise Problem("signature-invalid")

@@ -1,0 +1,61 @@
+"""Calls from the gateway to services (grpclib over mTLS) and to Temporal.
+
+Every call goes through `Upstream.call`, which gives it what is left of the
+request's own deadline, times it into Server-Timing, counts it, and turns any
+failure into a problem through the one table in gateway/failures.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import FailureError
+from temporalio.service import RPCError
+
+from agora.grpc import Channels
+from contracts.agora.identity.v1 import IdentityServiceStub
+from gateway import failures
+from gateway.context import TIMING, remaining_s
+from gateway.metrics import GatewayMetrics
+from gateway.problems import Problem
+
+
+class Upstream:
+    """The gateway's clients: pooled mTLS channels per service and one Temporal client."""
+
+    def __init__(self, channels: Channels, temporal: Client, metrics: GatewayMetrics):
+        self.channels = channels
+        self.temporal = temporal
+        self.identity = IdentityServiceStub(channels.get("identity"))
+        self._metrics = metrics
+        # Calls made on behalf of requests, by name; tests and the bench read it to
+        # prove that a refused request reached no service.
+        self.calls: Counter[str] = Counter()
+
+    @asynccontextmanager
+    async def call(self, request: web.Request, name: str) -> AsyncIterator[float]:
+        """`async with upstream.call(request, "identity.GetAccount") as timeout: ...`"""
+        timeout = remaining_s(request)
+        if timeout <= 0:
+            raise Problem("upstream-timeout", "the request's deadline passed before the call")
+        self.calls[name] += 1
+        self._metrics.upstream_calls.add(1, {"call": name})
+        started = time.perf_counter()
+        try:
+            yield timeout
+        except GRPCError as error:
+            raise failures.from_grpc(error) from error
+        except (WorkflowFailureError, FailureError, RPCError) as error:
+            raise failures.from_temporal(error) from error
+        except TimeoutError:
+            raise Problem("upstream-timeout") from None
+        except (OSError, StreamTerminatedError):
+            raise Problem("upstream-unavailable") from None
+        finally:
+            request[TIMING].add("upstream", time.perf_counter() - started)

@@ -1,0 +1,305 @@
+"""Admission and input: rate limits, Redis outages, request bodies, and the mTLS inside.
+
+None of the refusals here reaches a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from agora.config import Settings
+from contracts.agora.identity.v1 import GetJwksRequest, IdentityServiceStub
+from gateway.deps import Gateway
+from tests.integration.conftest import ServiceProcess, tail
+from tests.integration.gatewaykit import (
+    TokenMinter,
+    bearer,
+    identity_ready,
+    no_upstream_call,
+    problem,
+    running_gateway,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
+
+
+@pytest.fixture(scope="session")
+def identity(settings: Settings, request: pytest.FixtureRequest) -> Iterator[ServiceProcess | None]:
+    if identity_ready(settings):
+        yield None
+    else:
+        yield request.getfixturevalue("identity_service")
+
+
+@pytest.fixture(scope="session")
+def minter(settings: Settings) -> TokenMinter:
+    return TokenMinter(settings)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway(
+    settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
+) -> AsyncIterator[tuple[Gateway, TestClient]]:
+    async with running_gateway(settings, minter) as running:
+        yield running
+
+
+def dead_port() -> int:
+    """A loopback port with nothing listening (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# Rate limits ------------------------------------------------------------------
+
+
+async def test_rate_limit_answers_429_then_recovers(
+    settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
+) -> None:
+    rates = {"read": "2/s burst 3", "write": "2/s burst 3", "auth": "2/s burst 3"}
+    async with running_gateway(settings, minter, rate_limits=rates) as (gw, client):
+        # A minted account identity does not know: admitted requests get its 404.
+        token = minter.token()
+        for remaining in (2, 1, 0):
+            response = await client.get("/v1/me", headers=bearer(token))
+            assert response.status == 404, await response.text()
+            assert response.headers["RateLimit-Limit"] == "3"
+            assert response.headers["RateLimit-Remaining"] == str(remaining)
+        with no_upstream_call(gw):
+            limited = await client.get("/v1/me", headers=bearer(token))
+            body = await problem(limited, 429, "rate-limited")
+        assert "read" in body["detail"]
+        assert limited.headers["Retry-After"] == "1"  # one request per 0.5 s: ceil to 1 s
+        assert limited.headers["RateLimit-Remaining"] == "0"
+        assert int(limited.headers["RateLimit-Reset"]) >= 1
+        # Another principal has its own bucket.
+        other = await client.get("/v1/me", headers=bearer(minter.token()))
+        assert other.status == 404
+        await asyncio.sleep(int(limited.headers["Retry-After"]))
+        recovered = await client.get("/v1/me", headers=bearer(token))
+        assert recovered.status == 404, await recovered.text()
+
+
+async def test_anonymous_routes_are_limited_per_client_address(
+    settings: Settings, identity: ServiceProcess | None
+) -> None:
+    rates = {"read": "1/s burst 1", "write": "1/s burst 1", "auth": "1/m burst 2"}
+    async with running_gateway(settings, rate_limits=rates) as (gw, client):
+        # A fresh principal key per run: the address is the same across tests.
+        await gw.redis.delete("gateway:rl:auth:ip:127.0.0.1")
+        for _ in range(2):
+            response = await client.post(
+                "/v1/auth/signin", json={"email": "a@b.cd", "password": "x"}
+            )
+            assert response.status == 401
+        with no_upstream_call(gw):
+            response = await client.post(
+                "/v1/auth/signin", json={"email": "a@b.cd", "password": "x"}
+            )
+            await problem(response, 429, "rate-limited")
+        assert int(response.headers["Retry-After"]) > 1  # one per minute
+        await gw.redis.delete("gateway:rl:auth:ip:127.0.0.1")
+
+
+# Redis unreachable --------------------------------------------------------------
+
+
+async def test_without_redis_reads_fail_open_and_everything_else_fails_closed(
+    settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
+) -> None:
+    ports = {**settings.ports, "redis": dead_port()}
+    async with running_gateway(settings, minter, ports=ports) as (gw, client):
+        token = minter.token(ptype="api_client", scope="profile")
+        # An API client's read needs its nonce recorded: closed.
+        response = await client.get("/v1/me", headers=bearer(token))
+        await problem(response, 401, "signature-required")
+
+        # A plain read is served (no rate limit, no revocation check), and counted.
+        read_token = minter.token(scope="profile")
+        started = time.monotonic()
+        response = await client.get("/v1/me", headers=bearer(read_token))
+        # Served: identity answers for the made-up account (404), proving it was admitted.
+        assert response.status == 404, await response.text()
+        assert time.monotonic() - started < 1.0
+        assert "RateLimit-Limit" not in response.headers
+
+        # Writes, auth routes and admin routes fail closed, without calling a service.
+        admin = minter.token(scope="identity:admin profile")
+        with no_upstream_call(gw):
+            refused = [
+                await client.post(
+                    "/v1/auth/signin", json={"email": "a@b.cd", "password": "whatever"}
+                ),
+                await client.get("/v1/admin/api-clients", headers=bearer(admin)),
+                await client.delete("/v1/admin/api-clients/x", headers=bearer(admin)),
+                await client.post("/v1/auth/signout", headers=bearer(read_token)),
+            ]
+            for response in refused:
+                await problem(response, 503, "dependency-unavailable")
+                assert response.headers["Retry-After"] == "1"
+        # Health says so.
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        assert (await ready.json())["checks"]["redis"] is False
+
+
+# Request bodies -------------------------------------------------------------------
+
+
+async def test_oversized_body(gateway: tuple[Gateway, TestClient]) -> None:
+    gw, client = gateway
+    body = json.dumps({"refresh_token": "x" * (gw.settings.gateway_max_body_bytes + 1)})
+    with no_upstream_call(gw):
+        response = await client.post(
+            "/v1/auth/refresh", data=body, headers={"Content-Type": "application/json"}
+        )
+        await problem(response, 413, "body-too-large")
+
+
+async def test_malformed_json(gateway: tuple[Gateway, TestClient]) -> None:
+    gw, client = gateway
+    with no_upstream_call(gw):
+        response = await client.post(
+            "/v1/auth/refresh",
+            data=b'{"refresh_token": ',
+            headers={"Content-Type": "application/json"},
+        )
+        await problem(response, 400, "malformed-json")
+
+
+async def test_wrong_content_type(gateway: tuple[Gateway, TestClient]) -> None:
+    gw, client = gateway
+    with no_upstream_call(gw):
+        response = await client.post("/v1/auth/refresh", data={"refresh_token": "abc"})
+        await problem(response, 415, "unsupported-media-type")
+
+
+async def test_unknown_fields_are_rejected(gateway: tuple[Gateway, TestClient]) -> None:
+    gw, client = gateway
+    with no_upstream_call(gw):
+        response = await client.post(
+            "/v1/accounts",
+            json={
+                "email": "x@example.com",
+                "password": "long enough password",
+                "display_name": "X",
+                "roles": ["admin"],
+            },
+        )
+        body = await problem(response, 422, "validation-failed")
+    assert body["errors"][0]["location"] == ["body", "roles"]
+    assert "long enough password" not in json.dumps(body)
+
+
+async def test_unknown_query_parameters_are_rejected(
+    gateway: tuple[Gateway, TestClient], minter: TokenMinter
+) -> None:
+    gw, client = gateway
+    admin = minter.token(scope="identity:admin")
+    with no_upstream_call(gw):
+        response = await client.get(
+            "/v1/admin/api-clients", params={"owner": "me"}, headers=bearer(admin)
+        )
+        await problem(response, 422, "validation-failed")
+
+
+async def test_request_timeout_header_is_validated(
+    gateway: tuple[Gateway, TestClient], minter: TokenMinter
+) -> None:
+    gw, client = gateway
+    with no_upstream_call(gw):
+        response = await client.get(
+            "/v1/me", headers={**bearer(minter.token()), "X-Request-Timeout": "soon"}
+        )
+        await problem(response, 400, "invalid-argument")
+
+
+# Inside: mTLS --------------------------------------------------------------------------
+
+
+async def test_grpc_refuses_a_caller_without_a_certificate(
+    settings: Settings, identity: ServiceProcess | None
+) -> None:
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(settings.pki_dir / "gateway" / "ca.crt")
+    )
+    context.set_alpn_protocols(["h2"])
+    channel = Channel(settings.host, settings.grpc_port("identity"), ssl=context)
+    try:
+        with pytest.raises((GRPCError, StreamTerminatedError, ConnectionError, ssl.SSLError)):
+            await IdentityServiceStub(channel).get_jwks(GetJwksRequest(), timeout=3)
+    finally:
+        channel.close()
+
+
+async def test_grpc_serves_the_gateway_certificate(
+    settings: Settings, identity: ServiceProcess | None
+) -> None:
+    from agora.grpc import Channels
+
+    channels = Channels(settings, caller="gateway")
+    try:
+        reply = await IdentityServiceStub(channels.get("identity")).get_jwks(timeout=3)
+        assert reply.keys
+    finally:
+        channels.close()
+
+
+# The process ----------------------------------------------------------------------------
+
+
+def test_python_m_gateway_serves_health_docs_and_metrics(
+    settings: Settings, identity: ServiceProcess | None
+) -> None:
+    log = settings.state_dir / "logs" / "test-gateway.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "AGORA_PROFILE": settings.profile},
+            start_new_session=True,
+        )
+    base = f"http://{settings.host}:{settings.ports['gateway']}"
+    side = f"http://{settings.host}:{settings.ports['gateway_side']}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, tail(log)
+            try:
+                with urllib.request.urlopen(f"{side}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, tail(log)
+            time.sleep(0.2)
+        for url in (f"{base}/healthz", f"{base}/readyz", f"{side}/healthz"):
+            with urllib.request.urlopen(url, timeout=3) as response:
+                assert response.status == 200
+        with urllib.request.urlopen(f"{base}/docs", timeout=3) as response:
+            assert b"/v1/admin/api-clients" in response.read()
+        with urllib.request.urlopen(f"{base}/.well-known/jwks.json", timeout=3) as response:
+            assert json.loads(response.read())["keys"]
+        with urllib.request.urlopen(f"{side}/metrics", timeout=3) as response:
+            assert b"gateway_requests" in response.read()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0, tail(log)

@@ -1,0 +1,309 @@
+"""The gateway authenticates every protected request locally, and refuses bad tokens early.
+
+Each refusal has its own status and problem type, and none reaches a service:
+the gateway's upstream-call tally does not move.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient
+from joserfc import jwt
+from joserfc.jwk import OKPKey
+
+from agora.config import Settings
+from gateway.deps import Gateway
+from tests.integration.conftest import ServiceProcess
+from tests.integration.gatewaykit import (
+    PROBLEM,
+    Api,
+    TokenMinter,
+    b64json,
+    b64url,
+    bearer,
+    identity_ready,
+    no_upstream_call,
+    problem,
+    running_gateway,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
+
+
+@pytest.fixture(scope="session")
+def identity(settings: Settings, request: pytest.FixtureRequest) -> Iterator[ServiceProcess | None]:
+    """Identity on the test stack (reused when a session already runs it)."""
+    if identity_ready(settings):
+        yield None
+    else:
+        yield request.getfixturevalue("identity_service")
+
+
+@pytest.fixture(scope="session")
+def minter(settings: Settings) -> TokenMinter:
+    return TokenMinter(settings)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway(
+    settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
+) -> AsyncIterator[tuple[Gateway, TestClient]]:
+    async with running_gateway(settings, minter) as running:
+        yield running
+
+
+@pytest.fixture
+def gw(gateway: tuple[Gateway, TestClient]) -> Gateway:
+    return gateway[0]
+
+
+@pytest.fixture
+def api(gateway: tuple[Gateway, TestClient]) -> Api:
+    return Api(gateway[1])
+
+
+# Happy paths ----------------------------------------------------------------
+
+
+async def test_register_sign_in_and_read_me(api: Api) -> None:
+    account = await api.register()
+    tokens = await api.sign_in(account["email"])
+    assert tokens["token_type"] == "Bearer"
+    assert 0 < tokens["expires_in"] <= 900
+    assert tokens["refresh_token"]
+
+    response = await api.client.get("/v1/me", headers=bearer(tokens["access_token"]))
+    assert response.status == 200, await response.text()
+    me = await response.json()
+    assert me["subject"] == account["account_id"]
+    assert me["principal_type"] == "account"
+    assert me["account"]["email"] == account["email"]
+    assert "profile" in me["scopes"]
+    timing = response.headers["Server-Timing"]
+    for stage in ("auth", "ratelimit", "upstream"):
+        assert f"{stage};dur=" in timing
+    assert int(response.headers["RateLimit-Remaining"]) >= 0
+    assert response.headers["X-Request-Id"]
+
+
+async def test_registering_a_taken_email_is_a_conflict(api: Api) -> None:
+    account = await api.register()
+    response = await api.client.post(
+        "/v1/accounts",
+        json={"email": account["email"], "password": "another password!", "display_name": "X"},
+    )
+    await problem(response, 409, "email-taken")
+
+
+async def test_wrong_password_is_refused(api: Api) -> None:
+    account = await api.register()
+    response = await api.client.post(
+        "/v1/auth/signin", json={"email": account["email"], "password": "not the password"}
+    )
+    await problem(response, 401, "invalid-credentials")
+
+
+async def test_refresh_rotates_the_refresh_token(api: Api) -> None:
+    session = await api.new_session()
+    response = await api.client.post(
+        "/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}
+    )
+    assert response.status == 200, await response.text()
+    rotated = await response.json()
+    assert rotated["refresh_token"] != session["refresh_token"]
+    me = await api.client.get("/v1/me", headers=bearer(rotated["access_token"]))
+    assert me.status == 200
+
+
+async def test_sign_out_revokes_the_session(gw: Gateway, api: Api) -> None:
+    session = await api.new_session()
+    response = await api.client.post("/v1/auth/signout", headers=bearer(session["access_token"]))
+    assert response.status == 204, await response.text()
+    with no_upstream_call(gw):
+        response = await api.client.get("/v1/me", headers=bearer(session["access_token"]))
+        await problem(response, 401, "token-revoked")
+    refreshed = await api.client.post(
+        "/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}
+    )
+    await problem(refreshed, 401, "invalid-credentials")
+
+
+async def test_reused_refresh_token_revokes_the_whole_session(gw: Gateway, api: Api) -> None:
+    session = await api.new_session()
+    first = await api.client.post(
+        "/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}
+    )
+    assert first.status == 200
+    rotated = await first.json()
+    reused = await api.client.post(
+        "/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}
+    )
+    await problem(reused, 401, "invalid-credentials")
+    # The family is revoked: the token minted by the legitimate refresh dies too.
+    with no_upstream_call(gw):
+        response = await api.client.get("/v1/me", headers=bearer(rotated["access_token"]))
+        await problem(response, 401, "token-revoked")
+
+
+async def test_jwks_is_served_from_the_gateway(api: Api, minter: TokenMinter) -> None:
+    response = await api.client.get("/.well-known/jwks.json")
+    assert response.status == 200
+    keys = (await response.json())["keys"]
+    assert keys and all(k["kty"] == "OKP" and k["crv"] == "Ed25519" for k in keys)
+    assert all("d" not in k for k in keys)
+
+
+# Refusals that reach no service -----------------------------------------------
+
+
+async def test_missing_token(gw: Gateway, api: Api) -> None:
+    with no_upstream_call(gw):
+        response = await api.client.get("/v1/me")
+        await problem(response, 401, "token-missing")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("token", ["not-a-jwt", "a.b.c", "....", "x" * 5000])
+async def test_malformed_token(gw: Gateway, api: Api, token: str) -> None:
+    with no_upstream_call(gw):
+        response = await api.client.get("/v1/me", headers=bearer(token))
+        await problem(response, 401, "token-malformed")
+
+
+async def test_alg_none_is_rejected(gw: Gateway, api: Api, minter: TokenMinter) -> None:
+    token = f"{b64json({'alg': 'none', 'kid': minter.kid})}.{b64json(minter.claims())}."
+    with no_upstream_call(gw):
+        response = await api.client.get("/v1/me", headers=bearer(token))
+        await problem(response, 401, "token-algorithm-rejected")
+
+
+async def test_hs256_signed_with_the_public_key_is_rejected(
+    gw: Gateway, api: Api, minter: TokenMinter
+) -> None:
+    # The classic key-confusion attack: HMAC keyed with the (public) verification key.
+    signing_input = f"{b64json({'alg': 'HS256', 'kid': minter.kid})}.{b64json(minter.claims())}"
+    for secret in (minter.public_jwk()["x"].encode(), str(minter.public_jwk()).encode()):
+        mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+        with no_upstream_call(gw):
+            response = await api.client.get(
+                "/v1/me", headers=bearer(f"{signing_input}.{b64url(mac)}")
+            )
+            await problem(response, 401, "token-algorithm-rejected")
+
+
+async def test_unknown_kid_is_rejected_with_one_floored_refetch(
+    gw: Gateway, api: Api, minter: TokenMinter
+) -> None:
+    stranger = OKPKey.generate_key("Ed25519")
+    fetches = gw.jwks.fetches
+    for _ in range(5):
+        kid = f"unknown-{uuid.uuid4().hex[:8]}"
+        token = jwt.encode(
+            {"alg": "EdDSA", "kid": kid}, minter.claims(), stranger, algorithms=["EdDSA"]
+        )
+        with no_upstream_call(gw):
+            response = await api.client.get("/v1/me", headers=bearer(token))
+            await problem(response, 401, "token-key-unknown")
+    # Five unknown kids in a row cost identity at most one JWKS fetch (the floor).
+    assert gw.jwks.fetches - fetches <= 1
+
+
+@pytest.mark.parametrize(
+    ("claims", "code"),
+    [
+        ({"exp": -120}, "token-expired"),
+        ({"nbf": +600}, "token-not-yet-valid"),
+        ({"aud": "another-api"}, "token-audience-invalid"),
+        ({"iss": "someone-else"}, "token-issuer-invalid"),
+        ({"jti": None}, "token-claims-invalid"),
+        ({"ptype": "robot"}, "token-claims-invalid"),
+    ],
+    ids=["expired", "not-yet-valid", "wrong-audience", "wrong-issuer", "no-jti", "bad-ptype"],
+)
+async def test_bad_claims_are_rejected(
+    gw: Gateway, api: Api, minter: TokenMinter, claims: dict[str, object], code: str
+) -> None:
+    # Time claims are given relative to now (parameters are built at collection time).
+    now = int(time.time())
+    claims = {
+        k: now + v if k in ("exp", "nbf") and isinstance(v, int) else v for k, v in claims.items()
+    }
+    with no_upstream_call(gw):
+        response = await api.client.get("/v1/me", headers=bearer(minter.token(**claims)))
+        await problem(response, 401, code)
+
+
+async def test_expiry_has_a_small_leeway(gw: Gateway, api: Api, minter: TokenMinter) -> None:
+    # 10 s past exp is inside the 30 s leeway for clock skew: accepted (and the api_client
+    # ptype answers from its token alone, so this needs no account).
+    token = minter.token(exp=int(time.time()) - 10, ptype="api_client", scope="profile")
+    response = await api.client.get("/v1/me", headers=bearer(token))
+    await problem(response, 401, "signature-required")  # past auth: the signing stage
+
+
+async def test_tampered_payload_is_rejected(gw: Gateway, api: Api) -> None:
+    session = await api.new_session()
+    header, payload, signature = session["access_token"].split(".")
+    claims = json.loads(b64url_decode(payload))
+    claims["scope"] += " admin identity:admin"
+    tampered = f"{header}.{b64json(claims)}.{signature}"
+    with no_upstream_call(gw):
+        response = await api.client.get("/v1/admin/api-clients", headers=bearer(tampered))
+        await problem(response, 401, "token-signature-invalid")
+
+
+def b64url_decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+async def test_revoked_token_is_rejected(
+    settings: Settings, gw: Gateway, api: Api, minter: TokenMinter
+) -> None:
+    token = minter.token(scope="profile")
+    claims = minter.claims()  # fresh jti for a second check below
+    revoked_jti = jwt.decode(token, minter.key, algorithms=["EdDSA"]).claims["jti"]
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        # What identity writes on revocation (tests play identity here).
+        await redis.set(f"identity:revoked:jti:{revoked_jti}", "1", ex=60)
+        with no_upstream_call(gw):
+            response = await api.client.get("/v1/me", headers=bearer(token))
+            await problem(response, 401, "token-revoked")
+        await redis.set(f"identity:revoked:sid:{claims['sid']}", "1", ex=60)
+        with no_upstream_call(gw):
+            response = await api.client.get(
+                "/v1/me", headers=bearer(minter.token(sid=claims["sid"], scope="profile"))
+            )
+            await problem(response, 401, "token-revoked")
+    finally:
+        await redis.aclose()
+
+
+async def test_missing_scope_is_forbidden(gw: Gateway, api: Api) -> None:
+    session = await api.new_session()  # a customer: no identity:admin
+    with no_upstream_call(gw):
+        response = await api.client.get(
+            "/v1/admin/api-clients", headers=bearer(session["access_token"])
+        )
+        body = await problem(response, 403, "insufficient-scope")
+    assert "identity:admin" in body["detail"]
+    assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+
+
+async def test_every_error_is_problem_json(api: Api) -> None:
+    response = await api.client.get("/v1/nowhere")
+    body = await problem(response, 404, "route-not-found")
+    assert body["instance"] == "/v1/nowhere"
+    response = await api.client.put("/v1/me")
+    await problem(response, 405, "method-not-allowed")
+    assert PROBLEM.startswith("https://")

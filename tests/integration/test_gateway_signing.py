@@ -1,0 +1,246 @@
+"""API clients: provisioning by an admin, and the signed requests every client must send.
+
+A refused signed request reaches no service (the client's secret is cached
+after its first verified request, so the check is one HMAC in the gateway).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
+
+from agora import signing
+from agora.config import Settings
+from gateway.deps import Gateway
+from tests.integration.conftest import ServiceProcess
+from tests.integration.gatewaykit import (
+    Api,
+    bearer,
+    identity_ready,
+    no_upstream_call,
+    problem,
+    register_admin,
+    running_gateway,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
+
+
+@pytest.fixture(scope="session")
+def identity(settings: Settings, request: pytest.FixtureRequest) -> Iterator[ServiceProcess | None]:
+    if identity_ready(settings):
+        yield None
+    else:
+        yield request.getfixturevalue("identity_service")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway(
+    settings: Settings, identity: ServiceProcess | None
+) -> AsyncIterator[tuple[Gateway, TestClient]]:
+    async with running_gateway(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def gw(gateway: tuple[Gateway, TestClient]) -> Gateway:
+    return gateway[0]
+
+
+@pytest.fixture
+def api(gateway: tuple[Gateway, TestClient]) -> Api:
+    return Api(gateway[1])
+
+
+@pytest_asyncio.fixture(scope="session")
+async def admin_token(gateway: tuple[Gateway, TestClient]) -> str:
+    gw, client = gateway
+    email = await register_admin(gw)
+    return (await Api(client).sign_in(email))["access_token"]
+
+
+async def create_client(api: Api, admin_token: str, scopes: list[str]) -> dict[str, Any]:
+    response = await api.client.post(
+        "/v1/admin/api-clients",
+        json={"name": f"svc-{uuid.uuid4().hex[:6]}", "scopes": scopes},
+        headers=bearer(admin_token),
+    )
+    assert response.status == 201, await response.text()
+    return await response.json()
+
+
+async def client_token(api: Api, client: dict[str, Any]) -> str:
+    response = await api.client.post(
+        "/v1/auth/token",
+        json={
+            "grant_type": "client_credentials",
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+    )
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert "refresh_token" not in body
+    return body["access_token"]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def machine(gateway: tuple[Gateway, TestClient], admin_token: str) -> dict[str, Any]:
+    """An API client allowed to administer API clients, with a token and a warm secret cache."""
+    api = Api(gateway[1])
+    client = await create_client(api, admin_token, ["identity:admin", "profile"])
+    token = await client_token(api, client)
+    response = await api.signed("GET", "/v1/me", token, client["client_secret"])
+    assert response.status == 200, await response.text()
+    return {**client, "token": token}
+
+
+# Happy paths ----------------------------------------------------------------
+
+
+async def test_admin_creates_a_client_whose_secret_is_shown_once(
+    api: Api, admin_token: str
+) -> None:
+    client = await create_client(api, admin_token, ["catalog:read"])
+    assert client["client_secret"] and client["scopes"] == ["catalog:read"]
+    assert client["revoked"] is False
+    listed = await api.client.get("/v1/admin/api-clients", headers=bearer(admin_token))
+    assert listed.status == 200
+    clients = (await listed.json())["clients"]
+    mine = [c for c in clients if c["client_id"] == client["client_id"]]
+    assert mine and "client_secret" not in mine[0]
+
+
+async def test_signed_request_lists_and_revokes_clients(
+    gw: Gateway, api: Api, admin_token: str, machine: dict[str, Any]
+) -> None:
+    victim = await create_client(api, admin_token, ["profile", "catalog:read"])
+    victim_token = await client_token(api, victim)
+
+    listed = await api.signed(
+        "GET",
+        "/v1/admin/api-clients",
+        machine["token"],
+        machine["client_secret"],
+        query={"include_revoked": "true", "page_size": "100"},
+    )
+    assert listed.status == 200, await listed.text()
+    assert any(c["client_id"] == victim["client_id"] for c in (await listed.json())["clients"])
+
+    path = f"/v1/admin/api-clients/{victim['client_id']}"
+    revoked = await api.signed("DELETE", path, machine["token"], machine["client_secret"])
+    assert revoked.status == 204, await revoked.text()
+
+    # Its live token is dead at the edge (no secret lookup either), and it cannot get a new one.
+    fetched = gw.secrets.fetches
+    with no_upstream_call(gw):
+        response = await api.signed("GET", "/v1/me", victim_token, victim["client_secret"])
+        await problem(response, 401, "token-revoked")
+    assert gw.secrets.fetches == fetched
+    response = await api.client.post(
+        "/v1/auth/token",
+        json={
+            "grant_type": "client_credentials",
+            "client_id": victim["client_id"],
+            "client_secret": victim["client_secret"],
+        },
+    )
+    await problem(response, 401, "invalid-credentials")
+
+
+async def test_api_clients_cannot_create_api_clients(api: Api, machine: dict[str, Any]) -> None:
+    body = json.dumps({"name": "child", "scopes": ["profile"]}).encode()
+    response = await api.signed(
+        "POST", "/v1/admin/api-clients", machine["token"], machine["client_secret"], body=body
+    )
+    await problem(response, 403, "permission-denied")
+
+
+# Refusals -------------------------------------------------------------------
+
+
+async def test_unsigned_request_from_an_api_client(
+    gw: Gateway, api: Api, machine: dict[str, Any]
+) -> None:
+    with no_upstream_call(gw):
+        response = await api.client.get("/v1/me", headers=bearer(machine["token"]))
+        await problem(response, 401, "signature-required")
+
+
+async def test_bad_signature(gw: Gateway, api: Api, machine: dict[str, Any]) -> None:
+    with no_upstream_call(gw):
+        response = await api.signed("GET", "/v1/admin/api-clients", machine["token"], "wrong")
+        await problem(response, 401, "signature-invalid")
+
+
+async def test_stale_timestamp(gw: Gateway, api: Api, machine: dict[str, Any]) -> None:
+    for skew in (-301, +301):
+        with no_upstream_call(gw):
+            response = await api.signed(
+                "GET",
+                "/v1/admin/api-clients",
+                machine["token"],
+                machine["client_secret"],
+                timestamp=int(time.time()) + skew,
+            )
+            await problem(response, 401, "signature-stale")
+
+
+async def test_replayed_nonce(gw: Gateway, api: Api, machine: dict[str, Any]) -> None:
+    nonce = signing.new_nonce()
+    first = await api.signed(
+        "GET", "/v1/me", machine["token"], machine["client_secret"], nonce=nonce
+    )
+    assert first.status == 200
+    with no_upstream_call(gw):
+        replay = await api.signed(
+            "GET", "/v1/me", machine["token"], machine["client_secret"], nonce=nonce
+        )
+        await problem(replay, 401, "nonce-replayed")
+
+
+async def test_body_changed_after_signing(gw: Gateway, api: Api, machine: dict[str, Any]) -> None:
+    signed_body = json.dumps({"name": "a", "scopes": ["profile"]}).encode()
+    sent_body = json.dumps({"name": "b", "scopes": ["profile"]}).encode()
+    headers = {
+        **bearer(machine["token"]),
+        **signing.sign_headers(
+            machine["client_secret"], "POST", "/v1/admin/api-clients", body=signed_body
+        ),
+        "Content-Type": "application/json",
+    }
+    with no_upstream_call(gw):
+        response = await api.client.post("/v1/admin/api-clients", data=sent_body, headers=headers)
+        await problem(response, 401, "signature-invalid")
+
+
+async def test_query_changed_after_signing(gw: Gateway, api: Api, machine: dict[str, Any]) -> None:
+    headers = {
+        **bearer(machine["token"]),
+        **signing.sign_headers(
+            machine["client_secret"],
+            "GET",
+            "/v1/admin/api-clients",
+            [("include_revoked", "false")],
+        ),
+    }
+    with no_upstream_call(gw):
+        response = await api.client.get(
+            "/v1/admin/api-clients", params={"include_revoked": "true"}, headers=headers
+        )
+        await problem(response, 401, "signature-invalid")
+
+
+async def test_malformed_nonce(gw: Gateway, api: Api, machine: dict[str, Any]) -> None:
+    with no_upstream_call(gw):
+        response = await api.signed(
+            "GET", "/v1/me", machine["token"], machine["client_secret"], nonce="short"
+        )
+        await problem(response, 401, "signature-invalid")

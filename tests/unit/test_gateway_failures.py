@@ -1,0 +1,64 @@
+"""One table maps upstream failures (gRPC and Temporal) to HTTP problems."""
+
+from __future__ import annotations
+
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from temporalio.api.enums.v1 import RetryState
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from gateway import failures
+
+
+@pytest.mark.parametrize(
+    ("status", "http", "code"),
+    [
+        (Status.INVALID_ARGUMENT, 400, "invalid-argument"),
+        (Status.UNAUTHENTICATED, 401, "invalid-credentials"),
+        (Status.PERMISSION_DENIED, 403, "permission-denied"),
+        (Status.NOT_FOUND, 404, "not-found"),
+        (Status.ALREADY_EXISTS, 409, "conflict"),
+        (Status.DEADLINE_EXCEEDED, 504, "upstream-timeout"),
+        (Status.UNAVAILABLE, 503, "upstream-unavailable"),
+        (Status.INTERNAL, 502, "upstream-error"),
+    ],
+)
+def test_grpc_statuses(status: Status, http: int, code: str) -> None:
+    problem = failures.from_grpc(GRPCError(status, "why"))
+    assert (problem.status, problem.code) == (http, code)
+
+
+def test_every_grpc_status_is_mapped() -> None:
+    assert set(failures.GRPC_STATUS) == set(Status) - {Status.OK}
+
+
+def test_internal_details_are_not_shown() -> None:
+    assert "secret" not in failures.from_grpc(GRPCError(Status.INTERNAL, "secret")).detail
+    assert failures.from_grpc(GRPCError(Status.NOT_FOUND, "no such account")).detail == (
+        "no such account"
+    )
+
+
+def _workflow_failure(error_type: str) -> WorkflowFailureError:
+    application = ApplicationError("an account with this email exists", type=error_type)
+    activity = ActivityError(
+        "activity failed",
+        scheduled_event_id=1,
+        started_event_id=2,
+        identity="w",
+        activity_type="identity.create_account",
+        activity_id="1",
+        retry_state=RetryState.RETRY_STATE_NON_RETRYABLE_FAILURE,
+    )
+    activity.__cause__ = application
+    failure = WorkflowFailureError(cause=activity)
+    return failure
+
+
+def test_business_failures_inside_workflows_map_by_type() -> None:
+    problem = failures.from_temporal(_workflow_failure("EmailTaken"))
+    assert (problem.status, problem.code) == (409, "email-taken")
+    problem = failures.from_temporal(_workflow_failure("SomethingElse"))
+    assert (problem.status, problem.code) == (502, "upstream-error")

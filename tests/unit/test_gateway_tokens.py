@@ -1,0 +1,114 @@
+"""Token policy: only EdDSA from known keys, claims checked, unknown kids refetched at a floor."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import OKPKey
+
+from gateway.jwks import JwksCache
+from gateway.problems import Problem
+from gateway.tokens import TokenVerifier
+
+pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
+
+KEY = OKPKey.generate_key("Ed25519", parameters={"kid": "k1"})
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {
+        "iss": "agora-identity", "aud": "agora-api", "sub": "s", "exp": now + 900, "iat": now,
+        "nbf": now, "jti": "j", "scope": "profile orders:read", "ptype": "account", "sid": "f",
+    }  # fmt: skip
+    base.update(overrides)
+    return base
+
+
+def token(key: OKPKey = KEY, kid: str = "k1", **overrides: Any) -> str:
+    return jwt.encode({"alg": "EdDSA", "kid": kid}, claims(**overrides), key, algorithms=["EdDSA"])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def verifier(
+    keys: list[dict[str, Any]], clock: Clock | None = None
+) -> tuple[TokenVerifier, JwksCache]:
+    async def fetch() -> list[dict[str, Any]]:
+        return keys
+
+    cache = JwksCache(fetch, clock=clock or Clock())
+    return TokenVerifier(cache, issuer="agora-identity", audience="agora-api"), cache
+
+
+async def test_valid_token_gives_the_principal() -> None:
+    check, _ = verifier([{**KEY.as_dict(private=False), "kid": "k1"}])
+    principal = await check.verify(token())
+    assert principal.subject == "s" and principal.scopes == {"profile", "orders:read"}
+    assert principal.ptype == "account" and principal.sid == "f" and principal.kid == "k1"
+
+
+async def test_private_or_foreign_keys_in_the_jwks_are_ignored() -> None:
+    check, cache = verifier(
+        [KEY.as_dict(private=True) | {"kid": "k1"}, {"kty": "EC", "kid": "k2", "crv": "P-256"}]
+    )
+    await cache.refresh()
+    assert cache.get("k1") is None and cache.document() == {"keys": []}
+    with pytest.raises(Problem) as raised:
+        await check.verify(token())
+    assert raised.value.code == "token-key-unknown"
+
+
+async def test_unknown_kid_refetches_at_most_once_per_floor() -> None:
+    clock = Clock()
+    keys: list[dict[str, Any]] = []
+    check, cache = verifier(keys, clock)
+    await cache.refresh()
+    assert cache.fetches == 1
+    for _ in range(3):
+        with pytest.raises(Problem):
+            await check.verify(token())
+    assert cache.fetches == 1  # within the floor: no refetch
+    clock.now += 6
+    keys.append({**KEY.as_dict(private=False), "kid": "k1"})  # identity rotated meanwhile
+    assert (await check.verify(token())).subject == "s"
+    assert cache.fetches == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"exp": -31}, "token-expired"),
+        ({"nbf": +31}, "token-not-yet-valid"),
+        ({"iat": +600}, "token-not-yet-valid"),
+        ({"aud": "x"}, "token-audience-invalid"),
+        ({"iss": "x"}, "token-issuer-invalid"),
+        ({"sid": ""}, "token-claims-invalid"),
+        ({"scope": ["profile"]}, "token-claims-invalid"),
+    ],
+)
+async def test_claim_failures(overrides: dict[str, Any], code: str) -> None:
+    check, _ = verifier([{**KEY.as_dict(private=False), "kid": "k1"}])
+    now = int(time.time())  # time claims are relative: parameters are built at collection
+    overrides = {
+        k: now + v if k in ("exp", "nbf", "iat") and isinstance(v, int) else v
+        for k, v in overrides.items()
+    }
+    with pytest.raises(Problem) as raised:
+        await check.verify(token(**overrides))
+    assert raised.value.code == code
+
+
+async def test_leeway_is_thirty_seconds() -> None:
+    check, _ = verifier([{**KEY.as_dict(private=False), "kid": "k1"}])
+    now = int(time.time())
+    assert await check.verify(token(exp=now - 20, nbf=now + 20))
