@@ -19,7 +19,13 @@ from temporalio.exceptions import FailureError
 from temporalio.service import RPCError
 
 from agora.grpc import Channels
+from contracts.agora.audit.v1 import AuditServiceStub
+from contracts.agora.catalog.v1 import CatalogServiceStub
 from contracts.agora.identity.v1 import IdentityServiceStub
+from contracts.agora.inventory.v1 import InventoryServiceStub
+from contracts.agora.orders.v1 import OrdersServiceStub
+from contracts.agora.payments.v1 import PaymentsServiceStub
+from contracts.agora.search.v1 import SearchServiceStub
 from gateway import failures
 from gateway.context import TIMING, remaining_s
 from gateway.metrics import GatewayMetrics
@@ -32,7 +38,14 @@ class Upstream:
     def __init__(self, channels: Channels, temporal: Client, metrics: GatewayMetrics):
         self.channels = channels
         self.temporal = temporal
+        # Channels connect lazily, on a service's first call.
         self.identity = IdentityServiceStub(channels.get("identity"))
+        self.catalog = CatalogServiceStub(channels.get("catalog"))
+        self.search = SearchServiceStub(channels.get("search"))
+        self.inventory = InventoryServiceStub(channels.get("inventory"))
+        self.orders = OrdersServiceStub(channels.get("orders"))
+        self.payments = PaymentsServiceStub(channels.get("payments"))
+        self.audit = AuditServiceStub(channels.get("audit"))
         self._metrics = metrics
         # Calls made on behalf of requests, by name; tests and the bench read it to
         # prove that a refused request reached no service.
