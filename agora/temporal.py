@@ -16,6 +16,8 @@ def runtime(settings: Settings) -> Runtime:
     global _runtime
     if _runtime is None:
         telemetry = TelemetryConfig(
+            # The SDK reports as "temporal-core-sdk"; the tag says which of ours it is.
+            global_tags={"agora_service": settings.service},
             metrics=OpenTelemetryConfig(url=settings.otlp_endpoint)
             if settings.tracing_enabled
             else None

@@ -85,6 +85,11 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> None:
     for component in components:
         timings[component.name] = component.up(ctx)
     say("stack", f"{ctx.settings.profile} stack healthy in {time.monotonic() - started:.1f}s")
+    if args.platform and any(c.name == "svc-identity" for c in components):
+        # A local admin to try the admin routes with (docs: README, "First requests").
+        subprocess.run(
+            [sys.executable, "-m", "workers.identity.admin", "ensure-demo-admin"], check=False
+        )
     (ctx.state / "last-up.txt").write_text(
         "".join(f"{name} {seconds:.2f}\n" for name, seconds in timings.items())
     )

@@ -39,6 +39,10 @@ class Component:
     def urls(self, ctx: Context) -> dict[str, str]:
         return {}
 
+    def stale(self, ctx: Context) -> bool:
+        """True when the running process no longer matches what would be started now."""
+        return False
+
     # -----------------------------------------------------------------
 
     def up(self, ctx: Context) -> float:
@@ -47,6 +51,9 @@ class Component:
         if not self.installed(ctx):
             say(self.name, "installing")
             self.install(ctx)
+        if ctx.running_pid(self.name) is not None and self.stale(ctx):
+            say(self.name, "code changed since it started: restarting it")
+            ctx.stop(self.name)
         if ctx.running_pid(self.name) is not None:
             if _safe(self.healthy, ctx):
                 say(self.name, "already running")

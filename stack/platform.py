@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import sys
 
-from agora.config import SERVICES
+from agora.config import REPO_ROOT, SERVICES
 from stack.base import Context
 from stack.component import Component, http_ok
 
@@ -20,7 +21,35 @@ def _profile_env(ctx: Context) -> dict[str, str]:
     return env
 
 
-class ServiceProcess(Component):
+CODE_DIRS = ("agora", "workers", "workflows", "activities", "gateway", "contracts")
+
+
+def code_fingerprint() -> str:
+    """Changes whenever a Python file of the platform changes (path, size or mtime)."""
+    digest = hashlib.sha256()
+    for folder in CODE_DIRS:
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            stat = path.stat()
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+class PlatformProcess(Component):
+    """An Agora process: restarted by `up` when the code changed since it started."""
+
+    def spawn_platform(self, ctx: Context, argv: list[str], env: dict[str, str]) -> None:
+        ctx.spawn(self.name, argv, env=env)
+        (ctx.pids / f"{self.name}.code").write_text(code_fingerprint())
+
+    def stale(self, ctx: Context) -> bool:
+        try:
+            started_with = (ctx.pids / f"{self.name}.code").read_text()
+        except FileNotFoundError:
+            return True
+        return started_with != code_fingerprint()
+
+
+class ServiceProcess(PlatformProcess):
     """`python -m workers <service>`: worker + gRPC server + consumers + relay + side port."""
 
     start_timeout = 60
@@ -31,10 +60,10 @@ class ServiceProcess(Component):
         self.ports = (f"{service}_grpc", f"{service}_side")
 
     def start(self, ctx: Context) -> None:
-        ctx.spawn(
-            self.name,
+        self.spawn_platform(
+            ctx,
             [sys.executable, "-m", "workers", self.service],
-            env={**_profile_env(ctx), "AGORA_SERVICE": self.service},
+            {**_profile_env(ctx), "AGORA_SERVICE": self.service},
         )
 
     def healthy(self, ctx: Context) -> bool:
@@ -48,16 +77,16 @@ class ServiceProcess(Component):
         }
 
 
-class GatewayProcess(Component):
+class GatewayProcess(PlatformProcess):
     name = "gateway"
     ports = ("gateway", "gateway_side")
     start_timeout = 60
 
     def start(self, ctx: Context) -> None:
-        ctx.spawn(
-            self.name,
+        self.spawn_platform(
+            ctx,
             [sys.executable, "-m", "gateway"],
-            env={**_profile_env(ctx), "AGORA_SERVICE": "gateway"},
+            {**_profile_env(ctx), "AGORA_SERVICE": "gateway"},
         )
 
     def healthy(self, ctx: Context) -> bool:

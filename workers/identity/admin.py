@@ -1,0 +1,103 @@
+"""Operator commands for identity: `python -m workers.identity.admin ...`.
+
+The public API registers customers only; admins, auditors and support staff are
+created by an operator through the same RegisterAccount workflow:
+
+    python -m workers.identity.admin create --email ops@example.com --role admin
+    python -m workers.identity.admin ensure-demo-admin    # what `make run` does locally
+
+The password is read from a prompt (or --password-file), hashed with argon2id
+here, and only the hash enters the workflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import secrets
+import sys
+import uuid
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from temporalio.client import WorkflowFailureError
+
+from agora import config, temporal
+from agora.config import Settings
+from workflows.identity import (
+    TASK_QUEUE,
+    RegisterAccountInput,
+    RegisterAccountWorkflow,
+    register_workflow_id,
+)
+
+DEMO_ADMIN_EMAIL = "admin@agora.local"
+ROLES = ("customer", "admin", "auditor", "support")
+
+
+def demo_password_file(settings: Settings) -> Path:
+    return settings.state_dir / "secrets" / "admin-password"
+
+
+async def register(settings: Settings, email: str, password: str, role: str) -> bool:
+    """Run RegisterAccount; True when created, False when this account already existed."""
+    client = await temporal.connect(settings)
+    password_hash = await asyncio.to_thread(PasswordHasher().hash, password)
+    # A stable id per email makes the command safe to repeat.
+    account_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"agora:account:{email.lower()}"))
+    result = await client.execute_workflow(
+        RegisterAccountWorkflow.run,
+        RegisterAccountInput(
+            account_id=account_id,
+            email=email,
+            display_name=role.capitalize(),
+            password_hash=password_hash,
+            roles=[role],
+        ),
+        id=register_workflow_id(email),
+        task_queue=TASK_QUEUE,
+    )
+    return bool(result.created)
+
+
+async def ensure_demo_admin(settings: Settings) -> None:
+    path = demo_password_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(18))
+        path.chmod(0o600)
+    created = await register(settings, DEMO_ADMIN_EMAIL, path.read_text().strip(), "admin")
+    state = "created" if created else "present"
+    print(f"demo admin {DEMO_ADMIN_EMAIL} {state}; its password is in {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.identity.admin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create", help="register an account with a role")
+    create.add_argument("--email", required=True)
+    create.add_argument("--role", choices=ROLES, default="admin")
+    create.add_argument("--password-file", type=Path)
+    sub.add_parser("ensure-demo-admin", help="the local demo admin (idempotent)")
+    args = parser.parse_args(argv)
+    settings = config.load(service="identity-admin")
+    try:
+        if args.command == "ensure-demo-admin":
+            asyncio.run(ensure_demo_admin(settings))
+            return 0
+        if args.password_file:
+            password = args.password_file.read_text().strip()
+        else:
+            password = getpass.getpass(f"password for {args.email}: ")
+        created = asyncio.run(register(settings, args.email, password, args.role))
+        print(f"{args.email} ({args.role}) {'created' if created else 'already exists'}")
+        return 0
+    except WorkflowFailureError as error:
+        cause = getattr(error.cause, "message", str(error.cause))
+        print(f"refused: {cause}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
