@@ -19,10 +19,14 @@ from typing import Any
 from grpclib import GRPCError
 from grpclib._typing import IServable
 from grpclib.client import Channel
-from grpclib.const import Handler
+from grpclib.const import Handler, Status
+from grpclib.events import SendRequest, listen
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server, Stream
+from opentelemetry import trace
+from opentelemetry.propagate import extract, inject
+from opentelemetry.trace import SpanKind, StatusCode
 
 from agora.config import Settings
 from agora.errors import DomainError
@@ -41,6 +45,18 @@ async def start_server(settings: Settings, service: str, handlers: Sequence[ISer
     return server
 
 
+_tracer = trace.get_tracer("agora.grpc")
+# Statuses that mean the server failed, not the caller (OpenTelemetry's rpc conventions).
+_SERVER_FAULTS = frozenset(
+    {
+        Status.UNKNOWN,
+        Status.DEADLINE_EXCEEDED,
+        Status.UNIMPLEMENTED,
+        Status.INTERNAL,
+        Status.UNAVAILABLE,
+        Status.DATA_LOSS,
+    }
+)
 _peer_cn: contextvars.ContextVar[str] = contextvars.ContextVar("identity_peer_cn", default="")
 
 
@@ -61,23 +77,46 @@ def common_name(cert: dict[str, Any] | None) -> str:
 StreamFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
 
 
-def _wrap(func: StreamFunc) -> StreamFunc:
+def _wrap(func: StreamFunc, method: str) -> StreamFunc:
     @functools.wraps(func)
     async def handle(stream: Stream[Any, Any]) -> None:
         token = _peer_cn.set(common_name(stream.peer.cert()))
-        try:
-            await func(stream)
-        except DomainError as exc:
-            raise GRPCError(exc.grpc_status, exc.detail) from None
-        finally:
-            _peer_cn.reset(token)
+        parent = extract(dict(stream.metadata or {}))
+        with _tracer.start_as_current_span(
+            method.lstrip("/"),
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.method": method, "peer.service": peer_cn()},
+        ) as span:
+            try:
+                await func(stream)
+            except DomainError as exc:
+                span.set_attribute("rpc.grpc.status_code", exc.grpc_status.value)
+                raise GRPCError(exc.grpc_status, exc.detail) from None
+            except GRPCError as exc:
+                span.set_attribute("rpc.grpc.status_code", exc.status.value)
+                if exc.status in _SERVER_FAULTS:
+                    span.set_status(StatusCode.ERROR, exc.message or exc.status.name)
+                raise
+            finally:
+                _peer_cn.reset(token)
 
     return handle
 
 
 def with_call_context(mapping: Mapping[str, Handler]) -> dict[str, Handler]:
     """The servicer's mapping with every method wrapped as described in the module docstring."""
-    return {name: handler._replace(func=_wrap(handler.func)) for name, handler in mapping.items()}
+    return {
+        name: handler._replace(func=_wrap(handler.func, name)) for name, handler in mapping.items()
+    }
+
+
+async def _propagate(event: SendRequest) -> None:
+    """Every outgoing call carries the caller's trace context (W3C traceparent) in metadata."""
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    for key, value in carrier.items():
+        event.metadata[key] = value
 
 
 class _WithCallContext:
@@ -106,6 +145,7 @@ class Channels:
                 self._settings.grpc_port(target),
                 ssl=client_context(self._settings.pki_dir, self._caller),
             )
+            listen(channel, SendRequest, _propagate)
             self._channels[target] = channel
         return channel
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Link, SpanKind
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -28,6 +30,7 @@ from contracts.agora.events.v1 import EventEnvelope
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter("agora.kafka")
+_tracer = trace.get_tracer("agora.kafka")
 _consumed = _meter.create_counter("agora_kafka_consumed", description="records handled")
 _dead = _meter.create_counter("agora_kafka_dead_lettered", description="records sent to a DLQ")
 
@@ -165,6 +168,28 @@ class EventConsumer:
         except Exception as error:
             await self._dead_letter(record, f"undecodable envelope: {error}")
             return
+        # The consumer span continues the producer's trace (the context that wrote the
+        # event travels in the envelope) and links to it, per the messaging conventions.
+        producer_context = extract(
+            {"traceparent": envelope.traceparent, "tracestate": envelope.tracestate}
+        )
+        link = trace.get_current_span(producer_context).get_span_context()
+        with _tracer.start_as_current_span(
+            f"process {record.topic}",
+            context=producer_context,
+            kind=SpanKind.CONSUMER,
+            links=[Link(link)] if link.is_valid else [],
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.consumer.group.name": self.spec.group,
+                "messaging.message.id": envelope.event_id,
+                "messaging.kafka.offset": record.offset,
+            },
+        ):
+            await self._handle_with_retries(envelope, record)
+
+    async def _handle_with_retries(self, envelope: EventEnvelope, record: ConsumerRecord) -> None:
         async for attempt in AsyncRetrying(
             wait=wait_exponential(multiplier=0.1, max=5),
             retry=retry_if_not_exception_type(PoisonMessage),

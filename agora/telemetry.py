@@ -12,6 +12,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -69,5 +71,10 @@ def setup_telemetry(settings: Settings, service: str) -> Telemetry:
         )
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)
+    # Client spans for every database query and Redis command. Elasticsearch's client
+    # traces itself through the OpenTelemetry API; gRPC and Kafka spans live in
+    # agora.grpc and agora.kafka.
+    AsyncPGInstrumentor().instrument()
+    RedisInstrumentor().instrument()
     _installed = Telemetry(tracer_provider, meter_provider)
     return _installed
