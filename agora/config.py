@@ -110,28 +110,57 @@ class Settings:
     access_token_ttl_s: int = 15 * 60
     refresh_token_ttl_s: int = 30 * 24 * 3600
     signing_key_rotation_s: int = 24 * 3600
+    # Payments' simulated PSP: how long the "slow" test card takes to answer (longer
+    # than the authorize activity's timeout) and how many times the "flaky" card
+    # fails transiently per idempotency key before it succeeds.
+    payments_psp_slow_delay_s: float = 15.0
+    payments_psp_flaky_failures: int = 2
+    # Explicit addresses of the engines and of the certificates (Kubernetes points
+    # these at external clusters and at the mounted cert-manager secrets); empty
+    # means "derive from host + ports / state_dir" as the local stack does.
+    temporal_address_override: str = ""
+    kafka_bootstrap_override: str = ""
+    redis_url_override: str = ""
+    elasticsearch_url_override: str = ""
+    postgres_host: str = ""
+    pki_dir_override: str = ""
+    # Where servers listen (AGORA_BIND_HOST, default host) and the host each
+    # service's gRPC API is dialled at (AGORA_GRPC_HOST_<SERVICE>, default host).
+    bind_host: str = ""
+    grpc_hosts: dict[str, str] = field(default_factory=dict)
 
     # Derived addresses -------------------------------------------------
 
     @property
     def temporal_address(self) -> str:
-        return f"{self.host}:{self.ports['temporal']}"
+        return self.temporal_address_override or f"{self.host}:{self.ports['temporal']}"
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.ports['kafka']}"
+        return self.kafka_bootstrap_override or f"{self.host}:{self.ports['kafka']}"
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.ports['redis']}/0"
+        return self.redis_url_override or f"redis://{self.host}:{self.ports['redis']}/0"
 
     @property
     def elasticsearch_url(self) -> str:
-        return f"http://{self.host}:{self.ports['elasticsearch']}"
+        return (
+            self.elasticsearch_url_override or f"http://{self.host}:{self.ports['elasticsearch']}"
+        )
 
     @property
     def pki_dir(self) -> Path:
-        return self.state_dir / "pki"
+        return Path(self.pki_dir_override) if self.pki_dir_override else self.state_dir / "pki"
+
+    @property
+    def listen_host(self) -> str:
+        """The address servers bind to (AGORA_BIND_HOST, e.g. 0.0.0.0 in a pod)."""
+        return self.bind_host or self.host
+
+    def grpc_host(self, service: str) -> str:
+        """The host a service's gRPC API is dialled at (its Service name in a cluster)."""
+        return self.grpc_hosts.get(service) or self.host
 
     def db_password(self, service: str) -> str:
         return self.extra.get(f"db_password_{service}") or f"{self.db_password_prefix}{service}"
@@ -140,7 +169,7 @@ class Settings:
         """DSN for a service's own database under its own login role."""
         return (
             f"postgresql://{service}:{self.db_password(service)}"
-            f"@{self.host}:{self.ports['postgres']}/{service}"
+            f"@{self.postgres_host or self.host}:{self.ports['postgres']}/{service}"
         )
 
     def grpc_port(self, service: str) -> int:
@@ -197,4 +226,18 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
         refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),
         signing_key_rotation_s=int(env.get("AGORA_IDENTITY_KEY_ROTATION_S", 24 * 3600)),
+        payments_psp_slow_delay_s=float(env.get("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", 15.0)),
+        payments_psp_flaky_failures=int(env.get("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", 2)),
+        temporal_address_override=env.get("AGORA_TEMPORAL_ADDRESS", ""),
+        kafka_bootstrap_override=env.get("AGORA_KAFKA_BOOTSTRAP", ""),
+        redis_url_override=env.get("AGORA_REDIS_URL", ""),
+        elasticsearch_url_override=env.get("AGORA_ELASTICSEARCH_URL", ""),
+        postgres_host=env.get("AGORA_POSTGRES_HOST", ""),
+        pki_dir_override=env.get("AGORA_PKI_DIR", ""),
+        bind_host=env.get("AGORA_BIND_HOST", ""),
+        grpc_hosts={
+            svc: env[f"AGORA_GRPC_HOST_{svc.upper()}"]
+            for svc in (*SERVICES, "gateway")
+            if env.get(f"AGORA_GRPC_HOST_{svc.upper()}")
+        },
     )

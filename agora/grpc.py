@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from grpclib.events import SendRequest, listen
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server, Stream
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -46,6 +47,12 @@ async def start_server(settings: Settings, service: str, handlers: Sequence[ISer
 
 
 _tracer = trace.get_tracer("agora.grpc")
+_meter = metrics.get_meter("agora.grpc")
+# RED for every gRPC method a service serves: rate and errors from the count by
+# code, duration from the histogram. Labels are bounded: method and status code.
+_server_duration = _meter.create_histogram(
+    "rpc.server.duration", unit="s", description="gRPC server call duration, by method and code"
+)
 # Statuses that mean the server failed, not the caller (OpenTelemetry's rpc conventions).
 _SERVER_FAULTS = frozenset(
     {
@@ -82,6 +89,8 @@ def _wrap(func: StreamFunc, method: str) -> StreamFunc:
     async def handle(stream: Stream[Any, Any]) -> None:
         token = _peer_cn.set(common_name(stream.peer.cert()))
         parent = extract(dict(stream.metadata or {}))
+        started = time.perf_counter()
+        code = Status.OK
         with _tracer.start_as_current_span(
             method.lstrip("/"),
             context=parent,
@@ -91,15 +100,22 @@ def _wrap(func: StreamFunc, method: str) -> StreamFunc:
             try:
                 await func(stream)
             except DomainError as exc:
-                span.set_attribute("rpc.grpc.status_code", exc.grpc_status.value)
+                code = exc.grpc_status
                 raise GRPCError(exc.grpc_status, exc.detail) from None
             except GRPCError as exc:
-                span.set_attribute("rpc.grpc.status_code", exc.status.value)
+                code = exc.status
                 if exc.status in _SERVER_FAULTS:
                     span.set_status(StatusCode.ERROR, exc.message or exc.status.name)
                 raise
+            except BaseException:
+                code = Status.UNKNOWN
+                raise
             finally:
                 _peer_cn.reset(token)
+                span.set_attribute("rpc.grpc.status_code", code.value)
+                _server_duration.record(
+                    time.perf_counter() - started, {"rpc_method": method, "rpc_code": code.name}
+                )
 
     return handle
 

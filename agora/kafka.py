@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, SpanKind
 from tenacity import (
@@ -33,6 +34,18 @@ _meter = metrics.get_meter("agora.kafka")
 _tracer = trace.get_tracer("agora.kafka")
 _consumed = _meter.create_counter("agora_kafka_consumed", description="records handled")
 _dead = _meter.create_counter("agora_kafka_dead_lettered", description="records sent to a DLQ")
+# Records behind the end of each assigned partition, as last seen by its consumer.
+_lag: dict[tuple[str, str, int], int] = {}
+
+
+def _observe_lag(_: CallbackOptions) -> Iterable[Observation]:
+    for (group, topic, partition), lag in _lag.items():
+        yield Observation(lag, {"group": group, "topic": topic, "partition": str(partition)})
+
+
+_meter.create_observable_gauge(
+    "agora_kafka_consumer_lag", [_observe_lag], description="records not yet consumed"
+)
 
 EVENT_TOPICS = (
     "identity.events",
@@ -141,6 +154,7 @@ class EventConsumer:
 
     async def _session(self) -> None:
         consumer = self._new_consumer()
+        positions: dict[TopicPartition, int] = {}
         await consumer.start()
         try:
             while not self._stopping.is_set():
@@ -151,8 +165,17 @@ class EventConsumer:
                         if self._stopping.is_set():
                             break
                     await consumer.commit({partition: record.offset + 1})
+                    positions[partition] = record.offset + 1
+                self._record_lag(consumer, positions)
         finally:
             await consumer.stop()
+
+    def _record_lag(self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:
+        for partition, position in positions.items():
+            highwater = consumer.highwater(partition)
+            if highwater is not None:
+                key = (self.spec.group, partition.topic, partition.partition)
+                _lag[key] = max(highwater - position, 0)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -24,6 +25,7 @@ import betterproto2
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import inject
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
@@ -41,6 +43,29 @@ _TRANSIENT = (
 )
 _meter = metrics.get_meter("agora.outbox")
 _published = _meter.create_counter("agora_outbox_published", description="outbox rows published")
+# Backlog and age of the oldest unsent row, per service, as last seen by its relay.
+_backlog: dict[str, tuple[int, float]] = {}
+
+
+def _observe_backlog(_: CallbackOptions) -> Iterable[Observation]:
+    for service, (count, _age) in _backlog.items():
+        yield Observation(count, {"service": service})
+
+
+def _observe_age(_: CallbackOptions) -> Iterable[Observation]:
+    for service, (_count, age) in _backlog.items():
+        yield Observation(age, {"service": service})
+
+
+_meter.create_observable_gauge(
+    "agora_outbox_backlog", [_observe_backlog], description="outbox rows not yet published"
+)
+_meter.create_observable_gauge(
+    "agora_outbox_oldest_age",
+    [_observe_age],
+    unit="s",
+    description="age of the oldest unpublished outbox row (0 when none)",
+)
 
 # Shared by every service's first migration (activities/migrations/<service>/0001_outbox.py).
 OUTBOX_DDL = """
@@ -224,6 +249,11 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         async with self._pool.acquire() as conn:
+            count, age = await conn.fetchrow(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                " FROM outbox WHERE sent_at IS NULL"
+            )
+            _backlog[self._service] = (int(count), float(age))
             rows = await conn.fetch(
                 "SELECT id, topic, aggregate_id, event_id, event_type, envelope FROM outbox"
                 " WHERE sent_at IS NULL ORDER BY id LIMIT $1",

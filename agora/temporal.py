@@ -20,7 +20,7 @@ def runtime(settings: Settings) -> Runtime:
             global_tags={"agora_service": settings.service},
             metrics=OpenTelemetryConfig(url=settings.otlp_endpoint)
             if settings.tracing_enabled
-            else None
+            else None,
         )
         _runtime = Runtime(telemetry=telemetry)
     return _runtime
