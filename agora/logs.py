@@ -34,10 +34,10 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     handler.addFilter(_TraceContext(service))
     handler.setFormatter(
         JsonFormatter(
-            "{asctime}{service}{levelname}{name}{message}{trace_id}{span_id}",
+            "{service}{levelname}{name}{message}{trace_id}{span_id}",
             style="{",
-            rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
-            timestamp=False,
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp=True,  # ISO 8601 in UTC, sortable across processes
         )
     )
     root = logging.getLogger()
