@@ -1,0 +1,49 @@
+"""The alerting rules are valid and their promtool unit tests pass (firing and not firing)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from agora.config import REPO_ROOT
+
+PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
+promtool = shutil.which("promtool")
+pytestmark = pytest.mark.skipif(
+    promtool is None, reason="promtool comes with `make run`/`make test`"
+)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(promtool), *args], capture_output=True, text=True, cwd=PROMETHEUS)
+
+
+def test_rule_files_are_valid() -> None:
+    result = run("check", "rules", *(str(p) for p in (PROMETHEUS / "rules").glob("*.yml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_fires_and_stays_quiet_as_its_unit_tests_say() -> None:
+    result = run("test", "rules", *(str(p) for p in (PROMETHEUS / "tests").glob("*.yml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    import yaml
+
+    alerts = {
+        rule["alert"]
+        for path in (PROMETHEUS / "rules").glob("*.yml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    tested = {
+        case["alertname"]
+        for path in (PROMETHEUS / "tests").glob("*.yml")
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+    }
+    assert alerts <= tested, f"alerts without a promtool test: {sorted(alerts - tested)}"
