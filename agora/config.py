@@ -95,6 +95,10 @@ class Settings:
     temporal_namespace: str = "default"
     db_password_prefix: str = "agora-local-"
     extra: dict[str, str] = field(default_factory=dict)
+    # Temporal payload encryption key ring (agora/codec.py); empty: <state>/secrets/codec-keys.json.
+    codec_keys_file: str = ""
+    # The codec server the Temporal web UI calls to show payloads in clear.
+    ui_codec_endpoint: str = ""
     # Access tokens: identity issues them with these claims, the gateway checks them.
     jwt_issuer: str = "agora-identity"
     jwt_audience: str = "agora-api"
@@ -110,11 +114,24 @@ class Settings:
     access_token_ttl_s: int = 15 * 60
     refresh_token_ttl_s: int = 30 * 24 * 3600
     signing_key_rotation_s: int = 24 * 3600
+    # Catalog: TTL of a cached product (seconds; entries are also refreshed by every write).
+    catalog_cache_ttl_s: int = 300
+    # Search: name prefix of the product indices and their aliases, and how soon a
+    # write becomes searchable (the index refresh interval).
+    search_index_prefix: str = "agora-products"
+    search_refresh_interval: str = "100ms"
     # Payments' simulated PSP: how long the "slow" test card takes to answer (longer
     # than the authorize activity's timeout) and how many times the "flaky" card
     # fails transiently per idempotency key before it succeeds.
     payments_psp_slow_delay_s: float = 15.0
     payments_psp_flaky_failures: int = 2
+    # Audit: the Ed25519 key checkpoints are signed with (base64 of the 32-byte
+    # private seed; locally generated into <state>/secrets/audit-signing-key when
+    # empty), the checkpoint schedule's interval, and the Temporal web UI's base URL
+    # used in export links (empty: http://<host>:<temporal_ui port>).
+    audit_signing_key: str = ""
+    audit_checkpoint_interval_s: int = 300
+    temporal_ui_url_override: str = ""
     # Explicit addresses of the engines and of the certificates (Kubernetes points
     # these at external clusters and at the mounted cert-manager secrets); empty
     # means "derive from host + ports / state_dir" as the local stack does.
@@ -148,6 +165,10 @@ class Settings:
         return (
             self.elasticsearch_url_override or f"http://{self.host}:{self.ports['elasticsearch']}"
         )
+
+    @property
+    def temporal_ui_url(self) -> str:
+        return self.temporal_ui_url_override or f"http://{self.host}:{self.ports['temporal_ui']}"
 
     @property
     def pki_dir(self) -> Path:
@@ -214,6 +235,8 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         tracing_enabled=env.get("AGORA_TRACING", "on").lower() not in ("off", "0", "false"),
         temporal_namespace=env.get("AGORA_TEMPORAL_NAMESPACE", "default"),
         extra=extra,
+        codec_keys_file=env.get("AGORA_CODEC_KEYS_FILE", ""),
+        ui_codec_endpoint=env.get("AGORA_UI_CODEC_ENDPOINT", ""),
         jwt_issuer=env.get("AGORA_JWT_ISSUER", "agora-identity"),
         jwt_audience=env.get("AGORA_JWT_AUDIENCE", "agora-api"),
         rate_limits={
@@ -228,6 +251,9 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         signing_key_rotation_s=int(env.get("AGORA_IDENTITY_KEY_ROTATION_S", 24 * 3600)),
         payments_psp_slow_delay_s=float(env.get("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", 15.0)),
         payments_psp_flaky_failures=int(env.get("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", 2)),
+        audit_signing_key=env.get("AGORA_AUDIT_SIGNING_KEY", ""),
+        audit_checkpoint_interval_s=int(env.get("AGORA_AUDIT_CHECKPOINT_INTERVAL_S", 300)),
+        temporal_ui_url_override=env.get("AGORA_TEMPORAL_UI_URL", ""),
         temporal_address_override=env.get("AGORA_TEMPORAL_ADDRESS", ""),
         kafka_bootstrap_override=env.get("AGORA_KAFKA_BOOTSTRAP", ""),
         redis_url_override=env.get("AGORA_REDIS_URL", ""),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.converter import DataConverter
 from temporalio.runtime import OpenTelemetryConfig, Runtime, TelemetryConfig
 
+from agora.codec import EncryptionCodec, load_or_create
 from agora.config import Settings
 
 _runtime: Runtime | None = None
@@ -26,11 +30,20 @@ def runtime(settings: Settings) -> Runtime:
     return _runtime
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """Payloads are encrypted (agora.codec) before they reach Temporal's history."""
+    return dataclasses.replace(
+        DataConverter.default, payload_codec=EncryptionCodec(load_or_create(settings))
+    )
+
+
 async def connect(settings: Settings) -> Client:
-    """A client whose workflows and activities carry the caller's trace context."""
+    """A client whose workflows and activities carry the caller's trace context and
+    whose payloads are encrypted. Workers built on it inherit both."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         interceptors=[TracingInterceptor()],
         runtime=runtime(settings),
+        data_converter=data_converter(settings),
     )

@@ -72,9 +72,8 @@ class Temporal(Component):
             "warn",
             "--ui-disable-news-fetch",
         ]
-        codec = ctx.settings.extra.get("ui_codec_endpoint")
-        if codec:
-            argv += ["--ui-codec-endpoint", codec]
+        if ctx.settings.ui_codec_endpoint:
+            argv += ["--ui-codec-endpoint", ctx.settings.ui_codec_endpoint]
         for key, kind in SEARCH_ATTRIBUTES.items():
             argv += ["--search-attribute", f"{key}={kind}"]
         ctx.spawn(self.name, argv)

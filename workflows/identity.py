@@ -7,6 +7,7 @@ latency-critical calls (sign-in, refresh, introspection) are direct gRPC.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,8 +53,13 @@ STEP_TIMEOUT = timedelta(seconds=10)
 
 
 def register_workflow_id(email: str) -> str:
-    """One registration per email at a time: a retried request joins the running one."""
-    return f"register-{email.lower()}"
+    """One registration per email at a time: a retried request joins the running one.
+
+    Workflow ids are visible in clear (the UI, visibility queries), unlike payloads,
+    so the id holds a digest of the email, never the email itself.
+    """
+    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    return f"register-{digest}"
 
 
 def revoke_api_client_workflow_id(client_id: str) -> str:

@@ -84,7 +84,9 @@ async def identity(channels: Channels) -> IdentityServiceStub:
 
 @pytest.fixture(scope="module")
 async def temporal(settings: Settings) -> Client:
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    from agora import temporal as platform_temporal
+
+    return await platform_temporal.connect(settings)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,84 @@
+"""Temporal payloads are encrypted with the active key and decrypt under any known key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import DataConverter
+
+from agora import codec, config
+from agora.codec import EncryptionCodec, KeyRing, UnknownKey
+
+
+def plain(text: str) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain"}, data=text.encode())
+
+
+async def test_payloads_are_encrypted_and_round_trip() -> None:
+    ring = KeyRing("k1", {"k1": b"\x01" * 32})
+    sealed = await EncryptionCodec(ring).encode([plain('{"email":"ann@example.com"}')])
+    assert sealed[0].metadata["encoding"] == codec.ENCODING
+    assert sealed[0].metadata[codec.KEY_ID] == b"k1"
+    assert b"ann@example.com" not in sealed[0].SerializeToString()
+    opened = await EncryptionCodec(ring).decode(sealed)
+    assert opened[0].data == b'{"email":"ann@example.com"}'
+
+
+async def test_after_rotation_old_payloads_still_decrypt_and_new_ones_use_the_new_key() -> None:
+    old = KeyRing("k1", {"k1": b"\x01" * 32})
+    sealed_old = await EncryptionCodec(old).encode([plain("before")])
+    new = old.rotated()
+    assert new.active != "k1" and "k1" in new.keys
+    sealed_new = await EncryptionCodec(new).encode([plain("after")])
+    assert sealed_new[0].metadata[codec.KEY_ID] == new.active.encode()
+    opened = await EncryptionCodec(new).decode([*sealed_old, *sealed_new])
+    assert [p.data for p in opened] == [b"before", b"after"]
+
+
+async def test_a_payload_under_an_unknown_key_is_refused() -> None:
+    sealed = await EncryptionCodec(KeyRing("k9", {"k9": b"\x09" * 32})).encode([plain("x")])
+    with pytest.raises(UnknownKey):
+        await EncryptionCodec(KeyRing("k1", {"k1": b"\x01" * 32})).decode(sealed)
+
+
+async def test_a_tampered_payload_is_refused() -> None:
+    ring = KeyRing("k1", {"k1": b"\x01" * 32})
+    sealed = (await EncryptionCodec(ring).encode([plain("amount=100")]))[0]
+    sealed.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
+    with pytest.raises(Exception, match=""):
+        await EncryptionCodec(ring).decode([sealed])
+
+
+async def test_unencrypted_payloads_pass_through() -> None:
+    ring = KeyRing("k1", {"k1": b"\x01" * 32})
+    assert (await EncryptionCodec(ring).decode([plain("legacy")]))[0].data == b"legacy"
+
+
+async def test_the_local_key_ring_is_created_once_and_kept(tmp_path: Path) -> None:
+    settings = config.load({"AGORA_STATE_DIR": str(tmp_path)})
+    first = codec.load_or_create(settings)
+    assert codec.load_or_create(settings) == first
+    assert (tmp_path / "secrets" / "codec-keys.json").stat().st_mode & 0o077 == 0
+
+
+def test_production_never_invents_a_key(tmp_path: Path) -> None:
+    settings = config.load({"AGORA_PROFILE": "prod", "AGORA_STATE_DIR": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="AGORA_CODEC_KEYS_FILE"):
+        codec.load_or_create(settings)
+
+
+async def test_the_converter_round_trips_a_dataclass_through_encryption() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Order:
+        customer: str
+        total: int
+
+    ring = KeyRing("k1", {"k1": b"\x01" * 32})
+    converter = dataclasses.replace(DataConverter.default, payload_codec=EncryptionCodec(ring))
+    payloads = await converter.encode([Order("ann@example.com", 1999)])
+    assert b"ann@example.com" not in payloads[0].SerializeToString()
+    assert await converter.decode(payloads, [Order]) == [Order("ann@example.com", 1999)]
