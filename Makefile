@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := AGORA_PROFILE=test
 PYTEST_ARGS ?=
 
-.PHONY: help venv run stop status test test-unit test-integration lint bench protos logs clean-state
+.PHONY: help venv run seed stop status test test-unit test-integration test-deploy helm lint bench protos logs clean-state
 
 help:
 	@echo "make run     install everything, start the local platform, print its URLs"
@@ -27,6 +27,11 @@ venv: $(VENV)/.installed
 
 run: venv
 	@$(PY) -m stack up --platform
+	@$(MAKE) --no-print-directory seed
+
+# The demo catalog (and its stock when inventory runs); idempotent. SEED_ARGS="--products 100000".
+seed: venv
+	@$(PY) -m workers.catalog.seed $(SEED_ARGS)
 
 stop: venv
 	@$(PY) -m stack down
@@ -34,9 +39,14 @@ stop: venv
 status: venv
 	@$(PY) -m stack status
 
+# Helm, built from the Go module proxy into the shared cache (cached: a second run builds nothing).
+AGORA_CACHE ?= $(or $(AGORA_CACHE_DIR),$(HOME)/.cache/agora)
+helm:
+	@bash deploy/local/build_helm.sh "$(AGORA_CACHE)"
+
 # The test stack has its own state folder (.state/test) and ports (+100), is started
 # fresh for each run and stopped afterwards, even when a test fails.
-test: venv
+test: venv helm
 	@$(TEST_ENV) $(PY) -m stack down >/dev/null 2>&1 || true
 	@rm -rf .state/test
 	@$(TEST_ENV) $(PY) -m stack up
@@ -47,6 +57,10 @@ test: venv
 
 test-unit: venv
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Offline validation of the Kubernetes charts and image (tests/deploy; no cluster needed).
+test-deploy: venv helm
+	@$(PY) -m pytest tests/deploy $(PYTEST_ARGS)
 
 lint: venv
 	@$(PY) -m ruff check .

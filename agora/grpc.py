@@ -39,7 +39,7 @@ async def start_server(settings: Settings, service: str, handlers: Sequence[ISer
     all_handlers: list[IServable] = [*(_WithCallContext(h) for h in handlers), Health()]
     server = Server(ServerReflection.extend(all_handlers))
     await server.start(
-        settings.host,
+        settings.listen_host,
         settings.grpc_port(service),
         ssl=server_context(settings.pki_dir, service),
     )
@@ -157,7 +157,7 @@ class Channels:
         channel = self._channels.get(target)
         if channel is None:
             channel = Channel(
-                self._settings.host,
+                self._settings.grpc_host(target),
                 self._settings.grpc_port(target),
                 ssl=client_context(self._settings.pki_dir, self._caller),
             )

@@ -18,7 +18,9 @@ def bootstrap(settings: Settings, name: str) -> tuple[Telemetry, asyncio.Event]:
     """
     setup_logging(name, settings.log_level)
     telemetry = setup_telemetry(settings, name)
-    ensure_pki(settings.pki_dir, (*SERVICES, "gateway"))
+    if settings.profile != "prod":
+        # Locally the platform CA is ours; in a cluster cert-manager issues the certificates.
+        ensure_pki(settings.pki_dir, (*SERVICES, "gateway"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

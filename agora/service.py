@@ -69,7 +69,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     service = definition.name
     telemetry, stop = bootstrap(settings, service)
 
-    side = SidePort(settings.host, settings.side_port(service))
+    side = SidePort(settings.listen_host, settings.side_port(service))
     await side.start()
 
     applied = await db.migrate(settings, service)

@@ -25,14 +25,14 @@ async def serve() -> None:
     telemetry, stop = bootstrap(settings, "gateway")
 
     gw = await create_gateway(settings)
-    side = SidePort(settings.host, settings.ports["gateway_side"])
+    side = SidePort(settings.listen_host, settings.ports["gateway_side"])
     for name, check in readiness_checks(gw).items():
         side.add_check(name, check)
     await side.start()
 
     runner = web.AppRunner(build_app(gw), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.ports["gateway"], backlog=1024).start()
+    await web.TCPSite(runner, settings.listen_host, settings.ports["gateway"], backlog=1024).start()
     side.started = True
     log.info("gateway listening", extra={"port": settings.ports["gateway"]})
 

@@ -72,9 +72,8 @@ def rates_from(settings: Settings) -> dict[str, Rate]:
 async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None = None) -> Gateway:
     """Open the gateway's clients. `jwks_fetch` replaces identity as the key source (tests)."""
     metrics = GatewayMetrics()
-    redis = Redis(
-        host=settings.host,
-        port=settings.ports["redis"],
+    redis = Redis.from_url(
+        settings.redis_url,
         socket_timeout=_REDIS_TIMEOUT_S,
         socket_connect_timeout=_REDIS_TIMEOUT_S,
         retry=Retry(NoBackoff(), 0),

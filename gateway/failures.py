@@ -54,6 +54,13 @@ APPLICATION_ERROR_TYPE: dict[str, str] = {
     "Conflict": "conflict",
     "PermissionDenied": "permission-denied",
     "FailedPrecondition": "precondition-failed",
+    # Inventory (workers/inventory/errors.py).
+    "OutOfStock": "precondition-failed",
+    "UnknownSku": "not-found",
+    "InvalidQuantity": "invalid-argument",
+    "ReservationNotFound": "not-found",
+    "ReservationNotHeld": "precondition-failed",
+    "IdempotencyKeyReused": "conflict",
 }
 
 # Statuses whose upstream message is safe and useful to show the client. Others

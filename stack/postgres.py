@@ -155,6 +155,28 @@ class Postgres(Component):
             self.psql(ctx, f"REVOKE ALL ON DATABASE {service} FROM PUBLIC")
             self.psql(ctx, f"GRANT CONNECT, TEMPORARY ON DATABASE {service} TO {service}")
         self.psql(ctx, "REVOKE ALL ON DATABASE postgres FROM PUBLIC")
+        self._audit_owner(ctx)
+
+    def _audit_owner(self, ctx: Context) -> None:
+        """The audit log is owned by `audit_owner` (no login), not by the service's role.
+
+        `audit` may SET ROLE audit_owner (its migrations do, to create and alter the
+        log) but does not inherit its privileges (NOINHERIT): the service's sessions
+        hold only INSERT and SELECT on the log and cannot disable its triggers.
+        """
+        self.psql(
+            ctx,
+            """DO $$ BEGIN
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'audit_owner') THEN
+                CREATE ROLE audit_owner NOLOGIN;
+              END IF;
+            END $$;""",
+        )
+        self.psql(ctx, "GRANT audit_owner TO audit")
+        self.psql(ctx, "ALTER ROLE audit NOINHERIT")
+        # NOINHERIT also drops what `audit` got from owning its database (the public
+        # schema belongs to pg_database_owner), so the schema is granted explicitly.
+        self.psql(ctx, "GRANT USAGE, CREATE ON SCHEMA public TO audit, audit_owner", db="audit")
 
     def urls(self, ctx: Context) -> dict[str, str]:
         return {"postgres": f"postgresql://{ctx.settings.host}:{ctx.port('postgres')}"}

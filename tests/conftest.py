@@ -8,8 +8,8 @@ import pytest
 
 os.environ.setdefault("AGORA_PROFILE", "test")
 
-from agora import config  # noqa: E402
-from agora.config import Settings  # noqa: E402
+from agora import config
+from agora.config import Settings
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,6 @@ from gateway.routing import Route
 
 
 def all_routes() -> list[Route]:
-    from gateway.routes import accounts, admin, auth, meta
+    from gateway.routes import accounts, admin, auth, inventory, meta
 
-    return [*accounts.ROUTES, *auth.ROUTES, *admin.ROUTES, *meta.ROUTES]
+    return [*accounts.ROUTES, *auth.ROUTES, *admin.ROUTES, *meta.ROUTES, *inventory.ROUTES]

@@ -9,9 +9,14 @@ __all__ = (
     "AuditServiceBase",
     "AuditServiceStub",
     "Checkpoint",
+    "ExportAggregateRequest",
+    "ExportAggregateResponse",
     "ExportOrderRequest",
-    "ExportOrderResponse",
     "ExportedEvent",
+    "GetLatestCheckpointRequest",
+    "GetLatestCheckpointResponse",
+    "GetPublicKeyRequest",
+    "GetPublicKeyResponse",
     "QueryEventsRequest",
     "QueryEventsResponse",
     "VerifyChainRequest",
@@ -67,6 +72,9 @@ class AuditRecord(betterproto2.Message):
     """
 
     trace_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    From the envelope's traceparent ("" when it carried none).
+    """
 
     prev_hash: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
     """
@@ -74,6 +82,11 @@ class AuditRecord(betterproto2.Message):
     """
 
     hash: "bytes" = betterproto2.field(6, betterproto2.TYPE_BYTES)
+
+    topic: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    Kafka topic the event was consumed from.
+    """
 
 
 default_message_pool.register_message("agora.audit.v1", "AuditRecord", AuditRecord)
@@ -97,11 +110,42 @@ class Checkpoint(betterproto2.Message):
 
     signature: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
     """
-    Ed25519 signature over (log_sequence, head_hash, signed_at).
+    Ed25519 signature over the statement in docs/audit.md:
+    "agora-audit-checkpoint/v1\\n<log_sequence>\\n<head_hash hex>\\n<signed_at unix micros>".
     """
 
 
 default_message_pool.register_message("agora.audit.v1", "Checkpoint", Checkpoint)
+
+
+@dataclass(eq=False, repr=False)
+class ExportAggregateRequest(betterproto2.Message):
+    aggregate: "AggregateRef | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+
+default_message_pool.register_message(
+    "agora.audit.v1", "ExportAggregateRequest", ExportAggregateRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ExportAggregateResponse(betterproto2.Message):
+    aggregate: "AggregateRef | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    events: "list[ExportedEvent]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    workflows: "list[WorkflowHistory]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "agora.audit.v1", "ExportAggregateResponse", ExportAggregateResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -110,7 +154,13 @@ class ExportedEvent(betterproto2.Message):
 
     workflow_event_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
     """
-    The Temporal history event that caused it (0 when unknown).
+    The Temporal history event that caused it (0 when unknown): the completion
+    of the activity that wrote the event.
+    """
+
+    activity_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The activity type of that history event ("" when unknown).
     """
 
 
@@ -126,17 +176,52 @@ default_message_pool.register_message("agora.audit.v1", "ExportOrderRequest", Ex
 
 
 @dataclass(eq=False, repr=False)
-class ExportOrderResponse(betterproto2.Message):
-    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+class GetLatestCheckpointRequest(betterproto2.Message):
+    pass
 
-    events: "list[ExportedEvent]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    workflows: "list[WorkflowHistory]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
+default_message_pool.register_message(
+    "agora.audit.v1", "GetLatestCheckpointRequest", GetLatestCheckpointRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetLatestCheckpointResponse(betterproto2.Message):
+    checkpoint: "Checkpoint | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message("agora.audit.v1", "ExportOrderResponse", ExportOrderResponse)
+default_message_pool.register_message(
+    "agora.audit.v1", "GetLatestCheckpointResponse", GetLatestCheckpointResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetPublicKeyRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("agora.audit.v1", "GetPublicKeyRequest", GetPublicKeyRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetPublicKeyResponse(betterproto2.Message):
+    key_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    algorithm: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    public_key: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+    """
+    Raw 32-byte Ed25519 public key.
+    """
+
+    public_key_pem: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "agora.audit.v1", "GetPublicKeyResponse", GetPublicKeyResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -231,6 +316,16 @@ class VerifyChainResponse(betterproto2.Message):
 
     failure: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
 
+    checkpoints_checked: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+    """
+    Signed checkpoints inside the verified range that were checked against the chain.
+    """
+
+    head_hash: "bytes" = betterproto2.field(9, betterproto2.TYPE_BYTES)
+    """
+    Hash of last_sequence as recomputed.
+    """
+
 
 default_message_pool.register_message("agora.audit.v1", "VerifyChainResponse", VerifyChainResponse)
 
@@ -250,7 +345,12 @@ class WorkflowHistory(betterproto2.Message):
 
     history_json: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
-    The history in Temporal's JSON format.
+    The history in Temporal's JSON format ("" when it could not be fetched).
+    """
+
+    error: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    Why the history is missing, when it is (e.g. retention expired).
     """
 
 
@@ -307,15 +407,85 @@ class AuditServiceStub(betterproto2_grpclib.ServiceStub):
         timeout: "float | None" = None,
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
-    ) -> "ExportOrderResponse":
+    ) -> "ExportAggregateResponse":
         """
-        One order's events plus the Temporal history of its workflows.
+        One order's events plus the Temporal history of the workflows that caused
+        them, each event linked to its workflow event (ExportAggregate of "order").
         """
 
         return await self._unary_unary(
             "/agora.audit.v1.AuditService/ExportOrder",
             message,
-            ExportOrderResponse,
+            ExportAggregateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def export_aggregate(
+        self,
+        message: "ExportAggregateRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ExportAggregateResponse":
+        """
+        The same for any aggregate (an account, a product, ...).
+        """
+
+        return await self._unary_unary(
+            "/agora.audit.v1.AuditService/ExportAggregate",
+            message,
+            ExportAggregateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_public_key(
+        self,
+        message: "GetPublicKeyRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetPublicKeyResponse":
+        """
+        The Ed25519 public key checkpoints are signed with.
+        """
+
+        if message is None:
+            message = GetPublicKeyRequest()
+
+        return await self._unary_unary(
+            "/agora.audit.v1.AuditService/GetPublicKey",
+            message,
+            GetPublicKeyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_latest_checkpoint(
+        self,
+        message: "GetLatestCheckpointRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetLatestCheckpointResponse":
+        """
+        The most recent signed checkpoint (absent before the first one).
+        """
+
+        if message is None:
+            message = GetLatestCheckpointRequest()
+
+        return await self._unary_unary(
+            "/agora.audit.v1.AuditService/GetLatestCheckpoint",
+            message,
+            GetLatestCheckpointResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -342,9 +512,35 @@ class AuditServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def export_order(self, message: "ExportOrderRequest") -> "ExportOrderResponse":
+    async def export_order(self, message: "ExportOrderRequest") -> "ExportAggregateResponse":
         """
-        One order's events plus the Temporal history of its workflows.
+        One order's events plus the Temporal history of the workflows that caused
+        them, each event linked to its workflow event (ExportAggregate of "order").
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def export_aggregate(
+        self, message: "ExportAggregateRequest"
+    ) -> "ExportAggregateResponse":
+        """
+        The same for any aggregate (an account, a product, ...).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_public_key(self, message: "GetPublicKeyRequest") -> "GetPublicKeyResponse":
+        """
+        The Ed25519 public key checkpoints are signed with.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_latest_checkpoint(
+        self, message: "GetLatestCheckpointRequest"
+    ) -> "GetLatestCheckpointResponse":
+        """
+        The most recent signed checkpoint (absent before the first one).
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -366,11 +562,36 @@ class AuditServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_export_order(
-        self, stream: "grpclib.server.Stream[ExportOrderRequest, ExportOrderResponse]"
+        self, stream: "grpclib.server.Stream[ExportOrderRequest, ExportAggregateResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.export_order(request)
+        await stream.send_message(response)
+
+    async def __rpc_export_aggregate(
+        self, stream: "grpclib.server.Stream[ExportAggregateRequest, ExportAggregateResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.export_aggregate(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_public_key(
+        self, stream: "grpclib.server.Stream[GetPublicKeyRequest, GetPublicKeyResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_public_key(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_latest_checkpoint(
+        self,
+        stream: "grpclib.server.Stream[GetLatestCheckpointRequest, GetLatestCheckpointResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_latest_checkpoint(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
@@ -391,6 +612,24 @@ class AuditServiceBase(betterproto2_grpclib.ServiceBase):
                 self.__rpc_export_order,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ExportOrderRequest,
-                ExportOrderResponse,
+                ExportAggregateResponse,
+            ),
+            "/agora.audit.v1.AuditService/ExportAggregate": grpclib.const.Handler(
+                self.__rpc_export_aggregate,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ExportAggregateRequest,
+                ExportAggregateResponse,
+            ),
+            "/agora.audit.v1.AuditService/GetPublicKey": grpclib.const.Handler(
+                self.__rpc_get_public_key,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetPublicKeyRequest,
+                GetPublicKeyResponse,
+            ),
+            "/agora.audit.v1.AuditService/GetLatestCheckpoint": grpclib.const.Handler(
+                self.__rpc_get_latest_checkpoint,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetLatestCheckpointRequest,
+                GetLatestCheckpointResponse,
             ),
         }

@@ -126,6 +126,11 @@ class PriceChanged(betterproto2.Message):
 
     version: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
 
+    product: "Product | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The product after the change, so consumers can index it without a read-back.
+    """
+
 
 default_message_pool.register_message("agora.catalog.v1", "PriceChanged", PriceChanged)
 
@@ -245,6 +250,11 @@ class ProductDeactivated(betterproto2.Message):
     sku: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     version: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    product: "Product | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The product after the change (active = false).
+    """
 
 
 default_message_pool.register_message("agora.catalog.v1", "ProductDeactivated", ProductDeactivated)

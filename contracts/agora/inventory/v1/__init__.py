@@ -14,6 +14,7 @@ __all__ = (
     "ReservationCommitted",
     "ReservationExpired",
     "ReservationReleased",
+    "StockChange",
     "StockLevel",
     "StockReserved",
     "StockRestocked",
@@ -48,12 +49,18 @@ class ReleaseReason(betterproto2.Enum):
 
     ORDER_CANCELLED = 2
 
+    EXPIRED = 3
+    """
+    The reservation's TTL ran out before it was committed (see ReservationExpired).
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
             0: "RELEASE_REASON_UNSPECIFIED",
             1: "RELEASE_REASON_COMPENSATION",
             2: "RELEASE_REASON_ORDER_CANCELLED",
+            3: "RELEASE_REASON_EXPIRED",
         }
 
     @classmethod
@@ -62,6 +69,48 @@ class ReleaseReason(betterproto2.Enum):
             "RELEASE_REASON_UNSPECIFIED": 0,
             "RELEASE_REASON_COMPENSATION": 1,
             "RELEASE_REASON_ORDER_CANCELLED": 2,
+            "RELEASE_REASON_EXPIRED": 3,
+        }
+
+
+class StockChange(betterproto2.Enum):
+    """
+    What changed on_hand outside a reservation (StockRestocked.change).
+    """
+
+    UNSPECIFIED = 0
+
+    RESTOCK = 1
+    """
+    Goods received: on_hand += quantity.
+    """
+
+    SET = 2
+    """
+    Seeding or a stock count: on_hand set to a value (quantity = the difference).
+    """
+
+    ADJUST = 3
+    """
+    A correction by a signed amount (shrinkage, damage, found goods).
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "STOCK_CHANGE_UNSPECIFIED",
+            1: "STOCK_CHANGE_RESTOCK",
+            2: "STOCK_CHANGE_SET",
+            3: "STOCK_CHANGE_ADJUST",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "STOCK_CHANGE_UNSPECIFIED": 0,
+            "STOCK_CHANGE_RESTOCK": 1,
+            "STOCK_CHANGE_SET": 2,
+            "STOCK_CHANGE_ADJUST": 3,
         }
 
 
@@ -199,7 +248,9 @@ class StockReserved(betterproto2.Message):
     ---- Events on inventory.events -------------------------------------------
     Reservation events belong to aggregate "reservation"; restocks to "stock"
     (id = sku). Each carries the affected skus' levels after the change, so
-    consumers such as search need no read-back.
+    consumers such as search need no read-back. Events of one sku can arrive on
+    different partitions (a reservation's key is its id, a restock's the sku):
+    apply a StockLevel only when its `version` is above the one already held.
     """
 
     reservation_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -224,6 +275,11 @@ default_message_pool.register_message("agora.inventory.v1", "StockReserved", Sto
 
 @dataclass(eq=False, repr=False)
 class StockRestocked(betterproto2.Message):
+    """
+    Every change of on_hand outside a reservation: restocks, seeding (set) and
+    adjustments. `quantity` is the signed change to on_hand.
+    """
+
     sku: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     quantity: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -231,6 +287,15 @@ class StockRestocked(betterproto2.Message):
     stock_after: "StockLevel | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
+
+    change: "StockChange" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: StockChange(0)
+    )
+
+    key: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The caller's idempotency key of the operation.
+    """
 
 
 default_message_pool.register_message("agora.inventory.v1", "StockRestocked", StockRestocked)

@@ -168,8 +168,8 @@ default_message_pool.register_message("agora.payments.v1", "GetPaymentResponse",
 class LedgerBalanceRequest(betterproto2.Message):
     account: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
-    Ledger account, e.g. "customer_receivable", "psp_clearing", "revenue";
-    empty for all accounts.
+    Ledger account: "customer_funds", "authorized_holds", "merchant_revenue"
+    or "refunds" (docs/payments.md); empty for all accounts.
     """
 
     payment_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
@@ -195,12 +195,33 @@ class LedgerBalanceResponse(betterproto2.Message):
         2, betterproto2.TYPE_MESSAGE, optional=True
     )
     """
-    Sum over all balances; zero for a balanced ledger.
+    Sum over all balances when they share one currency; zero for a balanced ledger.
     """
 
     balanced: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    True when every currency nets to zero, every movement is balanced and each
+    intent's account balances match its authorized / captured / refunded amounts.
+    """
 
     entry_count: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    net_by_currency: "list[__common__v1__.Money]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Sum over all balances, one per currency.
+    """
+
+    problems: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    """
+    What the check found wrong, one line per problem; empty when balanced.
+    """
+
+    intent_count: "int" = betterproto2.field(7, betterproto2.TYPE_INT64)
+    """
+    Payment intents the check covered.
+    """
 
 
 default_message_pool.register_message(
@@ -252,6 +273,13 @@ class Payment(betterproto2.Message):
     updated_at: "datetime.datetime | None" = betterproto2.field(
         13, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
+
+    released: "__common__v1__.Money | None" = betterproto2.field(
+        14, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Part of the authorization released by a void (never captured).
+    """
 
 
 default_message_pool.register_message("agora.payments.v1", "Payment", Payment)

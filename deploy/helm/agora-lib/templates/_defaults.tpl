@@ -1,0 +1,201 @@
+{{/*
+Default values of every Agora workload chart. A thin chart's values.yaml holds only
+what differs (its ports, what it talks to); agora-lib.values deep-merges the
+chart's values (and the umbrella's `global`) over these.
+Argo Rollouts' own placeholders ({{args.x}}) are written escaped where they occur.
+*/}}
+{{- define "agora-lib.defaults" -}}
+# "service" (python -m workers <name>) or "gateway" (python -m gateway).
+component: service
+# Kubernetes name of every object of this workload and the Agora service name
+# (AGORA_SERVICE, certificate CN). Defaults to the chart name.
+name: ""
+ports:
+  grpc: 0
+  side: 0
+  http: 0
+resources:
+  requests: {cpu: 250m, memory: 256Mi, ephemeral-storage: 64Mi}
+  limits: {cpu: "1", memory: 512Mi, ephemeral-storage: 256Mi}
+autoscaling:
+  minReplicas: 2
+  maxReplicas: 20
+  targetCPUUtilizationPercentage: 70
+  # Workers also scale on their Temporal task-queue backlog (KEDA, see global.keda).
+  queue:
+    enabled: true
+    targetQueueSize: "10"
+    activationTargetQueueSize: "0"
+    queueTypes: "workflow,activity"
+pdb:
+  maxUnavailable: 1
+terminationGracePeriodSeconds: 45
+preStopSleepSeconds: 5
+probes:
+  startup: {path: /healthz, periodSeconds: 5, failureThreshold: 36, timeoutSeconds: 2}
+  liveness: {path: /healthz, periodSeconds: 10, failureThreshold: 3, timeoutSeconds: 2}
+  readiness: {path: /readyz, periodSeconds: 5, failureThreshold: 2, timeoutSeconds: 3}
+# Which engines this workload talks to (NetworkPolicy egress and env).
+uses:
+  postgres: true
+  redis: true
+  kafka: true
+  temporal: true
+  elasticsearch: false
+  otel: true
+# Agora services whose gRPC API this workload calls, and the Agora workloads
+# allowed to call this one's gRPC API.
+grpcEgressTo: []
+grpcCallers: [gateway]
+# Extra environment: plain values and values from Secrets.
+env: {}
+secretEnv: []
+rollout:
+  # canary (services) or blueGreen (gateway).
+  strategy: canary
+  canary:
+    steps:
+      - setWeight: 10
+      - pause: {duration: 5m}
+      - setWeight: 50
+      - pause: {duration: 5m}
+      - setWeight: 100
+    maxSurge: "25%"
+    maxUnavailable: 0
+  blueGreen:
+    autoPromotionEnabled: true
+    autoPromotionSeconds: 0
+    scaleDownDelaySeconds: 600
+    previewReplicaCount: 2
+  analysis:
+    # Each measurement runs every `interval`; `count` measurements; the release is
+    # aborted (and rolled back) after `failureLimit` + 1 failed ones.
+    interval: 1m
+    count: 5
+    failureLimit: 1
+    # p99 latency ceiling (seconds) and share of server errors (5xx / gRPC
+    # INTERNAL, UNAVAILABLE, UNKNOWN, DEADLINE_EXCEEDED, DATA_LOSS) allowed.
+    maxP99Seconds: 0.5
+    maxErrorRatio: 0.01
+    # Prometheus series the analysis reads for services: agora.grpc's rpc.server.duration
+    # histogram (rpc_method, rpc_code labels); server faults are the codes below.
+    # (The gateway's analysis reads gateway_request_duration_seconds / gateway_requests_total.)
+    latencyBucketMetric: rpc_server_duration_seconds_bucket
+    requestCountMetric: rpc_server_duration_seconds_count
+    errorSelector: 'rpc_code=~"UNKNOWN|DEADLINE_EXCEEDED|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS"'
+ingress:
+  enabled: false
+  className: nginx
+  host: ""
+  tlsSecretName: ""
+  annotations: {}
+serviceAccount:
+  annotations: {}
+podAnnotations: {}
+nodeSelector: {}
+tolerations: []
+priorityClassName: ""
+global:
+  # Image of every workload (one image, see Dockerfile). Prefer a digest in production.
+  image:
+    repository: ghcr.io/agora/agora
+    tag: "0.1.0"
+    digest: ""
+    pullPolicy: IfNotPresent
+  imagePullSecrets: []
+  logLevel: INFO
+  traceSampleRatio: "0.1"
+  # Agora's gRPC ports (every pod needs all of them to dial its peers) and the
+  # gateway's ports, same numbers as the local stack (agora/config.py BASE_PORTS).
+  grpcPorts: {identity: 15001, catalog: 15002, search: 15003, inventory: 15004, orders: 15005, payments: 15006, audit: 15007}
+  uid: 10001
+  pki:
+    # cert-manager issuer that signs every workload's certificate (the umbrella
+    # creates the Issuer "agora-ca"; point this at a ClusterIssuer/Vault/... instead).
+    issuerRef: {name: agora-ca, kind: Issuer, group: cert-manager.io}
+    # Where the process reads <mountPath>/<name>/{ca.crt,tls.crt,tls.key} (AGORA_PKI_DIR).
+    mountPath: /var/run/agora/pki
+    duration: 2160h
+    renewBefore: 360h
+    clusterDomain: cluster.local
+  # External engines: address, port and the NetworkPolicy peers that select them.
+  temporal:
+    address: temporal-frontend.temporal.svc:7233
+    namespace: default
+    port: 7233
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: temporal}}}]
+  kafka:
+    bootstrap: agora-kafka-kafka-bootstrap.kafka.svc:9092
+    port: 9092
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kafka}}}]
+  postgres:
+    host: agora-pg-rw.postgres.svc
+    port: 5432
+    # Secret holding each service's database password: <prefix><service>, key `password`
+    # (CloudNativePG managed roles read the same basic-auth secrets).
+    passwordSecretPrefix: agora-db-
+    passwordSecretKey: password
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: postgres}}}]
+  redis:
+    url: redis://agora-redis-master.redis.svc:6379/0
+    host: agora-redis-master.redis.svc
+    port: 6379
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: redis}}}]
+  elasticsearch:
+    url: https://agora-es-http.elastic.svc:9200
+    port: 9200
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: elastic}}}]
+  otel:
+    endpoint: http://otel-collector.observability.svc:4317
+    port: 4317
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: observability}}}]
+  dns:
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+  # Who may scrape the side ports, and who may reach the gateway's public port.
+  prometheus:
+    address: http://prometheus-operated.monitoring.svc:9090
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}, podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}}]
+  ingressController:
+    peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]
+  rollouts:
+    # Argo Rollouts installed: workloads are Rollouts; otherwise Deployments.
+    enabled: true
+  keda:
+    # KEDA installed: services scale with a ScaledObject (CPU + Temporal backlog);
+    # otherwise with a plain CPU HPA.
+    enabled: true
+    # temporal (KEDA's Temporal scaler) or prometheus (server's approximate_backlog_count).
+    trigger: temporal
+    # For Temporal Cloud: a TriggerAuthentication holding the API key or mTLS client cert.
+    authenticationRef: ""
+    pollingInterval: 15
+    cooldownPeriod: 300
+  serviceMonitor:
+    enabled: true
+    interval: 30s
+    labels: {release: prometheus}
+  topology:
+    zoneKey: topology.kubernetes.io/zone
+    maxSkew: 1
+{{- end -}}
+
+{{/* Deep merge of src into dst (in place); unlike sprig's merges, false and empty values override. */}}
+{{- define "agora-lib.deepMerge" -}}
+{{- $dst := index . 0 -}}
+{{- $src := index . 1 -}}
+{{- range $k, $v := $src -}}
+{{- if and (kindIs "map" $v) (kindIs "map" (get $dst $k)) -}}
+{{- include "agora-lib.deepMerge" (list (get $dst $k) $v) -}}
+{{- else -}}
+{{- $_ := set $dst $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The merged values as YAML: use with `include "agora-lib.values" . | fromYaml`. */}}
+{{- define "agora-lib.values" -}}
+{{- $merged := fromYaml (include "agora-lib.defaults" .) -}}
+{{- include "agora-lib.deepMerge" (list $merged (deepCopy .Values)) -}}
+{{- if not $merged.name }}{{- $_ := set $merged "name" .Chart.Name }}{{- end -}}
+{{- toYaml $merged -}}
+{{- end -}}

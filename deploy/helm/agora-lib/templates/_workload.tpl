@@ -1,0 +1,241 @@
+{{- define "agora-lib.env" -}}
+{{- $v := .v -}}
+{{- $g := $v.global -}}
+- {name: AGORA_PROFILE, value: prod}
+- {name: AGORA_SERVICE, value: {{ $v.name | quote }}}
+- {name: AGORA_LOG_LEVEL, value: {{ $g.logLevel | quote }}}
+# Listen on the pod IP; the state folder is the writable /tmp emptyDir.
+- {name: AGORA_HOST, value: "0.0.0.0"}
+- {name: AGORA_BIND_HOST, value: "0.0.0.0"}
+- {name: AGORA_STATE_DIR, value: /tmp/agora}
+- {name: AGORA_PKI_DIR, value: {{ $g.pki.mountPath | quote }}}
+- {name: PYTHONDONTWRITEBYTECODE, value: "1"}
+- {name: AGORA_TRACE_SAMPLE_RATIO, value: {{ $g.traceSampleRatio | quote }}}
+- {name: AGORA_OTLP_ENDPOINT, value: {{ $g.otel.endpoint | quote }}}
+- {name: AGORA_TRACING, value: {{ ternary "on" "off" $v.uses.otel | quote }}}
+- {name: AGORA_TEMPORAL_ADDRESS, value: {{ $g.temporal.address | quote }}}
+- {name: AGORA_TEMPORAL_NAMESPACE, value: {{ $g.temporal.namespace | quote }}}
+- {name: AGORA_KAFKA_BOOTSTRAP, value: {{ $g.kafka.bootstrap | quote }}}
+- {name: AGORA_REDIS_URL, value: {{ $g.redis.url | quote }}}
+- {name: AGORA_PORT_REDIS, value: {{ $g.redis.port | quote }}}
+- {name: AGORA_ELASTICSEARCH_URL, value: {{ $g.elasticsearch.url | quote }}}
+- {name: AGORA_POSTGRES_HOST, value: {{ $g.postgres.host | quote }}}
+- {name: AGORA_PORT_POSTGRES, value: {{ $g.postgres.port | quote }}}
+{{- range $svc, $port := $g.grpcPorts }}
+- {name: AGORA_PORT_{{ upper $svc }}_GRPC, value: {{ $port | quote }}}
+- {name: AGORA_GRPC_HOST_{{ upper $svc }}, value: {{ $svc | quote }}}
+{{- end }}
+{{- if include "agora-lib.isGateway" . }}
+- {name: AGORA_PORT_GATEWAY, value: {{ $v.ports.http | quote }}}
+- {name: AGORA_PORT_GATEWAY_SIDE, value: {{ $v.ports.side | quote }}}
+{{- else }}
+- {name: AGORA_PORT_{{ upper $v.name }}_SIDE, value: {{ $v.ports.side | quote }}}
+{{- end }}
+{{- if $v.uses.postgres }}
+- name: AGORA_DB_PASSWORD_{{ upper $v.name }}
+  valueFrom:
+    secretKeyRef: {name: {{ printf "%s%s" $g.postgres.passwordSecretPrefix $v.name }}, key: {{ $g.postgres.passwordSecretKey }}}
+{{- end }}
+{{- range $name, $value := $v.env }}
+- {name: {{ $name }}, value: {{ $value | quote }}}
+{{- end }}
+{{- range $v.secretEnv }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef: {name: {{ .secretName }}, key: {{ .key }}}
+{{- end }}
+{{- end -}}
+
+{{- define "agora-lib.podTemplate" -}}
+{{- $v := .v -}}
+{{- $g := $v.global -}}
+metadata:
+  labels:
+    {{- include "agora-lib.labels" . | nindent 4 }}
+  annotations:
+    kubectl.kubernetes.io/default-container: agora
+    {{- with $v.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ $v.name }}
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+  {{- with $v.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $g.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: {{ $g.uid }}
+    runAsGroup: {{ $g.uid }}
+    fsGroup: {{ $g.uid }}
+    seccompProfile: {type: RuntimeDefault}
+  # Three zones: at most one pod more in any zone than in another, never scheduled
+  # otherwise; unreachable (tainted) nodes of a lost zone do not count as a domain.
+  topologySpreadConstraints:
+    - maxSkew: {{ $g.topology.maxSkew }}
+      topologyKey: {{ $g.topology.zoneKey }}
+      whenUnsatisfiable: DoNotSchedule
+      nodeTaintsPolicy: Honor
+      nodeAffinityPolicy: Honor
+      labelSelector:
+        matchLabels:
+          {{- include "agora-lib.selectorLabels" . | nindent 10 }}
+      matchLabelKeys: [{{ ternary "rollouts-pod-template-hash" "pod-template-hash" $g.rollouts.enabled }}]
+    - maxSkew: 1
+      topologyKey: kubernetes.io/hostname
+      whenUnsatisfiable: ScheduleAnyway
+      labelSelector:
+        matchLabels:
+          {{- include "agora-lib.selectorLabels" . | nindent 10 }}
+  affinity:
+    podAntiAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 100
+          podAffinityTerm:
+            topologyKey: kubernetes.io/hostname
+            labelSelector:
+              matchLabels:
+                {{- include "agora-lib.selectorLabels" . | nindent 16 }}
+  {{- with $v.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: agora
+      image: {{ include "agora-lib.image" . }}
+      imagePullPolicy: {{ $g.image.pullPolicy }}
+      {{- if include "agora-lib.isGateway" . }}
+      command: [python, -m, gateway]
+      {{- else }}
+      command: [python, -m, workers, {{ $v.name }}]
+      {{- end }}
+      ports:
+        {{- if include "agora-lib.isGateway" . }}
+        - {name: http, containerPort: {{ $v.ports.http }}, protocol: TCP}
+        {{- else }}
+        - {name: grpc-mtls, containerPort: {{ $v.ports.grpc }}, protocol: TCP}
+        {{- end }}
+        - {name: side, containerPort: {{ $v.ports.side }}, protocol: TCP}
+      env:
+        {{- include "agora-lib.env" . | nindent 8 }}
+      resources:
+        {{- toYaml $v.resources | nindent 8 }}
+      startupProbe:
+        httpGet: {path: {{ $v.probes.startup.path }}, port: side}
+        periodSeconds: {{ $v.probes.startup.periodSeconds }}
+        failureThreshold: {{ $v.probes.startup.failureThreshold }}
+        timeoutSeconds: {{ $v.probes.startup.timeoutSeconds }}
+      livenessProbe:
+        httpGet: {path: {{ $v.probes.liveness.path }}, port: side}
+        periodSeconds: {{ $v.probes.liveness.periodSeconds }}
+        failureThreshold: {{ $v.probes.liveness.failureThreshold }}
+        timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
+      readinessProbe:
+        httpGet: {path: {{ $v.probes.readiness.path }}, port: side}
+        periodSeconds: {{ $v.probes.readiness.periodSeconds }}
+        failureThreshold: {{ $v.probes.readiness.failureThreshold }}
+        timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
+      lifecycle:
+        # Let endpoints and load balancers drop the pod before SIGTERM starts draining.
+        preStop:
+          sleep: {seconds: {{ $v.preStopSleepSeconds }}}
+      securityContext:
+        runAsNonRoot: true
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        privileged: false
+        capabilities: {drop: [ALL]}
+      volumeMounts:
+        - {name: tmp, mountPath: /tmp}
+        # Writable parent of the certificate folders (the process takes a lock file there)...
+        - {name: pki, mountPath: {{ $g.pki.mountPath }}}
+        # ...and this workload's cert-manager secret: ca.crt, tls.crt, tls.key.
+        - {name: tls, mountPath: {{ printf "%s/%s" $g.pki.mountPath $v.name }}, readOnly: true}
+  volumes:
+    - name: tmp
+      emptyDir: {sizeLimit: 128Mi}
+    - name: pki
+      emptyDir: {sizeLimit: 4Mi, medium: Memory}
+    - name: tls
+      secret:
+        secretName: {{ $v.name }}-tls
+        defaultMode: 288  # 0440: readable by the pod's group (fsGroup) only
+{{- end -}}
+
+{{- define "agora-lib.workload" }}
+{{- $v := .v }}
+---
+{{- if $v.global.rollouts.enabled }}
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+{{- else }}
+apiVersion: apps/v1
+kind: Deployment
+{{- end }}
+metadata:
+  name: {{ $v.name }}
+  labels:
+    {{- include "agora-lib.labels" . | nindent 4 }}
+spec:
+  # No replicas: the autoscaler owns the count (starts at its minimum).
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "agora-lib.selectorLabels" . | nindent 6 }}
+  template:
+    {{- include "agora-lib.podTemplate" . | nindent 4 }}
+  {{- if not $v.global.rollouts.enabled }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: "25%", maxUnavailable: 0}
+  {{- else if eq $v.rollout.strategy "blueGreen" }}
+  strategy:
+    blueGreen:
+      activeService: {{ $v.name }}
+      previewService: {{ $v.name }}-preview
+      previewReplicaCount: {{ $v.rollout.blueGreen.previewReplicaCount }}
+      autoPromotionEnabled: {{ $v.rollout.blueGreen.autoPromotionEnabled }}
+      {{- if $v.rollout.blueGreen.autoPromotionSeconds }}
+      autoPromotionSeconds: {{ $v.rollout.blueGreen.autoPromotionSeconds }}
+      {{- end }}
+      # The previous (blue) pods stay up this long after the switch, so a failed
+      # post-promotion analysis switches traffic straight back to them.
+      scaleDownDelaySeconds: {{ $v.rollout.blueGreen.scaleDownDelaySeconds }}
+      abortScaleDownDelaySeconds: 30
+      prePromotionAnalysis:
+        templates: [{templateName: {{ $v.name }}-slo}]
+        args:
+          - name: pod-hash
+            valueFrom: {podTemplateHashValue: Latest}
+      postPromotionAnalysis:
+        templates: [{templateName: {{ $v.name }}-slo}]
+        args:
+          - name: pod-hash
+            valueFrom: {podTemplateHashValue: Latest}
+  {{- else }}
+  strategy:
+    canary:
+      maxSurge: {{ $v.rollout.canary.maxSurge | quote }}
+      maxUnavailable: {{ $v.rollout.canary.maxUnavailable }}
+      # Runs from the first step to the end; a failed analysis aborts the rollout
+      # and scales the canary away, the stable version keeps serving.
+      analysis:
+        templates: [{templateName: {{ $v.name }}-slo}]
+        startingStep: 1
+        args:
+          - name: pod-hash
+            valueFrom: {podTemplateHashValue: Latest}
+      steps:
+        {{- toYaml $v.rollout.canary.steps | nindent 8 }}
+  {{- end }}
+{{- end }}

@@ -1,0 +1,106 @@
+"""Stock levels: a read for any signed-in caller, and restocking for inventory admins.
+
+The read is a direct gRPC call to inventory; a restock is the `Restock`
+workflow on inventory's task queue, keyed by the request's `Idempotency-Key`
+header (when given), so a retried POST adds the quantity once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import timedelta
+
+from aiohttp import web
+
+from agora import scopes
+from contracts.agora.inventory.v1 import GetStockRequest, StockLevel
+from gateway.deps import deps
+from gateway.problems import Problem
+from gateway.routing import Route
+from gateway.schemas_inventory import RestockRequest, RestockResponse, StockLevelResponse
+from workers.inventory.model import SKU_PATTERN
+from workflows.inventory import TASK_QUEUE, RestockInput, RestockWorkflow, restock_workflow_id
+
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _sku(request: web.Request) -> str:
+    sku = request.match_info["sku"]
+    if not SKU_PATTERN.match(sku):
+        raise Problem("invalid-argument", "sku must be 1-64 letters, digits or . _ : -")
+    return sku
+
+
+def level_response(level: StockLevel | None) -> StockLevelResponse:
+    if level is None:
+        raise Problem("upstream-error", "inventory answered without the stock level")
+    return StockLevelResponse(
+        sku=level.sku,
+        on_hand=level.on_hand,
+        reserved=level.reserved,
+        available=level.available,
+        version=level.version,
+        updated_at=level.updated_at,
+    )
+
+
+async def get_stock(request: web.Request, _: None) -> StockLevelResponse:
+    gw = deps(request)
+    call = GetStockRequest(sku=_sku(request))
+    async with gw.upstream.call(request, "inventory.GetStock") as timeout:
+        reply = await gw.upstream.inventory.get_stock(call, timeout=timeout)
+    return level_response(reply.stock)
+
+
+async def restock(request: web.Request, body: RestockRequest) -> RestockResponse:
+    gw = deps(request)
+    sku = _sku(request)
+    key = request.headers.get("Idempotency-Key") or str(uuid.uuid4())
+    if not IDEMPOTENCY_KEY.match(key):
+        raise Problem("invalid-argument", "Idempotency-Key must be 1-128 of A-Z a-z 0-9 . _ : -")
+    data = RestockInput(key=f"admin:{key}", sku=sku, quantity=body.quantity)
+    async with gw.upstream.call(request, "temporal.Restock") as timeout:
+        async with asyncio.timeout(timeout):
+            result = await gw.upstream.temporal.execute_workflow(
+                RestockWorkflow.run,
+                data,
+                id=restock_workflow_id(data.key),
+                task_queue=TASK_QUEUE,
+                rpc_timeout=timedelta(seconds=timeout),
+            )
+    return RestockResponse(
+        sku=result.sku,
+        quantity=result.quantity,
+        stock=level_response(result.stock_after.to_proto()),
+    )
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/v1/inventory/{sku}",
+        get_stock,
+        "Stock level of one sku: on hand, reserved, available",
+        "inventory",
+        auth=True,
+        scopes=frozenset({scopes.CATALOG_READ}),
+        route_class="read",
+        response=StockLevelResponse,
+        problems=("invalid-argument", "not-found"),
+    ),
+    Route(
+        "POST",
+        "/v1/admin/inventory/{sku}/restock",
+        restock,
+        "Add received units to a sku's stock (idempotent with an Idempotency-Key header)",
+        "admin",
+        auth=True,
+        scopes=frozenset({scopes.INVENTORY_WRITE}),
+        route_class="write",
+        body=RestockRequest,
+        response=RestockResponse,
+        problems=("invalid-argument", "conflict"),
+    ),
+]

@@ -1,0 +1,483 @@
+"""The deployment rules, as functions over rendered manifests returning violations.
+
+Each check returns a list of human-readable violations (empty: the rule holds),
+so the same rule both gates the real charts and is shown to catch a bad change.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+Manifest = dict[str, Any]
+
+SERVICES = ("identity", "catalog", "search", "inventory", "orders", "payments", "audit")
+WORKLOADS = ("gateway", *SERVICES)
+ZONE_KEY = "topology.kubernetes.io/zone"
+HOST_KEY = "kubernetes.io/hostname"
+ZONES = 3
+MIN_REPLICAS, MAX_REPLICAS = 2, 20
+# Engines each workload must be able to reach (egress port in the NetworkPolicy).
+ENGINE_PORTS_KEYS = ("postgres", "redis", "kafka", "temporal", "otel")
+
+
+def find(docs: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
+    return [
+        d for d in docs if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+
+
+def one(docs: list[Manifest], kind: str, name: str) -> Manifest | None:
+    found = find(docs, kind, name)
+    return found[0] if len(found) == 1 else None
+
+
+def workload(docs: list[Manifest], name: str) -> Manifest | None:
+    return one(docs, "Rollout", name) or one(docs, "Deployment", name)
+
+
+def pod_spec(docs: list[Manifest], name: str) -> dict[str, Any]:
+    w = workload(docs, name)
+    assert w is not None, f"no Rollout/Deployment {name}"
+    return w["spec"]["template"]["spec"]
+
+
+def pod_labels(docs: list[Manifest], name: str) -> dict[str, str]:
+    w = workload(docs, name)
+    assert w is not None
+    return w["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """matchLabels semantics (the charts use no matchExpressions)."""
+    if selector is None:
+        return False
+    match = selector.get("matchLabels") or {}
+    if selector.get("matchExpressions"):
+        return False
+    return all(labels.get(k) == v for k, v in match.items())
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _cpu(q: str | int | float) -> float:
+    s = str(q)
+    return float(s[:-1]) / 1000 if s.endswith("m") else float(s)
+
+
+_MEM = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def _mem(q: str | int) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?)?", str(q))
+    assert m, f"bad quantity {q}"
+    return float(m.group(1)) * _MEM.get(m.group(2) or "", 1)
+
+
+# ---- rules --------------------------------------------------------------------
+
+
+def check_resources(docs: list[Manifest], name: str) -> list[str]:
+    bad = []
+    for c in pod_spec(docs, name)["containers"]:
+        res = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if r not in res.get(kind, {}):
+                    bad.append(f"{name}/{c['name']}: no {kind}.{r}")
+        if not bad:
+            if _cpu(res["requests"]["cpu"]) > _cpu(res["limits"]["cpu"]):
+                bad.append(f"{name}: cpu request above limit")
+            if _mem(res["requests"]["memory"]) > _mem(res["limits"]["memory"]):
+                bad.append(f"{name}: memory request above limit")
+    return bad
+
+
+def check_probes(docs: list[Manifest], name: str) -> list[str]:
+    bad = []
+    for c in pod_spec(docs, name)["containers"]:
+        port_names = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            p = c.get(probe)
+            if not p or "httpGet" not in p:
+                bad.append(f"{name}: no HTTP {probe}")
+                continue
+            if p["httpGet"]["port"] not in ("side", port_names.get("side")):
+                bad.append(f"{name}: {probe} not on the side port")
+        if "side" not in port_names:
+            bad.append(f"{name}: no side port")
+        if (c.get("readinessProbe") or {}).get("httpGet", {}).get("path") != "/readyz":
+            bad.append(f"{name}: readiness is not /readyz")
+        if (c.get("livenessProbe") or {}).get("httpGet", {}).get("path") != "/healthz":
+            bad.append(f"{name}: liveness is not /healthz")
+    return bad
+
+
+def check_security(docs: list[Manifest], name: str) -> list[str]:
+    bad = []
+    spec = pod_spec(docs, name)
+    psc = spec.get("securityContext", {})
+    if psc.get("runAsNonRoot") is not True:
+        bad.append(f"{name}: pod not runAsNonRoot")
+    if psc.get("runAsUser", 1) == 0:
+        bad.append(f"{name}: pod runs as uid 0")
+    if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
+        bad.append(f"{name}: uses host namespaces")
+    if spec.get("automountServiceAccountToken") is not False:
+        bad.append(f"{name}: mounts a service account token")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for c in spec["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: privilege escalation allowed")
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            bad.append(f"{name}: root filesystem writable")
+        if "ALL" not in (sc.get("capabilities", {}).get("drop") or []):
+            bad.append(f"{name}: capabilities not dropped")
+        if sc.get("capabilities", {}).get("add"):
+            bad.append(f"{name}: adds capabilities")
+        if sc.get("runAsUser") == 0 or (sc.get("runAsNonRoot") is False):
+            bad.append(f"{name}: container runs as root")
+        tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        if not tmp or "emptyDir" not in volumes.get(tmp[0]["name"], {}):
+            bad.append(f"{name}: no emptyDir at /tmp")
+    return bad
+
+
+def check_service_account(docs: list[Manifest], name: str) -> list[str]:
+    sa_name = pod_spec(docs, name).get("serviceAccountName")
+    if not sa_name or sa_name == "default":
+        return [f"{name}: uses the default ServiceAccount"]
+    sa = one(docs, "ServiceAccount", sa_name)
+    if sa is None:
+        return [f"{name}: ServiceAccount {sa_name} not rendered"]
+    if sa.get("automountServiceAccountToken") is not False:
+        return [f"{name}: ServiceAccount automounts its token"]
+    return []
+
+
+def min_replicas(docs: list[Manifest], name: str) -> int | None:
+    for so in find(docs, "ScaledObject"):
+        if so["spec"]["scaleTargetRef"]["name"] == name:
+            return so["spec"].get("minReplicaCount")
+    for hpa in find(docs, "HorizontalPodAutoscaler"):
+        if hpa["spec"]["scaleTargetRef"]["name"] == name:
+            return hpa["spec"].get("minReplicas")
+    return None
+
+
+def check_pdb(docs: list[Manifest], name: str) -> list[str]:
+    labels = pod_labels(docs, name)
+    pdbs = [
+        p for p in find(docs, "PodDisruptionBudget") if selects(p["spec"].get("selector"), labels)
+    ]
+    if len(pdbs) != 1:
+        return [f"{name}: {len(pdbs)} PodDisruptionBudgets select it (want 1)"]
+    spec = pdbs[0]["spec"]
+    lowest = min_replicas(docs, name) or 1
+    if "maxUnavailable" in spec:
+        mu = spec["maxUnavailable"]
+        if isinstance(mu, int) and not (1 <= mu < lowest):
+            return [f"{name}: PDB maxUnavailable {mu} with {lowest} replicas"]
+    elif "minAvailable" in spec:
+        ma = spec["minAvailable"]
+        if isinstance(ma, int) and not (1 <= ma < lowest):
+            return [f"{name}: PDB minAvailable {ma} with {lowest} replicas: blocks drains or no-op"]
+    else:
+        return [f"{name}: PDB without a budget"]
+    return []
+
+
+def check_spread(docs: list[Manifest], name: str) -> list[str]:
+    bad = []
+    spec = pod_spec(docs, name)
+    labels = pod_labels(docs, name)
+    zone = [t for t in spec.get("topologySpreadConstraints", []) if t["topologyKey"] == ZONE_KEY]
+    if len(zone) != 1:
+        return [f"{name}: no zone topologySpreadConstraint"]
+    z = zone[0]
+    if z.get("maxSkew") != 1 or z.get("whenUnsatisfiable") != "DoNotSchedule":
+        bad.append(f"{name}: zone spread must be maxSkew 1 / DoNotSchedule, is {z}")
+    if not selects(z.get("labelSelector"), labels):
+        bad.append(f"{name}: zone spread selector does not select its pods")
+    anti = (spec.get("affinity") or {}).get("podAntiAffinity") or {}
+    terms = [
+        t.get("podAffinityTerm", t)
+        for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    ]
+    terms += anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    if not any(
+        t["topologyKey"] == HOST_KEY and selects(t.get("labelSelector"), labels) for t in terms
+    ):
+        bad.append(f"{name}: no pod anti-affinity on {HOST_KEY}")
+    return bad
+
+
+def check_zone_failure(docs: list[Manifest], name: str, zones: int = ZONES) -> list[str]:
+    """With maxSkew 1 over `zones` zones, the worst zone holds ceil(n/zones) of n
+    pods; losing it must leave at least one pod (and, with n >= zones, two thirds)."""
+    n = min_replicas(docs, name)
+    if n is None:
+        return [f"{name}: no autoscaler"]
+    survivors = n - math.ceil(n / zones)
+    if survivors < 1:
+        return [f"{name}: {n} replicas, a zone failure leaves {survivors}"]
+    return []
+
+
+def check_autoscaling(docs: list[Manifest], name: str) -> list[str]:
+    bad = []
+    hpas = [
+        h
+        for h in find(docs, "HorizontalPodAutoscaler")
+        if h["spec"]["scaleTargetRef"]["name"] == name
+    ]
+    sos = [s for s in find(docs, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == name]
+    w = workload(docs, name)
+    if len(hpas) + len(sos) != 1:
+        return [
+            f"{name}: {len(hpas)} HPAs and {len(sos)} ScaledObjects (want exactly one autoscaler)"
+        ]
+    if hpas:
+        spec = hpas[0]["spec"]
+        lo, hi = spec.get("minReplicas"), spec.get("maxReplicas")
+        target = spec["scaleTargetRef"]
+        cpu = [
+            m
+            for m in spec.get("metrics", [])
+            if m["type"] == "Resource" and m["resource"]["name"] == "cpu"
+        ]
+        if not cpu:
+            bad.append(f"{name}: HPA not on CPU")
+    else:
+        spec = sos[0]["spec"]
+        lo, hi = spec.get("minReplicaCount"), spec.get("maxReplicaCount")
+        target = spec["scaleTargetRef"]
+        types = [t["type"] for t in spec.get("triggers", [])]
+        if "cpu" not in types:
+            bad.append(f"{name}: ScaledObject not on CPU")
+    if w is not None and (
+        target.get("kind") != w["kind"] or target.get("apiVersion") != w["apiVersion"]
+    ):
+        bad.append(
+            f"{name}: autoscaler targets {target}, workload is {w['apiVersion']}/{w['kind']}"
+        )
+    if lo is None or hi is None or not (MIN_REPLICAS <= lo <= hi <= MAX_REPLICAS):
+        bad.append(f"{name}: replicas {lo}-{hi} outside {MIN_REPLICAS}-{MAX_REPLICAS}")
+    if hi != MAX_REPLICAS:
+        bad.append(f"{name}: maxReplicas {hi}, want {MAX_REPLICAS}")
+    if w is not None and w["spec"].get("replicas") not in (None,):
+        bad.append(f"{name}: workload sets replicas, fighting the autoscaler")
+    return bad
+
+
+def check_queue_scaling(docs: list[Manifest], name: str) -> list[str]:
+    """Workers scale on the Temporal task-queue backlog of their own queue."""
+    sos = [s for s in find(docs, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == name]
+    if len(sos) != 1:
+        return [f"{name}: no ScaledObject"]
+    queue = f"agora-{name}"
+    for t in sos[0]["spec"]["triggers"]:
+        md = t.get("metadata", {})
+        if t["type"] == "temporal" and md.get("taskQueue") == queue and md.get("endpoint"):
+            return []
+        if t["type"] == "prometheus" and f'taskqueue="{queue}"' in md.get("query", ""):
+            return []
+    return [f"{name}: no Temporal backlog trigger for {queue}"]
+
+
+def _analysis_ok(docs: list[Manifest], template_name: str) -> list[str]:
+    at = one(docs, "AnalysisTemplate", template_name)
+    if at is None:
+        return [f"AnalysisTemplate {template_name} not rendered"]
+    bad = []
+    queries = {}
+    for m in at["spec"].get("metrics", []):
+        prom = (m.get("provider") or {}).get("prometheus") or {}
+        if not prom.get("address") or not prom.get("query"):
+            bad.append(f"{template_name}/{m['name']}: not a Prometheus query")
+            continue
+        if not m.get("successCondition") and not m.get("failureCondition"):
+            bad.append(f"{template_name}/{m['name']}: no condition")
+        if m.get("failureLimit") is None or m["failureLimit"] > 2:
+            bad.append(f"{template_name}/{m['name']}: failureLimit must be set (<= 2)")
+        queries[m["name"]] = prom["query"]
+    if not any("histogram_quantile(0.99" in q for q in queries.values()):
+        bad.append(f"{template_name}: no p99 latency metric")
+    if not any(("5.." in q or "rpc_code" in q) and "/" in q for q in queries.values()):
+        bad.append(f"{template_name}: no 5xx / server-error ratio metric")
+    return bad
+
+
+def check_rollout(docs: list[Manifest], name: str) -> list[str]:
+    r = one(docs, "Rollout", name)
+    if r is None:
+        return [f"{name}: not an Argo Rollout"]
+    strategy = r["spec"].get("strategy", {})
+    bad = []
+    if name == "gateway":
+        bg = strategy.get("blueGreen")
+        if not bg:
+            return [f"{name}: not blue-green"]
+        for key in ("activeService", "previewService"):
+            svc = bg.get(key)
+            if not svc or one(docs, "Service", svc) is None:
+                bad.append(f"{name}: {key} {svc} not rendered")
+        if bg.get("activeService") == bg.get("previewService"):
+            bad.append(f"{name}: active and preview Service are the same")
+        for phase in ("prePromotionAnalysis", "postPromotionAnalysis"):
+            templates = (bg.get(phase) or {}).get("templates") or []
+            if not templates:
+                bad.append(f"{name}: no {phase}")
+            for t in templates:
+                bad += _analysis_ok(docs, t["templateName"])
+        if not bg.get("scaleDownDelaySeconds", 30) >= 30:
+            bad.append(f"{name}: old version scaled down too fast to switch back")
+    else:
+        canary = strategy.get("canary")
+        if not canary:
+            return [f"{name}: not canary"]
+        weights = [s["setWeight"] for s in canary.get("steps", []) if "setWeight" in s]
+        if weights != [10, 50, 100]:
+            bad.append(f"{name}: canary weights {weights}, want [10, 50, 100]")
+        if not any("pause" in s for s in canary.get("steps", [])):
+            bad.append(f"{name}: canary never pauses for analysis")
+        analysis = canary.get("analysis") or {}
+        if not analysis.get("templates"):
+            bad.append(f"{name}: canary has no background analysis")
+        for t in analysis.get("templates") or []:
+            bad += _analysis_ok(docs, t["templateName"])
+        if analysis.get("startingStep", 0) > 1:
+            bad.append(f"{name}: analysis starts after the first canary step")
+    return bad
+
+
+def check_network_policy(docs: list[Manifest], name: str) -> list[str]:
+    bad = []
+    labels = pod_labels(docs, name)
+    deny = [
+        p
+        for p in find(docs, "NetworkPolicy")
+        if p["spec"].get("podSelector") == {}
+        and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
+    if not deny:
+        bad.append("no namespace-wide default-deny NetworkPolicy")
+    own = [
+        p
+        for p in find(docs, "NetworkPolicy")
+        if p["spec"].get("podSelector") != {} and selects(p["spec"].get("podSelector"), labels)
+    ]
+    if len(own) != 1:
+        return [*bad, f"{name}: {len(own)} NetworkPolicies select it (want 1)"]
+    spec = own[0]["spec"]
+    if set(spec.get("policyTypes", [])) != {"Ingress", "Egress"}:
+        bad.append(f"{name}: policy does not cover both directions")
+    for direction, peer_key in (("ingress", "from"), ("egress", "to")):
+        for rule in spec.get(direction, []):
+            if not rule.get(peer_key):
+                bad.append(f"{name}: {direction} rule open to everyone: {rule}")
+            if not rule.get("ports"):
+                bad.append(f"{name}: {direction} rule on every port: {rule}")
+            for peer in rule.get(peer_key) or []:
+                if peer.get("ipBlock", {}).get("cidr") in ("0.0.0.0/0", "::/0"):
+                    bad.append(f"{name}: {direction} to the whole internet")
+                if peer == {"namespaceSelector": {}}:
+                    bad.append(f"{name}: {direction} from every namespace")
+    return bad
+
+
+def ingress_ports_from(policy: Manifest, peer_match: dict[str, str]) -> set[int]:
+    ports: set[int] = set()
+    for rule in policy["spec"].get("ingress", []):
+        for peer in rule.get("from", []):
+            if selects(peer.get("podSelector"), peer_match) and "namespaceSelector" not in peer:
+                ports |= {p["port"] for p in rule.get("ports", [])}
+    return ports
+
+
+def egress_ports(policy: Manifest) -> set[int]:
+    return {p["port"] for rule in policy["spec"].get("egress", []) for p in rule.get("ports", [])}
+
+
+def check_mtls(docs: list[Manifest], name: str) -> list[str]:
+    """Certificate per workload, its secret mounted where the process reads its PKI
+    files, and no plaintext gRPC anywhere."""
+    bad = []
+    spec = pod_spec(docs, name)
+    container = spec["containers"][0]
+    env = env_of(container)
+    pki_dir = env.get("AGORA_PKI_DIR")
+    if not pki_dir:
+        return [f"{name}: AGORA_PKI_DIR not set"]
+    certs = [c for c in find(docs, "Certificate") if c["spec"].get("commonName") == name]
+    if len(certs) != 1:
+        return [f"{name}: {len(certs)} Certificates with CN {name}"]
+    cert = certs[0]["spec"]
+    if name not in cert.get("dnsNames", []):
+        bad.append(f"{name}: certificate lacks DNS name {name}")
+    if not {"server auth", "client auth"} <= set(cert.get("usages", [])):
+        bad.append(f"{name}: certificate not valid as server and client")
+    issuer = cert["issuerRef"]
+    if issuer.get("kind", "Issuer") == "Issuer":
+        iss = one(docs, "Issuer", issuer["name"])
+        if iss is None or "ca" not in iss["spec"]:
+            bad.append(f"{name}: issuer {issuer['name']} is not a rendered CA Issuer")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    m = mounts.get(f"{pki_dir}/{name}")
+    if (
+        m is None
+        or volumes.get(m["name"], {}).get("secret", {}).get("secretName") != cert["secretName"]
+    ):
+        bad.append(f"{name}: secret {cert['secretName']} not mounted at {pki_dir}/{name}")
+    elif not m.get("readOnly"):
+        bad.append(f"{name}: certificate mount is writable")
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    allowed = {"side", "http"} if name == "gateway" else {"side", "grpc-mtls"}
+    if set(ports) - allowed:
+        bad.append(f"{name}: unexpected ports {set(ports) - allowed}")
+    svc = one(docs, "Service", name)
+    if svc is None:
+        bad.append(f"{name}: no Service")
+    else:
+        for p in svc["spec"]["ports"]:
+            if "grpc" in p["name"] and p["name"] != "grpc-mtls":
+                bad.append(f"{name}: Service port {p['name']} looks like plaintext gRPC")
+        if name != "gateway":
+            grpc = [p for p in svc["spec"]["ports"] if p.get("appProtocol") == "grpc"]
+            if len(grpc) != 1 or grpc[0]["port"] != ports.get("grpc-mtls"):
+                bad.append(f"{name}: Service gRPC port is not the mTLS container port")
+    return bad
+
+
+def check_service_monitor(docs: list[Manifest], name: str) -> list[str]:
+    svc = one(docs, "Service", name)
+    if svc is None:
+        return [f"{name}: no Service"]
+    monitors = [
+        m
+        for m in find(docs, "ServiceMonitor")
+        if selects(m["spec"].get("selector"), svc["metadata"]["labels"])
+    ]
+    if len(monitors) != 1:
+        return [f"{name}: {len(monitors)} ServiceMonitors select its Service"]
+    port_names = {p["name"] for p in svc["spec"]["ports"]}
+    eps = monitors[0]["spec"].get("endpoints", [])
+    if not eps or any(
+        e.get("port") not in port_names or e.get("path", "/metrics") != "/metrics" for e in eps
+    ):
+        return [f"{name}: ServiceMonitor does not scrape /metrics on a Service port"]
+    job_label = monitors[0]["spec"].get("jobLabel")
+    if svc["metadata"]["labels"].get(job_label) != "agora":
+        return [f"{name}: scraped under a job other than 'agora' (alert rules select job=agora)"]
+    if "rollouts-pod-template-hash" not in monitors[0]["spec"].get("podTargetLabels", []):
+        return [f"{name}: ServiceMonitor drops the revision label the analysis needs"]
+    return []

@@ -1,0 +1,82 @@
+"""The image: one multi-stage Dockerfile for every process, non-root, pinned base,
+read-only-root friendly, no secrets in the build context. (No Docker daemon here:
+its structure is checked.)"""
+
+from __future__ import annotations
+
+import re
+
+from tests.deploy.conftest import REPO
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+DOCKERIGNORE = (REPO / ".dockerignore").read_text()
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def arg_default(name: str) -> str:
+    for word, rest in instructions():
+        if word == "ARG" and rest.startswith(f"{name}="):
+            return rest.split("=", 1)[1]
+    return ""
+
+
+def test_multi_stage_with_pinned_slim_base():
+    froms = [rest for word, rest in instructions() if word == "FROM"]
+    assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
+    base = arg_default("PYTHON_IMAGE")
+    for f in froms:
+        image = f.split()[0].replace("${PYTHON_IMAGE}", base)
+        _, _, tag = image.partition(":")
+        assert tag and tag != "latest", f"base {image} not pinned by tag"
+        assert "slim" in tag or "@sha256:" in image, f"base {image} is not a slim image"
+        assert re.match(r"\d+\.\d+\.\d+-", tag), f"{image}: pin the full Python version"
+
+
+def test_runs_as_non_root_user():
+    users = [rest for word, rest in instructions() if word == "USER"]
+    assert users, "no USER instruction"
+    final = users[-1].split(":")[0].replace("${AGORA_UID}", arg_default("AGORA_UID"))
+    assert final not in ("root", "0", ""), final
+    assert final.isdigit(), "numeric USER, so runAsNonRoot can verify it"
+    # USER comes after the last step that needs root.
+    words = [w for w, _ in instructions()]
+    last_run = max(i for i, w in enumerate(words) if w == "RUN")
+    last_user = max(i for i, w in enumerate(words) if w == "USER")
+    assert last_user > last_run
+
+
+def test_one_image_for_every_process():
+    cmd = [rest for word, rest in instructions() if word in ("CMD", "ENTRYPOINT")]
+    assert cmd and '"python", "-m", "gateway"' in cmd[-1]
+    for package in ("agora", "workers", "workflows", "activities", "gateway", "contracts"):
+        assert re.search(rf"^COPY .*\b{package} \./{package}$", DOCKERFILE, re.M), package
+
+
+def test_read_only_root_friendly():
+    env = " ".join(rest for word, rest in instructions() if word == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
+    assert "AGORA_STATE_DIR=/tmp/" in env, "state goes to the writable /tmp"
+    assert "HOME=/tmp" in env
+    assert "compileall" in DOCKERFILE, "bytecode compiled at build time"
+
+
+def test_no_secrets_in_image_or_context():
+    assert not re.search(
+        r"(?i)^\s*(ENV|ARG)\s+\S*(PASSWORD|SECRET|TOKEN|KEK|API_KEY)\S*=", DOCKERFILE, re.M
+    )
+    for pattern in ("**/*.key", "**/*.pem", "**/.env", "**/.state", "**/secrets"):
+        assert pattern in DOCKERIGNORE.splitlines(), pattern
+    lines = [x.strip() for x in DOCKERIGNORE.splitlines() if x.strip() and not x.startswith("#")]
+    assert lines[0] == "**", "the context is an allow-list"
+    for never in ("!.state", "!.venv", "!.git", "!tests", "!reports"):
+        assert never not in lines

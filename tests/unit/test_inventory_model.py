@@ -1,0 +1,75 @@
+"""Inventory's request validation and its idempotency records, without a database."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.inventory import idempotency
+from workers.inventory.errors import (
+    InvalidInventoryRequest,
+    InvalidQuantity,
+    OutOfStock,
+    Shortage,
+    UnknownSku,
+)
+from workers.inventory.model import (
+    ReserveResult,
+    StockLine,
+    StockSnapshot,
+    check_quantity,
+    check_sku,
+    merge_lines,
+)
+
+
+def test_lines_are_merged_per_sku_and_sorted_in_lock_order() -> None:
+    merged = merge_lines([StockLine("B", 1), StockLine("A", 2), StockLine("B", 3)])
+    assert merged == [StockLine("A", 2), StockLine("B", 4)]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [[], [StockLine("A", 0)], [StockLine("A", -1)], [StockLine("", 1)], [StockLine("a b", 1)]],
+)
+def test_malformed_lines_are_refused(lines: list[StockLine]) -> None:
+    with pytest.raises((InvalidInventoryRequest, InvalidQuantity)):
+        merge_lines(lines)
+
+
+@pytest.mark.parametrize("sku", ["SKU-1", "a.b_c:d", "X" * 64])
+def test_ordinary_skus_pass(sku: str) -> None:
+    assert check_sku(sku) == sku
+
+
+@pytest.mark.parametrize("sku", ["", "-leading", "has space", "x/y", "X" * 65, "é"])
+def test_skus_that_cannot_be_catalog_keys_are_refused(sku: str) -> None:
+    with pytest.raises(InvalidInventoryRequest):
+        check_sku(sku)
+
+
+def test_zero_is_a_quantity_only_where_allowed() -> None:
+    assert check_quantity(0, allow_zero=True) == 0
+    with pytest.raises(InvalidQuantity):
+        check_quantity(0)
+
+
+def test_the_fingerprint_tells_a_retry_from_a_different_request() -> None:
+    lines = [StockLine("A", 1)]
+    assert idempotency.fingerprint("o", lines) == idempotency.fingerprint("o", [StockLine("A", 1)])
+    assert idempotency.fingerprint("o", lines) != idempotency.fingerprint("o", [StockLine("A", 2)])
+
+
+def test_a_stored_result_replays_as_the_same_value() -> None:
+    level = StockSnapshot("A", 5, 1, 4, 3, "2030-01-01T00:00:00+00:00")
+    result = ReserveResult("r", "held", "2030-01-01T00:10:00+00:00", [StockLine("A", 1)], [level])
+    assert idempotency.replay(idempotency.outcome(result), ReserveResult) == result
+
+
+def test_a_stored_rejection_replays_as_the_same_error() -> None:
+    stored = idempotency.rejection(OutOfStock([Shortage("A", 2, 1)]))
+    with pytest.raises(OutOfStock) as raised:
+        idempotency.replay(stored, ReserveResult)
+    assert raised.value.shortages == [Shortage("A", 2, 1)]
+    assert "A (requested 2, available 1)" in raised.value.detail
+    with pytest.raises(UnknownSku):
+        idempotency.replay(idempotency.rejection(UnknownSku(["Z"])), ReserveResult)

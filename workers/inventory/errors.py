@@ -1,0 +1,79 @@
+"""Inventory's domain errors.
+
+Each carries `application_type`, the stable `ApplicationError.type` its activity
+raises (the order saga and the gateway switch on it), besides the gRPC / HTTP
+status it inherits from agora.errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agora.errors import Conflict, DomainError, InvalidArgument, NotFound
+
+
+@dataclass(frozen=True)
+class Shortage:
+    """One line that could not be reserved: how much was asked, how much was free."""
+
+    sku: str
+    requested: int
+    available: int
+
+
+class InventoryError(DomainError):
+    application_type = "InventoryError"
+
+
+class OutOfStock(InventoryError):
+    """Some line of a reservation asks for more than is available: nothing was reserved."""
+
+    code = "out-of-stock"
+    application_type = "OutOfStock"
+
+    def __init__(self, shortages: list[Shortage]):
+        self.shortages = shortages
+        listed = ", ".join(
+            f"{s.sku} (requested {s.requested}, available {s.available})" for s in shortages
+        )
+        super().__init__(f"out of stock: {listed}")
+
+
+class UnknownSku(InventoryError, NotFound):
+    code = "unknown-sku"
+    application_type = "UnknownSku"
+
+    def __init__(self, skus: list[str]):
+        self.skus = skus
+        super().__init__(f"no stock record for sku: {', '.join(skus)}")
+
+
+class InvalidQuantity(InventoryError, InvalidArgument):
+    code = "invalid-quantity"
+    application_type = "InvalidQuantity"
+
+
+class InvalidInventoryRequest(InventoryError, InvalidArgument):
+    """A malformed request (empty key, bad sku, no lines, bad TTL or reason)."""
+
+    code = "invalid-argument"
+    application_type = "InvalidArgument"
+
+
+class ReservationNotFound(InventoryError, NotFound):
+    code = "reservation-not-found"
+    application_type = "ReservationNotFound"
+
+
+class ReservationNotHeld(InventoryError):
+    """Commit of a reservation that was already released or expired: its stock is gone."""
+
+    code = "reservation-not-held"
+    application_type = "ReservationNotHeld"
+
+
+class IdempotencyKeyReused(InventoryError, Conflict):
+    """The same key was sent with a different request: refusing beats guessing."""
+
+    code = "idempotency-key-reused"
+    application_type = "IdempotencyKeyReused"

@@ -1,0 +1,368 @@
+"""Reservations: hold stock for an order, then give it back (release) or take it (commit).
+
+Each function runs one transaction on the caller's connection: the stock rows,
+the reservation, its outbox event and the idempotency record change together.
+Rows are locked in sku order (`merge_lines` sorts), so two multi-line
+reservations can never deadlock; the availability test is part of each
+UPDATE's WHERE clause, which PostgreSQL re-checks on the latest row version
+after waiting for a concurrent writer, so concurrent reservations cannot
+oversell (and the table's CHECKs would refuse it anyway).
+
+Reserve, release and commit of one reservation serialize on one advisory lock
+named for its id, so a compensation racing a slow reserve sees a clean state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from agora import outbox
+from contracts.agora.common.v1 import LineItem
+from contracts.agora.inventory.v1 import (
+    ReleaseReason,
+    ReservationCommitted,
+    ReservationExpired,
+    ReservationReleased,
+    StockReserved,
+)
+from workers.inventory import idempotency
+from workers.inventory.errors import (
+    InvalidInventoryRequest,
+    OutOfStock,
+    ReservationNotFound,
+    ReservationNotHeld,
+    Shortage,
+    UnknownSku,
+)
+from workers.inventory.model import (
+    COMMITTED,
+    EXPIRED,
+    HELD,
+    MAX_TTL_SECONDS,
+    REASON_COMPENSATION,
+    REASON_EXPIRED,
+    REASON_ORDER_CANCELLED,
+    RELEASE_REASONS,
+    RELEASED,
+    CommitResult,
+    ReleaseResult,
+    ReserveResult,
+    StockLine,
+    StockSnapshot,
+    check_key,
+    merge_lines,
+)
+
+TOPIC = "inventory.events"
+PRODUCER = "inventory"
+AGGREGATE = "reservation"
+
+_PROTO_REASON = {
+    REASON_COMPENSATION: ReleaseReason.COMPENSATION,
+    REASON_ORDER_CANCELLED: ReleaseReason.ORDER_CANCELLED,
+    REASON_EXPIRED: ReleaseReason.EXPIRED,
+}
+
+
+def _lock(reservation_id: str) -> str:
+    return f"reservation:{reservation_id}"
+
+
+def _items(lines: Sequence[StockLine]) -> list[LineItem]:
+    return [LineItem(sku=line.sku, quantity=line.quantity) for line in lines]
+
+
+async def reserve(
+    conn: asyncpg.Connection,
+    reservation_id: str,
+    lines: list[StockLine],
+    ttl_seconds: int,
+    *,
+    order_id: str = "",
+    workflow: outbox.WorkflowRef | None = None,
+) -> ReserveResult:
+    """Hold every line or none; raises OutOfStock / UnknownSku (also on a retry of a rejection)."""
+    check_key(reservation_id, "reservation_id")
+    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise InvalidInventoryRequest(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")
+    merged = merge_lines(lines)
+    digest = idempotency.fingerprint(order_id, merged)
+    async with conn.transaction():
+        stored = await idempotency.claim(
+            conn, "reserve", reservation_id, digest, lock=_lock(reservation_id)
+        )
+        if stored is None:
+            stored = await _first_reserve(
+                conn, reservation_id, merged, ttl_seconds, order_id, workflow
+            )
+            await idempotency.remember(conn, "reserve", reservation_id, digest, stored)
+    # Outside the transaction: a rejection is raised only after its record committed.
+    return idempotency.replay(stored, ReserveResult)
+
+
+async def _first_reserve(
+    conn: asyncpg.Connection,
+    reservation_id: str,
+    lines: list[StockLine],
+    ttl_seconds: int,
+    order_id: str,
+    workflow: outbox.WorkflowRef | None,
+) -> dict[str, object]:
+    settled = await conn.fetchrow(
+        "SELECT status, expires_at FROM reservations WHERE reservation_id = $1", reservation_id
+    )
+    if settled is not None:
+        # A release got here first (a tombstone): hold nothing.
+        return idempotency.outcome(
+            ReserveResult(reservation_id, settled["status"], settled["expires_at"].isoformat())
+        )
+    try:
+        async with conn.transaction():  # a savepoint: a rejection undoes the lines already held
+            result = await _hold(conn, reservation_id, lines, ttl_seconds, order_id, workflow)
+    except (OutOfStock, UnknownSku) as rejected:
+        return idempotency.rejection(rejected)
+    return idempotency.outcome(result)
+
+
+async def _hold(
+    conn: asyncpg.Connection,
+    reservation_id: str,
+    lines: list[StockLine],
+    ttl_seconds: int,
+    order_id: str,
+    workflow: outbox.WorkflowRef | None,
+) -> ReserveResult:
+    after: list[StockSnapshot] = []
+    shortages: list[Shortage] = []
+    unknown: list[str] = []
+    for line in lines:
+        row = await conn.fetchrow(
+            """
+            UPDATE stock SET reserved = reserved + $2, version = version + 1, updated_at = now()
+            WHERE sku = $1 AND on_hand - reserved >= $2
+            RETURNING sku, on_hand, reserved, version, updated_at
+            """,
+            line.sku,
+            line.quantity,
+        )
+        if row is not None:
+            after.append(StockSnapshot.from_row(row))
+            continue
+        available = await conn.fetchval(
+            "SELECT on_hand - reserved FROM stock WHERE sku = $1", line.sku
+        )
+        if available is None:
+            unknown.append(line.sku)
+        else:
+            shortages.append(Shortage(line.sku, line.quantity, available))
+    if unknown:
+        raise UnknownSku(unknown)
+    if shortages:
+        raise OutOfStock(shortages)
+
+    expires_at = await conn.fetchval(
+        "INSERT INTO reservations (reservation_id, order_id, status, expires_at)"
+        " VALUES ($1, $2, 'held', now() + make_interval(secs => $3)) RETURNING expires_at",
+        reservation_id,
+        order_id,
+        float(ttl_seconds),
+    )
+    await conn.executemany(
+        "INSERT INTO reservation_lines (reservation_id, sku, quantity) VALUES ($1, $2, $3)",
+        [(reservation_id, line.sku, line.quantity) for line in lines],
+    )
+    await outbox.append(
+        conn,
+        producer=PRODUCER,
+        topic=TOPIC,
+        aggregate_type=AGGREGATE,
+        aggregate_id=reservation_id,
+        payload=StockReserved(
+            reservation_id=reservation_id,
+            order_id=order_id,
+            items=_items(lines),
+            expires_at=expires_at,
+            stock_after=[s.to_proto() for s in after],
+        ),
+        workflow=workflow,
+    )
+    return ReserveResult(reservation_id, HELD, expires_at.isoformat(), lines, after)
+
+
+async def release(
+    conn: asyncpg.Connection,
+    reservation_id: str,
+    reason: str,
+    *,
+    workflow: outbox.WorkflowRef | None = None,
+) -> ReleaseResult:
+    """Give a held reservation's stock back; a no-op (released=False) once it is settled.
+
+    Releasing an id that was never reserved leaves a tombstone, so a reserve
+    that arrives later (a slow first attempt) holds nothing. Keyed by id and
+    reason: the saga's compensation, a cancel and the expiry timer may all
+    release one reservation, and each gets its own first answer back.
+    """
+    check_key(reservation_id, "reservation_id")
+    if reason not in RELEASE_REASONS:
+        raise InvalidInventoryRequest(f"reason must be one of {', '.join(RELEASE_REASONS)}")
+    key = f"{reservation_id}/{reason}"
+    digest = idempotency.fingerprint(reason)
+    async with conn.transaction():
+        stored = await idempotency.claim(conn, "release", key, digest, lock=_lock(reservation_id))
+        if stored is None:
+            result = await _first_release(conn, reservation_id, reason, workflow)
+            stored = idempotency.outcome(result)
+            await idempotency.remember(conn, "release", key, digest, stored)
+    return idempotency.replay(stored, ReleaseResult)
+
+
+async def _first_release(
+    conn: asyncpg.Connection,
+    reservation_id: str,
+    reason: str,
+    workflow: outbox.WorkflowRef | None,
+) -> ReleaseResult:
+    current = await conn.fetchrow(
+        "SELECT status, order_id FROM reservations WHERE reservation_id = $1", reservation_id
+    )
+    if current is None:
+        await conn.execute(
+            "INSERT INTO reservations"
+            " (reservation_id, status, expires_at, release_reason, settled_at)"
+            " VALUES ($1, 'released', now(), $2, now())",
+            reservation_id,
+            reason,
+        )
+        return ReleaseResult(reservation_id, RELEASED, released=False)
+    if current["status"] != HELD:
+        return ReleaseResult(reservation_id, current["status"], released=False)
+
+    lines = await _lines(conn, reservation_id)
+    after = [
+        await _change(conn, "reserved = reserved - $2", line.sku, line.quantity) for line in lines
+    ]
+    status = EXPIRED if reason == REASON_EXPIRED else RELEASED
+    await conn.execute(
+        "UPDATE reservations SET status = $2, release_reason = $3, settled_at = now()"
+        " WHERE reservation_id = $1",
+        reservation_id,
+        status,
+        reason,
+    )
+    levels = [s.to_proto() for s in after]
+    order_id = current["order_id"]
+    event: ReservationExpired | ReservationReleased
+    if status == EXPIRED:
+        event = ReservationExpired(
+            reservation_id=reservation_id,
+            order_id=order_id,
+            items=_items(lines),
+            stock_after=levels,
+        )
+    else:
+        event = ReservationReleased(
+            reservation_id=reservation_id,
+            order_id=order_id,
+            items=_items(lines),
+            reason=_PROTO_REASON[reason],
+            stock_after=levels,
+        )
+    await outbox.append(
+        conn,
+        producer=PRODUCER,
+        topic=TOPIC,
+        aggregate_type=AGGREGATE,
+        aggregate_id=reservation_id,
+        payload=event,
+        workflow=workflow,
+    )
+    return ReleaseResult(reservation_id, status, released=True, stock_after=after)
+
+
+async def commit(
+    conn: asyncpg.Connection,
+    reservation_id: str,
+    *,
+    workflow: outbox.WorkflowRef | None = None,
+) -> CommitResult:
+    """Turn a held reservation into a deduction of on_hand (exactly once per id).
+
+    Raises ReservationNotFound for an unknown id and ReservationNotHeld when it
+    was released or expired first: its stock may already be someone else's.
+    """
+    check_key(reservation_id, "reservation_id")
+    digest = idempotency.fingerprint()
+    async with conn.transaction():
+        stored = await idempotency.claim(
+            conn, "commit", reservation_id, digest, lock=_lock(reservation_id)
+        )
+        if stored is None:
+            result = await _first_commit(conn, reservation_id, workflow)
+            stored = idempotency.outcome(result)
+            await idempotency.remember(conn, "commit", reservation_id, digest, stored)
+    return idempotency.replay(stored, CommitResult)
+
+
+async def _first_commit(
+    conn: asyncpg.Connection, reservation_id: str, workflow: outbox.WorkflowRef | None
+) -> CommitResult:
+    current = await conn.fetchrow(
+        "SELECT status, order_id FROM reservations WHERE reservation_id = $1", reservation_id
+    )
+    if current is None:
+        raise ReservationNotFound(f"no reservation {reservation_id!r}")
+    if current["status"] != HELD:
+        raise ReservationNotHeld(
+            f"reservation {reservation_id!r} is {current['status']}, its stock is no longer held"
+        )
+    lines = await _lines(conn, reservation_id)
+    after = [
+        await _change(
+            conn, "on_hand = on_hand - $2, reserved = reserved - $2", line.sku, line.quantity
+        )
+        for line in lines
+    ]
+    await conn.execute(
+        "UPDATE reservations SET status = 'committed', settled_at = now()"
+        " WHERE reservation_id = $1",
+        reservation_id,
+    )
+    await outbox.append(
+        conn,
+        producer=PRODUCER,
+        topic=TOPIC,
+        aggregate_type=AGGREGATE,
+        aggregate_id=reservation_id,
+        payload=ReservationCommitted(
+            reservation_id=reservation_id,
+            order_id=current["order_id"],
+            items=_items(lines),
+            stock_after=[s.to_proto() for s in after],
+        ),
+        workflow=workflow,
+    )
+    return CommitResult(reservation_id, COMMITTED, committed=True, stock_after=after)
+
+
+async def _lines(conn: asyncpg.Connection, reservation_id: str) -> list[StockLine]:
+    rows = await conn.fetch(
+        "SELECT sku, quantity FROM reservation_lines WHERE reservation_id = $1 ORDER BY sku",
+        reservation_id,
+    )
+    return [StockLine(row["sku"], row["quantity"]) for row in rows]
+
+
+async def _change(
+    conn: asyncpg.Connection, assignment: str, sku: str, quantity: int
+) -> StockSnapshot:
+    """Apply `assignment` ($2 = quantity) to one sku's row and return its new level."""
+    row = await conn.fetchrow(
+        f"UPDATE stock SET {assignment}, version = version + 1, updated_at = now()"
+        " WHERE sku = $1 RETURNING sku, on_hand, reserved, version, updated_at",
+        sku,
+        quantity,
+    )
+    return StockSnapshot.from_row(row)
