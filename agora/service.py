@@ -62,7 +62,8 @@ class ServiceParts:
 class ServiceDefinition:
     name: str
     build: Callable[[Runtime], Awaitable[ServiceParts]]
-    uses_kafka: bool = True
+    # A service that emits no events (search, audit) runs no outbox relay.
+    publishes_events: bool = True
 
 
 async def run_service(definition: ServiceDefinition, settings: Settings) -> None:
@@ -82,7 +83,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     rt = Runtime(settings, service, pool, redis, producer, client, channels)
     parts = await definition.build(rt)
 
-    relay = OutboxRelay(pool, producer, service)
+    relay = OutboxRelay(pool, producer, service) if definition.publishes_events else None
     consumers = [kafka.EventConsumer(settings, spec, producer) for spec in parts.consumers]
     worker = Worker(
         client,
@@ -104,7 +105,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
 
     tasks = [
         asyncio.create_task(worker.run(), name="temporal-worker"),
-        asyncio.create_task(relay.run(), name="outbox-relay"),
+        *([asyncio.create_task(relay.run(), name="outbox-relay")] if relay else []),
         *(asyncio.create_task(c.run(), name=f"consumer-{c.spec.group}") for c in consumers),
         *(asyncio.create_task(job(), name="background") for job in parts.background),
     ]
@@ -127,7 +128,8 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     await worker.shutdown()  # waits for in-flight activities (graceful_shutdown_timeout)
     for consumer in consumers:
         consumer.stop()
-    relay.stop()
+    if relay:
+        relay.stop()
     remaining = [t for t in tasks if not t.done() and t.get_name() != "background"]
     await asyncio.wait(remaining, timeout=20)
     for task in tasks:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import (
     ApplicationError,
     FailureError,
@@ -61,6 +61,26 @@ APPLICATION_ERROR_TYPE: dict[str, str] = {
     "ReservationNotFound": "not-found",
     "ReservationNotHeld": "precondition-failed",
     "IdempotencyKeyReused": "conflict",
+    # Payments (workers/payments/errors.py). A decline is a business rejection of
+    # the request as it stands (another card may work): precondition-failed.
+    "PaymentDeclined": "precondition-failed",
+    "PaymentRequiresAction": "precondition-failed",
+    "PaymentAmountExceeded": "precondition-failed",
+    "PaymentStateConflict": "conflict",
+    "IdempotencyKeyConflict": "conflict",
+    "PaymentNotFound": "not-found",
+    "InvalidPaymentRequest": "invalid-argument",
+    # Orders (workflows/orders.py): the saga's rejection reasons, and refusals.
+    "PRODUCT_UNAVAILABLE": "order-rejected",
+    "PRICE_CHANGED": "order-rejected",
+    "OUT_OF_STOCK": "order-rejected",
+    "PAYMENT_DECLINED": "order-rejected",
+    "PAYMENT_TIMEOUT": "order-rejected",
+    "PAYMENT_FAILED": "order-rejected",
+    "OrderFinished": "conflict",
+    "NotAwaiting": "conflict",
+    "NotRefundable": "conflict",
+    "RefundAmountInvalid": "invalid-argument",
 }
 
 # Statuses whose upstream message is safe and useful to show the client. Others
@@ -79,7 +99,10 @@ def from_grpc(error: GRPCError) -> Problem:
 def _root_cause(error: BaseException) -> BaseException:
     """The innermost failure: WorkflowFailureError -> ActivityError -> ApplicationError."""
     seen: BaseException = error
-    while isinstance(seen, WorkflowFailureError | FailureError) and seen.cause is not None:
+    while (
+        isinstance(seen, WorkflowFailureError | WorkflowUpdateFailedError | FailureError)
+        and seen.cause is not None
+    ):
         seen = seen.cause
     return seen
 

@@ -58,6 +58,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "invalid-credentials": ProblemType(401, "Invalid credentials"),
     "permission-denied": ProblemType(403, "Permission denied"),
     "not-found": ProblemType(404, "Not found"),
+    # Orders: the saga refused the order (priced lines, stock, payment); `detail` says why.
+    "order-rejected": ProblemType(422, "Order rejected"),
     "conflict": ProblemType(409, "Conflict"),
     "email-taken": ProblemType(409, "An account with this email exists"),
     "precondition-failed": ProblemType(422, "The request cannot be applied in the current state"),

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError
 
@@ -64,7 +64,7 @@ class Upstream:
             yield timeout
         except GRPCError as error:
             raise failures.from_grpc(error) from error
-        except (WorkflowFailureError, FailureError, RPCError) as error:
+        except (WorkflowFailureError, WorkflowUpdateFailedError, FailureError, RPCError) as error:
             raise failures.from_temporal(error) from error
         except TimeoutError:
             raise Problem("upstream-timeout") from None

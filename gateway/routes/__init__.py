@@ -6,6 +6,14 @@ from gateway.routing import Route
 
 
 def all_routes() -> list[Route]:
-    from gateway.routes import accounts, admin, auth, inventory, meta
+    from gateway.routes import accounts, admin, auth, catalog, inventory, meta, search
 
-    return [*accounts.ROUTES, *auth.ROUTES, *admin.ROUTES, *meta.ROUTES, *inventory.ROUTES]
+    return [
+        *accounts.ROUTES,
+        *auth.ROUTES,
+        *admin.ROUTES,
+        *meta.ROUTES,
+        *catalog.ROUTES,
+        *search.ROUTES,
+        *inventory.ROUTES,
+    ]

@@ -1,0 +1,167 @@
+"""Search's activities: the steps of a reindex (new index, backfill, alias swap, drop).
+
+Each is idempotent: the new index's name comes from the workflow, creating it
+twice is a no-op, the backfill writes with the same versioned merge as the
+consumer (a re-copied document changes nothing) and resumes from its last
+heartbeat's cursor, and the swap computes its actions from the aliases as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
+from temporalio import activity
+
+from contracts.agora.catalog.v1 import CatalogServiceStub, ListProductsRequest, Product
+from contracts.agora.common.v1 import PageRequest
+from workers.search.documents import apply_product, merge, product_document
+from workers.search.index import Indices
+
+log = logging.getLogger(__name__)
+BACKFILL_PAGE = 100  # catalog's largest page
+
+
+@dataclass
+class BeginReindexInput:
+    version: str  # the new index's version suffix, e.g. "r20261125t150102-1a2b"
+
+
+@dataclass
+class BeginReindexResult:
+    new_index: str
+    source_index: str  # what searches read now; stock is copied from it ("" if none)
+
+
+@dataclass
+class BackfillInput:
+    new_index: str
+    source_index: str
+
+
+@dataclass
+class BackfillResult:
+    copied: int
+    merged: int  # documents an event had written first, merged by version instead
+
+
+@dataclass
+class SwapInput:
+    new_index: str
+
+
+@dataclass
+class SwapResult:
+    old_indices: list[str]
+
+
+@dataclass
+class DropInput:
+    indices: list[str]
+
+
+@dataclass
+class _Checkpoint:
+    cursor: str
+    copied: int
+    merged: int
+
+
+class SearchActivities:
+    def __init__(self, es: AsyncElasticsearch, indices: Indices, catalog: CatalogServiceStub):
+        self.es = es
+        self.indices = indices
+        self.catalog = catalog
+
+    @activity.defn(name="search.begin_reindex")
+    async def begin_reindex(self, data: BeginReindexInput) -> BeginReindexResult:
+        """Create the new index and make it a write target, so events reach it from now on."""
+        new_index = self.indices.index_name(data.version)
+        readers = [i for i in await self.indices.behind(self.indices.read_alias) if i != new_index]
+        await self.indices.create(new_index)
+        await self.indices.add_write_target(new_index)
+        return BeginReindexResult(new_index, readers[0] if readers else "")
+
+    @activity.defn(name="search.backfill")
+    async def backfill(self, data: BackfillInput) -> BackfillResult:
+        """Copy every product from the catalog (read API) into the new index.
+
+        Documents are created in bulk; one that exists already was written by an
+        event since the index became a write target, so it is merged by version
+        instead (the newer product wins). Stock is taken from the current index.
+        """
+        details = activity.info().heartbeat_details
+        state = _Checkpoint("", 0, 0)
+        if details:
+            state = _Checkpoint(**details[0])
+        while True:
+            page = await self.catalog.list_products(
+                ListProductsRequest(
+                    include_inactive=True,
+                    page=PageRequest(page_size=BACKFILL_PAGE, cursor=state.cursor),
+                ),
+                timeout=30,
+            )
+            products = list(page.products)
+            if products:
+                merged = await self._copy(data, products)
+                state.copied += len(products) - merged
+                state.merged += merged
+            state.cursor = page.page.next_cursor if page.page else ""
+            activity.heartbeat(state.__dict__)
+            if not state.cursor:
+                return BackfillResult(state.copied, state.merged)
+
+    async def _copy(self, data: BackfillInput, products: list[Product]) -> int:
+        stock: dict[str, dict[str, Any]] = {}
+        if data.source_index:
+            found = await self.es.mget(
+                index=data.source_index,
+                ids=[p.sku for p in products],
+                source_includes=["in_stock", "available", "stock_version"],
+            )
+            for doc in found["docs"]:
+                if doc.get("found"):
+                    stock[doc["_id"]] = doc["_source"]
+        actions = [
+            {
+                "_op_type": "create",
+                "_index": data.new_index,
+                "_id": p.sku,
+                "_source": product_document(p, stock.get(p.sku)),
+            }
+            for p in products
+        ]
+        _, errors = await async_bulk(self.es, actions, raise_on_error=False, stats_only=False)
+        by_sku = {p.sku: p for p in products}
+        merged = 0
+        for error in errors if isinstance(errors, list) else []:
+            item = error.get("create", {})
+            if item.get("status") != 409:
+                raise RuntimeError(f"backfill write failed: {item}")
+            product = by_sku[item["_id"]]
+            await apply_product(self.es, data.new_index, product)
+            if product.sku in stock:
+                await merge(
+                    self.es,
+                    data.new_index,
+                    product.sku,
+                    "stock_version",
+                    int(stock[product.sku].get("stock_version") or 0),
+                    stock[product.sku],
+                    {},
+                )
+            merged += 1
+        return merged
+
+    @activity.defn(name="search.swap_alias")
+    async def swap_alias(self, data: SwapInput) -> SwapResult:
+        await self.es.indices.refresh(index=data.new_index)
+        return SwapResult(await self.indices.swap(data.new_index))
+
+    @activity.defn(name="search.drop_indices")
+    async def drop_indices(self, data: DropInput) -> None:
+        await self.indices.drop(data.indices)

@@ -1,0 +1,300 @@
+"""Scenario `catalog`: the product read path, a cache miss, search, and event lag to search.
+
+* GET /v1/products/{sku} through a gateway process (auth, rate limit, gRPC over
+  mTLS, cache hit in Redis), 2,000 requests at concurrency 8, with the
+  Server-Timing stages and throughput, beside a bare aiohttp handler under the
+  same load and a bare grpclib GetProduct call, measured in the same run.
+* The catalog's read handler on a cache miss (in this process, real Redis and
+  PostgreSQL): the entry is deleted before each read, so every read loads the
+  row and writes the entry back; the bare SQL query alone beside it.
+* GET /v1/search on the seeded 10,000-product catalog (words, filters, facets).
+* Event lag: a price change's commit (the product's updated_at) until search
+  returns the new price, for 100 changes one after another.
+
+The demo catalog is loaded first if it is not there (the seed is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from agora import db, temporal
+from agora.config import Settings
+from agora.grpc import Channels
+from bench.auth import UNTHROTTLED, _stages
+from bench.processes import free_port, http_ok, process
+from bench.stats import Row, row
+from contracts.agora.catalog.v1 import CatalogServiceStub, GetProductRequest
+from contracts.agora.search.v1 import SearchRequest, SearchServiceStub
+from workers.catalog.cache import ProductCache
+from workers.catalog.reads import CatalogReads
+from workers.catalog.seed import generate, import_all
+from workflows.catalog import TASK_QUEUE, ChangePriceInput, ChangePriceWorkflow
+
+REQUESTS = 2_000
+SEARCHES = 1_000
+MISSES = 1_000
+LAG_SAMPLES = 100
+CONCURRENCY = 8
+WARMUP = 200
+SEED_PRODUCTS = 10_000
+TARGETS = {"read p95": 5.0, "cache-miss handler p95": 3.0, "search p95": 20.0, "lag p95": 200.0}
+WORDS = ["headphones", "lamp", "bike", "novel", "kettle", "pro", "classic", "shoe", "tent", "desk"]
+
+
+@contextmanager
+def service_running(settings: Settings, service: str) -> Iterator[None]:
+    url = f"http://{settings.host}:{settings.side_port(service)}/readyz"
+    if http_ok(url):
+        yield
+        return
+    with process(
+        service,
+        ["-m", "workers", service],
+        url,
+        settings.state_dir / "logs",
+        env={"AGORA_PROFILE": settings.profile, "AGORA_LOG_LEVEL": "WARNING"},
+    ):
+        time.sleep(1.0)
+        yield
+
+
+async def _load(
+    urls: list[str], headers: dict[str, str], n: int
+) -> tuple[list[float], list[str], float]:
+    """n GETs over `urls` (round robin) at CONCURRENCY; latencies, Server-Timing, wall seconds."""
+    latencies: list[float] = []
+    timings: list[str] = []
+    statuses: dict[int, int] = {}
+    queue = iter(range(n))
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker() -> None:
+            for i in queue:
+                started = time.perf_counter()
+                async with http.get(urls[i % len(urls)], headers=headers) as response:
+                    await response.read()
+                    latencies.append(time.perf_counter() - started)
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+                    timings.append(response.headers.get("Server-Timing", ""))
+
+        for i in range(WARMUP):
+            async with http.get(urls[i % len(urls)], headers=headers) as response:
+                await response.read()
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        wall = time.perf_counter() - began
+    if set(statuses) != {200}:
+        raise RuntimeError(f"unexpected statuses under load: {statuses}")
+    return latencies, timings, wall
+
+
+async def _token(base: str) -> str:
+    email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
+    password = "bench password 123"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{base}/v1/accounts",
+            json={"email": email, "password": password, "display_name": "Bench"},
+        ) as response:
+            assert response.status == 201, await response.text()
+        async with http.post(
+            f"{base}/v1/auth/signin", json={"email": email, "password": password}
+        ) as response:
+            assert response.status == 200, await response.text()
+            token: str = (await response.json())["access_token"]
+            return token
+
+
+async def _ensure_catalog(settings: Settings) -> list[str]:
+    client = await temporal.connect(settings)
+    products = generate(SEED_PRODUCTS)
+    await import_all(client, products, 42)  # a no-op when already seeded
+    return [p.sku for p in products]
+
+
+async def _cache_miss(settings: Settings, skus: list[str]) -> list[Row]:
+    pool = await db.create_pool(settings, "catalog", size=2)
+    redis = aioredis.from_url(settings.redis_url)
+    cache = ProductCache(redis)
+    reads = CatalogReads(pool, cache)
+    miss, query = [], []
+    try:
+        for i in range(WARMUP + MISSES):
+            sku = skus[i % len(skus)]
+            await redis.delete(cache.key(sku))
+            started = time.perf_counter()
+            await reads.get(sku)
+            took = time.perf_counter() - started
+            started = time.perf_counter()
+            await reads._load_one(sku)
+            bare = time.perf_counter() - started
+            if i >= WARMUP:
+                miss.append(took)
+                query.append(bare)
+    finally:
+        await redis.aclose()
+        await pool.close()
+    return [
+        row("catalog handler, cache miss (GET miss + lock + SELECT + versioned SET)", miss),
+        row("  of which the SELECT by sku alone", query),
+    ]
+
+
+async def _bare_grpc(settings: Settings, skus: list[str]) -> Row:
+    channels = Channels(settings, caller="gateway")
+    stub = CatalogServiceStub(channels.get("catalog"))
+    samples = []
+    try:
+        for i in range(WARMUP + REQUESTS // 2):
+            started = time.perf_counter()
+            await stub.get_product(GetProductRequest(sku=skus[i % 50]), timeout=2)
+            if i >= WARMUP:
+                samples.append(time.perf_counter() - started)
+    finally:
+        channels.close()
+    return row("baseline: bare grpclib GetProduct (mTLS, sequential, cache hit)", samples)
+
+
+async def _event_lag(settings: Settings, skus: list[str]) -> Row:
+    client = await temporal.connect(settings)
+    channels = Channels(settings, caller="gateway")
+    catalog = CatalogServiceStub(channels.get("catalog"))
+    search = SearchServiceStub(channels.get("search"))
+    rng = random.Random(7)
+    samples = []
+    try:
+        for _ in range(LAG_SAMPLES):
+            sku = rng.choice(skus)
+            product = (await catalog.get_product(GetProductRequest(sku=sku))).product
+            assert product is not None and product.price is not None
+            new_price = product.price.amount_minor + rng.choice([-1, 1]) * rng.randint(1, 50)
+            new_price = max(new_price, 1)
+            await client.execute_workflow(
+                ChangePriceWorkflow.run,
+                ChangePriceInput(sku, new_price, "EUR"),
+                id=f"bench-price-{uuid.uuid4().hex}",
+                task_queue=TASK_QUEUE,
+            )
+            changed = (await catalog.get_product(GetProductRequest(sku=sku))).product
+            assert changed is not None and changed.updated_at is not None
+            committed = changed.updated_at.timestamp()
+            title = changed.title
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                reply = await search.search(SearchRequest(query=f'"{title}"', page_size=5))
+                if any(
+                    h.sku == sku and h.price and h.price.amount_minor == new_price
+                    for h in reply.hits
+                ):
+                    samples.append(time.time() - committed)
+                    break
+                await asyncio.sleep(0.002)
+    finally:
+        channels.close()
+    return row("event lag: price change commit -> searchable (p95 of 100)", samples)
+
+
+async def run(settings: Settings) -> dict[str, Any]:
+    logs = settings.state_dir / "logs"
+    with contextlib.ExitStack() as stack:
+        for service in ("identity", "catalog", "search"):
+            stack.enter_context(service_running(settings, service))
+        skus = await _ensure_catalog(settings)
+        gateway_port, side_port, bare_port = free_port(), free_port(), free_port()
+        env = {
+            "AGORA_PROFILE": settings.profile,
+            "AGORA_PORT_GATEWAY": str(gateway_port),
+            "AGORA_PORT_GATEWAY_SIDE": str(side_port),
+            "AGORA_TRACING": "off",
+            "AGORA_LOG_LEVEL": "WARNING",
+            **{f"AGORA_RATE_LIMIT_{name.upper()}": UNTHROTTLED for name in settings.rate_limits},
+        }
+        base = f"http://{settings.host}:{gateway_port}"
+        stack.enter_context(process("gateway", ["-m", "gateway"], f"{base}/readyz", logs, env=env))
+        stack.enter_context(
+            process(
+                "bare-aiohttp",
+                ["-m", "bench.bare", str(bare_port)],
+                f"http://127.0.0.1:{bare_port}/healthz",
+                logs,
+            )
+        )
+        headers = {"Authorization": f"Bearer {await _token(base)}"}
+        hot = [f"{base}/v1/products/{sku}" for sku in skus[:50]]
+        reads, timings, reads_wall = await _load(hot, headers, REQUESTS)
+        bare, _, bare_wall = await _load([f"http://127.0.0.1:{bare_port}/v1/me"], {}, REQUESTS)
+        grpc_row = await _bare_grpc(settings, skus)
+        rng = random.Random(3)
+        queries = [
+            f"{base}/v1/search?q={rng.choice(WORDS)}&facet=category&facet=brand&facet=price"
+            + rng.choice(["", "&sort=price_asc", "&category=electronics", "&max_price=5000"])
+            for _ in range(50)
+        ]
+        searches, search_timings, search_wall = await _load(queries, headers, SEARCHES)
+        miss_rows = await _cache_miss(settings, skus)
+        lag_row = await _event_lag(settings, skus)
+    stages = _stages(timings)
+    read_row = row(
+        f"GET /v1/products/{{sku}} end to end, cache hit (concurrency {CONCURRENCY},"
+        f" {len(reads) / reads_wall:.0f} req/s)",
+        reads,
+    )
+    search_row = row(
+        f"GET /v1/search, 10k products, facets (concurrency {CONCURRENCY},"
+        f" {len(searches) / search_wall:.0f} req/s)",
+        searches,
+    )
+    search_stages = _stages(search_timings)
+    rows = [
+        read_row,
+        *(
+            row(f"  gateway stage: {stage} (Server-Timing)", stages[stage])
+            for stage in ("auth", "ratelimit", "upstream", "total")
+            if stage in stages
+        ),
+        row(
+            f"baseline: bare aiohttp handler (concurrency {CONCURRENCY},"
+            f" {len(bare) / bare_wall:.0f} req/s)",
+            bare,
+        ),
+        grpc_row,
+        *miss_rows,
+        search_row,
+        *(
+            row(f"  search stage: {stage} (Server-Timing)", search_stages[stage])
+            for stage in ("upstream", "total")
+            if stage in search_stages
+        ),
+        lag_row,
+    ]
+    measured = {
+        "read p95": read_row.p95_ms,
+        "cache-miss handler p95": miss_rows[0].p95_ms,
+        "search p95": search_row.p95_ms,
+        "lag p95": lag_row.p95_ms,
+    }
+    return {
+        "title": "Catalog reads, cache miss, search and event lag",
+        "rows": rows,
+        "targets": [
+            {
+                "name": name,
+                "target_ms": TARGETS[name],
+                "measured_ms": measured[name],
+                "met": measured[name] <= TARGETS[name],
+            }
+            for name in TARGETS
+        ],
+    }

@@ -1,0 +1,387 @@
+"""Products: reads straight from catalog's gRPC API (cached there), admin writes as workflows.
+
+Reads need `catalog:read`, writes `catalog:write`. A write runs as a workflow on
+catalog's task queue whose id carries the request's `Idempotency-Key` (or a
+fresh one), so a retried request joins the write instead of repeating it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from agora import scopes
+from contracts.agora.catalog.v1 import (
+    BatchGetProductsRequest,
+    GetProductRequest,
+    ListProductsRequest,
+    Product,
+)
+from contracts.agora.common.v1 import PageRequest
+from gateway.deps import deps
+from gateway.problems import Problem
+from gateway.routing import Route, _validation_problem
+from gateway.schemas_catalog import (
+    ChangePriceRequest,
+    CreateProductRequest,
+    ImportProductsRequest,
+    ImportRowError,
+    ImportStartedResponse,
+    ImportStatusResponse,
+    MoneyAnswer,
+    ProductFields,
+    ProductListResponse,
+    ProductResponse,
+    ProductsQuery,
+    ProductWriteResponse,
+    UpdateProductRequest,
+)
+from workflows.catalog import (
+    TASK_QUEUE,
+    ChangePriceInput,
+    ChangePriceWorkflow,
+    CreateProductInput,
+    CreateProductWorkflow,
+    DeactivateProductInput,
+    DeactivateProductWorkflow,
+    ImportInput,
+    ImportProductsWorkflow,
+    ImportProgress,
+    ProductData,
+    UpdateProductInput,
+    UpdateProductWorkflow,
+    WriteResult,
+    import_workflow_id,
+    product_write_workflow_id,
+)
+
+READ = frozenset({scopes.CATALOG_READ})
+WRITE = frozenset({scopes.CATALOG_WRITE})
+M = TypeVar("M", bound=BaseModel)
+
+
+def multi_query(request: web.Request, model: type[M], lists: tuple[str, ...]) -> M:
+    """The query with repeated parameters (`lists`) kept whole, validated against `model`."""
+    query = request.rel_url.query
+    raw: dict[str, Any] = dict(query)
+    for name in lists:
+        if name in query:
+            raw[name] = query.getall(name)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise _validation_problem(error, "query") from None
+
+
+def product_response(product: Product | None) -> ProductResponse:
+    if product is None:
+        raise Problem("upstream-error", "catalog answered without the product")
+    price = product.price
+    return ProductResponse(
+        sku=product.sku,
+        title=product.title,
+        description=product.description,
+        brand=product.brand,
+        category=product.category,
+        attributes=dict(product.attributes),
+        price=MoneyAnswer(
+            amount_minor=price.amount_minor if price else 0,
+            currency=price.currency if price else "",
+        ),
+        active=product.active,
+        version=product.version,
+        created_at=product.created_at,
+        updated_at=product.updated_at,
+    )
+
+
+def _product_data(sku: str, fields: ProductFields) -> ProductData:
+    return ProductData(
+        sku=sku,
+        title=fields.title,
+        category=fields.category,
+        price_minor=fields.price.amount_minor,
+        currency=fields.price.currency,
+        description=fields.description,
+        brand=fields.brand,
+        attributes=dict(fields.attributes),
+        active=fields.active,
+    )
+
+
+def _request_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key", "")
+    if key and len(key) <= 64 and key.replace("-", "").replace("_", "").isalnum():
+        return key
+    return uuid.uuid4().hex
+
+
+# Reads -----------------------------------------------------------------------------
+
+
+async def get_product(request: web.Request, _: None) -> ProductResponse:
+    gw = deps(request)
+    call = GetProductRequest(sku=request.match_info["sku"])
+    async with gw.upstream.call(request, "catalog.GetProduct") as timeout:
+        reply = await gw.upstream.catalog.get_product(call, timeout=timeout)
+    return product_response(reply.product)
+
+
+async def list_products(request: web.Request, _: ProductsQuery) -> ProductListResponse:
+    query = multi_query(request, ProductsQuery, ("sku",))
+    gw = deps(request)
+    if query.sku is not None:
+        async with gw.upstream.call(request, "catalog.BatchGetProducts") as timeout:
+            batch = await gw.upstream.catalog.batch_get_products(
+                BatchGetProductsRequest(skus=query.sku), timeout=timeout
+            )
+        return ProductListResponse(
+            products=[product_response(p) for p in batch.products],
+            not_found=list(batch.not_found),
+        )
+    call = ListProductsRequest(
+        category=query.category or "",
+        page=PageRequest(page_size=query.limit, cursor=query.cursor),
+    )
+    async with gw.upstream.call(request, "catalog.ListProducts") as timeout:
+        page = await gw.upstream.catalog.list_products(call, timeout=timeout)
+    info = page.page
+    return ProductListResponse(
+        products=[product_response(p) for p in page.products],
+        next_cursor=info.next_cursor if info is not None and info.has_more else None,
+    )
+
+
+# Writes ----------------------------------------------------------------------------
+
+
+async def _execute(
+    request: web.Request, name: str, run: Callable[..., Any], arg: Any, workflow_id: str
+) -> WriteResult:
+    gw = deps(request)
+    async with gw.upstream.call(request, f"temporal.{name}") as timeout:
+        async with asyncio.timeout(timeout):
+            result: WriteResult = await gw.upstream.temporal.execute_workflow(
+                run,
+                arg,
+                id=workflow_id,
+                task_queue=TASK_QUEUE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                rpc_timeout=timedelta(seconds=timeout),
+            )
+    return result
+
+
+def _written(result: WriteResult) -> ProductWriteResponse:
+    return ProductWriteResponse(sku=result.sku, version=result.version, changed=result.changed)
+
+
+async def create_product(request: web.Request, body: CreateProductRequest) -> ProductWriteResponse:
+    data = CreateProductInput(_product_data(body.sku, body))
+    workflow_id = product_write_workflow_id("create", body.sku, _request_key(request))
+    return _written(
+        await _execute(request, "CreateProduct", CreateProductWorkflow.run, data, workflow_id)
+    )
+
+
+async def update_product(request: web.Request, body: UpdateProductRequest) -> ProductWriteResponse:
+    sku = request.match_info["sku"]
+    data = UpdateProductInput(_product_data(sku, body), body.expected_version or 0)
+    workflow_id = product_write_workflow_id("update", sku, _request_key(request))
+    return _written(
+        await _execute(request, "UpdateProduct", UpdateProductWorkflow.run, data, workflow_id)
+    )
+
+
+async def change_price(request: web.Request, body: ChangePriceRequest) -> ProductWriteResponse:
+    sku = request.match_info["sku"]
+    data = ChangePriceInput(sku, body.amount_minor, body.currency, body.expected_version or 0)
+    workflow_id = product_write_workflow_id("price", sku, _request_key(request))
+    return _written(
+        await _execute(request, "ChangePrice", ChangePriceWorkflow.run, data, workflow_id)
+    )
+
+
+async def deactivate_product(request: web.Request, _: None) -> ProductWriteResponse:
+    sku = request.match_info["sku"]
+    data = DeactivateProductInput(sku)
+    workflow_id = product_write_workflow_id("deactivate", sku, _request_key(request))
+    return _written(
+        await _execute(
+            request, "DeactivateProduct", DeactivateProductWorkflow.run, data, workflow_id
+        )
+    )
+
+
+# Bulk import -----------------------------------------------------------------------
+
+
+async def start_import(request: web.Request, body: ImportProductsRequest) -> ImportStartedResponse:
+    gw = deps(request)
+    import_id = _request_key(request)
+    data = ImportInput(
+        import_id=import_id,
+        products=[_product_data(p.sku, p) for p in body.products],
+        batch_size=body.batch_size,
+    )
+    async with gw.upstream.call(request, "temporal.ImportProducts") as timeout:
+        await gw.upstream.temporal.start_workflow(
+            ImportProductsWorkflow.run,
+            data,
+            id=import_workflow_id(import_id),
+            task_queue=TASK_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            rpc_timeout=timedelta(seconds=timeout),
+        )
+    return ImportStartedResponse(import_id=import_id, status_url=f"/v1/admin/imports/{import_id}")
+
+
+async def import_status(request: web.Request, _: None) -> ImportStatusResponse:
+    gw = deps(request)
+    import_id = request.match_info["import_id"]
+    handle = gw.upstream.temporal.get_workflow_handle(
+        import_workflow_id(import_id), result_type=ImportProgress
+    )
+    async with gw.upstream.call(request, "temporal.ImportStatus") as timeout:
+        rpc_timeout = timedelta(seconds=timeout)
+        try:
+            description = await handle.describe(rpc_timeout=rpc_timeout)
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise Problem("not-found", f"no import {import_id!r}") from None
+            raise
+        if description.status == WorkflowExecutionStatus.COMPLETED:
+            # Read from history: needs no worker (a query does, and waits for one).
+            progress = await handle.result(rpc_timeout=rpc_timeout)
+        elif description.status == WorkflowExecutionStatus.RUNNING:
+            progress = await handle.query(ImportProductsWorkflow.progress, rpc_timeout=rpc_timeout)
+        else:
+            progress = ImportProgress(import_id=import_id, state="failed")
+    state = progress.state
+    return ImportStatusResponse(
+        import_id=import_id,
+        state=state,  # type: ignore[arg-type]
+        total=progress.total,
+        processed=progress.processed,
+        created=progress.created,
+        updated=progress.updated,
+        unchanged=progress.unchanged,
+        failed=progress.failed,
+        errors=[ImportRowError(sku=e.sku, reason=e.reason) for e in progress.errors],
+    )
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/v1/products/{sku}",
+        get_product,
+        "Get one product",
+        "catalog",
+        auth=True,
+        scopes=READ,
+        route_class="read",
+        response=ProductResponse,
+        problems=("not-found",),
+    ),
+    Route(
+        "GET",
+        "/v1/products",
+        list_products,
+        "Batch get products (?sku=a&sku=b) or list a category (keyset pages)",
+        "catalog",
+        auth=True,
+        scopes=READ,
+        route_class="read",
+        query=ProductsQuery,
+        response=ProductListResponse,
+        problems=("invalid-argument",),
+    ),
+    Route(
+        "POST",
+        "/v1/admin/products",
+        create_product,
+        "Create a product",
+        "catalog-admin",
+        auth=True,
+        scopes=WRITE,
+        route_class="write",
+        body=CreateProductRequest,
+        response=ProductWriteResponse,
+        status=201,
+        problems=("conflict", "invalid-argument"),
+    ),
+    Route(
+        "PUT",
+        "/v1/admin/products/{sku}",
+        update_product,
+        "Replace a product's fields",
+        "catalog-admin",
+        auth=True,
+        scopes=WRITE,
+        route_class="write",
+        body=UpdateProductRequest,
+        response=ProductWriteResponse,
+        problems=("not-found", "conflict", "invalid-argument"),
+    ),
+    Route(
+        "POST",
+        "/v1/admin/products/{sku}/price",
+        change_price,
+        "Change a product's price",
+        "catalog-admin",
+        auth=True,
+        scopes=WRITE,
+        route_class="write",
+        body=ChangePriceRequest,
+        response=ProductWriteResponse,
+        problems=("not-found", "conflict", "invalid-argument"),
+    ),
+    Route(
+        "DELETE",
+        "/v1/admin/products/{sku}",
+        deactivate_product,
+        "Deactivate a product (it stays readable, no longer sold or found)",
+        "catalog-admin",
+        auth=True,
+        scopes=WRITE,
+        route_class="write",
+        response=ProductWriteResponse,
+        problems=("not-found",),
+    ),
+    Route(
+        "POST",
+        "/v1/admin/products/import",
+        start_import,
+        "Start a bulk import (upsert by sku); poll the status URL for progress",
+        "catalog-admin",
+        auth=True,
+        scopes=WRITE,
+        route_class="write",
+        body=ImportProductsRequest,
+        response=ImportStartedResponse,
+        status=202,
+        problems=("invalid-argument",),
+    ),
+    Route(
+        "GET",
+        "/v1/admin/imports/{import_id}",
+        import_status,
+        "Progress of a bulk import",
+        "catalog-admin",
+        auth=True,
+        scopes=WRITE,
+        route_class="read",
+        response=ImportStatusResponse,
+        problems=("not-found",),
+    ),
+]

@@ -1,0 +1,78 @@
+"""Helpers for the catalog and search integration tests: a gateway with catalog and search."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp.test_utils import TestClient
+
+from tests.integration.gatewaykit import TokenMinter, bearer
+
+T = TypeVar("T")
+
+
+def product_body(sku: str | None = None, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "sku": sku or f"T-{uuid.uuid4().hex[:10]}",
+        "title": "Trail Runner Shoe",
+        "description": "Light shoe for rocky trails",
+        "brand": "Northwind",
+        "category": "sports/running/shoes",
+        "attributes": {"color": "blue"},
+        "price": {"amount_minor": 8999, "currency": "EUR"},
+    }
+    body.update(overrides)
+    return body
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], within_s: float = 30, what: str = "condition"
+) -> T:
+    """Polls `probe` until it returns something truthy (events are asynchronous)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+class CatalogApi:
+    def __init__(self, client: TestClient, minter: TokenMinter):
+        self.client = client
+        self.read = bearer(minter.token(scope="profile catalog:read"))
+        self.admin = bearer(minter.token(scope="profile catalog:read catalog:write"))
+
+    async def create(self, **overrides: Any) -> dict[str, Any]:
+        body = product_body(**overrides)
+        response = await self.client.post("/v1/admin/products", json=body, headers=self.admin)
+        assert response.status == 201, await response.text()
+        return body
+
+    async def get(self, sku: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/products/{sku}", headers=self.read)
+        assert response.status == 200, await response.text()
+        result: dict[str, Any] = await response.json()
+        return result
+
+    async def set_price(self, sku: str, amount: int) -> dict[str, Any]:
+        response = await self.client.post(
+            f"/v1/admin/products/{sku}/price",
+            json={"amount_minor": amount, "currency": "EUR"},
+            headers=self.admin,
+        )
+        assert response.status == 200, await response.text()
+        result: dict[str, Any] = await response.json()
+        return result
+
+    async def search(self, **params: Any) -> dict[str, Any]:
+        response = await self.client.get("/v1/search", params=params, headers=self.read)
+        assert response.status == 200, await response.text()
+        result: dict[str, Any] = await response.json()
+        return result

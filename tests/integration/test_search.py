@@ -1,0 +1,214 @@
+"""Search through the gateway: catalog and stock events become searchable documents.
+
+Products are written through the admin routes; the search service consumes
+their events (and stock events on inventory.events) into the index, and
+`GET /v1/search` finds them with full text, filters, facets, sorts, cursor
+pages and highlights. Bad queries are refused with a clear problem.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
+from aiokafka import AIOKafkaProducer
+
+from agora.config import Settings
+from contracts import full_name
+from contracts.agora.events.v1 import EventEnvelope
+from contracts.agora.inventory.v1 import StockLevel, StockRestocked
+from gateway.deps import Gateway
+from tests.integration.catalogkit import CatalogApi, eventually
+from tests.integration.conftest import Services
+from tests.integration.gatewaykit import TokenMinter, problem, running_gateway
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def search_api(settings: Settings, services: Services) -> AsyncIterator[CatalogApi]:
+    for service in ("identity", "catalog", "search"):
+        services(service)
+    minter = TokenMinter(settings)
+    running: tuple[Gateway, TestClient]
+    async with running_gateway(settings, minter) as running:
+        yield CatalogApi(running[1], minter)
+
+
+def word() -> str:
+    """A word no other product has, so each test searches only its own products."""
+    return f"zq{uuid.uuid4().hex[:10]}"
+
+
+async def found(api: CatalogApi, count: int, **params: Any) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        result = await api.search(**params)
+        return result if len(result["hits"]) == count else None
+
+    return await eventually(probe, what=f"{count} hits for {params}")
+
+
+async def test_a_product_is_searchable_after_its_event_and_follows_updates(
+    search_api: CatalogApi,
+) -> None:
+    api = search_api
+    tag = word()
+    body = await api.create(title=f"Aurora {tag} Lamp", description="Warm light for reading")
+    result = await found(api, 1, q=tag, highlight="true")
+    hit = result["hits"][0]
+    assert hit["sku"] == body["sku"] and hit["price"]["amount_minor"] == 8999
+    assert hit["in_stock"] is False
+    assert hit["highlights"][0]["fragments"] == [f"Aurora <em>{tag}</em> Lamp"]
+
+    await api.set_price(body["sku"], 4999)
+
+    async def repriced() -> dict[str, Any] | None:
+        hits = (await api.search(q=tag))["hits"]
+        return hits[0] if hits and hits[0]["price"]["amount_minor"] == 4999 else None
+
+    await eventually(repriced, what="the new price in the index")
+
+    response = await api.client.delete(f"/v1/admin/products/{body['sku']}", headers=api.admin)
+    assert response.status == 200
+    await found(api, 0, q=tag)
+
+
+async def test_filters_facets_sort_and_cursor_pages(search_api: CatalogApi) -> None:
+    api = search_api
+    tag = word()
+    prices = [500, 1500, 3000, 7000, 20000]
+    for i, price in enumerate(prices):
+        await api.create(
+            title=f"{tag} Widget {i}",
+            brand="Brightco" if i % 2 else "Dimco",
+            category="home/lighting/lamps" if i < 3 else "home/garden",
+            price={"amount_minor": price, "currency": "EUR"},
+        )
+    await found(api, 5, q=tag)
+
+    seen: list[int] = []
+    cursor = ""
+    pages = 0
+    while True:
+        params = {
+            "q": tag,
+            "sort": "price_asc",
+            "limit": "2",
+            **({"cursor": cursor} if cursor else {}),
+        }
+        page = await api.search(**params)
+        seen += [h["price"]["amount_minor"] for h in page["hits"]]
+        pages += 1
+        cursor = page.get("next_cursor", "")
+        if not cursor:
+            break
+    assert seen == prices and pages == 3
+
+    newest = await api.search(q=tag, sort="newest")
+    assert newest["hits"][0]["title"] == f"{tag} Widget 4"
+
+    lamps = await api.search(q=tag, category="home/lighting", facet=["brand", "price", "category"])
+    assert lamps["total"] == 3
+    assert {b["key"]: b["count"] for b in lamps["facets"]["brand"]} == {"Dimco": 2, "Brightco": 1}
+    assert {b["key"]: b["count"] for b in lamps["facets"]["category"]} == {"home/lighting/lamps": 3}
+    assert {b["key"]: b["count"] for b in lamps["facets"]["price"] if b["count"]} == {
+        "0-10": 1,
+        "10-25": 1,
+        "25-50": 1,
+    }
+
+    brand = await api.search(q=tag, brand="brightco")  # brands match in any case
+    assert {h["brand"] for h in brand["hits"]} == {"Brightco"} and brand["total"] == 2
+    ranged = await api.search(q=tag, min_price="1500", max_price="7000")
+    assert sorted(h["price"]["amount_minor"] for h in ranged["hits"]) == [1500, 3000, 7000]
+    excluded = await api.search(q=f'{tag} -"Widget 1"')
+    assert excluded["total"] == 4
+    prefix = await api.search(q=tag[:-3])  # the last word as a prefix of the title's word
+    assert prefix["total"] == 5
+
+
+async def test_stock_events_drive_the_in_stock_filter(
+    search_api: CatalogApi, settings: Settings
+) -> None:
+    api = search_api
+    tag = word()
+    sku = (await api.create(title=f"{tag} Kettle"))["sku"]
+    await found(api, 1, q=tag)
+    assert (await api.search(q=tag, in_stock="true"))["hits"] == []
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        levels = [(1, 7), (3, 0), (2, 4)]
+        for version, available in levels[:1]:
+            await producer.send_and_wait("inventory.events", _stock_event(sku, version, available))
+        await found(api, 1, q=tag, in_stock="true")
+        for version, available in levels[1:]:
+            await producer.send_and_wait("inventory.events", _stock_event(sku, version, available))
+    finally:
+        await producer.stop()
+    # Version 3 (sold out) beats version 2, whichever is consumed last.
+    await found(api, 0, q=tag, in_stock="true")
+
+
+def _stock_event(sku: str, version: int, available: int) -> bytes:
+    payload = StockRestocked(
+        sku=sku,
+        quantity=available,
+        stock_after=StockLevel(sku=sku, on_hand=available, available=available, version=version),
+    )
+    return bytes(
+        EventEnvelope(
+            event_id=str(uuid.uuid4()),
+            event_type="inventory.StockRestocked",
+            aggregate_type="stock",
+            aggregate_id=sku,
+            sequence=version,
+            occurred_at=dt.datetime.now(dt.UTC),
+            producer="inventory",
+            payload=bytes(payload),
+            payload_type=full_name(payload),
+        )
+    )
+
+
+async def test_bad_search_input_gets_a_clear_problem(search_api: CatalogApi) -> None:
+    api = search_api
+    client = api.client
+
+    async def get(params: dict[str, str]) -> Any:
+        return await client.get("/v1/search", params=params, headers=api.read)
+
+    await problem(await get({"q": 'lamp "warm'}), 400, "invalid-argument")
+    await problem(await get({"q": "lamp -"}), 400, "invalid-argument")
+    await problem(await get({"q": "x", "cursor": "not-a-cursor"}), 400, "invalid-argument")
+    for params in (
+        {"limit": "500"},
+        {"limit": "many"},
+        {"sort": "cheapest"},
+        {"facet": "colour"},
+        {"min_price": "900", "max_price": "100"},
+        {"min_price": "-5"},
+        {"currency": "EURO"},
+        {"category": "Bad Category"},
+        {"unknown": "1"},
+    ):
+        await problem(await get(params), 422, "validation-failed")
+
+    tag = word()
+    for i in range(3):
+        await api.create(title=f"{tag} Mug {i}")
+    first = await found(api, 3, q=tag)
+    assert "next_cursor" not in first
+    page = await api.search(q=tag, limit="1")
+    # A cursor is bound to its query: another query cannot continue from it.
+    await problem(
+        await get({"q": f"{tag} other", "limit": "1", "cursor": page["next_cursor"]}),
+        400,
+        "invalid-argument",
+    )

@@ -1,0 +1,108 @@
+"""Reindex: a new index version is built from the catalog and swapped in under live updates.
+
+Prices keep changing through the admin route for the whole reindex; once it is
+done, searches read the new index, the old one is gone, and every product's
+indexed price is the catalog's latest: no update was lost during the swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
+from elasticsearch import AsyncElasticsearch
+from temporalio.common import WorkflowIDConflictPolicy
+
+from agora.config import Settings
+from gateway.deps import Gateway
+from tests.integration.catalogkit import CatalogApi, eventually
+from tests.integration.conftest import Services
+from tests.integration.gatewaykit import TokenMinter, running_gateway
+from workflows.search import (
+    REINDEX_WORKFLOW_ID,
+    TASK_QUEUE,
+    ReindexInput,
+    ReindexWorkflow,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
+PRODUCTS = 12
+
+
+@pytest_asyncio.fixture(scope="module")
+async def running(
+    settings: Settings, services: Services
+) -> AsyncIterator[tuple[Gateway, CatalogApi]]:
+    for service in ("identity", "catalog", "search"):
+        services(service)
+    minter = TokenMinter(settings)
+    gateway: tuple[Gateway, TestClient]
+    async with running_gateway(settings, minter) as gateway:
+        yield gateway[0], CatalogApi(gateway[1], minter)
+
+
+async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothing(
+    running: tuple[Gateway, CatalogApi], settings: Settings
+) -> None:
+    gw, api = running
+    tag = f"zq{uuid.uuid4().hex[:10]}"
+    skus = [(await api.create(title=f"{tag} Item {i}"))["sku"] for i in range(PRODUCTS)]
+
+    async def all_indexed() -> bool:
+        return (await api.search(q=tag, limit="100"))["total"] == PRODUCTS
+
+    await eventually(all_indexed, what="the products in the index")
+    es = AsyncElasticsearch(settings.elasticsearch_url)
+    alias = settings.search_index_prefix
+    before = set((await es.indices.get_alias(name=alias)).body)
+
+    handle = await gw.upstream.temporal.start_workflow(
+        ReindexWorkflow.run,
+        ReindexInput(version=f"t{uuid.uuid4().hex[:8]}"),
+        id=REINDEX_WORKFLOW_ID,
+        task_queue=TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+    latest: dict[str, int] = {}
+    searches_ok = 0
+
+    async def keep_updating() -> None:
+        nonlocal searches_ok
+        price = 100
+        while True:
+            for sku in skus:
+                price += 1
+                await api.set_price(sku, price)
+                latest[sku] = price
+            # Searches keep being answered throughout, swap included.
+            assert (await api.search(q=tag, limit="100"))["total"] == PRODUCTS
+            searches_ok += 1
+
+    updater = asyncio.create_task(keep_updating())
+    try:
+        progress = await asyncio.wait_for(handle.result(), timeout=180)
+    finally:
+        updater.cancel()
+        try:
+            await updater
+        except asyncio.CancelledError:
+            pass
+    assert searches_ok > 0
+    assert progress.phase == "done"
+    after = set((await es.indices.get_alias(name=alias)).body)
+    assert after == {progress.new_index} and after != before
+    for old in before:
+        assert not await es.indices.exists(index=old)
+    await es.close()
+
+    async def converged() -> dict[str, Any] | None:
+        hits = (await api.search(q=tag, limit="100"))["hits"]
+        indexed = {h["sku"]: h["price"]["amount_minor"] for h in hits}
+        return indexed if indexed == latest else None
+
+    await eventually(converged, within_s=30, what="every latest price in the new index")

@@ -1,0 +1,160 @@
+"""Catalog's read side: get, batch get, category listing and order price lines.
+
+Every read goes through the product cache (cache.py); the database is the
+loader, so a cache outage only makes reads slower.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from agora.errors import InvalidArgument
+from contracts.agora.catalog.v1 import PricedLine, Product
+from contracts.agora.common.v1 import LineItem, Money
+from workers.catalog.cache import ProductCache
+from workers.catalog.errors import ProductNotFound
+from workers.catalog.model import COLUMNS, CURRENCIES, from_row, validate_category
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+MAX_BATCH = 100
+MAX_PRICE_LINES = 100
+# A listing page is a derived entry: it cannot be invalidated per product, so it lives briefly.
+LIST_TTL_S = 15.0
+
+
+@dataclass(frozen=True)
+class Page:
+    products: list[Product]
+    next_cursor: str
+
+
+def encode_cursor(category: str, sku: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([category, sku]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        category, sku = json.loads(raw)
+        if not isinstance(category, str) or not isinstance(sku, str):
+            raise ValueError
+        return category, sku
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidArgument("cursor is malformed: pass back a next_cursor unchanged") from None
+
+
+class CatalogReads:
+    def __init__(self, pool: asyncpg.Pool, cache: ProductCache):
+        self.pool = pool
+        self.cache = cache
+
+    async def _load_one(self, sku: str) -> Product | None:
+        row = await self.pool.fetchrow(f"SELECT {COLUMNS} FROM products WHERE sku = $1", sku)
+        return from_row(row) if row is not None else None
+
+    async def _load_many(self, skus: Sequence[str]) -> dict[str, Product]:
+        rows = await self.pool.fetch(
+            f"SELECT {COLUMNS} FROM products WHERE sku = ANY($1::text[])", list(skus)
+        )
+        return {row["sku"]: from_row(row) for row in rows}
+
+    async def get(self, sku: str) -> Product:
+        product = await self.cache.get(sku, self._load_one)
+        if product is None:
+            raise ProductNotFound(f"no product with sku {sku!r}")
+        return product
+
+    async def batch_get(self, skus: Sequence[str]) -> tuple[list[Product], list[str]]:
+        """Products in request order, and the skus that do not exist."""
+        if len(skus) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} skus per batch")
+        found = await self.cache.get_many(skus, self._load_many)
+        products = [found[s] for s in dict.fromkeys(skus) if s in found]
+        return products, [s for s in dict.fromkeys(skus) if s not in found]
+
+    async def list_page(
+        self, category: str, include_inactive: bool, page_size: int, cursor: str
+    ) -> Page:
+        """Products in `category` and its descendants, ordered by (category, sku)."""
+        validate_category(category)
+        size = page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        after = decode_cursor(cursor) if cursor else ("", "")
+        cache_key = (
+            "list:"
+            + hashlib.sha256(
+                json.dumps([category, include_inactive, size, cursor]).encode()
+            ).hexdigest()[:32]
+        )
+        cached = await self.cache.get_json(cache_key)
+        if cached is not None:
+            skus, next_cursor = json.loads(cached)
+        else:
+            # '/' < '0' bytewise, so [c + '/', c + '0') is exactly c's descendants.
+            rows = await self.pool.fetch(
+                """
+                SELECT sku, category FROM products
+                WHERE ($1 = '' OR category = $1 OR (category >= $1 || '/' AND category < $1 || '0'))
+                  AND ($2 OR active)
+                  AND (category, sku) > ($3, $4)
+                ORDER BY category, sku
+                LIMIT $5
+                """,
+                category,
+                include_inactive,
+                after[0],
+                after[1],
+                size + 1,
+            )
+            more = len(rows) > size
+            rows = rows[:size]
+            skus = [r["sku"] for r in rows]
+            next_cursor = encode_cursor(rows[-1]["category"], rows[-1]["sku"]) if more else ""
+            await self.cache.set_json(
+                cache_key, json.dumps([skus, next_cursor]).encode(), LIST_TTL_S
+            )
+        products, _ = await self.batch_get(skus) if skus else ([], [])
+        return Page(products, next_cursor)
+
+    async def price_lines(
+        self, lines: Sequence[LineItem], currency: str
+    ) -> tuple[list[PricedLine], Money, list[str]]:
+        """Unit prices of an order's lines; unknown, inactive or other-currency skus unavailable."""
+        if currency not in CURRENCIES:
+            raise InvalidArgument(f"currency {currency!r} is not supported")
+        if not lines or len(lines) > MAX_PRICE_LINES:
+            raise InvalidArgument(f"an order has 1 to {MAX_PRICE_LINES} lines")
+        for line in lines:
+            if line.quantity <= 0:
+                raise InvalidArgument(f"quantity of {line.sku!r} must be positive")
+        found = await self.cache.get_many([line.sku for line in lines], self._load_many)
+        priced: list[PricedLine] = []
+        unavailable: list[str] = []
+        subtotal = 0
+        for line in lines:
+            product = found.get(line.sku)
+            price = product.price if product is not None else None
+            if product is None or not product.active or price is None or price.currency != currency:
+                unavailable.append(line.sku)
+                continue
+            total = price.amount_minor * line.quantity
+            subtotal += total
+            priced.append(
+                PricedLine(
+                    sku=line.sku,
+                    title=product.title,
+                    quantity=line.quantity,
+                    unit_price=Money(amount_minor=price.amount_minor, currency=currency),
+                    line_total=Money(amount_minor=total, currency=currency),
+                    product_version=product.version,
+                )
+            )
+        return priced, Money(amount_minor=subtotal, currency=currency), unavailable

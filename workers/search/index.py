@@ -1,0 +1,156 @@
+"""Search's Elasticsearch indices: versioned product indices behind two aliases.
+
+* `<prefix>` (read alias): the one index searches read. A reindex swaps it to a
+  new index in one `_aliases` call, so no search ever sees no index or two.
+* `<prefix>-write` (write alias): every index that must receive updates. Outside
+  a reindex that is the read index; during one it is also the index being
+  built, so events keep reaching both while the new one is filled.
+
+The consumer resolves the write alias itself (a write through an alias with two
+indices is refused by Elasticsearch) and caches the answer for `TARGETS_TTL_S`;
+the reindex waits longer than that before it starts copying (see
+workflows/search.py). Automatic index creation is turned off for our prefix, so
+a late write to an index dropped after a swap fails instead of resurrecting it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch, NotFoundError
+
+TARGETS_TTL_S = 1.0
+FIRST_VERSION = "v1"
+
+# Explicit mappings: nothing is mapped dynamically (unknown fields are rejected).
+MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "sku": {"type": "keyword"},
+        "title": {
+            "type": "text",
+            "analyzer": "standard",
+            # Indexes 2-5 character prefixes: as-you-type prefix queries stay cheap.
+            "index_prefixes": {"min_chars": 2, "max_chars": 5},
+        },
+        "description": {"type": "text", "analyzer": "standard"},
+        "brand": {
+            "type": "text",
+            "analyzer": "standard",
+            "fields": {
+                "raw": {"type": "keyword"},  # facet keys, as written
+                "lc": {"type": "keyword", "normalizer": "lowercase"},  # filters, any case
+            },
+        },
+        "category": {"type": "keyword"},
+        # The category and its ancestors: a filter on "a/b" finds "a/b" and "a/b/c".
+        "category_path": {"type": "keyword"},
+        "price_minor": {"type": "long"},
+        "currency": {"type": "keyword"},
+        "active": {"type": "boolean"},
+        # False for a stub that holds only stock (its product event is still to come).
+        "has_product": {"type": "boolean"},
+        "in_stock": {"type": "boolean"},
+        "available": {"type": "long"},
+        # Versions of the two sources this document merges; each update keeps the newer.
+        "product_version": {"type": "long"},
+        "stock_version": {"type": "long"},
+        "created_at": {"type": "date"},
+        "updated_at": {"type": "date"},
+    },
+}
+
+SETTINGS: dict[str, Any] = {
+    "number_of_shards": 1,
+    "number_of_replicas": 0,
+    "analysis": {"normalizer": {"lowercase": {"type": "custom", "filter": ["lowercase"]}}},
+}
+
+
+class Indices:
+    """Names and alias operations of one deployment's product indices."""
+
+    def __init__(self, es: AsyncElasticsearch, prefix: str, refresh_interval: str = "100ms"):
+        self.es = es
+        self.prefix = prefix
+        self.read_alias = prefix
+        self.write_alias = f"{prefix}-write"
+        self.refresh_interval = refresh_interval
+        self._targets: list[str] = []
+        self._targets_at = 0.0
+
+    def index_name(self, version: str) -> str:
+        return f"{self.prefix}-{version}"
+
+    async def create(self, name: str) -> bool:
+        """Create an index with the explicit mappings; False if it exists (idempotent)."""
+        if await self.es.indices.exists(index=name):
+            return False
+        await self.es.indices.create(
+            index=name,
+            mappings=MAPPINGS,
+            settings={**SETTINGS, "refresh_interval": self.refresh_interval},
+        )
+        return True
+
+    async def ensure(self) -> None:
+        """On start-up: the first index and both aliases, unless they exist."""
+        await self.es.cluster.put_settings(
+            persistent={"action.auto_create_index": f"-{self.prefix}-*,+*"}
+        )
+        if await self.es.indices.exists_alias(name=self.read_alias):
+            return
+        first = self.index_name(FIRST_VERSION)
+        await self.create(first)
+        await self.es.indices.update_aliases(
+            actions=[
+                {"add": {"index": first, "alias": self.read_alias}},
+                {"add": {"index": first, "alias": self.write_alias}},
+            ]
+        )
+
+    async def behind(self, alias: str) -> list[str]:
+        try:
+            found = await self.es.indices.get_alias(name=alias)
+        except NotFoundError:
+            return []
+        return sorted(found.body.keys())
+
+    async def write_targets(self, *, fresh: bool = False) -> list[str]:
+        now = time.monotonic()
+        if fresh or not self._targets or now - self._targets_at > TARGETS_TTL_S:
+            self._targets = await self.behind(self.write_alias)
+            self._targets_at = now
+        return self._targets
+
+    async def add_write_target(self, index: str) -> None:
+        await self.es.indices.update_aliases(
+            actions=[{"add": {"index": index, "alias": self.write_alias}}]
+        )
+
+    async def swap(self, new_index: str) -> list[str]:
+        """Point both aliases at `new_index` only, in one atomic call; returns the old indices."""
+        old = sorted(
+            set(await self.behind(self.read_alias)) | set(await self.behind(self.write_alias))
+        )
+        old = [name for name in old if name != new_index]
+        actions: list[dict[str, Any]] = [
+            {"add": {"index": new_index, "alias": self.read_alias}},
+            {"add": {"index": new_index, "alias": self.write_alias}},
+        ]
+        for name in old:
+            actions.append(
+                {"remove": {"index": name, "alias": self.read_alias, "must_exist": False}}
+            )
+            actions.append(
+                {"remove": {"index": name, "alias": self.write_alias, "must_exist": False}}
+            )
+        await self.es.indices.update_aliases(actions=actions)
+        return old
+
+    async def drop(self, names: list[str]) -> None:
+        live = set(await self.behind(self.read_alias))
+        for name in names:
+            if name not in live:  # never the index searches read
+                await self.es.indices.delete(index=name, ignore_unavailable=True)

@@ -1,0 +1,291 @@
+"""From a SearchRequest to an Elasticsearch query, and from its answer to a SearchResponse.
+
+The query language is small and strict so that a bad query is an error, not a
+surprise: words (the last may be a prefix, for search-as-you-type),
+"quoted phrases" and -excluded words or phrases. An unbalanced quote, control
+characters or too many terms are rejected with InvalidArgument.
+
+Pages continue with `search_after`; the cursor is opaque to clients (base64url
+JSON of the sort values, the sort and a digest of the query), so a cursor used
+with another query or sort is refused instead of returning a wrong page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from agora.errors import InvalidArgument
+from contracts.agora.common.v1 import Money
+from contracts.agora.search.v1 import (
+    Facet,
+    FacetBucket,
+    FacetField,
+    Highlight,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    SortOrder,
+)
+
+MAX_QUERY_CHARS = 256
+MAX_TERMS = 16
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+FACET_SIZE = 20
+TRACK_TOTAL_HITS = 10_000
+TEXT_FIELDS = ["title^3", "brand^2", "description"]
+# Price facet buckets in minor units: [from, to), the last one open.
+PRICE_BUCKETS: list[tuple[int, int | None]] = [
+    (0, 1_000),
+    (1_000, 2_500),
+    (2_500, 5_000),
+    (5_000, 10_000),
+    (10_000, 25_000),
+    (25_000, 50_000),
+    (50_000, None),
+]
+_TOKEN = re.compile(r'\s*(-?)(?:"([^"]*)"|([^\s"]+))')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SORTS: dict[SortOrder, list[dict[str, Any]]] = {
+    SortOrder.RELEVANCE: [{"_score": "desc"}, {"sku": "asc"}],
+    SortOrder.PRICE_ASC: [{"price_minor": "asc"}, {"sku": "asc"}],
+    SortOrder.PRICE_DESC: [{"price_minor": "desc"}, {"sku": "asc"}],
+    SortOrder.NEWEST: [{"created_at": "desc"}, {"sku": "asc"}],
+}
+
+
+@dataclass
+class ParsedQuery:
+    words: list[str] = field(default_factory=list)
+    phrases: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    prefix: str = ""  # the last word when the query does not end in a space
+
+
+def parse_query(text: str) -> ParsedQuery:
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidArgument(f"query longer than {MAX_QUERY_CHARS} characters")
+    if _CONTROL.search(text):
+        raise InvalidArgument("query contains control characters")
+    if text.count('"') % 2:
+        raise InvalidArgument('query has an unbalanced quote (")')
+    parsed = ParsedQuery()
+    position = 0
+    terms = 0
+    last_bare = ""
+    while position < len(text.rstrip()):
+        match = _TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            raise InvalidArgument(f"query cannot be parsed at character {position + 1}")
+        position = match.end()
+        negated, phrase, word = match.group(1), match.group(2), match.group(3)
+        value = (phrase if phrase is not None else word or "").strip()
+        if word is not None and word.startswith("-"):
+            raise InvalidArgument("query has a '-' with nothing to exclude")
+        if not value:
+            if negated:
+                raise InvalidArgument("query has a '-' with nothing to exclude")
+            continue
+        terms += 1
+        last_bare = ""
+        if negated:
+            parsed.excluded.append(value)
+        elif phrase is not None:
+            parsed.phrases.append(value)
+        else:
+            parsed.words.append(value)
+            last_bare = value
+    if terms > MAX_TERMS:
+        raise InvalidArgument(f"query has more than {MAX_TERMS} terms")
+    if last_bare and not text.endswith((" ", "\t")) and len(last_bare) >= 2:
+        parsed.prefix = last_bare.lower()
+    return parsed
+
+
+def _text_clauses(parsed: ParsedQuery) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    must: list[dict[str, Any]] = []
+    for word in parsed.words:
+        clause: dict[str, Any] = {
+            "multi_match": {"query": word, "fields": TEXT_FIELDS, "type": "best_fields"}
+        }
+        if word.lower() == parsed.prefix:
+            # As-you-type: the last word may be the start of a title word (index_prefixes).
+            clause = {
+                "bool": {
+                    "should": [clause, {"prefix": {"title": {"value": parsed.prefix}}}],
+                    "minimum_should_match": 1,
+                }
+            }
+        must.append(clause)
+    for phrase in parsed.phrases:
+        must.append({"multi_match": {"query": phrase, "fields": TEXT_FIELDS, "type": "phrase"}})
+    must_not = [
+        {"multi_match": {"query": text, "fields": TEXT_FIELDS, "type": "phrase"}}
+        for text in parsed.excluded
+    ]
+    return must, must_not
+
+
+def _filters(request: SearchRequest) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = [
+        {"term": {"has_product": True}},
+        {"term": {"active": True}},
+    ]
+    spec = request.filters
+    if spec is None:
+        return filters
+    if spec.categories:
+        filters.append({"terms": {"category_path": list(spec.categories)}})
+    if spec.brands:
+        filters.append({"terms": {"brand.lc": [b.lower() for b in spec.brands]}})
+    bounds: dict[str, int] = {}
+    currencies = set()
+    for key, money in (("gte", spec.min_price), ("lte", spec.max_price)):
+        if money is not None:
+            if money.amount_minor < 0:
+                raise InvalidArgument("price bounds must not be negative")
+            bounds[key] = money.amount_minor
+            currencies.add(money.currency)
+    if bounds:
+        if len(currencies) != 1 or "" in currencies:
+            raise InvalidArgument("price bounds need one currency")
+        filters.append({"range": {"price_minor": bounds}})
+        filters.append({"term": {"currency": currencies.pop()}})
+    if spec.in_stock_only:
+        filters.append({"term": {"in_stock": True}})
+    return filters
+
+
+def _digest(request: SearchRequest) -> str:
+    fingerprint = SearchRequest(query=request.query, filters=request.filters, sort=request.sort)
+    return hashlib.sha256(bytes(fingerprint)).hexdigest()[:12]
+
+
+def encode_cursor(request: SearchRequest, sort_values: list[Any]) -> str:
+    raw = json.dumps({"d": _digest(request), "a": sort_values}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(request: SearchRequest) -> list[Any]:
+    cursor = request.search_after
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        state = json.loads(raw)
+        values = state["a"]
+        digest = state["d"]
+        if not isinstance(values, list) or len(values) != 2:
+            raise ValueError
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise InvalidArgument("cursor is malformed: pass back next_cursor unchanged") from None
+    if digest != _digest(request):
+        raise InvalidArgument("cursor belongs to another query, filter or sort")
+    return values
+
+
+def build(request: SearchRequest) -> dict[str, Any]:
+    """The body of the Elasticsearch search for `request` (validated here)."""
+    size = request.page_size or DEFAULT_PAGE_SIZE
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    parsed = parse_query(request.query)
+    must, must_not = _text_clauses(parsed)
+    sort = SORTS.get(request.sort, SORTS[SortOrder.RELEVANCE])
+    body: dict[str, Any] = {
+        "query": {
+            "bool": {
+                "must": must or [{"match_all": {}}],
+                "must_not": must_not,
+                "filter": _filters(request),
+            }
+        },
+        "sort": sort,
+        "size": size + 1,  # one more tells whether a next page exists
+        "track_total_hits": TRACK_TOTAL_HITS,
+        "_source": ["sku", "title", "brand", "category", "price_minor", "currency", "in_stock"],
+    }
+    if request.search_after:
+        body["search_after"] = decode_cursor(request)
+    aggs: dict[str, Any] = {}
+    for facet in request.facets:
+        if facet == FacetField.CATEGORY:
+            aggs["category"] = {"terms": {"field": "category", "size": FACET_SIZE}}
+        elif facet == FacetField.BRAND:
+            aggs["brand"] = {"terms": {"field": "brand.raw", "size": FACET_SIZE}}
+        elif facet == FacetField.PRICE:
+            ranges = [
+                {"key": _price_label(lo, hi), "from": lo, **({"to": hi} if hi else {})}
+                for lo, hi in PRICE_BUCKETS
+            ]
+            aggs["price"] = {"range": {"field": "price_minor", "ranges": ranges}}
+    if aggs:
+        body["aggs"] = aggs
+    if request.highlight and (parsed.words or parsed.phrases):
+        body["highlight"] = {
+            "pre_tags": ["<em>"],
+            "post_tags": ["</em>"],
+            "fields": {
+                "title": {"number_of_fragments": 0},
+                "description": {"number_of_fragments": 2},
+            },
+        }
+    return body
+
+
+def _price_label(low: int, high: int | None) -> str:
+    return f"{low // 100}-{high // 100}" if high else f"{low // 100}+"
+
+
+def response(request: SearchRequest, answer: dict[str, Any]) -> SearchResponse:
+    size = request.page_size or DEFAULT_PAGE_SIZE
+    raw_hits = answer["hits"]["hits"]
+    page, more = raw_hits[:size], len(raw_hits) > size
+    hits = []
+    for hit in page:
+        source = hit["_source"]
+        hits.append(
+            SearchHit(
+                sku=source["sku"],
+                title=source.get("title", ""),
+                brand=source.get("brand", ""),
+                category=source.get("category", ""),
+                price=Money(
+                    amount_minor=source.get("price_minor", 0), currency=source.get("currency", "")
+                ),
+                in_stock=bool(source.get("in_stock")),
+                score=float(hit.get("_score") or 0.0),
+                highlights=[
+                    Highlight(field=name, fragments=fragments)
+                    for name, fragments in (hit.get("highlight") or {}).items()
+                ],
+            )
+        )
+    total = answer["hits"]["total"]
+    facets = []
+    for name, agg in (answer.get("aggregations") or {}).items():
+        if name == "price":
+            buckets = [
+                FacetBucket(
+                    key=b["key"],
+                    count=b["doc_count"],
+                    min_price=Money(amount_minor=int(b.get("from", 0))),
+                    max_price=Money(amount_minor=int(b["to"])) if "to" in b else None,
+                )
+                for b in agg["buckets"]
+            ]
+            facets.append(Facet(field=FacetField.PRICE, buckets=buckets))
+        else:
+            field_enum = FacetField.CATEGORY if name == "category" else FacetField.BRAND
+            buckets = [FacetBucket(key=b["key"], count=b["doc_count"]) for b in agg["buckets"]]
+            facets.append(Facet(field=field_enum, buckets=buckets))
+    return SearchResponse(
+        hits=hits,
+        total_hits=int(total["value"]),
+        total_is_lower_bound=total["relation"] == "gte",
+        facets=facets,
+        next_search_after=encode_cursor(request, page[-1]["sort"]) if more and page else "",
+    )

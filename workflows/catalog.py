@@ -1,0 +1,226 @@
+"""Catalog's workflows: the admin writes and the bulk import, on catalog's task queue.
+
+A single-product write is one activity (its row and event in one transaction)
+plus, only if Redis was down at that moment, a retried cache refresh, so the
+cache cannot keep a stale entry beyond the outage. The import runs its batches
+one after another and answers a `progress` query; after a worker restart it
+resumes from its history, and the upserts make a re-run batch a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.catalog import (
+        CatalogActivities,
+        ChangePriceInput,
+        CreateProductInput,
+        DeactivateProductInput,
+        RefreshCacheInput,
+        RowError,
+        UpdateProductInput,
+        UpsertBatchInput,
+        WriteResult,
+    )
+    from agora.errors import DomainError
+    from workers.catalog.errors import INVALID
+    from workers.catalog.model import ProductData, validate
+
+__all__ = [
+    "TASK_QUEUE",
+    "ChangePriceInput",
+    "ChangePriceWorkflow",
+    "CreateProductInput",
+    "CreateProductWorkflow",
+    "DeactivateProductInput",
+    "DeactivateProductWorkflow",
+    "ImportInput",
+    "ImportProductsWorkflow",
+    "ImportProgress",
+    "ProductData",
+    "UpdateProductInput",
+    "UpdateProductWorkflow",
+    "WriteResult",
+    "import_workflow_id",
+    "product_write_workflow_id",
+]
+
+TASK_QUEUE = "agora-catalog"
+STEP_TIMEOUT = timedelta(seconds=10)
+BATCH_TIMEOUT = timedelta(seconds=120)
+BATCH_HEARTBEAT = timedelta(seconds=10)
+MAX_IMPORT_PRODUCTS = 5_000
+DEFAULT_BATCH_SIZE = 100
+PROGRESS_QUERY = "progress"
+
+
+def product_write_workflow_id(operation: str, sku: str, request_key: str) -> str:
+    """Per request: a retried request (same key) joins the write instead of repeating it."""
+    return f"catalog-{operation}-{sku}-{request_key}"
+
+
+def import_workflow_id(import_id: str) -> str:
+    return f"catalog-import-{import_id}"
+
+
+@contextmanager
+def _rejections_surface() -> Iterator[None]:
+    """An activity's business rejection becomes the workflow's failure, with its type."""
+    try:
+        yield
+    except ActivityError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.non_retryable:
+            raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from err
+        raise
+
+
+async def _refresh_if_needed(result: WriteResult) -> WriteResult:
+    if not result.cache_refreshed:
+        await workflow.execute_activity_method(
+            CatalogActivities.refresh_cache,
+            RefreshCacheInput([result.sku]),
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+        )
+        result.cache_refreshed = True
+    return result
+
+
+@workflow.defn(name="CreateProduct")
+class CreateProductWorkflow:
+    @workflow.run
+    async def run(self, data: CreateProductInput) -> WriteResult:
+        with _rejections_surface():
+            result = await workflow.execute_activity_method(
+                CatalogActivities.create_product, data, start_to_close_timeout=STEP_TIMEOUT
+            )
+        return await _refresh_if_needed(result)
+
+
+@workflow.defn(name="UpdateProduct")
+class UpdateProductWorkflow:
+    @workflow.run
+    async def run(self, data: UpdateProductInput) -> WriteResult:
+        with _rejections_surface():
+            result = await workflow.execute_activity_method(
+                CatalogActivities.update_product, data, start_to_close_timeout=STEP_TIMEOUT
+            )
+        return await _refresh_if_needed(result)
+
+
+@workflow.defn(name="ChangePrice")
+class ChangePriceWorkflow:
+    @workflow.run
+    async def run(self, data: ChangePriceInput) -> WriteResult:
+        with _rejections_surface():
+            result = await workflow.execute_activity_method(
+                CatalogActivities.change_price, data, start_to_close_timeout=STEP_TIMEOUT
+            )
+        return await _refresh_if_needed(result)
+
+
+@workflow.defn(name="DeactivateProduct")
+class DeactivateProductWorkflow:
+    @workflow.run
+    async def run(self, data: DeactivateProductInput) -> WriteResult:
+        with _rejections_surface():
+            result = await workflow.execute_activity_method(
+                CatalogActivities.deactivate_product, data, start_to_close_timeout=STEP_TIMEOUT
+            )
+        return await _refresh_if_needed(result)
+
+
+@dataclass
+class ImportInput:
+    import_id: str
+    products: list[ProductData]
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+@dataclass
+class ImportProgress:
+    import_id: str
+    state: str = "running"  # running | completed
+    total: int = 0
+    processed: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    batches_done: int = 0
+    batches_total: int = 0
+    # The first rejected rows, for the status page (the count is in `failed`).
+    errors: list[RowError] = field(default_factory=list)
+
+
+MAX_REPORTED_ERRORS = 50
+
+
+@workflow.defn(name="ImportProducts")
+class ImportProductsWorkflow:
+    """Upsert many products by sku in batches, reporting progress through a query."""
+
+    def __init__(self) -> None:
+        self._progress = ImportProgress(import_id="")
+
+    @workflow.run
+    async def run(self, data: ImportInput) -> ImportProgress:
+        if not data.products or len(data.products) > MAX_IMPORT_PRODUCTS:
+            raise ApplicationError(
+                f"an import has 1 to {MAX_IMPORT_PRODUCTS} products",
+                type=INVALID,
+                non_retryable=True,
+            )
+        size = max(1, min(data.batch_size, 500))
+        batches = [data.products[i : i + size] for i in range(0, len(data.products), size)]
+        progress = self._progress
+        progress.import_id = data.import_id
+        progress.total = len(data.products)
+        progress.batches_total = len(batches)
+        for index, batch in enumerate(batches):
+            valid = self._screen(batch)
+            if valid:
+                result = await workflow.execute_activity_method(
+                    CatalogActivities.upsert_batch,
+                    UpsertBatchInput(data.import_id, index, valid),
+                    start_to_close_timeout=BATCH_TIMEOUT,
+                    heartbeat_timeout=BATCH_HEARTBEAT,
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+                )
+                progress.created += result.created
+                progress.updated += result.updated
+                progress.unchanged += result.unchanged
+                self._reject(result.errors)
+            progress.processed += len(batch)
+            progress.batches_done += 1
+        progress.state = "completed"
+        return progress
+
+    def _screen(self, batch: list[ProductData]) -> list[ProductData]:
+        """Rows that break a rule are reported, not sent: one bad row never fails a batch."""
+        valid = []
+        for product in batch:
+            try:
+                validate(product)
+                valid.append(product)
+            except DomainError as error:
+                self._reject([RowError(product.sku, error.detail)])
+        return valid
+
+    def _reject(self, errors: list[RowError]) -> None:
+        self._progress.failed += len(errors)
+        room = MAX_REPORTED_ERRORS - len(self._progress.errors)
+        self._progress.errors.extend(errors[: max(room, 0)])
+
+    @workflow.query(name=PROGRESS_QUERY)
+    def progress(self) -> ImportProgress:
+        return self._progress

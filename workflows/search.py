@@ -1,0 +1,114 @@
+"""Search's reindex workflow: a new index version built from the catalog, swapped in live.
+
+1. `begin_reindex` creates the index and adds it to the write alias: from then
+   on the consumer writes every event to the old and the new index.
+2. A durable timer outlasts the consumer's cached view of the write alias
+   (workers/search/index.py TARGETS_TTL_S), so every event handled after it
+   reaches the new index.
+3. `backfill` copies the catalog, read after that point, into the new index.
+   Anything committed before the read is in the copy; anything after it arrives
+   as an event; the versioned merge keeps the newer of the two. No update is lost.
+4. `swap_alias` moves both aliases to the new index in one atomic call: searches
+   never see a missing or half-built index.
+5. After a grace period (searches in flight on the old index finish) it is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.search import (
+        BackfillInput,
+        BeginReindexInput,
+        DropInput,
+        SearchActivities,
+        SwapInput,
+    )
+    from workers.search.index import TARGETS_TTL_S
+
+__all__ = [
+    "REINDEX_WORKFLOW_ID",
+    "TASK_QUEUE",
+    "ReindexInput",
+    "ReindexProgress",
+    "ReindexWorkflow",
+]
+
+TASK_QUEUE = "agora-search"
+# One reindex at a time: a second start while one runs joins or is refused.
+REINDEX_WORKFLOW_ID = "search-reindex"
+PROPAGATION_WAIT = timedelta(seconds=TARGETS_TTL_S * 3)
+DROP_GRACE = timedelta(seconds=5)
+STEP = timedelta(seconds=30)
+RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
+
+
+@dataclass
+class ReindexInput:
+    # Index version suffix; empty: derived from the workflow's start time.
+    version: str = ""
+
+
+@dataclass
+class ReindexProgress:
+    phase: str = "starting"  # starting | propagating | backfilling | swapping | dropping | done
+    new_index: str = ""
+    old_indices: list[str] | None = None
+    copied: int = 0
+    merged: int = 0
+
+
+@workflow.defn(name="Reindex")
+class ReindexWorkflow:
+    def __init__(self) -> None:
+        self._progress = ReindexProgress()
+
+    @workflow.run
+    async def run(self, data: ReindexInput) -> ReindexProgress:
+        progress = self._progress
+        version = data.version or "r" + workflow.now().strftime("%Y%m%dt%H%M%S")
+        begun = await workflow.execute_activity_method(
+            SearchActivities.begin_reindex,
+            BeginReindexInput(version.lower()),
+            start_to_close_timeout=STEP,
+            retry_policy=RETRY,
+        )
+        progress.new_index = begun.new_index
+        progress.phase = "propagating"
+        await workflow.sleep(PROPAGATION_WAIT)
+        progress.phase = "backfilling"
+        copied = await workflow.execute_activity_method(
+            SearchActivities.backfill,
+            BackfillInput(begun.new_index, begun.source_index),
+            start_to_close_timeout=timedelta(hours=1),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=RETRY,
+        )
+        progress.copied, progress.merged = copied.copied, copied.merged
+        progress.phase = "swapping"
+        swapped = await workflow.execute_activity_method(
+            SearchActivities.swap_alias,
+            SwapInput(begun.new_index),
+            start_to_close_timeout=STEP,
+            retry_policy=RETRY,
+        )
+        progress.old_indices = swapped.old_indices
+        progress.phase = "dropping"
+        await workflow.sleep(DROP_GRACE)
+        await workflow.execute_activity_method(
+            SearchActivities.drop_indices,
+            DropInput(swapped.old_indices),
+            start_to_close_timeout=STEP,
+            retry_policy=RETRY,
+        )
+        progress.phase = "done"
+        return progress
+
+    @workflow.query(name="progress")
+    def progress(self) -> ReindexProgress:
+        return self._progress
