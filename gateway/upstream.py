@@ -14,7 +14,12 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError
 
@@ -66,7 +71,9 @@ class Upstream:
             raise failures.from_grpc(error) from error
         except (WorkflowFailureError, WorkflowUpdateFailedError, FailureError, RPCError) as error:
             raise failures.from_temporal(error) from error
-        except TimeoutError:
+        except (TimeoutError, RPCTimeoutOrCancelledError):
+            # Includes an update whose answer did not come in time: the work may still
+            # complete, and a retried request with the same Idempotency-Key will find it.
             raise Problem("upstream-timeout") from None
         except (OSError, StreamTerminatedError):
             raise Problem("upstream-unavailable") from None

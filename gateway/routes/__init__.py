@@ -6,7 +6,18 @@ from gateway.routing import Route
 
 
 def all_routes() -> list[Route]:
-    from gateway.routes import accounts, admin, auth, catalog, inventory, meta, search
+    from gateway.routes import (
+        accounts,
+        admin,
+        audit,
+        auth,
+        catalog,
+        inventory,
+        meta,
+        orders,
+        payments,
+        search,
+    )
 
     return [
         *accounts.ROUTES,
@@ -16,4 +27,7 @@ def all_routes() -> list[Route]:
         *catalog.ROUTES,
         *search.ROUTES,
         *inventory.ROUTES,
+        *orders.ROUTES,
+        *payments.ROUTES,
+        *audit.ROUTES,
     ]

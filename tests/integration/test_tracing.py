@@ -61,8 +61,7 @@ async def test_a_grpc_call_continues_the_callers_trace_down_to_its_sql(
     sql = [
         s
         for s in spans
-        if any(t["key"] == "db.system" for t in s["tags"])
-        and s["spanID"] != server["spanID"]
+        if any(t["key"] == "db.system" for t in s["tags"]) and s["spanID"] != server["spanID"]
     ]
     assert sql, f"no database span in the trace: {sorted(s['operationName'] for s in spans)}"
     # Each database span descends from the server span.

@@ -1,0 +1,64 @@
+"""Audit's activities: the steps of the scheduled checkpoint workflow.
+
+Each is idempotent: a checkpoint is signed once per key the workflow passes (its
+own workflow id + run id), and partitions are created only when missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+from temporalio import activity
+
+from workers.audit import checkpoints
+from workers.audit.signing import CheckpointSigner
+
+# Monthly partitions made ahead of time, so an insert never lands in the default one.
+PARTITION_MONTHS_AHEAD = 2
+
+
+@dataclass
+class SignCheckpointInput:
+    idempotency_key: str
+
+
+@dataclass
+class SignedCheckpoint:
+    log_sequence: int
+    head_hash_hex: str
+    signed_at: str  # ISO 8601
+    key_id: str
+    created: bool
+
+
+@dataclass
+class PartitionsEnsured:
+    created: int
+
+
+class AuditActivities:
+    def __init__(self, pool: asyncpg.Pool, signer: CheckpointSigner):
+        self._pool = pool
+        self._signer = signer
+
+    @activity.defn(name="audit.sign_checkpoint")
+    async def sign_checkpoint(self, data: SignCheckpointInput) -> SignedCheckpoint:
+        checkpoint, created = await checkpoints.sign_head(
+            self._pool, self._signer, data.idempotency_key
+        )
+        return SignedCheckpoint(
+            log_sequence=checkpoint.log_sequence,
+            head_hash_hex=checkpoint.head_hash.hex(),
+            signed_at=checkpoint.signed_at.astimezone(dt.UTC).isoformat(),
+            key_id=checkpoint.key_id,
+            created=created,
+        )
+
+    @activity.defn(name="audit.ensure_partitions")
+    async def ensure_partitions(self) -> PartitionsEnsured:
+        made = await self._pool.fetchval(
+            "SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD
+        )
+        return PartitionsEnsured(created=int(made))

@@ -1,0 +1,421 @@
+"""Orders' activities: pricing through catalog, and the order projection with its events.
+
+Run by the orders worker on task queue `agora-orders`. The projection is written
+only here, by the saga, each change with its `orders.events` event in the same
+transaction. Every write is idempotent: the saga passes stable keys and a
+retried activity finds its work done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+
+import asyncpg
+from opentelemetry import metrics
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from agora import outbox
+from contracts.agora.catalog.v1 import CatalogServiceStub, PriceLinesRequest
+from contracts.agora.common.v1 import LineItem, Money
+from contracts.agora.orders.v1 import (
+    OrderCancelled,
+    OrderCompleted,
+    OrderConfirmed,
+    OrderLine,
+    OrderPlaced,
+    OrderRefunded,
+    OrderRejected,
+    OrderStatus,
+    RejectionReason,
+)
+
+TOPIC = "orders.events"
+
+# Failure types the saga and the gateway branch on (ApplicationError.type).
+PRODUCT_UNAVAILABLE = "ProductUnavailable"
+INVALID_ORDER = "InvalidOrder"
+
+_meter = metrics.get_meter("agora.orders")
+_saga_outcomes = _meter.create_counter(
+    "agora.order.saga", description="orders reaching a final state, by outcome"
+)
+_confirm_duration = _meter.create_histogram(
+    "agora.order.saga.confirm.duration",
+    unit="s",
+    description="from the order's creation to its confirmation (payment authorized)",
+)
+
+
+@dataclass
+class OrderLineInput:
+    sku: str
+    quantity: int
+
+
+@dataclass
+class PricedLine:
+    sku: str
+    title: str
+    quantity: int
+    unit_price_minor: int
+    line_total_minor: int
+
+
+@dataclass
+class PriceInput:
+    lines: list[OrderLineInput]
+    currency: str
+
+
+@dataclass
+class PricedOrder:
+    lines: list[PricedLine]
+    currency: str
+    total_minor: int
+
+
+@dataclass
+class RecordOrderInput:
+    order_id: str
+    customer_id: str
+    idempotency_key: str
+    order: PricedOrder
+
+
+@dataclass
+class TransitionInput:
+    """A status change of the order, applied once (by `key`) with its event."""
+
+    order_id: str
+    status: str  # an OrderStatus name: CONFIRMED, COMPLETED, CANCELLED, REJECTED
+    key: str
+    reason: str = ""
+    rejection: str = ""  # a RejectionReason name, for REJECTED
+    reservation_id: str = ""
+    payment_id: str = ""
+    captured_minor: int = 0
+    refunded_minor: int = 0
+    cancelled_by: str = ""
+
+
+@dataclass
+class RecordRefundInput:
+    order_id: str
+    refund_key: str
+    refund_id: str
+    amount_minor: int
+    reason: str = ""
+    # A cancel after completion refunds everything and ends the order CANCELLED.
+    cancel: bool = False
+    cancelled_by: str = ""
+
+
+@dataclass
+class OrderSnapshot:
+    order_id: str
+    customer_id: str
+    status: str
+    currency: str
+    total_minor: int
+    refunded_minor: int
+    payment_id: str
+    lines: list[PricedLine] = field(default_factory=list)
+
+
+FINAL = {"COMPLETED", "CANCELLED", "REJECTED", "REFUNDED"}
+
+
+class OrdersActivities:
+    """Holds orders' dependencies: its pool and the catalog client."""
+
+    def __init__(self, pool: asyncpg.Pool, catalog: CatalogServiceStub):
+        self.pool = pool
+        self.catalog = catalog
+
+    @activity.defn(name="orders.price")
+    async def price(self, data: PriceInput) -> PricedOrder:
+        """Current prices from catalog; an unknown or inactive sku rejects the order."""
+        if not data.lines:
+            raise ApplicationError(
+                "an order needs at least one line", type=INVALID_ORDER, non_retryable=True
+            )
+        reply = await self.catalog.price_lines(
+            PriceLinesRequest(
+                lines=[LineItem(sku=line.sku, quantity=line.quantity) for line in data.lines],
+                currency=data.currency,
+            ),
+            timeout=5,
+        )
+        if reply.unavailable_skus:
+            raise ApplicationError(
+                f"not available: {', '.join(sorted(reply.unavailable_skus))}",
+                sorted(reply.unavailable_skus),
+                type=PRODUCT_UNAVAILABLE,
+                non_retryable=True,
+            )
+        lines = [
+            PricedLine(
+                sku=line.sku,
+                title=line.title,
+                quantity=line.quantity,
+                unit_price_minor=line.unit_price.amount_minor if line.unit_price else 0,
+                line_total_minor=line.line_total.amount_minor if line.line_total else 0,
+            )
+            for line in reply.lines
+        ]
+        return PricedOrder(
+            lines=lines, currency=data.currency, total_minor=sum(x.line_total_minor for x in lines)
+        )
+
+    @activity.defn(name="orders.record")
+    async def record(self, data: RecordOrderInput) -> None:
+        """The order enters the projection as PENDING, with OrderPlaced."""
+        info = activity.info()
+        order_id = uuid.UUID(data.order_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """
+                INSERT INTO orders (order_id, customer_id, idempotency_key, status, currency,
+                                    total_minor, workflow_id, run_id)
+                VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7)
+                ON CONFLICT (order_id) DO NOTHING
+                RETURNING true
+                """,
+                order_id,
+                data.customer_id,
+                data.idempotency_key,
+                data.order.currency,
+                data.order.total_minor,
+                info.workflow_id or "",
+                info.workflow_run_id or "",
+            )
+            if not inserted:
+                return
+            await conn.executemany(
+                "INSERT INTO order_lines (order_id, line_no, sku, title, quantity,"
+                " unit_price_minor, line_total_minor) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                [
+                    (
+                        order_id,
+                        n,
+                        x.sku,
+                        x.title,
+                        x.quantity,
+                        x.unit_price_minor,
+                        x.line_total_minor,
+                    )
+                    for n, x in enumerate(data.order.lines, start=1)
+                ],
+            )
+            await conn.execute(
+                "INSERT INTO order_status_history (order_id, transition_key, status)"
+                " VALUES ($1, 'placed', 'PENDING')",
+                order_id,
+            )
+            await self._event(
+                conn,
+                data.order_id,
+                OrderPlaced(
+                    order_id=data.order_id,
+                    customer_id=data.customer_id,
+                    lines=[_line(x, data.order.currency) for x in data.order.lines],
+                    total=Money(amount_minor=data.order.total_minor, currency=data.order.currency),
+                ),
+            )
+
+    @activity.defn(name="orders.transition")
+    async def transition(self, data: TransitionInput) -> None:
+        order_id = uuid.UUID(data.order_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT status, currency, created_at FROM orders WHERE order_id = $1 FOR UPDATE",
+                order_id,
+            )
+            if row is None:
+                raise ApplicationError(
+                    f"no order {data.order_id}", type="OrderNotFound", non_retryable=True
+                )
+            first_time = await conn.fetchval(
+                "INSERT INTO order_status_history (order_id, transition_key, status, reason)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+                order_id,
+                data.key,
+                data.status,
+                data.reason,
+            )
+            if not first_time:
+                return
+            await conn.execute(
+                """
+                UPDATE orders SET status = $2, reason = $3, updated_at = now(),
+                    reservation_id = coalesce(nullif($4, ''), reservation_id),
+                    payment_id = coalesce(nullif($5, ''), payment_id),
+                    refunded_minor = refunded_minor + $6
+                WHERE order_id = $1
+                """,
+                order_id,
+                data.status,
+                data.reason,
+                data.reservation_id,
+                data.payment_id,
+                data.refunded_minor,
+            )
+            await self._event(conn, data.order_id, _transition_event(data, row["currency"]))
+        self._observe(data, row["created_at"])
+
+    @activity.defn(name="orders.record_refund")
+    async def record_refund(self, data: RecordRefundInput) -> OrderSnapshot:
+        order_id = uuid.UUID(data.order_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT status, currency, total_minor, refunded_minor FROM orders"
+                " WHERE order_id = $1 FOR UPDATE",
+                order_id,
+            )
+            if row is None:
+                raise ApplicationError(
+                    f"no order {data.order_id}", type="OrderNotFound", non_retryable=True
+                )
+            inserted = await conn.fetchval(
+                "INSERT INTO order_refunds (refund_key, order_id, refund_id, amount_minor, reason)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+                data.refund_key,
+                order_id,
+                data.refund_id,
+                data.amount_minor,
+                data.reason,
+            )
+            if inserted:
+                refunded = row["refunded_minor"] + data.amount_minor
+                if data.cancel:
+                    status = "CANCELLED"
+                elif refunded >= row["total_minor"]:
+                    status = "REFUNDED"
+                else:
+                    status = "PARTIALLY_REFUNDED"
+                await conn.execute(
+                    "UPDATE orders SET status = $2, refunded_minor = $3, updated_at = now()"
+                    " WHERE order_id = $1",
+                    order_id,
+                    status,
+                    refunded,
+                )
+                await conn.execute(
+                    "INSERT INTO order_status_history (order_id, transition_key, status, reason)"
+                    " VALUES ($1, $2, $3, $4)",
+                    order_id,
+                    f"refund:{data.refund_key}",
+                    status,
+                    data.reason,
+                )
+                total_refunded = Money(amount_minor=refunded, currency=row["currency"])
+                event = (
+                    OrderCancelled(
+                        order_id=data.order_id,
+                        previous_status=OrderStatus.from_string(row["status"]),
+                        cancelled_by=data.cancelled_by,
+                        reason=data.reason,
+                        refunded=total_refunded,
+                    )
+                    if data.cancel
+                    else OrderRefunded(
+                        order_id=data.order_id,
+                        refund_id=data.refund_id,
+                        amount=Money(amount_minor=data.amount_minor, currency=row["currency"]),
+                        total_refunded=total_refunded,
+                        reason=data.reason,
+                    )
+                )
+                await self._event(conn, data.order_id, event)
+        return await self.snapshot(data.order_id)
+
+    @activity.defn(name="orders.snapshot")
+    async def snapshot(self, order_id: str) -> OrderSnapshot:
+        row = await self.pool.fetchrow(
+            "SELECT order_id, customer_id, status, currency, total_minor, refunded_minor,"
+            " payment_id FROM orders WHERE order_id = $1",
+            uuid.UUID(order_id),
+        )
+        if row is None:
+            raise ApplicationError(f"no order {order_id}", type="OrderNotFound", non_retryable=True)
+        lines = await self.pool.fetch(
+            "SELECT sku, title, quantity, unit_price_minor, line_total_minor FROM order_lines"
+            " WHERE order_id = $1 ORDER BY line_no",
+            uuid.UUID(order_id),
+        )
+        return OrderSnapshot(
+            order_id=str(row["order_id"]),
+            customer_id=row["customer_id"],
+            status=row["status"],
+            currency=row["currency"],
+            total_minor=row["total_minor"],
+            refunded_minor=row["refunded_minor"],
+            payment_id=row["payment_id"],
+            lines=[PricedLine(**dict(x)) for x in lines],
+        )
+
+    async def _event(self, conn: asyncpg.Connection, order_id: str, payload: object) -> None:
+        info = activity.info()
+        await outbox.append(
+            conn,
+            producer="orders",
+            topic=TOPIC,
+            aggregate_type="order",
+            aggregate_id=order_id,
+            payload=payload,  # type: ignore[arg-type]
+            workflow=outbox.WorkflowRef(info.workflow_id or "", info.workflow_run_id or ""),
+        )
+
+    def _observe(self, data: TransitionInput, created_at: dt.datetime) -> None:
+        if data.status == "CONFIRMED":
+            age = dt.datetime.now(dt.UTC) - created_at
+            _confirm_duration.record(max(age.total_seconds(), 0.0))
+        elif data.status in FINAL:
+            outcome = {"COMPLETED": "completed", "CANCELLED": "cancelled"}.get(data.status)
+            if outcome is None:
+                # A business rejection (decline, out of stock) is an outcome, not a failure;
+                # a saga that ended for any other reason is a failure.
+                business = data.rejection not in ("", "PAYMENT_FAILED")
+                outcome = "rejected" if business else "failed"
+            _saga_outcomes.add(1, {"outcome": outcome})
+
+
+def _line(line: PricedLine, currency: str) -> OrderLine:
+    return OrderLine(
+        sku=line.sku,
+        title=line.title,
+        quantity=line.quantity,
+        unit_price=Money(amount_minor=line.unit_price_minor, currency=currency),
+        line_total=Money(amount_minor=line.line_total_minor, currency=currency),
+    )
+
+
+def _transition_event(data: TransitionInput, currency: str) -> object:
+    if data.status == "CONFIRMED":
+        return OrderConfirmed(
+            order_id=data.order_id, reservation_id=data.reservation_id, payment_id=data.payment_id
+        )
+    if data.status == "COMPLETED":
+        return OrderCompleted(
+            order_id=data.order_id,
+            captured=Money(amount_minor=data.captured_minor, currency=currency),
+        )
+    if data.status == "CANCELLED":
+        return OrderCancelled(
+            order_id=data.order_id,
+            cancelled_by=data.cancelled_by,
+            reason=data.reason,
+            refunded=Money(amount_minor=data.refunded_minor, currency=currency),
+        )
+    if data.status == "REJECTED":
+        return OrderRejected(
+            order_id=data.order_id,
+            reason=RejectionReason.from_string(data.rejection or "PAYMENT_FAILED"),
+            detail=data.reason,
+        )
+    raise ApplicationError(
+        f"unknown transition {data.status}", type=INVALID_ORDER, non_retryable=True
+    )

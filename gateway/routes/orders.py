@@ -1,0 +1,344 @@
+"""Orders: place (the saga, through Update-With-Start), read, list, cancel, refund.
+
+`POST /v1/orders` needs an `Idempotency-Key`: the order id and its workflow id are
+derived from the customer and the key, so a retried POST joins the same saga and
+answers the same order. The answer comes when the saga has priced the order (or
+rejected it); the rest of the saga runs durably, and `Location` says where to
+follow it. A customer sees and touches only their own orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+
+from aiohttp import web
+from temporalio.client import WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
+
+from activities.orders import OrderLineInput
+from agora import scopes
+from contracts.agora.common.v1 import PageRequest
+from contracts.agora.orders.v1 import GetOrderRequest, ListOrdersRequest, Order
+from gateway.context import principal_of
+from gateway.deps import deps
+from gateway.problems import Problem
+from gateway.routing import Route
+from gateway.schemas_orders import (
+    CancelOrderRequest,
+    CompletePaymentRequest,
+    ListOrdersQuery,
+    OrderAnswer,
+    OrderLineAnswer,
+    OrderListAnswer,
+    PlaceOrderRequest,
+    RefundOrderRequest,
+    StatusChangeAnswer,
+)
+from workflows.orders import (
+    TASK_QUEUE,
+    CancelInput,
+    CompletePaymentInput,
+    OrderInput,
+    OrderView,
+    OrderWorkflow,
+    RefundOrderInput,
+    RefundOrderWorkflow,
+    order_id_for,
+    order_workflow_id,
+    refund_workflow_id,
+)
+
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+ORDERS_READ = frozenset({scopes.ORDERS_READ})
+ORDERS_WRITE = frozenset({scopes.ORDERS_WRITE})
+
+
+def _idempotency_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key", "")
+    if not IDEMPOTENCY_KEY.match(key):
+        raise Problem(
+            "invalid-argument",
+            "an Idempotency-Key header of 8-128 of A-Z a-z 0-9 . _ : - is required",
+        )
+    return key
+
+
+def _links(
+    request: web.Request, order_id: str, workflow_id: str, run_id: str = ""
+) -> dict[str, str]:
+    ui = deps(request).settings.temporal_ui_url
+    namespace = deps(request).settings.temporal_namespace
+    workflow = f"{ui}/namespaces/{namespace}/workflows/{workflow_id}"
+    return {
+        "self": f"/v1/orders/{order_id}",
+        "workflow": f"{workflow}/{run_id}" if run_id else workflow,
+    }
+
+
+def _from_view(request: web.Request, view: OrderView) -> OrderAnswer:
+    return OrderAnswer(
+        order_id=view.order_id,
+        status=view.status,
+        currency=view.currency,
+        total_minor=view.total_minor,
+        lines=[OrderLineAnswer(**vars(line)) for line in view.lines],
+        reason=view.reason,
+        payment_id=view.payment_id,
+        next_action_url=view.next_action_url,
+        links=_links(request, view.order_id, order_workflow_id(view.order_id)),
+    )
+
+
+def _from_proto(request: web.Request, order: Order | None) -> OrderAnswer:
+    if order is None:
+        raise Problem("upstream-error", "orders answered without the order")
+    currency = order.total.currency if order.total else ""
+    return OrderAnswer(
+        order_id=order.order_id,
+        status=order.status.name,
+        currency=currency,
+        total_minor=order.total.amount_minor if order.total else 0,
+        refunded_minor=order.refunded.amount_minor if order.refunded else 0,
+        lines=[
+            OrderLineAnswer(
+                sku=line.sku,
+                title=line.title,
+                quantity=line.quantity,
+                unit_price_minor=line.unit_price.amount_minor if line.unit_price else 0,
+                line_total_minor=line.line_total.amount_minor if line.line_total else 0,
+            )
+            for line in order.lines
+        ],
+        payment_id=order.payment_id,
+        status_history=[
+            StatusChangeAnswer(status=h.status.name, changed_at=h.changed_at, reason=h.reason)
+            for h in order.status_history
+        ],
+        created_at=order.created_at,
+        links=_links(request, order.order_id, order.workflow_id, order.run_id),
+    )
+
+
+async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Response:
+    gw = deps(request)
+    customer = principal_of(request).subject
+    key = _idempotency_key(request)
+    order_id = order_id_for(customer, key)
+    order = OrderInput(
+        order_id=order_id,
+        customer_id=customer,
+        idempotency_key=key,
+        lines=[OrderLineInput(line.sku, line.quantity) for line in body.lines],
+        currency=body.currency,
+        card_token=body.payment.card_token,
+    )
+    start = WithStartWorkflowOperation(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order_id),
+        task_queue=TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    async with gw.upstream.call(request, "temporal.OrderUpdateWithStart") as timeout:
+        async with asyncio.timeout(timeout):
+            view = await gw.upstream.temporal.execute_update_with_start_workflow(
+                OrderWorkflow.accept,
+                start_workflow_operation=start,
+                rpc_timeout=timedelta(seconds=timeout),
+            )
+    answer = _from_view(request, view)
+    return web.json_response(
+        answer.model_dump(mode="json", exclude_none=True),
+        status=201,
+        headers={"Location": answer.links["self"]},
+    )
+
+
+async def _own_order(request: web.Request) -> Order:
+    """The order, if the caller may see it (its customer, or an admin)."""
+    gw = deps(request)
+    principal = principal_of(request)
+    owner = "" if scopes.ADMIN in principal.scopes else principal.subject
+    call = GetOrderRequest(order_id=request.match_info["order_id"], customer_id=owner)
+    async with gw.upstream.call(request, "orders.GetOrder") as timeout:
+        reply = await gw.upstream.orders.get_order(call, timeout=timeout)
+    if reply.order is None:
+        raise Problem("not-found", "no such order")
+    return reply.order
+
+
+async def get_order(request: web.Request, _: None) -> OrderAnswer:
+    return _from_proto(request, await _own_order(request))
+
+
+async def list_orders(request: web.Request, query: ListOrdersQuery) -> OrderListAnswer:
+    gw = deps(request)
+    call = ListOrdersRequest(
+        customer_id=principal_of(request).subject,
+        page=PageRequest(page_size=query.limit, cursor=query.cursor),
+    )
+    async with gw.upstream.call(request, "orders.ListOrders") as timeout:
+        reply = await gw.upstream.orders.list_orders(call, timeout=timeout)
+    return OrderListAnswer(
+        orders=[_from_proto(request, order) for order in reply.orders],
+        next_cursor=reply.page.next_cursor if reply.page else "",
+    )
+
+
+async def cancel_order(request: web.Request, body: CancelOrderRequest) -> OrderAnswer:
+    """Before completion the saga compensates; after it, everything is refunded."""
+    order = await _own_order(request)
+    gw = deps(request)
+    who = principal_of(request).subject
+    if order.status.name in ("COMPLETED", "PARTIALLY_REFUNDED"):
+        request_refund = RefundOrderInput(
+            order_id=order.order_id,
+            refund_key="cancel",
+            amount_minor=None,
+            reason=body.reason,
+            cancel=True,
+            requested_by=who,
+        )
+        async with gw.upstream.call(request, "temporal.CancelCompletedOrder") as timeout:
+            async with asyncio.timeout(timeout):
+                view = await gw.upstream.temporal.execute_workflow(
+                    RefundOrderWorkflow.run,
+                    request_refund,
+                    id=refund_workflow_id(order.order_id, "cancel"),
+                    task_queue=TASK_QUEUE,
+                    rpc_timeout=timedelta(seconds=timeout),
+                )
+        return _from_view(request, view)
+    handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order.order_id))
+    async with gw.upstream.call(request, "temporal.CancelOrder") as timeout:
+        async with asyncio.timeout(timeout):
+            view = await handle.execute_update(
+                OrderWorkflow.cancel_order,
+                CancelInput(who, body.reason),
+                rpc_timeout=timedelta(seconds=timeout),
+            )
+    return _from_view(request, view)
+
+
+async def refund_order(request: web.Request, body: RefundOrderRequest) -> OrderAnswer:
+    order = await _own_order(request)
+    gw = deps(request)
+    key = _idempotency_key(request)
+    data = RefundOrderInput(
+        order_id=order.order_id,
+        refund_key=key,
+        amount_minor=body.amount_minor,
+        reason=body.reason,
+        requested_by=principal_of(request).subject,
+    )
+    async with gw.upstream.call(request, "temporal.RefundOrder") as timeout:
+        async with asyncio.timeout(timeout):
+            view = await gw.upstream.temporal.execute_workflow(
+                RefundOrderWorkflow.run,
+                data,
+                id=refund_workflow_id(order.order_id, key),
+                task_queue=TASK_QUEUE,
+                rpc_timeout=timedelta(seconds=timeout),
+            )
+    return _from_view(request, view)
+
+
+async def complete_payment(request: web.Request, body: CompletePaymentRequest) -> OrderAnswer:
+    """After the payment's extra step (3-D Secure), authorize again with the new token."""
+    order = await _own_order(request)
+    gw = deps(request)
+    handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order.order_id))
+    async with gw.upstream.call(request, "temporal.CompletePayment") as timeout:
+        async with asyncio.timeout(timeout):
+            view = await handle.execute_update(
+                OrderWorkflow.complete_payment,
+                CompletePaymentInput(body.card_token),
+                rpc_timeout=timedelta(seconds=timeout),
+            )
+    return _from_view(request, view)
+
+
+ORDER_PROBLEMS = ("invalid-argument", "not-found", "conflict", "order-rejected")
+
+ROUTES = [
+    Route(
+        "POST",
+        "/v1/orders",
+        place_order,
+        "Place an order (requires Idempotency-Key); answers once it is priced or rejected",
+        "orders",
+        auth=True,
+        scopes=ORDERS_WRITE,
+        route_class="write",
+        body=PlaceOrderRequest,
+        response=OrderAnswer,
+        status=201,
+        problems=ORDER_PROBLEMS,
+    ),
+    Route(
+        "GET",
+        "/v1/orders",
+        list_orders,
+        "The caller's orders, newest first",
+        "orders",
+        auth=True,
+        scopes=ORDERS_READ,
+        route_class="read",
+        query=ListOrdersQuery,
+        response=OrderListAnswer,
+        problems=("invalid-argument",),
+    ),
+    Route(
+        "GET",
+        "/v1/orders/{order_id}",
+        get_order,
+        "One of the caller's orders",
+        "orders",
+        auth=True,
+        scopes=ORDERS_READ,
+        route_class="read",
+        response=OrderAnswer,
+        problems=("invalid-argument", "not-found"),
+    ),
+    Route(
+        "POST",
+        "/v1/orders/{order_id}/cancel",
+        cancel_order,
+        "Cancel: compensates a running order, refunds a completed one",
+        "orders",
+        auth=True,
+        scopes=ORDERS_WRITE,
+        route_class="write",
+        body=CancelOrderRequest,
+        response=OrderAnswer,
+        problems=ORDER_PROBLEMS,
+    ),
+    Route(
+        "POST",
+        "/v1/orders/{order_id}/refunds",
+        refund_order,
+        "Refund part or all of a completed order (requires Idempotency-Key)",
+        "orders",
+        auth=True,
+        scopes=ORDERS_WRITE,
+        route_class="write",
+        body=RefundOrderRequest,
+        response=OrderAnswer,
+        problems=ORDER_PROBLEMS,
+    ),
+    Route(
+        "POST",
+        "/v1/orders/{order_id}/payment",
+        complete_payment,
+        "Finish a payment that needed the customer (e.g. 3-D Secure)",
+        "orders",
+        auth=True,
+        scopes=ORDERS_WRITE,
+        route_class="write",
+        body=CompletePaymentRequest,
+        response=OrderAnswer,
+        problems=ORDER_PROBLEMS,
+    ),
+]

@@ -1,0 +1,99 @@
+"""Request and response bodies of the order routes (strict, like gateway/schemas.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field
+
+from gateway.schemas import Answer, Strict
+
+SKU = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+CURRENCY = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+MAX_LINES = 50
+MAX_QUANTITY = 100
+
+
+class OrderLineRequest(Strict):
+    sku: SKU
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+
+
+class PaymentRequest(Strict):
+    card_token: Annotated[
+        str,
+        Field(
+            min_length=8,
+            max_length=128,
+            description="A PSP token (POST /v1/payments/tokens makes one from a test card)",
+        ),
+    ]
+
+
+class PlaceOrderRequest(Strict):
+    lines: Annotated[list[OrderLineRequest], Field(min_length=1, max_length=MAX_LINES)]
+    currency: CURRENCY
+    payment: PaymentRequest
+
+
+class CancelOrderRequest(Strict):
+    reason: Annotated[str, Field(max_length=500)] = "cancelled by the customer"
+
+
+class RefundOrderRequest(Strict):
+    amount_minor: Annotated[
+        int | None, Field(ge=1, description="Omit to refund everything left")
+    ] = None
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class CompletePaymentRequest(Strict):
+    card_token: Annotated[str, Field(min_length=8, max_length=128)]
+
+
+class ListOrdersQuery(Strict):
+    model_config = Strict.model_config | {"strict": False}
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    cursor: Annotated[str, Field(max_length=200)] = ""
+
+
+class MoneyAnswer(Answer):
+    amount_minor: int
+    currency: str
+
+
+class OrderLineAnswer(Answer):
+    sku: str
+    title: str
+    quantity: int
+    unit_price_minor: int
+    line_total_minor: int
+
+
+class StatusChangeAnswer(Answer):
+    status: str
+    changed_at: datetime | None = None
+    reason: str = ""
+
+
+class OrderAnswer(Answer):
+    order_id: str
+    status: str
+    currency: str
+    total_minor: int
+    refunded_minor: int = 0
+    lines: list[OrderLineAnswer]
+    reason: str = ""
+    payment_id: str = ""
+    next_action_url: str = Field(default="", description="Set while a payment needs the customer")
+    status_history: list[StatusChangeAnswer] = []
+    created_at: datetime | None = None
+    links: dict[str, str] = Field(
+        description="self: this order; workflow: its saga in the Temporal web UI"
+    )
+
+
+class OrderListAnswer(Answer):
+    orders: list[OrderAnswer]
+    next_cursor: str = ""

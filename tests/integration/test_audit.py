@@ -1,0 +1,405 @@
+"""The audit log: every event once, hash-chained, immutable, signed, verifiable and queryable."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from temporalio.client import Client
+
+from agora import temporal
+from agora.config import Settings
+from agora.db import create_pool
+from agora.grpc import Channels
+from contracts.agora.audit.v1 import (
+    AggregateRef,
+    AuditServiceStub,
+    ExportAggregateRequest,
+    GetLatestCheckpointRequest,
+    GetPublicKeyRequest,
+    QueryEventsRequest,
+    VerifyChainRequest,
+)
+from contracts.agora.common.v1 import PageRequest
+from tests.integration.auditkit import make_envelope, publish, recorded, superuser
+from tests.integration.conftest import Services
+from workers.audit.signing import PublicKey, statement
+from workflows.audit import CHECKPOINT_SCHEDULE_ID
+from workflows.identity import (
+    TASK_QUEUE,
+    RegisterAccountInput,
+    RegisterAccountWorkflow,
+    register_workflow_id,
+)
+
+pytestmark = pytest.mark.integration
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+
+
+@pytest.fixture(scope="module")
+def running(services: Services) -> None:
+    services("identity")
+    services("audit")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def pool(settings: Settings, running: None) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings, "audit", size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def audit(settings: Settings, running: None) -> AsyncIterator[AuditServiceStub]:
+    channels = Channels(settings, caller="gateway")
+    yield AuditServiceStub(channels.get("audit"))
+    channels.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def client(settings: Settings) -> Client:
+    return await temporal.connect(settings)
+
+
+async def register(client: Client) -> tuple[str, str, str]:
+    """Register an account through identity's workflow: (account id, workflow id, run id)."""
+    email = f"audit-{uuid.uuid4().hex[:10]}@example.com"
+    account_id = str(uuid.uuid4())
+    handle = await client.start_workflow(
+        RegisterAccountWorkflow.run,
+        RegisterAccountInput(account_id, email, "Audited", HASH),
+        id=register_workflow_id(email),
+        task_queue=TASK_QUEUE,
+    )
+    await handle.result()
+    return account_id, handle.id, handle.result_run_id or ""
+
+
+async def account_events(pool: asyncpg.Pool, account_id: str) -> list[asyncpg.Record]:
+    for _ in range(300):
+        rows = await pool.fetch(
+            "SELECT * FROM audit_log WHERE aggregate_type = 'account' AND aggregate_id = $1",
+            account_id,
+        )
+        if rows:
+            return rows
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no audited event for account {account_id}")
+
+
+# Recording ------------------------------------------------------------------
+
+
+async def test_a_registration_is_recorded_with_its_workflow_trace_and_chained_hash(
+    pool: asyncpg.Pool, client: Client
+) -> None:
+    account_id, workflow_id, run_id = await register(client)
+    [row] = await account_events(pool, account_id)
+    assert row["event_type"] == "identity.AccountRegistered"
+    assert row["producer"] == "identity" and row["topic"] == "identity.events"
+    assert (row["workflow_id"], row["run_id"]) == (workflow_id, run_id)
+    assert len(row["trace_id"]) == 32
+    previous = await pool.fetchval(
+        "SELECT hash FROM audit_log WHERE log_sequence = $1", row["log_sequence"] - 1
+    )
+    assert bytes(row["prev_hash"]) == bytes(previous or bytes(32))
+    assert bytes(row["hash"]) == hashlib.sha256(row["prev_hash"] + row["canonical"]).digest()
+
+
+async def test_a_redelivered_event_is_stored_once(settings: Settings, pool: asyncpg.Pool) -> None:
+    envelope = make_envelope()
+    await publish(settings, "identity.events", bytes(envelope), bytes(envelope))
+    later = make_envelope()  # published after both copies: once it is in, both were handled
+    await publish(settings, "identity.events", bytes(later))
+    await recorded(pool, envelope.event_id, later.event_id)
+    count = await pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE event_id = $1", uuid.UUID(envelope.event_id)
+    )
+    assert count == 1
+
+
+async def test_an_unknown_payload_type_is_recorded(settings: Settings, pool: asyncpg.Pool) -> None:
+    envelope = make_envelope()
+    envelope.payload_type = "agora.identity.v2.SomethingNew"
+    envelope.event_type = "identity.SomethingNew"
+    await publish(settings, "identity.events", bytes(envelope))
+    [row] = await recorded(pool, envelope.event_id)
+    assert row["payload_type"] == "agora.identity.v2.SomethingNew"
+
+
+async def test_malformed_events_go_to_the_dlq_with_a_reason_and_the_chain_goes_on(
+    settings: Settings, pool: asyncpg.Pool, audit: AuditServiceStub
+) -> None:
+    wrong_type = make_envelope()
+    wrong_type.event_type = "identity.NoSuchEvent"
+    garbage = b"\xff\x00 not protobuf at all " + uuid.uuid4().bytes
+    after = make_envelope()
+    dlq = AIOKafkaConsumer(
+        "catalog.events.dlq",
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"test-dlq-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",  # our records are told apart by their unique bytes
+    )
+    await dlq.start()
+    try:
+        await publish(settings, "catalog.events", bytes(wrong_type), garbage, bytes(after))
+        await recorded(pool, after.event_id)
+        reasons: dict[bytes, str] = {}
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(reasons) < 2 and asyncio.get_running_loop().time() < deadline:
+            batch = await dlq.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    headers = dict(record.headers)
+                    if headers.get("dlq-group") == b"audit" and record.value in (
+                        bytes(wrong_type),
+                        garbage,
+                    ):
+                        reasons[record.value] = headers["dlq-reason"].decode()
+    finally:
+        await dlq.stop()
+    assert "unknown event type 'identity.NoSuchEvent'" in reasons[bytes(wrong_type)]
+    assert "undecodable" in reasons[garbage] or "event_id" in reasons[garbage]
+    stored = await pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE event_id = $1", uuid.UUID(wrong_type.event_id)
+    )
+    assert stored == 0
+    assert (await audit.verify_chain(VerifyChainRequest(from_genesis=True))).ok
+
+
+async def test_gaps_and_reordering_in_an_aggregate_sequence_are_reported(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    aggregate_id = f"gappy-{uuid.uuid4().hex[:8]}"
+    first, third, second = (make_envelope(aggregate_id=aggregate_id, sequence=n) for n in (1, 3, 2))
+    await publish(settings, "identity.events", bytes(first), bytes(third), bytes(second))
+    await recorded(pool, first.event_id, third.event_id, second.event_id)
+    anomalies = await pool.fetch(
+        "SELECT kind, expected, got FROM audit_sequence_anomalies WHERE aggregate_id = $1"
+        " ORDER BY log_sequence",
+        aggregate_id,
+    )
+    assert [tuple(a) for a in anomalies] == [("gap", 2, 3), ("reordered", 4, 2)]
+
+
+# Immutability ---------------------------------------------------------------
+
+
+async def test_the_service_role_can_only_insert_and_select(pool: asyncpg.Pool) -> None:
+    for sql in (
+        "UPDATE audit_log SET aggregate_id = 'x' WHERE log_sequence = 1",
+        "DELETE FROM audit_log WHERE log_sequence = 1",
+        "TRUNCATE audit_log",
+        "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await pool.execute(sql)
+
+
+@pytest.mark.parametrize("as_role", ["audit_owner", "postgres"])
+async def test_triggers_reject_update_delete_and_truncate_even_for_the_owner_and_superuser(
+    settings: Settings, pool: asyncpg.Pool, client: Client, as_role: str
+) -> None:
+    await account_events(pool, (await register(client))[0])  # at least one row
+    partition = await pool.fetchval(
+        "SELECT tableoid::regclass::text FROM audit_log ORDER BY log_sequence DESC LIMIT 1"
+    )
+    conn = await superuser(settings)
+    try:
+        if as_role != "postgres":
+            await conn.execute(f"SET ROLE {as_role}")
+        for sql in (
+            "UPDATE audit_log SET aggregate_id = 'x'",
+            "DELETE FROM audit_log",
+            "TRUNCATE audit_log",
+            f"TRUNCATE {partition}",
+            "DELETE FROM audit_event_ids",
+            "UPDATE audit_checkpoints SET key_id = 'x'",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+# Checkpoints and verification -----------------------------------------------
+
+
+async def test_the_schedule_signs_checkpoints_with_the_published_key(
+    pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
+) -> None:
+    before = await pool.fetchval("SELECT count(*) FROM audit_checkpoints")
+    await client.get_schedule_handle(CHECKPOINT_SCHEDULE_ID).trigger()
+    for _ in range(150):
+        if await pool.fetchval("SELECT count(*) FROM audit_checkpoints") > before:
+            break
+        await asyncio.sleep(0.2)
+    latest = (await audit.get_latest_checkpoint(GetLatestCheckpointRequest())).checkpoint
+    published = await audit.get_public_key(GetPublicKeyRequest())
+    assert latest is not None and latest.signed_at is not None
+    key = PublicKey.parse(published.public_key_pem)
+    assert key.key_id == published.key_id == latest.key_id
+    assert key.verifies(
+        latest.signature, statement(latest.log_sequence, latest.head_hash, latest.signed_at)
+    )
+    verified = await audit.verify_chain(VerifyChainRequest())
+    assert verified.ok, verified.failure
+    assert verified.start_checkpoint is not None
+
+
+def run_cli(settings: Settings, *args: str) -> tuple[int, dict[str, object]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.audit.verify", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "AGORA_PROFILE": settings.profile},
+        timeout=120,
+    )
+    return result.returncode, json.loads(result.stdout)
+
+
+async def test_verification_names_exactly_the_row_a_superuser_tampered_with(
+    settings: Settings, pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
+) -> None:
+    account_id, _, _ = await register(client)
+    [row] = await account_events(pool, account_id)
+    await register(client)  # a row after it, so it is not the head
+    target = int(row["log_sequence"])
+    original = bytes(row["canonical"])
+    tampered = original.replace(account_id.encode(), str(uuid.uuid4()).encode())
+    conn = await superuser(settings)
+    try:
+        # The superuser bypasses the triggers by turning them off for the session.
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(
+            "UPDATE audit_log SET canonical = $1 WHERE log_sequence = $2", tampered, target
+        )
+        answer = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
+        assert not answer.ok
+        assert answer.first_bad_sequence == target, answer.failure
+        code, cli = run_cli(settings, "--from-genesis")
+        assert code == 1 and cli["first_bad_sequence"] == target
+    finally:
+        await conn.execute(
+            "UPDATE audit_log SET canonical = $1 WHERE log_sequence = $2", original, target
+        )
+        await conn.close()
+    code, cli = run_cli(settings, "--from-genesis")
+    assert code == 0 and cli["ok"] is True
+
+
+async def test_a_rewritten_column_is_caught_even_with_the_hash_intact(
+    settings: Settings, pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
+) -> None:
+    account_id, _, _ = await register(client)
+    [row] = await account_events(pool, account_id)
+    conn = await superuser(settings)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(
+            "UPDATE audit_log SET workflow_id = 'someone-else' WHERE log_sequence = $1",
+            row["log_sequence"],
+        )
+        answer = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
+        assert (answer.ok, answer.first_bad_sequence) == (False, row["log_sequence"])
+        assert "workflow_id" in answer.failure
+    finally:
+        await conn.execute(
+            "UPDATE audit_log SET workflow_id = $1 WHERE log_sequence = $2",
+            row["workflow_id"],
+            row["log_sequence"],
+        )
+        await conn.close()
+
+
+# Queries and export -----------------------------------------------------------
+
+
+async def test_queries_by_aggregate_trace_workflow_and_time_page_in_log_order(
+    settings: Settings, pool: asyncpg.Pool, audit: AuditServiceStub
+) -> None:
+    aggregate_id = f"paged-{uuid.uuid4().hex[:8]}"
+    envelopes = [make_envelope(aggregate_id=aggregate_id, sequence=n) for n in range(1, 6)]
+    await publish(settings, "identity.events", *(bytes(e) for e in envelopes))
+    rows = await recorded(pool, *(e.event_id for e in envelopes))
+
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page = await audit.query_events(
+            QueryEventsRequest(
+                aggregate=AggregateRef(aggregate_type="account", aggregate_id=aggregate_id),
+                page=PageRequest(page_size=2, cursor=cursor),
+            )
+        )
+        seen += [r.event.event_id for r in page.records if r.event]
+        if not page.page or not page.page.has_more:
+            break
+        cursor = page.page.next_cursor
+    assert seen == [e.event_id for e in envelopes]
+
+    trace_id = envelopes[2].traceparent.split("-")[1]
+    by_trace = await audit.query_events(QueryEventsRequest(trace_id=trace_id))
+    assert [r.event.event_id for r in by_trace.records if r.event] == [envelopes[2].event_id]
+
+    in_time = await audit.query_events(
+        QueryEventsRequest(
+            aggregate=AggregateRef(aggregate_type="account", aggregate_id=aggregate_id),
+            start_time=rows[1]["occurred_at"],
+            end_time=rows[3]["occurred_at"],
+        )
+    )
+    assert [r.log_sequence for r in in_time.records] == [r["log_sequence"] for r in rows[1:3]]
+
+
+async def test_bad_query_parameters_are_invalid_arguments(audit: AuditServiceStub) -> None:
+    for request in (
+        QueryEventsRequest(page=PageRequest(cursor="not-ours")),
+        QueryEventsRequest(page=PageRequest(page_size=10_000)),
+        QueryEventsRequest(trace_id="XYZ"),
+        QueryEventsRequest(aggregate=AggregateRef(aggregate_type="account")),
+    ):
+        with pytest.raises(GRPCError) as caught:
+            await audit.query_events(request)
+        assert caught.value.status == Status.INVALID_ARGUMENT
+
+
+async def test_an_export_holds_the_workflow_history_linked_to_the_activity_that_wrote_the_event(
+    settings: Settings, pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
+) -> None:
+    account_id, workflow_id, run_id = await register(client)
+    [row] = await account_events(pool, account_id)
+    export = await audit.export_aggregate(
+        ExportAggregateRequest(
+            aggregate=AggregateRef(aggregate_type="account", aggregate_id=account_id)
+        ),
+        timeout=timedelta(seconds=20).total_seconds(),
+    )
+    [event] = export.events
+    assert event.record is not None and event.record.log_sequence == row["log_sequence"]
+    assert event.activity_type == "identity.create_account"
+    [flow] = export.workflows
+    assert (flow.workflow_id, flow.run_id, flow.workflow_type) == (
+        workflow_id,
+        run_id,
+        "RegisterAccount",
+    )
+    history = json.loads(flow.history_json)
+    [closing] = [e for e in history["events"] if int(e["eventId"]) == event.workflow_event_id]
+    assert closing["eventType"] in ("EVENT_TYPE_ACTIVITY_TASK_COMPLETED", "ActivityTaskCompleted")
+    port = settings.ports["temporal_ui"]
+    assert flow.ui_url.startswith(f"http://{settings.host}:{port}/namespaces/default/workflows/")
+    assert flow.ui_url.endswith(f"/{run_id}/history")

@@ -1,0 +1,141 @@
+"""Nothing is lost: with Kafka stopped, or with the audit service down, every event arrives once.
+
+Events here are identity's (accounts registered through the RegisterAccount
+workflow); the same proof with orders placed comes with the order saga.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+
+from agora import temporal
+from agora.config import Settings
+from agora.db import create_pool
+from agora.grpc import Channels
+from contracts.agora.audit.v1 import AuditServiceStub, VerifyChainRequest
+from tests.integration.auditkit import eventually, recorded
+from tests.integration.conftest import Services
+from workflows.identity import (
+    TASK_QUEUE,
+    RegisterAccountInput,
+    RegisterAccountWorkflow,
+    register_workflow_id,
+)
+
+pytestmark = pytest.mark.integration
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+ACCOUNTS = 8
+
+
+@pytest_asyncio.fixture(scope="module")
+async def pools(settings: Settings, services: Services) -> AsyncIterator[dict[str, asyncpg.Pool]]:
+    services("identity")
+    services("audit")
+    pools = {name: await create_pool(settings, name, size=2) for name in ("audit", "identity")}
+    yield pools
+    for pool in pools.values():
+        await pool.close()
+
+
+async def register_accounts(settings: Settings, count: int) -> list[str]:
+    client: Client = await temporal.connect(settings)
+    ids = []
+    for _ in range(count):
+        email = f"recovery-{uuid.uuid4().hex[:10]}@example.com"
+        account_id = str(uuid.uuid4())
+        await client.execute_workflow(
+            RegisterAccountWorkflow.run,
+            RegisterAccountInput(account_id, email, "Recovery", HASH),
+            id=register_workflow_id(email),
+            task_queue=TASK_QUEUE,
+        )
+        ids.append(account_id)
+    return ids
+
+
+async def outbox_event_ids(identity: asyncpg.Pool, account_ids: list[str]) -> list[str]:
+    rows = await identity.fetch(
+        "SELECT event_id FROM outbox WHERE aggregate_type = 'account' AND aggregate_id = ANY($1)",
+        account_ids,
+    )
+    return [str(r["event_id"]) for r in rows]
+
+
+async def assert_each_once_and_chain_verifies(
+    settings: Settings, audit: asyncpg.Pool, event_ids: list[str]
+) -> None:
+    await recorded(audit, *event_ids, within=120)
+    counts = await audit.fetch(
+        "SELECT event_id, count(*) AS n FROM audit_log WHERE event_id = ANY($1::uuid[])"
+        " GROUP BY event_id",
+        [uuid.UUID(e) for e in event_ids],
+    )
+    assert len(counts) == len(event_ids) and all(r["n"] == 1 for r in counts)
+    channels = Channels(settings, caller="gateway")
+    try:
+        answer = await AuditServiceStub(channels.get("audit")).verify_chain(
+            VerifyChainRequest(from_genesis=True), timeout=60
+        )
+    finally:
+        channels.close()
+    assert answer.ok, answer.failure
+
+
+def stack(settings: Settings, command: str, component: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "stack", command, component],
+        check=True,
+        env={**os.environ, "AGORA_PROFILE": settings.profile},
+        capture_output=True,
+        timeout=240,
+    )
+
+
+async def test_events_written_while_kafka_is_down_reach_the_log_exactly_once(
+    settings: Settings, pools: dict[str, asyncpg.Pool]
+) -> None:
+    stack(settings, "kill", "kafka")
+    try:
+        account_ids = await register_accounts(settings, ACCOUNTS)
+        event_ids = await outbox_event_ids(pools["identity"], account_ids)
+        assert len(event_ids) == ACCOUNTS
+        unsent = await pools["identity"].fetchval(
+            "SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[]) AND sent_at IS NULL",
+            [uuid.UUID(e) for e in event_ids],
+        )
+        assert unsent == ACCOUNTS  # accumulated in the outbox, nothing published
+    finally:
+        stack(settings, "up", "kafka")
+    await assert_each_once_and_chain_verifies(settings, pools["audit"], event_ids)
+
+
+async def test_the_audit_service_catches_up_from_its_offsets_after_being_down(
+    settings: Settings, services: Services, pools: dict[str, asyncpg.Pool]
+) -> None:
+    services("audit").kill()  # a crash: whatever it had not committed is delivered again
+    account_ids = await register_accounts(settings, ACCOUNTS)
+    event_ids = await outbox_event_ids(pools["identity"], account_ids)
+
+    async def published() -> bool:
+        return not await pools["identity"].fetchval(
+            "SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[]) AND sent_at IS NULL",
+            [uuid.UUID(e) for e in event_ids],
+        )
+
+    await eventually(published, what="identity's relay to publish")
+    missing = await pools["audit"].fetchval(
+        "SELECT count(*) FROM audit_event_ids WHERE event_id = ANY($1::uuid[])",
+        [uuid.UUID(e) for e in event_ids],
+    )
+    assert missing == 0  # nothing recorded while it was down
+    services("audit")  # restarts it
+    await assert_each_once_and_chain_verifies(settings, pools["audit"], event_ids)

@@ -1,0 +1,353 @@
+"""The order saga end to end: through the gateway, on the real stack, with real services.
+
+identity (tokens), catalog (prices), inventory (stock), payments (the simulated
+PSP and the ledger) and orders (the saga) run as processes; the gateway is the
+client's only door. Each test checks what a customer sees and what the stores
+hold afterwards: one charge, one stock movement, a balanced ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from agora.config import Settings
+from agora.grpc import Channels
+from contracts.agora.events.v1 import EventEnvelope
+from contracts.agora.payments.v1 import LedgerBalanceRequest, PaymentsServiceStub
+from tests.integration.catalogkit import CatalogApi, eventually
+from tests.integration.gatewaykit import TokenMinter, bearer, problem, running_gateway
+from workers.payments.psp_sim import tokenize
+
+pytestmark = pytest.mark.integration
+
+SERVICES = ("identity", "catalog", "inventory", "payments", "orders")
+OK_CARD = "4242424242424242"
+DECLINED_CARD = "4000000000009995"
+
+
+def card(number: str = OK_CARD) -> str:
+    """What the shop's page gets from the PSP's tokenization: never the number itself."""
+    return tokenize(number, 12, 2030).token
+
+
+@pytest.fixture(scope="module")
+async def shop(settings: Settings, services) -> AsyncIterator[dict[str, Any]]:
+    for service in SERVICES:
+        services(service)
+    minter = TokenMinter(settings)
+    async with running_gateway(settings, minter) as (gw, client):
+        yield {"gw": gw, "client": client, "minter": minter, "catalog": CatalogApi(client, minter)}
+
+
+def customer(shop: dict[str, Any]) -> dict[str, str]:
+    return bearer(
+        shop["minter"].token(
+            sub=str(uuid.uuid4()), scope="profile catalog:read orders:read orders:write"
+        )
+    )
+
+
+async def product_with_stock(shop: dict[str, Any], units: int, price: int = 1500) -> str:
+    sku = f"ORD-{uuid.uuid4().hex[:10]}"
+    await shop["catalog"].create(sku=sku, price={"amount_minor": price, "currency": "EUR"})
+    admin = bearer(shop["minter"].token(scope="profile inventory:write catalog:read"))
+    response = await shop["client"].post(
+        f"/v1/admin/inventory/{sku}/restock", json={"quantity": units}, headers=admin
+    )
+    assert response.status == 200, await response.text()
+    return sku
+
+
+async def place(
+    shop: dict[str, Any],
+    who: dict[str, str],
+    sku: str,
+    quantity: int = 1,
+    *,
+    key: str | None = None,
+    card_token: str | None = None,
+) -> Any:
+    return await shop["client"].post(
+        "/v1/orders",
+        json={
+            "lines": [{"sku": sku, "quantity": quantity}],
+            "currency": "EUR",
+            "payment": {"card_token": card_token or card()},
+        },
+        # A write's answer waits for the saga to price the order; on a loaded two-core
+        # machine running the whole platform that can take longer than the 2 s default.
+        headers={
+            **who,
+            "Idempotency-Key": key or f"key-{uuid.uuid4()}",
+            "X-Request-Timeout": "30000",
+        },
+    )
+
+
+async def final_order(shop: dict[str, Any], who: dict[str, str], order_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        response = await shop["client"].get(f"/v1/orders/{order_id}", headers=who)
+        if response.status != 200:
+            return None
+        body = await response.json()
+        return body if body["status"] in ("COMPLETED", "REJECTED", "CANCELLED") else None
+
+    return await eventually(done, within_s=90, what=f"order {order_id} to finish")
+
+
+async def stock(shop: dict[str, Any], sku: str) -> dict[str, Any]:
+    response = await shop["client"].get(f"/v1/inventory/{sku}", headers=customer(shop))
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def ledger(settings: Settings) -> Any:
+    channels = Channels(settings, caller="gateway")
+    try:
+        return await PaymentsServiceStub(channels.get("payments")).ledger_balance(
+            LedgerBalanceRequest(), timeout=10
+        )
+    finally:
+        channels.close()
+
+
+async def captures_for(settings: Settings, order_id: str) -> int:
+    """Capture movements booked for the order: one order, one charge."""
+    conn = await asyncpg.connect(settings.db_dsn("payments"))
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM payment_operations o JOIN payment_intents i USING (payment_id)"
+            " WHERE i.order_id = $1 AND o.operation = 'capture' AND o.outcome = 'ok'",
+            order_id,
+        )
+    finally:
+        await conn.close()
+
+
+async def order_events(settings: Settings, order_id: str, expected: int) -> list[EventEnvelope]:
+    consumer = AIOKafkaConsumer(
+        "orders.events",
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"test-{uuid.uuid4()}",
+    )
+    await consumer.start()
+    found: list[EventEnvelope] = []
+    try:
+        for _ in range(60):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    envelope = EventEnvelope.parse(record.value)
+                    if envelope.aggregate_id == order_id:
+                        found.append(envelope)
+            if len(found) >= expected:
+                break
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_an_order_is_placed_confirmed_and_captured_with_its_events_in_order(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    sku = await product_with_stock(shop, 5, price=1500)
+    who = customer(shop)
+    response = await place(shop, who, sku, quantity=2)
+    assert response.status == 201, await response.text()
+    accepted = await response.json()
+    assert accepted["total_minor"] == 3000
+    assert accepted["lines"][0]["unit_price_minor"] == 1500
+    assert response.headers["Location"] == f"/v1/orders/{accepted['order_id']}"
+    assert "/workflows/order-" in accepted["links"]["workflow"]
+
+    order = await final_order(shop, who, accepted["order_id"])
+    assert order["status"] == "COMPLETED", order
+    assert [h["status"] for h in order["status_history"]] == ["PENDING", "CONFIRMED", "COMPLETED"]
+    level = await stock(shop, sku)
+    assert (level["on_hand"], level["reserved"]) == (3, 0), "stock decremented exactly once"
+    balance = await ledger(settings)
+    assert balance.balanced, list(balance.problems)
+
+    events = await order_events(settings, accepted["order_id"], 3)
+    assert [e.event_type for e in events] == [
+        "orders.OrderPlaced",
+        "orders.OrderConfirmed",
+        "orders.OrderCompleted",
+    ]
+    assert [e.sequence for e in events] == [1, 2, 3]
+    assert all(e.workflow_id == f"order-{accepted['order_id']}" for e in events)
+
+
+async def test_a_retried_post_with_the_same_key_is_the_same_order_charged_once(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    sku = await product_with_stock(shop, 5)
+    who = customer(shop)
+    key = f"retry-{uuid.uuid4()}"
+    first = await (await place(shop, who, sku, key=key)).json()
+    second_response = await place(shop, who, sku, key=key)
+    assert second_response.status == 201
+    second = await second_response.json()
+    assert first["order_id"] == second["order_id"]
+    await final_order(shop, who, first["order_id"])
+    level = await stock(shop, sku)
+    assert level["on_hand"] == 4, "one order, one unit"
+    listed = await (await shop["client"].get("/v1/orders", headers=who)).json()
+    assert [o["order_id"] for o in listed["orders"]] == [first["order_id"]]
+
+
+async def test_a_customer_never_sees_or_touches_another_customers_order(
+    shop: dict[str, Any],
+) -> None:
+    sku = await product_with_stock(shop, 2)
+    owner, stranger = customer(shop), customer(shop)
+    order_id = (await (await place(shop, owner, sku)).json())["order_id"]
+    await problem(
+        await shop["client"].get(f"/v1/orders/{order_id}", headers=stranger), 404, "not-found"
+    )
+    await problem(
+        await shop["client"].post(f"/v1/orders/{order_id}/cancel", json={}, headers=stranger),
+        404,
+        "not-found",
+    )
+    listed = await (await shop["client"].get("/v1/orders", headers=stranger)).json()
+    assert listed["orders"] == []
+
+
+async def test_a_declined_card_rejects_the_order_and_returns_the_stock(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    sku = await product_with_stock(shop, 3)
+    who = customer(shop)
+    accepted = await (await place(shop, who, sku, card_token=card(DECLINED_CARD))).json()
+    order = await final_order(shop, who, accepted["order_id"])
+    assert order["status"] == "REJECTED"
+    level = await stock(shop, sku)
+    assert (level["on_hand"], level["reserved"]) == (3, 0)
+    assert (await ledger(settings)).balanced
+
+
+async def test_an_unknown_product_is_rejected_at_once_and_nothing_happens(
+    shop: dict[str, Any],
+) -> None:
+    response = await place(shop, customer(shop), f"NOPE-{uuid.uuid4().hex[:8]}")
+    body = await problem(response, 422, "order-rejected")
+    assert "not available" in body["detail"]
+
+
+async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str, Any]) -> None:
+    who = customer(shop)
+    client = shop["client"]
+    body = {
+        "lines": [{"sku": "X-1", "quantity": 1}],
+        "currency": "EUR",
+        "payment": {"card_token": card()},
+    }
+    await problem(
+        await client.post("/v1/orders", json=body, headers=who), 400, "invalid-argument"
+    )  # no Idempotency-Key
+    headers = {**who, "Idempotency-Key": f"key-{uuid.uuid4()}"}
+    for bad in (
+        {**body, "lines": []},
+        {**body, "lines": [{"sku": "X-1", "quantity": 0}]},
+        {**body, "currency": "euro"},
+        {**body, "unexpected": True},
+    ):
+        await problem(
+            await client.post("/v1/orders", json=bad, headers=headers), 422, "validation-failed"
+        )
+
+
+async def test_concurrent_orders_against_scarce_stock_never_oversell_or_double_charge(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    units, orders = 10, 60
+    sku = await product_with_stock(shop, units, price=700)
+    customers = [customer(shop) for _ in range(orders)]
+    gate = asyncio.Semaphore(20)
+
+    async def one(who: dict[str, str]) -> tuple[dict[str, str], str]:
+        async with gate:
+            response = await place(shop, who, sku)
+            assert response.status == 201, await response.text()
+            return who, (await response.json())["order_id"]
+
+    placed = await asyncio.gather(*(one(who) for who in customers))
+    finals = await asyncio.gather(*(final_order(shop, who, oid) for who, oid in placed))
+    statuses = [o["status"] for o in finals]
+    assert statuses.count("COMPLETED") == units
+    assert statuses.count("REJECTED") == orders - units
+    level = await stock(shop, sku)
+    assert (level["on_hand"], level["reserved"]) == (0, 0)
+    balance = await ledger(settings)
+    assert balance.balanced, list(balance.problems)
+    captured = [await captures_for(settings, oid) for _, oid in placed]
+    assert sorted(captured) == [0] * (orders - units) + [1] * units
+
+
+@pytest.mark.parametrize("victim", ["inventory", "payments", "orders"])
+async def test_a_worker_killed_mid_saga_leaves_one_charge_and_one_stock_movement(
+    settings: Settings, shop: dict[str, Any], services, victim: str
+) -> None:
+    sku = await product_with_stock(shop, 4)
+    who = customer(shop)
+    process = services(victim)
+    accepted = await (await place(shop, who, sku, quantity=2)).json()
+    process.kill()  # SIGKILL while the saga is under way
+    await asyncio.sleep(1)
+    services(victim)  # restarted: Temporal hands it the unfinished work
+    order = await final_order(shop, who, accepted["order_id"])
+    assert order["status"] == "COMPLETED", order
+    level = await stock(shop, sku)
+    assert (level["on_hand"], level["reserved"]) == (2, 0)
+    assert await captures_for(settings, accepted["order_id"]) == 1
+    assert (await ledger(settings)).balanced
+
+
+async def test_cancel_after_completion_refunds_everything_and_returns_the_stock(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    sku = await product_with_stock(shop, 3, price=1000)
+    who = customer(shop)
+    accepted = await (await place(shop, who, sku, quantity=2)).json()
+    await final_order(shop, who, accepted["order_id"])
+    response = await shop["client"].post(
+        f"/v1/orders/{accepted['order_id']}/cancel", json={"reason": "changed my mind"}, headers=who
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["status"] == "CANCELLED"
+    order = await (
+        await shop["client"].get(f"/v1/orders/{accepted['order_id']}", headers=who)
+    ).json()
+    assert (order["status"], order["refunded_minor"]) == ("CANCELLED", 2000)
+    level = await stock(shop, sku)
+    assert level["on_hand"] == 3
+    assert (await ledger(settings)).balanced
+
+
+async def test_a_partial_refund_then_an_excessive_one(shop: dict[str, Any]) -> None:
+    sku = await product_with_stock(shop, 2, price=1000)
+    who = customer(shop)
+    accepted = await (await place(shop, who, sku, quantity=2)).json()
+    await final_order(shop, who, accepted["order_id"])
+    url = f"/v1/orders/{accepted['order_id']}/refunds"
+    response = await shop["client"].post(
+        url,
+        json={"amount_minor": 500, "reason": "damaged box"},
+        headers={**who, "Idempotency-Key": f"refund-{uuid.uuid4()}"},
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["status"] == "PARTIALLY_REFUNDED"
+    too_much = await shop["client"].post(
+        url,
+        json={"amount_minor": 5000},
+        headers={**who, "Idempotency-Key": f"refund-{uuid.uuid4()}"},
+    )
+    await problem(too_much, 400, "invalid-argument")

@@ -1,0 +1,72 @@
+"""The audit log accepts every well-formed envelope; malformed ones are refused with a reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from contracts import full_name
+from contracts.agora.events.v1 import EventEnvelope
+from contracts.agora.identity.v1 import AccountRegistered
+from workers.audit.envelopes import MalformedEnvelope, check, trace_id_of
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+def envelope(**overrides: object) -> EventEnvelope:
+    payload = AccountRegistered(account_id="a-1", email="a@example.com")
+    fields: dict[str, object] = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "identity.AccountRegistered",
+        "aggregate_type": "account",
+        "aggregate_id": "a-1",
+        "sequence": 1,
+        "occurred_at": dt.datetime.now(dt.UTC),
+        "producer": "identity",
+        "traceparent": f"00-{TRACE}-b7ad6b7169203331-01",
+        "payload": bytes(payload),
+        "payload_type": full_name(payload),
+    }
+    fields.update(overrides)
+    return EventEnvelope(**fields)  # type: ignore[arg-type]
+
+
+def test_an_outbox_envelope_is_accepted_with_its_trace_id() -> None:
+    checked = check(envelope())
+    assert checked.payload_known
+    assert checked.trace_id == TRACE
+
+
+def test_an_unknown_payload_type_is_still_recorded() -> None:
+    checked = check(
+        envelope(event_type="identity.FutureThing", payload_type="agora.identity.v9.FutureThing")
+    )
+    assert not checked.payload_known
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"event_id": "not-a-uuid"}, "not a UUID"),
+        ({"aggregate_id": ""}, "aggregate_id is empty"),
+        ({"sequence": 0}, "not positive"),
+        ({"occurred_at": None}, "occurred_at"),
+        ({"event_type": "identity.Nonsense"}, "unknown event type"),
+        ({"event_type": "catalog.AccountRegistered"}, "unknown event type"),
+        ({"payload_type": "not a name"}, "not a proto name"),
+    ],
+)
+def test_a_malformed_envelope_is_refused_with_the_reason(
+    overrides: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(MalformedEnvelope, match=reason):
+        check(envelope(**overrides))
+
+
+def test_trace_id_comes_only_from_a_well_formed_traceparent() -> None:
+    assert trace_id_of(f"00-{TRACE}-b7ad6b7169203331-01") == TRACE
+    assert trace_id_of("") == ""
+    assert trace_id_of("00-" + "0" * 32 + "-b7ad6b7169203331-01") == ""
+    assert trace_id_of("garbage") == ""

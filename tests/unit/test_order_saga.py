@@ -1,0 +1,500 @@
+"""The order saga, branch by branch, in the time-skipping environment with stand-in activities.
+
+Each stand-in records what the saga asked of it, so a test reads as the story of
+one order: what ran, in what order, what was undone, how the order ended.
+Histories of these runs are kept under tests/histories/ and replayed by
+test_order_replay.py, so a non-deterministic change to the workflow fails CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.inventory import (
+    CommitInput,
+    CommitResult,
+    ReleaseInput,
+    ReleaseResult,
+    ReserveInput,
+    ReserveResult,
+    RestockInput,
+    RestockResult,
+)
+from activities.orders import (
+    OrderLineInput,
+    OrderSnapshot,
+    PricedLine,
+    PricedOrder,
+    PriceInput,
+    RecordOrderInput,
+    RecordRefundInput,
+    TransitionInput,
+)
+from workers.payments.model import (
+    AuthorizeInput,
+    AuthorizeResult,
+    CaptureInput,
+    CaptureResult,
+    RefundInput,
+    RefundResult,
+    VoidInput,
+    VoidResult,
+)
+from workflows.orders import (
+    INVENTORY_QUEUE,
+    PAYMENTS_QUEUE,
+    CancelInput,
+    CompletePaymentInput,
+    OrderInput,
+    OrderView,
+    OrderWorkflow,
+    RefundOrderInput,
+    RefundOrderWorkflow,
+    order_workflow_id,
+)
+
+TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+ORDERS_QUEUE = "orders-test"
+
+
+@dataclass
+class World:
+    """What the stand-ins do, and what they were asked to do."""
+
+    calls: list[str] = field(default_factory=list)
+    out_of_stock: bool = False
+    unknown_sku: bool = False
+    card: str = "ok"  # ok | decline | slow | flaky | action
+    flaky_failures: int = 2
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    transitions: list[str] = field(default_factory=list)
+    refunded: int = 0
+
+    async def gate(self, step: str) -> None:
+        if step in self.gates:
+            await self.gates[step].wait()
+
+
+world = World()
+
+
+@activity.defn(name="orders.price")
+async def price(data: PriceInput) -> PricedOrder:
+    world.calls.append("price")
+    if world.unknown_sku:
+        raise ApplicationError("not available: NOPE", type="ProductUnavailable", non_retryable=True)
+    lines = [
+        PricedLine(x.sku, f"Title {x.sku}", x.quantity, 1000, 1000 * x.quantity) for x in data.lines
+    ]
+    return PricedOrder(lines, data.currency, sum(x.line_total_minor for x in lines))
+
+
+@activity.defn(name="orders.record")
+async def record(data: RecordOrderInput) -> None:
+    world.calls.append("record")
+
+
+@activity.defn(name="orders.transition")
+async def transition(data: TransitionInput) -> None:
+    world.calls.append(f"transition:{data.status}")
+    world.transitions.append(data.status)
+
+
+@activity.defn(name="orders.snapshot")
+async def snapshot(order_id: str) -> OrderSnapshot:
+    return OrderSnapshot(
+        order_id,
+        "cust",
+        "COMPLETED",
+        "EUR",
+        2000,
+        world.refunded,
+        "pay-1",
+        [PricedLine("SKU-1", "T", 2, 1000, 2000)],
+    )
+
+
+@activity.defn(name="orders.record_refund")
+async def record_refund(data: RecordRefundInput) -> OrderSnapshot:
+    world.calls.append(f"record_refund:{data.amount_minor}:{'cancel' if data.cancel else 'refund'}")
+    world.refunded += data.amount_minor
+    status = "CANCELLED" if data.cancel else "PARTIALLY_REFUNDED"
+    return OrderSnapshot(data.order_id, "cust", status, "EUR", 2000, world.refunded, "pay-1")
+
+
+@activity.defn(name="inventory.reserve")
+async def reserve(data: ReserveInput) -> ReserveResult:
+    world.calls.append("reserve")
+    await world.gate("reserve")
+    if world.out_of_stock:
+        raise ApplicationError("out of stock", type="OutOfStock", non_retryable=True)
+    return ReserveResult(data.reservation_id, "held", "2030-01-01T00:00:00+00:00", [], [])
+
+
+@activity.defn(name="inventory.release")
+async def release(data: ReleaseInput) -> ReleaseResult:
+    world.calls.append("release")
+    return ReleaseResult(data.reservation_id, "released", True, [])
+
+
+@activity.defn(name="inventory.commit")
+async def commit(data: CommitInput) -> CommitResult:
+    world.calls.append("commit")
+    return CommitResult(data.reservation_id, "committed", True, [])
+
+
+@activity.defn(name="inventory.restock")
+async def restock(data: RestockInput) -> RestockResult:
+    world.calls.append(f"restock:{data.sku}:{data.quantity}")
+    return RestockResult(data.sku, data.quantity, [])
+
+
+@activity.defn(name="payments.authorize")
+async def authorize(data: AuthorizeInput) -> AuthorizeResult:
+    world.calls.append("authorize")
+    await world.gate("authorize")
+    card = "ok" if data.card_token == "tok_after_action" else world.card
+    if card == "decline":
+        raise ApplicationError(
+            "insufficient funds", "insufficient_funds", type="PaymentDeclined", non_retryable=True
+        )
+    if card == "slow":
+        await asyncio.sleep(3600)
+    if card == "flaky" and world.flaky_failures > 0:
+        world.flaky_failures -= 1
+        raise ApplicationError("PSP unavailable", type="PspUnavailable")
+    if card == "action":
+        raise ApplicationError(
+            "3-D Secure",
+            "requires_action",
+            "https://psp.test/3ds/1",
+            type="PaymentRequiresAction",
+            non_retryable=True,
+        )
+    return AuthorizeResult(
+        "pay-1",
+        data.order_id,
+        "authorized",
+        data.amount_minor,
+        data.currency,
+        "visa",
+        "4242",
+        "psp-1",
+    )
+
+
+@activity.defn(name="payments.capture")
+async def capture(data: CaptureInput) -> CaptureResult:
+    world.calls.append("capture")
+    await world.gate("capture")
+    return CaptureResult(data.payment_id, "cap-1", 2000, 2000, 0, "EUR", "captured")
+
+
+@activity.defn(name="payments.void")
+async def void(data: VoidInput) -> VoidResult:
+    world.calls.append("void")
+    return VoidResult(data.payment_id, 0, "EUR", "voided")
+
+
+@activity.defn(name="payments.refund")
+async def refund(data: RefundInput) -> RefundResult:
+    world.calls.append(f"refund:{data.amount_minor}")
+    return RefundResult(
+        data.payment_id, "ref-1", data.amount_minor or 2000, 2000, "EUR", "refunded"
+    )
+
+
+async def register_search_attributes(client: Client) -> None:
+    """What `make run` registers on the dev server (stack/temporal.py), here on the test one."""
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
+    from stack.temporal import SEARCH_ATTRIBUTES
+
+    kinds = {
+        "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+    }
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={k: kinds[v] for k, v in SEARCH_ATTRIBUTES.items()},
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(TEST_SERVER)
+    )
+    await register_search_attributes(environment.client)
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+async def client(env: WorkflowEnvironment) -> AsyncIterator[Client]:
+    global world
+    world = World()
+    workers = [
+        Worker(
+            env.client,
+            task_queue=ORDERS_QUEUE,
+            workflows=[OrderWorkflow, RefundOrderWorkflow],
+            activities=[price, record, transition, snapshot, record_refund],
+        ),
+        Worker(
+            env.client, task_queue=INVENTORY_QUEUE, activities=[reserve, release, commit, restock]
+        ),
+        Worker(
+            env.client, task_queue=PAYMENTS_QUEUE, activities=[authorize, capture, void, refund]
+        ),
+    ]
+    async with workers[0], workers[1], workers[2]:
+        yield env.client
+
+
+def new_order(**overrides: object) -> OrderInput:
+    order_id = str(uuid.uuid4())
+    base = OrderInput(
+        order_id=order_id,
+        customer_id="cust-1",
+        idempotency_key=f"key-{order_id}",
+        lines=[OrderLineInput("SKU-1", 2)],
+        currency="EUR",
+        card_token="tok_test",
+        payment_step_timeout_s=1.0,
+    )
+    for key, value in overrides.items():
+        setattr(base, key, value)
+    return base
+
+
+async def run(client: Client, order: OrderInput, name: str | None = None) -> OrderView:
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    result = await handle.result()
+    await keep_history(client, handle.id, name)
+    return result
+
+
+async def keep_history(client: Client, workflow_id: str, name: str | None) -> None:
+    """AGORA_RECORD_HISTORIES=1 refreshes the committed histories the replay test uses."""
+    if name and os.environ.get("AGORA_RECORD_HISTORIES"):
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / f"order-{name}.json").write_text(history.to_json())
+
+
+async def test_happy_path_reserves_authorizes_confirms_captures_and_commits(client: Client) -> None:
+    view = await run(client, new_order(), "happy")
+    assert view.status == "COMPLETED"
+    assert view.total_minor == 2000
+    assert world.calls == [
+        "price",
+        "record",
+        "reserve",
+        "authorize",
+        "transition:CONFIRMED",
+        "capture",
+        "commit",
+        "transition:COMPLETED",
+    ]
+
+
+async def test_decline_releases_the_stock_and_charges_nothing(client: Client) -> None:
+    world.card = "decline"
+    view = await run(client, new_order(), "decline")
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_DECLINED")
+    assert "capture" not in world.calls
+    assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+
+
+async def test_out_of_stock_never_reaches_payments(client: Client) -> None:
+    world.out_of_stock = True
+    view = await run(client, new_order(), "out-of-stock")
+    assert (view.status, view.rejection) == ("REJECTED", "OUT_OF_STOCK")
+    assert not any(c in world.calls for c in ("authorize", "capture", "void"))
+    assert world.calls[-2:] == ["release", "transition:REJECTED"]
+
+
+async def test_an_unknown_product_is_rejected_before_anything_happens(client: Client) -> None:
+    # (Through the gateway, the POST's Update-With-Start answers this rejection at once:
+    # tests/integration/test_orders.py. The time-skipping server cannot complete an
+    # update and the run in one task, so here the run's own result is checked.)
+    world.unknown_sku = True
+    view = await run(client, new_order(), "unknown-product")
+    assert (view.status, view.rejection) == ("REJECTED", "PRODUCT_UNAVAILABLE")
+    assert world.calls == ["price"]
+
+
+async def test_slow_psp_times_out_then_voids_and_releases(client: Client) -> None:
+    world.card = "slow"
+    view = await run(client, new_order(), "slow-psp")
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_TIMEOUT")
+    assert world.calls.count("authorize") == 3  # retried, then given up
+    assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+
+
+async def test_flaky_psp_is_retried_and_the_order_completes(client: Client) -> None:
+    world.card = "flaky"
+    view = await run(client, new_order(), "flaky-psp")
+    assert view.status == "COMPLETED"
+    assert world.calls.count("authorize") == 3
+    assert "void" not in world.calls and "release" not in world.calls
+
+
+async def test_unpaid_order_times_out_and_compensates(client: Client, env) -> None:
+    world.card = "action"
+    view = await run(client, new_order(payment_timeout_s=900), "unpaid-timeout")
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_TIMEOUT")
+    assert view.payment_outcome == "timeout"
+    assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+
+
+async def test_a_completed_payment_action_lets_the_order_complete(client: Client) -> None:
+    world.card = "action"
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    for _ in range(100):
+        if (await handle.query(OrderWorkflow.status)).status == "AWAITING_PAYMENT":
+            break
+        await asyncio.sleep(0.05)
+    view = await handle.query(OrderWorkflow.status)
+    assert view.next_action_url == "https://psp.test/3ds/1"
+    await handle.execute_update(
+        OrderWorkflow.complete_payment, CompletePaymentInput("tok_after_action")
+    )
+    assert (await handle.result()).status == "COMPLETED"
+    assert world.calls.count("authorize") == 2
+
+
+@pytest.mark.parametrize(
+    ("stage", "undone"),
+    [
+        ("reserve", ["release"]),
+        ("authorize", ["void", "release"]),
+        ("capture", ["refund:None", "void", "release"]),
+    ],
+)
+async def test_cancel_at_each_stage_undoes_what_was_done(
+    client: Client, stage: str, undone: list[str]
+) -> None:
+    world.gates[stage] = asyncio.Event()
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    for _ in range(200):
+        if stage in world.calls:
+            break
+        await asyncio.sleep(0.02)
+    cancel = asyncio.create_task(
+        handle.execute_update(OrderWorkflow.cancel_order, CancelInput("cust-1"))
+    )
+    await asyncio.sleep(0.2)
+    world.gates[stage].set()
+    view = await cancel
+    assert view.status == "CANCELLED"
+    assert (await handle.result()).status == "CANCELLED"
+    assert world.calls[-(len(undone) + 1) :] == [*undone, "transition:CANCELLED"]
+    assert "commit" not in world.calls
+    await keep_history(client, handle.id, f"cancel-at-{stage}")
+
+
+async def test_cancel_of_a_finished_order_is_refused(client: Client) -> None:
+    order = new_order()
+    await run(client, order)
+    handle = client.get_workflow_handle(order_workflow_id(order.order_id))
+    # A closed saga takes no update: the gateway cancels a completed order with a refund.
+    with pytest.raises((WorkflowUpdateFailedError, RPCError)):
+        await handle.execute_update(OrderWorkflow.cancel_order, CancelInput("cust-1"))
+    assert "refund:None" not in world.calls
+
+
+async def test_a_retried_post_joins_the_same_order(client: Client) -> None:
+    order = new_order()
+    views = []
+    for _ in range(2):
+        start = WithStartWorkflowOperation(
+            OrderWorkflow.run,
+            order,
+            id=order_workflow_id(order.order_id),
+            task_queue=ORDERS_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        views.append(
+            await client.execute_update_with_start_workflow(
+                OrderWorkflow.accept, start_workflow_operation=start
+            )
+        )
+    assert views[0].order_id == views[1].order_id == order.order_id
+    await client.get_workflow_handle(order_workflow_id(order.order_id)).result()
+    assert world.calls.count("record") == 1
+    assert world.calls.count("authorize") == 1
+
+
+async def test_refund_after_completion_refunds_the_amount(client: Client) -> None:
+    request = RefundOrderInput(
+        order_id=str(uuid.uuid4()), refund_key="r1", amount_minor=500, reason="damaged"
+    )
+    view = await client.execute_workflow(
+        RefundOrderWorkflow.run, request, id=f"refund-{uuid.uuid4()}", task_queue=ORDERS_QUEUE
+    )
+    assert view.status == "PARTIALLY_REFUNDED"
+    assert world.calls == ["refund:500", "record_refund:500:refund"]
+
+
+async def test_a_refund_over_what_is_left_is_refused(client: Client) -> None:
+    world.refunded = 1900
+    request = RefundOrderInput(order_id=str(uuid.uuid4()), refund_key="r2", amount_minor=500)
+    with pytest.raises(Exception) as raised:
+        await client.execute_workflow(
+            RefundOrderWorkflow.run,
+            request,
+            id=f"refund-{uuid.uuid4()}",
+            task_queue=ORDERS_QUEUE,
+            execution_timeout=timedelta(seconds=30),
+        )
+    assert "RefundAmountInvalid" in repr(raised.value.__cause__) or "between 1 and 100" in str(
+        raised.value.__cause__
+    )
+    assert not any(c.startswith("refund:") for c in world.calls)
+
+
+async def test_cancel_after_completion_refunds_everything_and_returns_the_stock(
+    client: Client,
+) -> None:
+    request = RefundOrderInput(
+        order_id=str(uuid.uuid4()),
+        refund_key="cancel",
+        amount_minor=None,
+        cancel=True,
+        requested_by="cust-1",
+    )
+    view = await client.execute_workflow(
+        RefundOrderWorkflow.run, request, id=f"refund-{uuid.uuid4()}", task_queue=ORDERS_QUEUE
+    )
+    assert view.status == "CANCELLED"
+    assert world.calls == ["refund:2000", "restock:SKU-1:2", "record_refund:2000:cancel"]

@@ -1,0 +1,263 @@
+"""Appending to the hash chain: one serialized writer, deduplicated by event id.
+
+Every append locks the single chain-head row (`SELECT ... FOR UPDATE`) in its
+transaction, so appends from any number of consumers or processes are serial:
+each row's `prev_hash` is the hash of the row before it, and the chain's order
+is the audit's own recording order (Kafka partitions interleave). A redelivered
+event is found in `audit_event_ids` under the same lock and stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from opentelemetry import metrics
+
+from workers.audit.envelopes import Checked
+
+log = logging.getLogger(__name__)
+_meter = metrics.get_meter("agora.audit")
+_appended = _meter.create_counter("agora_audit_appended", description="events added to the log")
+_duplicates = _meter.create_counter(
+    "agora_audit_duplicates", description="redelivered events recognised by id and not stored again"
+)
+_anomalies = _meter.create_counter(
+    "agora_audit_sequence_anomalies",
+    description="events whose aggregate sequence has a gap or went backwards",
+)
+
+GENESIS_HASH = bytes(32)
+
+
+def link_hash(prev_hash: bytes, canonical: bytes) -> bytes:
+    """hash = SHA-256(previous hash || canonical bytes)."""
+    return hashlib.sha256(prev_hash + canonical).digest()
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One event to append: the checked envelope, its bytes as received, its topic."""
+
+    checked: Checked
+    canonical: bytes
+    topic: str
+
+
+@dataclass(frozen=True)
+class SequenceAnomaly:
+    log_sequence: int
+    producer: str
+    aggregate_type: str
+    aggregate_id: str
+    kind: str  # "gap" (events missing before this one) or "reordered" (late or repeated)
+    expected: int
+    got: int
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    appended: int
+    duplicates: int
+    head_sequence: int
+    head_hash: bytes
+    anomalies: tuple[SequenceAnomaly, ...]
+
+
+AggregateKey = tuple[str, str, str]
+
+
+def classify(log_sequence: int, key: AggregateKey, last: int, got: int) -> SequenceAnomaly | None:
+    """Compare an aggregate's sequence with the last one seen (0: none yet)."""
+    expected = last + 1
+    if got == expected:
+        return None
+    kind = "gap" if got > expected else "reordered"
+    return SequenceAnomaly(log_sequence, *key, kind=kind, expected=expected, got=got)
+
+
+class ChainWriter:
+    """Appends events to the log; safe to call from several processes at once."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+
+    async def append(self, items: Sequence[Incoming]) -> AppendResult:
+        async with self._pool.acquire() as conn, conn.transaction():
+            result = await append_in(conn, items)
+        report(result)  # after the commit: a rolled-back append reports nothing
+        return result
+
+
+def report(result: AppendResult) -> None:
+    """Metrics and a warning log line per sequence anomaly of a committed append."""
+    _appended.add(result.appended)
+    if result.duplicates:
+        _duplicates.add(result.duplicates)
+    for anomaly in result.anomalies:
+        _anomalies.add(1, {"kind": anomaly.kind, "producer": anomaly.producer})
+        log.warning(
+            "aggregate sequence anomaly",
+            extra={
+                "kind": anomaly.kind,
+                "producer": anomaly.producer,
+                "aggregate_type": anomaly.aggregate_type,
+                "aggregate_id": anomaly.aggregate_id,
+                "expected": anomaly.expected,
+                "got": anomaly.got,
+                "log_sequence": anomaly.log_sequence,
+            },
+        )
+
+
+async def append_in(conn: asyncpg.Connection, items: Sequence[Incoming]) -> AppendResult:
+    """Append `items` in order inside the caller's transaction."""
+    head = await conn.fetchrow(
+        "SELECT log_sequence, hash FROM audit_chain_head WHERE singleton FOR UPDATE"
+    )
+    sequence, prev = int(head["log_sequence"]), bytes(head["hash"])
+    ids = [item.checked.event_id for item in items]
+    seen = {
+        row["event_id"]
+        for row in await conn.fetch(
+            "SELECT event_id FROM audit_event_ids WHERE event_id = ANY($1::uuid[])", ids
+        )
+    }
+    fresh: list[Incoming] = []
+    for item in items:
+        if item.checked.event_id not in seen:
+            seen.add(item.checked.event_id)  # a duplicate inside the batch, too
+            fresh.append(item)
+    duplicates = len(items) - len(fresh)
+    if not fresh:
+        return AppendResult(0, duplicates, sequence, prev, ())
+
+    keys = list(
+        dict.fromkeys(
+            (
+                i.checked.envelope.producer,
+                i.checked.envelope.aggregate_type,
+                i.checked.envelope.aggregate_id,
+            )
+            for i in fresh
+        )
+    )
+    last_seen: dict[AggregateKey, int] = {
+        (r["producer"], r["aggregate_type"], r["aggregate_id"]): int(r["last_sequence"])
+        for r in await conn.fetch(
+            """
+            SELECT h.producer, h.aggregate_type, h.aggregate_id, h.last_sequence
+            FROM audit_aggregate_heads h
+            JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(p, t, i)
+              ON (h.producer, h.aggregate_type, h.aggregate_id) = (k.p, k.t, k.i)
+            """,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+        )
+    }
+
+    rows: list[tuple[object, ...]] = []
+    anomalies: list[SequenceAnomaly] = []
+    recorded_at = await conn.fetchval("SELECT now()")
+    for item in fresh:
+        env = item.checked.envelope
+        sequence += 1
+        digest = link_hash(prev, item.canonical)
+        key = (env.producer, env.aggregate_type, env.aggregate_id)
+        anomaly = classify(sequence, key, last_seen.get(key, 0), env.sequence)
+        if anomaly is not None:
+            anomalies.append(anomaly)
+        last_seen[key] = max(last_seen.get(key, 0), env.sequence)
+        rows.append(
+            (
+                sequence,
+                recorded_at,
+                item.checked.event_id,
+                env.event_type,
+                env.payload_type,
+                env.aggregate_type,
+                env.aggregate_id,
+                env.sequence,
+                env.producer,
+                env.occurred_at,
+                item.checked.trace_id,
+                env.workflow_id,
+                env.run_id,
+                item.topic,
+                item.canonical,
+                prev,
+                digest,
+            )
+        )
+        prev = digest
+
+    await conn.copy_records_to_table(
+        "audit_event_ids",
+        records=[(row[2], row[0]) for row in rows],
+        columns=["event_id", "log_sequence"],
+    )
+    await conn.copy_records_to_table("audit_log", records=rows, columns=LOG_COLUMNS)
+    await conn.execute(
+        """
+        INSERT INTO audit_aggregate_heads (producer, aggregate_type, aggregate_id, last_sequence)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+        ON CONFLICT (producer, aggregate_type, aggregate_id)
+        DO UPDATE SET last_sequence = GREATEST(audit_aggregate_heads.last_sequence,
+                                               excluded.last_sequence)
+        """,
+        [k[0] for k in last_seen],
+        [k[1] for k in last_seen],
+        [k[2] for k in last_seen],
+        list(last_seen.values()),
+    )
+    if anomalies:
+        await conn.executemany(
+            """
+            INSERT INTO audit_sequence_anomalies
+                (log_sequence, producer, aggregate_type, aggregate_id, kind, expected, got)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """,
+            [
+                (
+                    a.log_sequence,
+                    a.producer,
+                    a.aggregate_type,
+                    a.aggregate_id,
+                    a.kind,
+                    a.expected,
+                    a.got,
+                )
+                for a in anomalies
+            ],
+        )
+    await conn.execute(
+        "UPDATE audit_chain_head SET log_sequence = $1, hash = $2 WHERE singleton",
+        sequence,
+        prev,
+    )
+    return AppendResult(len(rows), duplicates, sequence, prev, tuple(anomalies))
+
+
+LOG_COLUMNS = [
+    "log_sequence",
+    "recorded_at",
+    "event_id",
+    "event_type",
+    "payload_type",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_sequence",
+    "producer",
+    "occurred_at",
+    "trace_id",
+    "workflow_id",
+    "run_id",
+    "topic",
+    "canonical",
+    "prev_hash",
+    "hash",
+]

@@ -1,0 +1,99 @@
+"""Signed checkpoints of the chain head: stored append-only, one per idempotency key."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+
+from workers.audit.signing import CheckpointSigner, PublicKey, statement
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    log_sequence: int
+    head_hash: bytes
+    signed_at: dt.datetime
+    key_id: str
+    signature: bytes
+
+    def verifies_with(self, key: PublicKey) -> bool:
+        return self.key_id == key.key_id and key.verifies(
+            self.signature, statement(self.log_sequence, self.head_hash, self.signed_at)
+        )
+
+
+_COLUMNS = "log_sequence, head_hash, signed_at, key_id, signature"
+
+
+def _from_row(row: asyncpg.Record) -> StoredCheckpoint:
+    return StoredCheckpoint(
+        int(row["log_sequence"]),
+        bytes(row["head_hash"]),
+        row["signed_at"],
+        row["key_id"],
+        bytes(row["signature"]),
+    )
+
+
+async def sign_head(
+    pool: asyncpg.Pool, signer: CheckpointSigner, idempotency_key: str
+) -> tuple[StoredCheckpoint, bool]:
+    """Sign the current head once per key; returns the checkpoint and whether it is new.
+
+    The head is read under a share lock: an append in flight finishes first, so
+    the signed (sequence, hash) pair is one the chain really had.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        existing = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM audit_checkpoints WHERE idempotency_key = $1",
+            idempotency_key,
+        )
+        if existing is not None:
+            return _from_row(existing), False
+        head = await conn.fetchrow(
+            "SELECT log_sequence, hash FROM audit_chain_head WHERE singleton FOR SHARE"
+        )
+        # Microseconds: what timestamptz keeps, so the signed statement round-trips.
+        signed_at = dt.datetime.now(dt.UTC)
+        checkpoint = StoredCheckpoint(
+            int(head["log_sequence"]),
+            bytes(head["hash"]),
+            signed_at,
+            signer.public_key.key_id,
+            signer.sign(int(head["log_sequence"]), bytes(head["hash"]), signed_at),
+        )
+        await conn.execute(
+            f"""INSERT INTO audit_checkpoints (idempotency_key, {_COLUMNS})
+                VALUES ($1, $2, $3, $4, $5, $6)""",
+            idempotency_key,
+            checkpoint.log_sequence,
+            checkpoint.head_hash,
+            checkpoint.signed_at,
+            checkpoint.key_id,
+            checkpoint.signature,
+        )
+        return checkpoint, True
+
+
+async def latest(
+    conn: asyncpg.Connection, *, at_most: int | None = None
+) -> StoredCheckpoint | None:
+    row = await conn.fetchrow(
+        f"""SELECT {_COLUMNS} FROM audit_checkpoints
+            WHERE $1::bigint IS NULL OR log_sequence <= $1
+            ORDER BY log_sequence DESC, id DESC LIMIT 1""",
+        at_most,
+    )
+    return _from_row(row) if row is not None else None
+
+
+async def in_range(conn: asyncpg.Connection, first: int, last: int) -> list[StoredCheckpoint]:
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM audit_checkpoints
+            WHERE log_sequence BETWEEN $1 AND $2 ORDER BY log_sequence, id""",
+        first,
+        last,
+    )
+    return [_from_row(row) for row in rows]

@@ -1,0 +1,79 @@
+"""What the audit log accepts: any well-formed envelope, checked here before it is recorded.
+
+Decision (docs/audit.md): the log stores every *well-formed* envelope, including
+one whose payload type this build's contracts do not know (a producer deployed
+ahead of us must not lose its events from the audit trail); those are counted.
+An envelope is malformed, and goes to the dead-letter topic, when an identity
+field is missing or invalid, when its event type does not name its producer and
+payload message, or when a payload of a known type does not parse.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from contracts import message_class
+from contracts.agora.events.v1 import EventEnvelope
+
+_FULL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+class MalformedEnvelope(ValueError):
+    """The envelope cannot be recorded as an event; the message says why."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A well-formed envelope and what the audit derives from it."""
+
+    envelope: EventEnvelope
+    event_id: uuid.UUID
+    trace_id: str
+    payload_known: bool
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The trace id of a W3C traceparent, "" when absent or not well-formed."""
+    match = _TRACEPARENT.fullmatch(traceparent.strip())
+    if match is None or match.group(1) == "0" * 32:
+        return ""
+    return match.group(1)
+
+
+def check(envelope: EventEnvelope) -> Checked:
+    """Raise MalformedEnvelope unless the envelope can be recorded."""
+    try:
+        event_id = uuid.UUID(envelope.event_id)
+    except ValueError:
+        raise MalformedEnvelope(f"event_id {envelope.event_id[:64]!r} is not a UUID") from None
+    for name in ("producer", "aggregate_type", "aggregate_id", "event_type", "payload_type"):
+        if not getattr(envelope, name):
+            raise MalformedEnvelope(f"{name} is empty")
+    if envelope.sequence < 1:
+        raise MalformedEnvelope(f"sequence {envelope.sequence} is not positive")
+    if envelope.occurred_at is None:
+        raise MalformedEnvelope("occurred_at is missing")
+    if not _FULL_NAME.fullmatch(envelope.payload_type):
+        raise MalformedEnvelope(f"payload_type {envelope.payload_type[:128]!r} is not a proto name")
+    expected_type = f"{envelope.producer}.{envelope.payload_type.rpartition('.')[2]}"
+    if envelope.event_type != expected_type:
+        raise MalformedEnvelope(
+            f"unknown event type {envelope.event_type[:128]!r}: expected {expected_type!r}"
+            " (producer + payload message name)"
+        )
+    try:
+        cls = message_class(envelope.payload_type)
+    except KeyError:
+        known = False
+    else:
+        known = True
+        try:
+            cls.parse(envelope.payload)
+        except Exception as error:
+            raise MalformedEnvelope(
+                f"payload is not a valid {envelope.payload_type}: {error}"
+            ) from None
+    return Checked(envelope, event_id, trace_id_of(envelope.traceparent), known)

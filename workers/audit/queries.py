@@ -1,0 +1,135 @@
+"""Reading the log: by aggregate, trace or workflow, within a time range, keyset-paginated.
+
+Pages are in log order; the cursor is the last log sequence of the previous
+page (opaque to clients), so a page never skips or repeats a row however many
+are appended meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+
+from workers.audit.errors import InvalidQuery
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+RECORD_COLUMNS = (
+    "log_sequence, recorded_at, topic, trace_id, canonical, prev_hash, hash, "
+    "aggregate_type, aggregate_id, workflow_id, run_id, producer, occurred_at"
+)
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    aggregate_type: str = ""
+    aggregate_id: str = ""
+    trace_id: str = ""
+    workflow_id: str = ""
+    start_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+    page_size: int = 0
+    cursor: str = ""
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[asyncpg.Record]
+    next_cursor: str
+
+
+def encode_cursor(log_sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{log_sequence}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind != "seq" or not value.isdigit():
+            raise ValueError(text)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidQuery("cursor is not one this service issued") from None
+
+
+def _conditions(query: EventQuery) -> tuple[list[str], list[object]]:
+    selectors = sum(bool(s) for s in (query.aggregate_id, query.trace_id, query.workflow_id))
+    if selectors > 1:
+        raise InvalidQuery("choose one of aggregate, trace_id or workflow_id")
+    if bool(query.aggregate_type) != bool(query.aggregate_id):
+        raise InvalidQuery("an aggregate needs both its type and its id")
+    if query.trace_id and (
+        len(query.trace_id) != 32 or any(c not in "0123456789abcdef" for c in query.trace_id)
+    ):
+        raise InvalidQuery("trace_id must be 32 lower-case hex digits")
+    if query.start_time and query.end_time and query.start_time >= query.end_time:
+        raise InvalidQuery("start_time must be before end_time")
+    where: list[str] = []
+    args: list[object] = []
+
+    def arg(value: object) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if query.aggregate_id:
+        where.append(f"aggregate_type = {arg(query.aggregate_type)}")
+        where.append(f"aggregate_id = {arg(query.aggregate_id)}")
+    if query.trace_id:
+        where.append(f"trace_id = {arg(query.trace_id)}")
+    if query.workflow_id:
+        where.append(f"workflow_id = {arg(query.workflow_id)}")
+    if query.start_time:
+        where.append(f"occurred_at >= {arg(query.start_time)}")
+    if query.end_time:
+        where.append(f"occurred_at < {arg(query.end_time)}")
+    if query.cursor:
+        where.append(f"log_sequence > {arg(decode_cursor(query.cursor))}")
+    return where, args
+
+
+async def query_events(pool: asyncpg.Pool, query: EventQuery) -> Page:
+    size = query.page_size or DEFAULT_PAGE
+    if not 1 <= size <= MAX_PAGE:
+        raise InvalidQuery(f"page_size must be 1-{MAX_PAGE}")
+    where, args = _conditions(query)
+    sql = f"SELECT {RECORD_COLUMNS} FROM audit_log"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY log_sequence LIMIT {size + 1}"
+    rows = await pool.fetch(sql, *args)
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(rows, encode_cursor(int(rows[-1]["log_sequence"])) if more else "")
+
+
+async def events_of_trail(
+    pool: asyncpg.Pool, aggregate_type: str, aggregate_id: str, *, limit: int = 10_000
+) -> list[asyncpg.Record]:
+    """An aggregate's events plus every event of the workflows that caused them.
+
+    An order's trail includes the payment and stock events its saga produced:
+    those carry the order workflow's id, not the order's aggregate id.
+    """
+    return await pool.fetch(
+        f"""
+        WITH own AS (
+            SELECT {RECORD_COLUMNS} FROM audit_log
+            WHERE aggregate_type = $1 AND aggregate_id = $2
+        ), flows AS (
+            SELECT DISTINCT workflow_id FROM own WHERE workflow_id <> ''
+        )
+        SELECT * FROM own
+        UNION
+        SELECT {RECORD_COLUMNS} FROM audit_log
+        WHERE workflow_id IN (SELECT workflow_id FROM flows)
+        ORDER BY log_sequence LIMIT $3
+        """,
+        aggregate_type,
+        aggregate_id,
+        limit,
+    )

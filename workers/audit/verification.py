@@ -1,0 +1,167 @@
+"""Verification: recompute the hash chain and name the first bad sequence number.
+
+Starts from the last checkpoint whose signature verifies under the trusted
+public key (or from genesis) and walks the log in sequence order. A row is bad
+when its sequence is missing, when its hash is not SHA-256(previous hash ||
+canonical bytes), when it links to a hash its predecessor does not have, when a
+signed checkpoint inside the range disagrees, or when a column that queries use
+(event id, aggregate, workflow, trace) differs from its own canonical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import asyncpg
+
+from workers.audit import checkpoints, fastparse
+from workers.audit.chain import GENESIS_HASH
+from workers.audit.checkpoints import StoredCheckpoint
+from workers.audit.envelopes import trace_id_of
+from workers.audit.signing import PublicKey
+
+CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    first_sequence: int
+    last_sequence: int
+    records_checked: int
+    first_bad_sequence: int = 0
+    failure: str = ""
+    start_checkpoint: StoredCheckpoint | None = None
+    checkpoints_checked: int = 0
+    head_hash: bytes = b""
+
+
+def _column_mismatch(row: asyncpg.Record) -> str:
+    """Which indexed column disagrees with the canonical envelope ("" when none)."""
+    try:
+        env = fastparse.parse(bytes(row["canonical"]))
+    except Exception:
+        return "canonical bytes are not an envelope"
+    derived = {
+        "event_id": env.event_id,
+        "event_type": env.event_type,
+        "payload_type": env.payload_type,
+        "aggregate_type": env.aggregate_type,
+        "aggregate_id": env.aggregate_id,
+        "aggregate_sequence": env.sequence,
+        "producer": env.producer,
+        "workflow_id": env.workflow_id,
+        "run_id": env.run_id,
+        "trace_id": trace_id_of(env.traceparent),
+        "occurred_at": fastparse.occurred_at(env),
+    }
+    for column, value in derived.items():
+        stored = row[column]
+        if column == "event_id":
+            stored = str(stored)
+        if stored != value:
+            return f"column {column} differs from the canonical event"
+    return ""
+
+
+async def verify_chain(
+    pool: asyncpg.Pool,
+    trusted_key: PublicKey,
+    *,
+    from_genesis: bool = False,
+    to_sequence: int = 0,
+) -> Verification:
+    async with pool.acquire() as conn:
+        head = int(await conn.fetchval("SELECT log_sequence FROM audit_chain_head"))
+        last = min(to_sequence, head) if to_sequence > 0 else head
+        start: StoredCheckpoint | None = None
+        if not from_genesis:
+            start = await checkpoints.latest(conn, at_most=last)
+            if start is not None and not start.verifies_with(trusted_key):
+                return Verification(
+                    ok=False,
+                    first_sequence=start.log_sequence,
+                    last_sequence=last,
+                    records_checked=0,
+                    first_bad_sequence=max(start.log_sequence, 1),
+                    failure=f"checkpoint at {start.log_sequence} has no valid signature"
+                    f" by key {trusted_key.key_id}",
+                    start_checkpoint=start,
+                )
+        anchors = {
+            c.log_sequence: c
+            for c in await checkpoints.in_range(conn, start.log_sequence if start else 0, last)
+            if c.verifies_with(trusted_key)
+        }
+        return await _walk(conn, start, anchors, last)
+
+
+async def _walk(
+    conn: asyncpg.Connection,
+    start: StoredCheckpoint | None,
+    anchors: dict[int, StoredCheckpoint],
+    last: int,
+) -> Verification:
+    # From a checkpoint at N, row N itself is recomputed and must give the signed hash.
+    first = max(start.log_sequence, 1) if start else 1
+    expected_seq = first
+    prev: bytes | None = None if start and start.log_sequence > 0 else GENESIS_HASH
+    prev_self_consistent = True
+    checked = 0
+    used_anchors = 0
+
+    def fail(sequence: int, why: str) -> Verification:
+        return Verification(
+            False, first, last, checked, sequence, why, start, used_anchors, prev or b""
+        )
+
+    if 0 in anchors and anchors[0].head_hash != GENESIS_HASH:
+        return fail(1, "checkpoint at 0 does not sign the genesis hash")
+    while expected_seq <= last:
+        rows = await conn.fetch(
+            """SELECT * FROM audit_log WHERE log_sequence >= $1 AND log_sequence <= $2
+               ORDER BY log_sequence LIMIT $3""",
+            expected_seq,
+            last,
+            CHUNK,
+        )
+        if not rows:
+            return fail(expected_seq, f"sequence {expected_seq} is missing from the log")
+        for row in rows:
+            sequence = int(row["log_sequence"])
+            if sequence != expected_seq:
+                return fail(expected_seq, f"sequence {expected_seq} is missing from the log")
+            stored_prev, stored_hash = bytes(row["prev_hash"]), bytes(row["hash"])
+            canonical = bytes(row["canonical"])
+            self_consistent = hashlib.sha256(stored_prev + canonical).digest() == stored_hash
+            if prev is None:
+                prev = stored_prev  # anchored below by the checkpoint's signed hash
+            if stored_prev != prev:
+                if self_consistent and prev_self_consistent and sequence > first:
+                    # This row still links to what its predecessor's hash once was:
+                    # the predecessor was rewritten along with its own hash.
+                    return fail(
+                        sequence - 1,
+                        f"row {sequence - 1} was rewritten (its"
+                        " successor links to a different hash)",
+                    )
+                return fail(sequence, "prev_hash does not match the previous row's hash")
+            digest = hashlib.sha256(prev + canonical).digest()
+            if digest != stored_hash:
+                return fail(sequence, "hash does not match the row's canonical bytes")
+            mismatch = _column_mismatch(row)
+            if mismatch:
+                return fail(sequence, mismatch)
+            anchor = anchors.get(sequence)
+            if start is not None and sequence == start.log_sequence:
+                anchor = start
+            if anchor is not None:
+                used_anchors += 1
+                if anchor.head_hash != digest:
+                    return fail(sequence, f"the signed checkpoint at {sequence} disagrees")
+            prev = digest
+            prev_self_consistent = self_consistent
+            checked += 1
+            expected_seq += 1
+    return Verification(True, first, last, checked, 0, "", start, used_anchors, prev or b"")

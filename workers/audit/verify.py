@@ -1,0 +1,79 @@
+"""`python -m workers.audit.verify`: recompute the audit chain and name the first bad row.
+
+Connects to the audit database (as the audit role: read-only use) and checks
+the chain from the last checkpoint signed by the trusted key, or from genesis.
+The trusted public key is read from `--public-key` (PEM or base64 of the raw 32
+bytes; the value `GET /v1/audit/public-key` publishes) or, by default, derived
+from the configured signing key. Prints one JSON document; exit status 0 when
+the chain verifies, 1 when it does not, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from agora import config, db
+from workers.audit.errors import SigningKeyError
+from workers.audit.signing import PublicKey, load_signer
+from workers.audit.verification import Verification, verify_chain
+
+
+def report(result: Verification, seconds: float) -> dict[str, object]:
+    start = result.start_checkpoint
+    return {
+        "ok": result.ok,
+        "first_sequence": result.first_sequence,
+        "last_sequence": result.last_sequence,
+        "records_checked": result.records_checked,
+        "first_bad_sequence": result.first_bad_sequence or None,
+        "failure": result.failure or None,
+        "checkpoints_checked": result.checkpoints_checked,
+        "start_checkpoint": start.log_sequence if start else None,
+        "head_hash": result.head_hash.hex(),
+        "seconds": round(seconds, 3),
+    }
+
+
+def trusted_key(settings: config.Settings, given: str) -> PublicKey:
+    if not given:
+        return load_signer(settings).public_key
+    source = Path(given)
+    return PublicKey.parse(source.read_text() if source.is_file() else given)
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = config.load(service="audit")
+    key = trusted_key(settings, args.public_key)
+    pool = await db.create_pool(settings, "audit", size=2)
+    try:
+        started = time.perf_counter()
+        result = await verify_chain(
+            pool, key, from_genesis=args.from_genesis, to_sequence=args.to_sequence
+        )
+        elapsed = time.perf_counter() - started
+    finally:
+        await pool.close()
+    print(json.dumps(report(result, elapsed), indent=2))
+    return 0 if result.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.audit.verify", description=__doc__)
+    parser.add_argument("--from-genesis", action="store_true", help="ignore checkpoints")
+    parser.add_argument("--to-sequence", type=int, default=0, help="stop here (0: the head)")
+    parser.add_argument("--public-key", default="", help="PEM / base64 key, or a file holding it")
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except (SigningKeyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Builds audit's parts from the shared runtime: the one place its pieces meet."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from activities.audit import PARTITION_MONTHS_AHEAD, AuditActivities
+from agora.service import Runtime, ServiceParts
+from workers.audit.api import AuditApi
+from workers.audit.chain import ChainWriter
+from workers.audit.consumer import AuditConsumer
+from workers.audit.schedule import ensure_checkpoint_schedule
+from workers.audit.signing import load_signer
+from workflows.audit import SignCheckpointWorkflow
+
+
+async def build_parts(rt: Runtime) -> ServiceParts:
+    settings = rt.settings
+    signer = load_signer(settings)
+    # The current months' partitions exist before the first append.
+    await rt.pool.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
+    await ensure_checkpoint_schedule(
+        rt.temporal,
+        timedelta(seconds=settings.audit_checkpoint_interval_s),
+        settings.task_queue("audit"),
+    )
+    activities = AuditActivities(rt.pool, signer)
+    consumer = AuditConsumer(ChainWriter(rt.pool))
+    return ServiceParts(
+        grpc_handlers=[
+            AuditApi(
+                rt.pool,
+                signer.public_key,
+                rt.temporal,
+                namespace=settings.temporal_namespace,
+                ui_base=settings.temporal_ui_url,
+            )
+        ],
+        activities=[activities.sign_checkpoint, activities.ensure_partitions],
+        workflows=[SignCheckpointWorkflow],
+        consumers=[consumer.spec()],
+    )

@@ -1,0 +1,673 @@
+"""Payment intents: authorize, capture, void and refund, each idempotent by the caller's key.
+
+Every operation writes, in ONE transaction: the intent's new state, its ledger
+movement, its event in the outbox and its idempotency record (the key, a hash
+of the parameters and the first result). A retried call with the same key
+finds the record and returns that result (or re-raises the same decline); the
+same key with other parameters is an IdempotencyKeyConflict.
+
+Capture, void and refund hold the intent's row lock across their PSP call, so
+operations on one intent are serialized and the limits (captured <= authorized,
+refunded <= captured) are checked against the current state. Authorization
+does not: the "slow" card holds its answer longer than an activity may run, and
+a compensating void must not wait behind it. Instead the intent is committed as
+`pending` first, the PSP is called, and the answer is recorded in a second
+transaction; a void that comes in between cancels the authorization at the PSP
+(by the payment id, its PSP key) and marks the intent voided, and the late
+answer is then refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+import asyncpg
+
+from agora import outbox
+from contracts.agora.common.v1 import Money
+from contracts.agora.payments.v1 import (
+    DeclineReason,
+    PaymentAuthorized,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentRefunded,
+    PaymentVoided,
+)
+from workers.payments import ledger
+from workers.payments.errors import (
+    IdempotencyKeyConflict,
+    InvalidPaymentRequest,
+    PaymentAmountExceeded,
+    PaymentNotFound,
+    PaymentRequiresAction,
+    PaymentStateConflict,
+)
+from workers.payments.errors import PaymentDeclined as Declined
+from workers.payments.model import (
+    AuthorizeInput,
+    AuthorizeResult,
+    CaptureInput,
+    CaptureResult,
+    RefundInput,
+    RefundResult,
+    Status,
+    VoidInput,
+    VoidResult,
+    operation_id_for,
+    payment_id_for,
+    status_from_amounts,
+)
+from workers.payments.psp import (
+    ActionRequired,
+    Authorized,
+    InvalidCardToken,
+    PaymentServiceProvider,
+    PspRejected,
+)
+
+log = logging.getLogger(__name__)
+
+TOPIC = "payments.events"
+PRODUCER = "payments"
+AGGREGATE = "payment"
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+# Keys are caller-chosen strings; bounded so a record stays an index entry.
+_MAX_KEY_LEN = 200
+_DECLINE_REASONS = {
+    "insufficient_funds": DeclineReason.INSUFFICIENT_FUNDS,
+    "card_expired": DeclineReason.CARD_EXPIRED,
+    "requires_action": DeclineReason.REQUIRES_ACTION,
+}
+# Intents a capture may apply to (given an open hold).
+_CAPTURABLE = {Status.AUTHORIZED, Status.PARTIALLY_CAPTURED, Status.PARTIALLY_REFUNDED}
+_REFUNDABLE = {
+    Status.PARTIALLY_CAPTURED,
+    Status.CAPTURED,
+    Status.PARTIALLY_REFUNDED,
+}
+
+
+def request_hash(operation: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps({"op": operation, **params}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _key(key: str) -> str:
+    if not key or len(key) > _MAX_KEY_LEN:
+        raise InvalidPaymentRequest(f"idempotency_key must be 1..{_MAX_KEY_LEN} characters")
+    return key
+
+
+def _amount(amount_minor: int | None, *, optional: bool) -> int | None:
+    if amount_minor is None and optional:
+        return None
+    if amount_minor is None or amount_minor <= 0:
+        raise InvalidPaymentRequest("amount_minor must be a positive integer")
+    return amount_minor
+
+
+def _payment_uuid(payment_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(payment_id)
+    except ValueError:
+        raise InvalidPaymentRequest("payment_id must be a UUID") from None
+
+
+def _money(amount_minor: int, currency: str) -> Money:
+    return Money(amount_minor=amount_minor, currency=currency)
+
+
+class PaymentIntents:
+    """The write side of payments, over its pool and a PSP."""
+
+    def __init__(self, pool: asyncpg.Pool, psp: PaymentServiceProvider):
+        self.pool = pool
+        self.psp = psp
+
+    # Idempotency records ------------------------------------------------------
+
+    async def _recorded(
+        self, conn: asyncpg.Connection, key: str, operation: str, digest: str
+    ) -> asyncpg.Record | None:
+        row = await conn.fetchrow(
+            "SELECT operation, request_hash, outcome, result FROM payment_operations"
+            " WHERE idempotency_key = $1",
+            key,
+        )
+        if row is not None and (row["operation"] != operation or row["request_hash"] != digest):
+            raise IdempotencyKeyConflict("this idempotency key was used for a different request")
+        return row
+
+    async def _record(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        key: str,
+        operation: str,
+        payment_id: uuid.UUID,
+        digest: str,
+        outcome: str,
+        result: dict[str, Any],
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO payment_operations"
+            " (idempotency_key, operation, payment_id, request_hash, outcome, result)"
+            " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+            key,
+            operation,
+            payment_id,
+            digest,
+            outcome,
+            json.dumps(result),
+        )
+
+    @staticmethod
+    def _replay_failure(row: asyncpg.Record) -> None:
+        """Re-raise a recorded business failure (a decline is the first result too)."""
+        result = json.loads(row["result"])
+        if row["outcome"] == "declined":
+            raise Declined(result["reason"], result["message"])
+        if row["outcome"] == "requires_action":
+            raise PaymentRequiresAction(result["next_action_url"])
+
+    async def _lock(self, conn: asyncpg.Connection, payment_id: uuid.UUID) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            "SELECT * FROM payment_intents WHERE payment_id = $1 FOR UPDATE", payment_id
+        )
+
+    async def _event(
+        self,
+        conn: asyncpg.Connection,
+        payment_id: uuid.UUID,
+        payload: Any,
+        workflow: outbox.WorkflowRef | None,
+    ) -> None:
+        await outbox.append(
+            conn,
+            producer=PRODUCER,
+            topic=TOPIC,
+            aggregate_type=AGGREGATE,
+            aggregate_id=str(payment_id),
+            payload=payload,
+            workflow=workflow,
+        )
+
+    # Authorize ----------------------------------------------------------------
+
+    async def authorize(
+        self, data: AuthorizeInput, workflow: outbox.WorkflowRef | None = None
+    ) -> AuthorizeResult:
+        key = _key(data.idempotency_key)
+        amount = _amount(data.amount_minor, optional=False)
+        assert amount is not None
+        if not _CURRENCY.match(data.currency):
+            raise InvalidPaymentRequest("currency must be an ISO 4217 code like EUR")
+        if not data.order_id:
+            raise InvalidPaymentRequest("order_id is required")
+        try:
+            card = self.psp.card(data.card_token)
+        except InvalidCardToken:
+            # Never repeat the value: a card number passed by mistake must not be echoed.
+            raise InvalidPaymentRequest("card_token is not a card token of the PSP") from None
+        payment_id = uuid.UUID(payment_id_for(key))
+        digest = request_hash(
+            "authorize",
+            {
+                "order_id": data.order_id,
+                "customer_id": data.customer_id,
+                "amount_minor": amount,
+                "currency": data.currency,
+                "card_token": data.card_token,
+            },
+        )
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                recorded = await self._recorded(conn, key, "authorize", digest)
+                if recorded is not None:
+                    self._replay_failure(recorded)
+                    return AuthorizeResult(**json.loads(recorded["result"]))
+                # ON CONFLICT: an earlier attempt (or a void) made the row already.
+                await conn.execute(
+                    "INSERT INTO payment_intents (payment_id, order_id, customer_id, currency,"
+                    " status, requested_minor, card_token, card_brand, card_last4)"
+                    " VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8)"
+                    " ON CONFLICT (payment_id) DO NOTHING",
+                    payment_id,
+                    data.order_id,
+                    data.customer_id,
+                    data.currency,
+                    amount,
+                    card.token,
+                    card.brand,
+                    card.last4,
+                )
+                intent = await self._lock(conn, payment_id)
+                if intent is None or intent["status"] != Status.PENDING:
+                    status = intent["status"] if intent else "gone"
+                    raise PaymentStateConflict(f"payment {payment_id} is {status}")
+
+            # Outside any transaction: the PSP may be slow (see the module docstring).
+            try:
+                answer = await self.psp.authorize(
+                    key=str(payment_id),
+                    card_token=card.token,
+                    amount_minor=amount,
+                    currency=data.currency,
+                )
+            except PspRejected:
+                raise PaymentStateConflict(f"payment {payment_id} was voided") from None
+
+            async with conn.transaction():
+                intent = await self._lock(conn, payment_id)
+                recorded = await self._recorded(conn, key, "authorize", digest)
+                if recorded is not None:  # a concurrent attempt recorded it first
+                    self._replay_failure(recorded)
+                    return AuthorizeResult(**json.loads(recorded["result"]))
+                if intent is None or intent["status"] != Status.PENDING:
+                    status = intent["status"] if intent else "gone"
+                    raise PaymentStateConflict(f"payment {payment_id} is {status}")
+                failure = await self._record_authorization(
+                    conn, payment_id, key, digest, data, amount, answer, workflow
+                )
+                if failure is None:
+                    result = AuthorizeResult(
+                        payment_id=str(payment_id),
+                        order_id=data.order_id,
+                        status=str(Status.AUTHORIZED),
+                        amount_minor=amount,
+                        currency=data.currency,
+                        card_brand=card.brand,
+                        card_last4=card.last4,
+                        psp_reference=answer.reference if isinstance(answer, Authorized) else "",
+                    )
+                    await self._record(
+                        conn,
+                        key=key,
+                        operation="authorize",
+                        payment_id=payment_id,
+                        digest=digest,
+                        outcome="ok",
+                        result=asdict(result),
+                    )
+        if failure is not None:
+            log.info(
+                "payment not authorized",
+                extra={"payment_id": str(payment_id), "reason": failure.code},
+            )
+            raise failure
+        log.info(
+            "payment authorized",
+            extra={"payment_id": str(payment_id), "card_last4": card.last4, "amount": amount},
+        )
+        return result
+
+    async def _record_authorization(
+        self,
+        conn: asyncpg.Connection,
+        payment_id: uuid.UUID,
+        key: str,
+        digest: str,
+        data: AuthorizeInput,
+        amount: int,
+        answer: Any,
+        workflow: outbox.WorkflowRef | None,
+    ) -> Declined | PaymentRequiresAction | None:
+        """Write the PSP's answer; returns the failure to raise after commit, if any."""
+        if isinstance(answer, Authorized):
+            await conn.execute(
+                "UPDATE payment_intents SET status = 'authorized', authorized_minor = $2,"
+                " psp_reference = $3, updated_at = now() WHERE payment_id = $1",
+                payment_id,
+                amount,
+                answer.reference,
+            )
+            await ledger.post(
+                conn,
+                movement_id=payment_id,
+                payment_id=payment_id,
+                kind=ledger.Movement.AUTHORIZE,
+                amount_minor=amount,
+                currency=data.currency,
+            )
+            card_last4 = self.psp.card(data.card_token).last4
+            await self._event(
+                conn,
+                payment_id,
+                PaymentAuthorized(
+                    payment_id=str(payment_id),
+                    order_id=data.order_id,
+                    amount=_money(amount, data.currency),
+                    card_last4=card_last4,
+                    psp_reference=answer.reference,
+                ),
+                workflow,
+            )
+            return None
+        failure: Declined | PaymentRequiresAction
+        if isinstance(answer, ActionRequired):
+            status, reason, message = Status.REQUIRES_ACTION, "requires_action", ""
+            failure = PaymentRequiresAction(answer.next_action_url)
+            result = {"next_action_url": answer.next_action_url}
+            outcome = "requires_action"
+        else:
+            status, reason, message = Status.DECLINED, answer.reason, answer.message
+            failure = Declined(reason, message)
+            result = {"reason": reason, "message": failure.detail}
+            outcome = "declined"
+        await conn.execute(
+            "UPDATE payment_intents SET status = $2, decline_reason = $3, updated_at = now()"
+            " WHERE payment_id = $1",
+            payment_id,
+            str(status),
+            reason,
+        )
+        await self._event(
+            conn,
+            payment_id,
+            PaymentDeclined(
+                payment_id=str(payment_id),
+                order_id=data.order_id,
+                amount=_money(amount, data.currency),
+                reason=_DECLINE_REASONS.get(reason, DeclineReason.OTHER),
+                psp_message=message,
+            ),
+            workflow,
+        )
+        await self._record(
+            conn,
+            key=key,
+            operation="authorize",
+            payment_id=payment_id,
+            digest=digest,
+            outcome=outcome,
+            result=result,
+        )
+        return failure
+
+    # Capture ------------------------------------------------------------------
+
+    async def capture(
+        self, data: CaptureInput, workflow: outbox.WorkflowRef | None = None
+    ) -> CaptureResult:
+        key = _key(data.idempotency_key)
+        requested = _amount(data.amount_minor, optional=True)
+        payment_id = _payment_uuid(data.payment_id)
+        digest = request_hash("capture", {"payment_id": str(payment_id), "amount": requested})
+        async with self.pool.acquire() as conn, conn.transaction():
+            intent = await self._lock(conn, payment_id)
+            recorded = await self._recorded(conn, key, "capture", digest)
+            if recorded is not None:
+                return CaptureResult(**json.loads(recorded["result"]))
+            if intent is None:
+                raise PaymentNotFound(f"no payment {payment_id}")
+            open_minor = (
+                intent["authorized_minor"] - intent["captured_minor"] - intent["released_minor"]
+            )
+            if intent["status"] not in _CAPTURABLE or open_minor == 0:
+                raise PaymentStateConflict(
+                    f"payment {payment_id} is {intent['status']}: nothing authorized to capture"
+                )
+            amount = open_minor if requested is None else requested
+            if amount > open_minor:
+                raise PaymentAmountExceeded(
+                    f"capture of {amount} exceeds the {open_minor} still authorized"
+                )
+            currency = intent["currency"]
+            try:
+                await self.psp.capture(
+                    key=f"capture:{key}",
+                    authorization_key=str(payment_id),
+                    amount_minor=amount,
+                    currency=currency,
+                )
+            except PspRejected as exc:
+                raise PaymentStateConflict(f"the PSP refused the capture: {exc}") from None
+            captured = intent["captured_minor"] + amount
+            status = status_from_amounts(
+                intent["authorized_minor"], captured, intent["released_minor"],
+                intent["refunded_minor"],
+            )  # fmt: skip
+            await conn.execute(
+                "UPDATE payment_intents SET captured_minor = $2, status = $3, updated_at = now()"
+                " WHERE payment_id = $1",
+                payment_id,
+                captured,
+                str(status),
+            )
+            capture_id = uuid.UUID(operation_id_for("capture", key))
+            await ledger.post(
+                conn,
+                movement_id=capture_id,
+                payment_id=payment_id,
+                kind=ledger.Movement.CAPTURE,
+                amount_minor=amount,
+                currency=currency,
+            )
+            await self._event(
+                conn,
+                payment_id,
+                PaymentCaptured(
+                    payment_id=str(payment_id),
+                    order_id=intent["order_id"],
+                    amount=_money(amount, currency),
+                    total_captured=_money(captured, currency),
+                ),
+                workflow,
+            )
+            result = CaptureResult(
+                payment_id=str(payment_id),
+                capture_id=str(capture_id),
+                amount_minor=amount,
+                total_captured_minor=captured,
+                remaining_authorized_minor=open_minor - amount,
+                currency=currency,
+                status=str(status),
+            )
+            await self._record(
+                conn,
+                key=key,
+                operation="capture",
+                payment_id=payment_id,
+                digest=digest,
+                outcome="ok",
+                result=asdict(result),
+            )
+        log.info("payment captured", extra={"payment_id": str(payment_id), "amount": amount})
+        return result
+
+    # Void ---------------------------------------------------------------------
+
+    async def void(self, data: VoidInput, workflow: outbox.WorkflowRef | None = None) -> VoidResult:
+        """Release what is still held. Always safe as a compensation (see VoidResult)."""
+        key = _key(data.idempotency_key)
+        payment_id = _payment_uuid(data.payment_id)
+        digest = request_hash("void", {"payment_id": str(payment_id)})
+        async with self.pool.acquire() as conn, conn.transaction():
+            intent = await self._lock(conn, payment_id)
+            recorded = await self._recorded(conn, key, "void", digest)
+            if recorded is not None:
+                return VoidResult(**json.loads(recorded["result"]))
+            released, status, currency = await self._release(conn, payment_id, intent, key)
+            if intent is not None and (released or intent["status"] != status):
+                await self._event(
+                    conn,
+                    payment_id,
+                    PaymentVoided(
+                        payment_id=str(payment_id),
+                        order_id=intent["order_id"],
+                        amount=_money(released, currency),
+                    ),
+                    workflow,
+                )
+            result = VoidResult(str(payment_id), released, currency, str(status))
+            await self._record(
+                conn,
+                key=key,
+                operation="void",
+                payment_id=payment_id,
+                digest=digest,
+                outcome="ok",
+                result=asdict(result),
+            )
+        log.info("payment voided", extra={"payment_id": str(payment_id), "amount": released})
+        return result
+
+    async def _release(
+        self,
+        conn: asyncpg.Connection,
+        payment_id: uuid.UUID,
+        intent: asyncpg.Record | None,
+        key: str,
+    ) -> tuple[int, Status, str]:
+        """Release the open hold; returns (released amount, new status, currency)."""
+        psp_void_key = f"void:{key}"
+        if intent is None:
+            # Voided before its authorization was ever recorded: leave a voided
+            # intent behind (so a late authorize is refused) and cancel it at the PSP.
+            await conn.execute(
+                "INSERT INTO payment_intents (payment_id, order_id, currency, status)"
+                " VALUES ($1, '', '', 'voided')",
+                payment_id,
+            )
+            await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
+            return 0, Status.VOIDED, ""
+        status = Status(intent["status"])
+        currency = intent["currency"]
+        if status in (Status.PENDING, Status.REQUIRES_ACTION):
+            # An authorization in flight (or waiting for the cardholder) is cancelled.
+            await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
+            await conn.execute(
+                "UPDATE payment_intents SET status = 'voided', updated_at = now()"
+                " WHERE payment_id = $1",
+                payment_id,
+            )
+            return 0, Status.VOIDED, currency
+        if status is Status.DECLINED:
+            return 0, status, currency
+        open_minor = (
+            intent["authorized_minor"] - intent["captured_minor"] - intent["released_minor"]
+        )
+        if open_minor == 0:
+            if intent["released_minor"] > 0 or intent["captured_minor"] == 0:
+                return 0, status, currency  # already released: nothing more to do
+            raise PaymentStateConflict(f"payment {payment_id} is captured: refund it instead")
+        try:
+            await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
+        except PspRejected as exc:
+            raise PaymentStateConflict(f"the PSP refused the void: {exc}") from None
+        released = intent["released_minor"] + open_minor
+        new_status = status_from_amounts(
+            intent["authorized_minor"], intent["captured_minor"], released,
+            intent["refunded_minor"],
+        )  # fmt: skip
+        await conn.execute(
+            "UPDATE payment_intents SET released_minor = $2, status = $3, updated_at = now()"
+            " WHERE payment_id = $1",
+            payment_id,
+            released,
+            str(new_status),
+        )
+        await ledger.post(
+            conn,
+            movement_id=uuid.UUID(operation_id_for("void", key)),
+            payment_id=payment_id,
+            kind=ledger.Movement.VOID,
+            amount_minor=open_minor,
+            currency=currency,
+        )
+        return open_minor, new_status, currency
+
+    # Refund -------------------------------------------------------------------
+
+    async def refund(
+        self, data: RefundInput, workflow: outbox.WorkflowRef | None = None
+    ) -> RefundResult:
+        key = _key(data.idempotency_key)
+        requested = _amount(data.amount_minor, optional=True)
+        payment_id = _payment_uuid(data.payment_id)
+        digest = request_hash("refund", {"payment_id": str(payment_id), "amount": requested})
+        async with self.pool.acquire() as conn, conn.transaction():
+            intent = await self._lock(conn, payment_id)
+            recorded = await self._recorded(conn, key, "refund", digest)
+            if recorded is not None:
+                return RefundResult(**json.loads(recorded["result"]))
+            if intent is None:
+                raise PaymentNotFound(f"no payment {payment_id}")
+            refundable = intent["captured_minor"] - intent["refunded_minor"]
+            if intent["status"] not in _REFUNDABLE or refundable == 0:
+                raise PaymentStateConflict(
+                    f"payment {payment_id} is {intent['status']}: nothing captured to refund"
+                )
+            amount = refundable if requested is None else requested
+            if amount > refundable:
+                raise PaymentAmountExceeded(
+                    f"refund of {amount} exceeds the {refundable} captured and not refunded"
+                )
+            currency = intent["currency"]
+            try:
+                await self.psp.refund(
+                    key=f"refund:{key}",
+                    authorization_key=str(payment_id),
+                    amount_minor=amount,
+                    currency=currency,
+                )
+            except PspRejected as exc:
+                raise PaymentStateConflict(f"the PSP refused the refund: {exc}") from None
+            refunded = intent["refunded_minor"] + amount
+            status = status_from_amounts(
+                intent["authorized_minor"], intent["captured_minor"], intent["released_minor"],
+                refunded,
+            )  # fmt: skip
+            await conn.execute(
+                "UPDATE payment_intents SET refunded_minor = $2, status = $3, updated_at = now()"
+                " WHERE payment_id = $1",
+                payment_id,
+                refunded,
+                str(status),
+            )
+            refund_id = uuid.UUID(operation_id_for("refund", key))
+            await ledger.post(
+                conn,
+                movement_id=refund_id,
+                payment_id=payment_id,
+                kind=ledger.Movement.REFUND,
+                amount_minor=amount,
+                currency=currency,
+            )
+            await self._event(
+                conn,
+                payment_id,
+                PaymentRefunded(
+                    payment_id=str(payment_id),
+                    order_id=intent["order_id"],
+                    refund_id=str(refund_id),
+                    amount=_money(amount, currency),
+                    total_refunded=_money(refunded, currency),
+                ),
+                workflow,
+            )
+            result = RefundResult(
+                payment_id=str(payment_id),
+                refund_id=str(refund_id),
+                amount_minor=amount,
+                total_refunded_minor=refunded,
+                currency=currency,
+                status=str(status),
+            )
+            await self._record(
+                conn,
+                key=key,
+                operation="refund",
+                payment_id=payment_id,
+                digest=digest,
+                outcome="ok",
+                result=asdict(result),
+            )
+        log.info("payment refunded", extra={"payment_id": str(payment_id), "amount": amount})
+        return result

@@ -1,0 +1,330 @@
+"""A simulated PSP with documented test cards (docs/payments.md), behind the PSP boundary.
+
+Test cards (any future expiry; any other Luhn-valid number behaves like 4242...):
+
+| card number          | behaviour                                                    |
+|----------------------|--------------------------------------------------------------|
+| 4242 4242 4242 4242  | authorizes                                                   |
+| 5555 5555 5555 4444  | authorizes (mastercard)                                      |
+| 4000 0000 0000 9995  | declined: insufficient_funds                                 |
+| 4000 0000 0000 0069  | declined: card_expired (so is any card with a past expiry)   |
+| 4000 0000 0000 3220  | requires action (3-D-Secure-like)                            |
+| 4000 0000 0000 0077  | slow: authorizes, but answers only after `slow_delay_s`      |
+| 4000 0000 0000 0119  | flaky: every call fails transiently `flaky_failures` times   |
+|                      | per idempotency key, then succeeds                           |
+
+`tokenize` is what a real PSP's client-side library does: the card number goes
+in, a token comes out, and the number is gone. The simulator's token names the
+card's behaviour, brand and last four digits (a real PSP keeps those in its
+vault); it never holds the number.
+
+The simulator's own state (its idempotency records, authorizations, the flaky
+counters) lives in a `SimStore`: Redis for the service (`RedisSimStore`, keys
+under `payments:psp:`), a dict in unit tests. Writes of an operation's record
+are first-writer-wins, so the same key twice moves money once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import re
+import secrets
+from enum import StrEnum
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from workers.payments.psp import (
+    ActionRequired,
+    AuthorizationOutcome,
+    Authorized,
+    Card,
+    Declined,
+    InvalidCardToken,
+    PspRejected,
+    PspTransientError,
+    Receipt,
+)
+
+
+class Behaviour(StrEnum):
+    OK = "ok"
+    INSUFFICIENT_FUNDS = "insufficient"
+    EXPIRED = "expired"
+    REQUIRES_ACTION = "action"
+    SLOW = "slow"
+    FLAKY = "flaky"
+
+
+TEST_CARDS: dict[str, Behaviour] = {
+    "4242424242424242": Behaviour.OK,
+    "5555555555554444": Behaviour.OK,
+    "4000000000009995": Behaviour.INSUFFICIENT_FUNDS,
+    "4000000000000069": Behaviour.EXPIRED,
+    "4000000000003220": Behaviour.REQUIRES_ACTION,
+    "4000000000000077": Behaviour.SLOW,
+    "4000000000000119": Behaviour.FLAKY,
+}
+
+_TOKEN = re.compile(
+    r"^tok_(?P<behaviour>[a-z]+)_(?P<brand>[a-z]+)_(?P<last4>[0-9]{4})_(?P<nonce>[0-9a-f]{16})$"
+)
+
+
+def luhn_valid(number: str) -> bool:
+    digits = [int(d) for d in reversed(number)]
+    total = sum(digits[0::2]) + sum(sum(divmod(2 * d, 10)) for d in digits[1::2])
+    return total % 10 == 0
+
+
+def brand_of(number: str) -> str:
+    if number.startswith("4"):
+        return "visa"
+    if number[:2] in {"51", "52", "53", "54", "55"} or 2221 <= int(number[:4]) <= 2720:
+        return "mastercard"
+    if number[:2] in {"34", "37"}:
+        return "amex"
+    return "card"
+
+
+def tokenize(pan: str, exp_month: int, exp_year: int, *, today: dt.date | None = None) -> Card:
+    """Exchange a card number for a token; raises InvalidCardToken for an invalid number.
+
+    Error messages never repeat the number.
+    """
+    number = re.sub(r"[\s-]", "", pan)
+    if not (number.isdigit() and 12 <= len(number) <= 19 and luhn_valid(number)):
+        raise InvalidCardToken("not a valid card number")
+    if not 1 <= exp_month <= 12:
+        raise InvalidCardToken("invalid expiry month")
+    today = today or dt.datetime.now(dt.UTC).date()
+    behaviour = TEST_CARDS.get(number, Behaviour.OK)
+    if (exp_year, exp_month) < (today.year, today.month):
+        behaviour = Behaviour.EXPIRED
+    brand = brand_of(number)
+    token = f"tok_{behaviour}_{brand}_{number[-4:]}_{secrets.token_hex(8)}"
+    return Card(token=token, brand=brand, last4=number[-4:])
+
+
+def behaviour_of(token: str) -> tuple[Behaviour, Card]:
+    match = _TOKEN.match(token)
+    if match is None or match["behaviour"] not in Behaviour.__members__.values():
+        raise InvalidCardToken("card_token is not a token of this PSP")
+    card = Card(token=token, brand=match["brand"], last4=match["last4"])
+    return Behaviour(match["behaviour"]), card
+
+
+class SimStore(Protocol):
+    """The simulator's state: JSON records by key, plus counters."""
+
+    async def get(self, key: str) -> dict[str, Any] | None: ...
+
+    async def add(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Store `record` unless the key exists; return what is stored (first writer wins)."""
+        ...
+
+    async def put(self, key: str, record: dict[str, Any]) -> None: ...
+
+    async def incr(self, key: str) -> int: ...
+
+
+class MemorySimStore:
+    """A SimStore in a dict, for unit tests."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.counters: dict[str, int] = {}
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        record = self.records.get(key)
+        return dict(record) if record is not None else None
+
+    async def add(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.records.setdefault(key, dict(record)))
+
+    async def put(self, key: str, record: dict[str, Any]) -> None:
+        self.records[key] = dict(record)
+
+    async def incr(self, key: str) -> int:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        return self.counters[key]
+
+
+class RedisSimStore:
+    """The SimStore of the running service: Redis keys under `<prefix>psp:`."""
+
+    # A real PSP forgets idempotency keys after a day or so; payments keeps its
+    # own first results for good, so this only bounds the simulator's memory.
+    TTL_S = 7 * 24 * 3600
+
+    def __init__(self, redis: aioredis.Redis, prefix: str = "payments:"):
+        self._redis = redis
+        self._prefix = f"{prefix}psp:"
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(self._prefix + key)
+        return json.loads(raw) if raw is not None else None
+
+    async def add(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        name = self._prefix + key
+        if await self._redis.set(name, json.dumps(record), nx=True, ex=self.TTL_S):
+            return record
+        raw = await self._redis.get(name)
+        return json.loads(raw) if raw is not None else record
+
+    async def put(self, key: str, record: dict[str, Any]) -> None:
+        await self._redis.set(self._prefix + key, json.dumps(record), ex=self.TTL_S)
+
+    async def incr(self, key: str) -> int:
+        name = self._prefix + key
+        count = int(await self._redis.incr(name))
+        if count == 1:
+            await self._redis.expire(name, self.TTL_S)
+        return count
+
+
+def _reference(kind: str, key: str) -> str:
+    return f"sim_{kind}_{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+class SimulatedPsp:
+    """The PaymentServiceProvider of local runs and tests (see the module docstring)."""
+
+    def __init__(self, store: SimStore, *, slow_delay_s: float = 15.0, flaky_failures: int = 2):
+        self.store = store
+        self.slow_delay_s = slow_delay_s
+        self.flaky_failures = flaky_failures
+
+    def card(self, token: str) -> Card:
+        return behaviour_of(token)[1]
+
+    async def _maybe_fail(self, behaviour: Behaviour, key: str) -> None:
+        if behaviour is Behaviour.FLAKY:
+            if await self.store.incr(f"flaky:{key}") <= self.flaky_failures:
+                raise PspTransientError("simulated PSP: processor temporarily unavailable")
+
+    async def authorize(
+        self, *, key: str, card_token: str, amount_minor: int, currency: str
+    ) -> AuthorizationOutcome:
+        behaviour, _card = behaviour_of(card_token)
+        record = await self.store.get(f"auth:{key}")
+        if record is None:
+            await self._maybe_fail(behaviour, key)
+            record = await self.store.add(
+                f"auth:{key}", self._decide(behaviour, key, amount_minor, currency)
+            )
+        if behaviour is Behaviour.SLOW:
+            # The authorization exists at the PSP; only its answer is late.
+            await asyncio.sleep(self.slow_delay_s)
+        return _outcome(record)
+
+    @staticmethod
+    def _decide(behaviour: Behaviour, key: str, amount_minor: int, currency: str) -> dict[str, Any]:
+        base = {"amount_minor": amount_minor, "currency": currency, "behaviour": str(behaviour)}
+        if behaviour is Behaviour.INSUFFICIENT_FUNDS:
+            return {**base, "state": "declined", "reason": "insufficient_funds"}
+        if behaviour is Behaviour.EXPIRED:
+            return {**base, "state": "declined", "reason": "card_expired"}
+        if behaviour is Behaviour.REQUIRES_ACTION:
+            url = f"https://psp.invalid/3ds/{_reference('act', key)}"
+            return {**base, "state": "requires_action", "next_action_url": url}
+        return {
+            **base,
+            "state": "authorized",
+            "reference": _reference("auth", key),
+            "captured_minor": 0,
+            "refunded_minor": 0,
+            "voided": False,
+        }
+
+    async def _authorization(self, authorization_key: str) -> dict[str, Any]:
+        record = await self.store.get(f"auth:{authorization_key}")
+        if record is None or record["state"] != "authorized":
+            raise PspRejected("no such authorization")
+        return record
+
+    async def capture(
+        self, *, key: str, authorization_key: str, amount_minor: int, currency: str
+    ) -> Receipt:
+        done = await self.store.get(f"op:{key}")
+        if done is not None:
+            return Receipt(done["reference"])
+        auth = await self._authorization(authorization_key)
+        await self._maybe_fail(Behaviour(auth["behaviour"]), key)
+        open_minor = auth["amount_minor"] - auth["captured_minor"]
+        if auth["voided"] or amount_minor > open_minor or currency != auth["currency"]:
+            raise PspRejected("capture exceeds the open authorization")
+        return await self._apply(
+            key, "cap", authorization_key, auth, "captured_minor", amount_minor
+        )
+
+    async def refund(
+        self, *, key: str, authorization_key: str, amount_minor: int, currency: str
+    ) -> Receipt:
+        done = await self.store.get(f"op:{key}")
+        if done is not None:
+            return Receipt(done["reference"])
+        auth = await self._authorization(authorization_key)
+        await self._maybe_fail(Behaviour(auth["behaviour"]), key)
+        if amount_minor > auth["captured_minor"] - auth["refunded_minor"]:
+            raise PspRejected("refund exceeds the captured amount")
+        if currency != auth["currency"]:
+            raise PspRejected("currency differs from the authorization's")
+        return await self._apply(
+            key, "ref", authorization_key, auth, "refunded_minor", amount_minor
+        )
+
+    async def void(self, *, key: str, authorization_key: str) -> Receipt:
+        done = await self.store.get(f"op:{key}")
+        if done is not None:
+            return Receipt(done["reference"])
+        # An authorization that has not happened yet is cancelled in advance:
+        # a late authorize with that key then finds this record instead.
+        cancelled = {"state": "cancelled", "behaviour": str(Behaviour.OK)}
+        auth = await self.store.add(f"auth:{authorization_key}", cancelled)
+        await self._maybe_fail(Behaviour(auth.get("behaviour", "ok")), key)
+        receipt, won = await self._claim(key, "void")
+        if won and auth["state"] == "authorized":
+            await self.store.put(f"auth:{authorization_key}", {**auth, "voided": True})
+        return receipt
+
+    async def _claim(self, key: str, kind: str) -> tuple[Receipt, bool]:
+        """Record operation `key`; True when this call wrote the record (and so moves money).
+
+        The claim nonce tells the writer apart: two concurrent calls with the
+        same key compute the same reference, but only one nonce is stored.
+        """
+        claim = secrets.token_hex(8)
+        stored = await self.store.add(
+            f"op:{key}", {"reference": _reference(kind, key), "claim": claim}
+        )
+        return Receipt(stored["reference"]), stored["claim"] == claim
+
+    async def _apply(
+        self,
+        key: str,
+        kind: str,
+        authorization_key: str,
+        auth: dict[str, Any],
+        field: str,
+        amount_minor: int,
+    ) -> Receipt:
+        receipt, won = await self._claim(key, kind)
+        if won:  # only the first writer of the operation's record moves money
+            auth = {**auth, field: auth[field] + amount_minor}
+            await self.store.put(f"auth:{authorization_key}", auth)
+        return receipt
+
+
+def _outcome(record: dict[str, Any]) -> AuthorizationOutcome:
+    state = record["state"]
+    if state == "authorized":
+        return Authorized(record["reference"])
+    if state == "declined":
+        return Declined(record["reason"], f"simulated PSP: {record['reason'].replace('_', ' ')}")
+    if state == "requires_action":
+        return ActionRequired(record["next_action_url"])
+    raise PspRejected("the authorization was cancelled")

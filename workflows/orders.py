@@ -1,0 +1,573 @@
+"""The order saga (DESIGN §3) and the refund workflow, run by the orders worker.
+
+`OrderWorkflow` prices the lines (catalog), reserves stock (inventory),
+authorizes the payment (payments), confirms the order, captures the payment and
+commits the stock. Each step with an effect registers its compensation before
+it runs; a failure or a cancel runs the compensations in reverse (refund, void,
+release). The gateway starts it with Update-With-Start (`accept`), so the client
+learns at once whether the order was accepted (priced) or rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inventory import (
+        CommitInput,
+        ReleaseInput,
+        ReserveInput,
+        RestockInput,
+        StockLine,
+    )
+    from activities.orders import (
+        OrderLineInput,
+        OrdersActivities,
+        PricedLine,
+        PricedOrder,
+        PriceInput,
+        RecordOrderInput,
+        RecordRefundInput,
+        TransitionInput,
+    )
+    from workers.payments.model import (
+        AuthorizeInput,
+        CaptureInput,
+        RefundInput,
+        RefundResult,
+        VoidInput,
+        payment_id_for,
+    )
+
+TASK_QUEUE = "agora-orders"
+INVENTORY_QUEUE = "agora-inventory"
+PAYMENTS_QUEUE = "agora-payments"
+
+# Visible in the Temporal UI and in visibility queries (registered by `make run`).
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+ORDER_ID = SearchAttributeKey.for_keyword("OrderId")
+ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
+ORDER_TOTAL = SearchAttributeKey.for_int("OrderTotal")
+ITEM_COUNT = SearchAttributeKey.for_int("ItemCount")
+PAYMENT_OUTCOME = SearchAttributeKey.for_keyword("PaymentOutcome")
+
+_NAMESPACE = uuid.UUID("0c6f7a52-2d8e-4b8e-9d4a-5b7f3c1e9a20")
+
+# Business rejections: retrying cannot help, the saga compensates at once.
+NON_RETRYABLE = [
+    "OutOfStock",
+    "UnknownSku",
+    "InvalidQuantity",
+    "PaymentDeclined",
+    "PaymentRequiresAction",
+    "InvalidPaymentRequest",
+    "IdempotencyKeyConflict",
+    "ProductUnavailable",
+    "InvalidOrder",
+]
+
+
+def order_id_for(customer_id: str, idempotency_key: str) -> str:
+    """One order per customer and Idempotency-Key: a retried POST finds the same order."""
+    return str(uuid.uuid5(_NAMESPACE, f"{customer_id}\n{idempotency_key}"))
+
+
+def order_workflow_id(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def refund_workflow_id(order_id: str, refund_key: str) -> str:
+    digest = hashlib.sha256(refund_key.encode()).hexdigest()[:24]
+    return f"refund-{order_id}-{digest}"
+
+
+@dataclass
+class OrderInput:
+    order_id: str
+    customer_id: str
+    idempotency_key: str
+    lines: list[OrderLineInput]
+    currency: str
+    card_token: str
+    # An order waiting for its payment (e.g. 3-D Secure) is given up after this.
+    payment_timeout_s: int = 900
+    reservation_ttl_s: int = 3600
+    # A PSP that has not answered within this is retried, then given up (and voided).
+    payment_step_timeout_s: float = 5.0
+
+
+@dataclass
+class OrderView:
+    """What the `status` query and the updates answer."""
+
+    order_id: str
+    status: str  # RECEIVED, PENDING, AWAITING_PAYMENT, CONFIRMED, COMPLETED, CANCELLED, REJECTED
+    currency: str = ""
+    total_minor: int = 0
+    lines: list[PricedLine] = field(default_factory=list)
+    reason: str = ""
+    rejection: str = ""
+    reservation_id: str = ""
+    payment_id: str = ""
+    payment_outcome: str = ""
+    next_action_url: str = ""
+
+
+@dataclass
+class CancelInput:
+    requested_by: str
+    reason: str = "cancelled by the customer"
+
+
+@dataclass
+class CompletePaymentInput:
+    """The customer finished the payment's extra step; a fresh token to authorize with."""
+
+    card_token: str
+
+
+class Rejected(Exception):
+    """The saga ends REJECTED for `reason` (a RejectionReason name)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class CancelRequested(Exception):
+    pass
+
+
+LOCAL_TIMEOUT = timedelta(seconds=10)
+_REMOTE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=NON_RETRYABLE,
+)
+
+
+@workflow.defn(name="Order")
+class OrderWorkflow:
+    def __init__(self) -> None:
+        self.view = OrderView(order_id="", status="RECEIVED")
+        self.priced: PricedOrder | None = None
+        self.cancel: CancelInput | None = None
+        self.payment_completion: CompletePaymentInput | None = None
+        self.finished = False
+        self.compensations: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+
+    # Queries and updates -------------------------------------------------
+
+    @workflow.query
+    def status(self) -> OrderView:
+        return self.view
+
+    @workflow.update
+    async def accept(self) -> OrderView:
+        """Answers once the order is priced (accepted) or rejected: the POST's answer."""
+        await workflow.wait_condition(lambda: self.priced is not None or self.finished)
+        if self.priced is None:
+            raise ApplicationError(self.view.reason, type=self.view.rejection, non_retryable=True)
+        return self.view
+
+    @workflow.update
+    async def cancel_order(self, request: CancelInput) -> OrderView:
+        self.cancel = request
+        await workflow.wait_condition(lambda: self.finished)
+        return self.view
+
+    @cancel_order.validator
+    def _validate_cancel(self, request: CancelInput) -> None:
+        if self.finished:
+            raise ApplicationError(
+                f"the order is already {self.view.status.lower()}", type="OrderFinished"
+            )
+
+    @workflow.update
+    async def complete_payment(self, request: CompletePaymentInput) -> OrderView:
+        self.payment_completion = request
+        await workflow.wait_condition(lambda: self.view.status != "AWAITING_PAYMENT")
+        return self.view
+
+    @complete_payment.validator
+    def _validate_completion(self, request: CompletePaymentInput) -> None:
+        if self.view.status != "AWAITING_PAYMENT":
+            raise ApplicationError("the order is not waiting for a payment", type="NotAwaiting")
+
+    # The saga ---------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, order: OrderInput) -> OrderView:
+        self.view.order_id = order.order_id
+        self.view.currency = order.currency
+        try:
+            self.priced = await self.price(order)
+        except Rejected as rejected:
+            return await self.finish(await self.finish_rejected(order, rejected, recorded=False))
+        self.view.status = "PENDING"
+        self.view.total_minor = self.priced.total_minor
+        self.view.lines = list(self.priced.lines)
+        self.upsert_search_attributes(order)
+        await workflow.execute_local_activity_method(
+            OrdersActivities.record,
+            RecordOrderInput(order.order_id, order.customer_id, order.idempotency_key, self.priced),
+            start_to_close_timeout=LOCAL_TIMEOUT,
+        )
+        try:
+            await self.reserve_stock(order)
+            await self.authorize_payment(order)
+            self.check_cancel()
+            await self.transition(order, "CONFIRMED")
+            await self.capture_payment(order)
+            await self.commit_stock(order)
+            await self.transition(order, "COMPLETED")
+        except Rejected as rejected:
+            await self.compensate()
+            return await self.finish(await self.finish_rejected(order, rejected, recorded=True))
+        except CancelRequested:
+            await self.compensate()
+            assert self.cancel is not None
+            self.view.reason = self.cancel.reason
+            await self.transition(order, "CANCELLED", cancelled_by=self.cancel.requested_by)
+        return await self.finish(self.view)
+
+    async def finish(self, view: OrderView) -> OrderView:
+        """The end: let the updates in flight (accept, cancel) answer before the run closes."""
+        self.finished = True
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return view
+
+    async def price(self, order: OrderInput) -> PricedOrder:
+        try:
+            return await workflow.execute_local_activity_method(
+                OrdersActivities.price,
+                PriceInput(order.lines, order.currency),
+                retry_policy=RetryPolicy(non_retryable_error_types=NON_RETRYABLE),
+                start_to_close_timeout=LOCAL_TIMEOUT,
+            )
+        except (ActivityError, ApplicationError) as error:
+            raise _rejection(error, "PRODUCT_UNAVAILABLE") from None
+
+    async def reserve_stock(self, order: OrderInput) -> None:
+        self.check_cancel()
+        reservation_id = f"order-{order.order_id}"
+        self.register(
+            "release stock",
+            lambda: self.remote(
+                "inventory.release", ReleaseInput(reservation_id, "compensation"), INVENTORY_QUEUE
+            ),
+        )
+        try:
+            await self.remote(
+                "inventory.reserve",
+                ReserveInput(
+                    reservation_id=reservation_id,
+                    lines=[StockLine(x.sku, x.quantity) for x in order.lines],
+                    ttl_seconds=order.reservation_ttl_s,
+                    order_id=order.order_id,
+                ),
+                INVENTORY_QUEUE,
+            )
+        except ActivityError as error:
+            raise _rejection(error, "OUT_OF_STOCK") from None
+        self.view.reservation_id = reservation_id
+
+    async def authorize_payment(self, order: OrderInput) -> None:
+        token, attempt = order.card_token, 1
+        while True:
+            self.check_cancel()
+            key = f"{order.order_id}:authorize:{attempt}"
+            payment_id = payment_id_for(key)
+            self.register("void payment", self.void_later(key, payment_id))
+            try:
+                assert self.priced is not None
+                await self.remote(
+                    "payments.authorize",
+                    AuthorizeInput(
+                        idempotency_key=key,
+                        order_id=order.order_id,
+                        amount_minor=self.priced.total_minor,
+                        currency=order.currency,
+                        card_token=token,
+                        customer_id=order.customer_id,
+                    ),
+                    PAYMENTS_QUEUE,
+                    timeout_s=order.payment_step_timeout_s,
+                    attempts=3,
+                )
+            except ActivityError as error:
+                cause = error.cause
+                if isinstance(cause, ApplicationError) and cause.type == "PaymentRequiresAction":
+                    token = await self.wait_for_payment(order, cause)
+                    attempt += 1
+                    continue
+                if isinstance(cause, ActivityTimeout):
+                    raise Rejected(
+                        "PAYMENT_TIMEOUT", "the payment provider did not answer"
+                    ) from None
+                raise _rejection(error, "PAYMENT_FAILED") from None
+            self.view.payment_id = payment_id
+            self.set_payment_outcome("authorized")
+            return
+
+    def void_later(self, key: str, payment_id: str) -> Callable[[], Awaitable[object]]:
+        """The compensation of one authorization attempt (bound now, run maybe later)."""
+        return lambda: self.remote(
+            "payments.void", VoidInput(f"{key}:void", payment_id), PAYMENTS_QUEUE
+        )
+
+    async def wait_for_payment(self, order: OrderInput, cause: ApplicationError) -> str:
+        """The payment needs the customer (3-D Secure): wait, but not forever."""
+        details = list(cause.details)
+        self.view.next_action_url = str(details[1]) if len(details) > 1 else ""
+        self.view.status = "AWAITING_PAYMENT"
+        self.set_payment_outcome("requires_action")
+        self.payment_completion = None
+        try:
+            await workflow.wait_condition(
+                lambda: self.payment_completion is not None or self.cancel is not None,
+                timeout=timedelta(seconds=order.payment_timeout_s),
+            )
+        except TimeoutError:
+            self.view.status = "PENDING"
+            self.set_payment_outcome("timeout")
+            raise Rejected("PAYMENT_TIMEOUT", "the order was not paid in time") from None
+        self.view.status = "PENDING"
+        self.view.next_action_url = ""
+        self.check_cancel()
+        assert self.payment_completion is not None
+        return self.payment_completion.card_token
+
+    async def capture_payment(self, order: OrderInput) -> None:
+        self.check_cancel()
+        payment_id = self.view.payment_id
+        self.register(
+            "refund payment",
+            lambda: self.remote(
+                "payments.refund",
+                RefundInput(f"{order.order_id}:compensation-refund", payment_id, None, "saga"),
+                PAYMENTS_QUEUE,
+            ),
+        )
+        await self.remote(
+            "payments.capture",
+            CaptureInput(f"{order.order_id}:capture", payment_id),
+            PAYMENTS_QUEUE,
+        )
+        self.set_payment_outcome("captured")
+
+    async def commit_stock(self, order: OrderInput) -> None:
+        self.check_cancel()  # the last moment a cancel is a compensation, not a refund
+        try:
+            await self.remote(
+                "inventory.commit", CommitInput(self.view.reservation_id), INVENTORY_QUEUE
+            )
+        except ActivityError as error:
+            raise _rejection(error, "OUT_OF_STOCK") from None
+
+    # Helpers ------------------------------------------------------------
+
+    def register(self, name: str, compensation: Callable[[], Awaitable[object]]) -> None:
+        """Registered before the step runs: a step that may have had an effect is undone."""
+        self.compensations.append((name, compensation))
+
+    async def compensate(self) -> None:
+        for name, compensation in reversed(self.compensations):
+            try:
+                await compensation()
+            except ActivityError as error:
+                # Compensations are idempotent and retried by Temporal; one that still
+                # fails is logged and the rest still run.
+                workflow.logger.error(
+                    "compensation failed", extra={"step": name, "error": str(error.cause)}
+                )
+                self.view.reason = f"{self.view.reason}; {name} failed".strip("; ")
+        self.compensations.clear()
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None:
+            raise CancelRequested
+
+    async def remote(
+        self,
+        activity: str,
+        arg: object,
+        queue: str,
+        *,
+        timeout_s: float = 10.0,
+        attempts: int = 0,
+    ) -> object:
+        retry = _REMOTE_RETRY
+        if attempts:
+            retry = RetryPolicy(
+                initial_interval=timedelta(milliseconds=200),
+                maximum_attempts=attempts,
+                non_retryable_error_types=NON_RETRYABLE,
+            )
+        return await workflow.execute_activity(
+            activity,
+            arg,
+            task_queue=queue,
+            start_to_close_timeout=timedelta(seconds=timeout_s),
+            retry_policy=retry,
+        )
+
+    async def transition(self, order: OrderInput, status: str, *, cancelled_by: str = "") -> None:
+        self.view.status = status
+        await workflow.execute_local_activity_method(
+            OrdersActivities.transition,
+            TransitionInput(
+                order_id=order.order_id,
+                status=status,
+                key=status.lower(),
+                reason=self.view.reason,
+                rejection=self.view.rejection,
+                reservation_id=self.view.reservation_id,
+                payment_id=self.view.payment_id,
+                captured_minor=self.view.total_minor if status == "COMPLETED" else 0,
+                cancelled_by=cancelled_by,
+            ),
+            start_to_close_timeout=LOCAL_TIMEOUT,
+        )
+        workflow.upsert_search_attributes([ORDER_STATUS.value_set(status)])
+
+    async def finish_rejected(
+        self, order: OrderInput, rejected: Rejected, *, recorded: bool
+    ) -> OrderView:
+        self.view.rejection = rejected.reason
+        self.view.reason = rejected.detail
+        if rejected.reason == "PAYMENT_DECLINED":
+            self.set_payment_outcome("declined")
+        if recorded:
+            await self.transition(order, "REJECTED")
+        else:
+            self.view.status = "REJECTED"
+        self.finished = True
+        return self.view
+
+    def upsert_search_attributes(self, order: OrderInput) -> None:
+        assert self.priced is not None
+        workflow.upsert_search_attributes(
+            [
+                CUSTOMER_ID.value_set(order.customer_id),
+                ORDER_ID.value_set(order.order_id),
+                ORDER_STATUS.value_set(self.view.status),
+                ORDER_TOTAL.value_set(self.priced.total_minor),
+                ITEM_COUNT.value_set(sum(x.quantity for x in self.priced.lines)),
+            ]
+        )
+
+    def set_payment_outcome(self, outcome: str) -> None:
+        self.view.payment_outcome = outcome
+        if self.priced is not None:
+            workflow.upsert_search_attributes([PAYMENT_OUTCOME.value_set(outcome)])
+
+
+def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejected:
+    """The business reason behind a failed step, in RejectionReason names."""
+    # A remote activity's failure arrives wrapped in an ActivityError; a local
+    # activity's non-retryable ApplicationError may arrive as itself.
+    cause = error.cause if isinstance(error, ActivityError) else error
+    kind = cause.type if isinstance(cause, ApplicationError) else ""
+    reason = {
+        "OutOfStock": "OUT_OF_STOCK",
+        "UnknownSku": "PRODUCT_UNAVAILABLE",
+        "ProductUnavailable": "PRODUCT_UNAVAILABLE",
+        "PaymentDeclined": "PAYMENT_DECLINED",
+        "InvalidOrder": "PRODUCT_UNAVAILABLE",
+    }.get(kind or "", default)
+    message = cause.message if isinstance(cause, ApplicationError) else str(cause or error)
+    return Rejected(reason, message)
+
+
+# Refunds ----------------------------------------------------------------------
+
+
+@dataclass
+class RefundOrderInput:
+    order_id: str
+    refund_key: str
+    amount_minor: int | None  # None: everything not yet refunded
+    reason: str = ""
+    # A cancel after completion: refund everything, return the stock, end CANCELLED.
+    cancel: bool = False
+    requested_by: str = ""
+    lines: list[OrderLineInput] = field(default_factory=list)
+
+
+@workflow.defn(name="RefundOrder")
+class RefundOrderWorkflow:
+    """A refund (or a cancel) after the order saga completed."""
+
+    @workflow.run
+    async def run(self, request: RefundOrderInput) -> OrderView:
+        snapshot = await workflow.execute_local_activity_method(
+            OrdersActivities.snapshot, request.order_id, start_to_close_timeout=LOCAL_TIMEOUT
+        )
+        if snapshot.status not in ("COMPLETED", "PARTIALLY_REFUNDED"):
+            raise ApplicationError(
+                f"an order {snapshot.status.lower()} cannot be refunded",
+                type="NotRefundable",
+                non_retryable=True,
+            )
+        remaining = snapshot.total_minor - snapshot.refunded_minor
+        amount = remaining if request.amount_minor is None else request.amount_minor
+        if not 0 < amount <= remaining:
+            raise ApplicationError(
+                f"refund must be between 1 and {remaining} {snapshot.currency} minor units",
+                type="RefundAmountInvalid",
+                non_retryable=True,
+            )
+        refund = await workflow.execute_activity(
+            "payments.refund",
+            RefundInput(
+                f"{request.order_id}:refund:{request.refund_key}",
+                snapshot.payment_id,
+                amount,
+                request.reason,
+            ),
+            result_type=RefundResult,
+            task_queue=PAYMENTS_QUEUE,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=_REMOTE_RETRY,
+        )
+        if request.cancel:
+            for n, line in enumerate(snapshot.lines, start=1):
+                await workflow.execute_activity(
+                    "inventory.restock",
+                    RestockInput(f"{request.order_id}:cancel-restock:{n}", line.sku, line.quantity),
+                    task_queue=INVENTORY_QUEUE,
+                    start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=_REMOTE_RETRY,
+                )
+        after = await workflow.execute_local_activity_method(
+            OrdersActivities.record_refund,
+            RecordRefundInput(
+                order_id=request.order_id,
+                refund_key=request.refund_key,
+                refund_id=refund.refund_id,
+                amount_minor=amount,
+                reason=request.reason,
+                cancel=request.cancel,
+                cancelled_by=request.requested_by,
+            ),
+            start_to_close_timeout=LOCAL_TIMEOUT,
+        )
+        return OrderView(
+            order_id=after.order_id,
+            status=after.status,
+            currency=after.currency,
+            total_minor=after.total_minor,
+            payment_id=after.payment_id,
+            reason=request.reason,
+        )
