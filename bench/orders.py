@@ -1,0 +1,253 @@
+"""Scenario `orders`: the order saga from POST to confirmed, and orders per second sustained.
+
+* Baseline, in the same run: a bare Temporal workflow running 0, 1, 3 and 6
+  no-op activities on an in-process worker (client-visible latency), which shows
+  what the dev server costs per workflow task before any of our code runs.
+* POST /v1/orders through a gateway process (auth, Update-With-Start answered
+  once the order is priced) and, for the same orders, the time from sending the
+  POST until the order reads CONFIRMED (or later) through GET /v1/orders/{id}:
+  sequential orders, p50 / p95 / p99.
+* Sustained: orders placed at a fixed concurrency for a fixed time; every
+  accepted order is then followed to its final state, and the databases are
+  counted: none lost (each accepted order has its row and reached a final
+  state), none duplicated (one capture at most per order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from agora import temporal
+from agora.config import Settings
+from bench.auth import UNTHROTTLED
+from bench.catalog import _ensure_catalog, _token, service_running
+from bench.processes import free_port, process
+from bench.stats import Row, row
+from workers.payments.psp_sim import tokenize
+from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
+from workflows.inventory import RestockInput, RestockWorkflow, restock_workflow_id
+
+SEQUENTIAL = 40
+SUSTAINED_SECONDS = 30
+SUSTAINED_CONCURRENCY = 16
+BARE_RUNS = 20
+TARGETS = {"POST to confirmed p95": 250.0, "sustained orders/s": 30.0}
+FINAL = ("CONFIRMED", "COMPLETED", "REJECTED", "CANCELLED")
+
+
+@activity.defn(name="bench.noop")
+async def noop(step: int) -> int:
+    return step
+
+
+@workflow.defn(name="BenchSteps")
+class StepsWorkflow:
+    @workflow.run
+    async def run(self, steps: int) -> int:
+        for step in range(steps):
+            await workflow.execute_activity(noop, step, start_to_close_timeout=timedelta(seconds=5))
+        return steps
+
+
+async def _bare_workflows(client: Client) -> list[Row]:
+    queue = f"bench-{uuid.uuid4()}"
+    rows = []
+    async with Worker(client, task_queue=queue, workflows=[StepsWorkflow], activities=[noop]):
+        for steps in (0, 1, 3, 6):
+            samples = []
+            for _ in range(BARE_RUNS):
+                started = time.perf_counter()
+                await client.execute_workflow(
+                    StepsWorkflow.run, steps, id=f"bench-{uuid.uuid4()}", task_queue=queue
+                )
+                samples.append(time.perf_counter() - started)
+            rows.append(row(f"baseline: bare workflow, {steps} no-op activities", samples))
+    return rows
+
+
+async def _stock(client: Client, skus: list[str], units: int) -> None:
+    for sku in skus:
+        data = RestockInput(key=f"bench:{uuid.uuid4()}", sku=sku, quantity=units)
+        await client.execute_workflow(
+            RestockWorkflow.run, data, id=restock_workflow_id(data.key), task_queue=INVENTORY_QUEUE
+        )
+
+
+async def _place(http: aiohttp.ClientSession, base: str, token: str, sku: str) -> tuple[int, str]:
+    body = {
+        "lines": [{"sku": sku, "quantity": 1}],
+        "currency": "EUR",
+        "payment": {"card_token": tokenize("4242424242424242", 12, 2030).token},
+    }
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Idempotency-Key": f"bench-{uuid.uuid4()}",
+        "X-Request-Timeout": "30000",
+    }
+    async with http.post(f"{base}/v1/orders", json=body, headers=headers) as response:
+        answer = await response.json()
+        return response.status, answer.get("order_id", "")
+
+
+async def _status(http: aiohttp.ClientSession, base: str, token: str, order_id: str) -> str:
+    async with http.get(
+        f"{base}/v1/orders/{order_id}", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        if response.status != 200:
+            return ""
+        return str((await response.json())["status"])
+
+
+async def _sequential(base: str, token: str, skus: list[str]) -> list[Row]:
+    posts, confirmed = [], []
+    async with aiohttp.ClientSession() as http:
+        for n in range(SEQUENTIAL):
+            started = time.perf_counter()
+            status, order_id = await _place(http, base, token, skus[n % len(skus)])
+            posts.append(time.perf_counter() - started)
+            assert status == 201, f"order refused: {status}"
+            while await _status(http, base, token, order_id) not in FINAL:  # noqa: ASYNC110 - polling the API is the measurement
+                await asyncio.sleep(0.005)
+            confirmed.append(time.perf_counter() - started)
+    return [
+        row("POST /v1/orders (priced and accepted, Update-With-Start)", posts),
+        row("order saga: POST sent -> order reads CONFIRMED", confirmed),
+    ]
+
+
+async def _sustained(settings: Settings, base: str, token: str, skus: list[str]) -> dict[str, Any]:
+    accepted: list[str] = []
+    refused = 0
+    deadline = time.monotonic() + SUSTAINED_SECONDS
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=SUSTAINED_CONCURRENCY)
+    ) as http:
+
+        async def placer(lane: int) -> None:
+            nonlocal refused
+            n = lane
+            while time.monotonic() < deadline:
+                status, order_id = await _place(http, base, token, skus[n % len(skus)])
+                n += SUSTAINED_CONCURRENCY
+                if status == 201:
+                    accepted.append(order_id)
+                else:
+                    refused += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(placer(lane) for lane in range(SUSTAINED_CONCURRENCY)))
+        placing_s = time.monotonic() - started
+        # Follow every accepted order to its end.
+        pending = set(accepted)
+        settle_deadline = time.monotonic() + 180
+        while pending and time.monotonic() < settle_deadline:
+            for order_id in list(pending)[:200]:
+                if await _status(http, base, token, order_id) in ("COMPLETED", "REJECTED"):
+                    pending.discard(order_id)
+            await asyncio.sleep(0.2)
+        settled_s = time.monotonic() - started
+
+    conn = await asyncpg.connect(settings.db_dsn("orders"))
+    try:
+        rows = await conn.fetch(
+            "SELECT status, count(*) FROM orders WHERE order_id = ANY($1::uuid[]) GROUP BY status",
+            accepted,
+        )
+    finally:
+        await conn.close()
+    payments = await asyncpg.connect(settings.db_dsn("payments"))
+    try:
+        double = await payments.fetchval(
+            "SELECT count(*) FROM (SELECT i.order_id FROM payment_operations o"
+            " JOIN payment_intents i USING (payment_id)"
+            " WHERE o.operation = 'capture' AND o.outcome = 'ok' AND i.order_id = ANY($1)"
+            " GROUP BY i.order_id HAVING count(*) > 1) d",
+            accepted,
+        )
+    finally:
+        await payments.close()
+    by_status = {r["status"]: r["count"] for r in rows}
+    return {
+        "accepted": len(accepted),
+        "refused": refused,
+        "orders_per_s": len(accepted) / placing_s,
+        "completed_per_s": by_status.get("COMPLETED", 0) / settled_s,
+        "by_status": by_status,
+        "lost": len(accepted) - sum(by_status.values()),
+        "unfinished": len(pending),
+        "charged_twice": double,
+    }
+
+
+async def run(settings: Settings) -> dict[str, Any]:
+    logs = settings.state_dir / "logs"
+    client = await temporal.connect(settings)
+    bare_rows = await _bare_workflows(client)
+    with contextlib.ExitStack() as stack:
+        for service in ("identity", "catalog", "inventory", "payments", "orders"):
+            stack.enter_context(service_running(settings, service))
+        skus = (await _ensure_catalog(settings))[:200]
+        await _stock(client, skus[:50], 100_000)
+        skus = skus[:50]
+        gateway_port, side_port = free_port(), free_port()
+        env = {
+            "AGORA_PROFILE": settings.profile,
+            "AGORA_PORT_GATEWAY": str(gateway_port),
+            "AGORA_PORT_GATEWAY_SIDE": str(side_port),
+            "AGORA_LOG_LEVEL": "WARNING",
+            **{f"AGORA_RATE_LIMIT_{name.upper()}": UNTHROTTLED for name in settings.rate_limits},
+        }
+        base = f"http://{settings.host}:{gateway_port}"
+        stack.enter_context(process("gateway", ["-m", "gateway"], f"{base}/readyz", logs, env=env))
+        token = await _token(base)
+        saga_rows = await _sequential(base, token, skus)
+        sustained = await _sustained(settings, base, token, skus)
+    rows = [
+        *saga_rows,
+        *bare_rows,
+        Row(
+            name=(
+                f"sustained {SUSTAINED_SECONDS}s at concurrency {SUSTAINED_CONCURRENCY}:"
+                f" {sustained['accepted']} accepted ({sustained['orders_per_s']:.1f}/s),"
+                f" by status {sustained['by_status']}, lost {sustained['lost']},"
+                f" unfinished {sustained['unfinished']}, charged twice"
+                f" {sustained['charged_twice']}"
+            ),
+            n=sustained["accepted"],
+            p50_ms=float("nan"),
+            p95_ms=float("nan"),
+            p99_ms=float("nan"),
+            mean_ms=float("nan"),
+        ),
+    ]
+    measured = {
+        "POST to confirmed p95": saga_rows[1].p95_ms,
+        "sustained orders/s": sustained["orders_per_s"],
+    }
+    return {
+        "title": "Order saga: POST to confirmed, sustained orders per second",
+        "rows": rows,
+        "sustained": sustained,
+        "targets": [
+            {
+                "name": name,
+                "target_ms": TARGETS[name],
+                "measured_ms": measured[name],
+                "met": measured[name] <= TARGETS[name]
+                if name.endswith("p95")
+                else measured[name] >= TARGETS[name],
+            }
+            for name in TARGETS
+        ],
+    }
