@@ -19,12 +19,10 @@ import asyncio
 import contextlib
 import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import asyncpg
-from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -34,6 +32,7 @@ from bench.auth import UNTHROTTLED
 from bench.catalog import _ensure_catalog, _token, service_running
 from bench.processes import free_port, process
 from bench.stats import Row, row
+from bench.steps import StepsWorkflow, noop
 from workers.payments.psp_sim import tokenize
 from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
 from workflows.inventory import RestockInput, RestockWorkflow, restock_workflow_id
@@ -44,20 +43,6 @@ SUSTAINED_CONCURRENCY = 16
 BARE_RUNS = 20
 TARGETS = {"POST to confirmed p95": 250.0, "sustained orders/s": 30.0}
 FINAL = ("CONFIRMED", "COMPLETED", "REJECTED", "CANCELLED")
-
-
-@activity.defn(name="bench.noop")
-async def noop(step: int) -> int:
-    return step
-
-
-@workflow.defn(name="BenchSteps")
-class StepsWorkflow:
-    @workflow.run
-    async def run(self, steps: int) -> int:
-        for step in range(steps):
-            await workflow.execute_activity(noop, step, start_to_close_timeout=timedelta(seconds=5))
-        return steps
 
 
 async def _bare_workflows(client: Client) -> list[Row]:

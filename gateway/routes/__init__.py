@@ -9,13 +9,16 @@ def all_routes() -> list[Route]:
     from gateway.routes import (
         accounts,
         admin,
+        admin_orders,
         audit,
         auth,
         catalog,
+        codec,
         inventory,
         meta,
         orders,
         payments,
+        psp,
         search,
     )
 
@@ -29,5 +32,8 @@ def all_routes() -> list[Route]:
         *inventory.ROUTES,
         *orders.ROUTES,
         *payments.ROUTES,
+        *psp.ROUTES,
         *audit.ROUTES,
+        *admin_orders.ROUTES,
+        *codec.ROUTES,
     ]
