@@ -26,8 +26,9 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 run: venv
-	@$(PY) -m stack up --platform
+	@$(PY) -m stack up --platform --no-urls
 	@$(MAKE) --no-print-directory seed
+	@$(PY) -m stack urls
 
 # The demo catalog (and its stock when inventory runs); idempotent. SEED_ARGS="--products 100000".
 seed: venv

@@ -3,27 +3,50 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
+from typing import Any
 
+from temporalio import activity
 from temporalio.client import Client
+from temporalio.client import Interceptor as ClientInterceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
 from temporalio.runtime import OpenTelemetryConfig, Runtime, TelemetryConfig
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+)
+from temporalio.worker import Interceptor as WorkerInterceptor
 
 from agora.codec import EncryptionCodec, load_or_create
 from agora.config import Settings
+from agora.telemetry import INSTANCE_ID
 
 _runtime: Runtime | None = None
+log = logging.getLogger("agora.activity")
 
 
-def runtime(settings: Settings) -> Runtime:
-    """One SDK runtime per process; its metrics go to the collector like ours."""
+def runtime(settings: Settings, *, sdk_metrics: bool = True) -> Runtime:
+    """One SDK runtime per process; its metrics go to the collector like ours.
+
+    Short-lived commands (seed, operator CLIs) pass sdk_metrics=False: they would
+    only export a partial batch while exiting.
+    """
     global _runtime
     if _runtime is None:
         telemetry = TelemetryConfig(
-            # The SDK reports as "temporal-core-sdk"; the tag says which of ours it is.
-            global_tags={"agora_service": settings.service},
+            # The SDK's resource: by default it reports as service "temporal-core-sdk"
+            # with no instance, so every process's series collide in the collector
+            # (one overwrites the other). As ours, they get job="agora/<service>" and
+            # this process's instance; the SDK's own `service_name` label stays apart.
+            global_tags={
+                "service.name": settings.service,
+                "service.namespace": "agora",
+                "service.instance.id": INSTANCE_ID,
+            },
             metrics=OpenTelemetryConfig(url=settings.otlp_endpoint)
-            if settings.tracing_enabled
+            if settings.tracing_enabled and sdk_metrics
             else None,
         )
         _runtime = Runtime(telemetry=telemetry)
@@ -37,13 +60,46 @@ def data_converter(settings: Settings) -> DataConverter:
     )
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, *, sdk_metrics: bool = True) -> Client:
     """A client whose workflows and activities carry the caller's trace context and
     whose payloads are encrypted. Workers built on it inherit both."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        interceptors=[TracingInterceptor()],
-        runtime=runtime(settings),
+        # Order matters: the tracing interceptor is outermost, so the activity log
+        # line is written inside the activity's span and carries its trace id.
+        interceptors=[TracingInterceptor(), ActivityLogInterceptor()],
+        runtime=runtime(settings, sdk_metrics=sdk_metrics),
         data_converter=data_converter(settings),
     )
+
+
+class ActivityLogInterceptor(ClientInterceptor, WorkerInterceptor):
+    """One log line per activity execution, so a trace's logs show every saga step.
+
+    The line names the activity type and the workflow id (which holds the order,
+    account or product id), never the activity's input.
+    """
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _ActivityLog(next)
+
+
+class _ActivityLog(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        fields: dict[str, Any] = {
+            "activity": info.activity_type,
+            "workflow_id": info.workflow_id,
+            "attempt": info.attempt,
+        }
+        started = time.perf_counter()
+        try:
+            result = await super().execute_activity(input)
+        except BaseException as error:
+            fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            log.warning("activity failed", extra={**fields, "error": type(error).__name__})
+            raise
+        fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        log.info("activity completed", extra=fields)
+        return result

@@ -93,7 +93,8 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> None:
     (ctx.state / "last-up.txt").write_text(
         "".join(f"{name} {seconds:.2f}\n" for name, seconds in timings.items())
     )
-    print_urls(ctx, components)
+    if not args.no_urls:
+        print_urls(ctx, components)
 
 
 def print_urls(ctx: Context, components: list[Component]) -> None:
@@ -131,6 +132,10 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
         print(f"  {component.name:<16} {state:<10} pid {pid or '-':<8} {urls}")
 
 
+def cmd_urls(ctx: Context, args: argparse.Namespace) -> None:
+    print_urls(ctx, [c for c in all_components(True) if ctx.running_pid(c.name) is not None])
+
+
 def cmd_kill(ctx: Context, args: argparse.Namespace) -> None:
     for component in select(all_components(True), args.names):
         ctx.kill(component.name)
@@ -144,16 +149,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="install and start components, wait until healthy")
     up.add_argument("--platform", action="store_true", help="also start services and gateway")
+    up.add_argument("--no-urls", action="store_true", help="do not print the URLs at the end")
     up.add_argument("names", nargs="*")
     down = sub.add_parser("down", help="stop components (all by default)")
     down.add_argument("names", nargs="*")
     sub.add_parser("status", help="each component, its state and URL")
+    sub.add_parser("urls", help="print the URLs of everything that runs")
     kill = sub.add_parser("kill", help="SIGKILL components, as a crash would")
     kill.add_argument("names", nargs="+")
     args = parser.parse_args(argv)
 
     ctx = Context(config.load())
-    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "kill": cmd_kill}
+    handlers = {
+        "up": cmd_up,
+        "down": cmd_down,
+        "status": cmd_status,
+        "kill": cmd_kill,
+        "urls": cmd_urls,
+    }
     try:
         handlers[args.command](ctx, args)
     except ComponentError as error:

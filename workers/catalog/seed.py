@@ -196,7 +196,7 @@ async def seed_stock(client: Client, products: list[ProductData], seed: int) -> 
 
 async def main_async(count: int, seed: int, with_stock: bool) -> int:
     settings = config.load(service="seed")
-    client = await temporal.connect(settings)
+    client = await temporal.connect(settings, sdk_metrics=False)
     started = time.monotonic()
     products = generate(count, seed)
     total = await import_all(client, products, seed)

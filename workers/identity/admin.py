@@ -42,7 +42,7 @@ def demo_password_file(settings: Settings) -> Path:
 
 async def register(settings: Settings, email: str, password: str, role: str) -> bool:
     """Run RegisterAccount; True when created, False when this account already existed."""
-    client = await temporal.connect(settings)
+    client = await temporal.connect(settings, sdk_metrics=False)
     password_hash = await asyncio.to_thread(PasswordHasher().hash, password)
     # A stable id per email makes the command safe to repeat.
     account_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"agora:account:{email.lower()}"))
