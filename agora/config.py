@@ -136,6 +136,12 @@ class Settings:
     # these at external clusters and at the mounted cert-manager secrets); empty
     # means "derive from host + ports / state_dir" as the local stack does.
     temporal_address_override: str = ""
+    # A Temporal cluster with mTLS (files of a client certificate, its key, and the
+    # server's CA), or Temporal Cloud with an API key. Empty locally: plain loopback.
+    temporal_tls_cert: str = ""
+    temporal_tls_key: str = ""
+    temporal_tls_ca: str = ""
+    temporal_api_key: str = ""
     kafka_bootstrap_override: str = ""
     redis_url_override: str = ""
     elasticsearch_url_override: str = ""
@@ -203,6 +209,14 @@ class Settings:
         return f"agora-{service}"
 
 
+def _ratio(text: str) -> float:
+    """A head-sampling ratio; out of range is a mistake to refuse, not to clamp."""
+    ratio = float(text)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"AGORA_TRACE_SAMPLE_RATIO must be between 0 and 1, not {text!r}")
+    return ratio
+
+
 def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Settings:
     """Read the environment once. Documented in docs/configuration.md."""
     env = os.environ if env is None else env
@@ -230,13 +244,17 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         host=host,
         service=env.get("AGORA_SERVICE", service),
         log_level=env.get("AGORA_LOG_LEVEL", "INFO").upper(),
-        trace_sample_ratio=float(env.get("AGORA_TRACE_SAMPLE_RATIO", "1.0")),
+        trace_sample_ratio=_ratio(env.get("AGORA_TRACE_SAMPLE_RATIO", "1.0")),
         otlp_endpoint=env.get("AGORA_OTLP_ENDPOINT", f"http://{host}:{ports['otelcol_grpc']}"),
         tracing_enabled=env.get("AGORA_TRACING", "on").lower() not in ("off", "0", "false"),
         temporal_namespace=env.get("AGORA_TEMPORAL_NAMESPACE", "default"),
         extra=extra,
         codec_keys_file=env.get("AGORA_CODEC_KEYS_FILE", ""),
-        ui_codec_endpoint=env.get("AGORA_UI_CODEC_ENDPOINT", ""),
+        # Locally the gateway serves the codec (gateway/codec.py); in prod it is explicit.
+        ui_codec_endpoint=env.get(
+            "AGORA_UI_CODEC_ENDPOINT",
+            "" if profile == "prod" else f"http://{host}:{ports['gateway']}/codec",
+        ),
         jwt_issuer=env.get("AGORA_JWT_ISSUER", "agora-identity"),
         jwt_audience=env.get("AGORA_JWT_AUDIENCE", "agora-api"),
         rate_limits={
@@ -255,6 +273,10 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         audit_checkpoint_interval_s=int(env.get("AGORA_AUDIT_CHECKPOINT_INTERVAL_S", 300)),
         temporal_ui_url_override=env.get("AGORA_TEMPORAL_UI_URL", ""),
         temporal_address_override=env.get("AGORA_TEMPORAL_ADDRESS", ""),
+        temporal_tls_cert=env.get("AGORA_TEMPORAL_TLS_CERT", ""),
+        temporal_tls_key=env.get("AGORA_TEMPORAL_TLS_KEY", ""),
+        temporal_tls_ca=env.get("AGORA_TEMPORAL_TLS_CA", ""),
+        temporal_api_key=env.get("AGORA_TEMPORAL_API_KEY", ""),
         kafka_bootstrap_override=env.get("AGORA_KAFKA_BOOTSTRAP", ""),
         redis_url_override=env.get("AGORA_REDIS_URL", ""),
         elasticsearch_url_override=env.get("AGORA_ELASTICSEARCH_URL", ""),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, TLSConfig
 from temporalio.client import Interceptor as ClientInterceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
@@ -60,12 +61,28 @@ def data_converter(settings: Settings) -> DataConverter:
     )
 
 
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """mTLS to a Temporal cluster when a client certificate is configured; TLS alone with
+    an API key (Temporal Cloud); plain TCP locally."""
+    if settings.temporal_tls_cert:
+        return TLSConfig(
+            client_cert=Path(settings.temporal_tls_cert).read_bytes(),
+            client_private_key=Path(settings.temporal_tls_key).read_bytes(),
+            server_root_ca_cert=(
+                Path(settings.temporal_tls_ca).read_bytes() if settings.temporal_tls_ca else None
+            ),
+        )
+    return bool(settings.temporal_api_key)
+
+
 async def connect(settings: Settings, *, sdk_metrics: bool = True) -> Client:
     """A client whose workflows and activities carry the caller's trace context and
     whose payloads are encrypted. Workers built on it inherit both."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
+        tls=tls_config(settings),
+        api_key=settings.temporal_api_key or None,
         # Order matters: the tracing interceptor is outermost, so the activity log
         # line is written inside the activity's span and carries its trace id.
         interceptors=[TracingInterceptor(), ActivityLogInterceptor()],

@@ -46,3 +46,25 @@ def test_an_unknown_profile_is_refused() -> None:
 def test_sampling_ratio_comes_from_the_environment() -> None:
     assert config.load({"AGORA_TRACE_SAMPLE_RATIO": "0.1"}).trace_sample_ratio == 0.1
     assert config.load({}).trace_sample_ratio == 1.0
+
+
+def test_temporal_is_plain_locally_mtls_with_a_client_certificate_tls_with_an_api_key(
+    tmp_path,
+) -> None:
+    from temporalio.client import TLSConfig
+
+    from agora.temporal import tls_config
+
+    assert tls_config(config.load({})) is False
+    assert tls_config(config.load({"AGORA_TEMPORAL_API_KEY": "k"})) is True
+    (tmp_path / "c.pem").write_bytes(b"cert")
+    (tmp_path / "k.pem").write_bytes(b"key")
+    tls = tls_config(
+        config.load(
+            {
+                "AGORA_TEMPORAL_TLS_CERT": str(tmp_path / "c.pem"),
+                "AGORA_TEMPORAL_TLS_KEY": str(tmp_path / "k.pem"),
+            }
+        )
+    )
+    assert isinstance(tls, TLSConfig) and tls.client_cert == b"cert"
