@@ -139,3 +139,45 @@ async def test_the_audit_service_catches_up_from_its_offsets_after_being_down(
     assert missing == 0  # nothing recorded while it was down
     services("audit")  # restarts it
     await assert_each_once_and_chain_verifies(settings, pools["audit"], event_ids)
+
+
+async def test_orders_placed_while_kafka_is_down_reach_the_audit_log_exactly_once(
+    settings: Settings, services: Services, pools: dict[str, asyncpg.Pool]
+) -> None:
+    """The saga does not need Kafka; its events wait in the outbox, then arrive once each."""
+    from tests.integration.catalogkit import CatalogApi
+    from tests.integration.gatewaykit import TokenMinter, bearer, running_gateway
+    from tests.integration.test_orders import final_order, place, product_with_stock
+
+    for service in ("catalog", "inventory", "payments", "orders"):
+        services(service)
+    minter = TokenMinter(settings)
+    orders_db = await create_pool(settings, "orders", size=2)
+    async with running_gateway(settings, minter) as (gw, client):
+        shop = {"gw": gw, "client": client, "minter": minter, "catalog": CatalogApi(client, minter)}
+        sku = await product_with_stock(shop, 5)
+        who = bearer(
+            minter.token(
+                sub=str(uuid.uuid4()), scope="profile catalog:read orders:write orders:read"
+            )
+        )
+        stack(settings, "kill", "kafka")
+        try:
+            order_ids = []
+            for _ in range(3):
+                response = await place(shop, who, sku)
+                assert response.status == 201, await response.text()
+                order_ids.append((await response.json())["order_id"])
+            for order_id in order_ids:
+                assert (await final_order(shop, who, order_id))["status"] == "COMPLETED"
+            rows = await orders_db.fetch(
+                "SELECT event_id, sent_at FROM outbox WHERE aggregate_id = ANY($1)", order_ids
+            )
+            assert len(rows) == 9  # placed, confirmed, completed for each
+            assert all(r["sent_at"] is None for r in rows)  # accumulated, nothing published
+        finally:
+            stack(settings, "up", "kafka")
+    await orders_db.close()
+    await assert_each_once_and_chain_verifies(
+        settings, pools["audit"], [str(r["event_id"]) for r in rows]
+    )
