@@ -10,6 +10,17 @@ from pathlib import Path
 from stack.base import ComponentError, Context
 from stack.component import Component
 
+# The dev server runs ONE history shard, and each shard's queue readers are rate
+# limited (default 20 polls/s per queue): once its small burst is spent, every
+# transfer task (a workflow task or an activity task to dispatch) waits up to 50 ms.
+# That, not our code, was the ~50 ms per saga step (docs/orders.md). A cluster
+# spreads workflows over hundreds of shards; locally we lift the per-shard limit.
+DYNAMIC_CONFIG = {
+    "history.transferProcessorMaxPollRPS": 10000,
+    "history.timerProcessorMaxPollRPS": 10000,
+    "history.visibilityProcessorMaxPollRPS": 10000,
+}
+
 # Typed search attributes the workflows upsert (docs/temporal-ui.md).
 SEARCH_ATTRIBUTES = {
     "CustomerId": "Keyword",
@@ -74,6 +85,8 @@ class Temporal(Component):
         ]
         if ctx.settings.ui_codec_endpoint:
             argv += ["--ui-codec-endpoint", ctx.settings.ui_codec_endpoint]
+        for key, value in DYNAMIC_CONFIG.items():
+            argv += ["--dynamic-config-value", f"{key}={value}"]
         for key, kind in SEARCH_ATTRIBUTES.items():
             argv += ["--search-attribute", f"{key}={kind}"]
         ctx.spawn(self.name, argv)
