@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from temporalio import activity
@@ -27,18 +25,8 @@ from workflows.catalog import (
     ProductData,
 )
 
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 batches: list[UpsertBatchInput] = []
 refreshed: list[list[str]] = []
-
-
-@pytest.fixture(scope="module")
-async def env():
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER)
-    )
-    yield environment
-    await environment.shutdown()
 
 
 @activity.defn(name="catalog.upsert_batch")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from temporalio import activity
@@ -29,17 +27,7 @@ from workflows.identity import (
     RotateSigningKeyWorkflow,
 )
 
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
-
-
-@pytest.fixture(scope="module")
-async def env():
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER)
-    )
-    yield environment
-    await environment.shutdown()
 
 
 calls: list[object] = []

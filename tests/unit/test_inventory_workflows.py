@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,18 +30,6 @@ from workflows.inventory import (
     SeedStockInput,
     SeedStockWorkflow,
 )
-
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
-
-
-@pytest.fixture(scope="module")
-async def env():
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER)
-    )
-    yield environment
-    await environment.shutdown()
-
 
 calls: list[Any] = []
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -69,7 +68,6 @@ from workflows.orders import (
     order_workflow_id,
 )
 
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 ORDERS_QUEUE = "orders-test"
 
@@ -219,35 +217,6 @@ async def refund(data: RefundInput) -> RefundResult:
     return RefundResult(
         data.payment_id, "ref-1", data.amount_minor or 2000, 2000, "EUR", "refunded"
     )
-
-
-async def register_search_attributes(client: Client) -> None:
-    """What `make run` registers on the dev server (stack/temporal.py), here on the test one."""
-    from temporalio.api.enums.v1 import IndexedValueType
-    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-
-    from stack.temporal import SEARCH_ATTRIBUTES
-
-    kinds = {
-        "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-        "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-    }
-    await client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=client.namespace,
-            search_attributes={k: kinds[v] for k, v in SEARCH_ATTRIBUTES.items()},
-        )
-    )
-
-
-@pytest.fixture(scope="module")
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER)
-    )
-    await register_search_attributes(environment.client)
-    yield environment
-    await environment.shutdown()
 
 
 @pytest.fixture
