@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := AGORA_PROFILE=test
 PYTEST_ARGS ?=
 
-.PHONY: help venv run seed stop status test test-unit test-integration test-deploy helm lint bench protos logs clean-state
+.PHONY: help venv run seed stop status test test-unit test-integration test-deploy helm lint bench protos logs clean-state browser-deps
 
 help:
 	@echo "make run     install everything, start the local platform, print its URLs"
@@ -45,9 +45,13 @@ AGORA_CACHE ?= $(or $(AGORA_CACHE_DIR),$(HOME)/.cache/agora)
 helm:
 	@bash deploy/local/build_helm.sh "$(AGORA_CACHE)"
 
+# The browser test's Debian chromium, Node.js and playwright-core (npm ci); idempotent.
+browser-deps:
+	@bash tests/browser/install.sh
+
 # The test stack has its own state folder (.state/test) and ports (+100), is started
 # fresh for each run and stopped afterwards, even when a test fails.
-test: venv helm
+test: venv helm browser-deps
 	@$(TEST_ENV) $(PY) -m stack down >/dev/null 2>&1 || true
 	@rm -rf .state/test
 	@$(TEST_ENV) $(PY) -m stack up

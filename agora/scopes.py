@@ -17,6 +17,8 @@ INVENTORY_WRITE = "inventory:write"
 AUDIT_READ = "audit:read"
 ADMIN = "admin"
 IDENTITY_ADMIN = "identity:admin"
+# Reads workflow payloads in clear through the codec server (Temporal web UI).
+SUPPORT = "support"
 
 CUSTOMER_SCOPES: tuple[str, ...] = (PROFILE, CATALOG_READ, ORDERS_READ, ORDERS_WRITE)
 
@@ -33,6 +35,8 @@ ROLE_SCOPES: dict[str, tuple[str, ...]] = {
         AUDIT_READ,
     ),
     "auditor": (PROFILE, AUDIT_READ),
+    # Staff who inspect stuck orders in the Temporal UI: decode payloads, nothing else.
+    "support": (PROFILE, SUPPORT),
     "service": (),
 }
 

@@ -130,6 +130,8 @@ class Role(betterproto2.Enum):
 
     AUDITOR = 4
 
+    SUPPORT = 5
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -138,6 +140,7 @@ class Role(betterproto2.Enum):
             2: "ROLE_ADMIN",
             3: "ROLE_SERVICE",
             4: "ROLE_AUDITOR",
+            5: "ROLE_SUPPORT",
         }
 
     @classmethod
@@ -148,6 +151,7 @@ class Role(betterproto2.Enum):
             "ROLE_ADMIN": 2,
             "ROLE_SERVICE": 3,
             "ROLE_AUDITOR": 4,
+            "ROLE_SUPPORT": 5,
         }
 
 
