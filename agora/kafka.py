@@ -121,6 +121,10 @@ class EventConsumer:
         self._producer = producer
         self._settings = settings
         self._stopping = asyncio.Event()
+        # Error counters exist at 0 from the start: a series that appears only with its
+        # first dead letter hides that letter from increase() and from the dashboards.
+        for topic in spec.topics:
+            _dead.add(0, {"group": spec.group, "topic": topic})
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(

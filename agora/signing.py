@@ -118,7 +118,9 @@ def check_headers(headers: Mapping[str, str], *, now: float | None = None) -> tu
             "signature-required",
             f"API clients must send {TIMESTAMP_HEADER}, {NONCE_HEADER} and {SIGNATURE_HEADER}",
         )
-    if not timestamp.isdigit():
+    # ASCII digits only, and few of them: str.isdigit() also accepts "²" or "٣", and
+    # int() refuses some of those and any string of over 4300 digits (a 500, not a 401).
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
         raise SignatureError("signature-invalid", f"{TIMESTAMP_HEADER} must be unix seconds")
     current = time.time() if now is None else now
     if abs(current - int(timestamp)) > MAX_SKEW_SECONDS:

@@ -6,6 +6,7 @@ OTel Prometheus reader), so code records every metric once, with the OTel API.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
@@ -20,7 +21,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 
 from agora.config import Settings
 
@@ -38,6 +39,11 @@ class Telemetry:
 
 
 _installed: Telemetry | None = None
+
+# This process's service.instance.id: on our metrics and on the Temporal SDK's
+# (agora.temporal), so both carry the same `instance` label and processes of one
+# service never overwrite each other's series in the collector.
+INSTANCE_ID = str(uuid.uuid4())
 
 LATENCY_BUCKETS_S = (
     0.0005,
@@ -58,6 +64,16 @@ LATENCY_BUCKETS_S = (
 )
 
 
+def sampler(settings: Settings) -> Sampler:
+    """Head sampling: the trace's first span decides (AGORA_TRACE_SAMPLE_RATIO, 1.0
+    locally and in staging, 0.1 in production) and every later hop follows the
+    caller's decision, so a trace is kept whole or not at all. With tracing off
+    nothing is recorded, whatever the caller decided."""
+    if not settings.tracing_enabled:
+        return ALWAYS_OFF
+    return ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
+
+
 def setup_telemetry(settings: Settings, service: str) -> Telemetry:
     """Install global tracer and meter providers for this process (once)."""
     global _installed
@@ -67,11 +83,11 @@ def setup_telemetry(settings: Settings, service: str) -> Telemetry:
         {
             "service.name": service,
             "service.namespace": "agora",
+            "service.instance.id": INSTANCE_ID,
             "deployment.environment": settings.profile,
         }
     )
-    sampler = ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
-    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler(settings))
     if settings.tracing_enabled:
         tracer_provider.add_span_processor(
             BatchSpanProcessor(
