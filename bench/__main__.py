@@ -18,11 +18,16 @@ import uvloop
 
 from agora import config
 from agora.config import REPO_ROOT, Settings
-from bench import auth, catalog, orders
+from bench import auth, catalog, orders, tracing
 from bench.stats import Row
 
 Scenario = Callable[[Settings], Coroutine[Any, Any, dict[str, Any]]]
-SCENARIOS: dict[str, Scenario] = {"auth": auth.run, "catalog": catalog.run, "orders": orders.run}
+SCENARIOS: dict[str, Scenario] = {
+    "auth": auth.run,
+    "catalog": catalog.run,
+    "orders": orders.run,
+    "tracing": tracing.run,
+}
 
 
 def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:

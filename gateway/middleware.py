@@ -28,6 +28,7 @@ from gateway.ratelimit import Verdict
 from gateway.signatures import signed_headers, verify_request
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
 tracer = trace.get_tracer("agora.gateway")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
@@ -54,7 +55,9 @@ def _deadline(request: web.Request, default_ms: int) -> float:
     raw = request.headers.get("X-Request-Timeout")
     timeout_ms = default_ms
     if raw is not None:
-        if not raw.isdigit() or not 0 < int(raw) <= MAX_TIMEOUT_MS:
+        # ASCII digits only: str.isdigit() accepts "²", which int() refuses (a 500, not a 400).
+        valid = raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_TIMEOUT_MS))
+        if not valid or not 0 < int(raw) <= MAX_TIMEOUT_MS:
             raise Problem("invalid-argument", f"X-Request-Timeout must be 1-{MAX_TIMEOUT_MS} ms")
         timeout_ms = int(raw)
     return time.monotonic() + timeout_ms / 1000
@@ -88,7 +91,22 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
             response = _refusal(request, Problem("internal-error"), trace_id)
         span.set_attribute("http.response.status_code", response.status)
+        # One access line per request, inside the span so it carries the trace id
+        # (`make logs TRACE=<id>` starts here); silence with the gateway.access logger.
+        access_log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route.path if route else "unmatched",
+                "status": response.status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "request_id": request_id,
+            },
+        )
     response.headers["X-Request-Id"] = request_id
+    # The trace id on every answer (problem bodies also carry it): what a client
+    # quotes to support and what `make logs TRACE=<id>` and Jaeger look up.
+    response.headers["X-Trace-Id"] = trace_id
     timing.add("total", time.perf_counter() - started)
     response.headers["Server-Timing"] = timing.header()
     attributes = {"route": route.path if route else "unmatched", "method": request.method}

@@ -307,3 +307,19 @@ def test_engine_examples_parse_and_spread_over_zones():
         assert docs, f.name
         if f.name in ("cloudnative-pg.yaml", "eck-elasticsearch.yaml", "redis-values.yaml"):
             assert "topology.kubernetes.io/zone" in f.read_text(), f.name
+
+
+# Head sampling: every trace in staging (low traffic, debugging), one in ten in
+# production; each hop follows the caller's decision (agora.telemetry.sampler).
+SAMPLE_RATIO = {"staging": 1.0, "production": 0.1}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_workload_samples_traces_at_its_environments_ratio(rendered, env):
+    for name in policy.WORKLOADS:
+        container = policy.pod_spec(rendered[env], name)["containers"][0]
+        plain = {k: v for k, v in policy.env_of(container).items() if isinstance(v, str)}
+        assert float(plain["AGORA_TRACE_SAMPLE_RATIO"]) == SAMPLE_RATIO[env], name
+        settings = config.load(plain, service=name)
+        assert settings.tracing_enabled, f"{env}: {name} has tracing switched off"
+        assert settings.trace_sample_ratio == SAMPLE_RATIO[env]

@@ -1,0 +1,65 @@
+"""Head sampling from configuration: a ratio for new traces, the caller's decision after."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    set_span_in_context,
+)
+
+from agora import config
+from agora.telemetry import sampler
+
+TRACES = 2_000
+
+
+def _decide(ratio: str, *, tracing: str = "on", parent_sampled: bool | None = None) -> Decision:
+    settings = config.load({"AGORA_TRACE_SAMPLE_RATIO": ratio, "AGORA_TRACING": tracing})
+    rng = random.Random(7)
+    trace_id = rng.getrandbits(128)
+    context = None
+    if parent_sampled is not None:
+        flags = TraceFlags(TraceFlags.SAMPLED if parent_sampled else TraceFlags.DEFAULT)
+        parent = SpanContext(trace_id, rng.getrandbits(64), is_remote=True, trace_flags=flags)
+        context = set_span_in_context(NonRecordingSpan(parent))
+    return sampler(settings).should_sample(context, trace_id, "GET /v1/products/{sku}").decision
+
+
+def _kept(ratio: str) -> int:
+    decide = sampler(config.load({"AGORA_TRACE_SAMPLE_RATIO": ratio})).should_sample
+    rng = random.Random(11)
+    return sum(
+        decide(None, rng.getrandbits(128), "root").decision is Decision.RECORD_AND_SAMPLE
+        for _ in range(TRACES)
+    )
+
+
+def test_every_trace_is_kept_at_the_local_and_staging_ratio() -> None:
+    assert _kept("1.0") == TRACES
+
+
+def test_about_one_trace_in_ten_is_kept_in_production() -> None:
+    assert 0.07 * TRACES < _kept("0.1") < 0.13 * TRACES
+
+
+def test_a_hop_follows_its_callers_decision_whatever_its_own_ratio() -> None:
+    # A trace is kept whole or dropped whole: services never re-sample a started trace.
+    assert _decide("0.0", parent_sampled=True) is Decision.RECORD_AND_SAMPLE
+    assert _decide("1.0", parent_sampled=False) is Decision.DROP
+
+
+def test_tracing_off_records_nothing_even_for_a_sampled_caller() -> None:
+    assert _decide("1.0", tracing="off") is Decision.DROP
+    assert _decide("1.0", tracing="off", parent_sampled=True) is Decision.DROP
+
+
+@pytest.mark.parametrize("ratio", ["-0.1", "1.5"])
+def test_a_ratio_outside_zero_to_one_is_refused(ratio: str) -> None:
+    with pytest.raises(ValueError, match="AGORA_TRACE_SAMPLE_RATIO"):
+        config.load({"AGORA_TRACE_SAMPLE_RATIO": ratio})
