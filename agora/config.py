@@ -107,6 +107,10 @@ class Settings:
     rate_limits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     gateway_max_body_bytes: int = 64 * 1024
     gateway_default_timeout_ms: int = 2000
+    # How long the gateway waits for Redis (revocation + rate limit) before treating
+    # it as unavailable: short, so a partitioned Redis costs little, but above the
+    # event-loop lag of a loaded two-core machine.
+    gateway_redis_timeout_ms: int = 500
     # Identity: key-encryption key (base64 of 32 bytes; locally generated into
     # <state>/secrets/identity-kek when empty), token lifetimes and the signing-key
     # rotation interval, all in seconds.
@@ -263,6 +267,7 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         },
         gateway_max_body_bytes=int(env.get("AGORA_GATEWAY_MAX_BODY_BYTES", 64 * 1024)),
         gateway_default_timeout_ms=int(env.get("AGORA_GATEWAY_DEFAULT_TIMEOUT_MS", 2000)),
+        gateway_redis_timeout_ms=int(env.get("AGORA_GATEWAY_REDIS_TIMEOUT_MS", 500)),
         identity_kek=env.get("AGORA_IDENTITY_KEK", ""),
         access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
         refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),

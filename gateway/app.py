@@ -37,8 +37,6 @@ from gateway.upstream import Upstream
 
 # Internal calls the gateway makes for itself (not for one request): short and fixed.
 _INTERNAL_TIMEOUT_S = 2.0
-# A dead or partitioned Redis must cost a request milliseconds, not seconds.
-_REDIS_TIMEOUT_S = 0.25
 
 
 def jwks_from_identity(identity: IdentityServiceStub) -> JwksFetcher:
@@ -74,8 +72,8 @@ async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None =
     metrics = GatewayMetrics()
     redis = Redis.from_url(
         settings.redis_url,
-        socket_timeout=_REDIS_TIMEOUT_S,
-        socket_connect_timeout=_REDIS_TIMEOUT_S,
+        socket_timeout=settings.gateway_redis_timeout_ms / 1000,
+        socket_connect_timeout=settings.gateway_redis_timeout_ms / 1000,
         retry=Retry(NoBackoff(), 0),
     )
     channels = Channels(settings, caller="gateway")

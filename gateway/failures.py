@@ -115,6 +115,10 @@ def from_temporal(error: BaseException) -> Problem:
     if isinstance(error, RPCError):
         if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
             return Problem("upstream-timeout")
+        if error.status == RPCStatusCode.NOT_FOUND:
+            # An update or signal to a workflow that has finished (e.g. cancelling an
+            # order whose saga just ended): the request no longer applies, nothing failed.
+            return Problem("conflict", "the operation's workflow is no longer running")
         return Problem("upstream-unavailable")
     root = _root_cause(error)
     if isinstance(root, ApplicationError) and root.type in APPLICATION_ERROR_TYPE:

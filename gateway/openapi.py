@@ -68,7 +68,8 @@ def route_problems(route: Route) -> list[str]:
     if route.route_class is not None:
         codes += ("rate-limited", "dependency-unavailable")
     if route.path.startswith("/v1/"):
-        codes += _UPSTREAM_PROBLEMS
+        # invalid-argument: an X-Request-Timeout outside 1-30000 (the edge refuses it).
+        codes += (*_UPSTREAM_PROBLEMS, "invalid-argument")
     codes += route.problems
     return sorted(set(codes), key=lambda c: (PROBLEM_TYPES[c].status, c))
 

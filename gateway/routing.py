@@ -104,16 +104,41 @@ def _validation_problem(error: ValidationError, where: str) -> Problem:
     )
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+# PostgreSQL text cannot hold NUL, so a NUL that got through would fail deep in a
+# service (a 502); no field of this API can legitimately carry one.
+_NUL_PROBLEM = "text must not contain NUL characters"
+
+
+def reject_nul(request: web.Request) -> None:
+    """Refuse a NUL in a path parameter or a query parameter's name or value."""
+    query = request.rel_url.query
+    if _has_nul([*request.match_info.values(), *query.keys(), *query.values()]):
+        raise Problem("invalid-argument", _NUL_PROBLEM)
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise Problem("unsupported-media-type", f"got {request.content_type or 'no content type'}")
     raw = await request.read()  # bounded by the app's client_max_size (413 beyond)
     try:
-        return model.model_validate_json(raw)
+        parsed = model.model_validate_json(raw)
     except ValidationError as error:
         if any(item["type"] == "json_invalid" for item in error.errors()):
             raise Problem("malformed-json", "the body could not be parsed as JSON") from None
         raise _validation_problem(error, "body") from None
+    if b"\\u0000" in raw and _has_nul(parsed.model_dump()):
+        raise Problem("invalid-argument", _NUL_PROBLEM)
+    return parsed
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
@@ -127,6 +152,7 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
     """The aiohttp handler of a route: parse input, call the route's handler, render output."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        reject_nul(request)
         payload: BaseModel | None = None
         if route.body is not None:
             payload = await parse_body(request, route.body)

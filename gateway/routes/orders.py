@@ -53,6 +53,8 @@ from workflows.orders import (
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 ORDERS_READ = frozenset({scopes.ORDERS_READ})
 ORDERS_WRITE = frozenset({scopes.ORDERS_WRITE})
+# Orders whose saga has ended for good: nothing left to cancel or pay.
+FINISHED = frozenset({"CANCELLED", "REJECTED", "REFUNDED"})
 
 
 def _idempotency_key(request: web.Request) -> str:
@@ -190,6 +192,8 @@ async def list_orders(request: web.Request, query: ListOrdersQuery) -> OrderList
 async def cancel_order(request: web.Request, body: CancelOrderRequest) -> OrderAnswer:
     """Before completion the saga compensates; after it, everything is refunded."""
     order = await _own_order(request)
+    if order.status.name in FINISHED:
+        raise Problem("conflict", f"the order is {order.status.name.lower()}")
     gw = deps(request)
     who = principal_of(request).subject
     if order.status.name in ("COMPLETED", "PARTIALLY_REFUNDED"):
@@ -248,6 +252,8 @@ async def refund_order(request: web.Request, body: RefundOrderRequest) -> OrderA
 async def complete_payment(request: web.Request, body: CompletePaymentRequest) -> OrderAnswer:
     """After the payment's extra step (3-D Secure), authorize again with the new token."""
     order = await _own_order(request)
+    if order.status.name in FINISHED or order.status.name == "COMPLETED":
+        raise Problem("conflict", f"the order is {order.status.name.lower()}")
     gw = deps(request)
     handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order.order_id))
     async with gw.upstream.call(request, "temporal.CompletePayment") as timeout:

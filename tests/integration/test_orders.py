@@ -271,7 +271,7 @@ async def test_concurrent_orders_against_scarce_stock_never_oversell_or_double_c
     units, orders = 10, 60
     sku = await product_with_stock(shop, units, price=700)
     customers = [customer(shop) for _ in range(orders)]
-    gate = asyncio.Semaphore(20)
+    gate = asyncio.Semaphore(10)
 
     async def one(who: dict[str, str]) -> tuple[dict[str, str], str]:
         async with gate:

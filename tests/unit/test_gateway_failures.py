@@ -62,3 +62,12 @@ def test_business_failures_inside_workflows_map_by_type() -> None:
     assert (problem.status, problem.code) == (409, "email-taken")
     problem = failures.from_temporal(_workflow_failure("SomethingElse"))
     assert (problem.status, problem.code) == (502, "upstream-error")
+
+
+def test_an_update_to_a_finished_workflow_is_a_conflict_not_an_outage() -> None:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    finished = RPCError("workflow execution already completed", RPCStatusCode.NOT_FOUND, b"")
+    assert failures.from_temporal(finished).code == "conflict"
+    unavailable = RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
+    assert failures.from_temporal(unavailable).code == "upstream-unavailable"

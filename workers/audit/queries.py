@@ -50,9 +50,13 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind != "seq" or not value.isdigit():
+        # ASCII digits within bigint: a larger number would fail in the query, not here.
+        if kind != "seq" or not (value.isascii() and value.isdigit()) or len(value) > 19:
             raise ValueError(text)
-        return int(value)
+        sequence = int(value)
+        if sequence >= 2**63:
+            raise ValueError(text)
+        return sequence
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidQuery("cursor is not one this service issued") from None
 

@@ -45,8 +45,11 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         category, sku = json.loads(raw)
         if not isinstance(category, str) or not isinstance(sku, str):
             raise ValueError
+        if "\x00" in category or "\x00" in sku:
+            raise ValueError  # PostgreSQL text cannot hold NUL: the query would fail
         return category, sku
-    except (ValueError, TypeError, UnicodeDecodeError):
+    # RecursionError: base64 of "[[[[..." nests deeper than the JSON parser goes.
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
         raise InvalidArgument("cursor is malformed: pass back a next_cursor unchanged") from None
 
 

@@ -84,8 +84,14 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, order_id = json.loads(base64.urlsafe_b64decode(padded))
-        return dt.datetime.fromisoformat(created_at), uuid.UUID(order_id)
-    except (ValueError, TypeError) as error:
+        at = dt.datetime.fromisoformat(created_at)
+        if at.tzinfo is None:
+            raise ValueError("cursor time without an offset")
+        # In UTC here: 0001-01-01T00:00+14:00 is before year 1 in UTC (OverflowError),
+        # which would otherwise fail in the query as an INTERNAL error.
+        return at.astimezone(dt.UTC), uuid.UUID(order_id)
+    # RecursionError: base64 of "[[[[..." nests deeper than the JSON parser goes.
+    except (ValueError, TypeError, RecursionError, OverflowError) as error:
         raise InvalidArgument("malformed cursor") from error
 
 

@@ -180,7 +180,8 @@ def decode_cursor(request: SearchRequest) -> list[Any]:
         digest = state["d"]
         if not isinstance(values, list) or len(values) != 2:
             raise ValueError
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+    # RecursionError: base64 of "[[[[..." nests deeper than the JSON parser goes.
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
         raise InvalidArgument("cursor is malformed: pass back next_cursor unchanged") from None
     if digest != _digest(request):
         raise InvalidArgument("cursor belongs to another query, filter or sort")

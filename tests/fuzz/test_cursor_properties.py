@@ -1,0 +1,188 @@
+"""Properties of the pagination cursors of orders, catalog, search, audit and identity.
+
+A cursor is opaque to clients, who may send anything back: every decoder turns
+any string into either the position it encoded or a clean InvalidArgument
+(gRPC INVALID_ARGUMENT, HTTP 400), never another exception (which would be an
+INTERNAL error and a 5xx at the gateway). What a service encodes, it decodes
+to the same position.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from agora.errors import InvalidArgument
+from contracts.agora.search.v1 import SearchRequest
+from tests.fuzz.settings import PROPERTY
+from workers.audit import queries as audit
+from workers.catalog import reads as catalog
+from workers.identity import apiclients as identity
+from workers.orders import api as orders
+from workers.search import query as search
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+# Anything a client could send back, and near-misses of real cursors: base64 of
+# JSON of the wrong shape, of non-UTF-8 bytes, of very deep nesting, of huge numbers.
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=10,
+)
+CURSORS = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=150).map(b64),
+    JSON_VALUES.map(lambda v: b64(json.dumps(v).encode())),
+    st.text(max_size=60).map(lambda t: b64(t.encode())),
+)
+NASTY = [
+    "",
+    "=",
+    "====",
+    "é",
+    "\x00",
+    b64(b"\xff\xfe"),
+    b64(b"[" * 5000),  # deeper than the JSON parser's recursion limit
+    b64(b"seq:" + b"9" * 30),
+    b64(b"seq:" + b"9" * 5000),
+    b64(b"seq:\xc2\xb2"),  # "²" passes str.isdigit()
+    b64(json.dumps(["2020-01-01T00:00:00", "not-a-uuid"]).encode()),
+    b64(json.dumps({"d": "x", "a": [1]}).encode()),
+]
+
+
+def decodes_cleanly(decode: Callable[[str], Any], cursor: str) -> None:
+    try:
+        decode(cursor)
+    except InvalidArgument:
+        pass
+
+
+def _search_decode(cursor: str) -> Any:
+    return search.decode_cursor(SearchRequest(query="q", search_after=cursor))
+
+
+DECODERS: dict[str, Callable[[str], Any]] = {
+    "orders": orders.decode_cursor,
+    "catalog": catalog.decode_cursor,
+    "search": _search_decode,
+    "audit": audit.decode_cursor,
+    "identity": identity._decode_cursor,
+}
+
+
+@pytest.mark.parametrize("service", sorted(DECODERS))
+@PROPERTY
+@given(cursor=CURSORS)
+def test_any_cursor_is_a_position_or_an_invalid_argument(service: str, cursor: str) -> None:
+    decodes_cleanly(DECODERS[service], cursor)
+
+
+@pytest.mark.parametrize("service", sorted(DECODERS))
+@pytest.mark.parametrize("cursor", NASTY)
+def test_nasty_cursors_are_invalid_arguments(service: str, cursor: str) -> None:
+    decodes_cleanly(DECODERS[service], cursor)
+
+
+# Round trips -------------------------------------------------------------------
+
+TIMES = st.datetimes(
+    min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.UTC)
+)
+
+
+@PROPERTY
+@given(TIMES, st.uuids())
+def test_orders_cursor_round_trips(created_at: dt.datetime, order_id: uuid.UUID) -> None:
+    assert orders.decode_cursor(orders.encode_cursor(created_at, order_id)) == (
+        created_at,
+        order_id,
+    )
+
+
+# What the catalog can store: PostgreSQL text, which holds anything but NUL.
+STORED_TEXT = st.characters(exclude_characters="\x00")
+
+
+@PROPERTY
+@given(st.text(STORED_TEXT, max_size=80), st.text(STORED_TEXT, max_size=64))
+def test_catalog_cursor_round_trips(category: str, sku: str) -> None:
+    assert catalog.decode_cursor(catalog.encode_cursor(category, sku)) == (category, sku)
+
+
+@PROPERTY
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+@example(0)
+def test_audit_cursor_round_trips(sequence: int) -> None:
+    assert audit.decode_cursor(audit.encode_cursor(sequence)) == sequence
+
+
+@PROPERTY
+@given(
+    st.text(max_size=30),
+    st.lists(
+        st.integers() | st.floats(allow_nan=False) | st.text(max_size=10), min_size=2, max_size=2
+    ),
+)
+def test_search_cursor_round_trips_and_is_bound_to_its_query(query: str, values: list) -> None:
+    request = SearchRequest(query=query)
+    cursor = search.encode_cursor(request, values)
+    assert search.decode_cursor(SearchRequest(query=query, search_after=cursor)) == values
+    with pytest.raises(InvalidArgument):
+        search.decode_cursor(SearchRequest(query=query + "x", search_after=cursor))
+
+
+@PROPERTY
+@given(TIMES, st.uuids())
+def test_identity_cursor_round_trips(created_at: dt.datetime, client_id: uuid.UUID) -> None:
+    row = identity.ApiClientRow.__new__(identity.ApiClientRow)
+    object.__setattr__(row, "created_at", created_at)
+    object.__setattr__(row, "client_id", client_id)
+    assert identity._decode_cursor(identity._encode_cursor(row)) == (created_at, client_id)
+
+
+@PROPERTY
+@given(CURSORS)
+@example(b64(b"seq:" + b"9" * 30))
+@example(b64(b"seq:9223372036854775808"))
+def test_an_audit_position_always_fits_the_bigint_column(cursor: str) -> None:
+    try:
+        assert 0 <= audit.decode_cursor(cursor) < 2**63
+    except InvalidArgument:
+        pass
+
+
+@PROPERTY
+@given(CURSORS)
+@example(b64(b'["0001-01-01T00:00:00+14:00", "00000000-0000-0000-0000-000000000000"]'))
+@example(b64(b'["2020-01-01T00:00:00", "00000000-0000-0000-0000-000000000000"]'))
+def test_an_orders_position_is_an_aware_utc_time_the_database_can_hold(cursor: str) -> None:
+    try:
+        at, _ = orders.decode_cursor(cursor)
+    except InvalidArgument:
+        return
+    assert at.utcoffset() == dt.timedelta(0)
+    assert at.year >= 1
+
+
+@PROPERTY
+@given(CURSORS)
+@example(b64(b'["tests", "\\u0000"]'))
+def test_a_catalog_position_holds_no_nul_for_the_database(cursor: str) -> None:
+    try:
+        category, sku = catalog.decode_cursor(cursor)
+    except InvalidArgument:
+        return
+    assert "\x00" not in category + sku

@@ -1,0 +1,203 @@
+"""Security and bad input at every service's internal gRPC port, for all seven services.
+
+* mTLS: a peer without a certificate, or with one from another CA, gets no answer.
+* Bad frames: a malformed protobuf, a gRPC length prefix longer than its data, a
+  truncated prefix and an invalid compressed flag, sent over HTTP/2 with a valid
+  platform certificate, each get a gRPC error status; the process stays ready and
+  keeps answering well-formed calls.
+* Stores: each service's database role cannot open any other service's database.
+  (The audit log's refusal of UPDATE / DELETE / TRUNCATE, even for its owner and a
+  superuser, is proven in tests/integration/test_audit.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import pytest
+from grpclib.client import Channel
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+from agora import pki
+from agora.config import SERVICES, Settings
+from tests.integration.conftest import Services
+from tests.integration.grpcraw import Answer, call_raw, grpc_frame
+
+pytestmark = pytest.mark.integration
+
+# One unary method per service whose request has fields, so garbage cannot parse as it.
+METHODS = {
+    "identity": "/agora.identity.v1.IdentityService/GetAccount",
+    "catalog": "/agora.catalog.v1.CatalogService/GetProduct",
+    "search": "/agora.search.v1.SearchService/Search",
+    "inventory": "/agora.inventory.v1.InventoryService/GetStock",
+    "orders": "/agora.orders.v1.OrdersService/GetOrder",
+    "payments": "/agora.payments.v1.PaymentsService/GetPayment",
+    "audit": "/agora.audit.v1.AuditService/QueryEvents",
+}
+GRPC_OK = 0
+
+# name -> the DATA of one request stream. None of these is a well-formed gRPC message,
+# and each must be answered with a gRPC error status.
+BAD_BODIES = {
+    # A varint that never ends (the stream runs out inside it).
+    "unterminated-varint": grpc_frame(b"\x08\xff\xff"),
+    # A varint of eleven bytes (at most ten encode 64 bits).
+    "overlong-varint": grpc_frame(b"\xff" * 11),
+    # The prefix declares 1 MiB; 3 bytes follow, then the stream ends.
+    "length-prefix-longer-than-data": grpc_frame(b"abc", declared_length=1 << 20),
+    # The stream ends inside the 5-byte prefix.
+    "truncated-prefix": b"\x00\x00\x00",
+    # Compressed flag set although no grpc-encoding was negotiated.
+    "compressed-without-encoding": grpc_frame(b"\x1f\x8b\x08\x00garbage", compressed=1),
+    # A compressed flag that is neither 0 nor 1.
+    "invalid-compressed-flag": grpc_frame(b"\x0a\x01x", compressed=7),
+}
+# Malformed protobuf that betterproto2 parses leniently instead of refusing: a field
+# whose declared length runs past the end of the message is cut short, and wire type 7
+# is skipped; grpclib answers a unary call after its first message and ignores any
+# second one. The service must still answer a complete gRPC status (an error, or an
+# answer to the request as parsed), never hang or die (see docs/testing.md).
+LENIENT_BODIES = {
+    "field-longer-than-message": grpc_frame(b"\x0a\x80\x80\x80\x80\x01abc"),
+    "invalid-wire-type": grpc_frame(b"\x0f\xff\xff"),
+    "two-messages-on-a-unary-call": grpc_frame(b"") + grpc_frame(b""),
+}
+
+
+@pytest.fixture(scope="module")
+def every_service(services: Services) -> Services:
+    for service in SERVICES:
+        services(service)
+    return services
+
+
+def platform_context(settings: Settings) -> ssl.SSLContext:
+    return pki.client_context(settings.pki_dir, "gateway")
+
+
+async def health(settings: Settings, service: str, context: ssl.SSLContext) -> int:
+    channel = Channel(settings.host, settings.grpc_port(service), ssl=context)
+    try:
+        reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=5)
+        return int(reply.status)
+    finally:
+        channel.close()
+
+
+def ready(settings: Settings, service: str) -> bool:
+    url = f"http://{settings.host}:{settings.side_port(service)}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# mTLS -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_a_platform_certificate_is_served(
+    settings: Settings, every_service: Services, service: str
+) -> None:
+    assert await health(settings, service, platform_context(settings)) == (
+        HealthCheckResponse.SERVING
+    )
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_a_peer_without_a_certificate_is_refused(
+    settings: Settings, every_service: Services, service: str
+) -> None:
+    context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
+    context.set_alpn_protocols(["h2"])
+    with pytest.raises(Exception) as raised:
+        await health(settings, service, context)
+    assert "SERVING" not in repr(raised.value)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_a_certificate_from_another_ca_is_refused(
+    settings: Settings, every_service: Services, service: str, tmp_path: Path
+) -> None:
+    # A rogue CA issuing a certificate with the gateway's name: the name is not enough.
+    pki.create_ca(tmp_path / "ca", "Rogue CA")
+    pki.issue(tmp_path / "ca", tmp_path / "gateway", "gateway")
+    context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
+    context.load_cert_chain(
+        str(tmp_path / "gateway" / "tls.crt"), str(tmp_path / "gateway" / "tls.key")
+    )
+    context.set_alpn_protocols(["h2"])
+    with pytest.raises(Exception) as raised:
+        await health(settings, service, context)
+    assert "SERVING" not in repr(raised.value)
+
+
+# Bad frames ---------------------------------------------------------------------------
+
+
+def assert_grpc_error(answer: Answer, case: str) -> None:
+    """A gRPC error status (or, for frames HTTP/2 itself refuses, a stream reset)."""
+    if answer.reset_code is not None:
+        return
+    assert answer.headers.get(":status") == "200", (case, answer)
+    assert answer.grpc_status is not None, (case, answer)
+    assert answer.grpc_status != GRPC_OK, (case, answer)
+    assert "Traceback" not in answer.grpc_message
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_malformed_frames_get_grpc_errors_and_the_service_keeps_serving(
+    settings: Settings, every_service: Services, service: str
+) -> None:
+    context = platform_context(settings)
+    for case, body in BAD_BODIES.items():
+        answer = await asyncio.to_thread(
+            call_raw, settings.host, settings.grpc_port(service), context, METHODS[service], body
+        )
+        assert_grpc_error(answer, case)
+    for case, body in LENIENT_BODIES.items():
+        answer = await asyncio.to_thread(
+            call_raw, settings.host, settings.grpc_port(service), context, METHODS[service], body
+        )
+        assert answer.ended and answer.grpc_status is not None, (case, answer)
+    # An unknown method and an unknown content type are refused the same way.
+    unknown = await asyncio.to_thread(
+        call_raw,
+        settings.host,
+        settings.grpc_port(service),
+        context,
+        "/agora.nothing.v1.Nothing/Nothing",
+        grpc_frame(b""),
+    )
+    assert unknown.grpc_status == 12, unknown  # UNIMPLEMENTED
+    # The process survived every case and still answers correct calls.
+    assert every_service.running[service].proc.poll() is None, f"{service} died"
+    assert ready(settings, service)
+    assert await health(settings, service, context) == HealthCheckResponse.SERVING
+
+
+# Stores ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", SERVICES)
+async def test_a_service_role_opens_only_its_own_database(
+    settings: Settings, every_service: Services, role: str
+) -> None:
+    own = settings.db_dsn(role)
+    conn = await asyncpg.connect(own)
+    try:
+        assert await conn.fetchval("SELECT current_database()") == role
+    finally:
+        await conn.close()
+    base = own.rsplit("/", 1)[0]
+    # Also the maintenance database; template1 keeps PostgreSQL's default PUBLIC CONNECT.
+    for other in (*(s for s in SERVICES if s != role), "postgres"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await asyncpg.connect(f"{base}/{other}")
