@@ -48,9 +48,11 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         for target in result.get("targets", []):
             verdict = "met" if target["met"] else "NOT met"
             lines.append("")
+            # Latencies are "at most" in ms; a target may say otherwise (throughput).
+            compare, unit = target.get("compare", "<="), target.get("unit", "ms")
             lines.append(
-                f"Target {target['name']} <= {target['target_ms']} ms:"
-                f" measured {target['measured_ms']:.3f} ms, **{verdict}**."
+                f"Target {target['name']} {compare} {target['target_ms']} {unit}:"
+                f" measured {target['measured_ms']:.3f} {unit}, **{verdict}**."
             )
     return "\n".join(lines) + "\n"
 
