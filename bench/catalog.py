@@ -21,8 +21,6 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -32,7 +30,7 @@ from agora import db, temporal
 from agora.config import Settings
 from agora.grpc import Channels
 from bench.auth import UNTHROTTLED, _stages
-from bench.processes import free_port, http_ok, process
+from bench.processes import free_port, process, service_running
 from bench.stats import Row, row
 from contracts.agora.catalog.v1 import CatalogServiceStub, GetProductRequest
 from contracts.agora.search.v1 import SearchRequest, SearchServiceStub
@@ -50,23 +48,6 @@ WARMUP = 200
 SEED_PRODUCTS = 10_000
 TARGETS = {"read p95": 5.0, "cache-miss handler p95": 3.0, "search p95": 20.0, "lag p95": 200.0}
 WORDS = ["headphones", "lamp", "bike", "novel", "kettle", "pro", "classic", "shoe", "tent", "desk"]
-
-
-@contextmanager
-def service_running(settings: Settings, service: str) -> Iterator[None]:
-    url = f"http://{settings.host}:{settings.side_port(service)}/readyz"
-    if http_ok(url):
-        yield
-        return
-    with process(
-        service,
-        ["-m", "workers", service],
-        url,
-        settings.state_dir / "logs",
-        env={"AGORA_PROFILE": settings.profile, "AGORA_LOG_LEVEL": "WARNING"},
-    ):
-        time.sleep(1.0)
-        yield
 
 
 async def _load(

@@ -29,8 +29,8 @@ from temporalio.worker import Worker
 from agora import temporal
 from agora.config import Settings
 from bench.auth import UNTHROTTLED
-from bench.catalog import _ensure_catalog, _token, service_running
-from bench.processes import free_port, process
+from bench.catalog import _ensure_catalog, _token
+from bench.processes import free_port, process, service_running
 from bench.stats import Row, row
 from bench.steps import StepsWorkflow, noop
 from workers.payments.psp_sim import tokenize

@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from agora.config import Settings
@@ -66,17 +66,22 @@ def process(
 
 
 @contextmanager
-def identity_running(settings: Settings) -> Iterator[None]:
-    url = f"http://{settings.host}:{settings.side_port('identity')}/readyz"
+def service_running(settings: Settings, service: str) -> Iterator[None]:
+    """The service of this profile, started for the bench unless it already runs."""
+    url = f"http://{settings.host}:{settings.side_port(service)}/readyz"
     if http_ok(url):
         yield
         return
     with process(
-        "identity",
-        ["-m", "workers", "identity"],
+        service,
+        ["-m", "workers", service],
         url,
         settings.state_dir / "logs",
-        env={"AGORA_PROFILE": settings.profile},
+        env={"AGORA_PROFILE": settings.profile, "AGORA_LOG_LEVEL": "WARNING"},
     ):
         time.sleep(1.0)  # the gRPC port opens just after the side port reports ready
         yield
+
+
+def identity_running(settings: Settings) -> AbstractContextManager[None]:
+    return service_running(settings, "identity")
