@@ -228,10 +228,6 @@ class PaymentIntents:
         )
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                recorded = await self._recorded(conn, key, "authorize", digest)
-                if recorded is not None:
-                    self._replay_failure(recorded)
-                    return AuthorizeResult(**json.loads(recorded["result"]))
                 # ON CONFLICT: an earlier attempt (or a void) made the row already.
                 await conn.execute(
                     "INSERT INTO payment_intents (payment_id, order_id, customer_id, currency,"
@@ -247,7 +243,13 @@ class PaymentIntents:
                     card.brand,
                     card.last4,
                 )
+                # Lock first, then look for a recorded result: a concurrent attempt that
+                # finished between the two would otherwise look like a conflict.
                 intent = await self._lock(conn, payment_id)
+                recorded = await self._recorded(conn, key, "authorize", digest)
+                if recorded is not None:
+                    self._replay_failure(recorded)
+                    return AuthorizeResult(**json.loads(recorded["result"]))
                 if intent is None or intent["status"] != Status.PENDING:
                     status = intent["status"] if intent else "gone"
                     raise PaymentStateConflict(f"payment {payment_id} is {status}")
