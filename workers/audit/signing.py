@@ -12,16 +12,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import os
-import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agora.config import Settings
+from agora.secrets import configured_or_local_key, decode_key
 from workers.audit.errors import SigningKeyError
 
 SEED_BYTES = 32
@@ -98,38 +96,19 @@ class CheckpointSigner:
 
 
 def decode_seed(text: str) -> bytes:
-    try:
-        seed = base64.b64decode(text.strip(), validate=True)
-    except ValueError:
-        raise SigningKeyError("AGORA_AUDIT_SIGNING_KEY must be base64") from None
-    if len(seed) != SEED_BYTES:
-        raise SigningKeyError(f"AGORA_AUDIT_SIGNING_KEY must decode to {SEED_BYTES} bytes")
-    return seed
+    return decode_key(
+        text, size=SEED_BYTES, env_name="AGORA_AUDIT_SIGNING_KEY", error=SigningKeyError
+    )
 
 
 def load_signer(settings: Settings) -> CheckpointSigner:
     """The configured key; locally (dev/test) a generated one kept in the state folder."""
-    if settings.audit_signing_key:
-        return CheckpointSigner(decode_seed(settings.audit_signing_key))
-    if settings.profile == "prod":
-        raise SigningKeyError("AGORA_AUDIT_SIGNING_KEY is required in the prod profile")
-    path = settings.state_dir / "secrets" / "audit-signing-key"
-    _create_once(path)
-    return CheckpointSigner(decode_seed(path.read_text()))
-
-
-def _create_once(path: Path) -> None:
-    """Write a new random seed unless one exists (atomic link: concurrent starts agree)."""
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(secrets.token_bytes(SEED_BYTES)).decode() + "\n")
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
+    seed = configured_or_local_key(
+        settings,
+        settings.audit_signing_key,
+        env_name="AGORA_AUDIT_SIGNING_KEY",
+        filename="audit-signing-key",
+        size=SEED_BYTES,
+        error=SigningKeyError,
+    )
+    return CheckpointSigner(seed)

@@ -8,16 +8,14 @@ sealed under the KEK. In production the KEK comes from `AGORA_IDENTITY_KEK`
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
-import secrets
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agora.config import Settings
+from agora.secrets import configured_or_local_key, decode_key
 
 NONCE_BYTES = 12
 KEK_BYTES = 32
@@ -56,43 +54,16 @@ class SecretBox:
 
 
 def decode_kek(text: str) -> bytes:
-    try:
-        kek = base64.b64decode(text.strip(), validate=True)
-    except ValueError:
-        raise KekError("AGORA_IDENTITY_KEK must be base64") from None
-    if len(kek) != KEK_BYTES:
-        raise KekError(f"AGORA_IDENTITY_KEK must decode to {KEK_BYTES} bytes, not {len(kek)}")
-    return kek
+    return decode_key(text, size=KEK_BYTES, env_name="AGORA_IDENTITY_KEK", error=KekError)
 
 
 def load_kek(settings: Settings) -> bytes:
     """The configured KEK; locally (dev/test) a generated one kept in the state folder."""
-    if settings.identity_kek:
-        return decode_kek(settings.identity_kek)
-    if settings.profile == "prod":
-        raise KekError("AGORA_IDENTITY_KEK is required in the prod profile")
-    path = settings.state_dir / "secrets" / "identity-kek"
-    _create_once(path)
-    return decode_kek(path.read_text())
-
-
-def _create_once(path: Path) -> None:
-    """Write a new random KEK unless one exists.
-
-    Written to a private temporary file and hard-linked into place: the link is
-    atomic and fails if another process got there first, so concurrent starts
-    agree on one KEK and nobody reads a half-written file.
-    """
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(secrets.token_bytes(KEK_BYTES)).decode() + "\n")
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
+    return configured_or_local_key(
+        settings,
+        settings.identity_kek,
+        env_name="AGORA_IDENTITY_KEK",
+        filename="identity-kek",
+        size=KEK_BYTES,
+        error=KekError,
+    )
