@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import asdict
 from typing import Any
 
@@ -406,20 +407,20 @@ class PaymentIntents:
             recorded = await self._recorded(conn, key, "capture", digest)
             if recorded is not None:
                 return CaptureResult(**json.loads(recorded["result"]))
-            if intent is None:
-                raise PaymentNotFound(f"no payment {payment_id}")
+            intent = _found(intent, payment_id)
             open_minor = (
                 intent["authorized_minor"] - intent["captured_minor"] - intent["released_minor"]
             )
-            if intent["status"] not in _CAPTURABLE or open_minor == 0:
-                raise PaymentStateConflict(
+            amount = _movable(
+                intent,
+                requested,
+                available=open_minor,
+                allowed=_CAPTURABLE,
+                nothing=(
                     f"payment {payment_id} is {intent['status']}: nothing authorized to capture"
-                )
-            amount = open_minor if requested is None else requested
-            if amount > open_minor:
-                raise PaymentAmountExceeded(
-                    f"capture of {amount} exceeds the {open_minor} still authorized"
-                )
+                ),
+                too_much="capture of {amount} exceeds the {available} still authorized",
+            )
             currency = intent["currency"]
             try:
                 await self.psp.capture(
@@ -599,18 +600,15 @@ class PaymentIntents:
             recorded = await self._recorded(conn, key, "refund", digest)
             if recorded is not None:
                 return RefundResult(**json.loads(recorded["result"]))
-            if intent is None:
-                raise PaymentNotFound(f"no payment {payment_id}")
-            refundable = intent["captured_minor"] - intent["refunded_minor"]
-            if intent["status"] not in _REFUNDABLE or refundable == 0:
-                raise PaymentStateConflict(
-                    f"payment {payment_id} is {intent['status']}: nothing captured to refund"
-                )
-            amount = refundable if requested is None else requested
-            if amount > refundable:
-                raise PaymentAmountExceeded(
-                    f"refund of {amount} exceeds the {refundable} captured and not refunded"
-                )
+            intent = _found(intent, payment_id)
+            amount = _movable(
+                intent,
+                requested,
+                available=intent["captured_minor"] - intent["refunded_minor"],
+                allowed=_REFUNDABLE,
+                nothing=f"payment {payment_id} is {intent['status']}: nothing captured to refund",
+                too_much="refund of {amount} exceeds the {available} captured and not refunded",
+            )
             currency = intent["currency"]
             try:
                 await self.psp.refund(
@@ -673,3 +671,28 @@ class PaymentIntents:
             )
         log.info("payment refunded", extra={"payment_id": str(payment_id), "amount": amount})
         return result
+
+
+def _found(intent: asyncpg.Record | None, payment_id: uuid.UUID) -> asyncpg.Record:
+    if intent is None:
+        raise PaymentNotFound(f"no payment {payment_id}")
+    return intent
+
+
+def _movable(
+    intent: asyncpg.Record,
+    requested: int | None,
+    *,
+    available: int,
+    allowed: Collection[str],
+    nothing: str,
+    too_much: str,
+) -> int:
+    """How much a capture or refund moves: all that is available, or the amount asked,
+    which may not exceed it; nothing available (or a status that allows none) is a conflict."""
+    if intent["status"] not in allowed or available == 0:
+        raise PaymentStateConflict(nothing)
+    amount = available if requested is None else requested
+    if amount > available:
+        raise PaymentAmountExceeded(too_much.format(amount=amount, available=available))
+    return amount
