@@ -1,4 +1,6 @@
 """`python -m bench [scenario...]` (all scenarios when none is named); `make bench` runs it.
+`python -m bench load [flags]` is the stepped load run (bench.load, `make load`), run only
+when asked for.
 
 Writes reports/bench-<UTC timestamp>.md (tables) and .json (the same numbers).
 """
@@ -64,6 +66,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["load"]:
+        # The load run has its own flags and report and is never part of the default set.
+        from bench import load
+
+        return load.main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], metavar="scenario")
     args = parser.parse_args(argv)

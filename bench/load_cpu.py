@@ -1,0 +1,78 @@
+"""CPU seconds per process of the stack over a window, read with psutil.
+
+Each component is the process the stack recorded in its pid file plus all its
+descendants (PostgreSQL's backends, Elasticsearch's JVM under its launcher), and
+the CPU of descendants that already exited and were reaped (children_user /
+children_system), so short-lived backends are not lost.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import psutil
+
+from agora.config import Settings
+from bench.load_plan import MACHINE, OTHERS
+from stack.base import Context
+
+GENERATOR = "load generator"
+
+
+def _tree_cpu(pid: int) -> float:
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for member in members:
+        try:
+            times = member.cpu_times()
+        except psutil.Error:
+            continue  # exited between the listing and the read
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def _machine_busy() -> float:
+    """CPU seconds all processes of the machine ran (guest time is already in user)."""
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+
+
+class CpuMeter:
+    """Snapshots of CPU seconds per component; the difference of two is a window's use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._ctx = Context(settings)
+
+    def pids(self) -> dict[str, int]:
+        found = {GENERATOR: os.getpid()}
+        for record in sorted(self._ctx.pids.glob("*.json")):
+            pid = self._ctx.running_pid(record.stem)
+            if pid is not None:
+                found[record.stem] = pid
+        return found
+
+    def snapshot(self) -> dict[str, float]:
+        shot = {name: _tree_cpu(pid) for name, pid in self.pids().items()}
+        shot[MACHINE] = _machine_busy()
+        return shot
+
+
+def window(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds per component between two snapshots, busiest first, with what the
+    rest of the machine (other stacks, other users) used in the same window."""
+    used = {
+        name: max(0.0, after[name] - before[name])
+        for name in after
+        if name in before and name != MACHINE
+    }
+    ordered = dict(sorted(used.items(), key=lambda kv: kv[1], reverse=True))
+    if MACHINE in before and MACHINE in after:
+        busy = max(0.0, after[MACHINE] - before[MACHINE])
+        ordered[MACHINE] = busy
+        ordered[OTHERS] = max(0.0, busy - sum(used.values()))
+    return ordered
