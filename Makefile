@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := AGORA_PROFILE=test
 PYTEST_ARGS ?=
 
-.PHONY: help venv run seed stop status test test-unit test-integration test-deploy helm lint bench load protos logs clean-state browser-deps
+.PHONY: help venv run seed stop status test test-unit test-integration test-deploy helm lint bench load chaos protos logs clean-state browser-deps
 
 help:
 	@echo "make run     install everything, start the local platform, print its URLs"
@@ -80,6 +80,12 @@ bench: venv
 LOAD_ARGS ?=
 load: venv
 	@$(PY) -m bench.load $(LOAD_ARGS)
+
+# Faults injected one by one under a steady load, then the invariants checked from the
+# stores (docs/chaos.md); starts whatever of the platform is missing. CHAOS_ARGS="--only redis".
+CHAOS_ARGS ?=
+chaos: venv
+	@$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 protos: venv
 	@$(PY) protos/generate.py

@@ -47,6 +47,11 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {r.name} | {r.n} | {r.p50_ms:.3f} | {r.p95_ms:.3f} | {r.p99_ms:.3f}"
                 f" | {r.mean_ms:.3f} |"
             )
+        # Free-form lines a scenario adds under its table (e.g. CPU per component).
+        notes = result.get("notes", [])
+        if notes:
+            lines.append("")
+            lines += notes
         for target in result.get("targets", []):
             verdict = "met" if target["met"] else "NOT met"
             lines.append("")

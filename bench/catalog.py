@@ -1,13 +1,17 @@
 """Scenario `catalog`: the product read path, a cache miss, search, and event lag to search.
 
 * GET /v1/products/{sku} through a gateway process (auth, rate limit, gRPC over
-  mTLS, cache hit in Redis), 2,000 requests at concurrency 8, with the
-  Server-Timing stages and throughput, beside a bare aiohttp handler under the
-  same load and a bare grpclib GetProduct call, measured in the same run.
+  mTLS, cache hit in Redis): the latency of one request at a time (the target:
+  what a request costs when it does not queue behind others), then throughput
+  and latency at concurrency 8 (where, on two cores shared by the client, the
+  gateway, the catalog and Redis, most of the time is queueing), with the
+  Server-Timing stages, beside a bare aiohttp handler under the same load and a
+  bare grpclib GetProduct call, measured in the same run.
 * The catalog's read handler on a cache miss (in this process, real Redis and
   PostgreSQL): the entry is deleted before each read, so every read loads the
   row and writes the entry back; the bare SQL query alone beside it.
-* GET /v1/search on the seeded 10,000-product catalog (words, filters, facets).
+* GET /v1/search on the seeded 10,000-product catalog (words, filters, facets),
+  one at a time (the target) and at concurrency 8 (throughput).
 * Event lag: a price change's commit (the product's updated_at) until search
   returns the new price, for 100 changes one after another.
 
@@ -51,14 +55,14 @@ WORDS = ["headphones", "lamp", "bike", "novel", "kettle", "pro", "classic", "sho
 
 
 async def _load(
-    urls: list[str], headers: dict[str, str], n: int
+    urls: list[str], headers: dict[str, str], n: int, concurrency: int = CONCURRENCY
 ) -> tuple[list[float], list[str], float]:
-    """n GETs over `urls` (round robin) at CONCURRENCY; latencies, Server-Timing, wall seconds."""
+    """n GETs over `urls` (round robin) at `concurrency`; latencies, Server-Timing, wall s."""
     latencies: list[float] = []
     timings: list[str] = []
     statuses: dict[int, int] = {}
     queue = iter(range(n))
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def worker() -> None:
@@ -74,7 +78,7 @@ async def _load(
             async with http.get(urls[i % len(urls)], headers=headers) as response:
                 await response.read()
         began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - began
     if set(statuses) != {200}:
         raise RuntimeError(f"unexpected statuses under load: {statuses}")
@@ -187,6 +191,14 @@ async def _event_lag(settings: Settings, skus: list[str]) -> Row:
     return row("event lag: price change commit -> searchable (p95 of 100)", samples)
 
 
+def _stage_rows(kind: str, stages: dict[str, list[float]], names: tuple[str, ...]) -> list[Row]:
+    return [
+        row(f"  {kind} stage: {stage} (Server-Timing)", stages[stage])
+        for stage in names
+        if stage in stages
+    ]
+
+
 async def run(settings: Settings) -> dict[str, Any]:
     logs = settings.state_dir / "logs"
     with contextlib.ExitStack() as stack:
@@ -214,6 +226,7 @@ async def run(settings: Settings) -> dict[str, Any]:
         )
         headers = {"Authorization": f"Bearer {await _token(base)}"}
         hot = [f"{base}/v1/products/{sku}" for sku in skus[:50]]
+        single, single_timings, single_wall = await _load(hot, headers, REQUESTS, 1)
         reads, timings, reads_wall = await _load(hot, headers, REQUESTS)
         bare, _, bare_wall = await _load([f"http://127.0.0.1:{bare_port}/v1/me"], {}, REQUESTS)
         grpc_row = await _bare_grpc(settings, skus)
@@ -223,28 +236,27 @@ async def run(settings: Settings) -> dict[str, Any]:
             + rng.choice(["", "&sort=price_asc", "&category=electronics", "&max_price=5000"])
             for _ in range(50)
         ]
+        one_search, one_search_timings, _ = await _load(queries, headers, SEARCHES // 2, 1)
         searches, search_timings, search_wall = await _load(queries, headers, SEARCHES)
         miss_rows = await _cache_miss(settings, skus)
         lag_row = await _event_lag(settings, skus)
-    stages = _stages(timings)
     read_row = row(
-        f"GET /v1/products/{{sku}} end to end, cache hit (concurrency {CONCURRENCY},"
-        f" {len(reads) / reads_wall:.0f} req/s)",
-        reads,
+        "GET /v1/products/{sku} end to end, cache hit, one at a time"
+        f" ({len(single) / single_wall:.0f} req/s)",
+        single,
     )
-    search_row = row(
-        f"GET /v1/search, 10k products, facets (concurrency {CONCURRENCY},"
-        f" {len(searches) / search_wall:.0f} req/s)",
-        searches,
-    )
-    search_stages = _stages(search_timings)
+    search_row = row("GET /v1/search, 10k products, facets, one at a time", one_search)
     rows = [
         read_row,
-        *(
-            row(f"  gateway stage: {stage} (Server-Timing)", stages[stage])
-            for stage in ("auth", "ratelimit", "upstream", "total")
-            if stage in stages
+        *_stage_rows(
+            "gateway", _stages(single_timings), ("auth", "ratelimit", "upstream", "total")
         ),
+        row(
+            f"GET /v1/products/{{sku}} end to end, cache hit (concurrency {CONCURRENCY},"
+            f" {len(reads) / reads_wall:.0f} req/s)",
+            reads,
+        ),
+        *_stage_rows("gateway", _stages(timings), ("auth", "ratelimit", "upstream", "total")),
         row(
             f"baseline: bare aiohttp handler (concurrency {CONCURRENCY},"
             f" {len(bare) / bare_wall:.0f} req/s)",
@@ -253,11 +265,13 @@ async def run(settings: Settings) -> dict[str, Any]:
         grpc_row,
         *miss_rows,
         search_row,
-        *(
-            row(f"  search stage: {stage} (Server-Timing)", search_stages[stage])
-            for stage in ("upstream", "total")
-            if stage in search_stages
+        *_stage_rows("search", _stages(one_search_timings), ("upstream", "total")),
+        row(
+            f"GET /v1/search, 10k products, facets (concurrency {CONCURRENCY},"
+            f" {len(searches) / search_wall:.0f} req/s)",
+            searches,
         ),
+        *_stage_rows("search", _stages(search_timings), ("upstream", "total")),
         lag_row,
     ]
     measured = {

@@ -20,10 +20,10 @@ from stack.base import Context
 GENERATOR = "load generator"
 
 
-def _tree_cpu(pid: int) -> float:
+def _tree_cpu(pid: int, *, descendants: bool = True) -> float:
     try:
         root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
+        members = [root, *(root.children(recursive=True) if descendants else [])]
     except psutil.Error:
         return 0.0
     total = 0.0
@@ -34,6 +34,21 @@ def _tree_cpu(pid: int) -> float:
             continue  # exited between the listing and the read
         total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+def _started_here() -> dict[str, int]:
+    """Services and the gateway a bench scenario started itself (bench.processes)."""
+    found = {}
+    for child in psutil.Process().children():
+        try:
+            argv = child.cmdline()
+        except psutil.Error:
+            continue
+        if argv[1:3] == ["-m", "workers"] and len(argv) > 3:
+            found[f"svc-{argv[3]}"] = child.pid
+        elif argv[1:3] == ["-m", "gateway"]:
+            found["gateway"] = child.pid
+    return found
 
 
 def _machine_busy() -> float:
@@ -54,10 +69,14 @@ class CpuMeter:
             pid = self._ctx.running_pid(record.stem)
             if pid is not None:
                 found[record.stem] = pid
+        found.update(_started_here())
         return found
 
     def snapshot(self) -> dict[str, float]:
-        shot = {name: _tree_cpu(pid) for name, pid in self.pids().items()}
+        # The generator alone: services a scenario started are its children, counted apart.
+        shot = {
+            name: _tree_cpu(pid, descendants=name != GENERATOR) for name, pid in self.pids().items()
+        }
         shot[MACHINE] = _machine_busy()
         return shot
 

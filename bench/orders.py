@@ -30,6 +30,7 @@ from agora import temporal
 from agora.config import Settings
 from bench.auth import UNTHROTTLED
 from bench.catalog import _ensure_catalog, _token
+from bench.load_cpu import MACHINE, OTHERS, CpuMeter, window
 from bench.processes import free_port, process, service_running
 from bench.stats import Row, row
 from bench.steps import StepsWorkflow, noop
@@ -41,11 +42,12 @@ SEQUENTIAL = 40
 SUSTAINED_SECONDS = 30
 SUSTAINED_CONCURRENCY = 16
 BARE_RUNS = 20
+BARE_SUSTAINED_STEPS = 4  # reserve, authorize, capture, commit: the saga's remote steps
 TARGETS = {"POST to confirmed p95": 250.0, "sustained orders/s": 30.0}
 FINAL = ("CONFIRMED", "COMPLETED", "REJECTED", "CANCELLED")
 
 
-async def _bare_workflows(client: Client) -> list[Row]:
+async def _bare_workflows(client: Client, settings: Settings) -> list[Row]:
     queue = f"bench-{uuid.uuid4()}"
     rows = []
     async with Worker(client, task_queue=queue, workflows=[StepsWorkflow], activities=[noop]):
@@ -58,7 +60,44 @@ async def _bare_workflows(client: Client) -> list[Row]:
                 )
                 samples.append(time.perf_counter() - started)
             rows.append(row(f"baseline: bare workflow, {steps} no-op activities", samples))
+        rows.append(await _bare_sustained(client, queue, settings))
     return rows
+
+
+async def _bare_sustained(client: Client, queue: str, settings: Settings) -> Row:
+    """The dev server's ceiling: bare workflows of the saga's four remote steps, as many
+    as SUSTAINED_CONCURRENCY clients get through in SUSTAINED_SECONDS (no services)."""
+    meter = CpuMeter(settings)
+    before, started = meter.snapshot(), time.monotonic()
+    deadline, done = started + SUSTAINED_SECONDS, 0
+
+    async def lane() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            await client.execute_workflow(
+                StepsWorkflow.run,
+                BARE_SUSTAINED_STEPS,
+                id=f"bench-{uuid.uuid4()}",
+                task_queue=queue,
+            )
+            done += 1
+
+    await asyncio.gather(*(lane() for _ in range(SUSTAINED_CONCURRENCY)))
+    elapsed = time.monotonic() - started
+    cpu = window(before, meter.snapshot())
+    server_ms = 1000 * cpu.get("temporal", 0.0) / max(done, 1)
+    return _count_row(
+        f"baseline: bare workflows of {BARE_SUSTAINED_STEPS} no-op activities sustained"
+        f" {SUSTAINED_SECONDS}s at concurrency {SUSTAINED_CONCURRENCY}:"
+        f" {done / elapsed:.1f}/s, Temporal server CPU {server_ms:.0f} ms each",
+        done,
+    )
+
+
+def _count_row(name: str, n: int) -> Row:
+    """A row that counts (throughput) rather than times."""
+    nan = float("nan")
+    return Row(name=name, n=n, p50_ms=nan, p95_ms=nan, p99_ms=nan, mean_ms=nan)
 
 
 async def _stock(client: Client, skus: list[str], units: int) -> None:
@@ -114,6 +153,8 @@ async def _sequential(base: str, token: str, skus: list[str]) -> list[Row]:
 async def _sustained(settings: Settings, base: str, token: str, skus: list[str]) -> dict[str, Any]:
     accepted: list[str] = []
     refused = 0
+    meter = CpuMeter(settings)
+    cpu_before = meter.snapshot()
     deadline = time.monotonic() + SUSTAINED_SECONDS
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=SUSTAINED_CONCURRENCY)
@@ -142,6 +183,7 @@ async def _sustained(settings: Settings, base: str, token: str, skus: list[str])
                     pending.discard(order_id)
             await asyncio.sleep(0.2)
         settled_s = time.monotonic() - started
+    cpu = window(cpu_before, meter.snapshot())
 
     conn = await asyncpg.connect(settings.db_dsn("orders"))
     try:
@@ -172,13 +214,32 @@ async def _sustained(settings: Settings, base: str, token: str, skus: list[str])
         "lost": len(accepted) - sum(by_status.values()),
         "unfinished": len(pending),
         "charged_twice": double,
+        "cpu_s": cpu,
+        "settled_s": settled_s,
     }
+
+
+def _cpu_notes(sustained: dict[str, Any]) -> list[str]:
+    """Where the sustained run's CPU went, per accepted order (placing and settling)."""
+    cpu: dict[str, float] = sustained["cpu_s"]
+    orders = max(sustained["accepted"], 1)
+    lines = [
+        f"CPU per accepted order in the sustained run ({sustained['settled_s']:.0f} s from"
+        " the first POST until every order settled; machine total includes other processes):",
+        "",
+        "| process | CPU s | ms per order |",
+        "|---|---:|---:|",
+    ]
+    for name, seconds in cpu.items():
+        if seconds >= 0.05 or name in (MACHINE, OTHERS):
+            lines.append(f"| {name} | {seconds:.1f} | {1000 * seconds / orders:.1f} |")
+    return lines
 
 
 async def run(settings: Settings) -> dict[str, Any]:
     logs = settings.state_dir / "logs"
     client = await temporal.connect(settings)
-    bare_rows = await _bare_workflows(client)
+    bare_rows = await _bare_workflows(client, settings)
     with contextlib.ExitStack() as stack:
         for service in ("identity", "catalog", "inventory", "payments", "orders"):
             stack.enter_context(service_running(settings, service))
@@ -201,19 +262,13 @@ async def run(settings: Settings) -> dict[str, Any]:
     rows = [
         *saga_rows,
         *bare_rows,
-        Row(
-            name=(
-                f"sustained {SUSTAINED_SECONDS}s at concurrency {SUSTAINED_CONCURRENCY}:"
-                f" {sustained['accepted']} accepted ({sustained['orders_per_s']:.1f}/s),"
-                f" by status {sustained['by_status']}, lost {sustained['lost']},"
-                f" unfinished {sustained['unfinished']}, charged twice"
-                f" {sustained['charged_twice']}"
-            ),
-            n=sustained["accepted"],
-            p50_ms=float("nan"),
-            p95_ms=float("nan"),
-            p99_ms=float("nan"),
-            mean_ms=float("nan"),
+        _count_row(
+            f"sustained {SUSTAINED_SECONDS}s at concurrency {SUSTAINED_CONCURRENCY}:"
+            f" {sustained['accepted']} accepted ({sustained['orders_per_s']:.1f}/s),"
+            f" by status {sustained['by_status']}, lost {sustained['lost']},"
+            f" unfinished {sustained['unfinished']}, charged twice"
+            f" {sustained['charged_twice']}",
+            sustained["accepted"],
         ),
     ]
     measured = {
@@ -223,6 +278,7 @@ async def run(settings: Settings) -> dict[str, Any]:
     return {
         "title": "Order saga: POST to confirmed, sustained orders per second",
         "rows": rows,
+        "notes": _cpu_notes(sustained),
         "sustained": sustained,
         "targets": [
             {

@@ -165,8 +165,11 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
             return web.Response(status=204)
         if isinstance(result, web.StreamResponse):
             return result
-        return web.json_response(
-            result.model_dump(mode="json", exclude_none=True), status=route.status
+        # pydantic-core writes the JSON itself: no dict of dicts for json.dumps to walk.
+        return web.Response(
+            body=result.model_dump_json(exclude_none=True),
+            status=route.status,
+            content_type="application/json",
         )
 
     handle.__name__ = route.operation_id

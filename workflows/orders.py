@@ -149,6 +149,11 @@ class CancelRequested(Exception):
 
 
 LOCAL_TIMEOUT = timedelta(seconds=10)
+# A payment provider that does not answer is given up after about this many attempts'
+# worth of time (then voided). The limit is time, not a count of attempts: errors that
+# fail fast (our database or Redis restarting, a flaky PSP) are retried with backoff
+# through an outage of several seconds instead of rejecting an accepted order.
+PSP_TRIES = 3
 _REMOTE_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=10),
@@ -303,7 +308,7 @@ class OrderWorkflow:
                     ),
                     PAYMENTS_QUEUE,
                     timeout_s=order.payment_step_timeout_s,
-                    attempts=3,
+                    budget_s=order.payment_step_timeout_s * PSP_TRIES,
                 )
             except ActivityError as error:
                 cause = error.cause
@@ -405,21 +410,17 @@ class OrderWorkflow:
         queue: str,
         *,
         timeout_s: float = 10.0,
-        attempts: int = 0,
+        budget_s: float | None = None,
     ) -> object:
-        retry = _REMOTE_RETRY
-        if attempts:
-            retry = RetryPolicy(
-                initial_interval=timedelta(milliseconds=200),
-                maximum_attempts=attempts,
-                non_retryable_error_types=NON_RETRYABLE,
-            )
+        """A step on another service's queue: each attempt gets `timeout_s`; retried with
+        backoff until it succeeds, fails for a business reason, or `budget_s` is spent."""
         return await workflow.execute_activity(
             activity,
             arg,
             task_queue=queue,
             start_to_close_timeout=timedelta(seconds=timeout_s),
-            retry_policy=retry,
+            schedule_to_close_timeout=timedelta(seconds=budget_s) if budget_s else None,
+            retry_policy=_REMOTE_RETRY,
         )
 
     async def transition(self, order: OrderInput, status: str, *, cancelled_by: str = "") -> None:

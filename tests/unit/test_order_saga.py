@@ -332,6 +332,19 @@ async def test_flaky_psp_is_retried_and_the_order_completes(client: Client) -> N
     assert "void" not in world.calls and "release" not in world.calls
 
 
+async def test_an_outage_longer_than_three_attempts_is_ridden_out_within_the_budget(
+    client: Client,
+) -> None:
+    # Fast transient failures (our database or Redis restarting under the payments
+    # service) are retried with backoff for the PSP's time budget, not three times.
+    # Five fast failures back off 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s: within 3 x 5 s.
+    world.card, world.flaky_failures = "flaky", 5
+    view = await run(client, new_order(payment_step_timeout_s=5.0), "payments-outage")
+    assert view.status == "COMPLETED"
+    assert world.calls.count("authorize") == 6
+    assert "void" not in world.calls and "release" not in world.calls
+
+
 async def test_unpaid_order_times_out_and_compensates(client: Client, env) -> None:
     world.card = "action"
     view = await run(client, new_order(payment_timeout_s=900), "unpaid-timeout")

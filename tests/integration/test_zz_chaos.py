@@ -1,0 +1,98 @@
+"""Faults under a steady load, the fast subset of `make chaos`: nothing lost, nothing charged twice.
+
+A bounded load of orders, price changes, product reads and searches flows
+through a gateway (in process, real services behind it) while the orders
+worker is SIGKILLed mid-load, then Redis, then the Temporal dev server, each
+brought back as after a crash. Clients retry with the same Idempotency-Key, as
+the API asks them to. Afterwards the invariants of bench/invariants.py are
+checked from the stores: every accepted order final and present, one charge
+at most, stock = initial - committed, the ledger at zero, the search index
+equal to the catalog, every event in the audit log exactly once and the chain
+verifying.
+
+Named to run near the end (before test_zz_recovery): it restarts shared
+components under the session, and leaves every one of them running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from agora.config import Settings
+from bench.chaos import initial_stock, inject, order_skus, settle_records
+from bench.chaos_faults import Fault, stack_fault
+from bench.chaos_load import Catalog, Credentials, Mix, SteadyLoad
+from bench.invariants import RunFacts, check_all
+from stack.base import Context
+from tests.integration.conftest import Services
+from tests.integration.gatewaykit import TokenMinter, running_gateway
+
+pytestmark = pytest.mark.integration
+
+SERVICES = ("identity", "catalog", "search", "inventory", "payments", "orders", "audit")
+MIX = Mix(orders_per_s=2.0, prices_per_s=1.0, reads_per_s=2.0, searches_per_s=0.5, budget_s=30.0)
+
+
+def faults(services: Services, ctx: Context) -> list[Fault]:
+    """The orders worker (the saga's home), Redis and Temporal: each killed, then restarted."""
+
+    def restart_orders() -> None:
+        services("orders")  # the fixture starts a process that is no longer running
+
+    return [
+        Fault("SIGKILL orders worker", services("orders").kill, restart_orders),
+        stack_fault(ctx, "redis", "SIGKILL Redis"),
+        stack_fault(ctx, "temporal", "SIGKILL Temporal dev server"),
+    ]
+
+
+async def test_faults_under_a_steady_load_lose_nothing_and_charge_nothing_twice(
+    settings: Settings, services: Services, stack_ctx: Context
+) -> None:
+    started = datetime.now(UTC)
+    for service in SERVICES:
+        services(service)
+    minter = TokenMinter(settings)
+    customer_id = str(uuid.uuid4())
+    credentials = Credentials(
+        customer=minter.token(
+            sub=customer_id, scope="profile catalog:read orders:read orders:write"
+        ),
+        admin=minter.token(scope="profile catalog:read catalog:write inventory:write"),
+        customer_id=customer_id,
+    )
+    async with running_gateway(settings, minter) as (_, client):
+        base = str(client.make_url("")).rstrip("/")
+        ordered = await order_skus(base, credentials.admin, uuid.uuid4().hex[:8])
+        repriced = await order_skus(base, credentials.admin, uuid.uuid4().hex[:8])
+        stock = await initial_stock(settings, ordered)
+        load = SteadyLoad(base, credentials, Catalog(ordered, repriced, ordered + repriced), MIX)
+        await load.start()
+        try:
+            await asyncio.sleep(3)  # sagas under way when the first fault hits
+            records = await inject(load, faults(services, stack_ctx), down_s=1.0, quiet_s=4.0)
+        finally:
+            await load.stop()
+        settle_records(load, records, quiet_s=4.0)
+        facts = RunFacts(
+            started_at=started,
+            customer_ids=[customer_id],
+            accepted_orders=load.accepted_orders(),
+            initial_stock=stock,
+            updated_skus=sorted(load.updated_skus),
+        )
+        verdicts = await check_all(settings, facts, within_s=90)
+
+    assert [r.restore_error for r in records] == ["", "", ""]
+    assert all("order" in r.recovered for r in records), "orders succeed again after each fault"
+    orders = [r for r in load.requests if r.kind == "order"]
+    assert orders and all(r.ok for r in orders), (
+        "every order is accepted in the end, when the client retries with the same key:"
+        f" {[r.attempts[-1] for r in orders if not r.ok]}"
+    )
+    failed = [f"{v.name}: {v.detail} {v.problems}" for v in verdicts if not v.ok]
+    assert not failed, "\n".join(failed)
