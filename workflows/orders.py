@@ -336,7 +336,7 @@ class OrderWorkflow:
         details = list(cause.details)
         self.view.next_action_url = str(details[1]) if len(details) > 1 else ""
         self.view.status = "AWAITING_PAYMENT"
-        self.set_payment_outcome("requires_action")
+        self.set_payment_outcome("requires_action", status=self.view.status)
         self.payment_completion = None
         try:
             await workflow.wait_condition(
@@ -468,10 +468,15 @@ class OrderWorkflow:
             ]
         )
 
-    def set_payment_outcome(self, outcome: str) -> None:
+    def set_payment_outcome(self, outcome: str, *, status: str = "") -> None:
+        """One upsert (the order's status with it when it changes without a transition,
+        e.g. AWAITING_PAYMENT, so the Temporal UI can list the orders waiting to be paid)."""
         self.view.payment_outcome = outcome
         if self.priced is not None:
-            workflow.upsert_search_attributes([PAYMENT_OUTCOME.value_set(outcome)])
+            updates = [PAYMENT_OUTCOME.value_set(outcome)]
+            if status:
+                updates.append(ORDER_STATUS.value_set(status))
+            workflow.upsert_search_attributes(updates)
 
 
 def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejected:

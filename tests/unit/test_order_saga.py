@@ -365,6 +365,14 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
         await asyncio.sleep(0.05)
     view = await handle.query(OrderWorkflow.status)
     assert view.next_action_url == "https://psp.test/3ds/1"
+    # Listed as waiting for its payment in the Temporal UI (visibility).
+    attributes = {
+        key.name: value for key, value in (await handle.describe()).typed_search_attributes
+    }
+    assert (attributes["OrderStatus"], attributes["PaymentOutcome"]) == (
+        "AWAITING_PAYMENT",
+        "requires_action",
+    )
     await handle.execute_update(
         OrderWorkflow.complete_payment, CompletePaymentInput("tok_after_action")
     )
