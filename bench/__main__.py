@@ -8,7 +8,6 @@ Writes reports/bench-<UTC timestamp>.md (tables) and .json (the same numbers).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,8 +18,8 @@ from typing import Any
 import uvloop
 
 from agora import config
-from agora.config import REPO_ROOT, Settings
-from bench import auth, catalog, orders, tracing
+from agora.config import Settings
+from bench import auth, catalog, orders, reports, tracing
 from bench.stats import Row
 
 Scenario = Callable[[Settings], Coroutine[Any, Any, dict[str, Any]]]
@@ -93,13 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {
         name: uvloop.run(SCENARIOS[name](settings)) for name in names
     }
-    reports = REPO_ROOT / "reports"
-    reports.mkdir(exist_ok=True)
-    stem = reports / f"bench-{started.strftime('%Y%m%dT%H%M%SZ')}"
     text = markdown(results, meta)
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "results": results}, default=_jsonable, indent=2)
+    stem = reports.write(
+        "bench", started, text, {"meta": meta, "results": results}, default=_jsonable
     )
     print(text)
     print(f"written: {stem}.md and {stem}.json")

@@ -39,7 +39,18 @@ TARGET_AUTH_P95_MS = 0.3
 _STAGE = re.compile(r"(\w+);dur=([\d.]+)")
 
 
+async def sign_in(http: aiohttp.ClientSession, base: str, email: str, password: str) -> str:
+    """An access token for an existing account, through the gateway."""
+    async with http.post(
+        f"{base}/v1/auth/signin", json={"email": email, "password": password}
+    ) as response:
+        assert response.status == 200, await response.text()
+        token: str = (await response.json())["access_token"]
+        return token
+
+
 async def _session_token(base: str) -> tuple[str, str]:
+    """A new customer account signed up and signed in: its id and an access token."""
     email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
     password = "bench password 123"
     async with aiohttp.ClientSession() as http:
@@ -49,11 +60,7 @@ async def _session_token(base: str) -> tuple[str, str]:
         ) as response:
             assert response.status == 201, await response.text()
             account_id = (await response.json())["account_id"]
-        async with http.post(
-            f"{base}/v1/auth/signin", json={"email": email, "password": password}
-        ) as response:
-            assert response.status == 200, await response.text()
-            return account_id, (await response.json())["access_token"]
+        return account_id, await sign_in(http, base, email, password)
 
 
 async def _auth_stage(settings: Settings, token: str) -> list[Row]:

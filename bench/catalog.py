@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from agora import db, temporal
 from agora.config import Settings
 from agora.grpc import Channels
-from bench.auth import UNTHROTTLED, _stages
+from bench.auth import UNTHROTTLED, _session_token, _stages
 from bench.processes import free_port, process, service_running
 from bench.stats import Row, row
 from contracts.agora.catalog.v1 import CatalogServiceStub, GetProductRequest
@@ -86,20 +86,7 @@ async def _load(
 
 
 async def _token(base: str) -> str:
-    email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
-    password = "bench password 123"
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{base}/v1/accounts",
-            json={"email": email, "password": password, "display_name": "Bench"},
-        ) as response:
-            assert response.status == 201, await response.text()
-        async with http.post(
-            f"{base}/v1/auth/signin", json={"email": email, "password": password}
-        ) as response:
-            assert response.status == 200, await response.text()
-            token: str = (await response.json())["access_token"]
-            return token
+    return (await _session_token(base))[1]
 
 
 async def _ensure_catalog(settings: Settings) -> list[str]:

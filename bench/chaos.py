@@ -34,7 +34,7 @@ import uvloop
 from agora import config, temporal
 from agora.config import Settings
 from bench import chaos_report
-from bench.auth import _session_token
+from bench.auth import _session_token, sign_in
 from bench.chaos_faults import FULL_SEQUENCE, Fault, full_sequence, stack_up
 from bench.chaos_load import Catalog, Credentials, Mix, SteadyLoad
 from bench.chaos_report import ChaosResult, FaultRecord, recovery, window
@@ -105,15 +105,6 @@ def settle_records(load: SteadyLoad, records: list[FaultRecord], quiet_s: float)
 # Set-up through the gateway --------------------------------------------------------------
 
 
-async def _sign_in(http: aiohttp.ClientSession, base: str, email: str, password: str) -> str:
-    async with http.post(
-        f"{base}/v1/auth/signin", json={"email": email, "password": password}
-    ) as response:
-        assert response.status == 200, await response.text()
-        token: str = (await response.json())["access_token"]
-        return token
-
-
 async def credentials(settings: Settings, base: str, customers: list[str]) -> Credentials:
     """A new customer account and the local demo admin, signed in through the gateway."""
     await ensure_demo_admin(settings)
@@ -123,7 +114,7 @@ async def credentials(settings: Settings, base: str, customers: list[str]) -> Cr
         creds.customer_id, creds.customer = await _session_token(base)
         customers.append(creds.customer_id)
         async with aiohttp.ClientSession() as http:
-            creds.admin = await _sign_in(http, base, DEMO_ADMIN_EMAIL, admin_password)
+            creds.admin = await sign_in(http, base, DEMO_ADMIN_EMAIL, admin_password)
 
     creds = Credentials(customer="", admin="", customer_id="", renew=renew)
     await renew(creds)

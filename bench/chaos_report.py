@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -10,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agora.config import REPO_ROOT
+from bench import reports
 from bench.chaos_load import Request
 from bench.invariants import Verdict
 from bench.stats import row
@@ -220,10 +219,6 @@ def _finite(value: Any) -> Any:
 
 
 def write(result: ChaosResult, folder: Path | None = None) -> Path:
-    reports = folder or REPO_ROOT / "reports"
-    reports.mkdir(exist_ok=True)
-    stem = reports / f"chaos-{result.started.strftime('%Y%m%dT%H%M%SZ')}"
-    stem.with_suffix(".md").write_text(markdown(result))
     document = {
         "meta": result.meta,
         "ok": result.ok,
@@ -235,5 +230,6 @@ def write(result: ChaosResult, folder: Path | None = None) -> Path:
         "invariants": [asdict(v) for v in result.verdicts],
         "totals": result.totals,
     }
-    stem.with_suffix(".json").write_text(json.dumps(_finite(document), indent=2, default=str))
-    return stem
+    return reports.write(
+        "chaos", result.started, markdown(result), _finite(document), default=str, folder=folder
+    )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -39,7 +38,8 @@ import aiohttp
 import uvloop
 
 from agora import config, temporal
-from agora.config import REPO_ROOT, Settings
+from agora.config import Settings
+from bench import reports
 from bench.load_client import Customer, Workload, renew_due, sign_up
 from bench.load_cpu import CpuMeter, window
 from bench.load_plan import (
@@ -258,14 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         "rate_limits": settings.rate_limits,
     }
     result = uvloop.run(run(settings, options))
-    reports = REPO_ROOT / "reports"
-    reports.mkdir(exist_ok=True)
-    stem = reports / f"load-{started.strftime('%Y%m%dT%H%M%SZ')}"
     text = markdown(result, meta)
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, **result}, default=_jsonable, indent=2)
-    )
+    stem = reports.write("load", started, text, {"meta": meta, **result}, default=_jsonable)
     print(text)
     print(f"written: {stem}.md and {stem}.json")
     return 0 if result["knee"] is not None else 1
