@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from agora import signing
+from gateway import idempotency
 from gateway.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from gateway.problems import PROBLEM_TYPES, problem_type_uri
 from gateway.ratelimit import Rate
@@ -116,6 +117,18 @@ def _operation(
                 "required": False,
                 "description": "Milliseconds the client will wait; bounds upstream deadlines",
                 "schema": {"type": "integer", "minimum": 1, "maximum": 30000},
+            }
+        )
+    if route.idempotency:
+        parameters.append(
+            {
+                "name": idempotency.HEADER,
+                "in": "header",
+                "required": route.idempotency == "required",
+                "description": "The same key on a retry returns the first attempt's result"
+                " instead of writing twice"
+                + ("" if route.idempotency == "required" else " (a fresh key if left out)"),
+                "schema": {"type": "string", "pattern": idempotency.PATTERN},
             }
         )
     if parameters:

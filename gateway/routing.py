@@ -47,6 +47,8 @@ class Route:
     problems: tuple[str, ...] = ()
     # Raw (non-JSON-model) response, described for the OpenAPI doc.
     raw_response: str | None = None
+    # The Idempotency-Key header (gateway/idempotency.py): "required", "optional" or "".
+    idempotency: str = ""
 
     def __post_init__(self) -> None:
         if self.body is not None and self.query is not None:
@@ -57,6 +59,8 @@ class Route:
             raise ValueError(f"{self.method} {self.path}: unknown route class {self.route_class}")
         if self.scopes and not self.auth:
             raise ValueError(f"{self.method} {self.path}: scopes need auth=True")
+        if self.idempotency not in ("", "required", "optional"):
+            raise ValueError(f"{self.method} {self.path}: idempotency is required|optional|''")
 
     @property
     def operation_id(self) -> str:

@@ -8,7 +8,6 @@ fresh one), so a retried request joins the write instead of repeating it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -28,6 +27,7 @@ from contracts.agora.catalog.v1 import (
 )
 from contracts.agora.common.v1 import PageRequest
 from gateway.deps import deps
+from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
 from gateway.routing import Route, _validation_problem
 from gateway.schemas_catalog import (
@@ -118,13 +118,6 @@ def _product_data(sku: str, fields: ProductFields) -> ProductData:
     )
 
 
-def _request_key(request: web.Request) -> str:
-    key = request.headers.get("Idempotency-Key", "")
-    if key and len(key) <= 64 and key.replace("-", "").replace("_", "").isalnum():
-        return key
-    return uuid.uuid4().hex
-
-
 # Reads -----------------------------------------------------------------------------
 
 
@@ -187,7 +180,9 @@ def _written(result: WriteResult) -> ProductWriteResponse:
 
 async def create_product(request: web.Request, body: CreateProductRequest) -> ProductWriteResponse:
     data = CreateProductInput(_product_data(body.sku, body))
-    workflow_id = product_write_workflow_id("create", body.sku, _request_key(request))
+    workflow_id = product_write_workflow_id(
+        "create", body.sku, idempotency_key(request, required=False)
+    )
     return _written(
         await _execute(request, "CreateProduct", CreateProductWorkflow.run, data, workflow_id)
     )
@@ -196,7 +191,7 @@ async def create_product(request: web.Request, body: CreateProductRequest) -> Pr
 async def update_product(request: web.Request, body: UpdateProductRequest) -> ProductWriteResponse:
     sku = request.match_info["sku"]
     data = UpdateProductInput(_product_data(sku, body), body.expected_version or 0)
-    workflow_id = product_write_workflow_id("update", sku, _request_key(request))
+    workflow_id = product_write_workflow_id("update", sku, idempotency_key(request, required=False))
     return _written(
         await _execute(request, "UpdateProduct", UpdateProductWorkflow.run, data, workflow_id)
     )
@@ -205,7 +200,7 @@ async def update_product(request: web.Request, body: UpdateProductRequest) -> Pr
 async def change_price(request: web.Request, body: ChangePriceRequest) -> ProductWriteResponse:
     sku = request.match_info["sku"]
     data = ChangePriceInput(sku, body.amount_minor, body.currency, body.expected_version or 0)
-    workflow_id = product_write_workflow_id("price", sku, _request_key(request))
+    workflow_id = product_write_workflow_id("price", sku, idempotency_key(request, required=False))
     return _written(
         await _execute(request, "ChangePrice", ChangePriceWorkflow.run, data, workflow_id)
     )
@@ -214,7 +209,9 @@ async def change_price(request: web.Request, body: ChangePriceRequest) -> Produc
 async def deactivate_product(request: web.Request, _: None) -> ProductWriteResponse:
     sku = request.match_info["sku"]
     data = DeactivateProductInput(sku)
-    workflow_id = product_write_workflow_id("deactivate", sku, _request_key(request))
+    workflow_id = product_write_workflow_id(
+        "deactivate", sku, idempotency_key(request, required=False)
+    )
     return _written(
         await _execute(
             request, "DeactivateProduct", DeactivateProductWorkflow.run, data, workflow_id
@@ -227,7 +224,7 @@ async def deactivate_product(request: web.Request, _: None) -> ProductWriteRespo
 
 async def start_import(request: web.Request, body: ImportProductsRequest) -> ImportStartedResponse:
     gw = deps(request)
-    import_id = _request_key(request)
+    import_id = idempotency_key(request, required=False)
     data = ImportInput(
         import_id=import_id,
         products=[_product_data(p.sku, p) for p in body.products],
@@ -319,6 +316,7 @@ ROUTES = [
         response=ProductWriteResponse,
         status=201,
         problems=("conflict", "invalid-argument"),
+        idempotency="optional",
     ),
     Route(
         "PUT",
@@ -332,6 +330,7 @@ ROUTES = [
         body=UpdateProductRequest,
         response=ProductWriteResponse,
         problems=("not-found", "conflict", "invalid-argument"),
+        idempotency="optional",
     ),
     Route(
         "POST",
@@ -345,6 +344,7 @@ ROUTES = [
         body=ChangePriceRequest,
         response=ProductWriteResponse,
         problems=("not-found", "conflict", "invalid-argument"),
+        idempotency="optional",
     ),
     Route(
         "DELETE",
@@ -357,6 +357,7 @@ ROUTES = [
         route_class="write",
         response=ProductWriteResponse,
         problems=("not-found",),
+        idempotency="optional",
     ),
     Route(
         "POST",
@@ -371,6 +372,7 @@ ROUTES = [
         response=ImportStartedResponse,
         status=202,
         problems=("invalid-argument",),
+        idempotency="optional",
     ),
     Route(
         "GET",

@@ -8,8 +8,6 @@ header (when given), so a retried POST adds the quantity once.
 from __future__ import annotations
 
 import asyncio
-import re
-import uuid
 from datetime import timedelta
 
 from aiohttp import web
@@ -17,13 +15,12 @@ from aiohttp import web
 from agora import scopes
 from contracts.agora.inventory.v1 import GetStockRequest, StockLevel
 from gateway.deps import deps
+from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
 from gateway.routing import Route
 from gateway.schemas_inventory import RestockRequest, RestockResponse, StockLevelResponse
 from workers.inventory.model import SKU_PATTERN
 from workflows.inventory import TASK_QUEUE, RestockInput, RestockWorkflow, restock_workflow_id
-
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _sku(request: web.Request) -> str:
@@ -57,9 +54,7 @@ async def get_stock(request: web.Request, _: None) -> StockLevelResponse:
 async def restock(request: web.Request, body: RestockRequest) -> RestockResponse:
     gw = deps(request)
     sku = _sku(request)
-    key = request.headers.get("Idempotency-Key") or str(uuid.uuid4())
-    if not IDEMPOTENCY_KEY.match(key):
-        raise Problem("invalid-argument", "Idempotency-Key must be 1-128 of A-Z a-z 0-9 . _ : -")
+    key = idempotency_key(request, required=False)
     data = RestockInput(key=f"admin:{key}", sku=sku, quantity=body.quantity)
     async with gw.upstream.call(request, "temporal.Restock") as timeout:
         async with asyncio.timeout(timeout):
@@ -102,5 +97,6 @@ ROUTES = [
         body=RestockRequest,
         response=RestockResponse,
         problems=("invalid-argument", "conflict"),
+        idempotency="optional",
     ),
 ]

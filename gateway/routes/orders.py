@@ -10,7 +10,6 @@ follow it. A customer sees and touches only their own orders.
 from __future__ import annotations
 
 import asyncio
-import re
 from datetime import timedelta
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from contracts.agora.common.v1 import PageRequest
 from contracts.agora.orders.v1 import GetOrderRequest, ListOrdersRequest, Order
 from gateway.context import principal_of
 from gateway.deps import deps
+from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
 from gateway.routing import Route
 from gateway.schemas_orders import (
@@ -50,21 +50,10 @@ from workflows.orders import (
     refund_workflow_id,
 )
 
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 ORDERS_READ = frozenset({scopes.ORDERS_READ})
 ORDERS_WRITE = frozenset({scopes.ORDERS_WRITE})
 # Orders whose saga has ended for good: nothing left to cancel or pay.
 FINISHED = frozenset({"CANCELLED", "REJECTED", "REFUNDED"})
-
-
-def _idempotency_key(request: web.Request) -> str:
-    key = request.headers.get("Idempotency-Key", "")
-    if not IDEMPOTENCY_KEY.match(key):
-        raise Problem(
-            "invalid-argument",
-            "an Idempotency-Key header of 8-128 of A-Z a-z 0-9 . _ : - is required",
-        )
-    return key
 
 
 def _links(
@@ -126,7 +115,7 @@ def _from_proto(request: web.Request, order: Order | None) -> OrderAnswer:
 async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Response:
     gw = deps(request)
     customer = principal_of(request).subject
-    key = _idempotency_key(request)
+    key = idempotency_key(request, required=True)
     order_id = order_id_for(customer, key)
     order = OrderInput(
         order_id=order_id,
@@ -229,7 +218,7 @@ async def cancel_order(request: web.Request, body: CancelOrderRequest) -> OrderA
 async def refund_order(request: web.Request, body: RefundOrderRequest) -> OrderAnswer:
     order = await _own_order(request)
     gw = deps(request)
-    key = _idempotency_key(request)
+    key = idempotency_key(request, required=True)
     data = RefundOrderInput(
         order_id=order.order_id,
         refund_key=key,
@@ -282,6 +271,7 @@ ROUTES = [
         response=OrderAnswer,
         status=201,
         problems=ORDER_PROBLEMS,
+        idempotency="required",
     ),
     Route(
         "GET",
@@ -333,6 +323,7 @@ ROUTES = [
         body=RefundOrderRequest,
         response=OrderAnswer,
         problems=ORDER_PROBLEMS,
+        idempotency="required",
     ),
     Route(
         "POST",

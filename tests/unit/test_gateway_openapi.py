@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 from unittest.mock import MagicMock
 
+import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from agora import config
 from gateway.app import build_app, rates_from
 from gateway.deps import Gateway
+from gateway.idempotency import idempotency_key
 from gateway.jwks import JwksCache
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import OPENAPI
-from gateway.problems import PROBLEM_TYPES
+from gateway.problems import PROBLEM_TYPES, Problem
 from gateway.ratelimit import Admitter
 from gateway.routes import all_routes
 from gateway.routing import RouteTable
@@ -93,3 +96,40 @@ def test_problem_catalogue_codes_are_stable_slugs() -> None:
     for code, kind in PROBLEM_TYPES.items():
         assert re.fullmatch(r"[a-z]+(-[a-z]+)*", code)
         assert 400 <= kind.status <= 599
+
+
+def test_writes_that_take_an_idempotency_key_document_it() -> None:
+    paths = offline_app()[OPENAPI]["paths"]
+
+    def key_header(method: str, path: str) -> dict[str, object] | None:
+        parameters = paths[path][method].get("parameters", [])
+        return next((p for p in parameters if p["name"] == "Idempotency-Key"), None)
+
+    placed = key_header("post", "/v1/orders")
+    assert placed is not None and placed["required"] is True and placed["in"] == "header"
+    restock = key_header("post", "/v1/admin/inventory/{sku}/restock")
+    assert restock is not None and restock["required"] is False
+    assert key_header("post", "/v1/admin/products") is not None
+    assert key_header("get", "/v1/orders/{order_id}") is None
+
+
+@pytest.mark.parametrize("required", [True, False])
+@pytest.mark.parametrize("bad", ["short", "has space in it", "x" * 129, "ünïcode-key"])
+def test_an_idempotency_key_that_breaks_the_rule_is_refused_not_replaced(
+    bad: str, required: bool
+) -> None:
+    with pytest.raises(Problem) as refused:
+        idempotency_key(_post_with_key(bad), required=required)
+    assert refused.value.code == "invalid-argument"
+
+
+def test_an_idempotency_key_is_kept_required_or_fresh_when_optional() -> None:
+    assert idempotency_key(_post_with_key("retry-key-0001"), required=True) == "retry-key-0001"
+    assert len(idempotency_key(_post_with_key(None), required=False)) == 32
+    with pytest.raises(Problem):
+        idempotency_key(_post_with_key(None), required=True)
+
+
+def _post_with_key(value: str | None) -> web.Request:
+    headers = {} if value is None else {"Idempotency-Key": value}
+    return make_mocked_request("POST", "/v1/admin/products", headers=headers)
