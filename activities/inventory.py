@@ -17,20 +17,17 @@ between the two cannot leave a hold without its timer.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from agora import outbox
+from agora.temporal import business_rejections
 from workers.inventory import reservations, stocking
-from workers.inventory.errors import InventoryError, OutOfStock
 from workers.inventory.model import (
     HELD,
     REASON_COMPENSATION,
@@ -131,22 +128,6 @@ def _workflow_ref() -> outbox.WorkflowRef | None:
     return outbox.WorkflowRef(info.workflow_id or "", info.workflow_run_id or "")
 
 
-@contextmanager
-def _rejections() -> Iterator[None]:
-    """A domain error becomes a non-retryable ApplicationError of its stable type."""
-    try:
-        yield
-    except InventoryError as error:
-        details = (
-            [dataclasses.asdict(s) for s in error.shortages]
-            if isinstance(error, OutOfStock)
-            else []
-        )
-        raise ApplicationError(
-            error.detail, *details, type=error.application_type, non_retryable=True
-        ) from None
-
-
 class InventoryActivities:
     """Holds inventory's dependencies; each method is one idempotent activity.
 
@@ -163,7 +144,7 @@ class InventoryActivities:
 
     @activity.defn(name="inventory.reserve")
     async def reserve(self, data: ReserveInput) -> ReserveResult:
-        with _rejections():
+        with business_rejections():
             async with self.pool.acquire() as conn:
                 result = await reservations.reserve(
                     conn,
@@ -179,7 +160,7 @@ class InventoryActivities:
 
     @activity.defn(name="inventory.release")
     async def release(self, data: ReleaseInput) -> ReleaseResult:
-        with _rejections():
+        with business_rejections():
             async with self.pool.acquire() as conn:
                 return await reservations.release(
                     conn, data.reservation_id, data.reason, workflow=_workflow_ref()
@@ -187,7 +168,7 @@ class InventoryActivities:
 
     @activity.defn(name="inventory.commit")
     async def commit(self, data: CommitInput) -> CommitResult:
-        with _rejections():
+        with business_rejections():
             async with self.pool.acquire() as conn:
                 return await reservations.commit(
                     conn, data.reservation_id, workflow=_workflow_ref()
@@ -195,7 +176,7 @@ class InventoryActivities:
 
     @activity.defn(name="inventory.restock")
     async def restock(self, data: RestockInput) -> RestockResult:
-        with _rejections():
+        with business_rejections():
             async with self.pool.acquire() as conn:
                 return await stocking.restock(
                     conn, data.key, data.sku, data.quantity, workflow=_workflow_ref()
@@ -203,7 +184,7 @@ class InventoryActivities:
 
     @activity.defn(name="inventory.adjust_stock")
     async def adjust_stock(self, data: AdjustStockInput) -> RestockResult:
-        with _rejections():
+        with business_rejections():
             async with self.pool.acquire() as conn:
                 return await stocking.adjust(
                     conn, data.key, data.sku, data.delta, workflow=_workflow_ref()
@@ -211,7 +192,7 @@ class InventoryActivities:
 
     @activity.defn(name="inventory.set_stock")
     async def set_stock(self, data: SetStockInput) -> SetStockResult:
-        with _rejections():
+        with business_rejections():
             async with self.pool.acquire() as conn:
                 return await stocking.set_stock(
                     conn, data.key, data.levels, overwrite=data.overwrite, workflow=_workflow_ref()

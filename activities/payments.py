@@ -24,7 +24,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from agora import outbox
-from workers.payments.errors import PSP_UNAVAILABLE, PaymentError
+from agora.temporal import business_rejections
+from workers.payments.errors import PSP_UNAVAILABLE
 from workers.payments.intents import PaymentIntents
 from workers.payments.model import (
     AuthorizeInput,
@@ -65,11 +66,8 @@ def _workflow_ref() -> outbox.WorkflowRef:
 def _as_activity_failures() -> Iterator[None]:
     """Map payments' errors to the failures the saga branches on (module docstring)."""
     try:
-        yield
-    except PaymentError as exc:
-        raise ApplicationError(
-            exc.detail, *exc.details(), type=exc.failure_type, non_retryable=True
-        ) from None
+        with business_rejections():
+            yield
     except PspTransientError as exc:
         raise ApplicationError(str(exc), type=PSP_UNAVAILABLE) from None
 

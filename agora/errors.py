@@ -6,19 +6,32 @@ gateway into problem+json, Temporal activities into non-retryable failures.
 
 from __future__ import annotations
 
+from typing import Any
+
 from grpclib.const import Status
 
 
 class DomainError(Exception):
-    """A business rejection: retrying will not help."""
+    """A business rejection: retrying will not help.
+
+    Raised in a gRPC handler it becomes `grpc_status` (agora.grpc); raised in an
+    activity it becomes a non-retryable ApplicationError of type `failure_type`
+    with `failure_details()` (agora.temporal.business_rejections), the stable
+    names a workflow and the gateway switch on.
+    """
 
     code = "domain-error"
     grpc_status = Status.FAILED_PRECONDITION
     http_status = 422
+    failure_type = "DomainError"
 
     def __init__(self, detail: str):
         super().__init__(detail)
         self.detail = detail
+
+    def failure_details(self) -> list[Any]:
+        """What a workflow needs beside the type (e.g. which lines were short)."""
+        return []
 
 
 class InvalidArgument(DomainError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from temporalio.client import Client, TLSConfig
 from temporalio.client import Interceptor as ClientInterceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
+from temporalio.exceptions import ApplicationError
 from temporalio.runtime import OpenTelemetryConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -22,6 +25,7 @@ from temporalio.worker import Interceptor as WorkerInterceptor
 
 from agora.codec import EncryptionCodec, load_or_create
 from agora.config import Settings
+from agora.errors import DomainError
 from agora.telemetry import INSTANCE_ID
 
 _runtime: Runtime | None = None
@@ -120,3 +124,16 @@ class _ActivityLog(ActivityInboundInterceptor):
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         log.info("activity completed", extra=fields)
         return result
+
+
+@contextmanager
+def business_rejections() -> Iterator[None]:
+    """Inside an activity: a domain error becomes a non-retryable ApplicationError of
+    its stable `failure_type` with its `failure_details()` (retrying cannot help);
+    anything else stays retryable."""
+    try:
+        yield
+    except DomainError as error:
+        raise ApplicationError(
+            error.detail, *error.failure_details(), type=error.failure_type, non_retryable=True
+        ) from None

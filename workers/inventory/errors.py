@@ -1,13 +1,15 @@
 """Inventory's domain errors.
 
-Each carries `application_type`, the stable `ApplicationError.type` its activity
-raises (the order saga and the gateway switch on it), besides the gRPC / HTTP
-status it inherits from agora.errors.
+Each carries `failure_type`, the stable `ApplicationError.type` its activity
+raises (the order saga and the gateway switch on it; agora.errors.DomainError),
+besides the gRPC / HTTP status it inherits from agora.errors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from agora.errors import Conflict, DomainError, InvalidArgument, NotFound
 
@@ -22,14 +24,14 @@ class Shortage:
 
 
 class InventoryError(DomainError):
-    application_type = "InventoryError"
+    failure_type = "InventoryError"
 
 
 class OutOfStock(InventoryError):
     """Some line of a reservation asks for more than is available: nothing was reserved."""
 
     code = "out-of-stock"
-    application_type = "OutOfStock"
+    failure_type = "OutOfStock"
 
     def __init__(self, shortages: list[Shortage]):
         self.shortages = shortages
@@ -38,10 +40,13 @@ class OutOfStock(InventoryError):
         )
         super().__init__(f"out of stock: {listed}")
 
+    def failure_details(self) -> list[Any]:
+        return [dataclasses.asdict(s) for s in self.shortages]
+
 
 class UnknownSku(InventoryError, NotFound):
     code = "unknown-sku"
-    application_type = "UnknownSku"
+    failure_type = "UnknownSku"
 
     def __init__(self, skus: list[str]):
         self.skus = skus
@@ -50,30 +55,30 @@ class UnknownSku(InventoryError, NotFound):
 
 class InvalidQuantity(InventoryError, InvalidArgument):
     code = "invalid-quantity"
-    application_type = "InvalidQuantity"
+    failure_type = "InvalidQuantity"
 
 
 class InvalidInventoryRequest(InventoryError, InvalidArgument):
     """A malformed request (empty key, bad sku, no lines, bad TTL or reason)."""
 
     code = "invalid-argument"
-    application_type = "InvalidArgument"
+    failure_type = "InvalidArgument"
 
 
 class ReservationNotFound(InventoryError, NotFound):
     code = "reservation-not-found"
-    application_type = "ReservationNotFound"
+    failure_type = "ReservationNotFound"
 
 
 class ReservationNotHeld(InventoryError):
     """Commit of a reservation that was already released or expired: its stock is gone."""
 
     code = "reservation-not-held"
-    application_type = "ReservationNotHeld"
+    failure_type = "ReservationNotHeld"
 
 
 class IdempotencyKeyReused(InventoryError, Conflict):
     """The same key was sent with a different request: refusing beats guessing."""
 
     code = "idempotency-key-reused"
-    application_type = "IdempotencyKeyReused"
+    failure_type = "IdempotencyKeyReused"

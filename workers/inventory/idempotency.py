@@ -84,9 +84,9 @@ def replay(stored: dict[str, Any], result_type: type[T]) -> T:
         value: T = value_to_type(result_type, stored["ok"])
         return value
     rejection = stored["error"]
-    if rejection["type"] == errors.OutOfStock.application_type:
+    if rejection["type"] == errors.OutOfStock.failure_type:
         raise errors.OutOfStock([errors.Shortage(**s) for s in rejection["shortages"]])
-    if rejection["type"] == errors.UnknownSku.application_type:
+    if rejection["type"] == errors.UnknownSku.failure_type:
         raise errors.UnknownSku(rejection["skus"])
     raise errors.InventoryError(rejection.get("detail", "rejected"))
 
@@ -95,7 +95,7 @@ def rejection(error: Exception) -> dict[str, Any]:
     """A business rejection as the JSON document stored for its key."""
     if isinstance(error, errors.OutOfStock):
         shortages = [dataclasses.asdict(s) for s in error.shortages]
-        return {"error": {"type": error.application_type, "shortages": shortages}}
+        return {"error": {"type": error.failure_type, "shortages": shortages}}
     if isinstance(error, errors.UnknownSku):
-        return {"error": {"type": error.application_type, "skus": error.skus}}
+        return {"error": {"type": error.failure_type, "skus": error.skus}}
     raise TypeError(f"not a stored rejection: {error!r}")

@@ -7,6 +7,8 @@ Messages never hold card data: at most the brand and the last four digits.
 
 from __future__ import annotations
 
+from typing import Any
+
 from grpclib.const import Status
 
 from agora.errors import Conflict, DomainError, InvalidArgument, NotFound
@@ -16,9 +18,6 @@ class PaymentError(DomainError):
     """Base of payments' rejections; `failure_type` is the activity failure's type."""
 
     failure_type = "PaymentError"
-
-    def details(self) -> list[str]:
-        return []
 
 
 class PaymentDeclined(PaymentError):
@@ -33,7 +32,7 @@ class PaymentDeclined(PaymentError):
         super().__init__(message or f"payment declined: {reason}")
         self.reason = reason
 
-    def details(self) -> list[str]:
+    def failure_details(self) -> list[Any]:
         return [self.reason]
 
 
@@ -49,7 +48,7 @@ class PaymentRequiresAction(PaymentError):
         super().__init__("the card requires authentication by its holder")
         self.next_action_url = next_action_url
 
-    def details(self) -> list[str]:
+    def failure_details(self) -> list[Any]:
         return ["requires_action", self.next_action_url]
 
 
