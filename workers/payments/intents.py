@@ -395,6 +395,59 @@ class PaymentIntents:
 
     # Capture ------------------------------------------------------------------
 
+    async def _move(
+        self,
+        conn: asyncpg.Connection,
+        intent: asyncpg.Record,
+        movement: ledger.Movement,
+        key: str,
+        amount: int,
+    ) -> tuple[uuid.UUID, int, Status]:
+        """Capture or refund `amount` at the PSP, then record it in the caller's
+        transaction: the intent's running total and status, and the ledger movement.
+        Returns the operation's id, the new running total and the new status."""
+        operation, column, psp_call = {
+            ledger.Movement.CAPTURE: ("capture", "captured_minor", self.psp.capture),
+            ledger.Movement.REFUND: ("refund", "refunded_minor", self.psp.refund),
+        }[movement]
+        payment_id, currency = intent["payment_id"], intent["currency"]
+        try:
+            await psp_call(
+                key=f"{operation}:{key}",
+                authorization_key=str(payment_id),
+                amount_minor=amount,
+                currency=currency,
+            )
+        except PspRejected as exc:
+            raise PaymentStateConflict(f"the PSP refused the {operation}: {exc}") from None
+        amounts = {
+            name: intent[name]
+            for name in ("authorized_minor", "captured_minor", "released_minor", "refunded_minor")
+        }
+        amounts[column] += amount
+        status = status_from_amounts(
+            amounts["authorized_minor"], amounts["captured_minor"], amounts["released_minor"],
+            amounts["refunded_minor"],
+        )  # fmt: skip
+        # `column` is one of two names from the table above, never input.
+        await conn.execute(
+            f"UPDATE payment_intents SET {column} = $2, status = $3, updated_at = now()"
+            " WHERE payment_id = $1",
+            payment_id,
+            amounts[column],
+            str(status),
+        )
+        operation_id = uuid.UUID(operation_id_for(operation, key))
+        await ledger.post(
+            conn,
+            movement_id=operation_id,
+            payment_id=payment_id,
+            kind=movement,
+            amount_minor=amount,
+            currency=currency,
+        )
+        return operation_id, amounts[column], status
+
     async def capture(
         self, data: CaptureInput, workflow: outbox.WorkflowRef | None = None
     ) -> CaptureResult:
@@ -422,35 +475,8 @@ class PaymentIntents:
                 too_much="capture of {amount} exceeds the {available} still authorized",
             )
             currency = intent["currency"]
-            try:
-                await self.psp.capture(
-                    key=f"capture:{key}",
-                    authorization_key=str(payment_id),
-                    amount_minor=amount,
-                    currency=currency,
-                )
-            except PspRejected as exc:
-                raise PaymentStateConflict(f"the PSP refused the capture: {exc}") from None
-            captured = intent["captured_minor"] + amount
-            status = status_from_amounts(
-                intent["authorized_minor"], captured, intent["released_minor"],
-                intent["refunded_minor"],
-            )  # fmt: skip
-            await conn.execute(
-                "UPDATE payment_intents SET captured_minor = $2, status = $3, updated_at = now()"
-                " WHERE payment_id = $1",
-                payment_id,
-                captured,
-                str(status),
-            )
-            capture_id = uuid.UUID(operation_id_for("capture", key))
-            await ledger.post(
-                conn,
-                movement_id=capture_id,
-                payment_id=payment_id,
-                kind=ledger.Movement.CAPTURE,
-                amount_minor=amount,
-                currency=currency,
+            capture_id, captured, status = await self._move(
+                conn, intent, ledger.Movement.CAPTURE, key, amount
             )
             await self._event(
                 conn,
@@ -610,35 +636,8 @@ class PaymentIntents:
                 too_much="refund of {amount} exceeds the {available} captured and not refunded",
             )
             currency = intent["currency"]
-            try:
-                await self.psp.refund(
-                    key=f"refund:{key}",
-                    authorization_key=str(payment_id),
-                    amount_minor=amount,
-                    currency=currency,
-                )
-            except PspRejected as exc:
-                raise PaymentStateConflict(f"the PSP refused the refund: {exc}") from None
-            refunded = intent["refunded_minor"] + amount
-            status = status_from_amounts(
-                intent["authorized_minor"], intent["captured_minor"], intent["released_minor"],
-                refunded,
-            )  # fmt: skip
-            await conn.execute(
-                "UPDATE payment_intents SET refunded_minor = $2, status = $3, updated_at = now()"
-                " WHERE payment_id = $1",
-                payment_id,
-                refunded,
-                str(status),
-            )
-            refund_id = uuid.UUID(operation_id_for("refund", key))
-            await ledger.post(
-                conn,
-                movement_id=refund_id,
-                payment_id=payment_id,
-                kind=ledger.Movement.REFUND,
-                amount_minor=amount,
-                currency=currency,
+            refund_id, refunded, status = await self._move(
+                conn, intent, ledger.Movement.REFUND, key, amount
             )
             await self._event(
                 conn,
