@@ -14,7 +14,7 @@ help:
 	@echo "make run     install everything, start the local platform, print its URLs"
 	@echo "make test    the same set-up on an isolated test stack, then all tests"
 	@echo "make stop    stop everything 'make run' started;  make status  what runs where"
-	@echo "make test-unit | lint | bench | load | protos | logs TRACE=<id>"
+	@echo "make test-unit | lint | bench | load | chaos | protos | logs TRACE=<id>"
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> Python environment ($(VENV))"
