@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_bulk
+from elasticsearch.helpers import async_bulk, async_scan
 from temporalio import activity
 
 from contracts.agora.catalog.v1 import CatalogServiceStub, ListProductsRequest, Product
 from contracts.agora.common.v1 import PageRequest
-from workers.search.documents import apply_product, merge, product_document
+from workers.search.documents import EMPTY_PRODUCT, apply_product, merge, product_document
 from workers.search.index import Indices
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,31 @@ class SearchActivities:
             state.cursor = page.page.next_cursor if page.page else ""
             activity.heartbeat(state.__dict__)
             if not state.cursor:
+                await self._copy_stock_stubs(data)
                 return BackfillResult(state.copied, state.merged)
+
+    async def _copy_stock_stubs(self, data: BackfillInput) -> None:
+        """Stock that arrived before its product (a hidden stub, no catalog row yet) is
+        not in the catalog's pages: carry it over too, or the product, once created,
+        would show no stock in the new index until its next stock event."""
+        if not data.source_index:
+            return
+        async for stub in async_scan(
+            self.es,
+            index=data.source_index,
+            query={"query": {"term": {"has_product": False}}},
+            _source=["in_stock", "available", "stock_version"],
+        ):
+            stock = stub["_source"]
+            await merge(
+                self.es,
+                data.new_index,
+                stub["_id"],
+                "stock_version",
+                int(stock.get("stock_version") or 0),
+                stock,
+                EMPTY_PRODUCT,
+            )
 
     async def _copy(self, data: BackfillInput, products: list[Product]) -> int:
         stock: dict[str, dict[str, Any]] = {}

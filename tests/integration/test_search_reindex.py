@@ -23,6 +23,8 @@ from gateway.deps import Gateway
 from tests.integration.catalogkit import CatalogApi, eventually
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, running_gateway
+from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
+from workflows.inventory import RestockInput, RestockWorkflow, restock_workflow_id
 from workflows.search import (
     REINDEX_WORKFLOW_ID,
     TASK_QUEUE,
@@ -38,7 +40,7 @@ PRODUCTS = 12
 async def running(
     settings: Settings, services: Services
 ) -> AsyncIterator[tuple[Gateway, CatalogApi]]:
-    for service in ("identity", "catalog", "search"):
+    for service in ("identity", "catalog", "search", "inventory"):
         services(service)
     minter = TokenMinter(settings)
     gateway: tuple[Gateway, TestClient]
@@ -106,3 +108,45 @@ async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothin
         return indexed if indexed == latest else None
 
     await eventually(converged, within_s=30, what="every latest price in the new index")
+
+
+async def test_stock_that_arrived_before_its_product_survives_a_reindex(
+    running: tuple[Gateway, CatalogApi], settings: Settings
+) -> None:
+    gw, api = running
+    es = AsyncElasticsearch(settings.elasticsearch_url)
+    sku = f"STUB-{uuid.uuid4().hex[:10]}"
+    # Stock first: search holds a hidden stub (no product yet) with the level.
+    restock = RestockInput(key=f"stub:{uuid.uuid4()}", sku=sku, quantity=7)
+    await gw.upstream.temporal.execute_workflow(
+        RestockWorkflow.run,
+        restock,
+        id=restock_workflow_id(restock.key),
+        task_queue=INVENTORY_QUEUE,
+    )
+
+    async def stub_indexed() -> bool:
+        found = await es.options(ignore_status=404).get(index=settings.search_index_prefix, id=sku)
+        return bool(found.get("found")) and found["_source"]["available"] == 7
+
+    await eventually(stub_indexed, what="the stock-only stub")
+    handle = await gw.upstream.temporal.start_workflow(
+        ReindexWorkflow.run,
+        ReindexInput(version=f"s{uuid.uuid4().hex[:8]}"),
+        id=REINDEX_WORKFLOW_ID,
+        task_queue=TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+    assert (await asyncio.wait_for(handle.result(), timeout=180)).phase == "done"
+    await es.close()
+
+    # The product comes after the swap: it is found in stock, from the carried-over stub.
+    tag = f"zs{uuid.uuid4().hex[:10]}"
+    await api.create(sku=sku, title=f"{tag} Lantern")
+
+    async def in_stock() -> dict[str, Any] | None:
+        hits = (await api.search(q=tag, in_stock="true"))["hits"]
+        return hits[0] if hits and hits[0]["sku"] == sku else None
+
+    hit = await eventually(in_stock, what="the product in stock after the reindex")
+    assert hit["in_stock"] is True
