@@ -12,13 +12,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
 
 from agora.config import Settings
+from gateway.deps import Gateway
 from stack.base import Context
+from tests.integration.gatewaykit import TokenMinter, identity_ready, running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +120,27 @@ def services(settings: Settings) -> Iterator[Services]:
 @pytest.fixture(scope="session")
 def identity_service(services: Services) -> ServiceProcess:
     return services("identity")
+
+
+@pytest.fixture(scope="session")
+def identity(settings: Settings, request: pytest.FixtureRequest) -> Iterator[ServiceProcess | None]:
+    """Identity on the test stack (reused when a session already runs it)."""
+    if identity_ready(settings):
+        yield None
+    else:
+        yield request.getfixturevalue("identity_service")
+
+
+@pytest.fixture(scope="session")
+def minter(settings: Settings) -> TokenMinter:
+    """Mints access tokens the test gateways accept (their JWKS includes its key)."""
+    return TokenMinter(settings)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway(
+    settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
+) -> AsyncIterator[tuple[Gateway, TestClient]]:
+    """An in-process gateway on the test stack with identity running."""
+    async with running_gateway(settings, minter) as running:
+        yield running

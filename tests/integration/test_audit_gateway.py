@@ -28,11 +28,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
 
 
-@pytest.fixture(scope="module")
-def minter(settings: Settings) -> TokenMinter:
-    return TokenMinter(settings)
-
-
 @pytest_asyncio.fixture(scope="module")
 async def http(
     settings: Settings, services: Services, minter: TokenMinter

@@ -30,11 +30,6 @@ from workers.catalog.reads import CatalogReads
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
 
 
-@pytest.fixture(scope="session")
-def minter(settings: Settings) -> TokenMinter:
-    return TokenMinter(settings)
-
-
 @pytest_asyncio.fixture(scope="session")
 async def catalog_gateway(
     settings: Settings, services: Services, minter: TokenMinter

@@ -14,10 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -29,34 +27,12 @@ from tests.integration.conftest import ServiceProcess, tail
 from tests.integration.gatewaykit import (
     TokenMinter,
     bearer,
-    identity_ready,
     no_upstream_call,
     problem,
     running_gateway,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
-
-
-@pytest.fixture(scope="session")
-def identity(settings: Settings, request: pytest.FixtureRequest) -> Iterator[ServiceProcess | None]:
-    if identity_ready(settings):
-        yield None
-    else:
-        yield request.getfixturevalue("identity_service")
-
-
-@pytest.fixture(scope="session")
-def minter(settings: Settings) -> TokenMinter:
-    return TokenMinter(settings)
-
-
-@pytest_asyncio.fixture(scope="session")
-async def gateway(
-    settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
-) -> AsyncIterator[tuple[Gateway, TestClient]]:
-    async with running_gateway(settings, minter) as running:
-        yield running
 
 
 def dead_port() -> int:

@@ -12,10 +12,8 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from joserfc import jwt
@@ -23,7 +21,6 @@ from joserfc.jwk import OKPKey
 
 from agora.config import Settings
 from gateway.deps import Gateway
-from tests.integration.conftest import ServiceProcess
 from tests.integration.gatewaykit import (
     PROBLEM,
     Api,
@@ -31,35 +28,11 @@ from tests.integration.gatewaykit import (
     b64json,
     b64url,
     bearer,
-    identity_ready,
     no_upstream_call,
     problem,
-    running_gateway,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
-
-
-@pytest.fixture(scope="session")
-def identity(settings: Settings, request: pytest.FixtureRequest) -> Iterator[ServiceProcess | None]:
-    """Identity on the test stack (reused when a session already runs it)."""
-    if identity_ready(settings):
-        yield None
-    else:
-        yield request.getfixturevalue("identity_service")
-
-
-@pytest.fixture(scope="session")
-def minter(settings: Settings) -> TokenMinter:
-    return TokenMinter(settings)
-
-
-@pytest_asyncio.fixture(scope="session")
-async def gateway(
-    settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
-) -> AsyncIterator[tuple[Gateway, TestClient]]:
-    async with running_gateway(settings, minter) as running:
-        yield running
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,7 +23,6 @@ from tests.integration.conftest import ServiceProcess
 from tests.integration.gatewaykit import (
     Api,
     bearer,
-    identity_ready,
     no_upstream_call,
     problem,
     register_admin,
@@ -31,14 +30,6 @@ from tests.integration.gatewaykit import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
-
-
-@pytest.fixture(scope="session")
-def identity(settings: Settings, request: pytest.FixtureRequest) -> Iterator[ServiceProcess | None]:
-    if identity_ready(settings):
-        yield None
-    else:
-        yield request.getfixturevalue("identity_service")
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -33,11 +33,6 @@ def inventory_service(services: Services) -> ServiceProcess:
 
 
 @pytest.fixture(scope="module")
-def minter(settings: Settings) -> TokenMinter:
-    return TokenMinter(settings)
-
-
-@pytest.fixture(scope="module")
 async def gateway(
     settings: Settings, inventory_service: ServiceProcess, minter: TokenMinter
 ) -> AsyncIterator[tuple[Gateway, TestClient]]:

@@ -36,11 +36,6 @@ def payments_service(services: Services) -> ServiceProcess:
 
 
 @pytest.fixture(scope="module")
-def minter(settings: Settings) -> TokenMinter:
-    return TokenMinter(settings)
-
-
-@pytest.fixture(scope="module")
 async def client(
     settings: Settings, payments_service: ServiceProcess, minter: TokenMinter
 ) -> AsyncIterator[Client]:
