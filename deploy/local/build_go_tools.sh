@@ -54,41 +54,8 @@ sha256() { sha256sum "$@" | awk '{print $1}'; }
 # comments does not trigger a rebuild.
 manifest_hash() { grep -Ev '^[[:space:]]*(#|$)' "$1" | sha256sum | awk '{print $1}'; }
 
-# run_step <component> <logfile> <cmd...>
-# Runs the command with output appended to the log, printing a heartbeat every
-# $HEARTBEAT seconds. On failure prints component, command and log path and
-# exits non-zero.
-run_step() {
-  local component="$1" logfile="$2"; shift 2
-  local start now pid rc last
-  start=$(date +%s)
-  {
-    echo "=== $(date -Is) [$component] \$ $*"
-  } >>"$logfile"
-  "$@" >>"$logfile" 2>&1 &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    local i=0
-    while (( i < HEARTBEAT )) && kill -0 "$pid" 2>/dev/null; do sleep 1; i=$((i + 1)); done
-    if kill -0 "$pid" 2>/dev/null; then
-      now=$(date +%s)
-      last="$(tail -n 1 "$logfile" 2>/dev/null | cut -c1-110)"
-      log "  ... $component still running, $((now - start))s elapsed (last: $last)"
-    fi
-  done
-  rc=0
-  wait "$pid" || rc=$?
-  now=$(date +%s)
-  if (( rc != 0 )); then
-    log "FAILED: component=$component exit=$rc after $((now - start))s"
-    log "  command: $*"
-    log "  log:     $logfile"
-    echo "----- last 30 log lines -----" >&2
-    tail -n 30 "$logfile" >&2 || true
-    exit "$rc"
-  fi
-  log "  done in $((now - start))s: $*"
-}
+# shellcheck source=deploy/local/run_step.sh
+. "$(dirname "${BASH_SOURCE[0]}")/run_step.sh"
 
 # ---------------------------------------------------------------------------
 # 1. OpenTelemetry Collector via ocb

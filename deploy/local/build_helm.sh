@@ -51,37 +51,8 @@ if [[ -x "$BIN" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0
 fi
 
-# run_step <component> <cmd...>: output to the log, a heartbeat while it runs,
-# a clear message (command, log path, last lines) when it fails.
-run_step() {
-  local component="$1"; shift
-  local start now pid rc last
-  start=$(date +%s)
-  echo "=== $(date -Is) [$component] \$ $*" >>"$LOGFILE"
-  "$@" >>"$LOGFILE" 2>&1 &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    local i=0
-    while (( i < HEARTBEAT )) && kill -0 "$pid" 2>/dev/null; do sleep 1; i=$((i + 1)); done
-    if kill -0 "$pid" 2>/dev/null; then
-      now=$(date +%s)
-      last="$(tail -n 1 "$LOGFILE" 2>/dev/null | cut -c1-110)"
-      log "  ... $component still running, $((now - start))s elapsed (last: $last)"
-    fi
-  done
-  rc=0
-  wait "$pid" || rc=$?
-  now=$(date +%s)
-  if (( rc != 0 )); then
-    log "FAILED: component=$component exit=$rc after $((now - start))s"
-    log "  command: $*"
-    log "  log:     $LOGFILE"
-    echo "----- last 30 log lines -----" >&2
-    tail -n 30 "$LOGFILE" >&2 || true
-    exit "$rc"
-  fi
-  log "  done in $((now - start))s: $*"
-}
+# shellcheck source=deploy/local/run_step.sh
+. "$(dirname "${BASH_SOURCE[0]}")/run_step.sh"
 
 log "helm: building $HELM_VERSION from the Go module proxy (log: $LOGFILE)"
 : >"$LOGFILE"
@@ -90,10 +61,10 @@ t0=$(date +%s)
 MOD="$SRC_DIR/helm-$HELM_VERSION"
 mkdir -p "$MOD"
 if [[ ! -f "$MOD/go.mod" ]]; then
-  (cd "$MOD" && GOFLAGS="$BASE_GOFLAGS" run_step helm/go-mod-init go mod init agora.local/helm-build)
+  (cd "$MOD" && GOFLAGS="$BASE_GOFLAGS" run_step helm/go-mod-init "$LOGFILE" go mod init agora.local/helm-build)
 fi
 log "helm: step 1/2 resolving modules (go get -tool helm.sh/helm/v3/cmd/helm@$HELM_VERSION)"
-(cd "$MOD" && GOFLAGS="$BASE_GOFLAGS" run_step helm/go-get \
+(cd "$MOD" && GOFLAGS="$BASE_GOFLAGS" run_step helm/go-get "$LOGFILE" \
     go get -tool "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
 # Like Helm's own Makefile: the default Kubernetes version of `helm template` and
 # `helm lint` is the one of the client-go it was built with (else v1.20).
@@ -105,7 +76,7 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   LDFLAGS+=" -X $pkg.k8sVersionMajor=$K8S_MAJOR -X $pkg.k8sVersionMinor=$K8S_MINOR"
 done
 log "helm: step 2/2 compiling (go build -v; default Kubernetes version v$K8S_MAJOR.$K8S_MINOR)"
-(cd "$MOD" && GOFLAGS="$BASE_GOFLAGS -mod=mod" run_step helm/go-build \
+(cd "$MOD" && GOFLAGS="$BASE_GOFLAGS -mod=mod" run_step helm/go-build "$LOGFILE" \
     go build -v -trimpath -ldflags="$LDFLAGS" -o "$BIN.tmp" helm.sh/helm/v3/cmd/helm)
 mv -f "$BIN.tmp" "$BIN"
 echo "$WANT" >"$STAMP"

@@ -1,0 +1,38 @@
+# Sourced by the build scripts (build_go_tools.sh, build_helm.sh); needs `log` and
+# HEARTBEAT from the caller.
+#
+# run_step <component> <logfile> <cmd...>
+# Runs the command with its output appended to the log, printing a heartbeat every
+# $HEARTBEAT seconds (Go builds run for minutes). On failure prints the component,
+# the command, the log path and its last lines, and exits non-zero.
+# (A shell function rather than a supervisor: it is one foreground command with a
+# progress line; nothing needs restarting.)
+run_step() {
+  local component="$1" logfile="$2"; shift 2
+  local start now pid rc last
+  start=$(date +%s)
+  echo "=== $(date -Is) [$component] \$ $*" >>"$logfile"
+  "$@" >>"$logfile" 2>&1 &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    local i=0
+    while (( i < HEARTBEAT )) && kill -0 "$pid" 2>/dev/null; do sleep 1; i=$((i + 1)); done
+    if kill -0 "$pid" 2>/dev/null; then
+      now=$(date +%s)
+      last="$(tail -n 1 "$logfile" 2>/dev/null | cut -c1-110)"
+      log "  ... $component still running, $((now - start))s elapsed (last: $last)"
+    fi
+  done
+  rc=0
+  wait "$pid" || rc=$?
+  now=$(date +%s)
+  if (( rc != 0 )); then
+    log "FAILED: component=$component exit=$rc after $((now - start))s"
+    log "  command: $*"
+    log "  log:     $logfile"
+    echo "----- last 30 log lines -----" >&2
+    tail -n 30 "$logfile" >&2 || true
+    exit "$rc"
+  fi
+  log "  done in $((now - start))s: $*"
+}
