@@ -70,7 +70,7 @@ test-deploy: venv helm
 lint: venv
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
-	@$(PY) -m mypy agora stack workers workflows activities gateway
+	@$(PY) -m mypy agora stack workers workflows activities gateway bench
 
 bench: venv
 	@$(PY) -m bench
