@@ -18,7 +18,7 @@ from temporalio import activity
 
 from contracts.agora.catalog.v1 import CatalogServiceStub, ListProductsRequest, Product
 from contracts.agora.common.v1 import PageRequest
-from workers.search.documents import EMPTY_PRODUCT, apply_product, merge, product_document
+from workers.search.documents import STOCK_FIELDS, apply_product, copy_stock, product_document
 from workers.search.index import Indices
 
 log = logging.getLogger(__name__)
@@ -126,18 +126,9 @@ class SearchActivities:
             self.es,
             index=data.source_index,
             query={"query": {"term": {"has_product": False}}},
-            _source=["in_stock", "available", "stock_version"],
+            _source=STOCK_FIELDS,
         ):
-            stock = stub["_source"]
-            await merge(
-                self.es,
-                data.new_index,
-                stub["_id"],
-                "stock_version",
-                int(stock.get("stock_version") or 0),
-                stock,
-                EMPTY_PRODUCT,
-            )
+            await copy_stock(self.es, data.new_index, stub["_id"], stub["_source"])
 
     async def _copy(self, data: BackfillInput, products: list[Product]) -> int:
         stock: dict[str, dict[str, Any]] = {}
@@ -145,7 +136,7 @@ class SearchActivities:
             found = await self.es.mget(
                 index=data.source_index,
                 ids=[p.sku for p in products],
-                source_includes=["in_stock", "available", "stock_version"],
+                source_includes=STOCK_FIELDS,
             )
             for doc in found["docs"]:
                 if doc.get("found"):
@@ -169,15 +160,7 @@ class SearchActivities:
             product = by_sku[item["_id"]]
             await apply_product(self.es, data.new_index, product)
             if product.sku in stock:
-                await merge(
-                    self.es,
-                    data.new_index,
-                    product.sku,
-                    "stock_version",
-                    int(stock[product.sku].get("stock_version") or 0),
-                    stock[product.sku],
-                    {},
-                )
+                await copy_stock(self.es, data.new_index, product.sku, stock[product.sku])
             merged += 1
         return merged
 

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20
 
 EMPTY_STOCK: dict[str, Any] = {"in_stock": False, "available": 0, "stock_version": 0}
+STOCK_FIELDS = list(EMPTY_STOCK)
 EMPTY_PRODUCT: dict[str, Any] = {"has_product": False, "active": False, "product_version": 0}
 
 
@@ -152,3 +153,9 @@ async def apply_stock(es: AsyncElasticsearch, index: str, level: StockLevel) -> 
     return await merge(
         es, index, level.sku, "stock_version", level.version, stock_fields(level), EMPTY_PRODUCT
     )
+
+
+async def copy_stock(es: AsyncElasticsearch, index: str, sku: str, stock: dict[str, Any]) -> bool:
+    """Stock fields read from another index (STOCK_FIELDS of a document), merged by version."""
+    version = int(stock.get("stock_version") or 0)
+    return await merge(es, index, sku, "stock_version", version, stock, EMPTY_PRODUCT)
