@@ -94,8 +94,7 @@ def replay(stored: dict[str, Any], result_type: type[T]) -> T:
 def rejection(error: Exception) -> dict[str, Any]:
     """A business rejection as the JSON document stored for its key."""
     if isinstance(error, errors.OutOfStock):
-        shortages = [dataclasses.asdict(s) for s in error.shortages]
-        return {"error": {"type": error.failure_type, "shortages": shortages}}
+        return {"error": {"type": error.failure_type, "shortages": error.failure_details()}}
     if isinstance(error, errors.UnknownSku):
         return {"error": {"type": error.failure_type, "skus": error.skus}}
     raise TypeError(f"not a stored rejection: {error!r}")
