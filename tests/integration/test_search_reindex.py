@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from elasticsearch import AsyncElasticsearch
+from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
 from agora.config import Settings
@@ -29,6 +30,7 @@ from workflows.search import (
     REINDEX_WORKFLOW_ID,
     TASK_QUEUE,
     ReindexInput,
+    ReindexProgress,
     ReindexWorkflow,
 )
 
@@ -48,6 +50,17 @@ async def running(
         yield gateway[0], CatalogApi(gateway[1], minter)
 
 
+async def start_reindex(gw: Gateway) -> WorkflowHandle[Any, ReindexProgress]:
+    """A new index version, the only reindex running (its workflow id is fixed)."""
+    return await gw.upstream.temporal.start_workflow(
+        ReindexWorkflow.run,
+        ReindexInput(version=f"t{uuid.uuid4().hex[:8]}"),
+        id=REINDEX_WORKFLOW_ID,
+        task_queue=TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+
+
 async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothing(
     running: tuple[Gateway, CatalogApi], settings: Settings
 ) -> None:
@@ -63,13 +76,7 @@ async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothin
     alias = settings.search_index_prefix
     before = set((await es.indices.get_alias(name=alias)).body)
 
-    handle = await gw.upstream.temporal.start_workflow(
-        ReindexWorkflow.run,
-        ReindexInput(version=f"t{uuid.uuid4().hex[:8]}"),
-        id=REINDEX_WORKFLOW_ID,
-        task_queue=TASK_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-    )
+    handle = await start_reindex(gw)
     latest: dict[str, int] = {}
     searches_ok = 0
     # Stopped between requests, never cancelled inside one: a price change cancelled
@@ -130,13 +137,7 @@ async def test_stock_that_arrived_before_its_product_survives_a_reindex(
         return bool(found.get("found")) and found["_source"]["available"] == 7
 
     await eventually(stub_indexed, what="the stock-only stub")
-    handle = await gw.upstream.temporal.start_workflow(
-        ReindexWorkflow.run,
-        ReindexInput(version=f"s{uuid.uuid4().hex[:8]}"),
-        id=REINDEX_WORKFLOW_ID,
-        task_queue=TASK_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-    )
+    handle = await start_reindex(gw)
     assert (await asyncio.wait_for(handle.result(), timeout=180)).phase == "done"
     await es.close()
 
