@@ -8,9 +8,9 @@
   POST until the order reads CONFIRMED (or later) through GET /v1/orders/{id}:
   sequential orders, p50 / p95 / p99.
 * Sustained: orders placed at a fixed concurrency for a fixed time; every
-  accepted order is then followed to its final state, and the databases are
-  counted: none lost (each accepted order has its row and reached a final
-  state), none duplicated (one capture at most per order).
+  accepted order is then followed to its final state in the databases and
+  checked as `make chaos` checks them (bench/invariants.py): none lost, every
+  one final, none charged twice or more than its total.
 """
 
 from __future__ import annotations
@@ -19,17 +19,19 @@ import asyncio
 import contextlib
 import time
 import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import asyncpg
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from agora import temporal
 from agora.config import Settings
-from bench.auth import UNTHROTTLED
-from bench.catalog import _ensure_catalog, _token
+from bench import invariants
+from bench.auth import UNTHROTTLED, _session_token
+from bench.catalog import _ensure_catalog
 from bench.load_cpu import MACHINE, OTHERS, CpuMeter, window
 from bench.processes import free_port, process, service_running
 from bench.stats import Row, row
@@ -150,11 +152,14 @@ async def _sequential(base: str, token: str, skus: list[str]) -> list[Row]:
     ]
 
 
-async def _sustained(settings: Settings, base: str, token: str, skus: list[str]) -> dict[str, Any]:
+async def _sustained(
+    settings: Settings, base: str, customer_id: str, token: str, skus: list[str]
+) -> dict[str, Any]:
     accepted: list[str] = []
     refused = 0
     meter = CpuMeter(settings)
     cpu_before = meter.snapshot()
+    began = datetime.now(UTC)
     deadline = time.monotonic() + SUSTAINED_SECONDS
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=SUSTAINED_CONCURRENCY)
@@ -174,47 +179,25 @@ async def _sustained(settings: Settings, base: str, token: str, skus: list[str])
         started = time.monotonic()
         await asyncio.gather(*(placer(lane) for lane in range(SUSTAINED_CONCURRENCY)))
         placing_s = time.monotonic() - started
-        # Follow every accepted order to its end.
-        pending = set(accepted)
-        settle_deadline = time.monotonic() + 180
-        while pending and time.monotonic() < settle_deadline:
-            for order_id in list(pending)[:200]:
-                if await _status(http, base, token, order_id) in ("COMPLETED", "REJECTED"):
-                    pending.discard(order_id)
-            await asyncio.sleep(0.2)
-        settled_s = time.monotonic() - started
-    cpu = window(cpu_before, meter.snapshot())
-
-    conn = await asyncpg.connect(settings.db_dsn("orders"))
-    try:
-        rows = await conn.fetch(
-            "SELECT status, count(*) FROM orders WHERE order_id = ANY($1::uuid[]) GROUP BY status",
-            accepted,
-        )
-    finally:
-        await conn.close()
-    payments = await asyncpg.connect(settings.db_dsn("payments"))
-    try:
-        double = await payments.fetchval(
-            "SELECT count(*) FROM (SELECT i.order_id FROM payment_operations o"
-            " JOIN payment_intents i USING (payment_id)"
-            " WHERE o.operation = 'capture' AND o.outcome = 'ok' AND i.order_id = ANY($1)"
-            " GROUP BY i.order_id HAVING count(*) > 1) d",
-            accepted,
-        )
-    finally:
-        await payments.close()
-    by_status = {r["status"]: r["count"] for r in rows}
+    # Every accepted order followed to its end, then counted from the databases: none
+    # lost, none charged twice (the same checks as `make chaos`).
+    facts = invariants.RunFacts(
+        started_at=began,
+        customer_ids=[customer_id],
+        accepted_orders=accepted,
+        initial_stock={},
+        updated_skus=[],
+    )
+    verdicts = await invariants.hold(
+        invariants.order_checks(settings, facts), progress=lambda _: None
+    )
+    settled_s = time.monotonic() - started
     return {
         "accepted": len(accepted),
         "refused": refused,
         "orders_per_s": len(accepted) / placing_s,
-        "completed_per_s": by_status.get("COMPLETED", 0) / settled_s,
-        "by_status": by_status,
-        "lost": len(accepted) - sum(by_status.values()),
-        "unfinished": len(pending),
-        "charged_twice": double,
-        "cpu_s": cpu,
+        "checks": [asdict(v) for v in verdicts],  # plain data: the report is JSON too
+        "cpu_s": window(cpu_before, meter.snapshot()),
         "settled_s": settled_s,
     }
 
@@ -256,18 +239,19 @@ async def run(settings: Settings) -> dict[str, Any]:
         }
         base = f"http://{settings.host}:{gateway_port}"
         stack.enter_context(process("gateway", ["-m", "gateway"], f"{base}/readyz", logs, env=env))
-        token = await _token(base)
+        customer_id, token = await _session_token(base)
         saga_rows = await _sequential(base, token, skus)
-        sustained = await _sustained(settings, base, token, skus)
+        sustained = await _sustained(settings, base, customer_id, token, skus)
     rows = [
         *saga_rows,
         *bare_rows,
         _count_row(
             f"sustained {SUSTAINED_SECONDS}s at concurrency {SUSTAINED_CONCURRENCY}:"
-            f" {sustained['accepted']} accepted ({sustained['orders_per_s']:.1f}/s),"
-            f" by status {sustained['by_status']}, lost {sustained['lost']},"
-            f" unfinished {sustained['unfinished']}, charged twice"
-            f" {sustained['charged_twice']}",
+            f" {sustained['accepted']} accepted ({sustained['orders_per_s']:.1f}/s); "
+            + "; ".join(
+                f"{'ok' if v['ok'] else 'FAIL'} {v['name']}: {v['detail']}"
+                for v in sustained["checks"]
+            ),
             sustained["accepted"],
         ),
     ]
