@@ -9,10 +9,11 @@ resumes from its history, and the upserts make a re-run batch a no-op.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -95,48 +96,46 @@ async def _refresh_if_needed(result: WriteResult) -> WriteResult:
     return result
 
 
+WriteInput = TypeVar("WriteInput")
+
+
+async def _write(
+    step: Callable[[CatalogActivities, WriteInput], Awaitable[WriteResult]], data: WriteInput
+) -> WriteResult:
+    """One product write: the activity (its rejections surfaced), then the cache refresh."""
+    with _rejections_surface():
+        result = await workflow.execute_activity_method(
+            step, data, start_to_close_timeout=STEP_TIMEOUT
+        )
+    return await _refresh_if_needed(result)
+
+
 @workflow.defn(name="CreateProduct")
 class CreateProductWorkflow:
     @workflow.run
     async def run(self, data: CreateProductInput) -> WriteResult:
-        with _rejections_surface():
-            result = await workflow.execute_activity_method(
-                CatalogActivities.create_product, data, start_to_close_timeout=STEP_TIMEOUT
-            )
-        return await _refresh_if_needed(result)
+        return await _write(CatalogActivities.create_product, data)
 
 
 @workflow.defn(name="UpdateProduct")
 class UpdateProductWorkflow:
     @workflow.run
     async def run(self, data: UpdateProductInput) -> WriteResult:
-        with _rejections_surface():
-            result = await workflow.execute_activity_method(
-                CatalogActivities.update_product, data, start_to_close_timeout=STEP_TIMEOUT
-            )
-        return await _refresh_if_needed(result)
+        return await _write(CatalogActivities.update_product, data)
 
 
 @workflow.defn(name="ChangePrice")
 class ChangePriceWorkflow:
     @workflow.run
     async def run(self, data: ChangePriceInput) -> WriteResult:
-        with _rejections_surface():
-            result = await workflow.execute_activity_method(
-                CatalogActivities.change_price, data, start_to_close_timeout=STEP_TIMEOUT
-            )
-        return await _refresh_if_needed(result)
+        return await _write(CatalogActivities.change_price, data)
 
 
 @workflow.defn(name="DeactivateProduct")
 class DeactivateProductWorkflow:
     @workflow.run
     async def run(self, data: DeactivateProductInput) -> WriteResult:
-        with _rejections_surface():
-            result = await workflow.execute_activity_method(
-                CatalogActivities.deactivate_product, data, start_to_close_timeout=STEP_TIMEOUT
-            )
-        return await _refresh_if_needed(result)
+        return await _write(CatalogActivities.deactivate_product, data)
 
 
 @dataclass
