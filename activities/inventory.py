@@ -9,28 +9,26 @@ Rejections (out of stock, unknown sku, bad input) are non-retryable
 `InvalidQuantity`, `InvalidArgument`, `ReservationNotFound`,
 `ReservationNotHeld`, `IdempotencyKeyReused`.
 
-`reserve` also makes sure the reservation's expiry timer exists (the
-`ReservationTimeout` workflow, id `reservation-<id>`), after its transaction
-committed, and again on every retry while the reservation is held, so a crash
-between the two cannot leave a hold without its timer.
+Expiry is `expire_due`, run by the `ReservationSweep` workflow on a Temporal
+Schedule: it releases (as expired) every held reservation whose `expires_at` has
+passed. One sweep per interval replaces a timer workflow per reservation, which
+cost the Temporal server a workflow start and the reserve a round trip per order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 from temporalio import activity
-from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from agora import outbox
 from agora.temporal import business_rejections
 from workers.inventory import reservations, stocking
 from workers.inventory.model import (
-    HELD,
     REASON_COMPENSATION,
+    REASON_EXPIRED,
     CommitResult,
     ReleaseResult,
     ReserveResult,
@@ -39,16 +37,13 @@ from workers.inventory.model import (
     StockLine,
     StockSnapshot,
 )
-from workers.inventory.names import (
-    RESERVATION_TIMEOUT_WORKFLOW,
-    TASK_QUEUE,
-    reservation_timeout_workflow_id,
-)
 
 __all__ = [
     "AdjustStockInput",
     "CommitInput",
     "CommitResult",
+    "ExpireDueInput",
+    "ExpireDueResult",
     "InventoryActivities",
     "ReleaseInput",
     "ReleaseResult",
@@ -115,7 +110,24 @@ class SetStockInput:
 
 
 @dataclass
+class ExpireDueInput:
+    """Expire up to `limit` held reservations whose expiry is at or before `as_of` (ISO 8601;
+    the sweep passes its workflow time, so a time-skipping test moves it too)."""
+
+    as_of: str
+    limit: int = 200
+
+
+@dataclass
+class ExpireDueResult:
+    expired: int  # reservations this call expired (a settled or already expired one is not)
+    more: bool  # the batch was full: more may be due
+
+
+@dataclass
 class ReservationTimeoutInput:
+    """Input of the per-reservation timer of earlier versions (kept to drain open ones)."""
+
     reservation_id: str
     expires_at: str  # ISO 8601, from the reservation row
 
@@ -129,24 +141,16 @@ def _workflow_ref() -> outbox.WorkflowRef | None:
 
 
 class InventoryActivities:
-    """Holds inventory's dependencies; each method is one idempotent activity.
+    """Holds inventory's dependencies; each method is one idempotent activity."""
 
-    `temporal` starts reservation timers; `None` (unit tests of the store
-    alone) leaves reservations to expire only when released by hand.
-    """
-
-    def __init__(
-        self, pool: asyncpg.Pool, temporal: Client | None, *, task_queue: str = TASK_QUEUE
-    ):
+    def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
-        self.temporal = temporal
-        self.task_queue = task_queue
 
     @activity.defn(name="inventory.reserve")
     async def reserve(self, data: ReserveInput) -> ReserveResult:
         with business_rejections():
             async with self.pool.acquire() as conn:
-                result = await reservations.reserve(
+                return await reservations.reserve(
                     conn,
                     data.reservation_id,
                     data.lines,
@@ -154,9 +158,6 @@ class InventoryActivities:
                     order_id=data.order_id,
                     workflow=_workflow_ref(),
                 )
-        if result.status == HELD:
-            await self._ensure_timer(result)
-        return result
 
     @activity.defn(name="inventory.release")
     async def release(self, data: ReleaseInput) -> ReleaseResult:
@@ -165,6 +166,21 @@ class InventoryActivities:
                 return await reservations.release(
                     conn, data.reservation_id, data.reason, workflow=_workflow_ref()
                 )
+
+    @activity.defn(name="inventory.expire_due")
+    async def expire_due(self, data: ExpireDueInput) -> ExpireDueResult:
+        """Each reservation is its own release transaction (keyed by id and reason
+        `expired`), so a retried sweep or a release racing it changes nothing twice."""
+        as_of = datetime.fromisoformat(data.as_of)
+        expired = 0
+        async with self.pool.acquire() as conn:
+            due = await reservations.due(conn, as_of, data.limit)
+            for reservation_id in due:
+                result = await reservations.release(
+                    conn, reservation_id, REASON_EXPIRED, workflow=_workflow_ref()
+                )
+                expired += result.released
+        return ExpireDueResult(expired=expired, more=len(due) == data.limit)
 
     @activity.defn(name="inventory.commit")
     async def commit(self, data: CommitInput) -> CommitResult:
@@ -197,18 +213,3 @@ class InventoryActivities:
                 return await stocking.set_stock(
                     conn, data.key, data.levels, overwrite=data.overwrite, workflow=_workflow_ref()
                 )
-
-    async def _ensure_timer(self, result: ReserveResult) -> None:
-        if self.temporal is None:
-            return
-        try:
-            await self.temporal.start_workflow(
-                RESERVATION_TIMEOUT_WORKFLOW,
-                ReservationTimeoutInput(result.reservation_id, result.expires_at),
-                id=reservation_timeout_workflow_id(result.reservation_id),
-                task_queue=self.task_queue,
-                # A closed timer must not start again: its reservation is settled.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            )
-        except WorkflowAlreadyStartedError:
-            pass  # a retry: the first attempt started it

@@ -120,6 +120,9 @@ class Settings:
     signing_key_rotation_s: int = 24 * 3600
     # Catalog: TTL of a cached product (seconds; entries are also refreshed by every write).
     catalog_cache_ttl_s: int = 300
+    # Inventory: how often the ReservationSweep schedule expires the reservations whose
+    # TTL has passed (an expiry lands at most this long after the TTL).
+    inventory_reservation_sweep_s: int = 30
     # Search: name prefix of the product indices and their aliases, and how soon a
     # write becomes searchable (the index refresh interval).
     search_index_prefix: str = "agora-products"
@@ -272,6 +275,10 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
         refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),
         signing_key_rotation_s=int(env.get("AGORA_IDENTITY_KEY_ROTATION_S", 24 * 3600)),
+        # The test profile sweeps often, so a test's short TTL expires quickly.
+        inventory_reservation_sweep_s=int(
+            env.get("AGORA_INVENTORY_RESERVATION_SWEEP_S", 2 if profile == "test" else 30)
+        ),
         payments_psp_slow_delay_s=float(env.get("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", 15.0)),
         payments_psp_flaky_failures=int(env.get("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", 2)),
         audit_signing_key=env.get("AGORA_AUDIT_SIGNING_KEY", ""),

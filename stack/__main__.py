@@ -20,7 +20,7 @@ from stack.component import Component
 from stack.elasticsearch import Elasticsearch
 from stack.kafka import Kafka
 from stack.otelcol import Jaeger, OtelCollector
-from stack.platform import platform_components
+from stack.platform import compile_code, platform_components
 from stack.postgres import Postgres
 from stack.prometheus import Prometheus
 from stack.redis import Redis
@@ -80,6 +80,7 @@ def all_components(with_platform: bool) -> list[Component]:
 def cmd_up(ctx: Context, args: argparse.Namespace) -> None:
     components = select(all_components(args.platform), args.names)
     install_debian_packages(components, ctx)
+    compile_code()  # for the platform's processes and for the tests' own
     timings = {}
     started = time.monotonic()
     for component in components:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import importlib.util
 import os
@@ -32,6 +33,18 @@ def code_fingerprint() -> str:
             stat = path.stat()
             digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def compile_code() -> None:
+    """Write the platform's bytecode (only what changed since the last time).
+
+    The machine and the image run with PYTHONDONTWRITEBYTECODE=1, so Python never
+    writes .pyc files itself (the image compiles at build time). Without them, each
+    new workflow run re-imports its workflow module in the sandbox from source,
+    compiling it every time: about a tenth of the orders worker's CPU under load.
+    """
+    for folder in CODE_DIRS:
+        compileall.compile_dir(REPO_ROOT / folder, quiet=1)
 
 
 class PlatformProcess(Component):

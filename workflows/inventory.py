@@ -3,10 +3,14 @@
 Reserve / release / commit are activities the order saga calls directly on
 `agora-inventory`; these workflows are inventory's own processes:
 
-* `ReservationTimeout` (id `reservation-<id>`), started by `inventory.reserve`:
-  a durable Temporal timer until the reservation's `expires_at`, then
-  `inventory.release(reason="expired")`, a no-op when the reservation was
-  committed or released meanwhile. Worker restarts do not lose it.
+* `ReservationSweep`, started by a Temporal Schedule every
+  `AGORA_INVENTORY_RESERVATION_SWEEP_S`: expires every held reservation whose
+  `expires_at` has passed (`inventory.expire_due`, in batches). The schedule is
+  durable (a missed run is caught up by the next one), and an expiry is a
+  release keyed by reservation and reason, so a sweep retried or racing a
+  commit changes nothing twice.
+* `ReservationTimeout` (id `reservation-<id>`): the per-reservation timer of
+  earlier versions, no longer started; registered so timers already open finish.
 * `Restock` (id `restock-<key>`): the admin route's write path.
 * `SeedStock` (id `seed-stock-<key>`): initial on_hand for many skus, in batches.
 """
@@ -23,6 +27,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.inventory import (
+        ExpireDueInput,
+        ExpireDueResult,
         InventoryActivities,
         ReleaseInput,
         ReleaseResult,
@@ -35,6 +41,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from workers.inventory.model import MAX_LINES, REASON_EXPIRED
     from workers.inventory.names import (
+        RESERVATION_SWEEP_SCHEDULE_ID,
+        RESERVATION_SWEEP_WORKFLOW,
         RESERVATION_TIMEOUT_WORKFLOW,
         RESTOCK_WORKFLOW,
         SEED_STOCK_WORKFLOW,
@@ -45,7 +53,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 __all__ = [
+    "RESERVATION_SWEEP_SCHEDULE_ID",
     "TASK_QUEUE",
+    "ExpireDueInput",
+    "ReservationSweepWorkflow",
     "ReservationTimeoutInput",
     "ReservationTimeoutWorkflow",
     "RestockInput",
@@ -59,7 +70,7 @@ __all__ = [
 ]
 
 STEP_TIMEOUT = timedelta(seconds=10)
-SEED_STEP_TIMEOUT = timedelta(seconds=60)
+BATCH_STEP_TIMEOUT = timedelta(seconds=60)
 
 
 @contextmanager
@@ -72,6 +83,31 @@ def _rejections_surface() -> Iterator[None]:
         if isinstance(cause, ApplicationError) and cause.non_retryable:
             raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from err
         raise
+
+
+# One sweep expires at most this many batches; the next scheduled run takes the rest.
+SWEEP_BATCHES = 20
+
+
+@workflow.defn(name=RESERVATION_SWEEP_WORKFLOW)
+class ReservationSweepWorkflow:
+    """Expires the held reservations due by the sweep's start (its workflow time)."""
+
+    @workflow.run
+    async def run(self) -> int:
+        as_of = workflow.now().isoformat()
+        expired = 0
+        for _ in range(SWEEP_BATCHES):
+            # Retried until the database takes it (default policy): expiry must happen.
+            done: ExpireDueResult = await workflow.execute_activity_method(
+                InventoryActivities.expire_due,
+                ExpireDueInput(as_of),
+                start_to_close_timeout=BATCH_STEP_TIMEOUT,
+            )
+            expired += done.expired
+            if not done.more:
+                break
+        return expired
 
 
 @workflow.defn(name=RESERVATION_TIMEOUT_WORKFLOW)
@@ -142,7 +178,7 @@ class SeedStockWorkflow:
                 done: SetStockResult = await workflow.execute_activity_method(
                     InventoryActivities.set_stock,
                     SetStockInput(f"{data.key}:{number}", batch, data.overwrite),
-                    start_to_close_timeout=SEED_STEP_TIMEOUT,
+                    start_to_close_timeout=BATCH_STEP_TIMEOUT,
                 )
             progress = self._progress
             self._progress = SeedProgress(

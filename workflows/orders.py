@@ -10,14 +10,12 @@ learns at once whether the order was accepted (priced) or rejected.
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
@@ -30,14 +28,31 @@ with workflow.unsafe.imports_passed_through():
         StockLine,
     )
     from activities.orders import (
-        OrderLineInput,
         OrdersActivities,
-        PricedLine,
         PricedOrder,
         PriceInput,
         RecordOrderInput,
         RecordRefundInput,
         TransitionInput,
+    )
+    from workers.orders.model import (
+        CUSTOMER_ID,
+        INVENTORY_QUEUE,
+        ITEM_COUNT,
+        ORDER_ID,
+        ORDER_STATUS,
+        ORDER_TOTAL,
+        PAYMENT_OUTCOME,
+        PAYMENTS_QUEUE,
+        TASK_QUEUE,
+        CancelInput,
+        CompletePaymentInput,
+        OrderInput,
+        OrderView,
+        RefundOrderInput,
+        order_id_for,
+        order_workflow_id,
+        refund_workflow_id,
     )
     from workers.payments.model import (
         AuthorizeInput,
@@ -48,19 +63,23 @@ with workflow.unsafe.imports_passed_through():
         payment_id_for,
     )
 
-TASK_QUEUE = "agora-orders"
-INVENTORY_QUEUE = "agora-inventory"
-PAYMENTS_QUEUE = "agora-payments"
-
-# Visible in the Temporal UI and in visibility queries (registered by `make run`).
-CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
-ORDER_ID = SearchAttributeKey.for_keyword("OrderId")
-ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
-ORDER_TOTAL = SearchAttributeKey.for_int("OrderTotal")
-ITEM_COUNT = SearchAttributeKey.for_int("ItemCount")
-PAYMENT_OUTCOME = SearchAttributeKey.for_keyword("PaymentOutcome")
-
-_NAMESPACE = uuid.UUID("0c6f7a52-2d8e-4b8e-9d4a-5b7f3c1e9a20")
+# The saga's inputs and answers live in workers.orders.model (see there why);
+# re-exported here for the gateway and the tests.
+__all__ = [
+    "INVENTORY_QUEUE",
+    "PAYMENTS_QUEUE",
+    "TASK_QUEUE",
+    "CancelInput",
+    "CompletePaymentInput",
+    "OrderInput",
+    "OrderView",
+    "OrderWorkflow",
+    "RefundOrderInput",
+    "RefundOrderWorkflow",
+    "order_id_for",
+    "order_workflow_id",
+    "refund_workflow_id",
+]
 
 # Business rejections: retrying cannot help, the saga compensates at once.
 NON_RETRYABLE = [
@@ -74,65 +93,6 @@ NON_RETRYABLE = [
     "ProductUnavailable",
     "InvalidOrder",
 ]
-
-
-def order_id_for(customer_id: str, idempotency_key: str) -> str:
-    """One order per customer and Idempotency-Key: a retried POST finds the same order."""
-    return str(uuid.uuid5(_NAMESPACE, f"{customer_id}\n{idempotency_key}"))
-
-
-def order_workflow_id(order_id: str) -> str:
-    return f"order-{order_id}"
-
-
-def refund_workflow_id(order_id: str, refund_key: str) -> str:
-    digest = hashlib.sha256(refund_key.encode()).hexdigest()[:24]
-    return f"refund-{order_id}-{digest}"
-
-
-@dataclass
-class OrderInput:
-    order_id: str
-    customer_id: str
-    idempotency_key: str
-    lines: list[OrderLineInput]
-    currency: str
-    card_token: str
-    # An order waiting for its payment (e.g. 3-D Secure) is given up after this.
-    payment_timeout_s: int = 900
-    reservation_ttl_s: int = 3600
-    # A PSP that has not answered within this is retried, then given up (and voided).
-    payment_step_timeout_s: float = 5.0
-
-
-@dataclass
-class OrderView:
-    """What the `status` query and the updates answer."""
-
-    order_id: str
-    status: str  # RECEIVED, PENDING, AWAITING_PAYMENT, CONFIRMED, COMPLETED, CANCELLED, REJECTED
-    currency: str = ""
-    total_minor: int = 0
-    lines: list[PricedLine] = field(default_factory=list)
-    reason: str = ""
-    rejection: str = ""
-    reservation_id: str = ""
-    payment_id: str = ""
-    payment_outcome: str = ""
-    next_action_url: str = ""
-
-
-@dataclass
-class CancelInput:
-    requested_by: str
-    reason: str = "cancelled by the customer"
-
-
-@dataclass
-class CompletePaymentInput:
-    """The customer finished the payment's extra step; a fresh token to authorize with."""
-
-    card_token: str
 
 
 class Rejected(Exception):
@@ -149,6 +109,10 @@ class CancelRequested(Exception):
 
 
 LOCAL_TIMEOUT = timedelta(seconds=10)
+# Versioning (workflow.patched): since this change a payment outcome is upserted with
+# the next status transition instead of on its own, three upserts per order, not five.
+# Sagas started before it replay their separate upserts.
+MERGED_UPSERTS = "merged-search-attribute-upserts"
 # A payment provider that does not answer is given up after about this many attempts'
 # worth of time (then voided). The limit is time, not a count of attempts: errors that
 # fail fast (our database or Redis restarting, a flaky PSP) are retried with backoff
@@ -170,6 +134,8 @@ class OrderWorkflow:
         self.payment_completion: CompletePaymentInput | None = None
         self.finished = False
         self.compensations: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        # A payment outcome not yet upserted (it goes with the next transition's).
+        self.outcome_unsaved = False
 
     # Queries and updates -------------------------------------------------
 
@@ -440,7 +406,11 @@ class OrderWorkflow:
             ),
             start_to_close_timeout=LOCAL_TIMEOUT,
         )
-        workflow.upsert_search_attributes([ORDER_STATUS.value_set(status)])
+        updates: list[SearchAttributeUpdate[Any]] = [ORDER_STATUS.value_set(status)]
+        if self.outcome_unsaved:
+            updates.append(PAYMENT_OUTCOME.value_set(self.view.payment_outcome))
+            self.outcome_unsaved = False
+        workflow.upsert_search_attributes(updates)
 
     async def finish_rejected(
         self, order: OrderInput, rejected: Rejected, *, recorded: bool
@@ -469,14 +439,20 @@ class OrderWorkflow:
         )
 
     def set_payment_outcome(self, outcome: str, *, status: str = "") -> None:
-        """One upsert (the order's status with it when it changes without a transition,
-        e.g. AWAITING_PAYMENT, so the Temporal UI can list the orders waiting to be paid)."""
+        """The payment's outcome for the Temporal UI: upserted at once with a status that
+        changes without a transition (AWAITING_PAYMENT, so the UI can list the orders
+        waiting to be paid), otherwise with the next transition's upsert, which always
+        follows (each upsert is a visibility write on the Temporal server)."""
         self.view.payment_outcome = outcome
-        if self.priced is not None:
-            updates = [PAYMENT_OUTCOME.value_set(outcome)]
-            if status:
-                updates.append(ORDER_STATUS.value_set(status))
-            workflow.upsert_search_attributes(updates)
+        if self.priced is None:
+            return
+        if not status and workflow.patched(MERGED_UPSERTS):
+            self.outcome_unsaved = True
+            return
+        updates = [PAYMENT_OUTCOME.value_set(outcome)]
+        if status:
+            updates.append(ORDER_STATUS.value_set(status))
+        workflow.upsert_search_attributes(updates)
 
 
 def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejected:
@@ -497,18 +473,6 @@ def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejecte
 
 
 # Refunds ----------------------------------------------------------------------
-
-
-@dataclass
-class RefundOrderInput:
-    order_id: str
-    refund_key: str
-    amount_minor: int | None  # None: everything not yet refunded
-    reason: str = ""
-    # A cancel after completion: refund everything, return the stock, end CANCELLED.
-    cancel: bool = False
-    requested_by: str = ""
-    lines: list[OrderLineInput] = field(default_factory=list)
 
 
 @workflow.defn(name="RefundOrder")

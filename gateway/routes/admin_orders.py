@@ -25,15 +25,15 @@ from agora import scopes
 from gateway.deps import deps
 from gateway.problems import Problem
 from gateway.routing import Route
-from workflows.orders import (
+from workers.orders.model import (
     CUSTOMER_ID,
     ITEM_COUNT,
     ORDER_ID,
     ORDER_STATUS,
     ORDER_TOTAL,
     PAYMENT_OUTCOME,
-    OrderWorkflow,
 )
+from workflows.orders import OrderWorkflow
 
 ADMIN = frozenset({scopes.ADMIN})
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"

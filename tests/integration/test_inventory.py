@@ -60,8 +60,9 @@ async def pool(
 
 @pytest.fixture(scope="module")
 def inventory(pool: asyncpg.Pool) -> InventoryActivities:
-    # No Temporal client: these tests settle reservations by hand (expiry has its own module).
-    return InventoryActivities(pool, None)
+    # These tests settle reservations by hand; expiry has its own module (TTLs here are
+    # long enough that the sweep never reaches them).
+    return InventoryActivities(pool)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
-"""Reservation expiry: the `ReservationTimeout` workflow's durable timer gives stock back.
+"""Reservation expiry: the `ReservationSweep` workflow gives the stock of lapsed holds back.
 
 Twice: in Temporal's time-skipping environment (an hour-long TTL passes at
-once) with the real activities on the real database, and on the real stack
-(the inventory service process, the dev Temporal server) with a short TTL.
+once; the sweep's cut-off is its workflow time) with the real activities on the
+real database, and on the real stack, where the inventory service's Temporal
+Schedule runs the sweep and a short TTL expires by itself.
 """
 
 from __future__ import annotations
@@ -13,31 +14,27 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.inventory import (
     CommitInput,
     InventoryActivities,
-    ReleaseResult,
     ReserveInput,
+    ReserveResult,
     SetStockInput,
     StockLine,
 )
 from agora import db
 from agora import temporal as platform_temporal
 from agora.config import Settings
+from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.conftest import ServiceProcess, Services
-from workflows.inventory import (
-    TASK_QUEUE,
-    ReservationTimeoutWorkflow,
-    reservation_timeout_workflow_id,
-)
+from workflows.inventory import RESERVATION_SWEEP_SCHEDULE_ID, ReservationSweepWorkflow
 
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 HOUR = 3600
@@ -57,8 +54,9 @@ async def pool(
     await pool.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def env() -> AsyncIterator[WorkflowEnvironment]:
+    # One per test: its clock starts at the real time the database's expiries count from.
     environment = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEST_SERVER)
     )
@@ -72,7 +70,7 @@ def new_sku() -> str:
 
 async def stocked(pool: asyncpg.Pool, quantity: int) -> str:
     sku = new_sku()
-    await InventoryActivities(pool, None).set_stock(
+    await InventoryActivities(pool).set_stock(
         SetStockInput(uuid.uuid4().hex, [StockLine(sku, quantity)])
     )
     return sku
@@ -86,6 +84,14 @@ async def reservation_row(pool: asyncpg.Pool, reservation_id: str) -> asyncpg.Re
     return row
 
 
+async def last_event(pool: asyncpg.Pool, reservation_id: str) -> EventEnvelope:
+    envelope = await pool.fetchval(
+        "SELECT envelope FROM outbox WHERE aggregate_id = $1 ORDER BY sequence DESC LIMIT 1",
+        reservation_id,
+    )
+    return EventEnvelope.parse(envelope)
+
+
 async def eventually(read: Callable[[], Awaitable[int]], *, equals: int, within: float) -> bool:
     deadline = time.monotonic() + within
     while True:
@@ -96,85 +102,82 @@ async def eventually(read: Callable[[], Awaitable[int]], *, equals: int, within:
         await asyncio.sleep(0.2)
 
 
-def timer_of(client: Client, reservation_id: str) -> WorkflowHandle[Any, ReleaseResult]:
-    """The reservation's expiry timer (the ReservationTimeout workflow)."""
-    return client.get_workflow_handle(
-        reservation_timeout_workflow_id(reservation_id), result_type=ReleaseResult
-    )
-
-
 async def available(pool: asyncpg.Pool, sku: str) -> int:
     return int(await pool.fetchval("SELECT on_hand - reserved FROM stock WHERE sku = $1", sku))
+
+
+async def sweep(env: WorkflowEnvironment, inventory: InventoryActivities) -> None:
+    """One sweep run now, in the environment's time, with the real activity."""
+    queue = f"test-{uuid.uuid4()}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[ReservationSweepWorkflow],
+        activities=[inventory.expire_due],
+    ):
+        await env.client.execute_workflow(
+            ReservationSweepWorkflow.run, id=f"sweep-{uuid.uuid4()}", task_queue=queue
+        )
+
+
+async def reserve(inventory: InventoryActivities, sku: str, quantity: int) -> ReserveResult:
+    return await inventory.reserve(ReserveInput(uuid.uuid4().hex, [StockLine(sku, quantity)], HOUR))
 
 
 async def test_an_unsettled_reservation_expires_after_its_ttl_and_its_stock_returns(
     env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    queue = f"test-{uuid.uuid4()}"
-    inventory = InventoryActivities(pool, env.client, task_queue=queue)
+    inventory = InventoryActivities(pool)
     sku = await stocked(pool, 5)
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[ReservationTimeoutWorkflow],
-        activities=[inventory.reserve, inventory.release],
-    ):
-        reservation = await inventory.reserve(
-            ReserveInput(uuid.uuid4().hex, [StockLine(sku, 4)], HOUR)
-        )
-        assert await available(pool, sku) == 1
-        timer = timer_of(env.client, reservation.reservation_id)
-        await env.sleep(HOUR + 1)  # the hour passes at once in the time-skipping server
-        outcome = await timer.result()
-    assert outcome.released and outcome.status == "expired"
+    reservation = await reserve(inventory, sku, 4)
+
+    await sweep(env, inventory)  # not due yet: the hold stays
+    assert await available(pool, sku) == 1
+    assert (await reservation_row(pool, reservation.reservation_id))["status"] == "held"
+
+    await env.sleep(HOUR + 1)  # the hour passes at once in the time-skipping server
+    await sweep(env, inventory)
     assert await available(pool, sku) == 5
     row = await reservation_row(pool, reservation.reservation_id)
     assert (row["status"], row["release_reason"]) == ("expired", "expired")
-    assert (
-        await pool.fetchval(
-            "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY sequence DESC LIMIT 1",
-            reservation.reservation_id,
-        )
-        == "inventory.ReservationExpired"
-    )
+    expired = await last_event(pool, reservation.reservation_id)
+    assert expired.event_type == "inventory.ReservationExpired"
+
+    await sweep(env, inventory)  # a second sweep finds nothing more to give back
+    assert await available(pool, sku) == 5
+    assert (await last_event(pool, reservation.reservation_id)).event_id == expired.event_id
 
 
-async def test_a_reservation_committed_before_its_ttl_is_left_alone_by_the_timer(
+async def test_a_reservation_committed_before_its_ttl_is_left_alone_by_the_sweep(
     env: WorkflowEnvironment, pool: asyncpg.Pool
 ) -> None:
-    queue = f"test-{uuid.uuid4()}"
-    inventory = InventoryActivities(pool, env.client, task_queue=queue)
+    inventory = InventoryActivities(pool)
     sku = await stocked(pool, 5)
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[ReservationTimeoutWorkflow],
-        activities=[inventory.reserve, inventory.release],
-    ):
-        reservation = await inventory.reserve(
-            ReserveInput(uuid.uuid4().hex, [StockLine(sku, 2)], HOUR)
-        )
-        await inventory.commit(CommitInput(reservation.reservation_id))
-        timer = timer_of(env.client, reservation.reservation_id)
-        await env.sleep(HOUR + 1)
-        outcome = await timer.result()
-    assert not outcome.released and outcome.status == "committed"
+    reservation = await reserve(inventory, sku, 2)
+    await inventory.commit(CommitInput(reservation.reservation_id))
+    await env.sleep(HOUR + 1)
+    await sweep(env, inventory)
+    assert (await reservation_row(pool, reservation.reservation_id))["status"] == "committed"
     assert await pool.fetchrow("SELECT on_hand, reserved FROM stock WHERE sku = $1", sku) == (3, 0)
 
 
-async def test_on_the_real_stack_a_short_ttl_expires_and_the_stock_returns(
+async def test_on_the_real_stack_the_schedule_expires_a_short_ttl_and_the_stock_returns(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
     client: Client = await platform_temporal.connect(settings)
-    inventory = InventoryActivities(pool, client, task_queue=TASK_QUEUE)
+    schedule = await client.get_schedule_handle(RESERVATION_SWEEP_SCHEDULE_ID).describe()
+    [interval] = schedule.schedule.spec.intervals
+    assert interval.every.total_seconds() == settings.inventory_reservation_sweep_s
+
+    inventory = InventoryActivities(pool)
     sku = await stocked(pool, 3)
     data = ReserveInput(uuid.uuid4().hex, [StockLine(sku, 3)], ttl_seconds=2)
     await inventory.reserve(data)
-    await inventory.reserve(data)  # a retry finds the timer the first call started
-    timer = timer_of(client, data.reservation_id)
-    assert (await timer.describe()).status == WorkflowExecutionStatus.RUNNING
     assert await available(pool, sku) == 0
 
     assert await eventually(lambda: available(pool, sku), equals=3, within=30)
     assert (await reservation_row(pool, data.reservation_id))["status"] == "expired"
-    assert (await timer.result()).released
+    # The expiry was the scheduled sweep's doing (its runs are named after the schedule).
+    expired = await last_event(pool, data.reservation_id)
+    assert expired.event_type == "inventory.ReservationExpired"
+    assert expired.workflow_id.startswith(RESERVATION_SWEEP_SCHEDULE_ID)

@@ -45,7 +45,7 @@ async def inventory(
     settings: Settings, inventory_service: ServiceProcess
 ) -> AsyncIterator[InventoryActivities]:
     pool: asyncpg.Pool = await db.create_pool(settings, "inventory", size=2)
-    yield InventoryActivities(pool, None)
+    yield InventoryActivities(pool)
     await pool.close()
 
 

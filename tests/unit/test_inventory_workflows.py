@@ -14,6 +14,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.inventory import (
+    ExpireDueInput,
+    ExpireDueResult,
     ReleaseInput,
     ReleaseResult,
     ReservationTimeoutInput,
@@ -25,6 +27,8 @@ from activities.inventory import (
     StockSnapshot,
 )
 from workflows.inventory import (
+    SWEEP_BATCHES,
+    ReservationSweepWorkflow,
     ReservationTimeoutWorkflow,
     RestockWorkflow,
     SeedStockInput,
@@ -38,6 +42,17 @@ calls: list[Any] = []
 async def release(data: ReleaseInput) -> ReleaseResult:
     calls.append((data, activity.info().current_attempt_scheduled_time))
     return ReleaseResult(data.reservation_id, "expired", released=True)
+
+
+# How many reservations the stand-in sweep finds due, per call, in order.
+due_batches: list[int] = []
+
+
+@activity.defn(name="inventory.expire_due")
+async def expire_due(data: ExpireDueInput) -> ExpireDueResult:
+    calls.append(data)
+    found = due_batches.pop(0) if due_batches else 0
+    return ExpireDueResult(expired=found, more=found == data.limit)
 
 
 @activity.defn(name="inventory.restock")
@@ -59,12 +74,47 @@ async def run(env: WorkflowEnvironment, workflow: Any, arg: Any) -> Any:
     async with Worker(
         env.client,
         task_queue=queue,
-        workflows=[ReservationTimeoutWorkflow, RestockWorkflow, SeedStockWorkflow],
-        activities=[release, restock, set_stock],
+        workflows=[
+            ReservationSweepWorkflow,
+            ReservationTimeoutWorkflow,
+            RestockWorkflow,
+            SeedStockWorkflow,
+        ],
+        activities=[release, expire_due, restock, set_stock],
     ):
         return await env.client.execute_workflow(
-            workflow, arg, id=f"wf-{uuid.uuid4()}", task_queue=queue
+            workflow,
+            args=[] if arg is None else [arg],  # the sweep takes none
+            id=f"wf-{uuid.uuid4()}",
+            task_queue=queue,
         )
+
+
+async def test_a_sweep_expires_what_is_due_at_its_own_start_batch_after_batch(
+    env: WorkflowEnvironment,
+) -> None:
+    calls.clear()
+    limit = ExpireDueInput("").limit
+    due_batches[:] = [limit, limit, 7]  # two full batches, then the rest
+    started = await env.get_current_time()
+    expired = await run(env, ReservationSweepWorkflow.run, None)
+    assert expired == 2 * limit + 7
+    assert len(calls) == 3
+    # Every batch uses the one cut-off taken when the sweep started (its workflow time).
+    cutoffs = {datetime.fromisoformat(call.as_of) for call in calls}
+    assert len(cutoffs) == 1
+    assert abs(cutoffs.pop() - started) < timedelta(seconds=5)
+
+
+async def test_a_sweep_stops_after_its_batch_budget_and_leaves_the_rest_to_the_next(
+    env: WorkflowEnvironment,
+) -> None:
+    calls.clear()
+    limit = ExpireDueInput("").limit
+    due_batches[:] = [limit] * (SWEEP_BATCHES + 3)
+    expired = await run(env, ReservationSweepWorkflow.run, None)
+    assert (expired, len(calls)) == (SWEEP_BATCHES * limit, SWEEP_BATCHES)
+    due_batches.clear()
 
 
 async def test_the_reservation_timer_releases_as_expired_once_the_ttl_has_passed(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 TASK_QUEUE = "agora-inventory"
 
+RESERVATION_SWEEP_WORKFLOW = "ReservationSweep"
+RESERVATION_SWEEP_SCHEDULE_ID = "inventory-reservation-sweep"
+# Earlier versions started one of these per reservation; kept registered to drain them.
 RESERVATION_TIMEOUT_WORKFLOW = "ReservationTimeout"
 RESTOCK_WORKFLOW = "Restock"
 SEED_STOCK_WORKFLOW = "SeedStock"
 
 
 def reservation_timeout_workflow_id(reservation_id: str) -> str:
-    """One expiry timer per reservation: starting it again finds the first one."""
+    """The per-reservation timer of earlier versions (none are started any more)."""
     return f"reservation-{reservation_id}"
 
 

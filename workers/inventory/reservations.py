@@ -15,6 +15,7 @@ named for its id, so a compensation racing a slow reserve sees a clean state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -202,7 +203,7 @@ async def release(
 
     Releasing an id that was never reserved leaves a tombstone, so a reserve
     that arrives later (a slow first attempt) holds nothing. Keyed by id and
-    reason: the saga's compensation, a cancel and the expiry timer may all
+    reason: the saga's compensation, a cancel and the expiry sweep may all
     release one reservation, and each gets its own first answer back.
     """
     check_key(reservation_id, "reservation_id")
@@ -280,6 +281,18 @@ async def _first_release(
         workflow=workflow,
     )
     return ReleaseResult(reservation_id, status, released=True, stock_after=after)
+
+
+async def due(conn: asyncpg.Connection, as_of: datetime, limit: int) -> list[str]:
+    """Held reservations whose expiry is at or before `as_of`, oldest first
+    (the partial index `reservations_held_expiry` holds exactly these rows)."""
+    rows = await conn.fetch(
+        "SELECT reservation_id FROM reservations WHERE status = 'held' AND expires_at <= $1"
+        " ORDER BY expires_at LIMIT $2",
+        as_of,
+        limit,
+    )
+    return [row["reservation_id"] for row in rows]
 
 
 async def commit(
