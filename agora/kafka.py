@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -55,6 +56,7 @@ EVENT_TOPICS = (
     "payments.events",
 )
 PARTITIONS = 6
+GATHER_MIN_BYTES = 1 << 20
 
 
 def dlq_topic(topic: str) -> str:
@@ -95,15 +97,40 @@ def create_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
 
 
 Handler = Callable[[EventEnvelope, ConsumerRecord], Awaitable[None]]
+Decoded = tuple[EventEnvelope, ConsumerRecord]
+BatchHandler = Callable[[Sequence[Decoded]], Awaitable[None]]
 
 
 @dataclass
 class ConsumerSpec:
-    """What a service consumes: the group, the topics and the handler of one envelope."""
+    """What a service consumes: the group, the topics and how it applies events.
+
+    Exactly one of the two handlers. `handler` takes one envelope at a time.
+    `batch_handler` takes the decoded records of one partition's fetch, in offset
+    order, and applies them together (one transaction, one bulk request): at a
+    steady trickle of events most of a consumer's cost is per call, not per event.
+    It must be all-or-nothing from the consumer's point of view: either return
+    once every record's effect is durable, or raise (a retry re-applies them all,
+    so it must be idempotent per record like `handler`). Raising PoisonMessage
+    makes the consumer apply the batch's records one at a time (one-item lists),
+    so that only the poison record is dead-lettered.
+
+    `gather_ms` lets the broker hold each fetch that long to gather records
+    (instead of answering as soon as there is one): fewer fetches, commits and
+    handler calls per event under a steady trickle, for up to that much delay,
+    and a few more empty fetches when idle. 0 answers at once (latency-bound
+    consumers, e.g. search's commit-to-searchable target).
+    """
 
     group: str
     topics: Sequence[str]
-    handler: Handler
+    handler: Handler | None = None
+    batch_handler: BatchHandler | None = None
+    gather_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.handler is None) == (self.batch_handler is None):
+            raise ValueError("a ConsumerSpec takes exactly one of handler and batch_handler")
 
 
 class EventConsumer:
@@ -113,7 +140,8 @@ class EventConsumer:
     so a crash re-delivers; handlers dedupe by event id. A record that cannot be
     decoded, or whose handler raises PoisonMessage, goes to the topic's DLQ with
     the reason and is then committed. Any other error is retried with backoff
-    without moving past the record, so an outage delays events but loses none.
+    without moving past the record (or the batch), so an outage delays events but
+    loses none.
     """
 
     def __init__(self, settings: Settings, spec: ConsumerSpec, producer: AIOKafkaProducer):
@@ -134,6 +162,12 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            **(
+                # A minimum no trickle reaches, so the wait is what ends each fetch.
+                {"fetch_max_wait_ms": self.spec.gather_ms, "fetch_min_bytes": GATHER_MIN_BYTES}
+                if self.spec.gather_ms
+                else {}
+            ),
         )
 
     async def run(self) -> None:
@@ -163,16 +197,53 @@ class EventConsumer:
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                done: dict[TopicPartition, int] = {}
                 for partition, records in batches.items():
-                    for record in records:
-                        await self._handle(record)
-                        if self._stopping.is_set():
-                            break
-                    await consumer.commit({partition: record.offset + 1})
-                    positions[partition] = record.offset + 1
+                    done[partition] = (await self._handle_partition(records)).offset + 1
+                    if self._stopping.is_set():
+                        break  # the other partitions' records are delivered again
+                if done:
+                    # One commit for the round (a commit is a broker write): every
+                    # partition's batch in it is durable by now.
+                    await consumer.commit(done)
+                    positions.update(done)
                 self._record_lag(consumer, positions)
         finally:
             await consumer.stop()
+
+    async def _handle_partition(self, records: list[ConsumerRecord]) -> ConsumerRecord:
+        """Handle one partition's fetch; returns the last record done with (to commit).
+
+        A stop request ends the work after the record (or batch) in hand.
+        """
+        if self.spec.batch_handler is None:
+            for record in records:
+                await self._handle(record)
+                if self._stopping.is_set():
+                    return record
+            return records[-1]
+        batch = [decoded for record in records if (decoded := await self._decode(record))]
+        if not batch:
+            return records[-1]
+        poison = await self._apply(batch, self.spec.batch_handler)
+        if poison is None:
+            return records[-1]
+        if len(batch) == 1:
+            await self._dead_letter(batch[0][1], str(poison))
+            return records[-1]
+        # Somewhere in the batch is a record the handler cannot apply: apply them one
+        # at a time so that only that one is dead-lettered and the others take effect.
+        log.warning(
+            "poison in a batch, applying its records one at a time",
+            extra={"group": self.spec.group, "records": len(batch), "error": str(poison)},
+        )
+        for decoded in batch:
+            error = await self._apply([decoded], self.spec.batch_handler)
+            if error is not None:
+                await self._dead_letter(decoded[1], str(error))
+            if self._stopping.is_set():
+                return decoded[1]
+        return records[-1]
 
     def _record_lag(self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:
         for partition, position in positions.items():
@@ -185,57 +256,95 @@ class EventConsumer:
         self._stopping.set()
 
     async def _handle(self, record: ConsumerRecord) -> None:
+        """The per-record path: decode, apply in the record's own span, dead-letter poison."""
+        decoded = await self._decode(record)
+        if decoded is None:
+            return
+        handler = self.spec.handler
+        assert handler is not None, "the per-record path needs a handler"
+
+        async def one(batch: Sequence[Decoded]) -> None:
+            await handler(*batch[0])
+
+        poison = await self._apply([decoded], one)
+        if poison is not None:
+            await self._dead_letter(record, str(poison))
+
+    async def _decode(self, record: ConsumerRecord) -> Decoded | None:
+        """The record's envelope; None when it is undecodable (then it was dead-lettered)."""
         try:
             envelope = EventEnvelope.parse(record.value)
             if not envelope.event_id:
                 raise PoisonMessage("envelope has no event_id")
         except PoisonMessage as error:
             await self._dead_letter(record, str(error))
-            return
+            return None
         except Exception as error:
             await self._dead_letter(record, f"undecodable envelope: {error}")
-            return
-        # The consumer span continues the producer's trace (the context that wrote the
-        # event travels in the envelope) and links to it, per the messaging conventions.
-        producer_context = extract(
-            {"traceparent": envelope.traceparent, "tracestate": envelope.tracestate}
-        )
-        link = trace.get_current_span(producer_context).get_span_context()
-        with _tracer.start_as_current_span(
-            f"process {record.topic}",
-            context=producer_context,
-            kind=SpanKind.CONSUMER,
-            links=[Link(link)] if link.is_valid else [],
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": record.topic,
-                "messaging.consumer.group.name": self.spec.group,
-                "messaging.message.id": envelope.event_id,
-                "messaging.kafka.offset": record.offset,
-            },
-        ):
-            await self._handle_with_retries(envelope, record)
+            return None
+        return envelope, record
 
-    async def _handle_with_retries(self, envelope: EventEnvelope, record: ConsumerRecord) -> None:
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential(multiplier=0.1, max=5),
-            retry=retry_if_not_exception_type(PoisonMessage),
-            reraise=True,
-            before_sleep=lambda state: log.warning(
-                "handler failed, retrying",
-                extra={
-                    "event_id": envelope.event_id,
-                    "error": str(state.outcome.exception() if state.outcome else None),
-                },
-            ),
-        ):
-            with attempt:
-                try:
-                    await self.spec.handler(envelope, record)
-                except PoisonMessage as error:
-                    await self._dead_letter(record, str(error))
-                    return
-        _consumed.add(1, {"group": self.spec.group, "topic": record.topic})
+    async def _apply(self, batch: Sequence[Decoded], apply: BatchHandler) -> PoisonMessage | None:
+        """Apply `batch` (one partition's records) in one consumer span, retrying
+        transient errors with backoff; returns the PoisonMessage if one was raised."""
+        with self._span(batch):
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential(multiplier=0.1, max=5),
+                retry=retry_if_not_exception_type(PoisonMessage),
+                reraise=True,
+                before_sleep=lambda state: log.warning(
+                    "handler failed, retrying",
+                    extra={
+                        "event_id": batch[0][0].event_id,
+                        "records": len(batch),
+                        "error": str(state.outcome.exception() if state.outcome else None),
+                    },
+                ),
+            ):
+                with attempt:
+                    try:
+                        await apply(batch)
+                    except PoisonMessage as error:
+                        return error
+        _consumed.add(len(batch), {"group": self.spec.group, "topic": batch[0][1].topic})
+        return None
+
+    def _span(self, batch: Sequence[Decoded]) -> AbstractContextManager[trace.Span]:
+        """One consumer span for the batch, per the messaging conventions.
+
+        It continues the trace of the batch's first event (the context that wrote
+        an event travels in its envelope), so a one-event batch sits in its
+        producer's trace exactly as a per-record span would, and it links to every
+        event's producer context, which is how the other events' traces find it.
+        """
+        contexts = [
+            extract({"traceparent": envelope.traceparent, "tracestate": envelope.tracestate})
+            for envelope, _ in batch
+        ]
+        links: dict[tuple[int, int], Link] = {}
+        for context in contexts:
+            span_context = trace.get_current_span(context).get_span_context()
+            if span_context.is_valid:
+                links.setdefault((span_context.trace_id, span_context.span_id), Link(span_context))
+        first_envelope, first = batch[0]
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": first.topic,
+            "messaging.consumer.group.name": self.spec.group,
+        }
+        if len(batch) == 1:
+            attributes["messaging.message.id"] = first_envelope.event_id
+            attributes["messaging.kafka.offset"] = first.offset
+        else:
+            # The conventions keep the count for batches and per-message ids for single messages.
+            attributes["messaging.batch.message_count"] = len(batch)
+        return _tracer.start_as_current_span(
+            f"process {first.topic}",
+            context=contexts[0],
+            kind=SpanKind.CONSUMER,
+            links=list(links.values()),
+            attributes=attributes,
+        )
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         log.error(

@@ -249,16 +249,18 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         async with self._pool.acquire() as conn:
-            count, age = await conn.fetchrow(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
-                " FROM outbox WHERE sent_at IS NULL"
-            )
-            _backlog[self._service] = (int(count), float(age))
             rows = await conn.fetch(
-                "SELECT id, topic, aggregate_id, event_id, event_type, envelope FROM outbox"
+                "SELECT id, topic, aggregate_id, event_id, event_type, envelope,"
+                " extract(epoch FROM now() - created_at) AS age FROM outbox"
                 " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
                 self._batch_size,
             )
+            # The backlog gauge from the same read (one query per wake, not two); only a
+            # full batch needs counting what lies beyond it.
+            count = len(rows)
+            if count == self._batch_size:
+                count = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            _backlog[self._service] = (count, float(rows[0]["age"]) if rows else 0.0)
             if not rows:
                 return 0
             with self._tracer.start_as_current_span("outbox publish"):

@@ -23,6 +23,7 @@ from temporalio.client import Client
 from agora import temporal
 from agora.config import Settings
 from agora.db import create_pool
+from agora.errors import PoisonMessage
 from agora.grpc import Channels
 from contracts.agora.audit.v1 import (
     AggregateRef,
@@ -36,6 +37,9 @@ from contracts.agora.audit.v1 import (
 from contracts.agora.common.v1 import PageRequest
 from tests.integration.auditkit import make_envelope, publish, recorded, superuser
 from tests.integration.conftest import Services
+from tests.integration.consumerkit import decoded
+from workers.audit.chain import ChainWriter
+from workers.audit.consumer import AuditConsumer
 from workers.audit.signing import PublicKey, statement
 from workflows.audit import CHECKPOINT_SCHEDULE_ID
 from workflows.identity import (
@@ -178,6 +182,50 @@ async def test_malformed_events_go_to_the_dlq_with_a_reason_and_the_chain_goes_o
     )
     assert stored == 0
     assert (await audit.verify_chain(VerifyChainRequest(from_genesis=True))).ok
+
+
+async def test_a_batch_is_appended_in_one_transaction_in_offset_order_and_duplicates_absorbed(
+    pool: asyncpg.Pool,
+) -> None:
+    consumer = AuditConsumer(ChainWriter(pool))
+    earlier = make_envelope()
+    await consumer.handle_batch(decoded("identity.events", earlier))
+    first, second, third = (make_envelope() for _ in range(3))
+    # A redelivery of an event already in the log, and one repeated inside the batch.
+    batch = decoded("identity.events", first, second, earlier, third, second, first_offset=10)
+    await consumer.handle_batch(batch)
+
+    rows = await recorded(pool, first.event_id, second.event_id, third.event_id)
+    assert [str(r["event_id"]) for r in rows] == [first.event_id, second.event_id, third.event_id]
+    sequences = [r["log_sequence"] for r in rows]
+    assert sequences == list(range(sequences[0], sequences[0] + 3)), "appended together"
+    assert len({r["recorded_at"] for r in rows}) == 1, "one transaction"
+    assert bytes(rows[1]["prev_hash"]) == bytes(rows[0]["hash"])
+    stored = await pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE event_id = $1", uuid.UUID(earlier.event_id)
+    )
+    assert stored == 1
+
+
+async def test_a_batch_with_a_malformed_envelope_appends_nothing_until_it_is_isolated(
+    pool: asyncpg.Pool,
+) -> None:
+    good, bad = make_envelope(), make_envelope()
+    bad.event_type = "identity.NoSuchEvent"
+    consumer = AuditConsumer(ChainWriter(pool))
+    with pytest.raises(PoisonMessage):
+        await consumer.handle_batch(decoded("identity.events", good, bad))
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM audit_log WHERE event_id = $1", uuid.UUID(good.event_id)
+        )
+        == 0
+    )
+    # The consumer then hands the events over one at a time: only the malformed one fails.
+    await consumer.handle_batch(decoded("identity.events", good))
+    with pytest.raises(PoisonMessage, match=r"unknown event type 'identity\.NoSuchEvent'"):
+        await consumer.handle_batch(decoded("identity.events", bad, first_offset=1))
+    await recorded(pool, good.event_id)
 
 
 async def test_gaps_and_reordering_in_an_aggregate_sequence_are_reported(

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from opentelemetry import trace
 
 from agora import kafka
 from agora.config import Settings
@@ -137,7 +138,6 @@ async def test_offsets_are_not_committed_while_the_handler_keeps_failing(
 
 
 async def test_the_handler_runs_in_the_producers_trace(settings: Settings) -> None:
-    from opentelemetry import trace
     from opentelemetry.propagate import inject
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -184,3 +184,166 @@ async def test_the_handler_runs_in_the_producers_trace(settings: Settings) -> No
     trace_id, span_id = seen[0]
     assert trace_id == produced_trace
     assert span_id != producer_span.get_span_context().span_id  # its own consumer span
+
+
+# Batch handlers -----------------------------------------------------------------
+
+
+class Batches:
+    """A batch handler that records what it was given and can be told to fail."""
+
+    def __init__(self, *, outages: int = 0) -> None:
+        self.calls: list[list[str]] = []
+        self.applied: list[str] = []
+        self.outages = outages
+        self.spans: list[object] = []
+
+    async def __call__(self, batch) -> None:
+        ids = [env.event_id for env, _ in batch]
+        self.calls.append(ids)
+        self.spans.append(trace.get_current_span())
+        if self.outages:
+            self.outages -= 1
+            raise ConnectionError("store down")
+        if any(env.payload == b"reject" for env, _ in batch):
+            raise PoisonMessage("payload says reject")
+        self.applied.extend(ids)
+
+
+async def consume(
+    settings: Settings, topic: str, values: list[bytes], handler: Batches, done
+) -> str:
+    """Publish `values` to one partition, then consume them with `handler` until `done()`;
+    returns the group. Published before the consumer starts, so one fetch holds them all."""
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    spec = kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handler)
+    consumer = kafka.EventConsumer(settings, spec, producer)
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=b"one-partition")
+        task = asyncio.create_task(consumer.run())
+        for _ in range(150):
+            if done():
+                break
+            await asyncio.sleep(0.1)
+        consumer.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await producer.stop()
+    return group
+
+
+async def test_a_batch_handler_gets_a_partitions_records_in_one_call_in_offset_order(
+    settings: Settings,
+) -> None:
+    from opentelemetry.propagate import inject
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from agora.telemetry import setup_telemetry
+
+    setup_telemetry(settings, "consumer-test")
+    tracer = trace.get_tracer("test")
+    producers = []
+    values = []
+    for name in ("a", "b", "c", "d"):
+        with tracer.start_as_current_span(f"produce {name}") as span:
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            producers.append(span.get_span_context())
+        values.append(bytes(EventEnvelope(event_id=name, traceparent=carrier["traceparent"])))
+    handler = Batches()
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    group = await consume(settings, topic, values, handler, lambda: len(handler.applied) == 4)
+
+    assert handler.calls == [["a", "b", "c", "d"]]
+    assert await committed(settings, group, topic) == 4
+    # One consumer span for the batch: in the first event's trace, linked to every producer.
+    [span] = handler.spans
+    assert isinstance(span, ReadableSpan)
+    assert span.context is not None and span.context.trace_id == producers[0].trace_id
+    assert span.attributes is not None
+    assert span.attributes["messaging.batch.message_count"] == 4
+    linked = {(link.context.trace_id, link.context.span_id) for link in span.links}
+    assert linked == {(p.trace_id, p.span_id) for p in producers}
+
+
+async def test_a_poison_record_in_a_batch_is_dead_lettered_alone_and_the_rest_applied(
+    settings: Settings,
+) -> None:
+    handler = Batches()
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    values = [
+        envelope("a"),
+        b"\xff\x00 not protobuf",
+        envelope("b", b"reject"),
+        envelope("c"),
+        envelope("d"),
+    ]
+    group = await consume(settings, topic, values, handler, lambda: len(handler.applied) == 3)
+
+    # The undecodable record never reaches the handler; the poison makes the batch
+    # come back one record at a time, and only that record is refused.
+    assert handler.calls == [["a", "b", "c", "d"], ["a"], ["b"], ["c"], ["d"]]
+    assert handler.applied == ["a", "c", "d"]
+    dead = await read_all(settings, kafka.dlq_topic(topic), 2)
+    reasons = [dict(r.headers)["dlq-reason"].decode() for r in dead]
+    assert len(dead) == 2
+    assert reasons[0].startswith(("undecodable envelope", "envelope has no event_id"))
+    assert reasons[1] == "payload says reject"
+    assert dead[1].value == envelope("b", b"reject")
+    assert await committed(settings, group, topic) == 5
+
+
+async def test_an_outage_retries_the_whole_batch_and_loses_nothing(settings: Settings) -> None:
+    handler = Batches(outages=2)
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    values = [envelope(name) for name in ("a", "b", "c")]
+    group = await consume(settings, topic, values, handler, lambda: len(handler.applied) == 3)
+
+    assert handler.calls == [["a", "b", "c"]] * 3, "the same batch, again, until it took effect"
+    assert handler.applied == ["a", "b", "c"]
+    assert await committed(settings, group, topic) == 3
+
+
+async def test_offsets_are_not_committed_while_the_batch_handler_keeps_failing(
+    settings: Settings,
+) -> None:
+    handler = Batches(outages=10_000)
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    values = [envelope(name) for name in ("x", "y")]
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    consumer = kafka.EventConsumer(
+        settings, kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handler), producer
+    )
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=b"k")
+        task = asyncio.create_task(consumer.run())
+        for _ in range(50):
+            if len(handler.calls) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await producer.stop()
+    assert len(handler.calls) >= 3
+    assert await committed(settings, group, topic) <= 0, "committed past an unapplied batch"
+
+
+def test_a_spec_takes_exactly_one_kind_of_handler() -> None:
+    async def one(env: EventEnvelope, record) -> None: ...
+
+    async def many(batch) -> None: ...
+
+    with pytest.raises(ValueError):
+        kafka.ConsumerSpec(group="g", topics=["t"])
+    with pytest.raises(ValueError):
+        kafka.ConsumerSpec(group="g", topics=["t"], handler=one, batch_handler=many)

@@ -1,9 +1,13 @@
 """Search's Kafka consumer: catalog and inventory events into every write-target index.
 
-Updates are idempotent merges (documents.py), so redelivery needs no dedupe
-table. The time from an event's commit to its indexing is recorded (the
-pipeline's lag) and so are indexing errors; the consumer retries those itself
-(agora.kafka), and a payload that cannot be parsed goes to the dead-letter topic.
+Events are applied per partition batch (what one fetch returned for a
+partition): per sku only the newest product and the newest stock level of the
+batch are kept, and each write-target index gets one mget and one bulk request
+for the whole batch instead of a read and a write per event. Updates are
+idempotent merges (documents.py), so redelivery needs no dedupe table. The
+time from an event's commit to its indexing is recorded (the pipeline's lag)
+and so are indexing errors; the consumer retries those itself (agora.kafka),
+and a payload that cannot be parsed goes to the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -11,19 +15,26 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from typing import TypeVar
 
 import betterproto2
-from aiokafka import ConsumerRecord
 from elasticsearch import AsyncElasticsearch, BadRequestError
 from opentelemetry import metrics
 
 from agora.errors import PoisonMessage
-from agora.kafka import ConsumerSpec
+from agora.kafka import ConsumerSpec, Decoded
 from contracts import message_class
 from contracts.agora.catalog.v1 import Product
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.inventory.v1 import StockLevel
-from workers.search.documents import IndexMissing, apply_product, apply_stock
+from workers.search.documents import (
+    Change,
+    DocumentRejected,
+    IndexMissing,
+    merge_many,
+    product_change,
+    stock_change,
+)
 from workers.search.index import Indices
 
 log = logging.getLogger(__name__)
@@ -71,45 +82,79 @@ class SearchIndexer:
         self.indices = indices
 
     def spec(self) -> ConsumerSpec:
-        return ConsumerSpec(group=GROUP, topics=TOPICS, handler=self.handle)
+        return ConsumerSpec(group=GROUP, topics=TOPICS, batch_handler=self.handle_batch)
 
-    async def handle(self, envelope: EventEnvelope, record: ConsumerRecord) -> None:
-        if envelope.payload_type in CATALOG_EVENTS:
-            product = getattr(_payload(envelope), "product", None)
-            if not isinstance(product, Product) or not product.sku:
-                raise PoisonMessage(f"{envelope.event_type} without its product")
-            await self._apply([product], [])
-        elif envelope.producer == "inventory":
-            levels = stock_levels(_payload(envelope))
-            if not levels:
-                return
-            await self._apply([], levels)
-        else:
+    async def handle_batch(self, batch: Sequence[Decoded]) -> None:
+        """Index one partition's batch, written to each index with one mget and one bulk."""
+        changes, indexed = _changes(batch)
+        if not indexed:
             return
-        if envelope.occurred_at is not None:
-            lag = (dt.datetime.now(dt.UTC) - envelope.occurred_at).total_seconds()
-            _lag.record(max(lag, 0.0), {"topic": record.topic})
+        try:
+            await self._apply(changes)
+        except (BadRequestError, DocumentRejected) as error:
+            # Poison: the consumer hands a batch's events back one at a time, so the
+            # refused one is counted once, when it comes alone.
+            if len(batch) == 1:
+                _errors.add(1, {"kind": "rejected"})
+            raise PoisonMessage(f"index rejected the document: {error}") from error
+        now = dt.datetime.now(dt.UTC)
+        for envelope, record in indexed:
+            if envelope.occurred_at is not None:
+                lag = (now - envelope.occurred_at).total_seconds()
+                _lag.record(max(lag, 0.0), {"topic": record.topic})
 
-    async def _apply(self, products: Sequence[Product], levels: Sequence[StockLevel]) -> None:
+    async def _apply(self, changes: Sequence[Change]) -> None:
         targets = await self.indices.write_targets()
         for attempt in range(2):
             try:
                 for index in targets:
-                    for product in products:
-                        if await apply_product(self.es, index, product):
-                            _indexed.add(1, {"source": "catalog"})
-                    for level in levels:
-                        if await apply_stock(self.es, index, level):
-                            _indexed.add(1, {"source": "inventory"})
+                    for change in await merge_many(self.es, index, changes):
+                        _indexed.add(1, {"source": change.source})
                 return
             except IndexMissing:
                 # Dropped after a swap: our view of the write alias is stale.
                 if attempt:
                     raise
                 targets = await self.indices.write_targets(fresh=True)
-            except BadRequestError as error:
-                _errors.add(1, {"kind": "rejected"})
-                raise PoisonMessage(f"index rejected the document: {error}") from error
+            except (BadRequestError, DocumentRejected):
+                raise  # not worth a retry: the caller makes it poison
             except Exception:
                 _errors.add(1, {"kind": "transient"})
                 raise
+
+
+def _changes(batch: Sequence[Decoded]) -> tuple[list[Change], list[Decoded]]:
+    """The batch's changes, per sku only the newest product and the newest stock level
+    (an older one would lose the merge anyway), and the events that carried any."""
+    products: dict[str, Product] = {}
+    levels: dict[str, StockLevel] = {}
+    indexed: list[Decoded] = []
+    for envelope, record in batch:
+        if envelope.payload_type in CATALOG_EVENTS:
+            product = getattr(_payload(envelope), "product", None)
+            if not isinstance(product, Product) or not product.sku:
+                raise PoisonMessage(f"{envelope.event_type} without its product")
+            _keep_newest(products, product.sku, product)
+        elif envelope.producer == "inventory":
+            carried = stock_levels(_payload(envelope))
+            if not carried:
+                continue
+            for level in carried:
+                _keep_newest(levels, level.sku, level)
+        else:
+            continue
+        indexed.append((envelope, record))
+    changes = [
+        *(product_change(p) for p in products.values()),
+        *(stock_change(level) for level in levels.values()),
+    ]
+    return changes, indexed
+
+
+Versioned = TypeVar("Versioned", Product, StockLevel)
+
+
+def _keep_newest(held: dict[str, Versioned], sku: str, candidate: Versioned) -> None:
+    current = held.get(sku)
+    if current is None or candidate.version > current.version:
+        held[sku] = candidate

@@ -9,11 +9,18 @@ than the one held; the write itself is a compare-and-set on the document's
 idempotent (a redelivered event changes nothing) and order-insensitive (a late,
 stale event loses), which the reindex relies on as well: the backfill and the
 live events write the same merge into the new index, and whichever is newer wins.
+
+The rule is written once, in `merged`. `merge` applies one change (read, decide,
+compare-and-set); `merge_many` applies a consumer batch's changes to an index
+with one `mget` and one `_bulk` of compare-and-set writes, and hands any write
+that lost a race back to `merge`, so both paths give the same documents.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, ConflictError, NotFoundError
@@ -31,6 +38,14 @@ EMPTY_PRODUCT: dict[str, Any] = {"has_product": False, "active": False, "product
 
 class IndexMissing(Exception):
     """The target index is gone (dropped after a reindex swap)."""
+
+
+class DocumentRejected(Exception):
+    """Elasticsearch refused a document of a bulk write (a mapping error): retrying cannot help."""
+
+
+class BulkFailed(Exception):
+    """A bulk read or write failed for a reason worth retrying (e.g. a busy node)."""
 
 
 def category_path(category: str) -> list[str]:
@@ -70,6 +85,47 @@ def product_document(product: Product, stock: dict[str, Any] | None = None) -> d
     return {**EMPTY_STOCK, **(stock or {}), **product_fields(product)}
 
 
+@dataclass(frozen=True)
+class Change:
+    """One source's state for a document: `fields`, at `version` of `version_field`.
+
+    `empty` fills the other source's fields of a document this change creates.
+    `source` names where the change came from (a metric label).
+    """
+
+    sku: str
+    source: str
+    version_field: str
+    version: int
+    fields: dict[str, Any]
+    empty: dict[str, Any]
+
+
+def product_change(product: Product) -> Change:
+    return Change(
+        product.sku,
+        "catalog",
+        "product_version",
+        product.version,
+        product_fields(product),
+        EMPTY_STOCK,
+    )
+
+
+def stock_change(level: StockLevel) -> Change:
+    return Change(
+        level.sku, "inventory", "stock_version", level.version, stock_fields(level), EMPTY_PRODUCT
+    )
+
+
+def merged(source: dict[str, Any] | None, change: Change) -> dict[str, Any] | None:
+    """THE merge rule: the document after `change`, or None when the document
+    (`source`, None if there is none yet) already holds that version or a newer one."""
+    if source is not None and int(source.get(change.version_field) or 0) >= change.version:
+        return None
+    return {**change.empty, "sku": change.sku, **(source or {}), **change.fields}
+
+
 async def _current(
     es: AsyncElasticsearch, index: str, sku: str
 ) -> tuple[dict[str, Any] | None, int, int]:
@@ -88,25 +144,18 @@ def _index_missing(error: NotFoundError) -> bool:
 
 
 async def merge(
-    es: AsyncElasticsearch,
-    index: str,
-    sku: str,
-    version_field: str,
-    version: int,
-    fields: dict[str, Any],
-    empty: dict[str, Any],
-    *,
-    likely_new: bool = False,
+    es: AsyncElasticsearch, index: str, change: Change, *, likely_new: bool = False
 ) -> bool:
-    """Apply `fields` to the document if `version` is above its `version_field`.
+    """Apply `change` to its document if its version is above the one held.
 
     Returns whether the document changed. Raises IndexMissing if `index` is gone.
     `likely_new` (a product's creation) tries a plain create first, saving the
     read; if the document exists after all, the create fails and the merge runs.
     """
+    sku = change.sku
     if likely_new:
         try:
-            await es.create(index=index, id=sku, document={**empty, "sku": sku, **fields})
+            await es.create(index=index, id=sku, document=merged(None, change))
             return True
         except ConflictError:
             pass
@@ -116,9 +165,9 @@ async def merge(
             raise
     for _ in range(MAX_ATTEMPTS):
         source, seq_no, term = await _current(es, index, sku)
-        if source is not None and int(source.get(version_field) or 0) >= version:
+        document = merged(source, change)
+        if document is None:
             return False
-        document = {**empty, "sku": sku, **(source or {}), **fields}
         try:
             if source is None:
                 await es.create(index=index, id=sku, document=document)
@@ -136,26 +185,83 @@ async def merge(
     raise RuntimeError(f"document {sku} kept changing under {MAX_ATTEMPTS} attempts")
 
 
+async def merge_many(es: AsyncElasticsearch, index: str, changes: Sequence[Change]) -> list[Change]:
+    """Apply many changes with one `mget` and one `_bulk`; returns those that took effect.
+
+    The same rule as `merge`, per document: the changes of a sku are folded into
+    the document the `mget` read (one not newer than what it holds drops out),
+    and the result is written with a compare-and-set on the `_seq_no` /
+    `_primary_term` read (a `create` where there was no document). A write that
+    lost to a concurrent one (409) is redone through `merge`, which reads again
+    and re-decides. Raises IndexMissing if `index` is gone, DocumentRejected if
+    Elasticsearch refuses a document, BulkFailed for any other failed read or
+    write (worth a retry: the merges are idempotent).
+    """
+    by_sku: dict[str, list[Change]] = {}
+    for change in changes:
+        by_sku.setdefault(change.sku, []).append(change)
+    if not by_sku:
+        return []
+    found = await es.mget(index=index, ids=list(by_sku))
+    operations: list[dict[str, Any]] = []
+    written: list[list[Change]] = []
+    for doc in found["docs"]:
+        if "error" in doc:
+            if doc["error"].get("type") == "index_not_found_exception":
+                raise IndexMissing(index)
+            raise BulkFailed(f"reading {doc['_id']} from {index}: {doc['error']}")
+        source = dict(doc["_source"]) if doc.get("found") else None
+        document, applied = _fold(source, by_sku[doc["_id"]])
+        if document is None:
+            continue
+        target = {"_index": index, "_id": doc["_id"]}
+        if source is None:
+            operations.append({"create": target})
+        else:
+            cas = {"if_seq_no": int(doc["_seq_no"]), "if_primary_term": int(doc["_primary_term"])}
+            operations.append({"index": {**target, **cas}})
+        operations.append(document)
+        written.append(applied)
+    if not operations:
+        return []
+    answer = await es.bulk(operations=operations)
+    done: list[Change] = []
+    for item, applied in zip(answer["items"], written, strict=True):
+        result = next(iter(item.values()))
+        status = int(result.get("status", 0))
+        if status < 300:
+            done.extend(applied)
+        elif status == 409:  # written in between: re-read and re-decide, one by one
+            done.extend([c for c in by_sku[result["_id"]] if await merge(es, index, c)])
+        elif result.get("error", {}).get("type") == "index_not_found_exception":
+            raise IndexMissing(index)
+        elif status == 400:
+            raise DocumentRejected(f"{result['_id']} in {index}: {result.get('error')}")
+        else:
+            raise BulkFailed(f"writing {result['_id']} to {index}: {status} {result.get('error')}")
+    return done
+
+
+def _fold(
+    source: dict[str, Any] | None, changes: Sequence[Change]
+) -> tuple[dict[str, Any] | None, list[Change]]:
+    """The document after `changes` (None if none of them is newer) and those that applied."""
+    document, applied = source, []
+    for change in changes:
+        after = merged(document, change)
+        if after is not None:
+            document = after
+            applied.append(change)
+    return (document if applied else None), applied
+
+
 async def apply_product(es: AsyncElasticsearch, index: str, product: Product) -> bool:
-    return await merge(
-        es,
-        index,
-        product.sku,
-        "product_version",
-        product.version,
-        product_fields(product),
-        EMPTY_STOCK,
-        likely_new=product.version == 1,
-    )
-
-
-async def apply_stock(es: AsyncElasticsearch, index: str, level: StockLevel) -> bool:
-    return await merge(
-        es, index, level.sku, "stock_version", level.version, stock_fields(level), EMPTY_PRODUCT
-    )
+    return await merge(es, index, product_change(product), likely_new=product.version == 1)
 
 
 async def copy_stock(es: AsyncElasticsearch, index: str, sku: str, stock: dict[str, Any]) -> bool:
     """Stock fields read from another index (STOCK_FIELDS of a document), merged by version."""
     version = int(stock.get("stock_version") or 0)
-    return await merge(es, index, sku, "stock_version", version, stock, EMPTY_PRODUCT)
+    return await merge(
+        es, index, Change(sku, "inventory", "stock_version", version, stock, EMPTY_PRODUCT)
+    )
