@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -120,6 +121,12 @@ class ConsumerSpec:
     handler calls per event under a steady trickle, for up to that much delay,
     and a few more empty fetches when idle. 0 answers at once (latency-bound
     consumers, e.g. search's commit-to-searchable target).
+
+    `whole_round` hands the batch handler every partition's records of a fetch
+    round in one call (each partition's in offset order, partitions one after the
+    other) instead of one call per partition. Only for a consumer whose effect does
+    not depend on the order across partitions (audit's chain records its own order):
+    at a steady trickle a partition's fetch holds about one event, a round several.
     """
 
     group: str
@@ -127,6 +134,7 @@ class ConsumerSpec:
     handler: Handler | None = None
     batch_handler: BatchHandler | None = None
     gather_ms: int = 0
+    whole_round: bool = False
 
     def __post_init__(self) -> None:
         if (self.handler is None) == (self.batch_handler is None):
@@ -198,10 +206,15 @@ class EventConsumer:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
                 done: dict[TopicPartition, int] = {}
-                for partition, records in batches.items():
-                    done[partition] = (await self._handle_partition(records)).offset + 1
+                groups = list(batches.values())
+                if self.spec.whole_round:
+                    groups = [[record for records in groups for record in records]]
+                for records in groups:
+                    handled = await self._handle_records(records)
+                    for record in records[:handled]:
+                        done[TopicPartition(record.topic, record.partition)] = record.offset + 1
                     if self._stopping.is_set():
-                        break  # the other partitions' records are delivered again
+                        break  # the rest of the round is delivered again
                 if done:
                     # One commit for the round (a commit is a broker write): every
                     # partition's batch in it is durable by now.
@@ -211,26 +224,27 @@ class EventConsumer:
         finally:
             await consumer.stop()
 
-    async def _handle_partition(self, records: list[ConsumerRecord]) -> ConsumerRecord:
-        """Handle one partition's fetch; returns the last record done with (to commit).
+    async def _handle_records(self, records: list[ConsumerRecord]) -> int:
+        """Handle one batch (a partition's fetch, or a whole round); returns how many of
+        its records, from the first, are done with (to commit).
 
         A stop request ends the work after the record (or batch) in hand.
         """
         if self.spec.batch_handler is None:
-            for record in records:
+            for done, record in enumerate(records, start=1):
                 await self._handle(record)
                 if self._stopping.is_set():
-                    return record
-            return records[-1]
+                    return done
+            return len(records)
         batch = [decoded for record in records if (decoded := await self._decode(record))]
         if not batch:
-            return records[-1]
+            return len(records)
         poison = await self._apply(batch, self.spec.batch_handler)
         if poison is None:
-            return records[-1]
+            return len(records)
         if len(batch) == 1:
             await self._dead_letter(batch[0][1], str(poison))
-            return records[-1]
+            return len(records)
         # Somewhere in the batch is a record the handler cannot apply: apply them one
         # at a time so that only that one is dead-lettered and the others take effect.
         log.warning(
@@ -242,8 +256,8 @@ class EventConsumer:
             if error is not None:
                 await self._dead_letter(decoded[1], str(error))
             if self._stopping.is_set():
-                return decoded[1]
-        return records[-1]
+                return records.index(decoded[1]) + 1
+        return len(records)
 
     def _record_lag(self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:
         for partition, position in positions.items():
@@ -306,7 +320,8 @@ class EventConsumer:
                         await apply(batch)
                     except PoisonMessage as error:
                         return error
-        _consumed.add(len(batch), {"group": self.spec.group, "topic": batch[0][1].topic})
+        for topic, count in Counter(record.topic for _, record in batch).items():
+            _consumed.add(count, {"group": self.spec.group, "topic": topic})
         return None
 
     def _span(self, batch: Sequence[Decoded]) -> AbstractContextManager[trace.Span]:
@@ -327,11 +342,13 @@ class EventConsumer:
             if span_context.is_valid:
                 links.setdefault((span_context.trace_id, span_context.span_id), Link(span_context))
         first_envelope, first = batch[0]
+        topics = sorted({record.topic for _, record in batch})
         attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
-            "messaging.destination.name": first.topic,
             "messaging.consumer.group.name": self.spec.group,
         }
+        if len(topics) == 1:  # a whole round's batch may span topics: then none is named
+            attributes["messaging.destination.name"] = first.topic
         if len(batch) == 1:
             attributes["messaging.message.id"] = first_envelope.event_id
             attributes["messaging.kafka.offset"] = first.offset
@@ -339,7 +356,7 @@ class EventConsumer:
             # The conventions keep the count for batches and per-message ids for single messages.
             attributes["messaging.batch.message_count"] = len(batch)
         return _tracer.start_as_current_span(
-            f"process {first.topic}",
+            f"process {' '.join(topics)}",
             context=contexts[0],
             kind=SpanKind.CONSUMER,
             links=list(links.values()),

@@ -197,10 +197,12 @@ class Batches:
         self.applied: list[str] = []
         self.outages = outages
         self.spans: list[object] = []
+        self.partitions: list[set[int]] = []
 
     async def __call__(self, batch) -> None:
         ids = [env.event_id for env, _ in batch]
         self.calls.append(ids)
+        self.partitions.append({record.partition for _, record in batch})
         self.spans.append(trace.get_current_span())
         if self.outages:
             self.outages -= 1
@@ -211,19 +213,29 @@ class Batches:
 
 
 async def consume(
-    settings: Settings, topic: str, values: list[bytes], handler: Batches, done
+    settings: Settings,
+    topic: str,
+    values: list[bytes],
+    handler: Batches,
+    done,
+    *,
+    keys: list[bytes] | None = None,
+    whole_round: bool = False,
 ) -> str:
-    """Publish `values` to one partition, then consume them with `handler` until `done()`;
-    returns the group. Published before the consumer starts, so one fetch holds them all."""
+    """Publish `values` (to one partition unless `keys` spread them), then consume them
+    with `handler` until `done()`; returns the group. Published before the consumer
+    starts, so one fetch round holds them all."""
     await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
     producer = kafka.create_producer(settings, "test")
     await producer.start()
     group = f"group-{uuid.uuid4().hex[:8]}"
-    spec = kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handler)
+    spec = kafka.ConsumerSpec(
+        group=group, topics=[topic], batch_handler=handler, whole_round=whole_round
+    )
     consumer = kafka.EventConsumer(settings, spec, producer)
     try:
-        for value in values:
-            await producer.send_and_wait(topic, value, key=b"one-partition")
+        for n, value in enumerate(values):
+            await producer.send_and_wait(topic, value, key=keys[n] if keys else b"one-partition")
         task = asyncio.create_task(consumer.run())
         for _ in range(150):
             if done():
@@ -268,6 +280,34 @@ async def test_a_batch_handler_gets_a_partitions_records_in_one_call_in_offset_o
     assert span.attributes["messaging.batch.message_count"] == 4
     linked = {(link.context.trace_id, link.context.span_id) for link in span.links}
     assert linked == {(p.trace_id, p.span_id) for p in producers}
+
+
+async def test_a_whole_round_batch_spans_partitions_keeping_each_partitions_order(
+    settings: Settings,
+) -> None:
+    handler = Batches()
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    ids = [f"{key}-{n}" for n in range(3) for key in ("k1", "k2", "k3", "k4", "k5", "k6")]
+    keys = [event_id.split("-")[0].encode() for event_id in ids]
+    values = [envelope(event_id) for event_id in ids]
+    group = await consume(
+        settings,
+        topic,
+        values,
+        handler,
+        lambda: len(handler.applied) == 18,
+        keys=keys,
+        whole_round=True,
+    )
+
+    assert sorted(handler.applied) == sorted(ids)
+    assert any(len(partitions) > 1 for partitions in handler.partitions)
+    # A key's events share a partition, so they arrive in the order they were sent.
+    for key in ("k1", "k2", "k3", "k4", "k5", "k6"):
+        assert [i for i in handler.applied if i.startswith(f"{key}-")] == [
+            f"{key}-{n}" for n in range(3)
+        ]
+    assert await committed(settings, group, topic) == 18
 
 
 async def test_a_poison_record_in_a_batch_is_dead_lettered_alone_and_the_rest_applied(

@@ -76,4 +76,7 @@ class AuditConsumer:
             topics=EVENT_TOPICS,
             batch_handler=self.handle_batch,
             gather_ms=GATHER_MS,
+            # The chain records events in its own order (chain.py), so a whole fetch
+            # round is one append: one transaction and one chain-head lock.
+            whole_round=True,
         )
