@@ -63,3 +63,16 @@ def test_tracing_off_records_nothing_even_for_a_sampled_caller() -> None:
 def test_a_ratio_outside_zero_to_one_is_refused(ratio: str) -> None:
     with pytest.raises(ValueError, match="AGORA_TRACE_SAMPLE_RATIO"):
         config.load({"AGORA_TRACE_SAMPLE_RATIO": ratio})
+
+
+@pytest.mark.parametrize("statement", ["BEGIN;", "COMMIT;", "SET", "SAVEPOINT", "RELEASE"])
+def test_transaction_framing_statements_are_never_recorded(statement: str) -> None:
+    decide = sampler(config.load({"AGORA_TRACE_SAMPLE_RATIO": "1.0"})).should_sample
+    assert decide(None, random.Random(3).getrandbits(128), statement).decision is Decision.DROP
+
+
+@pytest.mark.parametrize("statement", ["SELECT", "INSERT", "UPDATE", "ROLLBACK;"])
+def test_statements_that_do_work_or_undo_it_follow_the_traces_decision(statement: str) -> None:
+    decide = sampler(config.load({"AGORA_TRACE_SAMPLE_RATIO": "1.0"})).should_sample
+    result = decide(None, random.Random(3).getrandbits(128), statement)
+    assert result.decision is Decision.RECORD_AND_SAMPLE
