@@ -47,7 +47,13 @@ class CatalogApi:
     def __init__(self, client: TestClient, minter: TokenMinter):
         self.client = client
         self.read = bearer(minter.token(scope="profile catalog:read"))
-        self.admin = bearer(minter.token(scope="profile catalog:read catalog:write"))
+        # Writes may wait up to 10 s (the edge's default is 2 s): these tests check what a
+        # write does, and a reindex of the whole catalog on two shared cores once held one
+        # past 2 s in CI.
+        self.admin = {
+            **bearer(minter.token(scope="profile catalog:read catalog:write")),
+            "X-Request-Timeout": "10000",
+        }
 
     async def create(self, **overrides: Any) -> dict[str, Any]:
         body = product_body(**overrides)

@@ -103,8 +103,9 @@ async def test_poison_goes_to_the_dead_letter_topic_with_its_reason_and_the_rest
     assert await committed(settings, group, topic) == 5
 
 
+@pytest.mark.parametrize("kind", ["handler", "batch_handler"])
 async def test_offsets_are_not_committed_while_the_handler_keeps_failing(
-    settings: Settings,
+    settings: Settings, kind: str
 ) -> None:
     topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
     await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
@@ -112,17 +113,17 @@ async def test_offsets_are_not_committed_while_the_handler_keeps_failing(
     await producer.start()
     calls = 0
 
-    async def always_down(env: EventEnvelope, record) -> None:
+    async def always_down(*_: object) -> None:
         nonlocal calls
         calls += 1
         raise ConnectionError("store down")
 
     group = f"group-{uuid.uuid4().hex[:8]}"
-    consumer = kafka.EventConsumer(
-        settings, kafka.ConsumerSpec(group=group, topics=[topic], handler=always_down), producer
-    )
+    spec = kafka.ConsumerSpec(group=group, topics=[topic], **{kind: always_down})
+    consumer = kafka.EventConsumer(settings, spec, producer)
     try:
-        await producer.send_and_wait(topic, envelope("x"), key=b"k")
+        for name in ("x", "y"):
+            await producer.send_and_wait(topic, envelope(name), key=b"k")
         task = asyncio.create_task(consumer.run())
         for _ in range(50):
             if calls >= 3:
@@ -346,36 +347,6 @@ async def test_an_outage_retries_the_whole_batch_and_loses_nothing(settings: Set
     assert handler.calls == [["a", "b", "c"]] * 3, "the same batch, again, until it took effect"
     assert handler.applied == ["a", "b", "c"]
     assert await committed(settings, group, topic) == 3
-
-
-async def test_offsets_are_not_committed_while_the_batch_handler_keeps_failing(
-    settings: Settings,
-) -> None:
-    handler = Batches(outages=10_000)
-    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
-    values = [envelope(name) for name in ("x", "y")]
-    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
-    producer = kafka.create_producer(settings, "test")
-    await producer.start()
-    group = f"group-{uuid.uuid4().hex[:8]}"
-    consumer = kafka.EventConsumer(
-        settings, kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handler), producer
-    )
-    try:
-        for value in values:
-            await producer.send_and_wait(topic, value, key=b"k")
-        task = asyncio.create_task(consumer.run())
-        for _ in range(50):
-            if len(handler.calls) >= 3:
-                break
-            await asyncio.sleep(0.1)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    finally:
-        await producer.stop()
-    assert len(handler.calls) >= 3
-    assert await committed(settings, group, topic) <= 0, "committed past an unapplied batch"
 
 
 def test_a_spec_takes_exactly_one_kind_of_handler() -> None:
