@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -57,9 +58,6 @@ async def test_poison_goes_to_the_dead_letter_topic_with_its_reason_and_the_rest
     settings: Settings,
 ) -> None:
     topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
-    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
-    producer = kafka.create_producer(settings, "test")
-    await producer.start()
     handled: list[str] = []
     attempts: dict[str, int] = {}
 
@@ -71,25 +69,16 @@ async def test_poison_goes_to_the_dead_letter_topic_with_its_reason_and_the_rest
             raise ConnectionError("database briefly away")
         handled.append(env.event_id)
 
-    group = f"group-{uuid.uuid4().hex[:8]}"
-    spec = kafka.ConsumerSpec(group=group, topics=[topic], handler=handler)
-    consumer = kafka.EventConsumer(settings, spec, producer)
-    try:
-        key = b"one-partition"
-        await producer.send_and_wait(topic, envelope("a"), key=key)
-        await producer.send_and_wait(topic, b"\xff\x00 not protobuf", key=key)
-        await producer.send_and_wait(topic, envelope("b", b"reject"), key=key)
-        await producer.send_and_wait(topic, envelope("c", b"flaky"), key=key)
-        await producer.send_and_wait(topic, envelope("d"), key=key)
-        task = asyncio.create_task(consumer.run())
-        for _ in range(100):
-            if handled == ["a", "c", "d"]:
-                break
-            await asyncio.sleep(0.1)
-        consumer.stop()
-        await asyncio.wait_for(task, 10)
-    finally:
-        await producer.stop()
+    values = [
+        envelope("a"),
+        b"\xff\x00 not protobuf",
+        envelope("b", b"reject"),
+        envelope("c", b"flaky"),
+        envelope("d"),
+    ]
+    group = await consume(
+        settings, topic, values, handler, lambda: handled == ["a", "c", "d"], kind="handler"
+    )
 
     assert handled == ["a", "c", "d"], "order kept, poison skipped, flaky retried"
     assert attempts["c"] == 3
@@ -217,21 +206,22 @@ async def consume(
     settings: Settings,
     topic: str,
     values: list[bytes],
-    handler: Batches,
+    handler: Any,
     done,
     *,
     keys: list[bytes] | None = None,
     whole_round: bool = False,
+    kind: str = "batch_handler",
 ) -> str:
     """Publish `values` (to one partition unless `keys` spread them), then consume them
-    with `handler` until `done()`; returns the group. Published before the consumer
-    starts, so one fetch round holds them all."""
+    with `handler` (a `kind` of ConsumerSpec handler) until `done()`; returns the group.
+    Published before the consumer starts, so one fetch round holds them all."""
     await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
     producer = kafka.create_producer(settings, "test")
     await producer.start()
     group = f"group-{uuid.uuid4().hex[:8]}"
     spec = kafka.ConsumerSpec(
-        group=group, topics=[topic], batch_handler=handler, whole_round=whole_round
+        group=group, topics=[topic], whole_round=whole_round, **{kind: handler}
     )
     consumer = kafka.EventConsumer(settings, spec, producer)
     try:
