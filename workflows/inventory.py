@@ -47,7 +47,6 @@ with workflow.unsafe.imports_passed_through():
         RESTOCK_WORKFLOW,
         SEED_STOCK_WORKFLOW,
         TASK_QUEUE,
-        reservation_timeout_workflow_id,
         restock_workflow_id,
         seed_stock_workflow_id,
     )
@@ -64,7 +63,6 @@ __all__ = [
     "SeedProgress",
     "SeedStockInput",
     "SeedStockWorkflow",
-    "reservation_timeout_workflow_id",
     "restock_workflow_id",
     "seed_stock_workflow_id",
 ]

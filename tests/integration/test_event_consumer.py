@@ -141,35 +141,14 @@ async def test_the_handler_runs_in_the_producers_trace(settings: Settings) -> No
         inject(carrier)
         produced_trace = producer_span.get_span_context().trace_id
     topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
-    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
-    producer = kafka.create_producer(settings, "test")
-    await producer.start()
     seen: list[tuple[int, int]] = []
 
     async def handler(env: EventEnvelope, record) -> None:
         context = trace.get_current_span().get_span_context()
         seen.append((context.trace_id, context.span_id))
 
-    consumer = kafka.EventConsumer(
-        settings,
-        kafka.ConsumerSpec(group=f"g-{uuid.uuid4().hex[:8]}", topics=[topic], handler=handler),
-        producer,
-    )
-    try:
-        await producer.send_and_wait(
-            topic,
-            bytes(EventEnvelope(event_id="t1", traceparent=carrier["traceparent"])),
-            key=b"k",
-        )
-        task = asyncio.create_task(consumer.run())
-        for _ in range(100):
-            if seen:
-                break
-            await asyncio.sleep(0.1)
-        consumer.stop()
-        await asyncio.wait_for(task, 10)
-    finally:
-        await producer.stop()
+    value = bytes(EventEnvelope(event_id="t1", traceparent=carrier["traceparent"]))
+    await consume(settings, topic, [value], handler, lambda: bool(seen), kind="handler")
     assert len(seen) == 1
     trace_id, span_id = seen[0]
     assert trace_id == produced_trace

@@ -12,11 +12,6 @@ RESTOCK_WORKFLOW = "Restock"
 SEED_STOCK_WORKFLOW = "SeedStock"
 
 
-def reservation_timeout_workflow_id(reservation_id: str) -> str:
-    """The per-reservation timer of earlier versions (none are started any more)."""
-    return f"reservation-{reservation_id}"
-
-
 def restock_workflow_id(key: str) -> str:
     return f"restock-{key}"
 
