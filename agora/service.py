@@ -29,7 +29,6 @@ from agora.process import bootstrap
 from agora.sideport import SidePort
 
 log = logging.getLogger(__name__)
-STICKY_TASK_TIMEOUT = timedelta(seconds=3)
 
 
 @dataclass
@@ -92,11 +91,6 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         activities=list(parts.activities),
         workflows=list(parts.workflows),
         graceful_shutdown_timeout=timedelta(seconds=20),
-        # A workflow task routed to this worker's sticky queue that it does not pick up
-        # goes back to the shared queue (any worker, full replay) after this, instead of
-        # the SDK's 10 s: in CI a catalog write's last workflow task once sat on a sticky
-        # queue until that timeout, holding the client's request past its deadline.
-        sticky_queue_schedule_to_start_timeout=STICKY_TASK_TIMEOUT,
     )
     server = await grpc.start_server(settings, service, parts.grpc_handlers)
 
