@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -18,10 +20,11 @@ from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
     WorkflowFailureError,
+    WorkflowHandle,
     WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import FailureError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from agora.grpc import Channels
 from contracts.agora.audit.v1 import AuditServiceStub
@@ -35,6 +38,24 @@ from gateway import failures
 from gateway.context import TIMING, remaining_s
 from gateway.metrics import GatewayMetrics
 from gateway.problems import Problem
+
+# How long one poll for a workflow's result may wait before it is asked again.
+RESULT_POLL = timedelta(seconds=1)
+
+
+async def workflow_result(handle: WorkflowHandle[Any, Any]) -> Any:
+    """The workflow's result, asked for in polls of at most RESULT_POLL until it comes
+    (the caller bounds the wait with its deadline). One long poll for the whole deadline
+    once missed its wake-up in CI: a catalog write's workflow closed 30 ms after it
+    started, its poll slept until the request's 10 s deadline. A fresh poll finds a
+    closed workflow at once."""
+    while True:
+        try:
+            return await handle.result(rpc_timeout=RESULT_POLL)
+        except RPCError as error:
+            if error.status != RPCStatusCode.DEADLINE_EXCEEDED:
+                raise
+            # Not closed yet, or its wake-up was missed: ask again.
 
 
 class Upstream:

@@ -45,6 +45,7 @@ from gateway.schemas_catalog import (
     ProductWriteResponse,
     UpdateProductRequest,
 )
+from gateway.upstream import workflow_result
 from workflows.catalog import (
     TASK_QUEUE,
     ChangePriceInput,
@@ -163,7 +164,7 @@ async def _execute(
     gw = deps(request)
     async with gw.upstream.call(request, f"temporal.{name}") as timeout:
         async with asyncio.timeout(timeout):
-            result: WriteResult = await gw.upstream.temporal.execute_workflow(
+            handle = await gw.upstream.temporal.start_workflow(
                 run,
                 arg,
                 id=workflow_id,
@@ -171,6 +172,7 @@ async def _execute(
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 rpc_timeout=timedelta(seconds=timeout),
             )
+            result: WriteResult = await workflow_result(handle)
     return result
 
 
