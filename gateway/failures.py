@@ -43,6 +43,9 @@ GRPC_STATUS: dict[Status, str] = {
     Status.DATA_LOSS: "upstream-error",
 }
 
+# What any route calling a service may answer when the call itself fails.
+UPSTREAM_PROBLEMS = ("upstream-timeout", "upstream-unavailable", "upstream-error")
+
 # Temporal ApplicationError.type (raised by activities / workflows) -> problem code.
 APPLICATION_ERROR_TYPE: dict[str, str] = {
     "EmailTaken": "email-taken",

@@ -20,11 +20,14 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from agora import signing
 from gateway import idempotency
+from gateway.failures import UPSTREAM_PROBLEMS
 from gateway.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from gateway.problems import PROBLEM_TYPES, problem_type_uri
 from gateway.ratelimit import Rate
 from gateway.routing import Route
 from gateway.schemas import ProblemResponse
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 OPENAPI = web.AppKey("openapi", dict)
 DOCS_HTML = web.AppKey("docs_html", str)
@@ -52,7 +55,6 @@ _SIGNATURE_PROBLEMS = (
     "signature-stale",
     "nonce-replayed",
 )
-_UPSTREAM_PROBLEMS = ("upstream-timeout", "upstream-unavailable", "upstream-error")
 
 
 def route_problems(route: Route) -> list[str]:
@@ -70,7 +72,7 @@ def route_problems(route: Route) -> list[str]:
         codes += ("rate-limited", "dependency-unavailable")
     if route.path.startswith("/v1/"):
         # invalid-argument: an X-Request-Timeout outside 1-30000 (the edge refuses it).
-        codes += (*_UPSTREAM_PROBLEMS, "invalid-argument")
+        codes += (*UPSTREAM_PROBLEMS, "invalid-argument")
     codes += route.problems
     return sorted(set(codes), key=lambda c: (PROBLEM_TYPES[c].status, c))
 
@@ -78,7 +80,11 @@ def route_problems(route: Route) -> list[str]:
 def _models(routes: Sequence[Route]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
     seen: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ProblemResponse, "serialization")]
     for route in routes:
-        for model, mode in ((route.body, "validation"), (route.response, "serialization")):
+        for model, mode in (
+            (route.body, "validation"),
+            (route.form, "validation"),
+            (route.response, "serialization"),
+        ):
             if model is not None and (model, mode) not in seen:
                 seen.append((model, mode))  # type: ignore[arg-type]
     return seen
@@ -152,6 +158,11 @@ def _operation(
             "required": True,
             "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
         }
+    if route.form is not None:
+        operation["requestBody"] = {
+            "required": False,
+            "content": {FORM_CONTENT_TYPE: {"schema": refs[(route.form, "validation")]}},
+        }
     responses: dict[str, Any] = {}
     if route.response is not None:
         responses[str(route.status)] = {
@@ -165,6 +176,10 @@ def _operation(
         }
     else:
         responses[str(route.status)] = {"description": route.summary}
+    for answer in route.other_answers:
+        responses[str(answer.status)] = {"description": answer.description}
+        if answer.content_type is not None:
+            responses[str(answer.status)]["content"] = {answer.content_type: {"schema": {}}}
     by_status: dict[int, list[str]] = {}
     for code in route_problems(route):
         by_status.setdefault(PROBLEM_TYPES[code].status, []).append(code)
@@ -173,7 +188,10 @@ def _operation(
             "description": "; ".join(
                 f"{problem_type_uri(c)} ({PROBLEM_TYPES[c].title})" for c in codes
             ),
-            "content": {PROBLEM_CONTENT_TYPE: {"schema": refs[(ProblemResponse, "serialization")]}},
+            "content": {
+                PROBLEM_CONTENT_TYPE: {"schema": refs[(ProblemResponse, "serialization")]},
+                **({route.problem_page: {"schema": {}}} if route.problem_page else {}),
+            },
         }
     operation["responses"] = responses
     return operation
@@ -229,11 +247,10 @@ def render_docs(document: dict[str, Any]) -> str:
             )
             parts = [f'<h3 id="{esc(anchor)}"><code>{esc(method.upper())} {esc(path)}</code></h3>']
             parts.append(f"<p>{esc(op['summary'])}. Auth: <code>{esc(scopes)}</code>.</p>")
-            if "requestBody" in op:
-                ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-                name = ref.rsplit("/", 1)[-1]
+            for content_type, media in op.get("requestBody", {}).get("content", {}).items():
+                name = media["schema"]["$ref"].rsplit("/", 1)[-1]
                 parts.append(
-                    f"<p>Body <code>{esc(name)}</code>:</p>"
+                    f"<p>Body <code>{esc(name)}</code> as <code>{esc(content_type)}</code>:</p>"
                     f"<pre>{esc(json.dumps(schemas[name], indent=2))}</pre>"
                 )
             for param in op.get("parameters", []):

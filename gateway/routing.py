@@ -28,6 +28,15 @@ ADMIN_SCOPES = frozenset({scopes.ADMIN, scopes.IDENTITY_ADMIN})
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A successful answer beside a route's main one, for the OpenAPI doc."""
+
+    status: int
+    description: str
+    content_type: str | None = None  # None: no body
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     path: str
@@ -49,9 +58,15 @@ class Route:
     raw_response: str | None = None
     # The Idempotency-Key header (gateway/idempotency.py): "required", "optional" or "".
     idempotency: str = ""
+    # An optional HTML form body (application/x-www-form-urlencoded) its handler reads.
+    form: type[BaseModel] | None = None
+    # Other successful answers, e.g. 204 to a token where a form gets a page.
+    other_answers: tuple[Answer, ...] = ()
+    # A content type its problems may also come in: a form's page shows the problem.
+    problem_page: str | None = None
 
     def __post_init__(self) -> None:
-        if self.body is not None and self.query is not None:
+        if sum(x is not None for x in (self.body, self.query, self.form)) > 1:
             raise ValueError(
                 f"{self.method} {self.path}: a route takes a body or a query, not both"
             )

@@ -7,6 +7,7 @@ failure into a problem through the one table in gateway/failures.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -100,3 +102,27 @@ class Upstream:
             raise Problem("upstream-unavailable") from None
         finally:
             request[TIMING].add("upstream", time.perf_counter() - started)
+
+    async def execute_workflow(
+        self,
+        run: Any,
+        arg: Any,
+        *,
+        id: str,
+        task_queue: str,
+        budget_s: float,
+        id_conflict_policy: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.UNSPECIFIED,
+    ) -> Any:
+        """Start a workflow and wait for its result, all within `budget_s` seconds (what is
+        left of the request's deadline). The result comes through `workflow_result`'s
+        short polls, never one long poll that could miss its wake-up."""
+        async with asyncio.timeout(budget_s):
+            handle = await self.temporal.start_workflow(
+                run,
+                arg,
+                id=id,
+                task_queue=task_queue,
+                id_conflict_policy=id_conflict_policy,
+                rpc_timeout=timedelta(seconds=budget_s),
+            )
+            return await workflow_result(handle)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
 
 from aiohttp import web
 
@@ -35,14 +34,13 @@ async def register(request: web.Request, body: RegisterRequest) -> RegisterRespo
         password_hash=password_hash,
     )
     async with gw.upstream.call(request, "temporal.RegisterAccount") as timeout:
-        async with asyncio.timeout(timeout):
-            ref = await gw.upstream.temporal.execute_workflow(
-                RegisterAccountWorkflow.run,
-                data,
-                id=register_workflow_id(data.email),
-                task_queue=TASK_QUEUE,
-                rpc_timeout=timedelta(seconds=timeout),
-            )
+        ref = await gw.upstream.execute_workflow(
+            RegisterAccountWorkflow.run,
+            data,
+            id=register_workflow_id(data.email),
+            task_queue=TASK_QUEUE,
+            budget_s=timeout,
+        )
     return RegisterResponse(
         account_id=ref.account_id, email=data.email, display_name=data.display_name
     )

@@ -7,9 +7,6 @@ history); revocation is a workflow (mark revoked, then revoke live tokens).
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
-
 from aiohttp import web
 
 from agora import scopes
@@ -95,14 +92,13 @@ async def revoke_api_client(request: web.Request, _: None) -> None:
     client_id = request.match_info["client_id"]
     principal = principal_of(request)
     async with gw.upstream.call(request, "temporal.RevokeApiClient") as timeout:
-        async with asyncio.timeout(timeout):
-            await gw.upstream.temporal.execute_workflow(
-                RevokeApiClientWorkflow.run,
-                RevokeApiClientInput(client_id=client_id, revoked_by=principal.subject),
-                id=revoke_api_client_workflow_id(client_id),
-                task_queue=TASK_QUEUE,
-                rpc_timeout=timedelta(seconds=timeout),
-            )
+        await gw.upstream.execute_workflow(
+            RevokeApiClientWorkflow.run,
+            RevokeApiClientInput(client_id=client_id, revoked_by=principal.subject),
+            id=revoke_api_client_workflow_id(client_id),
+            task_queue=TASK_QUEUE,
+            budget_s=timeout,
+        )
     gw.secrets.forget(client_id)
 
 

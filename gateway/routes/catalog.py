@@ -7,7 +7,6 @@ fresh one), so a retried request joins the write instead of repeating it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -45,7 +44,6 @@ from gateway.schemas_catalog import (
     ProductWriteResponse,
     UpdateProductRequest,
 )
-from gateway.upstream import workflow_result
 from workflows.catalog import (
     TASK_QUEUE,
     ChangePriceInput,
@@ -163,16 +161,14 @@ async def _execute(
 ) -> WriteResult:
     gw = deps(request)
     async with gw.upstream.call(request, f"temporal.{name}") as timeout:
-        async with asyncio.timeout(timeout):
-            handle = await gw.upstream.temporal.start_workflow(
-                run,
-                arg,
-                id=workflow_id,
-                task_queue=TASK_QUEUE,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                rpc_timeout=timedelta(seconds=timeout),
-            )
-            result: WriteResult = await workflow_result(handle)
+        result: WriteResult = await gw.upstream.execute_workflow(
+            run,
+            arg,
+            id=workflow_id,
+            task_queue=TASK_QUEUE,
+            budget_s=timeout,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
     return result
 
 

@@ -20,9 +20,10 @@ from contracts.agora.identity.v1 import PasswordGrant
 from contracts.agora.identity.v1 import SignInRequest as SignInCall
 from gateway import codec
 from gateway.deps import deps
+from gateway.failures import UPSTREAM_PROBLEMS
 from gateway.problems import PROBLEM_TYPES, Problem
 from gateway.ratelimit import Verdict
-from gateway.routing import Route
+from gateway.routing import Answer, Route
 
 _CODEC_PROBLEMS = (
     "token-missing",
@@ -230,7 +231,12 @@ ROUTES = [
         "Open a codec session: form email+password, or a staff Bearer token; sets the cookie",
         "codec",
         raw_response="text/html",
-        problems=_CODEC_PROBLEMS,
+        # A form's sign-in goes to identity: its refusal, or its failure to answer.
+        problems=(*_CODEC_PROBLEMS, "invalid-credentials", *UPSTREAM_PROBLEMS),
+        form=SignInForm,
+        other_answers=(Answer(204, "Session opened for a staff Bearer token (no page)"),),
+        # A form's sign-in page shows its problem; a Bearer call gets problem+json.
+        problem_page="text/html",
     ),
     Route(
         "DELETE",

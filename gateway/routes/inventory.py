@@ -7,9 +7,6 @@ header (when given), so a retried POST adds the quantity once.
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
-
 from aiohttp import web
 
 from agora import scopes
@@ -57,14 +54,13 @@ async def restock(request: web.Request, body: RestockRequest) -> RestockResponse
     key = idempotency_key(request, required=False)
     data = RestockInput(key=f"admin:{key}", sku=sku, quantity=body.quantity)
     async with gw.upstream.call(request, "temporal.Restock") as timeout:
-        async with asyncio.timeout(timeout):
-            result = await gw.upstream.temporal.execute_workflow(
-                RestockWorkflow.run,
-                data,
-                id=restock_workflow_id(data.key),
-                task_queue=TASK_QUEUE,
-                rpc_timeout=timedelta(seconds=timeout),
-            )
+        result = await gw.upstream.execute_workflow(
+            RestockWorkflow.run,
+            data,
+            id=restock_workflow_id(data.key),
+            task_queue=TASK_QUEUE,
+            budget_s=timeout,
+        )
     return RestockResponse(
         sku=result.sku,
         quantity=result.quantity,

@@ -195,14 +195,13 @@ async def cancel_order(request: web.Request, body: CancelOrderRequest) -> OrderA
             requested_by=who,
         )
         async with gw.upstream.call(request, "temporal.CancelCompletedOrder") as timeout:
-            async with asyncio.timeout(timeout):
-                view = await gw.upstream.temporal.execute_workflow(
-                    RefundOrderWorkflow.run,
-                    request_refund,
-                    id=refund_workflow_id(order.order_id, "cancel"),
-                    task_queue=TASK_QUEUE,
-                    rpc_timeout=timedelta(seconds=timeout),
-                )
+            view = await gw.upstream.execute_workflow(
+                RefundOrderWorkflow.run,
+                request_refund,
+                id=refund_workflow_id(order.order_id, "cancel"),
+                task_queue=TASK_QUEUE,
+                budget_s=timeout,
+            )
         return _from_view(request, view)
     handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order.order_id))
     async with gw.upstream.call(request, "temporal.CancelOrder") as timeout:
@@ -227,14 +226,13 @@ async def refund_order(request: web.Request, body: RefundOrderRequest) -> OrderA
         requested_by=principal_of(request).subject,
     )
     async with gw.upstream.call(request, "temporal.RefundOrder") as timeout:
-        async with asyncio.timeout(timeout):
-            view = await gw.upstream.temporal.execute_workflow(
-                RefundOrderWorkflow.run,
-                data,
-                id=refund_workflow_id(order.order_id, key),
-                task_queue=TASK_QUEUE,
-                rpc_timeout=timedelta(seconds=timeout),
-            )
+        view = await gw.upstream.execute_workflow(
+            RefundOrderWorkflow.run,
+            data,
+            id=refund_workflow_id(order.order_id, key),
+            task_queue=TASK_QUEUE,
+            budget_s=timeout,
+        )
     return _from_view(request, view)
 
 

@@ -351,3 +351,32 @@ async def test_a_partial_refund_then_an_excessive_one(shop: dict[str, Any]) -> N
         headers={**who, "Idempotency-Key": f"refund-{uuid.uuid4()}"},
     )
     await problem(too_much, 400, "invalid-argument")
+
+
+async def test_refund_keys_are_per_order_so_a_reused_one_refunds_each_order(
+    shop: dict[str, Any],
+) -> None:
+    # Two customers who happen to send the same Idempotency-Key, and two orders each
+    # cancelled after completion (refund key "cancel"): every refund reaches its order.
+    sku = await product_with_stock(shop, 4, price=1000)
+    orders = []
+    for _ in range(2):
+        who = customer(shop)
+        accepted = await (await place(shop, who, sku, quantity=1)).json()
+        orders.append((who, (await final_order(shop, who, accepted["order_id"]))["order_id"]))
+    shared_key = f"refund-{uuid.uuid4()}"
+    for who, order_id in orders:
+        response = await shop["client"].post(
+            f"/v1/orders/{order_id}/refunds",
+            json={"amount_minor": 300, "reason": "late"},
+            headers={**who, "Idempotency-Key": shared_key},
+        )
+        assert response.status == 200, await response.text()
+        assert (await response.json())["status"] == "PARTIALLY_REFUNDED"
+    for who, order_id in orders:
+        response = await shop["client"].post(
+            f"/v1/orders/{order_id}/cancel", json={"reason": "changed my mind"}, headers=who
+        )
+        assert response.status == 200, await response.text()
+        order = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=who)).json()
+        assert (order["status"], order["refunded_minor"]) == ("CANCELLED", 1000)

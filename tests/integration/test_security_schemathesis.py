@@ -60,15 +60,8 @@ def schema(live: LiveGateway) -> Any:
     return schemathesis.openapi.from_url(f"{live.base_url}/openapi.json")
 
 
-# Known gaps between an operation and its document, each to be fixed, not widened:
-# POST /codec/session answers 204 to a Bearer token and a text/html 400 to a bad form,
-# while a Route declares one status and problem+json errors.
-KNOWN_UNDOCUMENTED = frozenset({"POST /codec/session"})
-
-
 def operations(schema: Any) -> list[Any]:
-    found = [result.ok() for result in schema.get_all_operations()]
-    return [op for op in found if op.label not in KNOWN_UNDOCUMENTED]
+    return [result.ok() for result in schema.get_all_operations()]
 
 
 UPSTREAM_TIMEOUT = "https://agora.dev/problems/upstream-timeout"

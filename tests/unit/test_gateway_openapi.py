@@ -92,6 +92,27 @@ def test_protected_routes_document_their_scopes_and_problems() -> None:
     assert document["paths"]["/healthz"]["get"]["security"] == []
 
 
+def test_a_route_answering_a_form_and_a_token_documents_both_ways() -> None:
+    # POST /codec/session: a form gets an HTML page (also for its problems), a staff
+    # Bearer token gets 204 and problem+json.
+    document = offline_app()[OPENAPI]
+    session = document["paths"]["/codec/session"]["post"]
+    body = session["requestBody"]
+    assert body["required"] is False
+    form_ref = body["content"]["application/x-www-form-urlencoded"]["schema"]["$ref"]
+    form = document["components"]["schemas"][form_ref.rsplit("/", 1)[-1]]
+    assert set(form["required"]) == {"email", "password"}
+    responses = session["responses"]
+    assert set(responses["200"]["content"]) == {"text/html"}
+    assert "content" not in responses["204"]
+    for status in ("400", "401", "429", "503"):
+        assert set(responses[status]["content"]) == {"application/problem+json", "text/html"}
+    assert "invalid-credentials" in responses["401"]["description"]
+    # A JSON route's problems stay problem+json only.
+    listing = document["paths"]["/v1/admin/api-clients"]["get"]["responses"]
+    assert set(listing["401"]["content"]) == {"application/problem+json"}
+
+
 def test_problem_catalogue_codes_are_stable_slugs() -> None:
     for code, kind in PROBLEM_TYPES.items():
         assert re.fullmatch(r"[a-z]+(-[a-z]+)*", code)
