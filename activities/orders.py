@@ -126,6 +126,9 @@ class OrderSnapshot:
 
 
 FINAL = {"COMPLETED", "CANCELLED", "REJECTED", "REFUNDED"}
+# Where a saga has ended: no saga transition leads out of these (refunds after
+# completion go through record_refund).
+ENDED = FINAL | {"PARTIALLY_REFUNDED"}
 
 
 class OrdersActivities:
@@ -193,6 +196,7 @@ class OrdersActivities:
                 info.workflow_run_id or "",
             )
             if not inserted:
+                await _refuse_second_saga(conn, order_id, info.workflow_run_id or "")
                 return
             await conn.executemany(
                 "INSERT INTO order_lines (order_id, line_no, sku, title, quantity,"
@@ -238,6 +242,14 @@ class OrdersActivities:
                 raise ApplicationError(
                     f"no order {data.order_id}", type="OrderNotFound", non_retryable=True
                 )
+            if row["status"] in ENDED:
+                # Only a second saga for an ended order gets here (the gateway never
+                # starts one; record refuses one): its steps must not rewrite the end.
+                activity.logger.warning(
+                    "transition refused: the order has ended",
+                    extra={"order_id": data.order_id, "status": row["status"], "to": data.status},
+                )
+                return
             first_time = await conn.fetchval(
                 "INSERT INTO order_status_history (order_id, transition_key, status, reason)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
@@ -419,3 +431,16 @@ def _transition_event(data: TransitionInput, currency: str) -> object:
     raise ApplicationError(
         f"unknown transition {data.status}", type=INVALID_ORDER, non_retryable=True
     )
+
+
+async def _refuse_second_saga(conn: asyncpg.Connection, order_id: uuid.UUID, run_id: str) -> None:
+    """The order is recorded already. A retry of this run's step is fine; a second saga
+    for an order that has ended (its key used again once Temporal no longer holds the
+    first run, past the namespace's retention) must stop before it reserves or charges."""
+    row = await conn.fetchrow("SELECT status, run_id FROM orders WHERE order_id = $1", order_id)
+    if row is not None and row["run_id"] != run_id and row["status"] in ENDED:
+        raise ApplicationError(
+            f"order {order_id} was placed before with this key and is {row['status'].lower()}",
+            type="OrderAlreadyPlaced",
+            non_retryable=True,
+        )

@@ -24,8 +24,8 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import FailureError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from agora.grpc import Channels
@@ -111,18 +111,37 @@ class Upstream:
         id: str,
         task_queue: str,
         budget_s: float,
-        id_conflict_policy: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.UNSPECIFIED,
+        idempotent: bool = False,
     ) -> Any:
         """Start a workflow and wait for its result, all within `budget_s` seconds (what is
         left of the request's deadline). The result comes through `workflow_result`'s
-        short polls, never one long poll that could miss its wake-up."""
+        short polls, never one long poll that could miss its wake-up.
+
+        `idempotent`: the workflow id carries the request's Idempotency-Key, and a retry
+        gets the first attempt's result: it joins the run while it runs and, once the
+        run has completed, reads its result (while the namespace keeps it) instead of
+        doing the work again. Only a run that failed is started again, so a failure
+        (a restock refused, a PSP outage) can be retried with the same key. Without
+        `idempotent`, a second start while one runs is refused (a conflict) and one
+        after it has closed runs again.
+        """
         async with asyncio.timeout(budget_s):
-            handle = await self.temporal.start_workflow(
-                run,
-                arg,
-                id=id,
-                task_queue=task_queue,
-                id_conflict_policy=id_conflict_policy,
-                rpc_timeout=timedelta(seconds=budget_s),
-            )
+            try:
+                handle = await self.temporal.start_workflow(
+                    run,
+                    arg,
+                    id=id,
+                    task_queue=task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING
+                    if idempotent
+                    else WorkflowIDConflictPolicy.UNSPECIFIED,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+                    if idempotent
+                    else WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                    rpc_timeout=timedelta(seconds=budget_s),
+                )
+            except WorkflowAlreadyStartedError as closed:
+                if not idempotent:
+                    raise
+                handle = self.temporal.get_workflow_handle_for(run, id, run_id=closed.run_id)
             return await workflow_result(handle)

@@ -9,6 +9,7 @@ resumes from its history, and the upserts make a re-run batch a no-op.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,8 +65,13 @@ PROGRESS_QUERY = "progress"
 
 
 def product_write_workflow_id(operation: str, sku: str, request_key: str) -> str:
-    """Per request: a retried request (same key) joins the write instead of repeating it."""
-    return f"catalog-{operation}-{sku}-{request_key}"
+    """Per request: a retried request (same key) joins the write instead of repeating it.
+
+    The sku stays readable for the Temporal UI; the digest of sku and key together
+    keeps ids apart that plain joining would not (a sku and a key may both hold "-":
+    ("SKU-42-000001", "abcdefgh") and ("SKU-42", "000001-abcdefgh") met before)."""
+    digest = hashlib.sha256(f"{sku}\n{request_key}".encode()).hexdigest()[:24]
+    return f"catalog-{operation}-{sku}-{digest}"
 
 
 def import_workflow_id(import_id: str) -> str:

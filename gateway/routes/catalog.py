@@ -167,7 +167,7 @@ async def _execute(
             id=workflow_id,
             task_queue=TASK_QUEUE,
             budget_s=timeout,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            idempotent=True,
         )
     return result
 

@@ -14,14 +14,15 @@ from datetime import timedelta
 
 from aiohttp import web
 from temporalio.client import WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.orders import OrderLineInput
 from agora import scopes
 from contracts.agora.common.v1 import PageRequest
 from contracts.agora.orders.v1 import GetOrderRequest, ListOrdersRequest, Order
 from gateway.context import principal_of
-from gateway.deps import deps
+from gateway.deps import Gateway, deps
 from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
 from gateway.routing import Route
@@ -36,6 +37,7 @@ from gateway.schemas_orders import (
     RefundOrderRequest,
     StatusChangeAnswer,
 )
+from gateway.upstream import workflow_result
 from workflows.orders import (
     TASK_QUEUE,
     CancelInput,
@@ -54,6 +56,8 @@ ORDERS_READ = frozenset({scopes.ORDERS_READ})
 ORDERS_WRITE = frozenset({scopes.ORDERS_WRITE})
 # Orders whose saga has ended for good: nothing left to cancel or pay.
 FINISHED = frozenset({"CANCELLED", "REJECTED", "REFUNDED"})
+# An order the saga completed: a cancel refunds it (RefundOrder with cancel=True).
+COMPLETE = frozenset({"COMPLETED", "PARTIALLY_REFUNDED"})
 
 
 def _links(
@@ -131,20 +135,38 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
         id=order_workflow_id(order_id),
         task_queue=TASK_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        # Never a second saga for one key: a retry joins the running one, or reads
+        # how the closed one ended.
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
     )
     async with gw.upstream.call(request, "temporal.OrderUpdateWithStart") as timeout:
         async with asyncio.timeout(timeout):
-            view = await gw.upstream.temporal.execute_update_with_start_workflow(
-                OrderWorkflow.accept,
-                start_workflow_operation=start,
-                rpc_timeout=timedelta(seconds=timeout),
-            )
+            try:
+                view = await gw.upstream.temporal.execute_update_with_start_workflow(
+                    OrderWorkflow.accept,
+                    start_workflow_operation=start,
+                    rpc_timeout=timedelta(seconds=timeout),
+                )
+            except WorkflowAlreadyStartedError as closed:
+                view = await _closed_order(gw, order_id, closed.run_id)
     answer = _from_view(request, view)
     return web.json_response(
         answer.model_dump(mode="json", exclude_none=True),
         status=201,
         headers={"Location": answer.links["self"]},
     )
+
+
+async def _closed_order(gw: Gateway, order_id: str, run_id: str | None) -> OrderView:
+    """How the order's closed saga ended, answered to a retried POST as the first was:
+    the order, or the same rejection if it was refused before it was accepted."""
+    handle = gw.upstream.temporal.get_workflow_handle_for(
+        OrderWorkflow.run, order_workflow_id(order_id), run_id=run_id
+    )
+    view: OrderView = await workflow_result(handle)
+    if view.status == "REJECTED" and not view.lines:
+        raise Problem("order-rejected", view.reason)
+    return view
 
 
 async def _own_order(request: web.Request) -> Order:
@@ -183,35 +205,61 @@ async def cancel_order(request: web.Request, body: CancelOrderRequest) -> OrderA
     order = await _own_order(request)
     if order.status.name in FINISHED:
         raise Problem("conflict", f"the order is {order.status.name.lower()}")
+    if order.status.name not in COMPLETE:
+        try:
+            view = await _cancel_running(request, order, body)
+        except Problem as problem:
+            # The saga ended between the read and the update (finished, or closed).
+            if problem.code != "conflict":
+                raise
+            order = await _own_order(request)
+            if order.status.name not in COMPLETE:
+                raise
+        else:
+            if view.status != "COMPLETED":
+                return _from_view(request, view)
+            # The cancel came during the saga's last steps (capture, stock commit),
+            # which do not stop: it completed, so cancel the completed order.
+    return _from_view(request, await _cancel_completed(request, order, body))
+
+
+async def _cancel_running(
+    request: web.Request, order: Order, body: CancelOrderRequest
+) -> OrderView:
     gw = deps(request)
-    who = principal_of(request).subject
-    if order.status.name in ("COMPLETED", "PARTIALLY_REFUNDED"):
-        request_refund = RefundOrderInput(
-            order_id=order.order_id,
-            refund_key="cancel",
-            amount_minor=None,
-            reason=body.reason,
-            cancel=True,
-            requested_by=who,
-        )
-        async with gw.upstream.call(request, "temporal.CancelCompletedOrder") as timeout:
-            view = await gw.upstream.execute_workflow(
-                RefundOrderWorkflow.run,
-                request_refund,
-                id=refund_workflow_id(order.order_id, "cancel"),
-                task_queue=TASK_QUEUE,
-                budget_s=timeout,
-            )
-        return _from_view(request, view)
     handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order.order_id))
     async with gw.upstream.call(request, "temporal.CancelOrder") as timeout:
         async with asyncio.timeout(timeout):
-            view = await handle.execute_update(
+            view: OrderView = await handle.execute_update(
                 OrderWorkflow.cancel_order,
-                CancelInput(who, body.reason),
+                CancelInput(principal_of(request).subject, body.reason),
                 rpc_timeout=timedelta(seconds=timeout),
             )
-    return _from_view(request, view)
+    return view
+
+
+async def _cancel_completed(
+    request: web.Request, order: Order, body: CancelOrderRequest
+) -> OrderView:
+    gw = deps(request)
+    request_refund = RefundOrderInput(
+        order_id=order.order_id,
+        refund_key="cancel",
+        amount_minor=None,
+        reason=body.reason,
+        cancel=True,
+        requested_by=principal_of(request).subject,
+    )
+    async with gw.upstream.call(request, "temporal.CancelCompletedOrder") as timeout:
+        view: OrderView = await gw.upstream.execute_workflow(
+            RefundOrderWorkflow.run,
+            request_refund,
+            id=refund_workflow_id(order.order_id, "cancel"),
+            task_queue=TASK_QUEUE,
+            budget_s=timeout,
+            idempotent=True,
+        )
+    return view
 
 
 async def refund_order(request: web.Request, body: RefundOrderRequest) -> OrderAnswer:
@@ -232,6 +280,7 @@ async def refund_order(request: web.Request, body: RefundOrderRequest) -> OrderA
             id=refund_workflow_id(order.order_id, key),
             task_queue=TASK_QUEUE,
             budget_s=timeout,
+            idempotent=True,
         )
     return _from_view(request, view)
 

@@ -16,9 +16,19 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.orders import (
+    OrdersActivities,
+    PricedLine,
+    PricedOrder,
+    RecordOrderInput,
+    TransitionInput,
+)
 from agora.config import Settings
 from agora.grpc import Channels
+from contracts.agora.catalog.v1 import CatalogServiceStub
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.payments.v1 import LedgerBalanceRequest, PaymentsServiceStub
 from tests.integration.catalogkit import CatalogApi, eventually
@@ -203,6 +213,45 @@ async def test_a_retried_post_with_the_same_key_is_the_same_order_charged_once(
     assert [o["order_id"] for o in listed["orders"]] == [first["order_id"]]
 
 
+async def test_a_post_retried_after_the_saga_ended_answers_that_order_and_runs_nothing(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # The retry comes after the order completed and its price changed: it must not
+    # start a second saga (which would price anew, fail to authorize the new amount
+    # and mark the paid order REJECTED).
+    sku = await product_with_stock(shop, 5, price=1500)
+    who = customer(shop)
+    key = f"late-{uuid.uuid4()}"
+    first = await (await place(shop, who, sku, key=key)).json()
+    await final_order(shop, who, first["order_id"])
+    await shop["catalog"].set_price(sku, 1700)
+    retried = await place(shop, who, sku, key=key)
+    assert retried.status == 201, await retried.text()
+    body = await retried.json()
+    assert (body["order_id"], body["status"], body["total_minor"]) == (
+        first["order_id"],
+        "COMPLETED",
+        1500,
+    )
+    order = await (await shop["client"].get(f"/v1/orders/{first['order_id']}", headers=who)).json()
+    assert order["status"] == "COMPLETED"
+    assert [h["status"] for h in order["status_history"]].count("REJECTED") == 0
+    assert await captures_for(settings, first["order_id"]) == 1
+    assert (await stock(shop, sku))["on_hand"] == 4
+
+
+async def test_a_post_refused_at_pricing_is_refused_the_same_way_when_retried(
+    shop: dict[str, Any],
+) -> None:
+    who = customer(shop)
+    key = f"refused-{uuid.uuid4()}"
+    unknown = f"ORD-NONE-{uuid.uuid4().hex[:8]}"
+    first = await place(shop, who, unknown, key=key)
+    await problem(first, 422, "order-rejected")
+    again = await place(shop, who, unknown, key=key)
+    await problem(again, 422, "order-rejected")
+
+
 async def test_a_customer_never_sees_or_touches_another_customers_order(
     shop: dict[str, Any],
 ) -> None:
@@ -380,3 +429,61 @@ async def test_refund_keys_are_per_order_so_a_reused_one_refunds_each_order(
         assert response.status == 200, await response.text()
         order = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=who)).json()
         assert (order["status"], order["refunded_minor"]) == ("CANCELLED", 1000)
+
+
+async def test_a_second_saga_for_an_ended_order_is_stopped_before_any_effect(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # Past the namespace's retention Temporal no longer knows the first run, and the
+    # same key could start a saga again: its first step (record) refuses, and no
+    # saga step rewrites an ended order's status.
+    sku = await product_with_stock(shop, 2)
+    who = customer(shop)
+    accepted = await (await place(shop, who, sku)).json()
+    order_id = (await final_order(shop, who, accepted["order_id"]))["order_id"]
+    pool = await asyncpg.create_pool(settings.db_dsn("orders"), min_size=1, max_size=1)
+    channels = Channels(settings, caller="orders")
+    try:
+        activities = OrdersActivities(pool, CatalogServiceStub(channels.get("catalog")))
+        env = ActivityEnvironment()  # another run than the one that placed the order
+        priced = PricedOrder([PricedLine(sku, "t", 1, 1500, 1500)], "EUR", 1500)
+        with pytest.raises(ApplicationError) as refused:
+            await env.run(activities.record, RecordOrderInput(order_id, "c", "k", priced))
+        assert (refused.value.type, refused.value.non_retryable) == ("OrderAlreadyPlaced", True)
+        await env.run(
+            activities.transition,
+            TransitionInput(order_id, "REJECTED", "rejected", rejection="PAYMENT_FAILED"),
+        )
+        status = await pool.fetchval(
+            "SELECT status FROM orders WHERE order_id = $1", uuid.UUID(order_id)
+        )
+        assert status == "COMPLETED"
+    finally:
+        channels.close()
+        await pool.close()
+
+
+async def test_a_refund_retried_with_its_key_answers_the_first_refund(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    sku = await product_with_stock(shop, 1, price=1000)
+    who = customer(shop)
+    accepted = await (await place(shop, who, sku)).json()
+    await final_order(shop, who, accepted["order_id"])
+    url = f"/v1/orders/{accepted['order_id']}/refunds"
+    refund = {
+        "json": {"reason": "never arrived"},
+        "headers": {**who, "Idempotency-Key": f"refund-{uuid.uuid4()}"},
+    }
+    answers = []
+    for _ in range(2):  # the second after the first refund's workflow has closed
+        response = await shop["client"].post(url, **refund)
+        assert response.status == 200, await response.text()
+        answers.append(await response.json())
+    assert answers[0] == answers[1]
+    assert answers[0]["status"] == "REFUNDED"
+    order = await (
+        await shop["client"].get(f"/v1/orders/{accepted['order_id']}", headers=who)
+    ).json()
+    assert order["refunded_minor"] == 1000
+    assert (await ledger(settings)).balanced

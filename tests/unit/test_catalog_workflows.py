@@ -23,6 +23,7 @@ from workflows.catalog import (
     ImportInput,
     ImportProductsWorkflow,
     ProductData,
+    product_write_workflow_id,
 )
 
 batches: list[UpsertBatchInput] = []
@@ -107,3 +108,15 @@ async def test_a_rejection_surfaces_with_its_type(env: WorkflowEnvironment) -> N
         await run_in_worker(env, ChangePriceWorkflow, ChangePriceInput("missing", 5, "EUR"))
     assert isinstance(failure.value.cause, ApplicationError)
     assert failure.value.cause.type == "NotFound"
+
+
+def test_write_workflow_ids_of_different_requests_never_meet() -> None:
+    # A sku and an Idempotency-Key may both hold "-": joined plainly, these two
+    # requests would share one workflow and the second would get the first's result.
+    first = product_write_workflow_id("price", "SKU-42-000001", "abcdefgh")
+    second = product_write_workflow_id("price", "SKU-42", "000001-abcdefgh")
+    assert first != second
+    assert first.startswith("catalog-price-SKU-42-000001-")
+    assert product_write_workflow_id("price", "SKU-42", "k" * 8) == product_write_workflow_id(
+        "price", "SKU-42", "k" * 8
+    )
