@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.orders import (
         OrdersActivities,
+        OrderSnapshot,
         PricedOrder,
         PriceInput,
         RecordOrderInput,
@@ -113,6 +114,14 @@ LOCAL_TIMEOUT = timedelta(seconds=10)
 # the next status transition instead of on its own, three upserts per order, not five.
 # Sagas started before it replay their separate upserts.
 MERGED_UPSERTS = "merged-search-attribute-upserts"
+# Since this change a compensating refund's amount reaches the order's projection
+# with its CANCELLED or REJECTED transition (before, refunded_minor stayed 0), and a
+# capture that fails for good compensates and rejects the order (before, the
+# workflow failed with its payment held and its stock reserved).
+COMPENSATION_FOLLOW_UP = "compensating-refund-recorded-capture-failure-compensated"
+# Since this change a refund after completion is recorded before the cancel's
+# restock, so a restock that fails cannot leave a refunded order looking unpaid back.
+REFUND_RECORDED_FIRST = "refund-recorded-before-restock"
 # A payment provider that does not answer is given up after about this many attempts'
 # worth of time (then voided). The limit is time, not a count of attempts: errors that
 # fail fast (our database or Redis restarting, a flaky PSP) are retried with backoff
@@ -136,6 +145,8 @@ class OrderWorkflow:
         self.compensations: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         # A payment outcome not yet upserted (it goes with the next transition's).
         self.outcome_unsaved = False
+        # What a compensation refunded, for the closing transition.
+        self.compensated_refund_minor = 0
 
     # Queries and updates -------------------------------------------------
 
@@ -322,20 +333,29 @@ class OrderWorkflow:
     async def capture_payment(self, order: OrderInput) -> None:
         self.check_cancel()
         payment_id = self.view.payment_id
-        self.register(
-            "refund payment",
-            lambda: self.remote(
-                "payments.refund",
-                RefundInput(f"{order.order_id}:compensation-refund", payment_id, None, "saga"),
+        self.register("refund payment", lambda: self.refund_capture(order, payment_id))
+        try:
+            await self.remote(
+                "payments.capture",
+                CaptureInput(f"{order.order_id}:capture", payment_id),
                 PAYMENTS_QUEUE,
-            ),
-        )
-        await self.remote(
-            "payments.capture",
-            CaptureInput(f"{order.order_id}:capture", payment_id),
+            )
+        except ActivityError as error:
+            # Only a failure for good gets here (transient ones are retried).
+            if not workflow.patched(COMPENSATION_FOLLOW_UP):
+                raise
+            self.compensations.pop()  # nothing was captured: nothing to refund
+            raise _rejection(error, "PAYMENT_FAILED") from None
+        self.set_payment_outcome("captured")
+
+    async def refund_capture(self, order: OrderInput, payment_id: str) -> None:
+        refund = await self.remote(
+            "payments.refund",
+            RefundInput(f"{order.order_id}:compensation-refund", payment_id, None, "saga"),
             PAYMENTS_QUEUE,
         )
-        self.set_payment_outcome("captured")
+        if workflow.patched(COMPENSATION_FOLLOW_UP):
+            self.compensated_refund_minor = _amount_minor(refund)
 
     async def commit_stock(self, order: OrderInput) -> None:
         self.check_cancel()  # the last moment a cancel is a compensation, not a refund
@@ -402,6 +422,7 @@ class OrderWorkflow:
                 reservation_id=self.view.reservation_id,
                 payment_id=self.view.payment_id,
                 captured_minor=self.view.total_minor if status == "COMPLETED" else 0,
+                refunded_minor=self.compensated_refund_minor,
                 cancelled_by=cancelled_by,
             ),
             start_to_close_timeout=LOCAL_TIMEOUT,
@@ -453,6 +474,13 @@ class OrderWorkflow:
         if status:
             updates.append(ORDER_STATUS.value_set(status))
         workflow.upsert_search_attributes(updates)
+
+
+def _amount_minor(result: object) -> int:
+    """`amount_minor` of an untyped activity result (a remote step's, as decoded JSON)."""
+    if isinstance(result, dict):
+        return int(result.get("amount_minor") or 0)
+    return int(getattr(result, "amount_minor", 0) or 0)
 
 
 def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejected:
@@ -511,6 +539,18 @@ class RefundOrderWorkflow:
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=_REMOTE_RETRY,
         )
+        record = RecordRefundInput(
+            order_id=request.order_id,
+            refund_key=request.refund_key,
+            refund_id=refund.refund_id,
+            amount_minor=amount,
+            reason=request.reason,
+            cancel=request.cancel,
+            cancelled_by=request.requested_by,
+        )
+        recorded_first = workflow.patched(REFUND_RECORDED_FIRST)
+        if recorded_first:
+            after = await self.record(record)
         if request.cancel:
             for n, line in enumerate(snapshot.lines, start=1):
                 await workflow.execute_activity(
@@ -520,19 +560,8 @@ class RefundOrderWorkflow:
                     start_to_close_timeout=timedelta(seconds=10),
                     retry_policy=_REMOTE_RETRY,
                 )
-        after = await workflow.execute_local_activity_method(
-            OrdersActivities.record_refund,
-            RecordRefundInput(
-                order_id=request.order_id,
-                refund_key=request.refund_key,
-                refund_id=refund.refund_id,
-                amount_minor=amount,
-                reason=request.reason,
-                cancel=request.cancel,
-                cancelled_by=request.requested_by,
-            ),
-            start_to_close_timeout=LOCAL_TIMEOUT,
-        )
+        if not recorded_first:
+            after = await self.record(record)
         return OrderView(
             order_id=after.order_id,
             status=after.status,
@@ -540,4 +569,9 @@ class RefundOrderWorkflow:
             total_minor=after.total_minor,
             payment_id=after.payment_id,
             reason=request.reason,
+        )
+
+    async def record(self, record: RecordRefundInput) -> OrderSnapshot:
+        return await workflow.execute_local_activity_method(
+            OrdersActivities.record_refund, record, start_to_close_timeout=LOCAL_TIMEOUT
         )

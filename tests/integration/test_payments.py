@@ -433,6 +433,23 @@ async def test_a_partial_capture_then_void_releases_only_the_rest(steps: Steps) 
     assert (voided.released_minor, voided.status) == (400, "captured")
 
 
+async def test_a_void_after_capture_conflicts_until_the_capture_is_refunded(
+    steps: Steps, payments: PaymentsServiceStub
+) -> None:
+    # A saga cancelled after its capture compensates in reverse: refund, then void.
+    auth = await steps.authorize(authorization(amount=900))
+    await steps.capture(CaptureInput(new_key(), auth.payment_id))
+    captured = await application_failure(steps.void(VoidInput(new_key(), auth.payment_id)))
+    assert captured.type == "PaymentStateConflict"
+    await steps.refund(RefundInput(new_key(), auth.payment_id, 400))
+    partly = await application_failure(steps.void(VoidInput(new_key(), auth.payment_id)))
+    assert partly.type == "PaymentStateConflict"
+    await steps.refund(RefundInput(new_key(), auth.payment_id))
+    voided = await steps.void(VoidInput(new_key(), auth.payment_id))
+    assert (voided.released_minor, voided.status) == (0, "refunded")
+    await assert_balanced(payments, auth.payment_id)
+
+
 # Refund ---------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Committed histories of the order saga replay on the current code.
+"""Committed histories of the order saga and the refund workflow replay on the current code.
 
 A change to OrderWorkflow that would break a saga already running in production
 (a reordered, added or removed step without `workflow.patched`) fails here.
@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from workflows.orders import OrderWorkflow
+from workflows.orders import OrderWorkflow, RefundOrderWorkflow
 
 HISTORIES = sorted((Path(__file__).resolve().parent.parent / "histories").glob("order-*.json"))
 
@@ -27,7 +27,7 @@ def test_there_are_histories_to_replay() -> None:
 async def test_history_replays_without_nondeterminism(path: Path) -> None:
     text = path.read_text()  # noqa: ASYNC240 - a small fixture file
     history = WorkflowHistory.from_json(f"replay-{path.stem}", text)
-    result = await Replayer(workflows=[OrderWorkflow]).replay_workflow(
+    result = await Replayer(workflows=[OrderWorkflow, RefundOrderWorkflow]).replay_workflow(
         history, raise_on_replay_failure=False
     )
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"

@@ -83,7 +83,10 @@ class World:
     flaky_failures: int = 2
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     transitions: list[str] = field(default_factory=list)
+    # The refunded_minor each transition carried, by status.
+    transition_refunds: dict[str, int] = field(default_factory=dict)
     refunded: int = 0
+    capture_refused: bool = False
 
     async def gate(self, step: str) -> None:
         if step in self.gates:
@@ -113,6 +116,7 @@ async def record(data: RecordOrderInput) -> None:
 async def transition(data: TransitionInput) -> None:
     world.calls.append(f"transition:{data.status}")
     world.transitions.append(data.status)
+    world.transition_refunds[data.status] = data.refunded_minor
 
 
 @activity.defn(name="orders.snapshot")
@@ -202,6 +206,10 @@ async def authorize(data: AuthorizeInput) -> AuthorizeResult:
 async def capture(data: CaptureInput) -> CaptureResult:
     world.calls.append("capture")
     await world.gate("capture")
+    if world.capture_refused:
+        raise ApplicationError(
+            "the PSP refused the capture", type="PaymentStateConflict", non_retryable=True
+        )
     return CaptureResult(data.payment_id, "cap-1", 2000, 2000, 0, "EUR", "captured")
 
 
@@ -260,6 +268,15 @@ def new_order(**overrides: object) -> OrderInput:
 async def run(client: Client, order: OrderInput, name: str | None = None) -> OrderView:
     handle = await client.start_workflow(
         OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    result = await handle.result()
+    await keep_history(client, handle.id, name)
+    return result
+
+
+async def refund_run(client: Client, request: RefundOrderInput, name: str) -> OrderView:
+    handle = await client.start_workflow(
+        RefundOrderWorkflow.run, request, id=f"refund-{uuid.uuid4()}", task_queue=ORDERS_QUEUE
     )
     result = await handle.result()
     await keep_history(client, handle.id, name)
@@ -410,7 +427,20 @@ async def test_cancel_at_each_stage_undoes_what_was_done(
     assert (await handle.result()).status == "CANCELLED"
     assert world.calls[-(len(undone) + 1) :] == [*undone, "transition:CANCELLED"]
     assert "commit" not in world.calls
+    # What the compensation refunded reaches the order's projection.
+    assert world.transition_refunds["CANCELLED"] == (2000 if stage == "capture" else 0)
     await keep_history(client, handle.id, f"cancel-at-{stage}")
+
+
+async def test_a_capture_refused_for_good_rejects_and_releases_without_a_refund(
+    client: Client,
+) -> None:
+    world.capture_refused = True
+    view = await run(client, new_order(), "capture-refused")
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_FAILED")
+    assert world.calls[-4:] == ["capture", "void", "release", "transition:REJECTED"]
+    assert not [call for call in world.calls if call.startswith("refund")]
+    assert "commit" not in world.calls
 
 
 async def test_cancel_of_a_finished_order_is_refused(client: Client) -> None:
@@ -449,9 +479,7 @@ async def test_refund_after_completion_refunds_the_amount(client: Client) -> Non
     request = RefundOrderInput(
         order_id=str(uuid.uuid4()), refund_key="r1", amount_minor=500, reason="damaged"
     )
-    view = await client.execute_workflow(
-        RefundOrderWorkflow.run, request, id=f"refund-{uuid.uuid4()}", task_queue=ORDERS_QUEUE
-    )
+    view = await refund_run(client, request, "refund-partial")
     assert view.status == "PARTIALLY_REFUNDED"
     assert world.calls == ["refund:500", "record_refund:500:refund"]
 
@@ -483,8 +511,7 @@ async def test_cancel_after_completion_refunds_everything_and_returns_the_stock(
         cancel=True,
         requested_by="cust-1",
     )
-    view = await client.execute_workflow(
-        RefundOrderWorkflow.run, request, id=f"refund-{uuid.uuid4()}", task_queue=ORDERS_QUEUE
-    )
+    view = await refund_run(client, request, "refund-cancel")
     assert view.status == "CANCELLED"
-    assert world.calls == ["refund:2000", "restock:SKU-1:2", "record_refund:2000:cancel"]
+    # Recorded before the restock: a restock that fails leaves the refund on the order.
+    assert world.calls == ["refund:2000", "record_refund:2000:cancel", "restock:SKU-1:2"]

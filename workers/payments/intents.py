@@ -585,6 +585,10 @@ class PaymentIntents:
         if open_minor == 0:
             if intent["released_minor"] > 0 or intent["captured_minor"] == 0:
                 return 0, status, currency  # already released: nothing more to do
+            if intent["refunded_minor"] >= intent["captured_minor"]:
+                # Captured and refunded in full (a saga's compensations run the refund
+                # first, then this void): nothing is held and nothing is owed.
+                return 0, status, currency
             raise PaymentStateConflict(f"payment {payment_id} is captured: refund it instead")
         try:
             await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
