@@ -122,6 +122,10 @@ COMPENSATION_FOLLOW_UP = "compensating-refund-recorded-capture-failure-compensat
 # Since this change a refund after completion is recorded before the cancel's
 # restock, so a restock that fails cannot leave a refunded order looking unpaid back.
 REFUND_RECORDED_FIRST = "refund-recorded-before-restock"
+# Since this change the authorizations a 3-D-Secure round replaced are voided once
+# a later one succeeds (before, only a failing saga voided them, and a real PSP
+# could keep holding the card's money for them).
+VOID_SUPERSEDED = "void-superseded-authorizations"
 # A payment provider that does not answer is given up after about this many attempts'
 # worth of time (then voided). The limit is time, not a count of attempts: errors that
 # fail fast (our database or Redis restarting, a flaky PSP) are retried with backoff
@@ -147,6 +151,8 @@ class OrderWorkflow:
         self.outcome_unsaved = False
         # What a compensation refunded, for the closing transition.
         self.compensated_refund_minor = 0
+        # Each authorization attempt's void, by its idempotency key.
+        self.authorization_voids: dict[str, Callable[[], Awaitable[object]]] = {}
 
     # Queries and updates -------------------------------------------------
 
@@ -270,7 +276,9 @@ class OrderWorkflow:
             self.check_cancel()
             key = f"{order.order_id}:authorize:{attempt}"
             payment_id = payment_id_for(key)
-            self.register("void payment", self.void_later(key, payment_id))
+            void = self.void_later(key, payment_id)
+            self.authorization_voids[key] = void
+            self.register("void payment", void)
             try:
                 assert self.priced is not None
                 await self.remote(
@@ -300,7 +308,19 @@ class OrderWorkflow:
                 raise _rejection(error, "PAYMENT_FAILED") from None
             self.view.payment_id = payment_id
             self.set_payment_outcome("authorized")
+            if attempt > 1 and workflow.patched(VOID_SUPERSEDED):
+                await self.void_superseded(order, attempt)
             return
+
+    async def void_superseded(self, order: OrderInput, attempt: int) -> None:
+        """Void the attempts before `attempt` (each asked for the customer's extra step)
+        now, not only if the saga fails; their compensations are then done."""
+        superseded = [
+            self.authorization_voids[f"{order.order_id}:authorize:{n}"] for n in range(1, attempt)
+        ]
+        for void in superseded:
+            await void()
+        self.compensations = [(n, undo) for n, undo in self.compensations if undo not in superseded]
 
     def void_later(self, key: str, payment_id: str) -> Callable[[], Awaitable[object]]:
         """The compensation of one authorization attempt (bound now, run maybe later)."""

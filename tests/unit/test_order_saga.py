@@ -87,6 +87,7 @@ class World:
     transition_refunds: dict[str, int] = field(default_factory=dict)
     refunded: int = 0
     capture_refused: bool = False
+    voided: list[str] = field(default_factory=list)
 
     async def gate(self, step: str) -> None:
         if step in self.gates:
@@ -216,6 +217,7 @@ async def capture(data: CaptureInput) -> CaptureResult:
 @activity.defn(name="payments.void")
 async def void(data: VoidInput) -> VoidResult:
     world.calls.append("void")
+    world.voided.append(data.idempotency_key)
     return VoidResult(data.payment_id, 0, "EUR", "voided")
 
 
@@ -394,7 +396,15 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
         OrderWorkflow.complete_payment, CompletePaymentInput("tok_after_action")
     )
     assert (await handle.result()).status == "COMPLETED"
+    await keep_history(client, handle.id, "payment-action")
     assert world.calls.count("authorize") == 2
+    # The first authorization, replaced by the second, is voided at once.
+    assert world.calls[world.calls.index("authorize") + 1 :][:3] == [
+        "authorize",
+        "void",
+        "transition:CONFIRMED",
+    ]
+    assert world.voided == [f"{order.order_id}:authorize:1:void"]
 
 
 @pytest.mark.parametrize(
