@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         CUSTOMER_ID,
         INVENTORY_QUEUE,
         ITEM_COUNT,
+        KEY_REUSED,
         ORDER_ID,
         ORDER_STATUS,
         ORDER_TOTAL,
@@ -54,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         order_id_for,
         order_workflow_id,
         refund_workflow_id,
+        request_digest,
     )
     from workers.payments.model import (
         AuthorizeInput,
@@ -68,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
 # re-exported here for the gateway and the tests.
 __all__ = [
     "INVENTORY_QUEUE",
+    "KEY_REUSED",
     "PAYMENTS_QUEUE",
     "TASK_QUEUE",
     "CancelInput",
@@ -80,6 +83,7 @@ __all__ = [
     "order_id_for",
     "order_workflow_id",
     "refund_workflow_id",
+    "request_digest",
 ]
 
 # Business rejections: retrying cannot help, the saga compensates at once.
@@ -140,8 +144,14 @@ _REMOTE_RETRY = RetryPolicy(
 
 @workflow.defn(name="Order")
 class OrderWorkflow:
-    def __init__(self) -> None:
-        self.view = OrderView(order_id="", status="RECEIVED")
+    @workflow.init
+    def __init__(self, order: OrderInput) -> None:
+        # The input is known before any handler runs: `accept`'s validator needs it.
+        self.view = OrderView(
+            order_id="",
+            status="RECEIVED",
+            request_digest=request_digest(order.lines, order.currency),
+        )
         self.priced: PricedOrder | None = None
         self.cancel: CancelInput | None = None
         self.payment_completion: CompletePaymentInput | None = None
@@ -161,12 +171,18 @@ class OrderWorkflow:
         return self.view
 
     @workflow.update
-    async def accept(self) -> OrderView:
-        """Answers once the order is priced (accepted) or rejected: the POST's answer."""
+    async def accept(self, digest: str = "") -> OrderView:
+        """Answers once the order is priced (accepted) or rejected: the POST's answer.
+        `digest`: what this POST asked for (request_digest)."""
         await workflow.wait_condition(lambda: self.priced is not None or self.finished)
         if self.priced is None:
             raise ApplicationError(self.view.reason, type=self.view.rejection, non_retryable=True)
         return self.view
+
+    @accept.validator
+    def _validate_accept(self, digest: str = "") -> None:
+        if digest and digest != self.view.request_digest:
+            raise ApplicationError(KEY_REUSED, type="IdempotencyKeyReused")
 
     @workflow.update
     async def cancel_order(self, request: CancelInput) -> OrderView:

@@ -39,6 +39,7 @@ from gateway.schemas_orders import (
 )
 from gateway.upstream import workflow_result
 from workflows.orders import (
+    KEY_REUSED,
     TASK_QUEUE,
     CancelInput,
     CompletePaymentInput,
@@ -50,6 +51,7 @@ from workflows.orders import (
     order_id_for,
     order_workflow_id,
     refund_workflow_id,
+    request_digest,
 )
 
 ORDERS_READ = frozenset({scopes.ORDERS_READ})
@@ -141,14 +143,18 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
     )
     async with gw.upstream.call(request, "temporal.OrderUpdateWithStart") as timeout:
         async with asyncio.timeout(timeout):
+            digest = request_digest(order.lines, order.currency)
             try:
                 view = await gw.upstream.temporal.execute_update_with_start_workflow(
                     OrderWorkflow.accept,
+                    digest,
                     start_workflow_operation=start,
                     rpc_timeout=timedelta(seconds=timeout),
                 )
             except WorkflowAlreadyStartedError as closed:
                 view = await _closed_order(gw, order_id, closed.run_id)
+                if view.request_digest and view.request_digest != digest:
+                    raise Problem("conflict", KEY_REUSED) from None
     answer = _from_view(request, view)
     return web.json_response(
         answer.model_dump(mode="json", exclude_none=True),

@@ -240,6 +240,25 @@ async def test_a_post_retried_after_the_saga_ended_answers_that_order_and_runs_n
     assert (await stock(shop, sku))["on_hand"] == 4
 
 
+async def test_a_key_reused_for_a_different_order_is_refused_not_answered_with_the_first(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    sku = await product_with_stock(shop, 5)
+    who = customer(shop)
+    key = f"reuse-{uuid.uuid4()}"
+    first = await (await place(shop, who, sku, quantity=1, key=key)).json()
+    # While the saga runs (it joins the running workflow) ...
+    await problem(await place(shop, who, sku, quantity=2, key=key), 409, "conflict")
+    await final_order(shop, who, first["order_id"])
+    # ... and after it has closed (it reads how it ended).
+    await problem(await place(shop, who, sku, quantity=2, key=key), 409, "conflict")
+    same = await place(shop, who, sku, quantity=1, key=key)
+    assert same.status == 201, await same.text()
+    assert (await same.json())["order_id"] == first["order_id"]
+    assert (await stock(shop, sku))["on_hand"] == 4
+    assert await captures_for(settings, first["order_id"]) == 1
+
+
 async def test_a_post_refused_at_pricing_is_refused_the_same_way_when_retried(
     shop: dict[str, Any],
 ) -> None:

@@ -9,6 +9,7 @@ time was a measurable part of the orders worker's CPU under load.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 
@@ -45,6 +46,17 @@ def refund_workflow_id(order_id: str, refund_key: str) -> str:
     return f"refund-{order_id}-{digest}"
 
 
+KEY_REUSED = "this Idempotency-Key placed another order: use a new key for a new order"
+
+
+def request_digest(lines: list[OrderLineInput], currency: str) -> str:
+    """What a POST ordered: a retry with its Idempotency-Key must order the same. The card
+    token is left out: a page that tokenizes the card again on a double click sends
+    another token for the same order (the first one pays)."""
+    asked = {"lines": [[line.sku, line.quantity] for line in lines], "currency": currency}
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class OrderInput:
     order_id: str
@@ -75,6 +87,8 @@ class OrderView:
     payment_id: str = ""
     payment_outcome: str = ""
     next_action_url: str = ""
+    # request_digest of what the POST asked for (empty in sagas started before it).
+    request_digest: str = ""
 
 
 @dataclass
