@@ -130,6 +130,12 @@ REFUND_RECORDED_FIRST = "refund-recorded-before-restock"
 # a later one succeeds (before, only a failing saga voided them, and a real PSP
 # could keep holding the card's money for them).
 VOID_SUPERSEDED = "void-superseded-authorizations"
+# Since this change a wait for the customer's payment step ends before the stock
+# reservation expires (before, rounds of 3-D Secure could outlast it: the order was
+# then charged, failed to commit its stock and was refunded).
+PAYMENT_WAIT_WITHIN_RESERVATION = "payment-wait-within-reservation"
+# What the saga needs after the payment, of the reservation's life: capture, commit.
+RESERVATION_MARGIN_S = 60
 # A payment provider that does not answer is given up after about this many attempts'
 # worth of time (then voided). The limit is time, not a count of attempts: errors that
 # fail fast (our database or Redis restarting, a flaky PSP) are retried with backoff
@@ -161,6 +167,7 @@ class OrderWorkflow:
         self.outcome_unsaved = False
         # What a compensation refunded, for the closing transition.
         self.compensated_refund_minor = 0
+        self.reserved_at = workflow.now()
         # Each authorization attempt's void, by its idempotency key.
         self.authorization_voids: dict[str, Callable[[], Awaitable[object]]] = {}
 
@@ -285,6 +292,7 @@ class OrderWorkflow:
         except ActivityError as error:
             raise _rejection(error, "OUT_OF_STOCK") from None
         self.view.reservation_id = reservation_id
+        self.reserved_at = workflow.now()
 
     async def authorize_payment(self, order: OrderInput) -> None:
         token, attempt = order.card_token, 1
@@ -351,10 +359,16 @@ class OrderWorkflow:
         self.view.status = "AWAITING_PAYMENT"
         self.set_payment_outcome("requires_action", status=self.view.status)
         self.payment_completion = None
+        timeout_s = float(order.payment_timeout_s)
+        if workflow.patched(PAYMENT_WAIT_WITHIN_RESERVATION):
+            held_s = (workflow.now() - self.reserved_at).total_seconds()
+            timeout_s = min(timeout_s, order.reservation_ttl_s - RESERVATION_MARGIN_S - held_s)
         try:
+            if timeout_s <= 0:
+                raise TimeoutError
             await workflow.wait_condition(
                 lambda: self.payment_completion is not None or self.cancel is not None,
-                timeout=timedelta(seconds=order.payment_timeout_s),
+                timeout=timedelta(seconds=timeout_s),
             )
         except TimeoutError:
             self.view.status = "PENDING"

@@ -372,6 +372,20 @@ async def test_unpaid_order_times_out_and_compensates(client: Client, env) -> No
     assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
 
 
+async def test_an_unpaid_order_gives_up_before_its_stock_reservation_expires(
+    client: Client,
+) -> None:
+    world.card = "action"
+    order = new_order(payment_timeout_s=900, reservation_ttl_s=600)
+    view = await run(client, order, None)
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_TIMEOUT")
+    described = await client.get_workflow_handle(order_workflow_id(order.order_id)).describe()
+    assert described.close_time is not None
+    waited = (described.close_time - described.start_time).total_seconds()
+    assert 500 < waited < 600, "given up within the reservation's life, before its payment timeout"
+    assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+
+
 async def test_a_completed_payment_action_lets_the_order_complete(client: Client) -> None:
     world.card = "action"
     order = new_order()
