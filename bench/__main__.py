@@ -19,6 +19,7 @@ import uvloop
 
 from agora import config
 from agora.config import Settings
+from agora.leave import run_and_leave
 from bench import auth, catalog, orders, reports, tracing
 from bench.stats import Row
 
@@ -103,4 +104,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_leave(main)

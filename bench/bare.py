@@ -10,6 +10,8 @@ import sys
 import uvloop
 from aiohttp import web
 
+from agora.leave import run_and_leave
+
 
 async def hello(_: web.Request) -> web.Response:
     return web.json_response({"subject": "bare", "scopes": ["profile"]})
@@ -30,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_leave(main)

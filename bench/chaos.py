@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import random
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import uvloop
 
 from agora import config, temporal
 from agora.config import Settings
+from agora.leave import run_and_leave
 from bench import chaos_report
 from bench.auth import _session_token, sign_in
 from bench.chaos_faults import FULL_SEQUENCE, Fault, full_sequence, stack_up
@@ -248,4 +248,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_leave(main)

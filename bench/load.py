@@ -39,6 +39,7 @@ import uvloop
 
 from agora import config, temporal
 from agora.config import Settings
+from agora.leave import run_and_leave
 from bench import reports
 from bench.load_client import Customer, Workload, renew_due, sign_up
 from bench.load_cpu import CpuMeter, window
@@ -266,4 +267,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_leave(main)

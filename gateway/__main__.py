@@ -12,6 +12,7 @@ import uvloop
 from aiohttp import web
 
 from agora import config
+from agora.leave import run_and_leave
 from agora.process import bootstrap
 from agora.sideport import SidePort
 from gateway.app import build_app, close_gateway, create_gateway
@@ -50,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_leave(main)

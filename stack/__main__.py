@@ -15,6 +15,7 @@ import sys
 import time
 
 from agora import config
+from agora.leave import run_and_leave
 from stack.base import ComponentError, Context, say
 from stack.component import Component
 from stack.elasticsearch import Elasticsearch
@@ -179,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_leave(main)

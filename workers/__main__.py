@@ -14,6 +14,7 @@ import sys
 import uvloop
 
 from agora import config
+from agora.leave import run_and_leave
 from agora.service import ServiceDefinition, run_service
 
 
@@ -33,4 +34,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_leave(main)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import sys
 import time
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 
 from agora import config, temporal
+from agora.leave import run_and_leave
 from workflows.catalog import (
     TASK_QUEUE,
     ImportInput,
@@ -222,4 +222,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_leave(main)

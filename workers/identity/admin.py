@@ -25,6 +25,7 @@ from temporalio.client import WorkflowFailureError
 
 from agora import config, temporal
 from agora.config import Settings
+from agora.leave import run_and_leave
 from workflows.identity import (
     TASK_QUEUE,
     RegisterAccountInput,
@@ -100,4 +101,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_leave(main)
