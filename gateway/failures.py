@@ -81,6 +81,8 @@ APPLICATION_ERROR_TYPE: dict[str, str] = {
     "PAYMENT_TIMEOUT": "order-rejected",
     "PAYMENT_FAILED": "order-rejected",
     "OrderFinished": "conflict",
+    # A second saga for an ended order's key (past the namespace's retention).
+    "OrderAlreadyPlaced": "conflict",
     "NotAwaiting": "conflict",
     "NotRefundable": "conflict",
     "RefundAmountInvalid": "invalid-argument",

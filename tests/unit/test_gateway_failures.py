@@ -62,6 +62,9 @@ def test_business_failures_inside_workflows_map_by_type() -> None:
     assert (problem.status, problem.code) == (409, "email-taken")
     problem = failures.from_temporal(_workflow_failure("SomethingElse"))
     assert (problem.status, problem.code) == (502, "upstream-error")
+    # A POST retried after its order saga failed for reusing an ended order's key.
+    problem = failures.from_temporal(_workflow_failure("OrderAlreadyPlaced"))
+    assert (problem.status, problem.code) == (409, "conflict")
 
 
 def test_an_update_to_a_finished_workflow_is_a_conflict_not_an_outage() -> None:
