@@ -361,8 +361,11 @@ async def _first_commit(
 
 
 async def _lines(conn: asyncpg.Connection, reservation_id: str) -> list[StockLine]:
+    # COLLATE "C": code-point order, the order `reserve` locks in (Python's sorted);
+    # the database's own collation (en_US, say) would lock "a1", "B1" the other way.
     rows = await conn.fetch(
-        "SELECT sku, quantity FROM reservation_lines WHERE reservation_id = $1 ORDER BY sku",
+        "SELECT sku, quantity FROM reservation_lines WHERE reservation_id = $1"
+        ' ORDER BY sku COLLATE "C"',
         reservation_id,
     )
     return [StockLine(row["sku"], row["quantity"]) for row in rows]

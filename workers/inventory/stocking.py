@@ -147,12 +147,13 @@ async def _set(
     overwrite: bool,
     workflow: outbox.WorkflowRef | None,
 ) -> SetStockResult:
-    # Lock existing rows in sku order (no deadlock with reservations, which lock the same way).
+    # Lock existing rows in sku order (no deadlock with reservations, which lock the same
+    # way): code-point order (COLLATE "C"), whatever the database's collation.
     existing = {
         row["sku"]: row
         for row in await conn.fetch(
             "SELECT sku, on_hand, reserved FROM stock WHERE sku = ANY($1::text[])"
-            " ORDER BY sku FOR UPDATE",
+            ' ORDER BY sku COLLATE "C" FOR UPDATE',
             skus,
         )
     }
