@@ -29,9 +29,10 @@ SCHEME = "v1"
 MAX_SKEW_SECONDS = 300
 NONCE_MIN_LENGTH = 16
 NONCE_MAX_LENGTH = 64
-# Nonces are remembered a little longer than the timestamp window is wide, so a
-# replay inside the window always finds its nonce.
-NONCE_TTL_SECONDS = 600
+# Nonces are remembered a little longer than the timestamp window is wide (twice the skew),
+# so a replay inside the window always finds its nonce, even through a gateway whose
+# clock is a minute behind the first one's.
+NONCE_TTL_SECONDS = 2 * MAX_SKEW_SECONDS + 60
 # Nonces become part of a Redis key: unreserved URL characters only.
 _NONCE = re.compile(rf"[A-Za-z0-9._~-]{{{NONCE_MIN_LENGTH},{NONCE_MAX_LENGTH}}}")
 

@@ -50,6 +50,10 @@ def test_an_unknown_payload_type_is_still_recorded() -> None:
     ("overrides", "reason"),
     [
         ({"event_id": "not-a-uuid"}, "not a UUID"),
+        ({"event_id": "0C6F7A52-2D8E-4B8E-9D4A-5B7F3C1E9A20"}, "not a canonical UUID"),
+        ({"event_id": "{0c6f7a52-2d8e-4b8e-9d4a-5b7f3c1e9a20}"}, "not a canonical UUID"),
+        ({"aggregate_id": "order\x001"}, "aggregate_id holds a NUL"),
+        ({"workflow_id": "order-1\x00"}, "workflow_id holds a NUL"),
         ({"aggregate_id": ""}, "aggregate_id is empty"),
         ({"sequence": 0}, "not positive"),
         ({"occurred_at": None}, "occurred_at"),

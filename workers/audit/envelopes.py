@@ -49,9 +49,24 @@ def check(envelope: EventEnvelope) -> Checked:
         event_id = uuid.UUID(envelope.event_id)
     except ValueError:
         raise MalformedEnvelope(f"event_id {envelope.event_id[:64]!r} is not a UUID") from None
+    if str(event_id) != envelope.event_id:
+        # Verify compares the recorded id with its canonical form: an upper-case or
+        # braced UUID recorded as sent would fail the chain for good at that row.
+        raise MalformedEnvelope(f"event_id {envelope.event_id[:64]!r} is not a canonical UUID")
     for name in ("producer", "aggregate_type", "aggregate_id", "event_type", "payload_type"):
         if not getattr(envelope, name):
             raise MalformedEnvelope(f"{name} is empty")
+    for name in (
+        "producer",
+        "aggregate_type",
+        "aggregate_id",
+        "event_type",
+        "workflow_id",
+        "run_id",
+    ):
+        if "\x00" in getattr(envelope, name):
+            # PostgreSQL text cannot hold NUL: retried, it would stop the whole intake.
+            raise MalformedEnvelope(f"{name} holds a NUL character")
     if envelope.sequence < 1:
         raise MalformedEnvelope(f"sequence {envelope.sequence} is not positive")
     if envelope.occurred_at is None:

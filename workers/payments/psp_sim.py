@@ -96,7 +96,10 @@ def tokenize(pan: str, exp_month: int, exp_year: int, *, today: dt.date | None =
     Error messages never repeat the number.
     """
     number = re.sub(r"[\s-]", "", pan)
-    if not (number.isdigit() and 12 <= len(number) <= 19 and luhn_valid(number)):
+    # isascii: str.isdigit() also holds for "²" and other digits int() refuses.
+    if not (number.isascii() and number.isdigit() and 12 <= len(number) <= 19):
+        raise InvalidCardToken("not a valid card number")
+    if not luhn_valid(number):
         raise InvalidCardToken("not a valid card number")
     if not 1 <= exp_month <= 12:
         raise InvalidCardToken("invalid expiry month")
