@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from agora import signing
 from gateway.problems import Problem
@@ -95,7 +96,16 @@ async def verify_request(
 ) -> None:
     """The HMAC check, after admission: a revoked client is refused without a secret lookup."""
     body = await request.read() if request.body_exists else b""
-    secret = await secrets.get(principal.subject)
+    try:
+        secret = await secrets.get(principal.subject)
+    except (GRPCError, StreamTerminatedError, OSError, TimeoutError):
+        # Identity is down or slow: the signature cannot be checked, so the request is
+        # refused, as an outage to retry (not a 500, not a bad signature).
+        raise Problem(
+            "dependency-unavailable",
+            "the API client's signing secret cannot be checked; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
     if secret is None or not signing.verify(
         secret,
         request.method,
