@@ -67,8 +67,13 @@ class JwksCache:
         return {"keys": list(self._document)}
 
     async def refresh(self, *, force: bool = False) -> bool:
-        """Fetch the key set unless one was attempted within the floor; True if it fetched."""
+        """Fetch the key set unless one was attempted within the floor; True if it fetched.
+        While a fetch is under way, a caller waits for it: it may bring the key that
+        caller is looking for (the tokens of a new key come in bursts)."""
         if not force and self._clock() - self._attempted_at < self._floor:
+            if self._lock.locked():
+                async with self._lock:
+                    pass
             return False
         async with self._lock:
             # Another request may have refreshed while this one waited for the lock.

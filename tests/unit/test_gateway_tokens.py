@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -82,6 +83,27 @@ async def test_unknown_kid_refetches_at_most_once_per_floor() -> None:
     keys.append({**KEY.as_dict(private=False), "kid": "k1"})  # identity rotated meanwhile
     assert (await check.verify(token())).subject == "s"
     assert cache.fetches == 2
+
+
+async def test_tokens_of_a_new_key_arriving_together_all_wait_for_the_one_fetch() -> None:
+    # Identity rotated: four requests carry the new kid at once; one fetches, the
+    # others must wait for it instead of refusing a valid token.
+    fetched = asyncio.Event()
+    keys: list[dict[str, Any]] = []
+
+    async def slow_fetch() -> list[dict[str, Any]]:
+        await fetched.wait()
+        return keys
+
+    cache = JwksCache(slow_fetch, clock=Clock())
+    check = TokenVerifier(cache, issuer="agora-identity", audience="agora-api")
+    verifying = [asyncio.create_task(check.verify(token())) for _ in range(4)]
+    await asyncio.sleep(0.01)
+    keys.append({**KEY.as_dict(private=False), "kid": "k1"})
+    fetched.set()
+    principals = await asyncio.gather(*verifying)
+    assert [p.subject for p in principals] == ["s"] * 4
+    assert cache.fetches == 1
 
 
 @pytest.mark.parametrize(
