@@ -7,6 +7,8 @@ history); revocation is a workflow (mark revoked, then revoke live tokens).
 
 from __future__ import annotations
 
+import uuid
+
 from aiohttp import web
 
 from agora import scopes
@@ -89,7 +91,12 @@ async def list_api_clients(
 
 async def revoke_api_client(request: web.Request, _: None) -> None:
     gw = deps(request)
-    client_id = request.match_info["client_id"]
+    # Canonical: its tokens carry the id as identity wrote it, and so must the
+    # revocation (an upper-case id once revoked nothing that was live).
+    try:
+        client_id = str(uuid.UUID(request.match_info["client_id"]))
+    except ValueError:
+        raise Problem("not-found", "no such API client") from None
     principal = principal_of(request)
     async with gw.upstream.call(request, "temporal.RevokeApiClient") as timeout:
         await gw.upstream.execute_workflow(

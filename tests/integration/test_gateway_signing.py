@@ -146,6 +146,28 @@ async def test_signed_request_lists_and_revokes_clients(
     await problem(response, 401, "invalid-credentials")
 
 
+async def test_a_client_id_spelled_in_upper_case_signs_in_and_revokes_the_same_client(
+    api: Api, admin_token: str
+) -> None:
+    victim = await create_client(api, admin_token, ["profile"])
+    shouted = {**victim, "client_id": victim["client_id"].upper()}
+    token = await client_token(api, shouted)  # was a 502: the secret did not open
+    me = await api.signed("GET", "/v1/me", token, victim["client_secret"])
+    assert me.status == 200, await me.text()
+    revoked = await api.client.delete(
+        f"/v1/admin/api-clients/{shouted['client_id']}", headers=bearer(admin_token)
+    )
+    assert revoked.status == 204, await revoked.text()
+    # The token it held is dead: the revocation named the id its tokens carry.
+    await problem(
+        await api.signed("GET", "/v1/me", token, victim["client_secret"]), 401, "token-revoked"
+    )
+    not_an_id = await api.client.delete(
+        "/v1/admin/api-clients/not-a-client", headers=bearer(admin_token)
+    )
+    await problem(not_an_id, 404, "not-found")
+
+
 async def test_api_clients_cannot_create_api_clients(api: Api, machine: dict[str, Any]) -> None:
     body = json.dumps({"name": "child", "scopes": ["profile"]}).encode()
     response = await api.signed(

@@ -142,7 +142,8 @@ class ApiClients:
             )
         if row is None or row["revoked_at"] is not None:
             raise ApiClientNotFound("no such active API client")
-        secret = self._box.open(bytes(row["secret_sealed"]), _context(client_id)).decode()
+        # Sealed under the canonical id: an upper-case spelling must open it too.
+        secret = self._box.open(bytes(row["secret_sealed"]), _context(str(cid))).decode()
         return secret, tuple(row["scopes"])
 
     async def authenticate(self, client_id: str, client_secret: str) -> tuple[str, ...]:

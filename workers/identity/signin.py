@@ -17,7 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from agora import outbox, scopes
 from contracts.agora.identity.v1 import PrincipalType, RevocationReason, SignedIn
 from workers.identity import tokens
-from workers.identity.apiclients import ApiClients
+from workers.identity.apiclients import ApiClients, parse_client_id
 from workers.identity.errors import (
     InvalidCredentials,
     InvalidScope,
@@ -105,6 +105,8 @@ class TokenService:
 
     async def sign_in_client(self, client_id: str, secret: str, requested: list[str]) -> Grant:
         granted = _narrow(list(await self._clients.authenticate(client_id, secret)), requested)
+        # The tokens carry the canonical id, as its revocation does.
+        client_id = str(parse_client_id(client_id))
         async with self._pool.acquire() as conn, conn.transaction():
             await _append_signed_in(conn, client_id, PrincipalType.API_CLIENT, "", granted)
         # The sid of a client's tokens is the client id: revoking the client revokes them all.
