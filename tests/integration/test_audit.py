@@ -41,6 +41,7 @@ from tests.integration.consumerkit import decoded
 from workers.audit.chain import ChainWriter
 from workers.audit.consumer import AuditConsumer
 from workers.audit.signing import PublicKey, statement
+from workers.audit.verification import beyond_head
 from workflows.audit import CHECKPOINT_SCHEDULE_ID
 from workflows.identity import (
     TASK_QUEUE,
@@ -306,6 +307,21 @@ async def test_the_schedule_signs_checkpoints_with_the_published_key(
     verified = await audit.verify_chain(VerifyChainRequest())
     assert verified.ok, verified.failure
     assert verified.start_checkpoint is not None
+
+
+async def test_a_tail_cut_off_with_the_head_set_back_is_named(
+    pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
+) -> None:
+    # Read-only: the check is asked about a head one row short of the real one, as a
+    # superuser who deleted the last row and set the head back would leave it.
+    await register(client)
+    published = await audit.get_public_key(GetPublicKeyRequest())
+    key = PublicKey.parse(published.public_key_pem)
+    async with pool.acquire() as conn:
+        head = int(await conn.fetchval("SELECT log_sequence FROM audit_chain_head"))
+        assert await beyond_head(conn, key, head) == ""
+        cut = await beyond_head(conn, key, head - 1)
+    assert cut == f"the log holds rows up to {head}, beyond its head at {head - 1}"
 
 
 def run_cli(settings: Settings, *args: str) -> tuple[int, dict[str, object]]:

@@ -89,12 +89,40 @@ async def verify_chain(
                     f" by key {trusted_key.key_id}",
                     start_checkpoint=start,
                 )
+        truncated = await beyond_head(conn, trusted_key, head)
+        if truncated:
+            return Verification(
+                ok=False,
+                first_sequence=start.log_sequence if start else 0,
+                last_sequence=last,
+                records_checked=0,
+                first_bad_sequence=head + 1,
+                failure=truncated,
+                start_checkpoint=start,
+            )
         anchors = {
             c.log_sequence: c
             for c in await checkpoints.in_range(conn, start.log_sequence if start else 0, last)
             if c.verifies_with(trusted_key)
         }
         return await _walk(conn, start, anchors, last)
+
+
+async def beyond_head(conn: asyncpg.Connection, trusted_key: PublicKey, head: int) -> str:
+    """Why the log once went past its recorded head ("" when nothing says so): a tail
+    cut off with the head set back leaves rows or a signed checkpoint beyond it."""
+    rows_beyond = await conn.fetchval(
+        "SELECT max(log_sequence) FROM audit_log WHERE log_sequence > $1", head
+    )
+    if rows_beyond is not None:
+        return f"the log holds rows up to {rows_beyond}, beyond its head at {head}"
+    newest = await checkpoints.latest(conn)
+    if newest is not None and newest.log_sequence > head and newest.verifies_with(trusted_key):
+        return (
+            f"a signed checkpoint at {newest.log_sequence} is beyond the head at {head}:"
+            " the log's tail was cut off"
+        )
+    return ""
 
 
 async def _walk(
