@@ -23,8 +23,18 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request, Any], Awaitable[BaseModel | web.StreamResponse | None]]
 
 ROUTE_CLASSES = ("read", "write", "auth")
-# A route needing one of these is sensitive: it fails closed when Redis is down.
-ADMIN_SCOPES = frozenset({scopes.ADMIN, scopes.IDENTITY_ADMIN})
+# A route needing one of these is sensitive: it fails closed when Redis is down. Staff
+# reads are among them: the audit log holds every event's payload (emails, orders),
+# and a revoked staff token must not read it through an outage.
+SENSITIVE_SCOPES = frozenset(
+    {
+        scopes.ADMIN,
+        scopes.IDENTITY_ADMIN,
+        scopes.AUDIT_READ,
+        scopes.CATALOG_WRITE,
+        scopes.INVENTORY_WRITE,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ class Route:
 
         Only plain reads: writes, auth and admin routes fail closed (docs/gateway.md).
         """
-        return self.route_class == "read" and not (self.scopes & ADMIN_SCOPES)
+        return self.route_class == "read" and not (self.scopes & SENSITIVE_SCOPES)
 
 
 class RouteTable:

@@ -154,3 +154,14 @@ def test_an_idempotency_key_is_kept_required_or_fresh_when_optional() -> None:
 def _post_with_key(value: str | None) -> web.Request:
     headers = {} if value is None else {"Idempotency-Key": value}
     return make_mocked_request("POST", "/v1/admin/products", headers=headers)
+
+
+def test_only_plain_reads_are_served_without_redis() -> None:
+    # Staff reads fail closed like writes: a revoked auditor must not read the log
+    # (every event's payload) through a Redis outage.
+    by_operation = {(r.method, r.path): r for r in all_routes()}
+    assert by_operation[("GET", "/v1/products/{sku}")].fails_open
+    assert by_operation[("GET", "/v1/orders")].fails_open
+    assert not by_operation[("GET", "/v1/audit/events")].fails_open
+    assert not by_operation[("GET", "/v1/admin/api-clients")].fails_open
+    assert not by_operation[("POST", "/v1/orders")].fails_open
