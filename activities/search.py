@@ -18,11 +18,20 @@ from temporalio import activity
 
 from contracts.agora.catalog.v1 import CatalogServiceStub, ListProductsRequest, Product
 from contracts.agora.common.v1 import PageRequest
-from workers.search.documents import STOCK_FIELDS, apply_product, copy_stock, product_document
+from workers.search.documents import (
+    STOCK_FIELDS,
+    Change,
+    apply_product,
+    copied_stock,
+    copy_stock,
+    merge_many,
+    product_document,
+)
 from workers.search.index import Indices
 
 log = logging.getLogger(__name__)
 BACKFILL_PAGE = 100  # catalog's largest page
+STOCK_BATCH = 500  # stock levels carried over per mget + bulk
 
 
 @dataclass
@@ -68,6 +77,8 @@ class _Checkpoint:
     cursor: str
     copied: int
     merged: int
+    # The catalog's pages are done; the stock pass is under way (its own resumable step).
+    pages_done: bool = False
 
 
 class SearchActivities:
@@ -97,7 +108,7 @@ class SearchActivities:
         state = _Checkpoint("", 0, 0)
         if details:
             state = _Checkpoint(**details[0])
-        while True:
+        while not state.pages_done:
             page = await self.catalog.list_products(
                 ListProductsRequest(
                     include_inactive=True,
@@ -111,24 +122,34 @@ class SearchActivities:
                 state.copied += len(products) - merged
                 state.merged += merged
             state.cursor = page.page.next_cursor if page.page else ""
+            state.pages_done = not state.cursor
             activity.heartbeat(state.__dict__)
-            if not state.cursor:
-                await self._copy_stock_stubs(data)
-                return BackfillResult(state.copied, state.merged)
+        await self._copy_stock(data, state)
+        return BackfillResult(state.copied, state.merged)
 
-    async def _copy_stock_stubs(self, data: BackfillInput) -> None:
-        """Stock that arrived before its product (a hidden stub, no catalog row yet) is
-        not in the catalog's pages: carry it over too, or the product, once created,
-        would show no stock in the new index until its next stock event."""
+    async def _copy_stock(self, data: BackfillInput, state: _Checkpoint) -> None:
+        """Every document's stock, carried over from the current index by version.
+
+        The pages copied stock for the products they listed; what they could miss:
+        stock that came before its product (a stub, no catalog row yet), and a
+        product created or moved behind the pages' cursor, which its event wrote
+        into the new index with no stock. Merged by version, a copy never undoes a
+        newer level an event wrote meanwhile. Heartbeats per batch: a retry redoes
+        this pass (idempotent), never the pages."""
         if not data.source_index:
             return
-        async for stub in async_scan(
-            self.es,
-            index=data.source_index,
-            query={"query": {"term": {"has_product": False}}},
-            _source=STOCK_FIELDS,
-        ):
-            await copy_stock(self.es, data.new_index, stub["_id"], stub["_source"])
+        batch: list[Change] = []
+        async for doc in async_scan(
+            self.es, index=data.source_index, query={"query": {"match_all": {}}},
+            _source=STOCK_FIELDS, size=STOCK_BATCH,
+        ):  # fmt: skip
+            batch.append(copied_stock(doc["_id"], doc["_source"]))
+            if len(batch) >= STOCK_BATCH:
+                await merge_many(self.es, data.new_index, batch)
+                activity.heartbeat(state.__dict__)
+                batch = []
+        if batch:
+            await merge_many(self.es, data.new_index, batch)
 
     async def _copy(self, data: BackfillInput, products: list[Product]) -> int:
         stock: dict[str, dict[str, Any]] = {}

@@ -8,6 +8,7 @@ indexed price is the catalog's latest: no update was lost during the swap.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,12 +19,17 @@ from aiohttp.test_utils import TestClient
 from elasticsearch import AsyncElasticsearch
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.testing import ActivityEnvironment
 
+from activities.search import BackfillInput, SearchActivities
 from agora.config import Settings
+from agora.grpc import Channels
+from contracts.agora.catalog.v1 import CatalogServiceStub
 from gateway.deps import Gateway
 from tests.integration.catalogkit import CatalogApi, eventually
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, running_gateway
+from workers.search.index import Indices
 from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
 from workflows.inventory import RestockInput, RestockWorkflow, restock_workflow_id
 from workflows.search import (
@@ -151,3 +157,48 @@ async def test_stock_that_arrived_before_its_product_survives_a_reindex(
 
     hit = await eventually(in_stock, what="the product in stock after the reindex")
     assert hit["in_stock"] is True
+
+
+async def test_a_backfill_resumed_after_its_pages_carries_every_documents_stock(
+    running: tuple[Gateway, CatalogApi], settings: Settings
+) -> None:
+    # A retry after the pages resumes at the stock pass (the pages are not redone),
+    # and that pass carries every document's stock, not only stock-only stubs.
+    gw, api = running
+    sku = f"BF-{uuid.uuid4().hex[:10]}"
+    await api.create(sku=sku, title="Backfill lamp")
+    restock = RestockInput(key=f"bf:{uuid.uuid4()}", sku=sku, quantity=5)
+    await gw.upstream.temporal.execute_workflow(
+        RestockWorkflow.run,
+        restock,
+        id=restock_workflow_id(restock.key),
+        task_queue=INVENTORY_QUEUE,
+    )
+    es = AsyncElasticsearch(settings.elasticsearch_url)
+    channels = Channels(settings, caller="search")
+    target = f"backfill-test-{uuid.uuid4().hex[:8]}"
+    try:
+
+        async def stocked() -> bool:
+            found = await es.options(ignore_status=404).get(
+                index=settings.search_index_prefix, id=sku
+            )
+            return bool(found.get("found")) and found["_source"]["available"] == 5
+
+        await eventually(stocked, what="the product's stock indexed")
+        [source] = list((await es.indices.get_alias(name=settings.search_index_prefix)).body)
+        indices = Indices(es, settings.search_index_prefix)
+        await indices.create(target)
+        activities = SearchActivities(es, indices, CatalogServiceStub(channels.get("catalog")))
+        env = ActivityEnvironment()
+        resumed = {"cursor": "", "copied": 0, "merged": 0, "pages_done": True}
+        env.info = dataclasses.replace(env.info, heartbeat_details=[resumed])
+        await env.run(activities.backfill, BackfillInput(target, source))
+        await es.indices.refresh(index=target)
+        copied = (await es.get(index=target, id=sku))["_source"]
+        assert (copied["available"], copied["in_stock"]) == (5, True)
+        assert (await es.count(index=target))["count"] == (await es.count(index=source))["count"]
+    finally:
+        await es.options(ignore_status=404).indices.delete(index=target)
+        channels.close()
+        await es.close()

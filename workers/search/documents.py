@@ -259,9 +259,12 @@ async def apply_product(es: AsyncElasticsearch, index: str, product: Product) ->
     return await merge(es, index, product_change(product), likely_new=product.version == 1)
 
 
-async def copy_stock(es: AsyncElasticsearch, index: str, sku: str, stock: dict[str, Any]) -> bool:
-    """Stock fields read from another index (STOCK_FIELDS of a document), merged by version."""
+def copied_stock(sku: str, stock: dict[str, Any]) -> Change:
+    """Stock fields read from another index (STOCK_FIELDS of a document), as a change."""
     version = int(stock.get("stock_version") or 0)
-    return await merge(
-        es, index, Change(sku, "inventory", "stock_version", version, stock, EMPTY_PRODUCT)
-    )
+    return Change(sku, "inventory", "stock_version", version, stock, EMPTY_PRODUCT)
+
+
+async def copy_stock(es: AsyncElasticsearch, index: str, sku: str, stock: dict[str, Any]) -> bool:
+    """Stock fields read from another index, merged by version."""
+    return await merge(es, index, copied_stock(sku, stock))
