@@ -227,6 +227,11 @@ class OutboxRelay:
                     if self._stopping.is_set():
                         break
                     await self._sleep(self._poll_interval)
+                    if lock_conn.is_closed():
+                        # Its backend ended (terminated, reset): the lock and the LISTEN
+                        # went with it, and another relay may hold the lock now. Start a
+                        # new session, which must win the lock before it publishes.
+                        raise ConnectionResetError("the relay lock's connection closed")
                 # Flush what was committed before the stop.
                 while await self.publish_batch():
                     pass
