@@ -56,6 +56,13 @@ async def running(
         yield gateway[0], CatalogApi(gateway[1], minter)
 
 
+async def restock(gw: Gateway, sku: str, quantity: int) -> None:
+    data = RestockInput(key=f"reindex-test:{uuid.uuid4()}", sku=sku, quantity=quantity)
+    await gw.upstream.temporal.execute_workflow(
+        RestockWorkflow.run, data, id=restock_workflow_id(data.key), task_queue=INVENTORY_QUEUE
+    )
+
+
 async def start_reindex(gw: Gateway) -> WorkflowHandle[Any, ReindexProgress]:
     """A new index version, the only reindex running (its workflow id is fixed)."""
     return await gw.upstream.temporal.start_workflow(
@@ -130,13 +137,7 @@ async def test_stock_that_arrived_before_its_product_survives_a_reindex(
     es = AsyncElasticsearch(settings.elasticsearch_url)
     sku = f"STUB-{uuid.uuid4().hex[:10]}"
     # Stock first: search holds a hidden stub (no product yet) with the level.
-    restock = RestockInput(key=f"stub:{uuid.uuid4()}", sku=sku, quantity=7)
-    await gw.upstream.temporal.execute_workflow(
-        RestockWorkflow.run,
-        restock,
-        id=restock_workflow_id(restock.key),
-        task_queue=INVENTORY_QUEUE,
-    )
+    await restock(gw, sku, 7)
 
     async def stub_indexed() -> bool:
         found = await es.options(ignore_status=404).get(index=settings.search_index_prefix, id=sku)
@@ -167,13 +168,7 @@ async def test_a_backfill_resumed_after_its_pages_carries_every_documents_stock(
     gw, api = running
     sku = f"BF-{uuid.uuid4().hex[:10]}"
     await api.create(sku=sku, title="Backfill lamp")
-    restock = RestockInput(key=f"bf:{uuid.uuid4()}", sku=sku, quantity=5)
-    await gw.upstream.temporal.execute_workflow(
-        RestockWorkflow.run,
-        restock,
-        id=restock_workflow_id(restock.key),
-        task_queue=INVENTORY_QUEUE,
-    )
+    await restock(gw, sku, 5)
     es = AsyncElasticsearch(settings.elasticsearch_url)
     channels = Channels(settings, caller="search")
     target = f"backfill-test-{uuid.uuid4().hex[:8]}"
