@@ -139,6 +139,10 @@ async def set_stock(
     return idempotency.replay(stored, SetStockResult)
 
 
+class StockChangedMeanwhile(RuntimeError):
+    """Transient, not a DomainError: the activity is retried, not rejected."""
+
+
 async def _set(
     conn: asyncpg.Connection,
     key: str,
@@ -177,6 +181,11 @@ async def _set(
         fresh,
         [wanted[sku] for sku in fresh],
     )
+    if overwrite and len(created) < len(fresh):
+        # A restock created one of them since the locking read: its row was not locked
+        # and would be reported unchanged with the count never written. The whole call
+        # is undone (the key's claim with it) and retried, and then finds the row.
+        raise StockChangedMeanwhile("a sku being set was created concurrently; retry")
     updated = await conn.fetch(
         """
         UPDATE stock s SET on_hand = w.on_hand, version = s.version + 1, updated_at = now()
