@@ -143,5 +143,9 @@ class Upstream:
             except WorkflowAlreadyStartedError as closed:
                 if not idempotent:
                     raise
-                handle = self.temporal.get_workflow_handle_for(run, id, run_id=closed.run_id)
+                return await self.closed_result(run, id, closed.run_id)
             return await workflow_result(handle)
+
+    async def closed_result(self, run: Any, id: str, run_id: str | None) -> Any:
+        """The result of the run a start was refused for (its id was taken by it)."""
+        return await workflow_result(self.temporal.get_workflow_handle_for(run, id, run_id=run_id))

@@ -37,7 +37,6 @@ from gateway.schemas_orders import (
     RefundOrderRequest,
     StatusChangeAnswer,
 )
-from gateway.upstream import workflow_result
 from workflows.orders import (
     KEY_REUSED,
     TASK_QUEUE,
@@ -166,10 +165,9 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
 async def _closed_order(gw: Gateway, order_id: str, run_id: str | None) -> OrderView:
     """How the order's closed saga ended, answered to a retried POST as the first was:
     the order, or the same rejection if it was refused before it was accepted."""
-    handle = gw.upstream.temporal.get_workflow_handle_for(
-        OrderWorkflow.run, order_workflow_id(order_id), run_id=run_id
+    view: OrderView = await gw.upstream.closed_result(
+        OrderWorkflow.run, order_workflow_id(order_id), run_id
     )
-    view: OrderView = await workflow_result(handle)
     if view.status == "REJECTED" and not view.lines:
         raise Problem("order-rejected", view.reason)
     return view
