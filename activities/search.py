@@ -134,10 +134,14 @@ class SearchActivities:
         stock that came before its product (a stub, no catalog row yet), and a
         product created or moved behind the pages' cursor, which its event wrote
         into the new index with no stock. Merged by version, a copy never undoes a
-        newer level an event wrote meanwhile. Heartbeats per batch: a retry redoes
+        newer level an event wrote meanwhile. The source is refreshed first, so the
+        scan sees every level written before the pass. Heartbeats per batch: a retry redoes
         this pass (idempotent), never the pages."""
         if not data.source_index:
             return
+        # The scan is a search: it sees only refreshed documents. A level written
+        # just before (not yet refreshed) would be copied at its older version.
+        await self.es.indices.refresh(index=data.source_index)
         batch: list[Change] = []
         async for doc in async_scan(
             self.es, index=data.source_index, query={"query": {"match_all": {}}},
