@@ -69,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
 # The saga's inputs and answers live in workers.orders.model (see there why);
 # re-exported here for the gateway and the tests.
 __all__ = [
+    "CANCEL_REFUND_KEY",
     "INVENTORY_QUEUE",
     "KEY_REUSED",
     "PAYMENTS_QUEUE",
@@ -134,6 +135,11 @@ VOID_SUPERSEDED = "void-superseded-authorizations"
 # reservation expires (before, rounds of 3-D Secure could outlast it: the order was
 # then charged, failed to commit its stock and was refunded).
 PAYMENT_WAIT_WITHIN_RESERVATION = "payment-wait-within-reservation"
+# Since this change a cancel that arrives during the saga's last steps (the stock
+# commit, the COMPLETED transition), which do not stop, cancels the completed order
+# in the saga itself: everything refunded, the stock returned, the order CANCELLED.
+# Before, the update answered COMPLETED and only the gateway went on to cancel it.
+CANCEL_AFTER_LAST_STEPS = "cancel-after-last-steps"
 # What the saga needs after the payment, of the reservation's life: capture, commit.
 RESERVATION_MARGIN_S = 60
 # A payment provider that does not answer is given up after about this many attempts'
@@ -242,6 +248,8 @@ class OrderWorkflow:
             await self.capture_payment(order)
             await self.commit_stock(order)
             await self.transition(order, "COMPLETED")
+            if self.cancel is not None and workflow.patched(CANCEL_AFTER_LAST_STEPS):
+                await self.cancel_completed(order, self.cancel)
         except Rejected as rejected:
             await self.compensate()
             return await self.finish(await self.finish_rejected(order, rejected, recorded=True))
@@ -416,6 +424,26 @@ class OrderWorkflow:
         except ActivityError as error:
             raise _rejection(error, "OUT_OF_STOCK") from None
 
+    async def cancel_completed(self, order: OrderInput, cancel: CancelInput) -> None:
+        """A cancel that came during the last steps: cancel the completed order as the
+        gateway's cancel of a completed order does (the same keys, so the two can meet:
+        each step answers the first one's result)."""
+        snapshot = await _snapshot(order.order_id)
+        if snapshot.status in REFUNDABLE:
+            request = RefundOrderInput(
+                order_id=order.order_id,
+                refund_key=CANCEL_REFUND_KEY,
+                amount_minor=None,
+                reason=cancel.reason,
+                cancel=True,
+                requested_by=cancel.requested_by,
+            )
+            snapshot = await refund_completed(request, snapshot)
+        # Otherwise another request cancelled or refunded it meanwhile: its status stands.
+        self.view.status = snapshot.status
+        self.view.reason = cancel.reason
+        workflow.upsert_search_attributes([ORDER_STATUS.value_set(snapshot.status)])
+
     # Helpers ------------------------------------------------------------
 
     def register(self, name: str, compensation: Callable[[], Awaitable[object]]) -> None:
@@ -553,65 +581,25 @@ def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejecte
 # Refunds ----------------------------------------------------------------------
 
 
+# The refund key of a cancel after completion: one per order (a cancel happens once).
+CANCEL_REFUND_KEY = "cancel"
+REFUNDABLE = ("COMPLETED", "PARTIALLY_REFUNDED")
+
+
 @workflow.defn(name="RefundOrder")
 class RefundOrderWorkflow:
     """A refund (or a cancel) after the order saga completed."""
 
     @workflow.run
     async def run(self, request: RefundOrderInput) -> OrderView:
-        snapshot = await workflow.execute_local_activity_method(
-            OrdersActivities.snapshot, request.order_id, start_to_close_timeout=LOCAL_TIMEOUT
-        )
-        if snapshot.status not in ("COMPLETED", "PARTIALLY_REFUNDED"):
+        snapshot = await _snapshot(request.order_id)
+        if snapshot.status not in REFUNDABLE:
             raise ApplicationError(
                 f"an order {snapshot.status.lower()} cannot be refunded",
                 type="NotRefundable",
                 non_retryable=True,
             )
-        remaining = snapshot.total_minor - snapshot.refunded_minor
-        amount = remaining if request.amount_minor is None else request.amount_minor
-        if not 0 < amount <= remaining:
-            raise ApplicationError(
-                f"refund must be between 1 and {remaining} {snapshot.currency} minor units",
-                type="RefundAmountInvalid",
-                non_retryable=True,
-            )
-        refund = await workflow.execute_activity(
-            "payments.refund",
-            RefundInput(
-                f"{request.order_id}:refund:{request.refund_key}",
-                snapshot.payment_id,
-                amount,
-                request.reason,
-            ),
-            result_type=RefundResult,
-            task_queue=PAYMENTS_QUEUE,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=_REMOTE_RETRY,
-        )
-        record = RecordRefundInput(
-            order_id=request.order_id,
-            refund_key=request.refund_key,
-            refund_id=refund.refund_id,
-            amount_minor=amount,
-            reason=request.reason,
-            cancel=request.cancel,
-            cancelled_by=request.requested_by,
-        )
-        recorded_first = workflow.patched(REFUND_RECORDED_FIRST)
-        if recorded_first:
-            after = await self.record(record)
-        if request.cancel:
-            for n, line in enumerate(snapshot.lines, start=1):
-                await workflow.execute_activity(
-                    "inventory.restock",
-                    RestockInput(f"{request.order_id}:cancel-restock:{n}", line.sku, line.quantity),
-                    task_queue=INVENTORY_QUEUE,
-                    start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=_REMOTE_RETRY,
-                )
-        if not recorded_first:
-            after = await self.record(record)
+        after = await refund_completed(request, snapshot)
         return OrderView(
             order_id=after.order_id,
             status=after.status,
@@ -621,7 +609,65 @@ class RefundOrderWorkflow:
             reason=request.reason,
         )
 
-    async def record(self, record: RecordRefundInput) -> OrderSnapshot:
-        return await workflow.execute_local_activity_method(
-            OrdersActivities.record_refund, record, start_to_close_timeout=LOCAL_TIMEOUT
+
+async def _snapshot(order_id: str) -> OrderSnapshot:
+    return await workflow.execute_local_activity_method(
+        OrdersActivities.snapshot, order_id, start_to_close_timeout=LOCAL_TIMEOUT
+    )
+
+
+async def refund_completed(request: RefundOrderInput, snapshot: OrderSnapshot) -> OrderSnapshot:
+    """Refund a completed order (`snapshot`) and, for a cancel, return its stock; the
+    order's projection after it. Every step is keyed by the order and the refund key,
+    so a retry, or a second workflow doing the same refund, repeats nothing."""
+    remaining = snapshot.total_minor - snapshot.refunded_minor
+    amount = remaining if request.amount_minor is None else request.amount_minor
+    if not 0 < amount <= remaining:
+        raise ApplicationError(
+            f"refund must be between 1 and {remaining} {snapshot.currency} minor units",
+            type="RefundAmountInvalid",
+            non_retryable=True,
         )
+    refund = await workflow.execute_activity(
+        "payments.refund",
+        RefundInput(
+            f"{request.order_id}:refund:{request.refund_key}",
+            snapshot.payment_id,
+            amount,
+            request.reason,
+        ),
+        result_type=RefundResult,
+        task_queue=PAYMENTS_QUEUE,
+        start_to_close_timeout=timedelta(seconds=10),
+        retry_policy=_REMOTE_RETRY,
+    )
+    record = RecordRefundInput(
+        order_id=request.order_id,
+        refund_key=request.refund_key,
+        refund_id=refund.refund_id,
+        amount_minor=amount,
+        reason=request.reason,
+        cancel=request.cancel,
+        cancelled_by=request.requested_by,
+    )
+    recorded_first = workflow.patched(REFUND_RECORDED_FIRST)  # asked here: its marker's place
+    if recorded_first:
+        after = await _record_refund(record)
+    if request.cancel:
+        for n, line in enumerate(snapshot.lines, start=1):
+            await workflow.execute_activity(
+                "inventory.restock",
+                RestockInput(f"{request.order_id}:cancel-restock:{n}", line.sku, line.quantity),
+                task_queue=INVENTORY_QUEUE,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=_REMOTE_RETRY,
+            )
+    if not recorded_first:
+        after = await _record_refund(record)
+    return after
+
+
+async def _record_refund(record: RecordRefundInput) -> OrderSnapshot:
+    return await workflow.execute_local_activity_method(
+        OrdersActivities.record_refund, record, start_to_close_timeout=LOCAL_TIMEOUT
+    )

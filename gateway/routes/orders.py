@@ -38,6 +38,7 @@ from gateway.schemas_orders import (
     StatusChangeAnswer,
 )
 from workflows.orders import (
+    CANCEL_REFUND_KEY,
     KEY_REUSED,
     TASK_QUEUE,
     CancelInput,
@@ -222,8 +223,9 @@ async def cancel_order(request: web.Request, body: CancelOrderRequest) -> OrderA
         else:
             if view.status != "COMPLETED":
                 return _from_view(request, view)
-            # The cancel came during the saga's last steps (capture, stock commit),
-            # which do not stop: it completed, so cancel the completed order.
+            # The cancel came during the last steps (stock commit) of a saga started
+            # before CANCEL_AFTER_LAST_STEPS, which cancels the completed order
+            # itself since: it completed, so cancel the completed order here.
     return _from_view(request, await _cancel_completed(request, order, body))
 
 
@@ -248,7 +250,7 @@ async def _cancel_completed(
     gw = deps(request)
     request_refund = RefundOrderInput(
         order_id=order.order_id,
-        refund_key="cancel",
+        refund_key=CANCEL_REFUND_KEY,
         amount_minor=None,
         reason=body.reason,
         cancel=True,
@@ -258,7 +260,7 @@ async def _cancel_completed(
         view: OrderView = await gw.upstream.execute_workflow(
             RefundOrderWorkflow.run,
             request_refund,
-            id=refund_workflow_id(order.order_id, "cancel"),
+            id=refund_workflow_id(order.order_id, CANCEL_REFUND_KEY),
             task_queue=TASK_QUEUE,
             budget_s=timeout,
             idempotent=True,

@@ -160,6 +160,7 @@ async def release(data: ReleaseInput) -> ReleaseResult:
 @activity.defn(name="inventory.commit")
 async def commit(data: CommitInput) -> CommitResult:
     world.calls.append("commit")
+    await world.gate("commit")
     return CommitResult(data.reservation_id, "committed", True, [])
 
 
@@ -454,6 +455,39 @@ async def test_cancel_at_each_stage_undoes_what_was_done(
     # What the compensation refunded reaches the order's projection.
     assert world.transition_refunds["CANCELLED"] == (2000 if stage == "capture" else 0)
     await keep_history(client, handle.id, f"cancel-at-{stage}")
+
+
+async def test_a_cancel_during_the_stock_commit_cancels_the_completed_order(
+    client: Client,
+) -> None:
+    # The commit does not stop for a cancel; the order completes, then the saga cancels
+    # it as a cancel after completion does: everything refunded, the stock returned.
+    world.gates["commit"] = asyncio.Event()
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    for _ in range(200):
+        if "commit" in world.calls:
+            break
+        await asyncio.sleep(0.02)
+    cancel = asyncio.create_task(
+        handle.execute_update(OrderWorkflow.cancel_order, CancelInput("cust-1", "changed mind"))
+    )
+    await asyncio.sleep(0.2)
+    world.gates["commit"].set()
+    view = await cancel
+    assert (view.status, view.reason) == ("CANCELLED", "changed mind")
+    assert (await handle.result()).status == "CANCELLED"
+    assert world.calls[world.calls.index("commit") :] == [
+        "commit",
+        "transition:COMPLETED",
+        "refund:2000",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:2",
+    ]
+    assert "void" not in world.calls[world.calls.index("commit") :]
+    await keep_history(client, handle.id, "cancel-at-commit")
 
 
 async def test_a_capture_refused_for_good_rejects_and_releases_without_a_refund(
