@@ -230,17 +230,24 @@ async def refund(data: RefundInput) -> RefundResult:
     )
 
 
+def orders_worker(env: WorkflowEnvironment, *, cached: bool = True) -> Worker:
+    """`cached=False`: no workflow cache, so no sticky queue that a next worker would
+    wait on after this one stops (the test server's clock stands still meanwhile)."""
+    return Worker(
+        env.client,
+        task_queue=ORDERS_QUEUE,
+        workflows=[OrderWorkflow, RefundOrderWorkflow],
+        activities=[price, record, transition, snapshot, record_refund],
+        max_cached_workflows=1000 if cached else 0,
+    )
+
+
 @pytest.fixture
-async def client(env: WorkflowEnvironment) -> AsyncIterator[Client]:
+async def others(env: WorkflowEnvironment) -> AsyncIterator[Client]:
+    """The inventory and payments stand-ins, for a fresh world; no orders worker."""
     global world
     world = World()
     workers = [
-        Worker(
-            env.client,
-            task_queue=ORDERS_QUEUE,
-            workflows=[OrderWorkflow, RefundOrderWorkflow],
-            activities=[price, record, transition, snapshot, record_refund],
-        ),
         Worker(
             env.client, task_queue=INVENTORY_QUEUE, activities=[reserve, release, commit, restock]
         ),
@@ -248,7 +255,13 @@ async def client(env: WorkflowEnvironment) -> AsyncIterator[Client]:
             env.client, task_queue=PAYMENTS_QUEUE, activities=[authorize, capture, void, refund]
         ),
     ]
-    async with workers[0], workers[1], workers[2]:
+    async with workers[0], workers[1]:
+        yield env.client
+
+
+@pytest.fixture
+async def client(env: WorkflowEnvironment, others: Client) -> AsyncIterator[Client]:
+    async with orders_worker(env):
         yield env.client
 
 
@@ -385,6 +398,39 @@ async def test_an_unpaid_order_gives_up_before_its_stock_reservation_expires(
     waited = (described.close_time - described.start_time).total_seconds()
     assert 500 < waited < 600, "given up within the reservation's life, before its payment timeout"
     assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+
+
+async def test_a_payment_step_landing_with_the_unpaid_timeout_is_taken(
+    env: WorkflowEnvironment, others: Client
+) -> None:
+    # With the orders worker away, the payment timer fires and the customer's step
+    # arrives: the next worker gets both in one workflow task (TimerFired, then the
+    # update, in its history). The step came in time: the SDK applies the update
+    # before the timer, and the wait's condition holds before its timeout is seen.
+    world.card = "action"
+    order = new_order(payment_timeout_s=900)
+    async with orders_worker(env, cached=False):
+        handle = await others.start_workflow(
+            OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+        )
+        for _ in range(100):
+            if (await handle.query(OrderWorkflow.status)).status == "AWAITING_PAYMENT":
+                break
+            await asyncio.sleep(0.05)
+    await env.sleep(timedelta(seconds=901))
+    completion = asyncio.create_task(
+        handle.execute_update(
+            OrderWorkflow.complete_payment, CompletePaymentInput("tok_after_action")
+        )
+    )
+    await asyncio.sleep(0.5)
+    async with orders_worker(env, cached=False):
+        answered = await completion
+        final = await handle.result()
+    assert answered.status != "REJECTED"
+    assert (final.status, final.rejection) == ("COMPLETED", "")
+    assert world.calls.count("authorize") == 2
+    assert "release" not in world.calls
 
 
 async def test_a_completed_payment_action_lets_the_order_complete(client: Client) -> None:
