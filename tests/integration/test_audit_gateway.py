@@ -14,7 +14,7 @@ from agora import temporal
 from agora.config import Settings
 from agora.db import create_pool
 from contracts.agora.orders.v1 import OrderPlaced
-from tests.integration.auditkit import make_envelope, publish, recorded
+from tests.integration.auditkit import eventually, make_envelope, publish, recorded
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, bearer, problem, running_gateway
 from workflows.identity import (
@@ -135,9 +135,10 @@ async def test_an_order_export_is_one_document_with_events_history_links_and_ui_
     # the order's workflow: its event and an order event naming it make the trail.
     client = await temporal.connect(settings)
     email = f"export-{uuid.uuid4().hex[:10]}@example.com"
+    account_id = str(uuid.uuid4())
     handle = await client.start_workflow(
         RegisterAccountWorkflow.run,
-        RegisterAccountInput(str(uuid.uuid4()), email, "Export", HASH),
+        RegisterAccountInput(account_id, email, "Export", HASH),
         id=register_workflow_id(email),
         task_queue=TASK_QUEUE,
     )
@@ -153,6 +154,18 @@ async def test_an_order_export_is_one_document_with_events_history_links_and_ui_
     )
     await publish(settings, "orders.events", bytes(placed))
     await recorded(pool, placed.event_id)
+
+    async def account_recorded() -> bool:
+        # identity's event comes through its outbox and another topic: maybe later.
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) FROM audit_log"
+                " WHERE aggregate_type = 'account' AND aggregate_id = $1",
+                account_id,
+            )
+        )
+
+    await eventually(account_recorded, within=60, what="the registration in the audit log")
 
     answer = await http.get(f"/v1/audit/orders/{order_id}/export", headers=auditor)
     assert answer.status == 200, await answer.text()

@@ -247,7 +247,9 @@ async def test_concurrent_misses_on_one_key_load_it_once(
         await asyncio.sleep(0.05)  # a slow query: everyone else arrives meanwhile
         return Product(sku=key, title="Hot", version=1)
 
-    caches = [ProductCache(redis), ProductCache(redis)]
+    # The losers wait for the winner's load; on a busy machine 0.2 s (the default) may
+    # not cover its 0.05 s plus a Redis round trip, and then a loser loads as well.
+    caches = [ProductCache(redis, wait_s=5), ProductCache(redis, wait_s=5)]
     results = await asyncio.gather(*(caches[i % 2].get(sku, loader) for i in range(40)))
     assert {r.title for r in results if r is not None} == {"Hot"}
     assert loads == 1

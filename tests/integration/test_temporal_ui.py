@@ -167,7 +167,9 @@ async def test_admin_search_finds_a_customers_rejected_order(
         )
         assert response.status == 200, await response.text()
         body: dict[str, Any] = await response.json()
-        return body if body["orders"] else None
+        # The status is upserted before the run closes: wait for both.
+        done = body["orders"] and body["orders"][0]["workflow_status"] == "COMPLETED"
+        return body if done else None
 
     body = await eventually(rejected, within_s=30, what="the admin search to find the order")
     assert [o["order_id"] for o in body["orders"]] == [orders["declined"]["order_id"]]
@@ -184,6 +186,12 @@ async def test_admin_search_finds_a_customers_rejected_order(
 async def test_admin_search_pages_with_a_cursor(
     shop: dict[str, Any], orders: dict[str, Any]
 ) -> None:
+    async def both_listed() -> bool:
+        params = {"customer_id": orders["customer_id"]}
+        response = await shop["client"].get("/v1/admin/orders", params=params, headers=admin(shop))
+        return response.status == 200 and len((await response.json())["orders"]) == 2
+
+    await eventually(both_listed, within_s=30, what="both orders in the admin search")
     seen: list[str] = []
     cursor = ""
     for _ in range(3):

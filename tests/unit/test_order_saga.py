@@ -18,7 +18,12 @@ from pathlib import Path
 
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -281,6 +286,15 @@ def new_order(**overrides: object) -> OrderInput:
     return base
 
 
+async def reached(step: str) -> None:
+    """Until the saga has called `step` (its stand-in then waits at its gate)."""
+    for _ in range(500):
+        if step in world.calls:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the saga never reached {step}: {world.calls}")
+
+
 async def run(client: Client, order: OrderInput, name: str | None = None) -> OrderView:
     handle = await client.start_workflow(
         OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
@@ -484,16 +498,14 @@ async def test_cancel_at_each_stage_undoes_what_was_done(
     handle = await client.start_workflow(
         OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
     )
-    for _ in range(200):
-        if stage in world.calls:
-            break
-        await asyncio.sleep(0.02)
-    cancel = asyncio.create_task(
-        handle.execute_update(OrderWorkflow.cancel_order, CancelInput("cust-1"))
+    await reached(stage)
+    cancel = await handle.start_update(
+        OrderWorkflow.cancel_order,
+        CancelInput("cust-1"),
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
-    await asyncio.sleep(0.2)
     world.gates[stage].set()
-    view = await cancel
+    view = await cancel.result()
     assert view.status == "CANCELLED"
     assert (await handle.result()).status == "CANCELLED"
     assert world.calls[-(len(undone) + 1) :] == [*undone, "transition:CANCELLED"]
@@ -513,16 +525,14 @@ async def test_a_cancel_during_the_stock_commit_cancels_the_completed_order(
     handle = await client.start_workflow(
         OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
     )
-    for _ in range(200):
-        if "commit" in world.calls:
-            break
-        await asyncio.sleep(0.02)
-    cancel = asyncio.create_task(
-        handle.execute_update(OrderWorkflow.cancel_order, CancelInput("cust-1", "changed mind"))
+    await reached("commit")
+    cancel = await handle.start_update(
+        OrderWorkflow.cancel_order,
+        CancelInput("cust-1", "changed mind"),
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
-    await asyncio.sleep(0.2)
     world.gates["commit"].set()
-    view = await cancel
+    view = await cancel.result()
     assert (view.status, view.reason) == ("CANCELLED", "changed mind")
     assert (await handle.result()).status == "CANCELLED"
     assert world.calls[world.calls.index("commit") :] == [
