@@ -8,6 +8,9 @@ failure into a problem through the one table in gateway/failures.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -112,6 +115,7 @@ class Upstream:
         task_queue: str,
         budget_s: float,
         idempotent: bool = False,
+        same_request: bool = True,
     ) -> Any:
         """Start a workflow and wait for its result, all within `budget_s` seconds (what is
         left of the request's deadline). The result comes through `workflow_result`'s
@@ -123,8 +127,12 @@ class Upstream:
         doing the work again. Only a run that failed is started again, so a failure
         (a restock refused, a PSP outage) can be retried with the same key. Without
         `idempotent`, a second start while one runs is refused (a conflict) and one
-        after it has closed runs again.
+        after it has closed runs again. A retry must ask for what the first attempt
+        asked (`request_digest` of `arg`, kept in the run's memo): the same key with
+        another request is refused with 409 instead of answered with the first result
+        (`same_request=False` where the id is not the client's key: a cancel's refund).
         """
+        digest = request_digest(arg) if idempotent and same_request else ""
         async with asyncio.timeout(budget_s):
             try:
                 handle = await self.temporal.start_workflow(
@@ -132,6 +140,7 @@ class Upstream:
                     arg,
                     id=id,
                     task_queue=task_queue,
+                    memo={DIGEST_MEMO: digest} if digest else None,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING
                     if idempotent
                     else WorkflowIDConflictPolicy.UNSPECIFIED,
@@ -143,9 +152,35 @@ class Upstream:
             except WorkflowAlreadyStartedError as closed:
                 if not idempotent:
                     raise
+                if digest:
+                    closed_run = self.temporal.get_workflow_handle(id, run_id=closed.run_id)
+                    await _same_request(closed_run, digest)
                 return await self.closed_result(run, id, closed.run_id)
+            if digest:
+                await _same_request(handle, digest)  # it may be a run we joined
             return await workflow_result(handle)
 
     async def closed_result(self, run: Any, id: str, run_id: str | None) -> Any:
         """The result of the run a start was refused for (its id was taken by it)."""
         return await workflow_result(self.temporal.get_workflow_handle_for(run, id, run_id=run_id))
+
+
+# The memo key of an idempotent write's request digest.
+DIGEST_MEMO = "request_digest"
+KEY_REUSED = "this Idempotency-Key was used for another request: use a new key for a new one"
+
+
+def request_digest(arg: Any) -> str:
+    """What an idempotent write asked for: sha256 of its workflow input (a dataclass),
+    as JSON with sorted keys, so a retry that sends the same body gives the same."""
+    canonical = json.dumps(dataclasses.asdict(arg), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _same_request(handle: WorkflowHandle[Any, Any], digest: str) -> None:
+    """Refuse (409) a retry whose request differs from the one that started `handle`'s
+    run. A run started before digests were kept has none and is joined as before."""
+    described = await handle.describe()
+    held = await described.memo_value(DIGEST_MEMO, "")
+    if held and held != digest:
+        raise Problem("conflict", KEY_REUSED)

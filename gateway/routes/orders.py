@@ -264,6 +264,7 @@ async def _cancel_completed(
             task_queue=TASK_QUEUE,
             budget_s=timeout,
             idempotent=True,
+            same_request=False,  # one cancel per order, whatever its reason
         )
     return view
 

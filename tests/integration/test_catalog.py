@@ -122,6 +122,26 @@ async def test_batch_get_and_category_listing_in_keyset_pages(api: CatalogApi) -
     assert seen == skus and elsewhere not in seen
 
 
+async def test_a_write_retried_with_its_key_answers_the_first_and_another_body_is_refused(
+    api: CatalogApi,
+) -> None:
+    sku = f"IDEM-{uuid.uuid4().hex[:10]}"
+    headers = {**api.admin, "Idempotency-Key": f"create-{uuid.uuid4()}"}
+    body = product_body(sku=sku, title="Idempotent lamp")
+    answers = []
+    for _ in range(2):  # the second after the first write's workflow has closed
+        response = await api.client.post("/v1/admin/products", json=body, headers=headers)
+        assert response.status == 201, await response.text()
+        answers.append(await response.json())
+    assert answers[0] == answers[1]
+    assert answers[0]["version"] == 1
+    other = {**body, "title": "Another lamp"}
+    reused = await api.client.post("/v1/admin/products", json=other, headers=headers)
+    detail = (await problem(reused, 409, "conflict"))["detail"]
+    assert "Idempotency-Key" in detail
+    assert (await api.get(sku))["title"] == "Idempotent lamp"
+
+
 async def test_reads_need_a_token_and_writes_need_the_write_scope(api: CatalogApi) -> None:
     await problem(await api.client.get("/v1/products/ANY"), 401, "token-missing")
     await problem(

@@ -506,3 +506,8 @@ async def test_a_refund_retried_with_its_key_answers_the_first_refund(
     ).json()
     assert order["refunded_minor"] == 1000
     assert (await ledger(settings)).balanced
+    # The same key with another request is refused, not answered with the first refund.
+    other = {**refund, "json": {"reason": "never arrived", "amount_minor": 400}}
+    reused = await shop["client"].post(url, **other)
+    body = await problem(reused, 409, "conflict")
+    assert "Idempotency-Key" in body["detail"]
