@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         TransitionInput,
     )
     from workers.orders.model import (
+        CANCEL_REFUND_KEY,
         CUSTOMER_ID,
         INVENTORY_QUEUE,
         ITEM_COUNT,
@@ -52,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         OrderInput,
         OrderView,
         RefundOrderInput,
+        cancel_refund,
         order_id_for,
         order_workflow_id,
         refund_workflow_id,
@@ -81,6 +83,7 @@ __all__ = [
     "OrderWorkflow",
     "RefundOrderInput",
     "RefundOrderWorkflow",
+    "cancel_refund",
     "order_id_for",
     "order_workflow_id",
     "refund_workflow_id",
@@ -430,15 +433,7 @@ class OrderWorkflow:
         each step answers the first one's result)."""
         snapshot = await _snapshot(order.order_id)
         if snapshot.status in REFUNDABLE:
-            request = RefundOrderInput(
-                order_id=order.order_id,
-                refund_key=CANCEL_REFUND_KEY,
-                amount_minor=None,
-                reason=cancel.reason,
-                cancel=True,
-                requested_by=cancel.requested_by,
-            )
-            snapshot = await refund_completed(request, snapshot)
+            snapshot = await refund_completed(cancel_refund(order.order_id, cancel), snapshot)
         # Otherwise another request cancelled or refunded it meanwhile: its status stands.
         self.view.status = snapshot.status
         self.view.reason = cancel.reason
@@ -581,8 +576,6 @@ def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejecte
 # Refunds ----------------------------------------------------------------------
 
 
-# The refund key of a cancel after completion: one per order (a cancel happens once).
-CANCEL_REFUND_KEY = "cancel"
 REFUNDABLE = ("COMPLETED", "PARTIALLY_REFUNDED")
 
 

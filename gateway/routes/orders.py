@@ -48,6 +48,7 @@ from workflows.orders import (
     OrderWorkflow,
     RefundOrderInput,
     RefundOrderWorkflow,
+    cancel_refund,
     order_id_for,
     order_workflow_id,
     refund_workflow_id,
@@ -248,13 +249,8 @@ async def _cancel_completed(
     request: web.Request, order: Order, body: CancelOrderRequest
 ) -> OrderView:
     gw = deps(request)
-    request_refund = RefundOrderInput(
-        order_id=order.order_id,
-        refund_key=CANCEL_REFUND_KEY,
-        amount_minor=None,
-        reason=body.reason,
-        cancel=True,
-        requested_by=principal_of(request).subject,
+    request_refund = cancel_refund(
+        order.order_id, CancelInput(principal_of(request).subject, body.reason)
     )
     async with gw.upstream.call(request, "temporal.CancelCompletedOrder") as timeout:
         view: OrderView = await gw.upstream.execute_workflow(

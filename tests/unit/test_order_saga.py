@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio import activity
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateStage,
 )
@@ -295,6 +297,15 @@ async def reached(step: str) -> None:
     raise AssertionError(f"the saga never reached {step}: {world.calls}")
 
 
+async def awaiting_payment(handle: WorkflowHandle[Any, Any]) -> None:
+    """Until the saga waits for the customer's payment step."""
+    for _ in range(200):
+        if (await handle.query(OrderWorkflow.status)).status == "AWAITING_PAYMENT":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the saga never waited for the payment step")
+
+
 async def run(client: Client, order: OrderInput, name: str | None = None) -> OrderView:
     handle = await client.start_workflow(
         OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
@@ -427,10 +438,7 @@ async def test_a_payment_step_landing_with_the_unpaid_timeout_is_taken(
         handle = await others.start_workflow(
             OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
         )
-        for _ in range(100):
-            if (await handle.query(OrderWorkflow.status)).status == "AWAITING_PAYMENT":
-                break
-            await asyncio.sleep(0.05)
+        await awaiting_payment(handle)
     await env.sleep(timedelta(seconds=901))
     completion = asyncio.create_task(
         handle.execute_update(
@@ -453,10 +461,7 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
     handle = await client.start_workflow(
         OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
     )
-    for _ in range(100):
-        if (await handle.query(OrderWorkflow.status)).status == "AWAITING_PAYMENT":
-            break
-        await asyncio.sleep(0.05)
+    await awaiting_payment(handle)
     view = await handle.query(OrderWorkflow.status)
     assert view.next_action_url == "https://psp.test/3ds/1"
     # Listed as waiting for its payment in the Temporal UI (visibility).

@@ -114,3 +114,20 @@ class RefundOrderInput:
     cancel: bool = False
     requested_by: str = ""
     lines: list[OrderLineInput] = field(default_factory=list)
+
+
+# The refund key of a cancel after completion: one per order (a cancel happens once).
+CANCEL_REFUND_KEY = "cancel"
+
+
+def cancel_refund(order_id: str, cancel: CancelInput) -> RefundOrderInput:
+    """A cancel after completion: everything refunded under the key `cancel`, the stock
+    returned, the order CANCELLED (the gateway's and the saga's, alike)."""
+    return RefundOrderInput(
+        order_id=order_id,
+        refund_key=CANCEL_REFUND_KEY,
+        amount_minor=None,
+        reason=cancel.reason,
+        cancel=True,
+        requested_by=cancel.requested_by,
+    )
