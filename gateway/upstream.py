@@ -157,7 +157,10 @@ class Upstream:
                     await _same_request(closed_run, digest)
                 return await self.closed_result(run, id, closed.run_id)
             if digest:
-                await _same_request(handle, digest)  # it may be a run we joined
+                # It may be a run we joined: the one the start answered with, not the
+                # latest (a run that failed meanwhile may have been followed by another).
+                joined = self.temporal.get_workflow_handle(id, run_id=handle.result_run_id)
+                await _same_request(joined, digest)
             return await workflow_result(handle)
 
     async def closed_result(self, run: Any, id: str, run_id: str | None) -> Any:

@@ -433,7 +433,16 @@ class OrderWorkflow:
         each step answers the first one's result)."""
         snapshot = await _snapshot(order.order_id)
         if snapshot.status in REFUNDABLE:
-            snapshot = await refund_completed(cancel_refund(order.order_id, cancel), snapshot)
+            try:
+                snapshot = await refund_completed(cancel_refund(order.order_id, cancel), snapshot)
+            except (ActivityError, ApplicationError) as error:
+                # E.g. a partial refund landed meanwhile and the amount no longer fits.
+                # The saga has completed and must not fail now: the update answers what
+                # the order is, and a COMPLETED answer makes the gateway cancel it anew.
+                workflow.logger.error(
+                    "cancel after completion failed", extra={"error": str(error.cause or error)}
+                )
+                snapshot = await _snapshot(order.order_id)
         # Otherwise another request cancelled or refunded it meanwhile: its status stands.
         self.view.status = snapshot.status
         self.view.reason = cancel.reason

@@ -224,9 +224,9 @@ async def cancel_order(request: web.Request, body: CancelOrderRequest) -> OrderA
         else:
             if view.status != "COMPLETED":
                 return _from_view(request, view)
-            # The cancel came during the last steps (stock commit) of a saga started
-            # before CANCEL_AFTER_LAST_STEPS, which cancels the completed order
-            # itself since: it completed, so cancel the completed order here.
+            # The cancel came during the last step (stock commit) of a saga that
+            # passed it before CANCEL_AFTER_LAST_STEPS (which cancels the completed
+            # order in the saga), or the saga's own cancel failed: cancel it here.
     return _from_view(request, await _cancel_completed(request, order, body))
 
 

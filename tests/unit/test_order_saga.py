@@ -94,6 +94,7 @@ class World:
     transition_refunds: dict[str, int] = field(default_factory=dict)
     refunded: int = 0
     capture_refused: bool = False
+    refund_refused: bool = False
     voided: list[str] = field(default_factory=list)
 
     async def gate(self, step: str) -> None:
@@ -232,6 +233,10 @@ async def void(data: VoidInput) -> VoidResult:
 @activity.defn(name="payments.refund")
 async def refund(data: RefundInput) -> RefundResult:
     world.calls.append(f"refund:{data.amount_minor}")
+    if world.refund_refused:
+        raise ApplicationError(
+            "the refund exceeds what is captured", type="PaymentAmountExceeded", non_retryable=True
+        )
     return RefundResult(
         data.payment_id, "ref-1", data.amount_minor or 2000, 2000, "EUR", "refunded"
     )
@@ -520,11 +525,8 @@ async def test_cancel_at_each_stage_undoes_what_was_done(
     await keep_history(client, handle.id, f"cancel-at-{stage}")
 
 
-async def test_a_cancel_during_the_stock_commit_cancels_the_completed_order(
-    client: Client,
-) -> None:
-    # The commit does not stop for a cancel; the order completes, then the saga cancels
-    # it as a cancel after completion does: everything refunded, the stock returned.
+async def cancel_during_commit(client: Client) -> tuple[OrderView, WorkflowHandle[Any, Any]]:
+    """Place an order, cancel it while its stock commit runs; the cancel's answer."""
     world.gates["commit"] = asyncio.Event()
     order = new_order()
     handle = await client.start_workflow(
@@ -537,7 +539,15 @@ async def test_a_cancel_during_the_stock_commit_cancels_the_completed_order(
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
     world.gates["commit"].set()
-    view = await cancel.result()
+    return await cancel.result(), handle
+
+
+async def test_a_cancel_during_the_stock_commit_cancels_the_completed_order(
+    client: Client,
+) -> None:
+    # The commit does not stop for a cancel; the order completes, then the saga cancels
+    # it as a cancel after completion does: everything refunded, the stock returned.
+    view, handle = await cancel_during_commit(client)
     assert (view.status, view.reason) == ("CANCELLED", "changed mind")
     assert (await handle.result()).status == "CANCELLED"
     assert world.calls[world.calls.index("commit") :] == [
@@ -549,6 +559,24 @@ async def test_a_cancel_during_the_stock_commit_cancels_the_completed_order(
     ]
     assert "void" not in world.calls[world.calls.index("commit") :]
     await keep_history(client, handle.id, "cancel-at-commit")
+
+
+async def test_a_cancel_after_the_commit_that_fails_leaves_the_saga_completed(
+    client: Client,
+) -> None:
+    # E.g. a partial refund landed first and the full amount no longer fits: the saga
+    # has completed and does not fail; the update answers COMPLETED (the gateway then
+    # cancels the completed order anew, from a fresh snapshot).
+    world.refund_refused = True
+    view, handle = await cancel_during_commit(client)
+    assert view.status == "COMPLETED"
+    assert (await handle.result()).status == "COMPLETED"
+    assert world.calls[world.calls.index("commit") :] == [
+        "commit",
+        "transition:COMPLETED",
+        "refund:2000",
+    ]
+    await keep_history(client, handle.id, "cancel-at-commit-refused")
 
 
 async def test_a_capture_refused_for_good_rejects_and_releases_without_a_refund(
