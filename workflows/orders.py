@@ -445,6 +445,7 @@ class OrderWorkflow:
                 snapshot = await _snapshot(order.order_id)
         # Otherwise another request cancelled or refunded it meanwhile: its status stands.
         self.view.status = snapshot.status
+        self.view.refunded_minor = snapshot.refunded_minor
         self.view.reason = cancel.reason
         workflow.upsert_search_attributes([ORDER_STATUS.value_set(snapshot.status)])
 
@@ -493,6 +494,7 @@ class OrderWorkflow:
 
     async def transition(self, order: OrderInput, status: str, *, cancelled_by: str = "") -> None:
         self.view.status = status
+        self.view.refunded_minor = self.compensated_refund_minor
         await workflow.execute_local_activity_method(
             OrdersActivities.transition,
             TransitionInput(
@@ -607,8 +609,10 @@ class RefundOrderWorkflow:
             status=after.status,
             currency=after.currency,
             total_minor=after.total_minor,
+            lines=list(after.lines),
             payment_id=after.payment_id,
             reason=request.reason,
+            refunded_minor=after.refunded_minor,
         )
 
 

@@ -81,6 +81,7 @@ def _from_view(request: web.Request, view: OrderView) -> OrderAnswer:
         status=view.status,
         currency=view.currency,
         total_minor=view.total_minor,
+        refunded_minor=view.refunded_minor,
         lines=[OrderLineAnswer(**vars(line)) for line in view.lines],
         reason=view.reason,
         payment_id=view.payment_id,

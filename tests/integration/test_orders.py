@@ -390,7 +390,9 @@ async def test_cancel_after_completion_refunds_everything_and_returns_the_stock(
         f"/v1/orders/{accepted['order_id']}/cancel", json={"reason": "changed my mind"}, headers=who
     )
     assert response.status == 200, await response.text()
-    assert (await response.json())["status"] == "CANCELLED"
+    answer = await response.json()
+    assert (answer["status"], answer["refunded_minor"]) == ("CANCELLED", 2000)
+    assert [line["quantity"] for line in answer["lines"]] == [2]
     order = await (
         await shop["client"].get(f"/v1/orders/{accepted['order_id']}", headers=who)
     ).json()
@@ -412,7 +414,8 @@ async def test_a_partial_refund_then_an_excessive_one(shop: dict[str, Any]) -> N
         headers={**who, "Idempotency-Key": f"refund-{uuid.uuid4()}"},
     )
     assert response.status == 200, await response.text()
-    assert (await response.json())["status"] == "PARTIALLY_REFUNDED"
+    answer = await response.json()
+    assert (answer["status"], answer["refunded_minor"]) == ("PARTIALLY_REFUNDED", 500)
     too_much = await shop["client"].post(
         url,
         json={"amount_minor": 5000},

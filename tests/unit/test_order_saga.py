@@ -147,7 +147,8 @@ async def record_refund(data: RecordRefundInput) -> OrderSnapshot:
     world.calls.append(f"record_refund:{data.amount_minor}:{'cancel' if data.cancel else 'refund'}")
     world.refunded += data.amount_minor
     status = "CANCELLED" if data.cancel else "PARTIALLY_REFUNDED"
-    return OrderSnapshot(data.order_id, "cust", status, "EUR", 2000, world.refunded, "pay-1")
+    lines = [PricedLine("SKU-1", "T", 2, 1000, 2000)]
+    return OrderSnapshot(data.order_id, "cust", status, "EUR", 2000, world.refunded, "pay-1", lines)
 
 
 @activity.defn(name="inventory.reserve")
@@ -520,8 +521,9 @@ async def test_cancel_at_each_stage_undoes_what_was_done(
     assert (await handle.result()).status == "CANCELLED"
     assert world.calls[-(len(undone) + 1) :] == [*undone, "transition:CANCELLED"]
     assert "commit" not in world.calls
-    # What the compensation refunded reaches the order's projection.
+    # What the compensation refunded reaches the order's projection and the answer.
     assert world.transition_refunds["CANCELLED"] == (2000 if stage == "capture" else 0)
+    assert view.refunded_minor == (2000 if stage == "capture" else 0)
     await keep_history(client, handle.id, f"cancel-at-{stage}")
 
 
@@ -548,7 +550,7 @@ async def test_a_cancel_during_the_stock_commit_cancels_the_completed_order(
     # The commit does not stop for a cancel; the order completes, then the saga cancels
     # it as a cancel after completion does: everything refunded, the stock returned.
     view, handle = await cancel_during_commit(client)
-    assert (view.status, view.reason) == ("CANCELLED", "changed mind")
+    assert (view.status, view.reason, view.refunded_minor) == ("CANCELLED", "changed mind", 2000)
     assert (await handle.result()).status == "CANCELLED"
     assert world.calls[world.calls.index("commit") :] == [
         "commit",
@@ -627,7 +629,8 @@ async def test_refund_after_completion_refunds_the_amount(client: Client) -> Non
         order_id=str(uuid.uuid4()), refund_key="r1", amount_minor=500, reason="damaged"
     )
     view = await refund_run(client, request, "refund-partial")
-    assert view.status == "PARTIALLY_REFUNDED"
+    assert (view.status, view.refunded_minor) == ("PARTIALLY_REFUNDED", 500)
+    assert [line.sku for line in view.lines] == ["SKU-1"]
     assert world.calls == ["refund:500", "record_refund:500:refund"]
 
 

@@ -83,6 +83,8 @@ class OrderView:
     lines: list[PricedLine] = field(default_factory=list)
     reason: str = ""
     rejection: str = ""
+    # What has been refunded of the order (a compensation's, or refunds after completion).
+    refunded_minor: int = 0
     reservation_id: str = ""
     payment_id: str = ""
     payment_outcome: str = ""
