@@ -132,36 +132,59 @@ class Upstream:
         another request is refused with 409 instead of answered with the first result
         (`same_request=False` where the id is not the client's key: a cancel's refund).
         """
-        digest = request_digest(arg) if idempotent and same_request else ""
         async with asyncio.timeout(budget_s):
-            try:
-                handle = await self.temporal.start_workflow(
-                    run,
-                    arg,
-                    id=id,
-                    task_queue=task_queue,
-                    memo={DIGEST_MEMO: digest} if digest else None,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING
-                    if idempotent
-                    else WorkflowIDConflictPolicy.UNSPECIFIED,
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
-                    if idempotent
-                    else WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                    rpc_timeout=timedelta(seconds=budget_s),
-                )
-            except WorkflowAlreadyStartedError as closed:
-                if not idempotent:
-                    raise
-                if digest:
-                    closed_run = self.temporal.get_workflow_handle(id, run_id=closed.run_id)
-                    await _same_request(closed_run, digest)
-                return await self.closed_result(run, id, closed.run_id)
-            if digest:
-                # It may be a run we joined: the one the start answered with, not the
-                # latest (a run that failed meanwhile may have been followed by another).
-                joined = self.temporal.get_workflow_handle(id, run_id=handle.result_run_id)
-                await _same_request(joined, digest)
+            handle = await self.start_workflow(
+                run,
+                arg,
+                id=id,
+                task_queue=task_queue,
+                budget_s=budget_s,
+                idempotent=idempotent,
+                same_request=same_request,
+            )
             return await workflow_result(handle)
+
+    async def start_workflow(
+        self,
+        run: Any,
+        arg: Any,
+        *,
+        id: str,
+        task_queue: str,
+        budget_s: float,
+        idempotent: bool = False,
+        same_request: bool = True,
+    ) -> WorkflowHandle[Any, Any]:
+        """Start a workflow (as `execute_workflow` says) without waiting for its result:
+        the handle of the run that answers the request, the one started, joined or,
+        `idempotent`, the closed run a retry reads."""
+        digest = request_digest(arg) if idempotent and same_request else ""
+        try:
+            started = await self.temporal.start_workflow(
+                run,
+                arg,
+                id=id,
+                task_queue=task_queue,
+                memo={DIGEST_MEMO: digest} if digest else None,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING
+                if idempotent
+                else WorkflowIDConflictPolicy.UNSPECIFIED,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+                if idempotent
+                else WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                rpc_timeout=timedelta(seconds=budget_s),
+            )
+            run_id = started.result_run_id
+        except WorkflowAlreadyStartedError as closed:
+            if not idempotent:
+                raise
+            run_id = closed.run_id
+        # The run the start answered with, not the latest (a run that failed meanwhile
+        # may have been followed by another).
+        handle = self.temporal.get_workflow_handle_for(run, id, run_id=run_id)
+        if digest:
+            await _same_request(handle, digest)  # it may be a run we joined, or a closed one
+        return handle
 
     async def closed_result(self, run: Any, id: str, run_id: str | None) -> Any:
         """The result of the run a start was refused for (its id was taken by it)."""

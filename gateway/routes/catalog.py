@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from agora import scopes
@@ -229,13 +228,16 @@ async def start_import(request: web.Request, body: ImportProductsRequest) -> Imp
         batch_size=body.batch_size,
     )
     async with gw.upstream.call(request, "temporal.ImportProducts") as timeout:
-        await gw.upstream.temporal.start_workflow(
+        # A retry joins the import, or finds it done, instead of importing again (an
+        # import run anew would overwrite edits made since); the same key with other
+        # products is refused (409).
+        await gw.upstream.start_workflow(
             ImportProductsWorkflow.run,
             data,
             id=import_workflow_id(import_id),
             task_queue=TASK_QUEUE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            rpc_timeout=timedelta(seconds=timeout),
+            budget_s=timeout,
+            idempotent=True,
         )
     return ImportStartedResponse(import_id=import_id, status_url=f"/v1/admin/imports/{import_id}")
 
@@ -369,7 +371,7 @@ ROUTES = [
         body=ImportProductsRequest,
         response=ImportStartedResponse,
         status=202,
-        problems=("invalid-argument",),
+        problems=("conflict", "invalid-argument"),
         idempotency="optional",
     ),
     Route(

@@ -123,3 +123,34 @@ async def test_an_import_reports_rejected_rows_and_imports_the_rest(import_api: 
         404,
         "not-found",
     )
+
+
+async def test_an_import_retried_after_it_completed_does_not_run_again(
+    import_api: CatalogApi,
+) -> None:
+    # A client that lost the 202 retries with its key after the import finished: the
+    # import is not run again (it would overwrite an edit made since).
+    api = import_api
+    sku = f"IMP-{uuid.uuid4().hex[:10]}"
+    body = {"products": [product_body(sku=sku, title="Imported lamp")]}
+    headers = {**api.admin, "Idempotency-Key": f"import-{uuid.uuid4()}"}
+    response = await api.client.post("/v1/admin/products/import", json=body, headers=headers)
+    assert response.status == 202, await response.text()
+    url = (await response.json())["status_url"]
+
+    async def completed() -> dict[str, Any] | None:
+        status = await _status(api, url)
+        return status if status["state"] == "completed" else None
+
+    await eventually(completed)
+    edited = await api.set_price(sku, 4321)
+    again = await api.client.post("/v1/admin/products/import", json=body, headers=headers)
+    assert again.status == 202, await again.text()
+    assert (await again.json())["status_url"] == url
+    await eventually(completed)  # (a run started anew would have overwritten the edit)
+    product = await api.get(sku)
+    assert (product["version"], product["price"]["amount_minor"]) == (edited["version"], 4321)
+    # The same key with other products is refused, not joined.
+    other = {"products": [product_body(sku=sku, title="Another lamp")]}
+    reused = await api.client.post("/v1/admin/products/import", json=other, headers=headers)
+    await problem(reused, 409, "conflict")

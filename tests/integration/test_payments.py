@@ -240,6 +240,8 @@ async def test_a_retried_authorize_returns_the_first_result_and_holds_once(
     assert len(await ledger_rows(db, payment_id)) == 2  # one movement
     assert await events_of(db, payment_id) == ["PaymentAuthorized"]
     assert await redis.exists(f"payments:psp:auth:{payment_id}") == 1
+    # The PSP's authorization outlives any refund window (only idempotency keys expire).
+    assert await redis.ttl(f"payments:psp:auth:{payment_id}") == -1
 
 
 async def test_the_same_key_with_other_parameters_is_a_conflict(steps: Steps) -> None:

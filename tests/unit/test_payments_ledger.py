@@ -6,6 +6,8 @@ import itertools
 
 import pytest
 
+from workers.payments.errors import InvalidPaymentRequest
+from workers.payments.intents import MAX_AMOUNT_MINOR, _amount
 from workers.payments.ledger import (
     Account,
     Entry,
@@ -106,3 +108,15 @@ def test_status_follows_from_the_amounts(
 def test_payment_id_is_derived_from_the_authorize_key() -> None:
     assert payment_id_for("order-1:pay") == payment_id_for("order-1:pay")
     assert payment_id_for("order-1:pay") != payment_id_for("order-2:pay")
+
+
+@pytest.mark.parametrize("amount", [0, -1, MAX_AMOUNT_MINOR + 1, 2**63])
+def test_an_amount_out_of_range_is_an_invalid_request(amount: int) -> None:
+    # Not left to the database (a bigint overflow there would be retried as transient).
+    with pytest.raises(InvalidPaymentRequest):
+        _amount(amount, optional=False)
+
+
+def test_an_amount_in_range_is_taken() -> None:
+    assert _amount(MAX_AMOUNT_MINOR, optional=False) == MAX_AMOUNT_MINOR
+    assert _amount(None, optional=True) is None

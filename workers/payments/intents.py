@@ -105,11 +105,16 @@ def _key(key: str) -> str:
     return key
 
 
+# Far above any real payment, far below PostgreSQL's bigint: an amount beyond it is
+# refused as invalid, never left to fail in the database (retried as if transient).
+MAX_AMOUNT_MINOR = 10**15
+
+
 def _amount(amount_minor: int | None, *, optional: bool) -> int | None:
     if amount_minor is None and optional:
         return None
-    if amount_minor is None or amount_minor <= 0:
-        raise InvalidPaymentRequest("amount_minor must be a positive integer")
+    if amount_minor is None or not 0 < amount_minor <= MAX_AMOUNT_MINOR:
+        raise InvalidPaymentRequest(f"amount_minor must be between 1 and {MAX_AMOUNT_MINOR}")
     return amount_minor
 
 

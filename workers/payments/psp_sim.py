@@ -160,7 +160,9 @@ class RedisSimStore:
     """The SimStore of the running service: Redis keys under `<prefix>psp:`."""
 
     # A real PSP forgets idempotency keys after a day or so; payments keeps its
-    # own first results for good, so this only bounds the simulator's memory.
+    # own first results for good, so this only bounds the simulator's memory. The
+    # authorizations themselves (`auth:*`) are the PSP's state and never expire: a
+    # refund weeks after the capture must find its authorization.
     TTL_S = 7 * 24 * 3600
 
     def __init__(self, redis: aioredis.Redis, prefix: str = "payments:"):
@@ -171,15 +173,18 @@ class RedisSimStore:
         raw = await self._redis.get(self._prefix + key)
         return json.loads(raw) if raw is not None else None
 
+    def _ttl(self, key: str) -> int | None:
+        return None if key.startswith("auth:") else self.TTL_S
+
     async def add(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
         name = self._prefix + key
-        if await self._redis.set(name, json.dumps(record), nx=True, ex=self.TTL_S):
+        if await self._redis.set(name, json.dumps(record), nx=True, ex=self._ttl(key)):
             return record
         raw = await self._redis.get(name)
         return json.loads(raw) if raw is not None else record
 
     async def put(self, key: str, record: dict[str, Any]) -> None:
-        await self._redis.set(self._prefix + key, json.dumps(record), ex=self.TTL_S)
+        await self._redis.set(self._prefix + key, json.dumps(record), ex=self._ttl(key))
 
     async def incr(self, key: str) -> int:
         name = self._prefix + key
