@@ -327,6 +327,9 @@ async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str,
         {**body, "lines": [{"sku": "X-1", "quantity": 0}]},
         {**body, "currency": "euro"},
         {**body, "unexpected": True},
+        # A card number where its token belongs never reaches the saga's input.
+        {**body, "payment": {"card_token": "4242 4242 4242 4242"}},
+        {**body, "payment": {"card_token": "4000000000000002"}},
     ):
         await problem(
             await client.post("/v1/orders", json=bad, headers=headers), 422, "validation-failed"
