@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,8 +17,9 @@ from agora.config import Settings
 from gateway.deps import Gateway
 from tests.integration.conftest import ServiceProcess, Services
 from tests.integration.gatewaykit import TokenMinter, bearer, problem, running_gateway
+from workers.payments.errors import IdempotencyKeyConflict
 from workers.payments.intents import PaymentIntents
-from workers.payments.model import AuthorizeInput, CaptureInput
+from workers.payments.model import AuthorizeInput, CaptureInput, payment_id_for
 from workers.payments.psp_sim import RedisSimStore, SimulatedPsp, tokenize
 
 Client = TestClient[web.Request, web.Application]
@@ -110,3 +112,33 @@ async def test_an_unknown_payment_is_not_found_and_a_malformed_id_invalid(
     await problem(response, 404, "not-found")
     response = await client.get("/v1/admin/payments/not-a-uuid", headers=admin(minter))
     await problem(response, 400, "invalid-argument")
+
+
+async def test_the_same_key_with_other_parameters_is_refused_while_the_first_is_at_the_psp(
+    intents: PaymentIntents,
+) -> None:
+    # The first attempt waits at a slow PSP with nothing recorded yet; a second with
+    # the key but another amount would get the first's authorization from the PSP and
+    # book its own amount. It is refused before it reaches the PSP.
+    assert isinstance(intents.psp, SimulatedPsp)
+    slow = PaymentIntents(intents.pool, SimulatedPsp(intents.psp.store, slow_delay_s=60))
+    key = f"gw-{uuid.uuid4().hex}"
+    token = tokenize("4000000000000077", 12, 2030).token
+    first = asyncio.create_task(
+        slow.authorize(AuthorizeInput(key, "order-gw-2", 1000, "EUR", token))
+    )
+    try:
+        payment_id = uuid.UUID(payment_id_for(key))
+        for _ in range(100):
+            if await intents.pool.fetchval(
+                "SELECT status FROM payment_intents WHERE payment_id = $1", payment_id
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the first attempt never reached the PSP")
+        with pytest.raises(IdempotencyKeyConflict):
+            await slow.authorize(AuthorizeInput(key, "order-gw-2", 1200, "EUR", token))
+        assert not first.done()
+    finally:
+        first.cancel()

@@ -118,6 +118,17 @@ def _amount(amount_minor: int | None, *, optional: bool) -> int | None:
     return amount_minor
 
 
+def _intent_request(intent: asyncpg.Record) -> tuple[str, str, str, int, str]:
+    """What the authorization that created a pending intent asked for."""
+    return (
+        intent["order_id"],
+        intent["customer_id"],
+        intent["currency"],
+        intent["requested_minor"],
+        intent["card_token"],
+    )
+
+
 def _payment_uuid(payment_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(payment_id)
@@ -259,6 +270,14 @@ class PaymentIntents:
                 if intent is None or intent["status"] != Status.PENDING:
                     status = intent["status"] if intent else "gone"
                     raise PaymentStateConflict(f"payment {payment_id} is {status}")
+                # No result yet, but an attempt may be at the PSP: this one must ask
+                # for the same (the PSP answers it with the first one's authorization).
+                if _intent_request(intent) != (
+                    data.order_id, data.customer_id, data.currency, amount, card.token
+                ):  # fmt: skip
+                    raise IdempotencyKeyConflict(
+                        "this idempotency key was used for a different request"
+                    )
 
             # Outside any transaction: the PSP may be slow (see the module docstring).
             try:
