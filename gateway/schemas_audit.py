@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field, StringConstraints
 
 from gateway.schemas import Answer, Strict
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def _in_the_log_era(value: datetime) -> datetime:
+    """A bound the audit service can take: 1970 to 9999 in UTC (0001-01-01T00:00+14:00
+    is before year 1 in UTC and overflowed building the gRPC timestamp: a 500)."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range: 1970 to 9999 (UTC)") from None
+    if not 1970 <= utc.year <= 9999:
+        raise ValueError("time out of range: 1970 to 9999 (UTC)")
+    return value
+
+
+QueryTime = Annotated[AwareDatetime, AfterValidator(_in_the_log_era)]
 
 
 class AuditEventsQuery(Strict):
@@ -20,8 +35,8 @@ class AuditEventsQuery(Strict):
     aggregate_id: Name | None = None
     trace_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None
     workflow_id: Name | None = None
-    start: AwareDatetime | None = Field(default=None, description="Inclusive, on occurred_at")
-    end: AwareDatetime | None = Field(default=None, description="Exclusive, on occurred_at")
+    start: QueryTime | None = Field(default=None, description="Inclusive, on occurred_at")
+    end: QueryTime | None = Field(default=None, description="Exclusive, on occurred_at")
     page_size: Annotated[int, Field(ge=1, le=500)] = 100
     cursor: Annotated[str, StringConstraints(max_length=512)] = ""
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from temporalio import workflow
 from temporalio.client import WorkflowExecution
+from temporalio.service import RPCError, RPCStatusCode
 
 from agora import scopes
 from gateway.deps import deps
@@ -43,7 +44,15 @@ ORDER_WORKFLOW_TYPE = workflow._Definition.must_from_class(OrderWorkflow).name
 
 # The values OrderWorkflow upserts (workflows/orders.py).
 OrderStatus = Literal[
-    "PENDING", "AWAITING_PAYMENT", "CONFIRMED", "COMPLETED", "CANCELLED", "REJECTED"
+    "PENDING",
+    "AWAITING_PAYMENT",
+    "CONFIRMED",
+    "COMPLETED",
+    "CANCELLED",
+    "REJECTED",
+    # A cancel during the stock commit that met an earlier refund (cancel_completed).
+    "REFUNDED",
+    "PARTIALLY_REFUNDED",
 ]
 PaymentOutcome = Literal["authorized", "requires_action", "timeout", "captured", "declined"]
 
@@ -166,7 +175,13 @@ async def search_orders(request: web.Request, filters: AdminOrdersQuery) -> Admi
                 next_page_token=token,
                 rpc_timeout=timedelta(seconds=timeout),
             )
-            await page.fetch_next_page()
+            try:
+                await page.fetch_next_page()
+            except RPCError as error:
+                # The query is ours and well-formed: refused, it is the page token.
+                if token is None or error.status != RPCStatusCode.INVALID_ARGUMENT:
+                    raise
+                raise Problem("invalid-argument", "cursor is not one this route answered") from None
     next_token = page.next_page_token or b""
     return AdminOrderList(
         orders=[_summary(request, execution) for execution in page.current_page or []],

@@ -47,6 +47,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
             raise ValueError
         if "\x00" in category or "\x00" in sku:
             raise ValueError  # PostgreSQL text cannot hold NUL: the query would fail
+        category.encode(), sku.encode()  # a lone surrogate ("\ud800") is no UTF-8 text
         return category, sku
     # RecursionError: base64 of "[[[[..." nests deeper than the JSON parser goes.
     except (ValueError, TypeError, UnicodeDecodeError, RecursionError):

@@ -160,7 +160,9 @@ class ApiClients:
         self, owner_account_id: str, include_revoked: bool, page_size: int, cursor: str
     ) -> Page:
         """Keyset pagination, oldest first; the cursor is the last row's (created_at, id)."""
-        size = min(page_size or 50, MAX_PAGE)
+        size = page_size or 50
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}")
         conditions: list[str] = ["true"]
         args: list[object] = []
         if owner_account_id:
@@ -195,8 +197,12 @@ def _encode_cursor(last: ApiClientRow) -> str:
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
     try:
         at, cid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return dt.datetime.fromisoformat(at), uuid.UUID(cid)
-    except ValueError:
+        after = dt.datetime.fromisoformat(at)
+        if after.tzinfo is None:
+            raise ValueError("cursor time without an offset")
+        # In UTC here: 0001-01-01T00:00+14:00 is before year 1 in UTC (OverflowError).
+        return after.astimezone(dt.UTC), uuid.UUID(cid)
+    except (ValueError, OverflowError):  # UnicodeDecodeError and binascii.Error included
         raise InvalidArgument("bad page cursor") from None
 
 

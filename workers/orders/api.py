@@ -84,6 +84,8 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, order_id = json.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(created_at, str) or not isinstance(order_id, str):
+            raise TypeError("cursor fields are strings")
         at = dt.datetime.fromisoformat(created_at)
         if at.tzinfo is None:
             raise ValueError("cursor time without an offset")
