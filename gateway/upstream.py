@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from aiohttp import web
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -63,6 +63,16 @@ async def workflow_result(handle: WorkflowHandle[Any, Any]) -> Any:
             # Not closed yet, or its wake-up was missed: ask again.
 
 
+class StartOptions(TypedDict, total=False):
+    """`Upstream.start_workflow`'s keywords (`id`, `task_queue` and `budget_s` required)."""
+
+    id: Required[str]
+    task_queue: Required[str]
+    budget_s: Required[float]
+    idempotent: bool
+    same_request: bool
+
+
 class Upstream:
     """The gateway's clients: pooled mTLS channels per service and one Temporal client."""
 
@@ -106,17 +116,7 @@ class Upstream:
         finally:
             request[TIMING].add("upstream", time.perf_counter() - started)
 
-    async def execute_workflow(
-        self,
-        run: Any,
-        arg: Any,
-        *,
-        id: str,
-        task_queue: str,
-        budget_s: float,
-        idempotent: bool = False,
-        same_request: bool = True,
-    ) -> Any:
+    async def execute_workflow(self, run: Any, arg: Any, **start: Unpack[StartOptions]) -> Any:
         """Start a workflow and wait for its result, all within `budget_s` seconds (what is
         left of the request's deadline). The result comes through `workflow_result`'s
         short polls, never one long poll that could miss its wake-up.
@@ -132,17 +132,8 @@ class Upstream:
         another request is refused with 409 instead of answered with the first result
         (`same_request=False` where the id is not the client's key: a cancel's refund).
         """
-        async with asyncio.timeout(budget_s):
-            handle = await self.start_workflow(
-                run,
-                arg,
-                id=id,
-                task_queue=task_queue,
-                budget_s=budget_s,
-                idempotent=idempotent,
-                same_request=same_request,
-            )
-            return await workflow_result(handle)
+        async with asyncio.timeout(start["budget_s"]):
+            return await workflow_result(await self.start_workflow(run, arg, **start))
 
     async def start_workflow(
         self,
