@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,16 @@ from stack.component import Component, render_template
 VERSION = "4.4.0"
 DEPLOY = REPO_ROOT / "deploy" / "kafka"
 FETCH = REPO_ROOT / "deploy" / "local" / "fetch_jvm_components.sh"
+
+
+def cluster_id() -> str:
+    """A base64 UUID as `kafka-storage random-uuid` prints: like Kafka's own Uuid, never
+    one that starts with "-" (the format tool's argument parser takes it for an option:
+    one CI run in 64 failed on "-t: expected one argument")."""
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not value.startswith("-"):
+            return value
 
 
 class Kafka(Component):
@@ -56,12 +67,7 @@ class Kafka(Component):
             )
         cluster_id_file = root / "cluster-id"
         if not cluster_id_file.exists():
-            # The same base64 UUID `kafka-storage random-uuid` prints.
-            import base64
-
-            cluster_id_file.write_text(
-                base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            )
+            cluster_id_file.write_text(cluster_id())
         run_step(
             self.name,
             [
