@@ -54,7 +54,8 @@ browser-deps:
 test: venv helm browser-deps
 	@$(TEST_ENV) $(PY) -m stack down >/dev/null 2>&1 || true
 	@rm -rf .state/test
-	@$(TEST_ENV) $(PY) -m stack up
+	@# A start that fails half-way stops what it started (nothing is left holding ports).
+	@$(TEST_ENV) $(PY) -m stack up || { $(TEST_ENV) $(PY) -m stack down; exit 1; }
 	@set -o pipefail; status=0; \
 	  $(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	  $(TEST_ENV) $(PY) -m stack down; \
