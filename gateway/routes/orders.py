@@ -38,7 +38,6 @@ from gateway.schemas_orders import (
     StatusChangeAnswer,
 )
 from workflows.orders import (
-    CANCEL_REFUND_KEY,
     KEY_REUSED,
     TASK_QUEUE,
     CancelInput,
@@ -249,44 +248,39 @@ async def _cancel_running(
 async def _cancel_completed(
     request: web.Request, order: Order, body: CancelOrderRequest
 ) -> OrderView:
-    gw = deps(request)
-    request_refund = cancel_refund(
-        order.order_id, CancelInput(principal_of(request).subject, body.reason)
-    )
-    async with gw.upstream.call(request, "temporal.CancelCompletedOrder") as timeout:
-        view: OrderView = await gw.upstream.execute_workflow(
-            RefundOrderWorkflow.run,
-            request_refund,
-            id=refund_workflow_id(order.order_id, CANCEL_REFUND_KEY),
-            task_queue=TASK_QUEUE,
-            budget_s=timeout,
-            idempotent=True,
-            same_request=False,  # one cancel per order, whatever its reason
-        )
-    return view
+    cancel = cancel_refund(order.order_id, CancelInput(principal_of(request).subject, body.reason))
+    # One cancel per order, whatever its reason: a second joins the first.
+    return await _refund(request, "temporal.CancelCompletedOrder", cancel, same_request=False)
 
 
 async def refund_order(request: web.Request, body: RefundOrderRequest) -> OrderAnswer:
     order = await _own_order(request)
-    gw = deps(request)
-    key = idempotency_key(request, required=True)
     data = RefundOrderInput(
         order_id=order.order_id,
-        refund_key=key,
+        refund_key=idempotency_key(request, required=True),
         amount_minor=body.amount_minor,
         reason=body.reason,
         requested_by=principal_of(request).subject,
     )
-    async with gw.upstream.call(request, "temporal.RefundOrder") as timeout:
-        view = await gw.upstream.execute_workflow(
+    return _from_view(request, await _refund(request, "temporal.RefundOrder", data))
+
+
+async def _refund(
+    request: web.Request, name: str, data: RefundOrderInput, *, same_request: bool = True
+) -> OrderView:
+    """Run RefundOrder for `data`, idempotent by its order and refund key."""
+    gw = deps(request)
+    async with gw.upstream.call(request, name) as timeout:
+        view: OrderView = await gw.upstream.execute_workflow(
             RefundOrderWorkflow.run,
             data,
-            id=refund_workflow_id(order.order_id, key),
+            id=refund_workflow_id(data.order_id, data.refund_key),
             task_queue=TASK_QUEUE,
             budget_s=timeout,
             idempotent=True,
+            same_request=same_request,
         )
-    return _from_view(request, view)
+    return view
 
 
 async def complete_payment(request: web.Request, body: CompletePaymentRequest) -> OrderAnswer:
