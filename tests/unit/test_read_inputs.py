@@ -46,8 +46,8 @@ def test_a_catalog_cursor_with_a_lone_surrogate_is_invalid() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        b"0001-01-01T00:00:00+14:00|0e8c4b0a-3c1f-4d3e-9d7b-0c6f6a1b2c3d",  # before year 1 UTC
-        b"2024-01-01T00:00:00|0e8c4b0a-3c1f-4d3e-9d7b-0c6f6a1b2c3d",  # no offset
+        b'["0001-01-01T00:00:00+14:00","0e8c4b0a-3c1f-4d3e-9d7b-0c6f6a1b2c3d"]',  # < year 1 UTC
+        b'["2024-01-01T00:00:00","0e8c4b0a-3c1f-4d3e-9d7b-0c6f6a1b2c3d"]',  # no offset
         b"\xff\xfe|x",
     ],
 )

@@ -8,7 +8,6 @@ can ask for it to check signatures.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hmac
 import secrets
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from agora import outbox, scopes
+from agora import keyset, outbox, scopes
 from agora.errors import InvalidArgument
 from contracts.agora.identity.v1 import (
     ApiClientCreated,
@@ -189,21 +188,10 @@ class ApiClients:
 
 
 def _encode_cursor(last: ApiClientRow) -> str:
-    return base64.urlsafe_b64encode(
-        f"{last.created_at.isoformat()}|{last.client_id}".encode()
-    ).decode()
+    return keyset.encode(last.created_at, last.client_id)
 
 
-def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        at, cid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        after = dt.datetime.fromisoformat(at)
-        if after.tzinfo is None:
-            raise ValueError("cursor time without an offset")
-        # In UTC here: 0001-01-01T00:00+14:00 is before year 1 in UTC (OverflowError).
-        return after.astimezone(dt.UTC), uuid.UUID(cid)
-    except (ValueError, OverflowError):  # UnicodeDecodeError and binascii.Error included
-        raise InvalidArgument("bad page cursor") from None
+_decode_cursor = keyset.decode
 
 
 async def mark_revoked(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import json
 import uuid
 
 import asyncpg
 
 from agora.errors import InvalidArgument, NotFound
+from agora.keyset import decode as decode_cursor
+from agora.keyset import encode as encode_cursor
 from contracts.agora.common.v1 import Money, PageInfo
 from contracts.agora.orders.v1 import (
     GetOrderRequest,
@@ -73,28 +72,6 @@ class OrdersApi(OrdersServiceBase):
             orders = [await _order(conn, row) for row in rows]
         cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["order_id"]) if more else ""
         return ListOrdersResponse(orders=orders, page=PageInfo(next_cursor=cursor, has_more=more))
-
-
-def encode_cursor(created_at: dt.datetime, order_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(order_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, order_id = json.loads(base64.urlsafe_b64decode(padded))
-        if not isinstance(created_at, str) or not isinstance(order_id, str):
-            raise TypeError("cursor fields are strings")
-        at = dt.datetime.fromisoformat(created_at)
-        if at.tzinfo is None:
-            raise ValueError("cursor time without an offset")
-        # In UTC here: 0001-01-01T00:00+14:00 is before year 1 in UTC (OverflowError),
-        # which would otherwise fail in the query as an INTERNAL error.
-        return at.astimezone(dt.UTC), uuid.UUID(order_id)
-    # RecursionError: base64 of "[[[[..." nests deeper than the JSON parser goes.
-    except (ValueError, TypeError, RecursionError, OverflowError) as error:
-        raise InvalidArgument("malformed cursor") from error
 
 
 async def _order(conn: asyncpg.Connection, row: asyncpg.Record) -> Order:
