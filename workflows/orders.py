@@ -37,7 +37,6 @@ with workflow.unsafe.imports_passed_through():
         TransitionInput,
     )
     from workers.orders.model import (
-        CANCEL_REFUND_KEY,
         CUSTOMER_ID,
         INVENTORY_QUEUE,
         ITEM_COUNT,
@@ -71,7 +70,6 @@ with workflow.unsafe.imports_passed_through():
 # The saga's inputs and answers live in workers.orders.model (see there why);
 # re-exported here for the gateway and the tests.
 __all__ = [
-    "CANCEL_REFUND_KEY",
     "INVENTORY_QUEUE",
     "KEY_REUSED",
     "PAYMENTS_QUEUE",
