@@ -428,6 +428,42 @@ async def test_concurrent_retries_of_one_capture_capture_once(
     )
 
 
+async def test_one_capture_key_sent_for_two_payments_at_once_captures_one_of_them(
+    steps: Steps, db: asyncpg.Pool
+) -> None:
+    # One attempt each: the second call must be refused as a conflict at once, not
+    # fail on the idempotency record's insert after its own PSP call.
+    for _ in range(3):
+        first, second = [await steps.authorize(authorization(amount=700)) for _ in range(2)]
+        key = new_key()
+        outcomes = await asyncio.gather(
+            *(
+                steps.run(
+                    PaymentStep(
+                        "payments.capture",
+                        capture=CaptureInput(key, auth.payment_id, 300),
+                        max_attempts=1,
+                    )
+                )
+                for auth in (first, second)
+            ),
+            return_exceptions=True,
+        )
+        captured = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(captured) == 1 and len(refused) == 1, outcomes
+        failure = refused[0]
+        assert isinstance(failure, WorkflowFailureError)
+        assert isinstance(failure.cause, ActivityError)
+        assert isinstance(failure.cause.cause, ApplicationError)
+        assert failure.cause.cause.type == "IdempotencyKeyConflict"
+        totals = await db.fetch(
+            "SELECT captured_minor FROM payment_intents WHERE payment_id = ANY($1::uuid[])",
+            [uuid.UUID(first.payment_id), uuid.UUID(second.payment_id)],
+        )
+        assert sorted(r["captured_minor"] for r in totals) == [0, 300]
+
+
 async def test_a_partial_capture_then_void_releases_only_the_rest(steps: Steps) -> None:
     auth = await steps.authorize(authorization(amount=1000))
     await steps.capture(CaptureInput(new_key(), auth.payment_id, 600))

@@ -8,13 +8,15 @@ same key with other parameters is an IdempotencyKeyConflict.
 
 Capture, void and refund hold the intent's row lock across their PSP call, so
 operations on one intent are serialized and the limits (captured <= authorized,
-refunded <= captured) are checked against the current state. Authorization
-does not: the "slow" card holds its answer longer than an activity may run, and
-a compensating void must not wait behind it. Instead the intent is committed as
-`pending` first, the PSP is called, and the answer is recorded in a second
-transaction; a void that comes in between cancels the authorization at the PSP
-(by the payment id, its PSP key) and marks the intent voided, and the late
-answer is then refused.
+refunded <= captured) are checked against the current state; they also lock
+their key (a transaction-scoped advisory lock), so one key sent for two intents
+at once reaches the PSP once and the other call is an IdempotencyKeyConflict.
+Authorization does not hold its lock: the "slow" card holds its answer longer
+than an activity may run, and a compensating void must not wait behind it.
+Instead the intent is committed as `pending` first, the PSP is called, and the
+answer is recorded in a second transaction; a void that comes in between
+cancels the authorization at the PSP (by the payment id, its PSP key) and marks
+the intent voided, and the late answer is then refused.
 """
 
 from __future__ import annotations
@@ -152,6 +154,15 @@ class PaymentIntents:
     async def _recorded(
         self, conn: asyncpg.Connection, key: str, operation: str, digest: str
     ) -> asyncpg.Record | None:
+        if operation != "authorize":
+            # Capture, void and refund lock their intent's row, but one key could be
+            # sent for two intents: serialize on the key too (for this transaction),
+            # so the second finds the first's record and is a conflict, never a
+            # second PSP call that fails only at the record's insert. (An authorize's
+            # key names its intent, whose row lock already serializes it.)
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"payments:{key}"
+            )
         row = await conn.fetchrow(
             "SELECT operation, request_hash, outcome, result FROM payment_operations"
             " WHERE idempotency_key = $1",
