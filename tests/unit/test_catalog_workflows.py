@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 from temporalio import activity
@@ -14,10 +16,13 @@ from temporalio.worker import Worker
 from activities.catalog import (
     ChangePriceInput,
     RefreshCacheInput,
+    RowError,
     UpsertBatchInput,
     UpsertBatchResult,
     WriteResult,
 )
+from agora.errors import DomainError
+from workers.catalog.model import validate
 from workflows.catalog import (
     ChangePriceWorkflow,
     ImportInput,
@@ -30,10 +35,21 @@ batches: list[UpsertBatchInput] = []
 refreshed: list[list[str]] = []
 
 
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+
+
 @activity.defn(name="catalog.upsert_batch")
 async def upsert_batch(data: UpsertBatchInput) -> UpsertBatchResult:
+    """Validates every row as the real activity does, and creates the valid ones."""
     batches.append(data)
-    return UpsertBatchResult(created=len(data.products))
+    result = UpsertBatchResult()
+    for row in data.products:
+        try:
+            validate(row)
+            result.created += 1
+        except DomainError as error:
+            result.errors.append(RowError(row.sku, error.detail))
+    return result
 
 
 @activity.defn(name="catalog.change_price")
@@ -58,26 +74,35 @@ def product(n: int, **overrides: object) -> ProductData:
     return data
 
 
-async def run_in_worker(env: WorkflowEnvironment, workflow_cls: type, arg: object) -> object:
+async def run_in_worker(
+    env: WorkflowEnvironment, workflow_cls: type, arg: object, history: str = ""
+) -> object:
+    """Run one workflow; AGORA_RECORD_HISTORIES=1 keeps a named run's history for replay."""
     queue = f"catalog-{uuid.uuid4()}"
+    workflow_id = f"wf-{uuid.uuid4()}"
     async with Worker(
         env.client,
         task_queue=queue,
         workflows=[workflow_cls],
         activities=[upsert_batch, change_price, refresh_cache],
     ):
-        return await env.client.execute_workflow(
-            workflow_cls.run, arg, id=f"wf-{uuid.uuid4()}", task_queue=queue
+        result = await env.client.execute_workflow(
+            workflow_cls.run, arg, id=workflow_id, task_queue=queue
         )
+    if history and os.environ.get("AGORA_RECORD_HISTORIES"):
+        recorded = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        (HISTORIES / f"{history}.json").write_text(recorded.to_json())
+    return result
 
 
-async def test_import_runs_batches_and_reports_rejected_rows_without_sending_them(
+async def test_import_runs_batches_and_reports_the_rows_the_activity_rejected(
     env: WorkflowEnvironment,
 ) -> None:
     batches.clear()
     products = [product(i) for i in range(25)] + [product(99, currency="XYZ")]
     progress = await run_in_worker(env, ImportProductsWorkflow, ImportInput("imp", products, 10))
-    assert [len(b.products) for b in batches] == [10, 10, 5]
+    # Validation is the activity's (the workflow code holds no rule that could change).
+    assert [len(b.products) for b in batches] == [10, 10, 6]
     assert progress.state == "completed"
     assert (progress.total, progress.processed, progress.created, progress.failed) == (
         26,
@@ -86,6 +111,21 @@ async def test_import_runs_batches_and_reports_rejected_rows_without_sending_the
         1,
     )
     assert progress.errors[0].sku == "SKU-99" and "currency" in progress.errors[0].reason
+
+
+async def test_an_import_reports_every_invalid_row_even_a_batch_with_no_valid_one(
+    env: WorkflowEnvironment,
+) -> None:
+    batches.clear()
+    products = [product(1), product(2, currency="eur"), product(3, price_minor=-1)]
+    products += [product(4, title=""), product(5, currency="XYZ"), product(6)]
+    progress = await run_in_worker(
+        env, ImportProductsWorkflow, ImportInput("imp", products, 2), history="import-screened"
+    )
+    assert progress.state == "completed"
+    assert (progress.total, progress.processed, progress.created, progress.failed) == (6, 6, 2, 4)
+    assert [e.sku for e in progress.errors] == ["SKU-2", "SKU-3", "SKU-4", "SKU-5"]
+    assert (progress.batches_done, progress.batches_total) == (3, 3)
 
 
 async def test_an_empty_import_is_rejected(env: WorkflowEnvironment) -> None:
