@@ -1,23 +1,30 @@
 """Catalog's activities: every product write, run by catalog's worker for its workflows.
 
-Each write is one transaction holding the product row and its event in the
-outbox. Writes are idempotent: applying the same change twice finds nothing
-to change and writes no second event (so a retried activity, or a re-run
-import, neither bumps a version nor duplicates a product). After the commit
-the fresh product is written into the cache (a versioned write that a stale
-reader cannot undo); if Redis is down the workflow retries that step alone.
+Each write is one transaction holding the product row, its event in the
+outbox and the activity's result (`activity_results`, keyed by the activity
+execution). An attempt retried after its commit returns that result and writes
+nothing: comparing data alone would let a retry that came after another admin's
+write put its older data back, or answer a write guarded by `expected_version`
+with a conflict though it had committed. Applying the same change again in a
+new request (a re-run import) still finds nothing to change and writes no second
+event. After the commit the fresh product is written into the cache (a versioned
+write that a stale reader cannot undo); if Redis is down the workflow retries
+that step alone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import asyncpg
 import betterproto2
 from redis.exceptions import RedisError
 from temporalio import activity
+from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError
 
 from agora import outbox
@@ -115,6 +122,51 @@ def _workflow_ref() -> outbox.WorkflowRef:
     return outbox.WorkflowRef(info.workflow_id or "", info.workflow_run_id or "")
 
 
+# Results older than this are pruned: no workflow retries an activity that long.
+RESULT_RETENTION_DAYS = 30
+Result = TypeVar("Result", "WriteResult", "UpsertBatchResult")
+
+
+def _attempt_key() -> str:
+    """The activity execution this call is an attempt of ("" outside an activity)."""
+    try:
+        info = activity.info()
+    except RuntimeError:
+        return ""
+    return f"{info.workflow_run_id}:{info.activity_id}" if info.workflow_run_id else ""
+
+
+async def _earlier_result(conn: asyncpg.Connection, result_type: type[Result]) -> Result | None:
+    """The result an earlier attempt of this activity committed, if one did.
+
+    Locks the attempt key for the transaction first, so an attempt still running
+    beside its retry (a lost heartbeat) cannot write beside it."""
+    key = _attempt_key()
+    if not key:
+        return None
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+    stored = await conn.fetchval("SELECT result FROM activity_results WHERE attempt_key = $1", key)
+    return None if stored is None else value_to_type(result_type, json.loads(stored))
+
+
+async def _keep_result(conn: asyncpg.Connection, result: WriteResult | UpsertBatchResult) -> None:
+    """Store the result in the write's transaction (see _earlier_result)."""
+    key = _attempt_key()
+    if not key:
+        return
+    await conn.execute(
+        "INSERT INTO activity_results (attempt_key, result) VALUES ($1, $2::jsonb)",
+        key,
+        json.dumps(asdict(result)),
+    )
+    await conn.execute(
+        "DELETE FROM activity_results WHERE attempt_key IN (SELECT attempt_key"
+        " FROM activity_results WHERE created_at < now() - make_interval(days => $1)"
+        " LIMIT 100)",
+        RESULT_RETENTION_DAYS,
+    )
+
+
 def _rejection(error: DomainError, kind: str) -> ApplicationError:
     return ApplicationError(error.detail, type=kind, non_retryable=True)
 
@@ -132,24 +184,25 @@ class CatalogActivities:
     async def create_product(self, data: CreateProductInput) -> WriteResult:
         """Insert a new product; an existing sku with other data is a rejection.
 
-        The same data again (a retry) is the product already created: success.
+        The same data again (a retried request) is the product already created: success.
         """
         new = data.product
         try:
             validate(new)
         except DomainError as error:
             raise _rejection(error, INVALID) from None
-        async with self.pool.acquire() as conn, conn.transaction():
+
+        async def write(conn: asyncpg.Connection) -> tuple[WriteResult, Product]:
             before = await _locked(conn, new.sku)
             if before is not None:
                 if data_of(before) == new:
-                    return await self._refreshed(
-                        WriteResult(new.sku, before.version, False), before
-                    )
+                    return WriteResult(new.sku, before.version, False), before
                 raise _rejection(DomainError(f"product {new.sku!r} already exists"), ALREADY_EXISTS)
             product = await _insert(conn, new)
             await _event(conn, product.sku, ProductCreated(product=product))
-        return await self._refreshed(WriteResult(product.sku, product.version, True), product)
+            return WriteResult(product.sku, product.version, True), product
+
+        return await self._write_once(write)
 
     @activity.defn(name="catalog.update_product")
     async def update_product(self, data: UpdateProductInput) -> WriteResult:
@@ -158,14 +211,17 @@ class CatalogActivities:
             validate(new)
         except DomainError as error:
             raise _rejection(error, INVALID) from None
-        async with self.pool.acquire() as conn, conn.transaction():
-            before = await self._existing(conn, new.sku, data.expected_version)
+
+        async def write(conn: asyncpg.Connection) -> tuple[WriteResult, Product]:
+            before = await _existing(conn, new.sku, data.expected_version)
             changed = changed_fields(data_of(before), new)
             if not changed:
-                return await self._refreshed(WriteResult(new.sku, before.version, False), before)
+                return WriteResult(new.sku, before.version, False), before
             product = await _update(conn, new)
             await _event(conn, new.sku, ProductUpdated(product=product, changed_fields=changed))
-        return await self._refreshed(WriteResult(product.sku, product.version, True), product)
+            return WriteResult(product.sku, product.version, True), product
+
+        return await self._write_once(write)
 
     @activity.defn(name="catalog.change_price")
     async def change_price(self, data: ChangePriceInput) -> WriteResult:
@@ -173,11 +229,12 @@ class CatalogActivities:
             validate_price(data.amount_minor, data.currency)
         except DomainError as error:
             raise _rejection(error, INVALID) from None
-        async with self.pool.acquire() as conn, conn.transaction():
-            before = await self._existing(conn, data.sku, data.expected_version)
+
+        async def write(conn: asyncpg.Connection) -> tuple[WriteResult, Product]:
+            before = await _existing(conn, data.sku, data.expected_version)
             old = data_of(before)
             if (old.price_minor, old.currency) == (data.amount_minor, data.currency):
-                return await self._refreshed(WriteResult(data.sku, before.version, False), before)
+                return WriteResult(data.sku, before.version, False), before
             old_price = Money(amount_minor=old.price_minor, currency=old.currency)
             old.price_minor, old.currency = data.amount_minor, data.currency
             product = await _update(conn, old)
@@ -192,14 +249,16 @@ class CatalogActivities:
                     product=product,
                 ),
             )
-        return await self._refreshed(WriteResult(product.sku, product.version, True), product)
+            return WriteResult(product.sku, product.version, True), product
+
+        return await self._write_once(write)
 
     @activity.defn(name="catalog.deactivate_product")
     async def deactivate_product(self, data: DeactivateProductInput) -> WriteResult:
-        async with self.pool.acquire() as conn, conn.transaction():
-            before = await self._existing(conn, data.sku, 0)
+        async def write(conn: asyncpg.Connection) -> tuple[WriteResult, Product]:
+            before = await _existing(conn, data.sku, 0)
             if not before.active:
-                return await self._refreshed(WriteResult(data.sku, before.version, False), before)
+                return WriteResult(data.sku, before.version, False), before
             new = data_of(before)
             new.active = False
             product = await _update(conn, new)
@@ -208,7 +267,9 @@ class CatalogActivities:
                 data.sku,
                 ProductDeactivated(sku=data.sku, version=product.version, product=product),
             )
-        return await self._refreshed(WriteResult(product.sku, product.version, True), product)
+            return WriteResult(product.sku, product.version, True), product
+
+        return await self._write_once(write)
 
     @activity.defn(name="catalog.refresh_cache")
     async def refresh_cache(self, data: RefreshCacheInput) -> None:
@@ -225,13 +286,16 @@ class CatalogActivities:
     async def upsert_batch(self, data: UpsertBatchInput) -> UpsertBatchResult:
         """Create or update a batch of products by sku, in one transaction.
 
-        Unchanged products are counted and left alone, which is what makes a
-        retried batch (say, after the worker died mid-import) a no-op for the
-        part that was already applied. Heartbeats tell Temporal the batch is alive.
+        A batch retried after its commit returns the committed result (see the
+        module docstring); unchanged products are counted and left alone, which
+        makes a re-run import a no-op. Heartbeats tell Temporal the batch is alive.
         """
         result = UpsertBatchResult()
         written: list[Product] = []
         async with self.pool.acquire() as conn, conn.transaction():
+            earlier = await _earlier_result(conn, UpsertBatchResult)
+            if earlier is not None:
+                return earlier  # committed by an attempt whose completion was lost
             skus = [p.sku for p in data.products]
             rows = await conn.fetch(
                 f"SELECT {COLUMNS} FROM products WHERE sku = ANY($1::text[])"
@@ -264,6 +328,7 @@ class CatalogActivities:
                     result.updated += 1
                 existing[new.sku] = product
                 written.append(product)
+            await _keep_result(conn, result)
         try:
             for product in written:
                 await self.cache.put(product)
@@ -274,16 +339,21 @@ class CatalogActivities:
 
     # Helpers ----------------------------------------------------------------------
 
-    async def _existing(self, conn: asyncpg.Connection, sku: str, expected_version: int) -> Product:
-        product = await _locked(conn, sku)
-        if product is None:
-            raise _rejection(DomainError(f"no product with sku {sku!r}"), NOT_FOUND)
-        if expected_version and product.version != expected_version:
-            raise _rejection(
-                DomainError(f"product is at version {product.version}, not {expected_version}"),
-                CONFLICT,
-            )
-        return product
+    async def _write_once(
+        self, write: Callable[[asyncpg.Connection], Awaitable[tuple[WriteResult, Product]]]
+    ) -> WriteResult:
+        """Run one product write in a transaction with its result, then cache the product.
+
+        A retried attempt whose first attempt committed gets that result back; the
+        workflow then refreshes the cache from the row as it is now."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            earlier = await _earlier_result(conn, WriteResult)
+            if earlier is not None:
+                earlier.cache_refreshed = False
+                return earlier
+            result, product = await write(conn)
+            await _keep_result(conn, result)
+        return await self._refreshed(result, product)
 
     async def _refreshed(self, result: WriteResult, product: Product) -> WriteResult:
         try:
@@ -292,6 +362,18 @@ class CatalogActivities:
             log.warning("cache refresh deferred", extra={"sku": product.sku, "error": repr(error)})
             result.cache_refreshed = False
         return result
+
+
+async def _existing(conn: asyncpg.Connection, sku: str, expected_version: int) -> Product:
+    product = await _locked(conn, sku)
+    if product is None:
+        raise _rejection(DomainError(f"no product with sku {sku!r}"), NOT_FOUND)
+    if expected_version and product.version != expected_version:
+        raise _rejection(
+            DomainError(f"product is at version {product.version}, not {expected_version}"),
+            CONFLICT,
+        )
+    return product
 
 
 async def _locked(conn: asyncpg.Connection, sku: str) -> Product | None:

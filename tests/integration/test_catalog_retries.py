@@ -1,0 +1,139 @@
+"""Catalog writes retried by Temporal after they committed, on the real database and Redis.
+
+A worker that dies after a write's commit but before reporting it makes Temporal
+run the activity again (same workflow run, same activity id). That attempt must
+return what the first committed, not write again: by then another admin may
+have written the product, and a version-guarded write would see its own new
+version as a conflict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.catalog import (
+    CatalogActivities,
+    CreateProductInput,
+    UpdateProductInput,
+    UpsertBatchInput,
+    WriteResult,
+)
+from agora import db
+from agora.config import Settings
+from tests.integration.conftest import Services
+from workers.catalog.cache import ProductCache
+from workers.catalog.model import ProductData
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def catalog(settings: Settings, services: Services) -> AsyncIterator[CatalogActivities]:
+    services("catalog")  # its start applies the catalog's migrations
+    pool = await db.create_pool(settings, "catalog", size=3)
+    redis = aioredis.from_url(settings.redis_url)
+    yield CatalogActivities(pool, ProductCache(redis, "catalog:"))
+    await redis.aclose()
+    await pool.close()
+
+
+def attempt() -> ActivityEnvironment:
+    """An activity environment standing for one activity execution (all its attempts)."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, workflow_run_id=str(uuid.uuid4()), activity_id=str(uuid.uuid4())
+    )
+    return env
+
+
+def product(sku: str, title: str) -> ProductData:
+    return ProductData(
+        sku=sku, title=title, category="test/retries", price_minor=500, currency="EUR"
+    )
+
+
+async def row(pool: asyncpg.Pool, sku: str) -> tuple[str, int]:
+    found = await pool.fetchrow("SELECT title, version FROM products WHERE sku = $1", sku)
+    assert found is not None
+    return found["title"], found["version"]
+
+
+async def events(pool: asyncpg.Pool, sku: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT event_type FROM outbox WHERE aggregate_type = 'product' AND aggregate_id = $1"
+        " ORDER BY sequence",
+        sku,
+    )
+    return [r["event_type"].removeprefix("catalog.") for r in rows]
+
+
+async def created(catalog: CatalogActivities) -> str:
+    sku = f"RETRY-{uuid.uuid4().hex[:10].upper()}"
+    await attempt().run(catalog.create_product, CreateProductInput(product(sku, "first")))
+    return sku
+
+
+async def test_a_write_retried_after_another_admins_write_does_not_write_over_it(
+    catalog: CatalogActivities,
+) -> None:
+    sku = await created(catalog)
+    mine = attempt()
+    first = await mine.run(catalog.update_product, UpdateProductInput(product(sku, "A")))
+    assert (first.changed, await row(catalog.pool, sku)) == (True, ("A", 2))
+    await attempt().run(catalog.update_product, UpdateProductInput(product(sku, "B")))
+    # The first write's worker died before reporting it: Temporal runs it again.
+    again = await mine.run(catalog.update_product, UpdateProductInput(product(sku, "A")))
+    assert again == dataclasses.replace(first, cache_refreshed=False)  # the workflow refreshes
+    assert await row(catalog.pool, sku) == ("B", 3)
+    assert await events(catalog.pool, sku) == ["ProductCreated", "ProductUpdated", "ProductUpdated"]
+
+
+async def test_a_version_guarded_write_retried_after_its_commit_answers_its_result(
+    catalog: CatalogActivities,
+) -> None:
+    sku = await created(catalog)
+    guarded = UpdateProductInput(product(sku, "guarded"), expected_version=1)
+    mine = attempt()
+    first: WriteResult = await mine.run(catalog.update_product, guarded)
+    assert (first.version, first.changed) == (2, True)
+    assert (await mine.run(catalog.update_product, guarded)).version == 2
+    # Another request with the same guard is still a conflict: the product moved on.
+    with pytest.raises(ApplicationError) as conflict:
+        await attempt().run(catalog.update_product, guarded)
+    assert conflict.value.type == "Conflict"
+
+
+async def test_an_unchanged_write_retried_after_another_write_stays_unchanged(
+    catalog: CatalogActivities,
+) -> None:
+    sku = await created(catalog)
+    mine = attempt()
+    same = UpdateProductInput(product(sku, "first"))
+    assert (await mine.run(catalog.update_product, same)).changed is False
+    await attempt().run(catalog.update_product, UpdateProductInput(product(sku, "edited")))
+    assert (await mine.run(catalog.update_product, same)).changed is False
+    assert await row(catalog.pool, sku) == ("edited", 2)
+
+
+async def test_an_import_batch_retried_after_its_commit_keeps_later_edits_and_its_counts(
+    catalog: CatalogActivities,
+) -> None:
+    skus = [f"RETRY-{uuid.uuid4().hex[:10].upper()}" for _ in range(3)]
+    batch = UpsertBatchInput("retries", 0, [product(sku, "imported") for sku in skus])
+    mine = attempt()
+    first: Any = await mine.run(catalog.upsert_batch, batch)
+    assert (first.created, first.updated, first.unchanged) == (3, 0, 0)
+    await attempt().run(catalog.update_product, UpdateProductInput(product(skus[0], "edited")))
+    again = await mine.run(catalog.upsert_batch, batch)
+    assert again == first
+    assert await row(catalog.pool, skus[0]) == ("edited", 2)
+    assert await events(catalog.pool, skus[0]) == ["ProductCreated", "ProductUpdated"]
