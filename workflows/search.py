@@ -97,12 +97,16 @@ class ReindexWorkflow:
             start_to_close_timeout=STEP,
             retry_policy=RETRY,
         )
-        progress.old_indices = swapped.old_indices
+        # A swap retried after it had succeeded (its completion lost) finds the
+        # aliases moved already and names no old index: the one searches read
+        # when the reindex began is dropped in any case (drop keeps a live one).
+        old = set(swapped.old_indices) | ({begun.source_index} - {"", begun.new_index})
+        progress.old_indices = sorted(old)
         progress.phase = "dropping"
         await workflow.sleep(DROP_GRACE)
         await workflow.execute_activity_method(
             SearchActivities.drop_indices,
-            DropInput(swapped.old_indices),
+            DropInput(progress.old_indices),
             start_to_close_timeout=STEP,
             retry_policy=RETRY,
         )

@@ -1,0 +1,61 @@
+"""Search's reindex workflow in the time-skipping environment, with stand-in activities."""
+
+from __future__ import annotations
+
+import uuid
+
+from temporalio import activity
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.search import (
+    BackfillInput,
+    BackfillResult,
+    BeginReindexInput,
+    BeginReindexResult,
+    DropInput,
+    SwapInput,
+    SwapResult,
+)
+from workflows.search import ReindexInput, ReindexWorkflow
+
+dropped: list[list[str]] = []
+
+
+@activity.defn(name="search.begin_reindex")
+async def begin_reindex(data: BeginReindexInput) -> BeginReindexResult:
+    return BeginReindexResult(f"products-{data.version}", "products-old")
+
+
+@activity.defn(name="search.backfill")
+async def backfill(data: BackfillInput) -> BackfillResult:
+    return BackfillResult(copied=3, merged=0)
+
+
+@activity.defn(name="search.swap_alias")
+async def swap_alias_retried(data: SwapInput) -> SwapResult:
+    # What a swap retried after it succeeded sees: the aliases moved already.
+    return SwapResult(old_indices=[])
+
+
+@activity.defn(name="search.drop_indices")
+async def drop_indices(data: DropInput) -> None:
+    dropped.append(data.indices)
+
+
+async def test_a_swap_retried_after_it_succeeded_still_drops_the_old_index(
+    env: WorkflowEnvironment,
+) -> None:
+    dropped.clear()
+    queue = f"search-{uuid.uuid4()}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[ReindexWorkflow],
+        activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
+    ):
+        progress = await env.client.execute_workflow(
+            ReindexWorkflow.run, ReindexInput("v2"), id=f"wf-{uuid.uuid4()}", task_queue=queue
+        )
+    assert dropped == [["products-old"]]
+    assert (progress.phase, progress.old_indices) == ("done", ["products-old"])
