@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from opentelemetry import metrics
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -145,13 +147,24 @@ class OrdersActivities:
             raise ApplicationError(
                 "an order needs at least one line", type=INVALID_ORDER, non_retryable=True
             )
-        reply = await self.catalog.price_lines(
-            PriceLinesRequest(
-                lines=[LineItem(sku=line.sku, quantity=line.quantity) for line in data.lines],
-                currency=data.currency,
-            ),
-            timeout=5,
-        )
+        try:
+            reply = await self.catalog.price_lines(
+                PriceLinesRequest(
+                    lines=[LineItem(sku=line.sku, quantity=line.quantity) for line in data.lines],
+                    currency=data.currency,
+                ),
+                timeout=5,
+            )
+        except GRPCError as error:
+            if error.status == Status.INVALID_ARGUMENT:
+                # The order itself is wrong (a currency catalog does not sell in, too
+                # many lines): retrying cannot help, the order is rejected.
+                raise ApplicationError(
+                    error.message or "catalog refused the order's lines",
+                    type=INVALID_ORDER,
+                    non_retryable=True,
+                ) from None
+            raise
         if reply.unavailable_skus:
             raise ApplicationError(
                 f"not available: {', '.join(sorted(reply.unavailable_skus))}",

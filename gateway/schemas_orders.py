@@ -9,9 +9,9 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from gateway.schemas import Answer, Strict
+from gateway.schemas_catalog import Currency
 
 SKU = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-CURRENCY = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 MAX_LINES = 50
 MAX_QUANTITY = 100
 
@@ -49,7 +49,7 @@ class PaymentRequest(Strict):
 
 class PlaceOrderRequest(Strict):
     lines: Annotated[list[OrderLineRequest], Field(min_length=1, max_length=MAX_LINES)]
-    currency: CURRENCY
+    currency: Currency
     payment: PaymentRequest
 
 

@@ -20,9 +20,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.orders import (
+    OrderLineInput,
     OrdersActivities,
     PricedLine,
     PricedOrder,
+    PriceInput,
     RecordOrderInput,
     TransitionInput,
 )
@@ -326,6 +328,7 @@ async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str,
         {**body, "lines": []},
         {**body, "lines": [{"sku": "X-1", "quantity": 0}]},
         {**body, "currency": "euro"},
+        {**body, "currency": "XXX"},  # a code catalog does not sell in
         {**body, "unexpected": True},
         # A card number where its token belongs never reaches the saga's input.
         {**body, "payment": {"card_token": "4242 4242 4242 4242"}},
@@ -334,6 +337,28 @@ async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str,
         await problem(
             await client.post("/v1/orders", json=bad, headers=headers), 422, "validation-failed"
         )
+
+
+async def test_an_order_catalog_refuses_to_price_is_rejected_not_retried(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # A client other than the gateway (which refuses the currency itself) must not
+    # leave a saga retrying its price step for good: catalog's INVALID_ARGUMENT is
+    # a non-retryable InvalidOrder, which the saga turns into a rejection.
+    sku = await product_with_stock(shop, 1)
+    channels = Channels(settings, caller="orders")
+    pool = await asyncpg.create_pool(settings.db_dsn("orders"), min_size=1, max_size=1)
+    try:
+        activities = OrdersActivities(pool, CatalogServiceStub(channels.get("catalog")))
+        with pytest.raises(ApplicationError) as refused:
+            await ActivityEnvironment().run(
+                activities.price, PriceInput([OrderLineInput(sku, 1)], "XXX")
+            )
+        assert (refused.value.type, refused.value.non_retryable) == ("InvalidOrder", True)
+        assert "XXX" in refused.value.message
+    finally:
+        channels.close()
+        await pool.close()
 
 
 async def test_concurrent_orders_against_scarce_stock_never_oversell_or_double_charge(
