@@ -124,6 +124,10 @@ def from_temporal(error: BaseException) -> Problem:
             # An update or signal to a workflow that has finished (e.g. cancelling an
             # order whose saga just ended): the request no longer applies, nothing failed.
             return Problem("conflict", "the operation's workflow is no longer running")
+        if error.status == RPCStatusCode.INVALID_ARGUMENT:
+            # Temporal refused the request as made (an id or a page token it cannot
+            # take): retrying it would not help, unlike an outage.
+            return Problem("invalid-argument", "the request cannot be carried out as made")
         return Problem("upstream-unavailable")
     root = _root_cause(error)
     if isinstance(root, ApplicationError) and root.type in APPLICATION_ERROR_TYPE:

@@ -18,7 +18,7 @@ from gateway.problems import Problem
 
 HEADER = "Idempotency-Key"
 PATTERN = r"^[A-Za-z0-9._:-]{8,128}$"
-_KEY = re.compile(PATTERN)
+KEY_PATTERN = re.compile(PATTERN)
 RULE = "8-128 of A-Z a-z 0-9 . _ : -"
 
 
@@ -27,7 +27,7 @@ def idempotency_key(request: web.Request, *, required: bool) -> str:
     key = request.headers.get(HEADER, "")
     if not key and not required:
         return uuid.uuid4().hex
-    if not _KEY.match(key):
+    if not KEY_PATTERN.fullmatch(key):
         need = "is required" if required else "must be"
         raise Problem("invalid-argument", f"an {HEADER} header of {RULE} {need}")
     return key

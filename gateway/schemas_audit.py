@@ -45,7 +45,8 @@ class VerifyQuery(Strict):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
     from_genesis: bool = False
-    to_sequence: Annotated[int, Field(ge=0)] = 0
+    # The audit log's sequence is a PostgreSQL bigint (and int64 on the wire).
+    to_sequence: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
 
 
 class AuditEvent(Answer):

@@ -196,7 +196,7 @@ class SearchQuery(Lax):
             if name not in ("category", "brand", "price"):
                 raise ValueError(f"unknown facet {name!r}: use category, brand or price")
         for category in self.category or []:
-            if not CATEGORY_PATTERN.match(category):
+            if not CATEGORY_PATTERN.fullmatch(category):
                 raise ValueError(f"category {category!r} is not a category path")
         if len(self.category or []) > 20 or len(self.brand or []) > 20:
             raise ValueError("at most 20 categories and 20 brands")

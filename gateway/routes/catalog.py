@@ -24,10 +24,11 @@ from contracts.agora.catalog.v1 import (
     Product,
 )
 from contracts.agora.common.v1 import PageRequest
+from gateway import idempotency
 from gateway.deps import deps
 from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
-from gateway.routing import Route, _validation_problem
+from gateway.routing import Route, _validation_problem, path_param
 from gateway.schemas_catalog import (
     ChangePriceRequest,
     CreateProductRequest,
@@ -43,6 +44,7 @@ from gateway.schemas_catalog import (
     ProductWriteResponse,
     UpdateProductRequest,
 )
+from workers.catalog.model import SKU_PATTERN
 from workflows.catalog import (
     TASK_QUEUE,
     ChangePriceInput,
@@ -171,6 +173,11 @@ async def _execute(
     return result
 
 
+def _sku(request: web.Request) -> str:
+    """The sku of a write's path (it becomes part of the write's workflow id)."""
+    return path_param(request, "sku", SKU_PATTERN, "1-64 letters, digits, '.', '_' or '-'")
+
+
 def _written(result: WriteResult) -> ProductWriteResponse:
     return ProductWriteResponse(sku=result.sku, version=result.version, changed=result.changed)
 
@@ -186,7 +193,7 @@ async def create_product(request: web.Request, body: CreateProductRequest) -> Pr
 
 
 async def update_product(request: web.Request, body: UpdateProductRequest) -> ProductWriteResponse:
-    sku = request.match_info["sku"]
+    sku = _sku(request)
     data = UpdateProductInput(_product_data(sku, body), body.expected_version or 0)
     workflow_id = product_write_workflow_id("update", sku, idempotency_key(request, required=False))
     return _written(
@@ -195,7 +202,7 @@ async def update_product(request: web.Request, body: UpdateProductRequest) -> Pr
 
 
 async def change_price(request: web.Request, body: ChangePriceRequest) -> ProductWriteResponse:
-    sku = request.match_info["sku"]
+    sku = _sku(request)
     data = ChangePriceInput(sku, body.amount_minor, body.currency, body.expected_version or 0)
     workflow_id = product_write_workflow_id("price", sku, idempotency_key(request, required=False))
     return _written(
@@ -204,7 +211,7 @@ async def change_price(request: web.Request, body: ChangePriceRequest) -> Produc
 
 
 async def deactivate_product(request: web.Request, _: None) -> ProductWriteResponse:
-    sku = request.match_info["sku"]
+    sku = _sku(request)
     data = DeactivateProductInput(sku)
     workflow_id = product_write_workflow_id(
         "deactivate", sku, idempotency_key(request, required=False)
@@ -244,7 +251,7 @@ async def start_import(request: web.Request, body: ImportProductsRequest) -> Imp
 
 async def import_status(request: web.Request, _: None) -> ImportStatusResponse:
     gw = deps(request)
-    import_id = request.match_info["import_id"]
+    import_id = path_param(request, "import_id", idempotency.KEY_PATTERN, idempotency.RULE)
     handle = gw.upstream.temporal.get_workflow_handle(
         import_workflow_id(import_id), result_type=ImportProgress
     )

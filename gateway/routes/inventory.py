@@ -14,17 +14,14 @@ from contracts.agora.inventory.v1 import GetStockRequest, StockLevel
 from gateway.deps import deps
 from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
-from gateway.routing import Route
+from gateway.routing import Route, path_param
 from gateway.schemas_inventory import RestockRequest, RestockResponse, StockLevelResponse
 from workers.inventory.model import SKU_PATTERN
 from workflows.inventory import TASK_QUEUE, RestockInput, RestockWorkflow, restock_workflow_id
 
 
 def _sku(request: web.Request) -> str:
-    sku = request.match_info["sku"]
-    if not SKU_PATTERN.match(sku):
-        raise Problem("invalid-argument", "sku must be 1-64 letters, digits or . _ : -")
-    return sku
+    return path_param(request, "sku", SKU_PATTERN, "1-64 letters, digits or . _ : -")
 
 
 def level_response(level: StockLevel | None) -> StockLevelResponse:
@@ -60,6 +57,8 @@ async def restock(request: web.Request, body: RestockRequest) -> RestockResponse
             id=restock_workflow_id(data.key),
             task_queue=TASK_QUEUE,
             budget_s=timeout,
+            # A retry joins the restock in flight, as every keyed write does.
+            idempotent=True,
         )
     return RestockResponse(
         sku=result.sku,

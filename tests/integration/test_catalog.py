@@ -209,6 +209,19 @@ async def test_bad_input_gets_a_clear_problem_and_changes_nothing(
         409,
         "conflict",
     )
+    # A path sku becomes part of the write's workflow id: one no rule allows (too
+    # long for Temporal, a decoded newline) is refused at the edge, not a 503.
+    for bad in ("a" * 1000, f"{sku}%0A"):
+        await problem(
+            await client.put(f"/v1/admin/products/{bad}", json=stale, headers=api.admin),
+            400,
+            "invalid-argument",
+        )
+    await problem(
+        await client.get(f"/v1/admin/imports/{'k' * 1000}", headers=api.admin),
+        400,
+        "invalid-argument",
+    )
     product = await api.get(sku)
     assert product["version"] == 1 and product["title"] == "Trail Runner Shoe"
     assert product["price"] == {"amount_minor": 8999, "currency": "EUR"}

@@ -3,6 +3,7 @@ through the `Restock` workflow on inventory's task queue, and their refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -124,6 +125,33 @@ async def test_a_restock_with_an_idempotency_key_adds_its_quantity_once(
 
     reused = await client.post(path, json={"quantity": 13}, headers=headers)
     await problem(reused, 409, "conflict")
+
+
+async def test_retries_of_a_restock_in_flight_join_it_and_add_its_quantity_once(
+    client: TestClient, stock_admin: dict[str, str], reader: dict[str, str]
+) -> None:
+    sku = new_sku()
+    headers = {**stock_admin, "Idempotency-Key": uuid.uuid4().hex}
+    path = f"/v1/admin/inventory/{sku}/restock"
+    answers = await asyncio.gather(
+        *(client.post(path, json={"quantity": 7}, headers=headers) for _ in range(4))
+    )
+    bodies = [await answer.json() for answer in answers]
+    assert [answer.status for answer in answers] == [200] * 4, bodies
+    assert all(body == bodies[0] for body in bodies)
+    level = await (await client.get(f"/v1/inventory/{sku}", headers=reader)).json()
+    assert level["on_hand"] == 7
+
+
+@pytest.mark.parametrize("sku", ["SKU-1%0A", "a" * 300])
+async def test_a_restock_of_a_sku_no_rule_allows_is_refused_before_anything_changes(
+    client: TestClient, gateway: tuple[Gateway, TestClient], stock_admin: dict[str, str], sku: str
+) -> None:
+    with no_upstream_call(gateway[0]):
+        response = await client.post(
+            f"/v1/admin/inventory/{sku}/restock", json={"quantity": 1}, headers=stock_admin
+        )
+        await problem(response, 400, "invalid-argument")
 
 
 @pytest.mark.parametrize("body", [{"quantity": 0}, {"quantity": -4}, {"quantity": "5"}, {}])

@@ -74,3 +74,12 @@ def test_an_update_to_a_finished_workflow_is_a_conflict_not_an_outage() -> None:
     assert failures.from_temporal(finished).code == "conflict"
     unavailable = RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
     assert failures.from_temporal(unavailable).code == "upstream-unavailable"
+
+
+def test_a_request_temporal_refuses_as_made_is_the_clients_error_not_an_outage() -> None:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    too_long = RPCError("WorkflowId length exceeds limit.", RPCStatusCode.INVALID_ARGUMENT, b"")
+    problem = failures.from_temporal(too_long)
+    assert (problem.status, problem.code) == (400, "invalid-argument")
+    assert "WorkflowId" not in problem.detail  # Temporal's own words stay inside

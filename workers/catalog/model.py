@@ -49,7 +49,7 @@ class ProductData:
 
 def validate(data: ProductData) -> None:
     """Raise InvalidProduct naming the first rule the product breaks."""
-    if not SKU_PATTERN.match(data.sku):
+    if not SKU_PATTERN.fullmatch(data.sku):
         raise InvalidProduct(f"sku {data.sku!r} must be 1-64 letters, digits, '.', '_' or '-'")
     if not data.title.strip() or len(data.title) > 200:
         raise InvalidProduct("title must be 1-200 characters")
@@ -57,7 +57,7 @@ def validate(data: ProductData) -> None:
         raise InvalidProduct("description must be at most 5000 characters")
     if len(data.brand) > 100:
         raise InvalidProduct("brand must be at most 100 characters")
-    if not CATEGORY_PATTERN.match(data.category):
+    if not CATEGORY_PATTERN.fullmatch(data.category):
         raise InvalidProduct(f"category {data.category!r} must be a path of lower-case slugs")
     validate_price(data.price_minor, data.currency)
     if len(data.attributes) > MAX_ATTRIBUTES:
@@ -72,7 +72,7 @@ def validate_price(amount_minor: int, currency: str) -> None:
 
 
 def validate_category(category: str) -> None:
-    if category and not CATEGORY_PATTERN.match(category):
+    if category and not CATEGORY_PATTERN.fullmatch(category):
         raise InvalidProduct(f"category {category!r} must be a path of lower-case slugs")
 
 

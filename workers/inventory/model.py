@@ -133,7 +133,7 @@ MAX_TTL_SECONDS = 7 * 24 * 3600
 
 
 def check_sku(sku: str) -> str:
-    if not SKU_PATTERN.match(sku):
+    if not SKU_PATTERN.fullmatch(sku):
         raise InvalidInventoryRequest(f"invalid sku {sku[:80]!r}")
     return sku
 

@@ -234,7 +234,7 @@ class PaymentIntents:
         key = _key(data.idempotency_key)
         amount = _amount(data.amount_minor, optional=False)
         assert amount is not None
-        if not _CURRENCY.match(data.currency):
+        if not _CURRENCY.fullmatch(data.currency):
             raise InvalidPaymentRequest("currency must be an ISO 4217 code like EUR")
         if not data.order_id:
             raise InvalidPaymentRequest("order_id is required")

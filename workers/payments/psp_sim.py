@@ -113,7 +113,7 @@ def tokenize(pan: str, exp_month: int, exp_year: int, *, today: dt.date | None =
 
 
 def behaviour_of(token: str) -> tuple[Behaviour, Card]:
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None or match["behaviour"] not in Behaviour.__members__.values():
         raise InvalidCardToken("card_token is not a token of this PSP")
     card = Card(token=token, brand=match["brand"], last4=match["last4"])
