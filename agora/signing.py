@@ -35,6 +35,8 @@ NONCE_MAX_LENGTH = 64
 NONCE_TTL_SECONDS = 2 * MAX_SKEW_SECONDS + 60
 # Nonces become part of a Redis key: unreserved URL characters only.
 _NONCE = re.compile(rf"[A-Za-z0-9._~-]{{{NONCE_MIN_LENGTH},{NONCE_MAX_LENGTH}}}")
+# `v1=` and a hex HMAC-SHA256, as signature() writes it.
+_SIGNATURE = re.compile(rf"{SCHEME}=[0-9a-f]{{64}}")
 
 
 def _encode(value: str) -> str:
@@ -135,8 +137,12 @@ def check_headers(headers: Mapping[str, str], *, now: float | None = None) -> tu
             f"{NONCE_HEADER} must be {NONCE_MIN_LENGTH}-{NONCE_MAX_LENGTH} characters"
             " from A-Z a-z 0-9 . _ ~ -",
         )
-    if not sig.startswith(f"{SCHEME}="):
-        raise SignatureError("signature-invalid", f"{SIGNATURE_HEADER} must be '{SCHEME}=<hex>'")
+    # Exact shape before any comparison: anything else (non-ASCII included, which
+    # aiohttp hands over as lone surrogates) could not be encoded for compare_digest.
+    if _SIGNATURE.fullmatch(sig) is None:
+        raise SignatureError(
+            "signature-invalid", f"{SIGNATURE_HEADER} must be '{SCHEME}=<64 lowercase hex>'"
+        )
     return timestamp, nonce, sig
 
 

@@ -51,6 +51,7 @@ COOKIE_PATH = "/codec"
 CODEC_SCOPES = frozenset({scopes.ADMIN, scopes.SUPPORT})
 # A history page can batch many payloads; the API's 64 KiB body limit is for API calls.
 MAX_BODY_BYTES = 4 * 1024 * 1024
+_READ_CHUNK_BYTES = 64 * 1024
 _WWW_AUTHENTICATE = 'Bearer realm="agora-codec"'
 _ALLOWED_HEADERS = "Content-Type, X-Namespace, Authorization, Authorization-Extras"
 
@@ -153,13 +154,23 @@ def check_namespace(request: web.Request) -> str:
     return namespace or served
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, up to the cap: `content.read(n)` returns only what is buffered."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Problem("body-too-large", f"at most {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_payloads(request: web.Request) -> list[Payload]:
     if request.content_type != "application/json":
         # Also what makes a cross-origin call need a CORS preflight.
         raise Problem("unsupported-media-type", f"got {request.content_type or 'no content type'}")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise Problem("body-too-large", f"at most {MAX_BODY_BYTES} bytes")
+    raw = await _read_body(request)
     message = Payloads()
     try:
         json_format.Parse(raw, message, ignore_unknown_fields=True)

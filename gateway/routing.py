@@ -134,26 +134,31 @@ def _validation_problem(error: ValidationError, where: str) -> Problem:
     )
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
     if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
+        return any(has_nul(v) for v in value)
     return False
 
 
 # PostgreSQL text cannot hold NUL, so a NUL that got through would fail deep in a
 # service (a 502); no field of this API can legitimately carry one.
-_NUL_PROBLEM = "text must not contain NUL characters"
+NUL_PROBLEM = "text must not contain NUL characters"
+
+
+def refuse_nul(values: Any) -> None:
+    """Refuse a NUL anywhere in `values` (strings, lists, dicts) as invalid-argument."""
+    if has_nul(values):
+        raise Problem("invalid-argument", NUL_PROBLEM)
 
 
 def reject_nul(request: web.Request) -> None:
     """Refuse a NUL in a path parameter or a query parameter's name or value."""
     query = request.rel_url.query
-    if _has_nul([*request.match_info.values(), *query.keys(), *query.values()]):
-        raise Problem("invalid-argument", _NUL_PROBLEM)
+    refuse_nul([*request.match_info.values(), *query.keys(), *query.values()])
 
 
 def path_param(request: web.Request, name: str, pattern: re.Pattern[str], rule: str) -> str:
@@ -176,8 +181,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         if any(item["type"] == "json_invalid" for item in error.errors()):
             raise Problem("malformed-json", "the body could not be parsed as JSON") from None
         raise _validation_problem(error, "body") from None
-    if b"\\u0000" in raw and _has_nul(parsed.model_dump()):
-        raise Problem("invalid-argument", _NUL_PROBLEM)
+    if b"\\u0000" in raw and has_nul(parsed.model_dump()):
+        raise Problem("invalid-argument", NUL_PROBLEM)
     return parsed
 
 

@@ -23,7 +23,7 @@ from gateway.deps import deps
 from gateway.failures import UPSTREAM_PROBLEMS
 from gateway.problems import PROBLEM_TYPES, Problem
 from gateway.ratelimit import Verdict
-from gateway.routing import Answer, Route
+from gateway.routing import Answer, Route, refuse_nul
 
 _CODEC_PROBLEMS = (
     "token-missing",
@@ -134,10 +134,23 @@ async def _admit_sign_in(request: web.Request) -> None:
         raise Problem("rate-limited", "too many sign-ins", headers=admission.headers())
 
 
-async def _password_token(request: web.Request) -> str:
-    form = await request.post()
+async def _read_form(request: web.Request) -> dict[str, str]:
+    """The form's text fields; a body aiohttp cannot parse is the sender's error, not a 500."""
     try:
-        fields = SignInForm.model_validate({k: v for k, v in form.items() if isinstance(v, str)})
+        # LookupError: an unknown charset; ValueError (UnicodeDecodeError included):
+        # bytes that are not in that charset, or a multipart body without a boundary.
+        form = await request.post()
+    except (LookupError, ValueError):
+        raise Problem("invalid-argument", "the sign-in form could not be read") from None
+    # The route table's NUL guard covers path, query and JSON bodies, not forms.
+    refuse_nul([*form.keys(), *form.values()])
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def _password_token(request: web.Request) -> str:
+    form = await _read_form(request)
+    try:
+        fields = SignInForm.model_validate(form)
     except ValidationError:
         raise Problem("invalid-argument", "email and password are required") from None
     await _admit_sign_in(request)

@@ -1,0 +1,107 @@
+"""Edge cases of the codec server's routes: malformed sign-in forms and large Payloads bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import make_mocked_request
+
+from gateway import codec
+from gateway.deps import GATEWAY
+from gateway.routes.codec import open_session
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def _stream(*chunks: bytes, later: tuple[bytes, ...] = ()) -> StreamReader:
+    """A request body: `chunks` already received, `later` arriving after the first read."""
+    stream = StreamReader(mock.Mock(_reading_paused=False), 2**16)
+    for chunk in chunks:
+        stream.feed_data(chunk)
+
+    def rest() -> None:
+        for chunk in later:
+            stream.feed_data(chunk)
+        stream.feed_eof()
+
+    if later:
+        asyncio.get_running_loop().call_soon(rest)
+    else:
+        stream.feed_eof()
+    return stream
+
+
+def _no_upstream() -> web.Application:
+    """An app whose dependencies fail the test if the sign-in gets as far as them."""
+
+    async def reached(*_: object, **__: object) -> None:
+        raise AssertionError("the sign-in reached the rate limiter or identity")
+
+    app = web.Application()
+    app[GATEWAY] = SimpleNamespace(  # type: ignore[assignment]
+        admitter=SimpleNamespace(admit=reached), upstream=SimpleNamespace(call=reached)
+    )
+    return app
+
+
+def _sign_in(content_type: str, body: bytes) -> web.Request:
+    return make_mocked_request(
+        "POST",
+        "/codec/session",
+        headers={"Content-Type": content_type, "Content-Length": str(len(body))},
+        payload=_stream(body),
+        app=_no_upstream(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (f"{FORM}; charset=foo", b"email=a%40b.c&password=x"),  # unknown charset
+        (FORM, b"email=\xff&password=x"),  # not UTF-8
+        ("multipart/form-data", b"email=a%40b.c&password=x"),  # no boundary
+    ],
+    ids=["unknown-charset", "undecodable-bytes", "multipart-without-boundary"],
+)
+async def test_an_unreadable_sign_in_form_is_shown_as_a_400_page(
+    content_type: str, body: bytes
+) -> None:
+    response = await open_session(_sign_in(content_type, body), None)
+    assert (response.status, response.content_type) == (400, "text/html")
+    assert "the sign-in form could not be read" in (response.text or "")
+
+
+async def test_a_nul_in_a_sign_in_field_is_refused_before_identity() -> None:
+    response = await open_session(_sign_in(FORM, b"email=a%00b%40c.d&password=x"), None)
+    assert (response.status, response.content_type) == (400, "text/html")
+    assert "NUL" in (response.text or "")
+
+
+def _payloads_request(stream: StreamReader) -> web.Request:
+    return make_mocked_request(
+        "POST", "/codec/decode", headers={"Content-Type": "application/json"}, payload=stream
+    )
+
+
+async def test_a_payloads_body_of_several_chunks_is_read_whole() -> None:
+    data = base64.b64encode(b"x" * 200_000).decode()
+    body = json.dumps({"payloads": [{"metadata": {}, "data": data}]}).encode()
+    split = len(body) // 3
+    stream = _stream(body[:split], later=(body[split : 2 * split], body[2 * split :]))
+    payloads = await codec.read_payloads(_payloads_request(stream))
+    assert [p.data for p in payloads] == [b"x" * 200_000]
+
+
+async def test_a_payloads_body_over_the_cap_is_refused_as_too_large() -> None:
+    chunk = b" " * (1024 * 1024)
+    stream = _stream(chunk, later=(chunk,) * 4)
+    with pytest.raises(codec.Problem) as refused:
+        await codec.read_payloads(_payloads_request(stream))
+    assert refused.value.code == "body-too-large"
