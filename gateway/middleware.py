@@ -184,7 +184,8 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
             admission = await gw.admitter.admit(route.route_class, f"ip:{request.remote}")
     except (RedisError, OSError) as error:
         # Signed requests need the nonce check, so API clients always fail closed.
-        if route.fails_open and signed is None:
+        held = principal.scopes if principal is not None else frozenset()
+        if route.fails_open_for(held) and signed is None:
             gw.metrics.redis_unavailable.add(1, {"mode": "open"})
             log.warning("Redis unavailable; admitting a read unchecked: %s", error)
             return await handler(request)

@@ -100,6 +100,12 @@ class Route:
         """
         return self.route_class == "read" and not (self.scopes & SENSITIVE_SCOPES)
 
+    def fails_open_for(self, held: frozenset[str]) -> bool:
+        """`fails_open`, unless the caller holds a sensitive scope: a handler may widen
+        what such a caller sees (an admin reads any order through the customer's
+        route), and a revoked staff token must not act through an outage."""
+        return self.fails_open and not (held & SENSITIVE_SCOPES)
+
 
 class RouteTable:
     """The routes, and the lookup from aiohttp's matched route back to ours."""

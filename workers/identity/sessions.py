@@ -28,6 +28,7 @@ from agora import outbox
 from agora.scopes import scopes_for
 from contracts.agora.identity.v1 import PrincipalType, RevocationReason, TokenRevoked
 from workers.identity.errors import InvalidRefreshToken, RefreshTokenReused
+from workers.identity.tokens import LEEWAY_S
 
 TOPIC = "identity.events"
 REFRESH_TOKEN_PREFIX = "art_"  # "Agora refresh token": recognisable by secret scanners
@@ -62,7 +63,9 @@ class Revocations:
         await self._redis.set(revoked_sid_key(sid), b"1", ex=self._sid_ttl_s)
 
     async def revoke_jti(self, jti: str, expires_at: dt.datetime) -> None:
-        remaining = int((expires_at - dt.datetime.now(dt.UTC)).total_seconds()) + 1
+        # Verifiers accept a token until exp plus their clock leeway (identity's 60 s,
+        # the gateway's 30 s): the key must outlive that, or the token works again.
+        remaining = int((expires_at - dt.datetime.now(dt.UTC)).total_seconds()) + LEEWAY_S + 1
         if remaining > 0:
             await self._redis.set(revoked_jti_key(jti), b"1", ex=remaining)
 
