@@ -114,9 +114,13 @@ class TokenService:
         return Grant(principal, await self._issue(principal), None)
 
     async def refresh(self, refresh_token: str) -> Grant:
+        # The key first: once the rotation commits, the presented token is spent, and
+        # a failure after it (the key ring's reload) would make the client's retry
+        # look like reuse, which revokes the whole session.
+        key = await self._keys.signing_key()
         rotated = await self._sessions.rotate(self._pool, refresh_token)
         principal = Principal(rotated.account_id, "account", rotated.scopes, rotated.session.sid)
-        return Grant(principal, await self._issue(principal), rotated.session)
+        return Grant(principal, tokens.issue(principal, self.policy, key), rotated.session)
 
     async def introspect(self, token: str) -> tokens.VerifiedToken | None:
         """The verified token, or None when it is invalid, expired or revoked."""
