@@ -66,6 +66,9 @@ DEFAULT_RATE_LIMITS: dict[str, str] = {
     "read": "100/s burst 200",
     "write": "20/s burst 40",
     "auth": "5/s burst 10",
+    # Not a route class: password sign-ins per account (email), on top of `auth` per
+    # address, so guessing one account's password from many addresses is slow too.
+    "signin": "20/m burst 20",
 }
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,6 +114,10 @@ class Settings:
     # it as unavailable: short, so a partitioned Redis costs little, but above the
     # event-loop lag of a loaded two-core machine.
     gateway_redis_timeout_ms: int = 500
+    # Addresses or networks of the one proxy hop in front of the gateway (the ingress
+    # controller's pods). Empty: the TCP peer is the client. Set: a request must come
+    # from one of them, and its single X-Forwarded-For entry is the client.
+    gateway_trusted_proxies: tuple[str, ...] = ()
     # Identity: key-encryption key (base64 of 32 bytes; locally generated into
     # <state>/secrets/identity-kek when empty), token lifetimes and the signing-key
     # rotation interval, all in seconds.
@@ -275,6 +282,11 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
             env.get("AGORA_GATEWAY_DEFAULT_TIMEOUT_MS", 10000 if profile == "test" else 2000)
         ),
         gateway_redis_timeout_ms=int(env.get("AGORA_GATEWAY_REDIS_TIMEOUT_MS", 500)),
+        gateway_trusted_proxies=tuple(
+            part.strip()
+            for part in env.get("AGORA_GATEWAY_TRUSTED_PROXIES", "").split(",")
+            if part.strip()
+        ),
         identity_kek=env.get("AGORA_IDENTITY_KEK", ""),
         access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
         refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),

@@ -16,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from agora import temporal
-from agora.config import Settings
+from agora.config import DEFAULT_RATE_LIMITS, Settings
 from agora.grpc import Channels
 from contracts.agora.identity.v1 import (
     GetApiClientSigningSecretRequest,
@@ -25,6 +25,7 @@ from contracts.agora.identity.v1 import (
 )
 from gateway import middleware
 from gateway.deps import GATEWAY, Gateway
+from gateway.forwarded import forwarded_for
 from gateway.jwks import JwksCache, JwksFetcher
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import DOCS_HTML, OPENAPI, build_openapi, render_docs
@@ -64,7 +65,9 @@ def secrets_from_identity(identity: IdentityServiceStub) -> SecretFetcher:
 
 
 def rates_from(settings: Settings) -> dict[str, Rate]:
-    return {name: Rate.parse(text) for name, text in settings.rate_limits.items()}
+    # Every class has a rate: one left out of the settings keeps its default.
+    limits = {**DEFAULT_RATE_LIMITS, **settings.rate_limits}
+    return {name: Rate.parse(text) for name, text in limits.items()}
 
 
 async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None = None) -> Gateway:
@@ -101,7 +104,12 @@ async def close_gateway(gw: Gateway) -> None:
 
 def build_app(gw: Gateway) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.edge, middleware.authenticate, middleware.admit],
+        middlewares=[
+            middleware.edge,
+            *forwarded_for(gw.settings.gateway_trusted_proxies),
+            middleware.authenticate,
+            middleware.admit,
+        ],
         client_max_size=gw.settings.gateway_max_body_bytes,
     )
     app[GATEWAY] = gw

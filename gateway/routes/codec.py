@@ -23,6 +23,7 @@ from gateway.deps import deps
 from gateway.failures import UPSTREAM_PROBLEMS
 from gateway.problems import PROBLEM_TYPES, Problem
 from gateway.ratelimit import Verdict
+from gateway.routes.auth import admit_account_sign_in
 from gateway.routing import Answer, Route, refuse_nul
 
 _CODEC_PROBLEMS = (
@@ -154,6 +155,7 @@ async def _password_token(request: web.Request) -> str:
     except ValidationError:
         raise Problem("invalid-argument", "email and password are required") from None
     await _admit_sign_in(request)
+    await admit_account_sign_in(request, fields.email)
     gw = deps(request)
     call = SignInCall(password=PasswordGrant(email=fields.email, password=fields.password))
     async with gw.upstream.call(request, "identity.SignIn") as timeout:

@@ -323,3 +323,18 @@ def test_every_workload_samples_traces_at_its_environments_ratio(rendered, env):
         settings = config.load(plain, service=name)
         assert settings.tracing_enabled, f"{env}: {name} has tracing switched off"
         assert settings.trace_sample_ratio == SAMPLE_RATIO[env]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_gateway_behind_the_ingress_trusts_forwarded_addresses_from_the_controller_only(
+    rendered, env
+):
+    container = policy.pod_spec(rendered[env], "gateway")["containers"][0]
+    plain = {k: v for k, v in policy.env_of(container).items() if isinstance(v, str)}
+    settings = config.load(plain, service="gateway")
+    assert settings.gateway_trusted_proxies == ("10.0.0.0/8",)
+
+
+def test_an_ingress_without_the_controllers_addresses_does_not_render(render_with):
+    with pytest.raises(pytest.fail.Exception, match=r"ingressController\.addresses"):
+        render_with("global.ingressController.addresses=null")

@@ -40,6 +40,7 @@ ROOMY_RATES = {
     "read": "1000/s burst 1000",
     "write": "1000/s burst 1000",
     "auth": "1000/s burst 1000",
+    "signin": "1000/s burst 1000",
 }
 
 

@@ -95,6 +95,66 @@ async def test_anonymous_routes_are_limited_per_client_address(
         await gw.redis.delete("gateway:rl:auth:ip:127.0.0.1")
 
 
+async def test_password_sign_ins_are_limited_per_account_too(
+    settings: Settings, identity: ServiceProcess | None
+) -> None:
+    rates = {"auth": "1000/s burst 1000", "signin": "1/m burst 2"}
+    async with running_gateway(settings, rate_limits=rates) as (gw, client):
+        email = f"guess-{time.time_ns()}@example.com"
+        for presented in (email, email.upper()):  # identity matches it case-insensitively
+            response = await client.post(
+                "/v1/auth/signin", json={"email": presented, "password": "guess"}
+            )
+            assert response.status == 401, await response.text()
+        with no_upstream_call(gw):
+            response = await client.post(
+                "/v1/auth/signin", json={"email": f" {email} ", "password": "guess"}
+            )
+            body = await problem(response, 429, "rate-limited")
+        assert "this account" in body["detail"]
+        assert int(response.headers["Retry-After"]) > 1  # one per minute
+        other = await client.post(
+            "/v1/auth/signin", json={"email": f"other-{email}", "password": "guess"}
+        )
+        assert other.status == 401
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(
+    settings: Settings, identity: ServiceProcess | None
+) -> None:
+    rates = {"auth": "1/m burst 1", "signin": "1000/s burst 1000"}
+    proxied = {"rate_limits": rates, "gateway_trusted_proxies": ("127.0.0.1",)}
+    async with running_gateway(settings, **proxied) as (gw, client):
+        clients = [f"198.51.100.{n}" for n in (7, 8)]
+        for address in clients:
+            await gw.redis.delete(f"gateway:rl:auth:ip:{address}")
+        signin = {"email": f"proxied-{time.time_ns()}@example.com", "password": "x"}
+        for address in clients:  # one bucket each, not one for the proxy
+            response = await client.post(
+                "/v1/auth/signin", json=signin, headers={"X-Forwarded-For": address}
+            )
+            assert response.status == 401, await response.text()
+        with no_upstream_call(gw):
+            again = await client.post(
+                "/v1/auth/signin", json=signin, headers={"X-Forwarded-For": clients[0]}
+            )
+            await problem(again, 429, "rate-limited")
+            # Through the proxy, a request must say whom it forwards (one address).
+            for headers in ({}, {"X-Forwarded-For": "203.0.113.1, 198.51.100.7"}):
+                response = await client.post("/v1/auth/signin", json=signin, headers=headers)
+                await problem(response, 400, "invalid-argument")
+        assert (await client.get("/healthz")).status == 200  # probes do not pass the proxy
+        for address in clients:
+            await gw.redis.delete(f"gateway:rl:auth:ip:{address}")
+    # A peer that is not the trusted proxy cannot pick its bucket with the header.
+    untrusted = {"rate_limits": rates, "gateway_trusted_proxies": ("10.0.0.0/8",)}
+    async with running_gateway(settings, **untrusted) as (gw, client):
+        response = await client.post(
+            "/v1/auth/signin", json=signin, headers={"X-Forwarded-For": "198.51.100.9"}
+        )
+        await problem(response, 400, "invalid-argument")
+
+
 # Redis unreachable --------------------------------------------------------------
 
 

@@ -93,6 +93,7 @@ def gateway_process(settings: Settings, services: Services) -> Iterator[str]:
                 "AGORA_RATE_LIMIT_AUTH": "1000/s burst 1000",
                 "AGORA_RATE_LIMIT_WRITE": "1000/s burst 1000",
                 "AGORA_RATE_LIMIT_READ": "1000/s burst 1000",
+                "AGORA_RATE_LIMIT_SIGNIN": "1000/s burst 1000",
             },
             start_new_session=True,
         )

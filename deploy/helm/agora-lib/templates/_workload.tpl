@@ -28,6 +28,15 @@
 {{- if include "agora-lib.isGateway" . }}
 - {name: AGORA_PORT_GATEWAY, value: {{ $v.ports.http | quote }}}
 - {name: AGORA_PORT_GATEWAY_SIDE, value: {{ $v.ports.side | quote }}}
+{{- if $v.ingress.enabled }}
+{{- /* Behind the ingress every TCP peer is the controller: the gateway takes the
+       client's address from X-Forwarded-For, from these peers only (per-address
+       rate limits on sign-in would otherwise be one bucket for everybody). */}}
+{{- if not $g.ingressController.addresses }}
+{{- fail "global.ingressController.addresses: the ingress controller pods' addresses or networks are required when the gateway's ingress is enabled" }}
+{{- end }}
+- {name: AGORA_GATEWAY_TRUSTED_PROXIES, value: {{ join "," $g.ingressController.addresses | quote }}}
+{{- end }}
 {{- else }}
 - {name: AGORA_PORT_{{ upper $v.name }}_SIDE, value: {{ $v.ports.side | quote }}}
 {{- end }}
