@@ -11,12 +11,16 @@ from dataclasses import dataclass
 
 import asyncpg
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from workers.audit import checkpoints
 from workers.audit.signing import CheckpointSigner
+from workers.audit.verification import verify_chain
 
 # Monthly partitions made ahead of time, so an insert never lands in the default one.
 PARTITION_MONTHS_AHEAD = 2
+# The failure type of a checkpoint refused because verification found the chain broken.
+CHAIN_BROKEN = "AuditChainBroken"
 
 
 @dataclass
@@ -45,8 +49,17 @@ class AuditActivities:
 
     @activity.defn(name="audit.sign_checkpoint")
     async def sign_checkpoint(self, data: SignCheckpointInput) -> SignedCheckpoint:
+        """Verify the chain since the last checkpoint, then sign what was verified: a
+        checkpoint over a broken chain would vouch for the break."""
+        verified = await verify_chain(self._pool, self._signer.public_key)
+        if not verified.ok:
+            raise ApplicationError(
+                f"the chain is broken at {verified.first_bad_sequence}: {verified.failure}",
+                type=CHAIN_BROKEN,
+                non_retryable=True,
+            )
         checkpoint, created = await checkpoints.sign_head(
-            self._pool, self._signer, data.idempotency_key
+            self._pool, self._signer, data.idempotency_key, at_most=verified.last_sequence
         )
         return SignedCheckpoint(
             log_sequence=checkpoint.log_sequence,

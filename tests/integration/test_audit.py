@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -18,8 +19,10 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ActivityError, ApplicationError
 
+from activities.audit import CHAIN_BROKEN
 from agora import temporal
 from agora.config import Settings
 from agora.db import create_pool
@@ -42,7 +45,8 @@ from workers.audit.chain import ChainWriter
 from workers.audit.consumer import AuditConsumer
 from workers.audit.signing import PublicKey, statement
 from workers.audit.verification import beyond_head
-from workflows.audit import CHECKPOINT_SCHEDULE_ID
+from workflows.audit import CHECKPOINT_SCHEDULE_ID, SignCheckpointWorkflow
+from workflows.audit import TASK_QUEUE as AUDIT_QUEUE
 from workflows.identity import (
     TASK_QUEUE,
     RegisterAccountInput,
@@ -365,6 +369,52 @@ async def test_verification_names_exactly_the_row_a_superuser_tampered_with(
         await conn.close()
     code, cli = run_cli(settings, "--from-genesis")
     assert code == 0 and cli["ok"] is True
+
+
+async def test_a_broken_chain_is_never_signed_and_pages(
+    settings: Settings, pool: asyncpg.Pool, client: Client
+) -> None:
+    account_id, _, _ = await register(client)
+    [row] = await account_events(pool, account_id)
+    target = int(row["log_sequence"])
+    # The scheduled checkpoint verifies from the last one: this row is after it.
+    assert (await pool.fetchval("SELECT max(log_sequence) FROM audit_checkpoints") or 0) < target
+    original = bytes(row["canonical"])
+    before = await pool.fetchval("SELECT count(*) FROM audit_checkpoints")
+    conn = await superuser(settings)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(
+            "UPDATE audit_log SET canonical = $1 WHERE log_sequence = $2",
+            original.replace(account_id.encode(), str(uuid.uuid4()).encode()),
+            target,
+        )
+        with pytest.raises(WorkflowFailureError) as refused:
+            await client.execute_workflow(
+                SignCheckpointWorkflow.run,
+                id=f"audit-checkpoint-test-{uuid.uuid4().hex[:8]}",
+                task_queue=AUDIT_QUEUE,
+                execution_timeout=timedelta(seconds=60),
+            )
+        cause = refused.value.cause
+        assert isinstance(cause, ActivityError) and isinstance(cause.cause, ApplicationError)
+        assert cause.cause.type == CHAIN_BROKEN
+        assert str(target) in cause.cause.message
+        assert await pool.fetchval("SELECT count(*) FROM audit_checkpoints") == before
+    finally:
+        await conn.execute(
+            "UPDATE audit_log SET canonical = $1 WHERE log_sequence = $2", original, target
+        )
+        await conn.close()
+    url = f"http://{settings.host}:{settings.side_port('audit')}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: ASYNC210 - one small read
+        metrics_text = response.read().decode()
+    failures = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("agora_audit_verification_failures_total")
+    ]
+    assert failures and sum(failures) >= 1  # what AuditChainVerificationFailed pages on
 
 
 async def test_a_rewritten_column_is_caught_even_with_the_hash_intact(

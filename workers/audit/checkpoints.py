@@ -38,12 +38,14 @@ def _from_row(row: asyncpg.Record) -> StoredCheckpoint:
 
 
 async def sign_head(
-    pool: asyncpg.Pool, signer: CheckpointSigner, idempotency_key: str
+    pool: asyncpg.Pool, signer: CheckpointSigner, idempotency_key: str, at_most: int | None = None
 ) -> tuple[StoredCheckpoint, bool]:
     """Sign the current head once per key; returns the checkpoint and whether it is new.
 
     The head is read under a share lock: an append in flight finishes first, so
-    the signed (sequence, hash) pair is one the chain really had.
+    the signed (sequence, hash) pair is one the chain really had. `at_most`: sign
+    the row at that sequence instead when the head has moved past it (the one a
+    verification just checked, so no unchecked row is signed).
     """
     async with pool.acquire() as conn, conn.transaction():
         existing = await conn.fetchrow(
@@ -55,6 +57,10 @@ async def sign_head(
         head = await conn.fetchrow(
             "SELECT log_sequence, hash FROM audit_chain_head WHERE singleton FOR SHARE"
         )
+        if at_most is not None and head["log_sequence"] > at_most:
+            head = await conn.fetchrow(
+                "SELECT log_sequence, hash FROM audit_log WHERE log_sequence = $1", at_most
+            )
         # Microseconds: what timestamptz keeps, so the signed statement round-trips.
         signed_at = dt.datetime.now(dt.UTC)
         checkpoint = StoredCheckpoint(

@@ -6,14 +6,20 @@ when its sequence is missing, when its hash is not SHA-256(previous hash ||
 canonical bytes), when it links to a hash its predecessor does not have, when a
 signed checkpoint inside the range disagrees, or when a column that queries use
 (event id, aggregate, workflow, trace) differs from its own canonical bytes.
+
+Every failed verification (the API's, the CLI's, the one before each scheduled
+checkpoint) is logged as an error and counted in `agora_audit_verification_failures`,
+which pages (deploy/prometheus/rules/agora.yml, AuditChainVerificationFailed).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
 import asyncpg
+from opentelemetry import metrics
 
 from workers.audit import checkpoints, fastparse
 from workers.audit.chain import GENESIS_HASH
@@ -22,6 +28,11 @@ from workers.audit.envelopes import trace_id_of
 from workers.audit.signing import PublicKey
 
 CHUNK = 5000
+log = logging.getLogger(__name__)
+_failures = metrics.get_meter("agora.audit").create_counter(
+    "agora_audit_verification_failures",
+    description="verifications of the hash chain that found it broken (tampering or corruption)",
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,19 @@ async def verify_chain(
     *,
     from_genesis: bool = False,
     to_sequence: int = 0,
+) -> Verification:
+    result = await _verify(pool, trusted_key, from_genesis, to_sequence)
+    if not result.ok:
+        _failures.add(1)
+        log.error(
+            "audit chain verification failed",
+            extra={"first_bad_sequence": result.first_bad_sequence, "failure": result.failure},
+        )
+    return result
+
+
+async def _verify(
+    pool: asyncpg.Pool, trusted_key: PublicKey, from_genesis: bool, to_sequence: int
 ) -> Verification:
     async with pool.acquire() as conn:
         head = int(await conn.fetchval("SELECT log_sequence FROM audit_chain_head"))
