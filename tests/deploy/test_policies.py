@@ -338,3 +338,24 @@ def test_the_gateway_behind_the_ingress_trusts_forwarded_addresses_from_the_cont
 def test_an_ingress_without_the_controllers_addresses_does_not_render(render_with):
     with pytest.raises(pytest.fail.Exception, match=r"ingressController\.addresses"):
         render_with("global.ingressController.addresses=null")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_workload_has_what_the_prod_profile_requires_to_start(rendered, env):
+    # In the prod profile nothing is generated locally: the codec's key ring (every
+    # Temporal client), and audit's signing key, must come from Secrets.
+    for name in policy.WORKLOADS:
+        spec = policy.pod_spec(rendered[env], name)
+        container = spec["containers"][0]
+        variables = policy.env_of(container)
+        plain = {k: v for k, v in variables.items() if isinstance(v, str)}
+        settings = config.load(plain, service=name)
+        assert settings.profile == "prod"
+        mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        ring = Path(settings.codec_keys_file)
+        assert mounted.get(str(ring.parent)) == "codec-keys", name
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["codec-keys"]["secret"]["secretName"] == "agora-codec-keys"
+        if name == "audit":
+            assert "AGORA_AUDIT_SIGNING_KEY" in variables
+            assert not isinstance(variables["AGORA_AUDIT_SIGNING_KEY"], str)  # from a Secret

@@ -118,6 +118,12 @@ global:
     duration: 2160h
     renewBefore: 360h
     clusterDomain: cluster.local
+  # The payload codec's key ring (every Temporal client encrypts workflow inputs and
+  # results with it): a Secret the operator creates (docs/deploy.md), holding
+  # `codec-keys.json`, mounted read-only here (AGORA_CODEC_KEYS_FILE).
+  codecKeys:
+    secretName: agora-codec-keys
+    mountPath: /var/run/agora/codec
   # External engines: address, port and the NetworkPolicy peers that select them.
   temporal:
     address: temporal-frontend.temporal.svc:7233
@@ -157,6 +163,8 @@ global:
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}, podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}}]
   ingressController:
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]
+    # The controller pods' addresses or networks (required with the gateway's ingress).
+    addresses: []
   rollouts:
     # Argo Rollouts installed: workloads are Rollouts; otherwise Deployments.
     enabled: true

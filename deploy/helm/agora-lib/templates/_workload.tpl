@@ -9,6 +9,7 @@
 - {name: AGORA_BIND_HOST, value: "0.0.0.0"}
 - {name: AGORA_STATE_DIR, value: /tmp/agora}
 - {name: AGORA_PKI_DIR, value: {{ $g.pki.mountPath | quote }}}
+- {name: AGORA_CODEC_KEYS_FILE, value: {{ printf "%s/codec-keys.json" $g.codecKeys.mountPath | quote }}}
 - {name: PYTHONDONTWRITEBYTECODE, value: "1"}
 - {name: AGORA_TRACE_SAMPLE_RATIO, value: {{ $g.traceSampleRatio | quote }}}
 - {name: AGORA_OTLP_ENDPOINT, value: {{ $g.otel.endpoint | quote }}}
@@ -170,6 +171,8 @@ spec:
         - {name: pki, mountPath: {{ $g.pki.mountPath }}}
         # ...and this workload's cert-manager secret: ca.crt, tls.crt, tls.key.
         - {name: tls, mountPath: {{ printf "%s/%s" $g.pki.mountPath $v.name }}, readOnly: true}
+        # The payload codec's key ring (codec-keys.json).
+        - {name: codec-keys, mountPath: {{ $g.codecKeys.mountPath }}, readOnly: true}
   volumes:
     - name: tmp
       emptyDir: {sizeLimit: 128Mi}
@@ -179,6 +182,10 @@ spec:
       secret:
         secretName: {{ $v.name }}-tls
         defaultMode: 288  # 0440: readable by the pod's group (fsGroup) only
+    - name: codec-keys
+      secret:
+        secretName: {{ $g.codecKeys.secretName }}
+        defaultMode: 288
 {{- end -}}
 
 {{- define "agora-lib.workload" }}
