@@ -11,7 +11,7 @@ learns at once whether the order was accepted (priced) or rejected.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -141,6 +141,14 @@ PAYMENT_WAIT_WITHIN_RESERVATION = "payment-wait-within-reservation"
 # in the saga itself: everything refunded, the stock returned, the order CANCELLED.
 # Before, the update answered COMPLETED and only the gateway went on to cancel it.
 CANCEL_AFTER_LAST_STEPS = "cancel-after-last-steps"
+# Since this change the reservation's life is measured from its `expires_at` as
+# inventory recorded it (the first, committed reserve attempt), not from when the
+# reserve step completed: a reserve whose completion was lost and retried for
+# minutes let the payment wait outlast the reservation (the order was then
+# charged, failed to commit and was refunded). And an order whose reservation is
+# about to lapse once it is paid is rejected before the capture (voided, not
+# charged and refunded).
+RESERVATION_EXPIRY_FROM_INVENTORY = "reservation-expiry-from-inventory"
 # What the saga needs after the payment, of the reservation's life: capture, commit.
 RESERVATION_MARGIN_S = 60
 # A payment provider that does not answer is given up after about this many attempts'
@@ -175,6 +183,8 @@ class OrderWorkflow:
         # What a compensation refunded, for the closing transition.
         self.compensated_refund_minor = 0
         self.reserved_at = workflow.now()
+        # When inventory lets the reservation lapse (its reserve result), once known.
+        self.reserved_until: datetime | None = None
         # Each authorization attempt's void, by its idempotency key.
         self.authorization_voids: dict[str, Callable[[], Awaitable[object]]] = {}
 
@@ -245,6 +255,7 @@ class OrderWorkflow:
             await self.reserve_stock(order)
             await self.authorize_payment(order)
             self.check_cancel()
+            self.check_reservation()
             await self.transition(order, "CONFIRMED")
             await self.capture_payment(order)
             await self.commit_stock(order)
@@ -288,7 +299,7 @@ class OrderWorkflow:
             ),
         )
         try:
-            await self.remote(
+            reserved = await self.remote(
                 "inventory.reserve",
                 ReserveInput(
                     reservation_id=reservation_id,
@@ -302,6 +313,7 @@ class OrderWorkflow:
             raise _rejection(error, "OUT_OF_STOCK") from None
         self.view.reservation_id = reservation_id
         self.reserved_at = workflow.now()
+        self.reserved_until = _expires_at(reserved)
 
     async def authorize_payment(self, order: OrderInput) -> None:
         token, attempt = order.card_token, 1
@@ -372,6 +384,9 @@ class OrderWorkflow:
         if workflow.patched(PAYMENT_WAIT_WITHIN_RESERVATION):
             held_s = (workflow.now() - self.reserved_at).total_seconds()
             timeout_s = min(timeout_s, order.reservation_ttl_s - RESERVATION_MARGIN_S - held_s)
+        if self.reserved_until is not None and workflow.patched(RESERVATION_EXPIRY_FROM_INVENTORY):
+            left_s = (self.reserved_until - workflow.now()).total_seconds()
+            timeout_s = min(timeout_s, left_s - RESERVATION_MARGIN_S)
         try:
             if timeout_s <= 0:
                 raise TimeoutError
@@ -470,6 +485,17 @@ class OrderWorkflow:
         if self.cancel is not None:
             raise CancelRequested
 
+    def check_reservation(self) -> None:
+        """Paid, but the stock may lapse before capture and commit: reject (the payment is
+        voided, never charged) rather than charge, fail the commit and refund."""
+        if self.reserved_until is None:
+            return
+        left_s = (self.reserved_until - workflow.now()).total_seconds()
+        if left_s < RESERVATION_MARGIN_S and workflow.patched(RESERVATION_EXPIRY_FROM_INVENTORY):
+            raise Rejected(
+                "PAYMENT_TIMEOUT", "the stock reservation ran out before the payment was complete"
+            )
+
     async def remote(
         self,
         activity: str,
@@ -563,6 +589,15 @@ def _amount_minor(result: object) -> int:
     if isinstance(result, dict):
         return int(result.get("amount_minor") or 0)
     return int(getattr(result, "amount_minor", 0) or 0)
+
+
+def _expires_at(reserved: object) -> datetime | None:
+    """The reservation's expiry from inventory's answer (a ReserveResult as a dict)."""
+    expires = reserved.get("expires_at") if isinstance(reserved, dict) else None
+    if not isinstance(expires, str) or not expires:
+        return None
+    when = datetime.fromisoformat(expires)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejected:

@@ -96,6 +96,9 @@ class World:
     capture_refused: bool = False
     refund_refused: bool = False
     voided: list[str] = field(default_factory=list)
+    # How long before the reserve step completed inventory committed it (a first
+    # attempt whose completion was lost, retried until one got through).
+    reserve_committed_ago: timedelta = timedelta(0)
 
     async def gate(self, step: str) -> None:
         if step in self.gates:
@@ -157,7 +160,10 @@ async def reserve(data: ReserveInput) -> ReserveResult:
     await world.gate("reserve")
     if world.out_of_stock:
         raise ApplicationError("out of stock", type="OutOfStock", non_retryable=True)
-    return ReserveResult(data.reservation_id, "held", "2030-01-01T00:00:00+00:00", [], [])
+    # Inventory's expiry counts from its first, committed attempt (the server's clock).
+    committed = activity.info().current_attempt_scheduled_time - world.reserve_committed_ago
+    expires = committed + timedelta(seconds=data.ttl_seconds)
+    return ReserveResult(data.reservation_id, "held", expires.isoformat(), [], [])
 
 
 @activity.defn(name="inventory.release")
@@ -391,7 +397,7 @@ async def test_slow_psp_times_out_then_voids_and_releases(client: Client) -> Non
 async def test_flaky_psp_is_retried_and_the_order_completes(client: Client) -> None:
     world.card = "flaky"
     view = await run(client, new_order(), "flaky-psp")
-    assert view.status == "COMPLETED"
+    assert view.status == "COMPLETED", (view.rejection, view.reason)
     assert world.calls.count("authorize") == 3
     assert "void" not in world.calls and "release" not in world.calls
 
@@ -428,6 +434,34 @@ async def test_an_unpaid_order_gives_up_before_its_stock_reservation_expires(
     assert described.close_time is not None
     waited = (described.close_time - described.start_time).total_seconds()
     assert 500 < waited < 600, "given up within the reservation's life, before its payment timeout"
+    assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+
+
+async def test_the_payment_wait_ends_before_the_reservation_inventory_recorded_expires(
+    client: Client,
+) -> None:
+    # The reserve committed 300 s before its step completed (the completion was lost
+    # and retried): 300 s of the 600 s reservation are left, not 600.
+    world.card = "action"
+    world.reserve_committed_ago = timedelta(seconds=300)
+    order = new_order(payment_timeout_s=900, reservation_ttl_s=600)
+    view = await run(client, order, "reservation-expiry-wait")
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_TIMEOUT")
+    described = await client.get_workflow_handle(order_workflow_id(order.order_id)).describe()
+    assert described.close_time is not None
+    waited = (described.close_time - described.start_time).total_seconds()
+    assert 200 < waited < 300, "given up before inventory lets the reservation lapse"
+    assert "capture" not in world.calls
+    assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+
+
+async def test_a_paid_order_whose_reservation_is_about_to_lapse_is_voided_not_charged(
+    client: Client,
+) -> None:
+    world.reserve_committed_ago = timedelta(seconds=600 - 30)  # 30 s of it left
+    view = await run(client, new_order(reservation_ttl_s=600), "reservation-lapsing")
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_TIMEOUT")
+    assert "capture" not in world.calls and "commit" not in world.calls
     assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
 
 
