@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         ring = load_or_create(settings).rotated()
         ring.save(path)
         print(f"active key is now {ring.active}; {len(ring.keys)} keys in {path}")
-        print("restart the workers and the gateway (make run) to encrypt with it")
+        print("restart the workers and the gateway (make stop && make run) to encrypt with it")
         return 0
     if args == ["show"]:
         ring = load_or_create(settings)

@@ -291,10 +291,13 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
         refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),
         signing_key_rotation_s=int(env.get("AGORA_IDENTITY_KEY_ROTATION_S", 24 * 3600)),
+        catalog_cache_ttl_s=int(env.get("AGORA_CATALOG_CACHE_TTL_S", 300)),
         # The test profile sweeps often, so a test's short TTL expires quickly.
         inventory_reservation_sweep_s=int(
             env.get("AGORA_INVENTORY_RESERVATION_SWEEP_S", 2 if profile == "test" else 30)
         ),
+        search_index_prefix=env.get("AGORA_SEARCH_INDEX_PREFIX", "agora-products"),
+        search_refresh_interval=env.get("AGORA_SEARCH_REFRESH_INTERVAL", "100ms"),
         payments_psp_slow_delay_s=float(env.get("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", 15.0)),
         payments_psp_flaky_failures=int(env.get("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", 2)),
         audit_signing_key=env.get("AGORA_AUDIT_SIGNING_KEY", ""),

@@ -1,4 +1,4 @@
-"""The local stack: `python -m stack up|down|status|urls|kill|restart`.
+"""The local stack: `python -m stack up|down|status|urls|kill`.
 
 Used by `make run` (profile dev), `make test` (profile test) and the fault tests.
 Every step is idempotent: running `up` again starts only what is not running
