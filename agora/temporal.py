@@ -16,7 +16,14 @@ from temporalio.client import Interceptor as ClientInterceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
-from temporalio.runtime import OpenTelemetryConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    OpenTelemetryConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -33,29 +40,43 @@ log = logging.getLogger("agora.activity")
 
 
 def runtime(settings: Settings, *, sdk_metrics: bool = True) -> Runtime:
-    """One SDK runtime per process; its metrics go to the collector like ours.
+    """One SDK runtime per process, built from `telemetry_config`.
 
     Short-lived commands (seed, operator CLIs) pass sdk_metrics=False: they would
     only export a partial batch while exiting.
     """
     global _runtime
     if _runtime is None:
-        telemetry = TelemetryConfig(
-            # The SDK's resource: by default it reports as service "temporal-core-sdk"
-            # with no instance, so every process's series collide in the collector
-            # (one overwrites the other). As ours, they get job="agora/<service>" and
-            # this process's instance; the SDK's own `service_name` label stays apart.
-            global_tags={
-                "service.name": settings.service,
-                "service.namespace": "agora",
-                "service.instance.id": INSTANCE_ID,
-            },
-            metrics=OpenTelemetryConfig(url=settings.otlp_endpoint)
-            if settings.tracing_enabled and sdk_metrics
-            else None,
-        )
-        _runtime = Runtime(telemetry=telemetry)
+        _runtime = Runtime(telemetry=telemetry_config(settings, sdk_metrics=sdk_metrics))
     return _runtime
+
+
+def telemetry_config(settings: Settings, *, sdk_metrics: bool = True) -> TelemetryConfig:
+    """The SDK core's telemetry: its logs and metrics go where ours go."""
+    return TelemetryConfig(
+        # Left alone, the Rust core writes its own plain-text, colour-coded lines to
+        # stderr. Forwarded, they are Python records of logger "temporalio.core", so
+        # they get our JSON formatter with service and trace_id (agora.logs); the
+        # target (e.g. temporalio_common::telemetry::metric_export) stays in the message.
+        logging=LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+            forwarding=LogForwardingConfig(
+                logger=logging.getLogger("temporalio.core"), append_target_to_name=False
+            ),
+        ),
+        # The SDK's resource: by default it reports as service "temporal-core-sdk"
+        # with no instance, so every process's series collide in the collector
+        # (one overwrites the other). As ours, they get job="agora/<service>" and
+        # this process's instance; the SDK's own `service_name` label stays apart.
+        global_tags={
+            "service.name": settings.service,
+            "service.namespace": "agora",
+            "service.instance.id": INSTANCE_ID,
+        },
+        metrics=OpenTelemetryConfig(url=settings.otlp_endpoint)
+        if settings.tracing_enabled and sdk_metrics
+        else None,
+    )
 
 
 def data_converter(settings: Settings) -> DataConverter:

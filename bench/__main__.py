@@ -11,6 +11,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ import uvloop
 from agora import config
 from agora.config import Settings
 from agora.leave import run_and_leave
+from agora.logs import setup_logging
 from bench import auth, catalog, orders, reports, tracing
 from bench.stats import Row
 
@@ -70,7 +72,27 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(type(value))
 
 
+def run_scenarios(names: list[str], settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each named scenario in turn, with a line on stderr before and after each: a run
+    takes minutes and the report comes only at the end."""
+    results: dict[str, dict[str, Any]] = {}
+    for number, name in enumerate(names, 1):
+        print(f"bench: [{number}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        results[name] = uvloop.run(SCENARIOS[name](settings))
+        elapsed = time.monotonic() - started
+        print(
+            f"bench: [{number}/{len(names)}] {name} done in {elapsed:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
+    settings = config.load(service="bench")
+    # Library warnings (the SDK's, aiohttp's) as JSON lines like every service's.
+    setup_logging("bench", settings.log_level)
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["load"]:
         # The load run has its own flags and report and is never part of the default set.
@@ -81,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], metavar="scenario")
     args = parser.parse_args(argv)
     names = args.scenarios or list(SCENARIOS)
-    settings = config.load(service="bench")
     started = datetime.now(UTC)
     meta = {
         "started": started.isoformat(timespec="seconds"),
@@ -90,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "machine": platform.platform(),
     }
-    results: dict[str, dict[str, Any]] = {
-        name: uvloop.run(SCENARIOS[name](settings)) for name in names
-    }
+    results = run_scenarios(names, settings)
     text = markdown(results, meta)
     stem = reports.write(
         "bench", started, text, {"meta": meta, "results": results}, default=_jsonable

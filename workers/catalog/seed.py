@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import time
 from dataclasses import dataclass
 
@@ -22,7 +23,9 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 
 from agora import config, temporal
+from agora.config import Settings
 from agora.leave import run_and_leave
+from agora.logs import setup_logging
 from workflows.catalog import (
     TASK_QUEUE,
     ImportInput,
@@ -160,13 +163,20 @@ async def import_all(client: Client, products: list[ProductData], seed: int) -> 
         for n, chunk in enumerate(chunks)
     ]
     total = ImportProgress(import_id=f"seed-{seed}")
-    for handle in handles:
-        result = await handle.result()
+    # In completion order, so a slow first chunk does not hide the others' progress.
+    for done, pending in enumerate(asyncio.as_completed([h.result() for h in handles]), 1):
+        result = await pending
         total.total += result.total
         total.created += result.created
         total.updated += result.updated
         total.unchanged += result.unchanged
         total.failed += result.failed
+        print(
+            f"catalog import: chunk {done}/{len(handles)} done,"
+            f" {total.total}/{len(products)} products",
+            file=sys.stderr,
+            flush=True,
+        )
     return total
 
 
@@ -194,8 +204,7 @@ async def seed_stock(client: Client, products: list[ProductData], seed: int) -> 
     return f"stock: {progress.created} created, {progress.unchanged} unchanged"
 
 
-async def main_async(count: int, seed: int, with_stock: bool) -> int:
-    settings = config.load(service="seed")
+async def main_async(settings: Settings, count: int, seed: int, with_stock: bool) -> int:
     client = await temporal.connect(settings, sdk_metrics=False)
     started = time.monotonic()
     products = generate(count, seed)
@@ -218,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.products < 1:
         parser.error("--products must be positive")
-    return asyncio.run(main_async(args.products, args.seed, not args.no_stock))
+    settings = config.load(service="seed")
+    # Library warnings (the SDK's) as JSON lines like every service's; the summary
+    # and progress lines stay plain text.
+    setup_logging("seed", settings.log_level)
+    return asyncio.run(main_async(settings, args.products, args.seed, not args.no_stock))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from temporalio.client import WorkflowFailureError
 from agora import config, temporal
 from agora.config import Settings
 from agora.leave import run_and_leave
+from agora.logs import setup_logging
 from workflows.identity import (
     TASK_QUEUE,
     RegisterAccountInput,
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ensure-demo-admin", help="the local demo admin (idempotent)")
     args = parser.parse_args(argv)
     settings = config.load(service="identity-admin")
+    # Library warnings (the SDK's) as JSON lines like every service's; what the
+    # command reports stays plain text on stdout / stderr.
+    setup_logging("identity-admin", settings.log_level)
     try:
         if args.command == "ensure-demo-admin":
             asyncio.run(ensure_demo_admin(settings))
