@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from cryptography.exceptions import InvalidTag
 from google.protobuf import json_format
-from redis.exceptions import RedisError
 from temporalio.api.common.v1 import Payload, Payloads
 
 from agora import scopes
@@ -40,7 +39,7 @@ from agora.codec import ENCODING, EncryptionCodec, UnknownKey
 from agora.config import Settings
 from gateway.deps import deps
 from gateway.problems import Problem
-from gateway.ratelimit import Verdict
+from gateway.ratelimit import admit_or_refuse
 from gateway.tokens import Principal
 
 log = logging.getLogger(__name__)
@@ -128,21 +127,16 @@ async def staff_principal(request: web.Request, token: str) -> Principal:
                 ' scope="admin support"'
             },
         )
-    try:
-        admission = await gw.admitter.admit(
-            "read", principal.subject, jti=principal.jti, sid=principal.sid
-        )
-    except (RedisError, OSError):
-        # Without the revocation check a revoked staff token could read PII: fail closed.
-        raise Problem(
-            "dependency-unavailable",
-            "the revocation check is unavailable; retry shortly",
-            headers={"Retry-After": "1"},
-        ) from None
-    if admission.verdict in (Verdict.JTI_REVOKED, Verdict.SID_REVOKED):
-        raise Problem("token-revoked", "this token was revoked")
-    if admission.verdict is Verdict.RATE_LIMITED:
-        raise Problem("rate-limited", "too many codec requests", headers=admission.headers())
+    # Without the revocation check a revoked staff token could read PII: fail closed.
+    await admit_or_refuse(
+        gw.admitter,
+        "read",
+        principal.subject,
+        jti=principal.jti,
+        sid=principal.sid,
+        unavailable="the revocation check is unavailable; retry shortly",
+        limited="too many codec requests",
+    )
     return principal
 
 

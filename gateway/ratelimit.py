@@ -23,8 +23,10 @@ from enum import IntEnum
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from agora.signing import NONCE_TTL_SECONDS
+from gateway.problems import Problem
 
 ADMIT_LUA = """
 local function exists(key)
@@ -147,6 +149,29 @@ class Admitter:
             retry_after_s=retry_us / 1e6,
             reset_s=reset_us / 1e6,
         )
+
+
+async def admit_or_refuse(
+    admitter: Admitter,
+    route_class: str,
+    principal: str,
+    *,
+    unavailable: str,
+    limited: str,
+    jti: str = "",
+    sid: str = "",
+) -> Admission:
+    """An admission outside the route pipeline (the codec's, a sign-in's own bucket):
+    Redis down is 503 (these fail closed), a revoked token 401, over the limit 429."""
+    try:
+        admission = await admitter.admit(route_class, principal, jti=jti, sid=sid)
+    except (RedisError, OSError):
+        raise Problem("dependency-unavailable", unavailable, headers={"Retry-After": "1"}) from None
+    if admission.verdict in (Verdict.JTI_REVOKED, Verdict.SID_REVOKED):
+        raise Problem("token-revoked", "this token was revoked")
+    if admission.verdict is Verdict.RATE_LIMITED:
+        raise Problem("rate-limited", limited, headers=admission.headers())
+    return admission
 
 
 def nonce_key(client_id: str, nonce: str) -> str:

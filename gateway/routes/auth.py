@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from contracts.agora.identity.v1 import (
     ClientCredentialsGrant,
@@ -26,7 +25,7 @@ from contracts.agora.identity.v1 import (
 from gateway.context import principal_of
 from gateway.deps import deps
 from gateway.problems import Problem
-from gateway.ratelimit import Verdict
+from gateway.ratelimit import admit_or_refuse
 from gateway.routing import Route
 from gateway.schemas import (
     ClientCredentialsRequest,
@@ -61,21 +60,13 @@ async def admit_account_sign_in(request: web.Request, email: str) -> None:
     matches it (case-insensitively). Every attempt counts, so an attacker can also
     hold one account's sign-in back while they keep guessing; the account's owner
     can still use a refresh token, and staff see the 429s in the gateway's metrics."""
-    try:
-        admission = await deps(request).admitter.admit("signin", f"email:{email.strip().lower()}")
-    except (RedisError, OSError):
-        raise Problem(
-            "dependency-unavailable",
-            "sign-in is unavailable; retry shortly",
-            headers={"Retry-After": "1"},
-        ) from None
-    if admission.verdict is Verdict.RATE_LIMITED:
-        retry = admission.headers()["Retry-After"]
-        raise Problem(
-            "rate-limited",
-            "too many sign-ins for this account; retry after the Retry-After delay",
-            headers={"Retry-After": retry},
-        )
+    await admit_or_refuse(
+        deps(request).admitter,
+        "signin",
+        f"email:{email.strip().lower()}",
+        unavailable="sign-in is unavailable; retry shortly",
+        limited="too many sign-ins for this account; retry after the Retry-After delay",
+    )
 
 
 def _requested(scope: str | None) -> list[str]:

@@ -14,7 +14,6 @@ from typing import Annotated
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from redis.exceptions import RedisError
 
 from contracts.agora.identity.v1 import PasswordGrant
 from contracts.agora.identity.v1 import SignInRequest as SignInCall
@@ -22,7 +21,7 @@ from gateway import codec
 from gateway.deps import deps
 from gateway.failures import UPSTREAM_PROBLEMS
 from gateway.problems import PROBLEM_TYPES, Problem
-from gateway.ratelimit import Verdict
+from gateway.ratelimit import admit_or_refuse
 from gateway.routes.auth import admit_account_sign_in
 from gateway.routing import Answer, Route, refuse_nul
 
@@ -127,12 +126,13 @@ def _check_own_origin(request: web.Request) -> None:
 
 async def _admit_sign_in(request: web.Request) -> None:
     """The same limit as the API's sign-in routes: password guessing costs time here too."""
-    try:
-        admission = await deps(request).admitter.admit("auth", f"ip:{request.remote}")
-    except (RedisError, OSError):
-        raise Problem("dependency-unavailable", "sign-in is unavailable; retry shortly") from None
-    if admission.verdict is Verdict.RATE_LIMITED:
-        raise Problem("rate-limited", "too many sign-ins", headers=admission.headers())
+    await admit_or_refuse(
+        deps(request).admitter,
+        "auth",
+        f"ip:{request.remote}",
+        unavailable="sign-in is unavailable; retry shortly",
+        limited="too many sign-ins",
+    )
 
 
 async def _read_form(request: web.Request) -> dict[str, str]:
