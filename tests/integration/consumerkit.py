@@ -1,4 +1,5 @@
-"""Helpers for calling a service's batch handler in-process, as agora.kafka would.
+"""Helpers for the event path: a service's batch handler called in-process, as
+agora.kafka would, and what a service's outbox holds for an aggregate.
 
 Not a test module (its name does not start with test_). The records are what the
 consumer hands a batch handler: decoded envelopes with the Kafka record they came in.
@@ -6,6 +7,7 @@ consumer hands a batch handler: decoded envelopes with the Kafka record they cam
 
 from __future__ import annotations
 
+import asyncpg
 from aiokafka import ConsumerRecord
 
 from agora.kafka import Decoded
@@ -32,3 +34,15 @@ def decoded(topic: str, *envelopes: EventEnvelope, first_offset: int = 0) -> lis
         )
         batch.append((envelope, record))
     return batch
+
+
+async def outbox_events(pool: asyncpg.Pool, aggregate_type: str, aggregate_id: str) -> list[str]:
+    """The event types a service's outbox holds for one aggregate, in its order, without
+    the producer's prefix ("payments.PaymentCaptured" -> "PaymentCaptured")."""
+    rows = await pool.fetch(
+        "SELECT event_type FROM outbox WHERE aggregate_type = $1 AND aggregate_id = $2"
+        " ORDER BY sequence",
+        aggregate_type,
+        aggregate_id,
+    )
+    return [r["event_type"].split(".", 1)[-1] for r in rows]

@@ -30,6 +30,7 @@ from activities.catalog import (
 from agora import db
 from agora.config import Settings
 from tests.integration.conftest import Services
+from tests.integration.consumerkit import outbox_events
 from workers.catalog.cache import ProductCache
 from workers.catalog.model import ProductData
 
@@ -68,12 +69,7 @@ async def row(pool: asyncpg.Pool, sku: str) -> tuple[str, int]:
 
 
 async def events(pool: asyncpg.Pool, sku: str) -> list[str]:
-    rows = await pool.fetch(
-        "SELECT event_type FROM outbox WHERE aggregate_type = 'product' AND aggregate_id = $1"
-        " ORDER BY sequence",
-        sku,
-    )
-    return [r["event_type"].removeprefix("catalog.") for r in rows]
+    return await outbox_events(pool, "product", sku)
 
 
 async def created(catalog: CatalogActivities) -> str:

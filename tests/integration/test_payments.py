@@ -32,6 +32,7 @@ from contracts.agora.payments.v1 import (
     PaymentStatus,
 )
 from tests.integration.conftest import ServiceProcess, Services
+from tests.integration.consumerkit import outbox_events
 from tests.integration.payments_workflow import PaymentStep, PaymentStepWorkflow
 from workers.payments.psp_sim import tokenize
 from workflows.payments import (
@@ -182,12 +183,7 @@ async def ledger_rows(db: asyncpg.Pool, payment_id: str) -> list[tuple[str, str,
 
 
 async def events_of(db: asyncpg.Pool, payment_id: str) -> list[str]:
-    rows = await db.fetch(
-        "SELECT event_type FROM outbox WHERE aggregate_type = 'payment' AND aggregate_id = $1"
-        " ORDER BY sequence",
-        payment_id,
-    )
-    return [r["event_type"].removeprefix("payments.") for r in rows]
+    return await outbox_events(db, "payment", payment_id)
 
 
 async def assert_balanced(payments: PaymentsServiceStub, payment_id: str = "") -> None:
