@@ -79,7 +79,11 @@ class JwksCache:
             # Another request may have refreshed while this one waited for the lock.
             if not force and self._clock() - self._attempted_at < self._floor:
                 return False
-            self._attempted_at = self._clock()
+            if not force:
+                # Only fetches for an unknown kid count against the floor: the periodic
+                # (forced) refresh taken a moment before a rotation must not make the
+                # new key's first tokens wait out the floor with token-key-unknown.
+                self._attempted_at = self._clock()
             self.fetches += 1
             try:
                 jwks = await self._fetch()

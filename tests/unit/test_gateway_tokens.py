@@ -85,6 +85,18 @@ async def test_unknown_kid_refetches_at_most_once_per_floor() -> None:
     assert cache.fetches == 2
 
 
+async def test_a_periodic_refresh_just_before_a_rotation_does_not_hold_back_the_new_key() -> None:
+    clock = Clock()
+    keys: list[dict[str, Any]] = []
+    check, cache = verifier(keys, clock)
+    await cache.refresh(force=True)  # the 60 s refresh
+    clock.now += 0.5
+    keys.append({**KEY.as_dict(private=False), "kid": "k1"})  # identity rotates
+    clock.now += 0.5
+    assert (await check.verify(token())).subject == "s"  # fetched for the unknown kid
+    assert cache.fetches == 2
+
+
 async def test_tokens_of_a_new_key_arriving_together_all_wait_for_the_one_fetch() -> None:
     # Identity rotated: four requests carry the new kid at once; one fetches, the
     # others must wait for it instead of refusing a valid token.
