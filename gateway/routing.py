@@ -140,25 +140,25 @@ def _validation_problem(error: ValidationError, where: str) -> Problem:
     )
 
 
-def has_nul(value: Any) -> bool:
+def _has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     if isinstance(value, list | tuple):
-        return any(has_nul(v) for v in value)
+        return any(_has_nul(v) for v in value)
     return False
 
 
 # PostgreSQL text cannot hold NUL, so a NUL that got through would fail deep in a
 # service (a 502); no field of this API can legitimately carry one.
-NUL_PROBLEM = "text must not contain NUL characters"
+_NUL_PROBLEM = "text must not contain NUL characters"
 
 
 def refuse_nul(values: Any) -> None:
     """Refuse a NUL anywhere in `values` (strings, lists, dicts) as invalid-argument."""
-    if has_nul(values):
-        raise Problem("invalid-argument", NUL_PROBLEM)
+    if _has_nul(values):
+        raise Problem("invalid-argument", _NUL_PROBLEM)
 
 
 def reject_nul(request: web.Request) -> None:
@@ -187,8 +187,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         if any(item["type"] == "json_invalid" for item in error.errors()):
             raise Problem("malformed-json", "the body could not be parsed as JSON") from None
         raise _validation_problem(error, "body") from None
-    if b"\\u0000" in raw and has_nul(parsed.model_dump()):
-        raise Problem("invalid-argument", NUL_PROBLEM)
+    if b"\\u0000" in raw:
+        refuse_nul(parsed.model_dump())
     return parsed
 
 
