@@ -28,6 +28,7 @@ from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError
 
 from agora import outbox
+from agora.db import lock_for_transaction
 from agora.errors import DomainError
 from contracts.agora.catalog.v1 import (
     PriceChanged,
@@ -144,7 +145,7 @@ async def _earlier_result(conn: asyncpg.Connection, result_type: type[Result]) -
     key = _attempt_key()
     if not key:
         return None
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+    await lock_for_transaction(conn, key)
     stored = await conn.fetchval("SELECT result FROM activity_results WHERE attempt_key = $1", key)
     return None if stored is None else value_to_type(result_type, json.loads(stored))
 

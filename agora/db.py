@@ -13,6 +13,12 @@ from agora.config import Settings
 MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "activities" / "migrations"
 
 
+async def lock_for_transaction(conn: asyncpg.Connection, name: str) -> None:
+    """Serialize on `name` until the current transaction ends: a transaction-scoped
+    advisory lock on its 64-bit hash (a collision only serializes two unrelated names)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", name)
+
+
 def migrations_dir(service: str) -> Path:
     return MIGRATIONS_ROOT / service
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import asyncpg
 from temporalio.converter import value_to_type
 
+from agora.db import lock_for_transaction
 from workers.inventory import errors
 
 T = TypeVar("T")
@@ -42,9 +43,7 @@ async def claim(
     `lock` names what to serialize on when several operations touch one thing
     (reserve, release and commit of one reservation share its id).
     """
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock or f"{operation}:{key}"
-    )
+    await lock_for_transaction(conn, lock or f"{operation}:{key}")
     row = await conn.fetchrow(
         "SELECT fingerprint, result FROM idempotency_keys WHERE operation = $1 AND key = $2",
         operation,

@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 
 from agora import outbox
+from agora.db import lock_for_transaction
 from contracts.agora.common.v1 import Money
 from contracts.agora.payments.v1 import (
     DeclineReason,
@@ -160,9 +161,7 @@ class PaymentIntents:
             # so the second finds the first's record and is a conflict, never a
             # second PSP call that fails only at the record's insert. (An authorize's
             # key names its intent, whose row lock already serializes it.)
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"payments:{key}"
-            )
+            await lock_for_transaction(conn, f"payments:{key}")
         row = await conn.fetchrow(
             "SELECT operation, request_hash, outcome, result FROM payment_operations"
             " WHERE idempotency_key = $1",
