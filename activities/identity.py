@@ -147,9 +147,17 @@ class IdentityActivities:
             )
         return AccountRef(data.account_id, created=True)
 
+    @activity.defn(name="identity.publish_signing_key")
+    async def publish_signing_key(self, data: RotateSigningKeyInput) -> bool:
+        """Store key `kid` as the next key: in the JWK set, signing nothing yet
+        (idempotent by kid; True if this call made it)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await keys.publish(conn, self.box, data.kid)
+
     @activity.defn(name="identity.rotate_signing_key")
     async def rotate_signing_key(self, data: RotateSigningKeyInput) -> RotateSigningKeyResult:
-        """Create key `kid`, make it current, retire the previous one (idempotent by kid)."""
+        """Make key `kid` current (made here unless published ahead), retire the previous
+        one (idempotent by kid)."""
         async with self.pool.acquire() as conn, conn.transaction():
             outcome = await keys.rotate(
                 conn, self.box, data.kid, overlap=self.key_overlap, workflow=_workflow_ref()

@@ -1,11 +1,12 @@
 """Identity's public signing keys, cached in memory and refetched on an unknown `kid`.
 
-Identity signs with its current key and keeps previous keys in its JWKS for an
-overlap window, so a token the gateway cannot match to a key is either forged or
-signed by a key minted since the last fetch. The second case is rare (one per
-rotation), so an unknown `kid` triggers a refetch, but at most once per
-`refetch_floor_s`: a flood of tokens with random `kid`s must not become a flood
-of calls to identity.
+Identity publishes its next key several periodic refreshes before it signs with
+it, and keeps previous keys in its JWKS for an overlap window, so a token the
+gateway cannot match to a key is forged, or was signed by a key minted since the
+last fetch (the first key of a fresh identity database, or a gateway that could
+not reach identity for minutes). The second case is rare, so an unknown `kid`
+triggers a refetch, but at most once per `refetch_floor_s`: a flood of tokens
+with random `kid`s must not become a flood of calls to identity.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from typing import Any
 from joserfc.jwk import OKPKey
 
 log = logging.getLogger(__name__)
+
+# Identity publishes a key workflows.identity.PUBLISH_AHEAD_S (several of these)
+# before it signs with it.
+PERIODIC_REFRESH_S = 60.0
 
 JwksFetcher = Callable[[], Awaitable[list[dict[str, Any]]]]
 
@@ -101,7 +106,7 @@ class JwksCache:
             self._loaded = True
             return True
 
-    async def run_periodic_refresh(self, interval_s: float = 60.0) -> None:
+    async def run_periodic_refresh(self, interval_s: float = PERIODIC_REFRESH_S) -> None:
         """Drop keys identity retired and pick up new ones without waiting for an unknown kid."""
         while True:
             await asyncio.sleep(interval_s)

@@ -50,6 +50,12 @@ __all__ = [
 TASK_QUEUE = "agora-identity"
 ROTATION_SCHEDULE_ID = "identity-signing-key-rotation"
 STEP_TIMEOUT = timedelta(seconds=10)
+# How long the next key is published before it signs: three of the gateway's
+# periodic JWKS refreshes (gateway/jwks.py, every 60 s), so every gateway holds it
+# before its first token and none meets an unknown kid (whose refetch is
+# rate-floored against floods of made-up kids).
+PUBLISH_AHEAD_S = 180
+PUBLISH_AHEAD_PATCH = "publish-signing-key-ahead"
 
 
 def register_workflow_id(email: str) -> str:
@@ -111,7 +117,8 @@ class RotationReport:
 
 @workflow.defn(name="RotateSigningKey")
 class RotateSigningKeyWorkflow:
-    """Make a new key current (the previous one keeps verifying through its overlap), then prune.
+    """Publish a new key, wait `publish_ahead_s`, make it current (the previous one
+    keeps verifying through its overlap), then prune.
 
     Run by the Temporal Schedule `identity-signing-key-rotation`; the kid is
     derived from the workflow's deterministic clock and uuid, so a retried
@@ -119,8 +126,16 @@ class RotateSigningKeyWorkflow:
     """
 
     @workflow.run
-    async def run(self) -> RotationReport:
+    async def run(self, publish_ahead_s: int = PUBLISH_AHEAD_S) -> RotationReport:
         kid = new_kid(workflow.now(), workflow.uuid4())
+        if workflow.patched(PUBLISH_AHEAD_PATCH):
+            await workflow.execute_activity_method(
+                IdentityActivities.publish_signing_key,
+                RotateSigningKeyInput(kid),
+                start_to_close_timeout=STEP_TIMEOUT,
+            )
+            if publish_ahead_s > 0:
+                await workflow.sleep(timedelta(seconds=publish_ahead_s))
         rotation = await workflow.execute_activity_method(
             IdentityActivities.rotate_signing_key,
             RotateSigningKeyInput(kid),

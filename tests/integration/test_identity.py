@@ -42,6 +42,8 @@ from contracts.agora.identity.v1 import (
     SignOutRequest,
     Tokens,
 )
+from workers.identity import keys
+from workers.identity.kek import SecretBox, load_kek
 from workers.identity.keys import ALG
 from workers.identity.schedule import ensure_rotation_schedule
 from workers.identity.sessions import revoked_sid_key
@@ -338,7 +340,7 @@ async def test_state_changes_write_their_events_to_the_outbox(
 # Signing keys -------------------------------------------------------------------
 
 
-async def test_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(
+async def test_key_rotation_publishes_the_next_key_before_it_signs_and_keeps_old_tokens_valid(
     identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
 ) -> None:
     email = new_email()
@@ -346,14 +348,25 @@ async def test_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_n
     before = await sign_in(identity, email)
     old_kid = kid_of(before.access_token)
 
-    report = await temporal.execute_workflow(
+    handle = await temporal.start_workflow(
         RotateSigningKeyWorkflow.run,
+        5,  # seconds published ahead (three gateway JWKS refreshes in production)
         id=f"test-rotate-{uuid.uuid4()}",
         task_queue=TASK_QUEUE,
     )
 
+    async def next_key_published() -> set[str]:
+        keys = {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
+        return keys - {old_kid} - await retired_or_current(db)
+
+    assert await eventually(next_key_published), "the next key must be published ahead"
+    (next_kid,) = await next_key_published()
+    # Published, not signing: tokens issued now still carry the old key.
+    assert kid_of((await sign_in(identity, email)).access_token) == old_kid
+
+    report = await handle.result()
     new_kid = report.rotation.kid
-    assert report.rotation.created and new_kid != old_kid
+    assert report.rotation.created and new_kid == next_kid != old_kid
     assert report.rotation.previous_kid == old_kid
     keys = {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
     assert {old_kid, new_kid} <= keys, "the previous key must stay published through the overlap"
@@ -370,6 +383,30 @@ async def test_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_n
         "identity.SigningKeyRotated",
     )
     assert events == 1
+
+
+async def retired_or_current(db: asyncpg.Pool) -> set[str]:
+    """Kids that are not a published next key (one current, the rest retired)."""
+    rows = await db.fetch("SELECT kid FROM signing_keys WHERE is_current OR retired_at IS NOT NULL")
+    return {row["kid"] for row in rows}
+
+
+async def test_a_next_key_abandoned_by_its_rotation_is_pruned_after_a_day(
+    identity: IdentityServiceStub, db: asyncpg.Pool, settings: Settings
+) -> None:
+    box = SecretBox(load_kek(settings))
+    kid = f"abandoned-{uuid.uuid4().hex[:12]}"
+    async with db.acquire() as conn, conn.transaction():
+        assert await keys.publish(conn, box, kid)
+        assert not await keys.publish(conn, box, kid), "publishing again changes nothing"
+    assert kid in {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
+    async with db.acquire() as conn, conn.transaction():
+        assert kid not in await keys.prune(conn), "a fresh next key is kept"
+        await conn.execute(
+            "UPDATE signing_keys SET created_at = now() - interval '25 hours' WHERE kid = $1", kid
+        )
+        assert kid in await keys.prune(conn)
+    assert kid not in {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
 
 
 # API clients ----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 from temporalio import activity
@@ -21,7 +22,9 @@ from activities.identity import (
     RotateSigningKeyInput,
     RotateSigningKeyResult,
 )
+from gateway.jwks import PERIODIC_REFRESH_S
 from workflows.identity import (
+    PUBLISH_AHEAD_S,
     RegisterAccountWorkflow,
     RevokeApiClientWorkflow,
     RotateSigningKeyWorkflow,
@@ -40,9 +43,20 @@ async def create_account(data: RegisterAccountInput) -> AccountRef:
     return AccountRef(data.account_id, created=True)
 
 
+scheduled: dict[str, datetime] = {}
+
+
+@activity.defn(name="identity.publish_signing_key")
+async def publish_signing_key(data: RotateSigningKeyInput) -> bool:
+    calls.append(("publish", data))
+    scheduled["publish"] = activity.info().current_attempt_scheduled_time
+    return True
+
+
 @activity.defn(name="identity.rotate_signing_key")
 async def rotate_signing_key(data: RotateSigningKeyInput) -> RotateSigningKeyResult:
     calls.append(data)
+    scheduled["rotate"] = activity.info().current_attempt_scheduled_time
     return RotateSigningKeyResult(data.kid, "old", "2030-01-01T00:00:00+00:00", True)
 
 
@@ -65,6 +79,7 @@ async def revoke_session(data: RevokeSessionInput) -> None:
 
 ACTIVITIES = [
     create_account,
+    publish_signing_key,
     rotate_signing_key,
     prune_signing_keys,
     mark_api_client_revoked,
@@ -108,11 +123,21 @@ async def test_a_clear_password_is_refused_before_anything_is_stored(
     assert isinstance(cause, ApplicationError) and cause.type == "InvalidRegistration"
 
 
-async def test_rotation_creates_a_key_then_prunes(env: WorkflowEnvironment) -> None:
+async def test_rotation_publishes_the_key_waits_then_makes_it_current_and_prunes(
+    env: WorkflowEnvironment,
+) -> None:
     calls.clear()
     report = await run(env, RotateSigningKeyWorkflow.run)
-    assert isinstance(calls[0], RotateSigningKeyInput) and calls[1] == "prune"
-    assert report.rotation.kid == calls[0].kid and report.pruned_kids == ["older"]
+    published = calls[0]
+    assert isinstance(published, tuple) and published[0] == "publish"
+    assert calls[1:] == [published[1], "prune"]
+    assert report.rotation.kid == published[1].kid and report.pruned_kids == ["older"]
+    waited = scheduled["rotate"] - scheduled["publish"]
+    assert waited >= timedelta(seconds=PUBLISH_AHEAD_S)
+
+
+def test_the_next_key_is_published_across_several_gateway_jwks_refreshes() -> None:
+    assert PUBLISH_AHEAD_S >= 2 * PERIODIC_REFRESH_S
 
 
 async def test_revoking_an_api_client_marks_it_then_revokes_its_tokens(

@@ -1,9 +1,12 @@
 """Ed25519 signing keys: stored sealed, rotated with an overlap, served as a JWK set.
 
-Exactly one key is current and signs new access tokens. When a new key
-becomes current, the previous one stays in the JWK set until `verify_until`
-(its last token's expiry plus leeway), so tokens it signed keep verifying
-through their whole life; after that it is pruned.
+Exactly one key is current and signs new access tokens. A rotation first
+publishes the next key (in the JWK set, signing nothing), and makes it current
+only after every verifier's periodic JWKS refresh has fetched it, so no token
+ever carries a kid a verifier has not seen. When a new key becomes current, the
+previous one stays in the JWK set until `verify_until` (its last token's expiry
+plus leeway), so tokens it signed keep verifying through their whole life;
+after that it is pruned.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ ALG = "EdDSA"
 # One key rotation at a time across every identity process (bootstrap included).
 _ROTATION_LOCK = 0x1D_517E
 _FORCED_RELOAD_FLOOR = 0.5  # seconds
+# A published next key still not current after this was left by a terminated rotation.
+_ABANDONED_AFTER = "1 day"
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,19 @@ def _key_context(kid: str) -> str:
     return f"signing_key:{kid}"
 
 
+async def publish(conn: asyncpg.Connection, box: SecretBox, kid: str) -> bool:
+    """Store key `kid` as the next key, in the caller's transaction: published, not signing.
+
+    Idempotent by kid (False when it exists already). The private key is generated
+    here, so it never leaves identity's database.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ROTATION_LOCK)
+    if await conn.fetchval("SELECT 1 FROM signing_keys WHERE kid = $1", kid):
+        return False
+    await _insert(conn, box, kid, current=False)
+    return True
+
+
 async def rotate(
     conn: asyncpg.Connection,
     box: SecretBox,
@@ -68,28 +86,28 @@ async def rotate(
     overlap: dt.timedelta,
     workflow: outbox.WorkflowRef | None = None,
 ) -> RotationOutcome:
-    """Make a new key `kid` current and retire the previous one, in the caller's transaction.
+    """Make key `kid` current and retire the previous one, in the caller's transaction.
 
-    Idempotent by kid: a retried activity finds its key and changes nothing.
-    The private key is generated here, so it never leaves identity's database.
+    `kid` is the key `publish` stored ahead, or a new one made here (the first key
+    of a fresh database, or a rotation started before keys were published ahead).
+    Idempotent by kid: a retried activity finds its key current (or already
+    retired by a later rotation) and changes nothing.
     """
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _ROTATION_LOCK)
-    if await conn.fetchval("SELECT 1 FROM signing_keys WHERE kid = $1", kid):
+    known = await conn.fetchrow(
+        "SELECT is_current, retired_at FROM signing_keys WHERE kid = $1", kid
+    )
+    if known is not None and (known["is_current"] or known["retired_at"] is not None):
         return RotationOutcome(kid, "", None, created=False)
     previous = await conn.fetchrow(
         "UPDATE signing_keys SET is_current = false, retired_at = now(),"
         " verify_until = now() + $1::interval WHERE is_current RETURNING kid, verify_until",
         overlap,
     )
-    private = OKPKey.generate_key("Ed25519", parameters={"kid": kid}).as_dict(private=True)
-    await conn.execute(
-        "INSERT INTO signing_keys (kid, public_x, private_sealed, kek_id, is_current)"
-        " VALUES ($1, $2, $3, $4, true)",
-        kid,
-        private["x"],
-        box.seal(_unb64url(str(private["d"])), _key_context(kid)),
-        box.kek_id,
-    )
+    if known is None:
+        await _insert(conn, box, kid, current=True)
+    else:
+        await conn.execute("UPDATE signing_keys SET is_current = true WHERE kid = $1", kid)
     outcome = RotationOutcome(
         kid=kid,
         previous_kid=previous["kid"] if previous else "",
@@ -112,6 +130,19 @@ async def rotate(
     return outcome
 
 
+async def _insert(conn: asyncpg.Connection, box: SecretBox, kid: str, *, current: bool) -> None:
+    private = OKPKey.generate_key("Ed25519", parameters={"kid": kid}).as_dict(private=True)
+    await conn.execute(
+        "INSERT INTO signing_keys (kid, public_x, private_sealed, kek_id, is_current)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        kid,
+        private["x"],
+        box.seal(_unb64url(str(private["d"])), _key_context(kid)),
+        box.kek_id,
+        current,
+    )
+
+
 async def ensure_current(pool: asyncpg.Pool, box: SecretBox, overlap: dt.timedelta) -> str:
     """On a fresh database create the first key, so tokens can be issued at once."""
     async with pool.acquire() as conn, conn.transaction():
@@ -130,9 +161,13 @@ def new_kid(now: dt.datetime, unique: uuid.UUID) -> str:
 
 
 async def prune(conn: asyncpg.Connection) -> list[str]:
-    """Delete retired keys whose overlap has ended; returns their kids."""
+    """Delete retired keys whose overlap has ended, and next keys a rotation abandoned
+    (published a day ago and never made current: its workflow was terminated);
+    returns their kids."""
     rows = await conn.fetch(
-        "DELETE FROM signing_keys WHERE NOT is_current AND verify_until < now() RETURNING kid"
+        "DELETE FROM signing_keys WHERE NOT is_current AND (verify_until < now()"
+        f" OR (retired_at IS NULL AND created_at < now() - interval '{_ABANDONED_AFTER}'))"
+        " RETURNING kid"
     )
     return sorted(row["kid"] for row in rows)
 
@@ -195,7 +230,8 @@ class KeyRing:
     async def _load(self) -> _Snapshot:
         rows = await self._pool.fetch(
             "SELECT kid, public_x, private_sealed, is_current FROM signing_keys"
-            " WHERE is_current OR verify_until > now() ORDER BY is_current DESC, created_at DESC"
+            " WHERE is_current OR retired_at IS NULL OR verify_until > now()"
+            " ORDER BY is_current DESC, created_at DESC"
         )
         current_rows = [row for row in rows if row["is_current"]]
         if not current_rows:

@@ -52,6 +52,7 @@ async def build_parts(rt: Runtime) -> ServiceParts:
             activities.create_account,
             activities.rotate_signing_key,
             activities.prune_signing_keys,
+            activities.publish_signing_key,
             activities.mark_api_client_revoked,
             activities.revoke_session,
         ],
