@@ -157,8 +157,16 @@ class Settings:
     temporal_tls_ca: str = ""
     temporal_api_key: str = ""
     kafka_bootstrap_override: str = ""
+    # Kafka over TLS (a Strimzi `tls` listener): SSL plus the cluster CA's PEM file.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_ca_file: str = ""
     redis_url_override: str = ""
+    # Redis AUTH (a Secret); kept out of the URL so the URL can stay a plain value.
+    redis_password: str = ""
     elasticsearch_url_override: str = ""
+    # An Elasticsearch with its own CA (ECK's self-signed http certificate) and an API key.
+    elasticsearch_ca_file: str = ""
+    elasticsearch_api_key: str = ""
     postgres_host: str = ""
     pki_dir_override: str = ""
     # Where servers listen (AGORA_BIND_HOST, default host) and the host each
@@ -221,6 +229,13 @@ class Settings:
 
     def task_queue(self, service: str) -> str:
         return f"agora-{service}"
+
+
+def _kafka_protocol(text: str) -> str:
+    protocol = text.strip().upper() or "PLAINTEXT"
+    if protocol not in ("PLAINTEXT", "SSL"):
+        raise ValueError(f"AGORA_KAFKA_SECURITY_PROTOCOL must be PLAINTEXT or SSL, not {text!r}")
+    return protocol
 
 
 def _ratio(text: str) -> float:
@@ -309,8 +324,13 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         temporal_tls_ca=env.get("AGORA_TEMPORAL_TLS_CA", ""),
         temporal_api_key=env.get("AGORA_TEMPORAL_API_KEY", ""),
         kafka_bootstrap_override=env.get("AGORA_KAFKA_BOOTSTRAP", ""),
+        kafka_security_protocol=_kafka_protocol(env.get("AGORA_KAFKA_SECURITY_PROTOCOL", "")),
+        kafka_ca_file=env.get("AGORA_KAFKA_CA_FILE", ""),
         redis_url_override=env.get("AGORA_REDIS_URL", ""),
+        redis_password=env.get("AGORA_REDIS_PASSWORD", ""),
         elasticsearch_url_override=env.get("AGORA_ELASTICSEARCH_URL", ""),
+        elasticsearch_ca_file=env.get("AGORA_ELASTICSEARCH_CA_FILE", ""),
+        elasticsearch_api_key=env.get("AGORA_ELASTICSEARCH_API_KEY", ""),
         postgres_host=env.get("AGORA_POSTGRES_HOST", ""),
         pki_dir_override=env.get("AGORA_PKI_DIR", ""),
         bind_host=env.get("AGORA_BIND_HOST", ""),

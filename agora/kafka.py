@@ -12,10 +12,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import extract
@@ -60,6 +62,16 @@ PARTITIONS = 6
 GATHER_MIN_BYTES = 1 << 20
 
 
+def connection(settings: Settings) -> dict[str, Any]:
+    """Where and how every Kafka client of a process connects: the bootstrap servers,
+    and TLS verified against `kafka_ca_file` when the protocol is SSL."""
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
+    if settings.kafka_security_protocol == "SSL":
+        options["security_protocol"] = "SSL"
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ca_file or None)
+    return options
+
+
 def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
@@ -88,7 +100,7 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str] = EVENT_TOPICS) ->
 def create_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     """Idempotent (acks=all, enable_idempotence): a retried send is written once, in order."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **connection(settings),
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
@@ -165,7 +177,7 @@ class EventConsumer:
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             *self.spec.topics,
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **connection(self._settings),
             group_id=self.spec.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

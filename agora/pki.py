@@ -1,15 +1,22 @@
 """The local platform CA and one certificate per service, generated on first start.
 
 In Kubernetes cert-manager issues the same files (ca.crt, tls.crt, tls.key) into
-each pod; locally they live under <state>/pki/<service>/.
+each pod and renews them in place; `watch_certificates` loads renewed files into
+the live TLS contexts, so new connections present the new certificate without a
+restart (open connections keep theirs: a peer checks a certificate only at the
+handshake). Locally they live under <state>/pki/<service>/.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import fcntl
+import hashlib
 import ipaddress
+import logging
 import ssl
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_NAME = "Agora platform CA"
+RELOAD_CHECK_S = 60.0
+
+log = logging.getLogger(__name__)
+# Every live context, with the folder its files came from and their digest when loaded.
+_loaded: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[Path, bytes]] = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -135,7 +147,7 @@ def server_context(pki_dir: Path, name: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(own / "ca.crt"))
     context.verify_mode = ssl.CERT_REQUIRED
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
+    _load(context, own)
     context.set_alpn_protocols(["h2"])
     return context
 
@@ -145,6 +157,53 @@ def client_context(pki_dir: Path, name: str) -> ssl.SSLContext:
     own = pki_dir / name
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(own / "ca.crt"))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
+    _load(context, own)
     context.set_alpn_protocols(["h2"])
     return context
+
+
+def _digest(own: Path) -> bytes:
+    files = ("ca.crt", "tls.crt", "tls.key")
+    return hashlib.sha256(b"\0".join((own / name).read_bytes() for name in files)).digest()
+
+
+def _load(context: ssl.SSLContext, own: Path) -> None:
+    """Load the key pair (and, again, the CA: a renewed CA bundle adds its new CA).
+
+    The files are tried on a scratch context first: a pair OpenSSL refuses halfway
+    (a certificate that does not match the key) leaves a live context unusable.
+    """
+    digest = _digest(own)
+    scratch = ssl.SSLContext(context.protocol)
+    scratch.load_verify_locations(cafile=str(own / "ca.crt"))
+    scratch.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
+    context.load_verify_locations(cafile=str(own / "ca.crt"))
+    context.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
+    _loaded[context] = (own, digest)
+
+
+def reload_changed() -> int:
+    """Load renewed files into every live context whose files changed; returns how many.
+
+    A renewal caught half-written (a certificate that does not match the key yet)
+    leaves the context as it was, to be tried again at the next check.
+    """
+    reloaded = 0
+    for context, (own, digest) in list(_loaded.items()):
+        try:
+            if _digest(own) == digest:
+                continue
+            _load(context, own)
+        except (OSError, ssl.SSLError) as error:
+            log.warning("certificate reload failed", extra={"dir": str(own), "error": str(error)})
+            continue
+        reloaded += 1
+        log.info("certificate reloaded", extra={"dir": str(own)})
+    return reloaded
+
+
+async def watch_certificates(interval_s: float = RELOAD_CHECK_S) -> None:
+    """Check for renewed certificates every `interval_s` (cert-manager renews in place)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        reload_changed()

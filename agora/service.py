@@ -22,7 +22,7 @@ from grpclib._typing import IServable
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from agora import db, grpc, kafka, temporal
+from agora import db, grpc, kafka, pki, temporal
 from agora.config import Settings
 from agora.outbox import OutboxRelay
 from agora.process import bootstrap
@@ -75,7 +75,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
 
     applied = await db.migrate(settings, service)
     pool = await db.create_pool(settings, service)
-    redis = aioredis.from_url(settings.redis_url)
+    redis = aioredis.from_url(settings.redis_url, password=settings.redis_password or None)
     producer = kafka.create_producer(settings, client_id=service)
     await producer.start()
     client = await temporal.connect(settings)
@@ -108,6 +108,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         *([asyncio.create_task(relay.run(), name="outbox-relay")] if relay else []),
         *(asyncio.create_task(c.run(), name=f"consumer-{c.spec.group}") for c in consumers),
         *(asyncio.create_task(job(), name="background") for job in parts.background),
+        asyncio.create_task(pki.watch_certificates(), name="background"),
     ]
     side.started = True
     log.info(

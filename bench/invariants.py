@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
-from elasticsearch import AsyncElasticsearch
 
 from agora import db
 from agora.config import Settings
 from workers.audit.signing import load_signer
 from workers.audit.verification import verify_chain
 from workers.payments import ledger
+from workers.search.wiring import elasticsearch as search_client
 
 FINAL = ("COMPLETED", "REJECTED", "CANCELLED")
 UNDONE = ("REJECTED", "CANCELLED")
@@ -287,7 +287,7 @@ def search_probe(settings: Settings, facts: RunFacts) -> Probe:
                 skus,
             )
         }
-        es = AsyncElasticsearch(settings.elasticsearch_url)
+        es = search_client(settings)
         try:
             found = await es.mget(index=settings.search_index_prefix, ids=skus)
         except Exception as error:  # Elasticsearch still coming back: not converged yet

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from agora import temporal
+from agora import pki, temporal
 from agora.config import DEFAULT_RATE_LIMITS, Settings
 from agora.grpc import Channels
 from contracts.agora.identity.v1 import (
@@ -75,6 +75,7 @@ async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None =
     metrics = GatewayMetrics()
     redis = Redis.from_url(
         settings.redis_url,
+        password=settings.redis_password or None,
         socket_timeout=settings.gateway_redis_timeout_ms / 1000,
         socket_connect_timeout=settings.gateway_redis_timeout_ms / 1000,
         retry=Retry(NoBackoff(), 0),
@@ -125,8 +126,12 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     """Load the keys before the first request, keep them fresh while serving."""
     gw = app[GATEWAY]
     await gw.jwks.refresh(force=True)
-    refresher = asyncio.create_task(gw.jwks.run_periodic_refresh())
+    jobs = [
+        asyncio.create_task(gw.jwks.run_periodic_refresh()),
+        asyncio.create_task(pki.watch_certificates()),
+    ]
     yield
-    refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await refresher
+    for job in jobs:
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -34,3 +35,52 @@ def test_server_context_requires_a_client_certificate(tmp_path: Path) -> None:
     context = pki.server_context(tmp_path, "payments")
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+async def _served_serial(server: ssl.SSLContext, client: ssl.SSLContext) -> int:
+    """The serial of the certificate a TLS server built on `server` presents now."""
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    listener = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=server)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client, server_hostname="localhost"
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return x509.load_der_x509_certificate(der).serial_number
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    pki.ensure_pki(tmp_path, ["catalog", "orders"])
+    server = pki.server_context(tmp_path, "catalog")
+    client = pki.client_context(tmp_path, "orders")
+    first = await _served_serial(server, client)
+    assert pki.reload_changed() == 0, "unchanged files are not reloaded"
+
+    pki.issue(tmp_path / "ca", tmp_path / "catalog", "catalog")  # cert-manager renews in place
+    renewed = x509.load_pem_x509_certificate((tmp_path / "catalog" / "tls.crt").read_bytes())
+    assert renewed.serial_number != first
+    assert pki.reload_changed() == 1
+    assert await _served_serial(server, client) == renewed.serial_number
+
+
+async def test_a_renewal_caught_half_written_keeps_the_old_certificate(tmp_path: Path) -> None:
+    pki.ensure_pki(tmp_path, ["search", "gateway"])
+    server = pki.server_context(tmp_path, "search")
+    client = pki.client_context(tmp_path, "gateway")
+    first = await _served_serial(server, client)
+    # The new certificate is written, its key not yet: they do not match.
+    pki.issue(tmp_path / "ca", tmp_path / "next", "search")
+    (tmp_path / "search" / "tls.crt").write_bytes((tmp_path / "next" / "tls.crt").read_bytes())
+    assert pki.reload_changed() == 0
+    assert await _served_serial(server, client) == first
+    (tmp_path / "search" / "tls.key").write_bytes((tmp_path / "next" / "tls.key").read_bytes())
+    assert pki.reload_changed() == 1
+    assert await _served_serial(server, client) != first

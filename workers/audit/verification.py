@@ -35,6 +35,12 @@ _failures = metrics.get_meter("agora.audit").create_counter(
 )
 
 
+def count_failures_from_zero() -> None:
+    """Export the failure counter at 0 from the start: a series born at 1 hides its
+    first failure from increase(), and with it from the page."""
+    _failures.add(0)
+
+
 @dataclass(frozen=True)
 class Verification:
     ok: bool
@@ -96,7 +102,12 @@ async def verify_chain(
 async def _verify(
     pool: asyncpg.Pool, trusted_key: PublicKey, from_genesis: bool, to_sequence: int
 ) -> Verification:
-    async with pool.acquire() as conn:
+    # One snapshot for the head, the rows beyond it, the checkpoints and the walk:
+    # appends and checkpoints committed meanwhile must not read as a cut-off tail.
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
         head = int(await conn.fetchval("SELECT log_sequence FROM audit_chain_head"))
         last = min(to_sequence, head) if to_sequence > 0 else head
         start: StoredCheckpoint | None = None

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from activities.audit import PARTITION_MONTHS_AHEAD, AuditActivities
 from agora.service import Runtime, ServiceParts
+from workers.audit import verification
 from workers.audit.api import AuditApi
 from workers.audit.chain import ChainWriter
 from workers.audit.consumer import AuditConsumer
@@ -17,6 +18,7 @@ from workflows.audit import SignCheckpointWorkflow
 async def build_parts(rt: Runtime) -> ServiceParts:
     settings = rt.settings
     signer = load_signer(settings)
+    verification.count_failures_from_zero()
     # The current months' partitions exist before the first append.
     await rt.pool.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
     await ensure_checkpoint_schedule(

@@ -22,7 +22,12 @@ async def build_parts(rt: Runtime) -> ServiceParts:
     settings = rt.settings
     # Its own client with short socket timeouts: a hung Redis must cost a read
     # milliseconds (then the breaker skips it), never the request's whole deadline.
-    redis = aioredis.from_url(settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+    redis = aioredis.from_url(
+        settings.redis_url,
+        password=settings.redis_password or None,
+        socket_timeout=0.25,
+        socket_connect_timeout=0.25,
+    )
     cache = ProductCache(redis, rt.redis_prefix, ttl_s=settings.catalog_cache_ttl_s)
     activities = CatalogActivities(rt.pool, cache)
     return ServiceParts(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -19,8 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class ConsumerLag:
-    def __init__(self, bootstrap: str, group: str, topics: Sequence[str], interval_s: float = 5):
-        self.bootstrap = bootstrap
+    def __init__(
+        self,
+        connection: Mapping[str, Any],
+        group: str,
+        topics: Sequence[str],
+        interval_s: float = 5,
+    ):
+        self.connection = connection  # agora.kafka.connection(settings)
         self.group = group
         self.topics = topics
         self.interval_s = interval_s
@@ -35,8 +42,8 @@ class ConsumerLag:
         return [Observation(v, {"topic": t, "group": self.group}) for t, v in self.lag.items()]
 
     async def measure(self) -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**self.connection)
+        probe = AIOKafkaConsumer(**self.connection)
         await admin.start()
         await probe.start()
         try:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from elasticsearch import AsyncElasticsearch
 
 from activities.search import SearchActivities
+from agora import kafka
+from agora.config import Settings
 from agora.service import Runtime, ServiceParts
 from contracts.agora.catalog.v1 import CatalogServiceStub
 from workers.search.api import SearchApi
@@ -14,17 +18,29 @@ from workers.search.lag import ConsumerLag
 from workflows.search import ReindexWorkflow
 
 
-def elasticsearch(url: str) -> AsyncElasticsearch:
-    return AsyncElasticsearch(url, request_timeout=10, retry_on_timeout=True, max_retries=2)
+def elasticsearch(settings: Settings) -> AsyncElasticsearch:
+    """The client, verifying the cluster's own CA and sending its API key when configured."""
+    secured: dict[str, Any] = {}
+    if settings.elasticsearch_ca_file:
+        secured["ca_certs"] = settings.elasticsearch_ca_file
+    if settings.elasticsearch_api_key:
+        secured["api_key"] = settings.elasticsearch_api_key
+    return AsyncElasticsearch(
+        settings.elasticsearch_url,
+        request_timeout=10,
+        retry_on_timeout=True,
+        max_retries=2,
+        **secured,
+    )
 
 
 async def build_parts(rt: Runtime) -> ServiceParts:
     settings = rt.settings
-    es = elasticsearch(settings.elasticsearch_url)
+    es = elasticsearch(settings)
     indices = Indices(es, settings.search_index_prefix, settings.search_refresh_interval)
     await indices.ensure()
     activities = SearchActivities(es, indices, CatalogServiceStub(rt.channels.get("catalog")))
-    lag = ConsumerLag(settings.kafka_bootstrap, GROUP, TOPICS)
+    lag = ConsumerLag(kafka.connection(settings), GROUP, TOPICS)
     return ServiceParts(
         grpc_handlers=[SearchApi(es, indices)],
         activities=[
