@@ -12,8 +12,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import betterproto2
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -70,6 +71,28 @@ def connection(settings: Settings) -> dict[str, Any]:
         options["security_protocol"] = "SSL"
         options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ca_file or None)
     return options
+
+
+M = TypeVar("M", bound=betterproto2.Message)
+
+
+def parse_exact(cls: type[M], data: bytes) -> M:
+    """`cls` parsed from `data`, refused unless every field holds its declared type.
+
+    betterproto2 stores a field sent with another wire type as whatever it decoded
+    (a varint where a string belongs becomes an int), and the error comes later,
+    wherever the value is used: in a consumer, retried forever instead of
+    dead-lettered. Such a message cannot be serialized back to itself; that check
+    is the cheapest complete one (raises ValueError).
+    """
+    message = cls.parse(data)
+    try:
+        same = cls.parse(bytes(message)) == message
+    except Exception as error:  # whatever the misplaced value made serialization raise
+        raise ValueError(f"a field does not hold its declared type: {error}") from None
+    if not same:
+        raise ValueError("a field does not hold its declared type")
+    return message
 
 
 def dlq_topic(topic: str) -> str:
@@ -299,7 +322,7 @@ class EventConsumer:
     async def _decode(self, record: ConsumerRecord) -> Decoded | None:
         """The record's envelope; None when it is undecodable (then it was dead-lettered)."""
         try:
-            envelope = EventEnvelope.parse(record.value)
+            envelope = parse_exact(EventEnvelope, record.value)
             if not envelope.event_id:
                 raise PoisonMessage("envelope has no event_id")
         except PoisonMessage as error:
@@ -316,7 +339,9 @@ class EventConsumer:
         with self._span(batch):
             async for attempt in AsyncRetrying(
                 wait=wait_exponential(multiplier=0.1, max=5),
-                retry=retry_if_not_exception_type(PoisonMessage),
+                # Exceptions only: a cancel (shutdown) must end the loop, not be retried.
+                retry=retry_if_exception_type(Exception)
+                & retry_if_not_exception_type(PoisonMessage),
                 reraise=True,
                 before_sleep=lambda state: log.warning(
                     "handler failed, retrying",

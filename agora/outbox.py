@@ -7,7 +7,8 @@ aggregate's events stay in one partition, in order), then marks them sent. A
 crash between publish and mark re-publishes: consumers dedupe by event id, so
 nothing is lost and nothing is duplicated in effect. One relay per service is
 active at a time (a Postgres advisory lock), which keeps per-aggregate order when
-a service runs several processes.
+a service runs several processes; it checks that it still holds the lock before
+every batch, and prunes rows sent more than SENT_RETENTION (7 days) ago.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 import uuid
 import zlib
 from collections.abc import Iterable
@@ -41,6 +43,11 @@ _TRANSIENT = (
     asyncpg.exceptions.OperatorInterventionError,
     KafkaError,
 )
+# Sent rows are kept this long (for inspection), then pruned by the relay holding
+# the lock, in chunks, at the start of each session and every PRUNE_EVERY_S.
+SENT_RETENTION = dt.timedelta(days=7)
+PRUNE_EVERY_S = 600.0
+PRUNE_CHUNK = 5000
 _meter = metrics.get_meter("agora.outbox")
 _published = _meter.create_counter("agora_outbox_published", description="outbox rows published")
 # Backlog and age of the oldest unsent row, per service, as last seen by its relay.
@@ -219,23 +226,30 @@ class OutboxRelay:
                 if await self._sleep(self._poll_interval * 5):
                     return
             await lock_conn.add_listener("outbox", self._on_notify)
+            pruned_at = -PRUNE_EVERY_S  # prune once at the start of each session
             try:
                 while True:
+                    if lock_conn.is_closed():
+                        # Its backend ended (terminated, reset): the lock and the LISTEN
+                        # went with it, and another relay may hold the lock now. Start a
+                        # new session, which must win the lock before it publishes.
+                        raise ConnectionResetError("the relay lock's connection closed")
+                    if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                        await self.prune_sent()
+                        pruned_at = time.monotonic()
                     published = await self.publish_batch()
                     if published == self._batch_size:
                         continue  # more waiting: no pause
                     if self._stopping.is_set():
                         break
                     await self._sleep(self._poll_interval)
-                    if lock_conn.is_closed():
-                        # Its backend ended (terminated, reset): the lock and the LISTEN
-                        # went with it, and another relay may hold the lock now. Start a
-                        # new session, which must win the lock before it publishes.
-                        raise ConnectionResetError("the relay lock's connection closed")
                 # Flush what was committed before the stop.
                 while await self.publish_batch():
                     pass
             finally:
+                # Another process's relay reports the backlog from now on: a value left
+                # here would hold the OutboxStale page up after the backlog is gone.
+                _backlog.pop(self._service, None)
                 if not lock_conn.is_closed():
                     await lock_conn.remove_listener("outbox", self._on_notify)
                     await lock_conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
@@ -288,6 +302,26 @@ class OutboxRelay:
             )
         _published.add(len(rows), {"service": self._service})
         return len(rows)
+
+    async def prune_sent(self) -> int:
+        """Delete rows sent more than SENT_RETENTION ago, a bounded chunk at a time;
+        returns how many. Kafka holds the events; the rows were only the hand-over."""
+        deleted = 0
+        async with self._pool.acquire() as conn:
+            while True:
+                status = await conn.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                    " WHERE sent_at < now() - $1::interval ORDER BY id LIMIT $2)",
+                    SENT_RETENTION,
+                    PRUNE_CHUNK,
+                )
+                count = int(status.rpartition(" ")[2])
+                deleted += count
+                if count < PRUNE_CHUNK or self._stopping.is_set():
+                    break
+        if deleted:
+            log.info("outbox pruned", extra={"service": self._service, "rows": deleted})
+        return deleted
 
     async def backlog(self) -> int:
         async with self._pool.acquire() as conn:

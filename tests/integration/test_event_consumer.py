@@ -74,6 +74,9 @@ async def test_poison_goes_to_the_dead_letter_topic_with_its_reason_and_the_rest
         b"\xff\x00 not protobuf",
         envelope("b", b"reject"),
         envelope("c", b"flaky"),
+        # A well-formed envelope plus aggregate_id (field 4, a string) sent as a varint:
+        # betterproto2 would hand the handler an int there.
+        envelope("e") + b"\x20\x05",
         envelope("d"),
     ]
     group = await consume(
@@ -82,14 +85,15 @@ async def test_poison_goes_to_the_dead_letter_topic_with_its_reason_and_the_rest
 
     assert handled == ["a", "c", "d"], "order kept, poison skipped, flaky retried"
     assert attempts["c"] == 3
-    dead = await read_all(settings, kafka.dlq_topic(topic), 2)
+    dead = await read_all(settings, kafka.dlq_topic(topic), 3)
     reasons = [dict(r.headers)["dlq-reason"].decode() for r in dead]
-    assert len(dead) == 2
+    assert len(dead) == 3
     # Garbage bytes either fail to parse or parse into an envelope with no id: both are poison.
     assert reasons[0].startswith(("undecodable envelope", "envelope has no event_id"))
     assert reasons[1] == "payload says reject"
+    assert reasons[2].startswith("undecodable envelope: a field does not hold its declared type")
     assert all(dict(r.headers)["dlq-topic"].decode() == topic for r in dead)
-    assert await committed(settings, group, topic) == 5
+    assert await committed(settings, group, topic) == 6
 
 
 @pytest.mark.parametrize("kind", ["handler", "batch_handler"])

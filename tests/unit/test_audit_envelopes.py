@@ -6,10 +6,15 @@ import datetime as dt
 import uuid
 
 import pytest
+from aiokafka import ConsumerRecord
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from agora.errors import PoisonMessage
 from contracts import full_name
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.identity.v1 import AccountRegistered
+from workers.audit.chain import ChainWriter
+from workers.audit.consumer import AuditConsumer
 from workers.audit.envelopes import MalformedEnvelope, check, trace_id_of
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -74,3 +79,24 @@ def test_trace_id_comes_only_from_a_well_formed_traceparent() -> None:
     assert trace_id_of("") == ""
     assert trace_id_of("00-" + "0" * 32 + "-b7ad6b7169203331-01") == ""
     assert trace_id_of("garbage") == ""
+
+
+def test_a_field_whose_parsers_disagree_is_refused_before_it_enters_the_log() -> None:
+    # A second occurred_at holding only nanos: betterproto2 keeps the last copy,
+    # the protobuf runtime (which verification reads with) merges the two. Stored
+    # as betterproto2 read it, the row would fail every verification after it.
+    good = envelope()
+    later = Timestamp(nanos=7000).SerializeToString()
+    canonical = bytes(good) + b"\x32" + bytes([len(later)]) + later
+    with pytest.raises(MalformedEnvelope, match="occurred_at reads differently"):
+        check(EventEnvelope.parse(canonical), canonical)
+    assert check(good, bytes(good)).event_id == uuid.UUID(good.event_id)
+
+
+async def test_a_field_of_the_wrong_type_is_poison_for_the_audit_consumer() -> None:
+    canonical = bytes(envelope()) + b"\x20\x05"  # aggregate_id (a string) as a varint
+    record = ConsumerRecord("identity.events", 0, 0, 0, 0, b"a-1", canonical, None, 0, 0, [])
+    with pytest.raises(PoisonMessage, match="malformed event"):
+        await AuditConsumer(ChainWriter(None)).handle_batch(  # type: ignore[arg-type]
+            [(EventEnvelope.parse(canonical), record)]
+        )

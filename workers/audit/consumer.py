@@ -24,7 +24,7 @@ from opentelemetry import metrics
 from agora.errors import PoisonMessage
 from agora.kafka import EVENT_TOPICS, ConsumerSpec, Decoded
 from workers.audit.chain import ChainWriter, Incoming
-from workers.audit.envelopes import MalformedEnvelope, check
+from workers.audit.envelopes import check
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter("agora.audit")
@@ -51,8 +51,8 @@ class AuditConsumer:
         incoming: list[Incoming] = []
         for envelope, record in batch:
             try:
-                checked = check(envelope)
-            except MalformedEnvelope as error:
+                checked = check(envelope, bytes(record.value))
+            except Exception as error:  # MalformedEnvelope, or a value no check foresaw
                 if len(batch) > 1:
                     # Let the consumer isolate it: the batch comes back one event at a
                     # time and this envelope alone is refused (and counted) below.

@@ -14,8 +14,10 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from agora.kafka import parse_exact
 from contracts import message_class
 from contracts.agora.events.v1 import EventEnvelope
+from workers.audit import fastparse
 
 _FULL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
@@ -43,8 +45,50 @@ def trace_id_of(traceparent: str) -> str:
     return match.group(1)
 
 
-def check(envelope: EventEnvelope) -> Checked:
-    """Raise MalformedEnvelope unless the envelope can be recorded."""
+def canonical_columns(canonical: bytes) -> dict[str, object]:
+    """The indexed columns of an event as its canonical bytes say, read by the
+    protobuf runtime's parser: what verification compares each stored row with."""
+    env = fastparse.parse(canonical)
+    return {
+        "event_id": env.event_id,
+        "event_type": env.event_type,
+        "payload_type": env.payload_type,
+        "aggregate_type": env.aggregate_type,
+        "aggregate_id": env.aggregate_id,
+        "aggregate_sequence": env.sequence,
+        "producer": env.producer,
+        "workflow_id": env.workflow_id,
+        "run_id": env.run_id,
+        "trace_id": trace_id_of(env.traceparent),
+        "occurred_at": fastparse.occurred_at(env),
+    }
+
+
+def _columns(envelope: EventEnvelope) -> dict[str, object]:
+    """The same columns as the envelope recorded (parsed by betterproto2) gives them."""
+    return {
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "payload_type": envelope.payload_type,
+        "aggregate_type": envelope.aggregate_type,
+        "aggregate_id": envelope.aggregate_id,
+        "aggregate_sequence": envelope.sequence,
+        "producer": envelope.producer,
+        "workflow_id": envelope.workflow_id,
+        "run_id": envelope.run_id,
+        "trace_id": trace_id_of(envelope.traceparent),
+        "occurred_at": envelope.occurred_at,
+    }
+
+
+def check(envelope: EventEnvelope, canonical: bytes | None = None) -> Checked:
+    """Raise MalformedEnvelope unless the envelope can be recorded.
+
+    With its `canonical` bytes (what the log stores), the columns recorded from the
+    envelope must be what verification will read from those bytes: the two parsers
+    disagree on some encodings (a repeated `occurred_at` is merged by one, replaced
+    by the other), and such a row, once appended, would fail every verification.
+    """
     try:
         event_id = uuid.UUID(envelope.event_id)
     except ValueError:
@@ -86,9 +130,18 @@ def check(envelope: EventEnvelope) -> Checked:
     else:
         known = True
         try:
-            cls.parse(envelope.payload)
+            parse_exact(cls, envelope.payload)
         except Exception as error:
             raise MalformedEnvelope(
                 f"payload is not a valid {envelope.payload_type}: {error}"
             ) from None
+    if canonical is not None:
+        try:
+            derived = canonical_columns(canonical)
+        except Exception as error:
+            raise MalformedEnvelope(f"canonical bytes do not parse: {error}") from None
+        recorded = _columns(envelope)
+        for column, value in derived.items():
+            if recorded[column] != value:
+                raise MalformedEnvelope(f"{column} reads differently from its canonical bytes")
     return Checked(envelope, event_id, trace_id_of(envelope.traceparent), known)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import asyncpg
 from opentelemetry import metrics
 
-from workers.audit import checkpoints, fastparse
+from workers.audit import checkpoints
 from workers.audit.chain import GENESIS_HASH
 from workers.audit.checkpoints import StoredCheckpoint
-from workers.audit.envelopes import trace_id_of
+from workers.audit.envelopes import canonical_columns
 from workers.audit.signing import PublicKey
 
 CHUNK = 5000
@@ -57,22 +57,9 @@ class Verification:
 def _column_mismatch(row: asyncpg.Record) -> str:
     """Which indexed column disagrees with the canonical envelope ("" when none)."""
     try:
-        env = fastparse.parse(bytes(row["canonical"]))
+        derived = canonical_columns(bytes(row["canonical"]))
     except Exception:
         return "canonical bytes are not an envelope"
-    derived = {
-        "event_id": env.event_id,
-        "event_type": env.event_type,
-        "payload_type": env.payload_type,
-        "aggregate_type": env.aggregate_type,
-        "aggregate_id": env.aggregate_id,
-        "aggregate_sequence": env.sequence,
-        "producer": env.producer,
-        "workflow_id": env.workflow_id,
-        "run_id": env.run_id,
-        "trace_id": trace_id_of(env.traceparent),
-        "occurred_at": fastparse.occurred_at(env),
-    }
     for column, value in derived.items():
         stored = row[column]
         if column == "event_id":

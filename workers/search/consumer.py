@@ -22,7 +22,7 @@ from elasticsearch import AsyncElasticsearch, BadRequestError
 from opentelemetry import metrics
 
 from agora.errors import PoisonMessage
-from agora.kafka import ConsumerSpec, Decoded
+from agora.kafka import ConsumerSpec, Decoded, parse_exact
 from contracts import message_class
 from contracts.agora.catalog.v1 import Product
 from contracts.agora.events.v1 import EventEnvelope
@@ -61,7 +61,7 @@ CATALOG_EVENTS = frozenset(
 
 def _payload(envelope: EventEnvelope) -> betterproto2.Message:
     try:
-        return message_class(envelope.payload_type).parse(envelope.payload)
+        return parse_exact(message_class(envelope.payload_type), envelope.payload)
     except Exception as error:
         raise PoisonMessage(f"unreadable {envelope.payload_type}: {error}") from error
 
