@@ -68,6 +68,34 @@ def test_a_cursor_continues_only_its_own_search() -> None:
         decode_cursor(SearchRequest(query="lamp", search_after="%%%"))
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        [None, None],
+        [float("inf"), "SKU-1"],
+        [True, "SKU-1"],
+        ["1700000000000", "SKU-1"],
+        [1.5, 7],
+        [1.5, ""],
+        [1.5, "SKU\x00"],
+        [1.5, "S" * 257],
+    ],
+)
+def test_a_forged_cursor_with_values_no_sort_produces_is_refused(values: list[object]) -> None:
+    # The digest is public (sha256 of the request): a forged cursor can carry it.
+    request = SearchRequest(query="lamp", sort=SortOrder.PRICE_ASC)
+    forged = encode_cursor(request, values)
+    with pytest.raises(InvalidArgument, match="malformed"):
+        decode_cursor(SearchRequest(query="lamp", sort=SortOrder.PRICE_ASC, search_after=forged))
+    assert decode_cursor(
+        SearchRequest(
+            query="lamp",
+            sort=SortOrder.PRICE_ASC,
+            search_after=encode_cursor(request, [1299, "SKU-1"]),
+        )
+    ) == [1299, "SKU-1"]
+
+
 def test_page_size_over_the_maximum_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         build(SearchRequest(page_size=101))

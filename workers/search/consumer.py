@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -35,7 +36,7 @@ from workers.search.documents import (
     product_change,
     stock_change,
 )
-from workers.search.index import Indices
+from workers.search.index import TARGETS_TTL_S, Indices
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter("agora.search")
@@ -105,17 +106,32 @@ class SearchIndexer:
 
     async def _apply(self, changes: Sequence[Change]) -> None:
         targets = await self.indices.write_targets()
+        loaded_at = self.indices.targets_loaded_at
+        written: set[str] = set()
         for attempt in range(2):
             try:
-                for index in targets:
-                    for change in await merge_many(self.es, index, changes):
-                        _indexed.add(1, {"source": change.source})
-                return
+                while True:
+                    for index in targets:
+                        if index in written:
+                            continue
+                        for change in await merge_many(self.es, index, changes):
+                            _indexed.add(1, {"source": change.source})
+                        written.add(index)
+                    # A batch that outlived its view of the write alias may have missed
+                    # an index a reindex added meanwhile; the reindex copies stock from
+                    # the old index only PROPAGATION_WAIT (three TTLs) later: look again.
+                    if time.monotonic() - loaded_at <= TARGETS_TTL_S:
+                        return
+                    targets = await self.indices.write_targets(fresh=True)
+                    loaded_at = self.indices.targets_loaded_at
+                    if written.issuperset(targets):
+                        return
             except IndexMissing:
                 # Dropped after a swap: our view of the write alias is stale.
                 if attempt:
                     raise
                 targets = await self.indices.write_targets(fresh=True)
+                loaded_at = self.indices.targets_loaded_at
             except (BadRequestError, DocumentRejected):
                 raise  # not worth a retry: the caller makes it poison
             except Exception:

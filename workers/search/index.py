@@ -124,6 +124,11 @@ class Indices:
             self._targets_at = now
         return self._targets
 
+    @property
+    def targets_loaded_at(self) -> float:
+        """When the cached write targets were read from Elasticsearch (monotonic)."""
+        return self._targets_at
+
     async def add_write_target(self, index: str) -> None:
         await self.es.indices.update_aliases(
             actions=[{"add": {"index": index, "alias": self.write_alias}}]

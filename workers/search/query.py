@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ PRICE_BUCKETS: list[tuple[int, int | None]] = [
 ]
 _TOKEN = re.compile(r'\s*(-?)(?:"([^"]*)"|([^\s"]+))')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_CURSOR_SKU = 256
 SORTS: dict[SortOrder, list[dict[str, Any]]] = {
     SortOrder.RELEVANCE: [{"_score": "desc"}, {"sku": "asc"}],
     SortOrder.PRICE_ASC: [{"price_minor": "asc"}, {"sku": "asc"}],
@@ -179,6 +181,14 @@ def decode_cursor(request: SearchRequest) -> list[Any]:
         values = state["a"]
         digest = state["d"]
         if not isinstance(values, list) or len(values) != 2:
+            raise ValueError
+        # The cursor's digest is not a secret: anyone can forge one. What reaches
+        # Elasticsearch as search_after must be what our sorts produce, a finite
+        # number (score, price, time) and a sku.
+        key, sku = values
+        if isinstance(key, bool) or not isinstance(key, int | float) or not math.isfinite(key):
+            raise ValueError
+        if not isinstance(sku, str) or not 0 < len(sku) <= MAX_CURSOR_SKU or "\x00" in sku:
             raise ValueError
     # RecursionError: base64 of "[[[[..." nests deeper than the JSON parser goes.
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
