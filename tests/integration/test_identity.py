@@ -533,3 +533,32 @@ async def test_ensuring_the_schedule_creates_then_updates_then_leaves_it(tempora
         assert [spec.every for spec in description.schedule.spec.intervals] == [hour]
     finally:
         await temporal.get_schedule_handle(schedule_id).delete()
+
+
+async def test_signing_out_an_api_client_token_twice_revokes_it_with_one_event(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
+) -> None:
+    owner = await register(temporal, new_email())
+    created = await identity.create_api_client(
+        CreateApiClientRequest(
+            name="pos", owner_account_id=owner.account_id, scopes=["orders:read"]
+        )
+    )
+    assert created.client is not None
+    grant = SignInRequest(
+        client_credentials=ClientCredentialsGrant(
+            client_id=created.client.client_id, client_secret=created.client_secret
+        )
+    )
+    tokens = (await identity.sign_in(grant)).tokens
+    assert tokens is not None
+    first = await identity.sign_out(SignOutRequest(access_token=tokens.access_token))
+    again = await identity.sign_out(SignOutRequest(access_token=tokens.access_token))
+    assert not first.already_revoked and again.already_revoked
+    assert not await active(identity, tokens.access_token)
+    events = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
+        created.client.client_id,
+        "identity.TokenRevoked",
+    )
+    assert events == 1

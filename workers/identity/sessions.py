@@ -218,6 +218,7 @@ async def append_token_revoked(
     jti: str = "",
     principal_type: PrincipalType = PrincipalType.ACCOUNT,
     workflow: outbox.WorkflowRef | None = None,
+    event_id: uuid.UUID | None = None,
 ) -> None:
     await outbox.append(
         conn,
@@ -227,4 +228,5 @@ async def append_token_revoked(
         aggregate_id=subject,
         payload=TokenRevoked(subject=subject, jti=jti, token_family_id=sid, reason=reason),
         workflow=workflow,
+        event_id=event_id,
     )

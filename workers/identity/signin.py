@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 from dataclasses import dataclass
 
 import asyncpg
@@ -27,6 +28,9 @@ from workers.identity.errors import (
 from workers.identity.keys import KeyRing
 from workers.identity.sessions import NewSession, Sessions, append_token_revoked
 from workers.identity.tokens import Principal, TokenPolicy
+
+# Namespace of the TokenRevoked event id of an API-client token's sign-out (uuid5 of its jti).
+_JTI_REVOKED = uuid.UUID("5b1c2f0e-6a51-4d0b-9a43-3f6f1c2d7e84")
 
 TOPIC = "identity.events"
 _hasher = PasswordHasher()
@@ -143,12 +147,11 @@ class TokenService:
                 self.policy,
             )
             subject = subject or verified.principal.subject
-            await self._sessions.revocations.revoke_jti(verified.jti, verified.expires_at)
             if verified.principal.kind == "api_client":
                 # A client's sid is the client itself: revoking it would disable the client.
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await _append_jti_revoked(conn, verified)
-                return SignOutResult(verified.principal.sid, already_revoked=False)
+                already = await self._revoke_client_token(verified)
+                return SignOutResult(verified.principal.sid, already_revoked=already)
+            await self._sessions.revocations.revoke_jti(verified.jti, verified.expires_at)
             sid = verified.principal.sid
         async with self._pool.acquire() as conn, conn.transaction():
             family = await self._sessions.family_of(conn, refresh_token=refresh_token, sid=sid)
@@ -158,6 +161,25 @@ class TokenService:
             if not already:
                 await self._sessions.revoke_family(conn, family_id, RevocationReason.SIGN_OUT)
         return SignOutResult(str(family_id), already_revoked=already)
+
+    async def _revoke_client_token(self, verified: tokens.VerifiedToken) -> bool:
+        """Revoke one API-client access token with exactly one TokenRevoked event;
+        True when it already was.
+
+        The event's id is derived from the jti, so a repeated sign-out finds it (and
+        two at once collide on it). Redis is written inside the transaction: if it
+        fails, neither happened; if the commit fails after it, a retry writes both.
+        """
+        event_id = uuid.uuid5(_JTI_REVOKED, verified.jti)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if await conn.fetchval("SELECT 1 FROM outbox WHERE event_id = $1", event_id):
+                    return True
+                await _append_jti_revoked(conn, verified, event_id)
+                await self._sessions.revocations.revoke_jti(verified.jti, verified.expires_at)
+        except asyncpg.UniqueViolationError:
+            return True  # a concurrent sign-out of the same token committed first
+        return False
 
 
 def _narrow(granted: list[str], requested: list[str]) -> list[str]:
@@ -186,11 +208,14 @@ async def _append_signed_in(
     )
 
 
-async def _append_jti_revoked(conn: asyncpg.Connection, verified: tokens.VerifiedToken) -> None:
+async def _append_jti_revoked(
+    conn: asyncpg.Connection, verified: tokens.VerifiedToken, event_id: uuid.UUID
+) -> None:
     await append_token_revoked(
         conn,
         subject=verified.principal.subject,
         jti=verified.jti,
         reason=RevocationReason.SIGN_OUT,
         principal_type=PrincipalType.API_CLIENT,
+        event_id=event_id,
     )
