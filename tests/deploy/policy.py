@@ -407,6 +407,48 @@ def egress_ports(policy: Manifest) -> set[int]:
     return {p["port"] for rule in policy["spec"].get("egress", []) for p in rule.get("ports", [])}
 
 
+def egress_ports_to(policy: Manifest, peer_match: dict[str, str]) -> set[int]:
+    """Ports the policy's pods may open to pods of this namespace labelled `peer_match`."""
+    ports: set[int] = set()
+    for rule in policy["spec"].get("egress", []):
+        for peer in rule.get("to", []):
+            if selects(peer.get("podSelector"), peer_match) and "namespaceSelector" not in peer:
+                ports |= {p["port"] for p in rule.get("ports", [])}
+    return ports
+
+
+def own_network_policy(docs: list[Manifest], name: str) -> Manifest:
+    """The one workload policy selecting this workload's pods (not the default deny)."""
+    labels = pod_labels(docs, name)
+    (np,) = [
+        p
+        for p in find(docs, "NetworkPolicy")
+        if p["spec"].get("podSelector") and selects(p["spec"]["podSelector"], labels)
+    ]
+    return np
+
+
+def grpc_flows(docs: list[Manifest]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(caller, service) pairs whose gRPC flow the policies allow: leaving the caller
+    (its egress) and entering the service on its gRPC port (the service's ingress).
+    A call works only where a pair is in both."""
+    egress, ingress = set(), set()
+    for service in SERVICES:
+        svc = one(docs, "Service", service)
+        assert svc is not None, f"no Service {service}"
+        grpc = svc["spec"]["ports"][0]["port"]
+        target = pod_labels(docs, service)
+        for caller in WORKLOADS:
+            if caller == service:
+                continue
+            if grpc in egress_ports_to(own_network_policy(docs, caller), target):
+                egress.add((caller, service))
+            source = pod_labels(docs, caller)
+            if grpc in ingress_ports_from(own_network_policy(docs, service), source):
+                ingress.add((caller, service))
+    return egress, ingress
+
+
 def check_mtls(docs: list[Manifest], name: str) -> list[str]:
     """Certificate per workload, its secret mounted where the process reads its PKI
     files, and no plaintext gRPC anywhere."""
@@ -458,26 +500,54 @@ def check_mtls(docs: list[Manifest], name: str) -> list[str]:
     return bad
 
 
-def check_service_monitor(docs: list[Manifest], name: str) -> list[str]:
-    svc = one(docs, "Service", name)
-    if svc is None:
-        return [f"{name}: no Service"]
-    monitors = [
-        m
-        for m in find(docs, "ServiceMonitor")
-        if selects(m["spec"].get("selector"), svc["metadata"]["labels"])
+def scrapers(docs: list[Manifest], name: str) -> list[str]:
+    """Every Prometheus Operator object that makes a scrape target of this workload's
+    pods: a PodMonitor selecting them, or a ServiceMonitor selecting a Service that
+    selects them (one target per such Service). More than one: every series twice."""
+    labels = pod_labels(docs, name)
+    found = [
+        f"PodMonitor/{m['metadata']['name']}"
+        for m in find(docs, "PodMonitor")
+        if selects(m["spec"].get("selector"), labels)
     ]
-    if len(monitors) != 1:
-        return [f"{name}: {len(monitors)} ServiceMonitors select its Service"]
-    port_names = {p["name"] for p in svc["spec"]["ports"]}
-    eps = monitors[0]["spec"].get("endpoints", [])
-    if not eps or any(
-        e.get("port") not in port_names or e.get("path", "/metrics") != "/metrics" for e in eps
-    ):
-        return [f"{name}: ServiceMonitor does not scrape /metrics on a Service port"]
-    job_label = monitors[0]["spec"].get("jobLabel")
-    if svc["metadata"]["labels"].get(job_label) != "agora":
+    for monitor in find(docs, "ServiceMonitor"):
+        for svc in find(docs, "Service"):
+            if selects(monitor["spec"].get("selector"), svc["metadata"]["labels"]) and selects(
+                {"matchLabels": svc["spec"].get("selector") or {}}, labels
+            ):
+                found.append(
+                    f"ServiceMonitor/{monitor['metadata']['name']} via {svc['metadata']['name']}"
+                )
+    return found
+
+
+def check_scrape(docs: list[Manifest], name: str) -> list[str]:
+    """Scraped exactly once, on the side port's /metrics, under job="agora" with the
+    `service` label of the rules and dashboards and the revision the analysis reads."""
+    found = scrapers(docs, name)
+    if found != [f"PodMonitor/{name}"]:
+        return [f"{name}: scraped by {found} (want exactly its own PodMonitor)"]
+    monitor = one(docs, "PodMonitor", name)
+    assert monitor is not None
+    spec = monitor["spec"]
+    container = pod_spec(docs, name)["containers"][0]
+    side = [p for p in container.get("ports", []) if p["name"] == "side"]
+    eps = spec.get("podMetricsEndpoints", [])
+    if not side or [(e.get("port"), e.get("path", "/metrics")) for e in eps] != [
+        ("side", "/metrics")
+    ]:
+        return [f"{name}: PodMonitor does not scrape /metrics on the side port"]
+    if pod_labels(docs, name).get(spec.get("jobLabel")) != "agora":
         return [f"{name}: scraped under a job other than 'agora' (alert rules select job=agora)"]
-    if "rollouts-pod-template-hash" not in monitors[0]["spec"].get("podTargetLabels", []):
-        return [f"{name}: ServiceMonitor drops the revision label the analysis needs"]
+    service = [
+        r
+        for r in eps[0].get("relabelings", [])
+        if r.get("targetLabel") == "service"
+        and r.get("sourceLabels") == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+        and r.get("action", "replace") == "replace"
+    ]
+    if not service or pod_labels(docs, name).get("app.kubernetes.io/name") != name:
+        return [f"{name}: series lack service={name} (rules and dashboards group by it)"]
+    if "rollouts-pod-template-hash" not in spec.get("podTargetLabels", []):
+        return [f"{name}: PodMonitor drops the revision label the analysis needs"]
     return []

@@ -27,7 +27,7 @@ CRDS = {
     "ScaledObject": "keda.sh/v1alpha1",
     "Certificate": "cert-manager.io/v1",
     "Issuer": "cert-manager.io/v1",
-    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PodMonitor": "monitoring.coreos.com/v1",
     "PrometheusRule": "monitoring.coreos.com/v1",
 }
 
@@ -141,8 +141,8 @@ def test_custom_resources_are_well_formed(rendered: dict[str, list[Manifest]], e
         assert cert["spec"]["issuerRef"]["name"]
     for issuer in policy.find(docs, "Issuer"):
         assert len(set(issuer["spec"]) & {"selfSigned", "ca", "acme", "vault"}) == 1
-    for sm in policy.find(docs, "ServiceMonitor"):
-        assert sm["spec"]["selector"]["matchLabels"] and sm["spec"]["endpoints"]
+    for pm in policy.find(docs, "PodMonitor"):
+        assert pm["spec"]["selector"]["matchLabels"] and pm["spec"]["podMetricsEndpoints"]
     for rule in policy.find(docs, "PrometheusRule"):
         for group in rule["spec"]["groups"]:
             assert group["name"] and group["rules"]

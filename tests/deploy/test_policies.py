@@ -3,6 +3,8 @@ every workload in both environments, and breaking one is caught."""
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import yaml
 
 from agora import config
 from tests.deploy import policy
-from tests.deploy.conftest import ENVIRONMENTS, REPO, Manifest
+from tests.deploy.conftest import ENVIRONMENTS, NAMESPACE, REPO, Manifest
 
 RULES = {
     "resources": policy.check_resources,
@@ -24,7 +26,7 @@ RULES = {
     "rollout": policy.check_rollout,
     "network-policy": policy.check_network_policy,
     "mtls": policy.check_mtls,
-    "service-monitor": policy.check_service_monitor,
+    "scraped-once": policy.check_scrape,
 }
 
 
@@ -49,6 +51,98 @@ def test_queue_scaling_through_prometheus_trigger(render_with):
         assert policy.check_queue_scaling(docs, name) == []
 
 
+def _triggers(docs: list[Manifest], name: str, metric: str) -> list[dict]:
+    """The ScaledObject's prometheus triggers of `name` whose query reads `metric`."""
+    (so,) = [
+        s for s in policy.find(docs, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == name
+    ]
+    return [
+        t
+        for t in so["spec"]["triggers"]
+        if t["type"] == "prometheus" and re.search(rf"\b{metric}\{{", t["metadata"]["query"])
+    ]
+
+
+def _selector(query: str, metric: str) -> dict[str, str]:
+    (labels,) = re.findall(rf"\b{metric}\{{([^}}]*)\}}", query)
+    return dict(re.findall(r'(\w+)="([^"]*)"', labels))
+
+
+def test_prometheus_backlog_trigger_selects_temporal_namespace_as_scraped(render_with):
+    # Temporal's ServiceMonitors (deploy/k8s/engines/temporal-values.yaml) do not honor
+    # the server's labels: its `namespace` label is scraped as `exported_namespace`,
+    # `namespace` being the Temporal server's Kubernetes namespace.
+    temporal = yaml.safe_load((REPO / "deploy/k8s/engines/temporal-values.yaml").read_text())
+    assert not temporal["server"]["metrics"]["serviceMonitor"].get("honorLabels")
+    docs = render_with("global.keda.trigger=prometheus")
+    namespace = _values("production")["global"]["temporal"]["namespace"]
+    for name in policy.SERVICES:
+        (trigger,) = _triggers(docs, name, "approximate_backlog_count")
+        selector = _selector(trigger["metadata"]["query"], "approximate_backlog_count")
+        assert selector == {"exported_namespace": namespace, "taskqueue": f"agora-{name}"}
+
+
+def _consumer_groups() -> dict[str, str]:
+    """The Kafka consumer group of each service that consumes (workers/<name>/consumer.py)."""
+    groups = {}
+    for name in policy.SERVICES:
+        path = REPO / "workers" / name / "consumer.py"
+        if path.exists():
+            (groups[name],) = re.findall(r'^GROUP = "([^"]+)"', path.read_text(), re.M)
+    return groups
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_kafka_consumers_also_scale_on_their_groups_lag(rendered, env):
+    groups = _consumer_groups()
+    assert set(groups) == {"search", "audit"}
+    for name in policy.SERVICES:
+        lag = _triggers(rendered[env], name, "agora_kafka_consumer_lag")
+        if name not in groups:
+            assert not lag, name
+            continue
+        (trigger,) = lag
+        selector = _selector(trigger["metadata"]["query"], "agora_kafka_consumer_lag")
+        # Agora's own series (job agora, scraped in the release's namespace) of its group.
+        assert selector == {"job": "agora", "namespace": NAMESPACE, "group": groups[name]}
+        assert float(trigger["metadata"]["threshold"]) > 0
+        # Alongside the Temporal backlog, not instead of it.
+        assert policy.check_queue_scaling(rendered[env], name) == []
+
+
+def test_consumer_lag_trigger_reads_the_series_agora_kafka_exports():
+    """The gauge agora.kafka registers, through the Prometheus exporter the processes
+    serve /metrics with, is named and labelled as the lag trigger selects it."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agora import kafka
+
+    source = (REPO / "agora" / "kafka.py").read_text()
+    (name,) = re.findall(r'create_observable_gauge\(\s*"(\w+)",\s*\[_observe_lag\]', source)
+    assert name == "agora_kafka_consumer_lag"
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    key = ("search-indexer", "catalog.events", 3)
+    kafka._lag[key] = 42
+    try:
+        provider.get_meter("agora.kafka").create_observable_gauge(name, [kafka._observe_lag])
+        text = generate_latest(registry).decode()
+    finally:
+        del kafka._lag[key]
+        provider.shutdown()
+    (series,) = [line for line in text.splitlines() if line.startswith(name + "{")]
+    assert {"group": "search-indexer", "topic": "catalog.events", "partition": "3"}.items() <= (
+        _selector(series, name).items()
+    )
+
+
+def test_a_consumer_without_its_group_does_not_render(render_with):
+    with pytest.raises(pytest.fail.Exception, match=r"kafkaLag\.group"):
+        render_with("audit.autoscaling.kafkaLag.group=")
+
+
 def test_production_survives_a_zone_with_two_thirds_capacity(rendered):
     """Production runs at least one pod per zone: losing a zone keeps >= 2 of 3."""
     for name in policy.WORKLOADS:
@@ -58,32 +152,52 @@ def test_production_survives_a_zone_with_two_thirds_capacity(rendered):
 # ---- flows ---------------------------------------------------------------------
 
 
-def _policy_for(docs: list[Manifest], name: str) -> Manifest:
-    labels = policy.pod_labels(docs, name)
-    (np,) = [
-        p
-        for p in policy.find(docs, "NetworkPolicy")
-        if p["spec"]["podSelector"] and policy.selects(p["spec"]["podSelector"], labels)
-    ]
-    return np
+# A gRPC client is opened as `channels.get("<service>")` (agora.grpc.Channels) by the
+# gateway and by a service's wiring; the caller is the package it is opened in.
+_CHANNEL = re.compile(r"\bchannels\.get\((?P<target>[^)]*)\)")
+
+
+def grpc_calls_in_code() -> set[tuple[str, str]]:
+    """(caller, service) for every gRPC client the code opens, read from the source of
+    the gateway (gateway/) and of each service (workers/<service>/)."""
+    packages = {"gateway": REPO / "gateway"}
+    packages |= {name: REPO / "workers" / name for name in policy.SERVICES}
+    calls = set()
+    for caller, folder in packages.items():
+        for path in sorted(folder.rglob("*.py")):
+            for match in _CHANNEL.finditer(path.read_text()):
+                literal = re.fullmatch(r"\s*[\"'](\w+)[\"']\s*", match["target"])
+                assert literal, f"{path}: a channel to {match['target']!r} cannot be read here"
+                calls.add((caller, literal[1]))
+    return calls
+
+
+def test_the_gateway_calls_every_service_in_the_code():
+    # Guards the scan above: it finds the gateway's seven clients.
+    assert {("gateway", name) for name in policy.SERVICES} <= grpc_calls_in_code()
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_only_the_gateway_reaches_service_grpc(rendered, env):
-    docs = rendered[env]
-    for name in policy.SERVICES:
-        np = _policy_for(docs, name)
-        grpc_port = policy.one(docs, "Service", name)["spec"]["ports"][0]["port"]
-        gw = policy.pod_labels(docs, "gateway")
-        assert policy.ingress_ports_from(np, gw) == {grpc_port}
-        for other in policy.SERVICES:
-            assert grpc_port not in policy.ingress_ports_from(np, policy.pod_labels(docs, other))
+def test_grpc_flows_allowed_are_exactly_the_calls_in_the_code(rendered, env):
+    """Each call the code makes is allowed out of the caller and into the service's
+    gRPC port (the default deny blocks anything else), and no other gRPC flow is."""
+    calls = grpc_calls_in_code()
+    egress, ingress = policy.grpc_flows(rendered[env])
+    assert egress == calls, f"egress: missing {calls - egress}, extra {egress - calls}"
+    assert ingress == calls, f"ingress: missing {calls - ingress}, extra {ingress - calls}"
+
+
+def test_a_service_cut_off_from_catalog_is_caught(render_with):
+    egress, ingress = policy.grpc_flows(render_with("catalog.grpcCallers={gateway}"))
+    assert ("orders", "catalog") in egress and ("orders", "catalog") not in ingress
+    egress, ingress = policy.grpc_flows(render_with("search.grpcEgressTo=null"))
+    assert ("search", "catalog") not in egress and ("search", "catalog") in ingress
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_gateway_egress_to_every_service_grpc(rendered, env):
     docs = rendered[env]
-    np = _policy_for(docs, "gateway")
+    np = policy.own_network_policy(docs, "gateway")
     for name in policy.SERVICES:
         port = policy.one(docs, "Service", name)["spec"]["ports"][0]["port"]
         rules = [
@@ -105,7 +219,7 @@ def test_services_reach_their_engines(rendered, env):
         for e in ("postgres", "redis", "kafka", "temporal", "otel", "elasticsearch")
     }
     for name in policy.SERVICES:
-        egress = policy.egress_ports(_policy_for(docs, name))
+        egress = policy.egress_ports(policy.own_network_policy(docs, name))
         assert {
             53,
             ports["postgres"],
@@ -115,7 +229,7 @@ def test_services_reach_their_engines(rendered, env):
             ports["otel"],
         } <= egress
         assert (ports["elasticsearch"] in egress) == (name == "search"), name
-    gw = policy.egress_ports(_policy_for(docs, "gateway"))
+    gw = policy.egress_ports(policy.own_network_policy(docs, "gateway"))
     assert ports["postgres"] not in gw and ports["kafka"] not in gw
     assert {ports["redis"], ports["temporal"]} <= gw
 
@@ -124,7 +238,7 @@ def test_services_reach_their_engines(rendered, env):
 def test_prometheus_and_ingress_flows(rendered, env):
     docs = rendered[env]
     for name in policy.WORKLOADS:
-        np = _policy_for(docs, name)
+        np = policy.own_network_policy(docs, name)
         side = next(
             p["port"]
             for p in policy.one(docs, "Service", name)["spec"]["ports"]
@@ -261,13 +375,29 @@ def test_breaking_a_rule_is_caught(render_with, override: str, name: str, check)
 
 def test_gateway_cut_off_from_a_service_is_caught(render_with):
     docs = render_with("catalog.grpcCallers={audit}")
-    np = _policy_for(docs, "catalog")
+    np = policy.own_network_policy(docs, "catalog")
     assert not policy.ingress_ports_from(np, policy.pod_labels(docs, "gateway"))
 
 
-def test_privileged_or_root_changes_are_caught(rendered):
-    import copy
+def test_pods_scraped_through_both_blue_green_services_are_caught(rendered):
+    """A ServiceMonitor selecting the workload's Services (as the chart once had)
+    makes two targets of every gateway pod once `gateway` and `gateway-preview`
+    select the same (promoted) pods."""
+    docs = copy.deepcopy(rendered["production"])
+    monitor = policy.one(docs, "PodMonitor", "gateway")
+    docs.remove(monitor)
+    docs.append(
+        {
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "gateway"},
+            "spec": {"selector": monitor["spec"]["selector"], "endpoints": [{"port": "side"}]},
+        }
+    )
+    assert len(policy.scrapers(docs, "gateway")) == 2
+    assert policy.check_scrape(docs, "gateway")
 
+
+def test_privileged_or_root_changes_are_caught(rendered):
     docs = copy.deepcopy(rendered["production"])
     spec = policy.pod_spec(docs, "orders")
     spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
@@ -283,11 +413,12 @@ def test_engines_examples_give_each_service_its_own_database():
     (cluster,) = [d for d in docs if d["kind"] == "Cluster"]
     roles = {r["name"]: r for r in cluster["spec"]["managed"]["roles"]}
     dbs = {d["spec"]["name"]: d["spec"]["owner"] for d in docs if d["kind"] == "Database"}
-    assert set(roles) == set(policy.SERVICES) == set(dbs)
-    assert all(
-        dbs[s] == s and roles[s]["passwordSecret"]["name"] == f"agora-db-{s}"
-        for s in policy.SERVICES
-    )
+    # Plus Temporal's own role and databases (tests/deploy/test_engines.py).
+    assert set(roles) == {*policy.SERVICES, "temporal"}
+    assert {db: owner for db, owner in dbs.items() if owner != "temporal"} == {
+        s: s for s in policy.SERVICES
+    }
+    assert all(roles[s]["passwordSecret"]["name"] == f"agora-db-{s}" for s in policy.SERVICES)
     assert cluster["spec"]["instances"] >= 3
 
 
@@ -359,3 +490,95 @@ def test_every_workload_has_what_the_prod_profile_requires_to_start(rendered, en
         if name == "audit":
             assert "AGORA_AUDIT_SIGNING_KEY" in variables
             assert not isinstance(variables["AGORA_AUDIT_SIGNING_KEY"], str)  # from a Secret
+
+
+# ---- how the workloads reach the engines: TLS and credentials --------------------
+
+ENGINES = REPO / "deploy" / "k8s" / "engines"
+
+
+def _engine_docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((ENGINES / name).read_text()) if d]
+
+
+def _mounted_secret(spec: dict, container: dict, path: str) -> tuple[str, str] | None:
+    """(Secret, key) of the read-only secret volume holding the file `path`."""
+    folder, file = path.rsplit("/", 1)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for m in container["volumeMounts"]:
+        secret = volumes[m["name"]].get("secret")
+        if m["mountPath"] == folder and m.get("readOnly") and secret:
+            keys = {i["path"]: i["key"] for i in secret.get("items", [])}
+            if file in keys:
+                return secret["secretName"], keys[file]
+    return None
+
+
+def _settings_and_env(docs: list[Manifest], name: str):
+    spec = policy.pod_spec(docs, name)
+    container = spec["containers"][0]
+    env = policy.env_of(container)
+    plain = {k: v for k, v in env.items() if isinstance(v, str)}
+    return spec, container, env, config.load(plain, service=name)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_kafka_clients_speak_what_the_listener_they_dial_speaks(rendered, env):
+    """The bootstrap port is one of Strimzi's listeners; TLS there means SSL verified
+    against the cluster CA, mounted from its Secret; plain means PLAINTEXT."""
+    (cluster,) = [d for d in _engine_docs("strimzi-kafka.yaml") if d["kind"] == "Kafka"]
+    listeners = {lst["port"]: lst["tls"] for lst in cluster["spec"]["kafka"]["listeners"]}
+    values = _values(env)["global"]["kafka"]
+    port = int(values["bootstrap"].rsplit(":", 1)[1])
+    assert port == values["port"] and port in listeners
+    tls = listeners[port]
+    for name in policy.SERVICES:
+        spec, container, variables, settings = _settings_and_env(rendered[env], name)
+        assert settings.kafka_security_protocol == ("SSL" if tls else "PLAINTEXT"), name
+        if tls:
+            assert _mounted_secret(spec, container, settings.kafka_ca_file) == (
+                f"{cluster['metadata']['name']}-cluster-ca-cert",
+                "ca.crt",
+            ), name
+        else:
+            assert not settings.kafka_ca_file and "AGORA_KAFKA_CA_FILE" not in variables
+    assert env != "production" or tls, "production reaches Kafka over TLS"
+    # The gateway has no Kafka client (and no egress to Kafka).
+    _, _, variables, _ = _settings_and_env(rendered[env], "gateway")
+    assert "AGORA_KAFKA_CA_FILE" not in variables
+
+
+def test_an_unknown_kafka_protocol_does_not_render(render_with):
+    with pytest.raises(pytest.fail.Exception, match=r"securityProtocol"):
+        render_with("global.kafka.securityProtocol=SASL_SSL")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_workload_authenticates_to_redis_with_its_secret(rendered, env):
+    redis = yaml.safe_load((ENGINES / "redis-values.yaml").read_text())["auth"]
+    assert redis["enabled"]
+    for name in policy.WORKLOADS:
+        variables = policy.env_of(policy.pod_spec(rendered[env], name)["containers"][0])
+        ref = variables["AGORA_REDIS_PASSWORD"]["secretKeyRef"]
+        assert ref == {"name": redis["existingSecret"], "key": redis["existingSecretPasswordKey"]}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_only_search_gets_elasticsearchs_ca_and_api_key(rendered, env):
+    (es,) = [d for d in _engine_docs("eck-elasticsearch.yaml") if d["kind"] == "Elasticsearch"]
+    cluster = es["metadata"]["name"]
+    for name in policy.WORKLOADS:
+        spec, container, variables, settings = _settings_and_env(rendered[env], name)
+        if name != "search":
+            assert not settings.elasticsearch_ca_file, name
+            assert "AGORA_ELASTICSEARCH_API_KEY" not in variables, name
+            assert not {"elasticsearch-ca"} & {v["name"] for v in spec["volumes"]}, name
+            continue
+        # ECK's names: the Service <name>-es-http, the CA in <name>-es-http-certs-public.
+        assert settings.elasticsearch_url.startswith(f"https://{cluster}-es-http.")
+        assert _mounted_secret(spec, container, settings.elasticsearch_ca_file) == (
+            f"{cluster}-es-http-certs-public",
+            "ca.crt",
+        )
+        ref = variables["AGORA_ELASTICSEARCH_API_KEY"]["secretKeyRef"]
+        assert ref == {"name": "agora-es-api-key", "key": "api-key"}

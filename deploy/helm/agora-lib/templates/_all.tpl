@@ -12,7 +12,7 @@ Everything one Agora workload needs. A thin chart's only template is
 {{- include "agora-lib.autoscaling" $args }}
 {{- include "agora-lib.networkpolicy" $args }}
 {{- include "agora-lib.certificate" $args }}
-{{- include "agora-lib.servicemonitor" $args }}
+{{- include "agora-lib.podmonitor" $args }}
 {{- include "agora-lib.analysis" $args }}
 {{- include "agora-lib.ingress" $args }}
 {{- end -}}

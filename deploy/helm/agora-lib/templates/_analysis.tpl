@@ -1,6 +1,6 @@
 {{/*
 The release gate: p99 latency and server-error ratio of the *new* pods (selected
-by their rollouts-pod-template-hash, which the ServiceMonitor copies onto every
+by their rollouts-pod-template-hash, which the PodMonitor copies onto every
 series). A failed measurement beyond failureLimit aborts the rollout: a canary
 scales back to the stable version, a blue-green never switches (pre-promotion)
 or switches back (post-promotion). No traffic yet (no series) counts as passing.

@@ -7,15 +7,19 @@
 {{- end -}}
 
 {{/*
-Services with KEDA: one ScaledObject scaling on CPU *and* the Temporal task-queue
-backlog (KEDA owns the resulting HPA; a second HPA on the same target would fight
-it). Otherwise, and for the gateway: a plain HPA on CPU.
+Services with KEDA: one ScaledObject scaling on CPU, the Temporal task-queue backlog
+and, for Kafka consumers (autoscaling.kafkaLag), their consumer group's lag (KEDA
+owns the resulting HPA; a second HPA on the same target would fight it). Otherwise,
+and for the gateway: a plain HPA on CPU.
 */}}
 {{- define "agora-lib.autoscaling" }}
 {{- $v := .v }}
 {{- $a := $v.autoscaling }}
 {{- $g := $v.global }}
-{{- if and $g.keda.enabled $a.queue.enabled (not (include "agora-lib.isGateway" .)) }}
+{{- if and $a.kafkaLag.enabled (not $a.kafkaLag.group) }}
+{{- fail (printf "%s: autoscaling.kafkaLag.group (the consumer group) is required with autoscaling.kafkaLag.enabled" $v.name) }}
+{{- end }}
+{{- if and $g.keda.enabled (or $a.queue.enabled $a.kafkaLag.enabled) (not (include "agora-lib.isGateway" .)) }}
 ---
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
@@ -42,11 +46,15 @@ spec:
       metricType: Utilization
       metadata:
         value: {{ $a.targetCPUUtilizationPercentage | quote }}
-    {{- if eq $g.keda.trigger "prometheus" }}
+    {{- if not $a.queue.enabled }}
+    {{- else if eq $g.keda.trigger "prometheus" }}
+    {{- /* The Temporal chart's ServiceMonitors do not honor the server's labels: its
+           `namespace` (the Temporal namespace) is scraped as `exported_namespace`,
+           `namespace` being the Kubernetes one (deploy/k8s/engines/temporal-values.yaml). */}}
     - type: prometheus
       metadata:
         serverAddress: {{ $g.prometheus.address | quote }}
-        query: {{ printf "sum(approximate_backlog_count{namespace=%q,taskqueue=%q})" $g.temporal.namespace (printf "agora-%s" $v.name) | quote }}
+        query: {{ printf "sum(approximate_backlog_count{exported_namespace=%q,taskqueue=%q})" $g.temporal.namespace (printf "agora-%s" $v.name) | quote }}
         threshold: {{ $a.queue.targetQueueSize | quote }}
         activationThreshold: {{ $a.queue.activationTargetQueueSize | quote }}
     {{- else }}
@@ -61,6 +69,20 @@ spec:
       {{- with $g.keda.authenticationRef }}
       authenticationRef: {name: {{ . }}}
       {{- end }}
+    {{- end }}
+    {{- with $a.kafkaLag }}
+    {{- if .enabled }}
+    {{- /* agora_kafka_consumer_lag (agora.kafka): records behind, per group, topic and
+           partition, from each consumer's /metrics (job="agora", namespace = this
+           release's). A partition may still be reported by a pod it moved away from:
+           take the highest report per partition, then the group's total. */}}
+    - type: prometheus
+      metadata:
+        serverAddress: {{ $g.prometheus.address | quote }}
+        query: {{ printf "sum(max by (topic, partition) (agora_kafka_consumer_lag{job=\"agora\",namespace=%q,group=%q}))" $.ctx.Release.Namespace .group | quote }}
+        threshold: {{ .targetLagPerPod | quote }}
+        activationThreshold: {{ .activationLag | quote }}
+    {{- end }}
     {{- end }}
 {{- else }}
 ---

@@ -27,6 +27,15 @@ autoscaling:
     targetQueueSize: "10"
     activationTargetQueueSize: "0"
     queueTypes: "workflow,activity"
+  # Kafka consumers also scale on their consumer group's lag (KEDA's prometheus
+  # scaler on agora_kafka_consumer_lag): `group` is the service's consumer group,
+  # `targetLagPerPod` the records of lag per pod (KEDA asks for the group's total
+  # lag / targetLagPerPod pods, within minReplicas..maxReplicas).
+  kafkaLag:
+    enabled: false
+    group: ""
+    targetLagPerPod: "200"
+    activationLag: "0"
 pdb:
   maxUnavailable: 1
 terminationGracePeriodSeconds: 45
@@ -133,6 +142,14 @@ global:
   kafka:
     bootstrap: agora-kafka-kafka-bootstrap.kafka.svc:9092
     port: 9092
+    # PLAINTEXT, or SSL for a TLS listener (Strimzi's 9093): AGORA_KAFKA_SECURITY_PROTOCOL.
+    securityProtocol: PLAINTEXT
+    # With SSL: a Secret in this namespace holding the CA (PEM) the brokers'
+    # certificates are checked against (Strimzi: <cluster>-cluster-ca-cert, key ca.crt),
+    # mounted read-only into every workload that uses Kafka (AGORA_KAFKA_CA_FILE).
+    caSecret: ""
+    caSecretKey: ca.crt
+    caMountPath: /var/run/agora/kafka-ca
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kafka}}}]
   postgres:
     host: agora-pg-rw.postgres.svc
@@ -146,10 +163,21 @@ global:
     url: redis://agora-redis-master.redis.svc:6379/0
     host: agora-redis-master.redis.svc
     port: 6379
+    # Redis AUTH: the Secret (in this namespace) and key holding the password
+    # (AGORA_REDIS_PASSWORD of every workload); no name, no AUTH.
+    passwordSecret: {name: "", key: ""}
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: redis}}}]
   elasticsearch:
     url: https://agora-es-http.elastic.svc:9200
     port: 9200
+    # For the workloads that use Elasticsearch (search): a Secret in this namespace
+    # with the CA of the cluster's HTTP certificate (ECK: <name>-es-http-certs-public,
+    # key ca.crt), mounted read-only (AGORA_ELASTICSEARCH_CA_FILE), and the Secret and
+    # key of an API key (AGORA_ELASTICSEARCH_API_KEY); empty: not used.
+    caSecret: ""
+    caSecretKey: ca.crt
+    caMountPath: /var/run/agora/elasticsearch-ca
+    apiKeySecret: {name: "", key: ""}
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: elastic}}}]
   otel:
     endpoint: http://otel-collector.observability.svc:4317
@@ -178,7 +206,9 @@ global:
     authenticationRef: ""
     pollingInterval: 15
     cooldownPeriod: 300
-  serviceMonitor:
+  # Prometheus Operator PodMonitor of every workload; `labels` make the Prometheus
+  # select it (kube-prometheus-stack: release=<its release>).
+  podMonitor:
     enabled: true
     interval: 30s
     labels: {release: prometheus}

@@ -46,6 +46,30 @@
   valueFrom:
     secretKeyRef: {name: {{ printf "%s%s" $g.postgres.passwordSecretPrefix $v.name }}, key: {{ $g.postgres.passwordSecretKey }}}
 {{- end }}
+{{- if $v.uses.kafka }}
+{{- if not (has $g.kafka.securityProtocol (list "PLAINTEXT" "SSL")) }}
+{{- fail (printf "global.kafka.securityProtocol: PLAINTEXT or SSL, not %q" $g.kafka.securityProtocol) }}
+{{- end }}
+- {name: AGORA_KAFKA_SECURITY_PROTOCOL, value: {{ $g.kafka.securityProtocol | quote }}}
+{{- if $g.kafka.caSecret }}
+- {name: AGORA_KAFKA_CA_FILE, value: {{ printf "%s/ca.crt" $g.kafka.caMountPath | quote }}}
+{{- end }}
+{{- end }}
+{{- if and $v.uses.redis $g.redis.passwordSecret.name }}
+- name: AGORA_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $g.redis.passwordSecret.name }}, key: {{ $g.redis.passwordSecret.key }}}
+{{- end }}
+{{- if $v.uses.elasticsearch }}
+{{- if $g.elasticsearch.caSecret }}
+- {name: AGORA_ELASTICSEARCH_CA_FILE, value: {{ printf "%s/ca.crt" $g.elasticsearch.caMountPath | quote }}}
+{{- end }}
+{{- if $g.elasticsearch.apiKeySecret.name }}
+- name: AGORA_ELASTICSEARCH_API_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ $g.elasticsearch.apiKeySecret.name }}, key: {{ $g.elasticsearch.apiKeySecret.key }}}
+{{- end }}
+{{- end }}
 {{- range $name, $value := $v.env }}
 - {name: {{ $name }}, value: {{ $value | quote }}}
 {{- end }}
@@ -173,6 +197,14 @@ spec:
         - {name: tls, mountPath: {{ printf "%s/%s" $g.pki.mountPath $v.name }}, readOnly: true}
         # The payload codec's key ring (codec-keys.json).
         - {name: codec-keys, mountPath: {{ $g.codecKeys.mountPath }}, readOnly: true}
+        {{- if and $v.uses.kafka $g.kafka.caSecret }}
+        # The CA the Kafka brokers' TLS certificates are checked against.
+        - {name: kafka-ca, mountPath: {{ $g.kafka.caMountPath }}, readOnly: true}
+        {{- end }}
+        {{- if and $v.uses.elasticsearch $g.elasticsearch.caSecret }}
+        # The CA of Elasticsearch's HTTP certificate.
+        - {name: elasticsearch-ca, mountPath: {{ $g.elasticsearch.caMountPath }}, readOnly: true}
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir: {sizeLimit: 128Mi}
@@ -186,6 +218,21 @@ spec:
       secret:
         secretName: {{ $g.codecKeys.secretName }}
         defaultMode: 288
+    {{- if and $v.uses.kafka $g.kafka.caSecret }}
+    - name: kafka-ca
+      secret:
+        secretName: {{ $g.kafka.caSecret }}
+        # Only the PEM certificate (Strimzi's Secret also holds a PKCS12 store and its password).
+        items: [{key: {{ $g.kafka.caSecretKey }}, path: ca.crt}]
+        defaultMode: 288
+    {{- end }}
+    {{- if and $v.uses.elasticsearch $g.elasticsearch.caSecret }}
+    - name: elasticsearch-ca
+      secret:
+        secretName: {{ $g.elasticsearch.caSecret }}
+        items: [{key: {{ $g.elasticsearch.caSecretKey }}, path: ca.crt}]
+        defaultMode: 288
+    {{- end }}
 {{- end -}}
 
 {{- define "agora-lib.workload" }}
