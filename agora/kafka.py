@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -257,6 +257,7 @@ class EventConsumer:
                     positions.update(done)
                 self._record_lag(consumer, positions)
         finally:
+            self._forget_lag()  # a new session (or another process) reports from now on
             await consumer.stop()
 
     async def _handle_records(self, records: list[ConsumerRecord]) -> int:
@@ -295,11 +296,22 @@ class EventConsumer:
         return len(records)
 
     def _record_lag(self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:
+        # A partition rebalanced to another process is reported by that process now:
+        # a value left here would keep a lag that is gone in the gauges and the scaler.
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        self._forget_lag(keep=assigned)
         for partition, position in positions.items():
+            if (partition.topic, partition.partition) not in assigned:
+                continue
             highwater = consumer.highwater(partition)
             if highwater is not None:
                 key = (self.spec.group, partition.topic, partition.partition)
                 _lag[key] = max(highwater - position, 0)
+
+    def _forget_lag(self, keep: Collection[tuple[str, int]] = ()) -> None:
+        """Drop this group's lag of partitions other than `keep` (no longer ours)."""
+        for key in [k for k in _lag if k[0] == self.spec.group and k[1:] not in keep]:
+            del _lag[key]
 
     def stop(self) -> None:
         self._stopping.set()

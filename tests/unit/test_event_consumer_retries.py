@@ -1,4 +1,4 @@
-"""The consumer's retry loop: transient errors retried, a cancel (shutdown) obeyed."""
+"""The consumer's retry loop (transient errors retried, a cancel obeyed) and its lag gauge."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from agora import config, kafka
 from agora.errors import PoisonMessage
@@ -54,3 +54,28 @@ async def test_a_cancel_during_the_handler_ends_the_loop_instead_of_being_retrie
     with pytest.raises(asyncio.CancelledError):
         await task
     assert calls == [1], "the cancelled handler was not called again"
+
+
+class Assigned:
+    """What `_record_lag` asks of the Kafka consumer: its partitions and their ends."""
+
+    def __init__(self, ends: dict[TopicPartition, int]):
+        self.ends = ends
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.ends)
+
+    def highwater(self, partition: TopicPartition) -> int:
+        return self.ends[partition]
+
+
+async def test_lag_of_a_partition_rebalanced_away_is_no_longer_reported() -> None:
+    kept, lost = TopicPartition("t", 0), TopicPartition("t", 1)
+    events = consumer(lambda _: asyncio.sleep(0))
+    events._record_lag(Assigned({kept: 10, lost: 50}), {kept: 4, lost: 5})  # type: ignore[arg-type]
+    assert kafka._lag[("g", "t", 0)] == 6 and kafka._lag[("g", "t", 1)] == 45
+    # The rebalance moved partition 1 to another process, which reports it now.
+    events._record_lag(Assigned({kept: 10}), {kept: 8, lost: 5})  # type: ignore[arg-type]
+    assert {k: v for k, v in kafka._lag.items() if k[0] == "g"} == {("g", "t", 0): 2}
+    events._forget_lag()  # the session ended
+    assert not [k for k in kafka._lag if k[0] == "g"]
