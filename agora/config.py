@@ -168,6 +168,8 @@ class Settings:
     elasticsearch_ca_file: str = ""
     elasticsearch_api_key: str = ""
     postgres_host: str = ""
+    # Connections each process's pool may open (the outbox relay's lock is one of them).
+    db_pool_size: int = 10
     pki_dir_override: str = ""
     # Where servers listen (AGORA_BIND_HOST, default host) and the host each
     # service's gRPC API is dialled at (AGORA_GRPC_HOST_<SERVICE>, default host).
@@ -332,6 +334,7 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         elasticsearch_ca_file=env.get("AGORA_ELASTICSEARCH_CA_FILE", ""),
         elasticsearch_api_key=env.get("AGORA_ELASTICSEARCH_API_KEY", ""),
         postgres_host=env.get("AGORA_POSTGRES_HOST", ""),
+        db_pool_size=int(env.get("AGORA_DB_POOL_SIZE", 10)),
         pki_dir_override=env.get("AGORA_PKI_DIR", ""),
         bind_host=env.get("AGORA_BIND_HOST", ""),
         grpc_hosts={

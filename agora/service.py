@@ -74,7 +74,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     await side.start()
 
     applied = await db.migrate(settings, service)
-    pool = await db.create_pool(settings, service)
+    pool = await db.create_pool(settings, service, size=settings.db_pool_size)
     redis = aioredis.from_url(settings.redis_url, password=settings.redis_password or None)
     producer = kafka.create_producer(settings, client_id=service)
     await producer.start()

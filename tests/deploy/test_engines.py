@@ -129,6 +129,42 @@ def test_temporal_logs_in_with_a_role_the_database_declares():
     assert temporal["schema"]["createDatabase"]["enabled"] is False
 
 
+def _max_replicas(docs: list[dict[str, Any]], name: str) -> int:
+    for so in (d for d in docs if d["kind"] == "ScaledObject"):
+        if so["spec"]["scaleTargetRef"]["name"] == name:
+            return int(so["spec"]["maxReplicaCount"])
+    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+        if hpa["spec"]["scaleTargetRef"]["name"] == name:
+            return int(hpa["spec"]["maxReplicas"])
+    raise AssertionError(f"{name} has no autoscaler")
+
+
+def test_postgres_takes_every_connection_at_full_scale(rendered):
+    # Each pod's pool (AGORA_DB_POOL_SIZE) plus one for a migration at start, at every
+    # service's largest scale, plus Temporal's pools: a connection refused past
+    # max_connections fails activities and readiness exactly when load is highest.
+    docs = rendered["production"]
+    needed = 0
+    for workload in (d for d in docs if d["kind"] in ("Rollout", "Deployment")):
+        (container,) = [
+            c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] != "istio"
+        ][:1]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if "AGORA_DB_POOL_SIZE" in env:
+            pods = _max_replicas(docs, workload["metadata"]["name"])
+            needed += pods * (int(env["AGORA_DB_POOL_SIZE"]) + 1)
+    assert needed, "no workload opens a database pool"
+    temporal = yaml.safe_load((ENGINES / "temporal-values.yaml").read_text())
+    per_process = sum(
+        temporal["server"]["config"]["persistence"][store]["sql"]["maxConns"]
+        for store in ("default", "visibility")
+    )
+    needed += temporal["server"]["replicaCount"] * 4 * per_process  # 4 server services
+    (cluster,) = _of_kind("cloudnative-pg.yaml", "Cluster")
+    allowed = int(cluster["spec"]["postgresql"]["parameters"]["max_connections"])
+    assert needed + 20 <= allowed, f"{needed} connections at full scale, {allowed} allowed"
+
+
 # ---- Elasticsearch -------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@
 - {name: AGORA_PORT_{{ upper $v.name }}_SIDE, value: {{ $v.ports.side | quote }}}
 {{- end }}
 {{- if $v.uses.postgres }}
+- {name: AGORA_DB_POOL_SIZE, value: {{ $g.postgres.poolSize | quote }}}
 - name: AGORA_DB_PASSWORD_{{ upper $v.name }}
   valueFrom:
     secretKeyRef: {name: {{ printf "%s%s" $g.postgres.passwordSecretPrefix $v.name }}, key: {{ $g.postgres.passwordSecretKey }}}
