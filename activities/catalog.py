@@ -291,52 +291,69 @@ class CatalogActivities:
         module docstring); unchanged products are counted and left alone, which
         makes a re-run import a no-op. Heartbeats tell Temporal the batch is alive.
         """
-        result = UpsertBatchResult()
-        written: list[Product] = []
         async with self.pool.acquire() as conn, conn.transaction():
             earlier = await _earlier_result(conn, UpsertBatchResult)
-            if earlier is not None:
-                return earlier  # committed by an attempt whose completion was lost
-            skus = [p.sku for p in data.products]
-            rows = await conn.fetch(
-                f"SELECT {COLUMNS} FROM products WHERE sku = ANY($1::text[])"
-                " ORDER BY sku FOR UPDATE",
-                skus,
-            )
-            existing = {row["sku"]: from_row(row) for row in rows}
-            for index, new in enumerate(data.products):
-                if index % 25 == 0:
-                    activity.heartbeat(index)
-                try:
-                    validate(new)
-                except DomainError as error:
-                    result.errors.append(RowError(new.sku, error.detail))
-                    continue
-                before = existing.get(new.sku)
-                if before is None:
-                    product = await _insert(conn, new)
-                    await _event(conn, new.sku, ProductCreated(product=product))
-                    result.created += 1
-                else:
-                    changed = changed_fields(data_of(before), new)
-                    if not changed:
-                        result.unchanged += 1
-                        continue
-                    product = await _update(conn, new)
-                    await _event(
-                        conn, new.sku, ProductUpdated(product=product, changed_fields=changed)
+            if earlier is None:
+                result, written = await self._upsert(conn, data)
+            else:
+                # Committed by an attempt that died before (or while) it cached what it
+                # wrote: cache the batch's committed rows now (set-if-newer).
+                result = earlier
+                written = [
+                    from_row(row)
+                    for row in await conn.fetch(
+                        f"SELECT {COLUMNS} FROM products WHERE sku = ANY($1::text[])",
+                        [p.sku for p in data.products],
                     )
-                    result.updated += 1
-                existing[new.sku] = product
-                written.append(product)
-            await _keep_result(conn, result)
-        try:
-            for product in written:
-                await self.cache.put(product)
-        except RedisError as error:
-            # Entries left behind are bounded by their TTL; the import need not fail for it.
-            log.warning("import could not refresh the cache", extra={"error": repr(error)})
+                ]
+        # After the commit, as a single write's refresh_cache: a Redis error fails the
+        # attempt, and the retry (the stored result above) caches the rows again. An
+        # entry left stale would price orders at the old price until its TTL.
+        for product in written:
+            await self.cache.put(product)
         return result
+
+    async def _upsert(
+        self, conn: asyncpg.Connection, data: UpsertBatchInput
+    ) -> tuple[UpsertBatchResult, list[Product]]:
+        result = UpsertBatchResult()
+        written: list[Product] = []
+        valid: list[ProductData] = []
+        for new in data.products:
+            try:
+                validate(new)
+            except DomainError as error:
+                # The report is stored (jsonb): a NUL in the sku is shown as U+FFFD.
+                result.errors.append(RowError(new.sku.replace("\x00", "\ufffd"), error.detail))
+            else:
+                valid.append(new)
+        # Only valid skus reach the locking read: an invalid one (a NUL) would fail it,
+        # and with it the whole batch, forever.
+        rows = await conn.fetch(
+            f"SELECT {COLUMNS} FROM products WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+            [p.sku for p in valid],
+        )
+        existing = {row["sku"]: from_row(row) for row in rows}
+        for index, new in enumerate(valid):
+            if index % 25 == 0:
+                activity.heartbeat(index)
+            before = existing.get(new.sku)
+            if before is None:
+                product = await _insert(conn, new)
+                await _event(conn, new.sku, ProductCreated(product=product))
+                result.created += 1
+            else:
+                changed = changed_fields(data_of(before), new)
+                if not changed:
+                    result.unchanged += 1
+                    continue
+                product = await _update(conn, new)
+                await _event(conn, new.sku, ProductUpdated(product=product, changed_fields=changed))
+                result.updated += 1
+            existing[new.sku] = product
+            written.append(product)
+        await _keep_result(conn, result)
+        return result, written
 
     # Helpers ----------------------------------------------------------------------
 

@@ -233,6 +233,13 @@ class Settings:
         return f"agora-{service}"
 
 
+def _at_least(floor: int, name: str, text: str) -> int:
+    value = int(text)
+    if value < floor:
+        raise ValueError(f"{name} must be at least {floor}, not {text!r}")
+    return value
+
+
 def _kafka_protocol(text: str) -> str:
     protocol = text.strip().upper() or "PLAINTEXT"
     if protocol not in ("PLAINTEXT", "SSL"):
@@ -308,7 +315,9 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
         refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),
         signing_key_rotation_s=int(env.get("AGORA_IDENTITY_KEY_ROTATION_S", 24 * 3600)),
-        catalog_cache_ttl_s=int(env.get("AGORA_CATALOG_CACHE_TTL_S", 300)),
+        catalog_cache_ttl_s=_at_least(
+            1, "AGORA_CATALOG_CACHE_TTL_S", env.get("AGORA_CATALOG_CACHE_TTL_S", "300")
+        ),
         # The test profile sweeps often, so a test's short TTL expires quickly.
         inventory_reservation_sweep_s=int(
             env.get("AGORA_INVENTORY_RESERVATION_SWEEP_S", 2 if profile == "test" else 30)

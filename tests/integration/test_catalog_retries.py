@@ -9,6 +9,7 @@ version as a conflict.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -29,10 +31,11 @@ from activities.catalog import (
 )
 from agora import db
 from agora.config import Settings
+from contracts.agora.catalog.v1 import Product
 from tests.integration.conftest import Services
 from tests.integration.consumerkit import outbox_events
 from workers.catalog.cache import ProductCache
-from workers.catalog.model import ProductData
+from workers.catalog.model import COLUMNS, ProductData, from_row
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +73,10 @@ async def row(pool: asyncpg.Pool, sku: str) -> tuple[str, int]:
 
 async def events(pool: asyncpg.Pool, sku: str) -> list[str]:
     return await outbox_events(pool, "product", sku)
+
+
+async def never_loaded() -> Product | None:
+    raise AssertionError("expected a cache hit")
 
 
 async def created(catalog: CatalogActivities) -> str:
@@ -133,3 +140,66 @@ async def test_an_import_batch_retried_after_its_commit_keeps_later_edits_and_it
     assert again == first
     assert await row(catalog.pool, skus[0]) == ("edited", 2)
     assert await events(catalog.pool, skus[0]) == ["ProductCreated", "ProductUpdated"]
+
+
+async def test_an_import_batch_retried_after_its_commit_caches_what_it_committed(
+    catalog: CatalogActivities,
+) -> None:
+    # The first attempt committed, then died before its cache writes: the product's
+    # old version stays cached, and orders are priced from the cache.
+    sku = await created(catalog)
+    old = await catalog.cache.get(sku, lambda _: never_loaded())
+    assert old is not None and old.version == 1
+    repriced = dataclasses.replace(product(sku, "first"), price_minor=900)
+    batch = UpsertBatchInput("retries", 0, [repriced])
+    mine = attempt()
+    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    cache, catalog.cache = catalog.cache, ProductCache(dead, "catalog:")
+    try:
+        with pytest.raises(RedisError):
+            await mine.run(catalog.upsert_batch, batch)
+    finally:
+        catalog.cache = cache
+        await dead.aclose()
+    assert await row(catalog.pool, sku) == ("first", 2), "the batch committed"
+    again: Any = await mine.run(catalog.upsert_batch, batch)
+    assert again.updated == 1
+    cached = await catalog.cache.get(sku, lambda _: never_loaded())
+    assert cached is not None and cached.version == 2
+    assert cached.price.amount_minor == 900
+
+
+async def test_an_import_row_postgres_cannot_hold_is_a_row_error_not_a_failed_batch(
+    catalog: CatalogActivities,
+) -> None:
+    good = f"RETRY-{uuid.uuid4().hex[:10].upper()}"
+    rows = [product("BAD\x00SKU", "nul sku"), product(good, "fine"), product(good + "X", "a\x00b")]
+    result: Any = await attempt().run(catalog.upsert_batch, UpsertBatchInput("nul", 0, rows))
+    assert result.created == 1
+    assert [e.sku for e in result.errors] == ["BAD\ufffdSKU", good + "X"]
+    assert await row(catalog.pool, good) == ("fine", 1)
+
+
+async def test_a_reader_cancelled_during_a_cache_fill_leaves_the_others_their_answer(
+    catalog: CatalogActivities,
+) -> None:
+    sku = await created(catalog)
+    await catalog.cache.redis.delete(catalog.cache.key(sku))  # a miss: readers share one load
+    release = asyncio.Event()
+
+    async def loader(wanted: str) -> Product | None:
+        await release.wait()  # a slow database read
+        found = await catalog.pool.fetchrow(
+            f"SELECT {COLUMNS} FROM products WHERE sku = $1", wanted
+        )
+        return from_row(found)
+
+    first = asyncio.create_task(catalog.cache.get(sku, loader))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(catalog.cache.get(sku, loader))
+    await asyncio.sleep(0.05)
+    first.cancel()  # its deadline passed
+    release.set()
+    found = await second
+    assert found is not None and found.sku == sku
+    assert first.cancelled()

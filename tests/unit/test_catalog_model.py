@@ -7,9 +7,15 @@ import dataclasses
 import pytest
 
 from agora.errors import InvalidArgument
+from contracts.agora.common.v1 import LineItem
 from workers.catalog.errors import InvalidProduct
 from workers.catalog.model import ProductData, changed_fields, validate
-from workers.catalog.reads import decode_cursor, encode_cursor
+from workers.catalog.reads import (
+    MAX_LINE_QUANTITY,
+    CatalogReads,
+    decode_cursor,
+    encode_cursor,
+)
 
 
 def product(**overrides: object) -> ProductData:
@@ -33,6 +39,11 @@ def test_a_well_formed_product_is_valid() -> None:
         ({"title": "  "}, "title"),
         ({"category": "Home/Lighting"}, "category"),
         ({"category": "home//lighting"}, "category"),
+        ({"category": "a" * 201}, "category"),
+        ({"title": "Lamp\x00"}, "NUL"),
+        ({"description": "\x00"}, "NUL"),
+        ({"attributes": {"colour\x00": "red"}}, "NUL"),
+        ({"attributes": {"colour": "r\x00ed"}}, "NUL"),
     ],
 )
 def test_a_product_breaking_a_rule_is_rejected_naming_it(
@@ -55,3 +66,10 @@ def test_listing_cursors_round_trip_and_garbage_is_an_invalid_argument() -> None
     for garbage in ("!!", "e30", "WzFd"):
         with pytest.raises(InvalidArgument):
             decode_cursor(garbage)
+
+
+async def test_a_quantity_whose_total_could_leave_int64_is_refused_before_any_read() -> None:
+    reads = CatalogReads(pool=None, cache=None)  # type: ignore[arg-type]
+    huge = LineItem(sku="SKU-1", quantity=MAX_LINE_QUANTITY + 1)
+    with pytest.raises(InvalidArgument, match="quantity"):
+        await reads.price_lines([huge], "EUR")

@@ -6,6 +6,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from agora import config
 
 CONFIG_SOURCE = Path(config.__file__)
@@ -93,3 +95,9 @@ def test_every_variable_config_reads_is_in_docs_configuration() -> None:
         if not found:
             missing.append(name + ("<...>" if name.endswith("_") else ""))
     assert not missing, f"read in agora/config.py but not in docs/configuration.md: {missing}"
+
+
+def test_a_catalog_cache_ttl_below_one_second_is_refused_at_start() -> None:
+    # PX 0 is refused by Redis: every write's cache refresh would fail, for ever.
+    with pytest.raises(ValueError, match="AGORA_CATALOG_CACHE_TTL_S"):
+        config.load({"AGORA_CATALOG_CACHE_TTL_S": "0"})

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -149,20 +150,20 @@ class ProductCache:
             return decode(raw)[1]
         _lookups.add(1, {"outcome": "miss"})
         pending = self._inflight.get(sku)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Product | None] = asyncio.get_running_loop().create_future()
-        self._inflight[sku] = future
-        try:
-            product = await self._load(sku, loader)
-            future.set_result(product)
-            return product
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
-            raise
-        finally:
+        if pending is None:
+            # The load is its own task, awaited through a shield by every caller, the
+            # first included: a caller cancelled (its deadline passed) leaves the load,
+            # and everyone else waiting on it, alone.
+            pending = asyncio.ensure_future(self._load(sku, loader))
+            self._inflight[sku] = pending
+            pending.add_done_callback(functools.partial(self._landed, sku))
+        return await asyncio.shield(pending)
+
+    def _landed(self, sku: str, load: asyncio.Future[Product | None]) -> None:
+        if self._inflight.get(sku) is load:
             del self._inflight[sku]
+        if not load.cancelled():
+            load.exception()  # retrieved: its callers re-raise it, nobody logs it as lost
 
     async def _load(self, sku: str, loader: Loader) -> Product | None:
         token = uuid.uuid4().hex
@@ -221,9 +222,10 @@ class ProductCache:
         if missing:
             loaded = await loader(missing)
             found.update(loaded)
-            if self.available:
-                for sku in missing:
-                    await self._put_quietly(sku, loaded.get(sku))
+            for sku in missing:
+                if not self.available:
+                    break  # tripped meanwhile: no more writes waiting out the timeout
+                await self._put_quietly(sku, loaded.get(sku))
         return found
 
     async def get_json(self, key: str) -> bytes | None:

@@ -30,6 +30,7 @@ SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CATEGORY_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*(?:/[a-z0-9]+(?:-[a-z0-9]+)*){0,5}$")
 MAX_PRICE_MINOR = 10**12
 MAX_ATTRIBUTES = 50
+MAX_CATEGORY = 200  # the gateway's limit; the (category, sku) index holds ~2.7 KB
 
 
 @dataclass
@@ -57,11 +58,19 @@ def validate(data: ProductData) -> None:
         raise InvalidProduct("description must be at most 5000 characters")
     if len(data.brand) > 100:
         raise InvalidProduct("brand must be at most 100 characters")
-    if not CATEGORY_PATTERN.fullmatch(data.category):
-        raise InvalidProduct(f"category {data.category!r} must be a path of lower-case slugs")
+    if len(data.category) > MAX_CATEGORY or not CATEGORY_PATTERN.fullmatch(data.category):
+        raise InvalidProduct(
+            f"category {data.category[:64]!r} must be a path of lower-case slugs"
+            f" (at most {MAX_CATEGORY} characters)"
+        )
     validate_price(data.price_minor, data.currency)
     if len(data.attributes) > MAX_ATTRIBUTES:
         raise InvalidProduct(f"at most {MAX_ATTRIBUTES} attributes")
+    texts = (data.title, data.description, data.brand, *data.attributes, *data.attributes.values())
+    if any("\x00" in text for text in texts):
+        # PostgreSQL text and jsonb cannot hold NUL: the write would fail, and be
+        # retried, forever (the gateway refuses NUL; other starters reach this).
+        raise InvalidProduct("text fields must not contain NUL characters")
 
 
 def validate_price(amount_minor: int, currency: str) -> None:

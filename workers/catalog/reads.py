@@ -25,6 +25,9 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_BATCH = 100
 MAX_PRICE_LINES = 100
+# With prices ≤ 10^12 minor units, 100 lines of this many stay within int64 totals
+# (betterproto2 wraps a larger int64 silently into a negative one on the wire).
+MAX_LINE_QUANTITY = 10_000
 # A listing page is a derived entry: it cannot be invalidated per product, so it lives briefly.
 LIST_TTL_S = 15.0
 
@@ -42,7 +45,12 @@ def encode_cursor(category: str, sku: str) -> str:
 def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        category, sku = json.loads(raw)
+        position = json.loads(raw)
+        # Exactly what encode_cursor writes: a list of two strings. (Unpacking alone
+        # would take a two-key object's keys, or a two-character string, for one.)
+        if not isinstance(position, list) or len(position) != 2:
+            raise ValueError
+        category, sku = position
         if not isinstance(category, str) or not isinstance(sku, str):
             raise ValueError
         if "\x00" in category or "\x00" in sku:
@@ -137,8 +145,10 @@ class CatalogReads:
         if not lines or len(lines) > MAX_PRICE_LINES:
             raise InvalidArgument(f"an order has 1 to {MAX_PRICE_LINES} lines")
         for line in lines:
-            if line.quantity <= 0:
-                raise InvalidArgument(f"quantity of {line.sku!r} must be positive")
+            if not 0 < line.quantity <= MAX_LINE_QUANTITY:
+                raise InvalidArgument(
+                    f"quantity of {line.sku!r} must be between 1 and {MAX_LINE_QUANTITY}"
+                )
         found = await self.cache.get_many([line.sku for line in lines], self._load_many)
         priced: list[PricedLine] = []
         unavailable: list[str] = []
