@@ -36,6 +36,7 @@ from tests.integration.conftest import Services
 from tests.integration.consumerkit import outbox_events
 from workers.catalog.cache import ProductCache
 from workers.catalog.model import COLUMNS, ProductData, from_row
+from workers.catalog.reads import CatalogReads
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +204,20 @@ async def test_a_reader_cancelled_during_a_cache_fill_leaves_the_others_their_an
     found = await second
     assert found is not None and found.sku == sku
     assert first.cancelled()
+
+
+async def test_the_reindex_listing_sees_a_product_created_a_moment_ago(
+    catalog: CatalogActivities,
+) -> None:
+    # Search's backfill lists with inactive products; a page cached for the listing
+    # would hide a product created since, and the new index would lack it.
+    category = f"test/listing-{uuid.uuid4().hex[:8]}"
+    reads = CatalogReads(catalog.pool, catalog.cache)
+    first = dataclasses.replace(product(f"LIST-{uuid.uuid4().hex[:8]}", "one"), category=category)
+    await attempt().run(catalog.create_product, CreateProductInput(first))
+    before = await reads.list_page(category, True, 10, "")
+    assert [p.sku for p in before.products] == [first.sku]
+    second = dataclasses.replace(first, sku=first.sku + "-2", title="two")
+    await attempt().run(catalog.create_product, CreateProductInput(second))
+    after = await reads.list_page(category, True, 10, "")
+    assert [p.sku for p in after.products] == [first.sku, second.sku]

@@ -106,7 +106,10 @@ class CatalogReads:
                 json.dumps([category, include_inactive, size, cursor]).encode()
             ).hexdigest()[:32]
         )
-        cached = await self.cache.get_json(cache_key)
+        # Listing with inactive products is search's reindex backfill, which must see
+        # every product as it is now: a page cached a moment ago could miss one just
+        # created, and the new index would show it as a hidden stock stub.
+        cached = None if include_inactive else await self.cache.get_json(cache_key)
         if cached is not None:
             skus, next_cursor = json.loads(cached)
         else:
@@ -130,9 +133,10 @@ class CatalogReads:
             rows = rows[:size]
             skus = [r["sku"] for r in rows]
             next_cursor = encode_cursor(rows[-1]["category"], rows[-1]["sku"]) if more else ""
-            await self.cache.set_json(
-                cache_key, json.dumps([skus, next_cursor]).encode(), LIST_TTL_S
-            )
+            if not include_inactive:
+                await self.cache.set_json(
+                    cache_key, json.dumps([skus, next_cursor]).encode(), LIST_TTL_S
+                )
         products, _ = await self.batch_get(skus) if skus else ([], [])
         return Page(products, next_cursor)
 
