@@ -5,10 +5,8 @@ Not a test module (its name does not start with test_); shared by test_audit*.py
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
@@ -19,6 +17,7 @@ from agora.config import Settings
 from contracts import full_name
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.identity.v1 import AccountRegistered
+from tests.integration.waiting import eventually
 
 T = TypeVar("T")
 
@@ -71,19 +70,6 @@ async def superuser(settings: Settings) -> asyncpg.Connection:
         user="postgres",
         database="audit",
     )
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, within: float = 60, what: str = "condition"
-) -> T:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def recorded(pool: asyncpg.Pool, *event_ids: str, within: float = 60) -> list[asyncpg.Record]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp.test_utils import TestClient
@@ -27,20 +24,6 @@ def product_body(sku: str | None = None, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], within_s: float = 30, what: str = "condition"
-) -> T:
-    """Polls `probe` until it returns something truthy (events are asynchronous)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 class CatalogApi:

@@ -41,6 +41,7 @@ from contracts.agora.common.v1 import PageRequest
 from tests.integration.auditkit import make_envelope, publish, recorded, superuser
 from tests.integration.conftest import Services
 from tests.integration.consumerkit import decoded
+from tests.integration.waiting import eventually
 from workers.audit.chain import ChainWriter
 from workers.audit.consumer import AuditConsumer
 from workers.audit.signing import PublicKey, statement
@@ -98,15 +99,13 @@ async def register(client: Client) -> tuple[str, str, str]:
 
 
 async def account_events(pool: asyncpg.Pool, account_id: str) -> list[asyncpg.Record]:
-    for _ in range(300):
-        rows = await pool.fetch(
+    async def rows() -> list[asyncpg.Record]:
+        return await pool.fetch(
             "SELECT * FROM audit_log WHERE aggregate_type = 'account' AND aggregate_id = $1",
             account_id,
         )
-        if rows:
-            return rows
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no audited event for account {account_id}")
+
+    return await eventually(rows, within=60, what=f"an audited event for account {account_id}")
 
 
 # Recording ------------------------------------------------------------------
@@ -296,10 +295,11 @@ async def test_the_schedule_signs_checkpoints_with_the_published_key(
 ) -> None:
     before = await pool.fetchval("SELECT count(*) FROM audit_checkpoints")
     await client.get_schedule_handle(CHECKPOINT_SCHEDULE_ID).trigger()
-    for _ in range(150):
-        if await pool.fetchval("SELECT count(*) FROM audit_checkpoints") > before:
-            break
-        await asyncio.sleep(0.2)
+
+    async def signed() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM audit_checkpoints") > before
+
+    await eventually(signed, within=30, what="the triggered run to sign a checkpoint")
     latest = (await audit.get_latest_checkpoint(GetLatestCheckpointRequest())).checkpoint
     published = await audit.get_public_key(GetPublicKeyRequest())
     assert latest is not None and latest.signed_at is not None

@@ -14,9 +14,10 @@ from agora import temporal
 from agora.config import Settings
 from agora.db import create_pool
 from contracts.agora.orders.v1 import OrderPlaced
-from tests.integration.auditkit import eventually, make_envelope, publish, recorded
+from tests.integration.auditkit import make_envelope, publish, recorded
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, bearer, problem, running_gateway
+from tests.integration.waiting import eventually
 from workflows.identity import (
     TASK_QUEUE,
     RegisterAccountInput,

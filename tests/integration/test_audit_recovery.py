@@ -22,8 +22,9 @@ from agora.config import Settings
 from agora.db import create_pool
 from agora.grpc import Channels
 from contracts.agora.audit.v1 import AuditServiceStub, VerifyChainRequest
-from tests.integration.auditkit import eventually, recorded
+from tests.integration.auditkit import recorded
 from tests.integration.conftest import Services
+from tests.integration.waiting import eventually
 from workflows.identity import (
     TASK_QUEUE,
     RegisterAccountInput,

@@ -15,28 +15,57 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 
 from agora.config import Settings
 from gateway.deps import Gateway
-from tests.integration.catalogkit import CatalogApi, eventually, product_body
+from tests.integration.catalogkit import CatalogApi, product_body
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, problem, running_gateway
+from tests.integration.holds import Hold
+from tests.integration.waiting import eventually
+from workflows.catalog import import_workflow_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
 
 PRODUCTS = 300
 BATCH = 10
+HELD_BATCH = 3
 
 
 @pytest_asyncio.fixture(scope="module")
-async def import_api(settings: Settings, services: Services) -> AsyncIterator[CatalogApi]:
+async def importing(
+    settings: Settings, services: Services
+) -> AsyncIterator[tuple[Gateway, CatalogApi]]:
     services("identity")
     services("catalog")
     minter = TokenMinter(settings)
     running: tuple[Gateway, TestClient]
     # Imports are the one large body; an operator raises the limit the same way.
     async with running_gateway(settings, minter, gateway_max_body_bytes=1 << 20) as running:
-        yield CatalogApi(running[1], minter)
+        yield running[0], CatalogApi(running[1], minter)
+
+
+@pytest.fixture(scope="module")
+def import_api(importing: tuple[Gateway, CatalogApi]) -> CatalogApi:
+    return importing[1]
+
+
+async def batch_attempts(temporal: Client, import_id: str, index: int) -> int:
+    """The attempt on which the import's batch `index` completed (from its history)."""
+    history = await temporal.get_workflow_handle(import_workflow_id(import_id)).fetch_history()
+    scheduled = [
+        e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    return next(
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and e.activity_task_started_event_attributes.scheduled_event_id == scheduled[index]
+    )
 
 
 async def _status(api: CatalogApi, url: str) -> dict[str, Any]:
@@ -47,32 +76,44 @@ async def _status(api: CatalogApi, url: str) -> dict[str, Any]:
 
 
 async def test_import_survives_a_worker_restart_without_duplicates(
-    import_api: CatalogApi, services: Services
+    settings: Settings, importing: tuple[Gateway, CatalogApi], services: Services
 ) -> None:
-    api = import_api
+    gw, api = importing
     prefix = f"IMP-{uuid.uuid4().hex[:6]}"
     products = [
         product_body(f"{prefix}-{i:04d}", title=f"Imported {i}", category="test/import")
         for i in range(PRODUCTS)
     ]
-    products.append(product_body(f"{prefix}-bad", category="Not A Category!"))
-    response = await api.client.post(
-        "/v1/admin/products/import",
-        json={"products": products[:PRODUCTS], "batch_size": BATCH},
-        headers=api.admin,
+    # The kill lands in batch HELD_BATCH: one of its products exists already, as the
+    # import has it, and the test holds its row lock, so the batch's activity starts,
+    # waits for the row and is running when the worker dies.
+    held = products[HELD_BATCH * BATCH]
+    await api.create(**held)
+    hold = await Hold.statement(
+        settings.db_dsn("catalog"), "SELECT 1 FROM products WHERE sku = $1 FOR UPDATE", held["sku"]
     )
-    assert response.status == 202, await response.text()
-    started = await response.json()
-    url = started["status_url"]
+    try:
+        response = await api.client.post(
+            "/v1/admin/products/import",
+            json={"products": products, "batch_size": BATCH},
+            headers=api.admin,
+        )
+        assert response.status == 202, await response.text()
+        started = await response.json()
+        url = started["status_url"]
 
-    async def midway() -> dict[str, Any] | None:
-        status = await _status(api, url)
-        return status if status["processed"] >= 3 * BATCH else None
+        async def batch_waiting() -> dict[str, Any] | None:
+            status = await _status(api, url)
+            before = status["processed"] == HELD_BATCH * BATCH
+            return status if before and await hold.blocked() > 0 else None
 
-    status = await eventually(midway, what="the import to be under way")
-    assert status["state"] in ("running", "completed")
-    process = services("catalog")
-    process.kill()
+        status = await eventually(
+            batch_waiting, within=60, what=f"batch {HELD_BATCH} to run and wait for its row"
+        )
+        assert status["state"] == "running"
+        services("catalog").kill()  # SIGKILL while the batch's activity runs
+    finally:
+        await hold.release()
     services("catalog")  # a new worker picks the import up where its history stands
 
     async def completed() -> dict[str, Any] | None:
@@ -83,10 +124,14 @@ async def test_import_survives_a_worker_restart_without_duplicates(
         status: dict[str, Any] = await response.json()
         return status if status["state"] == "completed" else None
 
-    final = await eventually(completed, within_s=120, what="the import to complete")
+    final = await eventually(completed, within=120, what="the import to complete")
     assert final["total"] == final["processed"] == PRODUCTS
-    assert final["created"] + final["unchanged"] == PRODUCTS
+    # Every product written once: the killed batch's attempt committed nothing, its
+    # retry created the rest of the batch and left the existing product alone.
+    assert (final["created"], final["unchanged"], final["updated"]) == (PRODUCTS - 1, 1, 0)
     assert final["failed"] == 0
+    # The batch's attempt that was running died with its worker; a later one completed.
+    assert await batch_attempts(gw.upstream.temporal, started["import_id"], HELD_BATCH) >= 2
 
     for start in range(0, PRODUCTS, 100):
         skus = [p["sku"] for p in products[start : start + 100]]

@@ -1,11 +1,14 @@
-"""The foundation: every component of the local stack is real and wired as DESIGN §7 says."""
+"""The foundation: every component of the local stack is real and wired as DESIGN §7 says.
+
+The services' mTLS (who the gRPC ports accept and refuse) is proven for all seven
+services in tests/integration/test_security_grpc.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import ssl
 import subprocess
 import sys
 import time
@@ -19,18 +22,16 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from grpclib.client import Channel
-from grpclib.health.v1.health_grpc import HealthStub
-from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from agora import kafka, outbox, pki
+from agora import kafka, outbox
 from agora.config import Settings
 from agora.outbox import OUTBOX_DDL
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.identity.v1 import AccountRegistered
 from tests.integration.shout import ShoutWorkflow, shout
+from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +39,6 @@ pytestmark = pytest.mark.integration
 def http_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
-
-
-async def eventually(check, *, timeout: float = 30, interval: float = 0.3):  # noqa: ASYNC109
-    """Poll an async check until it returns a truthy value; return that value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout}s (last value {last!r})")
 
 
 # PostgreSQL -------------------------------------------------------------
@@ -174,7 +163,7 @@ async def test_prometheus_scrapes_a_service_side_port(settings: Settings, identi
         values = [sample["value"][1] for sample in result["data"]["result"]]
         return values == ["1"]
 
-    await eventually(scraped, timeout=40)
+    await eventually(scraped, within=40, what="Prometheus to scrape identity")
 
 
 async def test_collector_receives_a_span_and_forwards_it_to_jaeger(settings: Settings) -> None:
@@ -202,7 +191,7 @@ async def test_collector_receives_a_span_and_forwards_it_to_jaeger(settings: Set
         spans = [s["operationName"] for t in body.get("data") or [] for s in t["spans"]]
         return spans == ["probe-span"]
 
-    await eventually(in_jaeger, timeout=30)
+    await eventually(in_jaeger, within=30, what="the span in Jaeger")
 
 
 # Outbox -------------------------------------------------------------------
@@ -253,12 +242,14 @@ async def test_outbox_relay_delivers_every_event_once_in_effect_across_a_crash(
 
     relay = start_relay()
     try:
-        await eventually(lambda: _at_least(sent, total // 5), timeout=60, interval=0.05)
+        await eventually(
+            lambda: _at_least(sent, total // 5), within=60, what="a fifth sent", interval=0.05
+        )
         relay.kill()  # SIGKILL: no chance to finish the batch or mark it
         relay.wait()
         assert await sent() < total, "relay finished before the crash; nothing was tested"
         relay = start_relay()
-        await eventually(lambda: _at_least(sent, total), timeout=60)
+        await eventually(lambda: _at_least(sent, total), within=60, what="every event sent")
     finally:
         relay.kill()
         relay.wait()
@@ -296,46 +287,3 @@ async def test_outbox_relay_delivers_every_event_once_in_effect_across_a_crash(
 
 async def _at_least(check, value: int) -> bool:
     return await check() >= value
-
-
-# mTLS ---------------------------------------------------------------------
-
-
-async def _health(settings: Settings, context: ssl.SSLContext) -> HealthCheckResponse:
-    channel = Channel(settings.host, settings.grpc_port("identity"), ssl=context)
-    try:
-        return await HealthStub(channel).Check(HealthCheckRequest(), timeout=5)
-    finally:
-        channel.close()
-
-
-async def test_grpc_accepts_a_peer_with_a_platform_certificate(
-    settings: Settings, identity_service
-) -> None:
-    response = await _health(settings, pki.client_context(settings.pki_dir, "gateway"))
-    assert response.status == HealthCheckResponse.SERVING
-
-
-async def test_grpc_refuses_a_peer_without_a_certificate(
-    settings: Settings, identity_service
-) -> None:
-    context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
-    context.set_alpn_protocols(["h2"])
-    with pytest.raises((ConnectionError, ssl.SSLError, OSError, Exception)) as raised:
-        await _health(settings, context)
-    assert "SERVING" not in repr(raised.value)
-
-
-async def test_grpc_refuses_a_peer_whose_certificate_is_from_another_ca(
-    settings: Settings, identity_service, tmp_path: Path
-) -> None:
-    pki.create_ca(tmp_path / "ca", "Rogue CA")
-    pki.issue(tmp_path / "ca", tmp_path / "gateway", "gateway")
-    context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
-    context.load_cert_chain(
-        str(tmp_path / "gateway" / "tls.crt"), str(tmp_path / "gateway" / "tls.key")
-    )
-    context.set_alpn_protocols(["h2"])
-    with pytest.raises(Exception) as raised:
-        await _health(settings, context)
-    assert "SERVING" not in repr(raised.value)

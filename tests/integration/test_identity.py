@@ -7,9 +7,8 @@ are started on identity's task queue and run by the identity process itself.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +41,7 @@ from contracts.agora.identity.v1 import (
     SignOutRequest,
     Tokens,
 )
+from tests.integration.waiting import eventually
 from workers.identity import keys
 from workers.identity.kek import SecretBox, load_kek
 from workers.identity.keys import ALG
@@ -159,15 +159,6 @@ async def status_of(call: Awaitable[Any]) -> Status:
     with pytest.raises(GRPCError) as raised:
         await call
     return raised.value.status
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = await check()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.2)
 
 
 # Accounts and tokens ----------------------------------------------------------
@@ -359,8 +350,8 @@ async def test_key_rotation_publishes_the_next_key_before_it_signs_and_keeps_old
         keys = {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
         return keys - {old_kid} - await retired_or_current(db)
 
-    assert await eventually(next_key_published), "the next key must be published ahead"
-    (next_kid,) = await next_key_published()
+    # Published ahead: the key that will sign next is served before it signs.
+    (next_kid,) = await eventually(next_key_published, within=10, what="the next key published")
     # Published, not signing: tokens issued now still carry the old key.
     assert kid_of((await sign_in(identity, email)).access_token) == old_kid
 
@@ -376,7 +367,7 @@ async def test_key_rotation_publishes_the_next_key_before_it_signs_and_keeps_old
     async def signs_with_new_key() -> bool:
         return kid_of((await sign_in(identity, email)).access_token) == new_kid
 
-    assert await eventually(signs_with_new_key), "new tokens must use the new key"
+    await eventually(signs_with_new_key, within=10, what="new tokens signed with the new key")
     events = await db.fetchval(
         "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
         new_kid,

@@ -8,11 +8,9 @@ Schedule runs the sweep and a short TTL expires by itself.
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -34,6 +32,7 @@ from agora import temporal as platform_temporal
 from agora.config import Settings
 from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.conftest import ServiceProcess, Services
+from tests.integration.waiting import eventually
 from workflows.inventory import RESERVATION_SWEEP_SCHEDULE_ID, ReservationSweepWorkflow
 
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
@@ -90,16 +89,6 @@ async def last_event(pool: asyncpg.Pool, reservation_id: str) -> EventEnvelope:
         reservation_id,
     )
     return EventEnvelope.parse(envelope)
-
-
-async def eventually(read: Callable[[], Awaitable[int]], *, equals: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while True:
-        if await read() == equals:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.2)
 
 
 async def available(pool: asyncpg.Pool, sku: str) -> int:
@@ -175,7 +164,10 @@ async def test_on_the_real_stack_the_schedule_expires_a_short_ttl_and_the_stock_
     await inventory.reserve(data)
     assert await available(pool, sku) == 0
 
-    assert await eventually(lambda: available(pool, sku), equals=3, within=30)
+    async def returned() -> bool:
+        return await available(pool, sku) == 3
+
+    await eventually(returned, within=30, what="the expired reservation's stock back")
     assert (await reservation_row(pool, data.reservation_id))["status"] == "expired"
     # The expiry was the scheduled sweep's doing (its runs are named after the schedule).
     expired = await last_event(pool, data.reservation_id)

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agora import temporal
 from agora.config import REPO_ROOT, SERVICES, Settings
-from tests.integration.catalogkit import eventually, product_body
+from tests.integration.catalogkit import product_body
 from tests.integration.conftest import Services
 from tests.integration.observabilitykit import (
     GatewayProcess,
@@ -40,6 +40,7 @@ from tests.integration.observabilitykit import (
     services_of,
     tag,
 )
+from tests.integration.waiting import eventually
 from workers.payments.psp_sim import tokenize
 from workflows.identity import (
     TASK_QUEUE,
@@ -166,8 +167,11 @@ async def _round(
 
     order_id, trace_id = await place(OK_CARD)
     declined_id, _ = await place(DECLINED_CARD)  # a failed saga, for the failure panels
-    assert await eventually(lambda: finished(order_id), 90, "the order") == "COMPLETED"
-    assert await eventually(lambda: finished(declined_id), 90, "the declined order") == "REJECTED"
+    assert await eventually(lambda: finished(order_id), within=90, what="the order") == "COMPLETED"
+    assert (
+        await eventually(lambda: finished(declined_id), within=90, what="the declined order")
+        == "REJECTED"
+    )
     return order_id, trace_id
 
 
@@ -216,8 +220,8 @@ async def traffic(settings: Settings, gateway: GatewayProcess) -> AsyncIterator[
         traffic.order_id, traffic.trace_id = await _round(http, traffic, auth)
         await eventually(
             lambda: asyncio.to_thread(_prometheus_caught_up, settings),
-            60,
-            "Prometheus to scrape the first round",
+            within=60,
+            what="Prometheus to scrape the first round",
         )
         await _round(http, traffic, auth)
     yield traffic
@@ -236,7 +240,7 @@ async def test_an_order_is_one_trace_from_the_gateway_through_the_saga_to_the_au
         return grouped if TRACE_SERVICES <= set(grouped) else None
 
     try:
-        by_service = await eventually(whole, 90, "the trace to reach every service")
+        by_service = await eventually(whole, within=90, what="the trace to reach every service")
     except AssertionError:
         seen = services_of(jaeger_trace(settings, traffic.trace_id))
         pytest.fail(f"trace {traffic.trace_id} has only {sorted(seen)}, wanted {TRACE_SERVICES}")
@@ -289,7 +293,9 @@ async def test_the_log_view_prints_an_orders_lines_from_every_process_it_crossed
         lines = await asyncio.to_thread(_log_view, settings, traffic.trace_id)
         return lines if wanted <= {line.split()[1] for line in lines} else None
 
-    lines = await eventually(complete, 30, f"log lines of every service for {traffic.trace_id}")
+    lines = await eventually(
+        complete, within=30, what=f"log lines of every service for {traffic.trace_id}"
+    )
     stamps = [line.split()[0] for line in lines]
     assert stamps == sorted(stamps), "the log view is not in time order"
     gateway = [line for line in lines if line.split()[1] == "gateway"]

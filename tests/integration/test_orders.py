@@ -16,7 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 from activities.orders import (
@@ -33,8 +36,18 @@ from agora.grpc import Channels
 from contracts.agora.catalog.v1 import CatalogServiceStub
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.payments.v1 import LedgerBalanceRequest, PaymentsServiceStub
-from tests.integration.catalogkit import CatalogApi, eventually
-from tests.integration.gatewaykit import TokenMinter, bearer, problem, running_gateway
+from tests.integration.catalogkit import CatalogApi
+from tests.integration.gatewaykit import (
+    TokenMinter,
+    bearer,
+    no_upstream_call,
+    problem,
+    running_gateway,
+)
+from tests.integration.holds import Hold
+from tests.integration.waiting import eventually
+from workers.orders.model import order_id_for, order_workflow_id
+from workers.payments.model import payment_id_for
 from workers.payments.psp_sim import tokenize
 
 pytestmark = pytest.mark.integration
@@ -58,12 +71,17 @@ async def shop(settings: Settings, services) -> AsyncIterator[dict[str, Any]]:
         yield {"gw": gw, "client": client, "minter": minter, "catalog": CatalogApi(client, minter)}
 
 
-def customer(shop: dict[str, Any]) -> dict[str, str]:
-    return bearer(
-        shop["minter"].token(
-            sub=str(uuid.uuid4()), scope="profile catalog:read orders:read orders:write"
-        )
+def customer_with_id(shop: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """A new customer: its id (the token's subject) and its credentials."""
+    customer_id = str(uuid.uuid4())
+    token = shop["minter"].token(
+        sub=customer_id, scope="profile catalog:read orders:read orders:write"
     )
+    return customer_id, bearer(token)
+
+
+def customer(shop: dict[str, Any]) -> dict[str, str]:
+    return customer_with_id(shop)[1]
 
 
 async def product_with_stock(shop: dict[str, Any], units: int, price: int = 1500) -> str:
@@ -111,7 +129,7 @@ async def final_order(shop: dict[str, Any], who: dict[str, str], order_id: str) 
         body = await response.json()
         return body if body["status"] in ("COMPLETED", "REJECTED", "CANCELLED") else None
 
-    return await eventually(done, within_s=90, what=f"order {order_id} to finish")
+    return await eventually(done, within=90, what=f"order {order_id} to finish")
 
 
 async def stock(shop: dict[str, Any], sku: str) -> dict[str, Any]:
@@ -203,12 +221,16 @@ async def test_a_retried_post_with_the_same_key_is_the_same_order_charged_once(
     sku = await product_with_stock(shop, 5)
     who = customer(shop)
     key = f"retry-{uuid.uuid4()}"
-    first = await (await place(shop, who, sku, key=key)).json()
+    first_response = await place(shop, who, sku, key=key)
+    assert first_response.status == 201, await first_response.text()
+    first = await first_response.json()
     second_response = await place(shop, who, sku, key=key)
-    assert second_response.status == 201
+    assert second_response.status == 201, await second_response.text()
     second = await second_response.json()
     assert first["order_id"] == second["order_id"]
-    await final_order(shop, who, first["order_id"])
+    order = await final_order(shop, who, first["order_id"])
+    assert order["status"] == "COMPLETED", order
+    assert await captures_for(settings, first["order_id"]) == 1, "one order, one charge"
     level = await stock(shop, sku)
     assert level["on_hand"] == 4, "one order, one unit"
     listed = await (await shop["client"].get("/v1/orders", headers=who)).json()
@@ -274,21 +296,35 @@ async def test_a_post_refused_at_pricing_is_refused_the_same_way_when_retried(
 
 
 async def test_a_customer_never_sees_or_touches_another_customers_order(
-    shop: dict[str, Any],
+    settings: Settings, shop: dict[str, Any]
 ) -> None:
     sku = await product_with_stock(shop, 2)
     owner, stranger = customer(shop), customer(shop)
     order_id = (await (await place(shop, owner, sku)).json())["order_id"]
+
+    async def strangers_cancel() -> None:
+        await problem(
+            await shop["client"].post(f"/v1/orders/{order_id}/cancel", json={}, headers=stranger),
+            404,
+            "not-found",
+        )
+
     await problem(
         await shop["client"].get(f"/v1/orders/{order_id}", headers=stranger), 404, "not-found"
     )
-    await problem(
-        await shop["client"].post(f"/v1/orders/{order_id}/cancel", json={}, headers=stranger),
-        404,
-        "not-found",
-    )
+    await strangers_cancel()  # while the saga runs
     listed = await (await shop["client"].get("/v1/orders", headers=stranger)).json()
     assert listed["orders"] == []
+    # The owner's order went on as if nobody had asked ...
+    order = await final_order(shop, owner, order_id)
+    assert [h["status"] for h in order["status_history"]] == ["PENDING", "CONFIRMED", "COMPLETED"]
+    assert order["refunded_minor"] == 0
+    # ... and a stranger's cancel of the completed order changes nothing either.
+    await strangers_cancel()
+    after = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=owner)).json()
+    assert after == order
+    assert await captures_for(settings, order_id) == 1
+    assert (await stock(shop, sku))["on_hand"] == 1
 
 
 async def test_a_declined_card_rejects_the_order_and_returns_the_stock(
@@ -305,25 +341,40 @@ async def test_a_declined_card_rejects_the_order_and_returns_the_stock(
 
 
 async def test_an_unknown_product_is_rejected_at_once_and_nothing_happens(
-    shop: dict[str, Any],
+    settings: Settings, shop: dict[str, Any]
 ) -> None:
-    response = await place(shop, customer(shop), f"NOPE-{uuid.uuid4().hex[:8]}")
+    customer_id, who = customer_with_id(shop)
+    key = f"unknown-{uuid.uuid4()}"
+    order_id = order_id_for(customer_id, key)
+    response = await place(shop, who, f"NOPE-{uuid.uuid4().hex[:8]}", key=key)
     body = await problem(response, 422, "order-rejected")
     assert "not available" in body["detail"]
+    # Refused while pricing, before the saga's first effect: no order recorded,
+    # nothing reserved, nothing authorized.
+    await problem(await shop["client"].get(f"/v1/orders/{order_id}", headers=who), 404, "not-found")
+    listed = await (await shop["client"].get("/v1/orders", headers=who)).json()
+    assert listed["orders"] == []
+    assert await rows_for_order(settings, order_id) == {
+        "orders": 0,
+        "reservations": 0,
+        "payment_intents": 0,
+    }
 
 
 async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str, Any]) -> None:
-    who = customer(shop)
+    customer_id, who = customer_with_id(shop)
     client = shop["client"]
     body = {
         "lines": [{"sku": "X-1", "quantity": 1}],
         "currency": "EUR",
         "payment": {"card_token": card()},
     }
-    await problem(
-        await client.post("/v1/orders", json=body, headers=who), 400, "invalid-argument"
-    )  # no Idempotency-Key
-    headers = {**who, "Idempotency-Key": f"key-{uuid.uuid4()}"}
+    with no_upstream_call(shop["gw"]):
+        await problem(
+            await client.post("/v1/orders", json=body, headers=who), 400, "invalid-argument"
+        )  # no Idempotency-Key
+    key = f"key-{uuid.uuid4()}"
+    headers = {**who, "Idempotency-Key": key}
     for bad in (
         {**body, "lines": []},
         {**body, "lines": [{"sku": "X-1", "quantity": 0}]},
@@ -334,9 +385,19 @@ async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str,
         {**body, "payment": {"card_token": "4242 4242 4242 4242"}},
         {**body, "payment": {"card_token": "4000000000000002"}},
     ):
-        await problem(
-            await client.post("/v1/orders", json=bad, headers=headers), 422, "validation-failed"
-        )
+        with no_upstream_call(shop["gw"]):
+            await problem(
+                await client.post("/v1/orders", json=bad, headers=headers),
+                422,
+                "validation-failed",
+            )
+    # No saga was started for the key: Temporal has no workflow for its order.
+    handle = shop["gw"].upstream.temporal.get_workflow_handle(
+        order_workflow_id(order_id_for(customer_id, key))
+    )
+    with pytest.raises(RPCError) as missing:
+        await handle.describe()
+    assert missing.value.status == RPCStatusCode.NOT_FOUND
 
 
 async def test_an_order_catalog_refuses_to_price_is_rejected_not_retried(
@@ -361,50 +422,193 @@ async def test_an_order_catalog_refuses_to_price_is_rejected_not_retried(
         await pool.close()
 
 
+async def rows_for_order(settings: Settings, order_id: str) -> dict[str, int]:
+    """The rows an order's saga leaves in orders, inventory and payments."""
+    counts: dict[str, int] = {}
+    for database, table, column, value in (
+        ("orders", "orders", "order_id", uuid.UUID(order_id)),
+        ("inventory", "reservations", "reservation_id", f"order-{order_id}"),
+        ("payments", "payment_intents", "order_id", order_id),
+    ):
+        conn = await asyncpg.connect(settings.db_dsn(database))
+        try:
+            counts[table] = await conn.fetchval(
+                f"SELECT count(*) FROM {table} WHERE {column} = $1",
+                value,
+            )
+        finally:
+            await conn.close()
+    return counts
+
+
+async def money_held(settings: Settings, order_ids: list[str]) -> int:
+    """What the orders' payments still hold on cards: authorized, neither captured nor released."""
+    conn = await asyncpg.connect(settings.db_dsn("payments"))
+    try:
+        held: int = await conn.fetchval(
+            "SELECT coalesce(sum(authorized_minor - captured_minor - released_minor), 0)"
+            " FROM payment_intents WHERE order_id = ANY($1::text[])",
+            order_ids,
+        )
+        return held
+    finally:
+        await conn.close()
+
+
 async def test_concurrent_orders_against_scarce_stock_never_oversell_or_double_charge(
     settings: Settings, shop: dict[str, Any]
 ) -> None:
-    units, orders = 10, 60
+    units, orders = 10, 100
     sku = await product_with_stock(shop, units, price=700)
     customers = [customer(shop) for _ in range(orders)]
-    gate = asyncio.Semaphore(10)
-
-    async def one(who: dict[str, str]) -> tuple[dict[str, str], str]:
-        async with gate:
-            response = await place(shop, who, sku)
+    # The test holds the product's stock row while the orders are placed: no saga can
+    # get past its reservation, so once every POST is accepted all 100 sagas are in
+    # flight at once, and then they race for the 10 units.
+    hold = await Hold.statement(
+        settings.db_dsn("inventory"), "SELECT 1 FROM stock WHERE sku = $1 FOR UPDATE", sku
+    )
+    try:
+        responses = await asyncio.gather(*(place(shop, who, sku) for who in customers))
+        for response in responses:
             assert response.status == 201, await response.text()
-            return who, (await response.json())["order_id"]
+        placed = [
+            (who, (await response.json())["order_id"])
+            for who, response in zip(customers, responses, strict=True)
+        ]
+        assert len({order_id for _, order_id in placed}) == orders
+        assert await hold.blocked() > 0, "the reservations wait for the stock row"
+    finally:
+        await hold.release()
 
-    placed = await asyncio.gather(*(one(who) for who in customers))
     finals = await asyncio.gather(*(final_order(shop, who, oid) for who, oid in placed))
-    statuses = [o["status"] for o in finals]
-    assert statuses.count("COMPLETED") == units
-    assert statuses.count("REJECTED") == orders - units
+    completed = [o["order_id"] for o in finals if o["status"] == "COMPLETED"]
+    rejected = [o for o in finals if o["status"] == "REJECTED"]
+    assert (len(completed), len(rejected)) == (units, orders - units), [o["status"] for o in finals]
+    for order in rejected:  # refused at the reservation: never confirmed, nothing paid
+        assert [h["status"] for h in order["status_history"]] == ["PENDING", "REJECTED"], order
     level = await stock(shop, sku)
-    assert (level["on_hand"], level["reserved"]) == (0, 0)
+    assert (level["on_hand"], level["reserved"]) == (0, 0), "no oversell, nothing left held"
     balance = await ledger(settings)
     assert balance.balanced, list(balance.problems)
-    captured = [await captures_for(settings, oid) for _, oid in placed]
-    assert sorted(captured) == [0] * (orders - units) + [1] * units
+    assert [await captures_for(settings, oid) for oid in completed] == [1] * units
+    assert [await captures_for(settings, o["order_id"]) for o in rejected] == [0] * len(rejected)
+    assert await money_held(settings, [o["order_id"] for o in rejected]) == 0
 
 
-@pytest.mark.parametrize("victim", ["inventory", "payments", "orders"])
+# The saga's steps on other services' queues (workflows/orders.py), in the order it
+# runs them, and the service process whose worker runs each.
+SAGA_STEPS = {
+    "inventory.reserve": "inventory",
+    "payments.authorize": "payments",
+    "payments.capture": "payments",
+    "inventory.commit": "inventory",
+}
+
+
+STARTED = PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+
+
+def reservation_lock(order_id: str) -> str:
+    """What inventory serializes an order's reserve, release and commit on
+    (workers/inventory/reservations.py `_lock`, for reservation `order-<order id>`)."""
+    return f"reservation:order-{order_id}"
+
+
+async def hold_before_placing(settings: Settings, step: str, order_id: str) -> Hold:
+    """A hold that the order's `step` (or, for the commit, its capture) will wait for."""
+    if step == "inventory.reserve":
+        return await Hold.advisory(settings.db_dsn("inventory"), reservation_lock(order_id))
+    if step == "payments.authorize":
+        # An intent row not yet committed, with the id the first authorization creates:
+        # its INSERT ... ON CONFLICT waits until the test's transaction rolls back.
+        return await Hold.statement(
+            settings.db_dsn("payments"),
+            "INSERT INTO payment_intents (payment_id, order_id, currency, status)"
+            " VALUES ($1, $2, 'EUR', 'pending')",
+            uuid.UUID(payment_id_for(f"{order_id}:authorize:1")),
+            order_id,
+        )
+    # Capture and void serialize on their idempotency key (workers/payments/intents.py).
+    return await Hold.advisory(settings.db_dsn("payments"), f"payments:{order_id}:capture")
+
+
+async def step_in_flight(temporal: Client, order_id: str, step: str, hold: Hold) -> None:
+    """Wait until Temporal has handed `step` to a worker and its code waits for `hold`."""
+    handle = temporal.get_workflow_handle(order_workflow_id(order_id))
+
+    async def running() -> bool:
+        pending = (await handle.describe()).raw_description.pending_activities
+        started = any(p.activity_type.name == step and p.state == STARTED for p in pending)
+        return started and await hold.blocked() > 0
+
+    await eventually(running, within=60, what=f"{step} of order {order_id} to run and wait")
+
+
+async def attempts_of(temporal: Client, order_id: str, step: str) -> int:
+    """The attempt on which `step` completed (its history's ACTIVITY_TASK_STARTED)."""
+    history = await temporal.get_workflow_handle(order_workflow_id(order_id)).fetch_history()
+    scheduled = [
+        e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == step
+    ]
+    assert len(scheduled) == 1, f"{step} scheduled {len(scheduled)} times"
+    started = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and e.activity_task_started_event_attributes.scheduled_event_id == scheduled[0]
+    ]
+    assert len(started) == 1, f"{step} has {len(started)} started events"
+    return started[0]
+
+
+@pytest.mark.parametrize(
+    ("step", "victim"),
+    [(step, worker) for step, owner in SAGA_STEPS.items() for worker in (owner, "orders")],
+)
 async def test_a_worker_killed_mid_saga_leaves_one_charge_and_one_stock_movement(
-    settings: Settings, shop: dict[str, Any], services, victim: str
+    settings: Settings, shop: dict[str, Any], services, step: str, victim: str
 ) -> None:
+    # The step is held in flight by a lock of the test's (tests/integration/holds.py):
+    # the worker that runs it, or the orders worker that waits for it, is SIGKILLed
+    # while the step's code is running, then the lock is released and the worker
+    # restarted. Temporal retries the lost attempt (or replays the saga) on the new one.
+    temporal: Client = shop["gw"].upstream.temporal
     sku = await product_with_stock(shop, 4)
-    who = customer(shop)
+    customer_id, who = customer_with_id(shop)
+    key = f"kill-{uuid.uuid4()}"
+    order_id = order_id_for(customer_id, key)
     process = services(victim)
-    accepted = await (await place(shop, who, sku, quantity=2)).json()
-    process.kill()  # SIGKILL while the saga is under way
-    await asyncio.sleep(1)
+    hold = await hold_before_placing(settings, step, order_id)
+    try:
+        response = await place(shop, who, sku, quantity=2, key=key)
+        assert response.status == 201, await response.text()
+        assert (await response.json())["order_id"] == order_id
+        if step == "inventory.commit":
+            # Reserve takes the reservation's lock too: hold it only once the capture
+            # (after the reserve) is running, then let the capture go on to the commit.
+            await step_in_flight(temporal, order_id, "payments.capture", hold)
+            capture_hold = hold
+            hold = await Hold.advisory(settings.db_dsn("inventory"), reservation_lock(order_id))
+            await capture_hold.release()
+        await step_in_flight(temporal, order_id, step, hold)
+        process.kill()  # SIGKILL while the step runs
+    finally:
+        await hold.release()
     services(victim)  # restarted: Temporal hands it the unfinished work
-    order = await final_order(shop, who, accepted["order_id"])
+
+    order = await final_order(shop, who, order_id)
     assert order["status"] == "COMPLETED", order
     level = await stock(shop, sku)
-    assert (level["on_hand"], level["reserved"]) == (2, 0)
-    assert await captures_for(settings, accepted["order_id"]) == 1
-    assert (await ledger(settings)).balanced
+    assert (level["on_hand"], level["reserved"]) == (2, 0), "one stock decrement"
+    assert await captures_for(settings, order_id) == 1, "one charge"
+    balance = await ledger(settings)
+    assert balance.balanced, list(balance.problems)
+    if victim != "orders":
+        # The attempt that was running died with its worker; a later one completed.
+        assert await attempts_of(temporal, order_id, step) >= 2
 
 
 async def test_cancel_after_completion_refunds_everything_and_returns_the_stock(

@@ -23,9 +23,10 @@ from contracts import full_name
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.inventory.v1 import StockLevel, StockRestocked
 from gateway.deps import Gateway
-from tests.integration.catalogkit import CatalogApi, eventually
+from tests.integration.catalogkit import CatalogApi
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, problem, running_gateway
+from tests.integration.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
 

@@ -26,9 +26,10 @@ from agora.config import Settings
 from agora.grpc import Channels
 from contracts.agora.catalog.v1 import CatalogServiceStub
 from gateway.deps import Gateway
-from tests.integration.catalogkit import CatalogApi, eventually
+from tests.integration.catalogkit import CatalogApi
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, running_gateway
+from tests.integration.waiting import eventually
 from workers.search.index import Indices
 from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
 from workflows.inventory import RestockInput, RestockWorkflow, restock_workflow_id
@@ -127,7 +128,7 @@ async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothin
         indexed = {h["sku"]: h["price"]["amount_minor"] for h in hits}
         return indexed if indexed == latest else None
 
-    await eventually(converged, within_s=30, what="every latest price in the new index")
+    await eventually(converged, within=30, what="every latest price in the new index")
 
 
 async def test_stock_that_arrived_before_its_product_survives_a_reindex(

@@ -36,6 +36,8 @@ from agora import signing
 from agora import temporal as platform_temporal
 from agora.config import SERVICES, Settings
 from tests.integration.conftest import Services, tail
+from tests.integration.observabilitykit import jaeger_trace, services_of
+from tests.integration.waiting import eventually
 from workers.payments.psp_sim import tokenize
 from workflows.identity import (
     TASK_QUEUE,
@@ -49,6 +51,7 @@ pytestmark = pytest.mark.integration
 CARD_NUMBER = "4242424242424242"
 INJECTIONS = ["' OR 1=1 --", '"; DROP TABLE orders; --', "a\x00b", "%00", "../../etc/passwd"]
 MEGABYTE = "x" * (1 << 20)
+GATEWAY_LOG = "test-gateway-security.log"
 
 
 class Edge:
@@ -58,12 +61,15 @@ class Edge:
         self.session = session
         self.base = base
         self.bodies: list[str] = []
+        # The X-Trace-Id of the last answer: the trace the request started.
+        self.trace_id = ""
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=40))
         async with self.session.request(method, self.base + path, **kwargs) as response:
             text = await response.text(errors="replace")
             self.bodies.append(text)
+            self.trace_id = response.headers.get("X-Trace-Id", "")
             try:
                 body: Any = json.loads(text) if text else None
             except ValueError:
@@ -80,7 +86,7 @@ def gateway_process(settings: Settings, services: Services) -> Iterator[str]:
     """`python -m gateway`, as deployed: its own log file, its own traces."""
     for service in SERVICES:
         services(service)
-    log = settings.state_dir / "logs" / "test-gateway-security.log"
+    log = settings.state_dir / "logs" / GATEWAY_LOG
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway"],
@@ -200,12 +206,12 @@ async def place_order(edge: Edge, token: str, sku: str) -> dict[str, Any]:
 
 
 async def final_order(edge: Edge, token: str, order_id: str) -> dict[str, Any]:
-    for _ in range(300):
+    async def finished() -> dict[str, Any] | None:
         status, body = await edge.request("GET", f"/v1/orders/{order_id}", headers=bearer(token))
-        if status == 200 and body["status"] in ("COMPLETED", "REJECTED", "CANCELLED"):
-            return body
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"order {order_id} did not finish")
+        done = status == 200 and body["status"] in ("COMPLETED", "REJECTED", "CANCELLED")
+        return body if done else None
+
+    return await eventually(finished, within=90, what=f"order {order_id} to finish")
 
 
 async def admin_session(edge: Edge, settings: Settings) -> dict[str, Any]:
@@ -253,6 +259,8 @@ async def test_secrets_never_appear_in_logs_traces_or_error_bodies(
         "POST", "/v1/auth/signin", json={"email": someone["email"], "password": wrong}
     )
     assert status == 401
+    # The traces the flow's requests started, and the services each must have crossed.
+    crossed = {"wrong-password sign-in": (edge.trace_id, {"gateway", "identity"})}
     status, _ = await edge.request(
         "POST",
         "/v1/auth/signin",
@@ -268,6 +276,7 @@ async def test_secrets_never_appear_in_logs_traces_or_error_bodies(
         "POST", "/v1/auth/refresh", json={"refresh_token": someone["refresh_token"]}
     )
     assert status == 200, rotated
+    crossed["token refresh"] = (edge.trace_id, {"gateway", "identity"})
     status, _ = await edge.request("GET", "/v1/me", headers=bearer(rotated["access_token"]))
     assert status == 200
 
@@ -289,18 +298,24 @@ async def test_secrets_never_appear_in_logs_traces_or_error_bodies(
         },
     )
     assert status == 200, machine
+    crossed["client credentials grant"] = (edge.trace_id, {"gateway", "identity"})
     headers = {
         **bearer(machine["access_token"]),
         **signing.sign_headers(client["client_secret"], "GET", "/v1/admin/api-clients"),
     }
     status, listed = await edge.request("GET", "/v1/admin/api-clients", headers=headers)
     assert status == 200, listed
+    crossed["signed request"] = (edge.trace_id, {"gateway", "identity"})
     bad = {**headers, signing.NONCE_HEADER: signing.new_nonce()}
     status, _ = await edge.request("GET", "/v1/admin/api-clients", headers=bad)
     assert status == 401
 
     sku = await stocked_product(edge, admin["access_token"])
     order = await place_order(edge, rotated["access_token"], sku)
+    crossed["order paid by card"] = (
+        edge.trace_id,
+        {"gateway", "orders", "catalog", "inventory", "payments"},
+    )
     assert (await final_order(edge, rotated["access_token"], order["order_id"]))["status"] == (
         "COMPLETED"
     )
@@ -323,16 +338,37 @@ async def test_secrets_never_appear_in_logs_traces_or_error_bodies(
         "admin refresh token": admin["refresh_token"],
         "card number": CARD_NUMBER,
     }
-    # Let every process export its spans (batch exporters flush every few seconds).
-    await asyncio.sleep(8)
-    places = await asyncio.to_thread(log_files, settings.state_dir / "logs")
+    # The flow's traces are in Jaeger, each with the spans of every service it crossed
+    # (exporters send in batches): what is grepped below holds the flow's data.
+    places: dict[str, str] = {}
+    for name, (trace_id, expected) in crossed.items():
+        assert trace_id, f"no X-Trace-Id on the answer to the {name}"
+
+        async def exported(trace_id: str = trace_id, expected: set[str] = expected) -> Any:
+            trace = await asyncio.to_thread(jaeger_trace, settings, trace_id)
+            return trace if expected <= set(services_of(trace)) else None
+
+        trace = await eventually(
+            exported, within=90, what=f"the {name}'s trace from {sorted(expected)} in Jaeger"
+        )
+        places[f"jaeger trace of the {name}"] = json.dumps(trace)
     for name, text in (await asyncio.to_thread(jaeger_traces, settings)).items():
         places[f"jaeger traces of {name}"] = text
+    logs = await asyncio.to_thread(log_files, settings.state_dir / "logs")
+    # ... and so do the logs (each line carries its trace id): the gateway's access line
+    # of every request of the flow, the saga's activity lines of the order.
+    for name, (trace_id, _) in crossed.items():
+        assert trace_id in logs[f"log {GATEWAY_LOG}"], f"the {name} is not in the gateway's log"
+    order_trace = crossed["order paid by card"][0]
+    for service in ("orders", "inventory", "payments"):
+        log = f"log test-svc-{service}.log"
+        assert order_trace in logs[log], f"the order's activities are not in {service}'s log"
+    places.update(logs)
     # The flow's success answers legitimately carry its tokens and the client secret
     # (once): only error bodies are checked for those.
     error_bodies = [b for b in edge.bodies if '"type": "https://agora.dev/problems/' in b]
+    assert len(error_bodies) >= 3, "the wrong password, bad sign-in and bad account answers"
     places["answer bodies"] = "\n".join(error_bodies)
-    assert any("gateway" in name for name in places), sorted(places)
     leaks = [
         f"{secret} in {place}"
         for secret, value in secrets.items()

@@ -1,6 +1,7 @@
 """Security and bad input at every service's internal gRPC port, for all seven services.
 
-* mTLS: a peer without a certificate, or with one from another CA, gets no answer.
+* mTLS: a peer without a certificate, or with one from another CA, is refused in the
+  TLS handshake (1.2) or right after it (1.3), before any HTTP/2 byte.
 * Bad frames: a malformed protobuf, a gRPC length prefix longer than its data, a
   truncated prefix and an invalid compressed flag, sent over HTTP/2 with a valid
   platform certificate, each get a gRPC error status; the process stays ready and
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import urllib.request
 from pathlib import Path
@@ -111,32 +113,86 @@ async def test_a_platform_certificate_is_served(
     )
 
 
+def peer_without_certificate(settings: Settings) -> ssl.SSLContext:
+    """Trusts the platform CA, shows no certificate of its own."""
+    context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def peer_with_rogue_certificate(settings: Settings, folder: Path) -> ssl.SSLContext:
+    """A rogue CA issuing a certificate with the gateway's name: the name is not enough."""
+    pki.create_ca(folder / "ca", "Rogue CA")
+    pki.issue(folder / "ca", folder / "gateway", "gateway")
+    context = peer_without_certificate(settings)
+    context.load_cert_chain(
+        str(folder / "gateway" / "tls.crt"), str(folder / "gateway" / "tls.key")
+    )
+    return context
+
+
+def first_bytes(settings: Settings, service: str, context: ssl.SSLContext) -> bytes:
+    """Connect, do the client's side of the TLS handshake and read what the service sends
+    first. A service that accepts the peer speaks first: HTTP/2's server preface, a
+    SETTINGS frame. (A time-out raises TimeoutError, which no refusal test accepts.)"""
+    with socket.create_connection((settings.host, settings.grpc_port(service)), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=settings.host) as tls:
+            return tls.recv(64)
+
+
+def refused_in_tls13(settings: Settings, service: str, context: ssl.SSLContext) -> None:
+    """In TLS 1.3 the client's handshake completes before the server has checked the
+    client's certificate: the server then closes the connection, before any HTTP/2
+    byte. (The asyncio server closes without sending its alert, so there is no alert to
+    name: the refusal is the close.)"""
+    assert first_bytes(settings, service, context) == b""
+
+
+def refused_in_tls12_handshake(
+    settings: Settings, service: str, context: ssl.SSLContext
+) -> ssl.SSLError | ConnectionResetError:
+    """In TLS 1.2 the server checks the client's certificate before its Finished: the
+    handshake itself fails, the server dropping it (an EOF inside the handshake, or a
+    reset when the client's flight was not read to its end)."""
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises((ssl.SSLEOFError, ConnectionResetError)) as refused:
+        first_bytes(settings, service, context)
+    return refused.value
+
+
 @pytest.mark.parametrize("service", SERVICES)
-async def test_a_peer_without_a_certificate_is_refused(
+def test_the_probe_gets_http2_from_a_platform_certificate(
     settings: Settings, every_service: Services, service: str
 ) -> None:
-    context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
-    context.set_alpn_protocols(["h2"])
-    with pytest.raises(Exception) as raised:
-        await health(settings, service, context)
-    assert "SERVING" not in repr(raised.value)
+    # The control for the refusals below: the same probe with the platform's certificate
+    # is answered with HTTP/2's SETTINGS frame (type 0x4 at byte 3), in both versions.
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        context = platform_context(settings)
+        context.maximum_version = version
+        answer = first_bytes(settings, service, context)
+        assert len(answer) >= 9 and answer[3] == 0x4, (version, answer)
 
 
 @pytest.mark.parametrize("service", SERVICES)
-async def test_a_certificate_from_another_ca_is_refused(
+def test_a_peer_without_a_certificate_is_refused(
+    settings: Settings, every_service: Services, service: str
+) -> None:
+    refused_in_tls13(settings, service, peer_without_certificate(settings))
+    refused = refused_in_tls12_handshake(settings, service, peer_without_certificate(settings))
+    if isinstance(refused, ssl.SSLEOFError):
+        assert refused.reason == "UNEXPECTED_EOF_WHILE_READING", refused
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_certificate_from_another_ca_is_refused(
     settings: Settings, every_service: Services, service: str, tmp_path: Path
 ) -> None:
-    # A rogue CA issuing a certificate with the gateway's name: the name is not enough.
-    pki.create_ca(tmp_path / "ca", "Rogue CA")
-    pki.issue(tmp_path / "ca", tmp_path / "gateway", "gateway")
-    context = ssl.create_default_context(cafile=str(settings.pki_dir / "ca" / "ca.crt"))
-    context.load_cert_chain(
-        str(tmp_path / "gateway" / "tls.crt"), str(tmp_path / "gateway" / "tls.key")
+    refused_in_tls13(settings, service, peer_with_rogue_certificate(settings, tmp_path / "1.3"))
+    refused = refused_in_tls12_handshake(
+        settings, service, peer_with_rogue_certificate(settings, tmp_path / "1.2")
     )
-    context.set_alpn_protocols(["h2"])
-    with pytest.raises(Exception) as raised:
-        await health(settings, service, context)
-    assert "SERVING" not in repr(raised.value)
+    if isinstance(refused, ssl.SSLEOFError):
+        assert refused.reason == "UNEXPECTED_EOF_WHILE_READING", refused
 
 
 # Bad frames ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 hypothesis draws histories of captures, voids and refunds (amounts within and
 beyond the limits) and runs them through the payments service's own code
-(`PaymentIntents` on the payments database, with the simulated PSP): what
+(`PaymentIntents` on the payments database, with the simulated PSP on Redis): what
 exceeds the limits is refused and changes nothing, and afterwards the intent's
 part of the ledger nets to zero and matches its amounts. Catalog's PriceLines
 (what the order saga prices with) always totals to the sum of its lines.
@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +31,7 @@ from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, running_gateway
 from workers.payments import ledger
 from workers.payments.intents import PaymentIntents
-from workers.payments.psp_sim import MemorySimStore, SimulatedPsp, tokenize
+from workers.payments.psp_sim import RedisSimStore, SimulatedPsp, tokenize
 from workflows.payments import AuthorizeInput, CaptureInput, RefundInput, VoidInput
 
 pytestmark = pytest.mark.integration
@@ -50,9 +51,12 @@ STEPS = st.lists(
 async def intents(settings: Settings, services: Services) -> AsyncIterator[PaymentIntents]:
     services("payments")  # its migrations made the schema
     pool = await asyncpg.create_pool(settings.db_dsn("payments"), min_size=1, max_size=2)
+    # The simulated PSP keeps its state in Redis, as in the running service.
+    redis = aioredis.from_url(settings.redis_url)
     try:
-        yield PaymentIntents(pool, SimulatedPsp(MemorySimStore()))
+        yield PaymentIntents(pool, SimulatedPsp(RedisSimStore(redis)))
     finally:
+        await redis.aclose()
         await pool.close()
 
 

@@ -20,7 +20,7 @@ from temporalio.client import Client
 
 from agora.config import Settings
 from gateway import codec
-from tests.integration.catalogkit import CatalogApi, eventually
+from tests.integration.catalogkit import CatalogApi
 from tests.integration.gatewaykit import PASSWORD, TokenMinter, bearer, problem
 from tests.integration.uikit import (
     gateway_on_its_port,
@@ -28,6 +28,7 @@ from tests.integration.uikit import (
     run_browser_script,
     screenshot,
 )
+from tests.integration.waiting import eventually
 from workers.payments.psp_sim import tokenize
 from workflows.identity import (
     TASK_QUEUE as IDENTITY_QUEUE,
@@ -88,7 +89,7 @@ async def place_and_finish(
         body: dict[str, Any] = await answer.json()
         return body if body.get("status") in ("COMPLETED", "REJECTED", "CANCELLED") else None
 
-    return await eventually(finished, within_s=90, what=f"order {order_id} to finish")
+    return await eventually(finished, within=90, what=f"order {order_id} to finish")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ async def visible(client: Client, query: str, expected: int) -> list[str]:
         ids = [execution.id async for execution in client.list_workflows(query)]
         return ids if len(ids) >= expected else None
 
-    return await eventually(probe, within_s=30, what=f"{expected} workflows for {query}")
+    return await eventually(probe, within=30, what=f"{expected} workflows for {query}")
 
 
 # Search attributes ---------------------------------------------------------------
@@ -171,7 +172,7 @@ async def test_admin_search_finds_a_customers_rejected_order(
         done = body["orders"] and body["orders"][0]["workflow_status"] == "COMPLETED"
         return body if done else None
 
-    body = await eventually(rejected, within_s=30, what="the admin search to find the order")
+    body = await eventually(rejected, within=30, what="the admin search to find the order")
     assert [o["order_id"] for o in body["orders"]] == [orders["declined"]["order_id"]]
     found = body["orders"][0]
     assert found["customer_id"] == customer
@@ -191,7 +192,7 @@ async def test_admin_search_pages_with_a_cursor(
         response = await shop["client"].get("/v1/admin/orders", params=params, headers=admin(shop))
         return response.status == 200 and len((await response.json())["orders"]) == 2
 
-    await eventually(both_listed, within_s=30, what="both orders in the admin search")
+    await eventually(both_listed, within=30, what="both orders in the admin search")
     seen: list[str] = []
     cursor = ""
     for _ in range(3):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter
 
 from agora import codec, config
-from agora.codec import EncryptionCodec, KeyRing, UnknownKey
+from agora.codec import NONCE_BYTES, EncryptionCodec, KeyRing, UnknownKey
 
 
 def plain(text: str) -> Payload:
@@ -43,11 +44,25 @@ async def test_a_payload_under_an_unknown_key_is_refused() -> None:
         await EncryptionCodec(KeyRing("k1", {"k1": b"\x01" * 32})).decode(sealed)
 
 
-async def test_a_tampered_payload_is_refused() -> None:
+@pytest.mark.parametrize("flipped", [0, NONCE_BYTES, -1], ids=["nonce", "ciphertext", "tag"])
+async def test_a_tampered_payload_is_refused(flipped: int) -> None:
     ring = KeyRing("k1", {"k1": b"\x01" * 32})
     sealed = (await EncryptionCodec(ring).encode([plain("amount=100")]))[0]
-    sealed.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
-    with pytest.raises(Exception, match=""):
+    data = bytearray(sealed.data)
+    data[flipped] ^= 1
+    sealed.data = bytes(data)
+    # AES-GCM's authentication fails: the payload is refused, never decoded to garbage.
+    with pytest.raises(InvalidTag):
+        await EncryptionCodec(ring).decode([sealed])
+
+
+async def test_a_payload_relabelled_with_another_known_key_is_refused() -> None:
+    # The key id is authenticated data: moving a payload under another key of the ring
+    # does not get it decrypted (with the wrong key) either.
+    ring = KeyRing("k1", {"k1": b"\x01" * 32, "k2": b"\x01" * 32})
+    sealed = (await EncryptionCodec(ring).encode([plain("amount=100")]))[0]
+    sealed.metadata[codec.KEY_ID] = b"k2"
+    with pytest.raises(InvalidTag):
         await EncryptionCodec(ring).decode([sealed])
 
 

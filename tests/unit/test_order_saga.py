@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import UpdateWorkflowExecutionLifecycleStage
+from temporalio.api.update.v1 import UpdateRef, WaitPolicy
+from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -28,7 +32,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -318,6 +322,33 @@ async def awaiting_payment(handle: WorkflowHandle[Any, Any]) -> None:
     raise AssertionError("the saga never waited for the payment step")
 
 
+ADMITTED = UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ADMITTED
+
+
+async def update_admitted(client: Client, workflow_id: str, update_id: str) -> None:
+    """Until the server has admitted the update, before any worker has seen it: asked
+    with PollWorkflowExecutionUpdate at the ADMITTED stage (the SDK's start_update does
+    not offer that stage), which answers NOT_FOUND while the update has not arrived."""
+    request = PollWorkflowExecutionUpdateRequest(
+        namespace=client.namespace,
+        update_ref=UpdateRef(
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id), update_id=update_id
+        ),
+        wait_policy=WaitPolicy(lifecycle_stage=ADMITTED),
+    )
+    for _ in range(500):
+        try:
+            answer = await client.workflow_service.poll_workflow_execution_update(request)
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+        else:
+            if answer.stage >= ADMITTED:
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the server never admitted update {update_id}")
+
+
 async def run(client: Client, order: OrderInput, name: str | None = None) -> OrderView:
     handle = await client.start_workflow(
         OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
@@ -482,10 +513,14 @@ async def test_a_payment_step_landing_with_the_unpaid_timeout_is_taken(
     await env.sleep(timedelta(seconds=901))
     completion = asyncio.create_task(
         handle.execute_update(
-            OrderWorkflow.complete_payment, CompletePaymentInput("tok_after_action")
+            OrderWorkflow.complete_payment,
+            CompletePaymentInput("tok_after_action"),
+            id="complete-payment",
         )
     )
-    await asyncio.sleep(0.5)
+    # The update must be on the server before the next worker polls, so that its first
+    # workflow task holds both the fired timer and the update.
+    await update_admitted(others, handle.id, "complete-payment")
     async with orders_worker(env, cached=False):
         answered = await completion
         final = await handle.result()
@@ -525,6 +560,40 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
         "transition:CONFIRMED",
     ]
     assert world.voided == [f"{order.order_id}:authorize:1:void"]
+
+
+async def test_cancel_while_waiting_for_the_payment_action_voids_releases_and_charges_nothing(
+    client: Client,
+) -> None:
+    world.card = "action"
+    order = new_order(payment_timeout_s=900)
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    await awaiting_payment(handle)
+    cancel = await handle.start_update(
+        OrderWorkflow.cancel_order,
+        CancelInput("cust-1", "changed mind"),
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+    )
+    view = await cancel.result()
+    assert (view.status, view.reason, view.refunded_minor) == ("CANCELLED", "changed mind", 0)
+    assert (await handle.result()).status == "CANCELLED"
+    # The wait ends with the cancel (not the payment timeout): the authorization that
+    # asked for the customer's step is voided, the stock released, nothing captured.
+    assert world.calls == [
+        "price",
+        "record",
+        "reserve",
+        "authorize",
+        "void",
+        "release",
+        "transition:CANCELLED",
+    ]
+    assert world.voided == [f"{order.order_id}:authorize:1:void"]
+    assert world.transitions == ["CANCELLED"]
+    assert world.transition_refunds["CANCELLED"] == 0
+    await keep_history(client, handle.id, "cancel-awaiting-payment")
 
 
 @pytest.mark.parametrize(
