@@ -59,7 +59,8 @@ class CancelOrderRequest(Strict):
 
 class RefundOrderRequest(Strict):
     amount_minor: Annotated[
-        int | None, Field(ge=1, description="Omit to refund everything left")
+        int | None,
+        Field(ge=1, le=10**15, description="Omit to refund everything left"),
     ] = None
     reason: Annotated[str, Field(max_length=500)] = ""
 

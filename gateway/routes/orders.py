@@ -153,9 +153,7 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
                     rpc_timeout=timedelta(seconds=timeout),
                 )
             except WorkflowAlreadyStartedError as closed:
-                view = await _closed_order(gw, order_id, closed.run_id)
-                if view.request_digest and view.request_digest != digest:
-                    raise Problem("conflict", KEY_REUSED) from None
+                view = await _closed_order(gw, order_id, closed.run_id, digest)
     answer = _from_view(request, view)
     return web.json_response(
         answer.model_dump(mode="json", exclude_none=True),
@@ -164,12 +162,15 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
     )
 
 
-async def _closed_order(gw: Gateway, order_id: str, run_id: str | None) -> OrderView:
+async def _closed_order(gw: Gateway, order_id: str, run_id: str | None, digest: str) -> OrderView:
     """How the order's closed saga ended, answered to a retried POST as the first was:
-    the order, or the same rejection if it was refused before it was accepted."""
+    the order, or the same rejection if it was refused before it was accepted. The
+    key with another order (`digest` differs) is a conflict, whatever the first became."""
     view: OrderView = await gw.upstream.closed_result(
         OrderWorkflow.run, order_workflow_id(order_id), run_id
     )
+    if view.request_digest and view.request_digest != digest:
+        raise Problem("conflict", KEY_REUSED)
     if view.status == "REJECTED" and not view.lines:
         raise Problem("order-rejected", view.reason)
     return view
@@ -222,11 +223,15 @@ async def cancel_order(request: web.Request, body: CancelOrderRequest) -> OrderA
             if order.status.name not in COMPLETE:
                 raise
         else:
-            if view.status != "COMPLETED":
+            if view.status in FINISHED - {"CANCELLED"}:
+                # A refund of everything got there first; nothing is left to cancel.
+                raise Problem("conflict", f"the order is {view.status.lower()}")
+            if view.status not in COMPLETE:
                 return _from_view(request, view)
             # The cancel came during the last step (stock commit) of a saga that
             # passed it before CANCEL_AFTER_LAST_STEPS (which cancels the completed
-            # order in the saga), or the saga's own cancel failed: cancel it here.
+            # order in the saga), or the saga's own cancel failed (a refund of part
+            # of it was recorded meanwhile: PARTIALLY_REFUNDED): cancel it here.
     return _from_view(request, await _cancel_completed(request, order, body))
 
 

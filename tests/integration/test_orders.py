@@ -293,6 +293,9 @@ async def test_a_post_refused_at_pricing_is_refused_the_same_way_when_retried(
     await problem(first, 422, "order-rejected")
     again = await place(shop, who, unknown, key=key)
     await problem(again, 422, "order-rejected")
+    # The key with another order is a conflict, not the first order's rejection.
+    sku = await product_with_stock(shop, 5)
+    await problem(await place(shop, who, sku, key=key), 409, "conflict")
 
 
 async def test_a_customer_never_sees_or_touches_another_customers_order(
@@ -746,3 +749,33 @@ async def test_a_refund_retried_with_its_key_answers_the_first_refund(
     reused = await shop["client"].post(url, **other)
     body = await problem(reused, 409, "conflict")
     assert "Idempotency-Key" in body["detail"]
+
+
+async def test_status_changes_are_listed_in_the_order_they_were_written(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # Two writers of one order's history (a refund, the saga's cancel): the one whose
+    # transaction began first may write second. The history follows the writes.
+    sku = await product_with_stock(shop, 2)
+    who = customer(shop)
+    accepted = await (await place(shop, who, sku, quantity=1)).json()
+    order_id = accepted["order_id"]
+    await final_order(shop, who, order_id)
+    early = await asyncpg.connect(settings.db_dsn("orders"))
+    late = await asyncpg.connect(settings.db_dsn("orders"))
+    insert = (
+        "INSERT INTO order_status_history (order_id, transition_key, status, reason)"
+        " VALUES ($1, $2, 'COMPLETED', $3)"
+    )
+    try:
+        began_first = early.transaction()
+        await began_first.start()
+        await early.fetchval("SELECT now()")  # its transaction's clock starts here
+        await late.execute(insert, uuid.UUID(order_id), "test-written-first", "first")
+        await early.execute(insert, uuid.UUID(order_id), "test-written-second", "second")
+        await began_first.commit()
+    finally:
+        await early.close()
+        await late.close()
+    order = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=who)).json()
+    assert [h["reason"] for h in order["status_history"]][-2:] == ["first", "second"]

@@ -35,7 +35,12 @@ class OrdersApi(OrdersServiceBase):
             order_id = uuid.UUID(message.order_id)
         except ValueError:
             raise InvalidArgument("order_id must be a UUID") from None
-        async with self.pool.acquire() as conn:
+        # One snapshot: a refund committed between the reads would show a status its
+        # history does not have yet.
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
             # Another customer's order does not exist, as far as this customer can tell.
             if row is None or (message.customer_id and row["customer_id"] != message.customer_id):
@@ -81,7 +86,7 @@ async def _order(conn: asyncpg.Connection, row: asyncpg.Record) -> Order:
     )
     history = await conn.fetch(
         "SELECT status, reason, changed_at FROM order_status_history WHERE order_id = $1"
-        " ORDER BY changed_at",
+        " ORDER BY changed_at, seq",
         row["order_id"],
     )
     return Order(
