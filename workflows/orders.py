@@ -10,13 +10,15 @@ learns at once whether the order was accepted (priced) or rejected.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
@@ -141,6 +143,15 @@ PAYMENT_WAIT_WITHIN_RESERVATION = "payment-wait-within-reservation"
 # in the saga itself: everything refunded, the stock returned, the order CANCELLED.
 # Before, the update answered COMPLETED and only the gateway went on to cancel it.
 CANCEL_AFTER_LAST_STEPS = "cancel-after-last-steps"
+# Since this change a cancel requested in Temporal itself (the web UI's Cancel,
+# `temporal workflow cancel`) undoes the saga as a customer's cancel does: the step
+# it interrupted is run to its end (its attempt may still take effect: the services'
+# activities do not heartbeat, so they never hear of the cancel), the compensations
+# run, the order is recorded CANCELLED, and the run ends cancelled. Before, it
+# mistook the interrupted step for a failure for good (a capture's refund was
+# dropped: the customer was charged for a REJECTED order), or ended with nothing
+# undone (waiting for a 3-D Secure step: the authorization and the stock held).
+TEMPORAL_CANCEL_COMPENSATES = "temporal-cancel-compensates"
 # Since this change the reservation's life is measured from its `expires_at` as
 # inventory recorded it (the first, committed reserve attempt), not from when the
 # reserve step completed: a reserve whose completion was lost and retried for
@@ -185,6 +196,8 @@ class OrderWorkflow:
         self.reserved_at = workflow.now()
         # When inventory lets the reservation lapse (its reserve result), once known.
         self.reserved_until: datetime | None = None
+        # A cancel requested in Temporal came (TEMPORAL_CANCEL_COMPENSATES).
+        self.cancelled_in_temporal = False
         # Each authorization attempt's void, by its idempotency key.
         self.authorization_voids: dict[str, Callable[[], Awaitable[object]]] = {}
 
@@ -270,6 +283,20 @@ class OrderWorkflow:
             assert self.cancel is not None
             self.view.reason = self.cancel.reason
             await self.transition(order, "CANCELLED", cancelled_by=self.cancel.requested_by)
+        except (asyncio.CancelledError, ActivityError) as error:
+            # A cancel requested in Temporal: a wait or a remote step raises
+            # asyncio.CancelledError (see remote), an own local step ActivityError.
+            if isinstance(error, ActivityError) and not isinstance(error.cause, CancelledError):
+                raise
+            if not workflow.patched(TEMPORAL_CANCEL_COMPENSATES):
+                raise
+            await self.compensate()
+            self.view.reason = "cancelled in Temporal"
+            await self.transition(order, "CANCELLED", cancelled_by="temporal")
+            self.cancelled_in_temporal = True
+        if self.cancelled_in_temporal:
+            self.finished = True
+            raise asyncio.CancelledError
         return await self.finish(self.view)
 
     async def finish(self, view: OrderView) -> OrderView:
@@ -472,6 +499,12 @@ class OrderWorkflow:
         for name, compensation in reversed(self.compensations):
             try:
                 await compensation()
+            except asyncio.CancelledError:
+                # Cancelled in Temporal during an undo step, which `remote` has run to
+                # its end: the rest still run; the run ends cancelled (see run).
+                if not workflow.patched(TEMPORAL_CANCEL_COMPENSATES):
+                    raise
+                self.cancelled_in_temporal = True
             except ActivityError as error:
                 # Compensations are idempotent and retried by Temporal; one that still
                 # fails is logged and the rest still run.
@@ -507,14 +540,29 @@ class OrderWorkflow:
     ) -> object:
         """A step on another service's queue: each attempt gets `timeout_s`; retried with
         backoff until it succeeds, fails for a business reason, or `budget_s` is spent."""
-        return await workflow.execute_activity(
-            activity,
-            arg,
-            task_queue=queue,
-            start_to_close_timeout=timedelta(seconds=timeout_s),
-            schedule_to_close_timeout=timedelta(seconds=budget_s) if budget_s else None,
-            retry_policy=_REMOTE_RETRY,
-        )
+        def run() -> Awaitable[object]:
+            return workflow.execute_activity(
+                activity,
+                arg,
+                task_queue=queue,
+                start_to_close_timeout=timedelta(seconds=timeout_s),
+                schedule_to_close_timeout=timedelta(seconds=budget_s) if budget_s else None,
+                retry_policy=_REMOTE_RETRY,
+            )
+
+        try:
+            return await run()
+        except ActivityError as error:
+            if not isinstance(error.cause, CancelledError):
+                raise
+            if not workflow.patched(TEMPORAL_CANCEL_COMPENSATES):
+                raise
+            # Cancelled in Temporal while the step ran (TEMPORAL_CANCEL_COMPENSATES):
+            # run it to its end, by its key (idempotent, serialized at its service), so
+            # the compensations undo exactly what it did.
+            with contextlib.suppress(ActivityError):
+                await run()
+            raise asyncio.CancelledError from None
 
     async def transition(self, order: OrderInput, status: str, *, cancelled_by: str = "") -> None:
         self.view.status = status

@@ -20,18 +20,19 @@ from typing import Any
 import pytest
 from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import UpdateWorkflowExecutionLifecycleStage
+from temporalio.api.enums.v1 import EventType, UpdateWorkflowExecutionLifecycleStage
 from temporalio.api.update.v1 import UpdateRef, WaitPolicy
 from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -768,3 +769,60 @@ async def test_cancel_after_completion_refunds_everything_and_returns_the_stock(
     assert view.status == "CANCELLED"
     # Recorded before the restock: a restock that fails leaves the refund on the order.
     assert world.calls == ["refund:2000", "record_refund:2000:cancel", "restock:SKU-1:2"]
+
+
+# A cancel requested in Temporal (the web UI's Cancel, `temporal workflow cancel`) ----
+
+
+async def cancel_requested_of_an_activity(handle: WorkflowHandle[Any, Any]) -> None:
+    """Until the saga has asked Temporal to cancel the activity it waited on."""
+    wanted = EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
+    for _ in range(500):
+        if any([e.event_type == wanted async for e in handle.fetch_history_events()]):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the saga never asked to cancel its activity")
+
+
+async def cancelled_in_temporal(handle: WorkflowHandle[Any, Any]) -> None:
+    with pytest.raises(WorkflowFailureError) as ended:
+        await handle.result()
+    assert isinstance(ended.value.cause, CancelledError), ended.value.cause
+
+
+async def test_a_temporal_cancel_during_the_capture_refunds_what_it_captured(
+    client: Client,
+) -> None:
+    world.gates["capture"] = asyncio.Event()
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    await reached("capture")
+    await handle.cancel()
+    await cancel_requested_of_an_activity(handle)
+    world.gates["capture"].set()  # the interrupted attempt captures after all
+    await cancelled_in_temporal(handle)
+    # The capture is run to its end by its key, then undone: refunded, the (captured)
+    # authorization's void refused harmlessly, the stock released, the order CANCELLED.
+    assert world.calls.count("capture") == 2
+    assert world.calls[-4:] == ["refund:None", "void", "release", "transition:CANCELLED"]
+    assert world.transitions == ["CONFIRMED", "CANCELLED"]
+    await keep_history(client, handle.id, "temporal-cancel-at-capture")
+
+
+async def test_a_temporal_cancel_while_awaiting_the_payment_action_voids_and_releases(
+    client: Client,
+) -> None:
+    world.card = "action"
+    order = new_order(payment_timeout_s=900)
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    await awaiting_payment(handle)
+    await handle.cancel()
+    await cancelled_in_temporal(handle)
+    assert world.calls[-3:] == ["void", "release", "transition:CANCELLED"]
+    assert "capture" not in world.calls
+    assert world.transitions == ["CANCELLED"]
+    await keep_history(client, handle.id, "temporal-cancel-awaiting-payment")
