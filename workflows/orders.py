@@ -540,6 +540,7 @@ class OrderWorkflow:
     ) -> object:
         """A step on another service's queue: each attempt gets `timeout_s`; retried with
         backoff until it succeeds, fails for a business reason, or `budget_s` is spent."""
+
         def run() -> Awaitable[object]:
             return workflow.execute_activity(
                 activity,
