@@ -6,29 +6,14 @@ import asyncio
 import uuid
 
 import pytest
-from temporalio import workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from agora import temporal
 from agora.config import Settings
 from gateway.upstream import RESULT_POLL, workflow_result
+from tests.unit.test_gateway_result_polling import WaitsForGo
 
 pytestmark = pytest.mark.integration
-
-
-@workflow.defn(name="TestWaitsForGo")
-class WaitsForGo:
-    def __init__(self) -> None:
-        self.go = False
-
-    @workflow.signal
-    def proceed(self) -> None:
-        self.go = True
-
-    @workflow.run
-    async def run(self) -> str:
-        await workflow.wait_condition(lambda: self.go)
-        return "done"
 
 
 async def test_a_result_that_takes_several_polls_is_returned(settings: Settings) -> None:

@@ -12,8 +12,10 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from gateway.upstream import RESULT_POLL, workflow_result
 
 
-@workflow.defn(name="TestWaitsForGoUnit")
+@workflow.defn(name="TestWaitsForGo")
 class WaitsForGo:
+    """Closes when told to (also used by tests/integration/test_result_polling.py)."""
+
     def __init__(self) -> None:
         self.go = False
 

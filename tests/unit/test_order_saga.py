@@ -323,6 +323,19 @@ async def awaiting_payment(handle: WorkflowHandle[Any, Any]) -> None:
     raise AssertionError("the saga never waited for the payment step")
 
 
+async def started_awaiting_payment(
+    client: Client, **overrides: object
+) -> tuple[OrderInput, WorkflowHandle[Any, Any]]:
+    """An order paid with the 3-D Secure card, started and waiting for the customer."""
+    world.card = "action"
+    order = new_order(**overrides)
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    await awaiting_payment(handle)
+    return order, handle
+
+
 ADMITTED = UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ADMITTED
 
 
@@ -532,12 +545,7 @@ async def test_a_payment_step_landing_with_the_unpaid_timeout_is_taken(
 
 
 async def test_a_completed_payment_action_lets_the_order_complete(client: Client) -> None:
-    world.card = "action"
-    order = new_order()
-    handle = await client.start_workflow(
-        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
-    )
-    await awaiting_payment(handle)
+    order, handle = await started_awaiting_payment(client)
     view = await handle.query(OrderWorkflow.status)
     assert view.next_action_url == "https://psp.test/3ds/1"
     # Listed as waiting for its payment in the Temporal UI (visibility).
@@ -566,12 +574,7 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
 async def test_cancel_while_waiting_for_the_payment_action_voids_releases_and_charges_nothing(
     client: Client,
 ) -> None:
-    world.card = "action"
-    order = new_order(payment_timeout_s=900)
-    handle = await client.start_workflow(
-        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
-    )
-    await awaiting_payment(handle)
+    order, handle = await started_awaiting_payment(client, payment_timeout_s=900)
     cancel = await handle.start_update(
         OrderWorkflow.cancel_order,
         CancelInput("cust-1", "changed mind"),
@@ -814,12 +817,7 @@ async def test_a_temporal_cancel_during_the_capture_refunds_what_it_captured(
 async def test_a_temporal_cancel_while_awaiting_the_payment_action_voids_and_releases(
     client: Client,
 ) -> None:
-    world.card = "action"
-    order = new_order(payment_timeout_s=900)
-    handle = await client.start_workflow(
-        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
-    )
-    await awaiting_payment(handle)
+    _, handle = await started_awaiting_payment(client, payment_timeout_s=900)
     await handle.cancel()
     await cancelled_in_temporal(handle)
     assert world.calls[-3:] == ["void", "release", "transition:CANCELLED"]
