@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
 
 from agora.db import lock_for_transaction
 
@@ -64,3 +66,25 @@ class Hold:
             await self.transaction.rollback()
         finally:
             await self.conn.close()
+
+
+def started_attempt(history: WorkflowHistory, activity: str | None = None, index: int = 0) -> int:
+    """The attempt that ran last of an activity the workflow scheduled, from its
+    ACTIVITY_TASK_STARTED: the one of type `activity` (which must be scheduled once),
+    or else the `index`-th scheduled."""
+    scheduled = [
+        e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and activity in (None, e.activity_task_scheduled_event_attributes.activity_type.name)
+    ]
+    if activity is not None:
+        assert len(scheduled) == 1, f"{activity} scheduled {len(scheduled)} times"
+    started = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and e.activity_task_started_event_attributes.scheduled_event_id == scheduled[index]
+    ]
+    assert len(started) == 1, f"{activity or 'activity'} #{index} started {len(started)} times"
+    return started[0]

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from agora.config import Settings
@@ -23,7 +22,7 @@ from gateway.deps import Gateway
 from tests.integration.catalogkit import CatalogApi, product_body
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, problem, running_gateway
-from tests.integration.holds import Hold
+from tests.integration.holds import Hold, started_attempt
 from tests.integration.waiting import eventually
 from workflows.catalog import import_workflow_id
 
@@ -55,17 +54,7 @@ def import_api(importing: tuple[Gateway, CatalogApi]) -> CatalogApi:
 async def batch_attempts(temporal: Client, import_id: str, index: int) -> int:
     """The attempt on which the import's batch `index` completed (from its history)."""
     history = await temporal.get_workflow_handle(import_workflow_id(import_id)).fetch_history()
-    scheduled = [
-        e.event_id
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    ]
-    return next(
-        e.activity_task_started_event_attributes.attempt
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and e.activity_task_started_event_attributes.scheduled_event_id == scheduled[index]
-    )
+    return started_attempt(history, index=index)
 
 
 async def _status(api: CatalogApi, url: str) -> dict[str, Any]:

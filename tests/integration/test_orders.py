@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
-from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -44,7 +44,7 @@ from tests.integration.gatewaykit import (
     problem,
     running_gateway,
 )
-from tests.integration.holds import Hold
+from tests.integration.holds import Hold, started_attempt
 from tests.integration.waiting import eventually
 from workers.orders.model import order_id_for, order_workflow_id
 from workers.payments.model import payment_id_for
@@ -550,21 +550,7 @@ async def step_in_flight(temporal: Client, order_id: str, step: str, hold: Hold)
 async def attempts_of(temporal: Client, order_id: str, step: str) -> int:
     """The attempt on which `step` completed (its history's ACTIVITY_TASK_STARTED)."""
     history = await temporal.get_workflow_handle(order_workflow_id(order_id)).fetch_history()
-    scheduled = [
-        e.event_id
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and e.activity_task_scheduled_event_attributes.activity_type.name == step
-    ]
-    assert len(scheduled) == 1, f"{step} scheduled {len(scheduled)} times"
-    started = [
-        e.activity_task_started_event_attributes.attempt
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and e.activity_task_started_event_attributes.scheduled_event_id == scheduled[0]
-    ]
-    assert len(started) == 1, f"{step} has {len(started)} started events"
-    return started[0]
+    return started_attempt(history, step)
 
 
 @pytest.mark.parametrize(
