@@ -286,7 +286,7 @@ class OrderWorkflow:
         except (asyncio.CancelledError, ActivityError) as error:
             # A cancel requested in Temporal: a wait or a remote step raises
             # asyncio.CancelledError (see remote), an own local step ActivityError.
-            if isinstance(error, ActivityError) and not isinstance(error.cause, CancelledError):
+            if isinstance(error, ActivityError) and not _cancelled(error):
                 raise
             if not workflow.patched(TEMPORAL_CANCEL_COMPENSATES):
                 raise
@@ -554,7 +554,7 @@ class OrderWorkflow:
         try:
             return await run()
         except ActivityError as error:
-            if not isinstance(error.cause, CancelledError):
+            if not _cancelled(error):
                 raise
             if not workflow.patched(TEMPORAL_CANCEL_COMPENSATES):
                 raise
@@ -647,6 +647,11 @@ def _expires_at(reserved: object) -> datetime | None:
         return None
     when = datetime.fromisoformat(expires)
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _cancelled(error: ActivityError) -> bool:
+    """The step was cancelled, which only a cancel requested in Temporal does here."""
+    return isinstance(error.cause, CancelledError)
 
 
 def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejected:

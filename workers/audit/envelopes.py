@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from agora.kafka import parse_exact
 from contracts import message_class
@@ -49,6 +50,12 @@ def canonical_columns(canonical: bytes) -> dict[str, object]:
     """The indexed columns of an event as its canonical bytes say, read by the
     protobuf runtime's parser: what verification compares each stored row with."""
     env = fastparse.parse(canonical)
+    return _columns(env, fastparse.occurred_at(env))
+
+
+def _columns(env: Any, occurred_at: object) -> dict[str, object]:
+    """The indexed columns of a parsed envelope, of either parser (the upb message and
+    betterproto2's share field names; only the timestamp's type differs)."""
     return {
         "event_id": env.event_id,
         "event_type": env.event_type,
@@ -60,24 +67,7 @@ def canonical_columns(canonical: bytes) -> dict[str, object]:
         "workflow_id": env.workflow_id,
         "run_id": env.run_id,
         "trace_id": trace_id_of(env.traceparent),
-        "occurred_at": fastparse.occurred_at(env),
-    }
-
-
-def _columns(envelope: EventEnvelope) -> dict[str, object]:
-    """The same columns as the envelope recorded (parsed by betterproto2) gives them."""
-    return {
-        "event_id": envelope.event_id,
-        "event_type": envelope.event_type,
-        "payload_type": envelope.payload_type,
-        "aggregate_type": envelope.aggregate_type,
-        "aggregate_id": envelope.aggregate_id,
-        "aggregate_sequence": envelope.sequence,
-        "producer": envelope.producer,
-        "workflow_id": envelope.workflow_id,
-        "run_id": envelope.run_id,
-        "trace_id": trace_id_of(envelope.traceparent),
-        "occurred_at": envelope.occurred_at,
+        "occurred_at": occurred_at,
     }
 
 
@@ -140,7 +130,7 @@ def check(envelope: EventEnvelope, canonical: bytes | None = None) -> Checked:
             derived = canonical_columns(canonical)
         except Exception as error:
             raise MalformedEnvelope(f"canonical bytes do not parse: {error}") from None
-        recorded = _columns(envelope)
+        recorded = _columns(envelope, envelope.occurred_at)
         for column, value in derived.items():
             if recorded[column] != value:
                 raise MalformedEnvelope(f"{column} reads differently from its canonical bytes")
