@@ -20,6 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from agora import outbox
+from agora.money import MAX_AMOUNT_MINOR
 from contracts.agora.catalog.v1 import CatalogServiceStub, PriceLinesRequest
 from contracts.agora.common.v1 import LineItem, Money
 from contracts.agora.orders.v1 import (
@@ -182,9 +183,16 @@ class OrdersActivities:
             )
             for line in reply.lines
         ]
-        return PricedOrder(
-            lines=lines, currency=data.currency, total_minor=sum(x.line_total_minor for x in lines)
-        )
+        total_minor = sum(x.line_total_minor for x in lines)
+        if not 0 < total_minor <= MAX_AMOUNT_MINOR:
+            # Refused here, before the POST's answer, not by payments after a 201.
+            raise ApplicationError(
+                f"the order's total must be between 1 and {MAX_AMOUNT_MINOR} minor units,"
+                f" not {total_minor}",
+                type=INVALID_ORDER,
+                non_retryable=True,
+            )
+        return PricedOrder(lines=lines, currency=data.currency, total_minor=total_minor)
 
     @activity.defn(name="orders.record")
     async def record(self, data: RecordOrderInput) -> None:

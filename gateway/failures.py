@@ -80,6 +80,7 @@ APPLICATION_ERROR_TYPE: dict[str, str] = {
     "PAYMENT_DECLINED": "order-rejected",
     "PAYMENT_TIMEOUT": "order-rejected",
     "PAYMENT_FAILED": "order-rejected",
+    "PRICING_UNAVAILABLE": "order-rejected",
     "OrderFinished": "conflict",
     # A second saga for an ended order's key (past the namespace's retention).
     "OrderAlreadyPlaced": "conflict",

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
+from agora.money import MAX_AMOUNT_MINOR
 from gateway.schemas import Answer, Strict
 from gateway.schemas_catalog import Currency
 
@@ -60,7 +61,7 @@ class CancelOrderRequest(Strict):
 class RefundOrderRequest(Strict):
     amount_minor: Annotated[
         int | None,
-        Field(ge=1, le=10**15, description="Omit to refund everything left"),
+        Field(ge=1, le=MAX_AMOUNT_MINOR, description="Omit to refund everything left"),
     ] = None
     reason: Annotated[str, Field(max_length=500)] = ""
 

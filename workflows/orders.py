@@ -160,6 +160,9 @@ TEMPORAL_CANCEL_COMPENSATES = "temporal-cancel-compensates"
 # about to lapse once it is paid is rejected before the capture (voided, not
 # charged and refunded).
 RESERVATION_EXPIRY_FROM_INVENTORY = "reservation-expiry-from-inventory"
+# The rejection of an order catalog could not price (OrderInput.pricing_attempts).
+# Not a RejectionReason: such an order never enters the orders database.
+PRICING_UNAVAILABLE = "PRICING_UNAVAILABLE"
 # What the saga needs after the payment, of the reservation's life: capture, commit.
 RESERVATION_MARGIN_S = 60
 # A payment provider that does not answer is given up after about this many attempts'
@@ -306,15 +309,31 @@ class OrderWorkflow:
         return view
 
     async def price(self, order: OrderInput) -> PricedOrder:
+        # A local activity's retry policy is not recorded in history: sagas started
+        # before the attempts were bounded replay the same (a price's outcome comes
+        # from its marker).
         try:
             return await workflow.execute_local_activity_method(
                 OrdersActivities.price,
                 PriceInput(order.lines, order.currency),
-                retry_policy=RetryPolicy(non_retryable_error_types=NON_RETRYABLE),
+                retry_policy=RetryPolicy(
+                    maximum_interval=timedelta(seconds=10),
+                    maximum_attempts=order.pricing_attempts,
+                    non_retryable_error_types=NON_RETRYABLE,
+                ),
                 start_to_close_timeout=LOCAL_TIMEOUT,
             )
         except (ActivityError, ApplicationError) as error:
-            raise _rejection(error, "PRODUCT_UNAVAILABLE") from None
+            rejected = _rejection(error, PRICING_UNAVAILABLE)
+            if rejected.reason == PRICING_UNAVAILABLE:
+                # Catalog did not answer (its own message may hold internals).
+                raise Rejected(
+                    PRICING_UNAVAILABLE,
+                    f"the catalog could not price the order ({order.pricing_attempts}"
+                    " attempts); nothing was reserved or charged: place it again with a"
+                    " new Idempotency-Key",
+                ) from None
+            raise rejected from None
 
     async def reserve_stock(self, order: OrderInput) -> None:
         self.check_cancel()

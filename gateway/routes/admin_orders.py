@@ -23,6 +23,7 @@ from temporalio.client import WorkflowExecution
 from temporalio.service import RPCError, RPCStatusCode
 
 from agora import scopes
+from agora.money import MAX_AMOUNT_MINOR
 from gateway.deps import deps
 from gateway.problems import Problem
 from gateway.routing import Route
@@ -67,8 +68,8 @@ class AdminOrdersQuery(BaseModel):
     customer_id: Annotated[str, StringConstraints(pattern=UUID_PATTERN)] | None = None
     order_id: Annotated[str, StringConstraints(pattern=UUID_PATTERN)] | None = None
     payment_outcome: PaymentOutcome | None = None
-    min_total_minor: Annotated[int, Field(ge=0, le=10**15)] | None = None
-    max_total_minor: Annotated[int, Field(ge=0, le=10**15)] | None = None
+    min_total_minor: Annotated[int, Field(ge=0, le=MAX_AMOUNT_MINOR)] | None = None
+    max_total_minor: Annotated[int, Field(ge=0, le=MAX_AMOUNT_MINOR)] | None = None
     running: bool | None = Field(
         default=None, description="true: only running sagas; false: only closed ones"
     )

@@ -403,6 +403,34 @@ async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str,
     assert missing.value.status == RPCStatusCode.NOT_FOUND
 
 
+@pytest.mark.parametrize(("price", "lines"), [(0, 1), (10**12, 11)])
+async def test_a_total_payments_cannot_take_is_rejected_before_the_order_is_accepted(
+    settings: Settings, shop: dict[str, Any], price: int, lines: int
+) -> None:
+    # A free product (total 0), or lines of 100 at catalog's highest price that add up
+    # to more than 10^15: refused at pricing with the POST's answer, not accepted
+    # (201) and then rejected by payments.
+    skus = [await product_with_stock(shop, 100, price=price) for _ in range(lines)]
+    customer_id, who = customer_with_id(shop)
+    key = f"total-{uuid.uuid4()}"
+    response = await shop["client"].post(
+        "/v1/orders",
+        json={
+            "lines": [{"sku": sku, "quantity": 100} for sku in skus],
+            "currency": "EUR",
+            "payment": {"card_token": card()},
+        },
+        headers={**who, "Idempotency-Key": key, "X-Request-Timeout": "30000"},
+    )
+    body = await problem(response, 422, "order-rejected")
+    assert f"not {price * 100 * lines}" in body["detail"]
+    assert await rows_for_order(settings, order_id_for(customer_id, key)) == {
+        "orders": 0,
+        "reservations": 0,
+        "payment_intents": 0,
+    }
+
+
 async def test_an_order_catalog_refuses_to_price_is_rejected_not_retried(
     settings: Settings, shop: dict[str, Any]
 ) -> None:

@@ -91,6 +91,8 @@ class World:
     calls: list[str] = field(default_factory=list)
     out_of_stock: bool = False
     unknown_sku: bool = False
+    # Catalog cannot be reached: pricing fails as a transient error would.
+    catalog_down: bool = False
     card: str = "ok"  # ok | decline | slow | flaky | action
     flaky_failures: int = 2
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -116,6 +118,8 @@ world = World()
 @activity.defn(name="orders.price")
 async def price(data: PriceInput) -> PricedOrder:
     world.calls.append("price")
+    if world.catalog_down:
+        raise ApplicationError("catalog: connection refused to 10.0.0.7:50051", type="GRPCError")
     if world.unknown_sku:
         raise ApplicationError("not available: NOPE", type="ProductUnavailable", non_retryable=True)
     lines = [
@@ -429,6 +433,18 @@ async def test_an_unknown_product_is_rejected_before_anything_happens(client: Cl
     view = await run(client, new_order(), "unknown-product")
     assert (view.status, view.rejection) == ("REJECTED", "PRODUCT_UNAVAILABLE")
     assert world.calls == ["price"]
+
+
+async def test_a_catalog_outage_rejects_the_order_after_its_pricing_attempts(
+    client: Client,
+) -> None:
+    # Pricing is a local activity, retried by the worker in real time (1 s, then 2 s
+    # apart), so the attempts here are few.
+    world.catalog_down = True
+    view = await run(client, new_order(pricing_attempts=3), "pricing-unavailable")
+    assert (view.status, view.rejection) == ("REJECTED", "PRICING_UNAVAILABLE")
+    assert "(3 attempts)" in view.reason and "10.0.0.7" not in view.reason
+    assert world.calls == ["price"] * 3  # retried, then nothing reserved, recorded or charged
 
 
 async def test_slow_psp_times_out_then_voids_and_releases(client: Client) -> None:

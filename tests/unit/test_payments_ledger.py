@@ -6,8 +6,9 @@ import itertools
 
 import pytest
 
+from agora.money import MAX_AMOUNT_MINOR
 from workers.payments.errors import InvalidPaymentRequest
-from workers.payments.intents import MAX_AMOUNT_MINOR, _amount
+from workers.payments.intents import _amount
 from workers.payments.ledger import (
     Account,
     Entry,

@@ -70,6 +70,15 @@ class OrderInput:
     reservation_ttl_s: int = 3600
     # A PSP that has not answered within this is retried, then given up (and voided).
     payment_step_timeout_s: float = 5.0
+    # Pricing (catalog) is tried this many times through an outage (backing off 1, 2,
+    # 4, 8, then 10 s: about 35 s for 7), then the order is rejected
+    # (PRICING_UNAVAILABLE) with nothing reserved or charged. Without a bound, an order
+    # whose POST timed out in a catalog outage was placed and charged whenever catalog
+    # came back, hours later perhaps, long after the client gave up. A count, not a
+    # schedule-to-close timeout: the SDK (temporalio 1.35) checks a local activity's
+    # schedule-to-close only after a backoff longer than its local retry threshold, a
+    # minute or more late (tests/unit/test_order_saga.py shows the count is kept).
+    pricing_attempts: int = 7
 
 
 @dataclass

@@ -34,6 +34,7 @@ import asyncpg
 
 from agora import outbox
 from agora.db import lock_for_transaction
+from agora.money import MAX_AMOUNT_MINOR
 from contracts.agora.common.v1 import Money
 from contracts.agora.payments.v1 import (
     DeclineReason,
@@ -106,11 +107,6 @@ def _key(key: str) -> str:
     if not key or len(key) > _MAX_KEY_LEN:
         raise InvalidPaymentRequest(f"idempotency_key must be 1..{_MAX_KEY_LEN} characters")
     return key
-
-
-# Far above any real payment, far below PostgreSQL's bigint: an amount beyond it is
-# refused as invalid, never left to fail in the database (retried as if transient).
-MAX_AMOUNT_MINOR = 10**15
 
 
 def _amount(amount_minor: int | None, *, optional: bool) -> int | None:
