@@ -23,9 +23,17 @@ PARTITION_MONTHS_AHEAD = 2
 CHAIN_BROKEN = "AuditChainBroken"
 
 
+# The most rows one checkpoint run verifies (and so vouches for). After an outage the
+# log may have grown by more than one 30 s attempt can verify: each run then signs
+# the row it verified up to, the next one goes on from there, and the checkpoints
+# catch up with the head run by run instead of every attempt timing out for good.
+CHECKPOINT_MAX_ROWS = 50_000
+
+
 @dataclass
 class SignCheckpointInput:
     idempotency_key: str
+    max_rows: int = CHECKPOINT_MAX_ROWS
 
 
 @dataclass
@@ -49,9 +57,15 @@ class AuditActivities:
 
     @activity.defn(name="audit.sign_checkpoint")
     async def sign_checkpoint(self, data: SignCheckpointInput) -> SignedCheckpoint:
-        """Verify the chain since the last checkpoint, then sign what was verified: a
-        checkpoint over a broken chain would vouch for the break."""
-        verified = await verify_chain(self._pool, self._signer.public_key)
+        """Verify the chain since the last checkpoint (at most `max_rows` of it), then
+        sign what was verified: a checkpoint over a broken chain would vouch for the
+        break, and one past what was verified would vouch for unchecked rows."""
+        async with self._pool.acquire() as conn:
+            since = await checkpoints.latest(conn)
+        start = since.log_sequence if since is not None else 0
+        verified = await verify_chain(
+            self._pool, self._signer.public_key, to_sequence=start + max(data.max_rows, 1)
+        )
         if not verified.ok:
             raise ApplicationError(
                 f"the chain is broken at {verified.first_bad_sequence}: {verified.failure}",

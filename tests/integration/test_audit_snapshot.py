@@ -1,13 +1,17 @@
-"""Verifying the chain while events are appended: one snapshot, no false alarm."""
+"""Verifying the chain while events are appended (one snapshot, no false alarm), and
+bounded checkpoint runs over a long log."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from temporalio.testing import ActivityEnvironment
 
+from activities.audit import AuditActivities, SignCheckpointInput
 from agora.config import Settings
 from agora.db import create_pool
 from tests.integration.auditkit import make_envelope
@@ -53,3 +57,27 @@ async def test_events_appended_during_a_verification_are_not_a_cut_off_tail(
     assert result.ok, result.failure
     committed = await pool.fetchval("SELECT log_sequence FROM audit_chain_head")
     assert result.last_sequence < committed, "verified the snapshot, not the later rows"
+
+
+async def test_checkpoints_catch_up_with_a_long_log_a_bounded_run_at_a_time(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    # After an outage the log may hold more rows than one attempt can verify: each run
+    # verifies and signs at most max_rows past the last checkpoint, the next goes on.
+    consumer = AuditConsumer(ChainWriter(pool))
+    for _ in range(5):
+        await consumer.handle_batch(decoded("identity.events", make_envelope()))
+    activities = AuditActivities(pool, load_signer(settings))
+    signed: list[tuple[int, int]] = []
+    for _ in range(2):
+        async with pool.acquire() as conn:
+            before = await checkpoints.latest(conn)
+        start = before.log_sequence if before is not None else 0
+        made = await ActivityEnvironment().run(
+            activities.sign_checkpoint, SignCheckpointInput(f"catch-up-{uuid.uuid4()}", max_rows=2)
+        )
+        signed.append((start, made.log_sequence))
+    head = await pool.fetchval("SELECT log_sequence FROM audit_chain_head")
+    assert [last - start for start, last in signed] == [2, 2], (signed, head)
+    assert signed[1][0] == signed[0][1]  # the second run went on from the first's
+    assert signed[1][1] < head
