@@ -75,6 +75,7 @@ __all__ = [
     "INVENTORY_QUEUE",
     "KEY_REUSED",
     "PAYMENTS_QUEUE",
+    "PAYMENT_ROUNDS",
     "TASK_QUEUE",
     "CancelInput",
     "CompletePaymentInput",
@@ -163,6 +164,15 @@ RESERVATION_EXPIRY_FROM_INVENTORY = "reservation-expiry-from-inventory"
 # The rejection of an order catalog could not price (OrderInput.pricing_attempts).
 # Not a RejectionReason: such an order never enters the orders database.
 PRICING_UNAVAILABLE = "PRICING_UNAVAILABLE"
+# Since this change a payment that asks for the customer's step (3-D Secure) a
+# PAYMENT_ROUNDS-th time rejects the order (voided, released) instead of waiting again.
+# Each round adds an update, an authorization and its void to the run's history: a
+# customer completing rounds with cards that always ask again could drive the run to
+# Temporal's per-workflow limits (2000 updates, 50,000 events), where it is
+# terminated with its authorizations and its stock held. Asked only when the cap is
+# reached, so an order paid within it records no marker.
+PAYMENT_ROUNDS_CAPPED = "payment-rounds-capped"
+PAYMENT_ROUNDS = 5
 # What the saga needs after the payment, of the reservation's life: capture, commit.
 RESERVATION_MARGIN_S = 60
 # A payment provider that does not answer is given up after about this many attempts'
@@ -389,6 +399,12 @@ class OrderWorkflow:
             except ActivityError as error:
                 cause = error.cause
                 if isinstance(cause, ApplicationError) and cause.type == "PaymentRequiresAction":
+                    if attempt >= PAYMENT_ROUNDS and workflow.patched(PAYMENT_ROUNDS_CAPPED):
+                        raise Rejected(
+                            "PAYMENT_FAILED",
+                            f"the payment still asked for the customer's step after"
+                            f" {PAYMENT_ROUNDS} attempts",
+                        ) from None
                     token = await self.wait_for_payment(order, cause)
                     attempt += 1
                     continue

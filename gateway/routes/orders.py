@@ -37,6 +37,7 @@ from gateway.schemas_orders import (
     RefundOrderRequest,
     StatusChangeAnswer,
 )
+from workers.orders.model import CANCEL_UPDATE_ID, completion_update_id
 from workflows.orders import (
     KEY_REUSED,
     TASK_QUEUE,
@@ -56,6 +57,9 @@ from workflows.orders import (
 
 ORDERS_READ = frozenset({scopes.ORDERS_READ})
 ORDERS_WRITE = frozenset({scopes.ORDERS_WRITE})
+# How long a GET waits for a running saga's own view before answering from the
+# projection alone (a query waits for a worker; one that is down must not hold reads).
+SAGA_QUERY_S = 1.0
 # Orders whose saga has ended for good: nothing left to cancel or pay.
 FINISHED = frozenset({"CANCELLED", "REJECTED", "REFUNDED"})
 # An order the saga completed: a cancel refunds it (RefundOrder with cancel=True).
@@ -190,7 +194,33 @@ async def _own_order(request: web.Request) -> Order:
 
 
 async def get_order(request: web.Request, _: None) -> OrderAnswer:
-    return _from_proto(request, await _own_order(request))
+    order = await _own_order(request)
+    answer = _from_proto(request, order)
+    if order.status.name == "PENDING":
+        # A payment waiting for the customer (3-D Secure) lives in the saga only (the
+        # projection records its steps from CONFIRMED on): ask it, so the customer
+        # polling the order learns it waits and where to go (next_action_url).
+        view = await _saga_view(request, order.order_id)
+        if view is not None and view.status == "AWAITING_PAYMENT":
+            return answer.model_copy(
+                update={"status": view.status, "next_action_url": view.next_action_url}
+            )
+    return answer
+
+
+async def _saga_view(request: web.Request, order_id: str) -> OrderView | None:
+    """The running saga's own view, or None when it cannot answer at once (closed
+    meanwhile, its worker down): then the projection's answer stands."""
+    gw = deps(request)
+    handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order_id))
+    try:
+        async with gw.upstream.call(request, "temporal.OrderStatus") as timeout:
+            view: OrderView = await handle.query(
+                OrderWorkflow.status, rpc_timeout=timedelta(seconds=min(timeout, SAGA_QUERY_S))
+            )
+    except Problem:
+        return None
+    return view
 
 
 async def list_orders(request: web.Request, query: ListOrdersQuery) -> OrderListAnswer:
@@ -245,6 +275,10 @@ async def _cancel_running(
             view: OrderView = await handle.execute_update(
                 OrderWorkflow.cancel_order,
                 CancelInput(principal_of(request).subject, body.reason),
+                # One cancel per saga: a retried or repeated cancel joins the first
+                # (Temporal deduplicates updates by id) instead of adding an update
+                # that waits beside it, up to the run's limit of 10 in flight.
+                id=CANCEL_UPDATE_ID,
                 rpc_timeout=timedelta(seconds=timeout),
             )
     return view
@@ -300,6 +334,9 @@ async def complete_payment(request: web.Request, body: CompletePaymentRequest) -
             view = await handle.execute_update(
                 OrderWorkflow.complete_payment,
                 CompletePaymentInput(body.card_token),
+                # A retried completion (same token) joins the first instead of
+                # authorizing again or waiting beside it.
+                id=completion_update_id(body.card_token),
                 rpc_timeout=timedelta(seconds=timeout),
             )
     return _from_view(request, view)

@@ -55,6 +55,7 @@ pytestmark = pytest.mark.integration
 SERVICES = ("identity", "catalog", "inventory", "payments", "orders")
 OK_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000009995"
+ACTION_CARD = "4000000000003220"  # 3-D-Secure-like: the customer must act first
 
 
 def card(number: str = OK_CARD) -> str:
@@ -626,6 +627,102 @@ async def test_a_worker_killed_mid_saga_leaves_one_charge_and_one_stock_movement
     if victim != "orders":
         # The attempt that was running died with its worker; a later one completed.
         assert await attempts_of(temporal, order_id, step) >= 2
+
+
+async def test_cancels_sent_together_are_one_update_that_all_of_them_answer(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # A saga held in its reserve step; a customer's client sends the cancel 8 times
+    # (double clicks, retries after timeouts). They join one cancel update (one id):
+    # each used to add an update of its own, and past Temporal's 10 in flight per
+    # run the next were refused.
+    temporal: Client = shop["gw"].upstream.temporal
+    sku = await product_with_stock(shop, 2)
+    customer_id, who = customer_with_id(shop)
+    key = f"cancels-{uuid.uuid4()}"
+    order_id = order_id_for(customer_id, key)
+    hold = await hold_before_placing(settings, "inventory.reserve", order_id)
+    handle = temporal.get_workflow_handle(order_workflow_id(order_id))
+
+    async def cancel() -> Any:
+        return await shop["client"].post(
+            f"/v1/orders/{order_id}/cancel",
+            json={"reason": "clicked twice"},
+            headers={**who, "X-Request-Timeout": "30000"},
+        )
+
+    async def accepted_updates() -> int:
+        history = await handle.fetch_history()
+        return sum(
+            1
+            for e in history.events
+            if e.HasField("workflow_execution_update_accepted_event_attributes")
+        )
+
+    try:
+        assert (await place(shop, who, sku, key=key)).status == 201
+        await step_in_flight(temporal, order_id, "inventory.reserve", hold)
+        sent = shop["gw"].upstream.calls["temporal.CancelOrder"]
+        cancels = [asyncio.create_task(cancel()) for _ in range(8)]
+
+        async def all_sent() -> bool:
+            return shop["gw"].upstream.calls["temporal.CancelOrder"] - sent == 8
+
+        await eventually(all_sent, within=30, what="the 8 cancels to reach Temporal")
+
+        async def cancel_accepted() -> bool:
+            return await accepted_updates() >= 2  # the POST's accept, and a cancel
+
+        await eventually(cancel_accepted, within=30, what="the saga to accept the cancel")
+    finally:
+        await hold.release()
+    answers = [await response.json() for response in await asyncio.gather(*cancels)]
+    assert [a.get("status") for a in answers] == ["CANCELLED"] * 8, answers
+    # The accept update of the POST, and one cancel.
+    assert await accepted_updates() == 2
+    assert (await final_order(shop, who, order_id))["status"] == "CANCELLED"
+    assert (await stock(shop, sku))["reserved"] == 0
+
+
+async def test_a_payment_needing_the_customer_is_shown_then_completed_once(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    temporal: Client = shop["gw"].upstream.temporal
+    sku = await product_with_stock(shop, 2)
+    who = customer(shop)
+    response = await place(shop, who, sku, card_token=card(ACTION_CARD))
+    assert response.status == 201, await response.text()
+    order_id = (await response.json())["order_id"]
+
+    async def waiting() -> dict[str, Any] | None:
+        order = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=who)).json()
+        return order if order["status"] == "AWAITING_PAYMENT" else None
+
+    # The customer polling the order learns that it waits for them, and where to go.
+    order = await eventually(waiting, within=30, what="the order to await the customer")
+    assert order["next_action_url"].startswith("https://psp.invalid/3ds/"), order
+    # The page finishes the step and sends the new token; a double submit joins it.
+    token = card()
+    completions = await asyncio.gather(
+        *(
+            shop["client"].post(
+                f"/v1/orders/{order_id}/payment",
+                json={"card_token": token},
+                headers={**who, "X-Request-Timeout": "30000"},
+            )
+            for _ in range(2)
+        )
+    )
+    assert [c.status for c in completions] == [200, 200], [await c.text() for c in completions]
+    assert (await final_order(shop, who, order_id))["status"] == "COMPLETED"
+    assert await captures_for(settings, order_id) == 1
+    history = await temporal.get_workflow_handle(order_workflow_id(order_id)).fetch_history()
+    updates = [
+        e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+        for e in history.events
+        if e.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+    assert updates == ["accept", "complete_payment"]
 
 
 async def test_cancel_after_completion_refunds_everything_and_returns_the_stock(

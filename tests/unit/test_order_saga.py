@@ -69,6 +69,7 @@ from workers.payments.model import (
 )
 from workflows.orders import (
     INVENTORY_QUEUE,
+    PAYMENT_ROUNDS,
     PAYMENTS_QUEUE,
     CancelInput,
     CompletePaymentInput,
@@ -585,6 +586,28 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
         "transition:CONFIRMED",
     ]
     assert world.voided == [f"{order.order_id}:authorize:1:void"]
+
+
+async def test_a_payment_asking_for_the_customer_again_and_again_is_given_up(
+    client: Client,
+) -> None:
+    order, handle = await started_awaiting_payment(client)
+    for round_ in range(2, PAYMENT_ROUNDS + 1):
+        await handle.execute_update(
+            OrderWorkflow.complete_payment, CompletePaymentInput(f"tok_again_{round_}")
+        )
+        if round_ < PAYMENT_ROUNDS:
+            await awaiting_payment(handle)  # the new token asked for the step again
+    result = await handle.result()
+    await keep_history(client, handle.id, "payment-rounds-capped")
+    assert (result.status, result.rejection) == ("REJECTED", "PAYMENT_FAILED")
+    assert f"after {PAYMENT_ROUNDS} attempts" in result.reason
+    assert world.calls.count("authorize") == PAYMENT_ROUNDS
+    # Every authorization voided, the stock released, nothing captured.
+    assert sorted(world.voided) == sorted(
+        f"{order.order_id}:authorize:{n}:void" for n in range(1, PAYMENT_ROUNDS + 1)
+    )
+    assert "capture" not in world.calls and world.calls[-2:] == ["release", "transition:REJECTED"]
 
 
 async def test_cancel_while_waiting_for_the_payment_action_voids_releases_and_charges_nothing(

@@ -46,6 +46,14 @@ def refund_workflow_id(order_id: str, refund_key: str) -> str:
     return f"refund-{order_id}-{digest}"
 
 
+# Update ids: Temporal joins an update sent again with the same id to the first.
+CANCEL_UPDATE_ID = "cancel"
+
+
+def completion_update_id(card_token: str) -> str:
+    return f"complete-payment-{hashlib.sha256(card_token.encode()).hexdigest()[:24]}"
+
+
 KEY_REUSED = "this Idempotency-Key placed another order: use a new key for a new order"
 
 
