@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from gateway.context import DEADLINE, PRINCIPAL, REQUEST_ID, TIMING, TRACE_ID, ServerTiming
 from gateway.deps import deps
+from gateway.forwarded import client_bucket
 from gateway.problems import Problem, render
 from gateway.ratelimit import Verdict
 from gateway.signatures import signed_headers, verify_request
@@ -181,7 +182,7 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
                 nonce_key=signed.nonce_key(principal.subject) if signed else "",
             )
         else:
-            admission = await gw.admitter.admit(route.route_class, f"ip:{request.remote}")
+            admission = await gw.admitter.admit(route.route_class, client_bucket(request))
     except (RedisError, OSError) as error:
         # Signed requests need the nonce check, so API clients always fail closed.
         held = principal.scopes if principal is not None else frozenset()

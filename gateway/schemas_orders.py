@@ -24,8 +24,10 @@ class OrderLineRequest(Strict):
 
 def _not_a_card_number(token: str) -> str:
     """A card number pasted where its token belongs is refused here, before it could
-    reach the order's workflow input (and so Temporal's history)."""
-    digits = re.sub(r"[ -]", "", token)
+    reach the order's workflow input (and so Temporal's history). Any separators
+    (spaces, tabs, newlines, no-break spaces, dashes, dots) are looked through: the
+    PSP's tokenizer takes a number written with whitespace as a number."""
+    digits = re.sub(r"[\W_]", "", token)
     if digits.isascii() and digits.isdigit() and 12 <= len(digits) <= 19:
         raise ValueError(
             "this is a card number, not a token: exchange it at POST /v1/payments/tokens"

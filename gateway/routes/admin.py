@@ -62,6 +62,14 @@ async def create_api_client(
     if principal.is_api_client:
         # Every client is owned by (and accountable to) a person's account.
         raise Problem("permission-denied", "API clients are created by an admin account")
+    beyond = set(body.scopes) - principal.scopes
+    if beyond:
+        # A client acts for its creator: it gets no scope the creator's token lacks
+        # (an admin signed in with a narrowed scope cannot mint a wider client).
+        raise Problem(
+            "permission-denied",
+            f"your token does not hold these scopes: {' '.join(sorted(beyond))}",
+        )
     gw = deps(request)
     call = CreateApiClientCall(
         name=body.name, owner_account_id=principal.subject, scopes=list(body.scopes)

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -28,7 +28,7 @@ from gateway import idempotency
 from gateway.deps import deps
 from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
-from gateway.routing import Route, _validation_problem, path_param
+from gateway.routing import Route, path_param
 from gateway.schemas_catalog import (
     ChangePriceRequest,
     CreateProductRequest,
@@ -67,19 +67,6 @@ from workflows.catalog import (
 READ = frozenset({scopes.CATALOG_READ})
 WRITE = frozenset({scopes.CATALOG_WRITE})
 M = TypeVar("M", bound=BaseModel)
-
-
-def multi_query(request: web.Request, model: type[M], lists: tuple[str, ...]) -> M:
-    """The query with repeated parameters (`lists`) kept whole, validated against `model`."""
-    query = request.rel_url.query
-    raw: dict[str, Any] = dict(query)
-    for name in lists:
-        if name in query:
-            raw[name] = query.getall(name)
-    try:
-        return model.model_validate(raw)
-    except ValidationError as error:
-        raise _validation_problem(error, "query") from None
 
 
 def product_response(product: Product | None) -> ProductResponse:
@@ -129,8 +116,7 @@ async def get_product(request: web.Request, _: None) -> ProductResponse:
     return product_response(reply.product)
 
 
-async def list_products(request: web.Request, _: ProductsQuery) -> ProductListResponse:
-    query = multi_query(request, ProductsQuery, ("sku",))
+async def list_products(request: web.Request, query: ProductsQuery) -> ProductListResponse:
     gw = deps(request)
     if query.sku is not None:
         async with gw.upstream.call(request, "catalog.BatchGetProducts") as timeout:

@@ -20,6 +20,7 @@ from contracts.agora.identity.v1 import SignInRequest as SignInCall
 from gateway import codec
 from gateway.deps import deps
 from gateway.failures import UPSTREAM_PROBLEMS
+from gateway.forwarded import client_bucket
 from gateway.problems import PROBLEM_TYPES, Problem
 from gateway.ratelimit import admit_or_refuse
 from gateway.routes.auth import admit_account_sign_in
@@ -129,7 +130,7 @@ async def _admit_sign_in(request: web.Request) -> None:
     await admit_or_refuse(
         deps(request).admitter,
         "auth",
-        f"ip:{request.remote}",
+        client_bucket(request),
         unavailable="sign-in is unavailable; retry shortly",
         limited="too many sign-ins",
     )

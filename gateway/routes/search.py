@@ -13,7 +13,6 @@ from contracts.agora.search.v1 import (
     SortOrder,
 )
 from gateway.deps import deps
-from gateway.routes.catalog import multi_query
 from gateway.routing import Route
 from gateway.schemas_catalog import (
     FacetBucketResponse,
@@ -56,8 +55,7 @@ def search_request(query: SearchQuery) -> SearchRequest:
     )
 
 
-async def search_products(request: web.Request, _: SearchQuery) -> SearchResponseBody:
-    query = multi_query(request, SearchQuery, ("category", "brand", "facet"))
+async def search_products(request: web.Request, query: SearchQuery) -> SearchResponseBody:
     gw = deps(request)
     async with gw.upstream.call(request, "search.Search") as timeout:
         reply = await gw.upstream.search.search(search_request(query), timeout=timeout)

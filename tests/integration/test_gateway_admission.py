@@ -155,6 +155,34 @@ async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(
         await problem(response, 400, "invalid-argument")
 
 
+async def test_the_addresses_of_one_ipv6_64_share_a_bucket(
+    settings: Settings, identity: ServiceProcess | None
+) -> None:
+    # A subscriber holds a whole /64: rotating through its addresses is one client.
+    rates = {"auth": "1/m burst 1", "signin": "1000/s burst 1000"}
+    proxied = {"rate_limits": rates, "gateway_trusted_proxies": ("127.0.0.1",)}
+    bucket = "gateway:rl:auth:ip:2001:db8:0:1::/64"
+    async with running_gateway(settings, **proxied) as (gw, client):
+        await gw.redis.delete(bucket, "gateway:rl:auth:ip:2001:db8:0:2::/64")
+        signin = {"email": f"v6-{time.time_ns()}@example.com", "password": "x"}
+        first = await client.post(
+            "/v1/auth/signin", json=signin, headers={"X-Forwarded-For": "2001:db8:0:1::1"}
+        )
+        assert first.status == 401, await first.text()
+        with no_upstream_call(gw):
+            rotated = await client.post(
+                "/v1/auth/signin",
+                json=signin,
+                headers={"X-Forwarded-For": "2001:db8:0:1:ffff:1234:5678:9abc"},
+            )
+            await problem(rotated, 429, "rate-limited")
+        other = await client.post(
+            "/v1/auth/signin", json=signin, headers={"X-Forwarded-For": "2001:db8:0:2::1"}
+        )
+        assert other.status == 401, await other.text()  # another /64, another client
+        await gw.redis.delete(bucket, "gateway:rl:auth:ip:2001:db8:0:2::/64")
+
+
 # Redis unreachable --------------------------------------------------------------
 
 

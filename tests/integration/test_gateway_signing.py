@@ -21,6 +21,7 @@ from agora.config import Settings
 from gateway.deps import Gateway
 from tests.integration.conftest import ServiceProcess
 from tests.integration.gatewaykit import (
+    PASSWORD,
     Api,
     bearer,
     no_upstream_call,
@@ -176,6 +177,32 @@ async def test_api_clients_cannot_create_api_clients(api: Api, machine: dict[str
     await problem(response, 403, "permission-denied")
 
 
+async def test_a_client_gets_no_scope_its_creators_token_lacks(gw: Gateway, api: Api) -> None:
+    # An admin's token narrowed to administering clients cannot mint a client with
+    # the admin's other scopes (or any the admin does not hold, such as support).
+    narrowed = await api.client.post(
+        "/v1/auth/signin",
+        json={
+            "email": await register_admin(gw),
+            "password": PASSWORD,
+            "scope": "identity:admin profile",
+        },
+    )
+    assert narrowed.status == 200, await narrowed.text()
+    token = (await narrowed.json())["access_token"]
+    for wanted in (["admin", "audit:read"], ["support"]):
+        with no_upstream_call(gw):
+            response = await api.client.post(
+                "/v1/admin/api-clients",
+                json={"name": "wider", "scopes": wanted},
+                headers=bearer(token),
+            )
+            body = await problem(response, 403, "permission-denied")
+        assert wanted[0] in body["detail"]
+    # Within the token's scopes it is allowed.
+    assert (await create_client(api, token, ["profile"]))["scopes"] == ["profile"]
+
+
 # Refusals -------------------------------------------------------------------
 
 
@@ -249,6 +276,24 @@ async def test_query_changed_after_signing(gw: Gateway, api: Api, machine: dict[
             "/v1/admin/api-clients", params={"include_revoked": "true"}, headers=headers
         )
         await problem(response, 401, "signature-invalid")
+
+
+async def test_a_repeated_query_parameter_is_refused_not_read_as_its_first_value(
+    gw: Gateway, api: Api, machine: dict[str, Any]
+) -> None:
+    # The signature covers the values sorted (`false`, `true` either way round), so
+    # the first value read would be the sender's choice, not what was signed.
+    signed = [("include_revoked", "false"), ("include_revoked", "true")]
+    headers = {
+        **bearer(machine["token"]),
+        **signing.sign_headers(machine["client_secret"], "GET", "/v1/admin/api-clients", signed),
+    }
+    with no_upstream_call(gw):
+        response = await api.client.get(
+            "/v1/admin/api-clients", params=list(reversed(signed)), headers=headers
+        )
+        body = await problem(response, 400, "invalid-argument")
+    assert "include_revoked" in body["detail"]
 
 
 async def test_malformed_nonce(gw: Gateway, api: Api, machine: dict[str, Any]) -> None:

@@ -9,7 +9,18 @@ from gateway.schemas_orders import CompletePaymentRequest, PaymentRequest
 
 
 @pytest.mark.parametrize(
-    "pasted", ["4242424242424242", "4242 4242 4242 4242", "4000-0000-0000-0002", "378282246310005"]
+    "pasted",
+    [
+        "4242424242424242",
+        "4242 4242 4242 4242",
+        "4000-0000-0000-0002",
+        "378282246310005",
+        # Whitespace the PSP's tokenizer also looks through.
+        "4242424242424242\n",
+        "4242\t4242\t4242\t4242",
+        "4242\u00a04242\u00a04242\u00a04242",
+        "4242.4242.4242.4242",
+    ],
 )
 def test_a_card_number_where_a_token_belongs_is_refused(pasted: str) -> None:
     for schema in (PaymentRequest, CompletePaymentRequest):
