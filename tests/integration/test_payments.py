@@ -9,6 +9,7 @@ client-side PSP library would; the service only ever sees tokens.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -18,12 +19,15 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 from temporalio.worker import Worker
 
 from agora import temporal as platform_temporal
 from agora.config import Settings
+from agora.db import create_pool
 from agora.grpc import Channels
 from contracts.agora.payments.v1 import (
     GetPaymentRequest,
@@ -34,7 +38,9 @@ from contracts.agora.payments.v1 import (
 from tests.integration.conftest import ServiceProcess, Services
 from tests.integration.consumerkit import outbox_events
 from tests.integration.payments_workflow import PaymentStep, PaymentStepWorkflow
-from workers.payments.psp_sim import tokenize
+from workers.payments.errors import PaymentStateConflict
+from workers.payments.intents import PaymentIntents
+from workers.payments.psp_sim import RedisSimStore, SimulatedPsp, tokenize
 from workflows.payments import (
     AuthorizeInput,
     AuthorizeResult,
@@ -339,6 +345,47 @@ async def test_a_slow_psp_times_out_and_a_void_releases_the_late_authorization(
     await assert_balanced(payments, payment_id)
 
 
+async def test_slow_authorizations_hold_no_connection_so_voids_and_captures_go_ahead(
+    settings: Settings, redis: aioredis.Redis, payments_service: ServiceProcess
+) -> None:
+    # Payments' own code in-process on a pool of 3, with as many slow authorizations
+    # at the PSP: were each holding its connection there, the compensating void (and
+    # another order's capture) would wait for one until the PSP answered.
+    pool = await create_pool(settings, "payments", size=3)
+    intents = PaymentIntents(pool, SimulatedPsp(RedisSimStore(redis), slow_delay_s=5))
+    slow_tasks: list[asyncio.Task[AuthorizeResult]] = []
+    try:
+        other = await intents.authorize(authorization(amount=800))
+        slow = [authorization(SLOW) for _ in range(3)]
+        slow_tasks = [asyncio.create_task(intents.authorize(data)) for data in slow]
+        slow_ids = [payment_id_for(data.idempotency_key) for data in slow]
+        # Wait until all three are at the PSP (it has their authorizations; the answers wait).
+        while await redis.exists(*(f"payments:psp:auth:{p}" for p in slow_ids)) < len(slow_ids):
+            assert not any(t.done() for t in slow_tasks), [t.result() for t in slow_tasks]
+            await asyncio.sleep(0.05)
+
+        async def others() -> tuple[CaptureResult, VoidResult]:
+            return await asyncio.gather(
+                intents.capture(CaptureInput(new_key(), other.payment_id)),
+                intents.void(VoidInput(new_key(), slow_ids[0])),
+            )
+
+        meanwhile = asyncio.create_task(others())
+        done, _ = await asyncio.wait({meanwhile, *slow_tasks}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {meanwhile}, "the void and the capture waited for the slow authorizations"
+        captured, voided = meanwhile.result()
+        assert (captured.status, captured.amount_minor) == ("captured", 800)
+        assert (voided.status, voided.released_minor) == ("voided", 0)
+        # The late answers: the voided one is refused, the others are recorded.
+        outcomes = await asyncio.gather(*slow_tasks, return_exceptions=True)
+        assert isinstance(outcomes[0], PaymentStateConflict), outcomes[0]
+        assert [getattr(o, "status", o) for o in outcomes[1:]] == ["authorized", "authorized"]
+    finally:
+        for task in slow_tasks:
+            task.cancel()
+        await pool.close()
+
+
 # Void -----------------------------------------------------------------------
 
 
@@ -563,6 +610,58 @@ async def test_the_database_refuses_an_unbalanced_movement_and_any_edit(
         await db.execute(
             "UPDATE ledger_entries SET amount_minor = 1 WHERE payment_id = $1", payment_id
         )
+
+
+# Text PostgreSQL cannot hold -------------------------------------------------
+
+
+async def test_text_postgresql_cannot_hold_is_an_invalid_argument_on_the_read_api(
+    payments: PaymentsServiceStub,
+) -> None:
+    # A NUL would fail the query: UNKNOWN, as if payments were broken.
+    calls = [
+        payments.get_payment(GetPaymentRequest(order_id="order-\x00")),
+        payments.get_payment(GetPaymentRequest(order_id="o" * 201)),
+        payments.ledger_balance(LedgerBalanceRequest(currency="\x00")),
+        payments.ledger_balance(LedgerBalanceRequest(currency="eur")),
+    ]
+    for call in calls:
+        with pytest.raises(GRPCError) as caught:
+            await call
+        assert caught.value.status == GrpcStatus.INVALID_ARGUMENT, caught.value
+
+
+BAD_TEXT = {
+    "authorize-order-nul": lambda: PaymentStep(
+        "payments.authorize", authorization(order_id="order-\x00")
+    ),
+    "authorize-customer-nul": lambda: PaymentStep(
+        "payments.authorize", dataclasses.replace(authorization(), customer_id="c-\x00")
+    ),
+    "authorize-key-nul": lambda: PaymentStep("payments.authorize", authorization(key="k-\x00")),
+    "authorize-order-too-long": lambda: PaymentStep(
+        "payments.authorize", authorization(order_id="o" * 201)
+    ),
+    "capture-key-nul": lambda: PaymentStep(
+        "payments.capture", capture=CaptureInput("k-\x00", str(uuid.uuid4()))
+    ),
+    "void-key-nul": lambda: PaymentStep(
+        "payments.void", void=VoidInput("k-\x00", str(uuid.uuid4()))
+    ),
+    "refund-key-nul": lambda: PaymentStep(
+        "payments.refund", refund=RefundInput("k-\x00", str(uuid.uuid4()))
+    ),
+}
+
+
+@pytest.mark.parametrize("step", BAD_TEXT.values(), ids=BAD_TEXT.keys())
+async def test_text_postgresql_cannot_hold_fails_an_activity_at_once_and_for_good(
+    steps: Steps, step: Any
+) -> None:
+    # Not a retryable database error: a capture or void without a time budget
+    # would retry it for ever.
+    failure = await application_failure(steps.run(step()))
+    assert (failure.type, failure.non_retryable) == ("InvalidPaymentRequest", True)
 
 
 # Card data ------------------------------------------------------------------

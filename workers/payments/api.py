@@ -22,6 +22,7 @@ from contracts.agora.payments.v1 import (
 )
 from workers.payments import ledger
 from workers.payments.errors import PaymentNotFound
+from workers.payments.intents import checked_currency, checked_text
 from workers.payments.model import Status
 
 _STATUS = {
@@ -86,11 +87,13 @@ class PaymentsApi(PaymentsServiceBase):
                 _uuid(message.payment_id, "payment_id"),
             )
         elif which == "order_id" and message.order_id:
+            # Checked first: a NUL would fail the query (UNKNOWN), not find nothing.
+            order_id = checked_text(message.order_id, "order_id")
             # An order may have tried several cards: its latest intent answers.
             row = await self.pool.fetchrow(
                 "SELECT * FROM payment_intents WHERE order_id = $1"
                 " ORDER BY created_at DESC, payment_id LIMIT 1",
-                message.order_id,
+                order_id,
             )
         else:
             raise InvalidArgument("payment_id or order_id is required")
@@ -101,11 +104,13 @@ class PaymentsApi(PaymentsServiceBase):
     async def ledger_balance(self, message: LedgerBalanceRequest) -> LedgerBalanceResponse:
         if message.account and message.account not in ledger.Account.__members__.values():
             raise InvalidArgument(f"unknown ledger account {message.account!r}")
+        # Checked before it reaches PostgreSQL: a NUL in it would fail the query (UNKNOWN).
+        currency = checked_currency(message.currency) if message.currency else ""
         payment_id = _uuid(message.payment_id, "payment_id") if message.payment_id else None
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             # One snapshot: the sums and the intents they are checked against agree.
             report = await ledger.check(
-                conn, payment_id=payment_id, account=message.account, currency=message.currency
+                conn, payment_id=payment_id, account=message.account, currency=currency
             )
         by_currency = sorted(report.net_by_currency.items())
         nets = [Money(amount_minor=n, currency=c) for c, n in by_currency]

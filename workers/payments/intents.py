@@ -11,12 +11,14 @@ operations on one intent are serialized and the limits (captured <= authorized,
 refunded <= captured) are checked against the current state; they also lock
 their key (a transaction-scoped advisory lock), so one key sent for two intents
 at once reaches the PSP once and the other call is an IdempotencyKeyConflict.
-Authorization does not hold its lock: the "slow" card holds its answer longer
-than an activity may run, and a compensating void must not wait behind it.
-Instead the intent is committed as `pending` first, the PSP is called, and the
-answer is recorded in a second transaction; a void that comes in between
-cancels the authorization at the PSP (by the payment id, its PSP key) and marks
-the intent voided, and the late answer is then refused.
+Authorization does not hold its lock, nor a pooled connection, across its PSP
+call: the "slow" card holds its answer longer than an activity may run, and a
+compensating void (or any other payment's capture) must not wait behind it, for
+the lock or for one of the pool's few connections. Instead the intent is
+committed as `pending` first, the connection returned, the PSP called, and the
+answer recorded in a second transaction on a connection taken anew; a void that
+comes in between cancels the authorization at the PSP (by the payment id, its
+PSP key) and marks the intent voided, and the late answer is then refused.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ AGGREGATE = "payment"
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 # Keys are caller-chosen strings; bounded so a record stays an index entry.
 _MAX_KEY_LEN = 200
+# The same bound for the other caller-chosen text (order and customer ids, indexed too).
+_MAX_TEXT_LEN = 200
 _DECLINE_REASONS = {
     "insufficient_funds": DeclineReason.INSUFFICIENT_FUNDS,
     "card_expired": DeclineReason.CARD_EXPIRED,
@@ -103,10 +107,35 @@ def request_hash(operation: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def checked_text(value: str, name: str, *, max_len: int = _MAX_TEXT_LEN) -> str:
+    """`value` if PostgreSQL can store and compare it, else InvalidPaymentRequest.
+
+    PostgreSQL text holds no NUL and only UTF-8 (a lone surrogate, "\\ud800", is
+    none): such a value would fail its statement with a generic error, which an
+    activity retries (a capture or void without a time budget: for ever) and the
+    read API answers UNKNOWN. Refused here instead, never echoed (it may be card data).
+    """
+    if len(value) > max_len:
+        raise InvalidPaymentRequest(f"{name} must be at most {max_len} characters")
+    if "\x00" in value:
+        raise InvalidPaymentRequest(f"{name} must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidPaymentRequest(f"{name} must be valid Unicode text") from None
+    return value
+
+
+def checked_currency(currency: str) -> str:
+    if not _CURRENCY.fullmatch(currency):
+        raise InvalidPaymentRequest("currency must be an ISO 4217 code like EUR")
+    return currency
+
+
 def _key(key: str) -> str:
     if not key or len(key) > _MAX_KEY_LEN:
         raise InvalidPaymentRequest(f"idempotency_key must be 1..{_MAX_KEY_LEN} characters")
-    return key
+    return checked_text(key, "idempotency_key", max_len=_MAX_KEY_LEN)
 
 
 def _amount(amount_minor: int | None, *, optional: bool) -> int | None:
@@ -229,10 +258,11 @@ class PaymentIntents:
         key = _key(data.idempotency_key)
         amount = _amount(data.amount_minor, optional=False)
         assert amount is not None
-        if not _CURRENCY.fullmatch(data.currency):
-            raise InvalidPaymentRequest("currency must be an ISO 4217 code like EUR")
+        checked_currency(data.currency)
         if not data.order_id:
             raise InvalidPaymentRequest("order_id is required")
+        checked_text(data.order_id, "order_id")
+        checked_text(data.customer_id, "customer_id")
         try:
             card = self.psp.card(data.card_token)
         except InvalidCardToken:
@@ -249,85 +279,89 @@ class PaymentIntents:
                 "card_token": data.card_token,
             },
         )
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                # ON CONFLICT: an earlier attempt (or a void) made the row already.
-                await conn.execute(
-                    "INSERT INTO payment_intents (payment_id, order_id, customer_id, currency,"
-                    " status, requested_minor, card_token, card_brand, card_last4)"
-                    " VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8)"
-                    " ON CONFLICT (payment_id) DO NOTHING",
-                    payment_id,
-                    data.order_id,
-                    data.customer_id,
-                    data.currency,
-                    amount,
-                    card.token,
-                    card.brand,
-                    card.last4,
+        async with self.pool.acquire() as conn, conn.transaction():
+            # ON CONFLICT: an earlier attempt (or a void) made the row already.
+            await conn.execute(
+                "INSERT INTO payment_intents (payment_id, order_id, customer_id, currency,"
+                " status, requested_minor, card_token, card_brand, card_last4)"
+                " VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8)"
+                " ON CONFLICT (payment_id) DO NOTHING",
+                payment_id,
+                data.order_id,
+                data.customer_id,
+                data.currency,
+                amount,
+                card.token,
+                card.brand,
+                card.last4,
+            )
+            # Lock first, then look for a recorded result: a concurrent attempt that
+            # finished between the two would otherwise look like a conflict.
+            intent = await self._lock(conn, payment_id)
+            recorded = await self._recorded(conn, key, "authorize", digest)
+            if recorded is not None:
+                self._replay_failure(recorded)
+                return AuthorizeResult(**json.loads(recorded["result"]))
+            if intent is None or intent["status"] != Status.PENDING:
+                status = intent["status"] if intent else "gone"
+                raise PaymentStateConflict(f"payment {payment_id} is {status}")
+            # No result yet, but an attempt may be at the PSP: this one must ask
+            # for the same (the PSP answers it with the first one's authorization).
+            if _intent_request(intent) != (
+                data.order_id, data.customer_id, data.currency, amount, card.token
+            ):  # fmt: skip
+                raise IdempotencyKeyConflict(
+                    "this idempotency key was used for a different request"
                 )
-                # Lock first, then look for a recorded result: a concurrent attempt that
-                # finished between the two would otherwise look like a conflict.
-                intent = await self._lock(conn, payment_id)
-                recorded = await self._recorded(conn, key, "authorize", digest)
-                if recorded is not None:
-                    self._replay_failure(recorded)
-                    return AuthorizeResult(**json.loads(recorded["result"]))
-                if intent is None or intent["status"] != Status.PENDING:
-                    status = intent["status"] if intent else "gone"
-                    raise PaymentStateConflict(f"payment {payment_id} is {status}")
-                # No result yet, but an attempt may be at the PSP: this one must ask
-                # for the same (the PSP answers it with the first one's authorization).
-                if _intent_request(intent) != (
-                    data.order_id, data.customer_id, data.currency, amount, card.token
-                ):  # fmt: skip
-                    raise IdempotencyKeyConflict(
-                        "this idempotency key was used for a different request"
-                    )
 
-            # Outside any transaction: the PSP may be slow (see the module docstring).
-            try:
-                answer = await self.psp.authorize(
-                    key=str(payment_id),
-                    card_token=card.token,
+        # Outside any transaction and holding no connection: the PSP may be slow (see
+        # the module docstring), and a held connection would make captures and the
+        # compensating voids of other payments wait for one of the pool's few. Nothing
+        # is held across the call: the pending intent, committed above, is what a
+        # retry (compared with it) and a void (which cancels it) find meanwhile, and
+        # the answer is recorded only if the intent is still pending below.
+        try:
+            answer = await self.psp.authorize(
+                key=str(payment_id),
+                card_token=card.token,
+                amount_minor=amount,
+                currency=data.currency,
+            )
+        except PspRejected:
+            raise PaymentStateConflict(f"payment {payment_id} was voided") from None
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            intent = await self._lock(conn, payment_id)
+            recorded = await self._recorded(conn, key, "authorize", digest)
+            if recorded is not None:  # a concurrent attempt recorded it first
+                self._replay_failure(recorded)
+                return AuthorizeResult(**json.loads(recorded["result"]))
+            if intent is None or intent["status"] != Status.PENDING:
+                status = intent["status"] if intent else "gone"
+                raise PaymentStateConflict(f"payment {payment_id} is {status}")
+            failure = await self._record_authorization(
+                conn, payment_id, key, digest, data, amount, answer, workflow
+            )
+            if failure is None:
+                result = AuthorizeResult(
+                    payment_id=str(payment_id),
+                    order_id=data.order_id,
+                    status=str(Status.AUTHORIZED),
                     amount_minor=amount,
                     currency=data.currency,
+                    card_brand=card.brand,
+                    card_last4=card.last4,
+                    psp_reference=answer.reference if isinstance(answer, Authorized) else "",
                 )
-            except PspRejected:
-                raise PaymentStateConflict(f"payment {payment_id} was voided") from None
-
-            async with conn.transaction():
-                intent = await self._lock(conn, payment_id)
-                recorded = await self._recorded(conn, key, "authorize", digest)
-                if recorded is not None:  # a concurrent attempt recorded it first
-                    self._replay_failure(recorded)
-                    return AuthorizeResult(**json.loads(recorded["result"]))
-                if intent is None or intent["status"] != Status.PENDING:
-                    status = intent["status"] if intent else "gone"
-                    raise PaymentStateConflict(f"payment {payment_id} is {status}")
-                failure = await self._record_authorization(
-                    conn, payment_id, key, digest, data, amount, answer, workflow
+                await self._record(
+                    conn,
+                    key=key,
+                    operation="authorize",
+                    payment_id=payment_id,
+                    digest=digest,
+                    outcome="ok",
+                    result=asdict(result),
                 )
-                if failure is None:
-                    result = AuthorizeResult(
-                        payment_id=str(payment_id),
-                        order_id=data.order_id,
-                        status=str(Status.AUTHORIZED),
-                        amount_minor=amount,
-                        currency=data.currency,
-                        card_brand=card.brand,
-                        card_last4=card.last4,
-                        psp_reference=answer.reference if isinstance(answer, Authorized) else "",
-                    )
-                    await self._record(
-                        conn,
-                        key=key,
-                        operation="authorize",
-                        payment_id=payment_id,
-                        digest=digest,
-                        outcome="ok",
-                        result=asdict(result),
-                    )
         if failure is not None:
             log.info(
                 "payment not authorized",
