@@ -18,8 +18,9 @@ from tests.integration.auditkit import make_envelope
 from tests.integration.conftest import Services
 from tests.integration.consumerkit import decoded
 from workers.audit import checkpoints
-from workers.audit.chain import ChainWriter
+from workers.audit.chain import ChainWriter, Incoming, append_in
 from workers.audit.consumer import AuditConsumer
+from workers.audit.envelopes import check
 from workers.audit.signing import load_signer
 from workers.audit.verification import verify_chain
 
@@ -81,3 +82,24 @@ async def test_checkpoints_catch_up_with_a_long_log_a_bounded_run_at_a_time(
     assert [last - start for start, last in signed] == [2, 2], (signed, head)
     assert signed[1][0] == signed[0][1]  # the second run went on from the first's
     assert signed[1][1] < head
+
+
+async def test_recorded_at_grows_with_the_log_sequence_whoever_began_first(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    # An appender whose transaction began first but won the head's lock second: its
+    # row must not be stamped earlier than the row before it.
+    early = make_envelope()
+    [(_, record)] = decoded("identity.events", early)
+    item = Incoming(check(early, bytes(record.value)), bytes(record.value), record.topic)
+    async with pool.acquire() as slow, slow.transaction():
+        await slow.execute("SELECT 1")  # its transaction (and now()) begins here
+        await AuditConsumer(ChainWriter(pool)).handle_batch(
+            decoded("identity.events", make_envelope())
+        )
+        await append_in(slow, [item])
+    rows = await pool.fetch(
+        "SELECT log_sequence, recorded_at FROM audit_log ORDER BY log_sequence DESC LIMIT 2"
+    )
+    newer, older = rows
+    assert newer["recorded_at"] >= older["recorded_at"], rows

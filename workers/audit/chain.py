@@ -162,7 +162,11 @@ async def append_in(conn: asyncpg.Connection, items: Sequence[Incoming]) -> Appe
 
     rows: list[tuple[object, ...]] = []
     anomalies: list[SequenceAnomaly] = []
-    recorded_at = await conn.fetchval("SELECT now()")
+    # The time the head's lock was won, not the transaction's start (now()): appends
+    # are serialized by that lock, so recorded_at grows with log_sequence, and a row
+    # never lands in an older month's partition than the row before it (retention
+    # detaches whole months: such a row would be cut out of the middle of the chain).
+    recorded_at = await conn.fetchval("SELECT clock_timestamp()")
     for item in fresh:
         env = item.checked.envelope
         sequence += 1
