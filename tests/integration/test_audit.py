@@ -42,10 +42,11 @@ from tests.integration.auditkit import make_envelope, publish, recorded, superus
 from tests.integration.conftest import Services
 from tests.integration.consumerkit import decoded
 from tests.integration.waiting import eventually
+from workers.audit import verification
 from workers.audit.chain import ChainWriter
 from workers.audit.consumer import AuditConsumer
 from workers.audit.signing import PublicKey, statement
-from workers.audit.verification import beyond_head
+from workers.audit.verification import before_first, beyond_head, verify_chain
 from workflows.audit import CHECKPOINT_SCHEDULE_ID, SignCheckpointWorkflow
 from workflows.audit import TASK_QUEUE as AUDIT_QUEUE
 from workflows.identity import (
@@ -439,6 +440,126 @@ async def test_a_rewritten_column_is_caught_even_with_the_hash_intact(
             row["log_sequence"],
         )
         await conn.close()
+
+
+async def insert_copy(conn: asyncpg.Connection, row: asyncpg.Record, **changes: object) -> None:
+    """Insert row `row` again, with `changes` (as whoever `conn` is: no trigger guards INSERT)."""
+    values = {**dict(row), **changes}
+    columns = ", ".join(values)  # the log's own column names
+    params = ", ".join(f"${n}" for n in range(1, len(values) + 1))
+    await conn.execute(f"INSERT INTO audit_log ({columns}) VALUES ({params})", *values.values())
+
+
+async def test_a_second_row_with_a_sequence_is_named_even_where_a_chunk_of_the_walk_ends(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    audit: AuditServiceStub,
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    account_id, _, _ = await register(client)
+    [row] = await account_events(pool, account_id)
+    await register(client)  # a row after it, so it is not the head
+    target = int(row["log_sequence"])
+    # The primary key is (log_sequence, recorded_at): another recorded_at makes a second row.
+    forged_at = row["recorded_at"] + timedelta(microseconds=1)
+    key = PublicKey.parse((await audit.get_public_key(GetPublicKeyRequest())).public_key_pem)
+    conn = await superuser(settings)
+    try:
+        await insert_copy(conn, row, recorded_at=forged_at)
+        answer = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
+        assert (answer.ok, answer.first_bad_sequence) == (False, target), answer.failure
+        assert f"sequence {target} appears twice in the log" in answer.failure
+        # A chunk of the walk that ends at the sequence does not let its second row by.
+        monkeypatch.setattr(verification, "CHUNK", target)
+        walked = await verify_chain(pool, key, from_genesis=True)
+        assert (walked.ok, walked.first_bad_sequence) == (False, target), walked.failure
+        assert f"sequence {target} appears twice in the log" in walked.failure
+    finally:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(
+            "DELETE FROM audit_log WHERE log_sequence = $1 AND recorded_at = $2", target, forged_at
+        )
+        await conn.close()
+    verified = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
+    assert verified.ok, verified.failure
+
+
+async def test_a_row_below_sequence_1_is_refused_to_the_service_and_the_superuser(
+    settings: Settings, pool: asyncpg.Pool, client: Client
+) -> None:
+    # A row at 0 (or below) would come first in its aggregate's queries and exports.
+    account_id, _, _ = await register(client)
+    [row] = await account_events(pool, account_id)
+    conn = await superuser(settings)
+    try:
+        await conn.execute("SET session_replication_role = replica")  # no triggers: the CHECK
+        for sequence in (0, -1):
+            with pytest.raises(asyncpg.CheckViolationError):
+                await insert_copy(conn, row, log_sequence=sequence)
+        async with pool.acquire() as service:
+            with pytest.raises(asyncpg.CheckViolationError):
+                await insert_copy(service, row, log_sequence=0)
+    finally:
+        await conn.execute("DELETE FROM audit_log WHERE log_sequence < 1")
+        await conn.close()
+
+
+async def test_a_second_row_is_named_when_a_missing_row_evens_out_the_count(
+    settings: Settings, pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
+) -> None:
+    rows = []
+    for _ in range(2):
+        account_id, _, _ = await register(client)
+        rows += await account_events(pool, account_id)
+    await account_events(pool, (await register(client))[0])  # a row after them: not the head
+    repeated, missing = rows
+    forged_at = repeated["recorded_at"] + timedelta(microseconds=1)
+    conn = await superuser(settings)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await insert_copy(conn, repeated, recorded_at=forged_at)
+        await conn.execute("DELETE FROM audit_log WHERE log_sequence = $1", missing["log_sequence"])
+        answer = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
+        assert (answer.ok, answer.first_bad_sequence) == (False, repeated["log_sequence"])
+        assert "appears more than once" in answer.failure
+    finally:
+        await conn.execute(
+            "DELETE FROM audit_log WHERE log_sequence = $1 AND recorded_at = $2",
+            repeated["log_sequence"],
+            forged_at,
+        )
+        if not await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE log_sequence = $1", missing["log_sequence"]
+        ):
+            await insert_copy(conn, missing)
+        await conn.close()
+    verified = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
+    assert verified.ok, verified.failure
+
+
+async def test_verification_names_a_row_below_sequence_1(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    # Only a log without the CHECK (before migration 0003) can hold one: the
+    # constraint is dropped inside a transaction that is rolled back.
+    row = await pool.fetchrow("SELECT * FROM audit_log ORDER BY log_sequence LIMIT 1")
+    conn = await superuser(settings)
+    rolled_back = conn.transaction()
+    await rolled_back.start()
+    try:
+        assert await before_first(conn) == ""
+        await conn.execute("ALTER TABLE audit_log DROP CONSTRAINT audit_log_sequence_positive")
+        await insert_copy(conn, row, log_sequence=0)
+        assert await before_first(conn) == "the log holds a row at sequence 0, before its first (1)"
+        await insert_copy(conn, row, log_sequence=-3)
+        assert await before_first(conn) == (
+            "the log holds 2 rows before its first sequence (1), down to sequence -3"
+        )
+    finally:
+        await rolled_back.rollback()
+        await conn.close()
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE log_sequence < 1") == 0
 
 
 # Queries and export -----------------------------------------------------------

@@ -4,8 +4,10 @@ Starts from the last checkpoint whose signature verifies under the trusted
 public key (or from genesis) and walks the log in sequence order. A row is bad
 when its sequence is missing, when its hash is not SHA-256(previous hash ||
 canonical bytes), when it links to a hash its predecessor does not have, when a
-signed checkpoint inside the range disagrees, or when a column that queries use
-(event id, aggregate, workflow, trace) differs from its own canonical bytes.
+signed checkpoint inside the range disagrees, when a column that queries use
+(event id, aggregate, workflow, trace) differs from its own canonical bytes, or
+when a sequence in the range is held by more than one row. A row below sequence 1
+fails every verification (the table's CHECK refuses one since migration 0003).
 
 Every failed verification (the API's, the CLI's, the one before each scheduled
 checkpoint) is logged as an error and counted in `agora_audit_verification_failures`,
@@ -122,12 +124,24 @@ async def _verify(
                 failure=truncated,
                 start_checkpoint=start,
             )
+        outside = await before_first(conn)
+        if outside:
+            return Verification(
+                ok=False,
+                first_sequence=start.log_sequence if start else 0,
+                last_sequence=last,
+                records_checked=0,
+                first_bad_sequence=1,
+                failure=outside,
+                start_checkpoint=start,
+            )
         anchors = {
             c.log_sequence: c
             for c in await checkpoints.in_range(conn, start.log_sequence if start else 0, last)
             if c.verifies_with(trusted_key)
         }
-        return await _walk(conn, start, anchors, last)
+        first = max(start.log_sequence, 1) if start else 1
+        return await _walk(conn, start, anchors, last, await _repeated(conn, first, last))
 
 
 async def beyond_head(conn: asyncpg.Connection, trusted_key: PublicKey, head: int) -> str:
@@ -147,14 +161,61 @@ async def beyond_head(conn: asyncpg.Connection, trusted_key: PublicKey, head: in
     return ""
 
 
+async def before_first(conn: asyncpg.Connection) -> str:
+    """Why the log holds rows below sequence 1 ("" when it does not): outside every
+    walk, such a row would still come first in its aggregate's queries and exports."""
+    below = await conn.fetchrow(
+        "SELECT count(*) AS n, min(log_sequence) AS lowest FROM audit_log WHERE log_sequence < 1"
+    )
+    if not below["n"]:
+        return ""
+    if below["n"] == 1:
+        return f"the log holds a row at sequence {below['lowest']}, before its first (1)"
+    return (
+        f"the log holds {below['n']} rows before its first sequence (1),"
+        f" down to sequence {below['lowest']}"
+    )
+
+
+def _appears(sequence: int, times: int) -> str:
+    return f"sequence {sequence} appears {'twice' if times == 2 else f'{times} times'} in the log"
+
+
+async def _repeated(conn: asyncpg.Connection, first: int, last: int) -> tuple[int, int] | None:
+    """The lowest sequence in [first, last] held by more than one row, and by how many.
+
+    The primary key (log_sequence, recorded_at) lets a second row in under another
+    recorded_at. Counting the range (its primary-key index, nothing more) costs
+    little; only a count above one row per sequence looks for which sequence it is.
+    A count short of it means a sequence is missing, which the walk names."""
+    rows = await conn.fetchval(
+        "SELECT count(*) FROM audit_log WHERE log_sequence >= $1 AND log_sequence <= $2",
+        first,
+        last,
+    )
+    if rows <= last - first + 1:
+        return None
+    repeated = await conn.fetchrow(
+        """SELECT log_sequence, count(*) AS times FROM audit_log
+           WHERE log_sequence >= $1 AND log_sequence <= $2
+           GROUP BY log_sequence HAVING count(*) > 1 ORDER BY log_sequence LIMIT 1""",
+        first,
+        last,
+    )
+    return int(repeated["log_sequence"]), int(repeated["times"])
+
+
 async def _walk(
     conn: asyncpg.Connection,
     start: StoredCheckpoint | None,
     anchors: dict[int, StoredCheckpoint],
     last: int,
+    repeated: tuple[int, int] | None,
 ) -> Verification:
     # From a checkpoint at N, row N itself is recomputed and must give the signed hash.
     first = max(start.log_sequence, 1) if start else 1
+    # A repeated sequence is named unless the walk finds something wrong before it.
+    end = repeated[0] - 1 if repeated else last
     expected_seq = first
     prev: bytes | None = None if start and start.log_sequence > 0 else GENESIS_HASH
     prev_self_consistent = True
@@ -168,18 +229,34 @@ async def _walk(
 
     if 0 in anchors and anchors[0].head_hash != GENESIS_HASH:
         return fail(1, "checkpoint at 0 does not sign the genesis hash")
-    while expected_seq <= last:
-        rows = await conn.fetch(
-            """SELECT * FROM audit_log WHERE log_sequence >= $1 AND log_sequence <= $2
-               ORDER BY log_sequence LIMIT $3""",
-            expected_seq,
-            last,
-            CHUNK,
-        )
+    # Chunks go on from the last row's whole key, so a second row with the sequence
+    # that ends a chunk starts the next one instead of being skipped.
+    after: tuple[int, object] | None = None
+    while expected_seq <= end:
+        if after is None:
+            rows = await conn.fetch(
+                """SELECT * FROM audit_log WHERE log_sequence >= $1 AND log_sequence <= $2
+                   ORDER BY log_sequence, recorded_at LIMIT $3""",
+                expected_seq,
+                end,
+                CHUNK,
+            )
+        else:
+            rows = await conn.fetch(
+                """SELECT * FROM audit_log
+                   WHERE (log_sequence, recorded_at) > ($1, $2) AND log_sequence <= $3
+                   ORDER BY log_sequence, recorded_at LIMIT $4""",
+                *after,
+                end,
+                CHUNK,
+            )
         if not rows:
             return fail(expected_seq, f"sequence {expected_seq} is missing from the log")
+        after = (int(rows[-1]["log_sequence"]), rows[-1]["recorded_at"])
         for row in rows:
             sequence = int(row["log_sequence"])
+            if sequence < expected_seq:  # rows come in key order: the one just walked
+                return fail(sequence, f"sequence {sequence} appears more than once in the log")
             if sequence != expected_seq:
                 return fail(expected_seq, f"sequence {expected_seq} is missing from the log")
             stored_prev, stored_hash = bytes(row["prev_hash"]), bytes(row["hash"])
@@ -214,4 +291,6 @@ async def _walk(
             prev_self_consistent = self_consistent
             checked += 1
             expected_seq += 1
+    if repeated:
+        return fail(repeated[0], _appears(*repeated))
     return Verification(True, first, last, checked, 0, "", start, used_anchors, prev or b"")
