@@ -61,7 +61,7 @@ class AuditActivities:
         sign what was verified: a checkpoint over a broken chain would vouch for the
         break, and one past what was verified would vouch for unchecked rows."""
         async with self._pool.acquire() as conn:
-            since = await checkpoints.latest(conn)
+            since = await checkpoints.latest(conn, key_id=self._signer.public_key.key_id)
         start = since.log_sequence if since is not None else 0
         verified = await verify_chain(
             self._pool, self._signer.public_key, to_sequence=start + max(data.max_rows, 1)

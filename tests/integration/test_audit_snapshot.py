@@ -3,6 +3,7 @@ bounded checkpoint runs over a long log."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -21,7 +22,7 @@ from workers.audit import checkpoints
 from workers.audit.chain import ChainWriter, Incoming, append_in
 from workers.audit.consumer import AuditConsumer
 from workers.audit.envelopes import check
-from workers.audit.signing import load_signer
+from workers.audit.signing import CheckpointSigner, load_signer
 from workers.audit.verification import verify_chain
 
 pytestmark = pytest.mark.integration
@@ -103,3 +104,28 @@ async def test_recorded_at_grows_with_the_log_sequence_whoever_began_first(
     )
     newer, older = rows
     assert newer["recorded_at"] >= older["recorded_at"], rows
+
+
+async def test_after_a_signing_key_rotation_checkpoints_go_on_under_the_new_key(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    # Checkpoints signed by the old key neither start a verification under the new
+    # key nor fail it: the first run under the new key verifies from genesis (in
+    # bounded runs), and later ones from its own checkpoints.
+    old = load_signer(settings)
+    new = CheckpointSigner(os.urandom(32))
+    await AuditConsumer(ChainWriter(pool)).handle_batch(decoded("identity.events", make_envelope()))
+    await checkpoints.sign_head(pool, old, f"before-rotation-{uuid.uuid4()}")
+    rotated = AuditActivities(pool, new)
+    made = await ActivityEnvironment().run(
+        rotated.sign_checkpoint, SignCheckpointInput(f"rotated-{uuid.uuid4()}", max_rows=3)
+    )
+    assert (made.key_id, made.log_sequence) == (new.public_key.key_id, 3)  # from genesis
+    verified = await verify_chain(pool, new.public_key)
+    assert verified.ok, verified.failure
+    assert verified.start_checkpoint is not None
+    assert verified.start_checkpoint.key_id == new.public_key.key_id
+    # The old key's checkpoints still verify the chain for whoever trusts that key.
+    assert (await verify_chain(pool, old.public_key)).ok
+    # The platform's own key signs last again, for the tests after this one.
+    await checkpoints.sign_head(pool, old, f"after-rotation-{uuid.uuid4()}")

@@ -84,13 +84,16 @@ async def sign_head(
 
 
 async def latest(
-    conn: asyncpg.Connection, *, at_most: int | None = None
+    conn: asyncpg.Connection, *, at_most: int | None = None, key_id: str | None = None
 ) -> StoredCheckpoint | None:
+    """The newest checkpoint (at or below `at_most`; signed by `key_id`, if given)."""
     row = await conn.fetchrow(
         f"""SELECT {_COLUMNS} FROM audit_checkpoints
-            WHERE $1::bigint IS NULL OR log_sequence <= $1
+            WHERE ($1::bigint IS NULL OR log_sequence <= $1)
+              AND ($2::text IS NULL OR key_id = $2)
             ORDER BY log_sequence DESC, id DESC LIMIT 1""",
         at_most,
+        key_id,
     )
     return _from_row(row) if row is not None else None
 

@@ -101,7 +101,10 @@ async def _verify(
         last = min(to_sequence, head) if to_sequence > 0 else head
         start: StoredCheckpoint | None = None
         if not from_genesis:
-            start = await checkpoints.latest(conn, at_most=last)
+            # Checkpoints signed by another key (before a key rotation) are neither a
+            # start nor a failure; one that claims the trusted key and does not
+            # verify under it is forged.
+            start = await checkpoints.latest(conn, at_most=last, key_id=trusted_key.key_id)
             if start is not None and not start.verifies_with(trusted_key):
                 return Verification(
                     ok=False,
