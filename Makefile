@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := AGORA_PROFILE=test
 PYTEST_ARGS ?=
 
-.PHONY: help venv run seed stop status test test-unit test-integration test-deploy helm lint bench load chaos protos logs clean-state browser-deps
+.PHONY: help venv run seed stop status test test-unit test-deploy helm lint bench load chaos protos logs browser-deps
 
 help:
 	@echo "make run     install everything, start the local platform, print its URLs"
@@ -18,7 +18,10 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> Python environment ($(VENV))"
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# A venv whose creation failed half-way (no python3-venv: it has a python, no pip)
+	@# is made again, not reused for ever.
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } \
+	  || { echo "Creating $(VENV) failed: install python3-venv (apt-get install python3-venv), then run make again." >&2; rm -rf $(VENV); exit 1; }
 	@$(PY) -m pip install --progress-bar off -q --upgrade pip
 	@$(PY) -m pip install --progress-bar off -e '.[dev]'
 	@touch $@
@@ -73,10 +76,11 @@ lint: venv
 	@$(PY) -m ruff format --check .
 	@$(PY) -m mypy agora stack workers workflows activities gateway bench
 
+# Needs the platform running (`make run`): it starts its own gateway and services.
 bench: venv
 	@$(PY) -m bench
 
-# Stepped open-model load on the running, seeded platform until p99 passes 200 ms
+# Stepped open-model load on the running, seeded platform (`make run` first) until p99 passes 200 ms
 # (docs/benchmarks.md); LOAD_ARGS="--step 60 --warmup 15" etc. Not part of `make bench`.
 LOAD_ARGS ?=
 load: venv

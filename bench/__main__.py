@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -89,6 +90,17 @@ def run_scenarios(names: list[str], settings: Settings) -> dict[str, dict[str, A
     return results
 
 
+def _infrastructure_down(settings: config.Settings) -> list[str]:
+    """The stores and servers the scenarios need that do not accept connections."""
+    down = []
+    for name in ("postgres", "redis", "kafka", "elasticsearch", "temporal"):
+        try:
+            socket.create_connection((settings.host, settings.ports[name]), timeout=1).close()
+        except OSError:
+            down.append(name)
+    return down
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = config.load(service="bench")
     # Library warnings (the SDK's, aiohttp's) as JSON lines like every service's.
@@ -103,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], metavar="scenario")
     args = parser.parse_args(argv)
     names = args.scenarios or list(SCENARIOS)
+    down = _infrastructure_down(settings)
+    if down:
+        # The scenarios start their own gateway and services, not the stores under them.
+        raise SystemExit(f"{', '.join(down)} not running: start the platform first (make run)")
     started = datetime.now(UTC)
     meta = {
         "started": started.isoformat(timespec="seconds"),

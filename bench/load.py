@@ -14,7 +14,7 @@ gateway under an open-model load at stepped rates, until p99 passes the limit.
 * At every step: the gateway's Server-Timing stages per request kind and the CPU
   seconds of each process of the stack (and of this generator) over the window.
 
-Needs the platform running and seeded (`python -m stack up --platform`, `make seed`):
+Needs the platform running and seeded (`make run`):
 it loads the stack's own gateway with its configured limits and tracing.
 Writes reports/load-<UTC>.md and .json.
 """
@@ -198,9 +198,7 @@ def _progress(n: int, step: StepSummary, p99_ms: float) -> str:
 async def run(settings: Settings, options: Options) -> dict[str, Any]:
     base = f"http://{settings.host}:{settings.ports['gateway']}"
     if not http_ok(f"{base}/readyz"):
-        raise SystemExit(
-            f"no gateway at {base}: start the platform (python -m stack up --platform)"
-        )
+        raise SystemExit(f"no gateway at {base}: start the platform first (make run)")
     rng = random.Random(options.seed)
     skus = [p.sku for p in generate(options.products)]
     order_skus = random.Random(options.seed).sample(skus, options.order_skus)

@@ -80,6 +80,8 @@ def all_components(with_platform: bool) -> list[Component]:
 
 def cmd_up(ctx: Context, args: argparse.Namespace) -> None:
     components = select(all_components(args.platform), args.names)
+    for component in components:
+        component.preflight(ctx)
     install_debian_packages(components, ctx)
     compile_code()  # for the platform's processes and for the tests' own
     timings = {}
@@ -109,7 +111,11 @@ def print_urls(ctx: Context, components: list[Component]) -> None:
     for label in ("gateway", "temporal-ui", "jaeger", "prometheus"):
         if label in urls:
             print(f"  {label:<16} {urls[label]}")
-    print("\nStop with `make stop`; see what runs with `make status`.")
+    if ctx.settings.profile == "dev":
+        print("\nStop with `make stop`; see what runs with `make status`.")
+    else:
+        profile = f"AGORA_PROFILE={ctx.settings.profile} .venv/bin/python -m stack"
+        print(f"\nStop with `{profile} down`; see what runs with `{profile} status`.")
 
 
 def cmd_down(ctx: Context, args: argparse.Namespace) -> None:

@@ -17,6 +17,11 @@ class Component:
     debian_packages: tuple[str, ...] = ()
     start_timeout: float = 60.0
 
+    def preflight(self, ctx: Context) -> None:
+        """Fail now (ComponentError with a hint) if a tool that `install` or `start` will
+        need is missing: `stack up` asks every component before installing any, so a
+        missing JDK is reported in seconds, not after minutes of other builds."""
+
     def installed(self, ctx: Context) -> bool:
         """True when everything `start` needs is on disk (no download needed)."""
         return True

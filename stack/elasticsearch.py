@@ -46,11 +46,17 @@ def java_home() -> str:
 class Elasticsearch(Component):
     name = "elasticsearch"
     ports = ("elasticsearch", "elasticsearch_transport")
-    debian_packages = ("acl",)
+    # setfacl (the data folder's ACL) and unzip (the distribution is a zip).
+    debian_packages = ("acl", "unzip")
     start_timeout = 120
 
     def home(self, ctx: Context) -> Path:
         return ctx.cache / "elasticsearch" / VERSION
+
+    def preflight(self, ctx: Context) -> None:
+        if not (self.home(ctx) / ".agora-complete").exists():
+            which(self.name, "mvn", hint="apt-get install maven")
+        java_home()
 
     def installed(self, ctx: Context) -> bool:
         return (self.home(ctx) / ".agora-complete").exists() and shutil.which("setfacl") is not None

@@ -38,6 +38,11 @@ class Kafka(Component):
     def installed(self, ctx: Context) -> bool:
         return (self.home(ctx) / ".agora-complete").exists()
 
+    def preflight(self, ctx: Context) -> None:
+        if not self.installed(ctx):
+            which(self.name, "mvn", hint="apt-get install maven")
+        self._java()
+
     def install(self, ctx: Context) -> None:
         which(self.name, "mvn", hint="apt-get install maven")
         run_step(self.name, ["bash", FETCH, ctx.cache], ctx=ctx, env=_fetch_env("kafka"), tee=True)

@@ -7,10 +7,12 @@ second run finds them stamped and builds nothing.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from pathlib import Path
 
 from agora.config import REPO_ROOT
-from stack.base import Context, run_step, which
+from stack.base import ComponentError, Context, run_step, which
 from stack.component import Component, http_ok
 
 BUILD = REPO_ROOT / "deploy" / "local" / "build_go_tools.sh"
@@ -37,6 +39,17 @@ def telemetry_env(ctx: Context) -> dict[str, str]:
     }
 
 
+# The builds use `go get -tool` (Go 1.24). Debian 12's `golang` package is Go 1.19.
+MIN_GO = (1, 24)
+GO_HINT = "install Go 1.24 or newer from https://go.dev/dl/ and put its bin/ on PATH"
+
+
+def _go_version(text: str) -> tuple[int, int]:
+    """(major, minor) of "go1.24.3" (or "go1.25rc1"); (0, 0) when it is not one."""
+    match = re.match(r"go(\d+)\.(\d+)", text)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
 class GoBinary(Component):
     binary = ""
 
@@ -48,15 +61,23 @@ class GoBinary(Component):
         # it answers "cached" in milliseconds when they do.
         return _built
 
+    def preflight(self, ctx: Context) -> None:
+        go = which(self.name, "go", hint=GO_HINT)
+        found = subprocess.run(
+            [go, "env", "GOVERSION"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if _go_version(found) < MIN_GO:
+            raise ComponentError(
+                self.name,
+                f"found {found or 'a go that does not say its version'},"
+                f" need go{MIN_GO[0]}.{MIN_GO[1]} or newer",
+                hint=GO_HINT,
+            )
+
     def install(self, ctx: Context) -> None:
         global _built
         if _built:
             return
-        which(
-            self.name,
-            "go",
-            hint="install Go (https://go.dev/doc/install) or apt-get install golang",
-        )
         run_step(self.name, ["bash", BUILD, ctx.cache], ctx=ctx, env=dict(os.environ), tee=True)
         _built = True
 
