@@ -11,6 +11,7 @@ so it sees it) and turns domain errors into the error's status.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import time
@@ -96,19 +97,28 @@ def _wrap(func: StreamFunc, method: str) -> StreamFunc:
             context=parent,
             kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.method": method, "peer.service": peer_cn()},
+            # The status is set below: a caller's error (NOT_FOUND, INVALID_ARGUMENT) is
+            # not the server failing, and the SDK's default marks every raise an ERROR.
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             try:
                 await func(stream)
             except DomainError as exc:
                 code = exc.grpc_status
+                if exc.grpc_status in _SERVER_FAULTS:
+                    span.set_status(StatusCode.ERROR, exc.detail or exc.grpc_status.name)
                 raise GRPCError(exc.grpc_status, exc.detail) from None
             except GRPCError as exc:
                 code = exc.status
                 if exc.status in _SERVER_FAULTS:
                     span.set_status(StatusCode.ERROR, exc.message or exc.status.name)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 code = Status.UNKNOWN
+                if not isinstance(exc, asyncio.CancelledError):
+                    span.record_exception(exc)
+                    span.set_status(StatusCode.ERROR, type(exc).__name__)
                 raise
             finally:
                 _peer_cn.reset(token)

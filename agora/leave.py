@@ -49,6 +49,11 @@ def run_and_leave(main: Callable[[], int | None]) -> NoReturn:
     except KeyboardInterrupt:
         code = 130
     except BaseException:  # what the interpreter would print, then its status 1
-        traceback.print_exc()
+        if logging.getLogger().handlers:
+            # Logging is set up (JSON lines with service and level): the crash goes
+            # there too, one line a log pipeline can read, not a bare traceback.
+            logging.getLogger("agora").critical("crashed", exc_info=True)
+        else:
+            traceback.print_exc()
         code = 1
     leave(code)

@@ -6,6 +6,7 @@ OTel Prometheus reader), so code records every metric once, with the OTel API.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,15 +108,52 @@ class WithoutTransactionFraming(Sampler):
         return f"WithoutTransactionFraming{{{self._delegate.get_description()}}}"
 
 
-def sampler(settings: Settings) -> Sampler:
+class _OwnCoin(Sampler):
+    """Keeps `ratio` of what it is asked about by a random draw of its own. For the
+    traces clients start at the public edge: a client chooses its traceparent's
+    sampled flag and trace id, so neither may decide (TraceIdRatioBased on a chosen
+    id keeps it every time), or any client could have every request traced."""
+
+    def __init__(self, ratio: float):
+        self._ratio = ratio
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        keep = self._ratio >= 1.0 or random.random() < self._ratio
+        if not keep:
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+
+    def get_description(self) -> str:
+        return f"OwnCoin{{{self._ratio}}}"
+
+
+def sampler(settings: Settings, *, edge: bool = False) -> Sampler:
     """Head sampling: the trace's first span decides (AGORA_TRACE_SAMPLE_RATIO, 1.0
     locally and in staging, 0.1 in production) and every later hop follows the
-    caller's decision, so a trace is kept whole or not at all. With tracing off
-    nothing is recorded, whatever the caller decided. BEGIN/COMMIT-like statements
-    are never recorded (TRANSACTION_FRAMING)."""
+    caller's decision, so a trace is kept whole or not at all. At the public edge
+    (`edge`: the gateway) a client's traceparent is continued (its trace id) but its
+    decision is not taken: the edge draws its own. With tracing off nothing is
+    recorded, whatever the caller decided. BEGIN/COMMIT-like statements are never
+    recorded (TRANSACTION_FRAMING)."""
     if not settings.tracing_enabled:
         return ALWAYS_OFF
-    return WithoutTransactionFraming(ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)))
+    ratio = settings.trace_sample_ratio
+    if edge:
+        own = _OwnCoin(ratio)
+        decides = ParentBased(
+            TraceIdRatioBased(ratio), remote_parent_sampled=own, remote_parent_not_sampled=own
+        )
+        return WithoutTransactionFraming(decides)
+    return WithoutTransactionFraming(ParentBased(TraceIdRatioBased(ratio)))
 
 
 def setup_telemetry(settings: Settings, service: str) -> Telemetry:
@@ -131,7 +169,9 @@ def setup_telemetry(settings: Settings, service: str) -> Telemetry:
             "deployment.environment": settings.profile,
         }
     )
-    tracer_provider = TracerProvider(resource=resource, sampler=sampler(settings))
+    tracer_provider = TracerProvider(
+        resource=resource, sampler=sampler(settings, edge=service == "gateway")
+    )
     if settings.tracing_enabled:
         tracer_provider.add_span_processor(
             BatchSpanProcessor(

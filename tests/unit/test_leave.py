@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -34,3 +35,16 @@ def test_buffered_output_and_the_failure_are_written_before_leaving() -> None:
     assert (done.stdout, done.stderr.strip()) == ("seeded", "then failed")
     crashed = run("def main():\n    raise ValueError('boom')")
     assert "ValueError: boom" in crashed.stderr
+
+
+def test_a_crash_after_logging_is_set_up_is_one_json_line_with_service_and_level() -> None:
+    crashed = run(
+        "from agora.logs import setup_logging\n"
+        "def main():\n    setup_logging('catalog')\n    raise ConnectionRefusedError('postgres')"
+    )
+    assert crashed.returncode == 1
+    lines = crashed.stderr.strip().splitlines()
+    assert len(lines) == 1, crashed.stderr  # not a multi-line traceback
+    record = json.loads(lines[0])
+    assert (record["service"], record["level"]) == ("catalog", "CRITICAL")
+    assert "ConnectionRefusedError: postgres" in json.dumps(record)

@@ -76,3 +76,27 @@ def test_statements_that_do_work_or_undo_it_follow_the_traces_decision(statement
     decide = sampler(config.load({"AGORA_TRACE_SAMPLE_RATIO": "1.0"})).should_sample
     result = decide(None, random.Random(3).getrandbits(128), statement)
     assert result.decision is Decision.RECORD_AND_SAMPLE
+
+
+def _edge_kept(ratio: str, *, parent_sampled: bool, chosen_ids: bool) -> int:
+    """Of TRACES requests carrying a client's traceparent, how many the edge keeps."""
+    decide = sampler(config.load({"AGORA_TRACE_SAMPLE_RATIO": ratio}), edge=True).should_sample
+    rng = random.Random(5)
+    flags = TraceFlags(TraceFlags.SAMPLED if parent_sampled else TraceFlags.DEFAULT)
+    kept = 0
+    for n in range(TRACES):
+        # A client gaming TraceIdRatioBased picks ids whose low 64 bits are tiny.
+        trace_id = (rng.getrandbits(64) << 64) | n if chosen_ids else rng.getrandbits(128)
+        parent = SpanContext(trace_id, rng.getrandbits(64), is_remote=True, trace_flags=flags)
+        context = set_span_in_context(NonRecordingSpan(parent))
+        kept += decide(context, trace_id, "POST /v1/orders").decision is Decision.RECORD_AND_SAMPLE
+    return kept
+
+
+@pytest.mark.parametrize("chosen_ids", [False, True])
+def test_the_edge_draws_its_own_sampling_for_a_clients_traceparent(chosen_ids: bool) -> None:
+    # A client asking for every request to be traced (sampled flag, chosen ids) gets
+    # the production ratio like anyone else; locally (1.0) everything is kept.
+    assert 0.07 * TRACES < _edge_kept("0.1", parent_sampled=True, chosen_ids=chosen_ids)
+    assert _edge_kept("0.1", parent_sampled=True, chosen_ids=chosen_ids) < 0.13 * TRACES
+    assert _edge_kept("1.0", parent_sampled=False, chosen_ids=chosen_ids) == TRACES
