@@ -41,6 +41,8 @@ _consumed = _meter.create_counter("agora_kafka_consumed", description="records h
 _dead = _meter.create_counter("agora_kafka_dead_lettered", description="records sent to a DLQ")
 # Records behind the end of each assigned partition, as last seen by its consumer.
 _lag: dict[tuple[str, str, int], int] = {}
+# How often a consumer also asks the brokers for its lag (besides after every round).
+LAG_REFRESH_S = 15.0
 
 
 def _observe_lag(_: CallbackOptions) -> Iterable[Observation]:
@@ -237,6 +239,7 @@ class EventConsumer:
         consumer = self._new_consumer()
         positions: dict[TopicPartition, int] = {}
         await consumer.start()
+        watcher = asyncio.create_task(self._watch_lag(consumer, positions))
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
@@ -257,8 +260,38 @@ class EventConsumer:
                     positions.update(done)
                 self._record_lag(consumer, positions)
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             self._forget_lag()  # a new session (or another process) reports from now on
             await consumer.stop()
+
+    async def _watch_lag(
+        self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]
+    ) -> None:
+        """Every LAG_REFRESH_S, the lag from the brokers' end offsets and what this
+        group has committed. The loop records lag only after a round; a handler stuck
+        retrying (its store down) holds the round, and the lag it left would stay small
+        while the topic grows: KafkaConsumerLagHigh must see the backlog then."""
+        while True:
+            await asyncio.sleep(LAG_REFRESH_S)
+            assigned = list(consumer.assignment())
+            if not assigned:
+                continue
+            try:
+                ends = await consumer.end_offsets(assigned)
+                for partition in assigned:
+                    if partition not in positions:
+                        committed = await consumer.committed(partition)
+                        if committed is None:  # nothing yet: from the earliest record
+                            starts = await consumer.beginning_offsets([partition])
+                            committed = starts[partition]
+                        positions[partition] = committed
+            except KafkaError:
+                continue  # brokers unreachable: the session's own errors tell
+            for partition, end in ends.items():
+                if partition in positions and partition in consumer.assignment():
+                    key = (self.spec.group, partition.topic, partition.partition)
+                    _lag[key] = max(end - positions[partition], 0)
 
     async def _handle_records(self, records: list[ConsumerRecord]) -> int:
         """Handle one batch (a partition's fetch, or a whole round); returns how many of

@@ -50,18 +50,22 @@ PRUNE_EVERY_S = 600.0
 PRUNE_CHUNK = 5000
 _meter = metrics.get_meter("agora.outbox")
 _published = _meter.create_counter("agora_outbox_published", description="outbox rows published")
-# Backlog and age of the oldest unsent row, per service, as last seen by its relay.
-_backlog: dict[str, tuple[int, float]] = {}
+# Backlog and the oldest unsent row's creation (this process's clock, time.time();
+# None when there is none), per service, as last seen by its relay. The age is taken
+# when observed: a relay that cannot publish (Kafka down) reports a backlog that keeps
+# ageing, so OutboxStale fires during the outage it is there for.
+_backlog: dict[str, tuple[int, float | None]] = {}
 
 
 def _observe_backlog(_: CallbackOptions) -> Iterable[Observation]:
-    for service, (count, _age) in _backlog.items():
+    for service, (count, _since) in _backlog.items():
         yield Observation(count, {"service": service})
 
 
 def _observe_age(_: CallbackOptions) -> Iterable[Observation]:
-    for service, (_count, age) in _backlog.items():
-        yield Observation(age, {"service": service})
+    now = time.time()
+    for service, (_count, since) in _backlog.items():
+        yield Observation(0.0 if since is None else max(now - since, 0.0), {"service": service})
 
 
 _meter.create_observable_gauge(
@@ -227,6 +231,7 @@ class OutboxRelay:
                     return
             await lock_conn.add_listener("outbox", self._on_notify)
             pruned_at = -PRUNE_EVERY_S  # prune once at the start of each session
+            handed_over = True
             try:
                 while True:
                     if lock_conn.is_closed():
@@ -246,10 +251,17 @@ class OutboxRelay:
                 # Flush what was committed before the stop.
                 while await self.publish_batch():
                     pass
+            except KafkaError:
+                # Publishing failed with the lock held: this relay tries again and keeps
+                # reporting the backlog it saw, which keeps ageing meanwhile.
+                handed_over = False
+                raise
             finally:
-                # Another process's relay reports the backlog from now on: a value left
-                # here would hold the OutboxStale page up after the backlog is gone.
-                _backlog.pop(self._service, None)
+                if handed_over:
+                    # Stopped, or the lock lost: another process's relay reports the
+                    # backlog from now on; a value left here would hold the OutboxStale
+                    # page up after the backlog is gone.
+                    _backlog.pop(self._service, None)
                 if not lock_conn.is_closed():
                     await lock_conn.remove_listener("outbox", self._on_notify)
                     await lock_conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
@@ -279,7 +291,10 @@ class OutboxRelay:
             count = len(rows)
             if count == self._batch_size:
                 count = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            _backlog[self._service] = (count, float(rows[0]["age"]) if rows else 0.0)
+            _backlog[self._service] = (
+                count,
+                time.time() - float(rows[0]["age"]) if rows else None,
+            )
             if not rows:
                 return 0
             with self._tracer.start_as_current_span("outbox publish"):

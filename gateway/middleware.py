@@ -64,6 +64,12 @@ def _deadline(request: web.Request, default_ms: int) -> float:
     return time.monotonic() + timeout_ms / 1000
 
 
+def _shortened(request: web.Request, default_ms: int) -> bool:
+    """The request set X-Request-Timeout below the default deadline."""
+    raw = request.headers.get("X-Request-Timeout", "")
+    return raw.isascii() and raw.isdigit() and int(raw) < default_ms
+
+
 @web.middleware
 async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = deps(request)
@@ -111,7 +117,12 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     timing.add("total", time.perf_counter() - started)
     response.headers["Server-Timing"] = timing.header()
     attributes = {"route": route.path if route else "unmatched", "method": request.method}
-    gw.metrics.requests.add(1, {**attributes, "status": response.status})
+    counted: dict[str, str | int] = {**attributes, "status": response.status}
+    if response.status == 504 and _shortened(request, gw.settings.gateway_default_timeout_ms):
+        # The client's own deadline, shorter than the default, ran out: not the
+        # platform failing (ApiErrorRatioHigh leaves these out; any client could page).
+        counted["deadline"] = "client"
+    gw.metrics.requests.add(1, counted)
     gw.metrics.duration.record(time.perf_counter() - started, attributes)
     return response
 

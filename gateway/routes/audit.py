@@ -74,7 +74,9 @@ def event_of(record: AuditRecord) -> dict[str, Any]:
         "workflow_id": env.workflow_id,
         "run_id": env.run_id,
         "payload": _payload(env.payload_type, env.payload),
-        "canonical": base64.b64encode(bytes(env)).decode(),
+        # The bytes the hash covers, as audit stored them (an older audit service
+        # sends none: the event re-encoded, equal for every betterproto2 producer).
+        "canonical": base64.b64encode(record.canonical or bytes(env)).decode(),
         "prev_hash": record.prev_hash.hex(),
         "hash": record.hash.hex(),
     }

@@ -339,7 +339,16 @@ def run_cli(settings: Settings, *args: str) -> tuple[int, dict[str, object]]:
         env={**os.environ, "AGORA_PROFILE": settings.profile},
         timeout=120,
     )
-    return result.returncode, json.loads(result.stdout)
+    # Its log is JSON lines like every service's; a failure is an error naming the row.
+    logged = [json.loads(line) for line in result.stderr.splitlines()]
+    report = json.loads(result.stdout)
+    if not report["ok"]:
+        assert any(
+            (line["service"], line["level"], line.get("first_bad_sequence"))
+            == ("audit-verify", "ERROR", report["first_bad_sequence"])
+            for line in logged
+        ), result.stderr
+    return result.returncode, report
 
 
 async def test_verification_names_exactly_the_row_a_superuser_tampered_with(

@@ -3,6 +3,9 @@ bounded checkpoint runs over a long log."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -15,10 +18,13 @@ from temporalio.testing import ActivityEnvironment
 from activities.audit import AuditActivities, SignCheckpointInput
 from agora.config import Settings
 from agora.db import create_pool
+from contracts.agora.events.v1 import EventEnvelope
+from gateway.routes.audit import event_of
 from tests.integration.auditkit import make_envelope
 from tests.integration.conftest import Services
 from tests.integration.consumerkit import decoded
 from workers.audit import checkpoints
+from workers.audit.api import record_of
 from workers.audit.chain import ChainWriter, Incoming, append_in
 from workers.audit.consumer import AuditConsumer
 from workers.audit.envelopes import check
@@ -129,3 +135,28 @@ async def test_after_a_signing_key_rotation_checkpoints_go_on_under_the_new_key(
     assert (await verify_chain(pool, old.public_key)).ok
     # The platform's own key signs last again, for the tests after this one.
     await checkpoints.sign_head(pool, old, f"after-rotation-{uuid.uuid4()}")
+
+
+async def test_the_api_gives_the_bytes_the_hash_covers_not_the_event_re_encoded(
+    pool: asyncpg.Pool,
+) -> None:
+    # A producer (not betterproto2) that writes the envelope's fields in another
+    # order: audit keeps and hashes its bytes as received, and an auditor checking
+    # `hash` from the API's answer must be given those bytes.
+    envelope = make_envelope()
+    later_first = EventEnvelope(payload=envelope.payload, payload_type=envelope.payload_type)
+    rest = EventEnvelope.parse(bytes(envelope))
+    rest.payload, rest.payload_type = b"", ""
+    raw = bytes(later_first) + bytes(rest)  # protobuf merges concatenated messages
+    assert raw != bytes(envelope) and EventEnvelope.parse(raw) == envelope
+    [(_, record)] = decoded("identity.events", envelope)
+    record = dataclasses.replace(record, value=raw, serialized_value_size=len(raw))
+    await AuditConsumer(ChainWriter(pool)).handle_batch([(envelope, record)])
+    row = await pool.fetchrow("SELECT * FROM audit_log WHERE event_id = $1", envelope.event_id)
+    answered = event_of(record_of(row))
+    canonical = base64.b64decode(answered["canonical"])
+    assert canonical == raw
+    assert (
+        hashlib.sha256(bytes.fromhex(answered["prev_hash"]) + canonical).hexdigest()
+        == (answered["hash"])
+    )

@@ -131,6 +131,42 @@ async def test_offsets_are_not_committed_while_the_handler_keeps_failing(
     assert await committed(settings, group, topic) <= 0, "committed past an unhandled record"
 
 
+async def test_a_consumer_stuck_on_its_first_batch_reports_the_backlog_behind_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store is down: the first batch is retried for as long as it takes, so no
+    # round ends. The lag must still show the records piling up behind it.
+    monkeypatch.setattr(kafka, "LAG_REFRESH_S", 0.2)
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+
+    async def always_down(*_: object) -> None:
+        raise ConnectionError("store down")
+
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    spec = kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=always_down)
+    consumer = kafka.EventConsumer(settings, spec, producer)
+    task = asyncio.create_task(consumer.run())
+    try:
+        for n in range(30):
+            await producer.send_and_wait(topic, envelope(f"e{n}"), key=b"k")
+
+        async def lag() -> int:
+            return sum(v for (g, t, _), v in kafka._lag.items() if (g, t) == (group, topic))
+
+        for _ in range(600):
+            if await lag() >= 30:
+                break
+            await asyncio.sleep(0.1)
+        assert await lag() == 30
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
+
+
 async def test_the_handler_runs_in_the_producers_trace(settings: Settings) -> None:
     from opentelemetry.propagate import inject
     from opentelemetry.sdk.trace import TracerProvider

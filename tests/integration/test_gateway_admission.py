@@ -13,12 +13,14 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 from aiohttp.test_utils import TestClient
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from prometheus_client.parser import text_string_to_metric_families
 
 from agora.config import Settings
 from contracts.agora.identity.v1 import GetJwksRequest, IdentityServiceStub
@@ -369,8 +371,29 @@ def test_python_m_gateway_serves_health_docs_and_metrics(
             assert b"/v1/admin/api-clients" in response.read()
         with urllib.request.urlopen(f"{base}/.well-known/jwks.json", timeout=3) as response:
             assert json.loads(response.read())["keys"]
+        # A client's own deadline, shorter than the default, that runs out is counted
+        # apart from the platform's 5xx (ApiErrorRatioHigh leaves it out).
+        rushed = urllib.request.Request(
+            f"{base}/v1/auth/signin",
+            data=json.dumps({"email": "rushed@example.com", "password": "x"}).encode(),
+            headers={"Content-Type": "application/json", "X-Request-Timeout": "1"},
+        )
+        try:
+            urllib.request.urlopen(rushed, timeout=3)
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 504, refused.read()
+        else:
+            raise AssertionError("a 1 ms deadline was met")
         with urllib.request.urlopen(f"{side}/metrics", timeout=3) as response:
-            assert b"gateway_requests" in response.read()
+            scraped = response.read().decode()
+        assert "gateway_requests" in scraped
+        assert any(
+            s.name == "gateway_requests_total"
+            and s.labels.get("status") == "504"
+            and s.labels.get("deadline") == "client"
+            for family in text_string_to_metric_families(scraped)
+            for s in family.samples
+        ), scraped
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0, tail(log)

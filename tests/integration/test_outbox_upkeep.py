@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer
 
 from agora import kafka, outbox
 from agora.config import Settings
@@ -93,3 +94,44 @@ async def test_a_relay_that_ends_its_session_stops_reporting_a_backlog(
     # The lock (and the reporting) passes to another process's relay: a value left
     # behind here would keep the OutboxStale page up after the backlog is gone.
     assert service not in outbox._backlog
+
+
+def observed_age(service: str) -> float | None:
+    for observation in outbox._observe_age(None):  # type: ignore[arg-type]
+        if observation.attributes == {"service": service}:
+            return float(observation.value)
+    return None
+
+
+async def test_a_relay_that_cannot_publish_keeps_reporting_a_backlog_that_ages(
+    settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Kafka refuses the sends (here: a topic the broker does not have, which it will
+    # not create): each session fails and the next tries again. The backlog's age must
+    # stay exported and keep growing, or OutboxStale could never fire in the outage.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=300)
+    await producer.start()
+    service = f"stuck-{uuid.uuid4().hex[:8]}"
+    relay = OutboxRelay(pool, producer, service, poll_interval=0.1)
+    event_id = await append(pool, f"no-such-topic-{uuid.uuid4().hex[:8]}")
+    await pool.execute(
+        "UPDATE outbox SET created_at = now() - interval '600 seconds' WHERE event_id = $1",
+        event_id,
+    )
+    running = asyncio.create_task(relay.run())
+    try:
+        for _ in range(600):  # until a session has failed and the relay tries again
+            if any("retrying" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        assert any("retrying" in r.getMessage() for r in caplog.records), "a send failed"
+        first = observed_age(service)
+        assert first is not None and first >= 600, "still reported after the failure"
+        await asyncio.sleep(0.2)
+        later = observed_age(service)
+        assert later is not None and later > first, "and ageing"
+    finally:
+        relay.stop()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await producer.stop()

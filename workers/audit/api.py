@@ -58,6 +58,7 @@ def record_of(row: asyncpg.Record) -> AuditRecord:
         prev_hash=bytes(row["prev_hash"]),
         hash=bytes(row["hash"]),
         topic=row["topic"],
+        canonical=bytes(row["canonical"]),
     )
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from agora import config, db
+from agora.logs import setup_logging
 from workers.audit.errors import SigningKeyError
 from workers.audit.signing import PublicKey, load_signer
 from workers.audit.verification import Verification, verify_chain
@@ -48,6 +49,8 @@ def trusted_key(settings: config.Settings, given: str) -> PublicKey:
 
 async def run(args: argparse.Namespace) -> int:
     settings = config.load(service="audit")
+    # JSON lines like the services' (a failed verification logs an error with the row).
+    setup_logging("audit-verify", settings.log_level)
     key = trusted_key(settings, args.public_key)
     pool = await db.create_pool(settings, "audit", size=2)
     try:

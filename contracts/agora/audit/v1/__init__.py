@@ -88,6 +88,12 @@ class AuditRecord(betterproto2.Message):
     Kafka topic the event was consumed from.
     """
 
+    canonical: "bytes" = betterproto2.field(8, betterproto2.TYPE_BYTES)
+    """
+    The event's bytes exactly as received and hashed: `event` re-encoded may differ
+    (a producer may order or repeat fields otherwise), so check `hash` against these.
+    """
+
 
 default_message_pool.register_message("agora.audit.v1", "AuditRecord", AuditRecord)
 

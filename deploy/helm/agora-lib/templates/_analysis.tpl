@@ -16,7 +16,7 @@ or switches back (post-promotion). No traffic yet (no series) counts as passing.
 {{- if include "agora-lib.isGateway" . }}
 {{- $bucket = "gateway_request_duration_seconds_bucket" }}
 {{- $count = "gateway_requests_total" }}
-{{- $errors = "status=~\"5..\"" }}
+{{- $errors = "status=~\"5..\", deadline!=\"client\"" }}
 {{- end }}
 ---
 apiVersion: argoproj.io/v1alpha1
