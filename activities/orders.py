@@ -39,6 +39,9 @@ TOPIC = "orders.events"
 
 # Failure types the saga and the gateway branch on (ApplicationError.type).
 PRODUCT_UNAVAILABLE = "ProductUnavailable"
+# The reason of a PAYMENT_TIMEOUT the platform caused (no answer from the PSP, its
+# outage), unlike an order the customer left unpaid: counted as a saga failure.
+PSP_SILENT = "the payment provider did not answer"
 INVALID_ORDER = "InvalidOrder"
 
 _meter = metrics.get_meter("agora.orders")
@@ -409,9 +412,12 @@ class OrdersActivities:
         elif data.status in FINAL:
             outcome = {"COMPLETED": "completed", "CANCELLED": "cancelled"}.get(data.status)
             if outcome is None:
-                # A business rejection (decline, out of stock) is an outcome, not a failure;
-                # a saga that ended for any other reason is a failure.
-                business = data.rejection not in ("", "PAYMENT_FAILED")
+                # A business rejection (decline, out of stock, an unpaid order) is an
+                # outcome, not a failure; a saga that ended for any other reason, or
+                # because the payment provider never answered (an outage), is one.
+                business = (
+                    data.rejection not in ("", "PAYMENT_FAILED") and data.reason != PSP_SILENT
+                )
                 outcome = "rejected" if business else "failed"
             _saga_outcomes.add(1, {"outcome": outcome})
 

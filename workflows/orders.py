@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         StockLine,
     )
     from activities.orders import (
+        PSP_SILENT,
         OrdersActivities,
         OrderSnapshot,
         PricedOrder,
@@ -409,9 +410,7 @@ class OrderWorkflow:
                     attempt += 1
                     continue
                 if isinstance(cause, ActivityTimeout):
-                    raise Rejected(
-                        "PAYMENT_TIMEOUT", "the payment provider did not answer"
-                    ) from None
+                    raise Rejected("PAYMENT_TIMEOUT", PSP_SILENT) from None
                 raise _rejection(error, "PAYMENT_FAILED") from None
             self.view.payment_id = payment_id
             self.set_payment_outcome("authorized")
