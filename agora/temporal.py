@@ -14,7 +14,7 @@ from temporalio import activity
 from temporalio.client import Client, TLSConfig
 from temporalio.client import Interceptor as ClientInterceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.runtime import (
     LogForwardingConfig,
@@ -80,9 +80,15 @@ def telemetry_config(settings: Settings, *, sdk_metrics: bool = True) -> Telemet
 
 
 def data_converter(settings: Settings) -> DataConverter:
-    """Payloads are encrypted (agora.codec) before they reach Temporal's history."""
+    """Payloads are encrypted (agora.codec) before they reach Temporal's history, and so
+    are failures' messages and stack traces (moved into an encoded attribute): an
+    unexpected error's message can quote the data it failed on (a database error
+    echoes the row's values). A failure's type stays in clear for the UI's lists;
+    the web UI shows the rest through the codec server, the SDK clients decode it."""
     return dataclasses.replace(
-        DataConverter.default, payload_codec=EncryptionCodec(load_or_create(settings))
+        DataConverter.default,
+        payload_codec=EncryptionCodec(load_or_create(settings)),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
 
 

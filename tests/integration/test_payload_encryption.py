@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from agora import temporal
 from agora.config import Settings
@@ -54,3 +54,35 @@ async def test_raw_history_of_a_registration_holds_no_email_in_clear(
     # With the key ring, the same history reads in clear.
     decoded = await client.data_converter.decode(payloads, [RegisterAccountInput])
     assert decoded[0].email == email
+
+
+async def test_a_failures_message_is_encrypted_too_and_reads_in_clear_with_the_key(
+    settings: Settings, identity_service
+) -> None:
+    # An unexpected error's message may quote the data it failed on; here a known one
+    # (the second registration of an email) shows where a message goes.
+    from argon2 import PasswordHasher
+
+    email = f"fail-{uuid.uuid4().hex[:8]}@example.com"
+    client = await temporal.connect(settings)
+    hashed = PasswordHasher().hash("a long enough password")
+
+    async def register(workflow_id: str) -> object:
+        return await client.execute_workflow(
+            RegisterAccountWorkflow.run,
+            RegisterAccountInput(str(uuid.uuid4()), email, "P", hashed),
+            id=workflow_id,
+            task_queue=TASK_QUEUE,
+        )
+
+    await register(register_workflow_id(email))
+    again = f"{register_workflow_id(email)}-again"
+    with pytest.raises(WorkflowFailureError) as failed:
+        await register(again)
+    message = "an account with this email exists"
+    assert message in str(failed.value.cause)  # the key ring's client reads it
+    raw = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    blob = (await raw.get_workflow_handle(again).fetch_history()).to_json()
+    assert "EmailTaken" in blob  # the type stays in clear, for the UI's lists
+    # Neither the message nor the stack trace (which names the activity's source file).
+    assert message not in blob and "activities/identity.py" not in blob
