@@ -285,9 +285,13 @@ class EventConsumer:
                         if committed is None:  # nothing yet: from the earliest record
                             starts = await consumer.beginning_offsets([partition])
                             committed = starts[partition]
-                        positions[partition] = committed
+                        # The round may have committed during the awaits: keep its.
+                        positions.setdefault(partition, committed)
             except KafkaError:
                 continue  # brokers unreachable: the session's own errors tell
+            except Exception:
+                log.warning("consumer lag not refreshed", exc_info=True)
+                continue
             for partition, end in ends.items():
                 if partition in positions and partition in consumer.assignment():
                     key = (self.spec.group, partition.topic, partition.partition)

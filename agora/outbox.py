@@ -227,6 +227,9 @@ class OutboxRelay:
         """Hold the relay lock on one connection, then publish until stopped."""
         async with self._pool.acquire() as lock_conn:
             while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+                # Another relay holds the lock and reports the backlog: a value this one
+                # kept from a failed session would page while the other publishes.
+                _backlog.pop(self._service, None)
                 if await self._sleep(self._poll_interval * 5):
                     return
             await lock_conn.add_listener("outbox", self._on_notify)

@@ -401,8 +401,10 @@ class OrderWorkflow:
                 cause = error.cause
                 if isinstance(cause, ApplicationError) and cause.type == "PaymentRequiresAction":
                     if attempt >= PAYMENT_ROUNDS and workflow.patched(PAYMENT_ROUNDS_CAPPED):
+                        # The card's issuer keeps asking (or the customer cannot
+                        # pass its check): a decline, the customer's outcome.
                         raise Rejected(
-                            "PAYMENT_FAILED",
+                            "PAYMENT_DECLINED",
                             f"the payment still asked for the customer's step after"
                             f" {PAYMENT_ROUNDS} attempts",
                         ) from None

@@ -10,12 +10,13 @@ follow it. A customer sees and touches only their own orders.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 from aiohttp import web
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import TemporalError, WorkflowAlreadyStartedError
 
 from activities.orders import OrderLineInput
 from agora import scopes
@@ -57,9 +58,11 @@ from workflows.orders import (
 
 ORDERS_READ = frozenset({scopes.ORDERS_READ})
 ORDERS_WRITE = frozenset({scopes.ORDERS_WRITE})
+log = logging.getLogger(__name__)
+
 # How long a GET waits for a running saga's own view before answering from the
 # projection alone (a query waits for a worker; one that is down must not hold reads).
-SAGA_QUERY_S = 1.0
+SAGA_QUERY_S = 0.5
 # Orders whose saga has ended for good: nothing left to cancel or pay.
 FINISHED = frozenset({"CANCELLED", "REJECTED", "REFUNDED"})
 # An order the saga completed: a cancel refunds it (RefundOrder with cancel=True).
@@ -218,7 +221,10 @@ async def _saga_view(request: web.Request, order_id: str) -> OrderView | None:
             view: OrderView = await handle.query(
                 OrderWorkflow.status, rpc_timeout=timedelta(seconds=min(timeout, SAGA_QUERY_S))
             )
-    except Problem:
+    except (Problem, TemporalError) as error:
+        # A worker that cannot answer (down, or its task failing: WorkflowQueryFailedError)
+        # is where a stuck order is looked at: the projection answers it.
+        log.warning("order saga did not answer its status query: %s", error)
         return None
     return view
 
@@ -329,14 +335,22 @@ async def complete_payment(request: web.Request, body: CompletePaymentRequest) -
         raise Problem("conflict", f"the order is {order.status.name.lower()}")
     gw = deps(request)
     handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order.order_id))
+    # A retried completion of this round (same token, same step: its next_action_url
+    # is the round's own) joins the first instead of authorizing again or waiting
+    # beside it; a later round with the same token is a new update. Without the
+    # saga's view (it did not answer), an id of the request's own.
+    waiting = await _saga_view(request, order.order_id)
+    update_id = (
+        completion_update_id(body.card_token, waiting.next_action_url)
+        if waiting is not None and waiting.next_action_url
+        else None
+    )
     async with gw.upstream.call(request, "temporal.CompletePayment") as timeout:
         async with asyncio.timeout(timeout):
             view = await handle.execute_update(
                 OrderWorkflow.complete_payment,
                 CompletePaymentInput(body.card_token),
-                # A retried completion (same token) joins the first instead of
-                # authorizing again or waiting beside it.
-                id=completion_update_id(body.card_token),
+                id=update_id,
                 rpc_timeout=timedelta(seconds=timeout),
             )
     return _from_view(request, view)

@@ -468,22 +468,30 @@ async def test_a_second_row_with_a_sequence_is_named_even_where_a_chunk_of_the_w
 ) -> None:
     account_id, _, _ = await register(client)
     [row] = await account_events(pool, account_id)
-    await register(client)  # a row after it, so it is not the head
+    later, _, _ = await register(client)  # a row after it, so it is not the head
+    await account_events(pool, later)
     target = int(row["log_sequence"])
     # The primary key is (log_sequence, recorded_at): another recorded_at makes a second row.
     forged_at = row["recorded_at"] + timedelta(microseconds=1)
     key = PublicKey.parse((await audit.get_public_key(GetPublicKeyRequest())).public_key_pem)
     conn = await superuser(settings)
+
+    async def uncounted(*_: object) -> None:
+        return None
+
     try:
         await insert_copy(conn, row, recorded_at=forged_at)
         answer = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
         assert (answer.ok, answer.first_bad_sequence) == (False, target), answer.failure
         assert f"sequence {target} appears twice in the log" in answer.failure
-        # A chunk of the walk that ends at the sequence does not let its second row by.
-        monkeypatch.setattr(verification, "CHUNK", target)
-        walked = await verify_chain(pool, key, from_genesis=True)
-        assert (walked.ok, walked.first_bad_sequence) == (False, target), walked.failure
-        assert f"sequence {target} appears twice in the log" in walked.failure
+        # The walk itself (the count, which would name it first, left out here) lets no
+        # second row by: where a chunk of it ends, and at the end of what it verifies.
+        monkeypatch.setattr(verification, "_repeated", uncounted)
+        for chunk, to_sequence in ((target, 0), (target, target)):
+            monkeypatch.setattr(verification, "CHUNK", chunk)
+            walked = await verify_chain(pool, key, from_genesis=True, to_sequence=to_sequence)
+            assert (walked.ok, walked.first_bad_sequence) == (False, target), walked.failure
+            assert f"sequence {target} appears more than once in the log" in walked.failure
     finally:
         await conn.execute("SET session_replication_role = replica")
         await conn.execute(

@@ -75,11 +75,12 @@ async def test_checkpoints_catch_up_with_a_long_log_a_bounded_run_at_a_time(
     consumer = AuditConsumer(ChainWriter(pool))
     for _ in range(5):
         await consumer.handle_batch(decoded("identity.events", make_envelope()))
-    activities = AuditActivities(pool, load_signer(settings))
+    signer = load_signer(settings)
+    activities = AuditActivities(pool, signer)
     signed: list[tuple[int, int]] = []
     for _ in range(2):
-        async with pool.acquire() as conn:
-            before = await checkpoints.latest(conn)
+        async with pool.acquire() as conn:  # what the activity goes on from: its key's
+            before = await checkpoints.latest(conn, key_id=signer.public_key.key_id)
         start = before.log_sequence if before is not None else 0
         made = await ActivityEnvironment().run(
             activities.sign_checkpoint, SignCheckpointInput(f"catch-up-{uuid.uuid4()}", max_rows=2)

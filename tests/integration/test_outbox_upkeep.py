@@ -135,3 +135,38 @@ async def test_a_relay_that_cannot_publish_keeps_reporting_a_backlog_that_ages(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await producer.stop()
+
+
+async def test_a_failed_relay_stops_reporting_once_another_holds_the_lock(
+    settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # This relay's sends fail; meanwhile another process's relay takes the lock and
+    # publishes (here the test holds the lock, as that relay would). The age this one
+    # kept would otherwise page while the other publishes.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=300)
+    await producer.start()
+    service = f"handed-{uuid.uuid4().hex[:8]}"
+    relay = OutboxRelay(pool, producer, service, poll_interval=0.1)
+    await append(pool, f"no-such-topic-{uuid.uuid4().hex[:8]}")
+    running = asyncio.create_task(relay.run())
+    other = await pool.acquire()
+    try:
+        for _ in range(600):
+            if any("retrying" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        assert service in outbox._backlog, "kept after its own failure"
+        # The failed session let the lock go; the other relay's wins it now.
+        await other.execute("SELECT pg_advisory_lock($1)", relay._lock_key)
+        for _ in range(600):
+            if service not in outbox._backlog:
+                break
+            await asyncio.sleep(0.05)
+        assert service not in outbox._backlog
+    finally:
+        await other.execute("SELECT pg_advisory_unlock_all()")
+        await pool.release(other)
+        relay.stop()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await producer.stop()

@@ -600,7 +600,7 @@ async def test_a_payment_asking_for_the_customer_again_and_again_is_given_up(
             await awaiting_payment(handle)  # the new token asked for the step again
     result = await handle.result()
     await keep_history(client, handle.id, "payment-rounds-capped")
-    assert (result.status, result.rejection) == ("REJECTED", "PAYMENT_FAILED")
+    assert (result.status, result.rejection) == ("REJECTED", "PAYMENT_DECLINED")
     assert f"after {PAYMENT_ROUNDS} attempts" in result.reason
     assert world.calls.count("authorize") == PAYMENT_ROUNDS
     # Every authorization voided, the stock released, nothing captured.

@@ -155,7 +155,8 @@ async def beyond_head(conn: asyncpg.Connection, trusted_key: PublicKey, head: in
     )
     if rows_beyond is not None:
         return f"the log holds rows up to {rows_beyond}, beyond its head at {head}"
-    newest = await checkpoints.latest(conn)
+    # The trusted key's newest: after a key rotation the old key's may be newer.
+    newest = await checkpoints.latest(conn, key_id=trusted_key.key_id)
     if newest is not None and newest.log_sequence > head and newest.verifies_with(trusted_key):
         return (
             f"a signed checkpoint at {newest.log_sequence} is beyond the head at {head}:"
@@ -294,6 +295,14 @@ async def _walk(
             prev_self_consistent = self_consistent
             checked += 1
             expected_seq += 1
+    if after is not None and await conn.fetchval(
+        "SELECT 1 FROM audit_log WHERE (log_sequence, recorded_at) > ($1, $2)"
+        " AND log_sequence <= $3 LIMIT 1",
+        *after,
+        end,
+    ):
+        # A second row of the last sequence walked, after it in key order.
+        return fail(after[0], f"sequence {after[0]} appears more than once in the log")
     if repeated:
         return fail(repeated[0], _appears(*repeated))
     return Verification(True, first, last, checked, 0, "", start, used_anchors, prev or b"")

@@ -50,8 +50,10 @@ def refund_workflow_id(order_id: str, refund_key: str) -> str:
 CANCEL_UPDATE_ID = "cancel"
 
 
-def completion_update_id(card_token: str) -> str:
-    return f"complete-payment-{hashlib.sha256(card_token.encode()).hexdigest()[:24]}"
+def completion_update_id(card_token: str, next_action_url: str) -> str:
+    """One payment round's completion with one token (each round has its own URL)."""
+    digest = hashlib.sha256(f"{card_token}\n{next_action_url}".encode()).hexdigest()[:24]
+    return f"complete-payment-{digest}"
 
 
 KEY_REUSED = "this Idempotency-Key placed another order: use a new key for a new order"
