@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from pathlib import Path
 
 import asyncpg
+import psycopg2
 from yoyo import get_backend, read_migrations
 
 from agora.config import Settings
@@ -23,20 +25,40 @@ def migrations_dir(service: str) -> Path:
     return MIGRATIONS_ROOT / service
 
 
+# The advisory lock every process of a service takes around its migrations.
+MIGRATION_LOCK = zlib.crc32(b"agora-migrations")
+
+
 def _migrate(dsn: str, directory: Path) -> int:
     backend = get_backend(dsn)
     migrations = read_migrations(str(directory))
-    with backend.lock():
+    # A session-level advisory lock on a connection of its own, not yoyo's lock table:
+    # a row in the table outlives a process killed while holding it (OOM, SIGKILL, a
+    # database failover), and every later start of the service then failed with
+    # LockTimeout until someone broke the lock. The session's lock goes with it.
+    lock = psycopg2.connect(backend_dsn(dsn))
+    try:
+        lock.autocommit = True
+        with lock.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
+    finally:
+        lock.close()  # the lock with it
     return len(pending)
+
+
+def backend_dsn(dsn: str) -> str:
+    """A libpq URI from yoyo's (`postgresql+psycopg://` names a driver for yoyo only)."""
+    scheme, _, rest = dsn.partition("://")
+    return f"postgresql://{rest}" if scheme.startswith("postgres") else dsn
 
 
 async def migrate(settings: Settings, service: str) -> int:
     """Apply the service's pending migrations under its own role; returns how many ran.
 
-    yoyo holds a lock table while it runs, so several processes of one service
-    starting together apply each migration once.
+    An advisory lock (MIGRATION_LOCK) is held while it runs, so several processes of
+    one service starting together apply each migration once.
     """
     directory = migrations_dir(service)
     if not directory.exists():

@@ -85,9 +85,46 @@ def common_name(cert: dict[str, Any] | None) -> str:
 StreamFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
 
 
+# Calls being served by this process (every servicer's methods run through `_wrap`).
+_in_flight = 0
+
+
+async def drain(server: Server, *, quiet_s: float = 0.2, timeout_s: float = 5.0) -> None:
+    """Stop a server without cutting off the calls it is serving.
+
+    grpclib's `Server.close()` cancels every running handler (and sends no GOAWAY).
+    So first stop accepting connections, then wait until no call has been in flight
+    for `quiet_s` (callers on an open connection, e.g. the gateway's pooled one, may
+    still send some: they are served), at most `timeout_s`, and only then close.
+    A caller's next call finds the connection closed and reconnects elsewhere.
+    Without grpclib support for GOAWAY, a call sent in the closing instant can still
+    fail (UNAVAILABLE)."""
+    listening = server._server  # grpclib keeps the asyncio.Server private
+    if listening is not None:
+        listening.close()  # no new connections; open ones go on
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    quiet_since = loop.time()
+    while loop.time() < deadline:
+        if _in_flight:
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since >= quiet_s:
+            break
+        await asyncio.sleep(0.02)
+    server.close()
+
+
 def _wrap(func: StreamFunc, method: str) -> StreamFunc:
     @functools.wraps(func)
     async def handle(stream: Stream[Any, Any]) -> None:
+        global _in_flight
+        _in_flight += 1
+        try:
+            await _handle(stream)
+        finally:
+            _in_flight -= 1
+
+    async def _handle(stream: Stream[Any, Any]) -> None:
         token = _peer_cn.set(common_name(stream.peer.cert()))
         parent = extract(dict(stream.metadata or {}))
         started = time.perf_counter()

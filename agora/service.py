@@ -9,18 +9,28 @@ outbox and telemetry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+import psycopg2
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from grpclib._typing import IServable
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from agora import db, grpc, kafka, pki, temporal
 from agora.config import Settings
@@ -29,6 +39,50 @@ from agora.process import bootstrap
 from agora.sideport import SidePort
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a dependency restarting looks like to a starting process (Kafka brokers rolling,
+# a PostgreSQL failover, a Temporal frontend restart: the Temporal client's failed
+# connect is a RuntimeError). A start-up step is retried through such an outage for
+# this long, as the running processes ride it out, instead of exiting into a
+# crash-loop back-off of up to five minutes.
+STARTUP_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    psycopg2.OperationalError,
+    KafkaError,
+    RPCError,
+)
+STARTUP_PATIENCE_S = 60.0
+
+
+async def starting(
+    what: str,
+    step: Callable[[], Awaitable[T]],
+    *,
+    also: tuple[type[BaseException], ...] = (),
+    patience_s: float | None = None,
+) -> T:
+    """Run a start-up step, retrying it with backoff while its dependency is away
+    (`also`: further exception types that mean that for this step)."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(STARTUP_PATIENCE_S if patience_s is None else patience_s),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        retry=retry_if_exception_type((*STARTUP_TRANSIENT, *also)),
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "start-up step failed, retrying",
+            extra={
+                "step": what,
+                "error": repr(state.outcome.exception() if state.outcome else None),
+            },
+        ),
+    ):
+        with attempt:
+            return await step()
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @dataclass
@@ -58,12 +112,30 @@ class ServiceParts:
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
+REDIS_TIMEOUT_S = 2.0
+
+
 @dataclass(frozen=True)
 class ServiceDefinition:
     name: str
     build: Callable[[Runtime], Awaitable[ServiceParts]]
     # A service that emits no events (search, audit) runs no outbox relay.
     publishes_events: bool = True
+    # Redis is part of its readiness only where its work needs it (identity's
+    # revocations, payments' PSP store): a Redis failover must not take every pod of
+    # every service out of rotation (catalog rides it out behind its breaker).
+    needs_redis: bool = False
+
+
+async def _started_producer(settings: Settings, service: str) -> AIOKafkaProducer:
+    producer = kafka.create_producer(settings, client_id=service)
+    try:
+        await producer.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await producer.stop()  # a failed start leaves its client to close
+        raise
+    return producer
 
 
 async def run_service(definition: ServiceDefinition, settings: Settings) -> None:
@@ -73,15 +145,26 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     side = SidePort(settings.listen_host, settings.side_port(service))
     await side.start()
 
-    applied = await db.migrate(settings, service)
-    pool = await db.create_pool(settings, service, size=settings.db_pool_size)
-    redis = aioredis.from_url(settings.redis_url, password=settings.redis_password or None)
-    producer = kafka.create_producer(settings, client_id=service)
-    await producer.start()
-    client = await temporal.connect(settings)
+    applied = await starting("migrations", lambda: db.migrate(settings, service))
+    pool = await starting(
+        "database pool",
+        lambda: db.create_pool(settings, service, size=settings.db_pool_size),
+    )
+    redis = aioredis.from_url(
+        settings.redis_url,
+        password=settings.redis_password or None,
+        # A Redis that stops answering fails a call in seconds, not when TCP gives up.
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+    )
+    producer = await starting("kafka producer", lambda: _started_producer(settings, service))
+    client = await starting(
+        "temporal client", lambda: temporal.connect(settings), also=(RuntimeError,)
+    )
     channels = grpc.Channels(settings, caller=service)
     rt = Runtime(settings, service, pool, redis, producer, client, channels)
-    parts = await definition.build(rt)
+    # Building ensures schedules, indices and partitions: idempotent, so retried too.
+    parts = await starting("service parts", lambda: definition.build(rt))
 
     relay = OutboxRelay(pool, producer, service) if definition.publishes_events else None
     consumers = [kafka.EventConsumer(settings, spec, producer) for spec in parts.consumers]
@@ -101,7 +184,8 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         return bool(await redis.ping())
 
     side.add_check("postgres", _pg_ready)
-    side.add_check("redis", _redis_ready)
+    if definition.needs_redis:
+        side.add_check("redis", _redis_ready)
 
     tasks = [
         asyncio.create_task(worker.run(), name="temporal-worker"),
@@ -125,8 +209,10 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     # Graceful shutdown: readiness off, stop intake, drain, flush.
     log.info("shutting down")
     side.draining = True
-    server.close()
+    # The calls in flight are served to their end (and the worker drained) meanwhile.
+    draining = asyncio.create_task(grpc.drain(server))
     await worker.shutdown()  # waits for in-flight activities (graceful_shutdown_timeout)
+    await draining
     for consumer in consumers:
         consumer.stop()
     if relay:

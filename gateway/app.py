@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from agora import pki, temporal
 from agora.config import DEFAULT_RATE_LIMITS, Settings
 from agora.grpc import Channels
+from agora.service import starting
 from contracts.agora.identity.v1 import (
     GetApiClientSigningSecretRequest,
     GetJwksRequest,
@@ -81,7 +82,10 @@ async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None =
         retry=Retry(NoBackoff(), 0),
     )
     channels = Channels(settings, caller="gateway")
-    client = await temporal.connect(settings)
+    # Retried through a Temporal frontend restart, as the services' start is.
+    client = await starting(
+        "temporal client", lambda: temporal.connect(settings), also=(RuntimeError,)
+    )
     upstream = Upstream(channels, client, metrics)
     jwks = JwksCache(jwks_fetch or jwks_from_identity(upstream.identity))
     return Gateway(

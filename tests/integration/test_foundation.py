@@ -25,7 +25,7 @@ from elasticsearch import AsyncElasticsearch
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from agora import kafka, outbox
+from agora import db, kafka, outbox
 from agora.config import Settings
 from agora.outbox import OUTBOX_DDL
 from contracts.agora.events.v1 import EventEnvelope
@@ -60,6 +60,24 @@ async def test_service_role_cannot_reach_another_services_database(settings: Set
     dsn = settings.db_dsn("catalog").rsplit("/", 1)[0] + "/payments"
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
         await asyncpg.connect(dsn)
+
+
+async def test_migrations_start_after_a_process_died_holding_the_lock(settings: Settings) -> None:
+    # A process killed mid-start (OOM, SIGKILL, a failover) leaves yoyo's lock row
+    # behind; the next starts must not wait for it and fail for good.
+    await db.migrate(settings, "catalog")
+    conn = await asyncpg.connect(settings.db_dsn("catalog"))
+    try:
+        await conn.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 1)")
+        # Several processes of a service starting together still apply each once.
+        assert await asyncio.gather(*(db.migrate(settings, "catalog") for _ in range(3))) == [
+            0,
+            0,
+            0,
+        ]
+    finally:
+        await conn.execute("DELETE FROM yoyo_lock")
+        await conn.close()
 
 
 # Redis ------------------------------------------------------------------
@@ -164,6 +182,20 @@ async def test_prometheus_scrapes_a_service_side_port(settings: Settings, identi
         return values == ["1"]
 
     await eventually(scraped, within=40, what="Prometheus to scrape identity")
+
+
+def test_only_services_whose_work_needs_redis_check_it_for_readiness(services) -> None:
+    # A Redis failover must not take every pod of every service out of rotation.
+    checks = {}
+    for name in ("identity", "orders", "inventory"):
+        process = services(name)
+        url = f"http://{process.settings.host}:{process.settings.side_port(name)}/readyz"
+        checks[name] = set(http_json(url)["checks"])
+    assert checks == {
+        "identity": {"postgres", "redis"},
+        "orders": {"postgres"},
+        "inventory": {"postgres"},
+    }
 
 
 async def test_collector_receives_a_span_and_forwards_it_to_jaeger(settings: Settings) -> None:

@@ -16,4 +16,4 @@ async def build(rt: Runtime) -> ServiceParts:
     return await build_parts(rt)
 
 
-DEFINITION = ServiceDefinition(name="identity", build=build)
+DEFINITION = ServiceDefinition(name="identity", build=build, needs_redis=True)

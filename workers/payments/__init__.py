@@ -15,4 +15,4 @@ async def build(rt: Runtime) -> ServiceParts:
     return await build_parts(rt)
 
 
-DEFINITION = ServiceDefinition(name="payments", build=build)
+DEFINITION = ServiceDefinition(name="payments", build=build, needs_redis=True)
