@@ -56,6 +56,9 @@ STARTUP_TRANSIENT: tuple[type[BaseException], ...] = (
     RPCError,
 )
 STARTUP_PATIENCE_S = 60.0
+# The whole graceful shutdown, inside Kubernetes' grace period (45 s, of which the
+# preStop sleep takes 5): what is left after it is cut, not SIGKILLed mid-flush.
+SHUTDOWN_BUDGET_S = 35.0
 
 
 async def starting(
@@ -208,25 +211,36 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
 
     # Graceful shutdown: readiness off, stop intake, drain, flush.
     log.info("shutting down")
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + SHUTDOWN_BUDGET_S
     side.draining = True
-    # The calls in flight are served to their end (and the worker drained) meanwhile.
+    # Consumers finish the record or batch in hand meanwhile; the gRPC server serves
+    # the calls in flight to their end.
+    for consumer in consumers:
+        consumer.stop()
     draining = asyncio.create_task(grpc.drain(server))
     await worker.shutdown()  # waits for in-flight activities (graceful_shutdown_timeout)
     await draining
-    for consumer in consumers:
-        consumer.stop()
     if relay:
-        relay.stop()
+        relay.stop()  # after the worker: it flushes what the last activities wrote
     remaining = [t for t in tasks if not t.done() and t.get_name() != "background"]
-    await asyncio.wait(remaining, timeout=20)
+    if remaining:
+        await asyncio.wait(remaining, timeout=max(ends - loop.time(), 1.0))
     for task in tasks:
         task.cancel()
-    await server.wait_closed()
-    await producer.stop()
-    channels.close()
-    await redis.aclose()
-    await pool.close()
-    await side.stop()
+
+    async def close() -> None:
+        await server.wait_closed()
+        await producer.stop()
+        channels.close()
+        await redis.aclose()
+        await pool.close()
+        await side.stop()
+
+    try:
+        await asyncio.wait_for(close(), timeout=max(ends - loop.time(), 2.0))
+    except TimeoutError:
+        log.warning("shutdown ran out of its budget; leaving without closing the rest")
     telemetry.shutdown()
     log.info("stopped")
     if failed:
