@@ -9,9 +9,10 @@ enter a workflow at all.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -22,14 +23,12 @@ from agora import outbox
 from agora.errors import NotFound
 from contracts.agora.identity.v1 import AccountRegistered, Role
 from workers.identity import apiclients, keys
-from workers.identity.errors import API_CLIENT_NOT_FOUND, EMAIL_TAKEN
+from workers.identity.errors import API_CLIENT_NOT_FOUND, EMAIL_TAKEN, INVALID_REGISTRATION
 from workers.identity.kek import SecretBox
 from workers.identity.sessions import Revocations
 
 TOPIC = "identity.events"
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-# Every token a key signed expires within the access TTL; the leeway covers clock skew.
-VERIFY_LEEWAY_S = 60
 
 
 @dataclass
@@ -83,6 +82,25 @@ class RevokeSessionInput:
     sid: str
 
 
+_UNSTORABLE = "text must not contain NUL or unpaired surrogates"
+
+
+@contextmanager
+def _unstorable_text_refused(failure_type: str) -> Iterator[None]:
+    """Text PostgreSQL cannot store (a NUL: SQLSTATE 22021; a lone surrogate, which
+    asyncpg cannot encode as UTF-8) fails the same way on every retry: a
+    non-retryable `failure_type`, not an activity retried for ever. The message
+    does not quote the text."""
+    try:
+        yield
+    except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
+        raise ApplicationError(_UNSTORABLE, type=failure_type, non_retryable=True) from None
+    except asyncpg.DataError as exc:
+        if not isinstance(exc.__cause__, UnicodeError):
+            raise
+        raise ApplicationError(_UNSTORABLE, type=failure_type, non_retryable=True) from None
+
+
 def _workflow_ref() -> outbox.WorkflowRef:
     info = activity.info()
     return outbox.WorkflowRef(info.workflow_id or "", info.workflow_run_id or "")
@@ -102,15 +120,21 @@ class IdentityActivities:
         self.pool = pool
         self.box = box
         self.revocations = revocations
-        self.key_overlap = dt.timedelta(seconds=access_ttl_s + VERIFY_LEEWAY_S)
+        self.key_overlap = keys.retired_key_overlap(access_ttl_s)
 
     @activity.defn(name="identity.create_account")
     async def create_account(self, data: RegisterAccountInput) -> AccountRef:
         """Insert the account and its AccountRegistered event in one transaction.
 
         Idempotent by account_id (the workflow passes a stable one); another
-        account with the same email is a non-retryable business rejection.
+        account with the same email is a non-retryable business rejection, and so
+        is text the database cannot store (the workflow refuses it first; this is
+        for a registration started before it did).
         """
+        with _unstorable_text_refused(INVALID_REGISTRATION):
+            return await self._create_account(data)
+
+    async def _create_account(self, data: RegisterAccountInput) -> AccountRef:
         async with self.pool.acquire() as conn, conn.transaction():
             existing = await conn.fetchrow(
                 "SELECT account_id FROM accounts WHERE account_id = $1 OR lower(email) = lower($2)",
@@ -180,10 +204,11 @@ class IdentityActivities:
     async def mark_api_client_revoked(self, data: RevokeApiClientInput) -> ApiClientRevocation:
         """Mark the client revoked with its events; a second call changes nothing."""
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                revoked_at, newly = await apiclients.mark_revoked(
-                    conn, data.client_id, data.revoked_by, workflow=_workflow_ref()
-                )
+            with _unstorable_text_refused("InvalidArgument"):
+                async with self.pool.acquire() as conn, conn.transaction():
+                    revoked_at, newly = await apiclients.mark_revoked(
+                        conn, data.client_id, data.revoked_by, workflow=_workflow_ref()
+                    )
         except NotFound as exc:
             raise ApplicationError(
                 exc.detail, type=API_CLIENT_NOT_FOUND, non_retryable=True

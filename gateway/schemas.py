@@ -20,7 +20,9 @@ Email = Annotated[
         pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
     ),
 ]
-Password = Annotated[str, StringConstraints(min_length=10, max_length=256)]
+# Registration's password rule; the admin command (workers/identity/admin.py) applies it too.
+PASSWORD_MIN_LENGTH = 10
+Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN_LENGTH, max_length=256)]
 Scope = Annotated[str, StringConstraints(pattern=r"^[a-z]+(:[a-z]+)?$", max_length=64)]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         RotateSigningKeyInput,
         RotateSigningKeyResult,
     )
+    from agora.emails import normalize, storable
     from workers.identity.errors import INVALID_REGISTRATION
     from workers.identity.keys import new_kid
 
@@ -56,15 +57,23 @@ STEP_TIMEOUT = timedelta(seconds=10)
 # rate-floored against floods of made-up kids).
 PUBLISH_AHEAD_S = 180
 PUBLISH_AHEAD_PATCH = "publish-signing-key-ahead"
+# Registrations whose email or display name PostgreSQL cannot store (a NUL, a lone
+# surrogate) are refused up front. Asked only for such a registration, so every
+# other history replays unchanged; one started before the check (its activity
+# retrying) replays on the old path and ends when the activity refuses it.
+REFUSE_UNSTORABLE_PATCH = "refuse-unstorable-registration-text"
 
 
 def register_workflow_id(email: str) -> str:
     """One registration per email at a time: a retried request joins the running one.
 
     Workflow ids are visible in clear (the UI, visibility queries), unlike payloads,
-    so the id holds a digest of the email, never the email itself.
+    so the id holds a digest of the email, never the email itself. The digest is of
+    the normalized email (agora.emails), which for ASCII is `email.strip().lower()`:
+    the ids of registrations started before normalization are unchanged.
     """
-    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    # surrogatepass: an unstorable email still gets an id, and the workflow refuses it.
+    digest = hashlib.sha256(normalize(email).encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"register-{digest}"
 
 
@@ -106,6 +115,15 @@ def _validate_registration(data: RegisterAccountInput) -> None:
         # Guards against a clear password ever being stored (or entering history twice).
         raise ApplicationError(
             "password_hash must be an argon2id hash", type=INVALID_REGISTRATION, non_retryable=True
+        )
+    unstorable = not (storable(data.email) and storable(data.display_name))
+    if unstorable and workflow.patched(REFUSE_UNSTORABLE_PATCH):
+        # PostgreSQL refuses such text: the insert would fail on every retry and keep
+        # this email's workflow id (and so every later registration of it) busy.
+        raise ApplicationError(
+            "email and display_name must not contain NUL or unpaired surrogates",
+            type=INVALID_REGISTRATION,
+            non_retryable=True,
         )
 
 

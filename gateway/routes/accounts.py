@@ -7,7 +7,7 @@ import uuid
 
 from aiohttp import web
 
-from agora import scopes
+from agora import emails, scopes
 from contracts.agora.identity.v1 import Account, GetAccountRequest
 from gateway.context import principal_of
 from gateway.deps import deps
@@ -29,7 +29,7 @@ async def register(request: web.Request, body: RegisterRequest) -> RegisterRespo
     password_hash = await asyncio.to_thread(gw.hasher.hash, body.password)
     data = RegisterAccountInput(
         account_id=str(uuid.uuid4()),
-        email=body.email.lower(),
+        email=emails.normalize(body.email),  # the one form sign-in looks up (agora/emails.py)
         display_name=body.display_name,
         password_hash=password_hash,
     )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from agora import emails
 from contracts.agora.identity.v1 import (
     ClientCredentialsGrant,
     PasswordGrant,
@@ -56,14 +57,14 @@ def token_response(tokens: Tokens | None) -> TokenResponse:
 
 
 async def admit_account_sign_in(request: web.Request, email: str) -> None:
-    """The per-account sign-in limit (rate class `signin`), keyed by the email as identity
-    matches it (case-insensitively). Every attempt counts, so an attacker can also
+    """The per-account sign-in limit (rate class `signin`), keyed by the normalized email
+    (agora/emails.py), the form identity matches. Every attempt counts, so an attacker can also
     hold one account's sign-in back while they keep guessing; the account's owner
     can still use a refresh token, and staff see the 429s in the gateway's metrics."""
     await admit_or_refuse(
         deps(request).admitter,
         "signin",
-        f"email:{email.strip().lower()}",
+        f"email:{emails.normalize(email)}",
         unavailable="sign-in is unavailable; retry shortly",
         limited="too many sign-ins for this account; retry after the Retry-After delay",
     )
@@ -75,9 +76,10 @@ def _requested(scope: str | None) -> list[str]:
 
 async def sign_in(request: web.Request, body: SignInRequest) -> TokenResponse:
     gw = deps(request)
-    await admit_account_sign_in(request, body.email)
+    email = emails.normalize(body.email)  # as registration stored it
+    await admit_account_sign_in(request, email)
     call = SignInCall(
-        password=PasswordGrant(email=body.email, password=body.password),
+        password=PasswordGrant(email=email, password=body.password),
         scopes=_requested(body.scope),
     )
     async with gw.upstream.call(request, "identity.SignIn") as timeout:

@@ -22,6 +22,7 @@ from joserfc.jwk import OKPKey
 from agora.config import Settings
 from gateway.deps import Gateway
 from tests.integration.gatewaykit import (
+    PASSWORD,
     PROBLEM,
     Api,
     TokenMinter,
@@ -76,6 +77,24 @@ async def test_registering_a_taken_email_is_a_conflict(api: Api) -> None:
         json={"email": account["email"], "password": "another password!", "display_name": "X"},
     )
     await problem(response, 409, "email-taken")
+
+
+async def test_an_email_signs_in_however_its_unicode_is_written(api: Api) -> None:
+    # Registered decomposed (E + combining acute) with a Greek capital sigma before "@"
+    # (Python lowercases it to a final sigma, PostgreSQL does not), signed in composed:
+    # one normalization (agora/emails.py) on both paths.
+    host = f"{uuid.uuid4().hex[:10]}.example.fr"
+    response = await api.client.post(
+        "/v1/accounts",
+        json={"email": f"E\u0301COLE-ΟΔΟΣ@{host}", "password": PASSWORD, "display_name": "É"},
+    )
+    assert response.status == 201, await response.text()
+    account = await response.json()
+    assert account["email"] == f"\u00e9cole-\u03bf\u03b4\u03bf\u03c2@{host}"
+    for typed in (f"\u00c9COLE-ΟΔΟΣ@{host}", account["email"], f"E\u0301cole-ΟΔΟΣ@{host}"):
+        tokens = await api.sign_in(typed)
+        me = await api.client.get("/v1/me", headers=bearer(tokens["access_token"]))
+        assert (await me.json())["subject"] == account["account_id"]
 
 
 async def test_wrong_password_is_refused(api: Api) -> None:

@@ -23,7 +23,10 @@ from joserfc.jwk import KeySet, OKPKey
 from joserfc.jws import extract_compact
 from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.identity import IdentityActivities
+from agora import emails
 from agora.config import Settings
 from agora.grpc import Channels
 from contracts.agora.identity.v1 import (
@@ -113,15 +116,22 @@ def new_email() -> str:
     return f"user-{uuid.uuid4().hex[:10]}@example.test"
 
 
-async def register(temporal: Client, email: str, *, account_id: str | None = None) -> AccountRef:
+async def register(
+    temporal: Client,
+    email: str,
+    *,
+    account_id: str | None = None,
+    display_name: str = "Test User",
+    hasher: PasswordHasher | None = None,
+) -> AccountRef:
     """What the gateway does: hash with argon2id (off the loop), then run the workflow."""
-    password_hash = await asyncio.to_thread(PasswordHasher().hash, PASSWORD)
+    password_hash = await asyncio.to_thread((hasher or PasswordHasher()).hash, PASSWORD)
     return await temporal.execute_workflow(
         RegisterAccountWorkflow.run,
         RegisterAccountInput(
             account_id=account_id or str(uuid.uuid4()),
             email=email,
-            display_name="Test User",
+            display_name=display_name,
             password_hash=password_hash,
         ),
         id=register_workflow_id(email),
@@ -328,11 +338,77 @@ async def test_state_changes_write_their_events_to_the_outbox(
     ]
 
 
+async def test_an_email_python_and_postgres_lowercase_differently_can_sign_in(
+    identity: IdentityServiceStub, temporal: Client
+) -> None:
+    # Python lowercases the Σ before "@" to a final ς, PostgreSQL's lower() to the
+    # medial sigma U+03C3 (or, under the C collation, not at all): identity
+    # normalizes as registration did.
+    typed = f"ΟΔΟΣ@{uuid.uuid4().hex[:10]}.example.gr"
+    account = await register(temporal, emails.normalize(typed))  # as the gateway stores it
+    tokens = await sign_in(identity, typed)
+    assert tokens.subject == account.account_id
+    assert (await sign_in(identity, f" {emails.normalize(typed)} ")).subject == account.account_id
+
+
+async def test_a_nul_in_a_sign_in_email_is_an_invalid_argument(
+    identity: IdentityServiceStub,
+) -> None:
+    assert await status_of(sign_in(identity, "a\x00b@example.test")) == Status.INVALID_ARGUMENT
+
+
+async def test_a_registration_with_a_nul_is_refused_and_keeps_no_id_busy(
+    temporal: Client,
+) -> None:
+    email = new_email()
+    for name in ("Nul\x00Name", "Nul\x00Name"):  # the second run reuses the id: it is free
+        with pytest.raises(WorkflowFailureError) as raised:
+            await asyncio.wait_for(register(temporal, email, display_name=name), 30)
+        cause = raised.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == "InvalidRegistration"
+        assert cause.non_retryable
+    nul_email = f"nul\x00{email}"
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(register(temporal, nul_email), 30)
+    # The email itself was never taken: its registration goes through.
+    assert (await asyncio.wait_for(register(temporal, email), 30)).created
+
+
+@pytest.mark.parametrize("email", ["nul\x00@example.test", "\ud800@example.test"])
+async def test_the_activity_turns_text_postgres_refuses_into_a_final_failure(
+    db: asyncpg.Pool, email: str
+) -> None:
+    # For a registration started before the workflow checked: PostgreSQL's refusal of
+    # a NUL (22021) or asyncpg's of a lone surrogate must not be retried for ever.
+    activities = IdentityActivities(db, None, None, access_ttl_s=900)  # type: ignore[arg-type]
+    data = RegisterAccountInput(str(uuid.uuid4()), email, "Test User", "$argon2id$x")
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(activities.create_account, data)
+    assert raised.value.type == "InvalidRegistration" and raised.value.non_retryable
+
+
+async def test_a_sign_in_upgrades_a_hash_made_with_weaker_parameters(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
+) -> None:
+    email = new_email()
+    weak = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    account = await register(temporal, email, hasher=weak)
+
+    await sign_in(identity, email)
+
+    stored = await db.fetchval(
+        "SELECT password_hash FROM accounts WHERE account_id = $1", uuid.UUID(account.account_id)
+    )
+    assert not PasswordHasher().check_needs_rehash(stored), "rehashed with current parameters"
+    assert PasswordHasher().verify(stored, PASSWORD)
+    assert (await sign_in(identity, email)).subject == account.account_id
+
+
 # Signing keys -------------------------------------------------------------------
 
 
 async def test_key_rotation_publishes_the_next_key_before_it_signs_and_keeps_old_tokens_valid(
-    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool, settings: Settings
 ) -> None:
     email = new_email()
     await register(temporal, email)
@@ -359,8 +435,15 @@ async def test_key_rotation_publishes_the_next_key_before_it_signs_and_keeps_old
     new_kid = report.rotation.kid
     assert report.rotation.created and new_kid == next_kid != old_kid
     assert report.rotation.previous_kid == old_kid
-    keys = {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
-    assert {old_kid, new_kid} <= keys, "the previous key must stay published through the overlap"
+    keys_now = {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
+    assert {old_kid, new_kid} <= keys_now, "the previous key must stay published in its overlap"
+    overlap = await db.fetchval(
+        "SELECT verify_until - retired_at FROM signing_keys WHERE kid = $1", old_kid
+    )
+    # Its last token may be signed a little after the retirement (a cached key ring):
+    # the overlap outlasts that token's expiry plus the verifiers' 60 s leeway.
+    assert overlap == keys.retired_key_overlap(settings.access_token_ttl_s)
+    assert overlap >= timedelta(seconds=settings.access_token_ttl_s + 60 + 20)
     jwt.decode(before.access_token, await jwks(identity), algorithms=[ALG])
     assert await active(identity, before.access_token)
 
@@ -447,6 +530,18 @@ async def test_api_client_lifecycle(
     finally:
         catalog.close()
     assert (await identity.get_api_client_signing_secret(ask)).secret == secret
+
+    # Only the gateway's certificate may create API clients (with any scopes it asks).
+    mint = CreateApiClientRequest(
+        name="minted", owner_account_id=owner.account_id, scopes=["identity:admin"]
+    )
+    for caller in ("catalog", "orders"):
+        peer = Channels(settings, caller=caller)
+        try:
+            minted = IdentityServiceStub(peer.get("identity")).create_api_client(mint)
+            assert await status_of(minted) == Status.PERMISSION_DENIED
+        finally:
+            peer.close()
 
     listed = await identity.list_api_clients(
         ListApiClientsRequest(owner_account_id=owner.account_id)

@@ -6,11 +6,11 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from temporalio import activity
+from temporalio import activity, workflow
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
 from activities.identity import (
     AccountRef,
@@ -22,9 +22,11 @@ from activities.identity import (
     RotateSigningKeyInput,
     RotateSigningKeyResult,
 )
+from agora import emails
 from gateway.jwks import PERIODIC_REFRESH_S
 from workflows.identity import (
     PUBLISH_AHEAD_S,
+    STEP_TIMEOUT,
     RegisterAccountWorkflow,
     RevokeApiClientWorkflow,
     RotateSigningKeyWorkflow,
@@ -38,6 +40,10 @@ calls: list[object] = []
 
 @activity.defn(name="identity.create_account")
 async def create_account(data: RegisterAccountInput) -> AccountRef:
+    calls.append(("create_account", data.email))
+    if not (emails.storable(data.email) and emails.storable(data.display_name)):
+        # What the real activity does with PostgreSQL's refusal of such text.
+        raise ApplicationError("unstorable", type="InvalidRegistration", non_retryable=True)
     if data.email.startswith("taken"):
         raise ApplicationError("exists", type="EmailTaken", non_retryable=True)
     return AccountRef(data.account_id, created=True)
@@ -121,6 +127,87 @@ async def test_a_clear_password_is_refused_before_anything_is_stored(
         await run(env, RegisterAccountWorkflow.run, registration("a@example.test", "hunter2"))
     cause = raised.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "InvalidRegistration"
+
+
+@pytest.mark.parametrize(
+    ("email", "display_name"),
+    [("a\x00b@example.test", "Ann"), ("ann@example.test", "A\x00nn"), ("\ud800@x.test", "Ann")],
+)
+async def test_text_postgres_cannot_store_is_refused_before_the_activity(
+    env: WorkflowEnvironment, email: str, display_name: str
+) -> None:
+    calls.clear()
+    data = RegisterAccountInput(str(uuid.uuid4()), email, display_name, HASH)
+    with pytest.raises(WorkflowFailureError) as raised:
+        await run(env, RegisterAccountWorkflow.run, data)
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidRegistration"
+    assert cause.non_retryable and calls == []
+
+
+@workflow.defn(name="RegisterAccount", sandboxed=False)
+class RegisterAccountBeforeTheTextCheck:
+    """RegisterAccount as it ran before unstorable text was refused up front."""
+
+    @workflow.run
+    async def run(self, data: RegisterAccountInput) -> AccountRef:
+        try:
+            return await workflow.execute_activity(
+                "identity.create_account",
+                data,
+                start_to_close_timeout=STEP_TIMEOUT,
+                result_type=AccountRef,
+            )
+        except Exception as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, ApplicationError) and cause.non_retryable:
+                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from err
+            raise
+
+
+async def test_a_registration_started_before_the_text_check_replays_on_its_old_path(
+    env: WorkflowEnvironment,
+) -> None:
+    # Such a registration was stuck retrying its insert; it ends when the activity
+    # refuses the text, and its history must still replay on the current code.
+    queue = f"test-{uuid.uuid4()}"
+    data = RegisterAccountInput(str(uuid.uuid4()), "a\x00b@example.test", "Ann", HASH)
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[RegisterAccountBeforeTheTextCheck],
+        activities=ACTIVITIES,
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        handle = await env.client.start_workflow(
+            "RegisterAccount", data, id=f"wf-{uuid.uuid4()}", task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    history = await handle.fetch_history()
+    result = await Replayer(workflows=[RegisterAccountWorkflow]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert result.replay_failure is None, result.replay_failure
+
+
+async def test_a_valid_registration_replays_on_the_current_code(env: WorkflowEnvironment) -> None:
+    queue = f"test-{uuid.uuid4()}"
+    async with Worker(env.client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES):
+        handle = await env.client.start_workflow(
+            RegisterAccountWorkflow.run,
+            registration("ann@example.test"),
+            id=f"wf-{uuid.uuid4()}",
+            task_queue=queue,
+        )
+        await handle.result()
+    history = await handle.fetch_history()
+    markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]
+    assert markers == [], "a valid registration records no patch marker"
+    result = await Replayer(workflows=[RegisterAccountWorkflow]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert result.replay_failure is None
 
 
 async def test_rotation_publishes_the_key_waits_then_makes_it_current_and_prunes(

@@ -6,8 +6,9 @@ created by an operator through the same RegisterAccount workflow:
     python -m workers.identity.admin create --email ops@example.com --role admin
     python -m workers.identity.admin ensure-demo-admin    # what `make run` does locally
 
-The password is read from a prompt (or --password-file), hashed with argon2id
-here, and only the hash enters the workflow.
+The password is read from a prompt (or --password-file), must be as long as the
+public registration requires, is hashed with argon2id here, and only the hash
+enters the workflow. The email is normalized as everywhere else (agora/emails.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import secrets
 import sys
 import uuid
 from pathlib import Path
@@ -23,10 +23,12 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from temporalio.client import WorkflowFailureError
 
-from agora import config, temporal
+from agora import config, emails, temporal
 from agora.config import Settings
 from agora.leave import run_and_leave
 from agora.logs import setup_logging
+from agora.secrets import create_once
+from gateway.schemas import PASSWORD_MIN_LENGTH
 from workflows.identity import (
     TASK_QUEUE,
     RegisterAccountInput,
@@ -36,18 +38,35 @@ from workflows.identity import (
 
 DEMO_ADMIN_EMAIL = "admin@agora.local"
 ROLES = ("customer", "admin", "auditor", "support")
+# Random bytes of the generated demo admin password (base64: 24 characters).
+DEMO_PASSWORD_BYTES = 18
+
+
+class Refused(ValueError):
+    """Input the command will not register (reported, exit status 1)."""
 
 
 def demo_password_file(settings: Settings) -> Path:
     return settings.state_dir / "secrets" / "admin-password"
 
 
+def checked(email: str, password: str) -> str:
+    """The normalized email, once both it and the password pass registration's rules."""
+    email = emails.normalize(email)
+    if "@" not in email or not emails.storable(email):
+        raise Refused("not an email address")
+    if len(password) < PASSWORD_MIN_LENGTH:
+        raise Refused(f"the password must have at least {PASSWORD_MIN_LENGTH} characters")
+    return email
+
+
 async def register(settings: Settings, email: str, password: str, role: str) -> bool:
     """Run RegisterAccount; True when created, False when this account already existed."""
+    email = checked(email, password)
     client = await temporal.connect(settings, sdk_metrics=False)
     password_hash = await asyncio.to_thread(PasswordHasher().hash, password)
     # A stable id per email makes the command safe to repeat.
-    account_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"agora:account:{email.lower()}"))
+    account_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"agora:account:{email}"))
     result = await client.execute_workflow(
         RegisterAccountWorkflow.run,
         RegisterAccountInput(
@@ -65,10 +84,9 @@ async def register(settings: Settings, email: str, password: str, role: str) -> 
 
 async def ensure_demo_admin(settings: Settings) -> None:
     path = demo_password_file(settings)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(18))
-        path.chmod(0o600)
+    # Created 0600 and exclusively (never readable by others, not even for a moment;
+    # two commands at once agree on one password), then read back.
+    create_once(path, DEMO_PASSWORD_BYTES)
     created = await register(settings, DEMO_ADMIN_EMAIL, path.read_text().strip(), "admin")
     state = "created" if created else "present"
     print(f"demo admin {DEMO_ADMIN_EMAIL} {state}; its password is in {path}")
@@ -96,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             password = getpass.getpass(f"password for {args.email}: ")
         created = asyncio.run(register(settings, args.email, password, args.role))
-        print(f"{args.email} ({args.role}) {'created' if created else 'already exists'}")
+        email = emails.normalize(args.email)
+        print(f"{email} ({args.role}) {'created' if created else 'already exists'}")
         return 0
+    except Refused as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return 1
     except WorkflowFailureError as error:
         cause = getattr(error.cause, "message", str(error.cause))
         print(f"refused: {cause}", file=sys.stderr)

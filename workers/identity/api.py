@@ -53,6 +53,11 @@ if TYPE_CHECKING:
 
 # The only peer (mTLS certificate CN) allowed to read API clients' signing secrets.
 SIGNING_SECRET_READER = "gateway"
+# The peers allowed to create API clients: the gateway, whose admin route authorizes
+# the caller first. No other service has a reason to, and any mTLS peer could
+# otherwise mint a client with any scopes. (The admin command registers accounts
+# through the workflow and creates no API clients.)
+API_CLIENT_CREATORS = frozenset({"gateway"})
 
 _PTYPE = {"account": PrincipalType.ACCOUNT, "api_client": PrincipalType.API_CLIENT}
 
@@ -136,6 +141,8 @@ class IdentityApi(IdentityServiceBase):
     # API clients -------------------------------------------------------------
 
     async def create_api_client(self, message: CreateApiClientRequest) -> CreateApiClientResponse:
+        if peer_cn() not in API_CLIENT_CREATORS:
+            raise NotTheGateway("only the gateway may create API clients")
         client, secret = await self.clients.create(
             message.name, message.owner_account_id, list(message.scopes)
         )

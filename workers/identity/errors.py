@@ -67,6 +67,6 @@ class AccountNotFound(NotFound):
 
 
 class NotTheGateway(PermissionDenied):
-    """A signing secret was asked for by a peer other than the gateway."""
+    """A peer other than the gateway asked for a signing secret or a new API client."""
 
     code = "not-the-gateway"

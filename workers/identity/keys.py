@@ -38,6 +38,16 @@ _ROTATION_LOCK = 0x1D_517E
 _FORCED_RELOAD_FLOOR = 0.5  # seconds
 # A published next key still not current after this was left by a terminated rotation.
 _ABANDONED_AFTER = "1 day"
+# How long a KeyRing serves its cached current key before reloading (seconds).
+KEY_RING_MAX_AGE_S = 2.0
+# Every token a key signed expires within the access TTL; the leeway covers verifiers'
+# clock skew (they accept 60 s on exp / nbf / iat).
+VERIFY_LEEWAY_S = 60
+# A key can still sign shortly after its retirement commits: each identity process
+# keeps its cached current key up to KEY_RING_MAX_AGE_S, and a refresh takes its key
+# before its (possibly slow) transaction. Its last token therefore expires a little
+# after retired_at + access TTL; this margin keeps the key verifying until then.
+SIGNED_AFTER_RETIREMENT_S = 30
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,11 @@ class RotationOutcome:
     previous_kid: str
     previous_valid_until: dt.datetime | None
     created: bool
+
+
+def retired_key_overlap(access_ttl_s: int) -> dt.timedelta:
+    """How long a retired key stays in the JWK set (its `verify_until - retired_at`)."""
+    return dt.timedelta(seconds=access_ttl_s + VERIFY_LEEWAY_S + SIGNED_AFTER_RETIREMENT_S)
 
 
 def _b64url(raw: bytes) -> str:
@@ -188,7 +203,7 @@ class KeyRing:
     key stays in the JWK set meanwhile, so nothing it signs fails to verify.
     """
 
-    def __init__(self, pool: asyncpg.Pool, box: SecretBox, *, max_age: float = 2.0):
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox, *, max_age: float = KEY_RING_MAX_AGE_S):
         self._pool = pool
         self._box = box
         self._max_age = max_age

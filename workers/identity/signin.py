@@ -15,7 +15,8 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from agora import outbox, scopes
+from agora import emails, outbox, scopes
+from agora.errors import InvalidArgument
 from contracts.agora.identity.v1 import PrincipalType, RevocationReason, SignedIn
 from workers.identity import tokens
 from workers.identity.apiclients import ApiClients, parse_client_id
@@ -57,6 +58,18 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
     return await asyncio.to_thread(_verify_password, password_hash, password)
 
 
+async def rehash_if_needed(password_hash: str, password: str) -> str | None:
+    """A fresh hash of a just-verified password when its stored hash was made with
+    other (older, weaker) parameters than the current ones; None when it is current."""
+    try:
+        stale = _hasher.check_needs_rehash(password_hash)
+    except InvalidHashError:
+        return None
+    if not stale:
+        return None
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
 @dataclass(frozen=True)
 class Grant:
     """What a successful sign-in or refresh returns."""
@@ -91,6 +104,12 @@ class TokenService:
         return tokens.issue(principal, self.policy, await self._keys.signing_key())
 
     async def sign_in_password(self, email: str, password: str, requested: list[str]) -> Grant:
+        email = emails.normalize(email)  # as registration stored it
+        if not emails.storable(email):
+            # No account can have it, and PostgreSQL would refuse the query (UNKNOWN).
+            raise InvalidArgument("email must not contain NUL or unpaired surrogates")
+        # lower() on both sides still matches rows stored before emails.normalize
+        # existed (Python-lowered, like the normalized input).
         row = await self._pool.fetchrow(
             "SELECT account_id, password_hash, roles, scopes, disabled FROM accounts"
             " WHERE lower(email) = lower($1)",
@@ -101,7 +120,17 @@ class TokenService:
             raise InvalidCredentials()
         account_id = str(row["account_id"])
         granted = _narrow(scopes.scopes_for(row["roles"], row["scopes"]), requested)
+        rehashed = await rehash_if_needed(row["password_hash"], password)
         async with self._pool.acquire() as conn, conn.transaction():
+            if rehashed is not None:
+                # Guarded by the old hash: a password changed meanwhile is left alone.
+                await conn.execute(
+                    "UPDATE accounts SET password_hash = $3"
+                    " WHERE account_id = $1 AND password_hash = $2",
+                    row["account_id"],
+                    row["password_hash"],
+                    rehashed,
+                )
             session = await self._sessions.start(conn, account_id, granted)
             await _append_signed_in(conn, account_id, PrincipalType.ACCOUNT, session.sid, granted)
         principal = Principal(account_id, "account", tuple(granted), session.sid)

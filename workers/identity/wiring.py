@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from activities.identity import VERIFY_LEEWAY_S, IdentityActivities
+from activities.identity import IdentityActivities
 from agora.service import Runtime, ServiceParts
 from workers.identity import keys
 from workers.identity.api import IdentityApi
@@ -24,7 +24,7 @@ from workflows.identity import (
 async def build_parts(rt: Runtime) -> ServiceParts:
     settings = rt.settings
     box = SecretBox(load_kek(settings))
-    overlap = timedelta(seconds=settings.access_token_ttl_s + VERIFY_LEEWAY_S)
+    overlap = keys.retired_key_overlap(settings.access_token_ttl_s)
     # Tokens must be issuable from the first request on a fresh database.
     await keys.ensure_current(rt.pool, box, overlap)
     await ensure_rotation_schedule(
