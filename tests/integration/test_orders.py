@@ -81,6 +81,14 @@ def customer_with_id(shop: dict[str, Any]) -> tuple[str, dict[str, str]]:
     return customer_id, bearer(token)
 
 
+def keyed_order(shop: dict[str, Any], prefix: str) -> tuple[dict[str, str], str, str]:
+    """A new customer's credentials, an Idempotency-Key, and the id of the order that
+    key will place."""
+    customer_id, who = customer_with_id(shop)
+    key = f"{prefix}-{uuid.uuid4()}"
+    return who, key, order_id_for(customer_id, key)
+
+
 def customer(shop: dict[str, Any]) -> dict[str, str]:
     return customer_with_id(shop)[1]
 
@@ -595,9 +603,7 @@ async def test_a_worker_killed_mid_saga_leaves_one_charge_and_one_stock_movement
     # restarted. Temporal retries the lost attempt (or replays the saga) on the new one.
     temporal: Client = shop["gw"].upstream.temporal
     sku = await product_with_stock(shop, 4)
-    customer_id, who = customer_with_id(shop)
-    key = f"kill-{uuid.uuid4()}"
-    order_id = order_id_for(customer_id, key)
+    who, key, order_id = keyed_order(shop, "kill")
     process = services(victim)
     hold = await hold_before_placing(settings, step, order_id)
     try:
@@ -638,9 +644,7 @@ async def test_cancels_sent_together_are_one_update_that_all_of_them_answer(
     # run the next were refused.
     temporal: Client = shop["gw"].upstream.temporal
     sku = await product_with_stock(shop, 2)
-    customer_id, who = customer_with_id(shop)
-    key = f"cancels-{uuid.uuid4()}"
-    order_id = order_id_for(customer_id, key)
+    who, key, order_id = keyed_order(shop, "cancels")
     hold = await hold_before_placing(settings, "inventory.reserve", order_id)
     handle = temporal.get_workflow_handle(order_workflow_id(order_id))
 

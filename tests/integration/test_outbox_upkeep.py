@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -103,19 +104,21 @@ def observed_age(service: str) -> float | None:
     return None
 
 
-async def test_a_relay_that_cannot_publish_keeps_reporting_a_backlog_that_ages(
-    settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Kafka refuses the sends (here: a topic the broker does not have, which it will
-    # not create): each session fails and the next tries again. The backlog's age must
-    # stay exported and keep growing, or OutboxStale could never fire in the outage.
+@asynccontextmanager
+async def failing_relay(
+    settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture, *, age_s: int = 0
+) -> AsyncIterator[tuple[OutboxRelay, str]]:
+    """A relay whose sends Kafka refuses (a row for a topic the broker does not have,
+    which it will not create): each session fails and the next tries again. Yields it
+    and its service once a session has failed; the row is `age_s` old."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=300)
     await producer.start()
-    service = f"stuck-{uuid.uuid4().hex[:8]}"
+    service = f"failing-{uuid.uuid4().hex[:8]}"
     relay = OutboxRelay(pool, producer, service, poll_interval=0.1)
     event_id = await append(pool, f"no-such-topic-{uuid.uuid4().hex[:8]}")
     await pool.execute(
-        "UPDATE outbox SET created_at = now() - interval '600 seconds' WHERE event_id = $1",
+        "UPDATE outbox SET created_at = now() - $1 * interval '1 second' WHERE event_id = $2",
+        age_s,
         event_id,
     )
     running = asyncio.create_task(relay.run())
@@ -125,48 +128,44 @@ async def test_a_relay_that_cannot_publish_keeps_reporting_a_backlog_that_ages(
                 break
             await asyncio.sleep(0.05)
         assert any("retrying" in r.getMessage() for r in caplog.records), "a send failed"
+        yield relay, service
+    finally:
+        relay.stop()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await producer.stop()
+
+
+async def test_a_relay_that_cannot_publish_keeps_reporting_a_backlog_that_ages(
+    settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The backlog's age must stay exported and keep growing, or OutboxStale could
+    # never fire in the outage it is there for.
+    async with failing_relay(settings, pool, caplog, age_s=600) as (_, service):
         first = observed_age(service)
         assert first is not None and first >= 600, "still reported after the failure"
         await asyncio.sleep(0.2)
         later = observed_age(service)
         assert later is not None and later > first, "and ageing"
-    finally:
-        relay.stop()
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await producer.stop()
 
 
 async def test_a_failed_relay_stops_reporting_once_another_holds_the_lock(
     settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # This relay's sends fail; meanwhile another process's relay takes the lock and
-    # publishes (here the test holds the lock, as that relay would). The age this one
-    # kept would otherwise page while the other publishes.
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=300)
-    await producer.start()
-    service = f"handed-{uuid.uuid4().hex[:8]}"
-    relay = OutboxRelay(pool, producer, service, poll_interval=0.1)
-    await append(pool, f"no-such-topic-{uuid.uuid4().hex[:8]}")
-    running = asyncio.create_task(relay.run())
-    other = await pool.acquire()
-    try:
-        for _ in range(600):
-            if any("retrying" in r.getMessage() for r in caplog.records):
-                break
-            await asyncio.sleep(0.05)
+    # Meanwhile another process's relay takes the lock and publishes (here the test
+    # holds the lock, as that relay would). The age this one kept would otherwise
+    # page while the other publishes.
+    async with failing_relay(settings, pool, caplog) as (relay, service):
         assert service in outbox._backlog, "kept after its own failure"
-        # The failed session let the lock go; the other relay's wins it now.
-        await other.execute("SELECT pg_advisory_lock($1)", relay._lock_key)
-        for _ in range(600):
-            if service not in outbox._backlog:
-                break
-            await asyncio.sleep(0.05)
-        assert service not in outbox._backlog
-    finally:
-        await other.execute("SELECT pg_advisory_unlock_all()")
-        await pool.release(other)
-        relay.stop()
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await producer.stop()
+        other = await pool.acquire()
+        try:
+            # The failed session let the lock go; the other relay's wins it now.
+            await other.execute("SELECT pg_advisory_lock($1)", relay._lock_key)
+            for _ in range(600):
+                if service not in outbox._backlog:
+                    break
+                await asyncio.sleep(0.05)
+            assert service not in outbox._backlog
+        finally:
+            await other.execute("SELECT pg_advisory_unlock_all()")
+            await pool.release(other)

@@ -105,39 +105,31 @@ async def _verify(
             # start nor a failure; one that claims the trusted key and does not
             # verify under it is forged.
             start = await checkpoints.latest(conn, at_most=last, key_id=trusted_key.key_id)
-            if start is not None and not start.verifies_with(trusted_key):
-                return Verification(
-                    ok=False,
-                    first_sequence=start.log_sequence,
-                    last_sequence=last,
-                    records_checked=0,
-                    first_bad_sequence=max(start.log_sequence, 1),
-                    failure=f"checkpoint at {start.log_sequence} has no valid signature"
-                    f" by key {trusted_key.key_id}",
-                    start_checkpoint=start,
-                )
+
+        def refused(first_bad_sequence: int, failure: str) -> Verification:
+            """Failed before the walk: no record checked."""
+            return Verification(
+                ok=False,
+                first_sequence=start.log_sequence if start else 0,
+                last_sequence=last,
+                records_checked=0,
+                first_bad_sequence=first_bad_sequence,
+                failure=failure,
+                start_checkpoint=start,
+            )
+
+        if start is not None and not start.verifies_with(trusted_key):
+            return refused(
+                max(start.log_sequence, 1),
+                f"checkpoint at {start.log_sequence} has no valid signature"
+                f" by key {trusted_key.key_id}",
+            )
         truncated = await beyond_head(conn, trusted_key, head)
         if truncated:
-            return Verification(
-                ok=False,
-                first_sequence=start.log_sequence if start else 0,
-                last_sequence=last,
-                records_checked=0,
-                first_bad_sequence=head + 1,
-                failure=truncated,
-                start_checkpoint=start,
-            )
+            return refused(head + 1, truncated)
         outside = await before_first(conn)
         if outside:
-            return Verification(
-                ok=False,
-                first_sequence=start.log_sequence if start else 0,
-                last_sequence=last,
-                records_checked=0,
-                first_bad_sequence=1,
-                failure=outside,
-                start_checkpoint=start,
-            )
+            return refused(1, outside)
         anchors = {
             c.log_sequence: c
             for c in await checkpoints.in_range(conn, start.log_sequence if start else 0, last)
