@@ -196,6 +196,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._lock_key = zlib.crc32(f"agora-outbox-{service}".encode())
+        # The oldest unsent row last seen: its id, and when it was written (time.time()).
+        self._oldest: tuple[int, float] | None = None
         self._tracer = trace.get_tracer("agora.outbox")
 
     def stop(self) -> None:
@@ -294,10 +296,15 @@ class OutboxRelay:
             count = len(rows)
             if count == self._batch_size:
                 count = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            _backlog[self._service] = (
-                count,
-                time.time() - float(rows[0]["age"]) if rows else None,
-            )
+            since = None
+            if rows:
+                oldest = int(rows[0]["id"])
+                if self._oldest is None or self._oldest[0] != oldest:
+                    # First seen: when it was written, on this process's clock. Kept
+                    # while it stays the oldest, so the age grows steadily.
+                    self._oldest = (oldest, time.time() - float(rows[0]["age"]))
+                since = self._oldest[1]
+            _backlog[self._service] = (count, since)
             if not rows:
                 return 0
             with self._tracer.start_as_current_span("outbox publish"):

@@ -340,9 +340,9 @@ def run_cli(settings: Settings, *args: str) -> tuple[int, dict[str, object]]:
         timeout=120,
     )
     # Its log is JSON lines like every service's; a failure is an error naming the row.
-    logged = [json.loads(line) for line in result.stderr.splitlines()]
     report = json.loads(result.stdout)
     if not report["ok"]:
+        logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
         assert any(
             (line["service"], line["level"], line.get("first_bad_sequence"))
             == ("audit-verify", "ERROR", report["first_bad_sequence"])

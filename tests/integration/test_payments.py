@@ -352,8 +352,9 @@ async def test_slow_authorizations_hold_no_connection_so_voids_and_captures_go_a
     # at the PSP: were each holding its connection there, the compensating void (and
     # another order's capture) would wait for one until the PSP answered.
     pool = await create_pool(settings, "payments", size=3)
-    intents = PaymentIntents(pool, SimulatedPsp(RedisSimStore(redis), slow_delay_s=5))
+    intents = PaymentIntents(pool, SimulatedPsp(RedisSimStore(redis), slow_delay_s=15))
     slow_tasks: list[asyncio.Task[AuthorizeResult]] = []
+    meanwhile: asyncio.Task[tuple[CaptureResult, VoidResult]] | None = None
     try:
         other = await intents.authorize(authorization(amount=800))
         slow = [authorization(SLOW) for _ in range(3)]
@@ -381,8 +382,10 @@ async def test_slow_authorizations_hold_no_connection_so_voids_and_captures_go_a
         assert isinstance(outcomes[0], PaymentStateConflict), outcomes[0]
         assert [getattr(o, "status", o) for o in outcomes[1:]] == ["authorized", "authorized"]
     finally:
-        for task in slow_tasks:
+        started = [*slow_tasks, *([meanwhile] if meanwhile else [])]
+        for task in started:
             task.cancel()
+        await asyncio.gather(*started, return_exceptions=True)
         await pool.close()
 
 
