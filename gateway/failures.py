@@ -119,7 +119,11 @@ def from_temporal(error: BaseException) -> Problem:
         # The same workflow id is running: e.g. a registration of this email in flight.
         return Problem("conflict", "the same operation is already in progress")
     if isinstance(error, RPCError):
-        if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
+        if error.status == RPCStatusCode.DEADLINE_EXCEEDED or (
+            # The SDK client's own rpc_timeout ran out first: "Timeout expired",
+            # CANCELLED (a request's short X-Request-Timeout), a timeout not an outage.
+            error.status == RPCStatusCode.CANCELLED and "timeout" in error.message.lower()
+        ):
             return Problem("upstream-timeout")
         if error.status == RPCStatusCode.NOT_FOUND:
             # An update or signal to a workflow that has finished (e.g. cancelling an

@@ -83,3 +83,13 @@ def test_a_request_temporal_refuses_as_made_is_the_clients_error_not_an_outage()
     problem = failures.from_temporal(too_long)
     assert (problem.status, problem.code) == (400, "invalid-argument")
     assert "WorkflowId" not in problem.detail  # Temporal's own words stay inside
+
+
+def test_a_deadline_the_sdk_client_ran_out_of_is_a_timeout_not_an_outage() -> None:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    # What a Temporal call gets when the request's own short deadline passes first.
+    expired = RPCError("Timeout expired", RPCStatusCode.CANCELLED, b"")
+    assert failures.from_temporal(expired).code == "upstream-timeout"
+    cancelled = RPCError("Request cancelled", RPCStatusCode.CANCELLED, b"")
+    assert failures.from_temporal(cancelled).code == "upstream-unavailable"
