@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from agora.config import SERVICES, Settings
 from agora.logs import setup_logging
@@ -26,3 +31,39 @@ def bootstrap(settings: Settings, name: str) -> tuple[Telemetry, asyncio.Event]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return telemetry, stop
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A start-up step is retried through its dependency's brief outage for this long, as
+# the running processes ride it out, instead of exiting into a crash-loop back-off of
+# up to five minutes.
+STARTUP_PATIENCE_S = 60.0
+
+
+async def starting(
+    what: str,
+    step: Callable[[], Awaitable[T]],
+    *,
+    transient: tuple[type[BaseException], ...],
+    patience_s: float = STARTUP_PATIENCE_S,
+) -> T:
+    """Run a start-up step, retrying it with backoff while an error in `transient`
+    (its dependency away) says it may yet succeed."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(patience_s),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        retry=retry_if_exception_type(transient),
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "start-up step failed, retrying",
+            extra={
+                "step": what,
+                "error": repr(state.outcome.exception() if state.outcome else None),
+            },
+        ),
+    ):
+        with attempt:
+            return await step()
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -25,27 +25,19 @@ from grpclib._typing import IServable
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
-from agora import db, grpc, kafka, pki, temporal
+from agora import db, grpc, kafka, pki, process, temporal
 from agora.config import Settings
 from agora.outbox import OutboxRelay
-from agora.process import bootstrap
+from agora.process import STARTUP_PATIENCE_S, bootstrap
 from agora.sideport import SidePort
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a dependency restarting looks like to a starting process (Kafka brokers rolling,
-# a PostgreSQL failover, a Temporal frontend restart: the Temporal client's failed
-# connect is a RuntimeError). A start-up step is retried through such an outage for
-# this long, as the running processes ride it out, instead of exiting into a
-# crash-loop back-off of up to five minutes.
+# What a dependency restarting looks like to a starting service (Kafka brokers rolling,
+# a PostgreSQL failover, a Temporal frontend restart; for the Temporal client's failed
+# connect, a RuntimeError, see `also`).
 STARTUP_TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
@@ -55,7 +47,6 @@ STARTUP_TRANSIENT: tuple[type[BaseException], ...] = (
     KafkaError,
     RPCError,
 )
-STARTUP_PATIENCE_S = 60.0
 # The whole graceful shutdown, inside Kubernetes' grace period (45 s, of which the
 # preStop sleep takes 5): what is left after it is cut, not SIGKILLed mid-flush.
 SHUTDOWN_BUDGET_S = 35.0
@@ -66,26 +57,13 @@ async def starting(
     step: Callable[[], Awaitable[T]],
     *,
     also: tuple[type[BaseException], ...] = (),
-    patience_s: float | None = None,
+    patience_s: float = STARTUP_PATIENCE_S,
 ) -> T:
-    """Run a start-up step, retrying it with backoff while its dependency is away
-    (`also`: further exception types that mean that for this step)."""
-    async for attempt in AsyncRetrying(
-        stop=stop_after_delay(STARTUP_PATIENCE_S if patience_s is None else patience_s),
-        wait=wait_exponential(multiplier=0.5, max=5),
-        retry=retry_if_exception_type((*STARTUP_TRANSIENT, *also)),
-        reraise=True,
-        before_sleep=lambda state: log.warning(
-            "start-up step failed, retrying",
-            extra={
-                "step": what,
-                "error": repr(state.outcome.exception() if state.outcome else None),
-            },
-        ),
-    ):
-        with attempt:
-            return await step()
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    """A service's start-up step against its stores, Kafka or Temporal
+    (`agora.process.starting` with STARTUP_TRANSIENT, and `also`)."""
+    return await process.starting(
+        what, step, transient=(*STARTUP_TRANSIENT, *also), patience_s=patience_s
+    )
 
 
 @dataclass

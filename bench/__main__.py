@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], metavar="scenario")
     args = parser.parse_args(argv)
     names = args.scenarios or list(SCENARIOS)
-    down = _infrastructure_down(settings)
+    down = _infrastructure_down(settings) if names else []
     if down:
         # The scenarios start their own gateway and services, not the stores under them.
         raise SystemExit(f"{', '.join(down)} not running: start the platform first (make run)")

@@ -14,11 +14,12 @@ from grpclib.exceptions import GRPCError
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from temporalio.service import RPCError
 
 from agora import pki, temporal
 from agora.config import DEFAULT_RATE_LIMITS, Settings
 from agora.grpc import Channels
-from agora.service import starting
+from agora.process import starting
 from contracts.agora.identity.v1 import (
     GetApiClientSigningSecretRequest,
     GetJwksRequest,
@@ -84,7 +85,9 @@ async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None =
     channels = Channels(settings, caller="gateway")
     # Retried through a Temporal frontend restart, as the services' start is.
     client = await starting(
-        "temporal client", lambda: temporal.connect(settings), also=(RuntimeError,)
+        "temporal client",
+        lambda: temporal.connect(settings),
+        transient=(OSError, RPCError, RuntimeError),  # RuntimeError: a failed connect
     )
     upstream = Upstream(channels, client, metrics)
     jwks = JwksCache(jwks_fetch or jwks_from_identity(upstream.identity))

@@ -70,6 +70,18 @@ def test_bench_logs_library_warnings_as_json_and_keeps_its_report_on_stdout(
     _library_warning_is_json(stderr, "bench")
 
 
+def test_bench_says_to_start_the_platform_when_its_stores_are_not_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario(settings: Any) -> dict[str, Any]:
+        raise AssertionError("no scenario runs without the platform")
+
+    monkeypatch.setattr(bench_main, "SCENARIOS", {"auth": scenario})
+    monkeypatch.setattr(bench_main, "_infrastructure_down", lambda _settings: ["postgres"])
+    with pytest.raises(SystemExit, match=r"postgres not running: start the platform first"):
+        bench_main.main([])
+
+
 def test_bench_prints_a_line_before_and_after_each_scenario(
     stderr: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from agora import service
+from agora import process
 from agora.service import starting
 
 
@@ -22,7 +22,7 @@ async def test_a_step_is_retried_while_its_dependency_is_away(
             raise failures.pop(0)
         return "up"
 
-    monkeypatch.setattr(service, "wait_exponential", lambda **_: lambda _state: 0)
+    monkeypatch.setattr(process, "wait_exponential", lambda **_: lambda _state: 0)
     assert await starting("kafka producer", step, also=(RuntimeError,)) == "up"
     assert calls == 4
 
