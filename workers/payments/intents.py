@@ -295,16 +295,9 @@ class PaymentIntents:
                 card.brand,
                 card.last4,
             )
-            # Lock first, then look for a recorded result: a concurrent attempt that
-            # finished between the two would otherwise look like a conflict.
-            intent = await self._lock(conn, payment_id)
-            recorded = await self._recorded(conn, key, "authorize", digest)
-            if recorded is not None:
-                self._replay_failure(recorded)
-                return AuthorizeResult(**json.loads(recorded["result"]))
-            if intent is None or intent["status"] != Status.PENDING:
-                status = intent["status"] if intent else "gone"
-                raise PaymentStateConflict(f"payment {payment_id} is {status}")
+            intent, replayed = await self._pending_authorization(conn, payment_id, key, digest)
+            if replayed is not None:
+                return replayed
             # No result yet, but an attempt may be at the PSP: this one must ask
             # for the same (the PSP answers it with the first one's authorization).
             if _intent_request(intent) != (
@@ -331,14 +324,10 @@ class PaymentIntents:
             raise PaymentStateConflict(f"payment {payment_id} was voided") from None
 
         async with self.pool.acquire() as conn, conn.transaction():
-            intent = await self._lock(conn, payment_id)
-            recorded = await self._recorded(conn, key, "authorize", digest)
-            if recorded is not None:  # a concurrent attempt recorded it first
-                self._replay_failure(recorded)
-                return AuthorizeResult(**json.loads(recorded["result"]))
-            if intent is None or intent["status"] != Status.PENDING:
-                status = intent["status"] if intent else "gone"
-                raise PaymentStateConflict(f"payment {payment_id} is {status}")
+            # A concurrent attempt may have recorded it first; a void, voided it.
+            _, replayed = await self._pending_authorization(conn, payment_id, key, digest)
+            if replayed is not None:
+                return replayed
             failure = await self._record_authorization(
                 conn, payment_id, key, digest, data, amount, answer, workflow
             )
@@ -373,6 +362,23 @@ class PaymentIntents:
             extra={"payment_id": str(payment_id), "card_last4": card.last4, "amount": amount},
         )
         return result
+
+    async def _pending_authorization(
+        self, conn: asyncpg.Connection, payment_id: uuid.UUID, key: str, digest: str
+    ) -> tuple[asyncpg.Record, AuthorizeResult | None]:
+        """Lock the intent, then look for the result recorded for this key (a
+        concurrent attempt that finished between the two would otherwise look like a
+        conflict): that result (its failure raised again), else the intent, which
+        must still be pending."""
+        intent = await self._lock(conn, payment_id)
+        recorded = await self._recorded(conn, key, "authorize", digest)
+        if recorded is not None:
+            self._replay_failure(recorded)
+            return intent, AuthorizeResult(**json.loads(recorded["result"]))
+        if intent is None or intent["status"] != Status.PENDING:
+            status = intent["status"] if intent else "gone"
+            raise PaymentStateConflict(f"payment {payment_id} is {status}")
+        return intent, None
 
     async def _record_authorization(
         self,
