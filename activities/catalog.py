@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 from agora import outbox
 from agora.db import lock_for_transaction
 from agora.errors import DomainError
+from agora.text import shown, storable
 from contracts.agora.catalog.v1 import (
     PriceChanged,
     Product,
@@ -99,6 +100,7 @@ class UpsertBatchInput:
     import_id: str
     batch_index: int
     products: list[ProductData]
+    create_only: bool = False  # ImportInput.create_only
 
 
 @dataclass
@@ -303,7 +305,9 @@ class CatalogActivities:
                     from_row(row)
                     for row in await conn.fetch(
                         f"SELECT {COLUMNS} FROM products WHERE sku = ANY($1::text[])",
-                        [p.sku for p in data.products],
+                        # A sku PostgreSQL cannot hold was a refused row: it would
+                        # fail this read, and every retry of the batch, for ever.
+                        [p.sku for p in data.products if storable(p.sku)],
                     )
                 ]
         # After the commit, as a single write's refresh_cache: a Redis error fails the
@@ -323,8 +327,9 @@ class CatalogActivities:
             try:
                 validate(new)
             except DomainError as error:
-                # The report is stored (jsonb): a NUL in the sku is shown as U+FFFD.
-                result.errors.append(RowError(new.sku.replace("\x00", "\ufffd"), error.detail))
+                # The report is stored (jsonb): a NUL or a lone surrogate in the sku is
+                # shown as U+FFFD.
+                result.errors.append(RowError(shown(new.sku), error.detail))
             else:
                 valid.append(new)
         # Only valid skus reach the locking read: an invalid one (a NUL) would fail it,
@@ -344,7 +349,7 @@ class CatalogActivities:
                 result.created += 1
             else:
                 changed = changed_fields(data_of(before), new)
-                if not changed:
+                if not changed or data.create_only:
                     result.unchanged += 1
                     continue
                 product = await _update(conn, new)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["normalize", "storable"]
+__all__ = ["normalize"]
 
 
 def normalize(email: str) -> str:
@@ -23,14 +23,3 @@ def normalize(email: str) -> str:
     function existed (NFC leaves ASCII alone), so ids derived from one are unchanged.
     """
     return unicodedata.normalize("NFC", email.strip()).lower()
-
-
-def storable(text: str) -> bool:
-    """False for text PostgreSQL cannot store: a NUL, or a lone surrogate (not UTF-8)."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

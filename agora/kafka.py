@@ -54,6 +54,24 @@ _meter.create_observable_gauge(
     "agora_kafka_consumer_lag", [_observe_lag], description="records not yet consumed"
 )
 
+# Per consumer group, this process's sessions that are consuming (0 while one cannot
+# start, or waits to start again after a broker error). A group whose sessions never
+# start (the brokers refusing its credentials, say) reports no lag at all, so
+# KafkaConsumerLagHigh stays silent; KafkaConsumerDown reads this instead.
+_sessions: dict[str, int] = {}
+
+
+def _observe_sessions(_: CallbackOptions) -> Iterable[Observation]:
+    for group, running in _sessions.items():
+        yield Observation(running, {"group": group})
+
+
+_meter.create_observable_gauge(
+    "agora_kafka_consumer_up",
+    [_observe_sessions],
+    description="consumer sessions of the group that are consuming in this process",
+)
+
 EVENT_TOPICS = (
     "identity.events",
     "catalog.events",
@@ -198,6 +216,7 @@ class EventConsumer:
         # first dead letter hides that letter from increase() and from the dashboards.
         for topic in spec.topics:
             _dead.add(0, {"group": spec.group, "topic": topic})
+        _sessions.setdefault(spec.group, 0)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -238,11 +257,21 @@ class EventConsumer:
     async def _session(self) -> None:
         consumer = self._new_consumer()
         positions: dict[TopicPartition, int] = {}
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            # Brokers unreachable: what start() opened is closed before the next try,
+            # or each retry leaves a client (its connections and tasks) behind.
+            await consumer.stop()
+            raise
         watcher = asyncio.create_task(self._watch_lag(consumer, positions))
+        consuming = False
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                if not consuming:  # a fetch answered: the session has joined its group
+                    consuming = True
+                    _sessions[self.spec.group] += 1
                 done: dict[TopicPartition, int] = {}
                 groups = list(batches.values())
                 if self.spec.whole_round:
@@ -260,6 +289,8 @@ class EventConsumer:
                     positions.update(done)
                 self._record_lag(consumer, positions)
         finally:
+            if consuming:
+                _sessions[self.spec.group] -= 1
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             self._forget_lag()  # a new session (or another process) reports from now on

@@ -149,6 +149,9 @@ class ImportInput:
     import_id: str
     products: list[ProductData]
     batch_size: int = DEFAULT_BATCH_SIZE
+    # Products that exist are left as they are, counted unchanged: the demo seed,
+    # which `make run` repeats, never reverts an admin's price change or deactivation.
+    create_only: bool = False
 
 
 @dataclass
@@ -202,7 +205,7 @@ class ImportProductsWorkflow:
             if valid:
                 result = await workflow.execute_activity_method(
                     CatalogActivities.upsert_batch,
-                    UpsertBatchInput(data.import_id, index, valid),
+                    UpsertBatchInput(data.import_id, index, valid, data.create_only),
                     start_to_close_timeout=BATCH_TIMEOUT,
                     heartbeat_timeout=BATCH_HEARTBEAT,
                     retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),

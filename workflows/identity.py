@@ -28,7 +28,8 @@ with workflow.unsafe.imports_passed_through():
         RotateSigningKeyInput,
         RotateSigningKeyResult,
     )
-    from agora.emails import normalize, storable
+    from agora.emails import normalize
+    from agora.text import storable
     from workers.identity.errors import INVALID_REGISTRATION
     from workers.identity.keys import new_kid
 

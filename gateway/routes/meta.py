@@ -56,7 +56,7 @@ ROUTES = [
         "GET",
         "/readyz",
         readyz,
-        "Readiness: Redis reachable and signing keys loaded",
+        "Readiness: signing keys (JWKS) loaded",
         "meta",
         response=HealthResponse,
     ),

@@ -181,6 +181,59 @@ async def test_an_import_row_postgres_cannot_hold_is_a_row_error_not_a_failed_ba
     assert await row(catalog.pool, good) == ("fine", 1)
 
 
+async def test_import_rows_with_lone_surrogates_are_row_errors_not_a_failed_batch(
+    catalog: CatalogActivities,
+) -> None:
+    # Neither the sku (kept in the stored report, jsonb) nor a title (the row) can
+    # hold one: each is its own refused row, and the batch commits the rest.
+    good = f"RETRY-{uuid.uuid4().hex[:10].upper()}"
+    rows = [product("BAD\ud800SKU", "surrogate sku"), product(good, "fine")]
+    rows.append(product(good + "X", "lone \udc00 surrogate"))
+    result: Any = await attempt().run(catalog.upsert_batch, UpsertBatchInput("lone", 0, rows))
+    assert result.created == 1
+    assert [e.sku for e in result.errors] == ["BAD\ufffdSKU", good + "X"]
+    assert await row(catalog.pool, good) == ("fine", 1)
+
+
+async def test_a_batch_with_a_refused_sku_retried_after_its_commit_answers_its_result(
+    catalog: CatalogActivities,
+) -> None:
+    # The first attempt committed (the NUL sku a row error), then its cache writes
+    # failed: the retry must read back the batch's rows without that sku.
+    good = f"RETRY-{uuid.uuid4().hex[:10].upper()}"
+    batch = UpsertBatchInput("nul-retry", 0, [product("BAD\x00SKU", "nul"), product(good, "ok")])
+    mine = attempt()
+    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    cache, catalog.cache = catalog.cache, ProductCache(dead, "catalog:")
+    try:
+        with pytest.raises(RedisError):
+            await mine.run(catalog.upsert_batch, batch)
+    finally:
+        catalog.cache = cache
+        await dead.aclose()
+    again: Any = await mine.run(catalog.upsert_batch, batch)
+    assert (again.created, [e.sku for e in again.errors]) == (1, ["BAD\ufffdSKU"])
+    cached = await catalog.cache.get(good, lambda _: never_loaded())
+    assert cached is not None and cached.title == "ok"
+
+
+async def test_a_create_only_batch_leaves_existing_products_as_they_are(
+    catalog: CatalogActivities,
+) -> None:
+    # The demo seed, re-run by every `make run`, after an admin edited a product.
+    edited = await created(catalog)
+    await attempt().run(catalog.update_product, UpdateProductInput(product(edited, "edited")))
+    new = f"RETRY-{uuid.uuid4().hex[:10].upper()}"
+    batch = UpsertBatchInput(
+        "seed", 0, [product(edited, "first"), product(new, "new")], create_only=True
+    )
+    result: Any = await attempt().run(catalog.upsert_batch, batch)
+    assert (result.created, result.updated, result.unchanged) == (1, 0, 1)
+    assert await row(catalog.pool, edited) == ("edited", 2)
+    assert await events(catalog.pool, edited) == ["ProductCreated", "ProductUpdated"]
+    assert await row(catalog.pool, new) == ("new", 1)
+
+
 async def test_a_reader_cancelled_during_a_cache_fill_leaves_the_others_their_answer(
     catalog: CatalogActivities,
 ) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import uuid
 from typing import Any
 
@@ -161,6 +163,73 @@ async def test_a_consumer_stuck_on_its_first_batch_reports_the_backlog_behind_it
                 break
             await asyncio.sleep(0.1)
         assert await lag() == 30
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
+
+
+def sessions_up(group: str) -> list[int]:
+    """What the agora_kafka_consumer_up gauge reports for `group` (one value, or none)."""
+    observed = kafka._observe_sessions(None)  # type: ignore[arg-type]
+    return [int(o.value) for o in observed if o.attributes == {"group": group}]
+
+
+async def test_a_group_whose_sessions_cannot_start_reports_zero_consumers_up(
+    settings: Settings,
+) -> None:
+    # Brokers it cannot reach (a closed port here; refused credentials elsewhere): the
+    # consumer keeps retrying and has no partition, so it reports no lag at all. The
+    # up gauge must say 0 for its group the whole time, for KafkaConsumerDown.
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    unreachable = dataclasses.replace(settings, kafka_bootstrap_override=closed)
+    producer = kafka.create_producer(settings, "test")
+    group = f"group-{uuid.uuid4().hex[:8]}"
+
+    async def handle(*_: object) -> None:
+        raise AssertionError("nothing can be consumed")
+
+    spec = kafka.ConsumerSpec(group=group, topics=["orders.events"], batch_handler=handle)
+    consumer = kafka.EventConsumer(unreachable, spec, producer)
+    assert sessions_up(group) == [0]
+    await producer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        seen: set[int] = set()
+        for _ in range(30):  # 3 s of retries: several failed starts
+            await asyncio.sleep(0.1)
+            seen.update(sessions_up(group))
+        assert not task.done(), "the consumer gave up instead of retrying"
+        assert seen == {0}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
+
+
+async def test_a_consuming_session_counts_as_up_until_it_stops(settings: Settings) -> None:
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    handled = asyncio.Event()
+
+    async def handle(*_: object) -> None:
+        handled.set()
+
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    spec = kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handle)
+    consumer = kafka.EventConsumer(settings, spec, producer)
+    await producer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await producer.send_and_wait(topic, envelope("e1"), key=b"k")
+        await asyncio.wait_for(handled.wait(), 60)
+        assert sessions_up(group) == [1]
+        consumer.stop()
+        await asyncio.wait_for(task, 30)
+        assert sessions_up(group) == [0]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -22,7 +22,7 @@ from activities.identity import (
     RotateSigningKeyInput,
     RotateSigningKeyResult,
 )
-from agora import emails
+from agora import text
 from gateway.jwks import PERIODIC_REFRESH_S
 from workflows.identity import (
     PUBLISH_AHEAD_S,
@@ -41,7 +41,7 @@ calls: list[object] = []
 @activity.defn(name="identity.create_account")
 async def create_account(data: RegisterAccountInput) -> AccountRef:
     calls.append(("create_account", data.email))
-    if not (emails.storable(data.email) and emails.storable(data.display_name)):
+    if not (text.storable(data.email) and text.storable(data.display_name)):
         # What the real activity does with PostgreSQL's refusal of such text.
         raise ApplicationError("unstorable", type="InvalidRegistration", non_retryable=True)
     if data.email.startswith("taken"):

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from agora.text import storable
 from contracts.agora.catalog.v1 import Product
 from contracts.agora.common.v1 import Money
 from workers.catalog.errors import InvalidProduct
@@ -67,10 +68,11 @@ def validate(data: ProductData) -> None:
     if len(data.attributes) > MAX_ATTRIBUTES:
         raise InvalidProduct(f"at most {MAX_ATTRIBUTES} attributes")
     texts = (data.title, data.description, data.brand, *data.attributes, *data.attributes.values())
-    if any("\x00" in text for text in texts):
-        # PostgreSQL text and jsonb cannot hold NUL: the write would fail, and be
-        # retried, forever (the gateway refuses NUL; other starters reach this).
-        raise InvalidProduct("text fields must not contain NUL characters")
+    if not all(storable(text) for text in texts):
+        # PostgreSQL text and jsonb hold neither a NUL nor a lone surrogate: the write
+        # would fail, and be retried, for ever (the gateway refuses both; other
+        # starters, an import workflow started directly, reach this).
+        raise InvalidProduct("text fields must not contain NUL characters or lone surrogates")
 
 
 def validate_price(amount_minor: int, currency: str) -> None:

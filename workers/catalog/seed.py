@@ -2,8 +2,9 @@
 
 Generates a realistic catalog locally with Faker (seeded, so the same flags give
 the same products) over a three-level category tree, and loads it through the
-catalog's own import workflow in chunks. Re-running is a no-op: imports upsert
-by sku and unchanged products are left alone (no new version, no event). When
+catalog's own import workflow in chunks. Re-running is a no-op: the seed's
+imports are create-only (ImportInput.create_only), so a product that exists is
+left as it is, even one an admin has changed or deactivated since. When
 the inventory service exists, initial stock goes through its SeedStock
 workflow too (without overwriting stock that has changed since).
 Needs the platform running (`make run` calls this after the stack is up).
@@ -155,7 +156,9 @@ async def import_all(client: Client, products: list[ProductData], seed: int) -> 
     handles = [
         await client.start_workflow(
             ImportProductsWorkflow.run,
-            ImportInput(import_id=f"seed-{seed}-{n}", products=chunk, batch_size=250),
+            ImportInput(
+                import_id=f"seed-{seed}-{n}", products=chunk, batch_size=250, create_only=True
+            ),
             id=import_workflow_id(f"seed-{seed}-{n}"),
             task_queue=TASK_QUEUE,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,

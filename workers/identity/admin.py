@@ -23,7 +23,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from temporalio.client import WorkflowFailureError
 
-from agora import config, emails, temporal
+from agora import config, emails, temporal, text
 from agora.config import Settings
 from agora.leave import run_and_leave
 from agora.logs import setup_logging
@@ -53,7 +53,7 @@ def demo_password_file(settings: Settings) -> Path:
 def checked(email: str, password: str) -> str:
     """The normalized email, once both it and the password pass registration's rules."""
     email = emails.normalize(email)
-    if "@" not in email or not emails.storable(email):
+    if "@" not in email or not text.storable(email):
         raise Refused("not an email address")
     if len(password) < PASSWORD_MIN_LENGTH:
         raise Refused(f"the password must have at least {PASSWORD_MIN_LENGTH} characters")

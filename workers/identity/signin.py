@@ -15,7 +15,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from agora import emails, outbox, scopes
+from agora import emails, outbox, scopes, text
 from agora.errors import InvalidArgument
 from contracts.agora.identity.v1 import PrincipalType, RevocationReason, SignedIn
 from workers.identity import tokens
@@ -105,7 +105,7 @@ class TokenService:
 
     async def sign_in_password(self, email: str, password: str, requested: list[str]) -> Grant:
         email = emails.normalize(email)  # as registration stored it
-        if not emails.storable(email):
+        if not text.storable(email):
             # No account can have it, and PostgreSQL would refuse the query (UNKNOWN).
             raise InvalidArgument("email must not contain NUL or unpaired surrogates")
         # lower() on both sides still matches rows stored before emails.normalize

@@ -7,14 +7,12 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 
 from activities.search import SearchActivities
-from agora import kafka
 from agora.config import Settings
 from agora.service import Runtime, ServiceParts
 from contracts.agora.catalog.v1 import CatalogServiceStub
 from workers.search.api import SearchApi
-from workers.search.consumer import GROUP, TOPICS, SearchIndexer
+from workers.search.consumer import SearchIndexer
 from workers.search.index import Indices
-from workers.search.lag import ConsumerLag
 from workflows.search import ReindexWorkflow
 
 
@@ -40,7 +38,6 @@ async def build_parts(rt: Runtime) -> ServiceParts:
     indices = Indices(es, settings.search_index_prefix, settings.search_refresh_interval)
     await indices.ensure()
     activities = SearchActivities(es, indices, CatalogServiceStub(rt.channels.get("catalog")))
-    lag = ConsumerLag(kafka.connection(settings), GROUP, TOPICS)
     return ServiceParts(
         grpc_handlers=[SearchApi(es, indices)],
         activities=[
@@ -51,5 +48,4 @@ async def build_parts(rt: Runtime) -> ServiceParts:
         ],
         workflows=[ReindexWorkflow],
         consumers=[SearchIndexer(es, indices).spec()],
-        background=[lag.run],
     )
