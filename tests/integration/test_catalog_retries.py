@@ -274,3 +274,30 @@ async def test_the_reindex_listing_sees_a_product_created_a_moment_ago(
     await attempt().run(catalog.create_product, CreateProductInput(second))
     after = await reads.list_page(category, True, 10, "")
     assert [p.sku for p in after.products] == [first.sku, second.sku]
+
+
+async def test_the_reindex_listing_reads_products_past_a_stale_cache_entry(
+    catalog: CatalogActivities,
+) -> None:
+    # A price change committed while Redis was unreachable leaves the old version
+    # cached (until the workflow's refresh): the backfill must copy the new one.
+    category = f"test/stale-{uuid.uuid4().hex[:8]}"
+    first = dataclasses.replace(
+        product(f"STALE-{uuid.uuid4().hex[:8]}", "first"), category=category
+    )
+    await attempt().run(catalog.create_product, CreateProductInput(first))
+    sku = first.sku
+    reads = CatalogReads(catalog.pool, catalog.cache)
+    stale = await catalog.cache.get(sku, lambda _: never_loaded())
+    assert stale is not None and stale.price.amount_minor == 500
+    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    cache, catalog.cache = catalog.cache, ProductCache(dead, "catalog:")
+    try:
+        repriced = dataclasses.replace(first, price_minor=900)
+        result = await attempt().run(catalog.update_product, UpdateProductInput(repriced))
+        assert result.cache_refreshed is False
+    finally:
+        catalog.cache = cache
+        await dead.aclose()
+    (listed,) = (await reads.list_page(category, True, 10, "")).products
+    assert (listed.price.amount_minor, listed.version) == (900, 2)

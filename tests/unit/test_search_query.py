@@ -79,6 +79,9 @@ def test_a_cursor_continues_only_its_own_search() -> None:
         [1.5, ""],
         [1.5, "SKU\x00"],
         [1.5, "S" * 257],
+        [10**400, "SKU-1"],
+        [2**63, "SKU-1"],
+        [1.5, "SKU\ud800"],
     ],
 )
 def test_a_forged_cursor_with_values_no_sort_produces_is_refused(values: list[object]) -> None:

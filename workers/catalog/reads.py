@@ -137,6 +137,11 @@ class CatalogReads:
                 await self.cache.set_json(
                     cache_key, json.dumps([skus, next_cursor]).encode(), LIST_TTL_S
                 )
+        if include_inactive:
+            # Nor may its products come from the cache: an entry left stale by a write
+            # whose cache refresh failed would be copied into the new index for good.
+            found = await self._load_many(skus) if skus else {}
+            return Page([found[s] for s in skus if s in found], next_cursor)
         products, _ = await self.batch_get(skus) if skus else ([], [])
         return Page(products, next_cursor)
 

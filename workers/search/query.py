@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agora.errors import InvalidArgument
+from agora.text import storable
 from contracts.agora.common.v1 import Money
 from contracts.agora.search.v1 import (
     Facet,
@@ -184,11 +185,15 @@ def decode_cursor(request: SearchRequest) -> list[Any]:
             raise ValueError
         # The cursor's digest is not a secret: anyone can forge one. What reaches
         # Elasticsearch as search_after must be what our sorts produce, a finite
-        # number (score, price, time) and a sku.
+        # number (score, price, time; a long at most) and a sku.
         key, sku = values
-        if isinstance(key, bool) or not isinstance(key, int | float) or not math.isfinite(key):
+        if isinstance(key, bool) or not isinstance(key, int | float):
             raise ValueError
-        if not isinstance(sku, str) or not 0 < len(sku) <= MAX_CURSOR_SKU or "\x00" in sku:
+        if isinstance(key, int) and not -(2**63) <= key < 2**63:
+            raise ValueError  # also math.isfinite's OverflowError on a 400-digit one
+        if not math.isfinite(key):
+            raise ValueError
+        if not isinstance(sku, str) or not 0 < len(sku) <= MAX_CURSOR_SKU or not storable(sku):
             raise ValueError
     # RecursionError: base64 of "[[[[..." nests deeper than the JSON parser goes.
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
