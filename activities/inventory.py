@@ -17,6 +17,7 @@ cost the Temporal server a workflow start and the reserve a round trip per order
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,7 +26,7 @@ from temporalio import activity
 
 from agora import outbox
 from agora.temporal import business_rejections
-from workers.inventory import reservations, stocking
+from workers.inventory import idempotency, reservations, stocking
 from workers.inventory.model import (
     REASON_COMPENSATION,
     REASON_EXPIRED,
@@ -57,6 +58,11 @@ __all__ = [
     "StockLine",
     "StockSnapshot",
 ]
+
+log = logging.getLogger(__name__)
+# Idempotency records past their retention deleted per sweep batch: with one sweep
+# every 30 s, 14 million a day, against the ~5 million 30 orders/s would add.
+PRUNE_BATCH = 5000
 
 
 @dataclass
@@ -170,7 +176,9 @@ class InventoryActivities:
     @activity.defn(name="inventory.expire_due")
     async def expire_due(self, data: ExpireDueInput) -> ExpireDueResult:
         """Each reservation is its own release transaction (keyed by id and reason
-        `expired`), so a retried sweep or a release racing it changes nothing twice."""
+        `expired`), so a retried sweep or a release racing it changes nothing twice.
+        Each call also prunes idempotency records past their retention (the sweep is
+        inventory's housekeeping: its schedule runs it however quiet the shop is)."""
         as_of = datetime.fromisoformat(data.as_of)
         expired = 0
         async with self.pool.acquire() as conn:
@@ -180,6 +188,9 @@ class InventoryActivities:
                     conn, reservation_id, REASON_EXPIRED, workflow=_workflow_ref()
                 )
                 expired += result.released
+            pruned = await idempotency.prune(conn, PRUNE_BATCH)
+        if pruned:
+            log.info("idempotency records pruned", extra={"rows": pruned})
         return ExpireDueResult(expired=expired, more=len(due) == data.limit)
 
     @activity.defn(name="inventory.commit")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -21,6 +22,7 @@ from temporalio.worker import Worker
 
 from activities.inventory import (
     CommitInput,
+    ExpireDueInput,
     InventoryActivities,
     ReserveInput,
     ReserveResult,
@@ -33,6 +35,7 @@ from agora.config import Settings
 from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.conftest import ServiceProcess, Services
 from tests.integration.waiting import eventually
+from workers.inventory import idempotency
 from workflows.inventory import RESERVATION_SWEEP_SCHEDULE_ID, ReservationSweepWorkflow
 
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
@@ -173,3 +176,23 @@ async def test_on_the_real_stack_the_schedule_expires_a_short_ttl_and_the_stock_
     expired = await last_event(pool, data.reservation_id)
     assert expired.event_type == "inventory.ReservationExpired"
     assert expired.workflow_id.startswith(RESERVATION_SWEEP_SCHEDULE_ID)
+
+
+async def test_the_sweep_prunes_idempotency_records_past_their_retention_only(
+    pool: asyncpg.Pool,
+) -> None:
+    sku = await stocked(pool, 5)
+    inventory = InventoryActivities(pool)
+    recent = await reserve(inventory, sku, 1)
+    old_keys = [f"pruning-{uuid.uuid4().hex}" for _ in range(3)]
+    await pool.executemany(
+        "INSERT INTO idempotency_keys (operation, key, fingerprint, result, created_at)"
+        " VALUES ('reserve', $1, 'x', '{}', now() - make_interval(days => $2))",
+        [(key, idempotency.RETENTION_DAYS + 1) for key in old_keys],
+    )
+    await inventory.expire_due(ExpireDueInput(datetime.now(UTC).isoformat()))
+    left = await pool.fetch(
+        "SELECT key FROM idempotency_keys WHERE key = ANY($1::text[])",
+        [*old_keys, recent.reservation_id],
+    )
+    assert [row["key"] for row in left] == [recent.reservation_id]

@@ -72,6 +72,23 @@ async def remember(
     )
 
 
+# A key's record is needed while its operation can still be retried: far less than
+# this (a saga's steps, Temporal's retention). Older ones are pruned by the sweep.
+RETENTION_DAYS = 30
+
+
+async def prune(conn: asyncpg.Connection, limit: int) -> int:
+    """Delete up to `limit` records older than RETENTION_DAYS, oldest first; how many."""
+    status = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE (operation, key) IN (SELECT operation, key"
+        " FROM idempotency_keys WHERE created_at < now() - make_interval(days => $1)"
+        " ORDER BY created_at LIMIT $2)",
+        RETENTION_DAYS,
+        limit,
+    )
+    return int(status.split()[-1])
+
+
 def outcome(value: Any) -> dict[str, Any]:
     """A result dataclass as the JSON document stored for its key."""
     return {"ok": dataclasses.asdict(value)}
