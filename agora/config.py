@@ -124,6 +124,7 @@ class Settings:
     identity_kek: str = ""
     access_token_ttl_s: int = 15 * 60
     refresh_token_ttl_s: int = 30 * 24 * 3600
+    refresh_reuse_grace_s: int = 30
     signing_key_rotation_s: int = 24 * 3600
     # Catalog: TTL of a cached product (seconds; entries are also refreshed by every write).
     catalog_cache_ttl_s: int = 300
@@ -314,6 +315,11 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         identity_kek=env.get("AGORA_IDENTITY_KEK", ""),
         access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
         refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),
+        refresh_reuse_grace_s=_at_least(
+            0,
+            "AGORA_IDENTITY_REFRESH_REUSE_GRACE_S",
+            env.get("AGORA_IDENTITY_REFRESH_REUSE_GRACE_S", "30"),
+        ),
         signing_key_rotation_s=int(env.get("AGORA_IDENTITY_KEY_ROTATION_S", 24 * 3600)),
         catalog_cache_ttl_s=_at_least(
             1, "AGORA_CATALOG_CACHE_TTL_S", env.get("AGORA_CATALOG_CACHE_TTL_S", "300")

@@ -49,7 +49,7 @@ from workers.identity import keys
 from workers.identity.kek import SecretBox, load_kek
 from workers.identity.keys import ALG
 from workers.identity.schedule import ensure_rotation_schedule
-from workers.identity.sessions import revoked_sid_key
+from workers.identity.sessions import hash_refresh_token, revoked_sid_key
 from workflows.identity import (
     ROTATION_SCHEDULE_ID,
     AccountRef,
@@ -264,6 +264,9 @@ async def test_reusing_a_refresh_token_revokes_the_whole_family(
     second = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
     assert second is not None
     sid = (await identity.introspect(IntrospectRequest(token=second.access_token))).sid
+    # The legitimate holder got its answer and went on: a copy of `first` now is theft.
+    third = (await identity.refresh(RefreshRequest(refresh_token=second.refresh_token))).tokens
+    assert third is not None
 
     reuse = identity.refresh(RefreshRequest(refresh_token=first.refresh_token))
     assert await status_of(reuse) == Status.UNAUTHENTICATED
@@ -271,10 +274,48 @@ async def test_reusing_a_refresh_token_revokes_the_whole_family(
     assert await redis.exists(revoked_sid_key(sid))
     assert 0 < await redis.ttl(revoked_sid_key(sid))
     assert not await active(identity, first.access_token)
-    assert not await active(identity, second.access_token)
+    assert not await active(identity, third.access_token)
     # The legitimate holder's newer refresh token is dead too: the family is gone.
-    newer = identity.refresh(RefreshRequest(refresh_token=second.refresh_token))
+    newer = identity.refresh(RefreshRequest(refresh_token=third.refresh_token))
     assert await status_of(newer) == Status.UNAUTHENTICATED
+
+
+async def test_a_refresh_whose_answer_was_lost_can_be_sent_again_within_the_grace(
+    identity: IdentityServiceStub, temporal: Client
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    first = await sign_in(identity, email)
+    lost = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
+    assert lost is not None  # the client never saw this answer
+    again = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
+    assert again is not None and again.refresh_token != lost.refresh_token
+    assert await active(identity, again.access_token)
+    later = (await identity.refresh(RefreshRequest(refresh_token=again.refresh_token))).tokens
+    assert later is not None
+    # The answer the client lost is spent: whoever holds it revokes the session.
+    stolen = identity.refresh(RefreshRequest(refresh_token=lost.refresh_token))
+    assert await status_of(stolen) == Status.UNAUTHENTICATED
+    assert not await active(identity, later.access_token)
+
+
+async def test_a_refresh_token_sent_again_after_the_grace_revokes_the_family(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool, settings: Settings
+) -> None:
+    email = new_email()
+    await register(temporal, email)
+    first = await sign_in(identity, email)
+    second = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
+    assert second is not None
+    await db.execute(
+        "UPDATE refresh_tokens SET used_at = used_at - make_interval(secs => $2)"
+        " WHERE token_hash = $1",
+        hash_refresh_token(first.refresh_token),
+        settings.refresh_reuse_grace_s + 1,
+    )
+    reuse = identity.refresh(RefreshRequest(refresh_token=first.refresh_token))
+    assert await status_of(reuse) == Status.UNAUTHENTICATED
+    assert not await active(identity, second.access_token)
 
 
 async def test_sign_out_revokes_the_session(

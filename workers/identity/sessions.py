@@ -5,6 +5,14 @@ each refresh exchanges the presented token for a new one. Presenting a token
 that was already exchanged means it was copied, so the whole family is
 revoked (reuse detection, OAuth 2.0 Security BCP §4.14).
 
+One exception, for a refresh whose answer was lost (a dropped connection, a
+timeout): the same token presented again within the reuse grace (30 s), while
+the token its first exchange made has never been used, is exchanged again. The
+unused successor is then marked used, so whoever holds it (a thief who raced
+the client, or a second tab) revokes the family by presenting it: reuse is still
+detected, one step later. After the grace, or once the successor was used, a
+second presentation revokes the family as before.
+
 Revocation is written to Redis, where the gateway checks it on every request:
 `identity:revoked:sid:<sid>` kills every access token of a session (or of an
 API client, whose sid is its id), `identity:revoked:jti:<jti>` one token. The
@@ -90,9 +98,10 @@ class Rotated:
 
 
 class Sessions:
-    def __init__(self, revocations: Revocations, *, refresh_ttl_s: int):
+    def __init__(self, revocations: Revocations, *, refresh_ttl_s: int, reuse_grace_s: int = 0):
         self.revocations = revocations
         self._ttl = dt.timedelta(seconds=refresh_ttl_s)
+        self._grace = dt.timedelta(seconds=reuse_grace_s)
 
     async def start(
         self, conn: asyncpg.Connection, account_id: str, scopes: list[str]
@@ -126,13 +135,17 @@ class Sessions:
         """
         reused = False
         async with pool.acquire() as conn, conn.transaction():
+            # The family's row lock also serializes this with its successor's own
+            # exchange (same family), so `successor_used_at` cannot change meanwhile.
             row = await conn.fetchrow(
                 """
-                SELECT t.family_id, t.expires_at, t.used_at, f.account_id, f.scopes,
+                SELECT t.family_id, t.expires_at, t.used_at, t.replaced_by,
+                       s.used_at AS successor_used_at, f.account_id, f.scopes,
                        f.revoked_at, a.disabled, a.roles, a.scopes AS extra_scopes
                 FROM refresh_tokens t
                 JOIN token_families f USING (family_id)
                 JOIN accounts a USING (account_id)
+                LEFT JOIN refresh_tokens s ON s.token_hash = t.replaced_by
                 WHERE t.token_hash = $1
                 FOR UPDATE OF t, f
                 """,
@@ -140,23 +153,41 @@ class Sessions:
             )
             if row is None or row["revoked_at"] is not None or row["disabled"]:
                 raise InvalidRefreshToken()
-            if row["used_at"] is not None:
+            now = dt.datetime.now(dt.UTC)
+            if row["used_at"] is not None and not self._answer_lost(row, now):
                 reused = True
                 await self.revoke_family(conn, row["family_id"], RevocationReason.REFRESH_REUSE)
-            elif row["expires_at"] <= dt.datetime.now(dt.UTC):
+            elif row["expires_at"] <= now:
                 raise InvalidRefreshToken("refresh token expired")
             else:
-                await conn.execute(
-                    "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
-                    hash_refresh_token(refresh_token),
-                )
+                if row["used_at"] is not None:
+                    # Exchanged again (see the module): the first successor is spent.
+                    await conn.execute(
+                        "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
+                        row["replaced_by"],
+                    )
                 session = await self._add_token(conn, row["family_id"])
+                await conn.execute(
+                    "UPDATE refresh_tokens SET used_at = coalesce(used_at, now()),"
+                    " replaced_by = $2 WHERE token_hash = $1",
+                    hash_refresh_token(refresh_token),
+                    hash_refresh_token(session.refresh_token),
+                )
         if reused:
             raise RefreshTokenReused()
         # A role taken away since sign-in takes its scopes away at the next refresh.
         current = set(scopes_for(row["roles"], row["extra_scopes"]))
         scopes = tuple(s for s in row["scopes"] if s in current)
         return Rotated(str(row["account_id"]), scopes, session)
+
+    def _answer_lost(self, row: asyncpg.Record, now: dt.datetime) -> bool:
+        """An exchanged token presented again within the grace, its successor never
+        used: the client did not get the first answer (see the module)."""
+        return (
+            row["replaced_by"] is not None
+            and row["successor_used_at"] is None
+            and now - row["used_at"] <= self._grace
+        )
 
     async def revoke_family(
         self,

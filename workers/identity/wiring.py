@@ -39,7 +39,11 @@ async def build_parts(rt: Runtime) -> ServiceParts:
     token_service = TokenService(
         rt.pool,
         key_ring,
-        Sessions(revocations, refresh_ttl_s=settings.refresh_token_ttl_s),
+        Sessions(
+            revocations,
+            refresh_ttl_s=settings.refresh_token_ttl_s,
+            reuse_grace_s=settings.refresh_reuse_grace_s,
+        ),
         clients,
         TokenPolicy(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_s),
     )
