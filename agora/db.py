@@ -14,6 +14,37 @@ from agora.config import Settings
 
 MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "activities" / "migrations"
 
+# What a PostgreSQL restart or failover looks like to a client: connections refused or
+# reset, the server starting or shutting down (57P03, 57P01, 57P02), and too many
+# connections (53300) while every pool of the platform reconnects at once. Whoever
+# meets them retries (a starting service, the outbox relay): they pass.
+FAILOVER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    psycopg2.OperationalError,
+)
+
+# Server-side TCP liveness, set on every connection the platform opens (user-settable
+# settings sent at its start; tcp_user_timeout needs PostgreSQL 12, ignored on a unix
+# socket). A client gone without a FIN (its node lost, the network cut) otherwise
+# keeps its backend, and any session advisory lock held there (the outbox relay's,
+# the migrations'), until the server's kernel gives up: after ~2 h of silence by
+# Linux's keepalive defaults, or ~15 min of retransmissions when the server has
+# something to send it (a NOTIFY to the relay's listening connection). With these
+# the backend ends within 50 s: first probe after 20 s of silence, then one each
+# 10 s, and no sent data left unacknowledged over 50 s. A standby relay, trying the
+# lock every few seconds, takes over within a minute.
+KEEPALIVES: dict[str, str] = {
+    "tcp_keepalives_idle": "20",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "50000",  # ms
+}
+
 
 async def lock_for_transaction(conn: asyncpg.Connection, name: str) -> None:
     """Serialize on `name` until the current transaction ends: a transaction-scoped
@@ -36,7 +67,7 @@ def _migrate(dsn: str, directory: Path) -> int:
     # a row in the table outlives a process killed while holding it (OOM, SIGKILL, a
     # database failover), and every later start of the service then failed with
     # LockTimeout until someone broke the lock. The session's lock goes with it.
-    lock = psycopg2.connect(backend_dsn(dsn))
+    lock = connect_sync(dsn)
     try:
         lock.autocommit = True
         with lock.cursor() as cursor:
@@ -46,6 +77,12 @@ def _migrate(dsn: str, directory: Path) -> int:
     finally:
         lock.close()  # the lock with it
     return len(pending)
+
+
+def connect_sync(dsn: str) -> psycopg2.extensions.connection:
+    """A psycopg2 connection (for the migrations' lock) with the platform's KEEPALIVES."""
+    options = " ".join(f"-c {name}={value}" for name, value in KEEPALIVES.items())
+    return psycopg2.connect(backend_dsn(dsn), options=options)
 
 
 def backend_dsn(dsn: str) -> str:
@@ -72,7 +109,7 @@ async def create_pool(settings: Settings, service: str, *, size: int = 10) -> as
         min_size=2,
         max_size=size,
         command_timeout=30,
-        server_settings={"application_name": f"agora-{service}"},
+        server_settings={"application_name": f"agora-{service}", **KEEPALIVES},
     )
     assert pool is not None
     return pool

@@ -7,6 +7,7 @@ each has a `<topic>.dlq` twin for poison messages, with the reason in a header.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -16,8 +17,14 @@ from typing import Any, TypeVar
 
 import betterproto2
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.helpers import create_ssl_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -81,6 +88,14 @@ EVENT_TOPICS = (
 )
 PARTITIONS = 6
 GATHER_MIN_BYTES = 1 << 20
+# A session broken by the brokers is started again after RETRY_FIRST_S, doubling per
+# failure in a row up to RETRY_MAX_S; a session that consumed starts the count over.
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+# How long a rebalance waits for the batch in hand before this member gives up its
+# partitions. Well inside the broker's rebalance timeout (aiokafka: the session
+# timeout, 10 s): a member not back by then is dropped, which is one more rebalance.
+REVOKE_WAIT_S = 3.0
 
 
 def connection(settings: Settings) -> dict[str, Any]:
@@ -212,6 +227,8 @@ class EventConsumer:
         self._producer = producer
         self._settings = settings
         self._stopping = asyncio.Event()
+        self._round: _Round | None = None  # the session's, while one runs
+        self._consumed = False  # whether the current session has consumed
         # Error counters exist at 0 from the start: a series that appears only with its
         # first dead letter hides that letter from increase() and from the dashboards.
         for topic in spec.topics:
@@ -219,8 +236,8 @@ class EventConsumer:
         _sessions.setdefault(spec.group, 0)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
+        """A client for one session; the session subscribes it (with its listener)."""
         return AIOKafkaConsumer(
-            *self.spec.topics,
             **connection(self._settings),
             group_id=self.spec.group,
             enable_auto_commit=False,
@@ -238,24 +255,35 @@ class EventConsumer:
         """Consume until stopped; a broker outage restarts the session after a backoff.
 
         Whatever was handled but not committed when a session broke is delivered
-        again, which handlers absorb by deduplicating on the event id.
+        again, which handlers absorb by deduplicating on the event id. A rebalance is
+        not an outage: the session rides it out (see `_commit`).
         """
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type(KafkaError),
-            before_sleep=lambda state: log.warning(
-                "consumer interrupted, retrying",
-                extra={
-                    "group": self.spec.group,
-                    "error": repr(state.outcome.exception() if state.outcome else None),
-                },
-            ),
-        ):
-            with attempt:
+        # Not tenacity, which the rest of this module uses: its attempt count cannot
+        # start over after a session that consumed, and the wait must end at stop().
+        failures = 0
+        while True:
+            self._consumed = False
+            try:
                 await self._session()
+                return
+            except KafkaError as error:
+                # Counted from the last session that consumed: a broker blip a week ago
+                # must not leave every later restart waiting the longest backoff.
+                failures = 1 if self._consumed else failures + 1
+                delay = min(RETRY_FIRST_S * 2 ** (failures - 1), RETRY_MAX_S)
+                log.warning(
+                    "consumer interrupted, retrying",
+                    extra={"group": self.spec.group, "error": repr(error), "retry_in_s": delay},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                return
 
     async def _session(self) -> None:
         consumer = self._new_consumer()
+        work = _Round(consumer, self.spec.group)
+        consumer.subscribe(list(self.spec.topics), listener=work)
         positions: dict[TopicPartition, int] = {}
         try:
             await consumer.start()
@@ -265,36 +293,75 @@ class EventConsumer:
             await consumer.stop()
             raise
         watcher = asyncio.create_task(self._watch_lag(consumer, positions))
+        self._round = work
         consuming = False
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
                 if not consuming:  # a fetch answered: the session has joined its group
-                    consuming = True
+                    consuming = self._consumed = True
                     _sessions[self.spec.group] += 1
-                done: dict[TopicPartition, int] = {}
+                work.begin()
                 groups = list(batches.values())
                 if self.spec.whole_round:
                     groups = [[record for records in groups for record in records]]
                 for records in groups:
-                    handled = await self._handle_records(records)
-                    for record in records[:handled]:
-                        done[TopicPartition(record.topic, record.partition)] = record.offset + 1
-                    if self._stopping.is_set():
-                        break  # the rest of the round is delivered again
-                if done:
-                    # One commit for the round (a commit is a broker write): every
-                    # partition's batch in it is durable by now.
-                    await consumer.commit(done)
-                    positions.update(done)
+                    work.idle.clear()
+                    try:
+                        handled = await self._handle_records(records)
+                        for record in records[:handled]:
+                            tp = TopicPartition(record.topic, record.partition)
+                            work.done[tp] = record.offset + 1
+                    finally:
+                        work.idle.set()  # what the batch did is in `done` for the listener
+                    if self._interrupted():
+                        # Stopping, or a rebalance began: the rest of the round is
+                        # delivered again, to this member or the partition's new owner.
+                        break
+                await self._commit(consumer, work.done, positions)
                 self._record_lag(consumer, positions)
         finally:
+            self._round = None
             if consuming:
                 _sessions[self.spec.group] -= 1
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             self._forget_lag()  # a new session (or another process) reports from now on
             await consumer.stop()
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        done: dict[TopicPartition, int],
+        positions: dict[TopicPartition, int],
+    ) -> None:
+        """One commit for the round (a commit is a broker write): every partition's
+        batch in it is durable by now.
+
+        A rebalance during the round (a member joined or left: KEDA scaling on lag
+        does it under load) may have moved partitions away, or begun a generation the
+        commit no longer belongs to. Then the round's offsets of those partitions are
+        dropped: their records go again to whoever owns them now, from the last
+        commit, and handlers dedupe them. The session goes on: ending it would leave
+        and rejoin the group, two more rebalances for every member.
+        """
+        assigned = consumer.assignment()
+        ours = {tp: offset for tp, offset in done.items() if tp in assigned}
+        if not ours:
+            return
+        try:
+            await consumer.commit(ours)
+        except (CommitFailedError, IllegalStateError) as error:
+            log.info(
+                "round not committed: the group rebalanced, its records are delivered again",
+                extra={"group": self.spec.group, "error": repr(error)},
+            )
+            return
+        positions.update(ours)
+
+    def _interrupted(self) -> bool:
+        """The work in hand is the last of its round: stopping, or a rebalance began."""
+        return self._stopping.is_set() or (self._round is not None and self._round.interrupted)
 
     async def _watch_lag(
         self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]
@@ -332,12 +399,13 @@ class EventConsumer:
         """Handle one batch (a partition's fetch, or a whole round); returns how many of
         its records, from the first, are done with (to commit).
 
-        A stop request ends the work after the record (or batch) in hand.
+        A stop request, or a rebalance beginning, ends the work after the record (or
+        batch) in hand.
         """
         if self.spec.batch_handler is None:
             for done, record in enumerate(records, start=1):
                 await self._handle(record)
-                if self._stopping.is_set():
+                if self._interrupted():
                     return done
             return len(records)
         batch = [decoded for record in records if (decoded := await self._decode(record))]
@@ -359,7 +427,7 @@ class EventConsumer:
             error = await self._apply([decoded], self.spec.batch_handler)
             if error is not None:
                 await self._dead_letter(decoded[1], str(error))
-            if self._stopping.is_set():
+            if self._interrupted():
                 return records.index(decoded[1]) + 1
         return len(records)
 
@@ -496,3 +564,53 @@ class EventConsumer:
             dlq_topic(record.topic), record.value, key=record.key, headers=headers
         )
         _dead.add(1, {"group": self.spec.group, "topic": record.topic})
+
+
+class _Round(ConsumerRebalanceListener):
+    """The fetch round a session is working through, and the session's part in a
+    rebalance (aiokafka rebalances in the background, while handlers run).
+
+    When a rebalance begins, the round ends after the batch in hand (`interrupted`),
+    and what the round has done is committed before its partitions are given up,
+    so their next owner starts after it instead of applying it again.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, group: str) -> None:
+        self._consumer = consumer
+        self._group = group
+        self.done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+        self.idle = asyncio.Event()  # no batch in hand
+        self.idle.set()
+        self._revocations = 0
+        self._at_start = 0
+
+    def begin(self) -> None:
+        self.done = {}
+        self._at_start = self._revocations
+
+    @property
+    def interrupted(self) -> bool:
+        return self._revocations != self._at_start
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        if not revoked:  # the first join: nothing was ours
+            return
+        self._revocations += 1
+        try:
+            await asyncio.wait_for(self.idle.wait(), REVOKE_WAIT_S)
+        except TimeoutError:
+            # Its records go to their new owner, from the last commit: applied twice.
+            log.info("rebalancing with a batch in hand", extra={"group": self._group})
+        offsets = {tp: offset for tp, offset in self.done.items() if tp in revoked}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as error:
+            log.info(
+                "round not committed before a rebalance, its records are delivered again",
+                extra={"group": self._group, "error": repr(error)},
+            )
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        pass

@@ -31,16 +31,17 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import inject
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from agora import db
 from contracts import full_name
 from contracts.agora.events.v1 import EventEnvelope
 
 log = logging.getLogger(__name__)
 # What a restart of PostgreSQL or Kafka looks like from here: retried, never fatal.
+# A relay that ended on one would take its whole service down (run_service exits).
 _TRANSIENT = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
+    *db.FAILOVER_ERRORS,
+    asyncpg.InterfaceError,  # a connection closed under a call
+    asyncpg.exceptions.OperatorInterventionError,  # also a cancelled query
     KafkaError,
 )
 # Sent rows are kept this long (for inspection), then pruned by the relay holding

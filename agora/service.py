@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
-import psycopg2
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -38,15 +37,7 @@ T = TypeVar("T")
 # What a dependency restarting looks like to a starting service (Kafka brokers rolling,
 # a PostgreSQL failover, a Temporal frontend restart; for the Temporal client's failed
 # connect, a RuntimeError, see `also`).
-STARTUP_TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    psycopg2.OperationalError,
-    KafkaError,
-    RPCError,
-)
+STARTUP_TRANSIENT: tuple[type[BaseException], ...] = (*db.FAILOVER_ERRORS, KafkaError, RPCError)
 # The whole graceful shutdown, inside Kubernetes' grace period (45 s, of which the
 # preStop sleep takes 5): what is left after it is cut, not SIGKILLed mid-flush.
 SHUTDOWN_BUDGET_S = 35.0

@@ -150,9 +150,14 @@ def test_audit_cursor_round_trips(sequence: int) -> None:
 @PROPERTY
 @given(
     st.text(max_size=30),
-    st.tuples(  # what the sorts produce: a score, price or time, then a sku
-        st.integers() | st.floats(allow_nan=False, allow_infinity=False),
-        st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=10),
+    st.tuples(  # what the sorts produce: a score, a price or time (a long), then a sku
+        st.integers(min_value=-(2**63), max_value=2**63 - 1)
+        | st.floats(allow_nan=False, allow_infinity=False),
+        st.text(
+            st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+            min_size=1,
+            max_size=10,
+        ),
     ).map(list),
 )
 def test_search_cursor_round_trips_and_is_bound_to_its_query(query: str, values: list) -> None:

@@ -34,6 +34,7 @@ from agora.config import Settings
 from contracts.agora.catalog.v1 import Product
 from tests.integration.conftest import Services
 from tests.integration.consumerkit import outbox_events
+from tests.integration.waiting import eventually
 from workers.catalog.cache import ProductCache
 from workers.catalog.model import COLUMNS, ProductData, from_row
 from workers.catalog.reads import CatalogReads
@@ -234,29 +235,59 @@ async def test_a_create_only_batch_leaves_existing_products_as_they_are(
     assert await row(catalog.pool, new) == ("new", 1)
 
 
+class CountingGets:
+    """The real Redis client, counting the GETs that have answered."""
+
+    def __init__(self, redis: aioredis.Redis):
+        self._redis = redis
+        self.gets = 0
+
+    async def get(self, key: str) -> Any:
+        value = await self._redis.get(key)
+        self.gets += 1
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+
 async def test_a_reader_cancelled_during_a_cache_fill_leaves_the_others_their_answer(
     catalog: CatalogActivities,
 ) -> None:
     sku = await created(catalog)
-    await catalog.cache.redis.delete(catalog.cache.key(sku))  # a miss: readers share one load
+    redis = CountingGets(catalog.cache.redis)
+    cache = ProductCache(redis, "catalog:")  # type: ignore[arg-type]
+    await redis.delete(cache.key(sku))  # a miss: readers share one load
     release = asyncio.Event()
+    loads: list[str] = []
 
     async def loader(wanted: str) -> Product | None:
+        loads.append(wanted)
         await release.wait()  # a slow database read
         found = await catalog.pool.fetchrow(
             f"SELECT {COLUMNS} FROM products WHERE sku = $1", wanted
         )
         return from_row(found)
 
-    first = asyncio.create_task(catalog.cache.get(sku, loader))
-    await asyncio.sleep(0)
-    second = asyncio.create_task(catalog.cache.get(sku, loader))
-    await asyncio.sleep(0.05)
+    first = asyncio.create_task(cache.get(sku, loader))
+
+    async def loading() -> bool:
+        return loads == [sku]
+
+    await eventually(loading, what="the first reader's load", interval=0.01)
+    second = asyncio.create_task(cache.get(sku, loader))
+
+    async def both_missed() -> bool:
+        # A reader that missed goes on to wait for the load in the same step.
+        return redis.gets == 2
+
+    await eventually(both_missed, what="the second reader's miss", interval=0.01)
     first.cancel()  # its deadline passed
     release.set()
     found = await second
     assert found is not None and found.sku == sku
     assert first.cancelled()
+    assert loads == [sku], "the second reader waited for the first one's load"
 
 
 async def test_the_reindex_listing_sees_a_product_created_a_moment_ago(

@@ -436,3 +436,102 @@ def test_a_spec_takes_exactly_one_kind_of_handler() -> None:
         kafka.ConsumerSpec(group="g", topics=["t"])
     with pytest.raises(ValueError):
         kafka.ConsumerSpec(group="g", topics=["t"], handler=one, batch_handler=many)
+
+
+# Rebalances ---------------------------------------------------------------------
+
+
+class Member:
+    """One EventConsumer of a shared group, with what it applied and the Kafka
+    consumers its sessions created (one per session: a restart makes a second)."""
+
+    def __init__(self, settings: Settings, group: str, topic: str, producer: Any) -> None:
+        self.applied: list[str] = []
+        self.clients: list[AIOKafkaConsumer] = []
+        spec = kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=self.handle)
+        self.consumer = kafka.EventConsumer(settings, spec, producer)
+        new_client = self.consumer._new_consumer
+
+        def counted() -> AIOKafkaConsumer:
+            self.clients.append(new_client())
+            return self.clients[-1]
+
+        self.consumer._new_consumer = counted  # type: ignore[method-assign]
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.consumer.run())
+
+    def assigned(self) -> set[int]:
+        return {tp.partition for tp in self.clients[-1].assignment()} if self.clients else set()
+
+    async def handle(self, batch) -> None:
+        self.applied.extend(env.event_id for env, _ in batch)
+
+
+class HeldMember(Member):
+    """A member whose handler, once it has applied batches of an even and an odd
+    partition, holds the next batch until released: mid-round, with work done."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.before: list[str] = []  # applied before the hold
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle(self, batch) -> None:
+        parities = {int(event_id[1]) % 2 for event_id in self.before}
+        if not self.held.is_set() and parities == {0, 1}:
+            self.held.set()
+            await self.release.wait()
+        elif not self.held.is_set():
+            self.before.extend(env.event_id for env, _ in batch)
+        await super().handle(batch)
+
+
+async def test_a_member_joining_mid_round_keeps_the_first_session_and_loses_nothing(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # KEDA adds a process under load: the group rebalances while a member is in the
+    # middle of a round, and partitions it had handled move to the newcomer. That
+    # round's commit fails; the member must keep its session (a restart leaves and
+    # rejoins the group: two more rebalances for every member) and lose nothing.
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    first = HeldMember(settings, group, topic, producer)
+    second = Member(settings, group, topic, producer)
+    everything = {f"p{p}-{n}" for p in range(kafka.PARTITIONS) for n in range(5)}
+    try:
+        for event_id in sorted(everything):  # published first: one round holds them all
+            await producer.send_and_wait(topic, envelope(event_id), partition=int(event_id[1]))
+        first.start()
+        await asyncio.wait_for(first.held.wait(), 60)
+        assert await committed(settings, group, topic) <= 0, "what it applied is uncommitted"
+        second.start()
+        # The rebalance ends while the first member still holds its batch.
+        for _ in range(600):
+            if second.assigned() and first.assigned() == set(range(6)) - second.assigned():
+                break
+            await asyncio.sleep(0.1)
+        assert second.assigned(), "the second member was given partitions"
+        first.release.set()
+        for _ in range(600):
+            if await committed(settings, group, topic) == len(everything):
+                break
+            await asyncio.sleep(0.1)
+        assert await committed(settings, group, topic) == len(everything)
+    finally:
+        for member in (first, second):
+            member.consumer.stop()
+        await asyncio.gather(*(m.task for m in (first, second) if m.task), return_exceptions=True)
+        await producer.stop()
+
+    assert set(first.applied) | set(second.applied) == everything, "no record lost"
+    assert len(first.clients) == 1, "the first member's session was restarted"
+    assert not [r for r in caplog.records if "consumer interrupted" in r.getMessage()]
+    # Batches it had applied before the rebalance were committed on the way out of
+    # their partitions, not delivered again to the member that took them over.
+    assert not set(first.before) & set(second.applied)

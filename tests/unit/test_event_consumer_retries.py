@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from agora import config, kafka
 from agora.errors import PoisonMessage
@@ -79,3 +80,28 @@ async def test_lag_of_a_partition_rebalanced_away_is_no_longer_reported() -> Non
     assert {k: v for k, v in kafka._lag.items() if k[0] == "g"} == {("g", "t", 0): 2}
     events._forget_lag()  # the session ended
     assert not [k for k in kafka._lag if k[0] == "g"]
+
+
+async def test_the_session_backoff_starts_over_after_a_session_that_consumed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A broker blip a week ago must not leave today's restart at the longest backoff.
+    monkeypatch.setattr(kafka, "RETRY_FIRST_S", 0.001)
+    monkeypatch.setattr(kafka, "RETRY_MAX_S", 0.004)
+    events = consumer(lambda _: asyncio.sleep(0))
+    consumed = [False, False, False, False, True, False]  # per session, in turn
+
+    async def failing_session() -> None:
+        events._consumed = consumed.pop(0)
+        if not consumed:
+            events.stop()
+        raise KafkaConnectionError("brokers away")
+
+    events._session = failing_session  # type: ignore[method-assign]
+    await events.run()
+    delays = [
+        getattr(r, "retry_in_s", None)
+        for r in caplog.records
+        if r.getMessage() == "consumer interrupted, retrying"
+    ]
+    assert delays == [0.001, 0.002, 0.004, 0.004, 0.001, 0.002]
