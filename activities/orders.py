@@ -43,6 +43,9 @@ PRODUCT_UNAVAILABLE = "ProductUnavailable"
 # outage), unlike an order the customer left unpaid: counted as a saga failure.
 PSP_SILENT = "the payment provider did not answer"
 INVALID_ORDER = "InvalidOrder"
+# The order was placed with this key by another run that has ended (see
+# _refuse_second_saga): a second saga for it stops before it prices, reserves or charges.
+ORDER_ALREADY_PLACED = "OrderAlreadyPlaced"
 
 _meter = metrics.get_meter("agora.orders")
 _saga_outcomes = _meter.create_counter(
@@ -74,6 +77,9 @@ class PricedLine:
 class PriceInput:
     lines: list[OrderLineInput]
     currency: str
+    # The order being priced: one recorded by another run that has ended is refused
+    # (ORDER_ALREADY_PLACED) before catalog is asked. Empty in sagas started before.
+    order_id: str = ""
 
 
 @dataclass
@@ -146,7 +152,14 @@ class OrdersActivities:
 
     @activity.defn(name="orders.price")
     async def price(self, data: PriceInput) -> PricedOrder:
-        """Current prices from catalog; an unknown or inactive sku rejects the order."""
+        """Current prices from catalog; an unknown or inactive sku rejects the order. An
+        order this key placed in a run Temporal no longer holds (past the namespace's
+        retention) is refused first, so the POST answers that order, not a new one."""
+        if data.order_id:
+            async with self.pool.acquire() as conn:
+                await _refuse_second_saga(
+                    conn, uuid.UUID(data.order_id), activity.info().workflow_run_id or ""
+                )
         if not data.lines:
             raise ApplicationError(
                 "an order needs at least one line", type=INVALID_ORDER, non_retryable=True
@@ -461,13 +474,13 @@ def _transition_event(data: TransitionInput, currency: str) -> object:
 
 
 async def _refuse_second_saga(conn: asyncpg.Connection, order_id: uuid.UUID, run_id: str) -> None:
-    """The order is recorded already. A retry of this run's step is fine; a second saga
-    for an order that has ended (its key used again once Temporal no longer holds the
-    first run, past the namespace's retention) must stop before it reserves or charges."""
+    """Refuse a second saga for an order that has ended (its key used again once Temporal
+    no longer holds the first run, past the namespace's retention): it must stop before
+    it reserves or charges. This run's own order (a retried step) is fine, as is none."""
     row = await conn.fetchrow("SELECT status, run_id FROM orders WHERE order_id = $1", order_id)
     if row is not None and row["run_id"] != run_id and row["status"] in ENDED:
         raise ApplicationError(
             f"order {order_id} was placed before with this key and is {row['status'].lower()}",
-            type="OrderAlreadyPlaced",
+            type=ORDER_ALREADY_PLACED,
             non_retryable=True,
         )

@@ -11,7 +11,6 @@ learns at once whether the order was accepted (priced) or rejected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,9 +29,11 @@ with workflow.unsafe.imports_passed_through():
         StockLine,
     )
     from activities.orders import (
+        ORDER_ALREADY_PLACED,
         PSP_SILENT,
         OrdersActivities,
         OrderSnapshot,
+        PricedLine,
         PricedOrder,
         PriceInput,
         RecordOrderInput,
@@ -103,6 +104,7 @@ NON_RETRYABLE = [
     "IdempotencyKeyConflict",
     "ProductUnavailable",
     "InvalidOrder",
+    ORDER_ALREADY_PLACED,
 ]
 
 
@@ -115,11 +117,26 @@ class Rejected(Exception):
         self.detail = detail
 
 
+class RoundsCapped(Rejected):
+    """The payment still asked for the customer's step after PAYMENT_ROUNDS attempts."""
+
+
 class CancelRequested(Exception):
     pass
 
 
+class PlacedBefore(Exception):
+    """The key's order was placed by another run, which has ended (ORDER_ALREADY_PLACED)."""
+
+
+class CancelledAfterStep(asyncio.CancelledError):
+    """Cancelled in Temporal while a remote step ran, which `remote` then ran to its end
+    and which took effect (one whose run to its end failed raises a plain CancelledError)."""
+
+
 LOCAL_TIMEOUT = timedelta(seconds=10)
+# Who cancels, and why, when the cancel was requested in Temporal itself.
+TEMPORAL_CANCEL = CancelInput(requested_by="temporal", reason="cancelled in Temporal")
 # Versioning (workflow.patched): since this change a payment outcome is upserted with
 # the next status transition instead of on its own, three upserts per order, not five.
 # Sagas started before it replay their separate upserts.
@@ -162,6 +179,17 @@ TEMPORAL_CANCEL_COMPENSATES = "temporal-cancel-compensates"
 # about to lapse once it is paid is rejected before the capture (voided, not
 # charged and refunded).
 RESERVATION_EXPIRY_FROM_INVENTORY = "reservation-expiry-from-inventory"
+# Since this change a cancel requested in Temporal once the stock commit succeeded
+# (during the commit, which `remote` runs to its end, or during the COMPLETED
+# transition) cancels the completed order as a customer's cancel of it does: the
+# COMPLETED transition recorded, then everything refunded under the key `cancel` and
+# the stock restocked under the `cancel-restock` keys (the gateway's cancel of the
+# same order meets it: each step answers the first one's result), the order
+# CANCELLED. Before, the compensations ran: the money was refunded but release, a
+# no-op on a committed reservation, returned no stock, and a cancel that cut the
+# COMPLETED transition short left the order COMPLETED (the CANCELLED transition was
+# refused) with its money refunded. Asked only on that path.
+TEMPORAL_CANCEL_AFTER_COMMIT = "temporal-cancel-after-commit-restocks"
 # The rejection of an order catalog could not price (OrderInput.pricing_attempts).
 # Not a RejectionReason: such an order never enters the orders database.
 PRICING_UNAVAILABLE = "PRICING_UNAVAILABLE"
@@ -174,6 +202,12 @@ PRICING_UNAVAILABLE = "PRICING_UNAVAILABLE"
 # reached, so an order paid within it records no marker.
 PAYMENT_ROUNDS_CAPPED = "payment-rounds-capped"
 PAYMENT_ROUNDS = 5
+# Since this change the round cap rejects the order as PAYMENT_DECLINED (the card's
+# issuer keeps asking: the customer's outcome, upserted as the payment outcome
+# `declined`); before, PAYMENT_FAILED. Asked only when a capped saga has compensated
+# (see _rounds_cap_declines, which also keeps the runs of b9d9329, declined unpatched,
+# replayable).
+PAYMENT_ROUNDS_DECLINED = "payment-rounds-capped-declined"
 # What the saga needs after the payment, of the reservation's life: capture, commit.
 RESERVATION_MARGIN_S = 60
 # A payment provider that does not answer is given up after about this many attempts'
@@ -212,6 +246,10 @@ class OrderWorkflow:
         self.reserved_until: datetime | None = None
         # A cancel requested in Temporal came (TEMPORAL_CANCEL_COMPENSATES).
         self.cancelled_in_temporal = False
+        # The stock commit succeeded (no release can return it now), and the COMPLETED
+        # transition that follows it was recorded.
+        self.stock_committed = False
+        self.completed_recorded = False
         # Each authorization attempt's void, by its idempotency key.
         self.authorization_voids: dict[str, Callable[[], Awaitable[object]]] = {}
 
@@ -269,6 +307,15 @@ class OrderWorkflow:
             self.priced = await self.price(order)
         except Rejected as rejected:
             return await self.finish(await self.finish_rejected(order, rejected, recorded=False))
+        except PlacedBefore as placed:
+            # A POST retried once Temporal no longer holds the key's first run (past the
+            # namespace's retention): `accept` refuses it (the gateway answers the order
+            # as recorded), and this second saga fails having done nothing.
+            self.view.rejection, self.view.reason = ORDER_ALREADY_PLACED, str(placed)
+            await self.finish(self.view)
+            raise ApplicationError(
+                str(placed), type=ORDER_ALREADY_PLACED, non_retryable=True
+            ) from None
         self.view.status = "PENDING"
         self.view.total_minor = self.priced.total_minor
         self.view.lines = list(self.priced.lines)
@@ -287,6 +334,7 @@ class OrderWorkflow:
             await self.capture_payment(order)
             await self.commit_stock(order)
             await self.transition(order, "COMPLETED")
+            self.completed_recorded = True
             if self.cancel is not None and workflow.patched(CANCEL_AFTER_LAST_STEPS):
                 await self.cancel_completed(order, self.cancel)
         except Rejected as rejected:
@@ -304,9 +352,12 @@ class OrderWorkflow:
                 raise
             if not workflow.patched(TEMPORAL_CANCEL_COMPENSATES):
                 raise
-            await self.compensate()
-            self.view.reason = "cancelled in Temporal"
-            await self.transition(order, "CANCELLED", cancelled_by="temporal")
+            if self.stock_committed and workflow.patched(TEMPORAL_CANCEL_AFTER_COMMIT):
+                await self.cancel_committed_order(order)
+            else:
+                await self.compensate()
+                self.view.reason = TEMPORAL_CANCEL.reason
+                await self.transition(order, "CANCELLED", cancelled_by=TEMPORAL_CANCEL.requested_by)
             self.cancelled_in_temporal = True
         if self.cancelled_in_temporal:
             self.finished = True
@@ -326,7 +377,7 @@ class OrderWorkflow:
         try:
             return await workflow.execute_local_activity_method(
                 OrdersActivities.price,
-                PriceInput(order.lines, order.currency),
+                PriceInput(order.lines, order.currency, order.order_id),
                 retry_policy=RetryPolicy(
                     maximum_interval=timedelta(seconds=10),
                     maximum_attempts=order.pricing_attempts,
@@ -335,6 +386,9 @@ class OrderWorkflow:
                 start_to_close_timeout=LOCAL_TIMEOUT,
             )
         except (ActivityError, ApplicationError) as error:
+            cause = error.cause if isinstance(error, ActivityError) else error
+            if isinstance(cause, ApplicationError) and cause.type == ORDER_ALREADY_PLACED:
+                raise PlacedBefore(cause.message) from None
             rejected = _rejection(error, PRICING_UNAVAILABLE)
             if rejected.reason == PRICING_UNAVAILABLE:
                 # Catalog did not answer (its own message may hold internals).
@@ -403,7 +457,7 @@ class OrderWorkflow:
                     if attempt >= PAYMENT_ROUNDS and workflow.patched(PAYMENT_ROUNDS_CAPPED):
                         # The card's issuer keeps asking (or the customer cannot
                         # pass its check): a decline, the customer's outcome.
-                        raise Rejected(
+                        raise RoundsCapped(
                             "PAYMENT_DECLINED",
                             f"the payment still asked for the customer's step after"
                             f" {PAYMENT_ROUNDS} attempts",
@@ -502,13 +556,24 @@ class OrderWorkflow:
             )
         except ActivityError as error:
             raise _rejection(error, "OUT_OF_STOCK") from None
+        except CancelledAfterStep:
+            self.stock_committed = True  # cancelled in Temporal, committed all the same
+            raise
+        self.stock_committed = True
 
-    async def cancel_completed(self, order: OrderInput, cancel: CancelInput) -> None:
+    async def cancel_completed(
+        self, order: OrderInput, cancel: CancelInput, *, restock_if_cancelled: bool = False
+    ) -> None:
         """A cancel that came during the last steps: cancel the completed order as the
         gateway's cancel of a completed order does (the same keys, so the two can meet:
-        each step answers the first one's result)."""
+        each step answers the first one's result). `restock_if_cancelled`: an order found
+        CANCELLED already gets its restock too (by the same keys: a no-op if whoever
+        cancelled it restocked), as a cancel cut short after its refund was recorded
+        has not restocked yet."""
         snapshot = await _snapshot(order.order_id)
-        if snapshot.status in REFUNDABLE:
+        if snapshot.status == "CANCELLED" and restock_if_cancelled:
+            await restock_cancelled(order.order_id, snapshot.lines)
+        elif snapshot.status in REFUNDABLE:
             try:
                 snapshot = await refund_completed(cancel_refund(order.order_id, cancel), snapshot)
             except (ActivityError, ApplicationError) as error:
@@ -524,6 +589,21 @@ class OrderWorkflow:
         self.view.refunded_minor = snapshot.refunded_minor
         self.view.reason = cancel.reason
         workflow.upsert_search_attributes([ORDER_STATUS.value_set(snapshot.status)])
+
+    async def cancel_committed_order(self, order: OrderInput) -> None:
+        """Cancelled in Temporal once the stock was committed (TEMPORAL_CANCEL_AFTER_COMMIT):
+        a release cannot return committed stock, so the order is completed (its COMPLETED
+        transition run to its end, by its key, if the cancel came before or during it) and
+        then cancelled as a customer's cancel of a completed order is: refunded under the
+        key `cancel`, restocked under the `cancel-restock` keys, CANCELLED. A customer's
+        cancel that came first (cancel_order) is the one carried out."""
+        self.compensations.clear()  # the capture is refunded, the commit restocked, below
+        if not self.completed_recorded:
+            await self.transition(order, "COMPLETED")
+            self.completed_recorded = True
+        await self.cancel_completed(
+            order, self.cancel or TEMPORAL_CANCEL, restock_if_cancelled=True
+        )
 
     # Helpers ------------------------------------------------------------
 
@@ -597,9 +677,11 @@ class OrderWorkflow:
             # Cancelled in Temporal while the step ran (TEMPORAL_CANCEL_COMPENSATES):
             # run it to its end, by its key (idempotent, serialized at its service), so
             # the compensations undo exactly what it did.
-            with contextlib.suppress(ActivityError):
+            try:
                 await run()
-            raise asyncio.CancelledError from None
+            except ActivityError:
+                raise asyncio.CancelledError from None
+            raise CancelledAfterStep from None
 
     async def transition(self, order: OrderInput, status: str, *, cancelled_by: str = "") -> None:
         self.view.status = status
@@ -629,6 +711,8 @@ class OrderWorkflow:
     async def finish_rejected(
         self, order: OrderInput, rejected: Rejected, *, recorded: bool
     ) -> OrderView:
+        if isinstance(rejected, RoundsCapped) and not _rounds_cap_declines():
+            rejected.reason = "PAYMENT_FAILED"  # a saga that reached the cap before
         self.view.rejection = rejected.reason
         self.view.reason = rejected.detail
         if rejected.reason == "PAYMENT_DECLINED":
@@ -683,6 +767,14 @@ def _expires_at(reserved: object) -> datetime | None:
         return None
     when = datetime.fromisoformat(expires)
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _rounds_cap_declines() -> bool:
+    """The round cap is a decline (PAYMENT_ROUNDS_DECLINED), asked once the saga has
+    compensated, where runs of b9d9329 (the decline without its patch) asked
+    MERGED_UPSERTS first (for the payment outcome `declined`): replaying one finds that
+    marker here. A run that reached the cap before either has neither: PAYMENT_FAILED."""
+    return workflow.patched(PAYMENT_ROUNDS_DECLINED) or workflow.patched(MERGED_UPSERTS)
 
 
 def _cancelled(error: ActivityError) -> bool:
@@ -783,17 +875,23 @@ async def refund_completed(request: RefundOrderInput, snapshot: OrderSnapshot) -
     if recorded_first:
         after = await _record_refund(record)
     if request.cancel:
-        for n, line in enumerate(snapshot.lines, start=1):
-            await workflow.execute_activity(
-                "inventory.restock",
-                RestockInput(f"{request.order_id}:cancel-restock:{n}", line.sku, line.quantity),
-                task_queue=INVENTORY_QUEUE,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=_REMOTE_RETRY,
-            )
+        await restock_cancelled(request.order_id, snapshot.lines)
     if not recorded_first:
         after = await _record_refund(record)
     return after
+
+
+async def restock_cancelled(order_id: str, lines: list[PricedLine]) -> None:
+    """Return a cancelled order's committed stock, line by line, under keys of the order
+    alone: whoever cancels it (the gateway's RefundOrder, the saga) restocks it once."""
+    for n, line in enumerate(lines, start=1):
+        await workflow.execute_activity(
+            "inventory.restock",
+            RestockInput(f"{order_id}:cancel-restock:{n}", line.sku, line.quantity),
+            task_queue=INVENTORY_QUEUE,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=_REMOTE_RETRY,
+        )
 
 
 async def _record_refund(record: RecordRefundInput) -> OrderSnapshot:

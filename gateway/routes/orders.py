@@ -14,16 +14,27 @@ import logging
 from datetime import timedelta
 
 from aiohttp import web
-from temporalio.client import WithStartWorkflowOperation
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import TemporalError, WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    TemporalError,
+    TerminatedError,
+    WorkflowAlreadyStartedError,
+)
 
-from activities.orders import OrderLineInput
+from activities.orders import ORDER_ALREADY_PLACED, OrderLineInput
 from agora import scopes
 from contracts.agora.common.v1 import PageRequest
 from contracts.agora.orders.v1 import GetOrderRequest, ListOrdersRequest, Order
 from gateway.context import principal_of
-from gateway.deps import Gateway, deps
+from gateway.deps import deps
 from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
 from gateway.routing import Route
@@ -160,8 +171,15 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
                     rpc_timeout=timedelta(seconds=timeout),
                 )
             except WorkflowAlreadyStartedError as closed:
-                view = await _closed_order(gw, order_id, closed.run_id, digest)
-    answer = _from_view(request, view)
+                answer = await _closed_order(request, order_id, closed.run_id, digest)
+            except WorkflowUpdateFailedError as refused:
+                if not _placed_before(refused):
+                    raise
+                # Temporal no longer held the key's first run (past the namespace's
+                # retention): the new run refused to place the order again.
+                answer = await _recorded_order(request, order_id, digest)
+            else:
+                answer = _from_view(request, view)
     return web.json_response(
         answer.model_dump(mode="json", exclude_none=True),
         status=201,
@@ -169,18 +187,72 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
     )
 
 
-async def _closed_order(gw: Gateway, order_id: str, run_id: str | None, digest: str) -> OrderView:
+async def _closed_order(
+    request: web.Request, order_id: str, run_id: str | None, digest: str
+) -> OrderAnswer:
     """How the order's closed saga ended, answered to a retried POST as the first was:
     the order, or the same rejection if it was refused before it was accepted. The
-    key with another order (`digest` differs) is a conflict, whatever the first became."""
-    view: OrderView = await gw.upstream.closed_result(
-        OrderWorkflow.run, order_workflow_id(order_id), run_id
-    )
+    key with another order (`digest` differs) is a conflict, whatever the first became.
+    A saga cancelled or terminated in Temporal has no result, nor has one that refused
+    to place the key's order again (past the namespace's retention, the first run gone):
+    the order as recorded."""
+    gw = deps(request)
+    try:
+        view: OrderView = await gw.upstream.closed_result(
+            OrderWorkflow.run, order_workflow_id(order_id), run_id
+        )
+    except WorkflowFailureError as ended:
+        stopped = isinstance(ended.cause, CancelledError | TerminatedError)
+        if not stopped and not _placed_before(ended):
+            raise
+        return await _recorded_order(request, order_id, digest)
     if view.request_digest and view.request_digest != digest:
         raise Problem("conflict", KEY_REUSED)
     if view.status == "REJECTED" and not view.lines:
         raise Problem("order-rejected", view.reason)
-    return view
+    return _from_view(request, view)
+
+
+def _placed_before(error: FailureError | WorkflowFailureError | WorkflowUpdateFailedError) -> bool:
+    """The saga refused the key's order as placed by an earlier run (ORDER_ALREADY_PLACED:
+    the update `accept`'s failure, or the run's, which an older saga's `record` raised)."""
+    cause: BaseException | None = error
+    while isinstance(cause, FailureError | WorkflowFailureError | WorkflowUpdateFailedError):
+        if isinstance(cause, ApplicationError) and cause.type == ORDER_ALREADY_PLACED:
+            return True
+        cause = cause.cause
+    return False
+
+
+# A saga stopped in Temporal before it recorded its order: it reserved and charged nothing.
+NEVER_PLACED = (
+    "the order was stopped before it was placed; nothing was reserved or charged: place it"
+    " again with a new Idempotency-Key"
+)
+
+
+async def _recorded_order(request: web.Request, order_id: str, digest: str) -> OrderAnswer:
+    """The order as the orders database holds it, for a POST whose saga gave no answer
+    (cancelled or terminated in Temporal, or refusing an order a run Temporal no longer
+    holds placed). Its lines say what the key ordered (priced in the POST's order, one
+    for one), so another order under the key is still a conflict."""
+    gw = deps(request)
+    call = GetOrderRequest(order_id=order_id, customer_id=principal_of(request).subject)
+    try:
+        async with gw.upstream.call(request, "orders.GetOrder") as timeout:
+            reply = await gw.upstream.orders.get_order(call, timeout=timeout)
+    except Problem as problem:
+        if problem.code != "not-found":
+            raise
+        raise Problem("order-rejected", NEVER_PLACED) from None
+    order = reply.order
+    if order is None:
+        raise Problem("order-rejected", NEVER_PLACED)
+    ordered = [OrderLineInput(line.sku, line.quantity) for line in order.lines]
+    currency = order.total.currency if order.total else ""
+    if request_digest(ordered, currency) != digest:
+        raise Problem("conflict", KEY_REUSED)
+    return _from_proto(request, order)
 
 
 async def _own_order(request: web.Request) -> Order:

@@ -18,8 +18,10 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
-from temporalio.client import Client
+from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
@@ -48,7 +50,7 @@ from tests.integration.gatewaykit import (
 )
 from tests.integration.holds import Hold, started_attempt
 from tests.integration.waiting import eventually
-from workers.orders.model import order_id_for, order_workflow_id
+from workers.orders.model import OrderInput, order_id_for, order_workflow_id
 from workers.payments.model import payment_id_for
 from workers.payments.psp_sim import tokenize
 
@@ -307,6 +309,95 @@ async def test_a_post_refused_at_pricing_is_refused_the_same_way_when_retried(
     # The key with another order is a conflict, not the first order's rejection.
     sku = await product_with_stock(shop, 5)
     await problem(await place(shop, who, sku, key=key), 409, "conflict")
+
+
+async def test_a_post_retried_after_a_cancel_in_temporal_answers_the_cancelled_order(
+    shop: dict[str, Any],
+) -> None:
+    # Staff cancelled the saga in the Temporal UI while it waited for the customer's
+    # payment step: the run ends Canceled, with no result to answer a retry with (it
+    # was answered 502). The order as it ended is in the orders database.
+    temporal: Client = shop["gw"].upstream.temporal
+    sku = await product_with_stock(shop, 2)
+    who, key, order_id = keyed_order(shop, "temporal-cancel")
+    first = await place(shop, who, sku, key=key, card_token=card(ACTION_CARD))
+    assert first.status == 201, await first.text()
+
+    async def waiting() -> bool:
+        order = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=who)).json()
+        return bool(order["status"] == "AWAITING_PAYMENT")
+
+    await eventually(waiting, within=30, what="the order to await the customer")
+    handle = temporal.get_workflow_handle(order_workflow_id(order_id))
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    retried = await place(shop, who, sku, key=key, card_token=card(ACTION_CARD))
+    assert retried.status == 201, await retried.text()
+    body = await retried.json()
+    assert (body["order_id"], body["status"], body["refunded_minor"]) == (order_id, "CANCELLED", 0)
+    assert retried.headers["Location"] == f"/v1/orders/{order_id}"
+    # The key with another order is still a conflict, not this order.
+    await problem(await place(shop, who, sku, quantity=2, key=key), 409, "conflict")
+    assert (await stock(shop, sku))["reserved"] == 0
+
+
+async def test_a_post_whose_saga_was_stopped_before_it_placed_the_order_is_refused_clearly(
+    shop: dict[str, Any],
+) -> None:
+    # The run was terminated before it recorded the order (here: before any worker
+    # took it): nothing was reserved or charged, and nothing tells how it ended.
+    temporal: Client = shop["gw"].upstream.temporal
+    sku = await product_with_stock(shop, 2)
+    customer_id, who = customer_with_id(shop)
+    key = f"stopped-{uuid.uuid4()}"
+    order_id = order_id_for(customer_id, key)
+    handle = await temporal.start_workflow(
+        "Order",
+        OrderInput(order_id, customer_id, key, [OrderLineInput(sku, 1)], "EUR", card()),
+        id=order_workflow_id(order_id),
+        task_queue=f"nobody-{uuid.uuid4()}",
+    )
+    await handle.terminate("stopped by staff")
+    body = await problem(await place(shop, who, sku, key=key), 422, "order-rejected")
+    assert "new Idempotency-Key" in body["detail"], body
+
+
+async def test_a_post_retried_once_temporal_forgot_the_first_run_answers_the_recorded_order(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # Past the namespace's retention Temporal no longer holds the first run (deleted
+    # here, as retention does): the retry starts a second saga, which refuses to
+    # place the order again. The POST is answered the order as it ended, as a retry
+    # of a closed run is (it was answered 201 PENDING, the next retry 409).
+    temporal: Client = shop["gw"].upstream.temporal
+    sku = await product_with_stock(shop, 2)
+    who, key, order_id = keyed_order(shop, "forgotten")
+    assert (await place(shop, who, sku, key=key)).status == 201
+    assert (await final_order(shop, who, order_id))["status"] == "COMPLETED"
+    await temporal.workflow_service.delete_workflow_execution(
+        DeleteWorkflowExecutionRequest(
+            namespace=temporal.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=order_workflow_id(order_id)),
+        )
+    )
+
+    async def forgotten() -> bool:
+        try:
+            await temporal.get_workflow_handle(order_workflow_id(order_id)).describe()
+        except RPCError as error:
+            return error.status == RPCStatusCode.NOT_FOUND
+        return False
+
+    await eventually(forgotten, within=60, what="Temporal to delete the first run")
+    for _ in range(2):  # the second saga, then its closed run, answer alike
+        retried = await place(shop, who, sku, key=key)
+        assert retried.status == 201, await retried.text()
+        body = await retried.json()
+        assert (body["order_id"], body["status"]) == (order_id, "COMPLETED")
+    await problem(await place(shop, who, sku, quantity=2, key=key), 409, "conflict")
+    assert await captures_for(settings, order_id) == 1
+    assert (await stock(shop, sku))["on_hand"] == 1
 
 
 async def test_a_customer_never_sees_or_touches_another_customers_order(

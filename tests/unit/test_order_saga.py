@@ -48,6 +48,7 @@ from activities.inventory import (
     RestockResult,
 )
 from activities.orders import (
+    ENDED,
     OrderLineInput,
     OrderSnapshot,
     PricedLine,
@@ -107,6 +108,28 @@ class World:
     # How long before the reserve step completed inventory committed it (a first
     # attempt whose completion was lost, retried until one got through).
     reserve_committed_ago: timedelta = timedelta(0)
+    # The orders projection's status, by order, as orders.transition and
+    # orders.record_refund keep it (an order not recorded here reads COMPLETED).
+    statuses: dict[str, str] = field(default_factory=dict)
+    # The idempotency keys payments' refunds and inventory's restocks were asked with.
+    refund_keys: list[str] = field(default_factory=list)
+    restock_keys: list[str] = field(default_factory=list)
+    # Refunds recorded, by (order, refund key): a second record of one is a no-op.
+    recorded_refunds: set[tuple[str, str]] = field(default_factory=set)
+    # The first COMPLETED transition is written, then holds until it is cancelled (a
+    # cancel requested in Temporal cuts the step short after it took effect).
+    hold_completed_transition: bool = False
+    # Orders recorded by another run that has ended (the key's first run, gone from
+    # Temporal past the namespace's retention): price and record refuse them.
+    placed_before: set[str] = field(default_factory=set)
+
+    def refuse_placed_before(self, order_id: str) -> None:
+        if order_id in self.placed_before:
+            raise ApplicationError(
+                f"order {order_id} was placed before with this key and is completed",
+                type="OrderAlreadyPlaced",
+                non_retryable=True,
+            )
 
     async def gate(self, step: str) -> None:
         if step in self.gates:
@@ -119,6 +142,7 @@ world = World()
 @activity.defn(name="orders.price")
 async def price(data: PriceInput) -> PricedOrder:
     world.calls.append("price")
+    world.refuse_placed_before(data.order_id)
     if world.catalog_down:
         raise ApplicationError("catalog: connection refused to 10.0.0.7:50051", type="GRPCError")
     if world.unknown_sku:
@@ -132,6 +156,8 @@ async def price(data: PriceInput) -> PricedOrder:
 @activity.defn(name="orders.record")
 async def record(data: RecordOrderInput) -> None:
     world.calls.append("record")
+    world.refuse_placed_before(data.order_id)
+    world.statuses[data.order_id] = "PENDING"
 
 
 @activity.defn(name="orders.transition")
@@ -139,6 +165,11 @@ async def transition(data: TransitionInput) -> None:
     world.calls.append(f"transition:{data.status}")
     world.transitions.append(data.status)
     world.transition_refunds[data.status] = data.refunded_minor
+    if world.statuses.get(data.order_id) not in ENDED:  # as orders.transition refuses
+        world.statuses[data.order_id] = data.status
+    if data.status == "COMPLETED" and world.hold_completed_transition:
+        world.hold_completed_transition = False
+        await asyncio.Event().wait()  # until the saga's cancel cancels this attempt
 
 
 @activity.defn(name="orders.snapshot")
@@ -146,7 +177,7 @@ async def snapshot(order_id: str) -> OrderSnapshot:
     return OrderSnapshot(
         order_id,
         "cust",
-        "COMPLETED",
+        world.statuses.get(order_id, "COMPLETED"),
         "EUR",
         2000,
         world.refunded,
@@ -158,8 +189,11 @@ async def snapshot(order_id: str) -> OrderSnapshot:
 @activity.defn(name="orders.record_refund")
 async def record_refund(data: RecordRefundInput) -> OrderSnapshot:
     world.calls.append(f"record_refund:{data.amount_minor}:{'cancel' if data.cancel else 'refund'}")
-    world.refunded += data.amount_minor
     status = "CANCELLED" if data.cancel else "PARTIALLY_REFUNDED"
+    if (data.order_id, data.refund_key) not in world.recorded_refunds:
+        world.recorded_refunds.add((data.order_id, data.refund_key))
+        world.refunded += data.amount_minor
+        world.statuses[data.order_id] = status
     lines = [PricedLine("SKU-1", "T", 2, 1000, 2000)]
     return OrderSnapshot(data.order_id, "cust", status, "EUR", 2000, world.refunded, "pay-1", lines)
 
@@ -192,6 +226,7 @@ async def commit(data: CommitInput) -> CommitResult:
 @activity.defn(name="inventory.restock")
 async def restock(data: RestockInput) -> RestockResult:
     world.calls.append(f"restock:{data.sku}:{data.quantity}")
+    world.restock_keys.append(data.key)
     return RestockResult(data.sku, data.quantity, [])
 
 
@@ -250,6 +285,7 @@ async def void(data: VoidInput) -> VoidResult:
 @activity.defn(name="payments.refund")
 async def refund(data: RefundInput) -> RefundResult:
     world.calls.append(f"refund:{data.amount_minor}")
+    world.refund_keys.append(data.idempotency_key)
     if world.refund_refused:
         raise ApplicationError(
             "the refund exceeds what is captured", type="PaymentAmountExceeded", non_retryable=True
@@ -770,6 +806,35 @@ async def test_a_retried_post_joins_the_same_order(client: Client) -> None:
     assert world.calls.count("authorize") == 1
 
 
+async def test_a_post_for_an_order_an_ended_run_placed_is_refused_not_accepted(
+    client: Client,
+) -> None:
+    # Past the namespace's retention Temporal no longer holds the key's first run, and
+    # a retried POST starts a second saga. Its `accept` refuses it (the gateway answers
+    # the order as recorded), where it answered PENDING and the run failed just after.
+    order = new_order()
+    world.placed_before.add(order.order_id)
+    start = WithStartWorkflowOperation(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order.order_id),
+        task_queue=ORDERS_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await client.execute_update_with_start_workflow(
+            OrderWorkflow.accept, start_workflow_operation=start
+        )
+    assert isinstance(refused.value.cause, ApplicationError)
+    assert refused.value.cause.type == "OrderAlreadyPlaced"
+    with pytest.raises(WorkflowFailureError) as failed:
+        await client.get_workflow_handle(order_workflow_id(order.order_id)).result()
+    assert isinstance(failed.value.cause, ApplicationError)
+    assert failed.value.cause.type == "OrderAlreadyPlaced"
+    assert world.calls == ["price"]  # nothing recorded, reserved or charged
+    await keep_history(client, order_workflow_id(order.order_id), "placed-before")
+
+
 async def test_refund_after_completion_refunds_the_amount(client: Client) -> None:
     request = RefundOrderInput(
         order_id=str(uuid.uuid4()), refund_key="r1", amount_minor=500, reason="damaged"
@@ -863,3 +928,71 @@ async def test_a_temporal_cancel_while_awaiting_the_payment_action_voids_and_rel
     assert "capture" not in world.calls
     assert world.transitions == ["CANCELLED"]
     await keep_history(client, handle.id, "temporal-cancel-awaiting-payment")
+
+
+async def test_a_temporal_cancel_during_the_stock_commit_cancels_the_order_and_restocks(
+    client: Client,
+) -> None:
+    # The commit is run to its end by its key: the stock is committed, and a release
+    # would return none of it. The order is cancelled as a customer's cancel of a
+    # completed order is: everything refunded under the key `cancel`, the stock
+    # restocked under the `cancel-restock` keys (a gateway cancel of the same order
+    # meets it), the order CANCELLED.
+    world.gates["commit"] = asyncio.Event()
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    await reached("commit")
+    await handle.cancel()
+    await cancel_requested_of_an_activity(handle)
+    world.gates["commit"].set()  # the interrupted attempt commits after all
+    await cancelled_in_temporal(handle)
+    assert world.calls.count("commit") == 2
+    assert world.calls[world.calls.index("commit") + 1 :] == [
+        "commit",
+        "transition:COMPLETED",
+        "refund:2000",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:2",
+    ]
+    assert world.refund_keys == [f"{order.order_id}:refund:cancel"]
+    assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
+    assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 2000)
+    await keep_history(client, handle.id, "temporal-cancel-at-commit")
+
+
+async def test_a_temporal_cancel_cutting_the_completed_transition_short_cancels_the_order(
+    client: Client,
+) -> None:
+    # The COMPLETED transition was written, then its step cancelled: the CANCELLED
+    # transition the compensations ended with was refused (the order has ended), which
+    # left the order COMPLETED with its money refunded and its stock gone.
+    world.hold_completed_transition = True
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order.order_id),
+        task_queue=ORDERS_QUEUE,
+        # The held local activity keeps the workflow task open; the cancel comes with
+        # the next one, which the worker asks for at 80 % of this (a heartbeat).
+        task_timeout=timedelta(seconds=2),
+    )
+    await reached("transition:COMPLETED")
+    await handle.cancel()
+    await cancelled_in_temporal(handle)
+    # Run again by its key (a no-op on the projection, which holds it), then cancelled.
+    assert world.calls[world.calls.index("commit") + 1 :] == [
+        "transition:COMPLETED",
+        "transition:COMPLETED",
+        "refund:2000",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:2",
+    ]
+    assert world.statuses[order.order_id] == "CANCELLED"
+    assert world.refunded == 2000
+    assert world.refund_keys == [f"{order.order_id}:refund:cancel"]
+    assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
+    assert "release" not in world.calls and "void" not in world.calls
+    await keep_history(client, handle.id, "temporal-cancel-at-completed-transition")
