@@ -131,6 +131,10 @@ class Settings:
     # Inventory: how often the ReservationSweep schedule expires the reservations whose
     # TTL has passed (an expiry lands at most this long after the TTL).
     inventory_reservation_sweep_s: int = 30
+    # Orders: how far (basis points) catalog's total may exceed the total a POST says
+    # the customer was shown (`expected_total_minor`) before the order is rejected
+    # PRICE_CHANGED. 0: any increase is the customer's to accept (docs/orders.md).
+    order_price_tolerance_bps: int = 0
     # Search: name prefix of the product indices and their aliases, and how soon a
     # write becomes searchable (the index refresh interval).
     search_index_prefix: str = "agora-products"
@@ -327,6 +331,11 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         # The test profile sweeps often, so a test's short TTL expires quickly.
         inventory_reservation_sweep_s=int(
             env.get("AGORA_INVENTORY_RESERVATION_SWEEP_S", 2 if profile == "test" else 30)
+        ),
+        order_price_tolerance_bps=_at_least(
+            0,
+            "AGORA_ORDER_PRICE_TOLERANCE_BPS",
+            env.get("AGORA_ORDER_PRICE_TOLERANCE_BPS", "0"),
         ),
         search_index_prefix=env.get("AGORA_SEARCH_INDEX_PREFIX", "agora-products"),
         search_refresh_interval=env.get("AGORA_SEARCH_REFRESH_INTERVAL", "100ms"),

@@ -96,6 +96,13 @@ _SHOW_DETAIL = frozenset(
 )
 
 
+def rejection_reason(reason: str) -> dict[str, str]:
+    """The `reason` member of an order-rejected problem: the saga's rejection (a
+    RejectionReason name, e.g. PRICE_CHANGED, OUT_OF_STOCK, or PRICING_UNAVAILABLE), so a
+    client can tell prices to review from a card to change without reading `detail`."""
+    return {"reason": reason} if reason else {}
+
+
 def from_grpc(error: GRPCError) -> Problem:
     code = GRPC_STATUS.get(error.status, "upstream-error")
     detail = (error.message or "") if code in _SHOW_DETAIL else ""
@@ -136,7 +143,9 @@ def from_temporal(error: BaseException) -> Problem:
         return Problem("upstream-unavailable")
     root = _root_cause(error)
     if isinstance(root, ApplicationError) and root.type in APPLICATION_ERROR_TYPE:
-        return Problem(APPLICATION_ERROR_TYPE[root.type], root.message)
+        code = APPLICATION_ERROR_TYPE[root.type]
+        reason = root.type if code == "order-rejected" else ""
+        return Problem(code, root.message, extensions=rejection_reason(reason))
     if isinstance(root, TemporalTimeoutError):
         return Problem("upstream-timeout")
     return Problem("upstream-error")

@@ -54,6 +54,23 @@ class PlaceOrderRequest(Strict):
     lines: Annotated[list[OrderLineRequest], Field(min_length=1, max_length=MAX_LINES)]
     currency: Currency
     payment: PaymentRequest
+    expected_total_minor: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=MAX_AMOUNT_MINOR,
+            description=(
+                "The total the customer was shown (e.g. in the cart), in minor units of"
+                " `currency`. If the current prices come to more than this, beyond the"
+                " platform's tolerance (AGORA_ORDER_PRICE_TOLERANCE_BPS, 0 by default),"
+                " the order is rejected (422 order-rejected, `reason` PRICE_CHANGED, its"
+                " detail naming both totals) before anything is reserved or charged:"
+                " review it and place it again with a new Idempotency-Key. A lower total"
+                " is accepted, and charged. Omit it to take the current prices. Part of"
+                " what the Idempotency-Key names: a retry must send the same value."
+            ),
+        ),
+    ] = None
 
 
 class CancelOrderRequest(Strict):

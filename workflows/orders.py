@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         OrderView,
         RefundOrderInput,
         cancel_refund,
+        highest_total_accepted,
         order_id_for,
         order_workflow_id,
         refund_workflow_id,
@@ -230,7 +231,7 @@ class OrderWorkflow:
         self.view = OrderView(
             order_id="",
             status="RECEIVED",
-            request_digest=request_digest(order.lines, order.currency),
+            request_digest=request_digest(order.lines, order.currency, order.expected_total_minor),
         )
         self.priced: PricedOrder | None = None
         self.cancel: CancelInput | None = None
@@ -375,7 +376,7 @@ class OrderWorkflow:
         # before the attempts were bounded replay the same (a price's outcome comes
         # from its marker).
         try:
-            return await workflow.execute_local_activity_method(
+            priced = await workflow.execute_local_activity_method(
                 OrdersActivities.price,
                 PriceInput(order.lines, order.currency, order.order_id),
                 retry_policy=RetryPolicy(
@@ -399,6 +400,8 @@ class OrderWorkflow:
                     " new Idempotency-Key",
                 ) from None
             raise rejected from None
+        check_expected_total(order, priced)
+        return priced
 
     async def reserve_stock(self, order: OrderInput) -> None:
         self.check_cancel()
@@ -751,6 +754,25 @@ class OrderWorkflow:
         if status:
             updates.append(ORDER_STATUS.value_set(status))
         workflow.upsert_search_attributes(updates)
+
+
+def check_expected_total(order: OrderInput, priced: PricedOrder) -> None:
+    """The customer was shown a total (the cart's): prices risen beyond the tolerance
+    reject the order (PRICE_CHANGED) before anything is recorded, reserved or charged.
+    Workflow code on the input and the price step's result, with no command of its own:
+    a saga without an expected total (every one started before it) never takes the
+    branch, and one with it replays as it ran, so no patch is needed."""
+    expected = order.expected_total_minor
+    if expected is None:
+        return
+    if priced.total_minor <= highest_total_accepted(expected, order.price_tolerance_bps):
+        return  # as shown, within the tolerance, or lower (charged the lower total)
+    raise Rejected(
+        "PRICE_CHANGED",
+        f"the prices changed: the order now comes to {priced.total_minor}, more than the"
+        f" {expected} you were shown ({order.currency} minor units); nothing was reserved"
+        " or charged: review the order and place it again with a new Idempotency-Key",
+    )
 
 
 def _amount_minor(result: object) -> int:

@@ -35,6 +35,7 @@ from contracts.agora.common.v1 import PageRequest
 from contracts.agora.orders.v1 import GetOrderRequest, ListOrdersRequest, Order
 from gateway.context import principal_of
 from gateway.deps import deps
+from gateway.failures import rejection_reason
 from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
 from gateway.routing import Route
@@ -149,6 +150,8 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
         lines=[OrderLineInput(line.sku, line.quantity) for line in body.lines],
         currency=body.currency,
         card_token=body.payment.card_token,
+        expected_total_minor=body.expected_total_minor,
+        price_tolerance_bps=gw.settings.order_price_tolerance_bps,
     )
     start = WithStartWorkflowOperation(
         OrderWorkflow.run,
@@ -162,7 +165,7 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
     )
     async with gw.upstream.call(request, "temporal.OrderUpdateWithStart") as timeout:
         async with asyncio.timeout(timeout):
-            digest = request_digest(order.lines, order.currency)
+            digest = request_digest(order.lines, order.currency, order.expected_total_minor)
             try:
                 view = await gw.upstream.temporal.execute_update_with_start_workflow(
                     OrderWorkflow.accept,
@@ -171,13 +174,13 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
                     rpc_timeout=timedelta(seconds=timeout),
                 )
             except WorkflowAlreadyStartedError as closed:
-                answer = await _closed_order(request, order_id, closed.run_id, digest)
+                answer = await _closed_order(request, order, closed.run_id, digest)
             except WorkflowUpdateFailedError as refused:
                 if not _placed_before(refused):
                     raise
                 # Temporal no longer held the key's first run (past the namespace's
                 # retention): the new run refused to place the order again.
-                answer = await _recorded_order(request, order_id, digest)
+                answer = await _recorded_order(request, order, digest)
             else:
                 answer = _from_view(request, view)
     return web.json_response(
@@ -188,7 +191,7 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
 
 
 async def _closed_order(
-    request: web.Request, order_id: str, run_id: str | None, digest: str
+    request: web.Request, order: OrderInput, run_id: str | None, digest: str
 ) -> OrderAnswer:
     """How the order's closed saga ended, answered to a retried POST as the first was:
     the order, or the same rejection if it was refused before it was accepted. The
@@ -199,17 +202,17 @@ async def _closed_order(
     gw = deps(request)
     try:
         view: OrderView = await gw.upstream.closed_result(
-            OrderWorkflow.run, order_workflow_id(order_id), run_id
+            OrderWorkflow.run, order_workflow_id(order.order_id), run_id
         )
     except WorkflowFailureError as ended:
         stopped = isinstance(ended.cause, CancelledError | TerminatedError)
         if not stopped and not _placed_before(ended):
             raise
-        return await _recorded_order(request, order_id, digest)
+        return await _recorded_order(request, order, digest)
     if view.request_digest and view.request_digest != digest:
         raise Problem("conflict", KEY_REUSED)
     if view.status == "REJECTED" and not view.lines:
-        raise Problem("order-rejected", view.reason)
+        raise Problem("order-rejected", view.reason, extensions=rejection_reason(view.rejection))
     return _from_view(request, view)
 
 
@@ -231,13 +234,15 @@ NEVER_PLACED = (
 )
 
 
-async def _recorded_order(request: web.Request, order_id: str, digest: str) -> OrderAnswer:
+async def _recorded_order(request: web.Request, asked: OrderInput, digest: str) -> OrderAnswer:
     """The order as the orders database holds it, for a POST whose saga gave no answer
     (cancelled or terminated in Temporal, or refusing an order a run Temporal no longer
     holds placed). Its lines say what the key ordered (priced in the POST's order, one
-    for one), so another order under the key is still a conflict."""
+    for one), so another order under the key is still a conflict. The expected total is
+    not recorded there: only the lines and currency can be compared (the POST's own
+    expected total is taken as the first's)."""
     gw = deps(request)
-    call = GetOrderRequest(order_id=order_id, customer_id=principal_of(request).subject)
+    call = GetOrderRequest(order_id=asked.order_id, customer_id=principal_of(request).subject)
     try:
         async with gw.upstream.call(request, "orders.GetOrder") as timeout:
             reply = await gw.upstream.orders.get_order(call, timeout=timeout)
@@ -250,7 +255,7 @@ async def _recorded_order(request: web.Request, order_id: str, digest: str) -> O
         raise Problem("order-rejected", NEVER_PLACED)
     ordered = [OrderLineInput(line.sku, line.quantity) for line in order.lines]
     currency = order.total.currency if order.total else ""
-    if request_digest(ordered, currency) != digest:
+    if request_digest(ordered, currency, asked.expected_total_minor) != digest:
         raise Problem("conflict", KEY_REUSED)
     return _from_proto(request, order)
 
@@ -435,7 +440,8 @@ ROUTES = [
         "POST",
         "/v1/orders",
         place_order,
-        "Place an order (requires Idempotency-Key); answers once it is priced or rejected",
+        "Place an order (requires Idempotency-Key); answers once it is priced or rejected"
+        " (PRICE_CHANGED: above the expected_total_minor the customer was shown)",
         "orders",
         auth=True,
         scopes=ORDERS_WRITE,

@@ -9,6 +9,8 @@ hold afterwards: one charge, one stock movement, a balanced ledger.
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import json
 import urllib.request
 import uuid
@@ -35,8 +37,10 @@ from activities.orders import (
     RecordOrderInput,
     TransitionInput,
 )
+from agora import keyset
 from agora.config import Settings
 from agora.grpc import Channels
+from agora.money import MAX_AMOUNT_MINOR
 from contracts.agora.catalog.v1 import CatalogServiceStub
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.payments.v1 import LedgerBalanceRequest, PaymentsServiceStub
@@ -116,13 +120,16 @@ async def place(
     *,
     key: str | None = None,
     card_token: str | None = None,
+    expected_total_minor: int | None = None,
 ) -> Any:
+    shown = {} if expected_total_minor is None else {"expected_total_minor": expected_total_minor}
     return await shop["client"].post(
         "/v1/orders",
         json={
             "lines": [{"sku": sku, "quantity": quantity}],
             "currency": "EUR",
             "payment": {"card_token": card_token or card()},
+            **shown,
         },
         # A write's answer waits for the saga to price the order; on a loaded two-core
         # machine running the whole platform that can take longer than the 2 s default.
@@ -311,16 +318,20 @@ async def test_a_post_refused_at_pricing_is_refused_the_same_way_when_retried(
     await problem(await place(shop, who, sku, key=key), 409, "conflict")
 
 
+@pytest.mark.parametrize("shown", [None, 1500])
 async def test_a_post_retried_after_a_cancel_in_temporal_answers_the_cancelled_order(
-    shop: dict[str, Any],
+    shop: dict[str, Any], shown: int | None
 ) -> None:
     # Staff cancelled the saga in the Temporal UI while it waited for the customer's
     # payment step: the run ends Canceled, with no result to answer a retry with (it
-    # was answered 502). The order as it ended is in the orders database.
+    # was answered 502). The order as it ended is in the orders database, which does
+    # not hold the total the POST said was shown: the retry's own is taken.
     temporal: Client = shop["gw"].upstream.temporal
     sku = await product_with_stock(shop, 2)
     who, key, order_id = keyed_order(shop, "temporal-cancel")
-    first = await place(shop, who, sku, key=key, card_token=card(ACTION_CARD))
+    first = await place(
+        shop, who, sku, key=key, card_token=card(ACTION_CARD), expected_total_minor=shown
+    )
     assert first.status == 201, await first.text()
 
     async def waiting() -> bool:
@@ -332,7 +343,9 @@ async def test_a_post_retried_after_a_cancel_in_temporal_answers_the_cancelled_o
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
         await handle.result()
-    retried = await place(shop, who, sku, key=key, card_token=card(ACTION_CARD))
+    retried = await place(
+        shop, who, sku, key=key, card_token=card(ACTION_CARD), expected_total_minor=shown
+    )
     assert retried.status == 201, await retried.text()
     body = await retried.json()
     assert (body["order_id"], body["status"], body["refunded_minor"]) == (order_id, "CANCELLED", 0)
@@ -432,6 +445,92 @@ async def test_a_customer_never_sees_or_touches_another_customers_order(
     assert (await stock(shop, sku))["on_hand"] == 1
 
 
+async def test_an_idempotency_key_is_the_customers_own_so_another_using_it_places_another_order(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # Two customers' clients happen to send the same key with the same body (keys are
+    # only unique per client): two orders, two charges, each customer sees their own.
+    sku = await product_with_stock(shop, 4)
+    (first_id, first), (second_id, second) = customer_with_id(shop), customer_with_id(shop)
+    key = f"shared-{uuid.uuid4()}"
+    token = card()  # the very same body
+    responses = [await place(shop, who, sku, key=key, card_token=token) for who in (first, second)]
+    for response in responses:
+        assert response.status == 201, await response.text()
+    orders = [(await response.json())["order_id"] for response in responses]
+    assert orders == [order_id_for(first_id, key), order_id_for(second_id, key)]
+    assert orders[0] != orders[1]
+    for who, order_id in zip((first, second), orders, strict=True):
+        assert (await final_order(shop, who, order_id))["status"] == "COMPLETED"
+        assert await captures_for(settings, order_id) == 1, "each order charged once"
+    for who, own, other in ((first, *orders), (second, *reversed(orders))):
+        listed = await (await shop["client"].get("/v1/orders", headers=who)).json()
+        assert [o["order_id"] for o in listed["orders"]] == [own]
+        await problem(
+            await shop["client"].get(f"/v1/orders/{other}", headers=who), 404, "not-found"
+        )
+    level = await stock(shop, sku)
+    assert (level["on_hand"], level["reserved"]) == (2, 0), "two orders, two units"
+
+
+async def test_a_customers_orders_are_listed_newest_first_in_keyset_pages(
+    shop: dict[str, Any],
+) -> None:
+    sku = await product_with_stock(shop, 5)
+    who = customer(shop)
+    placed: list[str] = []
+    for _ in range(5):
+        response = await place(shop, who, sku)
+        assert response.status == 201, await response.text()
+        order_id = (await response.json())["order_id"]
+
+        async def recorded(order_id: str = order_id) -> bool:
+            got = await shop["client"].get(f"/v1/orders/{order_id}", headers=who)
+            return got.status == 200
+
+        # Listed by when the order was recorded: the next one is placed after that.
+        await eventually(recorded, within=30, what=f"order {order_id} to be recorded")
+        placed.append(order_id)
+
+    async def page(**params: Any) -> dict[str, Any]:
+        response = await shop["client"].get("/v1/orders", params=params, headers=who)
+        assert response.status == 200, await response.text()
+        body: dict[str, Any] = await response.json()
+        return body
+
+    pages, cursor = [], ""
+    while True:
+        body = await page(limit=2, **({"cursor": cursor} if cursor else {}))
+        pages.append([o["order_id"] for o in body["orders"]])
+        cursor = body.get("next_cursor", "")
+        if not cursor:
+            break
+        assert len(pages) < 5, f"paging does not end: {pages}"
+    assert pages == [placed[4:2:-1], placed[2:0:-1], placed[:1]], "newest first, each once"
+    # A page that holds all that is left ends the list: no cursor to an empty page.
+    whole = await page(limit=5)
+    assert [o["order_id"] for o in whole["orders"]] == placed[::-1]
+    assert not whole.get("next_cursor"), whole
+    # A cursor is a position in the caller's own list: one made up lists nothing else.
+    made_up = keyset.encode(dt.datetime.now(dt.UTC) + dt.timedelta(days=1), uuid.uuid4())
+    assert [o["order_id"] for o in (await page(cursor=made_up))["orders"]] == placed[::-1]
+    first_cursor = (await page(limit=2))["next_cursor"]
+    for garbled in (
+        "not a cursor",
+        first_cursor[: len(first_cursor) // 2],  # cut short
+        keyset.encode(dt.datetime.now(dt.UTC), uuid.uuid4()).swapcase(),
+        base64.urlsafe_b64encode(b'["yesterday", "not-a-uuid"]').decode(),
+        base64.urlsafe_b64encode(
+            b'["2026-01-01T00:00:00", "%s"]' % str(uuid.uuid4()).encode()
+        ).decode(),  # a time without its offset
+    ):
+        await problem(
+            await shop["client"].get("/v1/orders", params={"cursor": garbled}, headers=who),
+            400,
+            "invalid-argument",
+        )
+
+
 async def test_a_declined_card_rejects_the_order_and_returns_the_stock(
     settings: Settings, shop: dict[str, Any]
 ) -> None:
@@ -466,6 +565,90 @@ async def test_an_unknown_product_is_rejected_at_once_and_nothing_happens(
     }
 
 
+async def captured_minor(settings: Settings, order_id: str) -> int:
+    """What payments captured for the order, in all."""
+    conn = await asyncpg.connect(settings.db_dsn("payments"))
+    try:
+        captured: int = await conn.fetchval(
+            "SELECT coalesce(sum(captured_minor), 0) FROM payment_intents WHERE order_id = $1",
+            order_id,
+        )
+        return captured
+    finally:
+        await conn.close()
+
+
+async def test_prices_risen_since_the_cart_reject_the_order_before_anything_happens(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # The cart showed 2 x 15.00; the price doubled before the POST (beyond any
+    # tolerance the platform may be set to): the POST is refused PRICE_CHANGED, naming
+    # both totals, and nothing is recorded, reserved or authorized.
+    sku = await product_with_stock(shop, 5, price=1500)
+    await shop["catalog"].set_price(sku, 3000)
+    customer_id, who = customer_with_id(shop)
+    key = f"price-changed-{uuid.uuid4()}"
+    order_id = order_id_for(customer_id, key)
+    for _ in range(2):  # a retry with the key is answered the same
+        response = await place(shop, who, sku, quantity=2, key=key, expected_total_minor=3000)
+        body = await problem(response, 422, "order-rejected")
+        assert body["reason"] == "PRICE_CHANGED", body
+        assert "now comes to 6000, more than the 3000 you were shown" in body["detail"], body
+        assert "review the order and place it again" in body["detail"], body
+    assert await rows_for_order(settings, order_id) == {
+        "orders": 0,
+        "reservations": 0,
+        "payment_intents": 0,
+    }
+    await problem(await shop["client"].get(f"/v1/orders/{order_id}", headers=who), 404, "not-found")
+    level = await stock(shop, sku)
+    assert (level["on_hand"], level["reserved"]) == (5, 0)
+    # Reviewed, and placed again (a new key) at the total now shown: accepted, charged.
+    again = await place(shop, who, sku, quantity=2, expected_total_minor=6000)
+    assert again.status == 201, await again.text()
+    placed = await again.json()
+    assert (await final_order(shop, who, placed["order_id"]))["status"] == "COMPLETED"
+    assert await captured_minor(settings, placed["order_id"]) == 6000
+
+
+async def test_prices_fallen_since_the_cart_are_accepted_and_charged_as_priced_now(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    sku = await product_with_stock(shop, 5, price=1500)
+    await shop["catalog"].set_price(sku, 1200)
+    who = customer(shop)
+    response = await place(shop, who, sku, quantity=2, expected_total_minor=3000)
+    assert response.status == 201, await response.text()
+    accepted = await response.json()
+    assert accepted["total_minor"] == 2400
+    order = await final_order(shop, who, accepted["order_id"])
+    assert (order["status"], order["total_minor"]) == ("COMPLETED", 2400)
+    assert await captured_minor(settings, accepted["order_id"]) == 2400
+
+
+async def test_a_rise_within_the_platforms_tolerance_is_accepted_at_the_new_total(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # 15.00 shown, 20.00 now: a third more. Refused by the shop's gateway (the default
+    # tolerance, 0), accepted by one set to tolerate 50 % (AGORA_ORDER_PRICE_TOLERANCE_BPS).
+    sku = await product_with_stock(shop, 2, price=1500)
+    await shop["catalog"].set_price(sku, 2000)
+    refused = await place(shop, customer(shop), sku, expected_total_minor=1500)
+    assert (await problem(refused, 422, "order-rejected"))["reason"] == "PRICE_CHANGED"
+    async with running_gateway(settings, shop["minter"], order_price_tolerance_bps=5000) as (
+        _,
+        tolerant,
+    ):
+        who = customer(shop)
+        response = await place({**shop, "client": tolerant}, who, sku, expected_total_minor=1500)
+        assert response.status == 201, await response.text()
+        accepted = await response.json()
+        assert accepted["total_minor"] == 2000
+        order = await final_order({**shop, "client": tolerant}, who, accepted["order_id"])
+    assert order["status"] == "COMPLETED"
+    assert await captured_minor(settings, accepted["order_id"]) == 2000
+
+
 async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str, Any]) -> None:
     customer_id, who = customer_with_id(shop)
     client = shop["client"]
@@ -489,6 +672,11 @@ async def test_bad_order_requests_get_problems_and_start_nothing(shop: dict[str,
         # A card number where its token belongs never reaches the saga's input.
         {**body, "payment": {"card_token": "4242 4242 4242 4242"}},
         {**body, "payment": {"card_token": "4000000000000002"}},
+        # The total the customer was shown is an amount payments could take.
+        {**body, "expected_total_minor": -1},
+        {**body, "expected_total_minor": 0},
+        {**body, "expected_total_minor": MAX_AMOUNT_MINOR + 1},
+        {**body, "expected_total_minor": "1500"},
     ):
         with no_upstream_call(shop["gw"]):
             await problem(

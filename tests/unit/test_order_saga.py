@@ -80,6 +80,7 @@ from workflows.orders import (
     RefundOrderInput,
     RefundOrderWorkflow,
     order_workflow_id,
+    request_digest,
 )
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
@@ -122,6 +123,8 @@ class World:
     # Orders recorded by another run that has ended (the key's first run, gone from
     # Temporal past the namespace's retention): price and record refuse them.
     placed_before: set[str] = field(default_factory=set)
+    # The amounts payments was asked to authorize.
+    authorized: list[int] = field(default_factory=list)
 
     def refuse_placed_before(self, order_id: str) -> None:
         if order_id in self.placed_before:
@@ -233,6 +236,7 @@ async def restock(data: RestockInput) -> RestockResult:
 @activity.defn(name="payments.authorize")
 async def authorize(data: AuthorizeInput) -> AuthorizeResult:
     world.calls.append("authorize")
+    world.authorized.append(data.amount_minor)
     await world.gate("authorize")
     card = "ok" if data.card_token == "tok_after_action" else world.card
     if card == "decline":
@@ -482,6 +486,49 @@ async def test_a_catalog_outage_rejects_the_order_after_its_pricing_attempts(
     assert (view.status, view.rejection) == ("REJECTED", "PRICING_UNAVAILABLE")
     assert "(3 attempts)" in view.reason and "10.0.0.7" not in view.reason
     assert world.calls == ["price"] * 3  # retried, then nothing reserved, recorded or charged
+
+
+async def test_prices_risen_beyond_the_tolerance_reject_the_order_before_anything_happens(
+    client: Client,
+) -> None:
+    # The cart showed 19.00; catalog now prices the order at 20.00, more than 1 % above.
+    # The POST's answer (accept, through Update-With-Start) is the rejection.
+    order = new_order(expected_total_minor=1900, price_tolerance_bps=100)
+    start = WithStartWorkflowOperation(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order.order_id),
+        task_queue=ORDERS_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await client.execute_update_with_start_workflow(
+            OrderWorkflow.accept,
+            request_digest(order.lines, order.currency, order.expected_total_minor),
+            start_workflow_operation=start,
+        )
+    assert isinstance(refused.value.cause, ApplicationError)
+    assert refused.value.cause.type == "PRICE_CHANGED"
+    handle = client.get_workflow_handle_for(OrderWorkflow.run, order_workflow_id(order.order_id))
+    view = await handle.result()
+    await keep_history(client, handle.id, "price-changed")
+    assert (view.status, view.rejection, view.lines) == ("REJECTED", "PRICE_CHANGED", [])
+    assert "now comes to 2000, more than the 1900 you were shown" in view.reason
+    assert "new Idempotency-Key" in view.reason
+    assert world.calls == ["price"]  # nothing recorded, reserved or charged
+
+
+@pytest.mark.parametrize(
+    ("case", "expected", "tolerance_bps"),
+    [("within-tolerance", 1990, 100), ("as-shown", 2000, 0), ("lower", 2500, 0)],
+)
+async def test_a_price_within_the_tolerance_or_lower_is_accepted_and_charged_as_priced(
+    client: Client, case: str, expected: int, tolerance_bps: int
+) -> None:
+    order = new_order(expected_total_minor=expected, price_tolerance_bps=tolerance_bps)
+    view = await run(client, order, f"price-{case}")
+    assert (view.status, view.total_minor) == ("COMPLETED", 2000), (view.rejection, view.reason)
+    assert world.authorized == [2000]  # the current total, not the one shown
 
 
 async def test_slow_psp_times_out_then_voids_and_releases(client: Client) -> None:

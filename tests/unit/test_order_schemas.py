@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
-from gateway.schemas_orders import CompletePaymentRequest, PaymentRequest
+from agora.money import MAX_AMOUNT_MINOR
+from gateway.schemas_orders import CompletePaymentRequest, PaymentRequest, PlaceOrderRequest
 
 
 @pytest.mark.parametrize(
@@ -34,3 +37,27 @@ def test_a_card_number_where_a_token_belongs_is_refused(pasted: str) -> None:
 def test_a_token_is_taken(token: str) -> None:
     # Only a whole card number is refused: a token may hold digits, even many in a row.
     assert PaymentRequest.model_validate({"card_token": token}).card_token == token
+
+
+def place_order(**changes: object) -> dict[str, object]:
+    return {
+        "lines": [{"sku": "SKU-1", "quantity": 1}],
+        "currency": "EUR",
+        "payment": {"card_token": "tok_abcdefgh"},
+        **changes,
+    }
+
+
+@pytest.mark.parametrize("bad", [-1, 0, MAX_AMOUNT_MINOR + 1, "2000", 20.5, True])
+def test_an_expected_total_that_is_no_amount_is_refused(bad: object) -> None:
+    with pytest.raises(ValidationError, match="expected_total_minor"):
+        PlaceOrderRequest.model_validate_json(json.dumps(place_order(expected_total_minor=bad)))
+
+
+@pytest.mark.parametrize("total", [1, 2000, MAX_AMOUNT_MINOR])
+def test_an_expected_total_is_taken_and_may_be_left_out(total: int) -> None:
+    body = json.dumps(place_order(expected_total_minor=total))
+    assert PlaceOrderRequest.model_validate_json(body).expected_total_minor == total
+    for left_out in (place_order(), place_order(expected_total_minor=None)):
+        parsed = PlaceOrderRequest.model_validate_json(json.dumps(left_out))
+        assert parsed.expected_total_minor is None

@@ -59,12 +59,30 @@ def completion_update_id(card_token: str, next_action_url: str) -> str:
 KEY_REUSED = "this Idempotency-Key placed another order: use a new key for a new order"
 
 
-def request_digest(lines: list[OrderLineInput], currency: str) -> str:
+def request_digest(
+    lines: list[OrderLineInput], currency: str, expected_total_minor: int | None = None
+) -> str:
     """What a POST ordered: a retry with its Idempotency-Key must order the same. The card
     token is left out: a page that tokenizes the card again on a double click sends
-    another token for the same order (the first one pays)."""
-    asked = {"lines": [[line.sku, line.quantity] for line in lines], "currency": currency}
+    another token for the same order (the first one pays). The expected total is in only
+    when the POST sent one: a retried POST of an order placed without it (every order
+    placed before it existed, whose saga holds the digest) keeps its digest."""
+    asked: dict[str, object] = {
+        "lines": [[line.sku, line.quantity] for line in lines],
+        "currency": currency,
+    }
+    if expected_total_minor is not None:
+        asked["expected_total_minor"] = expected_total_minor
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+BASIS_POINTS = 10_000
+
+
+def highest_total_accepted(expected_total_minor: int, tolerance_bps: int) -> int:
+    """The most an order the customer was shown at `expected_total_minor` may come to:
+    the tolerance rounded down, in integers (the same answer on every replay)."""
+    return expected_total_minor + expected_total_minor * tolerance_bps // BASIS_POINTS
 
 
 @dataclass
@@ -89,6 +107,14 @@ class OrderInput:
     # schedule-to-close only after a backoff longer than its local retry threshold, a
     # minute or more late (tests/unit/test_order_saga.py shows the count is kept).
     pricing_attempts: int = 7
+    # The total the customer was shown (the cart's), when the POST sent it: catalog's
+    # prices coming to more than highest_total_accepted(it, price_tolerance_bps) reject
+    # the order PRICE_CHANGED before anything is recorded, reserved or charged; a lower
+    # total is taken. None (sagas started before it, POSTs without it): no check.
+    expected_total_minor: int | None = None
+    # The platform's tolerance (AGORA_ORDER_PRICE_TOLERANCE_BPS) as the saga started, in
+    # its input so a replay decides as the run did whatever the setting is by then.
+    price_tolerance_bps: int = 0
 
 
 @dataclass
