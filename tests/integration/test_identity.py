@@ -46,10 +46,16 @@ from contracts.agora.identity.v1 import (
 )
 from tests.integration.waiting import eventually
 from workers.identity import keys
+from workers.identity.errors import RefreshTokenReused
 from workers.identity.kek import SecretBox, load_kek
 from workers.identity.keys import ALG
 from workers.identity.schedule import ensure_rotation_schedule
-from workers.identity.sessions import hash_refresh_token, revoked_sid_key
+from workers.identity.sessions import (
+    Revocations,
+    Sessions,
+    hash_refresh_token,
+    revoked_sid_key,
+)
 from workflows.identity import (
     ROTATION_SCHEDULE_ID,
     AccountRef,
@@ -315,6 +321,52 @@ async def test_a_refresh_token_sent_again_after_the_grace_revokes_the_family(
     )
     reuse = identity.refresh(RefreshRequest(refresh_token=first.refresh_token))
     assert await status_of(reuse) == Status.UNAUTHENTICATED
+    assert not await active(identity, second.access_token)
+
+
+async def test_a_copy_presented_while_the_successor_is_being_exchanged_revokes_the_family(
+    identity: IdentityServiceStub,
+    temporal: Client,
+    db: asyncpg.Pool,
+    redis: aioredis.Redis,
+    settings: Settings,
+) -> None:
+    # The client exchanges B (A's successor) while a thief presents A, within the
+    # grace. The thief's exchange waits for the client's; once that commits, A's
+    # successor is spent and A must revoke the family, not be granted the grace.
+    email = new_email()
+    await register(temporal, email)
+    first = await sign_in(identity, email)
+    second = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
+    assert second is not None
+    sessions = Sessions(Revocations(redis, sid_ttl_s=3600), refresh_ttl_s=3600, reuse_grace_s=30)
+    watcher = await asyncpg.connect(settings.db_dsn("identity"))
+    try:
+        async with db.acquire() as client, client.transaction():
+            # The client's exchange of B, in flight: the family locked, B spent.
+            await client.execute(
+                "SELECT 1 FROM token_families WHERE family_id = (SELECT family_id"
+                " FROM refresh_tokens WHERE token_hash = $1) FOR UPDATE",
+                hash_refresh_token(second.refresh_token),
+            )
+            await client.execute(
+                "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
+                hash_refresh_token(second.refresh_token),
+            )
+            thief = asyncio.create_task(sessions.rotate(db, first.refresh_token))
+
+            async def thief_waits() -> bool:
+                waiting = await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+                return bool(waiting) or thief.done()
+
+            await eventually(thief_waits, what="the thief's exchange to wait", interval=0.05)
+        with pytest.raises(RefreshTokenReused):
+            await thief
+    finally:
+        await watcher.close()
     assert not await active(identity, second.access_token)
 
 

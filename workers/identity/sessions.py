@@ -11,7 +11,11 @@ the token its first exchange made has never been used, is exchanged again. The
 unused successor is then marked used, so whoever holds it (a thief who raced
 the client, or a second tab) revokes the family by presenting it: reuse is still
 detected, one step later. After the grace, or once the successor was used, a
-second presentation revokes the family as before.
+second presentation revokes the family as before. The price: a thief who presents
+a copied token within the grace, before the client's next refresh, gets a session
+until the client presents its own (spent) successor, which then revokes both. The
+grace is measured by the database's clock (one clock for every pod), and 0 turns
+it off.
 
 Revocation is written to Redis, where the gateway checks it on every request:
 `identity:revoked:sid:<sid>` kills every access token of a session (or of an
@@ -134,34 +138,51 @@ class Sessions:
         when the token was already exchanged.
         """
         reused = False
+        presented = hash_refresh_token(refresh_token)
         async with pool.acquire() as conn, conn.transaction():
-            # The family's row lock also serializes this with its successor's own
-            # exchange (same family), so `successor_used_at` cannot change meanwhile.
+            # The family first, alone: every exchange of the family (this token's, its
+            # successor's) and every revocation takes this lock before any token row, so
+            # they serialize without deadlocking. The token is read after it, in a
+            # statement of its own: its snapshot then holds whatever exchange committed
+            # while this one waited (a read in the locking statement itself would see a
+            # successor's `used_at` as it was before the wait, and grant the grace to a
+            # thief racing the client's next refresh).
+            family_id = await conn.fetchval(
+                "SELECT f.family_id FROM refresh_tokens t JOIN token_families f"
+                " USING (family_id) WHERE t.token_hash = $1 FOR UPDATE OF f",
+                presented,
+            )
+            if family_id is None:
+                raise InvalidRefreshToken()
             row = await conn.fetchrow(
                 """
                 SELECT t.family_id, t.expires_at, t.used_at, t.replaced_by,
-                       s.used_at AS successor_used_at, f.account_id, f.scopes,
-                       f.revoked_at, a.disabled, a.roles, a.scopes AS extra_scopes
+                       $2 > 0 AND t.replaced_by IS NOT NULL AND s.used_at IS NULL
+                         AND now() - t.used_at <= make_interval(secs => $2)
+                         AS answer_lost,
+                       f.account_id, f.scopes, f.revoked_at,
+                       a.disabled, a.roles, a.scopes AS extra_scopes
                 FROM refresh_tokens t
                 JOIN token_families f USING (family_id)
                 JOIN accounts a USING (account_id)
                 LEFT JOIN refresh_tokens s ON s.token_hash = t.replaced_by
                 WHERE t.token_hash = $1
-                FOR UPDATE OF t, f
+                FOR UPDATE OF t
                 """,
-                hash_refresh_token(refresh_token),
+                presented,
+                self._grace.total_seconds(),
             )
             if row is None or row["revoked_at"] is not None or row["disabled"]:
                 raise InvalidRefreshToken()
-            now = dt.datetime.now(dt.UTC)
-            if row["used_at"] is not None and not self._answer_lost(row, now):
+            if row["used_at"] is not None and not row["answer_lost"]:
                 reused = True
                 await self.revoke_family(conn, row["family_id"], RevocationReason.REFRESH_REUSE)
-            elif row["expires_at"] <= now:
+            elif row["expires_at"] <= dt.datetime.now(dt.UTC):
                 raise InvalidRefreshToken("refresh token expired")
             else:
                 if row["used_at"] is not None:
-                    # Exchanged again (see the module): the first successor is spent.
+                    # Exchanged again within the grace, its answer lost (see the module):
+                    # the first successor is spent, so its holder revokes the family.
                     await conn.execute(
                         "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
                         row["replaced_by"],
@@ -170,7 +191,7 @@ class Sessions:
                 await conn.execute(
                     "UPDATE refresh_tokens SET used_at = coalesce(used_at, now()),"
                     " replaced_by = $2 WHERE token_hash = $1",
-                    hash_refresh_token(refresh_token),
+                    presented,
                     hash_refresh_token(session.refresh_token),
                 )
         if reused:
@@ -179,15 +200,6 @@ class Sessions:
         current = set(scopes_for(row["roles"], row["extra_scopes"]))
         scopes = tuple(s for s in row["scopes"] if s in current)
         return Rotated(str(row["account_id"]), scopes, session)
-
-    def _answer_lost(self, row: asyncpg.Record, now: dt.datetime) -> bool:
-        """An exchanged token presented again within the grace, its successor never
-        used: the client did not get the first answer (see the module)."""
-        return (
-            row["replaced_by"] is not None
-            and row["successor_used_at"] is None
-            and now - row["used_at"] <= self._grace
-        )
 
     async def revoke_family(
         self,
