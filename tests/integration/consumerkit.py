@@ -1,5 +1,6 @@
 """Helpers for the event path: a service's batch handler called in-process, as
-agora.kafka would, and what a service's outbox holds for an aggregate.
+agora.kafka would, what a service's outbox holds for an aggregate, and what a topic
+holds (read by a consumer group of its own).
 
 Not a test module (its name does not start with test_). The records are what the
 consumer hands a batch handler: decoded envelopes with the Kafka record they came in.
@@ -7,9 +8,12 @@ consumer hands a batch handler: decoded envelopes with the Kafka record they cam
 
 from __future__ import annotations
 
-import asyncpg
-from aiokafka import ConsumerRecord
+import uuid
 
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+from agora.config import Settings
 from agora.kafka import Decoded
 from contracts.agora.events.v1 import EventEnvelope
 
@@ -46,3 +50,25 @@ async def outbox_events(pool: asyncpg.Pool, aggregate_type: str, aggregate_id: s
         aggregate_id,
     )
     return [r["event_type"].split(".", 1)[-1] for r in rows]
+
+
+async def read_all(settings: Settings, topic: str, expected: int) -> list[ConsumerRecord]:
+    """The topic's records from the start, once `expected` of them are there (or after
+    about 15 s with what came)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4()}",
+    )
+    await consumer.start()
+    records: list = []
+    try:
+        for _ in range(30):
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+            if len(records) >= expected:
+                break
+    finally:
+        await consumer.stop()
+    return records

@@ -10,6 +10,7 @@ version as a conflict.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -79,6 +80,18 @@ async def events(pool: asyncpg.Pool, sku: str) -> list[str]:
 
 async def never_loaded() -> Product | None:
     raise AssertionError("expected a cache hit")
+
+
+@contextlib.asynccontextmanager
+async def redis_down(catalog: CatalogActivities) -> AsyncIterator[None]:
+    """The activities' cache pointed at a Redis address nothing listens on, meanwhile."""
+    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    cache, catalog.cache = catalog.cache, ProductCache(dead, "catalog:")
+    try:
+        yield
+    finally:
+        catalog.cache = cache
+        await dead.aclose()
 
 
 async def created(catalog: CatalogActivities) -> str:
@@ -155,14 +168,9 @@ async def test_an_import_batch_retried_after_its_commit_caches_what_it_committed
     repriced = dataclasses.replace(product(sku, "first"), price_minor=900)
     batch = UpsertBatchInput("retries", 0, [repriced])
     mine = attempt()
-    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    cache, catalog.cache = catalog.cache, ProductCache(dead, "catalog:")
-    try:
+    async with redis_down(catalog):
         with pytest.raises(RedisError):
             await mine.run(catalog.upsert_batch, batch)
-    finally:
-        catalog.cache = cache
-        await dead.aclose()
     assert await row(catalog.pool, sku) == ("first", 2), "the batch committed"
     again: Any = await mine.run(catalog.upsert_batch, batch)
     assert again.updated == 1
@@ -204,14 +212,9 @@ async def test_a_batch_with_a_refused_sku_retried_after_its_commit_answers_its_r
     good = f"RETRY-{uuid.uuid4().hex[:10].upper()}"
     batch = UpsertBatchInput("nul-retry", 0, [product("BAD\x00SKU", "nul"), product(good, "ok")])
     mine = attempt()
-    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    cache, catalog.cache = catalog.cache, ProductCache(dead, "catalog:")
-    try:
+    async with redis_down(catalog):
         with pytest.raises(RedisError):
             await mine.run(catalog.upsert_batch, batch)
-    finally:
-        catalog.cache = cache
-        await dead.aclose()
     again: Any = await mine.run(catalog.upsert_batch, batch)
     assert (again.created, [e.sku for e in again.errors]) == (1, ["BAD\ufffdSKU"])
     cached = await catalog.cache.get(good, lambda _: never_loaded())
@@ -321,14 +324,9 @@ async def test_the_reindex_listing_reads_products_past_a_stale_cache_entry(
     reads = CatalogReads(catalog.pool, catalog.cache)
     stale = await catalog.cache.get(sku, lambda _: never_loaded())
     assert stale is not None and stale.price.amount_minor == 500
-    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    cache, catalog.cache = catalog.cache, ProductCache(dead, "catalog:")
-    try:
+    async with redis_down(catalog):
         repriced = dataclasses.replace(first, price_minor=900)
         result = await attempt().run(catalog.update_product, UpdateProductInput(repriced))
         assert result.cache_refreshed is False
-    finally:
-        catalog.cache = cache
-        await dead.aclose()
     (listed,) = (await reads.list_page(category, True, 10, "")).products
     assert (listed.price.amount_minor, listed.version) == (900, 2)

@@ -16,32 +16,13 @@ from agora import kafka
 from agora.config import Settings
 from agora.errors import PoisonMessage
 from contracts.agora.events.v1 import EventEnvelope
+from tests.integration.consumerkit import read_all
 
 pytestmark = pytest.mark.integration
 
 
 def envelope(event_id: str, payload: bytes = b"") -> bytes:
     return bytes(EventEnvelope(event_id=event_id, event_type="test.Thing", payload=payload))
-
-
-async def read_all(settings: Settings, topic: str, expected: int) -> list:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=f"reader-{uuid.uuid4()}",
-    )
-    await consumer.start()
-    records: list = []
-    try:
-        for _ in range(30):
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-            if len(records) >= expected:
-                break
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def committed(settings: Settings, group: str, topic: str) -> int:

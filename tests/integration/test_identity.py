@@ -177,6 +177,20 @@ async def status_of(call: Awaitable[Any]) -> Status:
     return raised.value.status
 
 
+async def signed_in(identity: IdentityServiceStub, temporal: Client) -> Tokens:
+    """A new account's first session."""
+    email = new_email()
+    await register(temporal, email)
+    return await sign_in(identity, email)
+
+
+async def refreshed(identity: IdentityServiceStub, tokens: Tokens) -> Tokens:
+    """`tokens`' refresh token exchanged."""
+    answer = (await identity.refresh(RefreshRequest(refresh_token=tokens.refresh_token))).tokens
+    assert answer is not None
+    return answer
+
+
 # Accounts and tokens ----------------------------------------------------------
 
 
@@ -264,15 +278,11 @@ async def test_refresh_rotates_the_refresh_token(
 async def test_reusing_a_refresh_token_revokes_the_whole_family(
     identity: IdentityServiceStub, temporal: Client, redis: aioredis.Redis
 ) -> None:
-    email = new_email()
-    await register(temporal, email)
-    first = await sign_in(identity, email)
-    second = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
-    assert second is not None
+    first = await signed_in(identity, temporal)
+    second = await refreshed(identity, first)
     sid = (await identity.introspect(IntrospectRequest(token=second.access_token))).sid
     # The legitimate holder got its answer and went on: a copy of `first` now is theft.
-    third = (await identity.refresh(RefreshRequest(refresh_token=second.refresh_token))).tokens
-    assert third is not None
+    third = await refreshed(identity, second)
 
     reuse = identity.refresh(RefreshRequest(refresh_token=first.refresh_token))
     assert await status_of(reuse) == Status.UNAUTHENTICATED
@@ -289,16 +299,12 @@ async def test_reusing_a_refresh_token_revokes_the_whole_family(
 async def test_a_refresh_whose_answer_was_lost_can_be_sent_again_within_the_grace(
     identity: IdentityServiceStub, temporal: Client
 ) -> None:
-    email = new_email()
-    await register(temporal, email)
-    first = await sign_in(identity, email)
-    lost = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
-    assert lost is not None  # the client never saw this answer
-    again = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
-    assert again is not None and again.refresh_token != lost.refresh_token
+    first = await signed_in(identity, temporal)
+    lost = await refreshed(identity, first)  # the client never saw this answer
+    again = await refreshed(identity, first)
+    assert again.refresh_token != lost.refresh_token
     assert await active(identity, again.access_token)
-    later = (await identity.refresh(RefreshRequest(refresh_token=again.refresh_token))).tokens
-    assert later is not None
+    later = await refreshed(identity, again)
     # The answer the client lost is spent: whoever holds it revokes the session.
     stolen = identity.refresh(RefreshRequest(refresh_token=lost.refresh_token))
     assert await status_of(stolen) == Status.UNAUTHENTICATED
@@ -308,11 +314,8 @@ async def test_a_refresh_whose_answer_was_lost_can_be_sent_again_within_the_grac
 async def test_a_refresh_token_sent_again_after_the_grace_revokes_the_family(
     identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool, settings: Settings
 ) -> None:
-    email = new_email()
-    await register(temporal, email)
-    first = await sign_in(identity, email)
-    second = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
-    assert second is not None
+    first = await signed_in(identity, temporal)
+    second = await refreshed(identity, first)
     await db.execute(
         "UPDATE refresh_tokens SET used_at = used_at - make_interval(secs => $2)"
         " WHERE token_hash = $1",
@@ -334,11 +337,8 @@ async def test_a_copy_presented_while_the_successor_is_being_exchanged_revokes_t
     # The client exchanges B (A's successor) while a thief presents A, within the
     # grace. The thief's exchange waits for the client's; once that commits, A's
     # successor is spent and A must revoke the family, not be granted the grace.
-    email = new_email()
-    await register(temporal, email)
-    first = await sign_in(identity, email)
-    second = (await identity.refresh(RefreshRequest(refresh_token=first.refresh_token))).tokens
-    assert second is not None
+    first = await signed_in(identity, temporal)
+    second = await refreshed(identity, first)
     sessions = Sessions(Revocations(redis, sid_ttl_s=3600), refresh_ttl_s=3600, reuse_grace_s=30)
     watcher = await asyncpg.connect(settings.db_dsn("identity"))
     try:

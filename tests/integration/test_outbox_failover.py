@@ -17,6 +17,7 @@ from agora.config import Settings
 from agora.outbox import OUTBOX_DDL, OutboxRelay
 from contracts.agora.identity.v1 import AccountRegistered
 from tests.integration.auditkit import superuser
+from tests.integration.consumerkit import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -144,24 +145,5 @@ async def test_a_relay_refused_for_too_many_connections_keeps_going_and_publishe
         await asyncio.gather(running, return_exceptions=True)
         await producer.stop()
         await pool.close()
-    published = await read_one(settings, topic)
-    assert published == bytes(envelope)
-
-
-async def read_one(settings: Settings, topic: str) -> bytes | None:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=f"reader-{uuid.uuid4()}",
-    )
-    await consumer.start()
-    try:
-        for _ in range(60):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                return bytes(records[0].value)
-    finally:
-        await consumer.stop()
-    return None
+    published = [bytes(r.value) for r in await read_all(settings, topic, 1)]
+    assert published == [bytes(envelope)]

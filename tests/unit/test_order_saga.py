@@ -944,19 +944,28 @@ async def cancelled_in_temporal(handle: WorkflowHandle[Any, Any]) -> None:
     assert isinstance(ended.value.cause, CancelledError), ended.value.cause
 
 
-async def test_a_temporal_cancel_during_the_capture_refunds_what_it_captured(
-    client: Client,
-) -> None:
-    world.gates["capture"] = asyncio.Event()
+async def cancelled_in_temporal_during(
+    client: Client, step: str
+) -> tuple[OrderInput, WorkflowHandle[Any, Any]]:
+    """A saga cancelled in Temporal while `step` runs, whose interrupted attempt then
+    takes effect after all (the services' activities never hear of the cancel)."""
+    world.gates[step] = asyncio.Event()
     order = new_order()
     handle = await client.start_workflow(
         OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
     )
-    await reached("capture")
+    await reached(step)
     await handle.cancel()
     await cancel_requested_of_an_activity(handle)
-    world.gates["capture"].set()  # the interrupted attempt captures after all
+    world.gates[step].set()
     await cancelled_in_temporal(handle)
+    return order, handle
+
+
+async def test_a_temporal_cancel_during_the_capture_refunds_what_it_captured(
+    client: Client,
+) -> None:
+    _, handle = await cancelled_in_temporal_during(client, "capture")
     # The capture is run to its end by its key, then undone: refunded, the (captured)
     # authorization's void refused harmlessly, the stock released, the order CANCELLED.
     assert world.calls.count("capture") == 2
@@ -985,16 +994,7 @@ async def test_a_temporal_cancel_during_the_stock_commit_cancels_the_order_and_r
     # completed order is: everything refunded under the key `cancel`, the stock
     # restocked under the `cancel-restock` keys (a gateway cancel of the same order
     # meets it), the order CANCELLED.
-    world.gates["commit"] = asyncio.Event()
-    order = new_order()
-    handle = await client.start_workflow(
-        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
-    )
-    await reached("commit")
-    await handle.cancel()
-    await cancel_requested_of_an_activity(handle)
-    world.gates["commit"].set()  # the interrupted attempt commits after all
-    await cancelled_in_temporal(handle)
+    order, handle = await cancelled_in_temporal_during(client, "commit")
     assert world.calls.count("commit") == 2
     assert world.calls[world.calls.index("commit") + 1 :] == [
         "commit",
