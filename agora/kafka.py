@@ -7,7 +7,6 @@ each has a `<topic>.dlq` twin for poison messages, with the reason in a header.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -37,6 +36,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from agora import process
 from agora.config import Settings
 from agora.errors import PoisonMessage
 from contracts.agora.events.v1 import EventEnvelope
@@ -88,10 +88,6 @@ EVENT_TOPICS = (
 )
 PARTITIONS = 6
 GATHER_MIN_BYTES = 1 << 20
-# A session broken by the brokers is started again after RETRY_FIRST_S, doubling per
-# failure in a row up to RETRY_MAX_S; a session that consumed starts the count over.
-RETRY_FIRST_S = 0.2
-RETRY_MAX_S = 5.0
 # How long a rebalance waits for the batch in hand before this member gives up its
 # partitions. Well inside the broker's rebalance timeout (aiokafka: the session
 # timeout, 10 s): a member not back by then is dropped, which is one more rebalance.
@@ -258,27 +254,19 @@ class EventConsumer:
         again, which handlers absorb by deduplicating on the event id. A rebalance is
         not an outage: the session rides it out (see `_commit`).
         """
-        # Not tenacity, which the rest of this module uses: its attempt count cannot
-        # start over after a session that consumed, and the wait must end at stop().
-        failures = 0
-        while True:
-            self._consumed = False
-            try:
-                await self._session()
-                return
-            except KafkaError as error:
-                # Counted from the last session that consumed: a broker blip a week ago
-                # must not leave every later restart waiting the longest backoff.
-                failures = 1 if self._consumed else failures + 1
-                delay = min(RETRY_FIRST_S * 2 ** (failures - 1), RETRY_MAX_S)
-                log.warning(
-                    "consumer interrupted, retrying",
-                    extra={"group": self.spec.group, "error": repr(error), "retry_in_s": delay},
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-            if self._stopping.is_set():
-                return
+        await process.keep_running(
+            "consumer",
+            self._fresh_session,
+            transient=(KafkaError,),
+            stopping=self._stopping,
+            progressed=lambda: self._consumed,
+            extra={"group": self.spec.group},
+            logger=log,
+        )
+
+    async def _fresh_session(self) -> None:
+        self._consumed = False
+        await self._session()
 
     async def _session(self) -> None:
         consumer = self._new_consumer()

@@ -29,9 +29,8 @@ from aiokafka.errors import KafkaError
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import inject
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from agora import db
+from agora import db, process
 from contracts import full_name
 from contracts.agora.events.v1 import EventEnvelope
 
@@ -200,6 +199,7 @@ class OutboxRelay:
         # The oldest unsent row last seen: its id, and when it was written (time.time()).
         self._oldest: tuple[int, float] | None = None
         self._tracer = trace.get_tracer("agora.outbox")
+        self._held_lock = False  # whether the current session won the relay lock
 
     def stop(self) -> None:
         self._stopping.set()
@@ -212,19 +212,19 @@ class OutboxRelay:
         current session: the relay backs off and starts a new one, re-taking the
         lock. Rows stay unsent meanwhile, so nothing is lost.
         """
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type(_TRANSIENT),
-            before_sleep=lambda state: log.warning(
-                "outbox relay interrupted, retrying",
-                extra={
-                    "service": self._service,
-                    "error": repr(state.outcome.exception() if state.outcome else None),
-                },
-            ),
-        ):
-            with attempt:
-                await self._session()
+        await process.keep_running(
+            "outbox relay",
+            self._fresh_session,
+            transient=_TRANSIENT,
+            stopping=self._stopping,
+            progressed=lambda: self._held_lock,
+            extra={"service": self._service},
+            logger=log,
+        )
+
+    async def _fresh_session(self) -> None:
+        self._held_lock = False
+        await self._session()
 
     async def _session(self) -> None:
         """Hold the relay lock on one connection, then publish until stopped."""
@@ -235,6 +235,7 @@ class OutboxRelay:
                 _backlog.pop(self._service, None)
                 if await self._sleep(self._poll_interval * 5):
                     return
+            self._held_lock = True  # a session that won the lock worked: see run()
             await lock_conn.add_listener("outbox", self._on_notify)
             pruned_at = -PRUNE_EVERY_S  # prune once at the start of each session
             handed_over = True

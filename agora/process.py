@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -67,3 +68,46 @@ async def starting(
         with attempt:
             return await step()
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+# A long-running session (a consumer's, the outbox relay's) broken by its dependency
+# is started again after SESSION_RETRY_FIRST_S, doubling per failure in a row up to
+# SESSION_RETRY_MAX_S.
+SESSION_RETRY_FIRST_S = 0.2
+SESSION_RETRY_MAX_S = 5.0
+
+
+async def keep_running(
+    what: str,
+    session: Callable[[], Awaitable[None]],
+    *,
+    transient: tuple[type[BaseException], ...],
+    stopping: asyncio.Event,
+    progressed: Callable[[], bool],
+    extra: dict[str, str],
+    logger: logging.Logger,
+) -> None:
+    """Run `session` until it returns (stopped), starting it again after an error in
+    `transient`. The backoff counts failures in a row: a session that got work done
+    (`progressed()` when it ended) starts the count over, so an outage a week ago does
+    not leave today's restart waiting the longest. A stop during the wait ends it.
+    Each restart is logged on `logger` (the caller's), with `extra`.
+
+    Not tenacity, which `starting` uses: its attempt count cannot start over after a
+    session that ran fine, and its wait cannot end at a stop."""
+    failures = 0
+    while True:
+        try:
+            await session()
+            return
+        except transient as error:
+            failures = 1 if progressed() else failures + 1
+            delay = min(SESSION_RETRY_FIRST_S * 2 ** (failures - 1), SESSION_RETRY_MAX_S)
+            logger.warning(
+                f"{what} interrupted, retrying",
+                extra={**extra, "error": repr(error), "retry_in_s": delay},
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        if stopping.is_set():
+            return

@@ -9,9 +9,10 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from agora import config, kafka
+from agora import config, kafka, process
 from agora.errors import PoisonMessage
 from agora.kafka import ConsumerSpec, Decoded, EventConsumer
+from agora.outbox import OutboxRelay
 from contracts.agora.events.v1 import EventEnvelope
 
 
@@ -86,8 +87,8 @@ async def test_the_session_backoff_starts_over_after_a_session_that_consumed(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A broker blip a week ago must not leave today's restart at the longest backoff.
-    monkeypatch.setattr(kafka, "RETRY_FIRST_S", 0.001)
-    monkeypatch.setattr(kafka, "RETRY_MAX_S", 0.004)
+    monkeypatch.setattr(process, "SESSION_RETRY_FIRST_S", 0.001)
+    monkeypatch.setattr(process, "SESSION_RETRY_MAX_S", 0.004)
     events = consumer(lambda _: asyncio.sleep(0))
     consumed = [False, False, False, False, True, False]  # per session, in turn
 
@@ -105,3 +106,29 @@ async def test_the_session_backoff_starts_over_after_a_session_that_consumed(
         if r.getMessage() == "consumer interrupted, retrying"
     ]
     assert delays == [0.001, 0.002, 0.004, 0.004, 0.001, 0.002]
+
+
+async def test_the_relay_backoff_starts_over_after_a_session_that_held_the_lock(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same rule for the outbox relay: a database blip a week ago must not leave
+    # today's restart (and the events behind it) at the longest backoff.
+    monkeypatch.setattr(process, "SESSION_RETRY_FIRST_S", 0.001)
+    monkeypatch.setattr(process, "SESSION_RETRY_MAX_S", 0.004)
+    relay = OutboxRelay(None, None, "retries")  # type: ignore[arg-type]
+    held = [False, False, False, True, False]  # per session, in turn
+
+    async def failing_session() -> None:
+        relay._held_lock = held.pop(0)
+        if not held:
+            relay.stop()
+        raise ConnectionResetError("the database restarted")
+
+    relay._session = failing_session  # type: ignore[method-assign]
+    await relay.run()
+    delays = [
+        getattr(r, "retry_in_s", None)
+        for r in caplog.records
+        if r.getMessage() == "outbox relay interrupted, retrying"
+    ]
+    assert delays == [0.001, 0.002, 0.004, 0.001, 0.002]
