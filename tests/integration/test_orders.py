@@ -45,6 +45,7 @@ from contracts.agora.catalog.v1 import CatalogServiceStub
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.payments.v1 import LedgerBalanceRequest, PaymentsServiceStub
 from tests.integration.catalogkit import CatalogApi
+from tests.integration.consumerkit import outbox_events
 from tests.integration.gatewaykit import (
     TokenMinter,
     bearer,
@@ -914,6 +915,60 @@ async def test_a_worker_killed_mid_saga_leaves_one_charge_and_one_stock_movement
     if victim != "orders":
         # The attempt that was running died with its worker; a later one completed.
         assert await attempts_of(temporal, order_id, step) >= 2
+
+
+@pytest.mark.parametrize(
+    ("status", "before"),
+    [("CONFIRMED", "payments.authorize"), ("COMPLETED", "payments.capture")],
+)
+async def test_the_orders_worker_killed_in_its_own_transition_records_it_once(
+    settings: Settings, shop: dict[str, Any], services, status: str, before: str
+) -> None:
+    # The orders worker's own steps are local activities: no marker is written until
+    # the workflow task completes, so a worker killed in one runs it again, whole, on
+    # the new worker. The transition must still be recorded once: one history row,
+    # one event, and the order completes with one charge.
+    temporal: Client = shop["gw"].upstream.temporal
+    sku = await product_with_stock(shop, 4)
+    who, key, order_id = keyed_order(shop, "kill-local")
+    process = services("orders")
+    step = await hold_before_placing(settings, before, order_id)
+    row: Hold | None = None
+    try:
+        response = await place(shop, who, sku, quantity=1, key=key)
+        assert response.status == 201, await response.text()
+        await step_in_flight(temporal, order_id, before, step)
+        # The order's row, which the transition locks first, held before the step
+        # before it goes on: the transition then waits for it, in the orders worker.
+        row = await Hold.statement(
+            settings.db_dsn("orders"),
+            "SELECT 1 FROM orders WHERE order_id = $1 FOR UPDATE",
+            uuid.UUID(order_id),
+        )
+        await step.release()
+
+        async def transition_waits() -> bool:
+            assert row is not None
+            return await row.blocked() > 0
+
+        await eventually(transition_waits, what=f"the {status} transition to wait")
+        process.kill()  # SIGKILL while the local activity runs
+    finally:
+        await step.release()
+        if row is not None:
+            await row.release()
+    services("orders")  # restarted: the workflow task is retried on it
+
+    order = await final_order(shop, who, order_id)
+    assert order["status"] == "COMPLETED", order
+    assert [h["status"] for h in order["status_history"]] == ["PENDING", "CONFIRMED", "COMPLETED"]
+    assert await captures_for(settings, order_id) == 1, "one charge"
+    pool = await asyncpg.create_pool(settings.db_dsn("orders"), min_size=1, max_size=1)
+    try:
+        events = await outbox_events(pool, "order", order_id)
+    finally:
+        await pool.close()
+    assert events.count(f"Order{status.capitalize()}") == 1, events
 
 
 async def test_cancels_sent_together_are_one_update_that_all_of_them_answer(
