@@ -83,6 +83,12 @@ async def test_lag_of_a_partition_rebalanced_away_is_no_longer_reported() -> Non
     assert not [k for k in kafka._lag if k[0] == "g"]
 
 
+def retry_delays(caplog: pytest.LogCaptureFixture, what: str) -> list[object]:
+    """The waits `agora.process.keep_running` logged before restarting `what`."""
+    message = f"{what} interrupted, retrying"
+    return [getattr(r, "retry_in_s", None) for r in caplog.records if r.getMessage() == message]
+
+
 async def test_the_session_backoff_starts_over_after_a_session_that_consumed(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -100,12 +106,7 @@ async def test_the_session_backoff_starts_over_after_a_session_that_consumed(
 
     events._session = failing_session  # type: ignore[method-assign]
     await events.run()
-    delays = [
-        getattr(r, "retry_in_s", None)
-        for r in caplog.records
-        if r.getMessage() == "consumer interrupted, retrying"
-    ]
-    assert delays == [0.001, 0.002, 0.004, 0.004, 0.001, 0.002]
+    assert retry_delays(caplog, "consumer") == [0.001, 0.002, 0.004, 0.004, 0.001, 0.002]
 
 
 async def test_the_relay_backoff_starts_over_after_a_session_that_held_the_lock(
@@ -126,9 +127,4 @@ async def test_the_relay_backoff_starts_over_after_a_session_that_held_the_lock(
 
     relay._session = failing_session  # type: ignore[method-assign]
     await relay.run()
-    delays = [
-        getattr(r, "retry_in_s", None)
-        for r in caplog.records
-        if r.getMessage() == "outbox relay interrupted, retrying"
-    ]
-    assert delays == [0.001, 0.002, 0.004, 0.001, 0.002]
+    assert retry_delays(caplog, "outbox relay") == [0.001, 0.002, 0.004, 0.001, 0.002]

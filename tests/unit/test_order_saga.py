@@ -488,19 +488,24 @@ async def test_a_catalog_outage_rejects_the_order_after_its_pricing_attempts(
     assert world.calls == ["price"] * 3  # retried, then nothing reserved, recorded or charged
 
 
-async def test_prices_risen_beyond_the_tolerance_reject_the_order_before_anything_happens(
-    client: Client,
-) -> None:
-    # The cart showed 19.00; catalog now prices the order at 20.00, more than 1 % above.
-    # The POST's answer (accept, through Update-With-Start) is the rejection.
-    order = new_order(expected_total_minor=1900, price_tolerance_bps=100)
-    start = WithStartWorkflowOperation(
+def post(order: OrderInput) -> WithStartWorkflowOperation[Any, Any]:
+    """The saga's start as the gateway's POST sends it (Update-With-Start)."""
+    return WithStartWorkflowOperation(
         OrderWorkflow.run,
         order,
         id=order_workflow_id(order.order_id),
         task_queue=ORDERS_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
+
+
+async def test_prices_risen_beyond_the_tolerance_reject_the_order_before_anything_happens(
+    client: Client,
+) -> None:
+    # The cart showed 19.00; catalog now prices the order at 20.00, more than 1 % above.
+    # The POST's answer (accept, through Update-With-Start) is the rejection.
+    order = new_order(expected_total_minor=1900, price_tolerance_bps=100)
+    start = post(order)
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await client.execute_update_with_start_workflow(
             OrderWorkflow.accept,
@@ -835,13 +840,7 @@ async def test_a_retried_post_joins_the_same_order(client: Client) -> None:
     order = new_order()
     views = []
     for _ in range(2):
-        start = WithStartWorkflowOperation(
-            OrderWorkflow.run,
-            order,
-            id=order_workflow_id(order.order_id),
-            task_queue=ORDERS_QUEUE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
+        start = post(order)
         views.append(
             await client.execute_update_with_start_workflow(
                 OrderWorkflow.accept, start_workflow_operation=start
@@ -861,13 +860,7 @@ async def test_a_post_for_an_order_an_ended_run_placed_is_refused_not_accepted(
     # the order as recorded), where it answered PENDING and the run failed just after.
     order = new_order()
     world.placed_before.add(order.order_id)
-    start = WithStartWorkflowOperation(
-        OrderWorkflow.run,
-        order,
-        id=order_workflow_id(order.order_id),
-        task_queue=ORDERS_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
+    start = post(order)
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await client.execute_update_with_start_workflow(
             OrderWorkflow.accept, start_workflow_operation=start
