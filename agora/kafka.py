@@ -224,7 +224,7 @@ class EventConsumer:
         self._settings = settings
         self._stopping = asyncio.Event()
         self._round: _Round | None = None  # the session's, while one runs
-        self._consumed = False  # whether the current session has consumed
+        self._consumed = False  # whether the current session has joined and consumed
         # Error counters exist at 0 from the start: a series that appears only with its
         # first dead letter hides that letter from increase() and from the dashboards.
         for topic in spec.topics:
@@ -256,7 +256,7 @@ class EventConsumer:
         """
         await process.keep_running(
             "consumer",
-            self._fresh_session,
+            self._session,
             transient=(KafkaError,),
             stopping=self._stopping,
             progressed=lambda: self._consumed,
@@ -264,11 +264,8 @@ class EventConsumer:
             logger=log,
         )
 
-    async def _fresh_session(self) -> None:
-        self._consumed = False
-        await self._session()
-
     async def _session(self) -> None:
+        self._consumed = False
         consumer = self._new_consumer()
         work = _Round(consumer, self.spec.group)
         consumer.subscribe(list(self.spec.topics), listener=work)
@@ -282,12 +279,11 @@ class EventConsumer:
             raise
         watcher = asyncio.create_task(self._watch_lag(consumer, positions))
         self._round = work
-        consuming = False
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
-                if not consuming:  # a fetch answered: the session has joined its group
-                    consuming = self._consumed = True
+                if not self._consumed:  # a fetch answered: the session has joined its group
+                    self._consumed = True
                     _sessions[self.spec.group] += 1
                 work.begin()
                 groups = list(batches.values())
@@ -310,7 +306,7 @@ class EventConsumer:
                 self._record_lag(consumer, positions)
         finally:
             self._round = None
-            if consuming:
+            if self._consumed:
                 _sessions[self.spec.group] -= 1
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)

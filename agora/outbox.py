@@ -214,7 +214,7 @@ class OutboxRelay:
         """
         await process.keep_running(
             "outbox relay",
-            self._fresh_session,
+            self._session,
             transient=_TRANSIENT,
             stopping=self._stopping,
             progressed=lambda: self._held_lock,
@@ -222,12 +222,9 @@ class OutboxRelay:
             logger=log,
         )
 
-    async def _fresh_session(self) -> None:
-        self._held_lock = False
-        await self._session()
-
     async def _session(self) -> None:
         """Hold the relay lock on one connection, then publish until stopped."""
+        self._held_lock = False
         async with self._pool.acquire() as lock_conn:
             while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                 # Another relay holds the lock and reports the backlog: a value this one
