@@ -13,9 +13,11 @@ import uuid
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from agora import outbox
 from agora.config import Settings
 from agora.kafka import Decoded
 from contracts.agora.events.v1 import EventEnvelope
+from contracts.agora.identity.v1 import AccountRegistered
 
 
 def decoded(topic: str, *envelopes: EventEnvelope, first_offset: int = 0) -> list[Decoded]:
@@ -72,3 +74,17 @@ async def read_all(settings: Settings, topic: str, expected: int) -> list[Consum
     finally:
         await consumer.stop()
     return records
+
+
+async def append_event(pool: asyncpg.Pool, topic: str) -> EventEnvelope:
+    """One event written to the outbox of `pool`'s database (an account registered),
+    for `topic`, as a service's transaction writes it."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await outbox.append(
+            conn,
+            producer="identity",
+            topic=topic,
+            aggregate_type="account",
+            aggregate_id="acct-1",
+            payload=AccountRegistered(account_id="acct-1", email="a@x"),
+        )

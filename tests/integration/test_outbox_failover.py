@@ -12,12 +12,11 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from agora import db, kafka, outbox
+from agora import db, kafka
 from agora.config import Settings
 from agora.outbox import OUTBOX_DDL, OutboxRelay
-from contracts.agora.identity.v1 import AccountRegistered
 from tests.integration.auditkit import superuser
-from tests.integration.consumerkit import read_all
+from tests.integration.consumerkit import append_event, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -98,19 +97,11 @@ async def test_a_relay_refused_for_too_many_connections_keeps_going_and_publishe
     # took its whole service down.
     topic = f"outbox-failover-{uuid.uuid4().hex[:8]}"
     await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
-    conn = await asyncpg.connect(private.dsn)
+    writer = await asyncpg.create_pool(private.dsn, min_size=0, max_size=1)
     try:
-        async with conn.transaction():
-            envelope = await outbox.append(
-                conn,
-                producer="identity",
-                topic=topic,
-                aggregate_type="account",
-                aggregate_id="acct-1",
-                payload=AccountRegistered(account_id="acct-1", email="a@x"),
-            )
+        envelope = await append_event(writer, topic)
     finally:
-        await conn.close()
+        await writer.close()
     await private.limit_connections(0)
     pool = await asyncpg.create_pool(private.dsn, min_size=0, max_size=4)
     producer = kafka.create_producer(settings, client_id="outbox-failover")

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from agora import kafka, outbox
 from agora.config import Settings
 from agora.outbox import OUTBOX_DDL, OutboxRelay
-from contracts.agora.identity.v1 import AccountRegistered
+from tests.integration.consumerkit import append_event
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +37,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def append(pool: asyncpg.Pool, topic: str) -> uuid.UUID:
-    async with pool.acquire() as conn, conn.transaction():
-        envelope = await outbox.append(
-            conn,
-            producer="identity",
-            topic=topic,
-            aggregate_type="account",
-            aggregate_id="acct-1",
-            payload=AccountRegistered(account_id="acct-1", email="a@x"),
-        )
-    return uuid.UUID(envelope.event_id)
+    return uuid.UUID((await append_event(pool, topic)).event_id)
 
 
 async def test_rows_sent_longer_ago_than_the_retention_are_pruned_and_no_others(
