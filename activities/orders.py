@@ -46,6 +46,12 @@ INVALID_ORDER = "InvalidOrder"
 # The order was placed with this key by another run that has ended (see
 # _refuse_second_saga): a second saga for it stops before it prices, reserves or charges.
 ORDER_ALREADY_PLACED = "OrderAlreadyPlaced"
+# The rejection of an order catalog could not price (OrderInput.pricing_attempts).
+# Not a RejectionReason: such an order never enters the orders database.
+PRICING_UNAVAILABLE = "PRICING_UNAVAILABLE"
+# Rejections that are the platform's failure, not the customer's or the catalog's
+# answer: counted `failed` (OrderSagaFailureRatioHigh), as is a PSP that never answered.
+PLATFORM_FAILURES = frozenset({"", "PAYMENT_FAILED", PRICING_UNAVAILABLE})
 
 _meter = metrics.get_meter("agora.orders")
 _saga_outcomes = _meter.create_counter(
@@ -111,6 +117,14 @@ class TransitionInput:
     captured_minor: int = 0
     refunded_minor: int = 0
     cancelled_by: str = ""
+
+
+@dataclass
+class UnrecordedEnd:
+    """A saga rejected before its order was recorded (at pricing), for the outcome count."""
+
+    rejection: str  # PRICING_UNAVAILABLE, PRICE_CHANGED, PRODUCT_UNAVAILABLE
+    reason: str = ""
 
 
 @dataclass
@@ -315,6 +329,12 @@ class OrdersActivities:
             await self._event(conn, data.order_id, _transition_event(data, row["currency"]))
         self._observe(data, row["created_at"])
 
+    @activity.defn(name="orders.count_unrecorded")
+    async def count_unrecorded(self, data: UnrecordedEnd) -> None:
+        """Counts a saga rejected before its order was recorded: it makes no transition
+        for `_observe` to count, and a catalog outage rejects every order this way."""
+        _saga_outcomes.add(1, {"outcome": saga_outcome("REJECTED", data.rejection, data.reason)})
+
     @activity.defn(name="orders.record_refund")
     async def record_refund(self, data: RecordRefundInput) -> OrderSnapshot:
         order_id = uuid.UUID(data.order_id)
@@ -423,16 +443,20 @@ class OrdersActivities:
             age = dt.datetime.now(dt.UTC) - created_at
             _confirm_duration.record(max(age.total_seconds(), 0.0))
         elif data.status in FINAL:
-            outcome = {"COMPLETED": "completed", "CANCELLED": "cancelled"}.get(data.status)
-            if outcome is None:
-                # A business rejection (decline, out of stock, an unpaid order) is an
-                # outcome, not a failure; a saga that ended for any other reason, or
-                # because the payment provider never answered (an outage), is one.
-                business = (
-                    data.rejection not in ("", "PAYMENT_FAILED") and data.reason != PSP_SILENT
-                )
-                outcome = "rejected" if business else "failed"
+            outcome = saga_outcome(data.status, data.rejection, data.reason)
             _saga_outcomes.add(1, {"outcome": outcome})
+
+
+def saga_outcome(status: str, rejection: str, reason: str) -> str:
+    """What an ended saga counts as: a business rejection (decline, out of stock, an
+    unpaid order, a price changed) is an outcome, not a failure; a saga that ended for
+    any other reason, or because the payment provider or catalog never answered (an
+    outage), is one."""
+    outcome = {"COMPLETED": "completed", "CANCELLED": "cancelled"}.get(status)
+    if outcome is not None:
+        return outcome
+    business = rejection not in PLATFORM_FAILURES and reason != PSP_SILENT
+    return "rejected" if business else "failed"
 
 
 def _line(line: PricedLine, currency: str) -> OrderLine:

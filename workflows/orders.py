@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.orders import (
         ORDER_ALREADY_PLACED,
+        PRICING_UNAVAILABLE,
         PSP_SILENT,
         OrdersActivities,
         OrderSnapshot,
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         RecordOrderInput,
         RecordRefundInput,
         TransitionInput,
+        UnrecordedEnd,
     )
     from workers.orders.model import (
         CUSTOMER_ID,
@@ -191,9 +193,11 @@ RESERVATION_EXPIRY_FROM_INVENTORY = "reservation-expiry-from-inventory"
 # COMPLETED transition short left the order COMPLETED (the CANCELLED transition was
 # refused) with its money refunded. Asked only on that path.
 TEMPORAL_CANCEL_AFTER_COMMIT = "temporal-cancel-after-commit-restocks"
-# The rejection of an order catalog could not price (OrderInput.pricing_attempts).
-# Not a RejectionReason: such an order never enters the orders database.
-PRICING_UNAVAILABLE = "PRICING_UNAVAILABLE"
+# Since this change a saga rejected before its order is recorded (at pricing: a
+# catalog outage, a price changed, a product unavailable) is counted in the saga
+# outcome metric by a local activity, `orders.count_unrecorded`; before, only recorded
+# orders' transitions were, and a catalog outage rejecting every order paged no one.
+UNRECORDED_COUNTED = "unrecorded-rejections-counted"
 # Since this change a payment that asks for the customer's step (3-D Secure) a
 # PAYMENT_ROUNDS-th time rejects the order (voided, released) instead of waiting again.
 # Each round adds an update, an authorization and its void to the run's history: a
@@ -724,6 +728,12 @@ class OrderWorkflow:
             await self.transition(order, "REJECTED")
         else:
             self.view.status = "REJECTED"
+            if workflow.patched(UNRECORDED_COUNTED):
+                await workflow.execute_local_activity_method(
+                    OrdersActivities.count_unrecorded,
+                    UnrecordedEnd(rejected.reason, rejected.detail),
+                    start_to_close_timeout=LOCAL_TIMEOUT,
+                )
         self.finished = True
         return self.view
 

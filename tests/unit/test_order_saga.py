@@ -57,6 +57,7 @@ from activities.orders import (
     RecordOrderInput,
     RecordRefundInput,
     TransitionInput,
+    UnrecordedEnd,
 )
 from workers.payments.model import (
     AuthorizeInput,
@@ -173,6 +174,11 @@ async def transition(data: TransitionInput) -> None:
     if data.status == "COMPLETED" and world.hold_completed_transition:
         world.hold_completed_transition = False
         await asyncio.Event().wait()  # until the saga's cancel cancels this attempt
+
+
+@activity.defn(name="orders.count_unrecorded")
+async def count_unrecorded(data: UnrecordedEnd) -> None:
+    world.calls.append(f"count:{data.rejection}")
 
 
 @activity.defn(name="orders.snapshot")
@@ -306,7 +312,7 @@ def orders_worker(env: WorkflowEnvironment, *, cached: bool = True) -> Worker:
         env.client,
         task_queue=ORDERS_QUEUE,
         workflows=[OrderWorkflow, RefundOrderWorkflow],
-        activities=[price, record, transition, snapshot, record_refund],
+        activities=[price, record, transition, snapshot, record_refund, count_unrecorded],
         max_cached_workflows=1000 if cached else 0,
     )
 
@@ -473,7 +479,7 @@ async def test_an_unknown_product_is_rejected_before_anything_happens(client: Cl
     world.unknown_sku = True
     view = await run(client, new_order(), "unknown-product")
     assert (view.status, view.rejection) == ("REJECTED", "PRODUCT_UNAVAILABLE")
-    assert world.calls == ["price"]
+    assert world.calls == ["price", "count:PRODUCT_UNAVAILABLE"]
 
 
 async def test_a_catalog_outage_rejects_the_order_after_its_pricing_attempts(
@@ -485,7 +491,8 @@ async def test_a_catalog_outage_rejects_the_order_after_its_pricing_attempts(
     view = await run(client, new_order(pricing_attempts=3), "pricing-unavailable")
     assert (view.status, view.rejection) == ("REJECTED", "PRICING_UNAVAILABLE")
     assert "(3 attempts)" in view.reason and "10.0.0.7" not in view.reason
-    assert world.calls == ["price"] * 3  # retried, then nothing reserved, recorded or charged
+    # Retried, then nothing reserved, recorded or charged; counted as an ended saga.
+    assert world.calls == ["price"] * 3 + ["count:PRICING_UNAVAILABLE"]
 
 
 def post(order: OrderInput) -> WithStartWorkflowOperation[Any, Any]:
@@ -520,7 +527,8 @@ async def test_prices_risen_beyond_the_tolerance_reject_the_order_before_anythin
     assert (view.status, view.rejection, view.lines) == ("REJECTED", "PRICE_CHANGED", [])
     assert "now comes to 2000, more than the 1900 you were shown" in view.reason
     assert "new Idempotency-Key" in view.reason
-    assert world.calls == ["price"]  # nothing recorded, reserved or charged
+    # Nothing recorded, reserved or charged; counted as an ended saga.
+    assert world.calls == ["price", "count:PRICE_CHANGED"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from activities import orders
-from activities.orders import PSP_SILENT, OrdersActivities, TransitionInput
+from activities.orders import PSP_SILENT, OrdersActivities, TransitionInput, UnrecordedEnd
 
 
 class Counted:
@@ -40,4 +40,24 @@ def test_an_ended_saga_is_counted_by_whose_outcome_it_is(
     monkeypatch.setattr(orders, "_saga_outcomes", counted)
     change = TransitionInput("o-1", status, "k", reason=reason, rejection=rejection)
     OrdersActivities._observe(None, change, dt.datetime.now(dt.UTC))  # type: ignore[arg-type]
+    assert counted.outcomes == [outcome]
+
+
+@pytest.mark.parametrize(
+    ("rejection", "outcome"),
+    [
+        # Catalog never answered: an outage, the platform's failure (it must page).
+        ("PRICING_UNAVAILABLE", "failed"),
+        # Catalog's answer: the price rose past what the customer was shown, or the
+        # product is not sold: the order's outcome.
+        ("PRICE_CHANGED", "rejected"),
+        ("PRODUCT_UNAVAILABLE", "rejected"),
+    ],
+)
+async def test_a_saga_rejected_before_its_order_was_recorded_is_counted(
+    monkeypatch: pytest.MonkeyPatch, rejection: str, outcome: str
+) -> None:
+    counted = Counted()
+    monkeypatch.setattr(orders, "_saga_outcomes", counted)
+    await OrdersActivities.count_unrecorded(None, UnrecordedEnd(rejection, "detail"))  # type: ignore[arg-type]
     assert counted.outcomes == [outcome]

@@ -19,6 +19,7 @@ async def build_parts(rt: Runtime) -> ServiceParts:
             activities.transition,
             activities.record_refund,
             activities.snapshot,
+            activities.count_unrecorded,
         ],
         workflows=[OrderWorkflow, RefundOrderWorkflow],
     )
