@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
+from agora.cards import holds_card_number
 from agora.money import MAX_AMOUNT_MINOR
 from gateway.schemas import Answer, Strict
 from gateway.schemas_catalog import Currency
@@ -24,11 +25,13 @@ class OrderLineRequest(Strict):
 
 def _not_a_card_number(token: str) -> str:
     """A card number pasted where its token belongs is refused here, before it could
-    reach the order's workflow input (and so Temporal's history). Any separators
-    (spaces, tabs, newlines, no-break spaces, dashes, dots) are looked through: the
-    PSP's tokenizer takes a number written with whitespace as a number."""
+    reach the order's workflow input (and so Temporal's history): a whole value of
+    12-19 digits once separators (spaces, tabs, newlines, no-break spaces, dashes,
+    dots) are looked through, as the PSP's tokenizer takes it, or a Luhn-valid number
+    anywhere in it ("4242 4242 4242 4242 12/30", "card 4242424242424242")."""
     digits = re.sub(r"[\W_]", "", token)
-    if digits.isascii() and digits.isdigit() and 12 <= len(digits) <= 19:
+    whole = digits.isascii() and digits.isdigit() and 12 <= len(digits) <= 19
+    if whole or holds_card_number(token):
         raise ValueError(
             "this is a card number, not a token: exchange it at POST /v1/payments/tokens"
         )

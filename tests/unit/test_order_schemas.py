@@ -23,6 +23,14 @@ from gateway.schemas_orders import CompletePaymentRequest, PaymentRequest, Place
         "4242\t4242\t4242\t4242",
         "4242\u00a04242\u00a04242\u00a04242",
         "4242.4242.4242.4242",
+        # A number with more beside it: an expiry, a CVC, a word.
+        "4242424242424242 12/30",
+        "4242 4242 4242 4242 exp 12/2030",
+        "4242424242424242/123/1230",
+        "card 4242424242424242",
+        "tok_4242424242424242",
+        "378282246310005 04/29",
+        "4242 4242 4242 4242 12 2030",
     ],
 )
 def test_a_card_number_where_a_token_belongs_is_refused(pasted: str) -> None:
@@ -35,7 +43,7 @@ def test_a_card_number_where_a_token_belongs_is_refused(pasted: str) -> None:
     "token", ["tok_ok_visa_4242_0123456789012345", "tok_abcdefgh", "12345678", "pm_1N2b3C4d"]
 )
 def test_a_token_is_taken(token: str) -> None:
-    # Only a whole card number is refused: a token may hold digits, even many in a row.
+    # A token may hold digits, even many in a row, only not a Luhn-valid number.
     assert PaymentRequest.model_validate({"card_token": token}).card_token == token
 
 

@@ -7,6 +7,8 @@ import datetime as dt
 
 import pytest
 
+from gateway.schemas_orders import PaymentRequest
+from workers.payments import psp_sim
 from workers.payments.psp import (
     ActionRequired,
     Authorized,
@@ -32,6 +34,18 @@ def store() -> MemorySimStore:
 @pytest.fixture
 def psp(store: MemorySimStore) -> SimulatedPsp:
     return SimulatedPsp(store, slow_delay_s=0.2, flaky_failures=2)
+
+
+def test_a_token_never_holds_a_nonce_the_gateway_would_take_for_a_card_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 16 hex digits can all be decimal and Luhn-valid: the gateway refuses a token
+    # holding such a run (gateway/schemas_orders.py), so the tokenizer draws again.
+    nonces = iter(["4242424242424242", "00c0ffee00c0ffee"])
+    monkeypatch.setattr(psp_sim.secrets, "token_hex", lambda n: next(nonces))
+    card = tokenize("4242 4242 4242 4242", 12, 2030, today=TODAY)
+    assert card.token.endswith("_00c0ffee00c0ffee")
+    assert PaymentRequest.model_validate({"card_token": card.token}).card_token == card.token
 
 
 def test_a_token_holds_the_brand_and_last_four_but_never_the_number() -> None:

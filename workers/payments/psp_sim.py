@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
+from agora.cards import holds_card_number, luhn_valid
 from workers.payments.psp import (
     ActionRequired,
     AuthorizationOutcome,
@@ -74,12 +75,6 @@ _TOKEN = re.compile(
 )
 
 
-def luhn_valid(number: str) -> bool:
-    digits = [int(d) for d in reversed(number)]
-    total = sum(digits[0::2]) + sum(sum(divmod(2 * d, 10)) for d in digits[1::2])
-    return total % 10 == 0
-
-
 def brand_of(number: str) -> str:
     if number.startswith("4"):
         return "visa"
@@ -108,7 +103,12 @@ def tokenize(pan: str, exp_month: int, exp_year: int, *, today: dt.date | None =
     if (exp_year, exp_month) < (today.year, today.month):
         behaviour = Behaviour.EXPIRED
     brand = brand_of(number)
-    token = f"tok_{behaviour}_{brand}_{number[-4:]}_{secrets.token_hex(8)}"
+    nonce = secrets.token_hex(8)
+    while holds_card_number(nonce):
+        # A nonce of hex digits can be a Luhn-valid run of 12+ decimal ones (about 1
+        # in 1,250): the gateway would refuse such a token as a card number.
+        nonce = secrets.token_hex(8)
+    token = f"tok_{behaviour}_{brand}_{number[-4:]}_{nonce}"
     return Card(token=token, brand=brand, last4=number[-4:])
 
 

@@ -1,0 +1,40 @@
+"""Card numbers where they must not be: found before a value is stored anywhere.
+
+A card number (PAN) is 12-19 digits whose last one is the Luhn check digit. People
+paste them with spaces, dashes or dots between the groups, and with more beside them
+(an expiry, a CVC, a word). `holds_card_number` looks for one anywhere in a string;
+it is what keeps a pasted number out of an order's workflow input, and so out of
+Temporal's history (gateway/schemas_orders.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+MIN_DIGITS, MAX_DIGITS = 12, 19
+# Runs of ASCII digits with the separators people type between a card's groups.
+_DIGIT_RUN = re.compile(r"[0-9]+(?:[\s.\-]+[0-9]+)*")
+_GROUP = re.compile(r"[0-9]+")
+
+
+def luhn_valid(number: str) -> bool:
+    digits = [int(d) for d in reversed(number)]
+    total = sum(digits[0::2]) + sum(sum(divmod(2 * d, 10)) for d in digits[1::2])
+    return total % 10 == 0
+
+
+def holds_card_number(text: str) -> bool:
+    """True when `text` holds a Luhn-valid 12-19 digit number: on its own or as
+    consecutive groups of a separated run ("4242 4242 4242 4242 12/30"). A run of
+    digits inside a token (e.g. a nonce) is one only if it passes the same test."""
+    for run in _DIGIT_RUN.finditer(text):
+        groups = _GROUP.findall(run.group())
+        for first in range(len(groups)):
+            digits = ""
+            for group in groups[first:]:
+                digits += group
+                if len(digits) > MAX_DIGITS:
+                    break
+                if len(digits) >= MIN_DIGITS and luhn_valid(digits):
+                    return True
+    return False
