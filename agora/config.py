@@ -118,6 +118,11 @@ class Settings:
     # controller's pods). Empty: the TCP peer is the client. Set: a request must come
     # from one of them, and its single X-Forwarded-For entry is the client.
     gateway_trusted_proxies: tuple[str, ...] = ()
+    # argon2id hashes and verifications (gateway: registration; identity: sign-in) run
+    # at most this many at once per process, with at most this many more waiting;
+    # beyond, 429 / RESOURCE_EXHAUSTED (agora/passwords.py).
+    password_hash_concurrency: int = 2
+    password_hash_queue: int = 16
     # Identity: key-encryption key (base64 of 32 bytes; locally generated into
     # <state>/secrets/identity-kek when empty), token lifetimes and the signing-key
     # rotation interval, all in seconds.
@@ -315,6 +320,14 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
             part.strip()
             for part in env.get("AGORA_GATEWAY_TRUSTED_PROXIES", "").split(",")
             if part.strip()
+        ),
+        password_hash_concurrency=_at_least(
+            1,
+            "AGORA_PASSWORD_HASH_CONCURRENCY",
+            env.get("AGORA_PASSWORD_HASH_CONCURRENCY", "2"),
+        ),
+        password_hash_queue=_at_least(
+            0, "AGORA_PASSWORD_HASH_QUEUE", env.get("AGORA_PASSWORD_HASH_QUEUE", "16")
         ),
         identity_kek=env.get("AGORA_IDENTITY_KEK", ""),
         access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from argon2 import PasswordHasher
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from redis.asyncio import Redis
@@ -19,6 +18,7 @@ from temporalio.service import RPCError
 from agora import pki, temporal
 from agora.config import DEFAULT_RATE_LIMITS, Settings
 from agora.grpc import Channels
+from agora.passwords import Passwords
 from agora.process import starting
 from contracts.agora.identity.v1 import (
     GetApiClientSigningSecretRequest,
@@ -99,7 +99,9 @@ async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None =
         verifier=TokenVerifier(jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience),
         secrets=SigningSecrets(secrets_from_identity(upstream.identity)),
         upstream=upstream,
-        hasher=PasswordHasher(),
+        passwords=Passwords(
+            concurrency=settings.password_hash_concurrency, queue=settings.password_hash_queue
+        ),
         metrics=metrics,
         routes=RouteTable(all_routes()),
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
-from argon2 import PasswordHasher
 from redis.asyncio import Redis
 
 from agora.config import Settings
+from agora.passwords import Passwords
 from gateway.jwks import JwksCache
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Admitter
@@ -27,7 +27,7 @@ class Gateway:
     verifier: TokenVerifier
     secrets: SigningSecrets
     upstream: Upstream
-    hasher: PasswordHasher
+    passwords: Passwords
     metrics: GatewayMetrics
     routes: RouteTable
 

@@ -43,6 +43,10 @@ GRPC_STATUS: dict[Status, str] = {
     Status.DATA_LOSS: "upstream-error",
 }
 
+# A service over its capacity (RESOURCE_EXHAUSTED, e.g. agora.passwords.PasswordsBusy)
+# is asked again shortly.
+RETRY_SOON = {"Retry-After": "1"}
+
 # What any route calling a service may answer when the call itself fails.
 UPSTREAM_PROBLEMS = ("upstream-timeout", "upstream-unavailable", "upstream-error")
 
@@ -106,7 +110,8 @@ def rejection_reason(reason: str) -> dict[str, str]:
 def from_grpc(error: GRPCError) -> Problem:
     code = GRPC_STATUS.get(error.status, "upstream-error")
     detail = (error.message or "") if code in _SHOW_DETAIL else ""
-    return Problem(code, detail)
+    headers = RETRY_SOON if code == "upstream-rate-limited" else None
+    return Problem(code, detail, headers=headers)
 
 
 def _root_cause(error: BaseException) -> BaseException:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from aiohttp import web
 
 from agora import emails, scopes
+from agora.passwords import PasswordsBusy
 from contracts.agora.identity.v1 import Account, GetAccountRequest
 from gateway.context import principal_of
 from gateway.deps import deps
+from gateway.failures import RETRY_SOON
 from gateway.problems import Problem
 from gateway.routing import Route
 from gateway.schemas import AccountResponse, MeResponse, RegisterRequest, RegisterResponse
@@ -24,9 +25,12 @@ from workflows.identity import (
 
 async def register(request: web.Request, body: RegisterRequest) -> RegisterResponse:
     gw = deps(request)
-    # argon2id costs tens of milliseconds of CPU: off the event loop. Hashing here
-    # keeps the clear password out of Temporal's history (only the hash is an input).
-    password_hash = await asyncio.to_thread(gw.hasher.hash, body.password)
+    # Hashing here keeps the clear password out of Temporal's history (only the hash
+    # is an input); argon2id is off the event loop and bounded (agora/passwords.py).
+    try:
+        password_hash = await gw.passwords.hash(body.password)
+    except PasswordsBusy as busy:
+        raise Problem("upstream-rate-limited", busy.detail, headers=RETRY_SOON) from None
     data = RegisterAccountInput(
         account_id=str(uuid.uuid4()),
         email=emails.normalize(body.email),  # the one form sign-in looks up (agora/emails.py)

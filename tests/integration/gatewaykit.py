@@ -213,7 +213,7 @@ async def register_admin(gw: Gateway, email: str | None = None) -> str:
     )
 
     email = email or f"admin-{uuid.uuid4().hex[:10]}@example.com"
-    password_hash = await asyncio.to_thread(gw.hasher.hash, PASSWORD)
+    password_hash = await gw.passwords.hash(PASSWORD)
     await gw.upstream.temporal.execute_workflow(
         RegisterAccountWorkflow.run,
         RegisterAccountInput(

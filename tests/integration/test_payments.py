@@ -510,6 +510,57 @@ async def test_one_capture_key_sent_for_two_payments_at_once_captures_one_of_the
         assert sorted(r["captured_minor"] for r in totals) == [0, 300]
 
 
+async def test_a_capture_the_psp_made_unrecorded_is_booked_only_as_it_was_asked(
+    steps: Steps, db: asyncpg.Pool, redis: aioredis.Redis, payments: PaymentsServiceStub
+) -> None:
+    # The PSP captured 500 under the key, and payments crashed before recording it.
+    first, second = [await steps.authorize(authorization(amount=1000)) for _ in range(2)]
+    key = new_key()
+    psp = SimulatedPsp(RedisSimStore(redis))
+    await psp.capture(
+        key=f"capture:{key}", authorization_key=first.payment_id, amount_minor=500, currency="EUR"
+    )
+    # The same key for another amount or another payment must not book the PSP's
+    # answer to the first call (80 booked against 50 captured, or a capture of the
+    # second payment that never happened).
+    for other in (
+        CaptureInput(key, first.payment_id, 800),
+        CaptureInput(key, second.payment_id, 500),
+    ):
+        refused = await application_failure(
+            steps.run(PaymentStep("payments.capture", capture=other, max_attempts=1))
+        )
+        assert refused.type == "IdempotencyKeyConflict", refused
+    captured = "SELECT captured_minor FROM payment_intents WHERE payment_id = $1"
+    assert await db.fetchval(captured, uuid.UUID(first.payment_id)) == 0
+    assert await db.fetchval(captured, uuid.UUID(second.payment_id)) == 0
+    # The retry the crash left owing, with the request the PSP saw, books it once.
+    done = await steps.capture(CaptureInput(key, first.payment_id, 500))
+    assert done.total_captured_minor == 500
+    assert await db.fetchval(captured, uuid.UUID(first.payment_id)) == 500
+    await assert_balanced(payments, first.payment_id)
+
+
+async def test_a_void_the_psp_made_unrecorded_is_not_taken_for_another_payment(
+    steps: Steps, db: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    # The PSP voided one payment under the key, and payments crashed before recording
+    # it; the key then comes for a payment not yet authorized (the saga voids an
+    # authorization whose answer it never had). Refused for good, not retried forever.
+    first = await steps.authorize(authorization(amount=1000))
+    key = new_key()
+    psp = SimulatedPsp(RedisSimStore(redis))
+    await psp.void(key=f"void:{key}", authorization_key=first.payment_id)
+    unknown = str(uuid.uuid4())
+    refused = await application_failure(
+        steps.run(PaymentStep("payments.void", void=VoidInput(key, unknown), max_attempts=1))
+    )
+    assert refused.type == "IdempotencyKeyConflict", refused
+    assert refused.non_retryable
+    status = "SELECT status FROM payment_intents WHERE payment_id = $1"
+    assert await db.fetchval(status, uuid.UUID(unknown)) is None  # rolled back
+
+
 async def test_a_partial_capture_then_void_releases_only_the_rest(steps: Steps) -> None:
     auth = await steps.authorize(authorization(amount=1000))
     await steps.capture(CaptureInput(new_key(), auth.payment_id, 600))

@@ -384,7 +384,7 @@ async def register_staff(shop: dict[str, Any], role: str) -> str:
     """A staff account as an operator makes one (workers.identity.admin does the same)."""
     gw = shop["gw"]
     email = f"{role}-{uuid.uuid4().hex[:10]}@example.com"
-    password_hash = await asyncio.to_thread(gw.hasher.hash, PASSWORD)
+    password_hash = await gw.passwords.hash(PASSWORD)
     await gw.upstream.temporal.execute_workflow(
         RegisterAccountWorkflow.run,
         RegisterAccountInput(

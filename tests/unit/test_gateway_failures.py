@@ -34,6 +34,13 @@ def test_every_grpc_status_is_mapped() -> None:
     assert set(failures.GRPC_STATUS) == set(Status) - {Status.OK}
 
 
+def test_a_service_over_its_capacity_is_asked_again_shortly() -> None:
+    # e.g. identity's bounded password verifications (agora/passwords.py).
+    problem = failures.from_grpc(GRPCError(Status.RESOURCE_EXHAUSTED, "too many at once"))
+    assert (problem.status, problem.headers) == (429, {"Retry-After": "1"})
+    assert not failures.from_grpc(GRPCError(Status.NOT_FOUND, "x")).headers
+
+
 def test_internal_details_are_not_shown() -> None:
     assert "secret" not in failures.from_grpc(GRPCError(Status.INTERNAL, "secret")).detail
     assert failures.from_grpc(GRPCError(Status.NOT_FOUND, "no such account")).detail == (

@@ -39,7 +39,7 @@ def offline_app() -> web.Application:
         verifier=TokenVerifier(jwks, issuer="i", audience="a"),
         secrets=MagicMock(),
         upstream=MagicMock(),
-        hasher=MagicMock(),
+        passwords=MagicMock(),
         metrics=GatewayMetrics(),
         routes=RouteTable(all_routes()),
     )

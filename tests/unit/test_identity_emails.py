@@ -93,12 +93,16 @@ class FakeUpstream:
         return SimpleNamespace(tokens=Tokens(access_token="at", token_type="Bearer"))
 
 
+async def _stand_in_hash(_: str) -> str:
+    return "$argon2id$stand-in"
+
+
 @pytest.fixture
 def upstream(monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
     fake = FakeUpstream()
     gw = SimpleNamespace(
         upstream=fake,
-        hasher=SimpleNamespace(hash=lambda _: "$argon2id$stand-in"),
+        passwords=SimpleNamespace(hash=_stand_in_hash),
         admitter=None,
     )
     monkeypatch.setattr(account_routes, "deps", lambda _: gw)

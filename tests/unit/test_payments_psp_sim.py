@@ -14,6 +14,7 @@ from workers.payments.psp import (
     Authorized,
     Declined,
     InvalidCardToken,
+    PspKeyReused,
     PspRejected,
     PspTransientError,
 )
@@ -143,6 +144,31 @@ async def test_the_same_key_twice_charges_once(psp: SimulatedPsp, store: MemoryS
     )
     assert len(set(receipts)) == 1
     assert (await store.get("auth:p1") or {})["captured_minor"] == 600
+
+
+async def test_an_operation_key_replays_only_for_the_same_request(
+    psp: SimulatedPsp, store: MemorySimStore
+) -> None:
+    card = token("4242424242424242")
+    for payment in ("p1", "p2"):
+        await psp.authorize(key=payment, card_token=card, amount_minor=1000, currency="EUR")
+    first = await psp.capture(key="c1", authorization_key="p1", amount_minor=500, currency="EUR")
+    again = await psp.capture(key="c1", authorization_key="p1", amount_minor=500, currency="EUR")
+    assert again == first
+    # The same key for another amount, or another payment: not the first call's receipt.
+    with pytest.raises(PspKeyReused):
+        await psp.capture(key="c1", authorization_key="p1", amount_minor=800, currency="EUR")
+    with pytest.raises(PspKeyReused):
+        await psp.capture(key="c1", authorization_key="p2", amount_minor=500, currency="EUR")
+    await psp.refund(key="r1", authorization_key="p1", amount_minor=200, currency="EUR")
+    with pytest.raises(PspKeyReused):
+        await psp.refund(key="r1", authorization_key="p1", amount_minor=300, currency="EUR")
+    await psp.void(key="v1", authorization_key="p2")
+    with pytest.raises(PspKeyReused):
+        await psp.void(key="v1", authorization_key="p1")
+    assert (await store.get("auth:p1") or {})["captured_minor"] == 500
+    assert (await store.get("auth:p1") or {})["refunded_minor"] == 200
+    assert not (await store.get("auth:p1") or {})["voided"]
 
 
 async def test_captures_and_refunds_are_limited_by_the_psp_too(psp: SimulatedPsp) -> None:

@@ -6,17 +6,14 @@ verification for a password), so they are direct gRPC calls, not workflows.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import uuid
 from dataclasses import dataclass
 
 import asyncpg
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from agora import emails, outbox, scopes, text
 from agora.errors import InvalidArgument
+from agora.passwords import Passwords
 from contracts.agora.identity.v1 import PrincipalType, RevocationReason, SignedIn
 from workers.identity import tokens
 from workers.identity.apiclients import ApiClients, parse_client_id
@@ -34,40 +31,6 @@ from workers.identity.tokens import Principal, TokenPolicy
 _JTI_REVOKED = uuid.UUID("5b1c2f0e-6a51-4d0b-9a43-3f6f1c2d7e84")
 
 TOPIC = "identity.events"
-_hasher = PasswordHasher()
-
-
-@functools.cache
-def _dummy_hash() -> str:
-    """Verified against when the email is unknown, so timing does not reveal which emails exist."""
-    return _hasher.hash("agora-no-such-account")
-
-
-def _verify_password(password_hash: str, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
-async def verify_password(password_hash: str | None, password: str) -> bool:
-    """argon2id verification off the event loop (it takes tens of milliseconds by design)."""
-    if password_hash is None:
-        await asyncio.to_thread(_verify_password, _dummy_hash(), password)
-        return False
-    return await asyncio.to_thread(_verify_password, password_hash, password)
-
-
-async def rehash_if_needed(password_hash: str, password: str) -> str | None:
-    """A fresh hash of a just-verified password when its stored hash was made with
-    other (older, weaker) parameters than the current ones; None when it is current."""
-    try:
-        stale = _hasher.check_needs_rehash(password_hash)
-    except InvalidHashError:
-        return None
-    if not stale:
-        return None
-    return await asyncio.to_thread(_hasher.hash, password)
 
 
 @dataclass(frozen=True)
@@ -93,7 +56,9 @@ class TokenService:
         sessions: Sessions,
         clients: ApiClients,
         policy: TokenPolicy,
+        passwords: Passwords | None = None,
     ):
+        self._passwords = passwords or Passwords()
         self._pool = pool
         self._keys = keys
         self._sessions = sessions
@@ -115,12 +80,12 @@ class TokenService:
             " WHERE lower(email) = lower($1)",
             email,
         )
-        ok = await verify_password(row["password_hash"] if row else None, password)
+        ok = await self._passwords.verify(row["password_hash"] if row else None, password)
         if row is None or not ok or row["disabled"]:
             raise InvalidCredentials()
         account_id = str(row["account_id"])
         granted = _narrow(scopes.scopes_for(row["roles"], row["scopes"]), requested)
-        rehashed = await rehash_if_needed(row["password_hash"], password)
+        rehashed = await self._passwords.rehash_if_needed(row["password_hash"], password)
         async with self._pool.acquire() as conn, conn.transaction():
             if rehashed is not None:
                 # Guarded by the old hash: a password changed meanwhile is left alone.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from activities.identity import IdentityActivities
+from agora.passwords import Passwords
 from agora.service import Runtime, ServiceParts
 from workers.identity import keys
 from workers.identity.api import IdentityApi
@@ -46,6 +47,9 @@ async def build_parts(rt: Runtime) -> ServiceParts:
         ),
         clients,
         TokenPolicy(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_s),
+        Passwords(
+            concurrency=settings.password_hash_concurrency, queue=settings.password_hash_queue
+        ),
     )
     activities = IdentityActivities(
         rt.pool, box, revocations, access_ttl_s=settings.access_token_ttl_s

@@ -51,6 +51,7 @@ from workers.payments.errors import (
     IdempotencyKeyConflict,
     InvalidPaymentRequest,
     PaymentAmountExceeded,
+    PaymentError,
     PaymentNotFound,
     PaymentRequiresAction,
     PaymentStateConflict,
@@ -75,6 +76,7 @@ from workers.payments.psp import (
     Authorized,
     InvalidCardToken,
     PaymentServiceProvider,
+    PspKeyReused,
     PspRejected,
 )
 
@@ -489,7 +491,7 @@ class PaymentIntents:
                 currency=currency,
             )
         except PspRejected as exc:
-            raise PaymentStateConflict(f"the PSP refused the {operation}: {exc}") from None
+            raise _refused(operation, exc) from None
         amounts = {
             name: intent[name]
             for name in ("authorized_minor", "captured_minor", "released_minor", "refunded_minor")
@@ -617,6 +619,13 @@ class PaymentIntents:
         log.info("payment voided", extra={"payment_id": str(payment_id), "amount": released})
         return result
 
+    async def _psp_void(self, psp_void_key: str, payment_id: uuid.UUID) -> None:
+        """Cancel the authorization at the PSP; its refusal is for good (not retried)."""
+        try:
+            await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
+        except PspRejected as exc:
+            raise _refused("void", exc) from None
+
     async def _release(
         self,
         conn: asyncpg.Connection,
@@ -634,13 +643,13 @@ class PaymentIntents:
                 " VALUES ($1, '', '', 'voided')",
                 payment_id,
             )
-            await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
+            await self._psp_void(psp_void_key, payment_id)
             return 0, Status.VOIDED, ""
         status = Status(intent["status"])
         currency = intent["currency"]
         if status in (Status.PENDING, Status.REQUIRES_ACTION):
             # An authorization in flight (or waiting for the cardholder) is cancelled.
-            await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
+            await self._psp_void(psp_void_key, payment_id)
             await conn.execute(
                 "UPDATE payment_intents SET status = 'voided', updated_at = now()"
                 " WHERE payment_id = $1",
@@ -660,10 +669,7 @@ class PaymentIntents:
                 # first, then this void): nothing is held and nothing is owed.
                 return 0, status, currency
             raise PaymentStateConflict(f"payment {payment_id} is captured: refund it instead")
-        try:
-            await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
-        except PspRejected as exc:
-            raise PaymentStateConflict(f"the PSP refused the void: {exc}") from None
+        await self._psp_void(psp_void_key, payment_id)
         released = intent["released_minor"] + open_minor
         new_status = status_from_amounts(
             intent["authorized_minor"], intent["captured_minor"], released,
@@ -744,6 +750,15 @@ class PaymentIntents:
             )
         log.info("payment refunded", extra={"payment_id": str(payment_id), "amount": amount})
         return result
+
+
+def _refused(operation: str, exc: PspRejected) -> PaymentError:
+    """The PSP's refusal as the caller's error: both are for good, never retried."""
+    if isinstance(exc, PspKeyReused):
+        # The key reached the PSP with another request (a crash kept the first call
+        # from being recorded here); the PSP's first answer is not this request's.
+        return IdempotencyKeyConflict(f"this idempotency key was used for another {operation}")
+    return PaymentStateConflict(f"the PSP refused the {operation}: {exc}")
 
 
 def _found(intent: asyncpg.Record | None, payment_id: uuid.UUID) -> asyncpg.Record:

@@ -62,6 +62,12 @@ class PspRejected(Exception):
     """The PSP refuses the call for good (unknown or cancelled authorization, over the limit)."""
 
 
+class PspKeyReused(PspRejected):
+    """The operation's idempotency key was used before for another request (another
+    authorization, amount or currency): a PSP replays the first result only for the
+    same request, as a real one does (e.g. Stripe's idempotency errors)."""
+
+
 class InvalidCardToken(ValueError):
     """Not a token of this PSP. The message never repeats the input (it may be a card number)."""
 

@@ -45,6 +45,7 @@ from workers.payments.psp import (
     Card,
     Declined,
     InvalidCardToken,
+    PspKeyReused,
     PspRejected,
     PspTransientError,
     Receipt,
@@ -257,24 +258,26 @@ class SimulatedPsp:
     async def capture(
         self, *, key: str, authorization_key: str, amount_minor: int, currency: str
     ) -> Receipt:
+        request = _request("capture", authorization_key, amount_minor, currency)
         done = await self.store.get(f"op:{key}")
         if done is not None:
-            return Receipt(done["reference"])
+            return _replayed(done, request)
         auth = await self._authorization(authorization_key)
         await self._maybe_fail(Behaviour(auth["behaviour"]), key)
         open_minor = auth["amount_minor"] - auth["captured_minor"]
         if auth["voided"] or amount_minor > open_minor or currency != auth["currency"]:
             raise PspRejected("capture exceeds the open authorization")
         return await self._apply(
-            key, "cap", authorization_key, auth, "captured_minor", amount_minor
+            key, "cap", request, authorization_key, auth, "captured_minor", amount_minor
         )
 
     async def refund(
         self, *, key: str, authorization_key: str, amount_minor: int, currency: str
     ) -> Receipt:
+        request = _request("refund", authorization_key, amount_minor, currency)
         done = await self.store.get(f"op:{key}")
         if done is not None:
-            return Receipt(done["reference"])
+            return _replayed(done, request)
         auth = await self._authorization(authorization_key)
         await self._maybe_fail(Behaviour(auth["behaviour"]), key)
         if amount_minor > auth["captured_minor"] - auth["refunded_minor"]:
@@ -282,49 +285,74 @@ class SimulatedPsp:
         if currency != auth["currency"]:
             raise PspRejected("currency differs from the authorization's")
         return await self._apply(
-            key, "ref", authorization_key, auth, "refunded_minor", amount_minor
+            key, "ref", request, authorization_key, auth, "refunded_minor", amount_minor
         )
 
     async def void(self, *, key: str, authorization_key: str) -> Receipt:
+        request = _request("void", authorization_key)
         done = await self.store.get(f"op:{key}")
         if done is not None:
-            return Receipt(done["reference"])
+            return _replayed(done, request)
         # An authorization that has not happened yet is cancelled in advance:
         # a late authorize with that key then finds this record instead.
         cancelled = {"state": "cancelled", "behaviour": str(Behaviour.OK)}
         auth = await self.store.add(f"auth:{authorization_key}", cancelled)
         await self._maybe_fail(Behaviour(auth.get("behaviour", "ok")), key)
-        receipt, won = await self._claim(key, "void")
+        receipt, won = await self._claim(key, "void", request)
         if won and auth["state"] == "authorized":
             await self.store.put(f"auth:{authorization_key}", {**auth, "voided": True})
         return receipt
 
-    async def _claim(self, key: str, kind: str) -> tuple[Receipt, bool]:
-        """Record operation `key`; True when this call wrote the record (and so moves money).
+    async def _claim(self, key: str, kind: str, request: dict[str, Any]) -> tuple[Receipt, bool]:
+        """Record operation `key` for `request`; True when this call wrote the record
+        (and so moves money).
 
         The claim nonce tells the writer apart: two concurrent calls with the
         same key compute the same reference, but only one nonce is stored.
         """
         claim = secrets.token_hex(8)
         stored = await self.store.add(
-            f"op:{key}", {"reference": _reference(kind, key), "claim": claim}
+            f"op:{key}", {"reference": _reference(kind, key), "claim": claim, "request": request}
         )
-        return Receipt(stored["reference"]), stored["claim"] == claim
+        if stored["claim"] == claim:
+            return Receipt(stored["reference"]), True
+        return _replayed(stored, request), False
 
     async def _apply(
         self,
         key: str,
         kind: str,
+        request: dict[str, Any],
         authorization_key: str,
         auth: dict[str, Any],
         field: str,
         amount_minor: int,
     ) -> Receipt:
-        receipt, won = await self._claim(key, kind)
+        receipt, won = await self._claim(key, kind, request)
         if won:  # only the first writer of the operation's record moves money
             auth = {**auth, field: auth[field] + amount_minor}
             await self.store.put(f"auth:{authorization_key}", auth)
         return receipt
+
+
+def _request(
+    operation: str, authorization_key: str, amount_minor: int = 0, currency: str = ""
+) -> dict[str, Any]:
+    """What an operation's key stands for: its replay must ask the same."""
+    return {
+        "operation": operation,
+        "authorization": authorization_key,
+        "amount_minor": amount_minor,
+        "currency": currency,
+    }
+
+
+def _replayed(record: dict[str, Any], request: dict[str, Any]) -> Receipt:
+    """The first call's receipt, for the same request only. Records written before
+    requests were kept hold none, and answer as they did."""
+    if record.get("request", request) != request:
+        raise PspKeyReused("this operation key was used for another request")
+    return Receipt(record["reference"])
 
 
 def _outcome(record: dict[str, Any]) -> AuthorizationOutcome:
