@@ -33,6 +33,11 @@ def pg_bin(tool: str) -> Path:
     return Path(found[-1])
 
 
+# What `audit` and `audit_owner` need in the audit database (also a one-time step of
+# a Kubernetes install, docs/deploy.md "The audit database").
+AUDIT_SCHEMA_GRANT = "GRANT USAGE, CREATE ON SCHEMA public TO audit, audit_owner"
+
+
 class Postgres(Component):
     name = "postgres"
     ports = ("postgres",)
@@ -176,7 +181,7 @@ class Postgres(Component):
         self.psql(ctx, "ALTER ROLE audit NOINHERIT")
         # NOINHERIT also drops what `audit` got from owning its database (the public
         # schema belongs to pg_database_owner), so the schema is granted explicitly.
-        self.psql(ctx, "GRANT USAGE, CREATE ON SCHEMA public TO audit, audit_owner", db="audit")
+        self.psql(ctx, AUDIT_SCHEMA_GRANT, db="audit")
 
     def urls(self, ctx: Context) -> dict[str, str]:
         return {"postgres": f"postgresql://{ctx.settings.host}:{ctx.port('postgres')}"}

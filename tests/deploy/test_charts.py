@@ -8,6 +8,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.deploy import policy
 from tests.deploy.conftest import (
@@ -63,6 +64,15 @@ def test_thin_chart_renders_alone(helm: str, charts: Path, chart: str):
     )
     assert out.returncode == 0, out.stderr
     assert "kind: Rollout" in out.stdout and f"name: {chart}" in out.stdout
+    # Every variable has a value: an empty one (a value only the umbrella sets) fails
+    # the process at start (e.g. AGORA_DB_POOL_SIZE, int("")).
+    for doc in yaml.safe_load_all(out.stdout):
+        if not doc or doc.get("kind") != "Rollout":
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            env = container.get("env", [])
+            empty = [e["name"] for e in env if "valueFrom" not in e and not e.get("value")]
+            assert not empty, f"{chart}: variables without a value: {empty}"
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)

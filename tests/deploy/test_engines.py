@@ -301,3 +301,18 @@ def test_gateway_collector_config_is_valid_for_the_collector(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_audit_log_owner_is_declared_and_audit_does_not_inherit_it():
+    # The audit migrations SET ROLE audit_owner; without the role, or with `audit`
+    # inheriting it, the pods crash-loop or hold the owner's rights in every session.
+    (cluster,) = _of_kind("cloudnative-pg.yaml", "Cluster")
+    roles = {r["name"]: r for r in cluster["spec"]["managed"]["roles"]}
+    owner, audit = roles["audit_owner"], roles["audit"]
+    assert owner["ensure"] == "present" and owner["login"] is False
+    assert audit["inherit"] is False and audit["inRoles"] == ["audit_owner"]
+    # The schema grant CloudNativePG cannot declare is the install's one-time step,
+    # the statement the local stack runs.
+    from stack.postgres import AUDIT_SCHEMA_GRANT
+
+    assert AUDIT_SCHEMA_GRANT in (REPO / "docs" / "deploy.md").read_text()

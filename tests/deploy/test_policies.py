@@ -582,3 +582,14 @@ def test_only_search_gets_elasticsearchs_ca_and_api_key(rendered, env):
         )
         ref = variables["AGORA_ELASTICSEARCH_API_KEY"]["secretKeyRef"]
         assert ref == {"name": "agora-es-api-key", "key": "api-key"}
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_workflow_links_point_where_people_open_the_temporal_ui(rendered, env):
+    # Without it, order answers and audit exports link to http://0.0.0.0:<port>/…
+    # (the pod's own bind address) and the codec endpoint admits no UI origin.
+    for name in ("gateway", "audit"):
+        container = policy.pod_spec(rendered[env], name)["containers"][0]
+        plain = {k: v for k, v in policy.env_of(container).items() if isinstance(v, str)}
+        url = config.load(plain, service=name).temporal_ui_url
+        assert url.startswith("https://") and "0.0.0.0" not in url, (env, name, url)

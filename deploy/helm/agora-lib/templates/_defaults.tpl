@@ -138,6 +138,10 @@ global:
     address: temporal-frontend.temporal.svc:7233
     namespace: default
     port: 7233
+    # Where people open the Temporal web UI (AGORA_TEMPORAL_UI_URL): the base of the
+    # workflow links in order answers and audit exports, and the origin the codec
+    # endpoint lets in (CORS). Empty: links point at the pod's own address.
+    uiUrl: ""
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: temporal}}}]
   kafka:
     bootstrap: agora-kafka-kafka-bootstrap.kafka.svc:9092
@@ -158,6 +162,8 @@ global:
     # (CloudNativePG managed roles read the same basic-auth secrets).
     passwordSecretPrefix: agora-db-
     passwordSecretKey: password
+    # Connections per process (AGORA_DB_POOL_SIZE), as the umbrella's values say.
+    poolSize: 10
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: postgres}}}]
   redis:
     url: redis://agora-redis-master.redis.svc:6379/0

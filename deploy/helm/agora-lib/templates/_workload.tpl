@@ -16,6 +16,9 @@
 - {name: AGORA_TRACING, value: {{ ternary "on" "off" $v.uses.otel | quote }}}
 - {name: AGORA_TEMPORAL_ADDRESS, value: {{ $g.temporal.address | quote }}}
 - {name: AGORA_TEMPORAL_NAMESPACE, value: {{ $g.temporal.namespace | quote }}}
+{{- with $g.temporal.uiUrl }}
+- {name: AGORA_TEMPORAL_UI_URL, value: {{ . | quote }}}
+{{- end }}
 - {name: AGORA_KAFKA_BOOTSTRAP, value: {{ $g.kafka.bootstrap | quote }}}
 - {name: AGORA_REDIS_URL, value: {{ $g.redis.url | quote }}}
 - {name: AGORA_PORT_REDIS, value: {{ $g.redis.port | quote }}}
