@@ -135,8 +135,8 @@ class Context:
     def stop(self, name: str, *, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool:
         """Stop the process group recorded for `name`; SIGKILL after `timeout` seconds."""
         pid = self.running_pid(name)
-        self.pid_file(name).unlink(missing_ok=True)
         if pid is None:
+            self.pid_file(name).unlink(missing_ok=True)
             return False
         _signal_group(pid, sig)
         deadline = time.monotonic() + timeout
@@ -145,6 +145,9 @@ class Context:
         if _alive(pid):
             _signal_group(pid, signal.SIGKILL)
         _wait_gone(pid)
+        # Only now: a stop interrupted (Ctrl-C during Kafka's 30 s) keeps the record,
+        # so the next `make stop` finds the process instead of a taken port.
+        self.pid_file(name).unlink(missing_ok=True)
         return True
 
     def kill(self, name: str) -> None:

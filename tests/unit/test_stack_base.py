@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from agora import config
+from stack import base
 from stack.base import ComponentError, Context, require_free_ports, wait_until
 
 
@@ -23,6 +25,26 @@ def test_spawned_process_is_recorded_and_stopped(ctx: Context) -> None:
     assert ctx.stop("sleeper") is True
     assert ctx.running_pid("sleeper") is None
     assert not ctx.pid_file("sleeper").exists()
+
+
+def test_an_interrupted_stop_keeps_the_record_of_a_process_still_running(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ignores SIGTERM, as Kafka or Elasticsearch take 30 s to stop: Ctrl-C meanwhile.
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    pid = ctx.spawn("stubborn", [sys.executable, "-c", stubborn])
+    time.sleep(0.5)  # the handler installed
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(base.time, "sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ctx.stop("stubborn", timeout=5)
+    monkeypatch.undo()
+    assert ctx.running_pid("stubborn") == pid  # still known: the next stop ends it
+    assert ctx.stop("stubborn", timeout=0.2) is True
+    assert ctx.running_pid("stubborn") is None
 
 
 def test_a_killed_process_is_seen_as_not_running(ctx: Context) -> None:
