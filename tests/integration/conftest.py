@@ -59,6 +59,9 @@ class ServiceProcess:
             except OSError:
                 pass
             time.sleep(0.2)
+        # Not left behind on the test ports: nothing else knows of it (Services registers
+        # a process once it is ready, and `stack down` reads only its own pid records).
+        self.kill()
         raise RuntimeError(f"{self.service} not ready in {timeout}s; see {self.log}")
 
     def kill(self) -> None:

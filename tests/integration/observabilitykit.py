@@ -58,6 +58,7 @@ class GatewayProcess(ServiceProcess):
             if http_json(url) is not None:
                 return
             time.sleep(0.2)
+        self.kill()  # not left behind on the test ports
         raise RuntimeError(f"gateway not ready in {timeout}s; see {self.log}")
 
 
