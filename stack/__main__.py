@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,8 +43,30 @@ def infrastructure() -> list[Component]:
     ]
 
 
+def missing_packages(packages: set[str]) -> list[str]:
+    """Those of `packages` dpkg does not hold installed (all of them without dpkg)."""
+    if not packages or shutil.which("dpkg-query") is None:
+        return sorted(packages)
+    listed = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${Status}\n", *sorted(packages)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    installed = {
+        line.split()[0].split(":")[0]
+        for line in listed.splitlines()
+        if line.endswith(" install ok installed")
+    }
+    return sorted(packages - installed)
+
+
 def install_debian_packages(components: list[Component], ctx: Context) -> None:
-    missing = sorted({pkg for c in components if not c.installed(ctx) for pkg in c.debian_packages})
+    # The packages themselves, not whether their component is installed: Elasticsearch
+    # counts as not installed until its zip is fetched (after this step), and a normal
+    # user with acl and unzip present was told to install them again and again.
+    wanted = {pkg for c in components if not c.installed(ctx) for pkg in c.debian_packages}
+    missing = missing_packages(wanted)
     if not missing:
         return
     if os.geteuid() != 0:

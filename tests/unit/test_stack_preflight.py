@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import stack.__main__ as stack_main
 from stack.base import ComponentError
 from stack.otelcol import Jaeger, _go_version
 
@@ -44,3 +45,23 @@ def test_no_go_at_all_says_where_to_get_one(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ComponentError, match="`go` not found"):
         Jaeger().preflight(None)  # type: ignore[arg-type]
+
+
+class NotYetFetched:
+    """A component that counts as not installed until set-up fetches it (Elasticsearch:
+    its zip), whose Debian packages are all present."""
+
+    debian_packages = ("coreutils", "dpkg")
+
+    def installed(self, ctx: object) -> bool:
+        return False
+
+
+def test_a_normal_user_with_every_package_present_is_not_sent_to_apt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stack_main.os, "geteuid", lambda: 1000)
+    stack_main.install_debian_packages([NotYetFetched()], None)  # type: ignore[list-item, arg-type]
+    assert stack_main.missing_packages({"coreutils", "agora-no-such-package"}) == [
+        "agora-no-such-package"
+    ]
