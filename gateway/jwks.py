@@ -57,6 +57,10 @@ class JwksCache:
         self._document: list[dict[str, Any]] = []
         self._attempted_at = -math.inf
         self._loaded = False
+        # The last fetch failed (identity unreachable): an unknown kid may be a key
+        # minted since, so a token signed by it is not refused as unknown (a 401 makes
+        # clients drop a good token) but answered 503 (gateway/tokens.py).
+        self.failing = False
         self._lock = asyncio.Lock()
         self.fetches = 0
 
@@ -96,7 +100,9 @@ class JwksCache:
                 log.warning(
                     "JWKS fetch failed; keeping %d cached keys", len(self._keys), exc_info=True
                 )
+                self.failing = True
                 return False
+            self.failing = False
             keys = {}
             for jwk in jwks:
                 if _usable(jwk):

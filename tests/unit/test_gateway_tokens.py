@@ -69,6 +69,28 @@ async def test_private_or_foreign_keys_in_the_jwks_are_ignored() -> None:
     assert raised.value.code == "token-key-unknown"
 
 
+async def test_an_unknown_kid_while_the_key_set_cannot_be_fetched_is_503_not_401() -> None:
+    # Identity unreachable past a rotation: the new key's tokens are good; a 401 would
+    # make clients throw them away while sign-in itself answers 503.
+    answers: list[Any] = [ConnectionError("identity unreachable"), KEY.as_dict() | {"kid": "k1"}]
+
+    async def fetch() -> list[dict[str, Any]]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return [{k: v for k, v in answer.items() if k != "d"}]
+
+    clock = Clock()
+    cache = JwksCache(fetch, clock=clock)
+    check = TokenVerifier(cache, issuer="agora-identity", audience="agora-api")
+    with pytest.raises(Problem) as raised:
+        await check.verify(token())
+    assert (raised.value.status, raised.value.code) == (503, "dependency-unavailable")
+    assert raised.value.headers == {"Retry-After": "5"}
+    clock.now += 10  # past the floor: identity answers again
+    assert (await check.verify(token())).subject == "s"
+
+
 async def test_unknown_kid_refetches_at_most_once_per_floor() -> None:
     clock = Clock()
     keys: list[dict[str, Any]] = []
