@@ -111,9 +111,14 @@ def render(problem: Problem, *, instance: str, trace_id: str) -> web.Response:
         "trace_id": trace_id,
         **problem.extensions,
     }
+    headers = dict(problem.headers)
+    if kind.status == 401:
+        # RFC 9110: every 401 names a scheme; a signature's or a credential's too
+        # (those about the token itself say more: error="invalid_token").
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="agora"')
     return web.Response(
         status=kind.status,
         body=json.dumps(body).encode(),
         content_type=CONTENT_TYPE,
-        headers=problem.headers,
+        headers=headers,
     )

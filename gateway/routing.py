@@ -34,6 +34,9 @@ SENSITIVE_SCOPES = frozenset(
         scopes.AUDIT_READ,
         scopes.CATALOG_WRITE,
         scopes.INVENTORY_WRITE,
+        # Support staff decode Temporal payloads (docs/temporal-ui.md): a staff token
+        # fails closed on every route, theirs too.
+        scopes.SUPPORT,
     }
 )
 
