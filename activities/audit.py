@@ -7,6 +7,7 @@ own workflow id + run id), and partitions are created only when missing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -14,7 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from workers.audit import checkpoints
-from workers.audit.signing import CheckpointSigner
+from workers.audit.signing import CheckpointSigner, PublicKey, TrustedKeys
 from workers.audit.verification import verify_chain
 
 # Monthly partitions made ahead of time, so an insert never lands in the default one.
@@ -51,9 +52,18 @@ class PartitionsEnsured:
 
 
 class AuditActivities:
-    def __init__(self, pool: asyncpg.Pool, signer: CheckpointSigner):
+    """The checkpoint steps. `retired_keys`: the public keys of signing keys rotated out,
+    whose last checkpoint the first runs under the new key go on from."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        signer: CheckpointSigner,
+        retired_keys: Sequence[PublicKey] = (),
+    ):
         self._pool = pool
         self._signer = signer
+        self._keys = TrustedKeys(signer.public_key, tuple(retired_keys))
 
     @activity.defn(name="audit.sign_checkpoint")
     async def sign_checkpoint(self, data: SignCheckpointInput) -> SignedCheckpoint:
@@ -61,10 +71,10 @@ class AuditActivities:
         sign what was verified: a checkpoint over a broken chain would vouch for the
         break, and one past what was verified would vouch for unchecked rows."""
         async with self._pool.acquire() as conn:
-            since = await checkpoints.latest(conn, key_id=self._signer.public_key.key_id)
+            since = await checkpoints.latest(conn, key_ids=self._keys.key_ids)
         start = since.log_sequence if since is not None else 0
         verified = await verify_chain(
-            self._pool, self._signer.public_key, to_sequence=start + max(data.max_rows, 1)
+            self._pool, self._keys, to_sequence=start + max(data.max_rows, 1)
         )
         if not verified.ok:
             raise ApplicationError(

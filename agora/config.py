@@ -155,6 +155,9 @@ class Settings:
     # used in export links (empty: http://<host>:<temporal_ui port>).
     audit_signing_key: str = ""
     audit_checkpoint_interval_s: int = 300
+    # Public keys of rotated-out checkpoint signing keys (base64 or PEM, separated by
+    # commas or newlines) whose checkpoints verification still trusts (docs/audit.md).
+    audit_retired_public_keys: str = ""
     temporal_ui_url_override: str = ""
     # Explicit addresses of the engines and of the certificates (Kubernetes points
     # these at external clusters and at the mounted cert-manager secrets); empty
@@ -356,6 +359,7 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         payments_psp_flaky_failures=int(env.get("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", 2)),
         audit_signing_key=env.get("AGORA_AUDIT_SIGNING_KEY", ""),
         audit_checkpoint_interval_s=int(env.get("AGORA_AUDIT_CHECKPOINT_INTERVAL_S", 300)),
+        audit_retired_public_keys=env.get("AGORA_AUDIT_RETIRED_PUBLIC_KEYS", ""),
         temporal_ui_url_override=env.get("AGORA_TEMPORAL_UI_URL", ""),
         temporal_address_override=env.get("AGORA_TEMPORAL_ADDRESS", ""),
         temporal_tls_cert=env.get("AGORA_TEMPORAL_TLS_CERT", ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -38,14 +39,14 @@ from contracts.agora.audit.v1 import (
     VerifyChainRequest,
 )
 from contracts.agora.common.v1 import PageRequest
-from tests.integration.auditkit import make_envelope, publish, recorded, superuser
+from tests.integration.auditkit import insert_copy, make_envelope, publish, recorded, superuser
 from tests.integration.conftest import Services
 from tests.integration.consumerkit import decoded
 from tests.integration.waiting import eventually
-from workers.audit import verification
+from workers.audit import checkpoints, verification
 from workers.audit.chain import ChainWriter
 from workers.audit.consumer import AuditConsumer
-from workers.audit.signing import PublicKey, statement
+from workers.audit.signing import PublicKey, load_signer, statement
 from workers.audit.verification import before_first, beyond_head, verify_chain
 from workflows.audit import CHECKPOINT_SCHEDULE_ID, SignCheckpointWorkflow
 from workflows.audit import TASK_QUEUE as AUDIT_QUEUE
@@ -110,6 +111,20 @@ async def account_events(pool: asyncpg.Pool, account_id: str) -> list[asyncpg.Re
 
 
 # Recording ------------------------------------------------------------------
+
+
+async def checkpoint_refused(client: Client) -> ApplicationError:
+    """The scheduled checkpoint's workflow, run now: it must refuse to sign; its failure."""
+    with pytest.raises(WorkflowFailureError) as refused:
+        await client.execute_workflow(
+            SignCheckpointWorkflow.run,
+            id=f"audit-checkpoint-test-{uuid.uuid4().hex[:8]}",
+            task_queue=AUDIT_QUEUE,
+            execution_timeout=timedelta(seconds=60),
+        )
+    cause = refused.value.cause
+    assert isinstance(cause, ActivityError) and isinstance(cause.cause, ApplicationError)
+    return cause.cause
 
 
 async def test_a_registration_is_recorded_with_its_workflow_trace_and_chained_hash(
@@ -262,6 +277,66 @@ async def test_the_service_role_can_only_insert_and_select(pool: asyncpg.Pool) -
             await pool.execute(sql)
 
 
+async def test_the_service_role_cannot_add_a_row_for_a_recorded_sequence_or_event_id(
+    settings: Settings, pool: asyncpg.Pool, client: Client
+) -> None:
+    # The log's primary key (log_sequence, recorded_at) takes a second row for an old
+    # sequence under another recorded_at; audit_entries, one row per sequence and per
+    # event id written by the log's insert trigger, refuses it with the insert.
+    account_id, _, _ = await register(client)
+    [row] = await account_events(pool, account_id)
+    await account_events(pool, (await register(client))[0])  # a row after it
+    target = int(row["log_sequence"])
+    forged_at = row["recorded_at"] + timedelta(microseconds=1)
+    beyond = int(await pool.fetchval("SELECT log_sequence FROM audit_chain_head")) + 10**9
+    partition = await pool.fetchval(
+        "SELECT tableoid::regclass::text FROM audit_log WHERE log_sequence = $1", target
+    )
+    try:
+        async with pool.acquire() as conn:
+            with pytest.raises(asyncpg.UniqueViolationError, match="audit_entries"):
+                # A made-up event at an old sequence.
+                await insert_copy(conn, row, recorded_at=forged_at, event_id=uuid.uuid4())
+            with pytest.raises(asyncpg.UniqueViolationError, match="audit_entries"):
+                await insert_copy(conn, row, log_sequence=beyond)  # its event id again
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                # Past the parent's trigger: a partition by name (none is granted).
+                await conn.execute(f"INSERT INTO {partition} SELECT * FROM audit_log WHERE false")
+    finally:
+        conn = await superuser(settings)
+        try:  # whatever got in (only without audit_entries)
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute(
+                "DELETE FROM audit_log WHERE (log_sequence = $1 AND recorded_at = $2)"
+                " OR log_sequence = $3",
+                target,
+                forged_at,
+                beyond,
+            )
+        finally:
+            await conn.close()
+
+
+async def test_an_event_id_planted_ahead_of_its_event_hides_nothing(pool: asyncpg.Pool) -> None:
+    # Dedupe reads audit_entries, which only the log's insert trigger writes: an id is
+    # there only for a row the log holds. The service's role may not write either table.
+    coming = make_envelope()
+    async with pool.acquire() as conn:
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(
+                "INSERT INTO audit_event_ids (event_id, log_sequence) VALUES ($1, $2)",
+                uuid.UUID(coming.event_id),
+                10**12,
+            )
+    await AuditConsumer(ChainWriter(pool)).handle_batch(decoded("identity.events", coming))
+    stored = await pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE event_id = $1", uuid.UUID(coming.event_id)
+    )
+    assert stored == 1, "the real event was dropped as a redelivery of the planted id"
+    for table in ("audit_event_ids", "audit_entries"):
+        assert not await pool.fetchval("SELECT has_table_privilege($1, 'INSERT')", table), table
+
+
 @pytest.mark.parametrize("as_role", ["audit_owner", "postgres"])
 async def test_triggers_reject_update_delete_and_truncate_even_for_the_owner_and_superuser(
     settings: Settings, pool: asyncpg.Pool, client: Client, as_role: str
@@ -280,6 +355,7 @@ async def test_triggers_reject_update_delete_and_truncate_even_for_the_owner_and
             "TRUNCATE audit_log",
             f"TRUNCATE {partition}",
             "DELETE FROM audit_event_ids",
+            "DELETE FROM audit_entries",
             "UPDATE audit_checkpoints SET key_id = 'x'",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
@@ -399,17 +475,8 @@ async def test_a_broken_chain_is_never_signed_and_pages(
             original.replace(account_id.encode(), str(uuid.uuid4()).encode()),
             target,
         )
-        with pytest.raises(WorkflowFailureError) as refused:
-            await client.execute_workflow(
-                SignCheckpointWorkflow.run,
-                id=f"audit-checkpoint-test-{uuid.uuid4().hex[:8]}",
-                task_queue=AUDIT_QUEUE,
-                execution_timeout=timedelta(seconds=60),
-            )
-        cause = refused.value.cause
-        assert isinstance(cause, ActivityError) and isinstance(cause.cause, ApplicationError)
-        assert cause.cause.type == CHAIN_BROKEN
-        assert str(target) in cause.cause.message
+        refusal = await checkpoint_refused(client)
+        assert refusal.type == CHAIN_BROKEN and str(target) in refusal.message
         assert await pool.fetchval("SELECT count(*) FROM audit_checkpoints") == before
     finally:
         await conn.execute(
@@ -451,14 +518,6 @@ async def test_a_rewritten_column_is_caught_even_with_the_hash_intact(
         await conn.close()
 
 
-async def insert_copy(conn: asyncpg.Connection, row: asyncpg.Record, **changes: object) -> None:
-    """Insert row `row` again, with `changes` (as whoever `conn` is: no trigger guards INSERT)."""
-    values = {**dict(row), **changes}
-    columns = ", ".join(values)  # the log's own column names
-    params = ", ".join(f"${n}" for n in range(1, len(values) + 1))
-    await conn.execute(f"INSERT INTO audit_log ({columns}) VALUES ({params})", *values.values())
-
-
 async def test_a_second_row_with_a_sequence_is_named_even_where_a_chunk_of_the_walk_ends(
     settings: Settings,
     pool: asyncpg.Pool,
@@ -476,17 +535,19 @@ async def test_a_second_row_with_a_sequence_is_named_even_where_a_chunk_of_the_w
     key = PublicKey.parse((await audit.get_public_key(GetPublicKeyRequest())).public_key_pem)
     conn = await superuser(settings)
 
-    async def uncounted(*_: object) -> None:
-        return None
+    async def uncounted(*_: object) -> verification.Counted:
+        return verification.Counted()
 
     try:
+        # Triggers off: with them, audit_entries refuses a second row for the sequence.
+        await conn.execute("SET session_replication_role = replica")
         await insert_copy(conn, row, recorded_at=forged_at)
         answer = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
         assert (answer.ok, answer.first_bad_sequence) == (False, target), answer.failure
         assert f"sequence {target} appears twice in the log" in answer.failure
         # The walk itself (the count, which would name it first, left out here) lets no
         # second row by: where a chunk of it ends, and at the end of what it verifies.
-        monkeypatch.setattr(verification, "_repeated", uncounted)
+        monkeypatch.setattr(verification, "count_rows", uncounted)
         for chunk, to_sequence in ((target, 0), (target, target)):
             monkeypatch.setattr(verification, "CHUNK", chunk)
             walked = await verify_chain(pool, key, from_genesis=True, to_sequence=to_sequence)
@@ -499,6 +560,40 @@ async def test_a_second_row_with_a_sequence_is_named_even_where_a_chunk_of_the_w
         )
         await conn.close()
     verified = await audit.verify_chain(VerifyChainRequest(from_genesis=True))
+    assert verified.ok, verified.failure
+
+
+async def test_a_row_planted_below_the_latest_checkpoint_is_named_by_every_verification(
+    settings: Settings, pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
+) -> None:
+    # A walk from the latest checkpoint never reaches a row below it; the count of the
+    # whole log does. Only a superuser with triggers off gets such a row in now.
+    account_id, _, _ = await register(client)
+    [row] = await account_events(pool, account_id)
+    await account_events(pool, (await register(client))[0])  # a row after it
+    target = int(row["log_sequence"])
+    signed, _ = await checkpoints.sign_head(pool, load_signer(settings), f"t-{uuid.uuid4()}")
+    assert signed.log_sequence > target
+    forged_at = row["recorded_at"] + timedelta(microseconds=1)
+    conn = await superuser(settings)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await insert_copy(conn, row, recorded_at=forged_at, event_id=uuid.uuid4())
+        answer = await audit.verify_chain(VerifyChainRequest())
+        assert answer.start_checkpoint is not None
+        assert answer.start_checkpoint.log_sequence >= signed.log_sequence
+        assert (answer.ok, answer.first_bad_sequence) == (False, target), answer.failure
+        assert f"sequence {target} appears twice in the log" in answer.failure
+        code, cli = run_cli(settings)
+        assert (code, cli["first_bad_sequence"]) == (1, target), cli
+        refusal = await checkpoint_refused(client)
+        assert refusal.type == CHAIN_BROKEN and f"broken at {target}:" in refusal.message
+    finally:
+        await conn.execute(
+            "DELETE FROM audit_log WHERE log_sequence = $1 AND recorded_at = $2", target, forged_at
+        )
+        await conn.close()
+    verified = await audit.verify_chain(VerifyChainRequest())
     assert verified.ok, verified.failure
 
 
@@ -567,6 +662,8 @@ async def test_verification_names_a_row_below_sequence_1(
     try:
         assert await before_first(conn) == ""
         await conn.execute("ALTER TABLE audit_log DROP CONSTRAINT audit_log_sequence_positive")
+        # Copies of a row: past audit_entries' unique event id with triggers off.
+        await conn.execute("SET LOCAL session_replication_role = replica")
         await insert_copy(conn, row, log_sequence=0)
         assert await before_first(conn) == "the log holds a row at sequence 0, before its first (1)"
         await insert_copy(conn, row, log_sequence=-3)

@@ -134,7 +134,7 @@ async def test_the_audit_service_catches_up_from_its_offsets_after_being_down(
 
     await eventually(published, what="identity's relay to publish")
     missing = await pools["audit"].fetchval(
-        "SELECT count(*) FROM audit_event_ids WHERE event_id = ANY($1::uuid[])",
+        "SELECT count(*) FROM audit_entries WHERE event_id = ANY($1::uuid[])",
         [uuid.UUID(e) for e in event_ids],
     )
     assert missing == 0  # nothing recorded while it was down

@@ -28,7 +28,7 @@ from workers.audit.api import record_of
 from workers.audit.chain import ChainWriter, Incoming, append_in
 from workers.audit.consumer import AuditConsumer
 from workers.audit.envelopes import check
-from workers.audit.signing import CheckpointSigner, load_signer
+from workers.audit.signing import CheckpointSigner, TrustedKeys, load_signer
 from workers.audit.verification import verify_chain
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ async def test_checkpoints_catch_up_with_a_long_log_a_bounded_run_at_a_time(
     signed: list[tuple[int, int]] = []
     for _ in range(2):
         async with pool.acquire() as conn:  # what the activity goes on from: its key's
-            before = await checkpoints.latest(conn, key_id=signer.public_key.key_id)
+            before = await checkpoints.latest(conn, key_ids=[signer.public_key.key_id])
         start = before.log_sequence if before is not None else 0
         made = await ActivityEnvironment().run(
             activities.sign_checkpoint, SignCheckpointInput(f"catch-up-{uuid.uuid4()}", max_rows=2)
@@ -116,26 +116,35 @@ async def test_recorded_at_grows_with_the_log_sequence_whoever_began_first(
     assert newer["recorded_at"] >= older["recorded_at"], rows
 
 
-async def test_after_a_signing_key_rotation_checkpoints_go_on_under_the_new_key(
+async def test_after_a_signing_key_rotation_checkpoints_go_on_from_the_retired_keys_last(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
-    # Checkpoints signed by the old key neither start a verification under the new
-    # key nor fail it: the first run under the new key verifies from genesis (in
-    # bounded runs), and later ones from its own checkpoints.
+    # The new key trusts the one it replaced: its first run verifies from that key's
+    # last checkpoint (the rows before it may be detached by then), not from genesis.
     old = load_signer(settings)
     new = CheckpointSigner(os.urandom(32))
-    await AuditConsumer(ChainWriter(pool)).handle_batch(decoded("identity.events", make_envelope()))
-    await checkpoints.sign_head(pool, old, f"before-rotation-{uuid.uuid4()}")
-    rotated = AuditActivities(pool, new)
+    consumer = AuditConsumer(ChainWriter(pool))
+    await consumer.handle_batch(decoded("identity.events", make_envelope()))
+    last_old, _ = await checkpoints.sign_head(pool, old, f"before-rotation-{uuid.uuid4()}")
+    for _ in range(4):
+        await consumer.handle_batch(decoded("identity.events", make_envelope()))
+    rotated = AuditActivities(pool, new, [old.public_key])
     made = await ActivityEnvironment().run(
         rotated.sign_checkpoint, SignCheckpointInput(f"rotated-{uuid.uuid4()}", max_rows=3)
     )
-    assert (made.key_id, made.log_sequence) == (new.public_key.key_id, 3)  # from genesis
-    verified = await verify_chain(pool, new.public_key)
+    assert (made.key_id, made.log_sequence) == (new.public_key.key_id, last_old.log_sequence + 3)
+    keys = TrustedKeys(new.public_key, (old.public_key,))
+    verified = await verify_chain(pool, keys)
     assert verified.ok, verified.failure
     assert verified.start_checkpoint is not None
     assert verified.start_checkpoint.key_id == new.public_key.key_id
-    # The old key's checkpoints still verify the chain for whoever trusts that key.
+    # A key that trusts no other starts from genesis (in bounded runs); the old key's
+    # checkpoints still verify the chain for whoever trusts that key alone.
+    alone = AuditActivities(pool, CheckpointSigner(os.urandom(32)))
+    first = await ActivityEnvironment().run(
+        alone.sign_checkpoint, SignCheckpointInput(f"alone-{uuid.uuid4()}", max_rows=3)
+    )
+    assert first.log_sequence == 3
     assert (await verify_chain(pool, old.public_key)).ok
     # The platform's own key signs last again, for the tests after this one.
     await checkpoints.sign_head(pool, old, f"after-rotation-{uuid.uuid4()}")

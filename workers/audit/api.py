@@ -34,7 +34,7 @@ from contracts.agora.events.v1 import EventEnvelope
 from workers.audit import checkpoints, export, queries
 from workers.audit.checkpoints import StoredCheckpoint
 from workers.audit.errors import InvalidQuery
-from workers.audit.signing import PublicKey
+from workers.audit.signing import TrustedKeys
 from workers.audit.verification import verify_chain
 
 MAX_EXPORT_WORKFLOWS = 50
@@ -75,17 +75,19 @@ def checkpoint_message(checkpoint: StoredCheckpoint | None) -> Checkpoint | None
 
 
 class AuditApi(AuditServiceBase):
+    """`keys`: the current signing key (published) and the retired ones verification trusts."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,
-        public_key: PublicKey,
+        keys: TrustedKeys,
         temporal: Client,
         *,
         namespace: str,
         ui_base: str,
     ):
         self.pool = pool
-        self.public_key = public_key
+        self.keys = keys
         self.temporal = temporal
         self.namespace = namespace
         self.ui_base = ui_base
@@ -116,7 +118,7 @@ class AuditApi(AuditServiceBase):
             raise InvalidQuery("to_sequence must not be negative")
         result = await verify_chain(
             self.pool,
-            self.public_key,
+            self.keys,
             from_genesis=message.from_genesis,
             to_sequence=message.to_sequence,
         )
@@ -184,11 +186,12 @@ class AuditApi(AuditServiceBase):
         )
 
     async def get_public_key(self, message: GetPublicKeyRequest) -> GetPublicKeyResponse:
+        current = self.keys.current
         return GetPublicKeyResponse(
-            key_id=self.public_key.key_id,
+            key_id=current.key_id,
             algorithm="Ed25519",
-            public_key=self.public_key.raw,
-            public_key_pem=self.public_key.pem,
+            public_key=current.raw,
+            public_key_pem=current.pem,
         )
 
     async def get_latest_checkpoint(

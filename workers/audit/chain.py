@@ -4,7 +4,12 @@ Every append locks the single chain-head row (`SELECT ... FOR UPDATE`) in its
 transaction, so appends from any number of consumers or processes are serial:
 each row's `prev_hash` is the hash of the row before it, and the chain's order
 is the audit's own recording order (Kafka partitions interleave). A redelivered
-event is found in `audit_event_ids` under the same lock and stored once.
+event is found in `audit_entries` under the same lock and stored once.
+
+`audit_entries` (migration 0004) holds each log row's sequence (primary key) and
+event id (unique). The service cannot write it: a trigger on `audit_log` fills it
+from every inserted row, so an event id is there only for a row the log holds,
+and a second row for a sequence, or for an event id, is refused with its insert.
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ async def append_in(conn: asyncpg.Connection, items: Sequence[Incoming]) -> Appe
     seen = {
         row["event_id"]
         for row in await conn.fetch(
-            "SELECT event_id FROM audit_event_ids WHERE event_id = ANY($1::uuid[])", ids
+            "SELECT event_id FROM audit_entries WHERE event_id = ANY($1::uuid[])", ids
         )
     }
     fresh: list[Incoming] = []
@@ -199,11 +204,7 @@ async def append_in(conn: asyncpg.Connection, items: Sequence[Incoming]) -> Appe
         )
         prev = digest
 
-    await conn.copy_records_to_table(
-        "audit_event_ids",
-        records=[(row[2], row[0]) for row in rows],
-        columns=["event_id", "log_sequence"],
-    )
+    # Its trigger records each row's sequence and event id in audit_entries.
     await conn.copy_records_to_table("audit_log", records=rows, columns=LOG_COLUMNS)
     await conn.execute(
         """

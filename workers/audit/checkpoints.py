@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from workers.audit.signing import CheckpointSigner, PublicKey, statement
+from workers.audit.signing import CheckpointSigner, PublicKey, TrustedKeys, statement
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,11 @@ class StoredCheckpoint:
         return self.key_id == key.key_id and key.verifies(
             self.signature, statement(self.log_sequence, self.head_hash, self.signed_at)
         )
+
+    def verifies_under(self, keys: TrustedKeys) -> bool:
+        """Signed by one of `keys`: the one its key_id names."""
+        key = keys.get(self.key_id)
+        return key is not None and self.verifies_with(key)
 
 
 _COLUMNS = "log_sequence, head_hash, signed_at, key_id, signature"
@@ -84,16 +90,19 @@ async def sign_head(
 
 
 async def latest(
-    conn: asyncpg.Connection, *, at_most: int | None = None, key_id: str | None = None
+    conn: asyncpg.Connection,
+    *,
+    at_most: int | None = None,
+    key_ids: Sequence[str] | None = None,
 ) -> StoredCheckpoint | None:
-    """The newest checkpoint (at or below `at_most`; signed by `key_id`, if given)."""
+    """The newest checkpoint (at or below `at_most`; carrying one of `key_ids`, if given)."""
     row = await conn.fetchrow(
         f"""SELECT {_COLUMNS} FROM audit_checkpoints
             WHERE ($1::bigint IS NULL OR log_sequence <= $1)
-              AND ($2::text IS NULL OR key_id = $2)
+              AND ($2::text[] IS NULL OR key_id = ANY($2::text[]))
             ORDER BY log_sequence DESC, id DESC LIMIT 1""",
         at_most,
-        key_id,
+        None if key_ids is None else list(key_ids),
     )
     return _from_row(row) if row is not None else None
 

@@ -1,15 +1,18 @@
 """The consumer of every platform topic: checks each envelope and appends it to the chain.
 
 One consumer group (`audit`) reads all of `agora.kafka.EVENT_TOPICS`. Events
-arrive per partition batch (the records one fetch returned for a partition, in
-offset order) and the whole batch is appended in one `ChainWriter.append`, one
-transaction: the chain-head lock, the dedupe lookup and the commit are paid once
-per batch instead of once per event. The shared EventConsumer commits offsets
-only after `handle_batch` returned, i.e. after the append committed, so a crash
-or an outage re-delivers and the event-id dedupe absorbs it.
+arrive a fetch round at a time (`whole_round`: every partition's records of one
+fetch, each partition's in offset order) and the whole round is appended in one
+`ChainWriter.append`, one transaction: the chain-head lock, the dedupe lookup and
+the commit are paid once per round instead of once per event. The shared
+EventConsumer commits offsets only after `handle_batch` returned, i.e. after the
+append committed, so a crash or an outage re-delivers and the event-id dedupe
+absorbs it.
 
-A malformed envelope goes to the DLQ with the reason and is counted, and the
-chain is never touched by it: the batch handler raises PoisonMessage before
+A malformed envelope goes to the DLQ with the reason and is counted (a record
+that is no envelope at all is dead-lettered by the shared consumer before it
+gets here, and counted in agora_kafka_dead_lettered only), and the chain is
+never touched by it: the batch handler raises PoisonMessage before
 appending anything, the consumer then hands it the batch's events one at a
 time, and only the malformed one is refused (and counted, once).
 """

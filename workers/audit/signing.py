@@ -5,6 +5,12 @@ In production the key comes from `AGORA_AUDIT_SIGNING_KEY` (base64 of the
 once into `<state>/secrets/audit-signing-key`. The public key is published
 (gRPC `GetPublicKey`, gateway `GET /v1/audit/public-key`) so that anyone can
 check a checkpoint without trusting the audit database.
+
+After a key rotation the replaced keys' public halves stay trusted for the
+checkpoints they signed (`TrustedKeys`): a verification under the new key goes
+on from the last checkpoint an old key signed, since the log's first rows may be
+detached by then. They are read from `<state>/secrets/audit-retired-public-keys`
+(one key per line: PEM or base64 of the raw 32 bytes; `#` starts a comment).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -24,6 +31,8 @@ from workers.audit.errors import SigningKeyError
 
 SEED_BYTES = 32
 STATEMENT_PREFIX = b"agora-audit-checkpoint/v1\n"
+# In <state>/secrets/: the public keys of signing keys that were rotated out.
+RETIRED_KEYS_FILE = "audit-retired-public-keys"
 
 
 def key_id_of(public_key: bytes) -> str:
@@ -112,3 +121,68 @@ def load_signer(settings: Settings) -> CheckpointSigner:
         error=SigningKeyError,
     )
     return CheckpointSigner(seed)
+
+
+@dataclass(frozen=True)
+class TrustedKeys:
+    """The keys whose checkpoints a verification trusts: the current signing key's
+    and the retired ones it replaced (public halves only, never used to sign)."""
+
+    current: PublicKey
+    retired: tuple[PublicKey, ...] = ()
+
+    @classmethod
+    def of(cls, keys: PublicKey | TrustedKeys) -> TrustedKeys:
+        return keys if isinstance(keys, TrustedKeys) else cls(keys)
+
+    def __iter__(self) -> Iterator[PublicKey]:
+        yield self.current
+        yield from self.retired
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [key.key_id for key in self]
+
+    def get(self, key_id: str) -> PublicKey | None:
+        return next((key for key in self if key.key_id == key_id), None)
+
+
+def parse_public_keys(text: str) -> tuple[PublicKey, ...]:
+    """Public keys, one per line (base64 of the raw bytes) or as PEM blocks; `#` comments."""
+    keys: list[PublicKey] = []
+    pem: list[str] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if pem or line.startswith("-----BEGIN"):
+            pem.append(line)
+            if line.startswith("-----END"):
+                keys.append(PublicKey.parse("\n".join(pem)))
+                pem = []
+            continue
+        keys.append(PublicKey.parse(line))
+    if pem:
+        raise SigningKeyError("a PEM public key is not terminated (no -----END line)")
+    return tuple(keys)
+
+
+def load_trusted_keys(settings: Settings, signer: CheckpointSigner) -> TrustedKeys:
+    """The signer's public key and the retired ones: AGORA_AUDIT_RETIRED_PUBLIC_KEYS
+    (commas or newlines between keys; what a Kubernetes deployment sets) or else the
+    file in the state folder (none when neither is there)."""
+    source = "AGORA_AUDIT_RETIRED_PUBLIC_KEYS"
+    text = settings.audit_retired_public_keys.replace(",", "\n")
+    if not text.strip():
+        path = settings.state_dir / "secrets" / RETIRED_KEYS_FILE
+        source = str(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return TrustedKeys(signer.public_key)
+    try:
+        retired = parse_public_keys(text)
+    except (SigningKeyError, ValueError) as error:
+        raise SigningKeyError(f"{source}: {error}") from None
+    current = signer.public_key
+    return TrustedKeys(current, tuple(k for k in dict.fromkeys(retired) if k != current))

@@ -1,13 +1,21 @@
 """Verification: recompute the hash chain and name the first bad sequence number.
 
-Starts from the last checkpoint whose signature verifies under the trusted
-public key (or from genesis) and walks the log in sequence order. A row is bad
-when its sequence is missing, when its hash is not SHA-256(previous hash ||
-canonical bytes), when it links to a hash its predecessor does not have, when a
-signed checkpoint inside the range disagrees, when a column that queries use
-(event id, aggregate, workflow, trace) differs from its own canonical bytes, or
-when a sequence in the range is held by more than one row. A row below sequence 1
-fails every verification (the table's CHECK refuses one since migration 0003).
+Starts from the last checkpoint whose signature verifies under a trusted key
+(the current signing key's or a retired one's, so that a key rotation goes on
+from the old key's last checkpoint; or from genesis) and walks the log in
+sequence order. A row is bad when its sequence is missing, when its hash is not
+SHA-256(previous hash || canonical bytes), when it links to a hash its
+predecessor does not have, when a signed checkpoint inside the range disagrees,
+when a column that queries use (event id, aggregate, workflow, trace) differs
+from its own canonical bytes, or when a sequence is held by more than one row.
+A row below sequence 1 fails every verification (the table's CHECK refuses one
+since migration 0003).
+
+Since migration 0004 the database refuses a second row for any sequence (and a
+second one for an event id) to everyone whose inserts fire triggers. Only a
+superuser with triggers off gets one in; the rows up to the end of the range are
+counted against the sequences they cover, the retained log below the starting
+checkpoint included, so such a row is named wherever it lies.
 
 Every failed verification (the API's, the CLI's, the one before each scheduled
 checkpoint) is logged as an error and counted in `agora_audit_verification_failures`,
@@ -27,7 +35,7 @@ from workers.audit import checkpoints
 from workers.audit.chain import GENESIS_HASH
 from workers.audit.checkpoints import StoredCheckpoint
 from workers.audit.envelopes import canonical_columns
-from workers.audit.signing import PublicKey
+from workers.audit.signing import PublicKey, TrustedKeys
 
 CHUNK = 5000
 log = logging.getLogger(__name__)
@@ -73,12 +81,14 @@ def _column_mismatch(row: asyncpg.Record) -> str:
 
 async def verify_chain(
     pool: asyncpg.Pool,
-    trusted_key: PublicKey,
+    trusted: PublicKey | TrustedKeys,
     *,
     from_genesis: bool = False,
     to_sequence: int = 0,
 ) -> Verification:
-    result = await _verify(pool, trusted_key, from_genesis, to_sequence)
+    """Verify the chain up to `to_sequence` (0: the head) from the last checkpoint a
+    trusted key signed (a single key: that key's alone), or from genesis."""
+    result = await _verify(pool, TrustedKeys.of(trusted), from_genesis, to_sequence)
     if not result.ok:
         _failures.add(1)
         log.error(
@@ -89,7 +99,7 @@ async def verify_chain(
 
 
 async def _verify(
-    pool: asyncpg.Pool, trusted_key: PublicKey, from_genesis: bool, to_sequence: int
+    pool: asyncpg.Pool, keys: TrustedKeys, from_genesis: bool, to_sequence: int
 ) -> Verification:
     # One snapshot for the head, the rows beyond it, the checkpoints and the walk:
     # appends and checkpoints committed meanwhile must not read as a cut-off tail.
@@ -101,10 +111,12 @@ async def _verify(
         last = min(to_sequence, head) if to_sequence > 0 else head
         start: StoredCheckpoint | None = None
         if not from_genesis:
-            # Checkpoints signed by another key (before a key rotation) are neither a
-            # start nor a failure; one that claims the trusted key and does not
-            # verify under it is forged.
-            start = await checkpoints.latest(conn, at_most=last, key_id=trusted_key.key_id)
+            # The newest checkpoint of any trusted key: after a rotation the retired
+            # key's last one is where the new key goes on (the rows before it may be
+            # detached by then). Checkpoints of an untrusted key are neither a start
+            # nor a failure; one that claims a trusted key and does not verify under
+            # it is forged.
+            start = await checkpoints.latest(conn, at_most=last, key_ids=keys.key_ids)
 
         def refused(first_bad_sequence: int, failure: str) -> Verification:
             """Failed before the walk: no record checked."""
@@ -118,38 +130,44 @@ async def _verify(
                 start_checkpoint=start,
             )
 
-        if start is not None and not start.verifies_with(trusted_key):
+        if start is not None and not start.verifies_under(keys):
             return refused(
                 max(start.log_sequence, 1),
-                f"checkpoint at {start.log_sequence} has no valid signature"
-                f" by key {trusted_key.key_id}",
+                f"checkpoint at {start.log_sequence} has no valid signature by key {start.key_id}",
             )
-        truncated = await beyond_head(conn, trusted_key, head)
+        truncated = await beyond_head(conn, keys, head)
         if truncated:
             return refused(head + 1, truncated)
         outside = await before_first(conn)
         if outside:
             return refused(1, outside)
+        first = max(start.log_sequence, 1) if start else 1
+        counted = await count_rows(conn, first, last)
+        if counted.missing:
+            return refused(
+                counted.missing,
+                f"sequence {counted.missing} is missing from the log"
+                f" (below the starting checkpoint at {first})",
+            )
         anchors = {
             c.log_sequence: c
             for c in await checkpoints.in_range(conn, start.log_sequence if start else 0, last)
-            if c.verifies_with(trusted_key)
+            if c.verifies_under(keys)
         }
-        first = max(start.log_sequence, 1) if start else 1
-        return await _walk(conn, start, anchors, last, await _repeated(conn, first, last))
+        return await _walk(conn, start, anchors, last, counted.repeated)
 
 
-async def beyond_head(conn: asyncpg.Connection, trusted_key: PublicKey, head: int) -> str:
+async def beyond_head(conn: asyncpg.Connection, trusted: PublicKey | TrustedKeys, head: int) -> str:
     """Why the log once went past its recorded head ("" when nothing says so): a tail
     cut off with the head set back leaves rows or a signed checkpoint beyond it."""
+    keys = TrustedKeys.of(trusted)
     rows_beyond = await conn.fetchval(
         "SELECT max(log_sequence) FROM audit_log WHERE log_sequence > $1", head
     )
     if rows_beyond is not None:
         return f"the log holds rows up to {rows_beyond}, beyond its head at {head}"
-    # The trusted key's newest: after a key rotation the old key's may be newer.
-    newest = await checkpoints.latest(conn, key_id=trusted_key.key_id)
-    if newest is not None and newest.log_sequence > head and newest.verifies_with(trusted_key):
+    newest = await checkpoints.latest(conn, key_ids=keys.key_ids)
+    if newest is not None and newest.log_sequence > head and newest.verifies_under(keys):
         return (
             f"a signed checkpoint at {newest.log_sequence} is beyond the head at {head}:"
             " the log's tail was cut off"
@@ -177,28 +195,53 @@ def _appears(sequence: int, times: int) -> str:
     return f"sequence {sequence} appears {'twice' if times == 2 else f'{times} times'} in the log"
 
 
-async def _repeated(conn: asyncpg.Connection, first: int, last: int) -> tuple[int, int] | None:
-    """The lowest sequence in [first, last] held by more than one row, and by how many.
+@dataclass(frozen=True)
+class Counted:
+    """What counting the log's rows found: the lowest sequence held by more than one
+    row and by how many rows, or the lowest one missing below the walk's start."""
 
-    The primary key (log_sequence, recorded_at) lets a second row in under another
-    recorded_at. Counting the range (its primary-key index, nothing more) costs
-    little; only a count above one row per sequence looks for which sequence it is.
-    A count short of it means a sequence is missing, which the walk names."""
-    rows = await conn.fetchval(
-        "SELECT count(*) FROM audit_log WHERE log_sequence >= $1 AND log_sequence <= $2",
-        first,
+    repeated: tuple[int, int] | None = None
+    missing: int = 0
+
+
+async def count_rows(conn: asyncpg.Connection, first: int, last: int) -> Counted:
+    """Count the rows up to `last` against the sequences they should cover.
+
+    The retained log is every sequence from its lowest row (retention detaches the
+    oldest months whole) to `last`, one row each. Counting it reads the primary-key
+    index of each partition and nothing more; the whole retained log is counted, not
+    only the range the walk verifies, because a row planted below the starting
+    checkpoint is outside every walk from it. Only a wrong count looks further: a
+    count above one row per sequence for the lowest repeated sequence, one short of
+    it for the lowest gap below `first` (the walk names a missing one from there on).
+    """
+    counted = await conn.fetchrow(
+        "SELECT count(*) AS n, min(log_sequence) AS lowest FROM audit_log WHERE log_sequence <= $1",
         last,
     )
-    if rows <= last - first + 1:
-        return None
-    repeated = await conn.fetchrow(
-        """SELECT log_sequence, count(*) AS times FROM audit_log
-           WHERE log_sequence >= $1 AND log_sequence <= $2
-           GROUP BY log_sequence HAVING count(*) > 1 ORDER BY log_sequence LIMIT 1""",
-        first,
-        last,
-    )
-    return int(repeated["log_sequence"]), int(repeated["times"])
+    rows = int(counted["n"])
+    if not rows:
+        return Counted()
+    lowest = int(counted["lowest"])
+    covered = last - lowest + 1
+    if rows > covered:
+        repeated = await conn.fetchrow(
+            """SELECT log_sequence, count(*) AS times FROM audit_log WHERE log_sequence <= $1
+               GROUP BY log_sequence HAVING count(*) > 1 ORDER BY log_sequence LIMIT 1""",
+            last,
+        )
+        return Counted(repeated=(int(repeated["log_sequence"]), int(repeated["times"])))
+    if rows < covered and lowest < first:
+        gap = await conn.fetchval(
+            """SELECT s + 1 FROM (
+                   SELECT log_sequence AS s, lead(log_sequence) OVER (ORDER BY log_sequence) AS n
+                   FROM audit_log WHERE log_sequence <= $1
+               ) AS pairs WHERE n > s + 1 ORDER BY s LIMIT 1""",
+            first,
+        )
+        if gap is not None and gap < first:
+            return Counted(missing=int(gap))
+    return Counted()
 
 
 async def _walk(

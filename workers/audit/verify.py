@@ -1,11 +1,13 @@
 """`python -m workers.audit.verify`: recompute the audit chain and name the first bad row.
 
 Connects to the audit database (as the audit role: read-only use) and checks
-the chain from the last checkpoint signed by the trusted key, or from genesis.
+the chain from the last checkpoint signed by a trusted key, or from genesis.
 The trusted public key is read from `--public-key` (PEM or base64 of the raw 32
-bytes; the value `GET /v1/audit/public-key` publishes) or, by default, derived
-from the configured signing key. Prints one JSON document; exit status 0 when
-the chain verifies, 1 when it does not, 2 on a usage error.
+bytes; the value `GET /v1/audit/public-key` publishes), with the keys it replaced
+from `--retired-public-key` (repeatable), or, by default, derived from the
+configured signing key, with the retired keys of the state folder
+(workers/audit/signing.py). Prints one JSON document; exit status 0 when the
+chain verifies, 1 when it does not, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from agora import config, db
 from agora.logs import setup_logging
 from workers.audit.errors import SigningKeyError
-from workers.audit.signing import PublicKey, load_signer
+from workers.audit.signing import PublicKey, TrustedKeys, load_signer, load_trusted_keys
 from workers.audit.verification import Verification, verify_chain
 
 
@@ -40,23 +42,30 @@ def report(result: Verification, seconds: float) -> dict[str, object]:
     }
 
 
-def trusted_key(settings: config.Settings, given: str) -> PublicKey:
-    if not given:
-        return load_signer(settings).public_key
+def public_key(given: str) -> PublicKey:
     source = Path(given)
     return PublicKey.parse(source.read_text() if source.is_file() else given)
+
+
+def trusted_keys(settings: config.Settings, given: str, retired: list[str]) -> TrustedKeys:
+    """The keys given on the command line; by default the service's own."""
+    if not given:
+        if retired:
+            raise ValueError("--retired-public-key goes with --public-key")
+        return load_trusted_keys(settings, load_signer(settings))
+    return TrustedKeys(public_key(given), tuple(public_key(r) for r in retired))
 
 
 async def run(args: argparse.Namespace) -> int:
     settings = config.load(service="audit")
     # JSON lines like the services' (a failed verification logs an error with the row).
     setup_logging("audit-verify", settings.log_level)
-    key = trusted_key(settings, args.public_key)
+    keys = trusted_keys(settings, args.public_key, args.retired_public_key)
     pool = await db.create_pool(settings, "audit", size=2)
     try:
         started = time.perf_counter()
         result = await verify_chain(
-            pool, key, from_genesis=args.from_genesis, to_sequence=args.to_sequence
+            pool, keys, from_genesis=args.from_genesis, to_sequence=args.to_sequence
         )
         elapsed = time.perf_counter() - started
     finally:
@@ -70,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-genesis", action="store_true", help="ignore checkpoints")
     parser.add_argument("--to-sequence", type=int, default=0, help="stop here (0: the head)")
     parser.add_argument("--public-key", default="", help="PEM / base64 key, or a file holding it")
+    parser.add_argument(
+        "--retired-public-key",
+        action="append",
+        default=[],
+        help="a key --public-key replaced (its checkpoints are trusted too); repeatable",
+    )
     args = parser.parse_args(argv)
     try:
         return asyncio.run(run(args))

@@ -11,13 +11,14 @@ from workers.audit.api import AuditApi
 from workers.audit.chain import ChainWriter
 from workers.audit.consumer import AuditConsumer
 from workers.audit.schedule import ensure_checkpoint_schedule
-from workers.audit.signing import load_signer
+from workers.audit.signing import load_signer, load_trusted_keys
 from workflows.audit import SignCheckpointWorkflow
 
 
 async def build_parts(rt: Runtime) -> ServiceParts:
     settings = rt.settings
     signer = load_signer(settings)
+    keys = load_trusted_keys(settings, signer)
     verification.count_failures_from_zero()
     # The current months' partitions exist before the first append.
     await rt.pool.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
@@ -26,13 +27,13 @@ async def build_parts(rt: Runtime) -> ServiceParts:
         timedelta(seconds=settings.audit_checkpoint_interval_s),
         settings.task_queue("audit"),
     )
-    activities = AuditActivities(rt.pool, signer)
+    activities = AuditActivities(rt.pool, signer, keys.retired)
     consumer = AuditConsumer(ChainWriter(rt.pool))
     return ServiceParts(
         grpc_handlers=[
             AuditApi(
                 rt.pool,
-                signer.public_key,
+                keys,
                 rt.temporal,
                 namespace=settings.temporal_namespace,
                 ui_base=settings.temporal_ui_url,

@@ -1,0 +1,225 @@
+"""The audit log over its life, each on a scratch database of its own: a log written
+before migration 0004 migrated (forged rows and ids included), and the signing key
+rotated after the log's first month was detached."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.audit import CHAIN_BROKEN, AuditActivities, SignCheckpointInput
+from agora.config import Settings
+from contracts.agora.events.v1 import EventEnvelope
+from tests.integration.auditkit import (
+    insert_copy,
+    make_envelope,
+    migrate,
+    scratch_database,
+    scratch_dsn,
+    superuser,
+)
+from tests.integration.conftest import Services
+from tests.integration.consumerkit import decoded
+from workers.audit import checkpoints
+from workers.audit.chain import LOG_COLUMNS, ChainWriter, link_hash
+from workers.audit.consumer import AuditConsumer
+from workers.audit.envelopes import check
+from workers.audit.signing import CheckpointSigner, TrustedKeys
+from workers.audit.verification import verify_chain
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def roles(services: Services) -> None:
+    services("audit")  # the stack's audit and audit_owner roles exist once it has started
+
+
+@asynccontextmanager
+async def audit_pool(settings: Settings, database: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(scratch_dsn(settings, database), min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def append_rows(
+    pool: asyncpg.Pool,
+    envelopes: list[EventEnvelope],
+    *,
+    recorded_at: dt.datetime | None = None,
+    event_ids: bool = False,
+) -> None:
+    """Chain `envelopes` onto the head by hand, as the service's role: recorded at
+    `recorded_at` (default: now), and with `event_ids` their ids written to
+    audit_event_ids as the service did before migration 0004."""
+    async with pool.acquire() as conn, conn.transaction():
+        head = await conn.fetchrow("SELECT log_sequence, hash FROM audit_chain_head FOR UPDATE")
+        sequence, prev = int(head["log_sequence"]), bytes(head["hash"])
+        at = recorded_at or await conn.fetchval("SELECT clock_timestamp()")
+        rows: list[tuple[object, ...]] = []
+        for envelope in envelopes:
+            canonical = bytes(envelope)
+            checked = check(envelope, canonical)
+            sequence += 1
+            digest = link_hash(prev, canonical)
+            rows.append(
+                (
+                    sequence,
+                    at,
+                    checked.event_id,
+                    envelope.event_type,
+                    envelope.payload_type,
+                    envelope.aggregate_type,
+                    envelope.aggregate_id,
+                    envelope.sequence,
+                    envelope.producer,
+                    envelope.occurred_at,
+                    checked.trace_id,
+                    envelope.workflow_id,
+                    envelope.run_id,
+                    "identity.events",
+                    canonical,
+                    prev,
+                    digest,
+                )
+            )
+            prev = digest
+        if event_ids:
+            await conn.copy_records_to_table(
+                "audit_event_ids",
+                records=[(row[2], row[0]) for row in rows],
+                columns=["event_id", "log_sequence"],
+            )
+        await conn.copy_records_to_table("audit_log", records=rows, columns=LOG_COLUMNS)
+        await conn.execute(
+            "UPDATE audit_chain_head SET log_sequence = $1, hash = $2 WHERE singleton",
+            sequence,
+            prev,
+        )
+
+
+async def test_a_log_written_before_0004_is_migrated_and_what_was_forged_in_it_is_named(
+    settings: Settings, roles: None
+) -> None:
+    async with (
+        scratch_database(settings, through="0003_sequence_positive") as name,
+        audit_pool(settings, name) as pool,
+    ):
+        envelopes = [make_envelope() for _ in range(3)]
+        await append_rows(pool, envelopes, event_ids=True)
+        signer = CheckpointSigner(os.urandom(32))
+        await checkpoints.sign_head(pool, signer, "before-0004")  # at 3
+        # What the service's role could do before 0004: plant a made-up event at
+        # sequence 2, below the checkpoint, and the id of an event still to come.
+        second = await pool.fetchrow("SELECT * FROM audit_log WHERE log_sequence = 2")
+        hidden = make_envelope()
+        async with pool.acquire() as conn:
+            await insert_copy(
+                conn,
+                second,
+                recorded_at=second["recorded_at"] + dt.timedelta(microseconds=1),
+                event_id=uuid.uuid4(),
+            )
+            await conn.execute(
+                "INSERT INTO audit_event_ids (event_id, log_sequence) VALUES ($1, 4)",
+                uuid.UUID(hidden.event_id),
+            )
+
+        await asyncio.to_thread(migrate, settings, name)
+
+        # Entered from the rows the log holds: each sequence once, its first row's id.
+        entries = await pool.fetch("SELECT * FROM audit_entries ORDER BY log_sequence")
+        assert [(r["log_sequence"], str(r["event_id"])) for r in entries] == [
+            (n, e.event_id) for n, e in enumerate(envelopes, start=1)
+        ]
+        verified = await verify_chain(pool, signer.public_key)
+        assert (verified.ok, verified.first_bad_sequence) == (False, 2), verified.failure
+        assert "sequence 2 appears twice in the log" in verified.failure
+        # The planted id hides nothing: the event it names is recorded when it comes.
+        await AuditConsumer(ChainWriter(pool)).handle_batch(decoded("identity.events", hidden))
+        assert (
+            await pool.fetchval(
+                "SELECT log_sequence FROM audit_log WHERE event_id = $1", uuid.UUID(hidden.event_id)
+            )
+            == 4
+        )
+        # And the service's role plants nothing any more.
+        first = await pool.fetchrow("SELECT * FROM audit_log WHERE log_sequence = 1")
+        async with pool.acquire() as conn:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(
+                    "INSERT INTO audit_event_ids (event_id, log_sequence) VALUES ($1, 5)",
+                    uuid.uuid4(),
+                )
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await insert_copy(
+                    conn,
+                    first,
+                    recorded_at=first["recorded_at"] + dt.timedelta(microseconds=1),
+                    event_id=uuid.uuid4(),
+                )
+
+
+async def test_a_rotated_key_goes_on_from_the_retired_keys_checkpoint_once_genesis_is_detached(
+    settings: Settings, roles: None
+) -> None:
+    async with scratch_database(settings) as name, audit_pool(settings, name) as pool:
+        admin = await superuser(settings, name)
+        try:
+            await admin.execute("SET ROLE audit_owner")
+            await admin.execute(
+                "CREATE TABLE audit_log_2020_01 PARTITION OF audit_log"
+                " FOR VALUES FROM ('2020-01-01 00:00Z') TO ('2020-02-01 00:00Z')"
+            )
+            # The log's first month, then this month's events after it.
+            january = dt.datetime(2020, 1, 15, tzinfo=dt.UTC)
+            await append_rows(pool, [make_envelope(), make_envelope()], recorded_at=january)
+            consumer = AuditConsumer(ChainWriter(pool))
+            this_month = [make_envelope(), make_envelope()]
+            await consumer.handle_batch(decoded("identity.events", *this_month))
+            old, new = CheckpointSigner(os.urandom(32)), CheckpointSigner(os.urandom(32))
+            signed = await ActivityEnvironment().run(
+                AuditActivities(pool, old).sign_checkpoint, SignCheckpointInput("old-key")
+            )
+            assert signed.log_sequence == 4
+            # Retention: the first month is archived and detached; sequences 1 and 2 go.
+            await admin.execute("ALTER TABLE audit_log DETACH PARTITION audit_log_2020_01")
+        finally:
+            await admin.close()
+        later = [make_envelope() for _ in range(3)]
+        await consumer.handle_batch(decoded("identity.events", *later, first_offset=2))
+
+        # The new key, trusting the one it replaced, goes on from that key's last checkpoint.
+        rotated = AuditActivities(pool, new, [old.public_key])
+        made = await ActivityEnvironment().run(
+            rotated.sign_checkpoint, SignCheckpointInput("new-key")
+        )
+        assert (made.key_id, made.log_sequence) == (new.public_key.key_id, 7)
+        keys = TrustedKeys(new.public_key, (old.public_key,))
+        before = await verify_chain(pool, keys, to_sequence=6)
+        assert before.ok, before.failure
+        assert before.start_checkpoint is not None
+        assert (before.start_checkpoint.key_id, before.first_sequence) == (old.public_key.key_id, 4)
+        latest = await verify_chain(pool, keys)
+        assert latest.ok and latest.start_checkpoint is not None
+        assert latest.start_checkpoint.key_id == new.public_key.key_id
+        # A key that trusts no other starts from genesis, which is gone for good.
+        untrusting = AuditActivities(pool, CheckpointSigner(os.urandom(32)))
+        with pytest.raises(ApplicationError) as broken:
+            await ActivityEnvironment().run(
+                untrusting.sign_checkpoint, SignCheckpointInput("untrusting")
+            )
+        assert broken.value.type == CHAIN_BROKEN
+        assert "sequence 1 is missing" in broken.value.message
