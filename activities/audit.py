@@ -74,7 +74,7 @@ class AuditActivities:
             since = await checkpoints.latest(conn, key_ids=self._keys.key_ids)
         start = since.log_sequence if since is not None else 0
         verified = await verify_chain(
-            self._pool, self._keys, to_sequence=start + max(data.max_rows, 1)
+            self._pool, self._keys, to_sequence=start + max(data.max_rows, 1), whole_log=False
         )
         if not verified.ok:
             raise ApplicationError(

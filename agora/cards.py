@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 
 MIN_DIGITS, MAX_DIGITS = 12, 19
-# Runs of ASCII digits with the separators people type between a card's groups.
-_DIGIT_RUN = re.compile(r"[0-9]+(?:[\s.\-]+[0-9]+)*")
+# Runs of ASCII digits with whatever people type between a card's groups: anything
+# but a letter ("4242 4242…", "4242-4242…", "4242/4242…", "4242_4242…").
+_DIGIT_RUN = re.compile(r"[0-9]+(?:[^0-9A-Za-z]+[0-9]+)*")
 _GROUP = re.compile(r"[0-9]+")
 
 

@@ -51,10 +51,19 @@ class Passwords:
             raise PasswordsBusy("too many passwords are being checked at once; retry shortly")
         self._admitted += 1
         try:
-            async with self._slots:
-                return await asyncio.to_thread(work, *args)
-        finally:
+            await self._slots.acquire()
+        except BaseException:
             self._admitted -= 1
+            raise
+        # The slot is the thread's, not the caller's: a caller cancelled (a gRPC
+        # deadline) leaves its hash running, so the slot is freed when the hash ends.
+        running = asyncio.ensure_future(asyncio.to_thread(work, *args))
+        running.add_done_callback(self._release)
+        return await asyncio.shield(running)
+
+    def _release(self, _: asyncio.Future[object]) -> None:
+        self._slots.release()
+        self._admitted -= 1
 
     async def hash(self, password: str) -> str:
         return await self._run(self.hasher.hash, password)
@@ -74,7 +83,12 @@ class Passwords:
             stale = self.hasher.check_needs_rehash(password_hash)
         except InvalidHashError:
             return None
-        return await self.hash(password) if stale else None
+        if not stale:
+            return None
+        try:
+            return await self.hash(password)
+        except PasswordsBusy:
+            return None  # best effort: the next sign-in upgrades it; this one succeeds
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:

@@ -110,9 +110,10 @@ async def staff_principal(request: web.Request, token: str) -> Principal:
     try:
         principal = await gw.verifier.verify(token)
     except Problem as problem:
-        problem.headers.setdefault(
-            "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
-        )
+        if problem.status == 401:  # not a 503: the token may be good (gateway/tokens.py)
+            problem.headers.setdefault(
+                "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
+            )
         raise
     if principal.is_api_client:
         raise Problem(

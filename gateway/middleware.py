@@ -156,9 +156,10 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         try:
             principal = await gw.verifier.verify(token)
         except Problem as problem:
-            problem.headers.setdefault(
-                "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
-            )
+            if problem.status == 401:  # not a 503: the token may be good (gateway/tokens.py)
+                problem.headers.setdefault(
+                    "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
+                )
             raise
         missing = route.scopes - principal.scopes
         if missing:

@@ -56,7 +56,7 @@ def missing_packages(packages: set[str]) -> list[str]:
     installed = {
         line.split()[0].split(":")[0]
         for line in listed.splitlines()
-        if line.endswith(" install ok installed")
+        if line.endswith(" ok installed")  # "install ok installed", "hold ok installed"
     }
     return sorted(packages - installed)
 

@@ -563,7 +563,7 @@ async def test_a_second_row_with_a_sequence_is_named_even_where_a_chunk_of_the_w
     assert verified.ok, verified.failure
 
 
-async def test_a_row_planted_below_the_latest_checkpoint_is_named_by_every_verification(
+async def test_a_row_planted_below_the_latest_checkpoint_is_named_by_the_on_demand_checks(
     settings: Settings, pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
 ) -> None:
     # A walk from the latest checkpoint never reaches a row below it; the count of the
@@ -586,8 +586,10 @@ async def test_a_row_planted_below_the_latest_checkpoint_is_named_by_every_verif
         assert f"sequence {target} appears twice in the log" in answer.failure
         code, cli = run_cli(settings)
         assert (code, cli["first_bad_sequence"]) == (1, target), cli
-        refusal = await checkpoint_refused(client)
-        assert refusal.type == CHAIN_BROKEN and f"broken at {target}:" in refusal.message
+        # The scheduled checkpoint counts only the range it walks (a whole-log count
+        # outgrows its activity's 30 s at scale): it signs on, the row left to these.
+        scheduled = await verify_chain(pool, load_signer(settings).public_key, whole_log=False)
+        assert scheduled.ok, scheduled.failure
     finally:
         await conn.execute(
             "DELETE FROM audit_log WHERE log_sequence = $1 AND recorded_at = $2", target, forged_at

@@ -69,3 +69,11 @@ def test_an_expected_total_is_taken_and_may_be_left_out(total: int) -> None:
     for left_out in (place_order(), place_order(expected_total_minor=None)):
         parsed = PlaceOrderRequest.model_validate_json(json.dumps(left_out))
         assert parsed.expected_total_minor is None
+
+
+@pytest.mark.parametrize(
+    "pasted", ["4242/4242/4242/4242 exp 12/30", "4242_4242_4242_4242 12/30", "4242,4242,4242,4242"]
+)
+def test_a_card_number_with_any_separator_is_refused(pasted: str) -> None:
+    with pytest.raises(ValidationError, match="card number, not a token"):
+        PaymentRequest.model_validate({"card_token": pasted})

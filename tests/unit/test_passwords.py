@@ -89,3 +89,33 @@ async def test_registration_over_the_bound_is_429_with_retry_after(
     assert (refused.value.status, refused.value.headers) == (429, {"Retry-After": "1"})
     hasher.gate.set()
     await held
+
+
+async def test_a_cancelled_caller_keeps_its_slot_until_its_hash_ends() -> None:
+    # A gRPC deadline cancels the handler; the argon2 thread runs on. Freeing the slot
+    # then would let a flood run as many hashes as the thread pool has threads.
+    hasher = GatedHasher()
+    passwords = Passwords(concurrency=1, queue=0, hasher=hasher)
+    caller = asyncio.create_task(passwords.hash("abandoned"))
+    await until(lambda: hasher.running == 1)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    with pytest.raises(PasswordsBusy):
+        await passwords.hash("while the abandoned hash still runs")
+    hasher.gate.set()
+    await until(lambda: hasher.running == 0)
+    await asyncio.sleep(0.05)  # the done callback runs on the loop
+    assert hasher.verify(await passwords.hash("after it"), "after it")
+
+
+async def test_a_rehash_when_busy_is_skipped_not_a_failed_sign_in() -> None:
+    stored = PasswordHasher(time_cost=2, memory_cost=16, parallelism=1).hash("right password")
+    hasher = GatedHasher()
+    passwords = Passwords(concurrency=1, queue=0, hasher=hasher)
+    held = asyncio.create_task(passwords.hash("someone else's"))
+    await until(lambda: hasher.running == 1)
+    assert hasher.check_needs_rehash(stored)
+    assert await passwords.rehash_if_needed(stored, "right password") is None
+    hasher.gate.set()
+    await held

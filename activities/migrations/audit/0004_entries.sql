@@ -60,6 +60,9 @@ ON CONFLICT DO NOTHING;
 
 REVOKE ALL ON audit_entries FROM PUBLIC;
 GRANT SELECT ON audit_entries TO audit;
-REVOKE INSERT ON audit_event_ids FROM audit;
+-- audit keeps its INSERT on audit_event_ids for one release: during a rolling
+-- deploy the pods still on the code before this migration write it with every
+-- append. Nothing reads it any more, so an id planted there hides nothing. A later
+-- migration revokes it once no such pod runs.
 
 RESET ROLE;
