@@ -61,7 +61,7 @@ class Passwords:
         running.add_done_callback(self._release)
         return await asyncio.shield(running)
 
-    def _release(self, _: asyncio.Future[object]) -> None:
+    def _release(self, _: object) -> None:
         self._slots.release()
         self._admitted -= 1
 
