@@ -92,6 +92,10 @@ GATHER_MIN_BYTES = 1 << 20
 # partitions. Well inside the broker's rebalance timeout (aiokafka: the session
 # timeout, 10 s): a member not back by then is dropped, which is one more rebalance.
 REVOKE_WAIT_S = 3.0
+# How long the revoke listener tries to commit the round: aiokafka retries a commit's
+# retriable errors without end, and the rejoin waits for the listener, so a broker
+# coming back from a restart must not hold the member out of its group.
+REVOKE_COMMIT_S = 5.0
 
 
 def connection(settings: Settings) -> dict[str, Any]:
@@ -589,8 +593,8 @@ class _Round(ConsumerRebalanceListener):
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
-        except KafkaError as error:
+            await asyncio.wait_for(self._consumer.commit(offsets), REVOKE_COMMIT_S)
+        except (KafkaError, TimeoutError) as error:
             log.info(
                 "round not committed before a rebalance, its records are delivered again",
                 extra={"group": self._group, "error": repr(error)},

@@ -413,8 +413,10 @@ def test_engines_examples_give_each_service_its_own_database():
     (cluster,) = [d for d in docs if d["kind"] == "Cluster"]
     roles = {r["name"]: r for r in cluster["spec"]["managed"]["roles"]}
     dbs = {d["spec"]["name"]: d["spec"]["owner"] for d in docs if d["kind"] == "Database"}
-    # Plus Temporal's own role and databases (tests/deploy/test_engines.py).
-    assert set(roles) == {*policy.SERVICES, "temporal"}
+    # Plus Temporal's own role and databases (tests/deploy/test_engines.py), and the
+    # audit log's owner, which logs in nowhere.
+    assert set(roles) == {*policy.SERVICES, "temporal", "audit_owner"}
+    assert roles["audit_owner"]["login"] is False
     assert {db: owner for db, owner in dbs.items() if owner != "temporal"} == {
         s: s for s in policy.SERVICES
     }

@@ -88,7 +88,11 @@ async def test_faults_under_a_steady_load_lose_nothing_and_charge_nothing_twice(
         verdicts = await check_all(settings, facts, within_s=90)
 
     assert [r.restore_error for r in records] == ["", "", ""]
-    assert all("order" in r.recovered for r in records), "orders succeed again after each fault"
+    # Again after each fault, however long it took (inject waits up to 90 s): how soon
+    # is the chaos report's (`make chaos`), not an assertion.
+    assert all(load.first_ok("order", r.back_at) for r in records), (
+        "orders succeed after each fault"
+    )
     orders = [r for r in load.requests if r.kind == "order"]
     assert orders and all(r.ok for r in orders), (
         "every order is accepted in the end, when the client retries with the same key:"
