@@ -23,6 +23,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from grpclib.const import Status
 
+from agora.config import Settings
 from agora.errors import DomainError
 
 T = TypeVar("T")
@@ -45,6 +46,12 @@ class Passwords:
         self._slots = asyncio.Semaphore(concurrency)
         self._admitted = 0
         self._limit = concurrency + queue
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Passwords:
+        return cls(
+            concurrency=settings.password_hash_concurrency, queue=settings.password_hash_queue
+        )
 
     async def _run(self, work: Callable[..., T], *args: str) -> T:
         if self._admitted >= self._limit:

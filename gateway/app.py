@@ -99,9 +99,7 @@ async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None =
         verifier=TokenVerifier(jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience),
         secrets=SigningSecrets(secrets_from_identity(upstream.identity)),
         upstream=upstream,
-        passwords=Passwords(
-            concurrency=settings.password_hash_concurrency, queue=settings.password_hash_queue
-        ),
+        passwords=Passwords.from_settings(settings),
         metrics=metrics,
         routes=RouteTable(all_routes()),
     )

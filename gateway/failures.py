@@ -21,7 +21,7 @@ from temporalio.exceptions import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from gateway.problems import Problem
+from gateway.problems import RETRY_SOON, Problem
 
 # gRPC status -> problem code (its HTTP status comes from gateway/problems.py).
 GRPC_STATUS: dict[Status, str] = {
@@ -42,10 +42,6 @@ GRPC_STATUS: dict[Status, str] = {
     Status.UNKNOWN: "upstream-error",
     Status.DATA_LOSS: "upstream-error",
 }
-
-# A service over its capacity (RESOURCE_EXHAUSTED, e.g. agora.passwords.PasswordsBusy)
-# is asked again shortly.
-RETRY_SOON = {"Retry-After": "1"}
 
 # What any route calling a service may answer when the call itself fails.
 UPSTREAM_PROBLEMS = ("upstream-timeout", "upstream-unavailable", "upstream-error")
@@ -110,6 +106,7 @@ def rejection_reason(reason: str) -> dict[str, str]:
 def from_grpc(error: GRPCError) -> Problem:
     code = GRPC_STATUS.get(error.status, "upstream-error")
     detail = (error.message or "") if code in _SHOW_DETAIL else ""
+    # A service over its capacity (RESOURCE_EXHAUSTED, e.g. agora.passwords.PasswordsBusy).
     headers = RETRY_SOON if code == "upstream-rate-limited" else None
     return Problem(code, detail, headers=headers)
 

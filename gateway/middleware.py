@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from gateway.context import DEADLINE, PRINCIPAL, REQUEST_ID, TIMING, TRACE_ID, ServerTiming
 from gateway.deps import deps
 from gateway.forwarded import client_bucket
-from gateway.problems import Problem, render
+from gateway.problems import RETRY_SOON, Problem, render
 from gateway.ratelimit import Verdict
 from gateway.signatures import signed_headers, verify_request
 
@@ -211,7 +211,7 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise Problem(
             "dependency-unavailable",
             "revocation and rate-limit checks are unavailable; retry shortly",
-            headers={"Retry-After": "1"},
+            headers=RETRY_SOON,
         ) from None
     finally:
         request[TIMING].add("ratelimit", time.perf_counter() - started)

@@ -72,6 +72,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
 }
 
 
+# Try again in a second: an overloaded or briefly unavailable dependency (Redis, the
+# signing-secret lookup, a service over its capacity such as password hashing).
+RETRY_SOON = {"Retry-After": "1"}
+
+
 class Problem(Exception):
     """Raise anywhere below the edge middleware; it is rendered as problem+json."""
 

@@ -26,7 +26,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from agora.signing import NONCE_TTL_SECONDS
-from gateway.problems import Problem
+from gateway.problems import RETRY_SOON, Problem
 
 ADMIT_LUA = """
 local function exists(key)
@@ -166,7 +166,7 @@ async def admit_or_refuse(
     try:
         admission = await admitter.admit(route_class, principal, jti=jti, sid=sid)
     except (RedisError, OSError):
-        raise Problem("dependency-unavailable", unavailable, headers={"Retry-After": "1"}) from None
+        raise Problem("dependency-unavailable", unavailable, headers=RETRY_SOON) from None
     if admission.verdict in (Verdict.JTI_REVOKED, Verdict.SID_REVOKED):
         raise Problem("token-revoked", "this token was revoked")
     if admission.verdict is Verdict.RATE_LIMITED:

@@ -17,7 +17,7 @@ from aiohttp import web
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from agora import signing
-from gateway.problems import Problem
+from gateway.problems import RETRY_SOON, Problem
 from gateway.ratelimit import nonce_key
 from gateway.tokens import Principal
 
@@ -104,7 +104,7 @@ async def verify_request(
         raise Problem(
             "dependency-unavailable",
             "the API client's signing secret cannot be checked; retry shortly",
-            headers={"Retry-After": "1"},
+            headers=RETRY_SOON,
         ) from None
     if secret is None or not signing.verify(
         secret,

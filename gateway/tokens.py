@@ -114,13 +114,13 @@ class TokenVerifier:
         except _UnknownKid as unknown:
             # Maybe a key minted since our last fetch; refetch (floored) and retry once.
             await self._jwks.refresh()
-            if self._jwks.get(unknown.kid) is None and self._jwks.failing:
-                raise Problem(
-                    "dependency-unavailable",
-                    "the token's signing key cannot be fetched now; retry shortly",
-                    headers={"Retry-After": "5"},
-                ) from None
             if self._jwks.get(unknown.kid) is None:
+                if self._jwks.failing:
+                    raise Problem(
+                        "dependency-unavailable",
+                        "the token's signing key cannot be fetched now; retry shortly",
+                        headers={"Retry-After": "5"},
+                    ) from None
                 raise Problem(
                     "token-key-unknown", f"no signing key with kid {unknown.kid!r}"
                 ) from None

@@ -11,8 +11,7 @@ from agora.passwords import PasswordsBusy
 from contracts.agora.identity.v1 import Account, GetAccountRequest
 from gateway.context import principal_of
 from gateway.deps import deps
-from gateway.failures import RETRY_SOON
-from gateway.problems import Problem
+from gateway.problems import RETRY_SOON, Problem
 from gateway.routing import Route
 from gateway.schemas import AccountResponse, MeResponse, RegisterRequest, RegisterResponse
 from workflows.identity import (

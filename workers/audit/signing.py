@@ -9,8 +9,9 @@ check a checkpoint without trusting the audit database.
 After a key rotation the replaced keys' public halves stay trusted for the
 checkpoints they signed (`TrustedKeys`): a verification under the new key goes
 on from the last checkpoint an old key signed, since the log's first rows may be
-detached by then. They are read from `<state>/secrets/audit-retired-public-keys`
-(one key per line: PEM or base64 of the raw 32 bytes; `#` starts a comment).
+detached by then. They are read from AGORA_AUDIT_RETIRED_PUBLIC_KEYS or, when it
+is empty, `<state>/secrets/audit-retired-public-keys` (PEM or base64 of the raw 32
+bytes; one per line, or commas between them in the variable; `#` starts a comment).
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ the chain from the last checkpoint signed by a trusted key, or from genesis.
 The trusted public key is read from `--public-key` (PEM or base64 of the raw 32
 bytes; the value `GET /v1/audit/public-key` publishes), with the keys it replaced
 from `--retired-public-key` (repeatable), or, by default, derived from the
-configured signing key, with the retired keys of the state folder
-(workers/audit/signing.py). Prints one JSON document; exit status 0 when the
-chain verifies, 1 when it does not, 2 on a usage error.
+configured signing key, with the retired keys of AGORA_AUDIT_RETIRED_PUBLIC_KEYS
+or the state folder (workers/audit/signing.py `load_trusted_keys`). Prints one
+JSON document; exit status 0 when the chain verifies, 1 when it does not, 2 on a
+usage error.
 """
 
 from __future__ import annotations

@@ -47,9 +47,7 @@ async def build_parts(rt: Runtime) -> ServiceParts:
         ),
         clients,
         TokenPolicy(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_s),
-        Passwords(
-            concurrency=settings.password_hash_concurrency, queue=settings.password_hash_queue
-        ),
+        Passwords.from_settings(settings),
     )
     activities = IdentityActivities(
         rt.pool, box, revocations, access_ttl_s=settings.access_token_ttl_s
