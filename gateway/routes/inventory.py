@@ -11,6 +11,7 @@ from aiohttp import web
 
 from agora import scopes
 from contracts.agora.inventory.v1 import GetStockRequest, StockLevel
+from gateway.context import principal_of
 from gateway.deps import deps
 from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
@@ -49,7 +50,10 @@ async def restock(request: web.Request, body: RestockRequest) -> RestockResponse
     gw = deps(request)
     sku = _sku(request)
     key = idempotency_key(request, required=False)
-    data = RestockInput(key=f"admin:{key}", sku=sku, quantity=body.quantity)
+    # Scoped to the caller: two integrations numbering their receipts alike must
+    # not have one's restock answered with the other's.
+    caller = principal_of(request).subject
+    data = RestockInput(key=f"admin:{caller}:{key}", sku=sku, quantity=body.quantity)
     async with gw.upstream.call(request, "temporal.Restock") as timeout:
         result = await gw.upstream.execute_workflow(
             RestockWorkflow.run,

@@ -127,6 +127,22 @@ async def test_a_restock_with_an_idempotency_key_adds_its_quantity_once(
     await problem(reused, 409, "conflict")
 
 
+async def test_two_callers_with_the_same_key_each_get_their_own_restock(
+    client: TestClient, minter: TokenMinter, reader: dict[str, str]
+) -> None:
+    # Two integrations that number their receipts alike: the key is the caller's.
+    sku, key = new_sku(), "receipt-00000042"
+    path = f"/v1/admin/inventory/{sku}/restock"
+    for _ in range(2):
+        admin = bearer(minter.token(scope="catalog:read inventory:write"))
+        answer = await client.post(
+            path, json={"quantity": 5}, headers={**admin, "Idempotency-Key": key}
+        )
+        assert answer.status == 200, await answer.text()
+    level = await (await client.get(f"/v1/inventory/{sku}", headers=reader)).json()
+    assert level["on_hand"] == 10
+
+
 async def test_retries_of_a_restock_in_flight_join_it_and_add_its_quantity_once(
     client: TestClient, stock_admin: dict[str, str], reader: dict[str, str]
 ) -> None:

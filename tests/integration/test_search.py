@@ -137,24 +137,36 @@ async def test_stock_events_drive_the_in_stock_filter(
     search_api: CatalogApi, settings: Settings
 ) -> None:
     api = search_api
-    tag = word()
+    tag, other = word(), word()
     sku = (await api.create(title=f"{tag} Kettle"))["sku"]
+    marker = (await api.create(title=f"{other} Teapot"))["sku"]
     await found(api, 1, q=tag)
+    await found(api, 1, q=other)
     assert (await api.search(q=tag, in_stock="true"))["hits"] == []
 
+    # One key for every event: one partition, consumed in the order sent.
+    key = f"test-{tag}".encode()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:
-        levels = [(1, 7), (3, 0), (2, 4)]
-        for version, available in levels[:1]:
-            await producer.send_and_wait("inventory.events", _stock_event(sku, version, available))
+
+        async def send(of: str, version: int, available: int) -> None:
+            await producer.send_and_wait(
+                "inventory.events", _stock_event(of, version, available), key=key
+            )
+
+        await send(sku, 1, 7)
         await found(api, 1, q=tag, in_stock="true")
-        for version, available in levels[1:]:
-            await producer.send_and_wait("inventory.events", _stock_event(sku, version, available))
+        await send(sku, 3, 0)  # sold out
+        await send(sku, 2, 4)  # stale: consumed after version 3
+        await send(marker, 1, 5)  # consumed after both
     finally:
         await producer.stop()
-    # Version 3 (sold out) beats version 2, whichever is consumed last.
-    await found(api, 0, q=tag, in_stock="true")
+    # Once the marker is searchable, the stale event before it was consumed too:
+    # version 3 (sold out) must still stand.
+    await found(api, 1, q=other, in_stock="true")
+    assert (await api.search(q=tag, in_stock="true"))["hits"] == []
+    assert (await api.search(q=tag))["hits"][0]["in_stock"] is False
 
 
 def _stock_event(sku: str, version: int, available: int) -> bytes:

@@ -73,3 +73,11 @@ def test_a_stored_rejection_replays_as_the_same_error() -> None:
     assert "A (requested 2, available 1)" in raised.value.detail
     with pytest.raises(UnknownSku):
         idempotency.replay(idempotency.rejection(UnknownSku(["Z"])), ReserveResult)
+
+
+def test_a_refusal_never_reports_enough_stock_freed_after_it() -> None:
+    # The count is read after the refused UPDATE, in a new snapshot: a release that
+    # committed in between can show more free than was asked for.
+    assert Shortage.after_refusal("SKU-1", 2, 3) == Shortage("SKU-1", 2, 1)
+    assert Shortage.after_refusal("SKU-1", 5, 0) == Shortage("SKU-1", 5, 0)
+    assert Shortage.after_refusal("SKU-1", 5, 4) == Shortage("SKU-1", 5, 4)

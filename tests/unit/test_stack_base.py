@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ def test_an_interrupted_stop_keeps_the_record_of_a_process_still_running(
     # Ignores SIGTERM, as Kafka or Elasticsearch take 30 s to stop: Ctrl-C meanwhile.
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     pid = ctx.spawn("stubborn", [sys.executable, "-c", stubborn])
-    time.sleep(0.5)  # the handler installed
+    wait_until("stubborn", lambda: _ignores_sigterm(pid), timeout=30, ctx=ctx, interval=0.02)
 
     def interrupted(*_: object) -> None:
         raise KeyboardInterrupt
@@ -45,6 +45,14 @@ def test_an_interrupted_stop_keeps_the_record_of_a_process_still_running(
     assert ctx.running_pid("stubborn") == pid  # still known: the next stop ends it
     assert ctx.stop("stubborn", timeout=0.2) is True
     assert ctx.running_pid("stubborn") is None
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """Whether the process has set SIGTERM to ignored (its SigIgn mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 def test_a_killed_process_is_seen_as_not_running(ctx: Context) -> None:

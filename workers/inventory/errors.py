@@ -22,6 +22,16 @@ class Shortage:
     requested: int
     available: int
 
+    @classmethod
+    def after_refusal(cls, sku: str, requested: int, available_now: int) -> Shortage:
+        """The shortage of a refused line, from a count read just after the refusal.
+
+        That read is a new snapshot: units released since the refusal may be in it,
+        even more than were asked for. The refusal stands (it was right when made),
+        so its detail says no more than one unit short of the request was free.
+        """
+        return cls(sku, requested, min(available_now, requested - 1))
+
 
 class InventoryError(DomainError):
     failure_type = "InventoryError"

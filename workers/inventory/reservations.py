@@ -157,7 +157,7 @@ async def _hold(
         if available is None:
             unknown.append(line.sku)
         else:
-            shortages.append(Shortage(line.sku, line.quantity, available))
+            shortages.append(Shortage.after_refusal(line.sku, line.quantity, available))
     if unknown:
         raise UnknownSku(unknown)
     if shortages:
