@@ -13,7 +13,9 @@
 * GET /v1/search on the seeded 10,000-product catalog (words, filters, facets),
   one at a time (the target) and at concurrency 8 (throughput).
 * Event lag: a price change's commit (the product's updated_at) until search
-  returns the new price, for 100 changes one after another.
+  returns the new price, for 100 changes one after another; and for the same
+  changes, the event's time until audit recorded it (DESIGN §9 sets p95 ≤ 100 ms
+  for both; the catalog issue asked ≤ 200 ms of search, reported beside it).
 
 The demo catalog is loaded first if it is not there (the seed is idempotent).
 """
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import random
 import time
 import uuid
 from typing import Any
 
 import aiohttp
+import asyncpg
 import redis.asyncio as aioredis
 
 from agora import db, temporal
@@ -50,7 +54,16 @@ LAG_SAMPLES = 100
 CONCURRENCY = 8
 WARMUP = 200
 SEED_PRODUCTS = 10_000
-TARGETS = {"read p95": 5.0, "cache-miss handler p95": 3.0, "search p95": 20.0, "lag p95": 200.0}
+TARGETS = {
+    "read p95": 5.0,
+    "cache-miss handler p95": 3.0,
+    "search p95": 20.0,
+    "lag p95": 200.0,
+    "lag p95 (DESIGN §9)": 100.0,
+    "audit lag p95 (DESIGN §9)": 100.0,
+}
+AUDIT_WAIT_S = 60
+LAG_DEADLINE_S = 10.0
 WORDS = ["headphones", "lamp", "bike", "novel", "kettle", "pro", "classic", "shoe", "tent", "desk"]
 
 
@@ -146,6 +159,7 @@ async def _event_lag(settings: Settings, skus: list[str]) -> Row:
     search = SearchServiceStub(channels.get("search"))
     rng = random.Random(7)
     samples = []
+    missed = 0
     try:
         for _ in range(LAG_SAMPLES):
             sku = rng.choice(skus)
@@ -163,7 +177,7 @@ async def _event_lag(settings: Settings, skus: list[str]) -> Row:
             assert changed is not None and changed.updated_at is not None
             committed = changed.updated_at.timestamp()
             title = changed.title
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + LAG_DEADLINE_S
             while time.monotonic() < deadline:
                 reply = await search.search(SearchRequest(query=f'"{title}"', page_size=5))
                 if any(
@@ -173,9 +187,45 @@ async def _event_lag(settings: Settings, skus: list[str]) -> Row:
                     samples.append(time.time() - committed)
                     break
                 await asyncio.sleep(0.002)
+            else:
+                missed += 1
+                samples.append(time.time() - committed)  # at least this late: in the tail
     finally:
         channels.close()
-    return row("event lag: price change commit -> searchable (p95 of 100)", samples)
+    return row(
+        f"event lag: price change commit -> searchable (p95 of {LAG_SAMPLES};"
+        f" {missed} not searchable within {LAG_DEADLINE_S:.0f} s, counted at the deadline)",
+        samples,
+    )
+
+
+async def _audit_lag(settings: Settings, since: dt.datetime) -> Row:
+    """The price changes' events from their `occurred_at` (stamped in the catalog's
+    transaction, just before its commit) until audit recorded them (`recorded_at`,
+    the time its append won the log's head): one machine clock."""
+    conn = await asyncpg.connect(settings.db_dsn("audit"))
+    try:
+        deadline = time.monotonic() + AUDIT_WAIT_S
+        while True:
+            lags = await conn.fetch(
+                "SELECT extract(epoch FROM recorded_at - occurred_at)::float8 AS lag"
+                " FROM audit_log WHERE event_type = 'catalog.PriceChanged' AND occurred_at >= $1",
+                since,
+            )
+            if len(lags) >= LAG_SAMPLES or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+    samples = [r["lag"] for r in lags]
+    missing = max(LAG_SAMPLES - len(samples), 0)
+    # Not recorded at all: at least as late as the wait, so they land in the tail.
+    samples += [(dt.datetime.now(dt.UTC) - since).total_seconds()] * missing
+    return row(
+        f"event lag: price change event -> recorded by audit (p95 of {LAG_SAMPLES};"
+        f" {missing} not recorded within {AUDIT_WAIT_S} s, counted at the wait's end)",
+        samples,
+    )
 
 
 def _stage_rows(kind: str, stages: dict[str, list[float]], names: tuple[str, ...]) -> list[Row]:
@@ -189,7 +239,7 @@ def _stage_rows(kind: str, stages: dict[str, list[float]], names: tuple[str, ...
 async def run(settings: Settings) -> dict[str, Any]:
     logs = settings.state_dir / "logs"
     with contextlib.ExitStack() as stack:
-        for service in ("identity", "catalog", "search"):
+        for service in ("identity", "catalog", "search", "audit"):
             stack.enter_context(service_running(settings, service))
         skus = await _ensure_catalog(settings)
         gateway_port, side_port, bare_port = free_port(), free_port(), free_port()
@@ -226,7 +276,9 @@ async def run(settings: Settings) -> dict[str, Any]:
         one_search, one_search_timings, _ = await _load(queries, headers, SEARCHES // 2, 1)
         searches, search_timings, search_wall = await _load(queries, headers, SEARCHES)
         miss_rows = await _cache_miss(settings, skus)
+        lag_began = dt.datetime.now(dt.UTC)
         lag_row = await _event_lag(settings, skus)
+        audit_lag_row = await _audit_lag(settings, lag_began)
     read_row = row(
         "GET /v1/products/{sku} end to end, cache hit, one at a time"
         f" ({len(single) / single_wall:.0f} req/s)",
@@ -260,12 +312,15 @@ async def run(settings: Settings) -> dict[str, Any]:
         ),
         *_stage_rows("search", _stages(search_timings), ("upstream", "total")),
         lag_row,
+        audit_lag_row,
     ]
     measured = {
         "read p95": read_row.p95_ms,
         "cache-miss handler p95": miss_rows[0].p95_ms,
         "search p95": search_row.p95_ms,
         "lag p95": lag_row.p95_ms,
+        "lag p95 (DESIGN §9)": lag_row.p95_ms,
+        "audit lag p95 (DESIGN §9)": audit_lag_row.p95_ms,
     }
     return {
         "title": "Catalog reads, cache miss, search and event lag",

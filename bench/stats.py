@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -24,7 +25,10 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:
         return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values) + 0.5) - 1))
+    # The smallest value with at least `fraction` of them at or below it: rank
+    # ceil(fraction * n), 1-based (rounded first, so 0.95 * 100 is 95, not 95.000001).
+    n = len(sorted_values)
+    rank = max(0, min(n - 1, math.ceil(round(fraction * n, 9)) - 1))
     return sorted_values[rank]
 
 
