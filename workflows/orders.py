@@ -134,10 +134,17 @@ class PlacedBefore(Exception):
 
 class CancelledAfterStep(asyncio.CancelledError):
     """Cancelled in Temporal while a remote step ran, which `remote` then ran to its end
-    and which took effect (one whose run to its end failed raises a plain CancelledError)."""
+    and which took effect (one whose run to its end failed raises a plain CancelledError).
+    `result`: the step's result, for a caller that records what it did (a refund's amount)."""
+
+    def __init__(self, result: object = None) -> None:
+        super().__init__()
+        self.result = result
 
 
 LOCAL_TIMEOUT = timedelta(seconds=10)
+# The transitions that end the order: one cut short by a cancel is run to its end.
+LAST_TRANSITIONS = ("CANCELLED", "REJECTED")
 # Who cancels, and why, when the cancel was requested in Temporal itself.
 TEMPORAL_CANCEL = CancelInput(requested_by="temporal", reason="cancelled in Temporal")
 # Versioning (workflow.patched): since this change a payment outcome is upserted with
@@ -180,7 +187,8 @@ TEMPORAL_CANCEL_COMPENSATES = "temporal-cancel-compensates"
 # minutes let the payment wait outlast the reservation (the order was then
 # charged, failed to commit and was refunded). And an order whose reservation is
 # about to lapse once it is paid is rejected before the capture (voided, not
-# charged and refunded).
+# charged and refunded). One whose capture outlasts what is left (payments down for
+# longer) is still charged, fails its commit and is refunded: see RESERVATION_MARGIN_S.
 RESERVATION_EXPIRY_FROM_INVENTORY = "reservation-expiry-from-inventory"
 # Since this change a cancel requested in Temporal once the stock commit succeeded
 # (during the commit, which `remote` runs to its end, or during the COMPLETED
@@ -213,7 +221,34 @@ PAYMENT_ROUNDS = 5
 # (see _rounds_cap_declines, which also keeps the runs of b9d9329, declined unpatched,
 # replayable).
 PAYMENT_ROUNDS_DECLINED = "payment-rounds-capped-declined"
-# What the saga needs after the payment, of the reservation's life: capture, commit.
+# Since this change a cancel requested in Temporal that cuts one of the saga's own
+# writes short (`orders.record`, or the CANCELLED or REJECTED transition that ends the
+# order) runs that local activity again to its end, by its key, as `remote` does for
+# another service's step: the order is recorded as it ended (one whose record was cut
+# short is then cancelled, with nothing else done). Before, the cancel escaped the run
+# and the order stayed PENDING in the projection for ever. Asked only on that path.
+OWN_WRITES_TO_THEIR_END = "temporal-cancel-finishes-own-writes"
+# Since this change a void of an authorization a 3-D Secure round replaced that fails
+# for good (the PSP refusing it) is logged, as a compensation's failure is, and the
+# order goes on; before, the workflow failed with the later authorization held, the
+# stock reserved and the order PENDING for ever. Asked only when such a void fails.
+SUPERSEDED_VOID_FAILURE_LOGGED = "superseded-void-failure-logged"
+# Since this change a cancel requested in Temporal during the saga's cancel of its
+# completed order (the refund, its record, the restocks) runs that cancel again from a
+# fresh snapshot by the same keys, so every line is restocked and the refund recorded,
+# and the run ends cancelled; before, the failure was logged as the cancel's refusal
+# and the lines not yet restocked were lost. Asked only on that path.
+CANCEL_OF_COMPLETED_TO_ITS_END = "temporal-cancel-finishes-cancel-of-completed"
+# Since this change a cancel requested in Temporal while the order is priced ends the
+# run cancelled with nothing recorded, reserved or counted; before, it was mapped to
+# PRICING_UNAVAILABLE and counted as a failed saga. Asked only on that path.
+TEMPORAL_CANCEL_AT_PRICING = "temporal-cancel-at-pricing"
+# What the saga needs after the payment, of the reservation's life: capture, commit,
+# as they run when payments and inventory answer. A payments outage longer than what
+# is left still outlasts the reservation: the capture is not bounded by it, since a
+# capture given up may have taken effect at the PSP all the same, and the compensation
+# of a failed capture voids, it does not refund. The order is then charged, fails to
+# commit its stock (ReservationNotHeld) and is refunded: slow, but no money is kept.
 RESERVATION_MARGIN_S = 60
 # A payment provider that does not answer is given up after about this many attempts'
 # worth of time (then voided). The limit is time, not a count of attempts: errors that
@@ -325,12 +360,8 @@ class OrderWorkflow:
         self.view.total_minor = self.priced.total_minor
         self.view.lines = list(self.priced.lines)
         self.upsert_search_attributes(order)
-        await workflow.execute_local_activity_method(
-            OrdersActivities.record,
-            RecordOrderInput(order.order_id, order.customer_id, order.idempotency_key, self.priced),
-            start_to_close_timeout=LOCAL_TIMEOUT,
-        )
         try:
+            await self.record_order(order)
             await self.reserve_stock(order)
             await self.authorize_payment(order)
             self.check_cancel()
@@ -391,6 +422,8 @@ class OrderWorkflow:
                 start_to_close_timeout=LOCAL_TIMEOUT,
             )
         except (ActivityError, ApplicationError) as error:
+            if _cancelled(error) and workflow.patched(TEMPORAL_CANCEL_AT_PRICING):
+                raise asyncio.CancelledError from None  # not a catalog outage: nothing to count
             cause = error.cause if isinstance(error, ActivityError) else error
             if isinstance(cause, ApplicationError) and cause.type == ORDER_ALREADY_PLACED:
                 raise PlacedBefore(cause.message) from None
@@ -406,6 +439,18 @@ class OrderWorkflow:
             raise rejected from None
         check_expected_total(order, priced)
         return priced
+
+    async def record_order(self, order: OrderInput) -> None:
+        assert self.priced is not None
+        record = RecordOrderInput(
+            order.order_id, order.customer_id, order.idempotency_key, self.priced
+        )
+        if await _to_its_end(
+            lambda: workflow.execute_local_activity_method(
+                OrdersActivities.record, record, start_to_close_timeout=LOCAL_TIMEOUT
+            )
+        ):
+            raise asyncio.CancelledError  # recorded: now cancelled as it was asked (see run)
 
     async def reserve_stock(self, order: OrderInput) -> None:
         self.check_cancel()
@@ -488,7 +533,16 @@ class OrderWorkflow:
             self.authorization_voids[f"{order.order_id}:authorize:{n}"] for n in range(1, attempt)
         ]
         for void in superseded:
-            await void()
+            try:
+                await void()
+            except ActivityError as error:
+                if not workflow.patched(SUPERSEDED_VOID_FAILURE_LOGGED):
+                    raise
+                # Retried by Temporal, then refused for good: as compensate() does, logged,
+                # and the order goes on (the authorization that succeeded is the one to use).
+                workflow.logger.error(
+                    "void of a replaced authorization failed", extra={"error": str(error.cause)}
+                )
         self.compensations = [(n, undo) for n, undo in self.compensations if undo not in superseded]
 
     def void_later(self, key: str, payment_id: str) -> Callable[[], Awaitable[object]]:
@@ -547,11 +601,17 @@ class OrderWorkflow:
         self.set_payment_outcome("captured")
 
     async def refund_capture(self, order: OrderInput, payment_id: str) -> None:
-        refund = await self.remote(
-            "payments.refund",
-            RefundInput(f"{order.order_id}:compensation-refund", payment_id, None, "saga"),
-            PAYMENTS_QUEUE,
-        )
+        try:
+            refund = await self.remote(
+                "payments.refund",
+                RefundInput(f"{order.order_id}:compensation-refund", payment_id, None, "saga"),
+                PAYMENTS_QUEUE,
+            )
+        except CancelledAfterStep as cancelled:
+            # Refunded all the same: the closing transition carries it. No patch: no
+            # command changes, only that transition's input, which replay does not compare.
+            self.compensated_refund_minor = _amount_minor(cancelled.result)
+            raise
         if workflow.patched(COMPENSATION_FOLLOW_UP):
             self.compensated_refund_minor = _amount_minor(refund)
 
@@ -584,6 +644,12 @@ class OrderWorkflow:
             try:
                 snapshot = await refund_completed(cancel_refund(order.order_id, cancel), snapshot)
             except (ActivityError, ApplicationError) as error:
+                if _cancelled(error) and workflow.patched(CANCEL_OF_COMPLETED_TO_ITS_END):
+                    # Cancelled in Temporal midway: the same cancel again, from what is
+                    # recorded now, by the same keys (each step answers its first result).
+                    self.cancelled_in_temporal = True
+                    await self.cancel_completed(order, cancel, restock_if_cancelled=True)
+                    return
                 # E.g. a partial refund landed meanwhile and the amount no longer fits.
                 # The saga has completed and must not fail now: the update answers what
                 # the order is, and a COMPLETED answer makes the gateway cancel it anew.
@@ -685,30 +751,36 @@ class OrderWorkflow:
             # run it to its end, by its key (idempotent, serialized at its service), so
             # the compensations undo exactly what it did.
             try:
-                await run()
+                result = await run()
             except ActivityError:
                 raise asyncio.CancelledError from None
-            raise CancelledAfterStep from None
+            raise CancelledAfterStep(result) from None
 
     async def transition(self, order: OrderInput, status: str, *, cancelled_by: str = "") -> None:
         self.view.status = status
         self.view.refunded_minor = self.compensated_refund_minor
-        await workflow.execute_local_activity_method(
-            OrdersActivities.transition,
-            TransitionInput(
-                order_id=order.order_id,
-                status=status,
-                key=status.lower(),
-                reason=self.view.reason,
-                rejection=self.view.rejection,
-                reservation_id=self.view.reservation_id,
-                payment_id=self.view.payment_id,
-                captured_minor=self.view.total_minor if status == "COMPLETED" else 0,
-                refunded_minor=self.compensated_refund_minor,
-                cancelled_by=cancelled_by,
-            ),
-            start_to_close_timeout=LOCAL_TIMEOUT,
+        change = TransitionInput(
+            order_id=order.order_id,
+            status=status,
+            key=status.lower(),
+            reason=self.view.reason,
+            rejection=self.view.rejection,
+            reservation_id=self.view.reservation_id,
+            payment_id=self.view.payment_id,
+            captured_minor=self.view.total_minor if status == "COMPLETED" else 0,
+            refunded_minor=self.compensated_refund_minor,
+            cancelled_by=cancelled_by,
         )
+
+        def write() -> Awaitable[None]:
+            return workflow.execute_local_activity_method(
+                OrdersActivities.transition, change, start_to_close_timeout=LOCAL_TIMEOUT
+            )
+
+        if status in LAST_TRANSITIONS:
+            self.cancelled_in_temporal |= await _to_its_end(write)
+        else:
+            await write()  # a cancel here is run's to handle: it undoes the saga
         updates: list[SearchAttributeUpdate[Any]] = [ORDER_STATUS.value_set(status)]
         if self.outcome_unsaved:
             updates.append(PAYMENT_OUTCOME.value_set(self.view.payment_outcome))
@@ -809,9 +881,23 @@ def _rounds_cap_declines() -> bool:
     return workflow.patched(PAYMENT_ROUNDS_DECLINED) or workflow.patched(MERGED_UPSERTS)
 
 
-def _cancelled(error: ActivityError) -> bool:
+def _cancelled(error: ActivityError | ApplicationError) -> bool:
     """The step was cancelled, which only a cancel requested in Temporal does here."""
-    return isinstance(error.cause, CancelledError)
+    return isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
+
+
+async def _to_its_end(write: Callable[[], Awaitable[object]]) -> bool:
+    """One of the saga's own writes (a local activity, idempotent by its key); cut short
+    by a cancel requested in Temporal, run again to its end (OWN_WRITES_TO_THEIR_END).
+    Whether it was cut short."""
+    try:
+        await write()
+    except ActivityError as error:
+        if not _cancelled(error) or not workflow.patched(OWN_WRITES_TO_THEIR_END):
+            raise
+        await write()
+        return True
+    return False
 
 
 def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejected:

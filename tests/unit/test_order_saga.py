@@ -9,6 +9,7 @@ test_order_replay.py, so a non-deterministic change to the workflow fails CI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateHandle,
     WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy
@@ -126,6 +128,15 @@ class World:
     placed_before: set[str] = field(default_factory=set)
     # The amounts payments was asked to authorize.
     authorized: list[int] = field(default_factory=list)
+    # The orders database stops answering the first of these writes ("record", or a
+    # transition's status): its attempt hangs, writing nothing, until it is cancelled.
+    stalled_writes: set[str] = field(default_factory=set)
+    # Voids payments refuses for good, by how their key ends (":authorize:1:void").
+    refused_voids: set[str] = field(default_factory=set)
+    # The order's lines as the projection holds them (snapshot, record_refund).
+    order_lines: list[PricedLine] = field(
+        default_factory=lambda: [PricedLine("SKU-1", "T", 2, 1000, 2000)]
+    )
 
     def refuse_placed_before(self, order_id: str) -> None:
         if order_id in self.placed_before:
@@ -139,6 +150,11 @@ class World:
         if step in self.gates:
             await self.gates[step].wait()
 
+    async def stall(self, write: str) -> None:
+        if write in self.stalled_writes:
+            self.stalled_writes.discard(write)
+            await asyncio.Event().wait()  # until the saga's cancel cancels this attempt
+
 
 world = World()
 
@@ -146,6 +162,7 @@ world = World()
 @activity.defn(name="orders.price")
 async def price(data: PriceInput) -> PricedOrder:
     world.calls.append("price")
+    await world.gate("price")
     world.refuse_placed_before(data.order_id)
     if world.catalog_down:
         raise ApplicationError("catalog: connection refused to 10.0.0.7:50051", type="GRPCError")
@@ -160,6 +177,7 @@ async def price(data: PriceInput) -> PricedOrder:
 @activity.defn(name="orders.record")
 async def record(data: RecordOrderInput) -> None:
     world.calls.append("record")
+    await world.stall("record")
     world.refuse_placed_before(data.order_id)
     world.statuses[data.order_id] = "PENDING"
 
@@ -167,6 +185,11 @@ async def record(data: RecordOrderInput) -> None:
 @activity.defn(name="orders.transition")
 async def transition(data: TransitionInput) -> None:
     world.calls.append(f"transition:{data.status}")
+    await world.stall(data.status)
+    if data.order_id not in world.statuses:  # as orders.transition refuses
+        raise ApplicationError(
+            f"no order {data.order_id}", type="OrderNotFound", non_retryable=True
+        )
     world.transitions.append(data.status)
     world.transition_refunds[data.status] = data.refunded_minor
     if world.statuses.get(data.order_id) not in ENDED:  # as orders.transition refuses
@@ -191,7 +214,7 @@ async def snapshot(order_id: str) -> OrderSnapshot:
         2000,
         world.refunded,
         "pay-1",
-        [PricedLine("SKU-1", "T", 2, 1000, 2000)],
+        list(world.order_lines),
     )
 
 
@@ -203,7 +226,7 @@ async def record_refund(data: RecordRefundInput) -> OrderSnapshot:
         world.recorded_refunds.add((data.order_id, data.refund_key))
         world.refunded += data.amount_minor
         world.statuses[data.order_id] = status
-    lines = [PricedLine("SKU-1", "T", 2, 1000, 2000)]
+    lines = list(world.order_lines)
     return OrderSnapshot(data.order_id, "cust", status, "EUR", 2000, world.refunded, "pay-1", lines)
 
 
@@ -236,6 +259,7 @@ async def commit(data: CommitInput) -> CommitResult:
 async def restock(data: RestockInput) -> RestockResult:
     world.calls.append(f"restock:{data.sku}:{data.quantity}")
     world.restock_keys.append(data.key)
+    await world.gate("restock")
     return RestockResult(data.sku, data.quantity, [])
 
 
@@ -289,6 +313,10 @@ async def capture(data: CaptureInput) -> CaptureResult:
 async def void(data: VoidInput) -> VoidResult:
     world.calls.append("void")
     world.voided.append(data.idempotency_key)
+    if any(data.idempotency_key.endswith(end) for end in world.refused_voids):
+        raise ApplicationError(
+            "the PSP refused the void", type="PaymentStateConflict", non_retryable=True
+        )
     return VoidResult(data.payment_id, 0, "EUR", "voided")
 
 
@@ -296,6 +324,7 @@ async def void(data: VoidInput) -> VoidResult:
 async def refund(data: RefundInput) -> RefundResult:
     world.calls.append(f"refund:{data.amount_minor}")
     world.refund_keys.append(data.idempotency_key)
+    await world.gate("refund")
     if world.refund_refused:
         raise ApplicationError(
             "the refund exceeds what is captured", type="PaymentAmountExceeded", non_retryable=True
@@ -684,6 +713,36 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
     assert world.voided == [f"{order.order_id}:authorize:1:void"]
 
 
+async def paid_after_a_refused_void(client: Client) -> tuple[OrderInput, WorkflowHandle[Any, Any]]:
+    """A 3-D Secure order paid on its second attempt, the first one's void refused for
+    good by payments; until the run has closed."""
+    world.refused_voids.add(":authorize:1:void")
+    order, handle = await started_awaiting_payment(client)
+    await handle.execute_update(
+        OrderWorkflow.complete_payment, CompletePaymentInput("tok_after_action")
+    )
+    await closed(handle)
+    return order, handle
+
+
+async def test_a_refused_void_of_a_replaced_authorization_is_logged_and_the_order_completes(
+    client: Client,
+) -> None:
+    # Before, the workflow failed with the second authorization held, the stock
+    # reserved and the order PENDING for ever.
+    order, handle = await paid_after_a_refused_void(client)
+    assert (await handle.result()).status == "COMPLETED"
+    assert world.voided == [f"{order.order_id}:authorize:1:void"]
+    assert world.calls[world.calls.index("void") :] == [
+        "void",
+        "transition:CONFIRMED",
+        "capture",
+        "commit",
+        "transition:COMPLETED",
+    ]
+    await keep_history(client, handle.id, "superseded-void-refused")
+
+
 async def test_a_payment_asking_for_the_customer_again_and_again_is_given_up(
     client: Client,
 ) -> None:
@@ -1044,3 +1103,210 @@ async def test_a_temporal_cancel_cutting_the_completed_transition_short_cancels_
     assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
     assert "release" not in world.calls and "void" not in world.calls
     await keep_history(client, handle.id, "temporal-cancel-at-completed-transition")
+
+
+async def closed(handle: WorkflowHandle[Any, Any]) -> None:
+    """Until the run has closed, however it ended (the test then reads how)."""
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+
+
+async def cancelled_in_temporal_during_own_write(
+    client: Client, write: str, *, customer_cancel_at: str = ""
+) -> tuple[OrderInput, WorkflowHandle[Any, Any]]:
+    """A saga whose orders database stops answering its `write` ("record", or a
+    transition's status), cancelled in Temporal meanwhile; until the run has closed.
+    `customer_cancel_at`: a step during which the customer cancels first."""
+    world.stalled_writes.add(write)
+    if customer_cancel_at:
+        world.gates[customer_cancel_at] = asyncio.Event()
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order.order_id),
+        task_queue=ORDERS_QUEUE,
+        # The stalled local activity keeps the workflow task open; the cancel comes
+        # with the next one, which the worker asks for at 80 % of this (a heartbeat).
+        task_timeout=timedelta(seconds=2),
+    )
+    if customer_cancel_at:
+        await reached(customer_cancel_at)
+        await handle.start_update(
+            OrderWorkflow.cancel_order,
+            CancelInput("cust-1"),
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        )
+        world.gates[customer_cancel_at].set()
+    await reached(write if write == "record" else f"transition:{write}")
+    await handle.cancel()
+    await closed(handle)
+    return order, handle
+
+
+async def test_a_temporal_cancel_cutting_the_order_record_short_records_and_cancels_it(
+    client: Client,
+) -> None:
+    # The record is run again to its end by its key, then the order is cancelled with
+    # nothing else done; before, it was left PENDING in the projection for ever.
+    order, handle = await cancelled_in_temporal_during_own_write(client, "record")
+    assert world.statuses.get(order.order_id) == "CANCELLED"
+    await cancelled_in_temporal(handle)
+    assert world.calls == ["price", "record", "record", "transition:CANCELLED"]
+    await keep_history(client, handle.id, "temporal-cancel-at-record")
+
+
+async def test_a_temporal_cancel_cutting_the_cancelled_transition_short_still_records_it(
+    client: Client,
+) -> None:
+    # The customer's cancel has been carried out (the stock released); the operator
+    # cancels the run while its CANCELLED transition hangs.
+    order, handle = await cancelled_in_temporal_during_own_write(
+        client, "CANCELLED", customer_cancel_at="reserve"
+    )
+    assert world.statuses[order.order_id] == "CANCELLED"
+    await cancelled_in_temporal(handle)
+    assert world.calls[-3:] == ["release", "transition:CANCELLED", "transition:CANCELLED"]
+    await keep_history(client, handle.id, "temporal-cancel-at-cancelled-transition")
+
+
+async def test_a_temporal_cancel_cutting_the_rejected_transition_short_still_records_it(
+    client: Client,
+) -> None:
+    # The saga's own end, which the cancel only cut short: REJECTED, recorded so.
+    world.card = "decline"
+    order, handle = await cancelled_in_temporal_during_own_write(client, "REJECTED")
+    assert world.statuses[order.order_id] == "REJECTED"
+    view = await handle.result()
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_DECLINED")
+    assert world.calls[-4:] == ["void", "release", "transition:REJECTED", "transition:REJECTED"]
+    await keep_history(client, handle.id, "temporal-cancel-at-rejected-transition")
+
+
+async def cancelled_in_temporal_at_pricing(client: Client) -> WorkflowHandle[Any, Any]:
+    """A saga cancelled in Temporal while its order is priced; until the run has closed."""
+    world.gates["price"] = asyncio.Event()  # never opened: catalog does not answer
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order.order_id),
+        task_queue=ORDERS_QUEUE,
+        task_timeout=timedelta(seconds=2),  # see cancelled_in_temporal_during_own_write
+    )
+    await reached("price")
+    await handle.cancel()
+    await closed(handle)
+    return handle
+
+
+async def test_a_temporal_cancel_during_pricing_ends_the_run_with_nothing_recorded_or_counted(
+    client: Client,
+) -> None:
+    # Not a catalog outage: no PRICING_UNAVAILABLE rejection, no failed saga counted.
+    handle = await cancelled_in_temporal_at_pricing(client)
+    assert world.calls == ["price"]
+    await cancelled_in_temporal(handle)
+    await keep_history(client, handle.id, "temporal-cancel-at-pricing")
+
+
+async def cancelled_in_temporal_during_compensating_refund(
+    client: Client,
+) -> tuple[WorkflowHandle[Any, Any], WorkflowUpdateHandle[OrderView]]:
+    """A customer's cancel after the capture, whose compensating refund is cut short by
+    a cancel requested in Temporal and takes effect all the same; until the run has
+    closed. The run, and the customer's cancel."""
+    world.gates["capture"] = asyncio.Event()
+    world.gates["refund"] = asyncio.Event()
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    await reached("capture")
+    cancel = await handle.start_update(
+        OrderWorkflow.cancel_order,
+        CancelInput("cust-1"),
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+    )
+    world.gates["capture"].set()
+    await reached("refund:None")
+    await handle.cancel()
+    await cancel_requested_of_an_activity(handle)
+    world.gates["refund"].set()
+    await closed(handle)
+    return handle, cancel
+
+
+async def test_a_temporal_cancel_during_the_compensating_refund_records_what_it_refunded(
+    client: Client,
+) -> None:
+    handle, cancel = await cancelled_in_temporal_during_compensating_refund(client)
+    await cancelled_in_temporal(handle)
+    # Run to its end by its key, then the rest undone; the CANCELLED transition carries
+    # the refund (before, 0: the run to its end's result was dropped).
+    assert world.calls[-5:] == [
+        "refund:None",
+        "refund:None",
+        "void",
+        "release",
+        "transition:CANCELLED",
+    ]
+    assert world.transition_refunds["CANCELLED"] == 2000
+    answer = await cancel.result()
+    assert (answer.status, answer.refunded_minor) == ("CANCELLED", 2000)
+    await keep_history(client, handle.id, "temporal-cancel-at-compensating-refund")
+
+
+async def cancelled_in_temporal_while_restocking(
+    client: Client,
+) -> tuple[OrderInput, WorkflowHandle[Any, Any]]:
+    """A customer's cancel during the stock commit, which the saga carries out once the
+    order completed; a cancel requested in Temporal during the first line's restock,
+    which then takes effect all the same. Until the run has closed."""
+    world.order_lines = [
+        PricedLine("SKU-1", "T", 1, 1000, 1000),
+        PricedLine("SKU-2", "T", 1, 1000, 1000),
+    ]
+    world.gates["commit"] = asyncio.Event()
+    world.gates["restock"] = asyncio.Event()
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+    )
+    await reached("commit")
+    await handle.start_update(
+        OrderWorkflow.cancel_order,
+        CancelInput("cust-1", "changed mind"),
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+    )
+    world.gates["commit"].set()
+    await reached("restock:SKU-1:1")
+    await handle.cancel()
+    await cancel_requested_of_an_activity(handle)
+    world.gates["restock"].set()
+    await closed(handle)
+    return order, handle
+
+
+async def test_a_temporal_cancel_during_the_cancels_restock_restocks_every_line(
+    client: Client,
+) -> None:
+    # The cancel of the completed order is run again from a fresh snapshot by the same
+    # keys (the refund recorded: the lines restocked); before, the failure was logged
+    # as the cancel's refusal and the second line was never restocked.
+    order, handle = await cancelled_in_temporal_while_restocking(client)
+    assert world.calls[world.calls.index("commit") :] == [
+        "commit",
+        "transition:COMPLETED",
+        "refund:2000",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:1",
+        "restock:SKU-1:1",
+        "restock:SKU-2:1",
+    ]
+    assert sorted(set(world.restock_keys)) == [
+        f"{order.order_id}:cancel-restock:{n}" for n in (1, 2)
+    ]
+    assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 2000)
+    await cancelled_in_temporal(handle)  # as every cancel requested in Temporal ends
+    await keep_history(client, handle.id, "temporal-cancel-at-cancel-restock")
