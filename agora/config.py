@@ -268,6 +268,13 @@ def _ratio(text: str) -> float:
     return ratio
 
 
+def _credential(env: Mapping[str, str], name: str) -> str:
+    """A key or password from the environment, without the newline a Secret made from
+    a file usually ends with (`echo`, `jq -r`): sent in a header or an AUTH command,
+    it would be refused (aiohttp refuses control characters in headers)."""
+    return env.get(name, "").strip()
+
+
 def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Settings:
     """Read the environment once. Documented in docs/configuration.md."""
     env = os.environ if env is None else env
@@ -365,15 +372,15 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         temporal_tls_cert=env.get("AGORA_TEMPORAL_TLS_CERT", ""),
         temporal_tls_key=env.get("AGORA_TEMPORAL_TLS_KEY", ""),
         temporal_tls_ca=env.get("AGORA_TEMPORAL_TLS_CA", ""),
-        temporal_api_key=env.get("AGORA_TEMPORAL_API_KEY", ""),
+        temporal_api_key=_credential(env, "AGORA_TEMPORAL_API_KEY"),
         kafka_bootstrap_override=env.get("AGORA_KAFKA_BOOTSTRAP", ""),
         kafka_security_protocol=_kafka_protocol(env.get("AGORA_KAFKA_SECURITY_PROTOCOL", "")),
         kafka_ca_file=env.get("AGORA_KAFKA_CA_FILE", ""),
         redis_url_override=env.get("AGORA_REDIS_URL", ""),
-        redis_password=env.get("AGORA_REDIS_PASSWORD", ""),
+        redis_password=_credential(env, "AGORA_REDIS_PASSWORD"),
         elasticsearch_url_override=env.get("AGORA_ELASTICSEARCH_URL", ""),
         elasticsearch_ca_file=env.get("AGORA_ELASTICSEARCH_CA_FILE", ""),
-        elasticsearch_api_key=env.get("AGORA_ELASTICSEARCH_API_KEY", ""),
+        elasticsearch_api_key=_credential(env, "AGORA_ELASTICSEARCH_API_KEY"),
         postgres_host=env.get("AGORA_POSTGRES_HOST", ""),
         db_pool_size=int(env.get("AGORA_DB_POOL_SIZE", 10)),
         pki_dir_override=env.get("AGORA_PKI_DIR", ""),

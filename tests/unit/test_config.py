@@ -68,3 +68,16 @@ def test_temporal_is_plain_locally_mtls_with_a_client_certificate_tls_with_an_ap
         )
     )
     assert isinstance(tls, TLSConfig) and tls.client_cert == b"cert"
+
+
+def test_credentials_from_a_secret_file_lose_their_trailing_newline() -> None:
+    settings = config.load(
+        {
+            "AGORA_ELASTICSEARCH_API_KEY": "abc=\n",
+            "AGORA_REDIS_PASSWORD": "s3cret\n",
+            "AGORA_TEMPORAL_API_KEY": " key\r\n",
+        }
+    )
+    assert settings.elasticsearch_api_key == "abc="
+    assert settings.redis_password == "s3cret"
+    assert settings.temporal_api_key == "key"
