@@ -548,9 +548,28 @@ class EventConsumer:
             ("dlq-offset", str(record.offset).encode()),
             ("dlq-group", self.spec.group.encode()),
         ]
-        await self._producer.send_and_wait(
-            dlq_topic(record.topic), record.value, key=record.key, headers=headers
-        )
+        if record.value is None:
+            # The producer refuses a record with neither key nor value.
+            headers.append(("dlq-null-value", b"true"))
+        try:
+            await self._producer.send_and_wait(
+                dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers
+            )
+        except KafkaError:
+            raise  # brokers away: a new session gets the record again
+        except Exception:
+            # Refused by the producer itself, not the brokers: raised, it would end the
+            # consumer and its process, and again on the same record after a restart.
+            # Logged with where the record lies (its topic keeps it), and skipped.
+            log.exception(
+                "dead letter not written, record skipped",
+                extra={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+            return
         _dead.add(1, {"group": self.spec.group, "topic": record.topic})
 
 

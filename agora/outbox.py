@@ -8,18 +8,21 @@ crash between publish and mark re-publishes: consumers dedupe by event id, so
 nothing is lost and nothing is duplicated in effect. One relay per service is
 active at a time (a Postgres advisory lock), which keeps per-aggregate order when
 a service runs several processes; it checks that it still holds the lock before
-every batch, and prunes rows sent more than SENT_RETENTION (7 days) ago.
+every batch, and prunes rows sent more than SENT_RETENTION (7 days) ago. An event
+larger than Kafka takes (MAX_EVENT_BYTES) is refused by `append`, failing its
+transaction: written, it would stop the relay at that row for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -29,6 +32,7 @@ from aiokafka.errors import KafkaError
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import inject
+from temporalio.exceptions import ApplicationError
 
 from agora import db, process
 from contracts import full_name
@@ -48,6 +52,9 @@ _TRANSIENT = (
 SENT_RETENTION = dt.timedelta(days=7)
 PRUNE_EVERY_S = 600.0
 PRUNE_CHUNK = 5000
+# Below aiokafka's default max_request_size and the brokers' message.max.bytes (1 MiB),
+# with room for the key and headers.
+MAX_EVENT_BYTES = 900 * 1024
 _meter = metrics.get_meter("agora.outbox")
 _published = _meter.create_counter("agora_outbox_published", description="outbox rows published")
 # Backlog and the oldest unsent row's creation (this process's clock, time.time();
@@ -110,6 +117,21 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 """
 
 
+class EventTooLarge(ApplicationError):
+    """An event larger than MAX_EVENT_BYTES: Kafka would never accept it.
+
+    Non-retryable (the same event is as large every time), also in an activity that
+    does not map domain errors: its transaction fails where it can be seen.
+    """
+
+    def __init__(self, event_type: str, size: int) -> None:
+        super().__init__(
+            f"{event_type} event of {size} bytes is over the {MAX_EVENT_BYTES} bytes Kafka takes",
+            type="EventTooLarge",
+            non_retryable=True,
+        )
+
+
 @dataclass(frozen=True)
 class WorkflowRef:
     """The Temporal workflow execution that caused an event, when one did."""
@@ -159,6 +181,9 @@ async def append(
         payload=bytes(payload),
         payload_type=full_name(payload),
     )
+    serialized = bytes(envelope)
+    if len(serialized) > MAX_EVENT_BYTES:
+        raise EventTooLarge(envelope.event_type, len(serialized))
     await conn.execute(
         """
         INSERT INTO outbox
@@ -171,25 +196,32 @@ async def append(
         aggregate_id,
         sequence,
         envelope.event_type,
-        bytes(envelope),
+        serialized,
     )
     return envelope
 
 
 class OutboxRelay:
-    """Publishes a service's outbox to Kafka; wakes on NOTIFY, polls as a fallback."""
+    """Publishes a service's outbox to Kafka; wakes on NOTIFY, polls as a fallback.
+
+    `new_producer` makes a producer (`lambda: kafka.create_producer(...)`): each
+    session publishes with one of its own, started and stopped with it. An
+    idempotent producer can be left refusing every send for good (a sequence gap
+    after a batch expired with no leader: OutOfOrderSequenceNumber), and only a new
+    one recovers.
+    """
 
     def __init__(
         self,
         pool: asyncpg.Pool,
-        producer: AIOKafkaProducer,
+        new_producer: Callable[[], AIOKafkaProducer],
         service: str,
         *,
         batch_size: int = 500,
         poll_interval: float = 1.0,
     ):
         self._pool = pool
-        self._producer = producer
+        self._new_producer = new_producer
         self._service = service
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -199,7 +231,8 @@ class OutboxRelay:
         # The oldest unsent row last seen: its id, and when it was written (time.time()).
         self._oldest: tuple[int, float] | None = None
         self._tracer = trace.get_tracer("agora.outbox")
-        self._held_lock = False  # whether the current session won the relay lock
+        # Whether the current session published, or found nothing to publish: see run().
+        self._worked = False
 
     def stop(self) -> None:
         self._stopping.set()
@@ -210,21 +243,23 @@ class OutboxRelay:
 
         A lost connection (PostgreSQL restarted, Kafka unreachable) ends only the
         current session: the relay backs off and starts a new one, re-taking the
-        lock. Rows stay unsent meanwhile, so nothing is lost.
+        lock. Rows stay unsent meanwhile, so nothing is lost. The backoff starts over
+        after a session that worked, not after one that won the lock and published
+        nothing: a row Kafka refuses would otherwise be retried five times a second.
         """
         await process.keep_running(
             "outbox relay",
             self._session,
             transient=_TRANSIENT,
             stopping=self._stopping,
-            progressed=lambda: self._held_lock,
+            progressed=lambda: self._worked,
             extra={"service": self._service},
             logger=log,
         )
 
     async def _session(self) -> None:
         """Hold the relay lock on one connection, then publish until stopped."""
-        self._held_lock = False
+        self._worked = False
         async with self._pool.acquire() as lock_conn:
             while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                 # Another relay holds the lock and reports the backlog: a value this one
@@ -232,29 +267,11 @@ class OutboxRelay:
                 _backlog.pop(self._service, None)
                 if await self._sleep(self._poll_interval * 5):
                     return
-            self._held_lock = True  # a session that won the lock worked: see run()
             await lock_conn.add_listener("outbox", self._on_notify)
-            pruned_at = -PRUNE_EVERY_S  # prune once at the start of each session
             handed_over = True
             try:
-                while True:
-                    if lock_conn.is_closed():
-                        # Its backend ended (terminated, reset): the lock and the LISTEN
-                        # went with it, and another relay may hold the lock now. Start a
-                        # new session, which must win the lock before it publishes.
-                        raise ConnectionResetError("the relay lock's connection closed")
-                    if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
-                        await self.prune_sent()
-                        pruned_at = time.monotonic()
-                    published = await self.publish_batch()
-                    if published == self._batch_size:
-                        continue  # more waiting: no pause
-                    if self._stopping.is_set():
-                        break
-                    await self._sleep(self._poll_interval)
-                # Flush what was committed before the stop.
-                while await self.publish_batch():
-                    pass
+                async with self._session_producer() as producer:
+                    await self._publish_until_stopped(lock_conn, producer)
             except KafkaError:
                 # Publishing failed with the lock held: this relay tries again and keeps
                 # reporting the backlog it saw, which keeps ageing meanwhile.
@@ -270,6 +287,39 @@ class OutboxRelay:
                     await lock_conn.remove_listener("outbox", self._on_notify)
                     await lock_conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
 
+    @contextlib.asynccontextmanager
+    async def _session_producer(self) -> AsyncIterator[AIOKafkaProducer]:
+        """The session's own producer, stopped at its end."""
+        producer = self._new_producer()
+        try:
+            await producer.start()
+            yield producer
+        finally:
+            await producer.stop()  # also after a failed start: it closes what it opened
+
+    async def _publish_until_stopped(
+        self, lock_conn: asyncpg.Connection, producer: AIOKafkaProducer
+    ) -> None:
+        pruned_at = -PRUNE_EVERY_S  # prune once at the start of each session
+        while True:
+            if lock_conn.is_closed():
+                # Its backend ended (terminated, reset): the lock and the LISTEN went
+                # with it, and another relay may hold the lock now. Start a new
+                # session, which must win the lock before it publishes.
+                raise ConnectionResetError("the relay lock's connection closed")
+            if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                await self.prune_sent()
+                pruned_at = time.monotonic()
+            published = await self.publish_batch(producer)
+            if published == self._batch_size:
+                continue  # more waiting: no pause
+            if self._stopping.is_set():
+                break
+            await self._sleep(self._poll_interval)
+        # Flush what was committed before the stop.
+        while await self.publish_batch(producer):
+            pass
+
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
@@ -282,7 +332,14 @@ class OutboxRelay:
         self._wake.clear()
         return self._stopping.is_set()
 
-    async def publish_batch(self) -> int:
+    async def publish_batch(self, producer: AIOKafkaProducer) -> int:
+        """Publish the oldest unsent rows (a batch at most), mark them sent, return how many.
+
+        When Kafka refuses a row, the rows before it that Kafka acknowledged are still
+        marked (then the error is raised), so a row that can never be published does
+        not make them go again and again. Only those before it, in id order: a later
+        row may be of its aggregate, and goes again behind it.
+        """
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT id, topic, aggregate_id, event_id, event_type, envelope,"
@@ -305,26 +362,20 @@ class OutboxRelay:
                 since = self._oldest[1]
             _backlog[self._service] = (count, since)
             if not rows:
+                self._worked = True
                 return 0
             with self._tracer.start_as_current_span("outbox publish"):
-                futures = [
-                    await self._producer.send(
-                        row["topic"],
-                        value=bytes(row["envelope"]),
-                        key=row["aggregate_id"].encode(),
-                        headers=[
-                            ("event_id", str(row["event_id"]).encode()),
-                            ("event_type", row["event_type"].encode()),
-                        ],
-                    )
-                    for row in rows
-                ]
-                await asyncio.gather(*futures)
-            await conn.execute(
-                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                [row["id"] for row in rows],
-            )
-        _published.add(len(rows), {"service": self._service})
+                acknowledged, error = await _send(producer, rows)
+            if acknowledged:
+                await conn.execute(
+                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                    [row["id"] for row in rows[:acknowledged]],
+                )
+                _published.add(acknowledged, {"service": self._service})
+                self._worked = True
+            if error is not None:
+                raise error
+        self._worked = True
         return len(rows)
 
     async def prune_sent(self) -> int:
@@ -350,3 +401,32 @@ class OutboxRelay:
     async def backlog(self) -> int:
         async with self._pool.acquire() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+
+
+async def _send(
+    producer: AIOKafkaProducer, rows: list[asyncpg.Record]
+) -> tuple[int, BaseException | None]:
+    """Send `rows` in order; how many of them, from the first, Kafka acknowledged, and
+    the error that stopped the others (None when none did)."""
+    futures = []
+    refused: BaseException | None = None
+    for row in rows:
+        try:
+            future = await producer.send(
+                row["topic"],
+                value=bytes(row["envelope"]),
+                key=row["aggregate_id"].encode(),
+                headers=[
+                    ("event_id", str(row["event_id"]).encode()),
+                    ("event_type", row["event_type"].encode()),
+                ],
+            )
+        except KafkaError as error:  # refused before it was queued (too large, say)
+            refused = error
+            break
+        futures.append(future)
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for acknowledged, result in enumerate(results):
+        if isinstance(result, BaseException):
+            return acknowledged, result
+    return len(results), refused

@@ -138,7 +138,13 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     # Building ensures schedules, indices and partitions: idempotent, so retried too.
     parts = await starting("service parts", lambda: definition.build(rt))
 
-    relay = OutboxRelay(pool, producer, service) if definition.publishes_events else None
+    relay = (
+        OutboxRelay(
+            pool, lambda: kafka.create_producer(settings, client_id=f"{service}-outbox"), service
+        )
+        if definition.publishes_events
+        else None
+    )
     consumers = [kafka.EventConsumer(settings, spec, producer) for spec in parts.consumers]
     worker = Worker(
         client,

@@ -19,10 +19,12 @@ async def main(schema: str, batch_size: int) -> None:
         max_size=4,
         server_settings={"search_path": schema},
     )
-    producer = kafka.create_producer(settings, client_id="outbox-test")
-    await producer.start()
     relay = OutboxRelay(
-        pool, producer, f"outbox-test-{schema}", batch_size=batch_size, poll_interval=0.2
+        pool,
+        lambda: kafka.create_producer(settings, client_id="outbox-test"),
+        f"outbox-test-{schema}",
+        batch_size=batch_size,
+        poll_interval=0.2,
     )
     await relay.run()
 

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -246,6 +247,29 @@ async def test_a_batch_with_a_malformed_envelope_appends_nothing_until_it_is_iso
     with pytest.raises(PoisonMessage, match=r"unknown event type 'identity\.NoSuchEvent'"):
         await consumer.handle_batch(decoded("identity.events", bad, first_offset=1))
     await recorded(pool, good.event_id)
+
+
+async def test_an_envelope_postgresql_cannot_store_is_poison_not_retried_forever(
+    pool: asyncpg.Pool,
+) -> None:
+    # Retried, either would stall the whole intake: the next expected sequence
+    # overflows a bigint, and an id past the btree entry limit (2704 bytes) cannot be
+    # indexed. Random hex, which the index would not compress below the limit.
+    aggregate_id = f"overflowing-{uuid.uuid4().hex[:8]}"
+    overflowing = make_envelope(aggregate_id=aggregate_id, sequence=2**63 - 1)
+    too_long = make_envelope(aggregate_id=secrets.token_hex(1500))
+    consumer = AuditConsumer(ChainWriter(pool))
+    for bad, reason in ((overflowing, "sequence"), (too_long, "aggregate_id is longer")):
+        with pytest.raises(PoisonMessage, match=reason):
+            await consumer.handle_batch(decoded("identity.events", bad))
+        stored = await pool.fetchval(
+            "SELECT count(*) FROM audit_log WHERE event_id = $1", uuid.UUID(bad.event_id)
+        )
+        assert stored == 0
+    # The aggregate's next event is recorded: nothing of the refused one was kept.
+    after = make_envelope(aggregate_id=aggregate_id, sequence=1)
+    await consumer.handle_batch(decoded("identity.events", after, first_offset=1))
+    await recorded(pool, after.event_id)
 
 
 async def test_gaps_and_reordering_in_an_aggregate_sequence_are_reported(

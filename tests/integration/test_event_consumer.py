@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry import trace
 
 from agora import kafka
@@ -77,6 +77,42 @@ async def test_poison_goes_to_the_dead_letter_topic_with_its_reason_and_the_rest
     assert reasons[2].startswith("undecodable envelope: a field does not hold its declared type")
     assert all(dict(r.headers)["dlq-topic"].decode() == topic for r in dead)
     assert await committed(settings, group, topic) == 6
+
+
+@pytest.mark.parametrize("kind", ["handler", "batch_handler"])
+async def test_a_record_with_neither_key_nor_value_is_dead_lettered_and_the_rest_flows(
+    settings: Settings, kind: str
+) -> None:
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await raw.start()
+    try:
+        # aiokafka's send() refuses such a record, but a batch (or another client) does not.
+        batch = raw.create_batch()
+        batch.append(key=None, value=None, timestamp=None)
+        await (await raw.send_batch(batch, topic, partition=0))
+        await raw.send_and_wait(topic, envelope("after"), partition=0)
+    finally:
+        await raw.stop()
+    handled: list[str] = []
+
+    async def handle_one(env: EventEnvelope, record: object) -> None:
+        handled.append(env.event_id)
+
+    async def handle_batch(batch: list[tuple[EventEnvelope, object]]) -> None:
+        handled.extend(env.event_id for env, _ in batch)
+
+    handler = handle_one if kind == "handler" else handle_batch
+    group = await consume(settings, topic, [], handler, lambda: handled == ["after"], kind=kind)
+
+    assert handled == ["after"], "the consumer went on to the next record"
+    [dead] = await read_all(settings, kafka.dlq_topic(topic), 1)
+    headers = dict(dead.headers)
+    assert dead.key is None and dead.value == b""
+    assert headers["dlq-null-value"] == b"true"
+    assert headers["dlq-reason"] == b"envelope has no event_id"
+    assert await committed(settings, group, topic) == 2
 
 
 @pytest.mark.parametrize("kind", ["handler", "batch_handler"])

@@ -104,10 +104,13 @@ async def test_a_relay_refused_for_too_many_connections_keeps_going_and_publishe
         await writer.close()
     await private.limit_connections(0)
     pool = await asyncpg.create_pool(private.dsn, min_size=0, max_size=4)
-    producer = kafka.create_producer(settings, client_id="outbox-failover")
-    await producer.start()
     service = f"failover-{uuid.uuid4().hex[:8]}"
-    relay = OutboxRelay(pool, producer, service, poll_interval=0.1)
+    relay = OutboxRelay(
+        pool,
+        lambda: kafka.create_producer(settings, client_id="outbox-failover"),
+        service,
+        poll_interval=0.1,
+    )
     running = asyncio.create_task(relay.run())
     try:
 
@@ -134,7 +137,6 @@ async def test_a_relay_refused_for_too_many_connections_keeps_going_and_publishe
     finally:
         relay.stop()
         await asyncio.gather(running, return_exceptions=True)
-        await producer.stop()
         await pool.close()
     published = [bytes(r.value) for r in await read_all(settings, topic, 1)]
     assert published == [bytes(envelope)]

@@ -55,7 +55,7 @@ async def test_rows_sent_longer_ago_than_the_retention_are_pruned_and_no_others(
     await pool.execute(
         "UPDATE outbox SET created_at = now() - interval '8 days' WHERE event_id = $1", old_unsent
     )
-    relay = OutboxRelay(pool, producer=None, service="upkeep")  # type: ignore[arg-type]
+    relay = OutboxRelay(pool, new_producer=None, service="upkeep")  # type: ignore[arg-type]
 
     assert await relay.prune_sent() == 1
     left = {row["event_id"] for row in await pool.fetch("SELECT event_id FROM outbox")}
@@ -67,10 +67,13 @@ async def test_a_relay_that_ends_its_session_stops_reporting_a_backlog(
 ) -> None:
     topic = f"outbox-upkeep-{uuid.uuid4().hex[:8]}"
     await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
-    producer = kafka.create_producer(settings, client_id="outbox-upkeep")
-    await producer.start()
     service = f"upkeep-{uuid.uuid4().hex[:8]}"
-    relay = OutboxRelay(pool, producer, service, poll_interval=0.1)
+    relay = OutboxRelay(
+        pool,
+        lambda: kafka.create_producer(settings, client_id="outbox-upkeep"),
+        service,
+        poll_interval=0.1,
+    )
     running = asyncio.create_task(relay.run())
     try:
         await append(pool, topic)
@@ -79,10 +82,9 @@ async def test_a_relay_that_ends_its_session_stops_reporting_a_backlog(
                 break
             await asyncio.sleep(0.05)
         assert service in outbox._backlog, "the relay reports while it holds the lock"
+    finally:
         relay.stop()
         await running
-    finally:
-        await producer.stop()
     # The lock (and the reporting) passes to another process's relay: a value left
     # behind here would keep the OutboxStale page up after the backlog is gone.
     assert service not in outbox._backlog
@@ -102,10 +104,15 @@ async def failing_relay(
     """A relay whose sends Kafka refuses (a row for a topic the broker does not have,
     which it will not create): each session fails and the next tries again. Yields it
     and its service once a session has failed; the row is `age_s` old."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=300)
-    await producer.start()
     service = f"failing-{uuid.uuid4().hex[:8]}"
-    relay = OutboxRelay(pool, producer, service, poll_interval=0.1)
+    relay = OutboxRelay(
+        pool,
+        lambda: AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=300
+        ),
+        service,
+        poll_interval=0.1,
+    )
     event_id = await append(pool, f"no-such-topic-{uuid.uuid4().hex[:8]}")
     await pool.execute(
         "UPDATE outbox SET created_at = now() - $1 * interval '1 second' WHERE event_id = $2",
@@ -133,7 +140,6 @@ async def failing_relay(
         relay.stop()
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-        await producer.stop()
 
 
 async def test_a_relay_that_cannot_publish_keeps_reporting_a_backlog_that_ages(

@@ -61,6 +61,16 @@ def test_an_unknown_payload_type_is_still_recorded() -> None:
         ({"workflow_id": "order-1\x00"}, "workflow_id holds a NUL"),
         ({"aggregate_id": ""}, "aggregate_id is empty"),
         ({"sequence": 0}, "not positive"),
+        # The next expected sequence (+1) would overflow a bigint in the anomaly check.
+        ({"sequence": 2**63 - 1}, "sequence 9223372036854775807 is above"),
+        ({"sequence": 2**62}, "is above"),
+        # Longer than a btree entry holds: the indexed insert would fail on every retry.
+        ({"aggregate_id": "a" * 3000}, "aggregate_id is longer than 512 bytes"),
+        ({"aggregate_type": "é" * 257}, "aggregate_type is longer than 512 bytes"),
+        ({"workflow_id": "w" * 513}, "workflow_id is longer"),
+        ({"run_id": "r" * 513}, "run_id is longer"),
+        ({"event_type": "identity." + "E" * 600}, "event_type is longer"),
+        ({"producer": "p" * 513, "event_type": "p" * 513 + ".AccountRegistered"}, "producer is"),
         ({"occurred_at": None}, "occurred_at"),
         ({"event_type": "identity.Nonsense"}, "unknown event type"),
         ({"event_type": "catalog.AccountRegistered"}, "unknown event type"),
@@ -72,6 +82,10 @@ def test_a_malformed_envelope_is_refused_with_the_reason(
 ) -> None:
     with pytest.raises(MalformedEnvelope, match=reason):
         check(envelope(**overrides))
+
+
+def test_the_largest_sequence_and_ids_the_log_can_index_are_accepted() -> None:
+    check(envelope(sequence=2**62 - 1, aggregate_id="a" * 512, workflow_id="w" * 512))
 
 
 def test_trace_id_comes_only_from_a_well_formed_traceparent() -> None:

@@ -109,22 +109,50 @@ async def test_the_session_backoff_starts_over_after_a_session_that_consumed(
     assert retry_delays(caplog, "consumer") == [0.001, 0.002, 0.004, 0.004, 0.001, 0.002]
 
 
-async def test_the_relay_backoff_starts_over_after_a_session_that_held_the_lock(
+async def test_the_relay_backoff_starts_over_after_a_session_that_worked(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The same rule for the outbox relay: a database blip a week ago must not leave
-    # today's restart (and the events behind it) at the longest backoff.
+    # today's restart (and the events behind it) at the longest backoff. A session
+    # that won the lock and published nothing (a row Kafka refuses) did not work.
     monkeypatch.setattr(process, "SESSION_RETRY_FIRST_S", 0.001)
     monkeypatch.setattr(process, "SESSION_RETRY_MAX_S", 0.004)
     relay = OutboxRelay(None, None, "retries")  # type: ignore[arg-type]
-    held = [False, False, False, True, False]  # per session, in turn
+    worked = [False, False, False, True, False]  # per session, in turn
 
     async def failing_session() -> None:
-        relay._held_lock = held.pop(0)
-        if not held:
+        relay._worked = worked.pop(0)
+        if not worked:
             relay.stop()
         raise ConnectionResetError("the database restarted")
 
     relay._session = failing_session  # type: ignore[method-assign]
     await relay.run()
     assert retry_delays(caplog, "outbox relay") == [0.001, 0.002, 0.004, 0.001, 0.002]
+
+
+class RefusingProducer:
+    """What `_dead_letter` asks of a producer; this one refuses every record with `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def send_and_wait(self, *_: object, **__: object) -> None:
+        raise self.error
+
+
+def dead_letterer(error: Exception) -> EventConsumer:
+    spec = ConsumerSpec(group="g", topics=["t"], batch_handler=lambda _: asyncio.sleep(0))
+    return EventConsumer(config.load({}), spec, producer=RefusingProducer(error))  # type: ignore[arg-type]
+
+
+async def test_a_dead_letter_the_producer_itself_refuses_is_skipped_not_raised() -> None:
+    # Raised, it would end the consumer and its process, and again after a restart.
+    record = ConsumerRecord("t", 0, 7, 0, 0, None, b"x", None, 0, 1, [])
+    await dead_letterer(AssertionError("Need at least one: key or value"))._dead_letter(record, "r")
+
+
+async def test_a_dead_letter_the_brokers_refuse_is_raised_for_the_session_to_retry() -> None:
+    record = ConsumerRecord("t", 0, 7, 0, 0, None, b"x", None, 0, 1, [])
+    with pytest.raises(KafkaConnectionError):
+        await dead_letterer(KafkaConnectionError("brokers away"))._dead_letter(record, "r")

@@ -22,6 +22,12 @@ from workers.audit import fastparse
 
 _FULL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+# Bounds past which PostgreSQL would refuse the row on every retry, stalling the whole
+# intake: the next expected sequence (+1) must fit a bigint, and the indexed ids must fit
+# a btree entry (2704 bytes for producer + aggregate type + id together).
+MAX_SEQUENCE = 2**62 - 1
+MAX_ID_BYTES = 512
+_IDS = ("producer", "aggregate_type", "aggregate_id", "event_type", "workflow_id", "run_id")
 
 
 class MalformedEnvelope(ValueError):
@@ -90,19 +96,17 @@ def check(envelope: EventEnvelope, canonical: bytes | None = None) -> Checked:
     for name in ("producer", "aggregate_type", "aggregate_id", "event_type", "payload_type"):
         if not getattr(envelope, name):
             raise MalformedEnvelope(f"{name} is empty")
-    for name in (
-        "producer",
-        "aggregate_type",
-        "aggregate_id",
-        "event_type",
-        "workflow_id",
-        "run_id",
-    ):
-        if "\x00" in getattr(envelope, name):
+    for name in _IDS:
+        value = getattr(envelope, name)
+        if "\x00" in value:
             # PostgreSQL text cannot hold NUL: retried, it would stop the whole intake.
             raise MalformedEnvelope(f"{name} holds a NUL character")
+        if len(value.encode()) > MAX_ID_BYTES:
+            raise MalformedEnvelope(f"{name} is longer than {MAX_ID_BYTES} bytes")
     if envelope.sequence < 1:
         raise MalformedEnvelope(f"sequence {envelope.sequence} is not positive")
+    if envelope.sequence > MAX_SEQUENCE:
+        raise MalformedEnvelope(f"sequence {envelope.sequence} is above {MAX_SEQUENCE}")
     if envelope.occurred_at is None:
         raise MalformedEnvelope("occurred_at is missing")
     if not _FULL_NAME.fullmatch(envelope.payload_type):
