@@ -85,6 +85,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[REQUEST_ID] = request_id
     request[TIMING] = timing
     route = gw.routes.lookup(request)
+    if route is not None and route.max_body_bytes is not None:
+        # Before anything reads the body: a signed request's check reads it first.
+        request = request.clone(client_max_size=route.max_body_bytes)
     name = f"{request.method} {route.path if route else 'unmatched'}"
     with tracer.start_as_current_span(
         name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER

@@ -78,6 +78,9 @@ class Route:
     other_answers: tuple[Answer, ...] = ()
     # A content type its problems may also come in: a form's page shows the problem.
     problem_page: str | None = None
+    # Its own body limit instead of the app's client_max_size (the bulk import takes
+    # more than any other route); None: the app's.
+    max_body_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.body, self.query, self.form)) > 1:
@@ -183,7 +186,7 @@ def path_param(request: web.Request, name: str, pattern: re.Pattern[str], rule: 
 async def parse_body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise Problem("unsupported-media-type", f"got {request.content_type or 'no content type'}")
-    raw = await request.read()  # bounded by the app's client_max_size (413 beyond)
+    raw = await request.read()  # bounded by client_max_size (413 beyond; middleware.edge)
     try:
         parsed = model.model_validate_json(raw)
     except ValidationError as error:

@@ -21,11 +21,23 @@ from pydantic import (
 )
 
 from gateway.schemas import Answer, Strict
-from workers.catalog.model import CATEGORY_PATTERN, CURRENCIES, MAX_PRICE_MINOR
+from workers.catalog.model import (
+    CATEGORY_PATTERN,
+    CURRENCIES,
+    MAX_ATTRIBUTE_KEY,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_ATTRIBUTES,
+    MAX_PRICE_MINOR,
+)
 
 MAX_PAGE_SIZE = 100
 MAX_BATCH = 100
 MAX_IMPORT = 1_000
+# An import's own body limit (every other route keeps AGORA_GATEWAY_MAX_BODY_BYTES):
+# 1,000 products of ~1.5 KB each, a long description and a few attributes. No more:
+# the products become the import workflow's input, and Temporal refuses a payload
+# over 2 MiB (JSON-escaped non-ASCII text grows on the way there).
+MAX_IMPORT_BODY_BYTES = 1536 * 1024
 
 
 def _known_currency(code: str) -> str:
@@ -44,6 +56,8 @@ Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN.pattern, ma
 AmountMinor = Annotated[int, Field(ge=0, le=MAX_PRICE_MINOR, description="Integer minor units")]
 Text = Annotated[str, StringConstraints(max_length=5000)]
 QueryList = Annotated[list[str], BeforeValidator(_as_list)]
+AttributeKey = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_KEY)]
+AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE)]
 
 
 class MoneyModel(Strict):
@@ -63,7 +77,9 @@ class ProductFields(Strict):
     description: Text = ""
     brand: Annotated[str, StringConstraints(max_length=100)] = ""
     category: Category
-    attributes: Annotated[dict[str, str], Field(max_length=50)] = Field(default_factory=dict)
+    attributes: Annotated[dict[AttributeKey, AttributeValue], Field(max_length=MAX_ATTRIBUTES)] = (
+        Field(default_factory=dict)
+    )
     price: MoneyModel
     active: bool = True
 

@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.search import (
@@ -34,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
 __all__ = [
     "REINDEX_WORKFLOW_ID",
     "TASK_QUEUE",
+    "VERSION_PATTERN",
     "ReindexInput",
     "ReindexProgress",
     "ReindexWorkflow",
@@ -46,6 +49,11 @@ PROPAGATION_WAIT = timedelta(seconds=TARGETS_TTL_S * 3)
 DROP_GRACE = timedelta(seconds=5)
 STEP = timedelta(seconds=30)
 RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
+# What Elasticsearch takes in an index name (lower case; no space, '#', ',', ':', '*'
+# ...), short enough for its 255-byte limit. A version it refuses would fail
+# begin_reindex on every retry, and hold the one reindex workflow id, for ever.
+VERSION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,100}$")
+INVALID = "InvalidArgument"
 
 
 @dataclass
@@ -71,10 +79,17 @@ class ReindexWorkflow:
     @workflow.run
     async def run(self, data: ReindexInput) -> ReindexProgress:
         progress = self._progress
-        version = data.version or "r" + workflow.now().strftime("%Y%m%dt%H%M%S")
+        version = (data.version or "r" + workflow.now().strftime("%Y%m%dt%H%M%S")).lower()
+        if not VERSION_PATTERN.fullmatch(version):
+            raise ApplicationError(
+                f"version {data.version[:120]!r} must be 1-101 ASCII letters, digits, '.', '_'"
+                " or '-', starting with a letter or digit",
+                type=INVALID,
+                non_retryable=True,
+            )
         begun = await workflow.execute_activity_method(
             SearchActivities.begin_reindex,
-            BeginReindexInput(version.lower()),
+            BeginReindexInput(version),
             start_to_close_timeout=STEP,
             retry_policy=RETRY,
         )

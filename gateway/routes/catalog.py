@@ -30,6 +30,7 @@ from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
 from gateway.routing import Route, path_param
 from gateway.schemas_catalog import (
+    MAX_IMPORT_BODY_BYTES,
     ChangePriceRequest,
     CreateProductRequest,
     ImportProductsRequest,
@@ -366,6 +367,7 @@ ROUTES = [
         status=202,
         problems=("conflict", "invalid-argument"),
         idempotency="optional",
+        max_body_bytes=MAX_IMPORT_BODY_BYTES,
     ),
     Route(
         "GET",

@@ -8,8 +8,10 @@ at version 1.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,12 +21,19 @@ from temporalio.client import Client
 
 from agora.config import Settings
 from gateway.deps import Gateway
+from gateway.schemas_catalog import MAX_IMPORT, MAX_IMPORT_BODY_BYTES
 from tests.integration.catalogkit import CatalogApi, product_body
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, problem, running_gateway
 from tests.integration.holds import Hold, started_attempt
 from tests.integration.waiting import eventually
-from workflows.catalog import import_workflow_id
+from workflows.catalog import (
+    TASK_QUEUE,
+    ImportInput,
+    ImportProductsWorkflow,
+    ProductData,
+    import_workflow_id,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
 
@@ -41,8 +50,8 @@ async def importing(
     services("catalog")
     minter = TokenMinter(settings)
     running: tuple[Gateway, TestClient]
-    # Imports are the one large body; an operator raises the limit the same way.
-    async with running_gateway(settings, minter, gateway_max_body_bytes=1 << 20) as running:
+    # The default body limit: the import route has its own, every other route 64 KiB.
+    async with running_gateway(settings, minter) as running:
         yield running[0], CatalogApi(running[1], minter)
 
 
@@ -188,3 +197,88 @@ async def test_an_import_retried_after_it_completed_does_not_run_again(
     other = {"products": [product_body(sku=sku, title="Another lamp")]}
     reused = await api.client.post("/v1/admin/products/import", json=other, headers=headers)
     await problem(reused, 409, "conflict")
+
+
+def _import_body(prefix: str, size: int) -> bytes:
+    """MAX_IMPORT realistic products (a long description, a few attributes), padded
+    so that the body is `size` bytes."""
+    products = [
+        product_body(
+            f"{prefix}-{i:04d}",
+            title=f"Oak desk lamp {i}",
+            category="test/import",
+            attributes={"material": "oak", "colour": "natural", "bulb": "E27"},
+            description="",
+        )
+        for i in range(MAX_IMPORT)
+    ]
+    room = size - len(json.dumps({"products": products}))
+    text = "Solid oak base, linen shade and a braided cable. " * 100
+    for i, product in enumerate(products):
+        product["description"] = text[: room // MAX_IMPORT + (i < room % MAX_IMPORT)]
+    raw = json.dumps({"products": products}).encode()
+    assert len(raw) == size
+    return raw
+
+
+async def test_an_import_of_a_thousand_products_fits_its_own_body_limit(
+    import_api: CatalogApi,
+) -> None:
+    api = import_api
+    headers = {**api.admin, "Content-Type": "application/json"}
+    prefix = f"BIG-{uuid.uuid4().hex[:6]}"
+    over = _import_body(prefix, MAX_IMPORT_BODY_BYTES + 1)
+    response = await api.client.post("/v1/admin/products/import", data=over, headers=headers)
+    await problem(response, 413, "body-too-large")
+    # Every other route keeps the gateway's own limit (64 KiB).
+    large = json.dumps(product_body(description="x" * (64 * 1024))).encode()
+    response = await api.client.post("/v1/admin/products", data=large, headers=headers)
+    await problem(response, 413, "body-too-large")
+
+    full = _import_body(prefix, MAX_IMPORT_BODY_BYTES)
+    response = await api.client.post("/v1/admin/products/import", data=full, headers=headers)
+    assert response.status == 202, await response.text()
+    url = (await response.json())["status_url"]
+
+    async def completed() -> dict[str, Any] | None:
+        status = await _status(api, url)
+        return status if status["state"] == "completed" else None
+
+    final = await eventually(completed, within=120, what="the 1,000-product import")
+    assert (final["created"], final["failed"]) == (MAX_IMPORT, 0)
+
+
+async def test_attribute_names_and_values_have_a_length_limit(
+    importing: tuple[Gateway, CatalogApi],
+) -> None:
+    # A product's event carries all its attributes and must fit one Kafka message.
+    gw, api = importing
+    for attributes in ({"k" * 65: "oak"}, {"material": "o" * 1001}):
+        body = {"products": [product_body(attributes=attributes)]}
+        response = await api.client.post("/v1/admin/products/import", json=body, headers=api.admin)
+        document = await problem(response, 422, "validation-failed")
+        assert "attributes" in str(document["errors"])
+
+    # Started directly (not through the gateway), the import refuses the row itself.
+    sku = f"ATTR-{uuid.uuid4().hex[:8]}"
+    good, bad = (
+        ProductData(
+            sku=f"{sku}-{name}",
+            title="Oak lamp",
+            category="test/import",
+            price_minor=1999,
+            currency="EUR",
+            attributes={"material": value},
+        )
+        for name, value in (("good", "oak"), ("bad", "o" * 1001))
+    )
+    import_id = f"attr-{uuid.uuid4()}"
+    progress = await gw.upstream.temporal.execute_workflow(
+        ImportProductsWorkflow.run,
+        ImportInput(import_id, [good, bad]),
+        id=import_workflow_id(import_id),
+        task_queue=TASK_QUEUE,
+        execution_timeout=timedelta(minutes=2),
+    )
+    assert (progress.created, progress.failed) == (1, 1)
+    assert [(e.sku, "attribute values" in e.reason) for e in progress.errors] == [(bad.sku, True)]

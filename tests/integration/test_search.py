@@ -225,3 +225,71 @@ async def test_bad_search_input_gets_a_clear_problem(search_api: CatalogApi) -> 
         400,
         "invalid-argument",
     )
+
+
+async def test_highlights_escape_the_products_own_markup(search_api: CatalogApi) -> None:
+    # Fragments are HTML: a title's own tags must come back as text, never as markup.
+    api = search_api
+    tag = word()
+    await api.create(
+        title=f"Lamp {tag} <img src=x onerror=alert(1)> & Co",
+        description=f"Bright {tag} <script>alert(2)</script>",
+    )
+    result = await found(api, 1, q=tag, highlight="true")
+    highlights = {h["field"]: h["fragments"] for h in result["hits"][0]["highlights"]}
+    escaped = "&lt;img src=x onerror=alert(1)&gt; &amp; Co"
+    assert highlights["title"] == [f"Lamp <em>{tag}</em> {escaped}"]
+    for fragment in (f for fragments in highlights.values() for f in fragments):
+        markup = fragment.replace("<em>", "").replace("</em>", "")
+        assert "<" not in markup and ">" not in markup, fragment
+    assert "&lt;script&gt;" in highlights["description"][0]
+
+
+async def test_every_part_of_a_hyphenated_word_must_match(search_api: CatalogApi) -> None:
+    api = search_api
+    tag = word()
+    usb_c = await api.create(title=f"{tag}-c cable")
+    await api.create(title=f"{tag} cable")
+    await found(api, 2, q=tag)
+    result = await api.search(q=f"{tag}-c")
+    assert [h["sku"] for h in result["hits"]] == [usb_c["sku"]]
+
+
+async def test_a_brand_filter_matches_as_the_index_lower_cases_it(search_api: CatalogApi) -> None:
+    # Final sigma and dotted capital I: Python's lower() and Elasticsearch's disagree.
+    api = search_api
+    tag = word()
+    await api.create(title=f"{tag} Sandal", brand="ΟΔΟΣ")
+    await api.create(title=f"{tag} Scarf", brand="İpek")
+    await found(api, 2, q=tag)
+    for asked, brand in (("ΟΔΟΣ", "ΟΔΟΣ"), ("οδοσ", "ΟΔΟΣ"), ("İpek", "İpek"), ("ipek", "İpek")):
+        hits = (await api.search(q=tag, brand=asked))["hits"]
+        assert [h["brand"] for h in hits] == [brand], asked
+
+
+async def test_price_sorts_and_the_price_facet_keep_to_one_currency(
+    search_api: CatalogApi,
+) -> None:
+    api = search_api
+    tag = word()
+    for amount, currency in ((800, "EUR"), (3000, "EUR"), (500, "USD"), (60000, "USD")):
+        await api.create(title=f"{tag} Clock", price={"amount_minor": amount, "currency": currency})
+    everything = await found(api, 4, q=tag, facet="price")
+    # The hits keep every currency; the buckets count EUR (the default) only.
+    assert everything["total"] == 4
+    assert _counted(everything) == {"0-10": 1, "25-50": 1}
+    in_usd = await api.search(q=tag, facet="price", min_price="0", currency="USD")
+    assert _counted(in_usd) == {"0-10": 1, "500+": 1}
+
+    cheapest = await api.search(q=tag, sort="price_asc")
+    assert _prices(cheapest) == [(800, "EUR"), (3000, "EUR")]
+    dearest = await api.search(q=tag, sort="price_desc", min_price="0", currency="USD")
+    assert _prices(dearest) == [(60000, "USD"), (500, "USD")]
+
+
+def _counted(result: dict[str, Any]) -> dict[str, int]:
+    return {b["key"]: b["count"] for b in result["facets"]["price"] if b["count"]}
+
+
+def _prices(result: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(h["price"]["amount_minor"], h["price"]["currency"]) for h in result["hits"]]

@@ -202,3 +202,35 @@ async def test_a_backfill_resumed_after_its_pages_carries_every_documents_stock(
         await es.options(ignore_status=404).indices.delete(index=target)
         channels.close()
         await es.close()
+
+
+async def test_product_indices_keep_a_replica_where_a_second_node_can_hold_it(
+    running: tuple[Gateway, CatalogApi], settings: Settings
+) -> None:
+    # auto_expand_replicas 0-1: one replica on production's three nodes, none on this
+    # single node (where the index stays green). A new index is made so; one made
+    # before, with number_of_replicas 0, is given it in place when search starts.
+    es = AsyncElasticsearch(settings.elasticsearch_url)
+    indices = Indices(es, settings.search_index_prefix)
+    made, live = f"replicas-test-{uuid.uuid4().hex[:8]}", indices.write_alias
+    replicas = {"index.auto_expand_replicas": "0-1"}
+    try:
+        await indices.create(made)
+        await es.indices.put_settings(
+            index=live,
+            settings={"index.auto_expand_replicas": "false", "index.number_of_replicas": 0},
+        )
+        await indices.ensure()  # what the search service does at start
+        for name in (made, live):
+            found = await es.indices.get_settings(index=name)
+            assert {i["settings"]["index"].get("auto_expand_replicas") for i in found.values()} == {
+                "0-1"
+            }, name
+        health = await es.cluster.health(
+            index=f"{made},{live}", wait_for_status="green", timeout="30s"
+        )
+        assert health["status"] == "green"
+    finally:
+        await es.indices.put_settings(index=live, settings=replicas)
+        await es.options(ignore_status=404).indices.delete(index=made)
+        await es.close()

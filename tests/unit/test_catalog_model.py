@@ -27,6 +27,7 @@ def product(**overrides: object) -> ProductData:
 
 def test_a_well_formed_product_is_valid() -> None:
     validate(product())
+    validate(product(attributes={f"{i:02d}" + "k" * 62: "v" * 1000 for i in range(50)}))
 
 
 @pytest.mark.parametrize(
@@ -44,6 +45,10 @@ def test_a_well_formed_product_is_valid() -> None:
         ({"description": "\x00"}, "NUL"),
         ({"attributes": {"colour\x00": "red"}}, "NUL"),
         ({"attributes": {"colour": "r\x00ed"}}, "NUL"),
+        ({"attributes": {f"a{i}": "x" for i in range(51)}}, "at most 50 attributes"),
+        # One product's event must fit a Kafka message: attributes are bounded too.
+        ({"attributes": {"k" * 65: "red"}}, "attribute names"),
+        ({"attributes": {"colour": "r" * 1001}}, "attribute values"),
     ],
 )
 def test_a_product_breaking_a_rule_is_rejected_naming_it(

@@ -8,7 +8,7 @@ from agora.errors import InvalidArgument
 from contracts.agora.common.v1 import Money
 from contracts.agora.search.v1 import FacetField, SearchFilters, SearchRequest, SortOrder
 from workers.search.documents import category_path
-from workers.search.query import build, decode_cursor, encode_cursor, parse_query
+from workers.search.query import build, decode_cursor, encode_cursor, parse_query, response
 
 
 def test_words_phrases_exclusions_and_the_last_word_as_a_prefix() -> None:
@@ -44,13 +44,85 @@ def test_filters_sort_and_facets_become_the_elasticsearch_query() -> None:
     body = build(request)
     filters = body["query"]["bool"]["filter"]
     assert {"terms": {"category_path": ["home/lighting"]}} in filters
-    assert {"terms": {"brand.lc": ["acme"]}} in filters
+    assert {"terms": {"brand.lc": ["Acme"]}} in filters
     assert {"range": {"price_minor": {"gte": 100}}} in filters
     assert {"term": {"currency": "EUR"}} in filters
     assert {"term": {"in_stock": True}} in filters
     assert body["sort"] == [{"price_minor": "asc"}, {"sku": "asc"}]
     assert body["size"] == 11
     assert set(body["aggs"]) == {"brand", "price"}
+
+
+def test_brands_reach_elasticsearch_as_given_for_its_own_normalizer_to_lower() -> None:
+    # Python's lower() is not Elasticsearch's: 'ΟΔΟΣ' -> 'οδος' (final sigma), where
+    # the lowercase normalizer that indexed brand.lc made it 'οδοσ'.
+    body = build(SearchRequest(filters=SearchFilters(brands=["ΟΔΟΣ", "İpek"])))
+    assert {"terms": {"brand.lc": ["ΟΔΟΣ", "İpek"]}} in body["query"]["bool"]["filter"]
+
+
+def test_every_part_of_a_word_the_analyzer_splits_must_match() -> None:
+    body = build(SearchRequest(query="usb-c cable"))
+    for clause in body["query"]["bool"]["must"]:
+        match = clause.get("multi_match") or clause["bool"]["should"][0]["multi_match"]
+        assert match["operator"] == "and"
+
+
+def test_highlights_escape_the_products_own_text_as_html() -> None:
+    body = build(SearchRequest(query="lamp", highlight=True))
+    assert body["highlight"]["encoder"] == "html"
+    assert (body["highlight"]["pre_tags"], body["highlight"]["post_tags"]) == (["<em>"], ["</em>"])
+
+
+def _currency_terms(body: dict[str, object]) -> list[object]:
+    filters = body["query"]["bool"]["filter"]  # type: ignore[index]
+    return [f["term"]["currency"] for f in filters if "currency" in f.get("term", {})]
+
+
+def test_price_sorts_and_the_price_facet_keep_to_one_currency() -> None:
+    # 10.00 EUR and 10 JPY cannot be ordered or bucketed together: the bounds'
+    # currency, else EUR.
+    for sort in (SortOrder.PRICE_ASC, SortOrder.PRICE_DESC):
+        assert _currency_terms(build(SearchRequest(sort=sort))) == ["EUR"]
+    usd = SearchFilters(min_price=Money(amount_minor=0, currency="USD"))
+    assert _currency_terms(build(SearchRequest(sort=SortOrder.PRICE_ASC, filters=usd))) == ["USD"]
+    for sort in (SortOrder.RELEVANCE, SortOrder.NEWEST):
+        assert _currency_terms(build(SearchRequest(sort=sort))) == []  # every currency
+
+    faceted = build(SearchRequest(facets=[FacetField.PRICE], filters=usd))
+    assert faceted["aggs"]["price"]["filter"] == {"term": {"currency": "USD"}}
+    ranges = faceted["aggs"]["price"]["aggs"]["ranges"]["range"]
+    assert ranges["field"] == "price_minor" and ranges["ranges"][0] == {
+        "key": "0-10",
+        "from": 0,
+        "to": 1000,
+    }
+    assert build(SearchRequest(facets=[FacetField.PRICE]))["aggs"]["price"]["filter"] == {
+        "term": {"currency": "EUR"}
+    }
+
+
+def test_price_buckets_are_answered_in_their_currency() -> None:
+    request = SearchRequest(facets=[FacetField.PRICE])
+    answer = {
+        "hits": {"hits": [], "total": {"value": 0, "relation": "eq"}},
+        "aggregations": {
+            "price": {
+                "doc_count": 1,
+                "ranges": {
+                    "buckets": [
+                        {"key": "0-10", "from": 0.0, "to": 1000.0, "doc_count": 1},
+                        {"key": "500+", "from": 50000.0, "doc_count": 0},
+                    ]
+                },
+            }
+        },
+    }
+    [facet] = response(request, answer).facets
+    assert [(b.key, b.count) for b in facet.buckets] == [("0-10", 1), ("500+", 0)]
+    first, last = facet.buckets
+    assert first.max_price == Money(amount_minor=1000, currency="EUR")
+    assert last.min_price == Money(amount_minor=50000, currency="EUR")
+    assert last.max_price is None
 
 
 def test_a_cursor_continues_only_its_own_search() -> None:

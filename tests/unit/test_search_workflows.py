@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -20,10 +23,12 @@ from activities.search import (
 from workflows.search import ReindexInput, ReindexWorkflow
 
 dropped: list[list[str]] = []
+begun: list[str] = []
 
 
 @activity.defn(name="search.begin_reindex")
 async def begin_reindex(data: BeginReindexInput) -> BeginReindexResult:
+    begun.append(data.version)
     return BeginReindexResult(f"products-{data.version}", "products-old")
 
 
@@ -59,3 +64,46 @@ async def test_a_swap_retried_after_it_succeeded_still_drops_the_old_index(
         )
     assert dropped == [["products-old"]]
     assert (progress.phase, progress.old_indices) == ("done", ["products-old"])
+
+
+@pytest.mark.parametrize("version", ["2026 q4", "#", ",", "v:2", "-v2", "v" * 256])
+async def test_a_version_no_index_name_can_hold_fails_the_reindex_at_once(
+    env: WorkflowEnvironment, version: str
+) -> None:
+    # Elasticsearch would refuse the index on every retry of begin_reindex, and the
+    # workflow would hold the one reindex id for ever.
+    begun.clear()
+    queue = f"search-{uuid.uuid4()}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[ReindexWorkflow],
+        activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
+    ):
+        with pytest.raises(WorkflowFailureError) as failed:
+            await env.client.execute_workflow(
+                ReindexWorkflow.run,
+                ReindexInput(version),
+                id=f"wf-{uuid.uuid4()}",
+                task_queue=queue,
+            )
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == ("InvalidArgument", True)
+    assert "version" in cause.message
+    assert begun == []
+
+
+async def test_a_version_is_lower_cased_into_the_index_name(env: WorkflowEnvironment) -> None:
+    begun.clear()
+    queue = f"search-{uuid.uuid4()}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[ReindexWorkflow],
+        activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
+    ):
+        progress = await env.client.execute_workflow(
+            ReindexWorkflow.run, ReindexInput("V2.1_b"), id=f"wf-{uuid.uuid4()}", task_queue=queue
+        )
+    assert (begun, progress.new_index) == (["v2.1_b"], "products-v2.1_b")

@@ -31,6 +31,10 @@ SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CATEGORY_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*(?:/[a-z0-9]+(?:-[a-z0-9]+)*){0,5}$")
 MAX_PRICE_MINOR = 10**12
 MAX_ATTRIBUTES = 50
+# Per attribute: with 50 of them a product stays well under Kafka's 1 MiB message
+# (its events carry the whole product; a larger one could never be published).
+MAX_ATTRIBUTE_KEY = 64
+MAX_ATTRIBUTE_VALUE = 1000
 MAX_CATEGORY = 200  # the gateway's limit; the (category, sku) index holds ~2.7 KB
 
 
@@ -65,14 +69,22 @@ def validate(data: ProductData) -> None:
             f" (at most {MAX_CATEGORY} characters)"
         )
     validate_price(data.price_minor, data.currency)
-    if len(data.attributes) > MAX_ATTRIBUTES:
-        raise InvalidProduct(f"at most {MAX_ATTRIBUTES} attributes")
+    validate_attributes(data.attributes)
     texts = (data.title, data.description, data.brand, *data.attributes, *data.attributes.values())
     if not all(storable(text) for text in texts):
         # PostgreSQL text and jsonb hold neither a NUL nor a lone surrogate: the write
         # would fail, and be retried, for ever (the gateway refuses both; other
         # starters, an import workflow started directly, reach this).
         raise InvalidProduct("text fields must not contain NUL characters or lone surrogates")
+
+
+def validate_attributes(attributes: dict[str, str]) -> None:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidProduct(f"at most {MAX_ATTRIBUTES} attributes")
+    if any(len(key) > MAX_ATTRIBUTE_KEY for key in attributes):
+        raise InvalidProduct(f"attribute names must be at most {MAX_ATTRIBUTE_KEY} characters")
+    if any(len(value) > MAX_ATTRIBUTE_VALUE for value in attributes.values()):
+        raise InvalidProduct(f"attribute values must be at most {MAX_ATTRIBUTE_VALUE} characters")
 
 
 def validate_price(amount_minor: int, currency: str) -> None:

@@ -61,11 +61,20 @@ MAPPINGS: dict[str, Any] = {
     },
 }
 
+# One replica wherever a second node can hold it (production's three zone-aware
+# nodes: losing one keeps every shard searchable and writable), none on a single
+# local node (a replica it could never place would keep the index yellow).
+REPLICAS = "0-1"
 SETTINGS: dict[str, Any] = {
     "number_of_shards": 1,
-    "number_of_replicas": 0,
+    "auto_expand_replicas": REPLICAS,
     "analysis": {"normalizer": {"lowercase": {"type": "custom", "filter": ["lowercase"]}}},
 }
+
+
+def index_settings(refresh_interval: str) -> dict[str, Any]:
+    """The settings a new product index is created with."""
+    return {**SETTINGS, "refresh_interval": refresh_interval}
 
 
 class Indices:
@@ -90,7 +99,7 @@ class Indices:
         await self.es.indices.create(
             index=name,
             mappings=MAPPINGS,
-            settings={**SETTINGS, "refresh_interval": self.refresh_interval},
+            settings=index_settings(self.refresh_interval),
         )
         return True
 
@@ -100,6 +109,7 @@ class Indices:
             persistent={"action.auto_create_index": f"-{self.prefix}-*,+*"}
         )
         if await self.es.indices.exists_alias(name=self.read_alias):
+            await self.replicate(await self.behind(self.write_alias))
             return
         first = self.index_name(FIRST_VERSION)
         await self.create(first)
@@ -109,6 +119,13 @@ class Indices:
                 {"add": {"index": first, "alias": self.write_alias}},
             ]
         )
+
+    async def replicate(self, names: list[str]) -> None:
+        """Give indices made before REPLICAS their replica (a dynamic setting: no reindex)."""
+        if names:
+            await self.es.indices.put_settings(
+                index=",".join(names), settings={"index.auto_expand_replicas": REPLICAS}
+            )
 
     async def behind(self, alias: str) -> list[str]:
         try:

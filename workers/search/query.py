@@ -28,6 +28,7 @@ from contracts.agora.search.v1 import (
     FacetBucket,
     FacetField,
     Highlight,
+    SearchFilters,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -41,6 +42,9 @@ MAX_PAGE_SIZE = 100
 FACET_SIZE = 20
 TRACK_TOTAL_HITS = 10_000
 TEXT_FIELDS = ["title^3", "brand^2", "description"]
+# Prices are compared in this currency unless the price bounds name another (the
+# gateway's `currency` default too).
+DEFAULT_CURRENCY = "EUR"
 # Price facet buckets in minor units: [from, to), the last one open.
 PRICE_BUCKETS: list[tuple[int, int | None]] = [
     (0, 1_000),
@@ -60,6 +64,7 @@ SORTS: dict[SortOrder, list[dict[str, Any]]] = {
     SortOrder.PRICE_DESC: [{"price_minor": "desc"}, {"sku": "asc"}],
     SortOrder.NEWEST: [{"created_at": "desc"}, {"sku": "asc"}],
 }
+PRICE_SORTS = frozenset({SortOrder.PRICE_ASC, SortOrder.PRICE_DESC})
 
 
 @dataclass
@@ -114,7 +119,13 @@ def _text_clauses(parsed: ParsedQuery) -> tuple[list[dict[str, Any]], list[dict[
     must: list[dict[str, Any]] = []
     for word in parsed.words:
         clause: dict[str, Any] = {
-            "multi_match": {"query": word, "fields": TEXT_FIELDS, "type": "best_fields"}
+            # "and": a word the analyzer splits ("usb-c") needs all its parts, not any.
+            "multi_match": {
+                "query": word,
+                "fields": TEXT_FIELDS,
+                "type": "best_fields",
+                "operator": "and",
+            }
         }
         if word.lower() == parsed.prefix:
             # As-you-type: the last word may be the start of a title word (index_prefixes).
@@ -134,32 +145,51 @@ def _text_clauses(parsed: ParsedQuery) -> tuple[list[dict[str, Any]], list[dict[
     return must, must_not
 
 
-def _filters(request: SearchRequest) -> list[dict[str, Any]]:
-    filters: list[dict[str, Any]] = [
-        {"term": {"has_product": True}},
-        {"term": {"active": True}},
-    ]
-    spec = request.filters
-    if spec is None:
-        return filters
-    if spec.categories:
-        filters.append({"terms": {"category_path": list(spec.categories)}})
-    if spec.brands:
-        filters.append({"terms": {"brand.lc": [b.lower() for b in spec.brands]}})
+def _price_bounds(spec: SearchFilters | None) -> tuple[dict[str, int], str]:
+    """The price filter's range and its one currency; ({}, "") when unbounded."""
     bounds: dict[str, int] = {}
     currencies = set()
+    if spec is None:
+        return bounds, ""
     for key, money in (("gte", spec.min_price), ("lte", spec.max_price)):
         if money is not None:
             if money.amount_minor < 0:
                 raise InvalidArgument("price bounds must not be negative")
             bounds[key] = money.amount_minor
             currencies.add(money.currency)
+    if not bounds:
+        return bounds, ""
+    if len(currencies) != 1 or "" in currencies:
+        raise InvalidArgument("price bounds need one currency")
+    return bounds, currencies.pop()
+
+
+def price_currency(request: SearchRequest) -> str:
+    """The currency a search compares prices in: its price bounds', else the default.
+
+    Amounts in two currencies cannot be ranged, sorted or bucketed together, so
+    price bounds, price sorts and the price facet all keep to this one."""
+    return _price_bounds(request.filters)[1] or DEFAULT_CURRENCY
+
+
+def _filters(request: SearchRequest) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = [
+        {"term": {"has_product": True}},
+        {"term": {"active": True}},
+    ]
+    spec = request.filters
+    if spec is not None and spec.categories:
+        filters.append({"terms": {"category_path": list(spec.categories)}})
+    if spec is not None and spec.brands:
+        # As given: Elasticsearch lower-cases them with brand.lc's own normalizer, the
+        # one the index used (Python's lower() differs: a final sigma, a dotted İ).
+        filters.append({"terms": {"brand.lc": list(spec.brands)}})
+    bounds, _ = _price_bounds(spec)
     if bounds:
-        if len(currencies) != 1 or "" in currencies:
-            raise InvalidArgument("price bounds need one currency")
         filters.append({"range": {"price_minor": bounds}})
-        filters.append({"term": {"currency": currencies.pop()}})
-    if spec.in_stock_only:
+    if bounds or request.sort in PRICE_SORTS:
+        filters.append({"term": {"currency": price_currency(request)}})
+    if spec is not None and spec.in_stock_only:
         filters.append({"term": {"in_stock": True}})
     return filters
 
@@ -233,15 +263,14 @@ def build(request: SearchRequest) -> dict[str, Any]:
         elif facet == FacetField.BRAND:
             aggs["brand"] = {"terms": {"field": "brand.raw", "size": FACET_SIZE}}
         elif facet == FacetField.PRICE:
-            ranges = [
-                {"key": _price_label(lo, hi), "from": lo, **({"to": hi} if hi else {})}
-                for lo, hi in PRICE_BUCKETS
-            ]
-            aggs["price"] = {"range": {"field": "price_minor", "ranges": ranges}}
+            aggs["price"] = _price_facet(price_currency(request))
     if aggs:
         body["aggs"] = aggs
     if request.highlight and (parsed.words or parsed.phrases):
         body["highlight"] = {
+            # Fragments are HTML (docs/search.md): the product's own text in them is
+            # escaped, so the <em> tags are the only markup a client renders.
+            "encoder": "html",
             "pre_tags": ["<em>"],
             "post_tags": ["</em>"],
             "fields": {
@@ -250,6 +279,18 @@ def build(request: SearchRequest) -> dict[str, Any]:
             },
         }
     return body
+
+
+def _price_facet(currency: str) -> dict[str, Any]:
+    ranges = [
+        {"key": _price_label(lo, hi), "from": lo, **({"to": hi} if hi else {})}
+        for lo, hi in PRICE_BUCKETS
+    ]
+    # Counts only prices in `currency`: 10.00 EUR and 10 JPY are not one bucket.
+    return {
+        "filter": {"term": {"currency": currency}},
+        "aggs": {"ranges": {"range": {"field": "price_minor", "ranges": ranges}}},
+    }
 
 
 def _price_label(low: int, high: int | None) -> str:
@@ -284,14 +325,17 @@ def response(request: SearchRequest, answer: dict[str, Any]) -> SearchResponse:
     facets = []
     for name, agg in (answer.get("aggregations") or {}).items():
         if name == "price":
+            currency = price_currency(request)
             buckets = [
                 FacetBucket(
                     key=b["key"],
                     count=b["doc_count"],
-                    min_price=Money(amount_minor=int(b.get("from", 0))),
-                    max_price=Money(amount_minor=int(b["to"])) if "to" in b else None,
+                    min_price=Money(amount_minor=int(b.get("from", 0)), currency=currency),
+                    max_price=(
+                        Money(amount_minor=int(b["to"]), currency=currency) if "to" in b else None
+                    ),
                 )
-                for b in agg["buckets"]
+                for b in agg["ranges"]["buckets"]
             ]
             facets.append(Facet(field=FacetField.PRICE, buckets=buckets))
         else:
