@@ -52,6 +52,7 @@ def search_request(query: SearchQuery) -> SearchRequest:
         search_after=query.cursor,
         facets=[FACET[name] for name in dict.fromkeys(query.facet or [])],
         highlight=query.highlight,
+        currency=query.currency,
     )
 
 

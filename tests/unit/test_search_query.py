@@ -101,6 +101,17 @@ def test_price_sorts_and_the_price_facet_keep_to_one_currency() -> None:
     }
 
 
+def test_the_requests_currency_names_the_price_currency_and_bounds_must_agree() -> None:
+    assert _currency_terms(build(SearchRequest(sort=SortOrder.PRICE_ASC, currency="JPY"))) == [
+        "JPY"
+    ]
+    faceted = build(SearchRequest(facets=[FacetField.PRICE], currency="USD"))
+    assert faceted["aggs"]["price"]["filter"] == {"term": {"currency": "USD"}}
+    eur_bounds = SearchFilters(min_price=Money(amount_minor=0, currency="EUR"))
+    with pytest.raises(InvalidArgument):
+        build(SearchRequest(filters=eur_bounds, currency="USD"))
+
+
 def test_price_buckets_are_answered_in_their_currency() -> None:
     request = SearchRequest(facets=[FacetField.PRICE])
     answer = {

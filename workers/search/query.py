@@ -165,11 +165,17 @@ def _price_bounds(spec: SearchFilters | None) -> tuple[dict[str, int], str]:
 
 
 def price_currency(request: SearchRequest) -> str:
-    """The currency a search compares prices in: its price bounds', else the default.
+    """The currency a search compares prices in: the request's, else its price
+    bounds', else the default.
 
     Amounts in two currencies cannot be ranged, sorted or bucketed together, so
     price bounds, price sorts and the price facet all keep to this one."""
-    return _price_bounds(request.filters)[1] or DEFAULT_CURRENCY
+    bounds_currency = _price_bounds(request.filters)[1]
+    if request.currency and bounds_currency and bounds_currency != request.currency:
+        raise InvalidArgument(
+            f"price bounds in {bounds_currency} for a search in {request.currency}"
+        )
+    return request.currency or bounds_currency or DEFAULT_CURRENCY
 
 
 def _filters(request: SearchRequest) -> list[dict[str, Any]]:
@@ -195,7 +201,9 @@ def _filters(request: SearchRequest) -> list[dict[str, Any]]:
 
 
 def _digest(request: SearchRequest) -> str:
-    fingerprint = SearchRequest(query=request.query, filters=request.filters, sort=request.sort)
+    fingerprint = SearchRequest(
+        query=request.query, filters=request.filters, sort=request.sort, currency=request.currency
+    )
     return hashlib.sha256(bytes(fingerprint)).hexdigest()[:12]
 
 

@@ -223,6 +223,13 @@ class SearchRequest(betterproto2.Message):
 
     highlight: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
 
+    currency: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    ISO 4217: the currency price bounds, price sorts and the price facet keep to
+    (amounts in two currencies cannot be compared). Empty: the price bounds'
+    currency, else EUR. Price bounds in another currency are INVALID_ARGUMENT.
+    """
+
 
 default_message_pool.register_message("agora.search.v1", "SearchRequest", SearchRequest)
 
