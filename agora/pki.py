@@ -22,16 +22,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_NAME = "Agora platform CA"
 RELOAD_CHECK_S = 60.0
+# Renewed this long before expiry, as cert-manager does (its default is a third of
+# the lifetime; a month leaves time for a process to pick the new files up).
+RENEW_BEFORE = dt.timedelta(days=30)
 
 log = logging.getLogger(__name__)
 # Every live context, with the folder its files came from and their digest when loaded.
 _loaded: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[Path, bytes]] = weakref.WeakKeyDictionary()
+# The folders this process keeps issued (locally, where no cert-manager renews them).
+_ensured: dict[Path, tuple[str, ...]] = {}
 
 
 @contextmanager
@@ -131,14 +137,43 @@ def issue(ca_dir: Path, out_dir: Path, name: str, days: int = 365) -> None:
 
 
 def ensure_pki(pki_dir: Path, names: list[str] | tuple[str, ...]) -> None:
-    """Create the CA and any missing per-service certificate; idempotent and process-safe."""
+    """Create the CA and (re-)issue each certificate that is missing, expiring or stale.
+
+    Idempotent and process-safe. A certificate is stale when the current CA did not
+    sign it (the CA was re-created). `watch_certificates` then runs this again now and
+    then, and loads what it replaced into the live contexts.
+    """
     with _locked(pki_dir):
         ca_dir = pki_dir / "ca"
-        if not (ca_dir / "ca.crt").exists() or not (ca_dir / "ca.key").exists():
+        if _needs_new_ca(ca_dir):
             create_ca(ca_dir)
+        ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
         for name in names:
-            if not (pki_dir / name / "tls.crt").exists():
+            if _needs_issue(ca_cert, pki_dir / name):
                 issue(ca_dir, pki_dir / name, name)
+    _ensured[pki_dir] = tuple(names)
+
+
+def _expiring(cert: x509.Certificate) -> bool:
+    return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < RENEW_BEFORE
+
+
+def _needs_new_ca(ca_dir: Path) -> bool:
+    if not (ca_dir / "ca.crt").exists() or not (ca_dir / "ca.key").exists():
+        return True
+    return _expiring(x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes()))
+
+
+def _needs_issue(ca_cert: x509.Certificate, own: Path) -> bool:
+    """Missing, expiring, not signed by ca_cert, or not matching its key (an interrupted issue)."""
+    try:
+        cert = x509.load_pem_x509_certificate((own / "tls.crt").read_bytes())
+        trusted = x509.load_pem_x509_certificate((own / "ca.crt").read_bytes())
+        key = serialization.load_pem_private_key((own / "tls.key").read_bytes(), None)
+        cert.verify_directly_issued_by(ca_cert)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return True
+    return trusted != ca_cert or key.public_key() != cert.public_key() or _expiring(cert)
 
 
 def server_context(pki_dir: Path, name: str) -> ssl.SSLContext:
@@ -203,7 +238,23 @@ def reload_changed() -> int:
 
 
 async def watch_certificates(interval_s: float = RELOAD_CHECK_S) -> None:
-    """Check for renewed certificates every `interval_s` (cert-manager renews in place)."""
+    """Check for renewed certificates every `interval_s` (cert-manager renews in place).
+
+    Locally, where this process issued them with `ensure_pki`, it also renews them:
+    a stack left running for a year would otherwise outlive its certificates.
+    """
     while True:
         await asyncio.sleep(interval_s)
+        renew_ensured()
         reload_changed()
+
+
+def renew_ensured() -> None:
+    """Run `ensure_pki` again for every folder this process ensured."""
+    for pki_dir, names in list(_ensured.items()):
+        try:
+            ensure_pki(pki_dir, names)
+        except (OSError, ValueError) as error:
+            log.warning(
+                "certificate renewal failed", extra={"dir": str(pki_dir), "error": str(error)}
+            )

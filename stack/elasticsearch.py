@@ -63,7 +63,8 @@ class Elasticsearch(Component):
 
     def install(self, ctx: Context) -> None:
         which(self.name, "mvn", hint="apt-get install maven")
-        env = {**os.environ, "FETCH_ONLY": "elasticsearch"}
+        # The version this module runs, whatever ES_VERSION the shell exports.
+        env = {**os.environ, "FETCH_ONLY": "elasticsearch", "ES_VERSION": VERSION}
         run_step(self.name, ["bash", FETCH, ctx.cache], ctx=ctx, env=env, tee=True)
 
     def prepare(self, ctx: Context) -> None:

@@ -122,9 +122,10 @@ class Kafka(Component):
 
 
 def _fetch_env(only: str) -> dict[str, str]:
+    """The fetch script's env: the version this module runs, whatever the shell exports."""
     import os
 
-    return {**os.environ, "FETCH_ONLY": only}
+    return {**os.environ, "FETCH_ONLY": only, "KAFKA_VERSION": VERSION}
 
 
 async def _produce_and_consume(bootstrap: str) -> bool:

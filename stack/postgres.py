@@ -16,21 +16,97 @@ from stack.base import (
     ensure_system_user,
     grant_traverse,
     run_step,
+    say,
 )
 from stack.component import Component
 
 PG_USER = "postgres"  # the Debian package's system user; PostgreSQL refuses to run as root
+PG_ROOT = Path("/usr/lib/postgresql")  # one <major>/bin per installed major (Debian layout)
 
 
-def pg_bin(tool: str) -> Path:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"))
-    if not found:
+def pg_bin(tool: str, data: Path | None = None, *, root: Path = PG_ROOT) -> Path:
+    """`tool` of the major that made `data` (its PG_VERSION), else of the newest installed.
+
+    A data folder runs only under the major that made it, and after a distro upgrade
+    two majors may be installed.
+    """
+    version = _data_version(data) if data is not None else None
+    if data is not None and version is not None:
+        path = root / version / "bin" / tool
+        if not path.exists():
+            raise ComponentError(
+                "postgres",
+                f"{data} was made by PostgreSQL {version}, which is not installed ({path})",
+                hint=(
+                    f"apt-get install -y postgresql-{version}, then move the data to the "
+                    f"newer major with pg_upgrade (docs/local-stack.md, 'PostgreSQL upgrades'); "
+                    f"or, as it holds only local data, remove {data.parent} to start afresh"
+                ),
+            )
+        return path
+    installed = [(major, path) for path in root.glob(f"*/bin/{tool}") if (major := _major(path))]
+    if not installed:
         raise ComponentError(
             "postgres",
-            f"{tool} not found under /usr/lib/postgresql/*/bin",
+            f"{tool} not found under {root}/*/bin",
             hint="apt-get update && apt-get install -y postgresql (make run does this as root)",
         )
-    return Path(found[-1])
+    return max(installed)[1]
+
+
+def _data_version(data: Path) -> str | None:
+    try:
+        return (data / "PG_VERSION").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _major(tool: Path) -> tuple[int, ...]:
+    """(15,) for <root>/15/bin/<tool>, (9, 6) for 9.6: compared as numbers, not text."""
+    try:
+        return tuple(int(part) for part in tool.parent.parent.name.split("."))
+    except ValueError:
+        return ()
+
+
+def remove_stale_locks(data: Path, run: Path) -> list[Path]:
+    """Remove lock files whose pid is not a postgres of `data`; returns those removed.
+
+    Only for a cluster known to be down. After a reboot the pid in postmaster.pid
+    may belong to another program (or another cluster), and postgres refuses to
+    start while that pid exists, though it checks a lock's pid only for existence.
+    """
+    removed = []
+    for lock in [data / "postmaster.pid", *run.glob(".s.PGSQL.*.lock")]:
+        try:
+            pid = int(lock.read_text().split("\n", 1)[0])
+        except (FileNotFoundError, ValueError):
+            continue  # an empty lock: a postgres just starting; postgres itself decides
+        if not _postgres_of(pid, data):
+            lock.unlink(missing_ok=True)
+            removed.append(lock)
+    return removed
+
+
+def _postgres_of(pid: int, data: Path) -> bool:
+    """Whether `pid` may be a postgres process working in `data` (when unsure: yes)."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError):
+        return True
+    # ".../bin/postgres" for the postmaster, "postgres: checkpointer" for its children;
+    # a zombie's command line is empty.
+    if Path(argv0.split(":", 1)[0]).name != "postgres":
+        return False
+    try:
+        # Every postgres process works in its data folder (it changes there at start).
+        return Path(f"/proc/{pid}/cwd").resolve(strict=True) == data.resolve()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 # What `audit` and `audit_owner` need in the audit database (also a one-time step of
@@ -82,15 +158,18 @@ class Postgres(Component):
             if user:
                 argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
             run_step(self.name, argv, ctx=ctx)
-        # A kill -9 leaves postmaster.pid behind; postgres itself checks that the pid is
-        # gone and recovers from its WAL, so nothing to do here.
+        # A kill -9 leaves postmaster.pid behind; postgres checks that its pid is gone and
+        # recovers from its WAL. A pid reused since (after a reboot) would block it.
+        if ctx.running_pid(self.name) is None:
+            for lock in remove_stale_locks(data, run):
+                say(self.name, f"removed stale lock {lock.name}: its pid is no postgres of ours")
 
     def start(self, ctx: Context) -> None:
         data, run = self._dirs(ctx)
         ctx.spawn(
             self.name,
             [
-                pg_bin("postgres"),
+                pg_bin("postgres", data),
                 "-D",
                 data,
                 "-p",
@@ -112,10 +191,10 @@ class Postgres(Component):
         )
 
     def psql(self, ctx: Context, sql: str, *, db: str = "postgres") -> str:
-        _, run = self._dirs(ctx)
+        data, run = self._dirs(ctx)
         result = subprocess.run(
             [
-                pg_bin("psql"),
+                pg_bin("psql", data),
                 "-h",
                 str(run),
                 "-p",

@@ -13,6 +13,9 @@
 #
 # Env overrides: KAFKA_VERSION (default 4.4.0), ES_VERSION (default 9.5.4),
 #                MVN (default mvn), FETCH_ONLY (kafka|elasticsearch).
+# (`stack up` sets the versions it runs, stack/kafka.py and stack/elasticsearch.py.)
+# mvn runs with --strict-checksums: a file whose checksum does not match what Maven
+# Central publishes fails the fetch (Maven 3 only warns by default).
 set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
@@ -82,7 +85,7 @@ fetch_kafka() {
     local logf="$CACHE/kafka/fetch-$KAFKA_VERSION.log"
     rm -rf "$tmp"
     mkdir -p "$tmp/libs"
-    local cmd=("$MVN" -B -Dstyle.color=never -f "$KAFKA_POM" "$DEP_PLUGIN:copy-dependencies"
+    local cmd=("$MVN" -B --strict-checksums -Dstyle.color=never -f "$KAFKA_POM" "$DEP_PLUGIN:copy-dependencies"
         "-Dkafka.version=$KAFKA_VERSION" -DincludeScope=runtime
         "-DoutputDirectory=$tmp/libs")
     log "kafka $KAFKA_VERSION: fetching jars from Maven Central -> $dest/libs"
@@ -112,7 +115,7 @@ fetch_elasticsearch() {
     local logf="$CACHE/elasticsearch/fetch-$ES_VERSION.log"
     rm -rf "$tmp"
     mkdir -p "$tmp/dl" "$tmp/unpack"
-    local cmd=("$MVN" -B -Dstyle.color=never "$DEP_PLUGIN:copy"
+    local cmd=("$MVN" -B --strict-checksums -Dstyle.color=never "$DEP_PLUGIN:copy"
         "-Dartifact=org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip"
         "-DoutputDirectory=$tmp/dl")
     log "elasticsearch $ES_VERSION: fetching integ-test-zip from Maven Central -> $dest"

@@ -15,13 +15,14 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from agora.config import Settings
 from gateway.deps import Gateway
-from stack.base import Context
+from stack.base import Context, port_free
 from tests.integration.gatewaykit import TokenMinter, identity_ready, running_gateway
 
 pytestmark = pytest.mark.integration
@@ -37,6 +38,9 @@ class ServiceProcess:
         self.log = settings.state_dir / "logs" / f"test-svc-{service}.log"
 
     def start(self, timeout: float = 60) -> None:
+        self.require_free_ports(
+            self.settings.grpc_port(self.service), self.settings.side_port(self.service)
+        )
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "AGORA_PROFILE": self.settings.profile}
         with self.log.open("ab") as out:
@@ -64,6 +68,19 @@ class ServiceProcess:
         self.kill()
         raise RuntimeError(f"{self.service} not ready in {timeout}s; see {self.log}")
 
+    def require_free_ports(self, *ports: int) -> None:
+        """Fail, naming the holder, if another process listens on one of `ports`.
+
+        A service left over from an aborted run would answer /readyz in place of the
+        new one, which dies on the taken port: the tests would run against old code.
+        """
+        for port in ports:
+            if not port_free(self.settings.host, port):
+                raise RuntimeError(
+                    f"{self.service}: port {port} is taken by {listener(port)}, left over from "
+                    "an earlier run? Stop it and run the tests again."
+                )
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self.proc is not None and self.proc.poll() is None:
@@ -78,6 +95,17 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode if self.proc else None
+
+
+def listener(port: int) -> str:
+    """`pid N (command line)` of the process listening on `port`, when we may see it."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            try:
+                return f"pid {conn.pid} ({' '.join(psutil.Process(conn.pid).cmdline())})"
+            except psutil.Error:
+                return f"pid {conn.pid}"
+    return "a process we cannot see"
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -84,3 +84,55 @@ async def test_a_renewal_caught_half_written_keeps_the_old_certificate(tmp_path:
     (tmp_path / "search" / "tls.key").write_bytes((tmp_path / "next" / "tls.key").read_bytes())
     assert pki.reload_changed() == 1
     assert await _served_serial(server, client) != first
+
+
+def _serial(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def test_a_certificate_expiring_within_a_month_is_reissued(tmp_path: Path) -> None:
+    pki.ensure_pki(tmp_path, ["orders"])
+    pki.issue(tmp_path / "ca", tmp_path / "orders", "orders", days=10)
+    expiring = _serial(tmp_path / "orders" / "tls.crt")
+    pki.ensure_pki(tmp_path, ["orders"])
+    renewed = x509.load_pem_x509_certificate((tmp_path / "orders" / "tls.crt").read_bytes())
+    assert renewed.serial_number != expiring
+    assert renewed.not_valid_after_utc - renewed.not_valid_before_utc > pki.RENEW_BEFORE
+    pki.server_context(tmp_path, "orders")  # the new key pair matches
+
+
+def test_a_certificate_from_a_previous_ca_is_reissued(tmp_path: Path) -> None:
+    pki.ensure_pki(tmp_path, ["audit"])
+    old = _serial(tmp_path / "audit" / "tls.crt")
+    (tmp_path / "ca" / "ca.key").unlink()  # the CA is re-created on the next start
+    pki.ensure_pki(tmp_path, ["audit"])
+    cert = x509.load_pem_x509_certificate((tmp_path / "audit" / "tls.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.crt").read_bytes())
+    assert cert.serial_number != old
+    cert.verify_directly_issued_by(ca)
+    assert (tmp_path / "audit" / "ca.crt").read_bytes() == (tmp_path / "ca" / "ca.crt").read_bytes()
+
+
+def test_a_key_left_by_an_interrupted_issue_gets_a_matching_certificate(tmp_path: Path) -> None:
+    pki.ensure_pki(tmp_path, ["payments"])
+    pki.issue(tmp_path / "ca", tmp_path / "next", "payments")
+    (tmp_path / "payments" / "tls.key").write_bytes((tmp_path / "next" / "tls.key").read_bytes())
+    pki.ensure_pki(tmp_path, ["payments"])
+    pki.server_context(tmp_path, "payments")
+
+
+async def test_the_watcher_renews_an_expiring_certificate_and_serves_it(tmp_path: Path) -> None:
+    pki.ensure_pki(tmp_path, ["catalog", "gateway"])
+    pki.issue(tmp_path / "ca", tmp_path / "catalog", "catalog", days=1)
+    server = pki.server_context(tmp_path, "catalog")
+    client = pki.client_context(tmp_path, "gateway")
+    expiring = await _served_serial(server, client)
+    watcher = asyncio.create_task(pki.watch_certificates(interval_s=0.01))
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while await _served_serial(server, client) == expiring:
+            assert asyncio.get_running_loop().time() < deadline, "never renewed"
+            await asyncio.sleep(0.02)
+    finally:
+        watcher.cancel()
+    assert _serial(tmp_path / "catalog" / "tls.crt") != expiring

@@ -4,7 +4,9 @@ Generates a realistic catalog locally with Faker (seeded, so the same flags give
 the same products) over a three-level category tree, and loads it through the
 catalog's own import workflow in chunks. Re-running is a no-op: the seed's
 imports are create-only (ImportInput.create_only), so a product that exists is
-left as it is, even one an admin has changed or deactivated since. When
+left as it is, even one an admin has changed or deactivated since. A seed started
+while an earlier one still runs waits for the earlier one's imports instead of
+starting them again. When
 the inventory service exists, initial stock goes through its SeedStock
 workflow too (without overwriting stock that has changed since).
 Needs the platform running (`make run` calls this after the stack is up).
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from faker import Faker
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from agora import config, temporal
 from agora.config import Settings
@@ -162,9 +164,12 @@ async def import_all(client: Client, products: list[ProductData], seed: int) -> 
             id=import_workflow_id(f"seed-{seed}-{n}"),
             task_queue=TASK_QUEUE,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         for n, chunk in enumerate(chunks)
     ]
+    # A chunk an earlier seed still imports is not started again: its handle follows
+    # that run, and the result awaited below is that run's.
     total = ImportProgress(import_id=f"seed-{seed}")
     # In completion order, so a slow first chunk does not hide the others' progress.
     for done, pending in enumerate(asyncio.as_completed([h.result() for h in handles]), 1):
@@ -203,6 +208,8 @@ async def seed_stock(client: Client, products: list[ProductData], seed: int) -> 
         id=seed_stock_workflow_id(key),
         task_queue=INVENTORY_QUEUE,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        # An earlier seed's run still going: wait for its result rather than fail.
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
     return f"stock: {progress.created} created, {progress.unchanged} unchanged"
 
