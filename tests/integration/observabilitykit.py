@@ -35,6 +35,7 @@ class GatewayProcess(ServiceProcess):
 
     def start(self, timeout: float = 60) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.require_free_ports(self.settings.ports["gateway"], self.settings.ports["gateway_side"])
         env = {
             **os.environ,
             "AGORA_PROFILE": self.settings.profile,
