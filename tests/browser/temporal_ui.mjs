@@ -96,8 +96,15 @@ async function findInList(page) {
   await page.getByText(env('CUSTOMER_ID')).first().waitFor({ timeout: 30_000 });
   const row = page.locator(`a[href*="/workflows/${env('WORKFLOW_ID')}/"]`).first();
   await row.waitFor({ timeout: 30_000 });
-  const rows = await page.locator('a[href*="/workflows/order-"][href$="/timeline"]').count();
-  return { row, rows };
+  // What the filter found, read from the list's links: a row (one run of one order)
+  // has several links to its timeline, so rows are the distinct workflow/run pairs.
+  const links = page.locator('a[href*="/workflows/order-"][href$="/timeline"]');
+  const hrefs = await links.evaluateAll((anchors) => anchors.map((a) => a.getAttribute('href')));
+  const runOf = (href) => href.match(/\/workflows\/([^/]+\/[^/]+)\/timeline$/)[1];
+  const runs = new Set(hrefs.map(runOf));
+  const listed = [...runs].map((run) => decodeURIComponent(run.split('/')[0]));
+  const applied = new URL(page.url()).searchParams.get('query');
+  return { row, rows: runs.size, listed, applied };
 }
 
 async function pageTextOnce(page, expected) {
@@ -131,8 +138,8 @@ async function staff() {
   const page = await browser.context.newPage();
   const status = await signIn(page, env('STAFF_EMAIL'));
   say(`support sign-in at /codec/login answered ${status}`);
-  const { row, rows } = await findInList(page);
-  say(`found the order in the workflow list by CustomerId (${rows} link(s))`);
+  const { row, rows, listed, applied } = await findInList(page);
+  say(`the workflow list filtered by ${applied} shows ${rows} link(s): ${listed.join(', ')}`);
   await page.screenshot({ path: path.join(SHOTS, 'temporal-ui-order-list.png') });
   await row.click();
   await page.waitForURL(new RegExp(`/workflows/${env('WORKFLOW_ID')}`));
@@ -144,7 +151,9 @@ async function staff() {
   await closeBrowser(browser);
   return {
     sign_in_status: status,
-    found_by_query: true,
+    list_query: applied,
+    listed_rows: rows,
+    listed_workflow_ids: listed,
     codec_status: codecStatus,
     input_text: text,
     screenshot,

@@ -15,8 +15,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -47,15 +49,18 @@ def dead_port() -> int:
 # Rate limits ------------------------------------------------------------------
 
 
-async def test_rate_limit_answers_429_then_recovers(
+async def test_rate_limit_counts_down_then_answers_429_until_the_next_token(
     settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
 ) -> None:
-    # One token back every 5 s: the four requests need not fit in a refill's time
-    # (with 2/s a busy machine refilled one between them).
-    rates = {"read": "12/m burst 3", "write": "12/m burst 3", "auth": "12/m burst 3"}
+    # One token back every 20 minutes: nothing refills while the test runs, so the
+    # countdown is exact and the retry time follows from the measured elapsed time.
+    rates = {"read": "3/h burst 3", "write": "3/h burst 3", "auth": "3/h burst 3"}
+    interval_s = 1200
     async with running_gateway(settings, minter, rate_limits=rates) as (gw, client):
         # A minted account identity does not know: admitted requests get its 404.
-        token = minter.token()
+        subject = str(uuid.uuid4())
+        token = minter.token(sub=subject)
+        started = time.monotonic()
         for remaining in (2, 1, 0):
             response = await client.get("/v1/me", headers=bearer(token))
             assert response.status == 404, await response.text()
@@ -64,16 +69,52 @@ async def test_rate_limit_answers_429_then_recovers(
         with no_upstream_call(gw):
             limited = await client.get("/v1/me", headers=bearer(token))
             body = await problem(limited, 429, "rate-limited")
+        elapsed = time.monotonic() - started
         assert "read" in body["detail"]
-        assert 2 <= int(limited.headers["Retry-After"]) <= 5  # one request per 5 s
         assert limited.headers["RateLimit-Remaining"] == "0"
-        assert int(limited.headers["RateLimit-Reset"]) >= 2
+        # The first token spent comes back one interval after it was taken.
+        retry_after = int(limited.headers["Retry-After"])
+        assert interval_s - elapsed <= retry_after <= interval_s
+        # The bucket is full again once all three have come back.
+        reset = int(limited.headers["RateLimit-Reset"])
+        assert 3 * interval_s - elapsed <= reset <= 3 * interval_s
         # Another principal has its own bucket.
         other = await client.get("/v1/me", headers=bearer(minter.token()))
         assert other.status == 404
-        await asyncio.sleep(int(limited.headers["Retry-After"]))
+        assert other.headers["RateLimit-Remaining"] == "2"
+        await gw.redis.delete(f"gateway:rl:read:{subject}")
+
+
+async def test_rate_limit_admits_again_after_retry_after(
+    settings: Settings, identity: ServiceProcess | None, minter: TokenMinter
+) -> None:
+    # One token back every 5 s, so the recovery is quick; how many requests get in
+    # before the 429 depends on the machine's speed, so they are not counted.
+    rates = {"read": "12/m burst 3", "write": "12/m burst 3", "auth": "12/m burst 3"}
+    interval_s = 5
+    async with running_gateway(settings, minter, rate_limits=rates) as (_, client):
+        token = minter.token()
+        started = time.monotonic()
+        limited = await first_refusal(client, token, attempts=20)
+        elapsed = time.monotonic() - started
+        # At least three were admitted from a full bucket, so the next token is due
+        # within one interval of the first request.
+        retry_after = int(limited.headers["Retry-After"])
+        assert interval_s - elapsed <= retry_after <= interval_s
+        await asyncio.sleep(retry_after)  # the wait the client was told to make
         recovered = await client.get("/v1/me", headers=bearer(token))
         assert recovered.status == 404, await recovered.text()
+
+
+async def first_refusal(client: TestClient, token: str, *, attempts: int) -> ClientResponse:
+    """Read until the rate limit answers 429; fail if it never does."""
+    for _ in range(attempts):
+        response = await client.get("/v1/me", headers=bearer(token))
+        if response.status == 429:
+            await problem(response, 429, "rate-limited")
+            return response
+        assert response.status == 404, await response.text()
+    raise AssertionError(f"no 429 after {attempts} requests")
 
 
 async def test_anonymous_routes_are_limited_per_client_address(

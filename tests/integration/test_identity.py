@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -25,7 +25,7 @@ from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailu
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.identity import IdentityActivities
+from activities.identity import IdentityActivities, RotateSigningKeyInput
 from agora import emails
 from agora.config import Settings
 from agora.grpc import Channels
@@ -63,7 +63,6 @@ from workflows.identity import (
     RegisterAccountWorkflow,
     RevokeApiClientInput,
     RevokeApiClientWorkflow,
-    RotateSigningKeyWorkflow,
     register_workflow_id,
     revoke_api_client_workflow_id,
 )
@@ -503,33 +502,35 @@ async def test_a_sign_in_upgrades_a_hash_made_with_weaker_parameters(
 async def test_key_rotation_publishes_the_next_key_before_it_signs_and_keeps_old_tokens_valid(
     identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool, settings: Settings
 ) -> None:
+    # The workflow's steps run here one by one, so each state between them is
+    # asserted without racing its timer (the wait itself: tests/unit/test_identity_workflows.py).
     email = new_email()
     await register(temporal, email)
     before = await sign_in(identity, email)
     old_kid = kid_of(before.access_token)
-
-    handle = await temporal.start_workflow(
-        RotateSigningKeyWorkflow.run,
-        5,  # seconds published ahead (three gateway JWKS refreshes in production)
-        id=f"test-rotate-{uuid.uuid4()}",
-        task_queue=TASK_QUEUE,
+    steps = IdentityActivities(
+        db,
+        SecretBox(load_kek(settings)),
+        None,  # type: ignore[arg-type]  # rotation never revokes sessions
+        access_ttl_s=settings.access_token_ttl_s,
     )
+    env = ActivityEnvironment()
+    next_kid = keys.new_kid(datetime.now(UTC), uuid.uuid4())
 
-    async def next_key_published() -> set[str]:
-        keys = {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
-        return keys - {old_kid} - await retired_or_current(db)
-
+    assert await env.run(steps.publish_signing_key, RotateSigningKeyInput(next_kid))
     # Published ahead: the key that will sign next is served before it signs.
-    (next_kid,) = await eventually(next_key_published, within=10, what="the next key published")
+    assert {old_kid, next_kid} <= await served_kids(identity)
+    assert next_kid not in await retired_or_current(db)
     # Published, not signing: tokens issued now still carry the old key.
     assert kid_of((await sign_in(identity, email)).access_token) == old_kid
 
-    report = await handle.result()
-    new_kid = report.rotation.kid
-    assert report.rotation.created and new_kid == next_kid != old_kid
-    assert report.rotation.previous_kid == old_kid
-    keys_now = {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
-    assert {old_kid, new_kid} <= keys_now, "the previous key must stay published in its overlap"
+    rotation = await env.run(steps.rotate_signing_key, RotateSigningKeyInput(next_kid))
+    assert rotation.created and rotation.kid == next_kid
+    assert rotation.previous_kid == old_kid
+    assert old_kid not in (await env.run(steps.prune_signing_keys)).kids
+    assert {old_kid, next_kid} <= await served_kids(identity), (
+        "the previous key must stay published in its overlap"
+    )
     overlap = await db.fetchval(
         "SELECT verify_until - retired_at FROM signing_keys WHERE kid = $1", old_kid
     )
@@ -541,15 +542,20 @@ async def test_key_rotation_publishes_the_next_key_before_it_signs_and_keeps_old
     assert await active(identity, before.access_token)
 
     async def signs_with_new_key() -> bool:
-        return kid_of((await sign_in(identity, email)).access_token) == new_kid
+        return kid_of((await sign_in(identity, email)).access_token) == next_kid
 
+    # Each identity process reloads its cached current key within KEY_RING_MAX_AGE_S.
     await eventually(signs_with_new_key, within=10, what="new tokens signed with the new key")
     events = await db.fetchval(
         "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
-        new_kid,
+        next_kid,
         "identity.SigningKeyRotated",
     )
     assert events == 1
+
+
+async def served_kids(identity: IdentityServiceStub) -> set[str]:
+    return {k.kid for k in (await identity.get_jwks(GetJwksRequest())).keys}
 
 
 async def retired_or_current(db: asyncpg.Pool) -> set[str]:

@@ -1,28 +1,26 @@
 """Reservation expiry: the `ReservationSweep` workflow gives the stock of lapsed holds back.
 
-Twice: in Temporal's time-skipping environment (an hour-long TTL passes at
-once; the sweep's cut-off is its workflow time) with the real activities on the
-real database, and on the real stack, where the inventory service's Temporal
-Schedule runs the sweep and a short TTL expires by itself.
+Twice: the sweep's activity run directly on the real database, against holds this
+test moved into the past and with a cut-off there, so it expires no other test's
+hold; and on the real stack, where the inventory service's Temporal Schedule runs
+the sweep and a short TTL expires by itself. The workflow's own cut-off and
+batching are tested in the time-skipping server by tests/unit/test_inventory_workflows.py.
 """
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import pytest
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.inventory import (
     CommitInput,
     ExpireDueInput,
+    ExpireDueResult,
     InventoryActivities,
     ReserveInput,
     ReserveResult,
@@ -36,10 +34,12 @@ from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.conftest import ServiceProcess, Services
 from tests.integration.waiting import eventually
 from workers.inventory import idempotency
-from workflows.inventory import RESERVATION_SWEEP_SCHEDULE_ID, ReservationSweepWorkflow
+from workflows.inventory import RESERVATION_SWEEP_SCHEDULE_ID
 
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 HOUR = 3600
+# Where this test moves its holds' expiry: long before any other test's hold, so a
+# sweep with a cut-off here can expire nothing but them.
+LONG_AGO = datetime(2001, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +54,6 @@ async def pool(
     pool = await db.create_pool(settings, "inventory", size=4)
     yield pool
     await pool.close()
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    # One per test: its clock starts at the real time the database's expiries count from.
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER)
-    )
-    yield environment
-    await environment.shutdown()
 
 
 def new_sku() -> str:
@@ -98,59 +88,75 @@ async def available(pool: asyncpg.Pool, sku: str) -> int:
     return int(await pool.fetchval("SELECT on_hand - reserved FROM stock WHERE sku = $1", sku))
 
 
-async def sweep(env: WorkflowEnvironment, inventory: InventoryActivities) -> None:
-    """One sweep run now, in the environment's time, with the real activity."""
-    queue = f"test-{uuid.uuid4()}"
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[ReservationSweepWorkflow],
-        activities=[inventory.expire_due],
-    ):
-        await env.client.execute_workflow(
-            ReservationSweepWorkflow.run, id=f"sweep-{uuid.uuid4()}", task_queue=queue
-        )
+async def sweep(inventory: InventoryActivities, as_of: datetime) -> ExpireDueResult:
+    """One batch of the sweep, with the cut-off `as_of`."""
+    return await inventory.expire_due(ExpireDueInput(as_of.isoformat()))
 
 
 async def reserve(inventory: InventoryActivities, sku: str, quantity: int) -> ReserveResult:
     return await inventory.reserve(ReserveInput(uuid.uuid4().hex, [StockLine(sku, quantity)], HOUR))
 
 
+async def expiring_long_ago(pool: asyncpg.Pool, reservation_id: str) -> None:
+    """Move the hold's expiry to LONG_AGO, as if its TTL had run out then."""
+    await pool.execute(
+        "UPDATE reservations SET expires_at = $2 WHERE reservation_id = $1",
+        reservation_id,
+        LONG_AGO,
+    )
+
+
+async def expired_events(pool: asyncpg.Pool, reservation_id: str) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
+            reservation_id,
+            "inventory.ReservationExpired",
+        )
+    )
+
+
 async def test_an_unsettled_reservation_expires_after_its_ttl_and_its_stock_returns(
-    env: WorkflowEnvironment, pool: asyncpg.Pool
+    pool: asyncpg.Pool,
 ) -> None:
     inventory = InventoryActivities(pool)
     sku = await stocked(pool, 5)
     reservation = await reserve(inventory, sku, 4)
 
-    await sweep(env, inventory)  # not due yet: the hold stays
+    # Not due within its TTL: the hold stays. (The cut-off is the one the stack's
+    # scheduled sweep uses: it expires nothing that sweep would not.)
+    await sweep(inventory, datetime.now(UTC))
     assert await available(pool, sku) == 1
     assert (await reservation_row(pool, reservation.reservation_id))["status"] == "held"
 
-    await env.sleep(HOUR + 1)  # the hour passes at once in the time-skipping server
-    await sweep(env, inventory)
+    # Due once its TTL has run out. The scheduled sweep may expire it first: either way, once.
+    await expiring_long_ago(pool, reservation.reservation_id)
+    await sweep(inventory, LONG_AGO)
     assert await available(pool, sku) == 5
     row = await reservation_row(pool, reservation.reservation_id)
     assert (row["status"], row["release_reason"]) == ("expired", "expired")
     expired = await last_event(pool, reservation.reservation_id)
     assert expired.event_type == "inventory.ReservationExpired"
 
-    await sweep(env, inventory)  # a second sweep finds nothing more to give back
+    again = await sweep(inventory, LONG_AGO)  # a second sweep finds nothing more to give back
+    assert again.expired == 0
     assert await available(pool, sku) == 5
     assert (await last_event(pool, reservation.reservation_id)).event_id == expired.event_id
+    assert await expired_events(pool, reservation.reservation_id) == 1
 
 
 async def test_a_reservation_committed_before_its_ttl_is_left_alone_by_the_sweep(
-    env: WorkflowEnvironment, pool: asyncpg.Pool
+    pool: asyncpg.Pool,
 ) -> None:
     inventory = InventoryActivities(pool)
     sku = await stocked(pool, 5)
     reservation = await reserve(inventory, sku, 2)
     await inventory.commit(CommitInput(reservation.reservation_id))
-    await env.sleep(HOUR + 1)
-    await sweep(env, inventory)
+    await expiring_long_ago(pool, reservation.reservation_id)
+    await sweep(inventory, LONG_AGO)
     assert (await reservation_row(pool, reservation.reservation_id))["status"] == "committed"
     assert await pool.fetchrow("SELECT on_hand, reserved FROM stock WHERE sku = $1", sku) == (3, 0)
+    assert await expired_events(pool, reservation.reservation_id) == 0
 
 
 async def test_on_the_real_stack_the_schedule_expires_a_short_ttl_and_the_stock_returns(
