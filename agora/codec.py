@@ -8,10 +8,18 @@ with the right role.
 
 Keys live in a JSON key ring: {"active": "<key id>", "keys": {"<key id>": "<base64 32 bytes>"}}
 (`AGORA_CODEC_KEYS_FILE`; locally generated into <state>/secrets/codec-keys.json,
-a Kubernetes Secret in deployment). Rotation adds a new key and makes it active;
-old keys stay to decrypt history written under them:
+a Kubernetes Secret in deployment). The active key encrypts; every key of the ring
+decrypts, so old keys stay to read history written under them. Locally, where every
+process restarts at once:
 
     python -m agora.codec rotate     # then restart the workers and the gateway
+
+In a rolling deployment old and new processes run side by side, and a process must
+never write under a key another cannot read yet. So in two rounds of restarts
+(docs/deploy.md, "Rotating the codec key"):
+
+    python -m agora.codec add        # a new key, decrypt-only; restart everything
+    python -m agora.codec activate <key id>   # it encrypts from now; restart again
 """
 
 from __future__ import annotations
@@ -65,9 +73,21 @@ class KeyRing:
         tmp.chmod(0o600)
         tmp.replace(path)
 
-    def rotated(self) -> KeyRing:
+    def with_new_key(self) -> tuple[KeyRing, str]:
+        """This ring plus a new key that decrypts but does not encrypt (yet)."""
         kid = f"k{len(self.keys) + 1}-{secrets.token_hex(3)}"
-        return KeyRing(kid, {**self.keys, kid: AESGCM.generate_key(bit_length=256)})
+        return KeyRing(self.active, {**self.keys, kid: AESGCM.generate_key(bit_length=256)}), kid
+
+    def activated(self, kid: str) -> KeyRing:
+        """This ring encrypting with `kid`, a key it already holds."""
+        if kid not in self.keys:
+            raise KeyError(f"no key {kid!r} in the ring (keys: {', '.join(self.keys)})")
+        return KeyRing(kid, self.keys)
+
+    def rotated(self) -> KeyRing:
+        """A new key, active at once: only where every process restarts together."""
+        ring, kid = self.with_new_key()
+        return ring.activated(kid)
 
 
 def keys_file(settings: Settings) -> Path:
@@ -136,11 +156,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"active key is now {ring.active}; {len(ring.keys)} keys in {path}")
         print("restart the workers and the gateway (make stop && make run) to encrypt with it")
         return 0
+    if args == ["add"]:
+        ring, kid = load_or_create(settings).with_new_key()
+        ring.save(path)
+        print(f"added key {kid}, decrypt-only; {ring.active} still encrypts ({path})")
+        print(f"roll it out to every process, then: python -m agora.codec activate {kid}")
+        return 0
+    if len(args) == 2 and args[0] == "activate":
+        try:
+            ring = load_or_create(settings).activated(args[1])
+        except KeyError as missing:
+            print(missing.args[0], file=sys.stderr)
+            return 1
+        ring.save(path)
+        print(f"active key is now {ring.active} ({path}); roll it out to every process")
+        return 0
     if args == ["show"]:
         ring = load_or_create(settings)
         print(f"{path}: active {ring.active}, keys {', '.join(ring.keys)}")
         return 0
-    print("usage: python -m agora.codec rotate|show", file=sys.stderr)
+    print("usage: python -m agora.codec rotate|add|activate <key id>|show", file=sys.stderr)
     return 2
 
 

@@ -291,21 +291,70 @@ def check_queue_scaling(docs: list[Manifest], name: str) -> list[str]:
     return [f"{name}: no Temporal backlog trigger for {queue}"]
 
 
-def _analysis_ok(docs: list[Manifest], template_name: str) -> list[str]:
+def duration_s(text: str | None) -> int:
+    """Seconds of an Argo Rollouts duration string ("90s", "2m", "1h"); none: 0."""
+    if not text:
+        return 0
+    total = 0
+    for amount, unit in re.findall(r"(\d+)([hms])", str(text)):
+        total += int(amount) * {"h": 3600, "m": 60, "s": 1}[unit]
+    return total
+
+
+def _condition(expression: str, result: list[float]) -> bool:
+    """An Argo Rollouts condition (expr syntax, the subset the charts use) on a
+    Prometheus result vector."""
+    python = expression.replace("&&", " and ").replace("||", " or ")
+    python = re.sub(r"!(?!=)", " not ", python)
+    names = {"len": len, "isNaN": math.isnan, "result": result}
+    return bool(eval(python, {"__builtins__": {}}, names))
+
+
+def verdict(metric: Manifest, result: list[float]) -> str:
+    """The phase Argo Rollouts gives one measurement: a failure condition that holds
+    fails it, then a success condition that holds passes it; with both conditions set,
+    neither holding is Inconclusive, with only a success condition it is Failed; a
+    condition that cannot be evaluated (result[0] of no result) is an Error."""
+    success: str = metric.get("successCondition") or ""
+    failure: str = metric.get("failureCondition") or ""
+    try:
+        failed = bool(failure) and _condition(failure, result)
+        passed = bool(success) and _condition(success, result)
+    except (IndexError, TypeError):
+        return "Error"
+    if failed:
+        return "Failed"
+    if passed or not success:
+        return "Successful"
+    return "Inconclusive" if failure else "Failed"
+
+
+def _analysis_ok(
+    docs: list[Manifest], template_name: str, *, silence_may_pass: bool = False
+) -> list[str]:
     at = one(docs, "AnalysisTemplate", template_name)
     if at is None:
         return [f"AnalysisTemplate {template_name} not rendered"]
     bad = []
     queries = {}
     for m in at["spec"].get("metrics", []):
+        where = f"{template_name}/{m['name']}"
         prom = (m.get("provider") or {}).get("prometheus") or {}
         if not prom.get("address") or not prom.get("query"):
-            bad.append(f"{template_name}/{m['name']}: not a Prometheus query")
+            bad.append(f"{where}: not a Prometheus query")
             continue
         if not m.get("successCondition") and not m.get("failureCondition"):
-            bad.append(f"{template_name}/{m['name']}: no condition")
+            bad.append(f"{where}: no condition")
         if m.get("failureLimit") is None or m["failureLimit"] > 2:
-            bad.append(f"{template_name}/{m['name']}: failureLimit must be set (<= 2)")
+            bad.append(f"{where}: failureLimit must be set (<= 2)")
+        if verdict(m, [0.0]) != "Successful" or verdict(m, [1e9]) != "Failed":
+            bad.append(f"{where}: a good measurement must pass and a bad one fail")
+        # No series (or fewer calls than the floor): no evidence either way.
+        silent = verdict(m, [])
+        if silent == "Successful" and not silence_may_pass:
+            bad.append(f"{where}: passes when the new pods served no calls")
+        elif silent not in ("Successful", "Inconclusive"):
+            bad.append(f"{where}: no result is {silent}, not Inconclusive")
         queries[m["name"]] = prom["query"]
     if not any("histogram_quantile(0.99" in q for q in queries.values()):
         bad.append(f"{template_name}: no p99 latency metric")
@@ -314,47 +363,78 @@ def _analysis_ok(docs: list[Manifest], template_name: str) -> list[str]:
     return bad
 
 
+def analysis_seconds(docs: list[Manifest], template_name: str) -> int | None:
+    """How long a run of the template lasts at most; None: until it is stopped."""
+    at = one(docs, "AnalysisTemplate", template_name)
+    if at is None:
+        return 0
+    longest = 0
+    for m in at["spec"].get("metrics", []):
+        if m.get("interval") and not m.get("count"):
+            return None
+        count = int(m.get("count") or 1)
+        longest = max(
+            longest, duration_s(m.get("initialDelay")) + count * duration_s(m.get("interval"))
+        )
+    return longest
+
+
+def _check_blue_green(docs: list[Manifest], name: str, bg: dict[str, Any]) -> list[str]:
+    bad = []
+    for key in ("activeService", "previewService"):
+        svc = bg.get(key)
+        if not svc or one(docs, "Service", svc) is None:
+            bad.append(f"{name}: {key} {svc} not rendered")
+    if bg.get("activeService") == bg.get("previewService"):
+        bad.append(f"{name}: active and preview Service are the same")
+    for phase in ("prePromotionAnalysis", "postPromotionAnalysis"):
+        templates = (bg.get(phase) or {}).get("templates") or []
+        if not templates:
+            bad.append(f"{name}: no {phase}")
+        for t in templates:
+            # Nothing routes to the preview Service by itself (docs/deploy.md).
+            silence = phase == "prePromotionAnalysis"
+            bad += _analysis_ok(docs, t["templateName"], silence_may_pass=silence)
+            runs = analysis_seconds(docs, t["templateName"])
+            if runs is None:
+                bad.append(f"{name}: {phase} never ends, the rollout never finishes")
+            elif phase == "postPromotionAnalysis" and bg.get("scaleDownDelaySeconds", 30) < runs:
+                # Argo cancels the post-promotion run when it scales the old pods down.
+                bad.append(f"{name}: old version scaled down before the analysis ends ({runs}s)")
+    if not bg.get("scaleDownDelaySeconds", 30) >= 30:
+        bad.append(f"{name}: old version scaled down too fast to switch back")
+    return bad
+
+
+def _check_canary(docs: list[Manifest], name: str, canary: dict[str, Any]) -> list[str]:
+    bad = []
+    weights = [s["setWeight"] for s in canary.get("steps", []) if "setWeight" in s]
+    if weights != [10, 50, 100]:
+        bad.append(f"{name}: canary weights {weights}, want [10, 50, 100]")
+    if not any("pause" in s for s in canary.get("steps", [])):
+        bad.append(f"{name}: canary never pauses for analysis")
+    analysis = canary.get("analysis") or {}
+    if not analysis.get("templates"):
+        bad.append(f"{name}: canary has no background analysis")
+    for t in analysis.get("templates") or []:
+        bad += _analysis_ok(docs, t["templateName"])
+        if analysis_seconds(docs, t["templateName"]) is not None:
+            bad.append(f"{name}: background analysis ends before the rollout completes")
+    if analysis.get("startingStep", 0) > 1:
+        bad.append(f"{name}: analysis starts after the first canary step")
+    return bad
+
+
 def check_rollout(docs: list[Manifest], name: str) -> list[str]:
     r = one(docs, "Rollout", name)
     if r is None:
         return [f"{name}: not an Argo Rollout"]
     strategy = r["spec"].get("strategy", {})
-    bad = []
     if name == "gateway":
         bg = strategy.get("blueGreen")
-        if not bg:
-            return [f"{name}: not blue-green"]
-        for key in ("activeService", "previewService"):
-            svc = bg.get(key)
-            if not svc or one(docs, "Service", svc) is None:
-                bad.append(f"{name}: {key} {svc} not rendered")
-        if bg.get("activeService") == bg.get("previewService"):
-            bad.append(f"{name}: active and preview Service are the same")
-        for phase in ("prePromotionAnalysis", "postPromotionAnalysis"):
-            templates = (bg.get(phase) or {}).get("templates") or []
-            if not templates:
-                bad.append(f"{name}: no {phase}")
-            for t in templates:
-                bad += _analysis_ok(docs, t["templateName"])
-        if not bg.get("scaleDownDelaySeconds", 30) >= 30:
-            bad.append(f"{name}: old version scaled down too fast to switch back")
-    else:
-        canary = strategy.get("canary")
-        if not canary:
-            return [f"{name}: not canary"]
-        weights = [s["setWeight"] for s in canary.get("steps", []) if "setWeight" in s]
-        if weights != [10, 50, 100]:
-            bad.append(f"{name}: canary weights {weights}, want [10, 50, 100]")
-        if not any("pause" in s for s in canary.get("steps", [])):
-            bad.append(f"{name}: canary never pauses for analysis")
-        analysis = canary.get("analysis") or {}
-        if not analysis.get("templates"):
-            bad.append(f"{name}: canary has no background analysis")
-        for t in analysis.get("templates") or []:
-            bad += _analysis_ok(docs, t["templateName"])
-        if analysis.get("startingStep", 0) > 1:
-            bad.append(f"{name}: analysis starts after the first canary step")
-    return bad
+        return _check_blue_green(docs, name, bg) if bg else [f"{name}: not blue-green"]
+    canary = strategy.get("canary")
+    return _check_canary(docs, name, canary) if canary else [f"{name}: not canary"]
 
 
 def check_network_policy(docs: list[Manifest], name: str) -> list[str]:

@@ -158,9 +158,15 @@ def test_custom_resources_are_well_formed(rendered: dict[str, list[Manifest]], e
             assert group["name"] and group["rules"]
             for r in group["rules"]:
                 assert ("alert" in r) != ("record" in r) and r["expr"]
+    # Argo Rollouts' Metric fields (v1alpha1 analysis_types.go): a misspelt one is dropped.
+    metric_fields = {
+        "name", "interval", "initialDelay", "count", "successCondition", "failureCondition",
+        "failureLimit", "inconclusiveLimit", "consecutiveErrorLimit", "provider",
+    }  # fmt: skip
     for at in policy.find(docs, "AnalysisTemplate"):
         for m in at["spec"]["metrics"]:
             assert "{{args.pod-hash}}" in m["provider"]["prometheus"]["query"]
+            assert set(m) <= metric_fields, set(m) - metric_fields
         assert [a["name"] for a in at["spec"]["args"]] == ["pod-hash"]
     for r in policy.find(docs, "Rollout"):
         assert (

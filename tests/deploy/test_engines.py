@@ -81,6 +81,45 @@ def test_temporal_chart_creates_the_namespace_of_every_environment():
         assert _env_values(env)["global"]["temporal"]["namespace"] in created, env
 
 
+TEMPORAL_SERVICES = ("frontend", "history", "matching", "worker")
+
+
+def _temporal_pod(service: str) -> dict[str, str]:
+    """The labels the Temporal chart puts on a server pod (release "temporal")."""
+    return {
+        "app.kubernetes.io/name": "temporal",
+        "app.kubernetes.io/instance": "temporal",
+        "app.kubernetes.io/component": service,
+        "pod-template-hash": f"{service}-hash",
+    }
+
+
+def _counted_by(constraint: dict[str, Any], pod: dict[str, str], other: dict[str, str]) -> bool:
+    """Whether the scheduler counts `other` when spreading `pod` (matchLabels plus
+    matchLabelKeys, whose values come from the pod being placed)."""
+    wanted = dict(constraint["labelSelector"]["matchLabels"])
+    wanted |= {key: pod[key] for key in constraint.get("matchLabelKeys", [])}
+    return all(other.get(k) == v for k, v in wanted.items())
+
+
+def test_each_temporal_service_spreads_over_the_zones():
+    # Three replicas anywhere can share a zone: losing it stops that service.
+    server = yaml.safe_load((ENGINES / "temporal-values.yaml").read_text())["server"]
+    assert server["replicaCount"] >= 3
+    for service in TEMPORAL_SERVICES:
+        constraints = server.get(service, {}).get("topologySpreadConstraints") or []
+        zone = [c for c in constraints if c["topologyKey"] == "topology.kubernetes.io/zone"]
+        assert zone, f"{service} is not spread over the zones"
+        (c,) = zone
+        assert c["maxSkew"] == 1 and c["whenUnsatisfiable"] == "DoNotSchedule", service
+        pod = _temporal_pod(service)
+        assert _counted_by(c, pod, pod), f"{service}: its own pods are not counted"
+        for other in TEMPORAL_SERVICES:
+            if other != service:
+                counted = _counted_by(c, pod, _temporal_pod(other))
+                assert not counted, f"{service} counts {other}'s pods"
+
+
 def _search_attribute_commands() -> dict[str, dict[str, str]]:
     """{Temporal namespace: {attribute: type}} from docs/deploy.md's
     `temporal operator search-attribute create` commands."""
@@ -127,6 +166,19 @@ def test_temporal_logs_in_with_a_role_the_database_declares():
         assert sql["host"] == f"{cluster['metadata']['name']}-rw.postgres.svc"
     # The databases are CloudNativePG's to create; the chart only installs the schema.
     assert temporal["schema"]["createDatabase"]["enabled"] is False
+
+
+def test_a_postgres_failover_loses_no_acknowledged_commit():
+    # CloudNativePG replicates asynchronously by default: a commit acknowledged just
+    # before the primary dies (an outbox row, the audit consumer's offsets) can be
+    # missing on the standby promoted in its place, for good.
+    (cluster,) = _of_kind("cloudnative-pg.yaml", "Cluster")
+    sync = cluster["spec"]["postgresql"].get("synchronous")
+    assert sync, "asynchronous replication"
+    assert sync["method"] in ("any", "first") and sync["number"] >= 1
+    assert sync.get("dataDurability", "required") == "required"
+    # One standby (one zone) away, commits still find their synchronous standby.
+    assert cluster["spec"]["instances"] - 1 > sync["number"]
 
 
 def _max_replicas(docs: list[dict[str, Any]], name: str) -> int:

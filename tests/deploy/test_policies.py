@@ -361,6 +361,8 @@ BREAKAGES = [
     ("inventory.rollout.strategy=blueGreen", "inventory", policy.check_rollout),
     ("gateway.rollout.strategy=canary", "gateway", policy.check_rollout),
     ("orders.rollout.canary.steps[0].setWeight=30", "orders", policy.check_rollout),
+    ("gateway.rollout.blueGreen.scaleDownDelaySeconds=120", "gateway", policy.check_rollout),
+    ("gateway.rollout.analysis.initialDelay=20m", "gateway", policy.check_rollout),
     ("networkPolicy.defaultDeny=false", "orders", policy.check_network_policy),
     ("global.pki.issuerRef.name=nowhere", "audit", policy.check_mtls),
     ("orders.autoscaling.queue.enabled=false", "orders", policy.check_queue_scaling),
@@ -438,7 +440,8 @@ def test_engine_examples_parse_and_spread_over_zones():
     for f in files:
         docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
         assert docs, f.name
-        if f.name in ("cloudnative-pg.yaml", "eck-elasticsearch.yaml", "redis-values.yaml"):
+        spread = ("cloudnative-pg.yaml", "eck-elasticsearch.yaml", "redis-values.yaml")
+        if f.name in (*spread, "temporal-values.yaml"):
             assert "topology.kubernetes.io/zone" in f.read_text(), f.name
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,65 @@ async def test_the_converter_round_trips_a_dataclass_through_encryption() -> Non
     payloads = await converter.encode([Order("ann@example.com", 1999)])
     assert b"ann@example.com" not in payloads[0].SerializeToString()
     assert await converter.decode(payloads, [Order]) == [Order("ann@example.com", 1999)]
+
+
+# ---- rotation in a rolling deployment: add (decrypt-only), then activate -----------
+
+
+async def test_an_added_key_decrypts_everywhere_before_anything_encrypts_with_it() -> None:
+    old = KeyRing("k1", {"k1": b"\x01" * 32})
+    added, kid = old.with_new_key()
+    assert added.active == "k1" and kid in added.keys
+    # A pod restarted with the added key still writes under k1: the pods not yet
+    # restarted (old ring) read everything it writes.
+    sealed = await EncryptionCodec(added).encode([plain("order")])
+    assert sealed[0].metadata[codec.KEY_ID] == b"k1"
+    assert [p.data for p in await EncryptionCodec(old).decode(sealed)] == [b"order"]
+
+
+async def test_while_an_activation_rolls_out_old_and_new_pods_read_each_other() -> None:
+    added, kid = KeyRing("k1", {"k1": b"\x01" * 32}).with_new_key()
+    activated = added.activated(kid)
+    assert activated.keys == added.keys
+    from_new = await EncryptionCodec(activated).encode([plain("from new")])
+    from_old = await EncryptionCodec(added).encode([plain("from old")])
+    assert from_new[0].metadata[codec.KEY_ID] == kid.encode()
+    assert [p.data for p in await EncryptionCodec(added).decode(from_new)] == [b"from new"]
+    assert [p.data for p in await EncryptionCodec(activated).decode(from_old)] == [b"from old"]
+
+
+def test_only_a_key_of_the_ring_can_be_activated() -> None:
+    with pytest.raises(KeyError, match="k9"):
+        KeyRing("k1", {"k1": b"\x01" * 32}).activated("k9")
+
+
+def test_a_ring_file_written_before_the_two_steps_is_read_and_extended(tmp_path: Path) -> None:
+    path = tmp_path / "codec-keys.json"
+    path.write_text(
+        json.dumps({"active": "k1", "keys": {"k1": base64.b64encode(b"\x01" * 32).decode()}})
+    )
+    ring, kid = KeyRing.load(path).with_new_key()
+    ring.save(path)
+    assert KeyRing.load(path) == ring
+    assert KeyRing.load(path).active == "k1" and set(ring.keys) == {"k1", kid}
+
+
+def test_the_cli_adds_a_key_then_activates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "codec-keys.json"
+    monkeypatch.setenv("AGORA_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("AGORA_CODEC_KEYS_FILE", str(path))
+    assert codec.main(["show"]) == 0
+    first = KeyRing.load(path)
+
+    assert codec.main(["add"]) == 0
+    added = KeyRing.load(path)
+    (kid,) = set(added.keys) - set(first.keys)
+    assert added.active == first.active
+
+    assert codec.main(["activate", "no-such-key"]) == 1
+    assert KeyRing.load(path) == added
+    assert codec.main(["activate", kid]) == 0
+    assert KeyRing.load(path) == KeyRing(kid, added.keys)
+    assert f"activate {kid}" in capsys.readouterr().out

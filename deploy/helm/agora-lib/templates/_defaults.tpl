@@ -41,6 +41,10 @@ pdb:
 terminationGracePeriodSeconds: 45
 preStopSleepSeconds: 5
 probes:
+  # Startup: up to 3 minutes for the interpreter to load and the side port to answer.
+  # /healthz answers from then on, before migrations: they and the other start-up
+  # steps are bounded by no probe (a long migration is never killed half-way); the
+  # pod stays unready (/readyz "starting") until they are done.
   startup: {path: /healthz, periodSeconds: 5, failureThreshold: 36, timeoutSeconds: 2}
   liveness: {path: /healthz, periodSeconds: 10, failureThreshold: 3, timeoutSeconds: 2}
   readiness: {path: /readyz, periodSeconds: 5, failureThreshold: 2, timeoutSeconds: 3}
@@ -77,11 +81,21 @@ rollout:
     scaleDownDelaySeconds: 600
     previewReplicaCount: 2
   analysis:
-    # Each measurement runs every `interval`; `count` measurements; the release is
-    # aborted (and rolled back) after `failureLimit` + 1 failed ones.
+    # Each metric is measured every `interval`, the first `initialDelay` after the run
+    # starts (a full 2-minute window of the new pods' traffic). A canary's background
+    # analysis measures until the rollout completes; a blue-green's pre- and
+    # post-promotion analyses take `count` measurements (so scaleDownDelaySeconds must
+    # outlast initialDelay + count x interval, or the post-promotion run is cut short).
+    # The release is aborted (and rolled back) after `failureLimit` + 1 failed ones.
+    initialDelay: 2m
     interval: 1m
     count: 5
     failureLimit: 1
+    # A measurement over fewer than `minRequests` calls to the new pods (in its 2-minute
+    # window) is inconclusive, not a pass; after `inconclusiveLimit` + 1 inconclusive
+    # ones the rollout pauses until someone promotes or aborts it.
+    minRequests: 20
+    inconclusiveLimit: 2
     # p99 latency ceiling (seconds) and share of server errors (5xx / gRPC
     # INTERNAL, UNAVAILABLE, UNKNOWN, DEADLINE_EXCEEDED, DATA_LOSS) allowed.
     maxP99Seconds: 0.5

@@ -279,8 +279,10 @@ spec:
       # post-promotion analysis switches traffic straight back to them.
       scaleDownDelaySeconds: {{ $v.rollout.blueGreen.scaleDownDelaySeconds }}
       abortScaleDownDelaySeconds: 30
+      # Nothing routes to the preview Service by itself: this run judges only the
+      # traffic someone sends there (smoke tests) and passes on silence.
       prePromotionAnalysis:
-        templates: [{templateName: {{ $v.name }}-slo}]
+        templates: [{templateName: {{ $v.name }}-preview-slo}]
         args:
           - name: pod-hash
             valueFrom: {podTemplateHashValue: Latest}
@@ -294,8 +296,9 @@ spec:
     canary:
       maxSurge: {{ $v.rollout.canary.maxSurge | quote }}
       maxUnavailable: {{ $v.rollout.canary.maxUnavailable }}
-      # Runs from the first step to the end; a failed analysis aborts the rollout
-      # and scales the canary away, the stable version keeps serving.
+      # Runs from the first step until the rollout completes (its metrics have no
+      # count); a failed analysis aborts the rollout and scales the canary away, the
+      # stable version keeps serving; an inconclusive one (too few calls) pauses it.
       analysis:
         templates: [{templateName: {{ $v.name }}-slo}]
         startingStep: 1
