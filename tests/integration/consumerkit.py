@@ -9,6 +9,8 @@ consumer hands a batch handler: decoded envelopes with the Kafka record they cam
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -88,3 +90,22 @@ async def append_event(pool: asyncpg.Pool, topic: str) -> EventEnvelope:
             aggregate_id="acct-1",
             payload=AccountRegistered(account_id="acct-1", email="a@x"),
         )
+
+
+@asynccontextmanager
+async def private_outbox(settings: Settings, name: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on an outbox of its own: a fresh schema `<name>_<random>` of identity's
+    database holding the outbox tables, dropped afterwards."""
+    schema = f"{name}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(settings.db_dsn("identity"))
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    await admin.close()
+    pool = await asyncpg.create_pool(
+        settings.db_dsn("identity"), server_settings={"search_path": schema}
+    )
+    await pool.execute(outbox.OUTBOX_DDL)
+    try:
+        yield pool
+    finally:
+        await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()

@@ -15,28 +15,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agora import kafka, outbox
 from agora.config import Settings
-from agora.outbox import OUTBOX_DDL, EventTooLarge, OutboxRelay
+from agora.outbox import EventTooLarge, OutboxRelay
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.identity.v1 import AccountRegistered
-from tests.integration.consumerkit import append_event
+from tests.integration.consumerkit import append_event, private_outbox
 
 pytestmark = pytest.mark.integration
 
 
 @pytest_asyncio.fixture
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A private outbox in its own schema of identity's database."""
-    schema = f"outbox_poison_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(settings.db_dsn("identity"))
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    await admin.close()
-    pool = await asyncpg.create_pool(
-        settings.db_dsn("identity"), server_settings={"search_path": schema}
-    )
-    await pool.execute(OUTBOX_DDL)
-    yield pool
-    await pool.execute(f"DROP SCHEMA {schema} CASCADE")
-    await pool.close()
+    async with private_outbox(settings, "outbox_poison") as pool:
+        yield pool
 
 
 async def test_an_event_larger_than_kafka_takes_fails_its_transaction(pool: asyncpg.Pool) -> None:

@@ -14,26 +14,16 @@ from aiokafka import AIOKafkaProducer
 
 from agora import kafka, outbox
 from agora.config import Settings
-from agora.outbox import OUTBOX_DDL, OutboxRelay
-from tests.integration.consumerkit import append_event
+from agora.outbox import OutboxRelay
+from tests.integration.consumerkit import append_event, private_outbox
 
 pytestmark = pytest.mark.integration
 
 
 @pytest_asyncio.fixture
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A private outbox in its own schema of identity's database."""
-    schema = f"outbox_upkeep_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(settings.db_dsn("identity"))
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    await admin.close()
-    pool = await asyncpg.create_pool(
-        settings.db_dsn("identity"), server_settings={"search_path": schema}
-    )
-    await pool.execute(OUTBOX_DDL)
-    yield pool
-    await pool.execute(f"DROP SCHEMA {schema} CASCADE")
-    await pool.close()
+    async with private_outbox(settings, "outbox_upkeep") as pool:
+        yield pool
 
 
 async def append(pool: asyncpg.Pool, topic: str) -> uuid.UUID:

@@ -998,6 +998,45 @@ async def cancel_requested_of_an_activity(handle: WorkflowHandle[Any, Any]) -> N
     raise AssertionError("the saga never asked to cancel its activity")
 
 
+async def started(
+    client: Client, *, task_timeout: timedelta | None = None
+) -> tuple[OrderInput, WorkflowHandle[Any, Any]]:
+    """A new order's saga, started."""
+    order = new_order()
+    handle = await client.start_workflow(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order.order_id),
+        task_queue=ORDERS_QUEUE,
+        task_timeout=task_timeout,
+    )
+    return order, handle
+
+
+async def customer_cancels_during(
+    handle: WorkflowHandle[Any, Any], step: str, cancel: CancelInput | None = None
+) -> WorkflowUpdateHandle[OrderView]:
+    """The customer's cancel, accepted while `step` waits at its gate; then the step
+    goes on."""
+    await reached(step)
+    update = await handle.start_update(
+        OrderWorkflow.cancel_order,
+        cancel or CancelInput("cust-1"),
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+    )
+    world.gates[step].set()
+    return update
+
+
+async def temporal_cancel_during(handle: WorkflowHandle[Any, Any], call: str, gate: str) -> None:
+    """A cancel requested in Temporal once `call` was made, whose attempt (held at
+    `gate`) then takes effect all the same (the services' activities never hear of it)."""
+    await reached(call)
+    await handle.cancel()
+    await cancel_requested_of_an_activity(handle)
+    world.gates[gate].set()
+
+
 async def cancelled_in_temporal(handle: WorkflowHandle[Any, Any]) -> None:
     with pytest.raises(WorkflowFailureError) as ended:
         await handle.result()
@@ -1010,14 +1049,8 @@ async def cancelled_in_temporal_during(
     """A saga cancelled in Temporal while `step` runs, whose interrupted attempt then
     takes effect after all (the services' activities never hear of the cancel)."""
     world.gates[step] = asyncio.Event()
-    order = new_order()
-    handle = await client.start_workflow(
-        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
-    )
-    await reached(step)
-    await handle.cancel()
-    await cancel_requested_of_an_activity(handle)
-    world.gates[step].set()
+    order, handle = await started(client)
+    await temporal_cancel_during(handle, step, step)
     await cancelled_in_temporal(handle)
     return order, handle
 
@@ -1120,24 +1153,11 @@ async def cancelled_in_temporal_during_own_write(
     world.stalled_writes.add(write)
     if customer_cancel_at:
         world.gates[customer_cancel_at] = asyncio.Event()
-    order = new_order()
-    handle = await client.start_workflow(
-        OrderWorkflow.run,
-        order,
-        id=order_workflow_id(order.order_id),
-        task_queue=ORDERS_QUEUE,
-        # The stalled local activity keeps the workflow task open; the cancel comes
-        # with the next one, which the worker asks for at 80 % of this (a heartbeat).
-        task_timeout=timedelta(seconds=2),
-    )
+    # The stalled local activity keeps the workflow task open; the cancel comes with
+    # the next one, which the worker asks for at 80 % of this (a heartbeat).
+    order, handle = await started(client, task_timeout=timedelta(seconds=2))
     if customer_cancel_at:
-        await reached(customer_cancel_at)
-        await handle.start_update(
-            OrderWorkflow.cancel_order,
-            CancelInput("cust-1"),
-            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-        )
-        world.gates[customer_cancel_at].set()
+        await customer_cancels_during(handle, customer_cancel_at)
     await reached(write if write == "record" else f"transition:{write}")
     await handle.cancel()
     await closed(handle)
@@ -1186,14 +1206,8 @@ async def test_a_temporal_cancel_cutting_the_rejected_transition_short_still_rec
 async def cancelled_in_temporal_at_pricing(client: Client) -> WorkflowHandle[Any, Any]:
     """A saga cancelled in Temporal while its order is priced; until the run has closed."""
     world.gates["price"] = asyncio.Event()  # never opened: catalog does not answer
-    order = new_order()
-    handle = await client.start_workflow(
-        OrderWorkflow.run,
-        order,
-        id=order_workflow_id(order.order_id),
-        task_queue=ORDERS_QUEUE,
-        task_timeout=timedelta(seconds=2),  # see cancelled_in_temporal_during_own_write
-    )
+    # task_timeout: see cancelled_in_temporal_during_own_write
+    _, handle = await started(client, task_timeout=timedelta(seconds=2))
     await reached("price")
     await handle.cancel()
     await closed(handle)
@@ -1218,21 +1232,9 @@ async def cancelled_in_temporal_during_compensating_refund(
     closed. The run, and the customer's cancel."""
     world.gates["capture"] = asyncio.Event()
     world.gates["refund"] = asyncio.Event()
-    order = new_order()
-    handle = await client.start_workflow(
-        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
-    )
-    await reached("capture")
-    cancel = await handle.start_update(
-        OrderWorkflow.cancel_order,
-        CancelInput("cust-1"),
-        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-    )
-    world.gates["capture"].set()
-    await reached("refund:None")
-    await handle.cancel()
-    await cancel_requested_of_an_activity(handle)
-    world.gates["refund"].set()
+    _, handle = await started(client)
+    cancel = await customer_cancels_during(handle, "capture")
+    await temporal_cancel_during(handle, "refund:None", "refund")
     await closed(handle)
     return handle, cancel
 
@@ -1269,21 +1271,9 @@ async def cancelled_in_temporal_while_restocking(
     ]
     world.gates["commit"] = asyncio.Event()
     world.gates["restock"] = asyncio.Event()
-    order = new_order()
-    handle = await client.start_workflow(
-        OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
-    )
-    await reached("commit")
-    await handle.start_update(
-        OrderWorkflow.cancel_order,
-        CancelInput("cust-1", "changed mind"),
-        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-    )
-    world.gates["commit"].set()
-    await reached("restock:SKU-1:1")
-    await handle.cancel()
-    await cancel_requested_of_an_activity(handle)
-    world.gates["restock"].set()
+    order, handle = await started(client)
+    await customer_cancels_during(handle, "commit", CancelInput("cust-1", "changed mind"))
+    await temporal_cancel_during(handle, "restock:SKU-1:1", "restock")
     await closed(handle)
     return order, handle
 
