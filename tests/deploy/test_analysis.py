@@ -38,7 +38,8 @@ def _series(template: str, calls_per_minute: int, errors_per_minute: int) -> lis
     good = calls_per_minute - errors_per_minute
     series = [
         (f"{count}{{{own}, {ok}}}", good),
-        (f"{count}{{{own}, {failed}}}", errors_per_minute),
+        # An error series exists only once an error happened (created on first use).
+        *([(f"{count}{{{own}, {failed}}}", errors_per_minute)] if errors_per_minute else []),
         (f'{base}_bucket{{{own}, le="0.05"}}', calls_per_minute),
         (f'{base}_bucket{{{own}, le="+Inf"}}', calls_per_minute),
     ]

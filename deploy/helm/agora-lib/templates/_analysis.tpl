@@ -49,7 +49,7 @@ scale-down wait for them), so they take `count` measurements.
 {{- $silent := "len(result) == 0 || isNaN(result[0])" }}
 {{- $queries := dict
   "p99-latency" (printf "histogram_quantile(0.99, sum by (le) (rate(%s{%s}[2m])))%s" $bucket $sel $enough)
-  "error-ratio" (printf "sum(rate(%s{%s, %s}[2m])) / clamp_min(sum(rate(%s{%s}[2m])), 1e-9)%s" $count $sel $errors $count $sel $enough) }}
+  "error-ratio" (printf "(sum(rate(%s{%s, %s}[2m])) or on() vector(0)) / clamp_min(sum(rate(%s{%s}[2m])), 1e-9)%s" $count $sel $errors $count $sel $enough) }}
 {{- $limits := dict "p99-latency" $an.maxP99Seconds "error-ratio" $an.maxErrorRatio }}
 ---
 apiVersion: argoproj.io/v1alpha1
