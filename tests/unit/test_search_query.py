@@ -189,3 +189,17 @@ def test_page_size_over_the_maximum_is_refused() -> None:
 
 def test_a_category_is_indexed_with_its_ancestors() -> None:
     assert category_path("a/b/c") == ["a", "a/b", "a/b/c"]
+
+
+def test_a_default_currency_search_keeps_the_cursor_issued_before_the_currency_field() -> None:
+    before = SearchRequest(query="lamp", sort=SortOrder.PRICE_ASC)
+    cursor = encode_cursor(before, [1500, "SKU-1"])
+
+    def paged(currency: str) -> SearchRequest:
+        return SearchRequest(
+            query="lamp", sort=SortOrder.PRICE_ASC, currency=currency, search_after=cursor
+        )
+
+    assert decode_cursor(paged("EUR")) == [1500, "SKU-1"]
+    with pytest.raises(InvalidArgument):
+        decode_cursor(paged("USD"))

@@ -201,8 +201,16 @@ def _filters(request: SearchRequest) -> list[dict[str, Any]]:
 
 
 def _digest(request: SearchRequest) -> str:
+    # A currency the search would use anyway is left out: cursors of default-currency
+    # searches keep the digest they had before SearchRequest.currency (and between
+    # old and new search pods during a rollout).
+    bounds_currency = _price_bounds(request.filters)[1]
+    implied = request.currency in ("", bounds_currency or DEFAULT_CURRENCY)
     fingerprint = SearchRequest(
-        query=request.query, filters=request.filters, sort=request.sort, currency=request.currency
+        query=request.query,
+        filters=request.filters,
+        sort=request.sort,
+        currency="" if implied else request.currency,
     )
     return hashlib.sha256(bytes(fingerprint)).hexdigest()[:12]
 
