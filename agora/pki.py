@@ -146,7 +146,9 @@ def ensure_pki(pki_dir: Path, names: list[str] | tuple[str, ...]) -> None:
     with _locked(pki_dir):
         ca_dir = pki_dir / "ca"
         if _needs_new_ca(ca_dir):
-            create_ca(ca_dir)
+            # A name of its own per generation: OpenSSL picks an issuer by name, and a
+            # process that loaded the old CA beside the new one would pick the old.
+            create_ca(ca_dir, f"{CA_NAME} {dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S.%f}")
         ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
         for name in names:
             if _needs_issue(ca_cert, pki_dir / name):

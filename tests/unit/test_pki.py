@@ -113,6 +113,18 @@ def test_a_certificate_from_a_previous_ca_is_reissued(tmp_path: Path) -> None:
     assert (tmp_path / "audit" / "ca.crt").read_bytes() == (tmp_path / "ca" / "ca.crt").read_bytes()
 
 
+def test_each_ca_generation_has_a_name_of_its_own(tmp_path: Path) -> None:
+    # OpenSSL picks an issuer by name: a process that loaded the old CA beside the
+    # new one would verify the new certificates against the old key.
+    pki.ensure_pki(tmp_path, ["audit"])
+    first = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.crt").read_bytes()).subject
+    (tmp_path / "ca" / "ca.key").unlink()
+    pki.ensure_pki(tmp_path, ["audit"])
+    second = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.crt").read_bytes()).subject
+    assert first != second
+    assert pki.CA_NAME in first.rfc4514_string() and pki.CA_NAME in second.rfc4514_string()
+
+
 def test_a_key_left_by_an_interrupted_issue_gets_a_matching_certificate(tmp_path: Path) -> None:
     pki.ensure_pki(tmp_path, ["payments"])
     pki.issue(tmp_path / "ca", tmp_path / "next", "payments")
