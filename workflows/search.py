@@ -56,6 +56,11 @@ VERSION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,100}$")
 INVALID = "InvalidArgument"
 
 
+# Since this change a version Elasticsearch's index names refuse (or VERSION_PATTERN
+# does) fails the run at once instead of retrying begin_reindex for good.
+VERSION_CHECKED = "reindex-version-checked"
+
+
 @dataclass
 class ReindexInput:
     # Index version suffix; empty: derived from the workflow's start time.
@@ -80,7 +85,8 @@ class ReindexWorkflow:
     async def run(self, data: ReindexInput) -> ReindexProgress:
         progress = self._progress
         version = (data.version or "r" + workflow.now().strftime("%Y%m%dt%H%M%S")).lower()
-        if not VERSION_PATTERN.fullmatch(version):
+        # Asked only for a bad version: a run started before the check replays as it ran.
+        if not VERSION_PATTERN.fullmatch(version) and workflow.patched(VERSION_CHECKED):
             raise ApplicationError(
                 f"version {data.version[:120]!r} must be 1-101 ASCII letters, digits, '.', '_'"
                 " or '-', starting with a letter or digit",
