@@ -20,7 +20,7 @@ from activities.search import (
     SwapInput,
     SwapResult,
 )
-from workflows.search import ReindexInput, ReindexWorkflow
+from workflows.search import ReindexInput, ReindexProgress, ReindexWorkflow
 
 dropped: list[list[str]] = []
 begun: list[str] = []
@@ -48,10 +48,8 @@ async def drop_indices(data: DropInput) -> None:
     dropped.append(data.indices)
 
 
-async def test_a_swap_retried_after_it_succeeded_still_drops_the_old_index(
-    env: WorkflowEnvironment,
-) -> None:
-    dropped.clear()
+async def reindexed(env: WorkflowEnvironment, version: str) -> ReindexProgress:
+    """A Reindex of `version` run to its end against this module's activities."""
     queue = f"search-{uuid.uuid4()}"
     async with Worker(
         env.client,
@@ -59,9 +57,16 @@ async def test_a_swap_retried_after_it_succeeded_still_drops_the_old_index(
         workflows=[ReindexWorkflow],
         activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
     ):
-        progress = await env.client.execute_workflow(
-            ReindexWorkflow.run, ReindexInput("v2"), id=f"wf-{uuid.uuid4()}", task_queue=queue
+        return await env.client.execute_workflow(
+            ReindexWorkflow.run, ReindexInput(version), id=f"wf-{uuid.uuid4()}", task_queue=queue
         )
+
+
+async def test_a_swap_retried_after_it_succeeded_still_drops_the_old_index(
+    env: WorkflowEnvironment,
+) -> None:
+    dropped.clear()
+    progress = await reindexed(env, "v2")
     assert dropped == [["products-old"]]
     assert (progress.phase, progress.old_indices) == ("done", ["products-old"])
 
@@ -73,20 +78,8 @@ async def test_a_version_no_index_name_can_hold_fails_the_reindex_at_once(
     # Elasticsearch would refuse the index on every retry of begin_reindex, and the
     # workflow would hold the one reindex id for ever.
     begun.clear()
-    queue = f"search-{uuid.uuid4()}"
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[ReindexWorkflow],
-        activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
-    ):
-        with pytest.raises(WorkflowFailureError) as failed:
-            await env.client.execute_workflow(
-                ReindexWorkflow.run,
-                ReindexInput(version),
-                id=f"wf-{uuid.uuid4()}",
-                task_queue=queue,
-            )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await reindexed(env, version)
     cause = failed.value.cause
     assert isinstance(cause, ApplicationError)
     assert (cause.type, cause.non_retryable) == ("InvalidArgument", True)
@@ -96,14 +89,5 @@ async def test_a_version_no_index_name_can_hold_fails_the_reindex_at_once(
 
 async def test_a_version_is_lower_cased_into_the_index_name(env: WorkflowEnvironment) -> None:
     begun.clear()
-    queue = f"search-{uuid.uuid4()}"
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[ReindexWorkflow],
-        activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
-    ):
-        progress = await env.client.execute_workflow(
-            ReindexWorkflow.run, ReindexInput("V2.1_b"), id=f"wf-{uuid.uuid4()}", task_queue=queue
-        )
+    progress = await reindexed(env, "V2.1_b")
     assert (begun, progress.new_index) == (["v2.1_b"], "products-v2.1_b")
