@@ -5,10 +5,19 @@ from __future__ import annotations
 import pytest
 
 from agora.errors import InvalidArgument
+from agora.money import MINOR_UNIT_EXPONENTS, minor_unit_exponent
 from contracts.agora.common.v1 import Money
 from contracts.agora.search.v1 import FacetField, SearchFilters, SearchRequest, SortOrder
+from workers.catalog.model import CURRENCIES
 from workers.search.documents import category_path
-from workers.search.query import build, decode_cursor, encode_cursor, parse_query, response
+from workers.search.query import (
+    _price_label,
+    build,
+    decode_cursor,
+    encode_cursor,
+    parse_query,
+    response,
+)
 
 
 def test_words_phrases_exclusions_and_the_last_word_as_a_prefix() -> None:
@@ -110,6 +119,47 @@ def test_the_requests_currency_names_the_price_currency_and_bounds_must_agree() 
     eur_bounds = SearchFilters(min_price=Money(amount_minor=0, currency="EUR"))
     with pytest.raises(InvalidArgument):
         build(SearchRequest(filters=eur_bounds, currency="USD"))
+
+
+def _price_ranges(currency: str) -> list[dict[str, object]]:
+    body = build(SearchRequest(facets=[FacetField.PRICE], currency=currency))
+    ranges: list[dict[str, object]] = body["aggs"]["price"]["aggs"]["ranges"]["range"]["ranges"]
+    return ranges
+
+
+def test_price_facet_labels_are_in_major_units_of_the_searchs_currency() -> None:
+    # The boundaries stay in minor units; only the names follow the currency's
+    # minor unit: 1000 cents are 10 EUR, 1000 yen are 1000 JPY (no minor unit).
+    eur, jpy = _price_ranges("EUR"), _price_ranges("JPY")
+    assert [r["key"] for r in eur] == [
+        "0-10",
+        "10-25",
+        "25-50",
+        "50-100",
+        "100-250",
+        "250-500",
+        "500+",
+    ]
+    assert [r["key"] for r in jpy] == [
+        "0-1000",
+        "1000-2500",
+        "2500-5000",
+        "5000-10000",
+        "10000-25000",
+        "25000-50000",
+        "50000+",
+    ]
+    assert [(r["from"], r.get("to")) for r in jpy] == [(r["from"], r.get("to")) for r in eur]
+
+
+def test_a_price_label_between_major_units_keeps_its_fraction() -> None:
+    assert _price_label(1050, 2500, 2) == "10.5-25"
+    assert _price_label(5, None, 2) == "0.05+"
+
+
+def test_every_currency_the_catalog_sells_in_has_its_minor_unit_exponent() -> None:
+    assert CURRENCIES <= MINOR_UNIT_EXPONENTS.keys()
+    assert (minor_unit_exponent("JPY"), minor_unit_exponent("EUR")) == (0, 2)
 
 
 def test_price_buckets_are_answered_in_their_currency() -> None:

@@ -15,10 +15,13 @@ a late write to an index dropped after a swap fails instead of resurrecting it.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
+
+log = logging.getLogger(__name__)
 
 TARGETS_TTL_S = 1.0
 FIRST_VERSION = "v1"
@@ -121,11 +124,38 @@ class Indices:
         )
 
     async def replicate(self, names: list[str]) -> None:
-        """Give indices made before REPLICAS their replica (a dynamic setting: no reindex)."""
-        if names:
-            await self.es.indices.put_settings(
-                index=",".join(names), settings={"index.auto_expand_replicas": REPLICAS}
+        """Give indices made before REPLICAS their replica (a dynamic setting: no reindex).
+
+        Writes only the indices whose setting differs, and logs a refusal instead of
+        raising: a metadata block (index.blocks.read_only, index.blocks.metadata)
+        refuses the read or the write, and a search service that exited over a replica
+        count would crash-loop and stop the searches the block still allows. (The disk
+        flood stage's read_only_allow_delete block allows settings writes since
+        Elasticsearch 8, elastic/elasticsearch#81781.)"""
+        try:
+            stale = await self.without_replicas(names)
+            if stale:
+                await self.es.indices.put_settings(
+                    index=",".join(stale), settings={"index.auto_expand_replicas": REPLICAS}
+                )
+        except ApiError as error:
+            log.warning(
+                "replica setting refused, serving the indices as they are",
+                extra={"indices": names, "error": str(error)},
             )
+
+    async def without_replicas(self, names: list[str]) -> list[str]:
+        """Those of `names` whose auto_expand_replicas is not REPLICAS."""
+        if not names:
+            return []
+        found = await self.es.indices.get_settings(
+            index=",".join(names), name="index.auto_expand_replicas"
+        )
+        return sorted(
+            name
+            for name, entry in found.body.items()
+            if entry["settings"].get("index", {}).get("auto_expand_replicas") != REPLICAS
+        )
 
     async def behind(self, alias: str) -> list[str]:
         try:

@@ -18,9 +18,11 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from agora.errors import InvalidArgument
+from agora.money import minor_unit_exponent
 from agora.text import storable
 from contracts.agora.common.v1 import Money
 from contracts.agora.search.v1 import (
@@ -298,8 +300,9 @@ def build(request: SearchRequest) -> dict[str, Any]:
 
 
 def _price_facet(currency: str) -> dict[str, Any]:
+    exponent = minor_unit_exponent(currency)
     ranges = [
-        {"key": _price_label(lo, hi), "from": lo, **({"to": hi} if hi else {})}
+        {"key": _price_label(lo, hi, exponent), "from": lo, **({"to": hi} if hi else {})}
         for lo, hi in PRICE_BUCKETS
     ]
     # Counts only prices in `currency`: 10.00 EUR and 10 JPY are not one bucket.
@@ -309,8 +312,15 @@ def _price_facet(currency: str) -> dict[str, Any]:
     }
 
 
-def _price_label(low: int, high: int | None) -> str:
-    return f"{low // 100}-{high // 100}" if high else f"{low // 100}+"
+def _price_label(low: int, high: int | None, exponent: int) -> str:
+    """A bucket's name in major units: "10-25" in EUR, "1000-2500" in JPY."""
+    low_major = _major_units(low, exponent)
+    return f"{low_major}-{_major_units(high, exponent)}" if high else f"{low_major}+"
+
+
+def _major_units(amount_minor: int, exponent: int) -> str:
+    # Without trailing zeros or an exponent: 1000 cents read "10", 1050 read "10.5".
+    return f"{Decimal(amount_minor).scaleb(-exponent).normalize():f}"
 
 
 def response(request: SearchRequest, answer: dict[str, Any]) -> SearchResponse:
