@@ -243,6 +243,13 @@ CANCEL_OF_COMPLETED_TO_ITS_END = "temporal-cancel-finishes-cancel-of-completed"
 # run cancelled with nothing recorded, reserved or counted; before, it was mapped to
 # PRICING_UNAVAILABLE and counted as a failed saga. Asked only on that path.
 TEMPORAL_CANCEL_AT_PRICING = "temporal-cancel-at-pricing"
+# Since this change a cancel requested in Temporal that cuts short the count of a saga
+# rejected before its order was recorded (`orders.count_unrecorded`) runs the count again
+# to its end, as OWN_WRITES_TO_THEIR_END does for the saga's other closing writes: the
+# saga ends REJECTED, and `accept` answers the rejection. Before, the cancel escaped the
+# run, which ended cancelled with `accept` unanswered (the POST got a 502) and the
+# rejection uncounted. Asked only on that path.
+UNRECORDED_COUNT_TO_ITS_END = "temporal-cancel-finishes-unrecorded-count"
 # What the saga needs after the payment, of the reservation's life: capture, commit,
 # as they run when payments and inventory answer. A payments outage longer than what
 # is left still outlasts the reservation: the capture is not bounded by it, since a
@@ -801,13 +808,22 @@ class OrderWorkflow:
         else:
             self.view.status = "REJECTED"
             if workflow.patched(UNRECORDED_COUNTED):
-                await workflow.execute_local_activity_method(
-                    OrdersActivities.count_unrecorded,
-                    UnrecordedEnd(rejected.reason, rejected.detail),
-                    start_to_close_timeout=LOCAL_TIMEOUT,
-                )
+                await self.count_unrecorded(rejected)
         self.finished = True
         return self.view
+
+    async def count_unrecorded(self, rejected: Rejected) -> None:
+        """Count a saga rejected before its order was recorded (UNRECORDED_COUNTED). A count
+        cut short by a cancel requested in Temporal may have been added already: run again,
+        it is then counted twice, which a rate of rejections shrugs off, where a cancel
+        escaping would leave the POST unanswered."""
+        end = UnrecordedEnd(rejected.reason, rejected.detail)
+        await _to_its_end(
+            lambda: workflow.execute_local_activity_method(
+                OrdersActivities.count_unrecorded, end, start_to_close_timeout=LOCAL_TIMEOUT
+            ),
+            UNRECORDED_COUNT_TO_ITS_END,
+        )
 
     def upsert_search_attributes(self, order: OrderInput) -> None:
         assert self.priced is not None
@@ -886,14 +902,16 @@ def _cancelled(error: ActivityError | ApplicationError) -> bool:
     return isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
 
 
-async def _to_its_end(write: Callable[[], Awaitable[object]]) -> bool:
+async def _to_its_end(
+    write: Callable[[], Awaitable[object]], patch: str = OWN_WRITES_TO_THEIR_END
+) -> bool:
     """One of the saga's own writes (a local activity, idempotent by its key); cut short
-    by a cancel requested in Temporal, run again to its end (OWN_WRITES_TO_THEIR_END).
-    Whether it was cut short."""
+    by a cancel requested in Temporal, run again to its end (since `patch`, the version
+    that did so for this write). Whether it was cut short."""
     try:
         await write()
     except ActivityError as error:
-        if not _cancelled(error) or not workflow.patched(OWN_WRITES_TO_THEIR_END):
+        if not _cancelled(error) or not workflow.patched(patch):
             raise
         await write()
         return True

@@ -176,11 +176,17 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
             except WorkflowAlreadyStartedError as closed:
                 answer = await _closed_order(request, order, closed.run_id, digest)
             except WorkflowUpdateFailedError as refused:
-                if not _placed_before(refused):
+                if _closed_unanswered(refused):
+                    # The saga closed before `accept` answered (cancelled or terminated
+                    # in Temporal while it priced the order): answered as a retry is.
+                    run_id = (await start.workflow_handle()).run_id
+                    answer = await _closed_order(request, order, run_id, digest)
+                elif _placed_before(refused):
+                    # Temporal no longer held the key's first run (past the namespace's
+                    # retention): the new run refused to place the order again.
+                    answer = await _recorded_order(request, order, digest)
+                else:
                     raise
-                # Temporal no longer held the key's first run (past the namespace's
-                # retention): the new run refused to place the order again.
-                answer = await _recorded_order(request, order, digest)
             else:
                 answer = _from_view(request, view)
     return web.json_response(
@@ -193,8 +199,9 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
 async def _closed_order(
     request: web.Request, order: OrderInput, run_id: str | None, digest: str
 ) -> OrderAnswer:
-    """How the order's closed saga ended, answered to a retried POST as the first was:
-    the order, or the same rejection if it was refused before it was accepted. The
+    """How the order's closed saga ended, answered to a retried POST as the first was
+    (and to the first, if the run closed before `accept` answered): the order, or the
+    same rejection if it was refused before it was accepted. The
     key with another order (`digest` differs) is a conflict, whatever the first became.
     A saga cancelled or terminated in Temporal has no result, nor has one that refused
     to place the key's order again (past the namespace's retention, the first run gone):
@@ -225,6 +232,16 @@ def _placed_before(error: FailureError | WorkflowFailureError | WorkflowUpdateFa
             return True
         cause = cause.cause
     return False
+
+
+# The failure Temporal gives an accepted update whose run closed before it answered.
+UPDATE_OUTLIVED = "AcceptedUpdateCompletedWorkflow"
+
+
+def _closed_unanswered(refused: WorkflowUpdateFailedError) -> bool:
+    """`accept` failed because the saga's run closed first, not by the saga's answer."""
+    cause = refused.cause
+    return isinstance(cause, ApplicationError) and cause.type == UPDATE_OUTLIVED
 
 
 # A saga stopped in Temporal before it recorded its order: it reserved and charged nothing.

@@ -128,8 +128,8 @@ class World:
     placed_before: set[str] = field(default_factory=set)
     # The amounts payments was asked to authorize.
     authorized: list[int] = field(default_factory=list)
-    # The orders database stops answering the first of these writes ("record", or a
-    # transition's status): its attempt hangs, writing nothing, until it is cancelled.
+    # The first of these writes ("record", "count", or a transition's status) hangs,
+    # doing nothing, until it is cancelled (the orders database stops answering).
     stalled_writes: set[str] = field(default_factory=set)
     # Voids payments refuses for good, by how their key ends (":authorize:1:void").
     refused_voids: set[str] = field(default_factory=set)
@@ -202,6 +202,7 @@ async def transition(data: TransitionInput) -> None:
 @activity.defn(name="orders.count_unrecorded")
 async def count_unrecorded(data: UnrecordedEnd) -> None:
     world.calls.append(f"count:{data.rejection}")
+    await world.stall("count")
 
 
 @activity.defn(name="orders.snapshot")
@@ -524,7 +525,9 @@ async def test_a_catalog_outage_rejects_the_order_after_its_pricing_attempts(
     assert world.calls == ["price"] * 3 + ["count:PRICING_UNAVAILABLE"]
 
 
-def post(order: OrderInput) -> WithStartWorkflowOperation[Any, Any]:
+def post(
+    order: OrderInput, *, task_timeout: timedelta | None = None
+) -> WithStartWorkflowOperation[Any, Any]:
     """The saga's start as the gateway's POST sends it (Update-With-Start)."""
     return WithStartWorkflowOperation(
         OrderWorkflow.run,
@@ -532,6 +535,7 @@ def post(order: OrderInput) -> WithStartWorkflowOperation[Any, Any]:
         id=order_workflow_id(order.order_id),
         task_queue=ORDERS_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        task_timeout=task_timeout,
     )
 
 
@@ -1222,6 +1226,47 @@ async def test_a_temporal_cancel_during_pricing_ends_the_run_with_nothing_record
     assert world.calls == ["price"]
     await cancelled_in_temporal(handle)
     await keep_history(client, handle.id, "temporal-cancel-at-pricing")
+
+
+async def posted(
+    client: Client, order: OrderInput, *, task_timeout: timedelta | None = None
+) -> asyncio.Task[OrderView]:
+    """The POST's Update-With-Start for `order`, sent; its `accept` answer to come."""
+    digest = request_digest(order.lines, order.currency, order.expected_total_minor)
+    start = post(order, task_timeout=task_timeout)
+    answer = asyncio.create_task(
+        client.execute_update_with_start_workflow(
+            OrderWorkflow.accept, digest, start_workflow_operation=start
+        )
+    )
+    await start.workflow_handle()
+    return answer
+
+
+async def test_a_temporal_cancel_cutting_the_unrecorded_count_short_still_answers_the_rejection(
+    client: Client,
+) -> None:
+    # Rejected at pricing, then cancelled in Temporal while the saga counted it: the
+    # count is run to its end and the saga ends REJECTED, the POST answered with the
+    # rejection. Before, the cancel escaped the run: the POST got no answer (a 502).
+    world.unknown_sku = True
+    world.stalled_writes.add("count")
+    order = new_order()
+    # task_timeout: see cancelled_in_temporal_during_own_write
+    answer = await posted(client, order, task_timeout=timedelta(seconds=2))
+    handle = client.get_workflow_handle_for(OrderWorkflow.run, order_workflow_id(order.order_id))
+    await reached("count:PRODUCT_UNAVAILABLE")
+    await handle.cancel()
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await answer
+    assert isinstance(refused.value.cause, ApplicationError)
+    assert refused.value.cause.type == "PRODUCT_UNAVAILABLE"
+    view = await handle.result()
+    assert (view.status, view.rejection) == ("REJECTED", "PRODUCT_UNAVAILABLE")
+    # Nothing else done: the count cut short, then run again to its end (the worker may
+    # start it more than once meanwhile, as it replays the run's task: the SDK's business).
+    assert world.calls[0] == "price" and set(world.calls[1:]) == {"count:PRODUCT_UNAVAILABLE"}
+    await keep_history(client, handle.id, "temporal-cancel-at-count")
 
 
 async def cancelled_in_temporal_during_compensating_refund(
