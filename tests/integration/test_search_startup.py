@@ -121,3 +121,23 @@ async def test_the_disk_flood_stage_block_does_not_refuse_the_replica_setting(
 
     assert warnings(caplog) == []
     assert await replicas_of(es, flooded) == REPLICAS
+
+
+async def test_an_unchanged_auto_create_rule_is_not_written_again_under_a_cluster_block(
+    es: AsyncElasticsearch,
+) -> None:
+    """A cluster-wide metadata block refuses every cluster settings write, even one that
+    changes nothing; start-up must not write the auto-create rule it already holds."""
+    before = await es.cluster.get_settings(flat_settings=True)
+    indices = Indices(es, f"startup-test-{uuid.uuid4().hex[:8]}")
+    await indices.refuse_auto_create()
+    await es.cluster.put_settings(persistent={"cluster.blocks.read_only": True})
+    try:
+        await indices.refuse_auto_create()
+        found = await es.cluster.get_settings(flat_settings=True)
+    finally:
+        await es.cluster.put_settings(persistent={"cluster.blocks.read_only": None})
+        # The platform's own rule, as its search service wrote it.
+        rule = before["persistent"].get("action.auto_create_index")
+        await es.cluster.put_settings(persistent={"action.auto_create_index": rule})
+    assert found["persistent"]["action.auto_create_index"] == f"-{indices.prefix}-*,+*"

@@ -108,9 +108,7 @@ class Indices:
 
     async def ensure(self) -> None:
         """On start-up: the first index and both aliases, unless they exist."""
-        await self.es.cluster.put_settings(
-            persistent={"action.auto_create_index": f"-{self.prefix}-*,+*"}
-        )
+        await self.refuse_auto_create()
         if await self.es.indices.exists_alias(name=self.read_alias):
             await self.replicate(await self.behind(self.write_alias))
             return
@@ -122,6 +120,15 @@ class Indices:
                 {"add": {"index": first, "alias": self.write_alias}},
             ]
         )
+
+    async def refuse_auto_create(self) -> None:
+        """No write may create one of our indices by auto-creation (cluster-wide). Read
+        first: a cluster-wide metadata block refuses the write even when it changes
+        nothing, and the setting outlives the service."""
+        wanted = f"-{self.prefix}-*,+*"
+        found = await self.es.cluster.get_settings(flat_settings=True)
+        if found.body.get("persistent", {}).get("action.auto_create_index") != wanted:
+            await self.es.cluster.put_settings(persistent={"action.auto_create_index": wanted})
 
     async def replicate(self, names: list[str]) -> None:
         """Give indices made before REPLICAS their replica (a dynamic setting: no reindex).
