@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.api.common.v1 import Payloads
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from agora import scopes
@@ -64,6 +65,10 @@ from workflows.catalog import (
     import_workflow_id,
     product_write_workflow_id,
 )
+
+# Temporal refuses a workflow input larger than this: its `limit.blobSize.error`, whose
+# default stack/temporal.py leaves alone (a cluster's must not be lower).
+MAX_WORKFLOW_INPUT_BYTES = 2 * 1024 * 1024
 
 READ = frozenset({scopes.CATALOG_READ})
 WRITE = frozenset({scopes.CATALOG_WRITE})
@@ -213,6 +218,21 @@ async def deactivate_product(request: web.Request, _: None) -> ProductWriteRespo
 # Bulk import -----------------------------------------------------------------------
 
 
+async def _refuse_input_over_temporal_limit(temporal: Client, data: ImportInput) -> None:
+    """413 for products that fit the body limit but not Temporal's: its JSON escapes
+    non-ASCII text (a Cyrillic letter, 2 bytes in the body, is 6 in the payload), so
+    they are measured as the start will send them, with the client's own converter and
+    codec. Temporal's own refusal would reach the client as a vague 400."""
+    size = Payloads(payloads=await temporal.data_converter.encode([data])).ByteSize()
+    if size > MAX_WORKFLOW_INPUT_BYTES:
+        raise Problem(
+            "body-too-large",
+            f"these products make a {size}-byte workflow input and Temporal takes at most"
+            f" {MAX_WORKFLOW_INPUT_BYTES} bytes (2 MiB; non-ASCII text counts up to 3 times"
+            " its UTF-8 size): split them into several imports",
+        )
+
+
 async def start_import(request: web.Request, body: ImportProductsRequest) -> ImportStartedResponse:
     gw = deps(request)
     import_id = idempotency_key(request, required=False)
@@ -221,6 +241,7 @@ async def start_import(request: web.Request, body: ImportProductsRequest) -> Imp
         products=[_product_data(p.sku, p) for p in body.products],
         batch_size=body.batch_size,
     )
+    await _refuse_input_over_temporal_limit(gw.upstream.temporal, data)
     async with gw.upstream.call(request, "temporal.ImportProducts") as timeout:
         # A retry joins the import, or finds it done, instead of importing again (an
         # import run anew would overwrite edits made since); the same key with other

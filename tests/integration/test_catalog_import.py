@@ -18,13 +18,15 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from agora.config import Settings
 from gateway.deps import Gateway
+from gateway.routes.catalog import MAX_WORKFLOW_INPUT_BYTES
 from gateway.schemas_catalog import MAX_IMPORT, MAX_IMPORT_BODY_BYTES
 from tests.integration.catalogkit import CatalogApi, product_body
 from tests.integration.conftest import Services
-from tests.integration.gatewaykit import TokenMinter, problem, running_gateway
+from tests.integration.gatewaykit import TokenMinter, no_upstream_call, problem, running_gateway
 from tests.integration.holds import Hold, started_attempt
 from tests.integration.waiting import eventually
 from workflows.catalog import (
@@ -246,6 +248,31 @@ async def test_an_import_of_a_thousand_products_fits_its_own_body_limit(
 
     final = await eventually(completed, within=120, what="the 1,000-product import")
     assert (final["created"], final["failed"]) == (MAX_IMPORT, 0)
+
+
+async def test_non_ascii_products_within_the_body_limit_but_over_temporals_are_413_unstarted(
+    importing: tuple[Gateway, CatalogApi],
+) -> None:
+    # Cyrillic is 2 bytes a letter in the body and 6 in the workflow input (the SDK's
+    # JSON escapes it): 1.3 MiB of body would be a 3.4 MiB payload Temporal refuses.
+    gw, api = importing
+    prefix, import_id = f"CYR-{uuid.uuid4().hex[:6]}", f"import-{uuid.uuid4()}"
+    description = "Дубовое основание, льняной абажур и плетёный шнур. " * 45
+    products = [
+        product_body(f"{prefix}-{i:04d}", title=f"Настольная лампа {i}", description=description)
+        for i in range(300)
+    ]
+    raw = json.dumps({"products": products}, ensure_ascii=False).encode()
+    assert len(raw) < MAX_IMPORT_BODY_BYTES
+    headers = {**api.admin, "Content-Type": "application/json", "Idempotency-Key": import_id}
+    with no_upstream_call(gw):
+        response = await api.client.post("/v1/admin/products/import", data=raw, headers=headers)
+        document = await problem(response, 413, "body-too-large")
+    assert str(MAX_WORKFLOW_INPUT_BYTES) in document["detail"], document
+    handle = gw.upstream.temporal.get_workflow_handle(import_workflow_id(import_id))
+    with pytest.raises(RPCError) as missing:
+        await handle.describe()
+    assert missing.value.status == RPCStatusCode.NOT_FOUND
 
 
 async def test_attribute_names_and_values_have_a_length_limit(
