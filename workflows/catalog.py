@@ -64,13 +64,17 @@ DEFAULT_BATCH_SIZE = 100
 PROGRESS_QUERY = "progress"
 
 
-def product_write_workflow_id(operation: str, sku: str, request_key: str) -> str:
-    """Per request: a retried request (same key) joins the write instead of repeating it.
+def product_write_workflow_id(operation: str, sku: str, caller: str, request_key: str) -> str:
+    """Per caller and request: a retried request (same caller, same key) joins the
+    write instead of repeating it; another caller's request with the same key is its own
+    write, never answered with the first one's result.
 
-    The sku stays readable for the Temporal UI; the digest of sku and key together
-    keeps ids apart that plain joining would not (a sku and a key may both hold "-":
-    ("SKU-42-000001", "abcdefgh") and ("SKU-42", "000001-abcdefgh") met before)."""
-    digest = hashlib.sha256(f"{sku}\n{request_key}".encode()).hexdigest()[:24]
+    The sku stays readable for the Temporal UI; the digest of sku, caller and key keeps
+    ids apart that plain joining would not (a sku and a key may both hold "-":
+    ("SKU-42-000001", "abcdefgh") and ("SKU-42", "000001-abcdefgh") met before). Neither
+    a sku nor a key holds a newline, so the caller, whatever it holds, is what lies
+    between the first and the last one."""
+    digest = hashlib.sha256(f"{sku}\n{caller}\n{request_key}".encode()).hexdigest()[:24]
     return f"catalog-{operation}-{sku}-{digest}"
 
 

@@ -1,12 +1,16 @@
 """Products: reads straight from catalog's gRPC API (cached there), admin writes as workflows.
 
 Reads need `catalog:read`, writes `catalog:write`. A write runs as a workflow on
-catalog's task queue whose id carries the request's `Idempotency-Key` (or a
-fresh one), so a retried request joins the write instead of repeating it.
+catalog's task queue whose id carries the caller and the request's
+`Idempotency-Key` (or a fresh one), so a retried request joins the write instead
+of repeating it, and another caller's request with the same key is a write of its
+own. An import's status is found under the caller's id too: another caller's import
+id is not found.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -26,6 +30,7 @@ from contracts.agora.catalog.v1 import (
 )
 from contracts.agora.common.v1 import PageRequest
 from gateway import idempotency
+from gateway.context import principal_of
 from gateway.deps import deps
 from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
@@ -170,15 +175,21 @@ def _sku(request: web.Request) -> str:
     return path_param(request, "sku", SKU_PATTERN, "1-64 letters, digits, '.', '_' or '-'")
 
 
+def _write_workflow_id(request: web.Request, operation: str, sku: str) -> str:
+    """The caller's write: two integrations numbering their keys alike must not have
+    one's write answered with the other's (as restock's `admin:<caller>:<key>`)."""
+    caller = principal_of(request).subject
+    key = idempotency_key(request, required=False)
+    return product_write_workflow_id(operation, sku, caller, key)
+
+
 def _written(result: WriteResult) -> ProductWriteResponse:
     return ProductWriteResponse(sku=result.sku, version=result.version, changed=result.changed)
 
 
 async def create_product(request: web.Request, body: CreateProductRequest) -> ProductWriteResponse:
     data = CreateProductInput(_product_data(body.sku, body))
-    workflow_id = product_write_workflow_id(
-        "create", body.sku, idempotency_key(request, required=False)
-    )
+    workflow_id = _write_workflow_id(request, "create", body.sku)
     return _written(
         await _execute(request, "CreateProduct", CreateProductWorkflow.run, data, workflow_id)
     )
@@ -187,7 +198,7 @@ async def create_product(request: web.Request, body: CreateProductRequest) -> Pr
 async def update_product(request: web.Request, body: UpdateProductRequest) -> ProductWriteResponse:
     sku = _sku(request)
     data = UpdateProductInput(_product_data(sku, body), body.expected_version or 0)
-    workflow_id = product_write_workflow_id("update", sku, idempotency_key(request, required=False))
+    workflow_id = _write_workflow_id(request, "update", sku)
     return _written(
         await _execute(request, "UpdateProduct", UpdateProductWorkflow.run, data, workflow_id)
     )
@@ -196,7 +207,7 @@ async def update_product(request: web.Request, body: UpdateProductRequest) -> Pr
 async def change_price(request: web.Request, body: ChangePriceRequest) -> ProductWriteResponse:
     sku = _sku(request)
     data = ChangePriceInput(sku, body.amount_minor, body.currency, body.expected_version or 0)
-    workflow_id = product_write_workflow_id("price", sku, idempotency_key(request, required=False))
+    workflow_id = _write_workflow_id(request, "price", sku)
     return _written(
         await _execute(request, "ChangePrice", ChangePriceWorkflow.run, data, workflow_id)
     )
@@ -205,9 +216,7 @@ async def change_price(request: web.Request, body: ChangePriceRequest) -> Produc
 async def deactivate_product(request: web.Request, _: None) -> ProductWriteResponse:
     sku = _sku(request)
     data = DeactivateProductInput(sku)
-    workflow_id = product_write_workflow_id(
-        "deactivate", sku, idempotency_key(request, required=False)
-    )
+    workflow_id = _write_workflow_id(request, "deactivate", sku)
     return _written(
         await _execute(
             request, "DeactivateProduct", DeactivateProductWorkflow.run, data, workflow_id
@@ -233,6 +242,14 @@ async def _refuse_input_over_temporal_limit(temporal: Client, data: ImportInput)
         )
 
 
+def caller_import_workflow_id(caller: str, import_id: str) -> str:
+    """The workflow of `caller`'s import `import_id` (its Idempotency-Key): another
+    caller's key is another import, and its status is not found. The key stays readable
+    for the Temporal UI; a key holds no newline, so the digest's input splits one way."""
+    digest = hashlib.sha256(f"{caller}\n{import_id}".encode()).hexdigest()[:24]
+    return import_workflow_id(f"{import_id}-{digest}")
+
+
 async def start_import(request: web.Request, body: ImportProductsRequest) -> ImportStartedResponse:
     gw = deps(request)
     import_id = idempotency_key(request, required=False)
@@ -243,13 +260,13 @@ async def start_import(request: web.Request, body: ImportProductsRequest) -> Imp
     )
     await _refuse_input_over_temporal_limit(gw.upstream.temporal, data)
     async with gw.upstream.call(request, "temporal.ImportProducts") as timeout:
-        # A retry joins the import, or finds it done, instead of importing again (an
-        # import run anew would overwrite edits made since); the same key with other
-        # products is refused (409).
+        # A retry (same caller, same key) joins the import, or finds it done, instead
+        # of importing again (an import run anew would overwrite edits made since); the
+        # same key with other products is refused (409).
         await gw.upstream.start_workflow(
             ImportProductsWorkflow.run,
             data,
-            id=import_workflow_id(import_id),
+            id=caller_import_workflow_id(principal_of(request).subject, import_id),
             task_queue=TASK_QUEUE,
             budget_s=timeout,
             idempotent=True,
@@ -260,9 +277,8 @@ async def start_import(request: web.Request, body: ImportProductsRequest) -> Imp
 async def import_status(request: web.Request, _: None) -> ImportStatusResponse:
     gw = deps(request)
     import_id = path_param(request, "import_id", idempotency.KEY_PATTERN, idempotency.RULE)
-    handle = gw.upstream.temporal.get_workflow_handle(
-        import_workflow_id(import_id), result_type=ImportProgress
-    )
+    workflow_id = caller_import_workflow_id(principal_of(request).subject, import_id)
+    handle = gw.upstream.temporal.get_workflow_handle(workflow_id, result_type=ImportProgress)
     async with gw.upstream.call(request, "temporal.ImportStatus") as timeout:
         rpc_timeout = timedelta(seconds=timeout)
         try:

@@ -29,12 +29,15 @@ def product_body(sku: str | None = None, **overrides: Any) -> dict[str, Any]:
 class CatalogApi:
     def __init__(self, client: TestClient, minter: TokenMinter):
         self.client = client
+        self.minter = minter
         self.read = bearer(minter.token(scope="profile catalog:read"))
+        # The admin token's subject: the caller its writes' workflow ids are scoped to.
+        self.subject = str(uuid.uuid4())
         # Writes may wait up to 10 s (the edge's default is 2 s): these tests check what a
         # write does, and a reindex of the whole catalog on two shared cores once held one
         # past 2 s in CI.
         self.admin = {
-            **bearer(minter.token(scope="profile catalog:read catalog:write")),
+            **bearer(minter.token(scope="profile catalog:read catalog:write", sub=self.subject)),
             "X-Request-Timeout": "10000",
         }
 

@@ -142,6 +142,35 @@ async def test_a_write_retried_with_its_key_answers_the_first_and_another_body_i
     assert (await api.get(sku))["title"] == "Idempotent lamp"
 
 
+async def test_another_callers_write_with_the_same_key_is_a_write_of_its_own(
+    api: CatalogApi,
+) -> None:
+    # Two integrations with catalog:write whose key counters both stand at 7.
+    first, second = api, CatalogApi(api.client, api.minter)
+    body = await first.create(sku=f"KEYS-{uuid.uuid4().hex[:10]}")
+    sku, url = body["sku"], f"/v1/admin/products/{body['sku']}"
+    key = {"Idempotency-Key": f"{uuid.uuid4().hex[:8]}-00000007"}
+
+    async def deactivate(caller: CatalogApi) -> dict[str, object]:
+        response = await caller.client.delete(url, headers={**caller.admin, **key})
+        assert response.status == 200, await response.text()
+        answer: dict[str, object] = await response.json()
+        return answer
+
+    deactivated = await deactivate(first)
+    assert deactivated == {"sku": sku, "version": 2, "changed": True}
+    assert await deactivate(first) == deactivated  # its own retry: the first result
+    reactivate = {k: v for k, v in body.items() if k != "sku"} | {"active": True}
+    response = await first.client.put(url, json=reactivate, headers=first.admin)
+    assert response.status == 200, await response.text()
+    assert (await first.get(sku))["active"] is True
+
+    # Not the first caller's old answer: the product is deactivated again.
+    assert await deactivate(second) == {"sku": sku, "version": 4, "changed": True}
+    product = await second.get(sku)
+    assert (product["active"], product["version"]) == (False, 4)
+
+
 async def test_reads_need_a_token_and_writes_need_the_write_scope(api: CatalogApi) -> None:
     await problem(await api.client.get("/v1/products/ANY"), 401, "token-missing")
     await problem(

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from agora.config import Settings
 from gateway.deps import Gateway
-from gateway.routes.catalog import MAX_WORKFLOW_INPUT_BYTES
+from gateway.routes.catalog import MAX_WORKFLOW_INPUT_BYTES, caller_import_workflow_id
 from gateway.schemas_catalog import MAX_IMPORT, MAX_IMPORT_BODY_BYTES
 from tests.integration.catalogkit import CatalogApi, product_body
 from tests.integration.conftest import Services
@@ -62,9 +62,10 @@ def import_api(importing: tuple[Gateway, CatalogApi]) -> CatalogApi:
     return importing[1]
 
 
-async def batch_attempts(temporal: Client, import_id: str, index: int) -> int:
-    """The attempt on which the import's batch `index` completed (from its history)."""
-    history = await temporal.get_workflow_handle(import_workflow_id(import_id)).fetch_history()
+async def batch_attempts(temporal: Client, api: CatalogApi, import_id: str, index: int) -> int:
+    """The attempt on which `api`'s import's batch `index` completed (from its history)."""
+    workflow_id = caller_import_workflow_id(api.subject, import_id)
+    history = await temporal.get_workflow_handle(workflow_id).fetch_history()
     return started_attempt(history, index=index)
 
 
@@ -131,7 +132,7 @@ async def test_import_survives_a_worker_restart_without_duplicates(
     assert (final["created"], final["unchanged"], final["updated"]) == (PRODUCTS - 1, 1, 0)
     assert final["failed"] == 0
     # The batch's attempt that was running died with its worker; a later one completed.
-    assert await batch_attempts(gw.upstream.temporal, started["import_id"], HELD_BATCH) >= 2
+    assert await batch_attempts(gw.upstream.temporal, api, started["import_id"], HELD_BATCH) >= 2
 
     for start in range(0, PRODUCTS, 100):
         skus = [p["sku"] for p in products[start : start + 100]]
@@ -199,6 +200,37 @@ async def test_an_import_retried_after_it_completed_does_not_run_again(
     other = {"products": [product_body(sku=sku, title="Another lamp")]}
     reused = await api.client.post("/v1/admin/products/import", json=other, headers=headers)
     await problem(reused, 409, "conflict")
+
+
+async def test_an_import_is_its_callers_and_another_caller_with_its_key_imports_anew(
+    import_api: CatalogApi,
+) -> None:
+    # Two integrations with catalog:write whose import keys are numbered alike.
+    first, second = import_api, CatalogApi(import_api.client, import_api.minter)
+    key = {"Idempotency-Key": f"import-{uuid.uuid4().hex[:8]}-00000007"}
+
+    async def imported(caller: CatalogApi, sku: str) -> dict[str, Any]:
+        body = {"products": [product_body(sku=sku, title="Imported lamp")]}
+        headers = {**caller.admin, **key}
+        response = await caller.client.post("/v1/admin/products/import", json=body, headers=headers)
+        assert response.status == 202, await response.text()
+        url: str = (await response.json())["status_url"]
+
+        async def completed() -> dict[str, Any] | None:
+            status = await _status(caller, url)
+            return status if status["state"] == "completed" else None
+
+        return await eventually(completed, what=f"{sku}'s import")
+
+    first_sku, second_sku = (f"IMP-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    assert (await imported(first, first_sku))["created"] == 1
+    # Another caller can neither read the first caller's import by its id...
+    url = f"/v1/admin/imports/{key['Idempotency-Key']}"
+    await problem(await second.client.get(url, headers=second.admin), 404, "not-found")
+    # ...nor be answered with it (or refused as a reuse of the key): its import runs.
+    assert (await imported(second, second_sku))["created"] == 1
+    assert (await first.get(second_sku))["title"] == "Imported lamp"
+    assert (await _status(first, url))["created"] == 1  # the first caller's, still its own
 
 
 def _import_body(prefix: str, size: int) -> bytes:
@@ -269,7 +301,9 @@ async def test_non_ascii_products_within_the_body_limit_but_over_temporals_are_4
         response = await api.client.post("/v1/admin/products/import", data=raw, headers=headers)
         document = await problem(response, 413, "body-too-large")
     assert str(MAX_WORKFLOW_INPUT_BYTES) in document["detail"], document
-    handle = gw.upstream.temporal.get_workflow_handle(import_workflow_id(import_id))
+    handle = gw.upstream.temporal.get_workflow_handle(
+        caller_import_workflow_id(api.subject, import_id)
+    )
     with pytest.raises(RPCError) as missing:
         await handle.describe()
     assert missing.value.status == RPCStatusCode.NOT_FOUND

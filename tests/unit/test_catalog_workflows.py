@@ -153,10 +153,22 @@ async def test_a_rejection_surfaces_with_its_type(env: WorkflowEnvironment) -> N
 def test_write_workflow_ids_of_different_requests_never_meet() -> None:
     # A sku and an Idempotency-Key may both hold "-": joined plainly, these two
     # requests would share one workflow and the second would get the first's result.
-    first = product_write_workflow_id("price", "SKU-42-000001", "abcdefgh")
-    second = product_write_workflow_id("price", "SKU-42", "000001-abcdefgh")
+    first = product_write_workflow_id("price", "SKU-42-000001", "caller", "abcdefgh")
+    second = product_write_workflow_id("price", "SKU-42", "caller", "000001-abcdefgh")
     assert first != second
     assert first.startswith("catalog-price-SKU-42-000001-")
-    assert product_write_workflow_id("price", "SKU-42", "k" * 8) == product_write_workflow_id(
-        "price", "SKU-42", "k" * 8
+    assert product_write_workflow_id(
+        "price", "SKU-42", "caller", "k" * 8
+    ) == product_write_workflow_id("price", "SKU-42", "caller", "k" * 8)
+
+
+def test_write_workflow_ids_of_two_callers_with_one_key_never_meet() -> None:
+    # Two integrations numbering their keys alike: one's write must not be answered
+    # with the other's. A key may hold ":", a subject anything.
+    key = "00000007"
+    assert product_write_workflow_id("deactivate", "SKU-1", "a", key) != (
+        product_write_workflow_id("deactivate", "SKU-1", "b", key)
+    )
+    assert product_write_workflow_id("deactivate", "SKU-1", "a:b", "c:000007") != (
+        product_write_workflow_id("deactivate", "SKU-1", "a", "b:c:000007")
     )
