@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import pytest
 
@@ -18,7 +20,7 @@ from workers.payments.psp import (
     PspRejected,
     PspTransientError,
 )
-from workers.payments.psp_sim import MemorySimStore, SimulatedPsp, tokenize
+from workers.payments.psp_sim import MemorySimStore, SimStore, SimulatedPsp, tokenize
 
 TODAY = dt.date(2026, 1, 15)
 
@@ -195,3 +197,124 @@ async def test_nothing_can_be_captured_after_a_void(psp: SimulatedPsp) -> None:
     await psp.void(key="v1", authorization_key="p1")
     with pytest.raises(PspRejected):
         await psp.capture(key="c1", authorization_key="p1", amount_minor=100, currency="EUR")
+
+
+class LosesTheAnswerAfterTheClaim:
+    """Wraps a SimStore: the call that first writes operation record `op_key` does
+    its work, then fails once as a lost connection would (Redis restarting, the
+    worker killed, the activity cancelled), whatever store call that was."""
+
+    def __init__(self, store: SimStore, op_key: str):
+        self.store = store
+        self.op_key = op_key
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self.store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            before = await self.store.get(self.op_key)
+            result = await method(*args, **kwargs)
+            written = before is None and await self.store.get(self.op_key) is not None
+            if written and not self.failed:
+                self.failed = True
+                raise ConnectionError("connection lost after the operation was recorded")
+            return result
+
+        return call
+
+
+def losing_the_answer_to(store: SimStore, op_key: str) -> SimulatedPsp:
+    return SimulatedPsp(cast(SimStore, LosesTheAnswerAfterTheClaim(store, op_key)))
+
+
+async def test_a_capture_answer_lost_after_its_claim_still_moved_the_money(
+    psp: SimulatedPsp, store: MemorySimStore
+) -> None:
+    await psp.authorize(
+        key="p1", card_token=token("4242424242424242"), amount_minor=1000, currency="EUR"
+    )
+    failing = losing_the_answer_to(store, "op:c1")
+    with pytest.raises(ConnectionError):
+        await failing.capture(key="c1", authorization_key="p1", amount_minor=1000, currency="EUR")
+    # The retry replays the receipt payments then books: the PSP captured it too.
+    await failing.capture(key="c1", authorization_key="p1", amount_minor=1000, currency="EUR")
+    assert (await store.get("auth:p1") or {})["captured_minor"] == 1000
+    await psp.refund(key="r1", authorization_key="p1", amount_minor=1000, currency="EUR")
+
+
+async def test_a_refund_answer_lost_after_its_claim_still_counts_against_the_capture(
+    psp: SimulatedPsp, store: MemorySimStore
+) -> None:
+    await psp.authorize(
+        key="p1", card_token=token("4242424242424242"), amount_minor=1000, currency="EUR"
+    )
+    await psp.capture(key="c1", authorization_key="p1", amount_minor=1000, currency="EUR")
+    failing = losing_the_answer_to(store, "op:r1")
+    with pytest.raises(ConnectionError):
+        await failing.refund(key="r1", authorization_key="p1", amount_minor=600, currency="EUR")
+    await failing.refund(key="r1", authorization_key="p1", amount_minor=600, currency="EUR")
+    with pytest.raises(PspRejected):
+        await psp.refund(key="r2", authorization_key="p1", amount_minor=401, currency="EUR")
+    assert (await store.get("auth:p1") or {})["refunded_minor"] == 600
+
+
+async def test_a_void_answer_lost_after_its_claim_still_closes_the_authorization(
+    psp: SimulatedPsp, store: MemorySimStore
+) -> None:
+    await psp.authorize(
+        key="p1", card_token=token("4242424242424242"), amount_minor=1000, currency="EUR"
+    )
+    failing = losing_the_answer_to(store, "op:v1")
+    with pytest.raises(ConnectionError):
+        await failing.void(key="v1", authorization_key="p1")
+    await failing.void(key="v1", authorization_key="p1")
+    with pytest.raises(PspRejected):
+        await psp.capture(key="c1", authorization_key="p1", amount_minor=100, currency="EUR")
+
+
+class ReadsTheAuthorizationTogether:
+    """Wraps a SimStore: the first two reads of `auth_key` answer only once both are
+    made, as two concurrent operations on one authorization may read it."""
+
+    def __init__(self, store: SimStore, auth_key: str):
+        self.store = store
+        self.auth_key = auth_key
+        self.readers = 0
+        self.both_read = asyncio.Event()
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        record = await self.store.get(key)
+        if key == self.auth_key and self.readers < 2:
+            self.readers += 1
+            if self.readers == 2:
+                self.both_read.set()
+            await self.both_read.wait()
+        return record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def capture_twice_at_once(store: SimStore, payment_id: str) -> list[object]:
+    """Two captures of 600 with different keys, both reading the authorization first."""
+    psp = SimulatedPsp(cast(SimStore, ReadsTheAuthorizationTogether(store, f"auth:{payment_id}")))
+    async with asyncio.timeout(30):
+        return await asyncio.gather(
+            *(
+                psp.capture(key=key, authorization_key=payment_id, amount_minor=600, currency="EUR")
+                for key in ("c1", "c2")
+            ),
+            return_exceptions=True,
+        )
+
+
+async def test_two_captures_cannot_both_take_the_rest_of_an_authorization(
+    psp: SimulatedPsp, store: MemorySimStore
+) -> None:
+    await psp.authorize(
+        key="p1", card_token=token("4242424242424242"), amount_minor=1000, currency="EUR"
+    )
+    results = await capture_twice_at_once(store, "p1")
+    assert sorted(type(r).__name__ for r in results) == ["PspRejected", "Receipt"]
+    assert (await store.get("auth:p1") or {})["captured_minor"] == 600

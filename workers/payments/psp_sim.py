@@ -20,8 +20,9 @@ vault); it never holds the number.
 
 The simulator's own state (its idempotency records, authorizations, the flaky
 counters) lives in a `SimStore`: Redis for the service (`RedisSimStore`, keys
-under `payments:psp:`), a dict in unit tests. Writes of an operation's record
-are first-writer-wins, so the same key twice moves money once.
+under `payments:psp:`), a dict in unit tests. An operation's record and the money
+it moves are written in one atomic step (`SimStore.claim`), first writer wins: the
+same key twice moves money once, and a crash never leaves a record without its move.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -130,7 +132,18 @@ class SimStore(Protocol):
         """Store `record` unless the key exists; return what is stored (first writer wins)."""
         ...
 
-    async def put(self, key: str, record: dict[str, Any]) -> None: ...
+    async def claim(
+        self,
+        key: str,
+        record: dict[str, Any],
+        auth_key: str,
+        seen: dict[str, Any],
+        moved: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """In one atomic step: if `key` exists, return its record; else, if `auth_key`
+        still holds `seen`, store `record` under `key` and `moved` under `auth_key` and
+        return `record`; else return None (the authorization changed: read it again)."""
+        ...
 
     async def incr(self, key: str) -> int: ...
 
@@ -149,8 +162,22 @@ class MemorySimStore:
     async def add(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
         return dict(self.records.setdefault(key, dict(record)))
 
-    async def put(self, key: str, record: dict[str, Any]) -> None:
+    async def claim(
+        self,
+        key: str,
+        record: dict[str, Any],
+        auth_key: str,
+        seen: dict[str, Any],
+        moved: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        # Atomic as it never awaits.
+        if key in self.records:
+            return dict(self.records[key])
+        if self.records.get(auth_key) != seen:
+            return None
         self.records[key] = dict(record)
+        self.records[auth_key] = dict(moved)
+        return dict(record)
 
     async def incr(self, key: str) -> int:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -166,9 +193,23 @@ class RedisSimStore:
     # refund weeks after the capture must find its authorization.
     TTL_S = 7 * 24 * 3600
 
+    # KEYS: the operation, the authorization. ARGV: the operation's record, its TTL,
+    # the authorization as read, the authorization after the move. Records are
+    # compared and stored as the caller's JSON, never decoded here (Lua's numbers
+    # would print 10^15 as 1e+15).
+    _CLAIM = """
+    local stored = redis.call('GET', KEYS[1])
+    if stored then return stored end
+    if redis.call('GET', KEYS[2]) ~= ARGV[3] then return false end
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+    redis.call('SET', KEYS[2], ARGV[4])
+    return ARGV[1]
+    """
+
     def __init__(self, redis: aioredis.Redis, prefix: str = "payments:"):
         self._redis = redis
         self._prefix = f"{prefix}psp:"
+        self._claim = redis.register_script(self._CLAIM)
 
     async def get(self, key: str) -> dict[str, Any] | None:
         raw = await self._redis.get(self._prefix + key)
@@ -184,8 +225,19 @@ class RedisSimStore:
         raw = await self._redis.get(name)
         return json.loads(raw) if raw is not None else record
 
-    async def put(self, key: str, record: dict[str, Any]) -> None:
-        await self._redis.set(self._prefix + key, json.dumps(record), ex=self._ttl(key))
+    async def claim(
+        self,
+        key: str,
+        record: dict[str, Any],
+        auth_key: str,
+        seen: dict[str, Any],
+        moved: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        # `seen` came from json.loads of what json.dumps wrote: dumping it again
+        # gives back the stored text.
+        args = [json.dumps(record), str(self.TTL_S), json.dumps(seen), json.dumps(moved)]
+        stored = await self._claim(keys=[self._prefix + key, self._prefix + auth_key], args=args)
+        return json.loads(stored) if stored is not None else None
 
     async def incr(self, key: str) -> int:
         name = self._prefix + key
@@ -264,12 +316,14 @@ class SimulatedPsp:
             return _replayed(done, request)
         auth = await self._authorization(authorization_key)
         await self._maybe_fail(Behaviour(auth["behaviour"]), key)
-        open_minor = auth["amount_minor"] - auth["captured_minor"]
-        if auth["voided"] or amount_minor > open_minor or currency != auth["currency"]:
-            raise PspRejected("capture exceeds the open authorization")
-        return await self._apply(
-            key, "cap", request, authorization_key, auth, "captured_minor", amount_minor
-        )
+
+        def captured(auth: dict[str, Any]) -> dict[str, Any]:
+            open_minor = auth["amount_minor"] - auth["captured_minor"]
+            if auth["voided"] or amount_minor > open_minor or currency != auth["currency"]:
+                raise PspRejected("capture exceeds the open authorization")
+            return {**auth, "captured_minor": auth["captured_minor"] + amount_minor}
+
+        return await self._move(key, "cap", request, authorization_key, auth, captured)
 
     async def refund(
         self, *, key: str, authorization_key: str, amount_minor: int, currency: str
@@ -280,13 +334,15 @@ class SimulatedPsp:
             return _replayed(done, request)
         auth = await self._authorization(authorization_key)
         await self._maybe_fail(Behaviour(auth["behaviour"]), key)
-        if amount_minor > auth["captured_minor"] - auth["refunded_minor"]:
-            raise PspRejected("refund exceeds the captured amount")
-        if currency != auth["currency"]:
-            raise PspRejected("currency differs from the authorization's")
-        return await self._apply(
-            key, "ref", request, authorization_key, auth, "refunded_minor", amount_minor
-        )
+
+        def refunded(auth: dict[str, Any]) -> dict[str, Any]:
+            if amount_minor > auth["captured_minor"] - auth["refunded_minor"]:
+                raise PspRejected("refund exceeds the captured amount")
+            if currency != auth["currency"]:
+                raise PspRejected("currency differs from the authorization's")
+            return {**auth, "refunded_minor": auth["refunded_minor"] + amount_minor}
+
+        return await self._move(key, "ref", request, authorization_key, auth, refunded)
 
     async def void(self, *, key: str, authorization_key: str) -> Receipt:
         request = _request("void", authorization_key)
@@ -298,41 +354,48 @@ class SimulatedPsp:
         cancelled = {"state": "cancelled", "behaviour": str(Behaviour.OK)}
         auth = await self.store.add(f"auth:{authorization_key}", cancelled)
         await self._maybe_fail(Behaviour(auth.get("behaviour", "ok")), key)
-        receipt, won = await self._claim(key, "void", request)
-        if won and auth["state"] == "authorized":
-            await self.store.put(f"auth:{authorization_key}", {**auth, "voided": True})
-        return receipt
+        return await self._move(key, "void", request, authorization_key, auth, _voided)
 
-    async def _claim(self, key: str, kind: str, request: dict[str, Any]) -> tuple[Receipt, bool]:
-        """Record operation `key` for `request`; True when this call wrote the record
-        (and so moves money).
-
-        The claim nonce tells the writer apart: two concurrent calls with the
-        same key compute the same reference, but only one nonce is stored.
-        """
-        claim = secrets.token_hex(8)
-        stored = await self.store.add(
-            f"op:{key}", {"reference": _reference(kind, key), "claim": claim, "request": request}
-        )
-        if stored["claim"] == claim:
-            return Receipt(stored["reference"]), True
-        return _replayed(stored, request), False
-
-    async def _apply(
+    async def _move(
         self,
         key: str,
         kind: str,
         request: dict[str, Any],
         authorization_key: str,
         auth: dict[str, Any],
-        field: str,
-        amount_minor: int,
+        moved: Callable[[dict[str, Any]], dict[str, Any]],
     ) -> Receipt:
-        receipt, won = await self._claim(key, kind, request)
-        if won:  # only the first writer of the operation's record moves money
-            auth = {**auth, field: auth[field] + amount_minor}
-            await self.store.put(f"auth:{authorization_key}", auth)
-        return receipt
+        """Record operation `key` and move the authorization to `moved(auth)` in one
+        atomic step (`SimStore.claim`), so a crash between the two cannot leave a
+        replayable receipt for money that never moved. Another operation on the
+        authorization in between makes the step retry on what it left (`moved` may
+        then refuse: two captures cannot both take the last of an authorization)."""
+        record = {"reference": _reference(kind, key), "request": request}
+        while True:
+            try:
+                after = moved(auth)
+            except PspRejected:
+                # A concurrent call with this very key may be what used the amount up.
+                done = await self.store.get(f"op:{key}")
+                if done is None:
+                    raise
+                return _replayed(done, request)
+            stored = await self.store.claim(
+                f"op:{key}", record, f"auth:{authorization_key}", auth, after
+            )
+            if stored is not None:
+                return _replayed(stored, request)
+            auth = await self._current(authorization_key)
+
+    async def _current(self, authorization_key: str) -> dict[str, Any]:
+        record = await self.store.get(f"auth:{authorization_key}")
+        if record is None:
+            raise PspRejected("no such authorization")
+        return record
+
+
+def _voided(auth: dict[str, Any]) -> dict[str, Any]:
+    return {**auth, "voided": True} if auth["state"] == "authorized" else auth
 
 
 def _request(
