@@ -247,10 +247,24 @@ class Settings:
 
 
 def _at_least(floor: int, name: str, text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {text!r}") from None
     if value < floor:
         raise ValueError(f"{name} must be at least {floor}, not {text!r}")
     return value
+
+
+_TRACING = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+
+
+def _tracing(text: str) -> bool:
+    """AGORA_TRACING; a value it does not know (`no`, `disabled`) is refused, not read as on."""
+    value = text.strip().lower() or "on"
+    if value not in _TRACING:
+        raise ValueError(f"AGORA_TRACING must be on, off, true, false, 1 or 0, not {text!r}")
+    return _TRACING[value]
 
 
 def _kafka_protocol(text: str) -> str:
@@ -304,7 +318,7 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         log_level=env.get("AGORA_LOG_LEVEL", "INFO").upper(),
         trace_sample_ratio=_ratio(env.get("AGORA_TRACE_SAMPLE_RATIO", "1.0")),
         otlp_endpoint=env.get("AGORA_OTLP_ENDPOINT", f"http://{host}:{ports['otelcol_grpc']}"),
-        tracing_enabled=env.get("AGORA_TRACING", "on").lower() not in ("off", "0", "false"),
+        tracing_enabled=_tracing(env.get("AGORA_TRACING", "on")),
         temporal_namespace=env.get("AGORA_TEMPORAL_NAMESPACE", "default"),
         extra=extra,
         codec_keys_file=env.get("AGORA_CODEC_KEYS_FILE", ""),
@@ -319,13 +333,19 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
             name: env.get(f"AGORA_RATE_LIMIT_{name.upper()}", default)
             for name, default in DEFAULT_RATE_LIMITS.items()
         },
-        gateway_max_body_bytes=int(env.get("AGORA_GATEWAY_MAX_BODY_BYTES", 64 * 1024)),
+        gateway_max_body_bytes=_at_least(
+            1, "AGORA_GATEWAY_MAX_BODY_BYTES", env.get("AGORA_GATEWAY_MAX_BODY_BYTES", "65536")
+        ),
         # The test profile shares two cores between the whole stack and the tests: a
         # write through a workflow can pass 2 s there. Deadline tests set the header.
-        gateway_default_timeout_ms=int(
-            env.get("AGORA_GATEWAY_DEFAULT_TIMEOUT_MS", 10000 if profile == "test" else 2000)
+        gateway_default_timeout_ms=_at_least(
+            1,
+            "AGORA_GATEWAY_DEFAULT_TIMEOUT_MS",
+            env.get("AGORA_GATEWAY_DEFAULT_TIMEOUT_MS", "10000" if profile == "test" else "2000"),
         ),
-        gateway_redis_timeout_ms=int(env.get("AGORA_GATEWAY_REDIS_TIMEOUT_MS", 500)),
+        gateway_redis_timeout_ms=_at_least(
+            1, "AGORA_GATEWAY_REDIS_TIMEOUT_MS", env.get("AGORA_GATEWAY_REDIS_TIMEOUT_MS", "500")
+        ),
         gateway_trusted_proxies=tuple(
             part.strip()
             for part in env.get("AGORA_GATEWAY_TRUSTED_PROXIES", "").split(",")
@@ -340,20 +360,28 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
             0, "AGORA_PASSWORD_HASH_QUEUE", env.get("AGORA_PASSWORD_HASH_QUEUE", "16")
         ),
         identity_kek=env.get("AGORA_IDENTITY_KEK", ""),
-        access_token_ttl_s=int(env.get("AGORA_IDENTITY_ACCESS_TTL_S", 15 * 60)),
-        refresh_token_ttl_s=int(env.get("AGORA_IDENTITY_REFRESH_TTL_S", 30 * 24 * 3600)),
+        access_token_ttl_s=_at_least(
+            1, "AGORA_IDENTITY_ACCESS_TTL_S", env.get("AGORA_IDENTITY_ACCESS_TTL_S", "900")
+        ),
+        refresh_token_ttl_s=_at_least(
+            1, "AGORA_IDENTITY_REFRESH_TTL_S", env.get("AGORA_IDENTITY_REFRESH_TTL_S", "2592000")
+        ),
         refresh_reuse_grace_s=_at_least(
             0,
             "AGORA_IDENTITY_REFRESH_REUSE_GRACE_S",
             env.get("AGORA_IDENTITY_REFRESH_REUSE_GRACE_S", "30"),
         ),
-        signing_key_rotation_s=int(env.get("AGORA_IDENTITY_KEY_ROTATION_S", 24 * 3600)),
+        signing_key_rotation_s=_at_least(
+            1, "AGORA_IDENTITY_KEY_ROTATION_S", env.get("AGORA_IDENTITY_KEY_ROTATION_S", "86400")
+        ),
         catalog_cache_ttl_s=_at_least(
             1, "AGORA_CATALOG_CACHE_TTL_S", env.get("AGORA_CATALOG_CACHE_TTL_S", "300")
         ),
         # The test profile sweeps often, so a test's short TTL expires quickly.
-        inventory_reservation_sweep_s=int(
-            env.get("AGORA_INVENTORY_RESERVATION_SWEEP_S", 2 if profile == "test" else 30)
+        inventory_reservation_sweep_s=_at_least(
+            1,
+            "AGORA_INVENTORY_RESERVATION_SWEEP_S",
+            env.get("AGORA_INVENTORY_RESERVATION_SWEEP_S", "2" if profile == "test" else "30"),
         ),
         order_price_tolerance_bps=_at_least(
             0,
@@ -365,7 +393,11 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         payments_psp_slow_delay_s=float(env.get("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", 15.0)),
         payments_psp_flaky_failures=int(env.get("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", 2)),
         audit_signing_key=env.get("AGORA_AUDIT_SIGNING_KEY", ""),
-        audit_checkpoint_interval_s=int(env.get("AGORA_AUDIT_CHECKPOINT_INTERVAL_S", 300)),
+        audit_checkpoint_interval_s=_at_least(
+            1,
+            "AGORA_AUDIT_CHECKPOINT_INTERVAL_S",
+            env.get("AGORA_AUDIT_CHECKPOINT_INTERVAL_S", "300"),
+        ),
         audit_retired_public_keys=env.get("AGORA_AUDIT_RETIRED_PUBLIC_KEYS", ""),
         temporal_ui_url_override=env.get("AGORA_TEMPORAL_UI_URL", ""),
         temporal_address_override=env.get("AGORA_TEMPORAL_ADDRESS", ""),
@@ -382,7 +414,8 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         elasticsearch_ca_file=env.get("AGORA_ELASTICSEARCH_CA_FILE", ""),
         elasticsearch_api_key=_credential(env, "AGORA_ELASTICSEARCH_API_KEY"),
         postgres_host=env.get("AGORA_POSTGRES_HOST", ""),
-        db_pool_size=int(env.get("AGORA_DB_POOL_SIZE", 10)),
+        # The pool keeps 2 connections open (agora/db.py): fewer is refused there, later.
+        db_pool_size=_at_least(2, "AGORA_DB_POOL_SIZE", env.get("AGORA_DB_POOL_SIZE", "10")),
         pki_dir_override=env.get("AGORA_PKI_DIR", ""),
         bind_host=env.get("AGORA_BIND_HOST", ""),
         grpc_hosts={

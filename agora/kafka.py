@@ -22,10 +22,14 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
     TopicAlreadyExistsError,
 )
 from aiokafka.helpers import create_ssl_context
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, SpanKind
@@ -96,6 +100,11 @@ REVOKE_WAIT_S = 3.0
 # retriable errors without end, and the rejoin waits for the listener, so a broker
 # coming back from a restart must not hold the member out of its group.
 REVOKE_COMMIT_S = 5.0
+# A dead letter too large to write whole (for the producer's max_request_size or the
+# DLQ topic's limit, both 1 MiB by default) keeps this much of its value: a compressed
+# record holds more than that uncompressed. Half, to leave room for key and headers.
+DLQ_TRUNCATED_BYTES = 512 * 1024
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 
 
 def connection(settings: Settings) -> dict[str, Any]:
@@ -132,6 +141,11 @@ def parse_exact(cls: type[M], data: bytes) -> M:
 
 def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
+
+
+def _written_in(envelope: EventEnvelope) -> Context:
+    """The trace context that wrote `envelope`: it travels in the envelope."""
+    return extract({"traceparent": envelope.traceparent, "tracestate": envelope.tracestate})
 
 
 async def ensure_topics(bootstrap: str, topics: Sequence[str] = EVENT_TOPICS) -> None:
@@ -403,7 +417,7 @@ class EventConsumer:
         if poison is None:
             return len(records)
         if len(batch) == 1:
-            await self._dead_letter(batch[0][1], str(poison))
+            await self._dead_letter(batch[0][1], str(poison), batch[0][0])
             return len(records)
         # Somewhere in the batch is a record the handler cannot apply: apply them one
         # at a time so that only that one is dead-lettered and the others take effect.
@@ -414,7 +428,7 @@ class EventConsumer:
         for decoded in batch:
             error = await self._apply([decoded], self.spec.batch_handler)
             if error is not None:
-                await self._dead_letter(decoded[1], str(error))
+                await self._dead_letter(decoded[1], str(error), decoded[0])
             if self._interrupted():
                 return records.index(decoded[1]) + 1
         return len(records)
@@ -453,7 +467,7 @@ class EventConsumer:
 
         poison = await self._apply([decoded], one)
         if poison is not None:
-            await self._dead_letter(record, str(poison))
+            await self._dead_letter(record, str(poison), decoded[0])
 
     async def _decode(self, record: ConsumerRecord) -> Decoded | None:
         """The record's envelope; None when it is undecodable (then it was dead-lettered)."""
@@ -505,10 +519,7 @@ class EventConsumer:
         producer's trace exactly as a per-record span would, and it links to every
         event's producer context, which is how the other events' traces find it.
         """
-        contexts = [
-            extract({"traceparent": envelope.traceparent, "tracestate": envelope.tracestate})
-            for envelope, _ in batch
-        ]
+        contexts = [_written_in(envelope) for envelope, _ in batch]
         links: dict[tuple[int, int], Link] = {}
         for context in contexts:
             span_context = trace.get_current_span(context).get_span_context()
@@ -536,11 +547,33 @@ class EventConsumer:
             attributes=attributes,
         )
 
-    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        log.error(
-            "dead-lettered",
-            extra={"topic": record.topic, "offset": record.offset, "reason": reason},
-        )
+    async def _dead_letter(
+        self, record: ConsumerRecord, reason: str, envelope: EventEnvelope | None = None
+    ) -> None:
+        """Copy `record` to its topic's DLQ, for the caller to commit past it.
+
+        A copy refused for what it is, not for the brokers being away, is skipped
+        (logged with where the record lies; its topic keeps it): raised, it would end
+        the session, and again on the same record after every restart.
+        """
+        # In the event's trace when its envelope could be read: the consumer span has
+        # ended, and the line belongs beside the producer's and the handler's.
+        span = trace.get_current_span(_written_in(envelope) if envelope else None)
+        where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        with trace.use_span(span, end_on_exit=False):
+            log.error("dead-lettered", extra={**where, "reason": reason})
+            try:
+                await self._write_dead_letter(record, reason)
+            except Exception as error:
+                if isinstance(error, KafkaError) and not isinstance(error, _TOO_LARGE):
+                    raise  # brokers away: a new session gets the record again
+                log.exception("dead letter not written, record skipped", extra=where)
+                return
+        _dead.add(1, {"group": self.spec.group, "topic": record.topic})
+
+    async def _write_dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        """The DLQ copy of `record`: whole, or its value cut to DLQ_TRUNCATED_BYTES
+        (with a `dlq-truncated` header and its full size) when whole is too large."""
         headers = [
             ("dlq-reason", reason.encode()[:1000]),
             ("dlq-topic", record.topic.encode()),
@@ -551,26 +584,16 @@ class EventConsumer:
         if record.value is None:
             # The producer refuses a record with neither key nor value.
             headers.append(("dlq-null-value", b"true"))
+        value = record.value or b""
+        topic = dlq_topic(record.topic)
         try:
-            await self._producer.send_and_wait(
-                dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers
-            )
-        except KafkaError:
-            raise  # brokers away: a new session gets the record again
-        except Exception:
-            # Refused by the producer itself, not the brokers: raised, it would end the
-            # consumer and its process, and again on the same record after a restart.
-            # Logged with where the record lies (its topic keeps it), and skipped.
-            log.exception(
-                "dead letter not written, record skipped",
-                extra={
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                },
-            )
-            return
-        _dead.add(1, {"group": self.spec.group, "topic": record.topic})
+            await self._producer.send_and_wait(topic, value, key=record.key, headers=headers)
+        except _TOO_LARGE:
+            if len(value) <= DLQ_TRUNCATED_BYTES:
+                raise  # its key or headers are what is too large
+            headers += [("dlq-truncated", b"true"), ("dlq-original-size", str(len(value)).encode())]
+            cut = value[:DLQ_TRUNCATED_BYTES]
+            await self._producer.send_and_wait(topic, cut, key=record.key, headers=headers)
 
 
 class _Round(ConsumerRebalanceListener):
