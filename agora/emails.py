@@ -17,9 +17,14 @@ __all__ = ["normalize"]
 
 
 def normalize(email: str) -> str:
-    """Surrounding whitespace stripped, Unicode NFC, then Python's `str.lower()`.
+    """Surrounding whitespace stripped, Unicode NFC, Python's `str.lower()`, NFC again.
+
+    Lowering can undo composition ("J" + combining caron has no precomposed capital,
+    its lower case "j" + caron has: U+01F0), so NFC is applied after it too: the
+    result is its own normalization, as it must be where an email is normalized
+    twice (the gateway, then identity).
 
     An ASCII email comes out exactly as `email.strip().lower()` did before this
     function existed (NFC leaves ASCII alone), so ids derived from one are unchanged.
     """
-    return unicodedata.normalize("NFC", email.strip()).lower()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", email.strip()).lower())

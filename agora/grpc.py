@@ -114,6 +114,19 @@ async def drain(server: Server, *, quiet_s: float = 0.2, timeout_s: float = 5.0)
     server.close()
 
 
+# The longest error message a server sends. It travels percent-encoded in the
+# grpc-message trailer (up to 12 bytes a character), and a caller's HTTP/2 client
+# drops the whole connection, every call on it, on a header block over 64 KiB.
+MAX_MESSAGE_CHARS = 1024
+
+
+def bounded_message(message: str | None) -> str | None:
+    """`message`, cut to MAX_MESSAGE_CHARS characters (ending in "…" when cut)."""
+    if message is None or len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
 def _wrap(func: StreamFunc, method: str) -> StreamFunc:
     @functools.wraps(func)
     async def handle(stream: Stream[Any, Any]) -> None:
@@ -145,11 +158,14 @@ def _wrap(func: StreamFunc, method: str) -> StreamFunc:
                 code = exc.grpc_status
                 if exc.grpc_status in _SERVER_FAULTS:
                     span.set_status(StatusCode.ERROR, exc.detail or exc.grpc_status.name)
-                raise GRPCError(exc.grpc_status, exc.detail) from None
+                raise GRPCError(exc.grpc_status, bounded_message(exc.detail)) from None
             except GRPCError as exc:
                 code = exc.status
                 if exc.status in _SERVER_FAULTS:
                     span.set_status(StatusCode.ERROR, exc.message or exc.status.name)
+                bounded = bounded_message(exc.message)
+                if bounded != exc.message:
+                    raise GRPCError(exc.status, bounded, exc.details) from None
                 raise
             except BaseException as exc:
                 code = Status.UNKNOWN

@@ -243,7 +243,10 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except Problem as problem:
-        problem.headers.update(admission.headers())
+        # A refusal by another bucket (a sign-in's per-account limit) keeps its own
+        # RateLimit headers: they describe the limit that refused.
+        for name, value in admission.headers().items():
+            problem.headers.setdefault(name, value)
         raise
     response.headers.update(admission.headers())
     return response

@@ -23,7 +23,18 @@ Email = Annotated[
 # Registration's password rule; the admin command (workers/identity/admin.py) applies it too.
 PASSWORD_MIN_LENGTH = 10
 Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN_LENGTH, max_length=256)]
-Scope = Annotated[str, StringConstraints(pattern=r"^[a-z]+(:[a-z]+)?$", max_length=64)]
+SCOPE_PATTERN = r"[a-z]+(:[a-z]+)?"
+Scope = Annotated[str, StringConstraints(pattern=rf"^{SCOPE_PATTERN}$", max_length=64)]
+# A requested scope: scope names separated by spaces. Bounded, because identity names
+# what it refuses in its gRPC error and a huge one cost every caller on the gateway's
+# HTTP/2 connection to identity (a header block over 64 KiB drops the connection).
+RequestedScope = Annotated[
+    str,
+    StringConstraints(
+        pattern=rf"^ *({SCOPE_PATTERN}( +{SCOPE_PATTERN})*)? *$",
+        max_length=512,
+    ),
+]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
@@ -51,14 +62,16 @@ class RegisterRequest(Strict):
 class SignInRequest(Strict):
     email: Email
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    scope: str | None = Field(default=None, description="Space-separated subset of your scopes")
+    scope: RequestedScope | None = Field(
+        default=None, description="Space-separated subset of your scopes"
+    )
 
 
 class ClientCredentialsRequest(Strict):
     grant_type: Literal["client_credentials"]
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     client_secret: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    scope: str | None = Field(
+    scope: RequestedScope | None = Field(
         default=None, description="Space-separated subset of the client's scopes"
     )
 

@@ -25,6 +25,8 @@ from temporalio.client import (
     RPCTimeoutOrCancelledError,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -114,6 +116,13 @@ class Upstream:
             raise failures.from_grpc(error) from error
         except (WorkflowFailureError, WorkflowUpdateFailedError, FailureError, RPCError) as error:
             raise failures.from_temporal(error) from error
+        except WorkflowQueryFailedError as error:
+            # The workflow's query handler raised, or its task is failing: its message
+            # is the worker's, not for clients (a 502 shows no detail).
+            raise Problem("upstream-error") from error
+        except WorkflowQueryRejectedError:
+            # Refused by the query's reject condition: the workflow is no longer open.
+            raise Problem("conflict", "the operation's workflow is no longer running") from None
         except (TimeoutError, RPCTimeoutOrCancelledError):
             # Includes an update whose answer did not come in time: the work may still
             # complete, and a retried request with the same Idempotency-Key will find it.

@@ -162,6 +162,25 @@ async def test_password_sign_ins_are_limited_per_account_too(
         assert other.status == 401
 
 
+async def test_a_per_account_refusal_carries_the_per_account_rate_limit_headers(
+    settings: Settings, identity: ServiceProcess | None
+) -> None:
+    # The per-address bucket admitted the request; the per-account one refused it.
+    # The client is told about the one that refused: its limit, nothing remaining.
+    rates = {"auth": "1000/s burst 1000", "signin": "1/m burst 2"}
+    async with running_gateway(settings, rate_limits=rates) as (gw, client):
+        signin = {"email": f"limited-{time.time_ns()}@example.com", "password": "guess"}
+        for _ in range(2):
+            response = await client.post("/v1/auth/signin", json=signin)
+            assert response.status == 401, await response.text()
+        with no_upstream_call(gw):
+            response = await client.post("/v1/auth/signin", json=signin)
+            await problem(response, 429, "rate-limited")
+        assert response.headers["RateLimit-Limit"] == "2"
+        assert response.headers["RateLimit-Remaining"] == "0"
+        assert int(response.headers["RateLimit-Reset"]) > 1  # one per minute
+
+
 async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(
     settings: Settings, identity: ServiceProcess | None
 ) -> None:
@@ -320,6 +339,40 @@ async def test_unknown_fields_are_rejected(gateway: tuple[Gateway, TestClient]) 
         body = await problem(response, 422, "validation-failed")
     assert body["errors"][0]["location"] == ["body", "roles"]
     assert "long enough password" not in json.dumps(body)
+
+
+# Made-up scope names, non-ASCII: identity would name each in its refusal (its gRPC
+# error message travels percent-encoded in a trailer, 6 bytes for each "é").
+MADE_UP_SCOPES = " ".join(f"ééé{i}" for i in range(3000))
+
+
+@pytest.mark.parametrize(
+    ("path", "scope"),
+    [
+        ("/v1/auth/signin", MADE_UP_SCOPES),
+        ("/v1/auth/signin", "profile " * 100),  # well-formed, too long
+        ("/v1/auth/signin", "Profile"),
+        ("/v1/auth/token", MADE_UP_SCOPES),
+        ("/v1/auth/token", "profile\norders:read"),
+    ],
+)
+async def test_a_requested_scope_is_bounded_and_well_formed(
+    gateway: tuple[Gateway, TestClient], path: str, scope: str
+) -> None:
+    gw, client = gateway
+    if path == "/v1/auth/signin":
+        body = {"email": "x@example.com", "password": "guess", "scope": scope}
+    else:
+        grant = {"grant_type": "client_credentials", "client_id": "c", "client_secret": "s"}
+        body = {**grant, "scope": scope}
+    # UTF-8 as typed, not \u-escaped: the made-up scopes fit under the body limit.
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    assert len(raw) <= gw.settings.gateway_max_body_bytes
+    with no_upstream_call(gw):
+        response = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
+        answer = await problem(response, 422, "validation-failed")
+    assert answer["errors"][0]["location"] == ["body", "scope"]
+    assert "ééé" not in json.dumps(answer, ensure_ascii=False)
 
 
 async def test_unknown_query_parameters_are_rejected(

@@ -37,6 +37,8 @@ COMPOSED = "\u00e9cole@example.fr"
         (GREEK, "οδος@example.gr"),
         (DECOMPOSED, COMPOSED),
         ("\u00c9cole@example.fr", COMPOSED),
+        # No precomposed capital J with caron; lowered, "j" + caron composes to U+01F0.
+        ("J\u030cosef@example.cz", "\u01f0osef@example.cz"),
     ],
 )
 def test_normalize_strips_composes_then_lowercases(given: str, normal: str) -> None:
