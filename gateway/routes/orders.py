@@ -28,6 +28,7 @@ from temporalio.exceptions import (
     TerminatedError,
     WorkflowAlreadyStartedError,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.orders import ORDER_ALREADY_PLACED, OrderLineInput
 from agora import scopes
@@ -153,47 +154,76 @@ async def place_order(request: web.Request, body: PlaceOrderRequest) -> web.Resp
         expected_total_minor=body.expected_total_minor,
         price_tolerance_bps=gw.settings.order_price_tolerance_bps,
     )
+    async with gw.upstream.call(request, "temporal.OrderUpdateWithStart") as timeout:
+        async with asyncio.timeout(timeout):
+            digest = request_digest(order.lines, order.currency, order.expected_total_minor)
+            try:
+                answer = await _accepted(request, order, digest, timeout)
+            except _RunClosedUnanswered:
+                # The run closed before `accept` answered (cancelled, terminated or
+                # reset in Temporal while it priced the order): sent once more, as a
+                # retry would be, it joins a run a reset started or reads how the
+                # closed one ended.
+                try:
+                    answer = await _accepted(request, order, digest, timeout)
+                except _RunClosedUnanswered:
+                    raise Problem("upstream-unavailable", RESTARTED_TWICE) from None
+    return web.json_response(
+        answer.model_dump(mode="json", exclude_none=True),
+        status=201,
+        headers={"Location": answer.links["self"]},
+    )
+
+
+RESTARTED_TWICE = (
+    "the order's saga was stopped twice while it priced the order: send the same request"
+    " with the same Idempotency-Key again"
+)
+
+
+class _RunClosedUnanswered(Exception):
+    """`accept` failed because the saga's run closed first, not by the saga's answer:
+    cancelled, terminated or reset in Temporal before it answered."""
+
+
+async def _accepted(
+    request: web.Request, order: OrderInput, digest: str, rpc_timeout_s: float
+) -> OrderAnswer:
+    """The order as `accept` answers it (Update-With-Start), or as its closed run ended."""
     start = WithStartWorkflowOperation(
         OrderWorkflow.run,
         order,
-        id=order_workflow_id(order_id),
+        id=order_workflow_id(order.order_id),
         task_queue=TASK_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         # Never a second saga for one key: a retry joins the running one, or reads
         # how the closed one ended.
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
     )
-    async with gw.upstream.call(request, "temporal.OrderUpdateWithStart") as timeout:
-        async with asyncio.timeout(timeout):
-            digest = request_digest(order.lines, order.currency, order.expected_total_minor)
-            try:
-                view = await gw.upstream.temporal.execute_update_with_start_workflow(
-                    OrderWorkflow.accept,
-                    digest,
-                    start_workflow_operation=start,
-                    rpc_timeout=timedelta(seconds=timeout),
-                )
-            except WorkflowAlreadyStartedError as closed:
-                answer = await _closed_order(request, order, closed.run_id, digest)
-            except WorkflowUpdateFailedError as refused:
-                if _closed_unanswered(refused):
-                    # The saga closed before `accept` answered (cancelled or terminated
-                    # in Temporal while it priced the order): answered as a retry is.
-                    run_id = (await start.workflow_handle()).run_id
-                    answer = await _closed_order(request, order, run_id, digest)
-                elif _placed_before(refused):
-                    # Temporal no longer held the key's first run (past the namespace's
-                    # retention): the new run refused to place the order again.
-                    answer = await _recorded_order(request, order, digest)
-                else:
-                    raise
-            else:
-                answer = _from_view(request, view)
-    return web.json_response(
-        answer.model_dump(mode="json", exclude_none=True),
-        status=201,
-        headers={"Location": answer.links["self"]},
-    )
+    try:
+        view = await deps(request).upstream.temporal.execute_update_with_start_workflow(
+            OrderWorkflow.accept,
+            digest,
+            start_workflow_operation=start,
+            rpc_timeout=timedelta(seconds=rpc_timeout_s),
+        )
+    except WorkflowAlreadyStartedError as closed:
+        return await _closed_order(request, order, closed.run_id, digest)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            # "workflow update was aborted by closing workflow": the run closed (a reset
+            # while `accept` was not yet recorded) before the update was accepted.
+            raise _RunClosedUnanswered from error
+        raise
+    except WorkflowUpdateFailedError as refused:
+        if _closed_unanswered(refused):
+            raise _RunClosedUnanswered from refused
+        if _placed_before(refused):
+            # Temporal no longer held the key's first run (past the namespace's
+            # retention): the new run refused to place the order again.
+            return await _recorded_order(request, order, digest)
+        raise
+    return _from_view(request, view)
 
 
 async def _closed_order(
