@@ -51,9 +51,7 @@ async def restock(request: web.Request, body: RestockRequest) -> RestockResponse
     sku = _sku(request)
     key = idempotency_key(request, required=False)
     # Scoped to the caller: two integrations numbering their receipts alike must
-    # not have one's restock answered with the other's. Inventory reads this form to
-    # find a retry's first attempt stored under the earlier `admin:<key>`
-    # (stocking.pre_caller_admin_key).
+    # not have one's restock answered with the other's.
     caller = principal_of(request).subject
     data = RestockInput(key=f"admin:{caller}:{key}", sku=sku, quantity=body.quantity)
     async with gw.upstream.call(request, "temporal.Restock") as timeout:

@@ -11,14 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from activities.inventory import (
-    InventoryActivities,
-    ReserveInput,
-    RestockInput,
-    RestockResult,
-    SetStockInput,
-    StockLine,
-)
+from activities.inventory import InventoryActivities, ReserveInput, SetStockInput, StockLine
 from agora import db
 from agora.config import Settings
 from gateway.deps import Gateway
@@ -30,7 +23,6 @@ from tests.integration.gatewaykit import (
     problem,
     running_gateway,
 )
-from workflows.inventory import TASK_QUEUE, RestockWorkflow, restock_workflow_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
 
@@ -149,57 +141,6 @@ async def test_two_callers_with_the_same_key_each_get_their_own_restock(
         assert answer.status == 200, await answer.text()
     level = await (await client.get(f"/v1/inventory/{sku}", headers=reader)).json()
     assert level["on_hand"] == 10
-
-
-async def restocked_before_keys_were_per_caller(
-    gw: Gateway, key: str, sku: str, quantity: int
-) -> RestockResult:
-    """A restock as the gateway made it before keys were the caller's: `admin:<key>`."""
-    data = RestockInput(key=f"admin:{key}", sku=sku, quantity=quantity)
-    result: RestockResult = await gw.upstream.temporal.execute_workflow(
-        RestockWorkflow.run, data, id=restock_workflow_id(data.key), task_queue=TASK_QUEUE
-    )
-    return result
-
-
-async def test_a_restock_retried_across_the_per_caller_key_deploy_adds_its_quantity_once(
-    client: TestClient,
-    gateway: tuple[Gateway, TestClient],
-    stock_admin: dict[str, str],
-    reader: dict[str, str],
-) -> None:
-    sku, key = new_sku(), uuid.uuid4().hex
-    first = await restocked_before_keys_were_per_caller(gateway[0], key, sku, 12)
-    path = f"/v1/admin/inventory/{sku}/restock"
-    for _ in range(2):  # the retry, then a retry of the retry
-        retried = await client.post(
-            path, json={"quantity": 12}, headers={**stock_admin, "Idempotency-Key": key}
-        )
-        assert retried.status == 200, await retried.text()
-        stock = (await retried.json())["stock"]
-        assert (stock["on_hand"], stock["version"]) == (12, first.stock_after.version)
-    level = await (await client.get(f"/v1/inventory/{sku}", headers=reader)).json()
-    assert level["on_hand"] == 12
-
-
-async def test_other_restocks_under_a_key_used_before_keys_were_per_caller_are_each_added(
-    client: TestClient,
-    gateway: tuple[Gateway, TestClient],
-    minter: TokenMinter,
-    reader: dict[str, str],
-) -> None:
-    # Old keys were shared by every caller: only the same sku and quantity is a retry.
-    sku, key = new_sku(), uuid.uuid4().hex
-    await restocked_before_keys_were_per_caller(gateway[0], key, sku, 5)
-    path = f"/v1/admin/inventory/{sku}/restock"
-    for quantity in (7, 9):
-        admin = bearer(minter.token(scope="catalog:read inventory:write"))
-        answer = await client.post(
-            path, json={"quantity": quantity}, headers={**admin, "Idempotency-Key": key}
-        )
-        assert answer.status == 200, await answer.text()
-    level = await (await client.get(f"/v1/inventory/{sku}", headers=reader)).json()
-    assert level["on_hand"] == 5 + 7 + 9
 
 
 async def test_retries_of_a_restock_in_flight_join_it_and_add_its_quantity_once(

@@ -6,20 +6,12 @@ sku it changed (with `change` saying which kind), in its own transaction.
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import asyncpg
 
 from agora import outbox
 from contracts.agora.inventory.v1 import StockChange, StockRestocked
 from workers.inventory import idempotency
-from workers.inventory.errors import (
-    IdempotencyKeyReused,
-    InvalidInventoryRequest,
-    InvalidQuantity,
-    UnknownSku,
-)
+from workers.inventory.errors import InvalidInventoryRequest, InvalidQuantity, UnknownSku
 from workers.inventory.model import (
     MAX_LINES,
     MAX_QUANTITY,
@@ -51,7 +43,7 @@ async def restock(
     check_quantity(quantity)
     digest = idempotency.fingerprint(sku, quantity)
     async with conn.transaction():
-        stored = await _claim_restock(conn, key, digest)
+        stored = await idempotency.claim(conn, "restock", key, digest)
         if stored is None:
             row = await conn.fetchrow(
                 f"""
@@ -71,39 +63,6 @@ async def restock(
             stored = idempotency.outcome(RestockResult(sku, quantity, after))
             await idempotency.remember(conn, "restock", key, digest, stored)
     return idempotency.replay(stored, RestockResult)
-
-
-# The admin route keys a restock `admin:<caller>:<Idempotency-Key>`, the caller being
-# identity's subject (a UUID); before the deploy that scoped keys to the caller it was
-# `admin:<Idempotency-Key>`.
-_CALLER_SCOPED_ADMIN_KEY = re.compile(
-    r"admin:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:(?P<key>.+)"
-)
-
-
-def pre_caller_admin_key(key: str) -> str | None:
-    """The key the admin route gave this restock before keys were the caller's, if any."""
-    scoped = _CALLER_SCOPED_ADMIN_KEY.fullmatch(key)
-    return f"admin:{scoped['key']}" if scoped else None
-
-
-async def _claim_restock(conn: asyncpg.Connection, key: str, digest: str) -> dict[str, Any] | None:
-    stored = await idempotency.claim(conn, "restock", key, digest)
-    legacy = pre_caller_admin_key(key)
-    if stored is not None or legacy is None:
-        return stored
-    # A retry across the deploy that scoped keys to the caller finds its first attempt
-    # under the old key. Old keys were shared by all callers, so only the same sku and
-    # quantity make it this request; another is someone else's, not a reuse. No row is
-    # written under an old key any more and they are pruned after RETENTION_DAYS: this
-    # fallback can be removed 30 days after it is deployed.
-    try:
-        stored = await idempotency.claim(conn, "restock", legacy, digest)
-    except IdempotencyKeyReused:
-        return None
-    if stored is not None:
-        await idempotency.remember(conn, "restock", key, digest, stored)
-    return stored
 
 
 async def adjust(
