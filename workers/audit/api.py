@@ -149,13 +149,18 @@ class AuditApi(AuditServiceBase):
         ref = message.aggregate
         if ref is None or not ref.aggregate_type or not ref.aggregate_id:
             raise InvalidQuery("an aggregate needs both its type and its id")
-        rows = await queries.events_of_trail(self.pool, ref.aggregate_type, ref.aggregate_id)
+        trail = await queries.events_of_trail(self.pool, ref.aggregate_type, ref.aggregate_id)
         runs = list(
-            dict.fromkeys((row["workflow_id"], row["run_id"]) for row in rows if row["workflow_id"])
-        )[:MAX_EXPORT_WORKFLOWS]
-        histories = {run: await export.fetch_history(self.temporal, *run) for run in runs}
+            dict.fromkeys(
+                (row["workflow_id"], row["run_id"]) for row in trail.rows if row["workflow_id"]
+            )
+        )
+        histories = {
+            run: await export.fetch_history(self.temporal, *run)
+            for run in runs[:MAX_EXPORT_WORKFLOWS]
+        }
         events = []
-        for row in rows:
+        for row in trail.rows:
             linked = None
             fetched = histories.get((row["workflow_id"], row["run_id"]))
             if fetched is not None:
@@ -183,6 +188,7 @@ class AuditApi(AuditServiceBase):
                 )
                 for h in histories.values()
             ],
+            truncated=trail.truncated or len(runs) > MAX_EXPORT_WORKFLOWS,
         )
 
     async def get_public_key(self, message: GetPublicKeyRequest) -> GetPublicKeyResponse:

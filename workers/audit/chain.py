@@ -171,7 +171,13 @@ async def append_in(conn: asyncpg.Connection, items: Sequence[Incoming]) -> Appe
     # are serialized by that lock, so recorded_at grows with log_sequence, and a row
     # never lands in an older month's partition than the row before it (retention
     # detaches whole months: such a row would be cut out of the middle of the chain).
-    recorded_at = await conn.fetchval("SELECT clock_timestamp()")
+    # Never before the head row's: a database clock stepped back (NTP) must not make an
+    # intact row look rewritten to verification, which requires the order.
+    recorded_at = await conn.fetchval(
+        "SELECT greatest(clock_timestamp(),"
+        " (SELECT max(recorded_at) FROM audit_log WHERE log_sequence = $1))",
+        sequence,
+    )
     for item in fresh:
         env = item.checked.envelope
         sequence += 1

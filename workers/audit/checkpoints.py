@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from workers.audit.chain import GENESIS_HASH
 from workers.audit.signing import CheckpointSigner, PublicKey, TrustedKeys, statement
 
 
@@ -43,6 +44,19 @@ def _from_row(row: asyncpg.Record) -> StoredCheckpoint:
     )
 
 
+class HeadDisagrees(Exception):
+    """The chain head records a hash its row does not have (a tampered head)."""
+
+
+async def _hash_of_row(conn: asyncpg.Connection, sequence: int) -> bytes:
+    if sequence == 0:
+        return GENESIS_HASH
+    stored = await conn.fetchval("SELECT hash FROM audit_log WHERE log_sequence = $1", sequence)
+    if stored is None:
+        raise HeadDisagrees(f"the log holds no row {sequence} to sign: nothing signed")
+    return bytes(stored)
+
+
 async def sign_head(
     pool: asyncpg.Pool, signer: CheckpointSigner, idempotency_key: str, at_most: int | None = None
 ) -> tuple[StoredCheckpoint, bool]:
@@ -51,7 +65,9 @@ async def sign_head(
     The head is read under a share lock: an append in flight finishes first, so
     the signed (sequence, hash) pair is one the chain really had. `at_most`: sign
     the row at that sequence instead when the head has moved past it (the one a
-    verification just checked, so no unchecked row is signed).
+    verification just checked, so no unchecked row is signed). What is signed is
+    the hash the log's row holds (the one verification recomputed), never the
+    head's own copy of it: a head that disagrees with its row is refused.
     """
     async with pool.acquire() as conn, conn.transaction():
         existing = await conn.fetchrow(
@@ -63,18 +79,22 @@ async def sign_head(
         head = await conn.fetchrow(
             "SELECT log_sequence, hash FROM audit_chain_head WHERE singleton FOR SHARE"
         )
-        if at_most is not None and head["log_sequence"] > at_most:
-            head = await conn.fetchrow(
-                "SELECT log_sequence, hash FROM audit_log WHERE log_sequence = $1", at_most
+        sequence = int(head["log_sequence"])
+        if at_most is not None:
+            sequence = min(sequence, at_most)
+        head_hash = await _hash_of_row(conn, sequence)
+        if sequence == head["log_sequence"] and bytes(head["hash"]) != head_hash:
+            raise HeadDisagrees(
+                f"the chain head's hash is not the hash of row {sequence}: nothing signed"
             )
         # Microseconds: what timestamptz keeps, so the signed statement round-trips.
         signed_at = dt.datetime.now(dt.UTC)
         checkpoint = StoredCheckpoint(
-            int(head["log_sequence"]),
-            bytes(head["hash"]),
+            sequence,
+            head_hash,
             signed_at,
             signer.public_key.key_id,
-            signer.sign(int(head["log_sequence"]), bytes(head["hash"]), signed_at),
+            signer.sign(sequence, head_hash, signed_at),
         )
         await conn.execute(
             f"""INSERT INTO audit_checkpoints (idempotency_key, {_COLUMNS})

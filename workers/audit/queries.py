@@ -111,28 +111,68 @@ async def query_events(pool: asyncpg.Pool, query: EventQuery) -> Page:
     return Page(rows, encode_cursor(int(rows[-1]["log_sequence"])) if more else "")
 
 
+# An export's caps (api.py); read at call time, so a test can lower them.
+MAX_OWN_EVENTS = 10_000
+MAX_LINKED_EVENTS = 10_000
+
+
+@dataclass(frozen=True)
+class Trail:
+    """An aggregate's trail in log order; `truncated` when a cap left rows out."""
+
+    rows: list[asyncpg.Record]
+    truncated: bool
+
+
 async def events_of_trail(
-    pool: asyncpg.Pool, aggregate_type: str, aggregate_id: str, *, limit: int = 10_000
-) -> list[asyncpg.Record]:
+    pool: asyncpg.Pool,
+    aggregate_type: str,
+    aggregate_id: str,
+    *,
+    own_limit: int | None = None,
+    linked_limit: int | None = None,
+) -> Trail:
     """An aggregate's events plus every event of the workflows that caused them.
 
     An order's trail includes the payment and stock events its saga produced:
-    those carry the order workflow's id, not the order's aggregate id.
+    those carry the order workflow's id, not the order's aggregate id. The caps
+    apply to each kind apart, so a busy workflow (an import of thousands of
+    products) never crowds out the aggregate's own newest events.
     """
-    return await pool.fetch(
-        f"""
-        WITH own AS (
-            SELECT {RECORD_COLUMNS} FROM audit_log
-            WHERE aggregate_type = $1 AND aggregate_id = $2
-        ), flows AS (
-            SELECT DISTINCT workflow_id FROM own WHERE workflow_id <> ''
+    own_limit = MAX_OWN_EVENTS if own_limit is None else own_limit
+    linked_limit = MAX_LINKED_EVENTS if linked_limit is None else linked_limit
+    # One snapshot: the linked rows are those of the workflows the own rows name.
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        own = await conn.fetch(
+            f"""SELECT {RECORD_COLUMNS} FROM audit_log
+                WHERE aggregate_type = $1 AND aggregate_id = $2
+                ORDER BY log_sequence LIMIT $3""",
+            aggregate_type,
+            aggregate_id,
+            own_limit + 1,
         )
-        SELECT * FROM own
-        UNION
-        SELECT {RECORD_COLUMNS} FROM audit_log
-        WHERE workflow_id IN (SELECT workflow_id FROM flows)
-        ORDER BY log_sequence LIMIT $3
-        """,
+        flows = sorted({row["workflow_id"] for row in own[:own_limit] if row["workflow_id"]})
+        linked = await _linked_events(conn, flows, aggregate_type, aggregate_id, linked_limit + 1)
+    truncated = len(own) > own_limit or len(linked) > linked_limit
+    rows = sorted([*own[:own_limit], *linked[:linked_limit]], key=lambda r: r["log_sequence"])
+    return Trail(rows, truncated)
+
+
+async def _linked_events(
+    conn: asyncpg.Connection, flows: list[str], aggregate_type: str, aggregate_id: str, limit: int
+) -> list[asyncpg.Record]:
+    """The events of `flows` that are not the aggregate's own, in log order."""
+    if not flows:
+        return []
+    return await conn.fetch(
+        f"""SELECT {RECORD_COLUMNS} FROM audit_log
+            WHERE workflow_id <> '' AND workflow_id = ANY($1::text[])
+              AND NOT (aggregate_type = $2 AND aggregate_id = $3)
+            ORDER BY log_sequence LIMIT $4""",
+        flows,
         aggregate_type,
         aggregate_id,
         limit,

@@ -7,7 +7,10 @@ sequence order. A row is bad when its sequence is missing, when its hash is not
 SHA-256(previous hash || canonical bytes), when it links to a hash its
 predecessor does not have, when a signed checkpoint inside the range disagrees,
 when a column that queries use (event id, aggregate, workflow, trace) differs
-from its own canonical bytes, or when a sequence is held by more than one row.
+from its own canonical bytes, when its `recorded_at` is before its predecessor's,
+or when a sequence is held by more than one row. A walk that reaches the head also
+compares the head's recorded hash with the one it computed (the next append links
+to that hash, and the next checkpoint signs it) and names the head's sequence.
 A row below sequence 1 fails every verification (the table's CHECK refuses one
 since migration 0003).
 
@@ -24,6 +27,7 @@ which pages (deploy/prometheus/rules/agora.yml, AuditChainVerificationFailed).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -113,7 +117,8 @@ async def _verify(
         pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        head = int(await conn.fetchval("SELECT log_sequence FROM audit_chain_head"))
+        head_row = await conn.fetchrow("SELECT log_sequence, hash FROM audit_chain_head")
+        head, head_hash = int(head_row["log_sequence"]), bytes(head_row["hash"])
         last = min(to_sequence, head) if to_sequence > 0 else head
         start: StoredCheckpoint | None = None
         if not from_genesis:
@@ -160,7 +165,26 @@ async def _verify(
             for c in await checkpoints.in_range(conn, start.log_sequence if start else 0, last)
             if c.verifies_under(keys)
         }
-        return await _walk(conn, start, anchors, last, counted.repeated)
+        walked = await _walk(conn, start, anchors, last, counted.repeated)
+        if walked.ok and last == head and walked.head_hash != head_hash:
+            return _head_disagrees(walked, head)
+        return walked
+
+
+def _head_disagrees(walked: Verification, head: int) -> Verification:
+    """The recorded head's hash is not the one the walk computed for its row: the next
+    append would link to it, and the next checkpoint would sign it."""
+    return Verification(
+        ok=False,
+        first_sequence=walked.first_sequence,
+        last_sequence=walked.last_sequence,
+        records_checked=walked.records_checked,
+        first_bad_sequence=max(head, 1),
+        failure=f"the chain head's hash disagrees with the hash computed for its sequence {head}",
+        start_checkpoint=walked.start_checkpoint,
+        checkpoints_checked=walked.checkpoints_checked,
+        head_hash=walked.head_hash,
+    )
 
 
 async def beyond_head(conn: asyncpg.Connection, trusted: PublicKey | TrustedKeys, head: int) -> str:
@@ -272,6 +296,7 @@ async def _walk(
     expected_seq = first
     prev: bytes | None = None if start and start.log_sequence > 0 else GENESIS_HASH
     prev_self_consistent = True
+    prev_recorded_at: dt.datetime | None = None
     checked = 0
     used_anchors = 0
 
@@ -333,6 +358,10 @@ async def _walk(
             mismatch = _column_mismatch(row)
             if mismatch:
                 return fail(sequence, mismatch)
+            # Appends are serialized by the head's lock and stamp the time they won it.
+            recorded_at = row["recorded_at"]
+            if prev_recorded_at is not None and recorded_at < prev_recorded_at:
+                return fail(sequence, f"row {sequence} is recorded before the row preceding it")
             anchor = anchors.get(sequence)
             if start is not None and sequence == start.log_sequence:
                 anchor = start
@@ -342,6 +371,7 @@ async def _walk(
                     return fail(sequence, f"the signed checkpoint at {sequence} disagrees")
             prev = digest
             prev_self_consistent = self_consistent
+            prev_recorded_at = recorded_at
             checked += 1
             expected_seq += 1
     if after is not None and await conn.fetchval(

@@ -8,7 +8,8 @@ from `--retired-public-key` (repeatable), or, by default, derived from the
 configured signing key, with the retired keys of AGORA_AUDIT_RETIRED_PUBLIC_KEYS
 or the state folder (workers/audit/signing.py `load_trusted_keys`). Prints one
 JSON document; exit status 0 when the chain verifies, 1 when it does not, 2 on a
-usage error.
+usage error, 3 when it could not verify at all (the database unreachable, say):
+no verdict on the chain, so never the tamper status 1.
 """
 
 from __future__ import annotations
@@ -57,28 +58,48 @@ def trusted_keys(settings: config.Settings, given: str, retired: list[str]) -> T
     return TrustedKeys(public_key(given), tuple(public_key(r) for r in retired))
 
 
+class Unverified(Exception):
+    """Verification could not run (no verdict on the chain); the cause is chained."""
+
+
 async def run(args: argparse.Namespace) -> int:
     settings = config.load(service="audit")
     # JSON lines like the services' (a failed verification logs an error with the row).
     setup_logging("audit-verify", settings.log_level)
     keys = trusted_keys(settings, args.public_key, args.retired_public_key)
+    try:
+        result, elapsed = await verify(settings, keys, args)
+    except Exception as error:
+        raise Unverified(f"{type(error).__name__}: {error}") from error
+    print(json.dumps(report(result, elapsed), indent=2))
+    return 0 if result.ok else 1
+
+
+async def verify(
+    settings: config.Settings, keys: TrustedKeys, args: argparse.Namespace
+) -> tuple[Verification, float]:
     pool = await db.create_pool(settings, "audit", size=2)
     try:
         started = time.perf_counter()
         result = await verify_chain(
             pool, keys, from_genesis=args.from_genesis, to_sequence=args.to_sequence
         )
-        elapsed = time.perf_counter() - started
+        return result, time.perf_counter() - started
     finally:
         await pool.close()
-    print(json.dumps(report(result, elapsed), indent=2))
-    return 0 if result.ok else 1
+
+
+def sequence(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is not a log sequence (0 to 2^63-1)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.audit.verify", description=__doc__)
     parser.add_argument("--from-genesis", action="store_true", help="ignore checkpoints")
-    parser.add_argument("--to-sequence", type=int, default=0, help="stop here (0: the head)")
+    parser.add_argument("--to-sequence", type=sequence, default=0, help="stop here (0: the head)")
     parser.add_argument("--public-key", default="", help="PEM / base64 key, or a file holding it")
     parser.add_argument(
         "--retired-public-key",
@@ -92,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SigningKeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Unverified as error:
+        print(f"error: could not verify, no verdict on the chain: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

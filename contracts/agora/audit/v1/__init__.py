@@ -148,6 +148,13 @@ class ExportAggregateResponse(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
+    truncated: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Something was left out: more than the export's cap of the aggregate's own
+    events or of its workflows' other events (the oldest are kept), or more
+    workflow runs than the histories fetched (docs/audit.md).
+    """
+
 
 default_message_pool.register_message(
     "agora.audit.v1", "ExportAggregateResponse", ExportAggregateResponse

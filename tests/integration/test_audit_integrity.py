@@ -1,0 +1,217 @@
+"""What verification and export vouch for, each on a scratch database of its own: the
+chain head's own hash, the order rows were recorded in, and an export whose caps
+never crowd out the aggregate's own events and never cut silently."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.audit import CHAIN_BROKEN, AuditActivities, SignCheckpointInput
+from agora import temporal
+from agora.config import Settings
+from contracts.agora.audit.v1 import AggregateRef, ExportAggregateRequest
+from contracts.agora.events.v1 import EventEnvelope
+from tests.integration.auditkit import make_envelope, scratch_database, scratch_dsn, superuser
+from tests.integration.conftest import Services
+from tests.integration.consumerkit import decoded
+from workers.audit import api, checkpoints, queries
+from workers.audit.api import AuditApi
+from workers.audit.chain import ChainWriter
+from workers.audit.consumer import AuditConsumer
+from workers.audit.signing import CheckpointSigner, TrustedKeys
+from workers.audit.verification import verify_chain
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def roles(services: Services) -> None:
+    services("audit")  # the stack's audit and audit_owner roles exist once it has started
+
+
+@asynccontextmanager
+async def scratch_log(settings: Settings) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A scratch database migrated like audit's, and the audit role's pool on it."""
+    async with scratch_database(settings) as name:
+        pool = await asyncpg.create_pool(scratch_dsn(settings, name), min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            yield name, pool
+        finally:
+            await pool.close()
+
+
+async def append(pool: asyncpg.Pool, *envelopes: EventEnvelope) -> None:
+    """One append (one transaction, one recorded_at), as the consumer makes per round."""
+    await AuditConsumer(ChainWriter(pool)).handle_batch(decoded("catalog.events", *envelopes))
+
+
+def product_event(product_id: str, sequence: int, workflow_id: str = "") -> EventEnvelope:
+    return make_envelope(
+        producer="catalog",
+        aggregate_type="product",
+        aggregate_id=product_id,
+        sequence=sequence,
+        workflow_id=workflow_id,
+        run_id=str(uuid.uuid4()) if workflow_id else "",
+    )
+
+
+async def import_run(pool: asyncpg.Pool, product_id: str, sequence: int, size: int) -> None:
+    """An import workflow's run: the product's event, then `size - 1` other products'."""
+    workflow_id = f"import-{uuid.uuid4().hex[:8]}"
+    run = product_event(product_id, sequence, workflow_id)
+    others = [product_event(f"other-{uuid.uuid4().hex[:8]}", 1) for _ in range(size - 1)]
+    for other in others:
+        other.workflow_id, other.run_id = run.workflow_id, run.run_id
+    await append(pool, run, *others)
+
+
+# The head ---------------------------------------------------------------------
+
+
+async def test_a_rewritten_head_hash_fails_verification_at_the_head_and_is_never_signed(
+    settings: Settings, roles: None
+) -> None:
+    async with scratch_log(settings) as (_, pool):
+        for _ in range(3):
+            await append(pool, make_envelope(), make_envelope())
+        signer = CheckpointSigner(os.urandom(32))
+        assert (await verify_chain(pool, signer.public_key)).ok
+        # The service's role may update the head (bookkeeping the append keeps).
+        await pool.execute("UPDATE audit_chain_head SET hash = $1 WHERE singleton", os.urandom(32))
+
+        answer = await verify_chain(pool, signer.public_key)
+        assert (answer.ok, answer.first_bad_sequence) == (False, 6), answer.failure
+        assert "chain head's hash" in answer.failure
+        below = await verify_chain(pool, signer.public_key, to_sequence=5)
+        assert below.ok, below.failure  # the rows themselves are intact
+        with pytest.raises(checkpoints.HeadDisagrees):
+            await checkpoints.sign_head(pool, signer, "direct")
+        with pytest.raises(ApplicationError) as refused:
+            await ActivityEnvironment().run(
+                AuditActivities(pool, signer).sign_checkpoint, SignCheckpointInput("scheduled")
+            )
+        assert refused.value.type == CHAIN_BROKEN and "head" in refused.value.message
+        assert await pool.fetchval("SELECT count(*) FROM audit_checkpoints") == 0
+
+
+# recorded_at --------------------------------------------------------------------
+
+
+async def test_a_row_recorded_before_its_predecessor_is_named(
+    settings: Settings, roles: None
+) -> None:
+    async with scratch_log(settings) as (name, pool):
+        for _ in range(3):  # three appends, three recording times
+            await append(pool, make_envelope())
+        signer = CheckpointSigner(os.urandom(32))
+        assert (await verify_chain(pool, signer.public_key, from_genesis=True)).ok
+        first = await pool.fetchval("SELECT recorded_at FROM audit_log WHERE log_sequence = 1")
+        admin = await superuser(settings, name)
+        try:
+            await admin.execute("SET session_replication_role = replica")
+            await admin.execute(
+                "UPDATE audit_log SET recorded_at = $1 WHERE log_sequence = 2",
+                first - dt.timedelta(milliseconds=1),
+            )
+        finally:
+            await admin.close()
+
+        answer = await verify_chain(pool, signer.public_key, from_genesis=True)
+        assert (answer.ok, answer.first_bad_sequence) == (False, 2), answer.failure
+        assert "recorded before" in answer.failure
+
+
+async def test_an_append_after_the_clock_stepped_back_is_recorded_no_earlier_than_the_head(
+    settings: Settings, roles: None
+) -> None:
+    # The head row recorded ten minutes ahead stands for a database clock stepped back
+    # since: the next append keeps the order verification requires.
+    async with scratch_log(settings) as (name, pool):
+        await append(pool, make_envelope())
+        ahead = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+        admin = await superuser(settings, name)
+        try:
+            await admin.execute("SET session_replication_role = replica")
+            await admin.execute(
+                "UPDATE audit_log SET recorded_at = $1 WHERE log_sequence = 1", ahead
+            )
+        finally:
+            await admin.close()
+        await append(pool, make_envelope())
+
+        assert (
+            await pool.fetchval("SELECT recorded_at FROM audit_log WHERE log_sequence = 2") == ahead
+        )
+        signer = CheckpointSigner(os.urandom(32))
+        answer = await verify_chain(pool, signer.public_key, from_genesis=True)
+        assert answer.ok, answer.failure
+
+
+# Export -------------------------------------------------------------------------
+
+
+async def test_an_export_keeps_the_aggregates_own_newest_event_past_its_workflows_cap(
+    settings: Settings, roles: None
+) -> None:
+    # A product in two import runs of 5 rows each, then its price change: with a cap
+    # of 5 linked rows, the 11th row in log order is still the product's own.
+    product_id = f"p-{uuid.uuid4().hex[:8]}"
+    async with scratch_log(settings) as (_, pool):
+        await import_run(pool, product_id, 1, size=5)
+        await import_run(pool, product_id, 2, size=5)
+        await append(pool, product_event(product_id, 3))
+
+        capped = await queries.events_of_trail(
+            pool, "product", product_id, own_limit=5, linked_limit=5
+        )
+        own = [r["log_sequence"] for r in capped.rows if r["aggregate_id"] == product_id]
+        assert own == [1, 6, 11]  # the price change, 11th in log order, included
+        assert len(capped.rows) == 3 + 5 and capped.truncated
+        whole = await queries.events_of_trail(pool, "product", product_id)
+        assert len(whole.rows) == 11 and not whole.truncated
+        mine = await queries.events_of_trail(
+            pool, "product", product_id, own_limit=2, linked_limit=100
+        )
+        assert mine.truncated, "the product's own events past their cap are left out"
+
+
+async def test_an_export_response_says_when_it_was_truncated(
+    settings: Settings, roles: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    product_id = f"p-{uuid.uuid4().hex[:8]}"
+    async with scratch_log(settings) as (_, pool):
+        await import_run(pool, product_id, 1, size=3)
+        await import_run(pool, product_id, 2, size=3)
+        signer = CheckpointSigner(os.urandom(32))
+        audit = AuditApi(
+            pool,
+            TrustedKeys(signer.public_key),
+            await temporal.connect(settings),
+            namespace=settings.temporal_namespace,
+            ui_base=settings.temporal_ui_url,
+        )
+        request = ExportAggregateRequest(
+            aggregate=AggregateRef(aggregate_type="product", aggregate_id=product_id)
+        )
+
+        whole = await audit.export_aggregate(request)
+        assert (len(whole.events), len(whole.workflows), whole.truncated) == (6, 2, False)
+        monkeypatch.setattr(queries, "MAX_LINKED_EVENTS", 3)
+        capped = await audit.export_aggregate(request)
+        assert (len(capped.events), capped.truncated) == (5, True)
+        monkeypatch.setattr(queries, "MAX_LINKED_EVENTS", 100)
+        monkeypatch.setattr(api, "MAX_EXPORT_WORKFLOWS", 1)
+        fewer_runs = await audit.export_aggregate(request)
+        assert (len(fewer_runs.events), len(fewer_runs.workflows)) == (6, 1)
+        assert fewer_runs.truncated
