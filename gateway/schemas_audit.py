@@ -128,3 +128,7 @@ class OrderExport(Answer):
     order_id: str
     events: list[ExportedAuditEvent]
     workflows: list[ExportedWorkflow]
+    truncated: bool = Field(
+        default=False,
+        description="A cap left events or workflow runs out (the oldest are kept): docs/audit.md",
+    )

@@ -174,6 +174,7 @@ async def export_order(request: web.Request, _: None) -> OrderExport:
             )
             for flow in reply.workflows
         ],
+        truncated=reply.truncated,
     )
 
 

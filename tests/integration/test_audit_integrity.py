@@ -158,6 +158,30 @@ async def test_an_append_after_the_clock_stepped_back_is_recorded_no_earlier_tha
         assert answer.ok, answer.failure
 
 
+async def test_a_checkpoint_planted_with_a_time_python_cannot_hold_is_a_forged_one(
+    settings: Settings, roles: None
+) -> None:
+    # PostgreSQL takes the year 20000; asyncpg cannot decode it into a datetime. Read
+    # as such, the planted row made every verification raise (the CLI: "no verdict")
+    # and the scheduled checkpoint fail for good, where it is a forgery to report.
+    async with scratch_log(settings) as (_, pool):
+        await append(pool, make_envelope(), make_envelope())
+        signer = CheckpointSigner(os.urandom(32))
+        await checkpoints.sign_head(pool, signer, "direct")
+        await pool.execute(
+            """INSERT INTO audit_checkpoints
+                 (idempotency_key, log_sequence, head_hash, signed_at, key_id, signature)
+               VALUES ('planted', 2, $1, '20000-01-01', $2, $3)""",
+            os.urandom(32),
+            signer.public_key.key_id,
+            os.urandom(64),
+        )
+
+        answer = await verify_chain(pool, signer.public_key)
+        assert (answer.ok, answer.first_bad_sequence) == (False, 2), answer.failure
+        assert "no valid signature" in answer.failure
+
+
 # Export -------------------------------------------------------------------------
 
 

@@ -32,13 +32,23 @@ class StoredCheckpoint:
 
 
 _COLUMNS = "log_sequence, head_hash, signed_at, key_id, signature"
+# Read back: PostgreSQL holds times Python cannot (years past 9999, infinity), and a
+# row the audit role planted with one would fail every read of the checkpoints
+# (asyncpg's decode raises) instead of failing verification as a forged checkpoint.
+_SELECTED = (
+    "log_sequence, head_hash, CASE WHEN signed_at >= '0001-01-02' AND signed_at < '9999-12-31'"
+    " THEN signed_at END AS signed_at, key_id, signature"
+)
+# Stands for a time Python cannot hold: no checkpoint was signed at it, so a row read
+# with it never verifies.
+UNREADABLE_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def _from_row(row: asyncpg.Record) -> StoredCheckpoint:
     return StoredCheckpoint(
         int(row["log_sequence"]),
         bytes(row["head_hash"]),
-        row["signed_at"],
+        row["signed_at"] if row["signed_at"] is not None else UNREADABLE_TIME,
         row["key_id"],
         bytes(row["signature"]),
     )
@@ -71,7 +81,7 @@ async def sign_head(
     """
     async with pool.acquire() as conn, conn.transaction():
         existing = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM audit_checkpoints WHERE idempotency_key = $1",
+            f"SELECT {_SELECTED} FROM audit_checkpoints WHERE idempotency_key = $1",
             idempotency_key,
         )
         if existing is not None:
@@ -117,7 +127,7 @@ async def latest(
 ) -> StoredCheckpoint | None:
     """The newest checkpoint (at or below `at_most`; carrying one of `key_ids`, if given)."""
     row = await conn.fetchrow(
-        f"""SELECT {_COLUMNS} FROM audit_checkpoints
+        f"""SELECT {_SELECTED} FROM audit_checkpoints
             WHERE ($1::bigint IS NULL OR log_sequence <= $1)
               AND ($2::text[] IS NULL OR key_id = ANY($2::text[]))
             ORDER BY log_sequence DESC, id DESC LIMIT 1""",
@@ -129,7 +139,7 @@ async def latest(
 
 async def in_range(conn: asyncpg.Connection, first: int, last: int) -> list[StoredCheckpoint]:
     rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM audit_checkpoints
+        f"""SELECT {_SELECTED} FROM audit_checkpoints
             WHERE log_sequence BETWEEN $1 AND $2 ORDER BY log_sequence, id""",
         first,
         last,

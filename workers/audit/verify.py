@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
+
 from agora import config, db
 from agora.logs import setup_logging
 from workers.audit.errors import SigningKeyError
@@ -58,6 +60,18 @@ def trusted_keys(settings: config.Settings, given: str, retired: list[str]) -> T
     return TrustedKeys(public_key(given), tuple(public_key(r) for r in retired))
 
 
+# The database could not be asked: no verdict. Anything else a walk raises is about
+# what the log holds and stays the chain's failure (exit 1), never "no verdict".
+UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.CannotConnectNowError,
+)
+
+
 class Unverified(Exception):
     """Verification could not run (no verdict on the chain); the cause is chained."""
 
@@ -69,7 +83,7 @@ async def run(args: argparse.Namespace) -> int:
     keys = trusted_keys(settings, args.public_key, args.retired_public_key)
     try:
         result, elapsed = await verify(settings, keys, args)
-    except Exception as error:
+    except UNREACHABLE as error:
         raise Unverified(f"{type(error).__name__}: {error}") from error
     print(json.dumps(report(result, elapsed), indent=2))
     return 0 if result.ok else 1
