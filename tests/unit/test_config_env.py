@@ -11,6 +11,11 @@ import pytest
 from agora import config
 
 CONFIG_SOURCE = Path(config.__file__)
+# Parsed once, as the module is collected: CPython 3.11's AST constructor keeps one
+# recursion count for the whole process (gh-106905, fixed in 3.11.8), and a parse
+# while a test's background thread converts another tree failed in CI with
+# "SystemError: AST constructor recursion depth mismatch".
+CONFIG_TREE = ast.parse(CONFIG_SOURCE.read_text())
 CONFIG_DOC = config.REPO_ROOT / "docs" / "configuration.md"
 
 
@@ -47,7 +52,7 @@ def variables_read_by_config() -> set[str]:
     A name ending in "_" is a family (AGORA_PORT_<NAME>, AGORA_DB_PASSWORD_<SERVICE>, ...).
     """
     names = set()
-    for node in ast.walk(ast.parse(CONFIG_SOURCE.read_text())):
+    for node in ast.walk(CONFIG_TREE):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
             if node.func.attr in ("get", "startswith", "removeprefix"):
                 name = _name_read(node.args[0])

@@ -22,6 +22,8 @@ from workflows.orders import OrderWorkflow, RefundOrderWorkflow
 HISTORIES = sorted((Path(__file__).resolve().parent.parent / "histories").glob("*.json"))
 WORKFLOWS = [OrderWorkflow, RefundOrderWorkflow, ImportProductsWorkflow]
 SAGA_TESTS = Path(__file__).resolve().with_name("test_order_saga.py")
+# Parsed once, as the module is collected (see CONFIG_TREE in test_config_env.py).
+SAGA_TESTS_TREE = ast.parse(SAGA_TESTS.read_text())
 
 
 def test_there_are_histories_to_replay() -> None:
@@ -102,7 +104,7 @@ def histories_the_saga_tests_record() -> set[str]:
     helper such as `run` that passes its own parameter on), read from its source."""
     functions = [
         node
-        for node in ast.walk(ast.parse(SAGA_TESTS.read_text()))
+        for node in ast.walk(SAGA_TESTS_TREE)
         if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef)
     ]
     by_name = {f.name: f for f in functions}
