@@ -56,7 +56,11 @@ class OrdersApi(OrdersServiceBase):
             raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}")
         after = decode_cursor(page.cursor) if page and page.cursor else None
         status = message.status.name if message.status else None
-        async with self.pool.acquire() as conn:
+        # One snapshot, as get_order's: each order with the history it had when read.
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             rows = await conn.fetch(
                 """
                 SELECT * FROM orders

@@ -1,0 +1,81 @@
+"""The orders service's list answers each order from one snapshot, as GetOrder does."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from agora import db
+from agora.config import Settings
+from contracts.agora.orders.v1 import ListOrdersRequest, Order, OrderStatus
+from tests.integration.conftest import Services
+from workers.orders import api
+from workers.orders.api import OrdersApi
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture
+async def pool(settings: Settings, services: Services) -> AsyncIterator[asyncpg.Pool]:
+    services("orders")  # its database migrated
+    connections = await db.create_pool(settings, "orders", size=2)
+    yield connections
+    await connections.close()
+
+
+async def a_completed_order(pool: asyncpg.Pool, customer: str) -> uuid.UUID:
+    order_id = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO orders (order_id, customer_id, idempotency_key, status, currency,
+                                   total_minor, workflow_id)
+               VALUES ($1, $2, $3, 'COMPLETED', 'EUR', 1000, $4)""",
+            order_id,
+            customer,
+            uuid.uuid4().hex,
+            f"order-{order_id}",
+        )
+        await conn.execute(
+            "INSERT INTO order_status_history (order_id, transition_key, status)"
+            " VALUES ($1, 'completed', 'COMPLETED')",
+            order_id,
+        )
+    return order_id
+
+
+async def refunded(pool: asyncpg.Pool, order_id: uuid.UUID) -> None:
+    """A whole refund, as record_refund commits it: status, amount and history at once."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE orders SET status = 'REFUNDED', refunded_minor = 1000 WHERE order_id = $1",
+            order_id,
+        )
+        await conn.execute(
+            "INSERT INTO order_status_history (order_id, transition_key, status)"
+            " VALUES ($1, 'refund:1', 'REFUNDED')",
+            order_id,
+        )
+
+
+async def test_a_refund_committed_while_the_list_is_read_is_not_half_in_it(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    customer = f"cust-{uuid.uuid4()}"
+    order_id = await a_completed_order(pool, customer)
+    read_order = api._order
+
+    async def refund_lands_between_the_reads(
+        conn: asyncpg.Connection, row: asyncpg.Record
+    ) -> Order:
+        await refunded(pool, order_id)  # after the order's row was read, before its history
+        return await read_order(conn, row)
+
+    monkeypatch.setattr(api, "_order", refund_lands_between_the_reads)
+    listed = await OrdersApi(pool).list_orders(ListOrdersRequest(customer_id=customer))
+
+    [order] = listed.orders
+    assert order.status_history[-1].status == order.status == OrderStatus.COMPLETED
