@@ -37,6 +37,20 @@ async def committed(settings: Settings, group: str, topic: str) -> int:
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
 
 
+def collecting(kind: str) -> tuple[list[str], Any]:
+    """The event ids a consumer of `kind` (one by one, or a batch at a time) handled,
+    and that handler."""
+    handled: list[str] = []
+
+    async def handle_one(env: EventEnvelope, record: object) -> None:
+        handled.append(env.event_id)
+
+    async def handle_batch(batch: list[tuple[EventEnvelope, object]]) -> None:
+        handled.extend(env.event_id for env, _ in batch)
+
+    return handled, handle_one if kind == "handler" else handle_batch
+
+
 async def test_poison_goes_to_the_dead_letter_topic_with_its_reason_and_the_rest_flows(
     settings: Settings,
 ) -> None:
@@ -95,15 +109,7 @@ async def test_a_record_with_neither_key_nor_value_is_dead_lettered_and_the_rest
         await raw.send_and_wait(topic, envelope("after"), partition=0)
     finally:
         await raw.stop()
-    handled: list[str] = []
-
-    async def handle_one(env: EventEnvelope, record: object) -> None:
-        handled.append(env.event_id)
-
-    async def handle_batch(batch: list[tuple[EventEnvelope, object]]) -> None:
-        handled.extend(env.event_id for env, _ in batch)
-
-    handler = handle_one if kind == "handler" else handle_batch
+    handled, handler = collecting(kind)
     group = await consume(settings, topic, [], handler, lambda: handled == ["after"], kind=kind)
 
     assert handled == ["after"], "the consumer went on to the next record"

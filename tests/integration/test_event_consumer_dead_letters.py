@@ -10,9 +10,8 @@ from aiokafka import AIOKafkaProducer
 
 from agora import kafka
 from agora.config import Settings
-from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.consumerkit import read_all
-from tests.integration.test_event_consumer import committed, consume, envelope
+from tests.integration.test_event_consumer import collecting, committed, consume, envelope
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +43,7 @@ async def test_a_compressed_poison_record_too_large_to_copy_whole_is_dead_letter
     topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
     await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
     await publish_compressed(settings, topic, [HUGE, envelope("after")])
-    handled: list[str] = []
-
-    async def handle_one(env: EventEnvelope, record: object) -> None:
-        handled.append(env.event_id)
-
-    async def handle_batch(batch: list[tuple[EventEnvelope, object]]) -> None:
-        handled.extend(env.event_id for env, _ in batch)
-
-    handler = handle_one if kind == "handler" else handle_batch
+    handled, handler = collecting(kind)
     group = await consume(settings, topic, [], handler, lambda: handled == ["after"], kind=kind)
 
     assert handled == ["after"], "the consumer went on past the poison record"
