@@ -63,6 +63,14 @@ def new_refresh_token() -> str:
     return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def sid_revocation_ttl_s(refresh_ttl_s: int, access_ttl_s: int) -> int:
+    """How long a session's (or an API client's) revocation key lives: past its last
+    refresh token and past the last access token, with the verifiers' clock leeway. A
+    refresh lifetime set shorter than the access one would otherwise let a signed-out
+    session's access tokens work again once the key expired."""
+    return max(refresh_ttl_s, access_ttl_s + LEEWAY_S + 1)
+
+
 class Revocations:
     """Identity's revocation keys in Redis (read by the gateway and by Introspect)."""
 
@@ -71,7 +79,7 @@ class Revocations:
         self._sid_ttl_s = sid_ttl_s
 
     async def revoke_sid(self, sid: str) -> None:
-        # Outlives every refresh token of the session, so every access token too.
+        # Outlives every refresh and access token of the session (sid_revocation_ttl_s).
         await self._redis.set(revoked_sid_key(sid), b"1", ex=self._sid_ttl_s)
 
     async def revoke_jti(self, jti: str, expires_at: dt.datetime) -> None:

@@ -12,7 +12,7 @@ from workers.identity.api import IdentityApi
 from workers.identity.apiclients import ApiClients
 from workers.identity.kek import SecretBox, load_kek
 from workers.identity.schedule import ensure_rotation_schedule
-from workers.identity.sessions import Revocations, Sessions
+from workers.identity.sessions import Revocations, Sessions, sid_revocation_ttl_s
 from workers.identity.signin import TokenService
 from workers.identity.tokens import TokenPolicy
 from workflows.identity import (
@@ -34,7 +34,10 @@ async def build_parts(rt: Runtime) -> ServiceParts:
         settings.task_queue("identity"),
     )
 
-    revocations = Revocations(rt.redis, sid_ttl_s=settings.refresh_token_ttl_s)
+    revocations = Revocations(
+        rt.redis,
+        sid_ttl_s=sid_revocation_ttl_s(settings.refresh_token_ttl_s, settings.access_token_ttl_s),
+    )
     key_ring = keys.KeyRing(rt.pool, box)
     clients = ApiClients(rt.pool, box)
     token_service = TokenService(
