@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             password = getpass.getpass(f"password for {args.email}: ")
         created = asyncio.run(register(settings, args.email, password, args.role))
         email = emails.normalize(args.email)
-        print(f"{email} ({args.role}) {'created' if created else 'already exists'}")
+        if created:
+            print(f"{email} ({args.role}) created")
+        else:
+            # Never changed by this command: the role asked for may not be the one it has.
+            print(f"{email} already exists; its roles and password are unchanged")
         return 0
     except Refused as error:
         print(f"refused: {error}", file=sys.stderr)
