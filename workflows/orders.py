@@ -306,11 +306,7 @@ class OrderWorkflow:
     def status(self) -> OrderView:
         return self.view
 
-    # A run cancelled, terminated or reset in Temporal while it prices leaves `accept`
-    # unanswered by design: the gateway sends the POST once more and answers from the
-    # run that follows or from how this one ended (gateway/routes/orders.py). Only
-    # the SDK's warning changes; no command does.
-    @workflow.update(unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
+    @workflow.update
     async def accept(self, digest: str = "") -> OrderView:
         """Answers once the order is priced (accepted) or rejected: the POST's answer.
         `digest`: what this POST asked for (request_digest)."""
