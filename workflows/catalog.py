@@ -82,6 +82,14 @@ def import_workflow_id(import_id: str) -> str:
     return f"catalog-import-{import_id}"
 
 
+def caller_import_workflow_id(caller: str, import_id: str) -> str:
+    """The workflow of `caller`'s import `import_id` (its Idempotency-Key): another
+    caller's key is another import, and its status is not found. The key stays readable
+    for the Temporal UI; a key holds no newline, so the digest's input splits one way."""
+    digest = hashlib.sha256(f"{caller}\n{import_id}".encode()).hexdigest()[:24]
+    return import_workflow_id(f"{import_id}-{digest}")
+
+
 @contextmanager
 def _rejections_surface() -> Iterator[None]:
     """An activity's business rejection becomes the workflow's failure, with its type."""

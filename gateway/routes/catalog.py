@@ -10,7 +10,6 @@ id is not found.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -67,7 +66,7 @@ from workflows.catalog import (
     UpdateProductInput,
     UpdateProductWorkflow,
     WriteResult,
-    import_workflow_id,
+    caller_import_workflow_id,
     product_write_workflow_id,
 )
 
@@ -240,14 +239,6 @@ async def _refuse_input_over_temporal_limit(temporal: Client, data: ImportInput)
             f" {MAX_WORKFLOW_INPUT_BYTES} bytes (2 MiB; non-ASCII text counts up to 3 times"
             " its UTF-8 size): split them into several imports",
         )
-
-
-def caller_import_workflow_id(caller: str, import_id: str) -> str:
-    """The workflow of `caller`'s import `import_id` (its Idempotency-Key): another
-    caller's key is another import, and its status is not found. The key stays readable
-    for the Temporal UI; a key holds no newline, so the digest's input splits one way."""
-    digest = hashlib.sha256(f"{caller}\n{import_id}".encode()).hexdigest()[:24]
-    return import_workflow_id(f"{import_id}-{digest}")
 
 
 async def start_import(request: web.Request, body: ImportProductsRequest) -> ImportStartedResponse:

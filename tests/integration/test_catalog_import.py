@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from agora.config import Settings
 from gateway.deps import Gateway
-from gateway.routes.catalog import MAX_WORKFLOW_INPUT_BYTES, caller_import_workflow_id
+from gateway.routes.catalog import MAX_WORKFLOW_INPUT_BYTES
 from gateway.schemas_catalog import MAX_IMPORT, MAX_IMPORT_BODY_BYTES
 from tests.integration.catalogkit import CatalogApi, product_body
 from tests.integration.conftest import Services
@@ -34,6 +34,7 @@ from workflows.catalog import (
     ImportInput,
     ImportProductsWorkflow,
     ProductData,
+    caller_import_workflow_id,
     import_workflow_id,
 )
 
