@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from pathlib import Path
 
 import asyncpg
 import psycopg2
+from tenacity import RetryCallState, Retrying, retry_if_result, wait_fixed
 from yoyo import get_backend, read_migrations
 
 from agora.config import Settings
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "activities" / "migrations"
 
@@ -58,6 +62,9 @@ def migrations_dir(service: str) -> Path:
 
 # The advisory lock every process of a service takes around its migrations.
 MIGRATION_LOCK = zlib.crc32(b"agora-migrations")
+# How often a process whose service's migrations another process is applying asks
+# for the lock again.
+MIGRATION_LOCK_POLL_S = 0.5
 
 
 def _migrate(dsn: str, directory: Path) -> int:
@@ -70,13 +77,39 @@ def _migrate(dsn: str, directory: Path) -> int:
     lock = connect_sync(dsn)
     try:
         lock.autocommit = True
-        with lock.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        _take_migration_lock(lock)
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
     finally:
         lock.close()  # the lock with it
     return len(pending)
+
+
+def _take_migration_lock(lock: psycopg2.extensions.connection) -> None:
+    """Ask for MIGRATION_LOCK until it is granted, idle between the asks.
+
+    Not a blocking `pg_advisory_lock`: a statement waiting for it holds a snapshot,
+    and a `CREATE INDEX CONCURRENTLY` in the migrations of the process holding the
+    lock waits for every older snapshot in the database to end, so both would wait
+    for each other for good (PostgreSQL sees no deadlock: the holder's connection is
+    idle). Between tries this connection holds no snapshot.
+    """
+
+    def granted() -> bool:
+        with lock.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK,))
+            row = cursor.fetchone()
+        return bool(row and row[0])
+
+    def first_wait(state: RetryCallState) -> None:
+        if state.attempt_number == 1:
+            log.info("migrations: another process is applying them; waiting for its lock")
+
+    Retrying(
+        retry=retry_if_result(lambda taken: not taken),
+        wait=wait_fixed(MIGRATION_LOCK_POLL_S),
+        before_sleep=first_wait,
+    )(granted)
 
 
 def connect_sync(dsn: str) -> psycopg2.extensions.connection:

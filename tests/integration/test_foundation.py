@@ -80,6 +80,43 @@ async def test_migrations_start_after_a_process_died_holding_the_lock(settings: 
         await conn.close()
 
 
+async def test_a_process_waiting_for_migrations_does_not_stall_an_index_built_concurrently(
+    settings: Settings,
+) -> None:
+    # A migration that builds an index CONCURRENTLY (inventory's 0003) waits for every
+    # older snapshot in the database to end. A second process of the service, waiting
+    # for the migrations' lock meanwhile, must hold none, or each waits for the other.
+    await db.migrate(settings, "catalog")
+    # As in a first process: one connection holds the lock, idle; another builds.
+    holder = await asyncpg.connect(settings.db_dsn("catalog"))
+    builder = await asyncpg.connect(settings.db_dsn("catalog"), command_timeout=60)
+    table = f"migration_probe_{uuid.uuid4().hex}"
+    await builder.execute(f"CREATE TABLE {table} (x int)")
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", db.MIGRATION_LOCK)
+        second = asyncio.create_task(db.migrate(settings, "catalog"))
+        await eventually(
+            lambda: _asks_for_the_migration_lock(holder), what="the second process asking"
+        )
+        await builder.execute("SET statement_timeout = '20s'")
+        await builder.execute(f"CREATE INDEX CONCURRENTLY {table}_x ON {table} (x)")
+        await holder.execute("SELECT pg_advisory_unlock($1)", db.MIGRATION_LOCK)
+        assert await second == 0
+    finally:
+        await holder.close()  # its lock with it, so a failed run's second process ends
+        await builder.execute(f"DROP TABLE IF EXISTS {table}")
+        await builder.close()
+
+
+async def _asks_for_the_migration_lock(conn: asyncpg.Connection) -> bool:
+    """Whether another backend of this database has asked for an advisory lock."""
+    return await conn.fetchval(
+        "SELECT count(*) > 0 FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND query ~ 'pg_(try_)?advisory_lock\\('"
+    )
+
+
 # Redis ------------------------------------------------------------------
 
 

@@ -79,7 +79,9 @@ class ReserveResult:
 
     `status` is "held" on success. A reservation released before its reserve
     arrived (a compensation that overtook a slow first attempt) answers
-    "released" and holds nothing; a retry after a commit answers "committed".
+    "released" and holds nothing. A retry answers the first result ("held"),
+    even after a commit or release; only once that record is pruned does it read
+    the reservation as it stands.
     """
 
     reservation_id: str
