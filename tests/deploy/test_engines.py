@@ -134,8 +134,12 @@ def _search_attribute_commands() -> dict[str, dict[str, str]]:
             if flag.startswith("--"):
                 options.setdefault(flag, []).append(value)
         ((namespace,),) = (options["--namespace"],)
-        ((kind,),) = (options["--type"],)
-        for name in options["--name"]:
+        # The CLI pairs the i-th --name with the i-th --type (temporalcli's
+        # operator_search_attribute.go), registers those pairs and ignores any
+        # name left without a type, yet still says they "have been added".
+        names, kinds = options["--name"], options["--type"]
+        assert len(names) == len(kinds), f"names without their own --type: {line.strip()}"
+        for name, kind in zip(names, kinds, strict=True):
             found.setdefault(namespace, {})[name] = kind
     return found
 
