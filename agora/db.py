@@ -78,6 +78,11 @@ def _migrate(dsn: str, directory: Path) -> int:
     try:
         lock.autocommit = True
         _take_migration_lock(lock)
+        # yoyo still takes its table lock once, to create or upgrade its own tables on
+        # a database's first start; a process killed inside that left its row, and
+        # every later start waited 10 s and failed (LockTimeout). Under the advisory
+        # lock no other process of the service is migrating: a row there is a leftover.
+        backend.break_lock()
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
     finally:

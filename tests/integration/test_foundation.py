@@ -30,6 +30,7 @@ from agora.config import Settings
 from agora.outbox import OUTBOX_DDL
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.identity.v1 import AccountRegistered
+from tests.integration.auditkit import superuser
 from tests.integration.shout import ShoutWorkflow, shout
 from tests.integration.waiting import eventually
 
@@ -78,6 +79,33 @@ async def test_migrations_start_after_a_process_died_holding_the_lock(settings: 
     finally:
         await conn.execute("DELETE FROM yoyo_lock")
         await conn.close()
+
+
+async def test_migrations_start_after_a_process_died_inside_yoyos_first_upgrade(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # On a database's first start yoyo creates its own tables under its table lock;
+    # a process killed there leaves the lock row, and yoyo's tables still to create.
+    name = f"migrate_scratch_{uuid.uuid4().hex[:10]}"
+    (tmp_path / "0001_probe.sql").write_text("CREATE TABLE probe (x int);\n")
+    admin = await superuser(settings, "postgres")
+    try:
+        await admin.execute(f"CREATE DATABASE {name} OWNER catalog")
+        dsn = settings.db_dsn("catalog").rsplit("/", 1)[0] + f"/{name}"
+        leftover = await asyncpg.connect(dsn)
+        try:
+            await leftover.execute(
+                "CREATE TABLE yoyo_lock (locked INT DEFAULT 1, ctime TIMESTAMP, pid INT NOT NULL,"
+                " PRIMARY KEY (locked))"
+            )
+            await leftover.execute("INSERT INTO yoyo_lock VALUES (1, now(), 4242)")
+            assert await asyncio.to_thread(db._migrate, dsn, tmp_path) == 1
+            assert await leftover.fetchval("SELECT count(*) FROM probe") == 0
+        finally:
+            await leftover.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
 
 
 async def test_a_process_waiting_for_migrations_does_not_stall_an_index_built_concurrently(
