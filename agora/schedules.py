@@ -1,11 +1,13 @@
 """Temporal Schedules that a service ensures at every start (key rotation, checkpoints).
 
 Idempotent across processes and restarts: created when missing, its interval
-updated when the configuration changed, left alone otherwise.
+updated when the configuration changed (a pause an operator set is kept), left
+alone otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -64,8 +66,11 @@ async def ensure_interval_schedule(
     if [spec.every for spec in description.schedule.spec.intervals] == [every]:
         return "unchanged"
 
-    def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
-        return ScheduleUpdate(schedule=wanted)
+    def update(current: ScheduleUpdateInput) -> ScheduleUpdate:
+        # An update replaces the whole schedule: keep its state (paused by an
+        # operator, with their note), or a restart with a new interval resumes it.
+        state = current.description.schedule.state
+        return ScheduleUpdate(schedule=dataclasses.replace(wanted, state=state))
 
     await handle.update(update)
     log.info("schedule updated", extra={"schedule": schedule_id, "every_s": every.total_seconds()})

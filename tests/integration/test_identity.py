@@ -720,6 +720,21 @@ async def test_ensuring_the_schedule_creates_then_updates_then_leaves_it(tempora
         await temporal.get_schedule_handle(schedule_id).delete()
 
 
+async def test_a_new_interval_keeps_the_schedule_paused_by_an_operator(temporal: Client) -> None:
+    schedule_id = f"test-rotation-{uuid.uuid4().hex[:8]}"
+    handle = temporal.get_schedule_handle(schedule_id)
+    try:
+        hour, day = timedelta(hours=1), timedelta(days=1)
+        ensure = ensure_rotation_schedule
+        assert await ensure(temporal, day, TASK_QUEUE, schedule_id=schedule_id) == "created"
+        await handle.pause(note="key store migration")
+        assert await ensure(temporal, hour, TASK_QUEUE, schedule_id=schedule_id) == "updated"
+        state = (await handle.describe()).schedule.state
+        assert (state.paused, state.note) == (True, "key store migration")
+    finally:
+        await handle.delete()
+
+
 async def test_signing_out_an_api_client_token_twice_revokes_it_with_one_event(
     identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
 ) -> None:
