@@ -15,6 +15,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk, async_scan
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from contracts.agora.catalog.v1 import CatalogServiceStub, ListProductsRequest, Product
 from contracts.agora.common.v1 import PageRequest
@@ -91,6 +92,15 @@ class SearchActivities:
     async def begin_reindex(self, data: BeginReindexInput) -> BeginReindexResult:
         """Create the new index and make it a write target, so events reach it from now on."""
         new_index = self.indices.index_name(data.version)
+        # Elasticsearch's "exists" is true for an alias, so no index would be made and
+        # adding the alias to it would fail on every retry: a run from before the
+        # workflow refused such a version ends here.
+        if await self.es.indices.exists_alias(name=new_index):
+            raise ApplicationError(
+                f"{new_index!r} is an alias, not an index to create",
+                type="InvalidArgument",
+                non_retryable=True,
+            )
         readers = [i for i in await self.indices.behind(self.indices.read_alias) if i != new_index]
         await self.indices.create(new_index)
         await self.indices.add_write_target(new_index)

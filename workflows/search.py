@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
         SearchActivities,
         SwapInput,
     )
-    from workers.search.index import TARGETS_TTL_S
+    from workers.search.index import TARGETS_TTL_S, WRITE_ALIAS_SUFFIX
 
 __all__ = [
     "REINDEX_WORKFLOW_ID",
@@ -59,6 +59,23 @@ INVALID = "InvalidArgument"
 # Since this change a version Elasticsearch's index names refuse (or VERSION_PATTERN
 # does) fails the run at once instead of retrying begin_reindex for good.
 VERSION_CHECKED = "reindex-version-checked"
+# Since this change so does the version whose index name is the write alias's.
+ALIAS_VERSION_CHECKED = "reindex-alias-version-checked"
+
+
+def version_refusal(version: str) -> tuple[str, str] | None:
+    """Why a (lower-cased) version can never be an index: (patch id, message), or None."""
+    if not VERSION_PATTERN.fullmatch(version):
+        return VERSION_CHECKED, (
+            f"version {version[:120]!r} must be 1-101 ASCII letters, digits, '.', '_'"
+            " or '-', starting with a letter or digit"
+        )
+    # Elasticsearch answers "exists" for the alias, so no index is made, and every
+    # retry of adding the alias to it fails (404). (No version names the read
+    # alias, the bare prefix.)
+    if version == WRITE_ALIAS_SUFFIX:
+        return ALIAS_VERSION_CHECKED, f"version {version!r} would name the write alias"
+    return None
 
 
 @dataclass
@@ -85,14 +102,10 @@ class ReindexWorkflow:
     async def run(self, data: ReindexInput) -> ReindexProgress:
         progress = self._progress
         version = (data.version or "r" + workflow.now().strftime("%Y%m%dt%H%M%S")).lower()
+        refusal = version_refusal(version)
         # Asked only for a bad version: a run started before the check replays as it ran.
-        if not VERSION_PATTERN.fullmatch(version) and workflow.patched(VERSION_CHECKED):
-            raise ApplicationError(
-                f"version {data.version[:120]!r} must be 1-101 ASCII letters, digits, '.', '_'"
-                " or '-', starting with a letter or digit",
-                type=INVALID,
-                non_retryable=True,
-            )
+        if refusal is not None and workflow.patched(refusal[0]):
+            raise ApplicationError(refusal[1], type=INVALID, non_retryable=True)
         begun = await workflow.execute_activity_method(
             SearchActivities.begin_reindex,
             BeginReindexInput(version),

@@ -122,6 +122,34 @@ async def test_batch_get_and_category_listing_in_keyset_pages(api: CatalogApi) -
     assert seen == skus and elsewhere not in seen
 
 
+async def test_a_cached_listing_page_leaves_out_a_product_deactivated_or_moved_since(
+    api: CatalogApi,
+) -> None:
+    # The page's sku list stays cached for 15 s; the products in it must be as they
+    # are now, so one deactivated or moved away is gone from the next read at once.
+    root = f"test-{uuid.uuid4().hex[:8]}"
+    skus = sorted([(await api.create(category=f"{root}/a"))["sku"] for _ in range(3)])
+    deactivated, moved, kept = skus
+
+    async def listed() -> list[str]:
+        response = await api.client.get(
+            "/v1/products", params={"category": root, "limit": "10"}, headers=api.read
+        )
+        assert response.status == 200, await response.text()
+        return [p["sku"] for p in (await response.json())["products"]]
+
+    assert await listed() == skus  # the page is cached now
+    response = await api.client.delete(f"/v1/admin/products/{deactivated}", headers=api.admin)
+    assert response.status == 200, await response.text()
+    elsewhere = {k: v for k, v in product_body(moved, category=f"{root}x/a").items() if k != "sku"}
+    response = await api.client.put(
+        f"/v1/admin/products/{moved}", json=elsewhere, headers=api.admin
+    )
+    assert response.status == 200, await response.text()
+
+    assert await listed() == [kept]
+
+
 async def test_a_write_retried_with_its_key_answers_the_first_and_another_body_is_refused(
     api: CatalogApi,
 ) -> None:

@@ -19,9 +19,10 @@ from aiohttp.test_utils import TestClient
 from elasticsearch import AsyncElasticsearch
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.search import BackfillInput, SearchActivities
+from activities.search import BackfillInput, BeginReindexInput, SearchActivities
 from agora.config import Settings
 from agora.grpc import Channels
 from contracts.agora.catalog.v1 import CatalogServiceStub
@@ -200,6 +201,35 @@ async def test_a_backfill_resumed_after_its_pages_carries_every_documents_stock(
         assert held <= (await es.count(index=target))["count"]
     finally:
         await es.options(ignore_status=404).indices.delete(index=target)
+        channels.close()
+        await es.close()
+
+
+async def test_begin_reindex_refuses_at_once_a_version_that_names_an_alias(
+    settings: Settings,
+) -> None:
+    # `<prefix>-write` exists as an alias, so no index would be created and adding the
+    # alias to it would fail on every retry: a run from before the workflow's own check
+    # must end instead.
+    es = AsyncElasticsearch(settings.elasticsearch_url)
+    channels = Channels(settings, caller="search")
+    indices = Indices(es, f"alias-test-{uuid.uuid4().hex[:8]}")
+    first = indices.index_name("v1")
+    try:
+        await indices.create(first)
+        await es.indices.update_aliases(
+            actions=[
+                {"add": {"index": first, "alias": indices.read_alias}},
+                {"add": {"index": first, "alias": indices.write_alias}},
+            ]
+        )
+        activities = SearchActivities(es, indices, CatalogServiceStub(channels.get("catalog")))
+        with pytest.raises(ApplicationError) as refused:
+            await ActivityEnvironment().run(activities.begin_reindex, BeginReindexInput("write"))
+        assert (refused.value.type, refused.value.non_retryable) == ("InvalidArgument", True)
+        assert await indices.behind(indices.write_alias) == [first]
+    finally:
+        await es.options(ignore_status=404).indices.delete(index=first)
         channels.close()
         await es.close()
 

@@ -4,6 +4,9 @@ At start search gives older indices their replica setting. An index block on
 metadata refuses that (403 cluster_block_exception) while searches still work, so
 search writes the setting only where it differs and logs a refusal as a warning
 instead of exiting: a crash-looping search pod would stop the searches too.
+
+It also refuses auto-creation of its indices, a cluster-wide rule it shares: it
+adds its prefix to the patterns there and never opens what they close.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ FLOOD_STAGE = "index.blocks.read_only_allow_delete"
 BLOCKS = (READ_ONLY, METADATA, FLOOD_STAGE)
 NO_REPLICAS = {"index.auto_expand_replicas": "false", "index.number_of_replicas": 0}
 LOGGER = "workers.search.index"
+AUTO_CREATE = "action.auto_create_index"
 
 
 @pytest_asyncio.fixture
@@ -33,6 +37,21 @@ async def es(settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
     client = AsyncElasticsearch(settings.elasticsearch_url)
     yield client
     await client.close()
+
+
+@pytest_asyncio.fixture
+async def auto_create_rule(es: AsyncElasticsearch) -> AsyncIterator[None]:
+    """The cluster's auto-create rule, put back as it was (the platform's own) afterwards."""
+    before = await es.cluster.get_settings(flat_settings=True)
+    yield
+    rule = before["persistent"].get(AUTO_CREATE)
+    await es.cluster.put_settings(persistent={AUTO_CREATE: rule})
+
+
+async def rule_of(es: AsyncElasticsearch) -> str | None:
+    found = await es.cluster.get_settings(flat_settings=True)
+    rule: str | None = found["persistent"].get(AUTO_CREATE)
+    return rule
 
 
 @pytest_asyncio.fixture
@@ -124,20 +143,50 @@ async def test_the_disk_flood_stage_block_does_not_refuse_the_replica_setting(
 
 
 async def test_an_unchanged_auto_create_rule_is_not_written_again_under_a_cluster_block(
-    es: AsyncElasticsearch,
+    es: AsyncElasticsearch, auto_create_rule: None
 ) -> None:
     """A cluster-wide metadata block refuses every cluster settings write, even one that
     changes nothing; start-up must not write the auto-create rule it already holds."""
-    before = await es.cluster.get_settings(flat_settings=True)
     indices = Indices(es, f"startup-test-{uuid.uuid4().hex[:8]}")
     await indices.refuse_auto_create()
     await es.cluster.put_settings(persistent={"cluster.blocks.read_only": True})
     try:
         await indices.refuse_auto_create()
-        found = await es.cluster.get_settings(flat_settings=True)
+        found = await rule_of(es)
     finally:
         await es.cluster.put_settings(persistent={"cluster.blocks.read_only": None})
-        # The platform's own rule, as its search service wrote it.
-        rule = before["persistent"].get("action.auto_create_index")
-        await es.cluster.put_settings(persistent={"action.auto_create_index": rule})
-    assert found["persistent"]["action.auto_create_index"] == f"-{indices.prefix}-*,+*"
+    assert found is not None and found.startswith(f"-{indices.prefix}-*,")
+
+
+async def test_start_up_adds_its_prefix_to_the_auto_create_rule_it_finds(
+    es: AsyncElasticsearch, auto_create_rule: None
+) -> None:
+    # Another deployment's refusal stays: replacing the rule would let that one's
+    # dropped indices be created again by a late write.
+    await es.cluster.put_settings(persistent={AUTO_CREATE: "-other-*,+*"})
+    indices = Indices(es, f"startup-test-{uuid.uuid4().hex[:8]}")
+    await indices.refuse_auto_create()
+    assert await rule_of(es) == f"-{indices.prefix}-*,-other-*,+*"
+    await indices.refuse_auto_create()  # already there: unchanged
+    assert await rule_of(es) == f"-{indices.prefix}-*,-other-*,+*"
+
+
+@pytest.mark.parametrize("unset", [None, "true"])
+async def test_start_up_on_an_open_cluster_refuses_only_its_prefix(
+    es: AsyncElasticsearch, auto_create_rule: None, unset: str | None
+) -> None:
+    await es.cluster.put_settings(persistent={AUTO_CREATE: unset})
+    indices = Indices(es, f"startup-test-{uuid.uuid4().hex[:8]}")
+    await indices.refuse_auto_create()
+    assert await rule_of(es) == f"-{indices.prefix}-*,+*"
+
+
+async def test_start_up_leaves_a_cluster_without_auto_creation_as_it_is(
+    es: AsyncElasticsearch, auto_create_rule: None
+) -> None:
+    # A hardened cluster: no index is created by a write anywhere. "+*" after our
+    # refusal would open every other index.
+    await es.cluster.put_settings(persistent={AUTO_CREATE: False})
+    indices = Indices(es, f"startup-test-{uuid.uuid4().hex[:8]}")
+    await indices.refuse_auto_create()
+    assert await rule_of(es) == "false"

@@ -87,6 +87,22 @@ async def test_a_version_no_index_name_can_hold_fails_the_reindex_at_once(
     assert begun == []
 
 
+@pytest.mark.parametrize("version", ["write", "WRITE", "Write"])
+async def test_a_version_naming_the_write_alias_fails_the_reindex_at_once(
+    env: WorkflowEnvironment, version: str
+) -> None:
+    # `<prefix>-write` is the write alias: Elasticsearch calls that index existing,
+    # and adding the alias to it would fail on every retry of begin_reindex.
+    begun.clear()
+    with pytest.raises(WorkflowFailureError) as failed:
+        await reindexed(env, version)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == ("InvalidArgument", True)
+    assert "write alias" in cause.message
+    assert begun == []
+
+
 async def test_a_version_is_lower_cased_into_the_index_name(env: WorkflowEnvironment) -> None:
     begun.clear()
     progress = await reindexed(env, "V2.1_b")

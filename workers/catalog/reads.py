@@ -62,6 +62,11 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         raise InvalidArgument("cursor is malformed: pass back a next_cursor unchanged") from None
 
 
+def in_category(candidate: str, category: str) -> bool:
+    """Whether `candidate` is `category` or one of its descendants ("" holds every one)."""
+    return not category or candidate == category or candidate.startswith(category + "/")
+
+
 class CatalogReads:
     def __init__(self, pool: asyncpg.Pool, cache: ProductCache):
         self.pool = pool
@@ -143,7 +148,10 @@ class CatalogReads:
             found = await self._load_many(skus) if skus else {}
             return Page([found[s] for s in skus if s in found], next_cursor)
         products, _ = await self.batch_get(skus) if skus else ([], [])
-        return Page(products, next_cursor)
+        # The sku list may be a page cached before a product was deactivated or moved
+        # out of the category; its products are current: list only what still belongs.
+        listed = [p for p in products if p.active and in_category(p.category, category)]
+        return Page(listed, next_cursor)
 
     async def price_lines(
         self, lines: Sequence[LineItem], currency: str

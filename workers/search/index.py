@@ -11,6 +11,8 @@ indices is refused by Elasticsearch) and caches the answer for `TARGETS_TTL_S`;
 the reindex waits longer than that before it starts copying (see
 workflows/search.py). Automatic index creation is turned off for our prefix, so
 a late write to an index dropped after a swap fails instead of resurrecting it.
+That rule is cluster-wide and shared: start-up adds ours to the patterns already
+there (another deployment's, an operator's) and never opens what they close.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 
 TARGETS_TTL_S = 1.0
 FIRST_VERSION = "v1"
+# The write alias is `<prefix>-write`: an index of this version would bear its name.
+WRITE_ALIAS_SUFFIX = "write"
+AUTO_CREATE = "action.auto_create_index"
 
 # Explicit mappings: nothing is mapped dynamically (unknown fields are rejected).
 MAPPINGS: dict[str, Any] = {
@@ -80,6 +85,20 @@ def index_settings(refresh_interval: str) -> dict[str, Any]:
     return {**SETTINGS, "refresh_interval": refresh_interval}
 
 
+def auto_create_refusing(current: str | None, prefix: str) -> str | None:
+    """`current` (action.auto_create_index) with `<prefix>-*` refused ahead of its patterns.
+
+    Unset or true means "+*". False (creation off everywhere) and a rule that refuses
+    the prefix already stay as they are; every other pattern is kept, in order."""
+    if current is not None and current.lower() == "false":
+        return current
+    patterns = "+*" if current is None or current.lower() == "true" else current
+    refusal = f"-{prefix}-*"
+    if refusal in (p.strip() for p in patterns.split(",")):
+        return current
+    return f"{refusal},{patterns}"
+
+
 class Indices:
     """Names and alias operations of one deployment's product indices."""
 
@@ -87,7 +106,7 @@ class Indices:
         self.es = es
         self.prefix = prefix
         self.read_alias = prefix
-        self.write_alias = f"{prefix}-write"
+        self.write_alias = f"{prefix}-{WRITE_ALIAS_SUFFIX}"
         self.refresh_interval = refresh_interval
         self._targets: list[str] = []
         self._targets_at = 0.0
@@ -125,10 +144,11 @@ class Indices:
         """No write may create one of our indices by auto-creation (cluster-wide). Read
         first: a cluster-wide metadata block refuses the write even when it changes
         nothing, and the setting outlives the service."""
-        wanted = f"-{self.prefix}-*,+*"
         found = await self.es.cluster.get_settings(flat_settings=True)
-        if found.body.get("persistent", {}).get("action.auto_create_index") != wanted:
-            await self.es.cluster.put_settings(persistent={"action.auto_create_index": wanted})
+        current = found.body.get("persistent", {}).get(AUTO_CREATE)
+        wanted = auto_create_refusing(current, self.prefix)
+        if wanted != current:
+            await self.es.cluster.put_settings(persistent={AUTO_CREATE: wanted})
 
     async def replicate(self, names: list[str]) -> None:
         """Give indices made before REPLICAS their replica (a dynamic setting: no reindex).
