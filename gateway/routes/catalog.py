@@ -10,6 +10,7 @@ id is not found.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -271,20 +272,25 @@ async def import_status(request: web.Request, _: None) -> ImportStatusResponse:
     workflow_id = caller_import_workflow_id(principal_of(request).subject, import_id)
     handle = gw.upstream.temporal.get_workflow_handle(workflow_id, result_type=ImportProgress)
     async with gw.upstream.call(request, "temporal.ImportStatus") as timeout:
-        rpc_timeout = timedelta(seconds=timeout)
-        try:
-            description = await handle.describe(rpc_timeout=rpc_timeout)
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                raise Problem("not-found", f"no import {import_id!r}") from None
-            raise
-        if description.status == WorkflowExecutionStatus.COMPLETED:
-            # Read from history: needs no worker (a query does, and waits for one).
-            progress = await handle.result(rpc_timeout=rpc_timeout)
-        elif description.status == WorkflowExecutionStatus.RUNNING:
-            progress = await handle.query(ImportProductsWorkflow.progress, rpc_timeout=rpc_timeout)
-        else:
-            progress = ImportProgress(import_id=import_id, state="failed")
+        # rpc_timeout bounds one attempt only: the client retries an unavailable
+        # Temporal for up to ~10 s, so the reads together get the request's deadline.
+        async with asyncio.timeout(timeout):
+            rpc_timeout = timedelta(seconds=timeout)
+            try:
+                description = await handle.describe(rpc_timeout=rpc_timeout)
+            except RPCError as error:
+                if error.status == RPCStatusCode.NOT_FOUND:
+                    raise Problem("not-found", f"no import {import_id!r}") from None
+                raise
+            if description.status == WorkflowExecutionStatus.COMPLETED:
+                # Read from history: needs no worker (a query does, and waits for one).
+                progress = await handle.result(rpc_timeout=rpc_timeout)
+            elif description.status == WorkflowExecutionStatus.RUNNING:
+                progress = await handle.query(
+                    ImportProductsWorkflow.progress, rpc_timeout=rpc_timeout
+                )
+            else:
+                progress = ImportProgress(import_id=import_id, state="failed")
     state = progress.state
     return ImportStatusResponse(
         import_id=import_id,

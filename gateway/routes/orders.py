@@ -342,9 +342,13 @@ async def _saga_view(request: web.Request, order_id: str) -> OrderView | None:
     handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order_id))
     try:
         async with gw.upstream.call(request, "temporal.OrderStatus") as timeout:
-            view: OrderView = await handle.query(
-                OrderWorkflow.status, rpc_timeout=timedelta(seconds=min(timeout, SAGA_QUERY_S))
-            )
+            budget = min(timeout, SAGA_QUERY_S)
+            # rpc_timeout bounds one attempt only: the client retries an unavailable
+            # Temporal for up to ~10 s, so the whole query gets the budget.
+            async with asyncio.timeout(budget):
+                view: OrderView = await handle.query(
+                    OrderWorkflow.status, rpc_timeout=timedelta(seconds=budget)
+                )
     except (Problem, TemporalError) as error:
         # A worker that cannot answer (down, or its task failing: WorkflowQueryFailedError)
         # is where a stuck order is looked at: the projection answers it.
