@@ -173,3 +173,16 @@ def test_custom_resources_are_well_formed(rendered: dict[str, list[Manifest]], e
             r["spec"]["selector"]["matchLabels"].items()
             <= r["spec"]["template"]["metadata"]["labels"].items()
         )
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_platform_ca_keeps_its_key_when_renewed(rendered: dict[str, list[Manifest]], env: str):
+    # cert-manager >= 1.18 defaults rotationPolicy to Always: a renewed CA with a new
+    # key would not verify against the ca.crt pods already hold, breaking mTLS.
+    ca = policy.one(rendered[env], "Certificate", "agora-ca")
+    assert ca is not None and ca["spec"]["isCA"]
+    assert ca["spec"]["privateKey"] == {
+        "algorithm": "ECDSA",
+        "size": 256,
+        "rotationPolicy": "Never",
+    }

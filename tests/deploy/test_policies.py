@@ -598,3 +598,45 @@ def test_workflow_links_point_where_people_open_the_temporal_ui(rendered, env):
         plain = {k: v for k, v in policy.env_of(container).items() if isinstance(v, str)}
         url = config.load(plain, service=name).temporal_ui_url
         assert url.startswith("https://") and "0.0.0.0" not in url, (env, name, url)
+
+
+TEMPORAL_CLIENT_SECRET = "agora-temporal-client"
+
+
+@pytest.mark.parametrize(
+    ("server_ca", "files"),
+    [
+        (False, {"cert": "tls.crt", "key": "tls.key"}),
+        (True, {"cert": "tls.crt", "key": "tls.key", "ca": "ca.crt"}),
+    ],
+)
+def test_temporal_client_certificate_is_mounted_from_its_secret(render_with, server_ca, files):
+    """mTLS to Temporal (Cloud): the processes read the certificate, key and CA as
+    files (agora.temporal.tls_config), mounted read-only from global.temporal.tlsSecret;
+    the server's CA only when it is not one of the system's roots."""
+    docs = render_with(
+        f"global.temporal.tlsSecret={TEMPORAL_CLIENT_SECRET}",
+        f"global.temporal.tlsServerCA={str(server_ca).lower()}",
+    )
+    for name in policy.WORKLOADS:
+        spec, container, _, settings = _settings_and_env(docs, name)
+        paths = {
+            "cert": settings.temporal_tls_cert,
+            "key": settings.temporal_tls_key,
+            "ca": settings.temporal_tls_ca,
+        }
+        assert {k for k, path in paths.items() if path} == set(files), name
+        for kind, key in files.items():
+            assert _mounted_secret(spec, container, paths[kind]) == (
+                TEMPORAL_CLIENT_SECRET,
+                key,
+            ), (name, kind)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_no_temporal_client_certificate_without_its_secret(rendered, env):
+    for name in policy.WORKLOADS:
+        spec, container, variables, _ = _settings_and_env(rendered[env], name)
+        assert not {v for v in variables if v.startswith("AGORA_TEMPORAL_TLS_")}, name
+        assert "temporal-tls" not in {v["name"] for v in spec["volumes"]}, name
+        assert "temporal-tls" not in {m["name"] for m in container["volumeMounts"]}, name

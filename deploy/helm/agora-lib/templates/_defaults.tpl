@@ -156,6 +156,14 @@ global:
     # workflow links in order answers and audit exports, and the origin the codec
     # endpoint lets in (CORS). Empty: links point at the pod's own address.
     uiUrl: ""
+    # mTLS to Temporal (Temporal Cloud, or a cluster that asks for client certificates):
+    # a Secret in this namespace holding tls.crt and tls.key (and ca.crt), mounted
+    # read-only into every workload that uses Temporal (AGORA_TEMPORAL_TLS_CERT, _KEY).
+    # Empty: no client certificate (plain TCP, or TLS with AGORA_TEMPORAL_API_KEY).
+    tlsSecret: ""
+    # true: the Secret's ca.crt is the CA of the server's certificate (a cluster with
+    # its own CA), AGORA_TEMPORAL_TLS_CA; false: the system's roots (Temporal Cloud).
+    tlsServerCA: false
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: temporal}}}]
   kafka:
     bootstrap: agora-kafka-kafka-bootstrap.kafka.svc:9092

@@ -1,3 +1,8 @@
+{{/* Where the Temporal client certificate Secret (global.temporal.tlsSecret) is mounted. */}}
+{{- define "agora-lib.temporalTLSDir" -}}
+/var/run/agora/temporal-tls
+{{- end -}}
+
 {{- define "agora-lib.env" -}}
 {{- $v := .v -}}
 {{- $g := $v.global -}}
@@ -18,6 +23,14 @@
 - {name: AGORA_TEMPORAL_NAMESPACE, value: {{ $g.temporal.namespace | quote }}}
 {{- with $g.temporal.uiUrl }}
 - {name: AGORA_TEMPORAL_UI_URL, value: {{ . | quote }}}
+{{- end }}
+{{- if and $v.uses.temporal $g.temporal.tlsSecret }}
+{{- $dir := include "agora-lib.temporalTLSDir" . }}
+- {name: AGORA_TEMPORAL_TLS_CERT, value: {{ printf "%s/tls.crt" $dir | quote }}}
+- {name: AGORA_TEMPORAL_TLS_KEY, value: {{ printf "%s/tls.key" $dir | quote }}}
+{{- if $g.temporal.tlsServerCA }}
+- {name: AGORA_TEMPORAL_TLS_CA, value: {{ printf "%s/ca.crt" $dir | quote }}}
+{{- end }}
 {{- end }}
 - {name: AGORA_KAFKA_BOOTSTRAP, value: {{ $g.kafka.bootstrap | quote }}}
 - {name: AGORA_REDIS_URL, value: {{ $g.redis.url | quote }}}
@@ -201,6 +214,10 @@ spec:
         - {name: tls, mountPath: {{ printf "%s/%s" $g.pki.mountPath $v.name }}, readOnly: true}
         # The payload codec's key ring (codec-keys.json).
         - {name: codec-keys, mountPath: {{ $g.codecKeys.mountPath }}, readOnly: true}
+        {{- if and $v.uses.temporal $g.temporal.tlsSecret }}
+        # The client certificate (and key) presented to Temporal.
+        - {name: temporal-tls, mountPath: {{ include "agora-lib.temporalTLSDir" . }}, readOnly: true}
+        {{- end }}
         {{- if and $v.uses.kafka $g.kafka.caSecret }}
         # The CA the Kafka brokers' TLS certificates are checked against.
         - {name: kafka-ca, mountPath: {{ $g.kafka.caMountPath }}, readOnly: true}
@@ -222,6 +239,18 @@ spec:
       secret:
         secretName: {{ $g.codecKeys.secretName }}
         defaultMode: 288
+    {{- if and $v.uses.temporal $g.temporal.tlsSecret }}
+    - name: temporal-tls
+      secret:
+        secretName: {{ $g.temporal.tlsSecret }}
+        items:
+          - {key: tls.crt, path: tls.crt}
+          - {key: tls.key, path: tls.key}
+          {{- if $g.temporal.tlsServerCA }}
+          - {key: ca.crt, path: ca.crt}
+          {{- end }}
+        defaultMode: 288
+    {{- end }}
     {{- if and $v.uses.kafka $g.kafka.caSecret }}
     - name: kafka-ca
       secret:
