@@ -29,6 +29,7 @@ from activities.identity import IdentityActivities, RotateSigningKeyInput
 from agora import emails
 from agora.config import Settings
 from agora.grpc import Channels
+from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.identity.v1 import (
     ClientCredentialsGrant,
     CreateApiClientRequest,
@@ -40,6 +41,7 @@ from contracts.agora.identity.v1 import (
     PasswordGrant,
     PrincipalType,
     RefreshRequest,
+    SignedIn,
     SignInRequest,
     SignOutRequest,
     Tokens,
@@ -418,16 +420,23 @@ async def test_state_changes_write_their_events_to_the_outbox(
     email = new_email()
     account = await register(temporal, email)
     tokens = await sign_in(identity, email)
-    await identity.sign_out(SignOutRequest(refresh_token=tokens.refresh_token))
-    types = await db.fetch(
-        "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY sequence",
+    refreshed = (await identity.refresh(RefreshRequest(refresh_token=tokens.refresh_token))).tokens
+    await identity.sign_out(SignOutRequest(refresh_token=refreshed.refresh_token))
+    rows = await db.fetch(
+        "SELECT event_type, envelope FROM outbox WHERE aggregate_id = $1 ORDER BY sequence",
         account.account_id,
     )
-    assert [r["event_type"] for r in types] == [
+    assert [r["event_type"] for r in rows] == [
         "identity.AccountRegistered",
         "identity.SignedIn",
+        "identity.SignedIn",  # the refresh: a grant too
         "identity.TokenRevoked",
     ]
+    signed_in, refreshed_in = (
+        SignedIn().parse(EventEnvelope().parse(r["envelope"]).payload) for r in rows[1:3]
+    )
+    assert refreshed_in.token_family_id == signed_in.token_family_id != ""
+    assert refreshed_in.scopes == signed_in.scopes
 
 
 async def test_an_email_python_and_postgres_lowercase_differently_can_sign_in(

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 
 from agora import outbox
 from agora.scopes import scopes_for
-from contracts.agora.identity.v1 import PrincipalType, RevocationReason, TokenRevoked
+from contracts.agora.identity.v1 import PrincipalType, RevocationReason, SignedIn, TokenRevoked
 from workers.identity.errors import InvalidRefreshToken, RefreshTokenReused
 from workers.identity.tokens import LEEWAY_S
 
@@ -202,12 +202,16 @@ class Sessions:
                     presented,
                     hash_refresh_token(session.refresh_token),
                 )
+                # A role taken away since sign-in takes its scopes away at the next refresh.
+                current = set(scopes_for(row["roles"], row["extra_scopes"]))
+                scopes = [s for s in row["scopes"] if s in current]
+                # A refresh is a grant: audit sees every session extended, not only begun.
+                await append_signed_in(
+                    conn, str(row["account_id"]), PrincipalType.ACCOUNT, session.sid, scopes
+                )
         if reused:
             raise RefreshTokenReused()
-        # A role taken away since sign-in takes its scopes away at the next refresh.
-        current = set(scopes_for(row["roles"], row["extra_scopes"]))
-        scopes = tuple(s for s in row["scopes"] if s in current)
-        return Rotated(str(row["account_id"]), scopes, session)
+        return Rotated(str(row["account_id"]), tuple(scopes), session)
 
     async def revoke_family(
         self,
@@ -258,6 +262,26 @@ class Sessions:
         if row is None:
             return None
         return row["family_id"], str(row["account_id"]), row["revoked_at"] is not None
+
+
+async def append_signed_in(
+    conn: asyncpg.Connection,
+    subject: str,
+    principal_type: PrincipalType,
+    sid: str,
+    granted: list[str],
+) -> None:
+    """A grant (sign-in, client credentials, refresh), in the granting transaction."""
+    await outbox.append(
+        conn,
+        producer="identity",
+        topic=TOPIC,
+        aggregate_type="account" if principal_type == PrincipalType.ACCOUNT else "api_client",
+        aggregate_id=subject,
+        payload=SignedIn(
+            subject=subject, principal_type=principal_type, token_family_id=sid, scopes=granted
+        ),
+    )
 
 
 async def append_token_revoked(

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from agora import emails, outbox, scopes, text
+from agora import emails, scopes, text
 from agora.errors import InvalidArgument
 from agora.passwords import Passwords
-from contracts.agora.identity.v1 import PrincipalType, RevocationReason, SignedIn
+from contracts.agora.identity.v1 import PrincipalType, RevocationReason
 from workers.identity import tokens
 from workers.identity.apiclients import ApiClients, parse_client_id
 from workers.identity.errors import (
@@ -24,13 +24,17 @@ from workers.identity.errors import (
     SessionNotFound,
 )
 from workers.identity.keys import KeyRing
-from workers.identity.sessions import NewSession, Sessions, append_token_revoked
+from workers.identity.sessions import (
+    NewSession,
+    Sessions,
+    append_signed_in,
+    append_token_revoked,
+)
 from workers.identity.tokens import Principal, TokenPolicy
 
 # Namespace of the TokenRevoked event id of an API-client token's sign-out (uuid5 of its jti).
 _JTI_REVOKED = uuid.UUID("5b1c2f0e-6a51-4d0b-9a43-3f6f1c2d7e84")
 
-TOPIC = "identity.events"
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class TokenService:
                     rehashed,
                 )
             session = await self._sessions.start(conn, account_id, granted)
-            await _append_signed_in(conn, account_id, PrincipalType.ACCOUNT, session.sid, granted)
+            await append_signed_in(conn, account_id, PrincipalType.ACCOUNT, session.sid, granted)
         principal = Principal(account_id, "account", tuple(granted), session.sid)
         return Grant(principal, await self._issue(principal), session)
 
@@ -106,7 +110,7 @@ class TokenService:
         # The tokens carry the canonical id, as its revocation does.
         client_id = str(parse_client_id(client_id))
         async with self._pool.acquire() as conn, conn.transaction():
-            await _append_signed_in(conn, client_id, PrincipalType.API_CLIENT, "", granted)
+            await append_signed_in(conn, client_id, PrincipalType.API_CLIENT, "", granted)
         # The sid of a client's tokens is the client id: revoking the client revokes them all.
         principal = Principal(client_id, "api_client", tuple(granted), client_id)
         return Grant(principal, await self._issue(principal), None)
@@ -181,25 +185,6 @@ def _narrow(granted: list[str], requested: list[str]) -> list[str]:
         return scopes.narrow(granted, requested)
     except scopes.UnknownScope as exc:
         raise InvalidScope(str(exc)) from None
-
-
-async def _append_signed_in(
-    conn: asyncpg.Connection,
-    subject: str,
-    principal_type: PrincipalType,
-    sid: str,
-    granted: list[str],
-) -> None:
-    await outbox.append(
-        conn,
-        producer="identity",
-        topic=TOPIC,
-        aggregate_type="account" if principal_type == PrincipalType.ACCOUNT else "api_client",
-        aggregate_id=subject,
-        payload=SignedIn(
-            subject=subject, principal_type=principal_type, token_family_id=sid, scopes=granted
-        ),
-    )
 
 
 async def _append_jti_revoked(
