@@ -187,7 +187,7 @@ async def sign_in_with(stored_hash: str, monkeypatch: pytest.MonkeyPatch) -> Fak
     async def no_event(*_: Any, **__: Any) -> None:
         return None
 
-    monkeypatch.setattr(signin, "_append_signed_in", no_event)
+    monkeypatch.setattr(signin, "append_signed_in", no_event)
     conn = FakeConn()
     row = {
         "account_id": "6f1c1f8e-2b8c-4f43-9d4e-2a7c1d8e5b10",
