@@ -149,6 +149,10 @@ class OrderSnapshot:
     refunded_minor: int
     payment_id: str
     lines: list[PricedLine] = field(default_factory=list)
+    # When a cancel after completion (RefundOrder's, or the saga's, of a COMPLETED order)
+    # recorded the order CANCELLED, ISO 8601; "" if none did. Such an order's stock was
+    # committed and is restocked by the cancel, unlike one the saga compensated.
+    cancel_recorded_at: str = ""
 
 
 FINAL = {"COMPLETED", "CANCELLED", "REJECTED", "REFUNDED"}
@@ -415,6 +419,12 @@ class OrdersActivities:
             " WHERE order_id = $1 ORDER BY line_no",
             uuid.UUID(order_id),
         )
+        # record_refund's CANCELLED, keyed by its refund key (the saga's is `cancelled`).
+        cancelled_at = await self.pool.fetchval(
+            "SELECT changed_at FROM order_status_history WHERE order_id = $1"
+            " AND status = 'CANCELLED' AND transition_key LIKE 'refund:%'",
+            uuid.UUID(order_id),
+        )
         return OrderSnapshot(
             order_id=str(row["order_id"]),
             customer_id=row["customer_id"],
@@ -424,6 +434,7 @@ class OrdersActivities:
             refunded_minor=row["refunded_minor"],
             payment_id=row["payment_id"],
             lines=[PricedLine(**dict(x)) for x in lines],
+            cancel_recorded_at=cancelled_at.isoformat() if cancelled_at else "",
         )
 
     async def _event(self, conn: asyncpg.Connection, order_id: str, payload: object) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
@@ -250,6 +250,31 @@ TEMPORAL_CANCEL_AT_PRICING = "temporal-cancel-at-pricing"
 # run, which ended cancelled with `accept` unanswered (the POST got a 502) and the
 # rejection uncounted. Asked only on that path.
 UNRECORDED_COUNT_TO_ITS_END = "temporal-cancel-finishes-unrecorded-count"
+# Since this change a cancel requested in Temporal that cuts one of RefundOrder's steps
+# short (the refund at payments, its record, a cancel's restock of a line) runs that step
+# again to its end by its key, then the steps left, and the run ends cancelled: the
+# refund recorded, every line of a cancel restocked. Before, the refund could stay
+# unrecorded, or the order CANCELLED with lines never restocked, which every retry
+# refused (NotRefundable). Asked only on that path.
+REFUND_TO_ITS_END = "temporal-cancel-finishes-refund"
+# Since this change a cancel's RefundOrder that finds the order CANCELLED by a cancel
+# after completion (its refund recorded; its restock maybe cut short: a run terminated,
+# a restock refused for good, a run cancelled in Temporal before REFUND_TO_ITS_END)
+# restocks every line by the same keys, each a no-op if done, instead of failing
+# NotRefundable. Asked only on that path.
+CANCELLED_RESTOCKED_AGAIN = "cancelled-order-restocked-again"
+# How long after the cancel was recorded its restock may be run again: inventory keeps
+# a restock's key for 30 days (workers/inventory/idempotency.py RETENTION_DAYS); past
+# that, a line restocked already would be restocked twice.
+RESTOCK_AGAIN_WITHIN = timedelta(days=7)
+# Since this change the saga's cancel of its completed order after a cancel requested
+# in Temporal (cancel_committed_order), whose refund payments refused for an amount
+# that no longer fits (a partial refund landed first), runs once more from a fresh
+# snapshot: the rest refunded under the same key `cancel` (payments keeps no record of
+# a refused refund), the stock restocked, the order CANCELLED. Before, the refusal was
+# only logged: no gateway follows that cancel up, and the order stayed COMPLETED or
+# PARTIALLY_REFUNDED with its stock never returned. Asked only on that path.
+REFUSED_CANCEL_RETRIED = "temporal-cancel-retries-refused-refund"
 # What the saga needs after the payment, of the reservation's life: capture, commit,
 # as they run when payments and inventory answer. A payments outage longer than what
 # is left still outlasts the reservation: the capture is not bounded by it, since a
@@ -636,14 +661,21 @@ class OrderWorkflow:
         self.stock_committed = True
 
     async def cancel_completed(
-        self, order: OrderInput, cancel: CancelInput, *, restock_if_cancelled: bool = False
+        self,
+        order: OrderInput,
+        cancel: CancelInput,
+        *,
+        restock_if_cancelled: bool = False,
+        retry_refused: bool = False,
     ) -> None:
         """A cancel that came during the last steps: cancel the completed order as the
         gateway's cancel of a completed order does (the same keys, so the two can meet:
         each step answers the first one's result). `restock_if_cancelled`: an order found
         CANCELLED already gets its restock too (by the same keys: a no-op if whoever
         cancelled it restocked), as a cancel cut short after its refund was recorded
-        has not restocked yet."""
+        has not restocked yet. `retry_refused`: no gateway follows a failed cancel up, so
+        a refund refused for its amount is asked once more for what is left
+        (REFUSED_CANCEL_RETRIED)."""
         snapshot = await _snapshot(order.order_id)
         if snapshot.status == "CANCELLED" and restock_if_cancelled:
             await restock_cancelled(order.order_id, snapshot.lines)
@@ -655,6 +687,14 @@ class OrderWorkflow:
                     # Cancelled in Temporal midway: the same cancel again, from what is
                     # recorded now, by the same keys (each step answers its first result).
                     self.cancelled_in_temporal = True
+                    await self.cancel_completed(order, cancel, restock_if_cancelled=True)
+                    return
+                if (
+                    retry_refused
+                    and _amount_refused(error)
+                    and workflow.patched(REFUSED_CANCEL_RETRIED)
+                ):
+                    # A partial refund landed since the snapshot: from a fresh one.
                     await self.cancel_completed(order, cancel, restock_if_cancelled=True)
                     return
                 # E.g. a partial refund landed meanwhile and the amount no longer fits.
@@ -682,7 +722,7 @@ class OrderWorkflow:
             await self.transition(order, "COMPLETED")
             self.completed_recorded = True
         await self.cancel_completed(
-            order, self.cancel or TEMPORAL_CANCEL, restock_if_cancelled=True
+            order, self.cancel or TEMPORAL_CANCEL, restock_if_cancelled=True, retry_refused=True
         )
 
     # Helpers ------------------------------------------------------------
@@ -897,6 +937,12 @@ def _rounds_cap_declines() -> bool:
     return workflow.patched(PAYMENT_ROUNDS_DECLINED) or workflow.patched(MERGED_UPSERTS)
 
 
+def _amount_refused(error: ActivityError | ApplicationError) -> bool:
+    """Payments refused the refund for good: more than is captured and not refunded."""
+    cause = error.cause if isinstance(error, ActivityError) else error
+    return isinstance(cause, ApplicationError) and cause.type == "PaymentAmountExceeded"
+
+
 def _cancelled(error: ActivityError | ApplicationError) -> bool:
     """The step was cancelled, which only a cancel requested in Temporal does here."""
     return isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
@@ -939,22 +985,44 @@ def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejecte
 
 
 REFUNDABLE = ("COMPLETED", "PARTIALLY_REFUNDED")
+T = TypeVar("T")
+
+
+class Step(Protocol):
+    """How a refund's step is awaited (`run` starts it; called again, it starts it anew)."""
+
+    async def __call__(self, run: Callable[[], Awaitable[T]]) -> T: ...
+
+
+async def _as_it_goes(run: Callable[[], Awaitable[T]]) -> T:
+    """A step awaited as it is: a cancel requested in Temporal is the caller's to handle."""
+    return await run()
 
 
 @workflow.defn(name="RefundOrder")
 class RefundOrderWorkflow:
     """A refund (or a cancel) after the order saga completed."""
 
+    def __init__(self) -> None:
+        # A cancel requested in Temporal cut a step short (REFUND_TO_ITS_END).
+        self.cancelled_in_temporal = False
+
     @workflow.run
     async def run(self, request: RefundOrderInput) -> OrderView:
         snapshot = await _snapshot(request.order_id)
-        if snapshot.status not in REFUNDABLE:
+        if _restock_again(request, snapshot):
+            await restock_cancelled(request.order_id, snapshot.lines, self.to_its_end)
+            after = snapshot
+        elif snapshot.status not in REFUNDABLE:
             raise ApplicationError(
                 f"an order {snapshot.status.lower()} cannot be refunded",
                 type="NotRefundable",
                 non_retryable=True,
             )
-        after = await refund_completed(request, snapshot)
+        else:
+            after = await refund_completed(request, snapshot, self.to_its_end)
+        if self.cancelled_in_temporal:
+            raise asyncio.CancelledError  # as it was asked, once every step has ended
         return OrderView(
             order_id=after.order_id,
             status=after.status,
@@ -966,6 +1034,36 @@ class RefundOrderWorkflow:
             refunded_minor=after.refunded_minor,
         )
 
+    async def to_its_end(self, run: Callable[[], Awaitable[T]]) -> T:
+        """One step (keyed: run again, it repeats nothing and answers the first attempt's
+        result); cut short by a cancel requested in Temporal, run again to its end, as are
+        the steps after it (REFUND_TO_ITS_END): the interrupted attempt may still take
+        effect (the services' activities do not heartbeat), and a refund left unrecorded,
+        or a cancel's lines left unrestocked, no retry would finish."""
+        try:
+            return await run()
+        except ActivityError as error:
+            if not _cancelled(error) or not workflow.patched(REFUND_TO_ITS_END):
+                raise
+        self.cancelled_in_temporal = True
+        return await run()
+
+
+def _restock_again(request: RefundOrderInput, snapshot: OrderSnapshot) -> bool:
+    """A cancel that finds the order CANCELLED by a cancel after completion, recently
+    enough that inventory still knows the restock keys: its lines are restocked again
+    by them (CANCELLED_RESTOCKED_AGAIN), each a no-op if it was done, so a retry can
+    finish a restock that was cut short. An order the saga cancelled before completion
+    (its reservation released, never committed) has no such record: nothing to restock."""
+    if not (request.cancel and snapshot.status == "CANCELLED" and snapshot.cancel_recorded_at):
+        return False
+    recorded = datetime.fromisoformat(snapshot.cancel_recorded_at)
+    if recorded.tzinfo is None:
+        recorded = recorded.replace(tzinfo=UTC)
+    if workflow.now() - recorded >= RESTOCK_AGAIN_WITHIN:
+        return False
+    return workflow.patched(CANCELLED_RESTOCKED_AGAIN)
+
 
 async def _snapshot(order_id: str) -> OrderSnapshot:
     return await workflow.execute_local_activity_method(
@@ -973,10 +1071,13 @@ async def _snapshot(order_id: str) -> OrderSnapshot:
     )
 
 
-async def refund_completed(request: RefundOrderInput, snapshot: OrderSnapshot) -> OrderSnapshot:
+async def refund_completed(
+    request: RefundOrderInput, snapshot: OrderSnapshot, step: Step = _as_it_goes
+) -> OrderSnapshot:
     """Refund a completed order (`snapshot`) and, for a cancel, return its stock; the
     order's projection after it. Every step is keyed by the order and the refund key,
-    so a retry, or a second workflow doing the same refund, repeats nothing."""
+    so a retry, or a second workflow doing the same refund, repeats nothing. `step`:
+    how each step is awaited (RefundOrderWorkflow.to_its_end)."""
     remaining = snapshot.total_minor - snapshot.refunded_minor
     amount = remaining if request.amount_minor is None else request.amount_minor
     if not 0 < amount <= remaining:
@@ -985,18 +1086,20 @@ async def refund_completed(request: RefundOrderInput, snapshot: OrderSnapshot) -
             type="RefundAmountInvalid",
             non_retryable=True,
         )
-    refund = await workflow.execute_activity(
-        "payments.refund",
-        RefundInput(
-            f"{request.order_id}:refund:{request.refund_key}",
-            snapshot.payment_id,
-            amount,
-            request.reason,
-        ),
-        result_type=RefundResult,
-        task_queue=PAYMENTS_QUEUE,
-        start_to_close_timeout=timedelta(seconds=10),
-        retry_policy=_REMOTE_RETRY,
+    refund = await step(
+        lambda: workflow.execute_activity(
+            "payments.refund",
+            RefundInput(
+                f"{request.order_id}:refund:{request.refund_key}",
+                snapshot.payment_id,
+                amount,
+                request.reason,
+            ),
+            result_type=RefundResult,
+            task_queue=PAYMENTS_QUEUE,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=_REMOTE_RETRY,
+        )
     )
     record = RecordRefundInput(
         order_id=request.order_id,
@@ -1009,25 +1112,33 @@ async def refund_completed(request: RefundOrderInput, snapshot: OrderSnapshot) -
     )
     recorded_first = workflow.patched(REFUND_RECORDED_FIRST)  # asked here: its marker's place
     if recorded_first:
-        after = await _record_refund(record)
+        after = await step(lambda: _record_refund(record))
     if request.cancel:
-        await restock_cancelled(request.order_id, snapshot.lines)
+        await restock_cancelled(request.order_id, snapshot.lines, step)
     if not recorded_first:
-        after = await _record_refund(record)
+        after = await step(lambda: _record_refund(record))
     return after
 
 
-async def restock_cancelled(order_id: str, lines: list[PricedLine]) -> None:
+async def restock_cancelled(
+    order_id: str, lines: list[PricedLine], step: Step = _as_it_goes
+) -> None:
     """Return a cancelled order's committed stock, line by line, under keys of the order
     alone: whoever cancels it (the gateway's RefundOrder, the saga) restocks it once."""
     for n, line in enumerate(lines, start=1):
-        await workflow.execute_activity(
-            "inventory.restock",
-            RestockInput(f"{order_id}:cancel-restock:{n}", line.sku, line.quantity),
-            task_queue=INVENTORY_QUEUE,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=_REMOTE_RETRY,
+        await step(
+            _restock(RestockInput(f"{order_id}:cancel-restock:{n}", line.sku, line.quantity))
         )
+
+
+def _restock(restock: RestockInput) -> Callable[[], Awaitable[object]]:
+    return lambda: workflow.execute_activity(
+        "inventory.restock",
+        restock,
+        task_queue=INVENTORY_QUEUE,
+        start_to_close_timeout=timedelta(seconds=10),
+        retry_policy=_REMOTE_RETRY,
+    )
 
 
 async def _record_refund(record: RecordRefundInput) -> OrderSnapshot:

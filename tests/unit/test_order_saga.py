@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +82,17 @@ from workflows.orders import (
     OrderWorkflow,
     RefundOrderInput,
     RefundOrderWorkflow,
+    cancel_refund,
     order_workflow_id,
     request_digest,
 )
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 ORDERS_QUEUE = "orders-test"
+
+
+async def system_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -120,6 +125,13 @@ class World:
     restock_keys: list[str] = field(default_factory=list)
     # Refunds recorded, by (order, refund key): a second record of one is a no-op.
     recorded_refunds: set[tuple[str, str]] = field(default_factory=set)
+    # When a cancel after completion was recorded, by order (the snapshot's
+    # cancel_recorded_at), on `clock`: the test server's, which skips ahead.
+    cancels_recorded: dict[str, str] = field(default_factory=dict)
+    clock: Callable[[], Awaitable[datetime]] = system_clock
+    # A customer's partial refund of this much lands (and is recorded) as the next
+    # refund reaches payments, which refuses more than is left (PaymentAmountExceeded).
+    partial_refund_landing: int = 0
     # The first COMPLETED transition is written, then holds until it is cancelled (a
     # cancel requested in Temporal cuts the step short after it took effect).
     hold_completed_transition: bool = False
@@ -128,8 +140,9 @@ class World:
     placed_before: set[str] = field(default_factory=set)
     # The amounts payments was asked to authorize.
     authorized: list[int] = field(default_factory=list)
-    # The first of these writes ("record", "count", or a transition's status) hangs,
-    # doing nothing, until it is cancelled (the orders database stops answering).
+    # The first of these writes ("record", "count", "record_refund", or a transition's
+    # status) hangs, doing nothing, until it is cancelled (the orders database stops
+    # answering).
     stalled_writes: set[str] = field(default_factory=set)
     # Voids payments refuses for good, by how their key ends (":authorize:1:void").
     refused_voids: set[str] = field(default_factory=set)
@@ -216,17 +229,21 @@ async def snapshot(order_id: str) -> OrderSnapshot:
         world.refunded,
         "pay-1",
         list(world.order_lines),
+        world.cancels_recorded.get(order_id, ""),
     )
 
 
 @activity.defn(name="orders.record_refund")
 async def record_refund(data: RecordRefundInput) -> OrderSnapshot:
     world.calls.append(f"record_refund:{data.amount_minor}:{'cancel' if data.cancel else 'refund'}")
+    await world.stall("record_refund")
     status = "CANCELLED" if data.cancel else "PARTIALLY_REFUNDED"
     if (data.order_id, data.refund_key) not in world.recorded_refunds:
         world.recorded_refunds.add((data.order_id, data.refund_key))
         world.refunded += data.amount_minor
         world.statuses[data.order_id] = status
+        if data.cancel:
+            world.cancels_recorded[data.order_id] = (await world.clock()).isoformat()
     lines = list(world.order_lines)
     return OrderSnapshot(data.order_id, "cust", status, "EUR", 2000, world.refunded, "pay-1", lines)
 
@@ -326,7 +343,12 @@ async def refund(data: RefundInput) -> RefundResult:
     world.calls.append(f"refund:{data.amount_minor}")
     world.refund_keys.append(data.idempotency_key)
     await world.gate("refund")
-    if world.refund_refused:
+    if world.partial_refund_landing:
+        order_id = data.idempotency_key.split(":")[0]
+        world.refunded += world.partial_refund_landing
+        world.statuses[order_id] = "PARTIALLY_REFUNDED"
+        world.partial_refund_landing = 0
+    if world.refund_refused or (data.amount_minor or 0) > 2000 - world.refunded:
         raise ApplicationError(
             "the refund exceeds what is captured", type="PaymentAmountExceeded", non_retryable=True
         )
@@ -351,7 +373,7 @@ def orders_worker(env: WorkflowEnvironment, *, cached: bool = True) -> Worker:
 async def others(env: WorkflowEnvironment) -> AsyncIterator[Client]:
     """The inventory and payments stand-ins, for a fresh world; no orders worker."""
     global world
-    world = World()
+    world = World(clock=env.get_current_time)
     workers = [
         Worker(
             env.client, task_queue=INVENTORY_QUEUE, activities=[reserve, release, commit, restock]
@@ -1345,3 +1367,184 @@ async def test_a_temporal_cancel_during_the_cancels_restock_restocks_every_line(
     assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 2000)
     await cancelled_in_temporal(handle)  # as every cancel requested in Temporal ends
     await keep_history(client, handle.id, "temporal-cancel-at-cancel-restock")
+
+
+async def test_a_temporal_cancel_after_the_commit_refunds_what_a_partial_refund_left(
+    client: Client,
+) -> None:
+    # A customer's partial refund landed as the saga's cancel of its completed order
+    # asked payments for everything: refused (PaymentAmountExceeded). No gateway follows
+    # this cancel up: the saga asks once more, from a fresh snapshot, for what is left,
+    # under the same key. Before, the refusal was logged and the order stayed
+    # PARTIALLY_REFUNDED with its stock never returned.
+    world.partial_refund_landing = 500
+    order, handle = await cancelled_in_temporal_during(client, "commit")
+    assert world.calls[world.calls.index("commit") :] == [
+        "commit",
+        "commit",
+        "transition:COMPLETED",
+        "refund:2000",
+        "refund:1500",
+        "record_refund:1500:cancel",
+        "restock:SKU-1:2",
+    ]
+    assert world.refund_keys == [f"{order.order_id}:refund:cancel"] * 2
+    assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
+    assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 2000)
+    await keep_history(client, handle.id, "temporal-cancel-at-commit-refund-refused")
+
+
+# RefundOrder (the gateway's refund, or cancel, of a completed order) -----------------
+
+
+def two_line_order() -> RefundOrderInput:
+    """The cancel of a completed order of two lines, as the gateway starts it."""
+    world.order_lines = [
+        PricedLine("SKU-1", "T", 1, 1000, 1000),
+        PricedLine("SKU-2", "T", 1, 1000, 1000),
+    ]
+    return cancel_refund(str(uuid.uuid4()), CancelInput("cust-1", "changed mind"))
+
+
+async def start_refund(
+    client: Client, request: RefundOrderInput, *, task_timeout: timedelta | None = None
+) -> WorkflowHandle[Any, Any]:
+    return await client.start_workflow(
+        RefundOrderWorkflow.run,
+        request,
+        id=f"refund-{uuid.uuid4()}",
+        task_queue=ORDERS_QUEUE,
+        task_timeout=task_timeout,
+    )
+
+
+async def refund_cancelled_in_temporal_during(
+    client: Client, call: str, gate: str
+) -> tuple[RefundOrderInput, WorkflowHandle[Any, Any]]:
+    """A cancel of a completed order cancelled in Temporal once `call` was made, whose
+    attempt (held at `gate`) then takes effect all the same; until the run has closed."""
+    request = two_line_order()
+    world.gates[gate] = asyncio.Event()
+    handle = await start_refund(client, request)
+    await temporal_cancel_during(handle, call, gate)
+    await closed(handle)
+    return request, handle
+
+
+def refunded_and_restocked(request: RefundOrderInput) -> None:
+    """The cancel's refund recorded once, and both lines restocked by their keys."""
+    assert (world.statuses[request.order_id], world.refunded) == ("CANCELLED", 2000)
+    assert world.recorded_refunds == {(request.order_id, "cancel")}
+    assert sorted(set(world.restock_keys)) == [
+        f"{request.order_id}:cancel-restock:{n}" for n in (1, 2)
+    ]
+
+
+async def test_a_temporal_cancel_during_a_cancels_restock_restocks_every_line(
+    client: Client,
+) -> None:
+    # The restock cut short is run again by its key, then the next line's; the run ends
+    # cancelled. Before, the second line was never restocked, and every retry was
+    # refused (the order CANCELLED: NotRefundable).
+    request, handle = await refund_cancelled_in_temporal_during(
+        client, "restock:SKU-1:1", "restock"
+    )
+    assert world.calls == [
+        "refund:2000",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:1",
+        "restock:SKU-1:1",
+        "restock:SKU-2:1",
+    ]
+    refunded_and_restocked(request)
+    await cancelled_in_temporal(handle)
+    await keep_history(client, handle.id, "refund-cancel-temporal-cancel-at-restock")
+
+
+async def test_a_temporal_cancel_during_a_cancels_refund_records_it_and_restocks(
+    client: Client,
+) -> None:
+    # The refund cut short is asked again by its key (payments answers the first
+    # attempt's result), then recorded, then the lines restocked. Before, the money was
+    # refunded at payments while the order read COMPLETED.
+    request, handle = await refund_cancelled_in_temporal_during(client, "refund:2000", "refund")
+    assert world.calls == [
+        "refund:2000",
+        "refund:2000",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:1",
+        "restock:SKU-2:1",
+    ]
+    assert world.refund_keys == [f"{request.order_id}:refund:cancel"] * 2
+    refunded_and_restocked(request)
+    await cancelled_in_temporal(handle)
+    await keep_history(client, handle.id, "refund-cancel-temporal-cancel-at-refund")
+
+
+async def test_a_temporal_cancel_cutting_a_cancels_record_short_records_it_and_restocks(
+    client: Client,
+) -> None:
+    request = two_line_order()
+    world.stalled_writes.add("record_refund")
+    # task_timeout: see cancelled_in_temporal_during_own_write
+    handle = await start_refund(client, request, task_timeout=timedelta(seconds=2))
+    await reached("record_refund:2000:cancel")
+    await handle.cancel()
+    await closed(handle)
+    assert world.calls == [
+        "refund:2000",
+        "record_refund:2000:cancel",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:1",
+        "restock:SKU-2:1",
+    ]
+    refunded_and_restocked(request)
+    await cancelled_in_temporal(handle)
+    await keep_history(client, handle.id, "refund-cancel-temporal-cancel-at-record")
+
+
+async def test_a_retried_cancel_finishes_the_restock_of_a_run_cut_short(client: Client) -> None:
+    # The first run recorded the cancel, then was terminated during its first restock
+    # (a terminated run runs none of its own code). The retry finds the order CANCELLED by the
+    # cancel and restocks every line by the same keys; before, it was refused
+    # (NotRefundable) and the second line's stock was lost.
+    request = two_line_order()
+    world.gates["restock"] = asyncio.Event()
+    first = await start_refund(client, request)
+    await reached("restock:SKU-1:1")
+    await first.terminate("stuck")
+    world.gates["restock"].set()
+    view = await refund_run(client, request, "refund-cancel-restocked-again")
+    assert (view.status, view.refunded_minor) == ("CANCELLED", 2000)
+    assert world.calls == [
+        "refund:2000",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:1",
+        "restock:SKU-1:1",
+        "restock:SKU-2:1",
+    ]
+    refunded_and_restocked(request)
+
+
+@pytest.mark.parametrize(
+    "recorded_ago",
+    [None, timedelta(days=30)],
+    ids=["cancelled-before-completion", "cancelled-a-month-ago"],
+)
+async def test_a_cancel_of_a_cancelled_order_restocks_nothing_it_cannot_know_is_owed(
+    client: Client, recorded_ago: timedelta | None
+) -> None:
+    # An order the saga cancelled before completion (released, never committed) has no
+    # cancel after completion recorded; one cancelled a month ago, past what inventory
+    # remembers of its restock keys, could be restocked twice. Both are refused.
+    request = two_line_order()
+    world.statuses[request.order_id] = "CANCELLED"
+    if recorded_ago is not None:
+        recorded = await world.clock() - recorded_ago
+        world.cancels_recorded[request.order_id] = recorded.isoformat()
+    handle = await start_refund(client, request)
+    with pytest.raises(WorkflowFailureError) as refused:
+        await handle.result()
+    assert isinstance(refused.value.cause, ApplicationError)
+    assert refused.value.cause.type == "NotRefundable"
+    assert world.calls == []
