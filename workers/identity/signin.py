@@ -36,7 +36,6 @@ from workers.identity.tokens import Principal, TokenPolicy
 _JTI_REVOKED = uuid.UUID("5b1c2f0e-6a51-4d0b-9a43-3f6f1c2d7e84")
 
 
-
 @dataclass(frozen=True)
 class Grant:
     """What a successful sign-in or refresh returns."""
