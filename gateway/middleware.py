@@ -77,6 +77,17 @@ def _shortened(request: web.Request) -> bool:
 
 @web.middleware
 async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Counted down in `finally`: an error, or the handler cancelled (the client gone,
+    # shutdown), must not leave a request counted for good, the autoscaler reads it.
+    in_flight = deps(request).metrics.in_flight
+    in_flight.add(1)
+    try:
+        return await _answer(request, handler)
+    finally:
+        in_flight.add(-1)
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = deps(request)
     started = time.perf_counter()
     presented = request.headers.get("X-Request-Id", "")

@@ -291,6 +291,22 @@ def check_queue_scaling(docs: list[Manifest], name: str) -> list[str]:
     return [f"{name}: no Temporal backlog trigger for {queue}"]
 
 
+IN_FLIGHT_METRIC = "gateway_requests_in_flight"
+
+
+def check_in_flight_scaling(docs: list[Manifest], name: str) -> list[str]:
+    """The gateway scales on its requests in flight as well as CPU: waiting on slow
+    upstreams, its pods hold requests without using CPU."""
+    sos = [s for s in find(docs, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == name]
+    if len(sos) != 1:
+        return [f"{name}: no ScaledObject"]
+    for t in sos[0]["spec"]["triggers"]:
+        md = t.get("metadata", {})
+        if t["type"] == "prometheus" and re.search(rf"\b{IN_FLIGHT_METRIC}\{{", md["query"]):
+            return [] if float(md.get("threshold", 0)) > 0 else [f"{name}: no per-pod target"]
+    return [f"{name}: no trigger on {IN_FLIGHT_METRIC}"]
+
+
 def duration_s(text: str | None) -> int:
     """Seconds of an Argo Rollouts duration string ("90s", "2m", "1h"); none: 0."""
     if not text:

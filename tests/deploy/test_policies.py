@@ -138,6 +138,45 @@ def test_consumer_lag_trigger_reads_the_series_agora_kafka_exports():
     )
 
 
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_gateway_scales_on_cpu_and_its_requests_in_flight(rendered, env):
+    docs = rendered[env]
+    assert policy.check_autoscaling(docs, "gateway") == []  # one autoscaler, on CPU, 2-20
+    assert policy.check_in_flight_scaling(docs, "gateway") == []
+    (trigger,) = _triggers(docs, "gateway", policy.IN_FLIGHT_METRIC)
+    selector = _selector(trigger["metadata"]["query"], policy.IN_FLIGHT_METRIC)
+    # The gateway's own series (job agora, scraped in the release's namespace).
+    assert selector == {"job": "agora", "namespace": NAMESPACE, "service": "gateway"}
+    assert trigger["metadata"]["query"].startswith("sum(")  # the total, over targetPerPod
+    assert trigger["metadata"]["serverAddress"] == _values(env)["global"]["prometheus"]["address"]
+    for name in policy.SERVICES:
+        assert not _triggers(docs, name, policy.IN_FLIGHT_METRIC), name
+
+
+def test_in_flight_trigger_reads_the_series_the_gateway_exports(rendered):
+    """The gauge GatewayMetrics records, through the Prometheus exporter the gateway
+    serves /metrics with, is named as the trigger selects it."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.metrics import GatewayMetrics
+
+    (trigger,) = _triggers(rendered["production"], "gateway", policy.IN_FLIGHT_METRIC)
+    (name,) = re.findall(r"(\w+)\{", trigger["metadata"]["query"])
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    try:
+        GatewayMetrics(provider).in_flight.add(3)
+        text = generate_latest(registry).decode()
+    finally:
+        provider.shutdown()
+    (series,) = [line for line in text.splitlines() if line.startswith(name + "{")]
+    assert series.endswith(" 3.0")
+    # The labels the trigger selects on are the scrape's, never the gateway's own.
+    assert not {"job", "namespace", "service"} & _selector(series, name).keys()
+
+
 def test_a_consumer_without_its_group_does_not_render(render_with):
     with pytest.raises(pytest.fail.Exception, match=r"kafkaLag\.group"):
         render_with("audit.autoscaling.kafkaLag.group=")
@@ -366,6 +405,7 @@ BREAKAGES = [
     ("networkPolicy.defaultDeny=false", "orders", policy.check_network_policy),
     ("global.pki.issuerRef.name=nowhere", "audit", policy.check_mtls),
     ("orders.autoscaling.queue.enabled=false", "orders", policy.check_queue_scaling),
+    ("gateway.autoscaling.inFlight.enabled=false", "gateway", policy.check_in_flight_scaling),
 ]
 
 
@@ -633,10 +673,11 @@ def test_temporal_client_certificate_is_mounted_from_its_secret(render_with, ser
             ), (name, kind)
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_no_temporal_client_certificate_without_its_secret(rendered, env):
+def test_no_temporal_client_certificate_without_its_secret(render_with):
+    docs = render_with("global.temporal.tlsSecret=", "temporalClientCertificate.enabled=false")
+    assert not policy.find(docs, "TriggerAuthentication")
     for name in policy.WORKLOADS:
-        spec, container, variables, _ = _settings_and_env(rendered[env], name)
+        spec, container, variables, _ = _settings_and_env(docs, name)
         assert not {v for v in variables if v.startswith("AGORA_TEMPORAL_TLS_")}, name
         assert "temporal-tls" not in {v["name"] for v in spec["volumes"]}, name
         assert "temporal-tls" not in {m["name"] for m in container["volumeMounts"]}, name

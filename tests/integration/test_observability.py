@@ -349,6 +349,7 @@ ISSUE_METRICS = [
     ("gateway", "gateway_request_duration_seconds_bucket", {"route": "/v1/orders"}),
     ("gateway", "gateway_rejections_total", {"type": "token-malformed"}),
     ("gateway", "gateway_rejections_total", {"type": "token-missing"}),
+    ("gateway", "gateway_requests_in_flight", {}),  # the gateway autoscaler reads it
     ("catalog", "agora_catalog_cache_lookups_total", {"outcome": "hit"}),
     ("catalog", "agora_catalog_cache_lookups_total", {"outcome": "miss"}),
     ("catalog", "rpc_server_duration_seconds_count", {"rpc_code": "OK"}),

@@ -7,10 +7,11 @@
 {{- end -}}
 
 {{/*
-Services with KEDA: one ScaledObject scaling on CPU, the Temporal task-queue backlog
-and, for Kafka consumers (autoscaling.kafkaLag), their consumer group's lag (KEDA
-owns the resulting HPA; a second HPA on the same target would fight it). Otherwise,
-and for the gateway: a plain HPA on CPU.
+With KEDA: one ScaledObject scaling on CPU and, for services, the Temporal task-queue
+backlog, for Kafka consumers (autoscaling.kafkaLag) their consumer group's lag, for
+the gateway (autoscaling.inFlight) its HTTP requests in flight (KEDA owns the
+resulting HPA; a second HPA on the same target would fight it). Otherwise: a plain
+HPA on CPU.
 */}}
 {{- define "agora-lib.autoscaling" }}
 {{- $v := .v }}
@@ -19,7 +20,7 @@ and for the gateway: a plain HPA on CPU.
 {{- if and $a.kafkaLag.enabled (not $a.kafkaLag.group) }}
 {{- fail (printf "%s: autoscaling.kafkaLag.group (the consumer group) is required with autoscaling.kafkaLag.enabled" $v.name) }}
 {{- end }}
-{{- if and $g.keda.enabled (or $a.queue.enabled $a.kafkaLag.enabled) (not (include "agora-lib.isGateway" .)) }}
+{{- if and $g.keda.enabled (or $a.queue.enabled $a.kafkaLag.enabled $a.inFlight.enabled) }}
 ---
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
@@ -27,6 +28,11 @@ metadata:
   name: {{ $v.name }}
   labels:
     {{- include "agora-lib.labels" . | nindent 4 }}
+  annotations:
+    # A release that had the plain HPA of the same name (KEDA off, or the gateway
+    # before it scaled on requests in flight): KEDA's webhook refuses a ScaledObject
+    # whose target an HPA it does not own scales, unless it takes that HPA over.
+    scaledobject.keda.sh/transfer-hpa-ownership: "true"
 spec:
   scaleTargetRef:
     {{- include "agora-lib.scaleTargetRef" . | fromYaml | toYaml | nindent 4 }}
@@ -82,6 +88,20 @@ spec:
         query: {{ printf "sum(max by (topic, partition) (agora_kafka_consumer_lag{job=\"agora\",namespace=%q,group=%q}))" $.ctx.Release.Namespace .group | quote }}
         threshold: {{ .targetLagPerPod | quote }}
         activationThreshold: {{ .activationLag | quote }}
+    {{- end }}
+    {{- end }}
+    {{- with $a.inFlight }}
+    {{- if .enabled }}
+    {{- /* gateway_requests_in_flight (gateway/metrics.py): the HTTP requests each pod is
+           answering, from its /metrics (job="agora", namespace = this release's, service
+           = this workload's). A gateway waiting on its upstreams holds requests without
+           using CPU: KEDA asks for the sum / targetPerPod pods. */}}
+    - type: prometheus
+      metadata:
+        serverAddress: {{ $g.prometheus.address | quote }}
+        query: {{ printf "sum(gateway_requests_in_flight{job=\"agora\",namespace=%q,service=%q})" $.ctx.Release.Namespace $v.name | quote }}
+        threshold: {{ .targetPerPod | quote }}
+        activationThreshold: {{ .activationTarget | quote }}
     {{- end }}
     {{- end }}
 {{- else }}

@@ -36,6 +36,13 @@ autoscaling:
     group: ""
     targetLagPerPod: "200"
     activationLag: "0"
+  # The gateway also scales on the HTTP requests its pods are answering (KEDA's
+  # prometheus scaler on gateway_requests_in_flight): KEDA asks for the total in
+  # flight / targetPerPod pods, within minReplicas..maxReplicas.
+  inFlight:
+    enabled: false
+    targetPerPod: "50"
+    activationTarget: "0"
 pdb:
   maxUnavailable: 1
 terminationGracePeriodSeconds: 45
@@ -225,8 +232,8 @@ global:
     # Argo Rollouts installed: workloads are Rollouts; otherwise Deployments.
     enabled: true
   keda:
-    # KEDA installed: services scale with a ScaledObject (CPU + Temporal backlog);
-    # otherwise with a plain CPU HPA.
+    # KEDA installed: workloads scale with a ScaledObject (CPU + Temporal backlog for
+    # services, + requests in flight for the gateway); otherwise with a plain CPU HPA.
     enabled: true
     # temporal (KEDA's Temporal scaler) or prometheus (server's approximate_backlog_count).
     trigger: temporal
