@@ -357,9 +357,10 @@ async def test_a_copy_presented_while_the_successor_is_being_exchanged_revokes_t
             thief = asyncio.create_task(sessions.rotate(db, first.refresh_token))
 
             async def thief_waits() -> bool:
+                # Waiting for the client's transaction, not any lock in the database.
                 waiting = await watcher.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    client.get_server_pid(),
                 )
                 return bool(waiting) or thief.done()
 
@@ -421,6 +422,7 @@ async def test_state_changes_write_their_events_to_the_outbox(
     account = await register(temporal, email)
     tokens = await sign_in(identity, email)
     refreshed = (await identity.refresh(RefreshRequest(refresh_token=tokens.refresh_token))).tokens
+    assert refreshed is not None
     await identity.sign_out(SignOutRequest(refresh_token=refreshed.refresh_token))
     rows = await db.fetch(
         "SELECT event_type, envelope FROM outbox WHERE aggregate_id = $1 ORDER BY sequence",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -76,6 +77,14 @@ async def start_reindex(gw: Gateway) -> WorkflowHandle[Any, ReindexProgress]:
     )
 
 
+def changed_during_backfill_or_swap(phases: list[str]) -> bool:
+    """Whether a price change was sent and acknowledged between the backfill's start
+    and the swap's end: the phase read before it (after the change before) and the
+    one read after it are both backfilling or swapping."""
+    overlapping = {"backfilling", "swapping"}
+    return any({before, after} <= overlapping for before, after in itertools.pairwise(phases))
+
+
 async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothing(
     running: tuple[Gateway, CatalogApi], settings: Settings
 ) -> None:
@@ -93,6 +102,8 @@ async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothin
 
     handle = await start_reindex(gw)
     latest: dict[str, int] = {}
+    # The reindex's phase read right after each price change was acknowledged.
+    phases: list[str] = []
     searches_ok = 0
     # Stopped between requests, never cancelled inside one: a price change cancelled
     # after the catalog took it would leave `latest` behind the catalog.
@@ -106,6 +117,7 @@ async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothin
                 price += 1
                 await api.set_price(sku, price)
                 latest[sku] = price
+                phases.append((await handle.query(ReindexWorkflow.progress)).phase)
             # Searches keep being answered throughout, swap included.
             assert (await api.search(q=tag, limit="100"))["total"] == PRODUCTS
             searches_ok += 1
@@ -118,6 +130,8 @@ async def test_reindex_swaps_the_alias_under_concurrent_updates_and_loses_nothin
         await asyncio.wait_for(updater, timeout=60)
     assert searches_ok > 0
     assert progress.phase == "done"
+    seen = {phase: phases.count(phase) for phase in dict.fromkeys(phases)}
+    assert changed_during_backfill_or_swap(phases), f"changes acknowledged per phase: {seen}"
     after = set((await es.indices.get_alias(name=alias)).body)
     assert after == {progress.new_index} and after != before
     for old in before:

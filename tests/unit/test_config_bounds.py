@@ -31,17 +31,17 @@ def test_a_numeric_setting_out_of_bounds_is_refused_naming_the_variable(
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
+    ("name", "field", "value"),
     [
-        ("AGORA_GATEWAY_DEFAULT_TIMEOUT_MS", "1"),
-        ("AGORA_GATEWAY_MAX_BODY_BYTES", "1"),
-        ("AGORA_GATEWAY_REDIS_TIMEOUT_MS", "1"),
-        ("AGORA_IDENTITY_ACCESS_TTL_S", "1"),
-        ("AGORA_DB_POOL_SIZE", "2"),
+        ("AGORA_GATEWAY_DEFAULT_TIMEOUT_MS", "gateway_default_timeout_ms", 1),
+        ("AGORA_GATEWAY_MAX_BODY_BYTES", "gateway_max_body_bytes", 1),
+        ("AGORA_GATEWAY_REDIS_TIMEOUT_MS", "gateway_redis_timeout_ms", 1),
+        ("AGORA_IDENTITY_ACCESS_TTL_S", "access_token_ttl_s", 1),
+        ("AGORA_DB_POOL_SIZE", "db_pool_size", 2),
     ],
 )
-def test_the_smallest_value_that_works_is_taken(name: str, value: str) -> None:
-    config.load({name: value})
+def test_the_smallest_value_that_works_is_taken(name: str, field: str, value: int) -> None:
+    assert getattr(config.load({name: str(value)}), field) == value
 
 
 @pytest.mark.parametrize("value", ["no", "disabled", "yes", "enabled", "of"])

@@ -19,7 +19,7 @@ from gateway.routes import accounts as account_routes
 from gateway.schemas import RegisterRequest
 
 # The cheapest argon2id parameters: the tests are about the bound, not the cost.
-CHEAP = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+CHEAP: dict[str, Any] = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 
 
 class GatedHasher(PasswordHasher):
@@ -44,6 +44,18 @@ class GatedHasher(PasswordHasher):
                 self.running -= 1
 
 
+class RecordingHasher(PasswordHasher):
+    """Records each verification it is asked for: (hash, password)."""
+
+    def __init__(self) -> None:
+        super().__init__(**CHEAP)
+        self.verified: list[tuple[str, str]] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Any:
+        self.verified.append((str(hash), str(password)))
+        return super().verify(hash, password)
+
+
 async def until(condition: Any) -> None:
     for _ in range(500):
         if condition():
@@ -66,13 +78,34 @@ async def test_no_more_run_at_once_than_allowed_and_a_full_queue_refuses() -> No
     assert hasher.verify(await passwords.hash("room again"), "room again")
 
 
-async def test_an_unknown_account_is_verified_against_a_dummy_within_the_bound() -> None:
+async def test_only_the_right_password_for_a_real_hash_verifies() -> None:
     passwords = Passwords(concurrency=1, queue=0, hasher=PasswordHasher(**CHEAP))
     real = await passwords.hash("right password")
     assert await passwords.verify(real, "right password")
     assert not await passwords.verify(real, "wrong password")
     assert not await passwords.verify(None, "right password")
     assert not await passwords.verify("not a hash", "right password")
+
+
+async def test_an_unknown_account_costs_a_verification_against_the_dummy_hash() -> None:
+    # Answering at once would let the response time tell which emails have accounts.
+    hasher = RecordingHasher()
+    passwords = Passwords(concurrency=1, queue=0, hasher=hasher)
+    assert not await passwords.verify(None, "a guess")
+    assert hasher.verified == [(passwords._dummy, "a guess")]
+
+
+async def test_an_unknown_account_counts_against_the_bound() -> None:
+    hasher = GatedHasher()
+    passwords = Passwords(concurrency=1, queue=0, hasher=hasher)
+    held = asyncio.create_task(passwords.hash("someone else's"))
+    await until(lambda: hasher.running == 1)
+    try:
+        with pytest.raises(PasswordsBusy):
+            await passwords.verify(None, "x")
+    finally:
+        hasher.gate.set()
+        await held
 
 
 async def test_registration_over_the_bound_is_429_with_retry_after(

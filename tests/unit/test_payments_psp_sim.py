@@ -119,17 +119,29 @@ async def test_flaky_card_fails_n_times_per_key_then_succeeds(psp: SimulatedPsp)
         await psp.authorize(key="p2", card_token=flaky, amount_minor=100, currency="EUR")
 
 
-async def test_slow_card_authorizes_before_it_answers(
-    psp: SimulatedPsp, store: MemorySimStore
-) -> None:
+async def until(condition: Callable[[], Awaitable[bool]], *, within: float = 5) -> None:
+    """Poll `condition` until it holds; fail after `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {within}s")
+        await asyncio.sleep(0.005)
+
+
+async def test_slow_card_authorizes_before_it_answers(store: MemorySimStore) -> None:
+    # A second for the answer: ample for the poll below to see the authorization first.
+    psp = SimulatedPsp(store, slow_delay_s=1.0)
     call = asyncio.create_task(
         psp.authorize(
             key="p1", card_token=token("4000000000000077"), amount_minor=100, currency="EUR"
         )
     )
-    await asyncio.sleep(0.05)
+
+    async def authorized() -> bool:
+        return (await store.get("auth:p1") or {}).get("state") == "authorized"
+
+    await until(authorized)
     assert not call.done()
-    assert (await store.get("auth:p1") or {})["state"] == "authorized"
     assert isinstance(await call, Authorized)
 
 
