@@ -252,8 +252,12 @@ TEMPORAL_CANCEL_AT_PRICING = "temporal-cancel-at-pricing"
 UNRECORDED_COUNT_TO_ITS_END = "temporal-cancel-finishes-unrecorded-count"
 # Since this change a cancel requested in Temporal that cuts one of RefundOrder's steps
 # short (the refund at payments, its record, a cancel's restock of a line) runs that step
-# again to its end by its key, then the steps left, and the run ends cancelled: the
-# refund recorded, every line of a cancel restocked. Before, the refund could stay
+# again to its end by its key, then the steps left, and the run completes with the order
+# as they left it: the refund recorded, every line of a cancel restocked. It completes,
+# not cancelled, since the work the cancel interrupted was done: the gateway starts a
+# new run for a retry with the same Idempotency-Key only after a run that did not
+# complete, and that run would find the refund recorded and refuse it (NotRefundable,
+# RefundAmountInvalid) though the money was refunded. Before, the refund could stay
 # unrecorded, or the order CANCELLED with lines never restocked, which every retry
 # refused (NotRefundable). Asked only on that path.
 REFUND_TO_ITS_END = "temporal-cancel-finishes-refund"
@@ -270,8 +274,10 @@ RESTOCK_AGAIN_WITHIN = timedelta(days=7)
 # Since this change the saga's cancel of its completed order after a cancel requested
 # in Temporal (cancel_committed_order), whose refund payments refused for an amount
 # that no longer fits (a partial refund landed first), runs once more from a fresh
-# snapshot: the rest refunded under the same key `cancel` (payments keeps no record of
-# a refused refund), the stock restocked, the order CANCELLED. Before, the refusal was
+# snapshot, asking payments for whatever is left (amount None: a partial refund made at
+# payments but not yet recorded in the orders projection is missing from the snapshot):
+# the rest refunded under the same key `cancel` (payments keeps no record of a refused
+# refund), the stock restocked, the order CANCELLED. Before, the refusal was
 # only logged: no gateway follows that cancel up, and the order stayed COMPLETED or
 # PARTIALLY_REFUNDED with its stock never returned. Asked only on that path.
 REFUSED_CANCEL_RETRIED = "temporal-cancel-retries-refused-refund"
@@ -667,6 +673,7 @@ class OrderWorkflow:
         *,
         restock_if_cancelled: bool = False,
         retry_refused: bool = False,
+        refund_what_is_left: bool = False,
     ) -> None:
         """A cancel that came during the last steps: cancel the completed order as the
         gateway's cancel of a completed order does (the same keys, so the two can meet:
@@ -675,27 +682,39 @@ class OrderWorkflow:
         cancelled it restocked), as a cancel cut short after its refund was recorded
         has not restocked yet. `retry_refused`: no gateway follows a failed cancel up, so
         a refund refused for its amount is asked once more for what is left
-        (REFUSED_CANCEL_RETRIED)."""
+        (REFUSED_CANCEL_RETRIED), as payments knows it: `refund_what_is_left`."""
         snapshot = await _snapshot(order.order_id)
         if snapshot.status == "CANCELLED" and restock_if_cancelled:
             await restock_cancelled(order.order_id, snapshot.lines)
         elif snapshot.status in REFUNDABLE:
             try:
-                snapshot = await refund_completed(cancel_refund(order.order_id, cancel), snapshot)
+                snapshot = await refund_completed(
+                    cancel_refund(order.order_id, cancel),
+                    snapshot,
+                    what_is_left=refund_what_is_left,
+                )
             except (ActivityError, ApplicationError) as error:
                 if _cancelled(error) and workflow.patched(CANCEL_OF_COMPLETED_TO_ITS_END):
                     # Cancelled in Temporal midway: the same cancel again, from what is
                     # recorded now, by the same keys (each step answers its first result).
                     self.cancelled_in_temporal = True
-                    await self.cancel_completed(order, cancel, restock_if_cancelled=True)
+                    await self.cancel_completed(
+                        order,
+                        cancel,
+                        restock_if_cancelled=True,
+                        refund_what_is_left=refund_what_is_left,
+                    )
                     return
                 if (
                     retry_refused
                     and _amount_refused(error)
                     and workflow.patched(REFUSED_CANCEL_RETRIED)
                 ):
-                    # A partial refund landed since the snapshot: from a fresh one.
-                    await self.cancel_completed(order, cancel, restock_if_cancelled=True)
+                    # A partial refund landed since the snapshot, which may not show it
+                    # yet (made at payments, not yet recorded): whatever payments has left.
+                    await self.cancel_completed(
+                        order, cancel, restock_if_cancelled=True, refund_what_is_left=True
+                    )
                     return
                 # E.g. a partial refund landed meanwhile and the amount no longer fits.
                 # The saga has completed and must not fail now: the update answers what
@@ -1003,10 +1022,6 @@ async def _as_it_goes(run: Callable[[], Awaitable[T]]) -> T:
 class RefundOrderWorkflow:
     """A refund (or a cancel) after the order saga completed."""
 
-    def __init__(self) -> None:
-        # A cancel requested in Temporal cut a step short (REFUND_TO_ITS_END).
-        self.cancelled_in_temporal = False
-
     @workflow.run
     async def run(self, request: RefundOrderInput) -> OrderView:
         snapshot = await _snapshot(request.order_id)
@@ -1021,8 +1036,6 @@ class RefundOrderWorkflow:
             )
         else:
             after = await refund_completed(request, snapshot, self.to_its_end)
-        if self.cancelled_in_temporal:
-            raise asyncio.CancelledError  # as it was asked, once every step has ended
         return OrderView(
             order_id=after.order_id,
             status=after.status,
@@ -1037,15 +1050,15 @@ class RefundOrderWorkflow:
     async def to_its_end(self, run: Callable[[], Awaitable[T]]) -> T:
         """One step (keyed: run again, it repeats nothing and answers the first attempt's
         result); cut short by a cancel requested in Temporal, run again to its end, as are
-        the steps after it (REFUND_TO_ITS_END): the interrupted attempt may still take
-        effect (the services' activities do not heartbeat), and a refund left unrecorded,
-        or a cancel's lines left unrestocked, no retry would finish."""
+        the steps after it, and the run then completes with their result
+        (REFUND_TO_ITS_END): the interrupted attempt may still take effect (the services'
+        activities do not heartbeat), and a refund left unrecorded, or a cancel's lines
+        left unrestocked, no retry would finish."""
         try:
             return await run()
         except ActivityError as error:
             if not _cancelled(error) or not workflow.patched(REFUND_TO_ITS_END):
                 raise
-        self.cancelled_in_temporal = True
         return await run()
 
 
@@ -1072,12 +1085,19 @@ async def _snapshot(order_id: str) -> OrderSnapshot:
 
 
 async def refund_completed(
-    request: RefundOrderInput, snapshot: OrderSnapshot, step: Step = _as_it_goes
+    request: RefundOrderInput,
+    snapshot: OrderSnapshot,
+    step: Step = _as_it_goes,
+    *,
+    what_is_left: bool = False,
 ) -> OrderSnapshot:
     """Refund a completed order (`snapshot`) and, for a cancel, return its stock; the
     order's projection after it. Every step is keyed by the order and the refund key,
     so a retry, or a second workflow doing the same refund, repeats nothing. `step`:
-    how each step is awaited (RefundOrderWorkflow.to_its_end)."""
+    how each step is awaited (RefundOrderWorkflow.to_its_end). `what_is_left`: payments
+    is asked for whatever it has left to refund, not the snapshot's remaining amount
+    (a refund made at payments may not be recorded yet), and the refund is recorded
+    with what it refunded."""
     remaining = snapshot.total_minor - snapshot.refunded_minor
     amount = remaining if request.amount_minor is None else request.amount_minor
     if not 0 < amount <= remaining:
@@ -1092,7 +1112,7 @@ async def refund_completed(
             RefundInput(
                 f"{request.order_id}:refund:{request.refund_key}",
                 snapshot.payment_id,
-                amount,
+                None if what_is_left else amount,
                 request.reason,
             ),
             result_type=RefundResult,
@@ -1105,7 +1125,7 @@ async def refund_completed(
         order_id=request.order_id,
         refund_key=request.refund_key,
         refund_id=refund.refund_id,
-        amount_minor=amount,
+        amount_minor=refund.amount_minor if what_is_left else amount,
         reason=request.reason,
         cancel=request.cancel,
         cancelled_by=request.requested_by,

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -61,6 +62,8 @@ from activities.orders import (
     TransitionInput,
     UnrecordedEnd,
 )
+from gateway.metrics import GatewayMetrics
+from gateway.upstream import StartOptions, Upstream
 from workers.payments.model import (
     AuthorizeInput,
     AuthorizeResult,
@@ -84,6 +87,7 @@ from workflows.orders import (
     RefundOrderWorkflow,
     cancel_refund,
     order_workflow_id,
+    refund_workflow_id,
     request_digest,
 )
 
@@ -132,6 +136,11 @@ class World:
     # A customer's partial refund of this much lands (and is recorded) as the next
     # refund reaches payments, which refuses more than is left (PaymentAmountExceeded).
     partial_refund_landing: int = 0
+    # The same, made at payments but not yet recorded in the orders projection (the
+    # customer's RefundOrder between its refund and its record): the snapshot misses it.
+    unrecorded_refund_landing: int = 0
+    # What payments refunded that the projection does not show yet.
+    refunded_unrecorded: int = 0
     # The first COMPLETED transition is written, then holds until it is cancelled (a
     # cancel requested in Temporal cuts the step short after it took effect).
     hold_completed_transition: bool = False
@@ -237,15 +246,23 @@ async def snapshot(order_id: str) -> OrderSnapshot:
 async def record_refund(data: RecordRefundInput) -> OrderSnapshot:
     world.calls.append(f"record_refund:{data.amount_minor}:{'cancel' if data.cancel else 'refund'}")
     await world.stall("record_refund")
-    status = "CANCELLED" if data.cancel else "PARTIALLY_REFUNDED"
     if (data.order_id, data.refund_key) not in world.recorded_refunds:
         world.recorded_refunds.add((data.order_id, data.refund_key))
         world.refunded += data.amount_minor
-        world.statuses[data.order_id] = status
+        world.statuses[data.order_id] = _status_refunded(data)
         if data.cancel:
             world.cancels_recorded[data.order_id] = (await world.clock()).isoformat()
     lines = list(world.order_lines)
-    return OrderSnapshot(data.order_id, "cust", status, "EUR", 2000, world.refunded, "pay-1", lines)
+    return OrderSnapshot(
+        data.order_id, "cust", _status_refunded(data), "EUR", 2000, world.refunded, "pay-1", lines
+    )
+
+
+def _status_refunded(data: RecordRefundInput) -> str:
+    """The order's status once `data` is recorded, as orders.record_refund sets it."""
+    if data.cancel:
+        return "CANCELLED"
+    return "REFUNDED" if world.refunded >= 2000 else "PARTIALLY_REFUNDED"
 
 
 @activity.defn(name="inventory.reserve")
@@ -348,13 +365,15 @@ async def refund(data: RefundInput) -> RefundResult:
         world.refunded += world.partial_refund_landing
         world.statuses[order_id] = "PARTIALLY_REFUNDED"
         world.partial_refund_landing = 0
-    if world.refund_refused or (data.amount_minor or 0) > 2000 - world.refunded:
+    world.refunded_unrecorded += world.unrecorded_refund_landing
+    world.unrecorded_refund_landing = 0
+    left = 2000 - world.refunded - world.refunded_unrecorded
+    amount = left if data.amount_minor is None else data.amount_minor  # None: all that is left
+    if world.refund_refused or amount > left:
         raise ApplicationError(
             "the refund exceeds what is captured", type="PaymentAmountExceeded", non_retryable=True
         )
-    return RefundResult(
-        data.payment_id, "ref-1", data.amount_minor or 2000, 2000, "EUR", "refunded"
-    )
+    return RefundResult(data.payment_id, "ref-1", amount, 2000, "EUR", "refunded")
 
 
 def orders_worker(env: WorkflowEnvironment, *, cached: bool = True) -> Worker:
@@ -1374,9 +1393,9 @@ async def test_a_temporal_cancel_after_the_commit_refunds_what_a_partial_refund_
 ) -> None:
     # A customer's partial refund landed as the saga's cancel of its completed order
     # asked payments for everything: refused (PaymentAmountExceeded). No gateway follows
-    # this cancel up: the saga asks once more, from a fresh snapshot, for what is left,
-    # under the same key. Before, the refusal was logged and the order stayed
-    # PARTIALLY_REFUNDED with its stock never returned.
+    # this cancel up: the saga asks once more, from a fresh snapshot, for whatever
+    # payments has left, under the same key. Before, the refusal was logged and the
+    # order stayed PARTIALLY_REFUNDED with its stock never returned.
     world.partial_refund_landing = 500
     order, handle = await cancelled_in_temporal_during(client, "commit")
     assert world.calls[world.calls.index("commit") :] == [
@@ -1384,7 +1403,7 @@ async def test_a_temporal_cancel_after_the_commit_refunds_what_a_partial_refund_
         "commit",
         "transition:COMPLETED",
         "refund:2000",
-        "refund:1500",
+        "refund:None",
         "record_refund:1500:cancel",
         "restock:SKU-1:2",
     ]
@@ -1392,6 +1411,31 @@ async def test_a_temporal_cancel_after_the_commit_refunds_what_a_partial_refund_
     assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
     assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 2000)
     await keep_history(client, handle.id, "temporal-cancel-at-commit-refund-refused")
+
+
+async def test_a_temporal_cancel_after_the_commit_refunds_what_an_unrecorded_refund_left(
+    client: Client,
+) -> None:
+    # As above, but the customer's partial refund was made at payments and is not yet
+    # recorded in the orders projection: the fresh snapshot still shows nothing
+    # refunded. The saga asks payments for whatever it has left. Before, it asked for
+    # the snapshot's 2000 again, was refused again, and the order stayed COMPLETED with
+    # its stock never returned.
+    world.unrecorded_refund_landing = 500
+    order, _ = await cancelled_in_temporal_during(client, "commit")
+    assert world.calls[world.calls.index("commit") :] == [
+        "commit",
+        "commit",
+        "transition:COMPLETED",
+        "refund:2000",
+        "refund:None",
+        "record_refund:1500:cancel",
+        "restock:SKU-1:2",
+    ]
+    assert world.refund_keys == [f"{order.order_id}:refund:cancel"] * 2
+    assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
+    # The customer's 500 is recorded by its own RefundOrder, after.
+    assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 1500)
 
 
 # RefundOrder (the gateway's refund, or cancel, of a completed order) -----------------
@@ -1440,12 +1484,19 @@ def refunded_and_restocked(request: RefundOrderInput) -> None:
     ]
 
 
+async def completed_with_the_cancelled_order(handle: WorkflowHandle[Any, Any]) -> None:
+    """A RefundOrder cancelled in Temporal whose steps all ran to their end completes
+    with the order they left (a retry with its key reads that, not a new run)."""
+    view = await handle.result()
+    assert (view.status, view.refunded_minor) == ("CANCELLED", 2000)
+
+
 async def test_a_temporal_cancel_during_a_cancels_restock_restocks_every_line(
     client: Client,
 ) -> None:
-    # The restock cut short is run again by its key, then the next line's; the run ends
-    # cancelled. Before, the second line was never restocked, and every retry was
-    # refused (the order CANCELLED: NotRefundable).
+    # The restock cut short is run again by its key, then the next line's; the run
+    # completes with the cancelled order. Before, the second line was never restocked,
+    # and every retry was refused (the order CANCELLED: NotRefundable).
     request, handle = await refund_cancelled_in_temporal_during(
         client, "restock:SKU-1:1", "restock"
     )
@@ -1457,7 +1508,7 @@ async def test_a_temporal_cancel_during_a_cancels_restock_restocks_every_line(
         "restock:SKU-2:1",
     ]
     refunded_and_restocked(request)
-    await cancelled_in_temporal(handle)
+    await completed_with_the_cancelled_order(handle)
     await keep_history(client, handle.id, "refund-cancel-temporal-cancel-at-restock")
 
 
@@ -1477,7 +1528,7 @@ async def test_a_temporal_cancel_during_a_cancels_refund_records_it_and_restocks
     ]
     assert world.refund_keys == [f"{request.order_id}:refund:cancel"] * 2
     refunded_and_restocked(request)
-    await cancelled_in_temporal(handle)
+    await completed_with_the_cancelled_order(handle)
     await keep_history(client, handle.id, "refund-cancel-temporal-cancel-at-refund")
 
 
@@ -1499,8 +1550,53 @@ async def test_a_temporal_cancel_cutting_a_cancels_record_short_records_it_and_r
         "restock:SKU-2:1",
     ]
     refunded_and_restocked(request)
-    await cancelled_in_temporal(handle)
+    await completed_with_the_cancelled_order(handle)
     await keep_history(client, handle.id, "refund-cancel-temporal-cancel-at-record")
+
+
+def the_gateways(client: Client) -> Upstream:
+    """The gateway's Temporal calls (its services unused)."""
+    return Upstream(SimpleNamespace(get=lambda _: None), client, GatewayMetrics())  # type: ignore[arg-type]
+
+
+async def test_a_refund_retried_after_a_temporal_cancel_answers_the_refunded_order(
+    client: Client,
+) -> None:
+    # A customer's full refund, started as the gateway starts it (idempotent by its
+    # Idempotency-Key), cancelled in Temporal during the refund at payments: run to its
+    # end and recorded. The client, whose request timed out or lost its answer, retries
+    # with the same key: the run completed with the refunded order, which the retry
+    # reads. Before, the run ended cancelled (its waiting request got 502), the gateway
+    # started a new run for the retry, which found the refund recorded and was refused
+    # (NotRefundable, a 409), though the money was refunded.
+    request = RefundOrderInput(
+        order_id=str(uuid.uuid4()),
+        refund_key="r1",
+        amount_minor=None,
+        reason="damaged",
+        requested_by="cust-1",
+    )
+    start: StartOptions = {
+        "id": refund_workflow_id(request.order_id, request.refund_key),
+        "task_queue": ORDERS_QUEUE,
+        "budget_s": 30.0,
+        "idempotent": True,
+    }
+    gateway = the_gateways(client)
+    world.gates["refund"] = asyncio.Event()
+    first = await gateway.start_workflow(RefundOrderWorkflow.run, request, **start)
+    await temporal_cancel_during(first, "refund:2000", "refund")
+    await closed(first)
+    view = await gateway.execute_workflow(RefundOrderWorkflow.run, request, **start)
+    assert (view.status, view.refunded_minor) == ("REFUNDED", 2000)
+    assert view == await first.result()
+    # Refunded once, by the first run: the attempt cut short and its run to its end, by
+    # the same key; recorded once (the worker may run the local record again as it
+    # replays the run's task: the SDK's business).
+    assert [call for call in world.calls if call.startswith("refund:")] == ["refund:2000"] * 2
+    assert world.refund_keys == [f"{request.order_id}:refund:r1"] * 2
+    assert world.recorded_refunds == {(request.order_id, "r1")}
+    assert (world.statuses[request.order_id], world.refunded) == ("REFUNDED", 2000)
 
 
 async def test_a_retried_cancel_finishes_the_restock_of_a_run_cut_short(client: Client) -> None:
