@@ -168,6 +168,9 @@ class Settings:
     temporal_tls_cert: str = ""
     temporal_tls_key: str = ""
     temporal_tls_ca: str = ""
+    # The client cannot load a renewed certificate: once its files change, the process
+    # restarts (as on SIGTERM) after a random delay within this many seconds (agora/rollover.py).
+    temporal_tls_rollover_s: int = 3600
     temporal_api_key: str = ""
     kafka_bootstrap_override: str = ""
     # Kafka over TLS (a Strimzi `tls` listener): SSL plus the cluster CA's PEM file.
@@ -404,6 +407,11 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         temporal_tls_cert=env.get("AGORA_TEMPORAL_TLS_CERT", ""),
         temporal_tls_key=env.get("AGORA_TEMPORAL_TLS_KEY", ""),
         temporal_tls_ca=env.get("AGORA_TEMPORAL_TLS_CA", ""),
+        temporal_tls_rollover_s=_at_least(
+            0,
+            "AGORA_TEMPORAL_TLS_ROLLOVER_S",
+            env.get("AGORA_TEMPORAL_TLS_ROLLOVER_S", "3600"),
+        ),
         temporal_api_key=_credential(env, "AGORA_TEMPORAL_API_KEY"),
         kafka_bootstrap_override=env.get("AGORA_KAFKA_BOOTSTRAP", ""),
         kafka_security_protocol=_kafka_protocol(env.get("AGORA_KAFKA_SECURITY_PROTOCOL", "")),

@@ -25,7 +25,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from agora import db, grpc, kafka, pki, process, temporal
+from agora import db, grpc, kafka, pki, process, rollover, temporal
 from agora.config import Settings
 from agora.outbox import OutboxRelay
 from agora.process import STARTUP_PATIENCE_S, bootstrap
@@ -110,6 +110,20 @@ async def _started_producer(settings: Settings, service: str) -> AIOKafkaProduce
     return producer
 
 
+def _certificate_rollover(
+    client: Client, settings: Settings, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """With a Temporal client certificate, a restart once it is renewed: `stop.set` is
+    what SIGTERM calls (`agora.process.bootstrap`)."""
+    loaded = temporal.connected_tls_files(client, settings)
+    if not loaded:
+        return []  # a task that returned at once would end the service
+    watcher = rollover.CertificateRollover(
+        loaded, window_s=settings.temporal_tls_rollover_s, shutdown=stop.set, stopping=stop
+    )
+    return [asyncio.create_task(watcher.run(), name="background")]
+
+
 async def run_service(definition: ServiceDefinition, settings: Settings) -> None:
     service = definition.name
     telemetry, stop = bootstrap(settings, service)
@@ -171,6 +185,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         *(asyncio.create_task(c.run(), name=f"consumer-{c.spec.group}") for c in consumers),
         *(asyncio.create_task(job(), name="background") for job in parts.background),
         asyncio.create_task(pki.watch_certificates(), name="background"),
+        *_certificate_rollover(client, settings, stop),
     ]
     side.started = True
     log.info(

@@ -106,6 +106,22 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     return bool(settings.temporal_api_key)
 
 
+def connected_tls_files(client: Client, settings: Settings) -> dict[Path, bytes]:
+    """The client certificate, key and server CA files, each with the contents `client`
+    connected with (its TLS is fixed then: `agora.rollover` restarts the process when
+    they are renewed); empty without a client certificate."""
+    tls = client.service_client.config.tls if settings.temporal_tls_cert else None
+    if not isinstance(tls, TLSConfig) or tls.client_cert is None:
+        return {}
+    loaded = {
+        Path(settings.temporal_tls_cert): tls.client_cert,
+        Path(settings.temporal_tls_key): tls.client_private_key or b"",
+    }
+    if settings.temporal_tls_ca:
+        loaded[Path(settings.temporal_tls_ca)] = tls.server_root_ca_cert or b""
+    return loaded
+
+
 async def connect(settings: Settings, *, sdk_metrics: bool = True) -> Client:
     """A client whose workflows and activities carry the caller's trace context and
     whose payloads are encrypted. Workers built on it inherit both."""

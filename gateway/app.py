@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from temporalio.service import RPCError
 
-from agora import pki, temporal
+from agora import pki, rollover, temporal
 from agora.config import DEFAULT_RATE_LIMITS, Settings
 from agora.grpc import Channels
 from agora.passwords import Passwords
@@ -40,6 +41,8 @@ from gateway.upstream import Upstream
 
 # Internal calls the gateway makes for itself (not for one request): short and fixed.
 _INTERNAL_TIMEOUT_S = 2.0
+# Set when the application's shutdown begins (aiohttp's on_shutdown, right after SIGTERM).
+_SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 
 
 def jwks_from_identity(identity: IdentityServiceStub) -> JwksFetcher:
@@ -125,18 +128,39 @@ def build_app(gw: Gateway) -> web.Application:
     document = build_openapi(gw.routes.routes, gw.admitter.rates)
     app[OPENAPI] = document
     app[DOCS_HTML] = render_docs(document)
+    app[_SHUTTING_DOWN] = asyncio.Event()
+    app.on_shutdown.append(_shutting_down)
     app.cleanup_ctx.append(_background)
     return app
 
 
+async def _shutting_down(app: web.Application) -> None:
+    app[_SHUTTING_DOWN].set()
+
+
+def _sigterm() -> None:
+    """The gateway's stop event is `serve`'s (gateway/__main__.py): reached as Kubernetes does."""
+    signal.raise_signal(signal.SIGTERM)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Load the keys before the first request, keep them fresh while serving."""
+    """Load the keys before the first request, keep them fresh while serving; with a
+    Temporal client certificate, restart once it is renewed (agora/rollover.py)."""
     gw = app[GATEWAY]
     await gw.jwks.refresh(force=True)
     jobs = [
         asyncio.create_task(gw.jwks.run_periodic_refresh()),
         asyncio.create_task(pki.watch_certificates()),
     ]
+    loaded = temporal.connected_tls_files(gw.upstream.temporal, gw.settings)
+    if loaded:
+        watcher = rollover.CertificateRollover(
+            loaded,
+            window_s=gw.settings.temporal_tls_rollover_s,
+            shutdown=_sigterm,
+            stopping=app[_SHUTTING_DOWN],
+        )
+        jobs.append(asyncio.create_task(watcher.run()))
     yield
     for job in jobs:
         job.cancel()

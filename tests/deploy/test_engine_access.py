@@ -1,11 +1,13 @@
 """Who may talk to the engines, and what Temporal keeps: the Temporal frontend takes
 only clients with a certificate of its CA (Agora's among them, from the umbrella
-chart), Kafka's listeners admit only Agora's namespaces, and closed workflow
-histories outlive the namespaces' retention in the archive."""
+chart), the server's other services only the server's own internode certificate,
+Kafka's listeners admit only Agora's namespaces, and closed workflow histories
+outlive the namespaces' retention in the archive."""
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -133,35 +135,108 @@ def _issued_by_temporal_ca(secret: str, usage: str | None = None) -> dict[str, A
     return cert
 
 
-def test_temporal_frontend_requires_a_client_certificate_of_its_ca():
+def _issuer_of(secret: str) -> tuple[str, str, str]:
+    """(kind, name, namespace) of the issuer that signs the Secret's certificate, so
+    also the CA its ca.crt holds; a ClusterIssuer has no namespace."""
+    cert = _certificates()[secret]
+    ref = cert["spec"]["issuerRef"]
+    namespace = cert["metadata"]["namespace"] if ref["kind"] == "Issuer" else ""
+    return ref["kind"], ref["name"], namespace
+
+
+TEMPORAL_CA = ("ClusterIssuer", "temporal-ca", "")
+
+
+def _server_tls() -> dict[str, Any]:
+    return _temporal_values()["server"]["config"]["tls"]
+
+
+def _server_file(path: str) -> tuple[str, str]:
+    """(Secret, key) behind a file of the server pods."""
     server = _temporal_values()["server"]
-    tls = server["config"]["tls"]
-    mounts, volumes = server["additionalVolumeMounts"], server["additionalVolumes"]
-    for group in ("frontend", "internode"):
-        side = tls[group]["server"]
-        assert side["requireClientAuth"] is True, group
-        cert = _secret_of(side["certFile"], mounts, volumes)
-        assert _secret_of(side["keyFile"], mounts, volumes) == (cert[0], "tls.key"), group
-        _issued_by_temporal_ca(cert[0], "server auth")
-        # Client certificates must chain to the Temporal CA: each Secret's ca.crt.
-        for path in side["clientCaFiles"]:
-            secret, file = _secret_of(path, mounts, volumes)
-            assert file == "ca.crt", (group, path)
-            _issued_by_temporal_ca(secret)
-        # The server's own clients check the serving certificate's name and CA.
-        client = tls[group]["client"]
-        assert client["serverName"] in _certificates()[cert[0]]["spec"]["dnsNames"], group
-        for path in client["rootCaFiles"]:
-            assert _secret_of(path, mounts, volumes)[1] == "ca.crt", (group, path)
-    # The server's worker presents the internode certificate to the frontend.
-    internode = _secret_of(tls["internode"]["server"]["certFile"], mounts, volumes)[0]
-    _issued_by_temporal_ca(internode, "client auth")
+    return _secret_of(path, server["additionalVolumeMounts"], server["additionalVolumes"])
+
+
+def _trusted(paths: list[str]) -> set[tuple[str, str, str]]:
+    """The CAs behind a list of CA files of the server pods (each a Secret's ca.crt)."""
+    files = [_server_file(path) for path in paths]
+    assert all(file == "ca.crt" for _, file in files), paths
+    return {_issuer_of(secret) for secret, _ in files}
+
+
+def _serving_secret(group: str) -> str:
+    """The Secret of a TLS group's serving certificate (its certFile and keyFile)."""
+    side = _server_tls()[group]["server"]
+    assert side["requireClientAuth"] is True, group
+    secret, _ = _server_file(side["certFile"])
+    assert _server_file(side["keyFile"]) == (secret, "tls.key"), group
+    return secret
+
+
+def _temporal_clients_secret() -> str:
+    """The Secret of the web UI's and admin tools' client certificate."""
+    values = _temporal_values()["admintools"]
+    env = {e["name"]: e["value"] for e in values["additionalEnv"]}
+    path = env["TEMPORAL_TLS_CLIENT_CERT_PATH"]
+    return _secret_of(path, values["additionalVolumeMounts"], values["additionalVolumes"])[0]
+
+
+def test_temporal_frontend_requires_a_client_certificate_of_its_ca():
+    tls = _server_tls()
+    frontend = _serving_secret("frontend")
+    _issued_by_temporal_ca(frontend, "server auth")
+    trusted = _trusted(tls["frontend"]["server"]["clientCaFiles"])
+    assert TEMPORAL_CA in trusted
+    # Its clients: the web UI and admin tools, Agora (test below, the ClusterIssuer)
+    # and the server's own worker, which presents the internode certificate.
+    internode = _serving_secret("internode")
+    for client in (_temporal_clients_secret(), internode):
+        assert _issuer_of(client) in trusted, f"the frontend refuses {client}"
+        assert "client auth" in _certificates()[client]["spec"]["usages"], client
+    # The server's own clients check the serving certificate's name and CA.
+    client = tls["frontend"]["client"]
+    assert client["serverName"] in _certificates()[frontend]["spec"]["dnsNames"]
+    assert _trusted(client["rootCaFiles"]) == {_issuer_of(frontend)}
+
+
+def _pki_object(kind: str, name: str, namespace: str) -> dict[str, Any]:
+    (found,) = [
+        d
+        for d in _engine("temporal-pki.yaml")
+        if d["kind"] == kind
+        and d["metadata"]["name"] == name
+        and d["metadata"].get("namespace", "") == namespace
+    ]
+    return found
+
+
+def test_temporal_services_trust_only_their_own_internode_ca():
+    """History and matching take calls only from a certificate of the internode CA,
+    a namespaced Issuer in `temporal` that signs the internode certificate and
+    nothing else: the Temporal CA's client certificates (Agora's, the web UI's, the
+    admin tools') are refused there, and no other namespace can ask that Issuer."""
+    tls = _server_tls()
+    internode = _serving_secret("internode")
+    issuer = _issuer_of(internode)
+    assert issuer != TEMPORAL_CA, "internode certificates come from the clients' CA"
+    kind, name, namespace = issuer
+    assert (kind, namespace) == ("Issuer", "temporal"), issuer
+    assert _trusted(tls["internode"]["server"]["clientCaFiles"]) == {issuer}
+    assert _trusted(tls["internode"]["client"]["rootCaFiles"]) == {issuer}
+    client = tls["internode"]["client"]
+    assert client["serverName"] in _certificates()[internode]["spec"]["dnsNames"]
+    signed = [secret for secret in _certificates() if _issuer_of(secret) == issuer]
+    assert signed == [internode], f"{issuer} also signs {signed}"
+    # The Issuer is a CA whose key is made in its own namespace.
+    ca_secret = _pki_object(kind, name, namespace)["spec"]["ca"]["secretName"]
+    ca = _certificates()[ca_secret]
+    assert ca["spec"]["isCA"] is True and ca["metadata"]["namespace"] == namespace
 
 
 @pytest.mark.parametrize("component", ["web", "admintools"])
 def test_temporals_own_clients_present_a_certificate(component: str):
-    # The web UI, the admin tools and the namespace Job (the admin tools' settings)
-    # would be refused by the frontend without one.
+    # The web UI and the admin tools (whose `temporal` creates the namespaces) would
+    # be refused by the frontend without one.
     values = _temporal_values().get(component, {})
     assert values.get("additionalEnv"), f"{component} dials the frontend without a certificate"
     env = {e["name"]: e["value"] for e in values["additionalEnv"]}
@@ -250,11 +325,56 @@ def test_a_client_certificate_without_its_secret_does_not_render(render_with):
 # ---- Temporal: retention and archival ---------------------------------------------------
 
 
+def _install_calls(tmp_path: Path) -> list[list[str]]:
+    """The calls docs/deploy.md's engine install makes (stand-ins record them)."""
+    return _run_recorded(_sh_blocks()[0], tmp_path)
+
+
+def _index_of(calls: list[list[str]], *words: str) -> int:
+    return next(i for i, call in enumerate(calls) if _runs(call, words))
+
+
+def _runs(call: list[str], words: tuple[str, ...]) -> bool:
+    return any(tuple(call[i : i + len(words)]) == words for i in range(len(call)))
+
+
+def _temporal_cli(calls: list[list[str]], *command: str) -> list[tuple[int, dict[str, str]]]:
+    """(position, {flag: value}) of each admin tools `temporal <command>` call."""
+    found = []
+    for i, call in enumerate(calls):
+        if call[:5] == ["kubectl", "-n", "temporal", "exec", "deploy/temporal-admintools"]:
+            if _runs(call, ("temporal", *command)):
+                words = call[call.index("temporal", 5) + 1 + len(command) :]
+                found.append((i, dict(zip(words[::2], words[1::2], strict=True))))
+    return found
+
+
+def _namespaces_created(calls: list[list[str]]) -> dict[str, dict[str, str]]:
+    return {
+        flags["--namespace"]: flags
+        for _, flags in _temporal_cli(calls, "operator", "namespace", "create")
+    }
+
+
+def test_temporal_chart_install_pins_a_0x_release(tmp_path):
+    # The values use the 0.x chart's keys (stores under persistence.default and
+    # .visibility, top-level sub-chart switches, schema.setup...), which the 1.x
+    # chart's _deprecations.tpl refuses: an unpinned install takes 1.x and fails.
+    values = _temporal_values()
+    assert "default" in values["server"]["config"]["persistence"]
+    assert "setup" in values["schema"] and "cassandra" in values
+    calls = _install_calls(tmp_path)
+    install = calls[_index_of(calls, "helm", "upgrade", "--install", "temporal")]
+    assert "--version" in install, "the Temporal chart is installed unpinned"
+    version = install[install.index("--version") + 1]
+    assert re.fullmatch(r"0\.\d+\.\d+", version), f"not one 0.x release: {version}"
+
+
 def test_closed_histories_outlive_retention_in_the_archive():
     """The audit export reads each run's history from Temporal (docs/audit.md): past
     the namespace's retention the frontend serves it from the archive, which needs
-    archival on for the cluster (with reads), on for every Agora namespace, and a
-    provider every server pod reaches (not the filestore: a pod's own disk)."""
+    archival on for the cluster (with reads) and a provider every server pod reaches
+    (not the filestore: a pod's own disk)."""
     server = _temporal_values()["server"]
     assert "archival" in server, "no archival: histories are gone after the retention"
     history = server["archival"]["history"]
@@ -262,20 +382,42 @@ def test_closed_histories_outlive_retention_in_the_archive():
     (provider,) = history["provider"]
     assert provider in ("s3store", "gstorage"), provider
     scheme = {"s3store": "s3://", "gstorage": "gs://"}[provider]
-    # The namespace Job registers the namespaces after the server is configured:
-    # they take namespaceDefaults' archival state and URI.
+    # The URI a namespace archives to when its registration enables archival
+    # without naming one (the install commands below).
     default = server["namespaceDefaults"]["archival"]["history"]
-    assert default["state"] == "enabled" and default["URI"].startswith(scheme)
-    namespaces = server["config"]["namespaces"]
-    assert namespaces["create"] is True
-    created = {n["name"] for n in namespaces["namespace"]}
+    assert default["URI"].startswith(scheme)
+
+
+def test_install_creates_every_agora_namespace_with_history_archival(tmp_path):
+    """The chart's namespace Job would register the namespaces with archival off (its
+    `temporal operator namespace create` passes no --history-archival-state, and the
+    CLI then sends `disabled`, which namespaceDefaults' state does not override): it
+    stays off, and the install creates each namespace itself, after the frontend is
+    up and before its search attributes."""
+    assert not _temporal_values()["server"]["config"]["namespaces"].get("create")
+    calls = _install_calls(tmp_path)
+    created = _namespaces_created(calls)
     for env in ENVIRONMENTS:
-        assert _agora_values(env)["global"]["temporal"]["namespace"] in created, env
+        namespace = _agora_values(env)["global"]["temporal"]["namespace"]
+        flags = created.get(namespace)
+        assert flags, f"{env}: the Temporal namespace {namespace} is never created"
+        assert flags.get("--history-archival-state") == "enabled", namespace
+        assert flags.get("--retention"), namespace
+        # Without --history-uri the namespace archives to namespaceDefaults' URI
+        # (test above).
+        assert flags.get("--history-uri", "s3://").startswith(("s3://", "gs://")), namespace
+    install = _index_of(calls, "helm", "upgrade", "--install", "temporal")
+    creates = _temporal_cli(calls, "operator", "namespace", "create")
+    attributes = _temporal_cli(calls, "operator", "search-attribute", "create")
+    for i, flags in creates:
+        assert i > install, flags["--namespace"]
+        later = [j for j, a in attributes if a["--namespace"] == flags["--namespace"]]
+        assert later and min(later) > i, f"{flags['--namespace']}: attributes before it exists"
 
 
-def test_audit_docs_state_the_retention_the_namespaces_have():
-    namespaces = _temporal_values()["server"]["config"]["namespaces"]["namespace"]
-    (retention,) = {n["retention"] for n in namespaces}
+def test_audit_docs_state_the_retention_the_namespaces_have(tmp_path):
+    created = _namespaces_created(_install_calls(tmp_path))
+    (retention,) = {flags["--retention"] for flags in created.values()}
     assert retention.endswith("d"), retention
     days = f"{retention[:-1]} days"
     text = (REPO / "docs" / "audit.md").read_text()
@@ -285,11 +427,8 @@ def test_audit_docs_state_the_retention_the_namespaces_have():
 def test_install_makes_what_the_temporal_server_reads_before_installing_it(tmp_path):
     # The server pods read the archive's credentials from a Secret (no pod starts
     # without it) and mount temporal-pki.yaml's certificates.
-    calls = _run_recorded(_sh_blocks()[0], tmp_path)
-    install = next(
-        i for i, c in enumerate(calls) if c[:4] == ["helm", "upgrade", "--install", "temporal"]
-    )
-    before = calls[:install]
+    calls = _install_calls(tmp_path)
+    before = calls[: _index_of(calls, "helm", "upgrade", "--install", "temporal")]
     assert ["kubectl", "apply", "-f", "deploy/k8s/engines/temporal-pki.yaml"] in before
     made = _secrets_created(before)
     for variable in _temporal_values()["server"]["additionalEnv"]:

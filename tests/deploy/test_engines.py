@@ -1,6 +1,7 @@
 """The engine examples under deploy/k8s/engines/ hold what the code needs from each
-engine: the Kafka topics, the Temporal namespaces and search attributes, the
-database role Temporal logs in with, Elasticsearch's zone, the log pipeline."""
+engine: the Kafka topics, the Temporal search attributes (the Temporal namespaces:
+test_engine_access.py), the database role Temporal logs in with, Elasticsearch's
+zone, the log pipeline."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from agora import config, kafka
-from tests.deploy.conftest import ENVIRONMENTS, REPO
+from tests.deploy.conftest import REPO
 
 ENGINES = REPO / "deploy" / "k8s" / "engines"
 
@@ -70,15 +71,6 @@ def test_event_topics_have_a_partition_for_every_consumer_pod():
 
 def _env_values(env: str) -> dict[str, Any]:
     return yaml.safe_load((REPO / "deploy" / "helm" / "agora" / f"values-{env}.yaml").read_text())
-
-
-def test_temporal_chart_creates_the_namespace_of_every_environment():
-    temporal = yaml.safe_load((ENGINES / "temporal-values.yaml").read_text())
-    namespaces = temporal["server"]["config"]["namespaces"]
-    assert namespaces["create"] is True
-    created = {n["name"] for n in namespaces["namespace"]}
-    for env in ENVIRONMENTS:
-        assert _env_values(env)["global"]["temporal"]["namespace"] in created, env
 
 
 TEMPORAL_SERVICES = ("frontend", "history", "matching", "worker")

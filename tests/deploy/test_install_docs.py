@@ -107,3 +107,30 @@ def test_the_elasticsearch_api_key_file_holds_the_key_and_no_newline(tmp_path):
     else:
         words = shlex.split(command)
         assert words[0] == "jq" and ({"-j", "--join-output"} & set(words)), command
+
+
+# Namespaces made by the operators' own installation, not by these commands.
+OPERATOR_NAMESPACES = {"cert-manager", "kafka", "elastic"}
+
+
+def _namespaces_used(call: list[str]) -> set[str]:
+    """The namespaces a kubectl or helm call puts something in: its -n, or the
+    metadata.namespace of each object of a file it applies."""
+    if "-n" in call:
+        return {call[call.index("-n") + 1]}
+    if call[:3] == ["kubectl", "apply", "-f"]:
+        docs = yaml.safe_load_all((REPO / call[3]).read_text())
+        return {d["metadata"]["namespace"] for d in docs if d and "namespace" in d["metadata"]}
+    return set()
+
+
+def test_every_namespace_exists_before_something_is_put_in_it(tmp_path):
+    # `kubectl -n X create secret` and `kubectl apply` of an object in X fail when X
+    # does not exist; helm would make its own only with --create-namespace.
+    created: set[str] = set()
+    for call in _run_recorded(_sh_blocks()[0], tmp_path):
+        if call[:3] == ["kubectl", "create", "namespace"]:
+            created.add(call[3])
+            continue
+        missing = _namespaces_used(call) - created - OPERATOR_NAMESPACES
+        assert not missing, f"{shlex.join(call)}: namespace {missing} not created before"
