@@ -363,7 +363,9 @@ class OrdersActivities:
             )
             if inserted:
                 refunded = row["refunded_minor"] + data.amount_minor
-                if data.cancel:
+                # A partial refund recorded after a cancel (it reached payments first,
+                # its record came second) adds its amount; the order stays cancelled.
+                if data.cancel or row["status"] == "CANCELLED":
                     status = "CANCELLED"
                 elif refunded >= row["total_minor"]:
                     status = "REFUNDED"

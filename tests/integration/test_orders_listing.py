@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
+from temporalio.testing import ActivityEnvironment
 
+from activities.orders import OrdersActivities, RecordRefundInput
 from agora import db
 from agora.config import Settings
 from contracts.agora.orders.v1 import ListOrdersRequest, Order, OrderStatus
@@ -79,3 +81,24 @@ async def test_a_refund_committed_while_the_list_is_read_is_not_half_in_it(
 
     [order] = listed.orders
     assert order.status_history[-1].status == order.status == OrderStatus.COMPLETED
+
+
+async def test_a_partial_refund_recorded_after_the_cancel_leaves_the_order_cancelled(
+    pool: asyncpg.Pool,
+) -> None:
+    # The customer's partial refund reached payments before the cancel's refund of the
+    # rest, and its record came after the cancel's: the order stays CANCELLED.
+    order_id = await a_completed_order(pool, f"cust-{uuid.uuid4()}")
+    orders = OrdersActivities(pool, None)  # type: ignore[arg-type]  # (no pricing here)
+    record = ActivityEnvironment().run
+    cancel = RecordRefundInput(str(order_id), "cancel", "r-2", 700, cancel=True)
+    partial = RecordRefundInput(str(order_id), "partial-1", "r-1", 300)
+    await record(orders.record_refund, cancel)
+    after = await record(orders.record_refund, partial)
+
+    assert (after.status, after.refunded_minor) == ("CANCELLED", 1000)
+    history = await pool.fetch(
+        "SELECT status FROM order_status_history WHERE order_id = $1 ORDER BY changed_at",
+        order_id,
+    )
+    assert [r["status"] for r in history] == ["COMPLETED", "CANCELLED", "CANCELLED"]

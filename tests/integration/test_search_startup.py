@@ -46,6 +46,7 @@ async def auto_create_rule(es: AsyncElasticsearch) -> AsyncIterator[None]:
     yield
     rule = before["persistent"].get(AUTO_CREATE)
     await es.cluster.put_settings(persistent={AUTO_CREATE: rule})
+    await es.cluster.put_settings(transient={AUTO_CREATE: before["transient"].get(AUTO_CREATE)})
 
 
 async def rule_of(es: AsyncElasticsearch) -> str | None:
@@ -190,3 +191,15 @@ async def test_start_up_leaves_a_cluster_without_auto_creation_as_it_is(
     indices = Indices(es, f"startup-test-{uuid.uuid4().hex[:8]}")
     await indices.refuse_auto_create()
     assert await rule_of(es) == "false"
+
+
+async def test_start_up_merges_into_a_transient_rule_where_it_takes_effect(
+    es: AsyncElasticsearch, auto_create_rule: None
+) -> None:
+    # A transient rule overrides the persistent one: a refusal written beside it,
+    # in the persistent settings, would never apply.
+    await es.cluster.put_settings(transient={AUTO_CREATE: "-other-*,+*"})
+    indices = Indices(es, f"startup-test-{uuid.uuid4().hex[:8]}")
+    await indices.refuse_auto_create()
+    found = await es.cluster.get_settings(flat_settings=True)
+    assert found["transient"][AUTO_CREATE] == f"-{indices.prefix}-*,-other-*,+*"

@@ -144,10 +144,25 @@ class Indices:
         """No write may create one of our indices by auto-creation (cluster-wide). Read
         first: a cluster-wide metadata block refuses the write even when it changes
         nothing, and the setting outlives the service."""
-        found = await self.es.cluster.get_settings(flat_settings=True)
-        current = found.body.get("persistent", {}).get(AUTO_CREATE)
+        found = (await self.es.cluster.get_settings(flat_settings=True, include_defaults=True)).body
+        # The rule in force: a transient one overrides the persistent one, which
+        # overrides elasticsearch.yml's (listed among the defaults). The merge starts
+        # from it, and is written where it takes effect.
+        level = "transient" if AUTO_CREATE in found.get("transient", {}) else "persistent"
+        current = next(
+            (
+                found[where][AUTO_CREATE]
+                for where in (level, "defaults")
+                if AUTO_CREATE in found.get(where, {})
+            ),
+            None,
+        )
         wanted = auto_create_refusing(current, self.prefix)
-        if wanted != current:
+        if wanted == current:
+            return
+        if level == "transient":
+            await self.es.cluster.put_settings(transient={AUTO_CREATE: wanted})
+        else:
             await self.es.cluster.put_settings(persistent={AUTO_CREATE: wanted})
 
     async def replicate(self, names: list[str]) -> None:
