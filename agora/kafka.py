@@ -7,7 +7,9 @@ each has a `<topic>.dlq` twin for poison messages, with the reason in a header.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -54,6 +56,14 @@ _dead = _meter.create_counter("agora_kafka_dead_lettered", description="records 
 _lag: dict[tuple[str, str, int], int] = {}
 # How often a consumer also asks the brokers for its lag (besides after every round).
 LAG_REFRESH_S = 15.0
+# A session owed records (the brokers' end of an assigned partition beyond what it
+# committed) that has had none delivered for this long, with no batch in hand, is
+# stalled: once, after a broker restart under load, an aiokafka session went silent
+# for good (no fetch, no heartbeat, never rejoined) while the process ran on. Its
+# client is stopped and the session starts again with a new one.
+STALL_S = 60.0
+# How long a stalled session's client may take to stop.
+STALL_STOP_S = 10.0
 
 
 def _observe_lag(_: CallbackOptions) -> Iterable[Observation]:
@@ -243,6 +253,8 @@ class EventConsumer:
         self._stopping = asyncio.Event()
         self._round: _Round | None = None  # the session's, while one runs
         self._consumed = False  # whether the current session has joined and consumed
+        self._delivered_at = 0.0  # monotonic time of the session's last delivery
+        self._stalled = ""  # why the current session was found stalled
         # Error counters exist at 0 from the start: a series that appears only with its
         # first dead letter hides that letter from increase() and from the dashboards.
         for topic in spec.topics:
@@ -295,11 +307,14 @@ class EventConsumer:
             # or each retry leaves a client (its connections and tasks) behind.
             await consumer.stop()
             raise
-        watcher = asyncio.create_task(self._watch_lag(consumer, positions))
+        self._delivered_at, self._stalled = time.monotonic(), ""
+        watcher = asyncio.create_task(self._watch_lag(consumer, positions, work))
         self._round = work
         try:
             while not self._stopping.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                batches = await self._fetch(consumer)
+                if batches:
+                    self._delivered_at = time.monotonic()
                 if not self._consumed:  # a fetch answered: the session has joined its group
                     self._consumed = True
                     _sessions[self.spec.group] += 1
@@ -365,13 +380,29 @@ class EventConsumer:
         """The work in hand is the last of its round: stopping, or a rebalance began."""
         return self._stopping.is_set() or (self._round is not None and self._round.interrupted)
 
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """The next fetch round; a stalled session's (its client stopped by the lag
+        watcher) ends the session as a broker error does, so it starts again."""
+        try:
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+        except Exception as error:
+            if self._stalled:
+                raise ConsumerStalled(self._stalled) from error
+            raise
+        if self._stalled:
+            raise ConsumerStalled(self._stalled)
+        return batches
+
     async def _watch_lag(
-        self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]
+        self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int], work: _Round
     ) -> None:
         """Every LAG_REFRESH_S, the lag from the brokers' end offsets and what this
         group has committed. The loop records lag only after a round; a handler stuck
         retrying (its store down) holds the round, and the lag it left would stay small
-        while the topic grows: KafkaConsumerLagHigh must see the backlog then."""
+        while the topic grows: KafkaConsumerLagHigh must see the backlog then. A session
+        owed records and given none for STALL_S, no batch in hand, is stopped (STALL_S)."""
         while True:
             await asyncio.sleep(LAG_REFRESH_S)
             assigned = list(consumer.assignment())
@@ -392,10 +423,25 @@ class EventConsumer:
             except Exception:
                 log.warning("consumer lag not refreshed", exc_info=True)
                 continue
+            owed = False
             for partition, end in ends.items():
                 if partition in positions and partition in consumer.assignment():
                     key = (self.spec.group, partition.topic, partition.partition)
                     _lag[key] = max(end - positions[partition], 0)
+                    owed = owed or _lag[key] > 0
+            silent_s = time.monotonic() - self._delivered_at
+            if owed and work.idle.is_set() and silent_s > STALL_S:
+                await self._stop_stalled(consumer, silent_s)
+                return
+
+    async def _stop_stalled(self, consumer: AIOKafkaConsumer, silent_s: float) -> None:
+        self._stalled = f"owed records, none delivered for {silent_s:.0f} s"
+        log.warning(
+            "consumer session stalled; starting a new one",
+            extra={"group": self.spec.group, "silent_s": round(silent_s)},
+        )
+        with contextlib.suppress(Exception):  # stopping is all that is left to try
+            await asyncio.wait_for(consumer.stop(), STALL_STOP_S)
 
     async def _handle_records(self, records: list[ConsumerRecord]) -> int:
         """Handle one batch (a partition's fetch, or a whole round); returns how many of
@@ -594,6 +640,12 @@ class EventConsumer:
             headers += [("dlq-truncated", b"true"), ("dlq-original-size", str(len(value)).encode())]
             cut = value[:DLQ_TRUNCATED_BYTES]
             await self._producer.send_and_wait(topic, cut, key=record.key, headers=headers)
+
+
+class ConsumerStalled(KafkaError):
+    """A session owed records got none for STALL_S: it starts again (a broker error)."""
+
+    retriable = True
 
 
 class _Round(ConsumerRebalanceListener):

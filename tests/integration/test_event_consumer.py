@@ -17,6 +17,7 @@ from agora.config import Settings
 from agora.errors import PoisonMessage
 from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.consumerkit import read_all
+from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -558,3 +559,48 @@ async def test_a_member_joining_mid_round_keeps_the_first_session_and_loses_noth
     # Batches it had applied before the rebalance were committed on the way out of
     # their partitions, not delivered again to the member that took them over.
     assert not set(first.before) & set(second.applied)
+
+
+async def test_a_session_owed_records_and_given_none_starts_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a session whose client went silent after a broker restart: its partition
+    # paused, it fetches nothing while records wait. A new session must take them.
+    monkeypatch.setattr(kafka, "LAG_REFRESH_S", 0.2)
+    monkeypatch.setattr(kafka, "STALL_S", 1.0)
+    topic = f"test-consumer-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    seen, handle = collecting("batch")
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    spec = kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handle)
+    consumer = kafka.EventConsumer(settings, spec, producer)
+    silenced: list[AIOKafkaConsumer] = []
+    new_consumer = consumer._new_consumer
+
+    def first_one_silent() -> AIOKafkaConsumer:
+        client = new_consumer()
+        if not silenced:
+            silenced.append(client)  # paused below, once it has its partition
+        return client
+
+    monkeypatch.setattr(consumer, "_new_consumer", first_one_silent)
+    task = asyncio.create_task(consumer.run())
+    try:
+
+        async def assigned() -> bool:
+            return bool(silenced and silenced[0].assignment())
+
+        await eventually(assigned, what="the first session's partitions")
+        silenced[0].pause(*silenced[0].assignment())
+        await producer.send_and_wait(topic, envelope("e1"), key=b"k")
+
+        async def handled() -> bool:
+            return seen == ["e1"]
+
+        await eventually(handled, what="e1 handled by a new session")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
