@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from faker import Faker
 from temporalio import activity, client
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -20,6 +21,12 @@ from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
 from workflows.inventory import SeedStockWorkflow
 
 T = TypeVar("T")
+
+# Faker imports a locale's providers on first use, and pytest rewrites them as they
+# are imported (faker is a pytest plugin): an AST parse inside a test, which failed in
+# CI while a background thread parsed too (CPython 3.11.7, gh-106905, fixed in
+# 3.11.8: "AST constructor recursion depth mismatch"). Imported here, at collection.
+Faker(seed.LOCALES)
 
 
 class _Starts(client.Interceptor):

@@ -38,6 +38,7 @@ from workflows.catalog import (
     import_workflow_id,
 )
 
+LOCALES = ["en_US", "de_DE", "fr_FR"]  # the names and words products are made of
 CHUNK = 1_000  # products per import workflow (its input stays far below Temporal's limit)
 
 # top level -> second level -> leaves, with the nouns products in a leaf are named after
@@ -119,7 +120,7 @@ def leaves() -> list[Leaf]:
 
 def generate(count: int, seed: int = 42) -> list[ProductData]:
     """`count` products, the same ones for the same (count, seed)."""
-    fake = Faker(["en_US", "de_DE", "fr_FR"])
+    fake = Faker(LOCALES)
     fake.seed_instance(seed)
     rng = random.Random(seed)
     brands = sorted({fake.company().split(",")[0].split(" ")[0] for _ in range(200)})
