@@ -325,10 +325,7 @@ class OutboxRelay:
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait for a NOTIFY or the poll interval; True when stopping."""
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+        await process.set_within(self._wake, seconds)
         self._wake.clear()
         return self._stopping.is_set()
 

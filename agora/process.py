@@ -107,7 +107,12 @@ async def keep_running(
                 f"{what} interrupted, retrying",
                 extra={**extra, "error": repr(error), "retry_in_s": delay},
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
-        if stopping.is_set():
+        if await set_within(stopping, delay):
             return
+
+
+async def set_within(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `event` is set or `timeout_s` has passed; whether it is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
+    return event.is_set()

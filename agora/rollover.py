@@ -13,7 +13,6 @@ of the rollover window first, so the pods of a release do not all restart at onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from agora import process
 from agora.pki import RELOAD_CHECK_S
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class CertificateRollover:
                 "certificate renewed on disk; restarting to present it",
                 extra={"file": str(path), **_not_after(path), "restart_in_s": round(delay_s, 1)},
             )
-        if not await _set_within(self._stopping, delay_s):
+        if not await process.set_within(self._stopping, delay_s):
             self._shutdown()
 
     def changed_files(self) -> list[Path]:
@@ -80,18 +80,12 @@ class CertificateRollover:
 
     async def _first_change(self) -> list[Path]:
         """The first files found changed; empty when `stopping` is set first."""
-        while not await _set_within(self._stopping, self._check_s):
+        while not await process.set_within(self._stopping, self._check_s):
             self.checks += 1
             changed = self.changed_files()
             if changed:
                 return changed
         return []
-
-
-async def _set_within(event: asyncio.Event, timeout_s: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout_s)
-    return event.is_set()
 
 
 def _not_after(path: Path) -> dict[str, str]:

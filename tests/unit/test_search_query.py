@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from agora.errors import InvalidArgument
@@ -9,6 +12,7 @@ from agora.money import MINOR_UNIT_EXPONENTS, minor_unit_exponent
 from contracts.agora.common.v1 import Money
 from contracts.agora.search.v1 import FacetField, SearchFilters, SearchRequest, SortOrder
 from workers.catalog.model import CURRENCIES
+from workers.search.api import SearchApi
 from workers.search.documents import category_path
 from workers.search.query import (
     _price_label,
@@ -16,6 +20,7 @@ from workers.search.query import (
     decode_cursor,
     encode_cursor,
     parse_query,
+    preference,
     response,
 )
 
@@ -253,3 +258,33 @@ def test_a_default_currency_search_keeps_the_cursor_issued_before_the_currency_f
     assert decode_cursor(paged("EUR")) == [1500, "SKU-1"]
     with pytest.raises(InvalidArgument):
         decode_cursor(paged("USD"))
+
+
+def test_every_page_of_a_search_asks_the_same_shard_copies() -> None:
+    first = SearchRequest(query="lamp", page_size=2)
+    next_page = SearchRequest(
+        query="lamp", page_size=3, search_after=encode_cursor(first, [1.5, "SKU-1"])
+    )
+    assert preference(next_page) == preference(first)
+    assert preference(SearchRequest(query="lamps", page_size=2)) != preference(first)
+    assert preference(SearchRequest(query="lamp", sort=SortOrder.NEWEST)) != preference(first)
+
+
+class _RecordingElasticsearch:
+    """Keeps what a search was asked with and answers no hits."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+
+    async def search(self, **kwargs: Any) -> SimpleNamespace:
+        self.asked.append(kwargs)
+        return SimpleNamespace(body={"hits": {"hits": [], "total": {"value": 0, "relation": "eq"}}})
+
+
+async def test_the_search_api_sends_the_searchs_preference() -> None:
+    es = _RecordingElasticsearch()
+    api = SearchApi(es, SimpleNamespace(read_alias="products"))  # type: ignore[arg-type]
+    request = SearchRequest(query="lamp", page_size=2)
+    await api.search(request)
+    assert es.asked[0]["preference"] == preference(request)
+    assert es.asked[0]["index"] == "products"

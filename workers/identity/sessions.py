@@ -276,7 +276,7 @@ async def append_signed_in(
         conn,
         producer="identity",
         topic=TOPIC,
-        aggregate_type="account" if principal_type == PrincipalType.ACCOUNT else "api_client",
+        aggregate_type=_aggregate_type(principal_type),
         aggregate_id=subject,
         payload=SignedIn(
             subject=subject, principal_type=principal_type, token_family_id=sid, scopes=granted
@@ -299,9 +299,14 @@ async def append_token_revoked(
         conn,
         producer="identity",
         topic=TOPIC,
-        aggregate_type="account" if principal_type == PrincipalType.ACCOUNT else "api_client",
+        aggregate_type=_aggregate_type(principal_type),
         aggregate_id=subject,
         payload=TokenRevoked(subject=subject, jti=jti, token_family_id=sid, reason=reason),
         workflow=workflow,
         event_id=event_id,
     )
+
+
+def _aggregate_type(principal_type: PrincipalType) -> str:
+    """The aggregate a principal's grant or revocation is an event of."""
+    return "account" if principal_type == PrincipalType.ACCOUNT else "api_client"

@@ -18,7 +18,9 @@ class SearchApi(SearchServiceBase):
     async def search(self, message: SearchRequest) -> SearchResponse:
         body = query.build(message)
         try:
-            answer = await self.es.search(index=self.indices.read_alias, **body)
+            answer = await self.es.search(
+                index=self.indices.read_alias, preference=query.preference(message), **body
+            )
         except BadRequestError as error:
             # Our queries are built, not passed through: this is a cursor from a stale page.
             raise InvalidArgument(f"search could not run: {error.message}") from error

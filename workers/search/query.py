@@ -251,6 +251,14 @@ def decode_cursor(request: SearchRequest) -> list[Any]:
     return values
 
 
+def preference(request: SearchRequest) -> str:
+    """Elasticsearch's `preference` for a search: every page of one search asks the
+    same shard copies. A primary and its replica can score a document differently
+    (deleted documents still count in a copy's term statistics until it merges), so
+    pages answered by different copies could skip or repeat relevance-sorted hits."""
+    return _digest(request)
+
+
 def build(request: SearchRequest) -> dict[str, Any]:
     """The body of the Elasticsearch search for `request` (validated here)."""
     size = request.page_size or DEFAULT_PAGE_SIZE
