@@ -56,11 +56,15 @@ TASK_QUEUE = "agora-payments"
 AUTHORIZE_TIMEOUT = timedelta(seconds=10)
 STEP_TIMEOUT = timedelta(seconds=10)
 # Transient PSP failures (type PspUnavailable, the flaky card) are retried
-# quickly; business rejections are non-retryable whatever this says.
+# quickly; business rejections are non-retryable whatever this says. Bounded: a
+# timeout is retried too, and the slow card times out on every attempt (the PSP
+# holds its authorization and answers it late each time), so an unbounded policy
+# would never let the caller see the timeout and void.
 PSP_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=5),
+    maximum_attempts=3,
 )
 # ApplicationError types payments' activities fail with (non-retryable unless noted).
 FAILURE_TYPES = (
