@@ -9,7 +9,6 @@ enter a workflow at all.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,6 @@ from workers.identity.kek import SecretBox
 from workers.identity.sessions import Revocations
 
 TOPIC = "identity.events"
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass
@@ -213,9 +211,13 @@ class IdentityActivities:
             raise ApplicationError(
                 exc.detail, type=API_CLIENT_NOT_FOUND, non_retryable=True
             ) from None
-        return ApiClientRevocation(data.client_id, revoked_at.isoformat(), newly)
+        client_id = apiclients.canonical_id(data.client_id)
+        return ApiClientRevocation(client_id, revoked_at.isoformat(), newly)
 
     @activity.defn(name="identity.revoke_session")
     async def revoke_session(self, data: RevokeSessionInput) -> None:
-        """Publish a session's (or client's) revocation to Redis; setting it again is harmless."""
-        await self.revocations.revoke_sid(data.sid)
+        """Publish a session's (or client's) revocation to Redis; setting it again is harmless.
+
+        Under the canonical id, which the tokens carry: RevokeApiClient passes the
+        client id as its starter spelled it (upper case, braces, `urn:uuid:`)."""
+        await self.revocations.revoke_sid(apiclients.canonical_id(data.sid))

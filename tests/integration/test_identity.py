@@ -41,6 +41,7 @@ from contracts.agora.identity.v1 import (
     PasswordGrant,
     PrincipalType,
     RefreshRequest,
+    RevocationReason,
     SignedIn,
     SignInRequest,
     SignOutRequest,
@@ -773,3 +774,144 @@ async def test_signing_out_an_api_client_token_twice_revokes_it_with_one_event(
         "identity.TokenRevoked",
     )
     assert events == 1
+
+
+# Revocations and grants that must hold together -----------------------------------
+
+
+async def sid_of(identity: IdentityServiceStub, tokens: Tokens) -> str:
+    return (await identity.introspect(IntrospectRequest(token=tokens.access_token))).sid
+
+
+async def revoked_events(db: asyncpg.Pool, aggregate_id: str) -> int:
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
+            aggregate_id,
+            "identity.TokenRevoked",
+        )
+    )
+
+
+async def test_a_revocation_whose_commit_failed_after_redis_is_finished_by_the_next_refresh(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    # revoke_family writes Redis inside the transaction, before the commit; when the
+    # commit never happens, the family is still live in the database. Its refresh
+    # must not go on renewing into access tokens every verifier refuses.
+    tokens = await signed_in(identity, temporal)
+    sid = await sid_of(identity, tokens)
+    sessions = Sessions(Revocations(redis, sid_ttl_s=3600), refresh_ttl_s=3600)
+    with pytest.raises(ConnectionResetError):
+        async with db.acquire() as conn, conn.transaction():
+            await sessions.revoke_family(conn, uuid.UUID(sid), RevocationReason.SIGN_OUT)
+            raise ConnectionResetError("the connection died before the commit")
+    family = "SELECT revoked_at FROM token_families WHERE family_id = $1"
+    assert await db.fetchval(family, uuid.UUID(sid)) is None, "the revocation half-happened"
+
+    refresh = identity.refresh(RefreshRequest(refresh_token=tokens.refresh_token))
+    assert await status_of(refresh) == Status.UNAUTHENTICATED
+
+    assert await db.fetchval(family, uuid.UUID(sid)) is not None
+    account_id = await db.fetchval(
+        "SELECT account_id::text FROM token_families WHERE family_id = $1", uuid.UUID(sid)
+    )
+    assert await revoked_events(db, account_id) == 1
+
+
+async def created_client(
+    identity: IdentityServiceStub, owner: AccountRef, scopes: list[str]
+) -> tuple[str, SignInRequest]:
+    """A new client of `owner` and its client-credentials grant."""
+    created = await identity.create_api_client(
+        CreateApiClientRequest(name="sync", owner_account_id=owner.account_id, scopes=scopes)
+    )
+    assert created.client is not None
+    client_id = created.client.client_id
+    grant = ClientCredentialsGrant(client_id=client_id, client_secret=created.client_secret)
+    return client_id, SignInRequest(client_credentials=grant)
+
+
+async def client_tokens(identity: IdentityServiceStub, grant: SignInRequest) -> Tokens:
+    tokens = (await identity.sign_in(grant)).tokens
+    assert tokens is not None
+    return tokens
+
+
+async def test_an_api_client_holds_only_what_its_owner_holds_now(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
+) -> None:
+    owner = await register(temporal, new_email())
+    owner_id = uuid.UUID(owner.account_id)
+    await db.execute("UPDATE accounts SET roles = '{admin}' WHERE account_id = $1", owner_id)
+    client_id, grant = await created_client(identity, owner, ["catalog:read", "catalog:write"])
+    ask = GetApiClientSigningSecretRequest(client_id=client_id)
+    assert (await client_tokens(identity, grant)).scopes == ["catalog:read", "catalog:write"]
+
+    await db.execute("UPDATE accounts SET roles = '{customer}' WHERE account_id = $1", owner_id)
+    assert (await client_tokens(identity, grant)).scopes == ["catalog:read"]
+    assert (await identity.get_api_client_signing_secret(ask)).scopes == ["catalog:read"]
+
+    await db.execute("UPDATE accounts SET disabled = true WHERE account_id = $1", owner_id)
+    assert await status_of(identity.sign_in(grant)) == Status.UNAUTHENTICATED
+    assert await status_of(identity.get_api_client_signing_secret(ask)) == Status.NOT_FOUND
+
+
+@pytest.mark.parametrize("spelling", ["{%s}", "urn:uuid:%s"], ids=["braces", "urn"])
+async def test_revoking_an_api_client_by_another_spelling_of_its_id_kills_its_tokens(
+    identity: IdentityServiceStub,
+    temporal: Client,
+    db: asyncpg.Pool,
+    redis: aioredis.Redis,
+    spelling: str,
+) -> None:
+    owner = await register(temporal, new_email())
+    client_id, grant = await created_client(identity, owner, ["catalog:read"])
+    tokens = await client_tokens(identity, grant)
+    spelled = spelling % client_id.upper()
+
+    revocation = await temporal.execute_workflow(
+        RevokeApiClientWorkflow.run,
+        RevokeApiClientInput(client_id=spelled, revoked_by=owner.account_id),
+        id=revoke_api_client_workflow_id(spelled),
+        task_queue=TASK_QUEUE,
+    )
+
+    assert revocation.newly_revoked and revocation.client_id == client_id
+    assert await redis.exists(revoked_sid_key(client_id))
+    assert not await active(identity, tokens.access_token)
+    events = await db.fetch(
+        "SELECT aggregate_id, event_type FROM outbox WHERE aggregate_id IN ($1, $2)"
+        " ORDER BY sequence",
+        client_id,
+        spelled,
+    )
+    assert [(r["aggregate_id"], r["event_type"]) for r in events] == [
+        (client_id, "identity.ApiClientCreated"),
+        (client_id, "identity.SignedIn"),
+        (client_id, "identity.ApiClientRevoked"),
+        (client_id, "identity.TokenRevoked"),
+    ]
+
+
+async def test_signing_out_a_token_of_another_subject_revokes_nothing(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
+) -> None:
+    stranger = str(uuid.uuid4())
+    session = await signed_in(identity, temporal)
+    owner = await register(temporal, new_email())
+    client_id, grant = await created_client(identity, owner, ["catalog:read"])
+    machine = await client_tokens(identity, grant)
+
+    async def signed_out_by_stranger(tokens: Tokens) -> Status | None:
+        request = SignOutRequest(access_token=tokens.access_token, subject=stranger)
+        try:
+            await identity.sign_out(request)
+        except GRPCError as error:
+            return error.status
+        return None
+
+    # The account's token, then the client's: both refused, neither revoked.
+    assert [await signed_out_by_stranger(t) for t in (session, machine)] == [Status.NOT_FOUND] * 2
+    assert [await active(identity, t.access_token) for t in (session, machine)] == [True, True]
+    assert await revoked_events(db, client_id) == 0

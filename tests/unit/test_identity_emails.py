@@ -192,6 +192,25 @@ async def test_the_admin_command_refuses_a_password_registration_would(
     assert await admin.register(None, "ops@example.com", short + "x", "admin")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [
+        ("ops@localhost", "a long enough password"),  # no dotted domain: sign-in's 422
+        (f"{'o' * 250}@example.com", "a long enough password"),  # over 254 characters
+        ("ops@example.com", "x" * 300),  # sign-in takes at most 256
+    ],
+    ids=["undotted-domain", "long-email", "long-password"],
+)
+async def test_the_admin_command_refuses_what_sign_in_would_refuse(
+    temporal: FakeTemporal, email: str, password: str
+) -> None:
+    with pytest.raises(admin.Refused):
+        await admin.register(None, email, password, "admin")  # type: ignore[arg-type]
+    assert temporal.started == []
+    # The longest password sign-in takes is taken here too.
+    assert await admin.register(None, "ops@example.com", "x" * 256, "admin")  # type: ignore[arg-type]
+
+
 async def test_the_demo_admin_password_file_is_created_private(
     temporal: FakeTemporal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,9 +6,12 @@ created by an operator through the same RegisterAccount workflow:
     python -m workers.identity.admin create --email ops@example.com --role admin
     python -m workers.identity.admin ensure-demo-admin    # what `make run` does locally
 
-The password is read from a prompt (or --password-file), must be as long as the
-public registration requires, is hashed with argon2id here, and only the hash
-enters the workflow. The email is normalized as everywhere else (agora/emails.py).
+The password is read from a prompt (or --password-file). The email and the
+password must pass public registration's rules (gateway/schemas.py: an address
+with a dotted domain, at most 254 characters; a password of 10 to 256), or the
+account could never sign in through the API. The password is hashed with
+argon2id here, and only the hash enters the workflow. The email is normalized as
+everywhere else (agora/emails.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import uuid
 from pathlib import Path
 
 from argon2 import PasswordHasher
+from pydantic import TypeAdapter, ValidationError
 from temporalio.client import WorkflowFailureError
 
 from agora import config, emails, temporal, text
@@ -28,7 +32,7 @@ from agora.config import Settings
 from agora.leave import run_and_leave
 from agora.logs import setup_logging
 from agora.secrets import create_once
-from gateway.schemas import PASSWORD_MIN_LENGTH
+from gateway.schemas import Email, Password
 from workflows.identity import (
     TASK_QUEUE,
     RegisterAccountInput,
@@ -40,6 +44,9 @@ DEMO_ADMIN_EMAIL = "admin@agora.local"
 ROLES = ("customer", "admin", "auditor", "support")
 # Random bytes of the generated demo admin password (base64: 24 characters).
 DEMO_PASSWORD_BYTES = 18
+# The gateway's own rules, so an account made here can sign in through the API.
+_EMAIL = TypeAdapter(Email)
+_PASSWORD = TypeAdapter(Password)
 
 
 class Refused(ValueError):
@@ -52,11 +59,17 @@ def demo_password_file(settings: Settings) -> Path:
 
 def checked(email: str, password: str) -> str:
     """The normalized email, once both it and the password pass registration's rules."""
-    email = emails.normalize(email)
-    if "@" not in email or not text.storable(email):
+    try:
+        email = emails.normalize(_EMAIL.validate_python(email))
+    except ValidationError:
+        raise Refused("not an email address") from None
+    if not text.storable(email):
         raise Refused("not an email address")
-    if len(password) < PASSWORD_MIN_LENGTH:
-        raise Refused(f"the password must have at least {PASSWORD_MIN_LENGTH} characters")
+    try:
+        _PASSWORD.validate_python(password)
+    except ValidationError as error:
+        # pydantic's "String should have at least 10 characters", and so on.
+        raise Refused(f"the password {error.errors()[0]['msg'].removeprefix('String ')}") from None
     return email
 
 

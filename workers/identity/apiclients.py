@@ -77,6 +77,13 @@ def parse_client_id(text: str) -> uuid.UUID | None:
         return None
 
 
+def canonical_id(text: str) -> str:
+    """A client id (or sid) as tokens carry it: `uuid.UUID` reads upper case, braces and
+    `urn:uuid:` too, and revocation keys and events must name the id tokens hold."""
+    parsed = parse_client_id(text)
+    return str(parsed) if parsed else text
+
+
 class ApiClients:
     def __init__(self, pool: asyncpg.Pool, box: SecretBox):
         self._pool = pool
@@ -131,19 +138,27 @@ class ApiClients:
         return ApiClientRow.of(row), secret
 
     async def signing_secret(self, client_id: str) -> tuple[str, tuple[str, ...]]:
-        """The clear secret and scopes of an active client."""
+        """The clear secret and scopes of an active client whose owner is not disabled.
+
+        A client acts for its owner: it holds only those of its scopes the owner's
+        roles still grant, so a role taken away (or the account disabled) takes
+        effect at the client's next sign-in or signature lookup.
+        """
         cid = parse_client_id(client_id)
         row = None
         if cid is not None:
             row = await self._pool.fetchrow(
-                "SELECT scopes, secret_sealed, revoked_at FROM api_clients WHERE client_id = $1",
+                "SELECT c.scopes, c.secret_sealed, c.revoked_at, c.owner_account_id,"
+                " o.disabled AS owner_disabled, o.roles, o.scopes AS owner_scopes"
+                " FROM api_clients c LEFT JOIN accounts o ON o.account_id = c.owner_account_id"
+                " WHERE c.client_id = $1",
                 cid,
             )
-        if row is None or row["revoked_at"] is not None:
+        if row is None or row["revoked_at"] is not None or row["owner_disabled"]:
             raise ApiClientNotFound("no such active API client")
         # Sealed under the canonical id: an upper-case spelling must open it too.
         secret = self._box.open(bytes(row["secret_sealed"]), _context(str(cid))).decode()
-        return secret, tuple(row["scopes"])
+        return secret, _held_now(row)
 
     async def authenticate(self, client_id: str, client_secret: str) -> tuple[str, ...]:
         """The scopes of a client whose secret matches; InvalidCredentials otherwise."""
@@ -187,6 +202,14 @@ class ApiClients:
         return Page(clients, _encode_cursor(clients[-1]) if more else "")
 
 
+def _held_now(row: asyncpg.Record) -> tuple[str, ...]:
+    """The client's scopes its owner still holds (all of them for a client without owner)."""
+    if row["owner_account_id"] is None:
+        return tuple(row["scopes"])
+    owner_holds = set(scopes.scopes_for(row["roles"], row["owner_scopes"]))
+    return tuple(s for s in row["scopes"] if s in owner_holds)
+
+
 def _encode_cursor(last: ApiClientRow) -> str:
     return keyset.encode(last.created_at, last.client_id)
 
@@ -217,6 +240,7 @@ async def mark_revoked(
         raise ApiClientNotFound(f"no API client {client_id}")
     if row["revoked_at"] is not None:
         return row["revoked_at"], False
+    client_id = str(cid)  # the events name the id as tokens carry it
     revoked_at = await conn.fetchval(
         "UPDATE api_clients SET revoked_at = now(), revoked_by = $2 WHERE client_id = $1"
         " RETURNING revoked_at",

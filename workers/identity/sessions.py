@@ -22,7 +22,9 @@ Revocation is written to Redis, where the gateway checks it on every request:
 API client, whose sid is its id), `identity:revoked:jti:<jti>` one token. The
 Redis write happens inside the database transaction, before its commit: if
 Redis fails the revocation fails as a whole, and if the commit fails the
-token is revoked anyway (the safe side).
+token is revoked anyway (the safe side). Such a session is still live in the
+database, so its next refresh, seeing the Redis key, finishes the revocation
+there and is refused: it never renews into access tokens the gateway refuses.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class Revocations:
     async def is_revoked(self, jti: str, sid: str) -> bool:
         return bool(await self._redis.exists(revoked_jti_key(jti), revoked_sid_key(sid)))
 
+    async def is_sid_revoked(self, sid: str) -> bool:
+        return bool(await self._redis.exists(revoked_sid_key(sid)))
+
 
 @dataclass(frozen=True)
 class NewSession:
@@ -143,9 +148,10 @@ class Sessions:
         """Exchange a refresh token for a new one of the same family.
 
         Raises RefreshTokenReused (after committing the family's revocation)
-        when the token was already exchanged.
+        when the token was already exchanged, and InvalidRefreshToken (after
+        committing it too) when Redis holds a revocation the database missed.
         """
-        reused = False
+        reused = half_revoked = False
         presented = hash_refresh_token(refresh_token)
         async with pool.acquire() as conn, conn.transaction():
             # The family first, alone: every exchange of the family (this token's, its
@@ -187,6 +193,11 @@ class Sessions:
                 await self.revoke_family(conn, row["family_id"], RevocationReason.REFRESH_REUSE)
             elif row["expires_at"] <= dt.datetime.now(dt.UTC):
                 raise InvalidRefreshToken("refresh token expired")
+            elif await self.revocations.is_sid_revoked(str(row["family_id"])):
+                # A revocation whose commit failed after its Redis write (revoke_family):
+                # its reason is lost, but the session must not go on renewing.
+                half_revoked = True
+                await self.revoke_family(conn, row["family_id"], RevocationReason.UNSPECIFIED)
             else:
                 if row["used_at"] is not None:
                     # Exchanged again within the grace, its answer lost (see the module):
@@ -211,6 +222,8 @@ class Sessions:
                 )
         if reused:
             raise RefreshTokenReused()
+        if half_revoked:
+            raise InvalidRefreshToken("the session is revoked")
         return Rotated(str(row["account_id"]), tuple(scopes), session)
 
     async def revoke_family(

@@ -68,9 +68,6 @@ class TokenService:
         self._clients = clients
         self.policy = policy
 
-    async def _issue(self, principal: Principal) -> tokens.IssuedToken:
-        return tokens.issue(principal, self.policy, await self._keys.signing_key())
-
     async def sign_in_password(self, email: str, password: str, requested: list[str]) -> Grant:
         email = emails.normalize(email)  # as registration stored it
         if not text.storable(email):
@@ -89,6 +86,7 @@ class TokenService:
         account_id = str(row["account_id"])
         granted = _narrow(scopes.scopes_for(row["roles"], row["scopes"]), requested)
         rehashed = await self._passwords.rehash_if_needed(row["password_hash"], password)
+        key = await self._keys.signing_key()  # before the grant is recorded, as refresh does
         async with self._pool.acquire() as conn, conn.transaction():
             if rehashed is not None:
                 # Guarded by the old hash: a password changed meanwhile is left alone.
@@ -102,17 +100,18 @@ class TokenService:
             session = await self._sessions.start(conn, account_id, granted)
             await append_signed_in(conn, account_id, PrincipalType.ACCOUNT, session.sid, granted)
         principal = Principal(account_id, "account", tuple(granted), session.sid)
-        return Grant(principal, await self._issue(principal), session)
+        return Grant(principal, tokens.issue(principal, self.policy, key), session)
 
     async def sign_in_client(self, client_id: str, secret: str, requested: list[str]) -> Grant:
         granted = _narrow(list(await self._clients.authenticate(client_id, secret)), requested)
         # The tokens carry the canonical id, as its revocation does.
         client_id = str(parse_client_id(client_id))
+        key = await self._keys.signing_key()  # before the grant is recorded
         async with self._pool.acquire() as conn, conn.transaction():
             await append_signed_in(conn, client_id, PrincipalType.API_CLIENT, "", granted)
         # The sid of a client's tokens is the client id: revoking the client revokes them all.
         principal = Principal(client_id, "api_client", tuple(granted), client_id)
-        return Grant(principal, await self._issue(principal), None)
+        return Grant(principal, tokens.issue(principal, self.policy, key), None)
 
     async def refresh(self, refresh_token: str) -> Grant:
         # The key first: once the rotation commits, the presented token is spent, and
@@ -143,7 +142,10 @@ class TokenService:
                 await self._keys.keyset(kid=tokens.unverified_kid(access_token)),
                 self.policy,
             )
-            subject = subject or verified.principal.subject
+            if subject and verified.principal.subject != subject:
+                # Before anything is revoked, for either kind of token.
+                raise SessionNotFound("no such session")
+            subject = verified.principal.subject
             if verified.principal.kind == "api_client":
                 # A client's sid is the client itself: revoking it would disable the client.
                 already = await self._revoke_client_token(verified)
