@@ -40,6 +40,7 @@ from agora.config import Settings
 from gateway.deps import deps
 from gateway.problems import Problem
 from gateway.ratelimit import admit_or_refuse
+from gateway.routing import UNREADABLE_BODY
 from gateway.tokens import Principal
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,14 @@ async def _read_body(request: web.Request) -> bytes:
     """The whole body, up to the cap: `content.read(n)` returns only what is buffered."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise Problem("body-too-large", f"at most {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise Problem("body-too-large", f"at most {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+    except UNREADABLE_BODY:
+        raise Problem("invalid-argument", "the request body could not be read") from None
     return b"".join(chunks)
 
 

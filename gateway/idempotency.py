@@ -24,10 +24,12 @@ RULE = "8-128 of A-Z a-z 0-9 . _ : -"
 
 def idempotency_key(request: web.Request, *, required: bool) -> str:
     """The request's key; a fresh one when it may be left out and was."""
-    key = request.headers.get(HEADER, "")
-    if not key and not required:
+    key = request.headers.get(HEADER)
+    if key is None and not required:
         return uuid.uuid4().hex
-    if not KEY_PATTERN.fullmatch(key):
+    # An empty header is a key that breaks the rule, not one left out: a client
+    # that sends it on every retry would otherwise get a fresh key, and a write, each time.
+    if key is None or not KEY_PATTERN.fullmatch(key):
         need = "is required" if required else "must be"
         raise Problem("invalid-argument", f"an {HEADER} header of {RULE} {need}")
     return key

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,9 @@ class JwksCache:
                 self.failing = True
                 return False
             self.failing = False
-            keys = {}
-            for jwk in jwks:
-                if _usable(jwk):
-                    keys[jwk["kid"]] = OKPKey.import_key(dict(jwk))
-            self._keys = keys
-            self._document = [dict(jwk) for jwk in jwks if _usable(jwk)]
+            imported = _imported(jwks)
+            self._keys = {jwk["kid"]: key for jwk, key in imported}
+            self._document = [jwk for jwk, _ in imported]
             self._loaded = True
             return True
 
@@ -116,4 +114,23 @@ class JwksCache:
         """Drop keys identity retired and pick up new ones without waiting for an unknown kid."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.refresh(force=True)
+            try:
+                await self.refresh(force=True)
+            except Exception:
+                # One bad round must not end the refresh for good: the keys would go
+                # stale, and every token of the next key would be refused.
+                log.exception("JWKS refresh failed; trying again in %s s", interval_s)
+
+
+def _imported(jwks: list[dict[str, Any]]) -> list[tuple[dict[str, Any], OKPKey]]:
+    """The usable keys, each with its import; one that cannot be imported is skipped,
+    not allowed to fail the whole set (and with it every token of the good keys)."""
+    imported = []
+    for jwk in jwks:
+        if not _usable(jwk):
+            continue
+        try:
+            imported.append((dict(jwk), OKPKey.import_key(dict(jwk))))
+        except (JoseError, ValueError):
+            log.warning("JWKS key %r cannot be imported; skipping it", jwk.get("kid"))
+    return imported

@@ -183,10 +183,24 @@ def path_param(request: web.Request, name: str, pattern: re.Pattern[str], rule: 
     return value
 
 
+# What reading a body raises when its encoding is corrupt or its sender has gone.
+UNREADABLE_BODY = (web.RequestPayloadError, ConnectionResetError)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body, bounded by client_max_size (413 beyond; middleware.edge). One that
+    cannot be read (a corrupt gzip or deflate encoding, a client gone mid-body) is
+    the client's 400: anyone can send it, and as a 500 it would feed the 5xx alert."""
+    try:
+        return await request.read()
+    except UNREADABLE_BODY:
+        raise Problem("invalid-argument", "the request body could not be read") from None
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise Problem("unsupported-media-type", f"got {request.content_type or 'no content type'}")
-    raw = await request.read()  # bounded by client_max_size (413 beyond; middleware.edge)
+    raw = await read_body(request)
     try:
         parsed = model.model_validate_json(raw)
     except ValidationError as error:

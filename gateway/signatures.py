@@ -19,6 +19,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from agora import signing
 from gateway.problems import RETRY_SOON, Problem
 from gateway.ratelimit import nonce_key
+from gateway.routing import read_body
 from gateway.tokens import Principal
 
 SecretFetcher = Callable[[str], Awaitable[str | None]]
@@ -95,7 +96,7 @@ async def verify_request(
     request: web.Request, principal: Principal, secrets: SigningSecrets, signed: SignedHeaders
 ) -> None:
     """The HMAC check, after admission: a revoked client is refused without a secret lookup."""
-    body = await request.read() if request.body_exists else b""
+    body = await read_body(request) if request.body_exists else b""
     try:
         secret = await secrets.get(principal.subject)
     except (GRPCError, StreamTerminatedError, OSError, TimeoutError):

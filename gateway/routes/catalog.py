@@ -254,15 +254,18 @@ async def start_import(request: web.Request, body: ImportProductsRequest) -> Imp
     async with gw.upstream.call(request, "temporal.ImportProducts") as timeout:
         # A retry (same caller, same key) joins the import, or finds it done, instead
         # of importing again (an import run anew would overwrite edits made since); the
-        # same key with other products is refused (409).
-        await gw.upstream.start_workflow(
-            ImportProductsWorkflow.run,
-            data,
-            id=caller_import_workflow_id(principal_of(request).subject, import_id),
-            task_queue=TASK_QUEUE,
-            budget_s=timeout,
-            idempotent=True,
-        )
+        # same key with other products is refused (409). The start's rpc_timeout bounds
+        # one attempt only (the client retries an unavailable Temporal for ~10 s), so
+        # the start and its check of a joined run's request get the request's deadline.
+        async with asyncio.timeout(timeout):
+            await gw.upstream.start_workflow(
+                ImportProductsWorkflow.run,
+                data,
+                id=caller_import_workflow_id(principal_of(request).subject, import_id),
+                task_queue=TASK_QUEUE,
+                budget_s=timeout,
+                idempotent=True,
+            )
     return ImportStartedResponse(import_id=import_id, status_url=f"/v1/admin/imports/{import_id}")
 
 

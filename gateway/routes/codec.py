@@ -24,7 +24,7 @@ from gateway.forwarded import client_bucket
 from gateway.problems import PROBLEM_TYPES, Problem
 from gateway.ratelimit import admit_or_refuse
 from gateway.routes.auth import admit_account_sign_in
-from gateway.routing import Answer, Route, refuse_nul
+from gateway.routing import UNREADABLE_BODY, Answer, Route, refuse_nul
 
 _CODEC_PROBLEMS = (
     "token-missing",
@@ -142,7 +142,7 @@ async def _read_form(request: web.Request) -> dict[str, str]:
         # LookupError: an unknown charset; ValueError (UnicodeDecodeError included):
         # bytes that are not in that charset, or a multipart body without a boundary.
         form = await request.post()
-    except (LookupError, ValueError):
+    except (LookupError, ValueError, *UNREADABLE_BODY):
         raise Problem("invalid-argument", "the sign-in form could not be read") from None
     # The route table's NUL guard covers path, query and JSON bodies, not forms.
     refuse_nul([*form.keys(), *form.values()])

@@ -27,6 +27,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.problems import Problem
 from gateway.routes import catalog as catalog_routes
 from gateway.routes import orders as order_routes
+from gateway.schemas_catalog import ImportProductsRequest
 from gateway.tokens import Principal
 from gateway.upstream import Upstream
 from stack.temporal import temporal_cli
@@ -80,4 +81,20 @@ async def test_an_import_status_read_times_out_within_its_deadline(
     with pytest.raises(Problem) as failed:
         async with asyncio.timeout(DEADLINE_S + SLACK_S):
             await catalog_routes.import_status(request, None)
+    assert failed.value.code == "upstream-timeout"
+
+
+async def test_an_import_start_times_out_within_its_deadline(
+    settings: Settings, unreachable_temporal: Client
+) -> None:
+    # The start, and the describe that checks a joined run's request, are retried by
+    # the client as the reads are.
+    body = ImportProductsRequest.model_validate_json(
+        '{"products": [{"sku": "SKU-1", "title": "t", "category": "books",'
+        ' "price": {"amount_minor": 100, "currency": "EUR"}}]}'
+    )
+    request = request_to(settings, unreachable_temporal, "POST", "/v1/admin/products/import")
+    with pytest.raises(Problem) as failed:
+        async with asyncio.timeout(DEADLINE_S + SLACK_S):
+            await catalog_routes.start_import(request, body)
     assert failed.value.code == "upstream-timeout"

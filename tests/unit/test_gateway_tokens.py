@@ -119,6 +119,40 @@ async def test_a_periodic_refresh_just_before_a_rotation_does_not_hold_back_the_
     assert cache.fetches == 2
 
 
+@pytest.mark.parametrize("broken", [{"x": "AAAA"}, {"x": "!!!"}, {"x": None}, {"kid": ["k"]}])
+async def test_a_key_that_cannot_be_imported_is_skipped_not_fatal_to_the_others(
+    broken: dict[str, Any],
+) -> None:
+    other = OKPKey.generate_key("Ed25519", parameters={"kid": "k0"}).as_dict(private=False)
+    clock = Clock()
+    check, cache = verifier([other | {"kid": "k0"} | broken, KEY.as_dict(private=False)], clock)
+    assert await cache.refresh()
+    assert [jwk["kid"] for jwk in cache.document()["keys"]] == ["k1"]
+    assert (await check.verify(token())).subject == "s"
+    clock.now += 10  # past the floor: an unknown kid refetches the same set
+    with pytest.raises(Problem) as raised:
+        await check.verify(token(kid="k9"))
+    assert raised.value.code == "token-key-unknown"
+
+
+async def test_the_periodic_refresh_outlives_a_round_that_fails() -> None:
+    answers: list[list[Any]] = [[None], [KEY.as_dict(private=False)]]  # garbage, then a key
+
+    async def fetch() -> list[dict[str, Any]]:
+        return answers.pop(0) if answers else [KEY.as_dict(private=False)]
+
+    cache = JwksCache(fetch, clock=Clock())
+    refreshing = asyncio.create_task(cache.run_periodic_refresh(interval_s=0))
+    try:
+        deadline = time.monotonic() + 5
+        while cache.get("k1") is None:
+            assert not refreshing.done(), "the periodic refresh stopped"
+            assert time.monotonic() < deadline, "the key never loaded"
+            await asyncio.sleep(0.01)
+    finally:
+        refreshing.cancel()
+
+
 async def test_tokens_of_a_new_key_arriving_together_all_wait_for_the_one_fetch() -> None:
     # Identity rotated: four requests carry the new kid at once; one fetches, the
     # others must wait for it instead of refusing a valid token.
