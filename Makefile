@@ -5,7 +5,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TEST_ENV := AGORA_PROFILE=test
+# The test stack's state folder is never the dev stack's: with AGORA_STATE_DIR exported
+# (for `make run`), `make test` uses its test/ subfolder, else .state/test.
+TEST_STATE := $(abspath $(or $(AGORA_STATE_DIR),.state))/test
+TEST_ENV := AGORA_PROFILE=test AGORA_STATE_DIR=$(TEST_STATE)
 PYTEST_ARGS ?=
 
 .PHONY: help venv run seed stop status test test-unit test-deploy helm lint bench load chaos protos logs browser-deps
@@ -37,11 +40,16 @@ run: venv
 seed: venv
 	@$(PY) -m workers.catalog.seed $(SEED_ARGS)
 
-stop: venv
+# Not `venv`: stopping must not first reinstall the venv because pyproject.toml changed.
+stop: | $(PY)
 	@$(PY) -m stack down
 
-status: venv
+status: | $(PY)
 	@$(PY) -m stack status
+
+# Made only when there is no venv at all (no prerequisites: never out of date).
+$(PY):
+	@$(MAKE) --no-print-directory venv
 
 # Helm, built from the Go module proxy into the shared cache (cached: a second run builds nothing).
 AGORA_CACHE ?= $(or $(AGORA_CACHE_DIR),$(HOME)/.cache/agora)
@@ -52,11 +60,11 @@ helm:
 browser-deps:
 	@bash tests/browser/install.sh
 
-# The test stack has its own state folder (.state/test) and ports (+100), is started
+# The test stack has its own state folder (TEST_STATE above) and ports (+100), is started
 # fresh for each run and stopped afterwards, even when a test fails.
 test: venv helm browser-deps
 	@$(TEST_ENV) $(PY) -m stack down >/dev/null 2>&1 || true
-	@rm -rf .state/test
+	@rm -rf "$(TEST_STATE)"
 	@# A start that fails half-way stops what it started (nothing is left holding ports).
 	@$(TEST_ENV) $(PY) -m stack up || { $(TEST_ENV) $(PY) -m stack down; exit 1; }
 	@set -o pipefail; status=0; \
@@ -65,7 +73,7 @@ test: venv helm browser-deps
 	  exit $$status
 
 test-unit: venv
-	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	@$(TEST_ENV) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # Offline validation of the Kubernetes charts and image (tests/deploy; no cluster needed).
 test-deploy: venv helm

@@ -126,11 +126,19 @@ class Context:
                 env=full_env,
                 start_new_session=True,
             )
+        self.record(name, proc.pid, command)
+        return proc.pid
+
+    def record(self, name: str, pid: int, argv: Sequence[object]) -> None:
+        """Record `pid` as `name`'s process: `stop`, `kill` and `status` go by this record.
+
+        Also for a process started elsewhere (the integration tests start their own
+        services), so that `stack down` stops what an aborted test run left behind.
+        """
         self.pids.mkdir(parents=True, exist_ok=True)
         self.pid_file(name).write_text(
-            json.dumps({"pid": proc.pid, "start_time": _start_time(proc.pid), "argv": command})
+            json.dumps({"pid": pid, "start_time": _start_time(pid), "argv": [str(a) for a in argv]})
         )
-        return proc.pid
 
     def stop(self, name: str, *, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool:
         """Stop the process group recorded for `name`; SIGKILL after `timeout` seconds."""

@@ -110,7 +110,14 @@ class OtelCollector(GoBinary):
 class Jaeger(GoBinary):
     name = "jaeger"
     binary = "jaeger"
-    ports = ("jaeger_otlp", "jaeger_otlp_http", "jaeger_ui", "jaeger_health", "jaeger_self_metrics")
+    ports = (
+        "jaeger_otlp",
+        "jaeger_otlp_http",
+        "jaeger_ui",
+        "jaeger_health",
+        "jaeger_self_metrics",
+        "jaeger_query_grpc",
+    )
 
     def start(self, ctx: Context) -> None:
         ctx.spawn(

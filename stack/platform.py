@@ -7,6 +7,8 @@ import hashlib
 import importlib.util
 import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from agora.config import REPO_ROOT, SERVICES
 from stack.base import Context
@@ -23,15 +25,24 @@ def _profile_env(ctx: Context) -> dict[str, str]:
 
 
 CODE_DIRS = ("agora", "workers", "workflows", "activities", "gateway", "contracts")
+# What a service reads at start besides its Python: its migrations (activities/migrations).
+CODE_PATTERNS = ("*.py", "*.sql")
+
+
+def _code_files() -> list[Path]:
+    files = [REPO_ROOT / "pyproject.toml"]  # the dependencies the processes import
+    for folder in CODE_DIRS:
+        for pattern in CODE_PATTERNS:
+            files.extend(sorted((REPO_ROOT / folder).rglob(pattern)))
+    return files
 
 
 def code_fingerprint() -> str:
-    """Changes whenever a Python file of the platform changes (path, size or mtime)."""
+    """Changes whenever a file the platform runs changes (path, size or mtime)."""
     digest = hashlib.sha256()
-    for folder in CODE_DIRS:
-        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
-            stat = path.stat()
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    for path in _code_files():
+        stat = path.stat()
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -52,6 +63,11 @@ class PlatformProcess(Component):
 
     def spawn_platform(self, ctx: Context, argv: list[str], env: dict[str, str]) -> None:
         ctx.spawn(self.name, argv, env=env)
+        (ctx.pids / f"{self.name}.code").write_text(code_fingerprint())
+
+    def adopt(self, ctx: Context, pid: int, argv: Sequence[object]) -> None:
+        """Record a process started elsewhere (by the integration tests) as this one."""
+        ctx.record(self.name, pid, argv)
         (ctx.pids / f"{self.name}.code").write_text(code_fingerprint())
 
     def stale(self, ctx: Context) -> bool:

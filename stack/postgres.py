@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -261,6 +262,13 @@ class Postgres(Component):
         # NOINHERIT also drops what `audit` got from owning its database (the public
         # schema belongs to pg_database_owner), so the schema is granted explicitly.
         self.psql(ctx, AUDIT_SCHEMA_GRANT, db="audit")
+
+    def down(self, ctx: Context) -> bool:
+        # SIGINT is PostgreSQL's fast shutdown: it ends the client sessions. SIGTERM (smart
+        # shutdown) waits for every session to close, which a running service's pool never
+        # does, and the SIGKILL after the timeout reaches only the postmaster: each backend
+        # runs in a process group of its own.
+        return ctx.stop(self.name, sig=signal.SIGINT)
 
     def urls(self, ctx: Context) -> dict[str, str]:
         return {"postgres": f"postgresql://{ctx.settings.host}:{ctx.port('postgres')}"}

@@ -38,6 +38,12 @@ mkdir -p "$BIN_DIR" "$LOG_DIR" "$STAMP_DIR" "$SRC_DIR" "$GOTOOLS_DIR"
 
 log() { printf '[build_go_tools %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
+# Another clone may be building into this shared cache: wait for it. The stamps are
+# read only below, with the lock held, so what it finished is found cached.
+mkdir -p "$CACHE_DIR/locks"
+exec {CACHE_LOCK}>"$CACHE_DIR/locks/build_go_tools.lock"
+flock -n "$CACHE_LOCK" || { log "waiting for another build into $CACHE_DIR"; flock "$CACHE_LOCK"; }
+
 if ! command -v go >/dev/null 2>&1; then
   log "ERROR: 'go' is not on PATH. Install Go >= 1.24 (e.g. from the Go toolchain packages) and retry."
   exit 1

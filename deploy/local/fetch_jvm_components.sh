@@ -35,6 +35,12 @@ CACHE="$(cd "$CACHE" && pwd)"
 
 log() { printf '[fetch-jvm] %s\n' "$*"; }
 
+# Another clone may be fetching into this shared cache: wait for it. The stamps are
+# read only below, with the lock held, so what it finished is found cached.
+mkdir -p "$CACHE/locks"
+exec {CACHE_LOCK}>"$CACHE/locks/fetch_jvm_components.lock"
+flock -n "$CACHE_LOCK" || { log "waiting for another fetch into $CACHE"; flock "$CACHE_LOCK"; }
+
 fail() { # component command logfile
     local comp="$1" cmd="$2" logf="$3"
     {

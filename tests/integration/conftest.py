@@ -2,6 +2,9 @@
 
 Service processes are started here, per test session, as `python -m workers
 <service>` subprocesses so that tests can kill and restart them like a crash.
+Each is recorded in the stack's pids folder under the name the stack itself
+gives it (`svc-<service>`, `gateway`), so `python -m stack down` stops what an
+aborted run left behind.
 """
 
 from __future__ import annotations
@@ -23,9 +26,32 @@ from aiohttp.test_utils import TestClient
 from agora.config import Settings
 from gateway.deps import Gateway
 from stack.base import Context, port_free
-from tests.integration.gatewaykit import TokenMinter, identity_ready, running_gateway
+from stack.platform import GatewayProcess as StackGateway
+from stack.platform import PlatformProcess
+from stack.platform import ServiceProcess as StackService
+from tests.integration.gatewaykit import TokenMinter, running_gateway
 
 pytestmark = pytest.mark.integration
+
+
+def stack_component(service: str) -> PlatformProcess:
+    """The stack's own component for `service`: its pid record is the one `stack down` reads."""
+    return StackGateway() if service == "gateway" else StackService(service)
+
+
+def stack_runs(settings: Settings, service: str) -> bool:
+    """True when the stack records `service` as running the current code, and it is ready.
+
+    Something else answering on the service's ports (a process left over from an
+    aborted run before they were recorded, or one on older code) is not reused.
+    """
+    component, ctx = stack_component(service), Context(settings)
+    if ctx.running_pid(component.name) is None or component.stale(ctx):
+        return False
+    try:
+        return component.healthy(ctx)
+    except OSError:
+        return False
 
 
 class ServiceProcess:
@@ -34,8 +60,22 @@ class ServiceProcess:
     def __init__(self, settings: Settings, service: str):
         self.settings = settings
         self.service = service
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.component = stack_component(service)
+        self._proc: subprocess.Popen[bytes] | None = None
         self.log = settings.state_dir / "logs" / f"test-svc-{service}.log"
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self._proc
+
+    @proc.setter
+    def proc(self, proc: subprocess.Popen[bytes] | None) -> None:
+        # Recorded the moment it exists, whoever starts it (observabilitykit's gateway
+        # starts its own): an aborted run leaves nothing `stack down` does not know of.
+        self._proc = proc
+        if proc is not None:
+            argv = proc.args if isinstance(proc.args, list) else [proc.args]
+            self.component.adopt(Context(self.settings), proc.pid, argv)
 
     def start(self, timeout: float = 60) -> None:
         self.require_free_ports(
@@ -63,8 +103,7 @@ class ServiceProcess:
             except OSError:
                 pass
             time.sleep(0.2)
-        # Not left behind on the test ports: nothing else knows of it (Services registers
-        # a process once it is ready, and `stack down` reads only its own pid records).
+        # Not left behind on the test ports (Services registers a process once it is ready).
         self.kill()
         raise RuntimeError(f"{self.service} not ready in {timeout}s; see {self.log}")
 
@@ -78,7 +117,9 @@ class ServiceProcess:
             if not port_free(self.settings.host, port):
                 raise RuntimeError(
                     f"{self.service}: port {port} is taken by {listener(port)}, left over from "
-                    "an earlier run? Stop it and run the tests again."
+                    f"an earlier run? Stop it (`AGORA_PROFILE={self.settings.profile} python -m "
+                    f"stack down {self.component.name}` stops one the tests started) and run "
+                    "the tests again."
                 )
 
     def kill(self) -> None:
@@ -155,8 +196,8 @@ def identity_service(services: Services) -> ServiceProcess:
 
 @pytest.fixture(scope="session")
 def identity(settings: Settings, request: pytest.FixtureRequest) -> Iterator[ServiceProcess | None]:
-    """Identity on the test stack (reused when a session already runs it)."""
-    if identity_ready(settings):
+    """Identity on the test stack (reused when the stack records it running the current code)."""
+    if stack_runs(settings, "identity"):
         yield None
     else:
         yield request.getfixturevalue("identity_service")
