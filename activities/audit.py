@@ -20,6 +20,10 @@ from workers.audit.verification import verify_chain
 
 # Monthly partitions made ahead of time, so an insert never lands in the default one.
 PARTITION_MONTHS_AHEAD = 2
+# How long making a partition waits for its lock on the log. It takes ACCESS EXCLUSIVE,
+# and while it waits behind a reader (a long verification) every append waits behind
+# it: all intake would stop. It gives up instead, and the activity is retried.
+PARTITION_LOCK_TIMEOUT = "1s"
 # The failure type of a checkpoint refused because verification found the chain broken.
 CHAIN_BROKEN = "AuditChainBroken"
 
@@ -70,8 +74,8 @@ class AuditActivities:
         """Verify the chain since the last checkpoint (at most `max_rows` of it), then
         sign what was verified: a checkpoint over a broken chain would vouch for the
         break, and one past what was verified would vouch for unchecked rows."""
-        async with self._pool.acquire() as conn:
-            since = await checkpoints.latest(conn, key_ids=self._keys.key_ids)
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            since = await checkpoints.latest_verified(conn, self._keys)
         start = since.log_sequence if since is not None else 0
         verified = await verify_chain(
             self._pool, self._keys, to_sequence=start + max(data.max_rows, 1), whole_log=False
@@ -95,7 +99,7 @@ class AuditActivities:
 
     @activity.defn(name="audit.ensure_partitions")
     async def ensure_partitions(self) -> PartitionsEnsured:
-        made = await self._pool.fetchval(
-            "SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
+            made = await conn.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
         return PartitionsEnsured(created=int(made))

@@ -299,7 +299,6 @@ class EventConsumer:
         consumer = self._new_consumer()
         work = _Round(consumer, self.spec.group)
         consumer.subscribe(list(self.spec.topics), listener=work)
-        positions: dict[TopicPartition, int] = {}
         try:
             await consumer.start()
         except BaseException:
@@ -308,7 +307,7 @@ class EventConsumer:
             await consumer.stop()
             raise
         self._delivered_at, self._stalled = time.monotonic(), ""
-        watcher = asyncio.create_task(self._watch_lag(consumer, positions, work))
+        watcher = asyncio.create_task(self._watch_lag(consumer, work))
         self._round = work
         try:
             while not self._stopping.is_set():
@@ -335,8 +334,8 @@ class EventConsumer:
                         # Stopping, or a rebalance began: the rest of the round is
                         # delivered again, to this member or the partition's new owner.
                         break
-                await self._commit(consumer, work.done, positions)
-                self._record_lag(consumer, positions)
+                await self._commit(consumer, work)
+                self._record_lag(consumer, work.positions)
         finally:
             self._round = None
             if self._consumed:
@@ -346,12 +345,7 @@ class EventConsumer:
             self._forget_lag()  # a new session (or another process) reports from now on
             await consumer.stop()
 
-    async def _commit(
-        self,
-        consumer: AIOKafkaConsumer,
-        done: dict[TopicPartition, int],
-        positions: dict[TopicPartition, int],
-    ) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, work: _Round) -> None:
         """One commit for the round (a commit is a broker write): every partition's
         batch in it is durable by now.
 
@@ -363,9 +357,10 @@ class EventConsumer:
         and rejoin the group, two more rebalances for every member.
         """
         assigned = consumer.assignment()
-        ours = {tp: offset for tp, offset in done.items() if tp in assigned}
+        ours = {tp: offset for tp, offset in work.done.items() if tp in assigned}
         if not ours:
             return
+        forgotten = work.forgotten
         try:
             await consumer.commit(ours)
         except (CommitFailedError, IllegalStateError) as error:
@@ -374,7 +369,8 @@ class EventConsumer:
                 extra={"group": self.spec.group, "error": repr(error)},
             )
             return
-        positions.update(ours)
+        if work.forgotten == forgotten:  # else a rebalance dropped them: read them again
+            work.positions.update(ours)
 
     def _interrupted(self) -> bool:
         """The work in hand is the last of its round: stopping, or a rebalance began."""
@@ -395,9 +391,7 @@ class EventConsumer:
             raise ConsumerStalled(self._stalled)
         return batches
 
-    async def _watch_lag(
-        self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int], work: _Round
-    ) -> None:
+    async def _watch_lag(self, consumer: AIOKafkaConsumer, work: _Round) -> None:
         """Every LAG_REFRESH_S, the lag from the brokers' end offsets and what this
         group has committed. The loop records lag only after a round; a handler stuck
         retrying (its store down) holds the round, and the lag it left would stay small
@@ -408,6 +402,7 @@ class EventConsumer:
             assigned = list(consumer.assignment())
             if not assigned:
                 continue
+            positions, forgotten = work.positions, work.forgotten
             try:
                 ends = await consumer.end_offsets(assigned)
                 for partition in assigned:
@@ -416,8 +411,10 @@ class EventConsumer:
                         if committed is None:  # nothing yet: from the earliest record
                             starts = await consumer.beginning_offsets([partition])
                             committed = starts[partition]
-                        # The round may have committed during the awaits: keep its.
-                        positions.setdefault(partition, committed)
+                        # The round may have committed during the awaits: keep its. A
+                        # rebalance may have made it stale: read it again next time.
+                        if work.forgotten == forgotten:
+                            positions.setdefault(partition, committed)
             except KafkaError:
                 continue  # brokers unreachable: the session's own errors tell
             except Exception:
@@ -440,8 +437,13 @@ class EventConsumer:
             "consumer session stalled; starting a new one",
             extra={"group": self.spec.group, "silent_s": round(silent_s)},
         )
-        with contextlib.suppress(Exception):  # stopping is all that is left to try
+        try:
             await asyncio.wait_for(consumer.stop(), STALL_STOP_S)
+        except Exception:
+            # Cut short (waiting on the silent session), stop() left the client half open,
+            # and a later stop() returns at once: what it left is closed here.
+            with contextlib.suppress(Exception):  # closing is all that is left to try
+                await asyncio.wait_for(_close_left_open(consumer), STALL_STOP_S)
 
     async def _handle_records(self, records: list[ConsumerRecord]) -> int:
         """Handle one batch (a partition's fetch, or a whole round); returns how many of
@@ -642,6 +644,21 @@ class EventConsumer:
             await self._producer.send_and_wait(topic, cut, key=record.key, headers=headers)
 
 
+async def _close_left_open(consumer: AIOKafkaConsumer) -> None:
+    """Close what AIOKafkaConsumer.stop() closes (aiokafka 0.14's parts), as far as a stop
+    cut short left it open, without asking the brokers anything (no LeaveGroup: the
+    group drops the silent member at its session timeout)."""
+    coordinator = consumer._coordinator
+    if coordinator is not None:
+        coordinator._coordination_task.cancel()
+        await asyncio.wait([coordinator._coordination_task])
+        await coordinator._stop_heartbeat_task()
+        await coordinator._stop_commit_offsets_refresh_task()
+    if consumer._fetcher is not None:
+        await consumer._fetcher.close()
+    await consumer._client.close()
+
+
 class ConsumerStalled(KafkaError):
     """A session owed records got none for STALL_S: it starts again (a broker error)."""
 
@@ -665,6 +682,11 @@ class _Round(ConsumerRebalanceListener):
         self.idle.set()
         self._revocations = 0
         self._at_start = 0
+        # The committed offset of each assigned partition as this session knows it (its
+        # lag is counted from it), forgotten at each assignment: `forgotten` counts them,
+        # so that what was read before one is not kept after it.
+        self.positions: dict[TopicPartition, int] = {}
+        self.forgotten = 0
 
     def begin(self) -> None:
         self.done = {}
@@ -695,4 +717,7 @@ class _Round(ConsumerRebalanceListener):
             )
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        pass
+        # Rebalances are eager (every member gives up all its partitions): another
+        # member may have committed further on any of them before this assignment.
+        self.positions.clear()
+        self.forgotten += 1

@@ -18,7 +18,11 @@ from temporalio.testing import ActivityEnvironment
 from activities.audit import CHAIN_BROKEN, AuditActivities, SignCheckpointInput
 from agora import temporal
 from agora.config import Settings
-from contracts.agora.audit.v1 import AggregateRef, ExportAggregateRequest
+from contracts.agora.audit.v1 import (
+    AggregateRef,
+    ExportAggregateRequest,
+    GetLatestCheckpointRequest,
+)
 from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.auditkit import make_envelope, scratch_database, scratch_dsn, superuser
 from tests.integration.conftest import Services
@@ -158,6 +162,37 @@ async def test_an_append_after_the_clock_stepped_back_is_recorded_no_earlier_tha
         assert answer.ok, answer.failure
 
 
+@pytest.mark.parametrize("column", ["recorded_at", "occurred_at"])
+@pytest.mark.parametrize("planted", ["10000-01-01", "infinity"])
+async def test_a_row_with_a_time_python_cannot_hold_is_named_and_never_signed(
+    settings: Settings, roles: None, column: str, planted: str
+) -> None:
+    # PostgreSQL takes the year 10000 and infinity; asyncpg cannot decode the first and
+    # decodes the second without a time zone. Read as such, the row made every walk
+    # raise (the CLI: "no verdict"), and the scheduled checkpoint retry for good.
+    async with scratch_log(settings) as (name, pool):
+        for _ in range(3):
+            await append(pool, make_envelope())
+        admin = await superuser(settings, name)
+        try:
+            await admin.execute("SET session_replication_role = replica")
+            await admin.execute(
+                f"UPDATE audit_log SET {column} = '{planted}' WHERE log_sequence = 2"
+            )
+        finally:
+            await admin.close()
+        signer = CheckpointSigner(os.urandom(32))
+
+        answer = await verify_chain(pool, signer.public_key, from_genesis=True)
+        assert (answer.ok, answer.first_bad_sequence) == (False, 2), answer.failure
+        assert column in answer.failure
+        with pytest.raises(ApplicationError) as refused:
+            await ActivityEnvironment().run(
+                AuditActivities(pool, signer).sign_checkpoint, SignCheckpointInput("scheduled")
+            )
+        assert refused.value.type == CHAIN_BROKEN
+
+
 async def test_a_checkpoint_planted_with_a_time_python_cannot_hold_is_a_forged_one(
     settings: Settings, roles: None
 ) -> None:
@@ -180,6 +215,47 @@ async def test_a_checkpoint_planted_with_a_time_python_cannot_hold_is_a_forged_o
         answer = await verify_chain(pool, signer.public_key)
         assert (answer.ok, answer.first_bad_sequence) == (False, 2), answer.failure
         assert "no valid signature" in answer.failure
+
+
+async def test_the_latest_checkpoint_served_and_gone_on_from_is_one_a_trusted_key_signed(
+    settings: Settings, roles: None
+) -> None:
+    # The audit role may insert any checkpoint row. One planted at 2^63-1 was served
+    # as the latest for good (verification passing all the while), and the scheduled
+    # run went on from it: its bound on the rows one run verifies was gone.
+    async with scratch_log(settings) as (_, pool):
+        for _ in range(3):
+            await append(pool, make_envelope())
+        signer = CheckpointSigner(os.urandom(32))
+        signed, _ = await checkpoints.sign_head(pool, signer, "direct", at_most=1)
+        for key_id, sequence in [(signer.public_key.key_id, 2**63 - 1), ("unknown", 3)]:
+            await pool.execute(
+                """INSERT INTO audit_checkpoints
+                     (idempotency_key, log_sequence, head_hash, signed_at, key_id, signature)
+                   VALUES ($1, $2, $3, now(), $4, $5)""",
+                f"planted-{sequence}",
+                sequence,
+                os.urandom(32),
+                key_id,
+                os.urandom(64),
+            )
+        audit = AuditApi(
+            pool,
+            TrustedKeys(signer.public_key),
+            await temporal.connect(settings),
+            namespace=settings.temporal_namespace,
+            ui_base=settings.temporal_ui_url,
+        )
+
+        served = (await audit.get_latest_checkpoint(GetLatestCheckpointRequest())).checkpoint
+        assert served is not None
+        assert (served.log_sequence, served.signature) == (1, signed.signature)
+        assert (await verify_chain(pool, signer.public_key)).ok
+        run = await ActivityEnvironment().run(
+            AuditActivities(pool, signer).sign_checkpoint,
+            SignCheckpointInput("scheduled", max_rows=1),
+        )
+        assert run.log_sequence == 2, "one row past the last signed checkpoint"
 
 
 # Export -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The audit log over its life, each on a scratch database of its own: a log written
-before migration 0004 migrated (forged rows and ids included), and the signing key
-rotated after the log's first month was detached."""
+before migration 0004 migrated (forged rows and ids included), the signing key
+rotated after the log's first month was detached, and a month's partition made while
+a long reader holds the log."""
 
 from __future__ import annotations
 
@@ -218,3 +219,37 @@ async def test_a_rotated_key_goes_on_from_the_retired_keys_checkpoint_once_genes
             )
         assert broken.value.type == CHAIN_BROKEN
         assert "sequence 1 is missing" in broken.value.message
+
+
+async def test_a_months_partition_made_behind_a_long_reader_gives_up_and_appends_go_on(
+    settings: Settings, roles: None
+) -> None:
+    # Making a partition takes ACCESS EXCLUSIVE on the log. Queued behind a reader's
+    # ACCESS SHARE (a verification's snapshot holds it to the end), it held every
+    # append queued behind it in turn: all intake stopped for as long as the reader.
+    async with scratch_database(settings) as name, audit_pool(settings, name) as pool:
+        await append_rows(pool, [make_envelope()])
+        furthest = await pool.fetchval(
+            "SELECT format('audit_log_%s', to_char(date_trunc('month', now() AT TIME ZONE 'UTC')"
+            " + interval '2 months', 'YYYY_MM'))"
+        )
+        admin = await superuser(settings, name)
+        try:
+            await admin.execute(f"DROP TABLE {furthest}")  # its month comes into the window
+        finally:
+            await admin.close()
+        activities = AuditActivities(pool, CheckpointSigner(os.urandom(32)))
+        reader = await asyncpg.connect(scratch_dsn(settings, name))
+        try:
+            async with reader.transaction(isolation="repeatable_read", readonly=True):
+                await reader.fetchval("SELECT count(*) FROM audit_log")
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await asyncio.wait_for(
+                        ActivityEnvironment().run(activities.ensure_partitions), 30
+                    )
+                await asyncio.wait_for(append_rows(pool, [make_envelope()]), 30)
+            made = await ActivityEnvironment().run(activities.ensure_partitions)
+        finally:
+            await reader.close()
+        assert made.created == 1
+        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", furthest)

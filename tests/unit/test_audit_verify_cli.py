@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import asyncpg
 import pytest
 
 from workers.audit import verify
@@ -50,3 +51,25 @@ def test_a_to_sequence_that_is_no_log_sequence_is_a_usage_error(
         verify.main(["--to-sequence", given, "--public-key", KEY])
     assert refused.value.code == 2
     assert "--to-sequence" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.TooManyConnectionsError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.QueryCanceledError,
+    ],
+)
+def test_a_server_going_away_or_a_cancelled_walk_exits_3_not_the_broken_chain_status(
+    error: type[Exception], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A failover, a server shutting down or full, a statement_timeout: no verdict.
+    async def walk_cut_short(*_: object) -> None:
+        raise error("cut short")
+
+    monkeypatch.setattr(verify, "verify", walk_cut_short)
+    assert verify.main(["--public-key", KEY]) == 3
+    assert "could not verify" in capsys.readouterr().err

@@ -203,6 +203,7 @@ class AuditApi(AuditServiceBase):
     async def get_latest_checkpoint(
         self, message: GetLatestCheckpointRequest
     ) -> GetLatestCheckpointResponse:
-        async with self.pool.acquire() as conn:
-            latest = await checkpoints.latest(conn)
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            head = await conn.fetchval("SELECT log_sequence FROM audit_chain_head")
+            latest = await checkpoints.latest_verified(conn, self.keys, at_most=head)
         return GetLatestCheckpointResponse(checkpoint=checkpoint_message(latest))

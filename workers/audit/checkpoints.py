@@ -137,6 +137,26 @@ async def latest(
     return _from_row(row) if row is not None else None
 
 
+async def latest_verified(
+    conn: asyncpg.Connection, keys: TrustedKeys, *, at_most: int | None = None
+) -> StoredCheckpoint | None:
+    """The newest checkpoint (at or below `at_most`) that one of `keys` signed. The
+    audit role may insert any row: one claiming a trusted key without its signature
+    is passed over, not served (at 2^63-1 it would be the newest for good). Run in a
+    transaction (a cursor's)."""
+    async for row in conn.cursor(
+        f"""SELECT {_SELECTED} FROM audit_checkpoints
+            WHERE ($1::bigint IS NULL OR log_sequence <= $1) AND key_id = ANY($2::text[])
+            ORDER BY log_sequence DESC, id DESC""",
+        at_most,
+        keys.key_ids,
+    ):
+        checkpoint = _from_row(row)
+        if checkpoint.verifies_under(keys):
+            return checkpoint
+    return None
+
+
 async def in_range(conn: asyncpg.Connection, first: int, last: int) -> list[StoredCheckpoint]:
     rows = await conn.fetch(
         f"""SELECT {_SELECTED} FROM audit_checkpoints

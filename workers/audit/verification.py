@@ -42,6 +42,16 @@ from workers.audit.envelopes import canonical_columns
 from workers.audit.signing import PublicKey, TrustedKeys
 
 CHUNK = 5000
+# The columns a walk reads. A time Python cannot hold (a year past 9999, infinity),
+# which the audit role could plant, is read as NULL: asyncpg's decode would raise and
+# end the walk, where the row is one to name. (Sorting by `audit_log.recorded_at` is
+# by the stored time, not this.)
+_READABLE = "CASE WHEN {0} >= '0001-01-02' AND {0} < '9999-12-31' THEN {0} END AS {0}"
+_WALKED = (
+    "log_sequence, prev_hash, hash, canonical, event_id, event_type, payload_type,"
+    " aggregate_type, aggregate_id, aggregate_sequence, producer, workflow_id, run_id,"
+    f" trace_id, {_READABLE.format('occurred_at')}, {_READABLE.format('recorded_at')}"
+)
 log = logging.getLogger(__name__)
 _failures = metrics.get_meter("agora.audit").create_counter(
     "agora_audit_verification_failures",
@@ -78,7 +88,7 @@ def _column_mismatch(row: asyncpg.Record) -> str:
         stored = row[column]
         if column == "event_id":
             stored = str(stored)
-        if stored != value:
+        if stored is None or stored != value:  # None: a time Python cannot hold (_WALKED)
             return f"column {column} differs from the canonical event"
     return ""
 
@@ -313,23 +323,24 @@ async def _walk(
     while expected_seq <= end:
         if after is None:
             rows = await conn.fetch(
-                """SELECT * FROM audit_log WHERE log_sequence >= $1 AND log_sequence <= $2
-                   ORDER BY log_sequence, recorded_at LIMIT $3""",
+                f"""SELECT {_WALKED} FROM audit_log WHERE log_sequence >= $1 AND log_sequence <= $2
+                    ORDER BY log_sequence, audit_log.recorded_at LIMIT $3""",
                 expected_seq,
                 end,
                 CHUNK,
             )
         else:
             rows = await conn.fetch(
-                """SELECT * FROM audit_log
-                   WHERE (log_sequence, recorded_at) > ($1, $2) AND log_sequence <= $3
-                   ORDER BY log_sequence, recorded_at LIMIT $4""",
+                f"""SELECT {_WALKED} FROM audit_log
+                    WHERE (log_sequence, recorded_at) > ($1, $2) AND log_sequence <= $3
+                    ORDER BY log_sequence, audit_log.recorded_at LIMIT $4""",
                 *after,
                 end,
                 CHUNK,
             )
         if not rows:
             return fail(expected_seq, f"sequence {expected_seq} is missing from the log")
+        # (A last row read with no recorded_at fails below: this key is not used then.)
         after = (int(rows[-1]["log_sequence"]), rows[-1]["recorded_at"])
         for row in rows:
             sequence = int(row["log_sequence"])
@@ -360,6 +371,8 @@ async def _walk(
                 return fail(sequence, mismatch)
             # Appends are serialized by the head's lock and stamp the time they won it.
             recorded_at = row["recorded_at"]
+            if recorded_at is None:
+                return fail(sequence, f"row {sequence} has a recorded_at no append stamps")
             if prev_recorded_at is not None and recorded_at < prev_recorded_at:
                 return fail(sequence, f"row {sequence} is recorded before the row preceding it")
             anchor = anchors.get(sequence)

@@ -60,15 +60,15 @@ def trusted_keys(settings: config.Settings, given: str, retired: list[str]) -> T
     return TrustedKeys(public_key(given), tuple(public_key(r) for r in retired))
 
 
-# The database could not be asked: no verdict. Anything else a walk raises is about
-# what the log holds and stays the chain's failure (exit 1), never "no verdict".
+# The database could not be asked, or not to the end: no verdict. Anything else a walk
+# raises is about what the log holds and stays the chain's failure (exit 1), never "no
+# verdict". db.FAILOVER_ERRORS: the server restarting, shutting down, or full.
 UNREACHABLE = (
-    OSError,
+    *db.FAILOVER_ERRORS,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.QueryCanceledError,  # statement_timeout, or cancelled by an operator
 )
 
 

@@ -1,0 +1,146 @@
+"""The consumer's watchdog: the lag it reports and acts on is counted from what the
+group committed, whichever member committed it; a stalled client it stops is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from agora import kafka
+from agora.config import Settings
+from contracts.agora.events.v1 import EventEnvelope
+from tests.integration.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def envelope() -> bytes:
+    return bytes(EventEnvelope(event_id=str(uuid.uuid4()), event_type="test.Thing"))
+
+
+async def test_a_partition_back_from_another_member_has_the_lag_that_member_left(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # KEDA scales out and back in: partitions move to a second member, which consumes
+    # and commits them, and come back. The first member counted their lag from what it
+    # knew before they left: a backlog that is gone, kept in the gauges (KEDA scales
+    # out again) and, quiet for STALL_S, a healthy session restarted as stalled.
+    monkeypatch.setattr(kafka, "LAG_REFRESH_S", 0.2)
+    monkeypatch.setattr(kafka, "STALL_S", 2.0)
+    topic = f"test-lag-{uuid.uuid4().hex[:8]}"
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+
+    async def handle(batch: object) -> None:
+        pass
+
+    first = kafka.EventConsumer(
+        settings, kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handle), producer
+    )
+    clients: list[AIOKafkaConsumer] = []
+    new_client = first._new_consumer
+
+    def counted() -> AIOKafkaConsumer:
+        clients.append(new_client())
+        return clients[-1]
+
+    monkeypatch.setattr(first, "_new_consumer", counted)
+    second = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+
+    def lags() -> dict[int, int]:
+        return {p: lag for (g, _, p), lag in kafka._lag.items() if g == group}
+
+    def assigned(client: AIOKafkaConsumer) -> set[int]:
+        return {tp.partition for tp in client.assignment()}
+
+    task = asyncio.create_task(first.run())
+    try:
+
+        async def measured_everywhere() -> bool:
+            return len(lags()) == kafka.PARTITIONS
+
+        await eventually(measured_everywhere, within=60, what="the first member's lag")
+        await second.start()
+
+        async def split() -> bool:
+            theirs = assigned(second)
+            return bool(theirs) and assigned(clients[-1]) == set(range(kafka.PARTITIONS)) - theirs
+
+        await eventually(split, within=60, what="the partitions shared by both members")
+        theirs = assigned(second)
+        for partition in theirs:
+            for _ in range(3):
+                await producer.send_and_wait(topic, envelope(), partition=partition)
+        consumed = 0
+        for _ in range(120):
+            consumed += sum(len(b) for b in (await second.getmany(timeout_ms=500)).values())
+            if consumed == 3 * len(theirs):
+                break
+        assert consumed == 3 * len(theirs)
+        await second.commit()
+        await second.stop()  # leaves the group: its partitions go back to the first member
+
+        async def caught_up() -> bool:
+            back = assigned(clients[-1]) == set(range(kafka.PARTITIONS))
+            return back and lags() == dict.fromkeys(range(kafka.PARTITIONS), 0)
+
+        await eventually(caught_up, within=60, what="no lag once the partitions are back")
+        assert len(clients) == 1, "the first member's session was restarted"
+    finally:
+        first.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await second.stop()
+        await producer.stop()
+
+
+async def test_a_stalled_client_whose_stop_hangs_is_closed_all_the_same(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stalled session's stop() waits on its coordinator, which waits on the silent
+    # session: cut short, it left the fetcher, the heartbeat and the connections open,
+    # and a second stop() returns at once (the client counts itself closed).
+    monkeypatch.setattr(kafka, "STALL_STOP_S", 0.5)
+    topic = f"test-stall-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+
+    async def handle(batch: object) -> None:
+        pass
+
+    spec = kafka.ConsumerSpec(
+        group=f"group-{uuid.uuid4().hex[:8]}", topics=[topic], batch_handler=handle
+    )
+    consumer = kafka.EventConsumer(settings, spec, producer=None)  # type: ignore[arg-type]
+    client = consumer._new_consumer()
+    client.subscribe([topic], listener=kafka._Round(client, spec.group))
+    await client.start()
+    try:
+
+        async def joined() -> bool:
+            return bool(client.assignment())
+
+        await eventually(joined, within=60, what="the client's partitions")
+
+        async def never_closes() -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(client._coordinator, "close", never_closes)
+        await consumer._stop_stalled(client, silent_s=61)
+
+        coordinator = client._coordinator
+        assert coordinator._coordination_task.done() and coordinator._heartbeat_task is None
+        assert client._fetcher._fetch_task.done(), "the fetcher still fetches"
+        connected = [c for c in client._client._conns.values() if c.connected()]
+        assert not connected, "connections to the brokers are still open"
+    finally:
+        await client.stop()
