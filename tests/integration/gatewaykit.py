@@ -14,7 +14,6 @@ import base64
 import dataclasses
 import json
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -42,15 +41,6 @@ ROOMY_RATES = {
     "auth": "1000/s burst 1000",
     "signin": "1000/s burst 1000",
 }
-
-
-def identity_ready(settings: Settings) -> bool:
-    url = f"http://{settings.host}:{settings.side_port('identity')}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 class TokenMinter:
