@@ -10,7 +10,7 @@ saga (workflows/orders.py) runs on `TASK_QUEUE`, e.g.
     await workflow.execute_activity_method(
         PaymentsActivities.authorize, AuthorizeInput(auth_key, order_id, amount, "EUR", token),
         task_queue=TASK_QUEUE, start_to_close_timeout=AUTHORIZE_TIMEOUT,
-        retry_policy=PSP_RETRY)
+        schedule_to_close_timeout=AUTHORIZE_BUDGET, retry_policy=PSP_RETRY)
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from activities.payments import (
 )
 
 __all__ = [
+    "AUTHORIZE_BUDGET",
     "AUTHORIZE_TIMEOUT",
     "FAILURE_TYPES",
     "PSP_RETRY",
@@ -56,16 +57,18 @@ TASK_QUEUE = "agora-payments"
 AUTHORIZE_TIMEOUT = timedelta(seconds=10)
 STEP_TIMEOUT = timedelta(seconds=10)
 # Transient PSP failures (type PspUnavailable, the flaky card) are retried
-# quickly; business rejections are non-retryable whatever this says. Bounded: a
-# timeout is retried too, and the slow card times out on every attempt (the PSP
-# holds its authorization and answers it late each time), so an unbounded policy
-# would never let the caller see the timeout and void.
+# quickly; business rejections are non-retryable whatever this says.
 PSP_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=5),
-    maximum_attempts=3,
 )
+# An authorization's whole budget (schedule-to-close), its retries included: a timeout
+# is retried too, and the slow card times out on every attempt (the PSP holds its
+# authorization and answers it late each time), so without it the caller would never
+# see the failure and void. Time, not a count of attempts, as the saga's (orders.py):
+# a fast failure (payments' database restarting) is retried through a short outage.
+AUTHORIZE_BUDGET = 3 * AUTHORIZE_TIMEOUT
 # ApplicationError types payments' activities fail with (non-retryable unless noted).
 FAILURE_TYPES = (
     "PaymentDeclined",
