@@ -24,6 +24,7 @@ CUSTOMER_SCOPES: tuple[str, ...] = (PROFILE, CATALOG_READ, ORDERS_READ, ORDERS_W
 
 # Role (lower-case, as stored on the account) -> scopes it grants. The "service"
 # role grants nothing by itself: an API client gets exactly the scopes it was created with.
+SERVICE_ROLE = "service"
 ROLE_SCOPES: dict[str, tuple[str, ...]] = {
     "customer": CUSTOMER_SCOPES,
     "admin": (
@@ -37,7 +38,7 @@ ROLE_SCOPES: dict[str, tuple[str, ...]] = {
     "auditor": (PROFILE, AUDIT_READ),
     # Staff who inspect stuck orders in the Temporal UI: decode payloads, nothing else.
     "support": (PROFILE, SUPPORT),
-    "service": (),
+    SERVICE_ROLE: (),
 }
 
 ALL_SCOPES: frozenset[str] = frozenset(s for scopes in ROLE_SCOPES.values() for s in scopes)

@@ -62,7 +62,9 @@ def secrets_from_identity(identity: IdentityServiceStub) -> SecretFetcher:
             )
         except GRPCError as error:
             if error.status in (Status.NOT_FOUND, Status.FAILED_PRECONDITION):
-                return None  # unknown or revoked client: its signatures cannot verify
+                # Unknown, revoked, or its owner disabled: refused (and the refusal
+                # cached briefly), not answered as a bad signature.
+                return None
             raise
         return reply.secret or None
 

@@ -3,7 +3,10 @@
 The HMAC key is the client's secret, which only identity holds (encrypted). The
 gateway asks identity for it over mTLS (identity answers only to the gateway's
 certificate) and keeps it in memory for a minute, so signing costs one HMAC per
-request and a revoked client's secret leaves memory soon after.
+request and a revoked client's secret leaves memory soon after. A refusal (no such
+active client) is kept for a few seconds only: enough that a refused client's
+requests do not each cost a call to identity, short enough that a client whose
+owner is enabled again is served again soon.
 """
 
 from __future__ import annotations
@@ -22,11 +25,18 @@ from gateway.ratelimit import nonce_key
 from gateway.routing import read_body
 from gateway.tokens import Principal
 
+_INVALID_TOKEN = 'Bearer realm="agora", error="invalid_token"'
+
 SecretFetcher = Callable[[str], Awaitable[str | None]]
+
+SECRET_TTL_S = 60.0
+# A refusal is kept briefly: an owner enabled again is served again within seconds.
+REFUSAL_TTL_S = 5.0
 
 
 class SigningSecrets:
-    """client id -> secret, cached for `ttl_s`; a fetched None means no such active client."""
+    """client id -> secret, cached for `ttl_s`; a fetched None means no such active
+    client (unknown, revoked, or its owner disabled) and is cached for `refusal_ttl_s`."""
 
     MAX_ENTRIES = 10_000
 
@@ -34,13 +44,15 @@ class SigningSecrets:
         self,
         fetch: SecretFetcher,
         *,
-        ttl_s: float = 60.0,
+        ttl_s: float = SECRET_TTL_S,
+        refusal_ttl_s: float = REFUSAL_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._fetch = fetch
         self._ttl = ttl_s
+        self._refusal_ttl = refusal_ttl_s
         self._clock = clock
-        self._cache: dict[str, tuple[float, str]] = {}
+        self._cache: dict[str, tuple[float, str | None]] = {}
         self._inflight: dict[str, asyncio.Future[str | None]] = {}
         self.fetches = 0
 
@@ -64,11 +76,14 @@ class SigningSecrets:
             raise
         finally:
             del self._inflight[client_id]
-        if secret is not None:
-            if len(self._cache) >= self.MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[client_id] = (self._clock() + self._ttl, secret)
+        self._remember(client_id, secret)
         return secret
+
+    def _remember(self, client_id: str, secret: str | None) -> None:
+        if len(self._cache) >= self.MAX_ENTRIES:
+            self._cache.clear()
+        ttl = self._ttl if secret is not None else self._refusal_ttl
+        self._cache[client_id] = (self._clock() + ttl, secret)
 
     def forget(self, client_id: str) -> None:
         self._cache.pop(client_id, None)
@@ -97,17 +112,8 @@ async def verify_request(
 ) -> None:
     """The HMAC check, after admission: a revoked client is refused without a secret lookup."""
     body = await read_body(request) if request.body_exists else b""
-    try:
-        secret = await secrets.get(principal.subject)
-    except (GRPCError, StreamTerminatedError, OSError, TimeoutError):
-        # Identity is down or slow: the signature cannot be checked, so the request is
-        # refused, as an outage to retry (not a 500, not a bad signature).
-        raise Problem(
-            "dependency-unavailable",
-            "the API client's signing secret cannot be checked; retry shortly",
-            headers=RETRY_SOON,
-        ) from None
-    if secret is None or not signing.verify(
+    secret = await _active_client_secret(secrets, principal.subject)
+    if not signing.verify(
         secret,
         request.method,
         request.rel_url.raw_path,  # as sent, percent-encoded: what the client signed
@@ -118,3 +124,27 @@ async def verify_request(
         signed.signature,
     ):
         raise Problem("signature-invalid")
+
+
+async def _active_client_secret(secrets: SigningSecrets, client_id: str) -> str:
+    """The client's signing secret; a Problem when identity cannot be asked or refuses it."""
+    try:
+        secret = await secrets.get(client_id)
+    except (GRPCError, StreamTerminatedError, OSError, TimeoutError):
+        # Identity is down or slow: the signature cannot be checked, so the request is
+        # refused, as an outage to retry (not a 500, not a bad signature).
+        raise Problem(
+            "dependency-unavailable",
+            "the API client's signing secret cannot be checked; retry shortly",
+            headers=RETRY_SOON,
+        ) from None
+    if secret is None:
+        # Not a bad signature (it may well be right): identity no longer answers for the
+        # client (unknown, revoked, owner disabled), so its token is no good, as a
+        # revoked client's is.
+        raise Problem(
+            "token-revoked",
+            "this API client is unknown or no longer active",
+            headers={"WWW-Authenticate": _INVALID_TOKEN},
+        )
+    return secret

@@ -12,13 +12,16 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from agora import signing
 from agora.config import Settings
+from gateway.app import secrets_from_identity
 from gateway.deps import Gateway
+from gateway.signatures import REFUSAL_TTL_S, SigningSecrets
 from tests.integration.conftest import ServiceProcess
 from tests.integration.gatewaykit import (
     PASSWORD,
@@ -39,6 +42,14 @@ async def gateway(
 ) -> AsyncIterator[tuple[Gateway, TestClient]]:
     async with running_gateway(settings) as running:
         yield running
+
+
+@pytest_asyncio.fixture(scope="module")
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(settings.db_dsn("identity"), min_size=1, max_size=2)
+    assert pool is not None
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture
@@ -204,6 +215,45 @@ async def test_a_client_gets_no_scope_its_creators_token_lacks(gw: Gateway, api:
 
 
 # Refusals -------------------------------------------------------------------
+
+
+class Clock:
+    """The secret cache's clock, moved by hand: expiries without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_disabled_owners_client_is_refused_as_a_client_with_one_lookup(
+    gw: Gateway, api: Api, db: asyncpg.Pool
+) -> None:
+    owner_token = (await api.sign_in(await register_admin(gw)))["access_token"]
+    client = await create_client(api, owner_token, ["profile"])
+    token = await client_token(api, client)
+    owner_id = uuid.UUID(client["owner_account_id"])
+    clock, served_by = Clock(), gw.secrets
+    gw.secrets = SigningSecrets(secrets_from_identity(gw.upstream.identity), clock=clock)
+    try:
+        await db.execute("UPDATE accounts SET disabled = true WHERE account_id = $1", owner_id)
+        # Not a bad signature (it is right): its token is no good, and one lookup
+        # answers every request until the refusal expires.
+        for _ in range(2):
+            with no_upstream_call(gw):
+                response = await api.signed("GET", "/v1/me", token, client["client_secret"])
+                body = await problem(response, 401, "token-revoked")
+            assert 'error="invalid_token"' in response.headers["WWW-Authenticate"], body
+        assert gw.secrets.fetches == 1
+
+        await db.execute("UPDATE accounts SET disabled = false WHERE account_id = $1", owner_id)
+        clock.now += REFUSAL_TTL_S
+        response = await api.signed("GET", "/v1/me", token, client["client_secret"])
+        assert response.status == 200, await response.text()
+    finally:
+        gw.secrets = served_by
+        await db.execute("UPDATE accounts SET disabled = false WHERE account_id = $1", owner_id)
 
 
 async def test_unsigned_request_from_an_api_client(

@@ -852,6 +852,10 @@ async def test_an_api_client_holds_only_what_its_owner_holds_now(
     assert (await client_tokens(identity, grant)).scopes == ["catalog:read"]
     assert (await identity.get_api_client_signing_secret(ask)).scopes == ["catalog:read"]
 
+    # A service account's role grants nothing itself: its clients keep what they were given.
+    await db.execute("UPDATE accounts SET roles = '{service}' WHERE account_id = $1", owner_id)
+    assert (await client_tokens(identity, grant)).scopes == ["catalog:read", "catalog:write"]
+
     await db.execute("UPDATE accounts SET disabled = true WHERE account_id = $1", owner_id)
     assert await status_of(identity.sign_in(grant)) == Status.UNAUTHENTICATED
     assert await status_of(identity.get_api_client_signing_secret(ask)) == Status.NOT_FOUND

@@ -1,4 +1,5 @@
-"""A signed request whose secret cannot be fetched is an outage to retry, not a 500."""
+"""A signed request whose secret cannot be fetched is an outage to retry, not a 500;
+one whose client identity refuses is that client's refusal, not a bad signature."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from gateway.problems import Problem
-from gateway.signatures import SignedHeaders, SigningSecrets, verify_request
+from gateway.signatures import (
+    REFUSAL_TTL_S,
+    SECRET_TTL_S,
+    SignedHeaders,
+    SigningSecrets,
+    verify_request,
+)
 from gateway.tokens import Principal
 
 CLIENT = Principal(
@@ -41,12 +48,55 @@ async def test_identity_unreachable_answers_503_with_retry_after(outage: Excepti
     )
 
 
-async def test_an_unknown_client_is_a_bad_signature() -> None:
-    async def fetch(client_id: str) -> str | None:
-        return None
+class Identity:
+    """The secret lookup as identity answers it: None while the client is refused."""
 
-    with pytest.raises(Problem) as refused:
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret
+        self.asked = 0
+
+    async def fetch(self, client_id: str) -> str | None:
+        self.asked += 1
+        return self.secret
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_refused_client_is_told_its_token_is_no_good_not_its_signature() -> None:
+    refused = Identity(None)
+    with pytest.raises(Problem) as answer:
         await verify_request(
-            make_mocked_request("GET", "/v1/products"), CLIENT, SigningSecrets(fetch), SIGNED
+            make_mocked_request("GET", "/v1/products"),
+            CLIENT,
+            SigningSecrets(refused.fetch),
+            SIGNED,
         )
-    assert refused.value.code == "signature-invalid"
+    assert answer.value.code == "token-revoked"
+    assert 'error="invalid_token"' in answer.value.headers["WWW-Authenticate"]
+
+
+async def test_a_refusal_is_cached_briefly_so_a_refused_client_costs_one_lookup() -> None:
+    identity, clock = Identity(None), Clock()
+    secrets = SigningSecrets(identity.fetch, clock=clock)
+    assert await secrets.get(CLIENT.subject) is None
+    clock.now += REFUSAL_TTL_S - 0.1
+    assert await secrets.get(CLIENT.subject) is None
+    assert identity.asked == 1
+
+
+async def test_a_client_enabled_again_is_served_once_its_refusal_expires() -> None:
+    identity, clock = Identity(None), Clock()
+    secrets = SigningSecrets(identity.fetch, clock=clock)
+    assert await secrets.get(CLIENT.subject) is None
+    identity.secret = "s3cret"  # its owner was enabled again
+    clock.now += REFUSAL_TTL_S
+    assert await secrets.get(CLIENT.subject) == "s3cret"
+    clock.now += SECRET_TTL_S - 0.1
+    assert await secrets.get(CLIENT.subject) == "s3cret"
+    assert identity.asked == 2

@@ -141,8 +141,11 @@ class ApiClients:
         """The clear secret and scopes of an active client whose owner is not disabled.
 
         A client acts for its owner: it holds only those of its scopes the owner's
-        roles still grant, so a role taken away (or the account disabled) takes
-        effect at the client's next sign-in or signature lookup.
+        roles still grant. A role taken away takes effect at the client's next
+        sign-in: the gateway checks signatures only and ignores the scopes returned
+        here, so tokens already issued keep theirs until they expire. A disabled
+        owner's client is refused sign-in and its secret, so its signed requests
+        stop once the gateway's cached secret (a minute) runs out.
         """
         cid = parse_client_id(client_id)
         row = None
@@ -203,8 +206,10 @@ class ApiClients:
 
 
 def _held_now(row: asyncpg.Record) -> tuple[str, ...]:
-    """The client's scopes its owner still holds (all of them for a client without owner)."""
-    if row["owner_account_id"] is None:
+    """The client's scopes its owner still holds: all of them for a client without
+    owner or one a service account owns (the service role grants nothing by itself,
+    its clients exactly what they were created with; agora/scopes.py)."""
+    if row["owner_account_id"] is None or scopes.SERVICE_ROLE in (r.lower() for r in row["roles"]):
         return tuple(row["scopes"])
     owner_holds = set(scopes.scopes_for(row["roles"], row["owner_scopes"]))
     return tuple(s for s in row["scopes"] if s in owner_holds)
