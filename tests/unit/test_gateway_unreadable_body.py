@@ -76,13 +76,19 @@ def post(
     return head.encode() + body
 
 
-async def exchange(port: int, request: bytes) -> tuple[int, dict[str, object]]:
+async def answer_to(port: int, request: bytes) -> bytes:
+    """The whole answer to `request`, sent as raw bytes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
     async with asyncio.timeout(10):
         answer = await reader.read()
     writer.close()
+    return answer
+
+
+async def exchange(port: int, request: bytes) -> tuple[int, dict[str, object]]:
+    answer = await answer_to(port, request)
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
 
@@ -107,12 +113,7 @@ async def test_a_corrupt_sign_in_form_of_the_codec_page_is_a_400_page(
 ) -> None:
     form = "application/x-www-form-urlencoded"
     request = post("/codec/session", encoding, b"not compressed", content_type=form)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    async with asyncio.timeout(10):
-        answer = await reader.read()
-    writer.close()
+    answer = await answer_to(port, request)
     # The sign-in page shows its problem as a page, not problem+json.
     assert answer.split()[1] == b"400"
     assert b"the sign-in form could not be read" in answer
