@@ -15,10 +15,10 @@ from temporalio.worker import Worker
 from activities.catalog import UpsertBatchInput, UpsertBatchResult
 from activities.inventory import SetStockInput
 from workers.catalog import seed
-from workers.inventory.model import SetStockResult
+from workers.inventory.model import SetStockResult, StockLine
 from workflows.catalog import TASK_QUEUE, ImportProductsWorkflow
 from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
-from workflows.inventory import SeedStockWorkflow
+from workflows.inventory import SeedStockInput, SeedStockWorkflow
 
 T = TypeVar("T")
 
@@ -133,3 +133,31 @@ async def test_a_second_stock_seed_waits_for_the_running_one_instead_of_failing(
             )
     assert len(calls) == 1, "the stock was set once"
     assert first == second == "stock: 5 created, 0 unchanged"
+
+
+async def test_a_large_stock_seed_is_split_into_workflows_under_the_payload_limit(
+    env: WorkflowEnvironment,
+) -> None:
+    products = seed.generate(5, seed=9)
+    calls: list[SetStockInput] = []
+
+    @activity.defn(name="inventory.set_stock")
+    async def set_stock(data: SetStockInput) -> SetStockResult:
+        calls.append(data)
+        return SetStockResult(created=len(data.levels), updated=0, unchanged=0)
+
+    async with Worker(
+        env.client,
+        task_queue=INVENTORY_QUEUE,
+        workflows=[SeedStockWorkflow],
+        activities=[set_stock],
+    ):
+        summary = await seed.seed_stock(env.client, products, 9, part_size=2)
+    assert summary == "stock: 5 created, 0 unchanged"
+    assert sorted(len(c.levels) for c in calls) == [1, 2, 2]
+    assert sorted(line.sku for c in calls for line in c.levels) == sorted(p.sku for p in products)
+    # The default part stays under Temporal's 2 MiB payload limit.
+    payload = env.client.data_converter.payload_converter.to_payloads(
+        [SeedStockInput(key="k", levels=[StockLine("S" * 40, 120)] * seed.STOCK_PART)]
+    )
+    assert payload[0].ByteSize() < 2 * 1024 * 1024

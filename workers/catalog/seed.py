@@ -40,6 +40,9 @@ from workflows.catalog import (
 
 LOCALES = ["en_US", "de_DE", "fr_FR"]  # the names and words products are made of
 CHUNK = 1_000  # products per import workflow (its input stays far below Temporal's limit)
+# Stock levels per SeedStock workflow: its input stays under Temporal's 2 MiB payload
+# limit (20,000 levels are about 760 KB; 100,000 in one were 3.8 MB and refused).
+STOCK_PART = 20_000
 
 # top level -> second level -> leaves, with the nouns products in a leaf are named after
 # and a typical price range in euros.
@@ -189,7 +192,9 @@ async def import_all(client: Client, products: list[ProductData], seed: int) -> 
     return total
 
 
-async def seed_stock(client: Client, products: list[ProductData], seed: int) -> str:
+async def seed_stock(
+    client: Client, products: list[ProductData], seed: int, part_size: int = STOCK_PART
+) -> str:
     try:
         from workers.inventory.model import StockLine
         from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
@@ -202,17 +207,23 @@ async def seed_stock(client: Client, products: list[ProductData], seed: int) -> 
         StockLine(p.sku, 0 if rng.random() < 0.08 else rng.choice([3, 10, 25, 50, 120]))
         for p in products
     ]
-    key = f"catalog-seed-{seed}-{len(products)}"
-    progress = await client.execute_workflow(
-        SeedStockWorkflow.run,
-        SeedStockInput(key=key, levels=levels, overwrite=False),
-        id=seed_stock_workflow_id(key),
-        task_queue=INVENTORY_QUEUE,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        # An earlier seed's run still going: wait for its result rather than fail.
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
-    return f"stock: {progress.created} created, {progress.unchanged} unchanged"
+    parts = [levels[i : i + part_size] for i in range(0, len(levels), part_size)]
+    created = unchanged = 0
+    for n, part in enumerate(parts):
+        key = f"catalog-seed-{seed}-{len(products)}" + (f"-{n}" if n else "")
+        progress = await client.execute_workflow(
+            SeedStockWorkflow.run,
+            SeedStockInput(key=key, levels=part, overwrite=False),
+            id=seed_stock_workflow_id(key),
+            task_queue=INVENTORY_QUEUE,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            # An earlier seed's run still going: wait for its result rather than fail.
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        created, unchanged = created + progress.created, unchanged + progress.unchanged
+        if len(parts) > 1:
+            print(f"stock: part {n + 1}/{len(parts)} done", file=sys.stderr, flush=True)
+    return f"stock: {created} created, {unchanged} unchanged"
 
 
 async def main_async(settings: Settings, count: int, seed: int, with_stock: bool) -> int:
