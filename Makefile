@@ -61,14 +61,16 @@ browser-deps:
 	@bash tests/browser/install.sh
 
 # The test stack has its own state folder (TEST_STATE above) and ports (+100), is started
-# fresh for each run and stopped afterwards, even when a test fails.
+# fresh for each run and stopped afterwards, even when a test fails. Its pytest keeps its
+# temporary folders there too: in the shared /tmp/pytest-of-<user>, another pytest started
+# meanwhile removes all but the three newest sessions' folders, one in use included.
 test: venv helm browser-deps
 	@$(TEST_ENV) $(PY) -m stack down >/dev/null 2>&1 || true
 	@rm -rf "$(TEST_STATE)"
 	@# A start that fails half-way stops what it started (nothing is left holding ports).
 	@$(TEST_ENV) $(PY) -m stack up || { $(TEST_ENV) $(PY) -m stack down; exit 1; }
 	@set -o pipefail; status=0; \
-	  $(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	  $(TEST_ENV) $(PY) -m pytest --basetemp="$(TEST_STATE)/pytest" $(PYTEST_ARGS) || status=$$?; \
 	  $(TEST_ENV) $(PY) -m stack down; \
 	  exit $$status
 
