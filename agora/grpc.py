@@ -167,11 +167,15 @@ def _wrap(func: StreamFunc, method: str) -> StreamFunc:
                 if bounded != exc.message:
                     raise GRPCError(exc.status, bounded, exc.details) from None
                 raise
+            except asyncio.CancelledError:
+                # grpclib cancels the handler when the caller's deadline passes or the
+                # caller resets the stream: the caller gave up, the server did not fail.
+                code = Status.CANCELLED
+                raise
             except BaseException as exc:
                 code = Status.UNKNOWN
-                if not isinstance(exc, asyncio.CancelledError):
-                    span.record_exception(exc)
-                    span.set_status(StatusCode.ERROR, type(exc).__name__)
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
                 raise
             finally:
                 _peer_cn.reset(token)

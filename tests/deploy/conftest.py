@@ -61,7 +61,7 @@ def charts(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def render(helm: str, charts: Path, *args: str) -> list[Manifest]:
+def render(helm: str, charts: Path, *args: str, namespace: str = NAMESPACE) -> list[Manifest]:
     out = _run(
         [
             helm,
@@ -69,7 +69,7 @@ def render(helm: str, charts: Path, *args: str) -> list[Manifest]:
             "agora",
             str(charts / UMBRELLA),
             "--namespace",
-            NAMESPACE,
+            namespace,
             "--kube-version",
             KUBE_VERSION,
             *args,

@@ -70,18 +70,36 @@ def _admitted(listener: dict[str, Any], namespace: str) -> bool:
 # ---- Kafka ---------------------------------------------------------------------------
 
 
+def kafka_cluster(bootstrap: str) -> dict[str, Any]:
+    """The Strimzi Kafka of deploy/k8s/engines/ whose bootstrap Service is `host:port`."""
+    host = bootstrap.rsplit(":", 1)[0]
+    clusters = {
+        f"{d['metadata']['name']}-kafka-bootstrap.{d['metadata']['namespace']}.svc": d
+        for path in sorted(ENGINES.glob("strimzi-kafka*.yaml"))
+        for d in _engine(path.name)
+        if d["kind"] == "Kafka"
+    }
+    assert host in clusters, f"{bootstrap}: no Kafka of {sorted(clusters)}"
+    return clusters[host]
+
+
 def test_kafka_listeners_admit_only_agoras_namespaces():
     # The clients present no credentials (docs/deploy.md, Known gaps): the listeners'
-    # NetworkPolicy peers are all that keeps other pods off the topics.
-    (cluster,) = [d for d in _engine("strimzi-kafka.yaml") if d["kind"] == "Kafka"]
-    listeners = {lst["port"]: lst for lst in cluster["spec"]["kafka"]["listeners"]}
-    for listener in listeners.values():
-        assert listener.get("networkPolicyPeers"), f"{listener['name']} admits every pod"
-        for outsider in ("default", "kafka", "temporal", "observability", "ingress-nginx"):
-            assert not _admitted(listener, outsider), (listener["name"], outsider)
+    # NetworkPolicy peers are all that keeps other pods off the topics. Each release
+    # has its own cluster (the topic and consumer group names are the code's), which
+    # admits no pod of the other release.
     for env, namespace in AGORA_NAMESPACES.items():
-        port = _agora_values(env)["global"]["kafka"]["bootstrap"].rsplit(":", 1)[1]
-        assert _admitted(listeners[int(port)], namespace), (env, port)
+        bootstrap = _agora_values(env)["global"]["kafka"]["bootstrap"]
+        listeners = {
+            lst["port"]: lst for lst in kafka_cluster(bootstrap)["spec"]["kafka"]["listeners"]
+        }
+        assert _admitted(listeners[int(bootstrap.rsplit(":", 1)[1])], namespace), env
+        others = set(AGORA_NAMESPACES.values()) - {namespace}
+        outsiders = ("default", "kafka", "temporal", "observability", "ingress-nginx", *others)
+        for listener in listeners.values():
+            assert listener.get("networkPolicyPeers"), f"{listener['name']} admits every pod"
+            for outsider in outsiders:
+                assert not _admitted(listener, outsider), (env, listener["name"], outsider)
 
 
 def test_namespace_selector_reads_match_expressions():

@@ -31,35 +31,44 @@ def _of_kind(name: str, kind: str) -> list[dict[str, Any]]:
     return [d for d in _docs(name) if d["kind"] == kind]
 
 
-def _topics() -> list[dict[str, Any]]:
-    return _of_kind("strimzi-kafka.yaml", "KafkaTopic")
+# Production's Kafka and staging's own (the code's topic and group names are fixed).
+KAFKA_FILES = ("strimzi-kafka.yaml", "strimzi-kafka-staging.yaml")
+POSTGRES_FILES = ("cloudnative-pg.yaml", "cloudnative-pg-staging.yaml")
+
+
+def _topics(file: str) -> list[dict[str, Any]]:
+    return _of_kind(file, "KafkaTopic")
 
 
 # ---- Kafka -----------------------------------------------------------------------
 
 
-def test_every_topic_the_code_uses_is_declared_and_nothing_else():
+@pytest.mark.parametrize("file", KAFKA_FILES)
+def test_every_topic_the_code_uses_is_declared_and_nothing_else(file: str):
     # Auto-creation is off: a topic missing here fails the first produce to it.
-    (cluster,) = _of_kind("strimzi-kafka.yaml", "Kafka")
+    (cluster,) = _of_kind(file, "Kafka")
     assert cluster["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
-    declared = [t["spec"].get("topicName", t["metadata"]["name"]) for t in _topics()]
+    declared = [t["spec"].get("topicName", t["metadata"]["name"]) for t in _topics(file)]
     wanted = {t for topic in kafka.EVENT_TOPICS for t in (topic, kafka.dlq_topic(topic))}
     assert sorted(declared) == sorted(wanted)
 
 
-def test_topics_survive_a_zone_with_acks_all():
-    for topic in _topics():
+@pytest.mark.parametrize("file", KAFKA_FILES)
+def test_topics_survive_a_zone_with_acks_all(file: str):
+    (cluster,) = _of_kind(file, "Kafka")
+    for topic in _topics(file):
         spec = topic["spec"]
-        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "agora-kafka"
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster["metadata"]["name"]
         assert spec["replicas"] == 3, spec["topicName"]
         assert spec["config"]["min.insync.replicas"] == 2, spec["topicName"]
         assert spec["partitions"] >= 3, spec["topicName"]
 
 
-def test_event_topics_have_a_partition_for_every_consumer_pod():
+@pytest.mark.parametrize("file", KAFKA_FILES)
+def test_event_topics_have_a_partition_for_every_consumer_pod(file: str):
     # A group uses at most one consumer per partition: search (two topics) and audit
     # (all of them) scale to their autoscaler's 20 pods on consumer lag.
-    partitions = {t["spec"]["topicName"]: t["spec"]["partitions"] for t in _topics()}
+    partitions = {t["spec"]["topicName"]: t["spec"]["partitions"] for t in _topics(file)}
     from workers.search.consumer import TOPICS as SEARCH_TOPICS
 
     assert sum(partitions[t] for t in SEARCH_TOPICS) >= 20
@@ -164,17 +173,28 @@ def test_temporal_logs_in_with_a_role_the_database_declares():
     assert temporal["schema"]["createDatabase"]["enabled"] is False
 
 
-def test_a_postgres_failover_loses_no_acknowledged_commit():
+@pytest.mark.parametrize("file", POSTGRES_FILES)
+def test_a_postgres_failover_loses_no_acknowledged_commit(file: str):
     # CloudNativePG replicates asynchronously by default: a commit acknowledged just
     # before the primary dies (an outbox row, the audit consumer's offsets) can be
     # missing on the standby promoted in its place, for good.
-    (cluster,) = _of_kind("cloudnative-pg.yaml", "Cluster")
+    (cluster,) = _of_kind(file, "Cluster")
     sync = cluster["spec"]["postgresql"].get("synchronous")
     assert sync, "asynchronous replication"
     assert sync["method"] in ("any", "first") and sync["number"] >= 1
     assert sync.get("dataDurability", "required") == "required"
     # One standby (one zone) away, commits still find their synchronous standby.
     assert cluster["spec"]["instances"] - 1 > sync["number"]
+
+
+def _postgres_cluster(host: str) -> tuple[str, dict[str, Any]]:
+    """(file, Cluster) of the CloudNativePG example whose primary is at `host`."""
+    for file in POSTGRES_FILES:
+        (cluster,) = _of_kind(file, "Cluster")
+        meta = cluster["metadata"]
+        if host == f"{meta['name']}-rw.{meta['namespace']}.svc":
+            return file, cluster
+    raise AssertionError(f"no CloudNativePG example serves {host}")
 
 
 def _max_replicas(docs: list[dict[str, Any]], name: str) -> int:
@@ -187,11 +207,15 @@ def _max_replicas(docs: list[dict[str, Any]], name: str) -> int:
     raise AssertionError(f"{name} has no autoscaler")
 
 
-def test_postgres_takes_every_connection_at_full_scale(rendered):
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_postgres_takes_every_connection_at_full_scale(rendered, env):
     # Each pod's pool (AGORA_DB_POOL_SIZE) plus one for a migration at start, at every
-    # service's largest scale, plus Temporal's pools: a connection refused past
-    # max_connections fails activities and readiness exactly when load is highest.
-    docs = rendered["production"]
+    # service's largest scale, plus Temporal's pools where Temporal keeps its
+    # databases: a connection refused past max_connections fails activities and
+    # readiness exactly when load is highest.
+    docs = rendered[env]
+    host = _env_values(env)["global"]["postgres"]["host"]
+    _, cluster = _postgres_cluster(host)
     needed = 0
     for workload in (d for d in docs if d["kind"] in ("Rollout", "Deployment")):
         (container,) = [
@@ -203,12 +227,12 @@ def test_postgres_takes_every_connection_at_full_scale(rendered):
             needed += pods * (int(env["AGORA_DB_POOL_SIZE"]) + 1)
     assert needed, "no workload opens a database pool"
     temporal = yaml.safe_load((ENGINES / "temporal-values.yaml").read_text())
-    per_process = sum(
-        temporal["server"]["config"]["persistence"][store]["sql"]["maxConns"]
+    stores = [
+        temporal["server"]["config"]["persistence"][store]["sql"]
         for store in ("default", "visibility")
-    )
+    ]
+    per_process = sum(sql["maxConns"] for sql in stores if sql["host"] == host)
     needed += temporal["server"]["replicaCount"] * 4 * per_process  # 4 server services
-    (cluster,) = _of_kind("cloudnative-pg.yaml", "Cluster")
     allowed = int(cluster["spec"]["postgresql"]["parameters"]["max_connections"])
     assert needed + 20 <= allowed, f"{needed} connections at full scale, {allowed} allowed"
 
@@ -351,10 +375,11 @@ def test_gateway_collector_config_is_valid_for_the_collector(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_the_audit_log_owner_is_declared_and_audit_does_not_inherit_it():
+@pytest.mark.parametrize("file", POSTGRES_FILES)
+def test_the_audit_log_owner_is_declared_and_audit_does_not_inherit_it(file: str):
     # The audit migrations SET ROLE audit_owner; without the role, or with `audit`
     # inheriting it, the pods crash-loop or hold the owner's rights in every session.
-    (cluster,) = _of_kind("cloudnative-pg.yaml", "Cluster")
+    (cluster,) = _of_kind(file, "Cluster")
     roles = {r["name"]: r for r in cluster["spec"]["managed"]["roles"]}
     owner, audit = roles["audit_owner"], roles["audit"]
     assert owner["ensure"] == "present" and owner["login"] is False

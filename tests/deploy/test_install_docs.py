@@ -61,10 +61,12 @@ def _secrets_created(calls: list[list[str]]) -> dict[tuple[str, str], dict[str, 
     return made
 
 
-def _managed_role_secrets() -> list[str]:
-    docs: list[dict[str, Any]] = [
-        d for d in yaml.safe_load_all((ENGINES / "cloudnative-pg.yaml").read_text()) if d
-    ]
+# Each CloudNativePG example and the namespace of the Agora release logging in to it.
+POSTGRES_CLUSTERS = {"cloudnative-pg.yaml": "agora", "cloudnative-pg-staging.yaml": "agora-staging"}
+
+
+def _managed_role_secrets(file: str) -> list[str]:
+    docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all((ENGINES / file).read_text()) if d]
     (cluster,) = [d for d in docs if d["kind"] == "Cluster"]
     roles = cluster["spec"]["managed"]["roles"]
     return [r["passwordSecret"]["name"] for r in roles if r.get("passwordSecret")]
@@ -75,15 +77,21 @@ def test_every_database_password_is_made_once_for_the_database_and_its_client(tm
     # postgres; the client logs in with the Secret of the same name in its own
     # namespace. Two random passwords (one per namespace) lock the client out.
     calls = _run_recorded(_sh_blocks()[0], tmp_path)
-    applied = calls.index(["kubectl", "apply", "-f", "deploy/k8s/engines/cloudnative-pg.yaml"])
-    made = _secrets_created(calls[:applied])
-    client_namespace = {"temporal-db": "temporal"}
-    for secret in _managed_role_secrets():
-        in_postgres = made.get(("postgres", secret))
-        assert in_postgres, f"{secret} is not created in namespace postgres before the cluster"
-        client = made.get((client_namespace.get(secret, "agora"), secret))
-        assert client == in_postgres, f"{secret}: the client's Secret differs from the role's"
-    passwords = [made[("postgres", s)]["password"] for s in _managed_role_secrets()]
+    every_secret = []
+    for file, agora in POSTGRES_CLUSTERS.items():
+        applied = calls.index(["kubectl", "apply", "-f", f"deploy/k8s/engines/{file}"])
+        made = _secrets_created(calls[:applied])
+        client_namespace = {"temporal-db": "temporal"}
+        for secret in _managed_role_secrets(file):
+            in_postgres = made.get(("postgres", secret))
+            assert in_postgres, f"{secret} is not created in namespace postgres before {file}"
+            client = made.get((client_namespace.get(secret, agora), secret))
+            assert client == in_postgres, f"{secret}: the client's Secret differs from the role's"
+        every_secret += _managed_role_secrets(file)
+    # Staging's roles neither share production's Secrets nor their passwords.
+    assert len(set(every_secret)) == len(every_secret), "clusters share a Secret"
+    made = _secrets_created(calls)
+    passwords = [made[("postgres", s)]["password"] for s in every_secret]
     assert len(set(passwords)) == len(passwords), "roles share a password"
 
 

@@ -13,6 +13,7 @@ import yaml
 from agora import config
 from tests.deploy import policy
 from tests.deploy.conftest import ENVIRONMENTS, NAMESPACE, REPO, Manifest
+from tests.deploy.test_engine_access import kafka_cluster
 
 RULES = {
     "resources": policy.check_resources,
@@ -347,7 +348,7 @@ def test_pod_environment_is_what_agora_config_reads(rendered, env):
                 in settings.db_dsn(name)
             )
             secret = env_vars[f"AGORA_DB_PASSWORD_{name.upper()}"]["secretKeyRef"]
-            assert secret["name"] == f"agora-db-{name}"
+            assert secret["name"] == f"{values['postgres']['passwordSecretPrefix']}{name}"
             port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert settings.side_port(name) == port_names["side"]
             assert settings.grpc_port(name) == port_names["grpc-mtls"]
@@ -449,20 +450,31 @@ def test_privileged_or_root_changes_are_caught(rendered):
     assert policy.check_mtls(docs, "orders")
 
 
-def test_engines_examples_give_each_service_its_own_database():
-    path = Path(REPO / "deploy" / "k8s" / "engines" / "cloudnative-pg.yaml")
+@pytest.mark.parametrize(
+    ("file", "others", "secret_prefix"),
+    [
+        # Production's cluster also holds Temporal's own role and databases
+        # (tests/deploy/test_engines.py); staging's holds staging's services only.
+        ("cloudnative-pg.yaml", {"temporal"}, "agora-db-"),
+        ("cloudnative-pg-staging.yaml", set(), "agora-staging-db-"),
+    ],
+)
+def test_engines_examples_give_each_service_its_own_database(
+    file: str, others: set[str], secret_prefix: str
+):
+    path = Path(REPO / "deploy" / "k8s" / "engines" / file)
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     (cluster,) = [d for d in docs if d["kind"] == "Cluster"]
     roles = {r["name"]: r for r in cluster["spec"]["managed"]["roles"]}
     dbs = {d["spec"]["name"]: d["spec"]["owner"] for d in docs if d["kind"] == "Database"}
-    # Plus Temporal's own role and databases (tests/deploy/test_engines.py), and the
-    # audit log's owner, which logs in nowhere.
-    assert set(roles) == {*policy.SERVICES, "temporal", "audit_owner"}
+    # Plus the audit log's owner, which logs in nowhere.
+    assert set(roles) == {*policy.SERVICES, *others, "audit_owner"}
     assert roles["audit_owner"]["login"] is False
-    assert {db: owner for db, owner in dbs.items() if owner != "temporal"} == {
+    assert {db: owner for db, owner in dbs.items() if owner not in others} == {
         s: s for s in policy.SERVICES
     }
-    assert all(roles[s]["passwordSecret"]["name"] == f"agora-db-{s}" for s in policy.SERVICES)
+    secrets = {s: roles[s]["passwordSecret"]["name"] for s in policy.SERVICES}
+    assert secrets == {s: f"{secret_prefix}{s}" for s in policy.SERVICES}
     assert cluster["spec"]["instances"] >= 3
 
 
@@ -471,7 +483,9 @@ def test_engine_examples_parse_and_spread_over_zones():
     files = sorted(folder.glob("*.yaml"))
     assert {f.name for f in files} >= {
         "cloudnative-pg.yaml",
+        "cloudnative-pg-staging.yaml",
         "strimzi-kafka.yaml",
+        "strimzi-kafka-staging.yaml",
         "eck-elasticsearch.yaml",
         "temporal-values.yaml",
         "redis-values.yaml",
@@ -480,7 +494,12 @@ def test_engine_examples_parse_and_spread_over_zones():
     for f in files:
         docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
         assert docs, f.name
-        spread = ("cloudnative-pg.yaml", "eck-elasticsearch.yaml", "redis-values.yaml")
+        spread = (
+            "cloudnative-pg.yaml",
+            "cloudnative-pg-staging.yaml",
+            "eck-elasticsearch.yaml",
+            "redis-values.yaml",
+        )
         if f.name in (*spread, "temporal-values.yaml"):
             assert "topology.kubernetes.io/zone" in f.read_text(), f.name
 
@@ -571,9 +590,9 @@ def _settings_and_env(docs: list[Manifest], name: str):
 def test_kafka_clients_speak_what_the_listener_they_dial_speaks(rendered, env):
     """The bootstrap port is one of Strimzi's listeners; TLS there means SSL verified
     against the cluster CA, mounted from its Secret; plain means PLAINTEXT."""
-    (cluster,) = [d for d in _engine_docs("strimzi-kafka.yaml") if d["kind"] == "Kafka"]
-    listeners = {lst["port"]: lst["tls"] for lst in cluster["spec"]["kafka"]["listeners"]}
     values = _values(env)["global"]["kafka"]
+    cluster = kafka_cluster(values["bootstrap"])
+    listeners = {lst["port"]: lst["tls"] for lst in cluster["spec"]["kafka"]["listeners"]}
     port = int(values["bootstrap"].rsplit(":", 1)[1])
     assert port == values["port"] and port in listeners
     tls = listeners[port]

@@ -204,6 +204,9 @@ global:
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: redis}}}]
   elasticsearch:
     url: https://agora-es-http.elastic.svc:9200
+    # The names of search's product indices and aliases (AGORA_SEARCH_INDEX_PREFIX):
+    # releases sharing a cluster each need their own.
+    indexPrefix: agora-products
     port: 9200
     # For the workloads that use Elasticsearch (search): a Secret in this namespace
     # with the CA of the cluster's HTTP certificate (ECK: <name>-es-http-certs-public,

@@ -78,6 +78,7 @@
     secretKeyRef: {name: {{ $g.redis.passwordSecret.name }}, key: {{ $g.redis.passwordSecret.key }}}
 {{- end }}
 {{- if $v.uses.elasticsearch }}
+- {name: AGORA_SEARCH_INDEX_PREFIX, value: {{ $g.elasticsearch.indexPrefix | quote }}}
 {{- if $g.elasticsearch.caSecret }}
 - {name: AGORA_ELASTICSEARCH_CA_FILE, value: {{ printf "%s/ca.crt" $g.elasticsearch.caMountPath | quote }}}
 {{- end }}
