@@ -172,12 +172,17 @@ class OrdersActivities:
     async def price(self, data: PriceInput) -> PricedOrder:
         """Current prices from catalog; an unknown or inactive sku rejects the order. An
         order this key placed in a run Temporal no longer holds (past the namespace's
-        retention) is refused first, so the POST answers that order, not a new one."""
+        retention) is refused first, so the POST answers that order, not a new one. An
+        order recorded already, and not refused so, is answered as recorded: see
+        _recorded_order."""
         if data.order_id:
             async with self.pool.acquire() as conn:
                 await _refuse_second_saga(
                     conn, uuid.UUID(data.order_id), activity.info().workflow_run_id or ""
                 )
+                recorded = await _recorded_order(conn, uuid.UUID(data.order_id))
+            if recorded is not None:
+                return recorded
         if not data.lines:
             raise ApplicationError(
                 "an order needs at least one line", type=INVALID_ORDER, non_retryable=True
@@ -330,7 +335,8 @@ class OrdersActivities:
                 data.payment_id,
                 data.refunded_minor,
             )
-            await self._event(conn, data.order_id, _transition_event(data, row["currency"]))
+            event = _transition_event(data, row["currency"], row["status"])
+            await self._event(conn, data.order_id, event)
         self._observe(data, row["created_at"])
 
     @activity.defn(name="orders.count_unrecorded")
@@ -482,7 +488,7 @@ def _line(line: PricedLine, currency: str) -> OrderLine:
     )
 
 
-def _transition_event(data: TransitionInput, currency: str) -> object:
+def _transition_event(data: TransitionInput, currency: str, previous: str) -> object:
     if data.status == "CONFIRMED":
         return OrderConfirmed(
             order_id=data.order_id, reservation_id=data.reservation_id, payment_id=data.payment_id
@@ -495,6 +501,7 @@ def _transition_event(data: TransitionInput, currency: str) -> object:
     if data.status == "CANCELLED":
         return OrderCancelled(
             order_id=data.order_id,
+            previous_status=OrderStatus.from_string(previous),
             cancelled_by=data.cancelled_by,
             reason=data.reason,
             refunded=Money(amount_minor=data.refunded_minor, currency=currency),
@@ -521,3 +528,28 @@ async def _refuse_second_saga(conn: asyncpg.Connection, order_id: uuid.UUID, run
             type=ORDER_ALREADY_PLACED,
             non_retryable=True,
         )
+
+
+async def _recorded_order(conn: asyncpg.Connection, order_id: uuid.UUID) -> PricedOrder | None:
+    """The order as `record` wrote it, if it did. The saga prices and records in its first
+    workflow task, as local activities whose results reach its history only when that
+    task completes: a task lost after the record (a worker killed, its completion
+    refused) is run again, and a reset to it runs it in a new run. Priced anew, the order
+    could then be charged at a price its projection and OrderPlaced do not hold, or
+    rejected (a product since deactivated, catalog down) while its projection stays
+    PENDING for ever. So the price step answers what was recorded."""
+    row = await conn.fetchrow(
+        "SELECT currency, total_minor FROM orders WHERE order_id = $1", order_id
+    )
+    if row is None:
+        return None
+    lines = await conn.fetch(
+        "SELECT sku, title, quantity, unit_price_minor, line_total_minor FROM order_lines"
+        " WHERE order_id = $1 ORDER BY line_no",
+        order_id,
+    )
+    return PricedOrder(
+        lines=[PricedLine(**dict(x)) for x in lines],
+        currency=row["currency"],
+        total_minor=row["total_minor"],
+    )

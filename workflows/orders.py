@@ -673,7 +673,6 @@ class OrderWorkflow:
         *,
         restock_if_cancelled: bool = False,
         retry_refused: bool = False,
-        refund_what_is_left: bool = False,
     ) -> None:
         """A cancel that came during the last steps: cancel the completed order as the
         gateway's cancel of a completed order does (the same keys, so the two can meet:
@@ -681,29 +680,21 @@ class OrderWorkflow:
         CANCELLED already gets its restock too (by the same keys: a no-op if whoever
         cancelled it restocked), as a cancel cut short after its refund was recorded
         has not restocked yet. `retry_refused`: no gateway follows a failed cancel up, so
-        a refund refused for its amount is asked once more for what is left
-        (REFUSED_CANCEL_RETRIED), as payments knows it: `refund_what_is_left`."""
+        a refund refused for its amount is asked once more (REFUSED_CANCEL_RETRIED); a
+        cancel now asks payments for what it has left (refund_completed), so only a run
+        that asked for an amount before is refused so."""
         snapshot = await _snapshot(order.order_id)
         if snapshot.status == "CANCELLED" and restock_if_cancelled:
             await restock_cancelled(order.order_id, snapshot.lines)
         elif snapshot.status in REFUNDABLE:
             try:
-                snapshot = await refund_completed(
-                    cancel_refund(order.order_id, cancel),
-                    snapshot,
-                    what_is_left=refund_what_is_left,
-                )
+                snapshot = await refund_completed(cancel_refund(order.order_id, cancel), snapshot)
             except (ActivityError, ApplicationError) as error:
                 if _cancelled(error) and workflow.patched(CANCEL_OF_COMPLETED_TO_ITS_END):
                     # Cancelled in Temporal midway: the same cancel again, from what is
                     # recorded now, by the same keys (each step answers its first result).
                     self.cancelled_in_temporal = True
-                    await self.cancel_completed(
-                        order,
-                        cancel,
-                        restock_if_cancelled=True,
-                        refund_what_is_left=refund_what_is_left,
-                    )
+                    await self.cancel_completed(order, cancel, restock_if_cancelled=True)
                     return
                 if (
                     retry_refused
@@ -712,9 +703,7 @@ class OrderWorkflow:
                 ):
                     # A partial refund landed since the snapshot, which may not show it
                     # yet (made at payments, not yet recorded): whatever payments has left.
-                    await self.cancel_completed(
-                        order, cancel, restock_if_cancelled=True, refund_what_is_left=True
-                    )
+                    await self.cancel_completed(order, cancel, restock_if_cancelled=True)
                     return
                 # E.g. a partial refund landed meanwhile and the amount no longer fits.
                 # The saga has completed and must not fail now: the update answers what
@@ -1088,16 +1077,12 @@ async def refund_completed(
     request: RefundOrderInput,
     snapshot: OrderSnapshot,
     step: Step = _as_it_goes,
-    *,
-    what_is_left: bool = False,
 ) -> OrderSnapshot:
     """Refund a completed order (`snapshot`) and, for a cancel, return its stock; the
     order's projection after it. Every step is keyed by the order and the refund key,
     so a retry, or a second workflow doing the same refund, repeats nothing. `step`:
-    how each step is awaited (RefundOrderWorkflow.to_its_end). `what_is_left`: payments
-    is asked for whatever it has left to refund, not the snapshot's remaining amount
-    (a refund made at payments may not be recorded yet), and the refund is recorded
-    with what it refunded."""
+    how each step is awaited (RefundOrderWorkflow.to_its_end). A cancel asks payments
+    for whatever it has left to refund and records what payments refunded."""
     remaining = snapshot.total_minor - snapshot.refunded_minor
     amount = remaining if request.amount_minor is None else request.amount_minor
     if not 0 < amount <= remaining:
@@ -1106,13 +1091,20 @@ async def refund_completed(
             type="RefundAmountInvalid",
             non_retryable=True,
         )
+    # A cancel's amount is payments' to decide (None: all it has left), never the
+    # snapshot's: every cancel of the order (the gateway's, the saga's, its retry of a
+    # refused one) meets under the key `cancel`, and payments' request digest includes
+    # the amount, so two that differed there met as IdempotencyKeyConflict; and a
+    # partial refund made at payments, not yet recorded, made the snapshot's too much
+    # (PaymentAmountExceeded). No patch: only the refund's and the record's inputs
+    # change, which replay does not compare.
     refund = await step(
         lambda: workflow.execute_activity(
             "payments.refund",
             RefundInput(
                 f"{request.order_id}:refund:{request.refund_key}",
                 snapshot.payment_id,
-                None if what_is_left else amount,
+                None if request.cancel else amount,
                 request.reason,
             ),
             result_type=RefundResult,
@@ -1125,7 +1117,7 @@ async def refund_completed(
         order_id=request.order_id,
         refund_key=request.refund_key,
         refund_id=refund.refund_id,
-        amount_minor=refund.amount_minor if what_is_left else amount,
+        amount_minor=refund.amount_minor if request.cancel else amount,
         reason=request.reason,
         cancel=request.cancel,
         cancelled_by=request.requested_by,

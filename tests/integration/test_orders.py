@@ -44,6 +44,7 @@ from agora.grpc import Channels
 from agora.money import MAX_AMOUNT_MINOR
 from contracts.agora.catalog.v1 import CatalogServiceStub
 from contracts.agora.events.v1 import EventEnvelope
+from contracts.agora.orders.v1 import OrderCancelled, OrderStatus
 from contracts.agora.payments.v1 import LedgerBalanceRequest, PaymentsServiceStub
 from tests.integration.catalogkit import CatalogApi
 from tests.integration.consumerkit import outbox_events
@@ -375,7 +376,9 @@ async def test_a_post_whose_saga_was_stopped_before_it_placed_the_order_is_refus
         "Order",
         OrderInput(order_id, customer_id, key, [OrderLineInput(sku, 1)], "EUR", card()),
         id=order_workflow_id(order_id),
-        task_queue=f"nobody-{uuid.uuid4()}",
+        # No worker polls it. One name, not one per run: the gateway's client reports
+        # its calls by task queue, and a metric label must not carry an id.
+        task_queue="agora-nobody",
     )
     await handle.terminate("stopped by staff")
     body = await problem(await place(shop, who, sku, key=key), 422, "order-rejected")
@@ -1176,6 +1179,147 @@ async def test_a_second_saga_for_an_ended_order_is_stopped_before_any_effect(
     finally:
         channels.close()
         await pool.close()
+
+
+async def awaiting_customer(shop: dict[str, Any], who: dict[str, str], order_id: str) -> None:
+    """Until the order's saga waits for the customer's payment step (recorded PENDING)."""
+
+    async def waiting() -> bool:
+        order = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=who)).json()
+        return bool(order["status"] == "AWAITING_PAYMENT")
+
+    await eventually(waiting, within=30, what="the order to await the customer")
+
+
+async def cancel(shop: dict[str, Any], who: dict[str, str], order_id: str) -> dict[str, Any]:
+    response = await shop["client"].post(
+        f"/v1/orders/{order_id}/cancel",
+        json={"reason": "changed my mind"},
+        headers={**who, "X-Request-Timeout": "30000"},
+    )
+    assert response.status == 200, await response.text()
+    answer: dict[str, Any] = await response.json()
+    return answer
+
+
+async def changed_in_catalog(
+    shop: dict[str, Any], activities: OrdersActivities, sku: str, change: str
+) -> None:
+    """The product's price raised, or the product deactivated: what catalog now answers
+    for a new order of it."""
+    env, lines = ActivityEnvironment(), [OrderLineInput(sku, 1)]
+    if change == "price risen":
+        await shop["catalog"].set_price(sku, 1700)
+        assert (await env.run(activities.price, PriceInput(lines, "EUR"))).total_minor == 1700
+        return
+    deactivated = await shop["client"].delete(
+        f"/v1/admin/products/{sku}", headers=shop["catalog"].admin
+    )
+    assert deactivated.status == 200, await deactivated.text()
+    with pytest.raises(ApplicationError) as unavailable:
+        await env.run(activities.price, PriceInput(lines, "EUR"))
+    assert unavailable.value.type == "ProductUnavailable"
+
+
+@pytest.mark.parametrize("change", ["price risen", "product deactivated"])
+async def test_the_price_step_run_again_for_a_recorded_order_answers_it_as_recorded(
+    settings: Settings, shop: dict[str, Any], change: str
+) -> None:
+    # The saga prices and records the order in its first workflow task, as local
+    # activities whose results reach its history only once that task completes. A task
+    # lost after the record (the worker killed, its completion refused), or a reset to
+    # it, prices again: it must answer the lines and total the order was recorded with
+    # (and OrderPlaced told). Before, it answered today's price, which payments then
+    # authorized while the projection held the first, or a product deactivated since
+    # rejected the order with nothing recorded, and the projection kept it PENDING.
+    sku = await product_with_stock(shop, 2, price=1500)
+    who = customer(shop)
+    response = await place(shop, who, sku, card_token=card(ACTION_CARD))
+    assert response.status == 201, await response.text()
+    accepted = await response.json()
+    order_id = accepted["order_id"]
+    await awaiting_customer(shop, who, order_id)  # recorded, its saga still running
+    title = accepted["lines"][0]["title"]
+    recorded = PricedOrder([PricedLine(sku, title, 1, 1500, 1500)], "EUR", 1500)
+    pool = await asyncpg.create_pool(settings.db_dsn("orders"), min_size=1, max_size=1)
+    channels = Channels(settings, caller="orders")
+    try:
+        activities = OrdersActivities(pool, CatalogServiceStub(channels.get("catalog")))
+        await changed_in_catalog(shop, activities, sku, change)
+        again = PriceInput([OrderLineInput(sku, 1)], "EUR", order_id)
+        # Another run, as a reset's (a retried task's is the same run).
+        assert await ActivityEnvironment().run(activities.price, again) == recorded
+    finally:
+        channels.close()
+        await pool.close()
+    assert (await cancel(shop, who, order_id))["status"] == "CANCELLED"
+
+
+async def cancelled_event(settings: Settings, order_id: str) -> OrderCancelled:
+    """The order's OrderCancelled, as its outbox holds it."""
+    conn = await asyncpg.connect(settings.db_dsn("orders"))
+    try:
+        rows = await conn.fetch(
+            "SELECT envelope FROM outbox WHERE aggregate_type = 'order' AND aggregate_id = $1"
+            " AND event_type = 'orders.OrderCancelled'",
+            order_id,
+        )
+    finally:
+        await conn.close()
+    assert len(rows) == 1, rows
+    return OrderCancelled.parse(EventEnvelope.parse(bytes(rows[0]["envelope"])).payload)
+
+
+async def test_the_sagas_cancel_of_a_pending_order_tells_the_status_it_left(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # OrderCancelled tells the status the order left; the saga's own cancel sent none
+    # (UNSPECIFIED), where a cancel after completion sent COMPLETED.
+    sku = await product_with_stock(shop, 2)
+    who = customer(shop)
+    response = await place(shop, who, sku, card_token=card(ACTION_CARD))
+    assert response.status == 201, await response.text()
+    order_id = (await response.json())["order_id"]
+    await awaiting_customer(shop, who, order_id)
+    assert (await cancel(shop, who, order_id))["status"] == "CANCELLED"
+    event = await cancelled_event(settings, order_id)
+    assert (event.previous_status, event.reason) == (OrderStatus.PENDING, "changed my mind")
+
+
+async def test_the_sagas_cancel_of_a_confirmed_order_tells_the_status_it_left(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # The cancel reaches the saga while it captures (held by a lock of the test's): the
+    # order is CONFIRMED, and the capture is refunded once it completes.
+    temporal: Client = shop["gw"].upstream.temporal
+    sku = await product_with_stock(shop, 2, price=1500)
+    who, key, order_id = keyed_order(shop, "cancel-confirmed")
+    handle = temporal.get_workflow_handle(order_workflow_id(order_id))
+
+    async def cancel_accepted() -> bool:
+        history = await handle.fetch_history()
+        accepted = [
+            e
+            for e in history.events
+            if e.HasField("workflow_execution_update_accepted_event_attributes")
+        ]
+        return len(accepted) >= 2  # the POST's accept, and the cancel
+
+    hold = await hold_before_placing(settings, "payments.capture", order_id)
+    cancelling: asyncio.Task[dict[str, Any]] | None = None
+    try:
+        assert (await place(shop, who, sku, key=key)).status == 201
+        await step_in_flight(temporal, order_id, "payments.capture", hold)
+        cancelling = asyncio.create_task(cancel(shop, who, order_id))
+        await eventually(cancel_accepted, within=30, what="the saga to accept the cancel")
+    finally:
+        await hold.release()
+        answer = await cancelling if cancelling is not None else None
+    assert answer is not None
+    assert (answer["status"], answer["refunded_minor"]) == ("CANCELLED", 1500)
+    event = await cancelled_event(settings, order_id)
+    assert event.previous_status == OrderStatus.CONFIRMED
+    assert event.refunded is not None and event.refunded.amount_minor == 1500
 
 
 async def test_a_refund_retried_with_its_key_answers_the_first_refund(

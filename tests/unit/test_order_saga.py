@@ -141,6 +141,10 @@ class World:
     unrecorded_refund_landing: int = 0
     # What payments refunded that the projection does not show yet.
     refunded_unrecorded: int = 0
+    # Refunds payments made, by key: the amount asked (None: all that was left) and the
+    # answer. As payments' request digest, which includes the amount, a key's retry is
+    # answered the first result and another amount under it is IdempotencyKeyConflict.
+    refunds_made: dict[str, tuple[int | None, RefundResult]] = field(default_factory=dict)
     # The first COMPLETED transition is written, then holds until it is cancelled (a
     # cancel requested in Temporal cuts the step short after it took effect).
     hold_completed_transition: bool = False
@@ -360,6 +364,15 @@ async def refund(data: RefundInput) -> RefundResult:
     world.calls.append(f"refund:{data.amount_minor}")
     world.refund_keys.append(data.idempotency_key)
     await world.gate("refund")
+    made = world.refunds_made.get(data.idempotency_key)
+    if made is not None:
+        if made[0] != data.amount_minor:
+            raise ApplicationError(
+                "this idempotency key was used for another refund",
+                type="IdempotencyKeyConflict",
+                non_retryable=True,
+            )
+        return made[1]
     if world.partial_refund_landing:
         order_id = data.idempotency_key.split(":")[0]
         world.refunded += world.partial_refund_landing
@@ -373,7 +386,9 @@ async def refund(data: RefundInput) -> RefundResult:
         raise ApplicationError(
             "the refund exceeds what is captured", type="PaymentAmountExceeded", non_retryable=True
         )
-    return RefundResult(data.payment_id, "ref-1", amount, 2000, "EUR", "refunded")
+    result = RefundResult(data.payment_id, "ref-1", amount, 2000, "EUR", "refunded")
+    world.refunds_made[data.idempotency_key] = (data.amount_minor, result)
+    return result
 
 
 def orders_worker(env: WorkflowEnvironment, *, cached: bool = True) -> Worker:
@@ -901,7 +916,7 @@ async def test_a_cancel_during_the_stock_commit_cancels_the_completed_order(
     assert world.calls[world.calls.index("commit") :] == [
         "commit",
         "transition:COMPLETED",
-        "refund:2000",
+        "refund:None",
         "record_refund:2000:cancel",
         "restock:SKU-1:2",
     ]
@@ -922,7 +937,7 @@ async def test_a_cancel_after_the_commit_that_fails_leaves_the_saga_completed(
     assert world.calls[world.calls.index("commit") :] == [
         "commit",
         "transition:COMPLETED",
-        "refund:2000",
+        "refund:None",
     ]
     await keep_history(client, handle.id, "cancel-at-commit-refused")
 
@@ -1026,8 +1041,42 @@ async def test_cancel_after_completion_refunds_everything_and_returns_the_stock(
     )
     view = await refund_run(client, request, "refund-cancel")
     assert view.status == "CANCELLED"
-    # Recorded before the restock: a restock that fails leaves the refund on the order.
-    assert world.calls == ["refund:2000", "record_refund:2000:cancel", "restock:SKU-1:2"]
+    # Payments is asked for all it has left (None), as the saga's cancel asks under the
+    # same key, and the refund is recorded with what it refunded. Recorded before the
+    # restock: a restock that fails leaves the refund on the order.
+    assert world.calls == ["refund:None", "record_refund:2000:cancel", "restock:SKU-1:2"]
+
+
+async def test_a_cancel_meets_the_sagas_refund_of_what_was_left_under_their_key(
+    client: Client,
+) -> None:
+    # The saga's cancel of its completed order asked payments for what was left, under
+    # the key `cancel`, after a customer's partial refund of 500: refunded 1500, not
+    # yet recorded. The customer's cancel (the gateway's RefundOrder) asks for what is
+    # left too, so payments answers it the saga's refund. Before, it asked for the 1500
+    # the projection showed left, and payments refused the key's other request
+    # (IdempotencyKeyConflict: a 409 to a customer who sent no key).
+    request = cancel_refund(str(uuid.uuid4()), CancelInput("cust-1", "changed mind"))
+    world.refunded, world.statuses[request.order_id] = 500, "PARTIALLY_REFUNDED"
+    sagas = RefundResult("pay-1", "ref-1", 1500, 2000, "EUR", "refunded")
+    world.refunds_made[f"{request.order_id}:refund:cancel"] = (None, sagas)
+    view = await (await start_refund(client, request)).result()
+    assert (view.status, view.refunded_minor) == ("CANCELLED", 2000)
+    assert world.calls == ["refund:None", "record_refund:1500:cancel", "restock:SKU-1:2"]
+
+
+async def test_a_cancel_after_a_partial_refund_not_yet_recorded_refunds_what_is_left(
+    client: Client,
+) -> None:
+    # A customer's partial refund of 500 was made at payments; its record in the
+    # projection has not landed, so the snapshot shows 2000 left. Payments refunds the
+    # 1500 it has left. Before, the cancel asked for 2000 and was refused
+    # (PaymentAmountExceeded) until that record landed.
+    request = cancel_refund(str(uuid.uuid4()), CancelInput("cust-1", "changed mind"))
+    world.unrecorded_refund_landing = 500
+    view = await (await start_refund(client, request)).result()
+    assert view.status == "CANCELLED"
+    assert world.calls == ["refund:None", "record_refund:1500:cancel", "restock:SKU-1:2"]
 
 
 # A cancel requested in Temporal (the web UI's Cancel, `temporal workflow cancel`) ----
@@ -1137,7 +1186,7 @@ async def test_a_temporal_cancel_during_the_stock_commit_cancels_the_order_and_r
     assert world.calls[world.calls.index("commit") + 1 :] == [
         "commit",
         "transition:COMPLETED",
-        "refund:2000",
+        "refund:None",
         "record_refund:2000:cancel",
         "restock:SKU-1:2",
     ]
@@ -1171,7 +1220,7 @@ async def test_a_temporal_cancel_cutting_the_completed_transition_short_cancels_
     assert world.calls[world.calls.index("commit") + 1 :] == [
         "transition:COMPLETED",
         "transition:COMPLETED",
-        "refund:2000",
+        "refund:None",
         "record_refund:2000:cancel",
         "restock:SKU-1:2",
     ]
@@ -1374,7 +1423,7 @@ async def test_a_temporal_cancel_during_the_cancels_restock_restocks_every_line(
     assert world.calls[world.calls.index("commit") :] == [
         "commit",
         "transition:COMPLETED",
-        "refund:2000",
+        "refund:None",
         "record_refund:2000:cancel",
         "restock:SKU-1:1",
         "restock:SKU-1:1",
@@ -1392,47 +1441,43 @@ async def test_a_temporal_cancel_after_the_commit_refunds_what_a_partial_refund_
     client: Client,
 ) -> None:
     # A customer's partial refund landed as the saga's cancel of its completed order
-    # asked payments for everything: refused (PaymentAmountExceeded). No gateway follows
-    # this cancel up: the saga asks once more, from a fresh snapshot, for whatever
-    # payments has left, under the same key. Before, the refusal was logged and the
-    # order stayed PARTIALLY_REFUNDED with its stock never returned.
+    # reached payments. The cancel asks payments for whatever it has left, so it is
+    # refunded the rest at once. Before, it asked for the snapshot's 2000, was refused
+    # (PaymentAmountExceeded) and asked again for what was left (REFUSED_CANCEL_RETRIED,
+    # whose branch the committed history order-temporal-cancel-at-commit-refund-refused
+    # keeps); before that, the refusal was logged and the stock never returned.
     world.partial_refund_landing = 500
-    order, handle = await cancelled_in_temporal_during(client, "commit")
+    order, _ = await cancelled_in_temporal_during(client, "commit")
     assert world.calls[world.calls.index("commit") :] == [
         "commit",
         "commit",
         "transition:COMPLETED",
-        "refund:2000",
         "refund:None",
         "record_refund:1500:cancel",
         "restock:SKU-1:2",
     ]
-    assert world.refund_keys == [f"{order.order_id}:refund:cancel"] * 2
+    assert world.refund_keys == [f"{order.order_id}:refund:cancel"]
     assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
     assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 2000)
-    await keep_history(client, handle.id, "temporal-cancel-at-commit-refund-refused")
 
 
 async def test_a_temporal_cancel_after_the_commit_refunds_what_an_unrecorded_refund_left(
     client: Client,
 ) -> None:
     # As above, but the customer's partial refund was made at payments and is not yet
-    # recorded in the orders projection: the fresh snapshot still shows nothing
-    # refunded. The saga asks payments for whatever it has left. Before, it asked for
-    # the snapshot's 2000 again, was refused again, and the order stayed COMPLETED with
-    # its stock never returned.
+    # recorded in the orders projection: the snapshot shows nothing refunded, payments
+    # knows better.
     world.unrecorded_refund_landing = 500
     order, _ = await cancelled_in_temporal_during(client, "commit")
     assert world.calls[world.calls.index("commit") :] == [
         "commit",
         "commit",
         "transition:COMPLETED",
-        "refund:2000",
         "refund:None",
         "record_refund:1500:cancel",
         "restock:SKU-1:2",
     ]
-    assert world.refund_keys == [f"{order.order_id}:refund:cancel"] * 2
+    assert world.refund_keys == [f"{order.order_id}:refund:cancel"]
     assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
     # The customer's 500 is recorded by its own RefundOrder, after.
     assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 1500)
@@ -1501,7 +1546,7 @@ async def test_a_temporal_cancel_during_a_cancels_restock_restocks_every_line(
         client, "restock:SKU-1:1", "restock"
     )
     assert world.calls == [
-        "refund:2000",
+        "refund:None",
         "record_refund:2000:cancel",
         "restock:SKU-1:1",
         "restock:SKU-1:1",
@@ -1518,10 +1563,10 @@ async def test_a_temporal_cancel_during_a_cancels_refund_records_it_and_restocks
     # The refund cut short is asked again by its key (payments answers the first
     # attempt's result), then recorded, then the lines restocked. Before, the money was
     # refunded at payments while the order read COMPLETED.
-    request, handle = await refund_cancelled_in_temporal_during(client, "refund:2000", "refund")
+    request, handle = await refund_cancelled_in_temporal_during(client, "refund:None", "refund")
     assert world.calls == [
-        "refund:2000",
-        "refund:2000",
+        "refund:None",
+        "refund:None",
         "record_refund:2000:cancel",
         "restock:SKU-1:1",
         "restock:SKU-2:1",
@@ -1543,7 +1588,7 @@ async def test_a_temporal_cancel_cutting_a_cancels_record_short_records_it_and_r
     await handle.cancel()
     await closed(handle)
     assert world.calls == [
-        "refund:2000",
+        "refund:None",
         "record_refund:2000:cancel",
         "record_refund:2000:cancel",
         "restock:SKU-1:1",
@@ -1613,7 +1658,7 @@ async def test_a_retried_cancel_finishes_the_restock_of_a_run_cut_short(client: 
     view = await refund_run(client, request, "refund-cancel-restocked-again")
     assert (view.status, view.refunded_minor) == ("CANCELLED", 2000)
     assert world.calls == [
-        "refund:2000",
+        "refund:None",
         "record_refund:2000:cancel",
         "restock:SKU-1:1",
         "restock:SKU-1:1",
