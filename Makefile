@@ -41,11 +41,12 @@ seed: venv
 	@$(PY) -m workers.catalog.seed $(SEED_ARGS)
 
 # Not `venv`: stopping must not first reinstall the venv because pyproject.toml changed.
+# If the venv lacks a dependency added since (stack imports much of agora), install, retry.
 stop: | $(PY)
-	@$(PY) -m stack down
+	@$(PY) -m stack down || { $(MAKE) --no-print-directory venv && $(PY) -m stack down; }
 
 status: | $(PY)
-	@$(PY) -m stack status
+	@$(PY) -m stack status || { $(MAKE) --no-print-directory venv && $(PY) -m stack status; }
 
 # Made only when there is no venv at all (no prerequisites: never out of date).
 $(PY):

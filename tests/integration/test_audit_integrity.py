@@ -193,6 +193,23 @@ async def test_a_row_with_a_time_python_cannot_hold_is_named_and_never_signed(
         assert refused.value.type == CHAIN_BROKEN
 
 
+@pytest.mark.parametrize(
+    "occurred_at",
+    [dt.datetime(9999, 12, 31, 12, tzinfo=dt.UTC), dt.datetime(1, 1, 1, 12, tzinfo=dt.UTC)],
+    ids=["last-day", "first-day"],
+)
+async def test_an_event_at_the_edge_of_pythons_times_verifies(
+    settings: Settings, roles: None, occurred_at: dt.datetime
+) -> None:
+    # A "never" sentinel (datetime.max's day) or a zero time (year 1) is an event time
+    # intake takes: the walk must read it back, not as a time it cannot hold.
+    async with scratch_log(settings) as (_, pool):
+        await append(pool, make_envelope(), make_envelope(occurred_at=occurred_at))
+        signer = CheckpointSigner(os.urandom(32))
+        answer = await verify_chain(pool, signer.public_key, from_genesis=True)
+        assert answer.ok, answer.failure
+
+
 async def test_a_checkpoint_planted_with_a_time_python_cannot_hold_is_a_forged_one(
     settings: Settings, roles: None
 ) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +28,20 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Context]:
-    """A cluster of its own in `tmp_path`, on a free port, started as the stack starts it."""
-    ctx = Context(config.load({"AGORA_STATE_DIR": str(tmp_path / "state")}))
+def short_dir() -> Iterator[Path]:
+    """A folder with a short path: the server's socket path must fit in 107 bytes, which
+    pytest's tmp_path under a clone's .state/test/pytest may not."""
+    path = Path(tempfile.mkdtemp(prefix="pgstop-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def running(short_dir: Path) -> Iterator[Context]:
+    """A cluster of its own, on a free port, started as the stack starts it."""
+    ctx = Context(config.load({"AGORA_STATE_DIR": str(short_dir / "s")}))
     ctx.settings.ports["postgres"] = free_port()
     postgres = Postgres()
     postgres.prepare(ctx)

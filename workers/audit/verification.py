@@ -46,7 +46,10 @@ CHUNK = 5000
 # which the audit role could plant, is read as NULL: asyncpg's decode would raise and
 # end the walk, where the row is one to name. (Sorting by `audit_log.recorded_at` is
 # by the stored time, not this.)
-_READABLE = "CASE WHEN {0} >= '0001-01-02' AND {0} < '9999-12-31' THEN {0} END AS {0}"
+_READABLE = (
+    "CASE WHEN {0} >= '0001-01-01 00:00:00+00' AND {0} < '10000-01-01 00:00:00+00'"
+    " THEN {0} END AS {0}"
+)
 _WALKED = (
     "log_sequence, prev_hash, hash, canonical, event_id, event_type, payload_type,"
     " aggregate_type, aggregate_id, aggregate_sequence, producer, workflow_id, run_id,"
