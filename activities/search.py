@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from contracts.agora.catalog.v1 import CatalogServiceStub, ListProductsRequest, Product
 from contracts.agora.common.v1 import PageRequest
+from contracts.agora.inventory.v1 import BatchGetStockRequest, InventoryServiceStub
 from workers.search.documents import (
     STOCK_FIELDS,
     Change,
@@ -27,6 +28,7 @@ from workers.search.documents import (
     copy_stock,
     merge_many,
     product_document,
+    stock_change,
 )
 from workers.search.index import Indices
 
@@ -83,10 +85,17 @@ class _Checkpoint:
 
 
 class SearchActivities:
-    def __init__(self, es: AsyncElasticsearch, indices: Indices, catalog: CatalogServiceStub):
+    def __init__(
+        self,
+        es: AsyncElasticsearch,
+        indices: Indices,
+        catalog: CatalogServiceStub,
+        inventory: InventoryServiceStub,
+    ):
         self.es = es
         self.indices = indices
         self.catalog = catalog
+        self.inventory = inventory
 
     @activity.defn(name="search.begin_reindex")
     async def begin_reindex(self, data: BeginReindexInput) -> BeginReindexResult:
@@ -112,7 +121,9 @@ class SearchActivities:
 
         Documents are created in bulk; one that exists already was written by an
         event since the index became a write target, so it is merged by version
-        instead (the newer product wins). Stock is taken from the current index.
+        instead (the newer product wins). Stock is taken from the current index and
+        from inventory, merged by version: a reindex after the index was lost still
+        has every product's stock.
         """
         details = activity.info().heartbeat_details
         state = _Checkpoint("", 0, 0)
@@ -129,6 +140,7 @@ class SearchActivities:
             products = list(page.products)
             if products:
                 merged = await self._copy(data, products)
+                await self._stock_from_inventory(data, products)
                 state.copied += len(products) - merged
                 state.merged += merged
             state.cursor = page.page.next_cursor if page.page else ""
@@ -164,6 +176,12 @@ class SearchActivities:
                 batch = []
         if batch:
             await merge_many(self.es, data.new_index, batch)
+
+    async def _stock_from_inventory(self, data: BackfillInput, products: list[Product]) -> None:
+        found = await self.inventory.batch_get_stock(
+            BatchGetStockRequest(skus=[p.sku for p in products]), timeout=30
+        )
+        await merge_many(self.es, data.new_index, [stock_change(level) for level in found.stock])
 
     async def _copy(self, data: BackfillInput, products: list[Product]) -> int:
         stock: dict[str, dict[str, Any]] = {}

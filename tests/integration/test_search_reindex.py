@@ -27,6 +27,7 @@ from activities.search import BackfillInput, BeginReindexInput, SearchActivities
 from agora.config import Settings
 from agora.grpc import Channels
 from contracts.agora.catalog.v1 import CatalogServiceStub
+from contracts.agora.inventory.v1 import InventoryServiceStub
 from gateway.deps import Gateway
 from tests.integration.catalogkit import CatalogApi
 from tests.integration.conftest import Services
@@ -200,7 +201,7 @@ async def test_a_backfill_resumed_after_its_pages_carries_every_documents_stock(
         [source] = list((await es.indices.get_alias(name=settings.search_index_prefix)).body)
         indices = Indices(es, settings.search_index_prefix)
         await indices.create(target)
-        activities = SearchActivities(es, indices, CatalogServiceStub(channels.get("catalog")))
+        activities = SearchActivities(es, indices, *_stubs(channels))
         env = ActivityEnvironment()
         resumed = {"cursor": "", "copied": 0, "merged": 0, "pages_done": True}
         env.info = dataclasses.replace(env.info, heartbeat_details=[resumed])
@@ -217,6 +218,36 @@ async def test_a_backfill_resumed_after_its_pages_carries_every_documents_stock(
         await es.options(ignore_status=404).indices.delete(index=target)
         channels.close()
         await es.close()
+
+
+async def test_a_backfill_without_an_index_to_copy_from_takes_stock_from_inventory(
+    running: tuple[Gateway, CatalogApi], settings: Settings
+) -> None:
+    # The index was lost (no source to copy stock from): the stock comes from inventory.
+    gw, api = running
+    sku = f"BF-{uuid.uuid4().hex[:10]}"
+    await api.create(sku=sku, title="Backfill lamp")
+    await restock(gw, sku, 4)
+    es = AsyncElasticsearch(settings.elasticsearch_url)
+    channels = Channels(settings, caller="search")
+    target = f"backfill-test-{uuid.uuid4().hex[:8]}"
+    try:
+        indices = Indices(es, settings.search_index_prefix)
+        await indices.create(target)
+        activities = SearchActivities(es, indices, *_stubs(channels))
+        await ActivityEnvironment().run(activities.backfill, BackfillInput(target, ""))
+        copied = (await es.get(index=target, id=sku))["_source"]
+        assert (copied["available"], copied["in_stock"]) == (4, True)
+    finally:
+        await es.options(ignore_status=404).indices.delete(index=target)
+        channels.close()
+        await es.close()
+
+
+def _stubs(channels: Channels) -> tuple[CatalogServiceStub, InventoryServiceStub]:
+    return CatalogServiceStub(channels.get("catalog")), InventoryServiceStub(
+        channels.get("inventory")
+    )
 
 
 async def test_begin_reindex_refuses_at_once_a_version_that_names_an_alias(
@@ -237,7 +268,7 @@ async def test_begin_reindex_refuses_at_once_a_version_that_names_an_alias(
                 {"add": {"index": first, "alias": indices.write_alias}},
             ]
         )
-        activities = SearchActivities(es, indices, CatalogServiceStub(channels.get("catalog")))
+        activities = SearchActivities(es, indices, *_stubs(channels))
         with pytest.raises(ApplicationError) as refused:
             await ActivityEnvironment().run(activities.begin_reindex, BeginReindexInput("write"))
         assert (refused.value.type, refused.value.non_retryable) == ("InvalidArgument", True)

@@ -191,6 +191,20 @@ def test_price_buckets_are_answered_in_their_currency() -> None:
     assert last.max_price is None
 
 
+def test_a_brand_bucket_counts_every_case_and_is_named_by_its_commonest_spelling() -> None:
+    request = SearchRequest(facets=[FacetField.BRAND])
+    assert build(request)["aggs"]["brand"]["terms"]["field"] == "brand.lc"
+    spelling = {"buckets": [{"key": "Acme", "doc_count": 2}]}
+    answer = {
+        "hits": {"hits": [], "total": {"value": 3, "relation": "eq"}},
+        "aggregations": {
+            "brand": {"buckets": [{"key": "acme", "doc_count": 3, "spelling": spelling}]}
+        },
+    }
+    [facet] = response(request, answer).facets
+    assert [(b.key, b.count) for b in facet.buckets] == [("Acme", 3)]
+
+
 def test_a_cursor_continues_only_its_own_search() -> None:
     request = SearchRequest(query="lamp", sort=SortOrder.NEWEST)
     cursor = encode_cursor(request, [1700000000000, "SKU-1"])

@@ -77,6 +77,10 @@ def stock_levels(message: betterproto2.Message) -> list[StockLevel]:
     return [level for level in after if isinstance(level, StockLevel)]
 
 
+class NoWriteTarget(Exception):
+    """The write alias names no index: the batch would reach none (retried, not committed)."""
+
+
 class SearchIndexer:
     def __init__(self, es: AsyncElasticsearch, indices: Indices):
         self.es = es
@@ -105,7 +109,7 @@ class SearchIndexer:
                 _lag.record(max(lag, 0.0), {"topic": record.topic})
 
     async def _apply(self, changes: Sequence[Change]) -> None:
-        targets = await self.indices.write_targets()
+        targets = await self._write_targets()
         loaded_at = self.indices.targets_loaded_at
         written: set[str] = set()
         for attempt in range(2):
@@ -122,7 +126,7 @@ class SearchIndexer:
                     # the old index only PROPAGATION_WAIT (three TTLs) later: look again.
                     if time.monotonic() - loaded_at <= TARGETS_TTL_S:
                         return
-                    targets = await self.indices.write_targets(fresh=True)
+                    targets = await self._write_targets(fresh=True)
                     loaded_at = self.indices.targets_loaded_at
                     if written.issuperset(targets):
                         return
@@ -130,13 +134,19 @@ class SearchIndexer:
                 # Dropped after a swap: our view of the write alias is stale.
                 if attempt:
                     raise
-                targets = await self.indices.write_targets(fresh=True)
+                targets = await self._write_targets(fresh=True)
                 loaded_at = self.indices.targets_loaded_at
             except (BadRequestError, DocumentRejected):
                 raise  # not worth a retry: the caller makes it poison
             except Exception:
                 _errors.add(1, {"kind": "transient"})
                 raise
+
+    async def _write_targets(self, *, fresh: bool = False) -> list[str]:
+        targets = await self.indices.write_targets(fresh=fresh)
+        if not targets:
+            raise NoWriteTarget(f"alias {self.indices.write_alias} names no index")
+        return targets
 
 
 def _changes(batch: Sequence[Decoded]) -> tuple[list[Change], list[Decoded]]:

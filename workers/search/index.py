@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
+from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +118,24 @@ class Indices:
         """Create an index with the explicit mappings; False if it exists (idempotent)."""
         if await self.es.indices.exists(index=name):
             return False
-        await self.es.indices.create(
-            index=name,
-            mappings=MAPPINGS,
-            settings=index_settings(self.refresh_interval),
-        )
+        try:
+            await self.es.indices.create(
+                index=name,
+                mappings=MAPPINGS,
+                settings=index_settings(self.refresh_interval),
+            )
+        except BadRequestError as error:
+            # Another replica starting on the same fresh cluster created it first.
+            if error.message == "resource_already_exists_exception":
+                return False
+            raise
         return True
 
     async def ensure(self) -> None:
         """On start-up: the first index and both aliases, unless they exist."""
         await self.refuse_auto_create()
         if await self.es.indices.exists_alias(name=self.read_alias):
+            await self.restore_write_alias()
             await self.replicate(await self.behind(self.write_alias))
             return
         first = self.index_name(FIRST_VERSION)
@@ -137,6 +144,18 @@ class Indices:
             actions=[
                 {"add": {"index": first, "alias": self.read_alias}},
                 {"add": {"index": first, "alias": self.write_alias}},
+            ]
+        )
+
+    async def restore_write_alias(self) -> None:
+        """Put a lost write alias back on the index searches read: without it events
+        would reach no index (deleted by hand, or a half-done alias change)."""
+        if await self.behind(self.write_alias):
+            return
+        await self.es.indices.update_aliases(
+            actions=[
+                {"add": {"index": name, "alias": self.write_alias}}
+                for name in await self.behind(self.read_alias)
             ]
         )
 

@@ -284,10 +284,16 @@ def build(request: SearchRequest) -> dict[str, Any]:
         body["search_after"] = decode_cursor(request)
     aggs: dict[str, Any] = {}
     for facet in request.facets:
+        # Each facet counts on the field its filter matches, so a bucket's count is
+        # what selecting it finds: a category with its descendants, a brand in any case.
         if facet == FacetField.CATEGORY:
-            aggs["category"] = {"terms": {"field": "category", "size": FACET_SIZE}}
+            aggs["category"] = {"terms": {"field": "category_path", "size": FACET_SIZE}}
         elif facet == FacetField.BRAND:
-            aggs["brand"] = {"terms": {"field": "brand.raw", "size": FACET_SIZE}}
+            aggs["brand"] = {
+                "terms": {"field": "brand.lc", "size": FACET_SIZE},
+                # Shown as its commonest spelling, not lower-cased.
+                "aggs": {"spelling": {"terms": {"field": "brand.raw", "size": 1}}},
+            }
         elif facet == FacetField.PRICE:
             aggs["price"] = _price_facet(price_currency(request))
     if aggs:
@@ -300,7 +306,11 @@ def build(request: SearchRequest) -> dict[str, Any]:
             "pre_tags": ["<em>"],
             "post_tags": ["</em>"],
             "fields": {
-                "title": {"number_of_fragments": 0},
+                # A title prefix matches on title._index_prefix: highlight that too.
+                "title": {
+                    "number_of_fragments": 0,
+                    "matched_fields": ["title", "title._index_prefix"],
+                },
                 "description": {"number_of_fragments": 2},
             },
         }
@@ -374,7 +384,9 @@ def response(request: SearchRequest, answer: dict[str, Any]) -> SearchResponse:
             facets.append(Facet(field=FacetField.PRICE, buckets=buckets))
         else:
             field_enum = FacetField.CATEGORY if name == "category" else FacetField.BRAND
-            buckets = [FacetBucket(key=b["key"], count=b["doc_count"]) for b in agg["buckets"]]
+            buckets = [
+                FacetBucket(key=_bucket_key(b), count=b["doc_count"]) for b in agg["buckets"]
+            ]
             facets.append(Facet(field=field_enum, buckets=buckets))
     return SearchResponse(
         hits=hits,
@@ -383,3 +395,9 @@ def response(request: SearchRequest, answer: dict[str, Any]) -> SearchResponse:
         facets=facets,
         next_search_after=encode_cursor(request, page[-1]["sort"]) if more and page else "",
     )
+
+
+def _bucket_key(bucket: dict[str, Any]) -> str:
+    """A brand bucket's commonest spelling; any other bucket's own key."""
+    spellings = bucket.get("spelling", {}).get("buckets") or [bucket]
+    return str(spellings[0]["key"])

@@ -10,6 +10,7 @@ from activities.search import SearchActivities
 from agora.config import Settings
 from agora.service import Runtime, ServiceParts
 from contracts.agora.catalog.v1 import CatalogServiceStub
+from contracts.agora.inventory.v1 import InventoryServiceStub
 from workers.search.api import SearchApi
 from workers.search.consumer import SearchIndexer
 from workers.search.index import Indices
@@ -37,7 +38,12 @@ async def build_parts(rt: Runtime) -> ServiceParts:
     es = elasticsearch(settings)
     indices = Indices(es, settings.search_index_prefix, settings.search_refresh_interval)
     await indices.ensure()
-    activities = SearchActivities(es, indices, CatalogServiceStub(rt.channels.get("catalog")))
+    activities = SearchActivities(
+        es,
+        indices,
+        CatalogServiceStub(rt.channels.get("catalog")),
+        InventoryServiceStub(rt.channels.get("inventory")),
+    )
     return ServiceParts(
         grpc_handlers=[SearchApi(es, indices)],
         activities=[
