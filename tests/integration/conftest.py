@@ -22,6 +22,7 @@ import psutil
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
+from elasticsearch import AsyncElasticsearch
 
 from agora.config import Settings
 from gateway.deps import Gateway
@@ -216,3 +217,11 @@ async def gateway(
     """An in-process gateway on the test stack with identity running."""
     async with running_gateway(settings, minter) as running:
         yield running
+
+
+@pytest_asyncio.fixture
+async def es(settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
+    """A client of the stack's Elasticsearch."""
+    client = AsyncElasticsearch(settings.elasticsearch_url)
+    yield client
+    await client.close()

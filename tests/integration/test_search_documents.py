@@ -44,13 +44,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest_asyncio.fixture
-async def es(settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
-    client = AsyncElasticsearch(settings.elasticsearch_url)
-    yield client
-    await client.close()
-
-
-@pytest_asyncio.fixture
 async def indices(es: AsyncElasticsearch) -> AsyncIterator[Indices]:
     """A private index behind its own read and write aliases (Indices.ensure is not
     used: it changes a cluster-wide setting the running search service relies on)."""

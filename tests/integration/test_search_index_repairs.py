@@ -23,7 +23,6 @@ import pytest
 import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
-from agora.config import Settings
 from contracts import full_name
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.inventory.v1 import StockLevel, StockRestocked
@@ -36,13 +35,6 @@ from workers.search.index import FIRST_VERSION, Indices
 
 pytestmark = [pytest.mark.integration]
 AUTO_CREATE = "action.auto_create_index"
-
-
-@pytest_asyncio.fixture
-async def es(settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
-    client = AsyncElasticsearch(settings.elasticsearch_url)
-    yield client
-    await client.close()
 
 
 @pytest_asyncio.fixture

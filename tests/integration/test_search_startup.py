@@ -19,7 +19,6 @@ import pytest
 import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
-from agora.config import Settings
 from workers.search.index import REPLICAS, Indices
 
 pytestmark = [pytest.mark.integration]
@@ -30,13 +29,6 @@ BLOCKS = (READ_ONLY, METADATA, FLOOD_STAGE)
 NO_REPLICAS = {"index.auto_expand_replicas": "false", "index.number_of_replicas": 0}
 LOGGER = "workers.search.index"
 AUTO_CREATE = "action.auto_create_index"
-
-
-@pytest_asyncio.fixture
-async def es(settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
-    client = AsyncElasticsearch(settings.elasticsearch_url)
-    yield client
-    await client.close()
 
 
 @pytest_asyncio.fixture
