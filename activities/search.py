@@ -28,7 +28,7 @@ from workers.search.documents import (
     copy_stock,
     merge_many,
     product_document,
-    stock_change,
+    stock_fields,
 )
 from workers.search.index import Indices
 
@@ -140,7 +140,6 @@ class SearchActivities:
             products = list(page.products)
             if products:
                 merged = await self._copy(data, products)
-                await self._stock_from_inventory(data, products)
                 state.copied += len(products) - merged
                 state.merged += merged
             state.cursor = page.page.next_cursor if page.page else ""
@@ -177,23 +176,28 @@ class SearchActivities:
         if batch:
             await merge_many(self.es, data.new_index, batch)
 
-    async def _stock_from_inventory(self, data: BackfillInput, products: list[Product]) -> None:
-        found = await self.inventory.batch_get_stock(
-            BatchGetStockRequest(skus=[p.sku for p in products]), timeout=30
-        )
-        await merge_many(self.es, data.new_index, [stock_change(level) for level in found.stock])
-
-    async def _copy(self, data: BackfillInput, products: list[Product]) -> int:
+    async def _newest_stock(
+        self, data: BackfillInput, products: list[Product]
+    ) -> dict[str, dict[str, Any]]:
+        """The products' stock fields, by sku: the newer (by version) of the current
+        index's and inventory's. Inventory's alone after the index was lost."""
+        skus = [p.sku for p in products]
         stock: dict[str, dict[str, Any]] = {}
         if data.source_index:
             found = await self.es.mget(
-                index=data.source_index,
-                ids=[p.sku for p in products],
-                source_includes=STOCK_FIELDS,
+                index=data.source_index, ids=skus, source_includes=STOCK_FIELDS
             )
             for doc in found["docs"]:
                 if doc.get("found"):
                     stock[doc["_id"]] = doc["_source"]
+        levels = await self.inventory.batch_get_stock(BatchGetStockRequest(skus=skus), timeout=30)
+        for level in levels.stock:
+            if level.version > int(stock.get(level.sku, {}).get("stock_version") or 0):
+                stock[level.sku] = stock_fields(level)
+        return stock
+
+    async def _copy(self, data: BackfillInput, products: list[Product]) -> int:
+        stock = await self._newest_stock(data, products)
         actions = [
             {
                 "_op_type": "create",
