@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from gateway.context import DEADLINE, PRINCIPAL, REQUEST_ID, TIMING, TRACE_ID, ServerTiming
 from gateway.deps import deps
 from gateway.forwarded import client_bucket
-from gateway.problems import RETRY_SOON, Problem, render
+from gateway.problems import INVALID_TOKEN, RETRY_SOON, WWW_AUTHENTICATE, Problem, render
 from gateway.ratelimit import Verdict
 from gateway.signatures import signed_headers, verify_request
 
@@ -34,7 +34,6 @@ tracer = trace.get_tracer("agora.gateway")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 MAX_TIMEOUT_MS = 30_000
-_WWW_AUTHENTICATE = 'Bearer realm="agora"'
 
 
 def _from_http_exception(error: web.HTTPException) -> Problem:
@@ -165,15 +164,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             raise Problem(
                 "token-missing",
                 "send Authorization: Bearer <access token>",
-                headers={"WWW-Authenticate": _WWW_AUTHENTICATE},
+                headers={"WWW-Authenticate": WWW_AUTHENTICATE},
             )
         try:
             principal = await gw.verifier.verify(token)
         except Problem as problem:
             if problem.status == 401:  # not a 503: the token may be good (gateway/tokens.py)
-                problem.headers.setdefault(
-                    "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
-                )
+                problem.headers.setdefault("WWW-Authenticate", INVALID_TOKEN)
             raise
         missing = route.scopes - principal.scopes
         if missing:
@@ -182,7 +179,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                 "insufficient-scope",
                 f"this route requires scope {needed}",
                 headers={
-                    "WWW-Authenticate": f'{_WWW_AUTHENTICATE}, error="insufficient_scope",'
+                    "WWW-Authenticate": f'{WWW_AUTHENTICATE}, error="insufficient_scope",'
                     f' scope="{needed}"'
                 },
             )
@@ -235,7 +232,7 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
             "this token's session was revoked"
             if admission.verdict is Verdict.SID_REVOKED
             else "this token was revoked",
-            headers={"WWW-Authenticate": f'{_WWW_AUTHENTICATE}, error="invalid_token"'},
+            headers={"WWW-Authenticate": INVALID_TOKEN},
         )
     if admission.verdict is Verdict.RATE_LIMITED:
         raise Problem(

@@ -72,6 +72,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
 }
 
 
+# The API's Bearer challenge (RFC 6750), and the one for a token that is no good.
+WWW_AUTHENTICATE = 'Bearer realm="agora"'
+INVALID_TOKEN = f'{WWW_AUTHENTICATE}, error="invalid_token"'
+
 # Try again in a second: an overloaded or briefly unavailable dependency (Redis, the
 # signing-secret lookup, a service over its capacity such as password hashing).
 RETRY_SOON = {"Retry-After": "1"}
@@ -120,7 +124,7 @@ def render(problem: Problem, *, instance: str, trace_id: str) -> web.Response:
     if kind.status == 401:
         # RFC 9110: every 401 names a scheme; a signature's or a credential's too
         # (those about the token itself say more: error="invalid_token").
-        headers.setdefault("WWW-Authenticate", 'Bearer realm="agora"')
+        headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
     return web.Response(
         status=kind.status,
         body=json.dumps(body).encode(),

@@ -20,12 +20,10 @@ from aiohttp import web
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from agora import signing
-from gateway.problems import RETRY_SOON, Problem
+from gateway.problems import INVALID_TOKEN, RETRY_SOON, Problem
 from gateway.ratelimit import nonce_key
 from gateway.routing import read_body
 from gateway.tokens import Principal
-
-_INVALID_TOKEN = 'Bearer realm="agora", error="invalid_token"'
 
 SecretFetcher = Callable[[str], Awaitable[str | None]]
 
@@ -145,6 +143,6 @@ async def _active_client_secret(secrets: SigningSecrets, client_id: str) -> str:
         raise Problem(
             "token-revoked",
             "this API client is unknown or no longer active",
-            headers={"WWW-Authenticate": _INVALID_TOKEN},
+            headers={"WWW-Authenticate": INVALID_TOKEN},
         )
     return secret
