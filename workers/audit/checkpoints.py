@@ -32,13 +32,20 @@ class StoredCheckpoint:
 
 
 _COLUMNS = "log_sequence, head_hash, signed_at, key_id, signature"
-# Read back: PostgreSQL holds times Python cannot (years past 9999, infinity), and a
-# row the audit role planted with one would fail every read of the checkpoints
-# (asyncpg's decode raises) instead of failing verification as a forged checkpoint.
-_SELECTED = (
-    "log_sequence, head_hash, CASE WHEN signed_at >= '0001-01-02' AND signed_at < '9999-12-31'"
-    " THEN signed_at END AS signed_at, key_id, signature"
-)
+
+
+def readable_time(column: str) -> str:
+    """`column` selected as NULL when it holds a time Python cannot (a year past 9999,
+    infinity): PostgreSQL holds them, and asyncpg's decode of a row the audit role
+    planted with one would raise and end the read, where the row is one to report."""
+    return (
+        f"CASE WHEN {column} >= '0001-01-01 00:00:00+00' AND {column} < '10000-01-01 00:00:00+00'"
+        f" THEN {column} END AS {column}"
+    )
+
+
+# Read back: a planted checkpoint with such a time fails verification as a forged one.
+_SELECTED = f"log_sequence, head_hash, {readable_time('signed_at')}, key_id, signature"
 # Stands for a time Python cannot hold: no checkpoint was signed at it, so a row read
 # with it never verifies.
 UNREADABLE_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)

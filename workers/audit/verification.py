@@ -42,18 +42,14 @@ from workers.audit.envelopes import canonical_columns
 from workers.audit.signing import PublicKey, TrustedKeys
 
 CHUNK = 5000
-# The columns a walk reads. A time Python cannot hold (a year past 9999, infinity),
-# which the audit role could plant, is read as NULL: asyncpg's decode would raise and
-# end the walk, where the row is one to name. (Sorting by `audit_log.recorded_at` is
-# by the stored time, not this.)
-_READABLE = (
-    "CASE WHEN {0} >= '0001-01-01 00:00:00+00' AND {0} < '10000-01-01 00:00:00+00'"
-    " THEN {0} END AS {0}"
-)
+# The columns a walk reads; a time Python cannot hold, which the audit role could
+# plant, is read as NULL (checkpoints.readable_time), a row to name. (Sorting by
+# `audit_log.recorded_at` is by the stored time, not this.)
 _WALKED = (
     "log_sequence, prev_hash, hash, canonical, event_id, event_type, payload_type,"
     " aggregate_type, aggregate_id, aggregate_sequence, producer, workflow_id, run_id,"
-    f" trace_id, {_READABLE.format('occurred_at')}, {_READABLE.format('recorded_at')}"
+    f" trace_id, {checkpoints.readable_time('occurred_at')},"
+    f" {checkpoints.readable_time('recorded_at')}"
 )
 log = logging.getLogger(__name__)
 _failures = metrics.get_meter("agora.audit").create_counter(
