@@ -16,7 +16,7 @@ from agora.errors import InvalidArgument
 from agora.passwords import Passwords
 from contracts.agora.identity.v1 import PrincipalType, RevocationReason
 from workers.identity import tokens
-from workers.identity.apiclients import ApiClients, parse_client_id
+from workers.identity.apiclients import ApiClients, canonical_id
 from workers.identity.errors import (
     InvalidCredentials,
     InvalidScope,
@@ -105,7 +105,7 @@ class TokenService:
     async def sign_in_client(self, client_id: str, secret: str, requested: list[str]) -> Grant:
         granted = _narrow(list(await self._clients.authenticate(client_id, secret)), requested)
         # The tokens carry the canonical id, as its revocation does.
-        client_id = str(parse_client_id(client_id))
+        client_id = canonical_id(client_id)
         key = await self._keys.signing_key()  # before the grant is recorded
         async with self._pool.acquire() as conn, conn.transaction():
             await append_signed_in(conn, client_id, PrincipalType.API_CLIENT, "", granted)
