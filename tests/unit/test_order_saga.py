@@ -1437,16 +1437,23 @@ async def test_a_temporal_cancel_during_the_cancels_restock_restocks_every_line(
     await keep_history(client, handle.id, "temporal-cancel-at-cancel-restock")
 
 
+@pytest.mark.parametrize(
+    ("landing", "recorded_refunded"),
+    [("partial_refund_landing", 2000), ("unrecorded_refund_landing", 1500)],
+    ids=["recorded", "unrecorded"],
+)
 async def test_a_temporal_cancel_after_the_commit_refunds_what_a_partial_refund_left(
-    client: Client,
+    client: Client, landing: str, recorded_refunded: int
 ) -> None:
-    # A customer's partial refund landed as the saga's cancel of its completed order
-    # reached payments. The cancel asks payments for whatever it has left, so it is
+    # A customer's partial refund of 500 landed as the saga's cancel of its completed
+    # order reached payments: recorded in the orders projection already, or made at
+    # payments and not yet recorded (the snapshot shows nothing refunded, payments
+    # knows better). The cancel asks payments for whatever it has left, so it is
     # refunded the rest at once. Before, it asked for the snapshot's 2000, was refused
     # (PaymentAmountExceeded) and asked again for what was left (REFUSED_CANCEL_RETRIED,
     # whose branch the committed history order-temporal-cancel-at-commit-refund-refused
     # keeps); before that, the refusal was logged and the stock never returned.
-    world.partial_refund_landing = 500
+    setattr(world, landing, 500)
     order, _ = await cancelled_in_temporal_during(client, "commit")
     assert world.calls[world.calls.index("commit") :] == [
         "commit",
@@ -1458,29 +1465,8 @@ async def test_a_temporal_cancel_after_the_commit_refunds_what_a_partial_refund_
     ]
     assert world.refund_keys == [f"{order.order_id}:refund:cancel"]
     assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
-    assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 2000)
-
-
-async def test_a_temporal_cancel_after_the_commit_refunds_what_an_unrecorded_refund_left(
-    client: Client,
-) -> None:
-    # As above, but the customer's partial refund was made at payments and is not yet
-    # recorded in the orders projection: the snapshot shows nothing refunded, payments
-    # knows better.
-    world.unrecorded_refund_landing = 500
-    order, _ = await cancelled_in_temporal_during(client, "commit")
-    assert world.calls[world.calls.index("commit") :] == [
-        "commit",
-        "commit",
-        "transition:COMPLETED",
-        "refund:None",
-        "record_refund:1500:cancel",
-        "restock:SKU-1:2",
-    ]
-    assert world.refund_keys == [f"{order.order_id}:refund:cancel"]
-    assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
-    # The customer's 500 is recorded by its own RefundOrder, after.
-    assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 1500)
+    # An unrecorded 500 is recorded by the customer's own RefundOrder, after.
+    assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", recorded_refunded)
 
 
 # RefundOrder (the gateway's refund, or cancel, of a completed order) -----------------
