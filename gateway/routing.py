@@ -122,11 +122,21 @@ class RouteTable:
 
     def register(self, app: web.Application) -> None:
         for route in self.routes:
-            registered = app.router.add_route(route.method, route.path, bind(route))
-            self._by_aiohttp[registered] = route
+            handler = bind(route)
+            for method in _methods(route):
+                registered = app.router.add_route(method, route.path, handler)
+                # HEAD maps to its GET's Route: the middlewares find it through this
+                # lookup, and a route they do not find is served without auth.
+                self._by_aiohttp[registered] = route
 
     def lookup(self, request: web.Request) -> Route | None:
         return self._by_aiohttp.get(request.match_info.route)
+
+
+def _methods(route: Route) -> tuple[str, ...]:
+    """The methods a route answers: a GET answers HEAD too, as its GET without the body
+    (RFC 9110; curl -I, uptime checkers and load balancers send it)."""
+    return (route.method, "HEAD") if route.method == "GET" else (route.method,)
 
 
 def _validation_problem(error: ValidationError, where: str) -> Problem:

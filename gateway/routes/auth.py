@@ -151,7 +151,10 @@ ROUTES = [
         "POST",
         "/v1/auth/refresh",
         refresh,
-        "Rotate a refresh token; presenting a used one revokes its whole session",
+        "Rotate a refresh token; presenting a used one revokes its whole session, unless"
+        " it comes again within the reuse grace (AGORA_IDENTITY_REFRESH_REUSE_GRACE_S, 30 s)"
+        " of its first exchange while the token that exchange made is unused: then it is"
+        " exchanged again (docs/identity.md)",
         "auth",
         route_class="auth",
         body=RefreshRequest,

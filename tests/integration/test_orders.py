@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
@@ -294,13 +294,24 @@ async def test_a_post_retried_after_the_saga_ended_answers_that_order_and_runs_n
 async def test_a_key_reused_for_a_different_order_is_refused_not_answered_with_the_first(
     settings: Settings, shop: dict[str, Any]
 ) -> None:
+    temporal: Client = shop["gw"].upstream.temporal
     sku = await product_with_stock(shop, 5)
-    who = customer(shop)
-    key = f"reuse-{uuid.uuid4()}"
-    first = await (await place(shop, who, sku, quantity=1, key=key)).json()
-    # While the saga runs (it joins the running workflow) ...
-    await problem(await place(shop, who, sku, quantity=2, key=key), 409, "conflict")
-    await final_order(shop, who, first["order_id"])
+    who, key, order_id = keyed_order(shop, "reuse")
+    # While the saga runs (held at its reserve, the POST joins the running workflow,
+    # whose `accept` validator refuses it) ...
+    reserve = await hold_before_placing(settings, "inventory.reserve", order_id)
+    try:
+        first = await (await place(shop, who, sku, quantity=1, key=key)).json()
+        assert first["order_id"] == order_id
+        await step_in_flight(temporal, order_id, "inventory.reserve", reserve)
+        await problem(await place(shop, who, sku, quantity=2, key=key), 409, "conflict")
+        # Refused by the running saga: it still waits at its reserve.
+        assert await reserve.blocked() > 0
+        described = await temporal.get_workflow_handle(order_workflow_id(order_id)).describe()
+        assert described.status == WorkflowExecutionStatus.RUNNING
+    finally:
+        await reserve.release()
+    await final_order(shop, who, order_id)
     # ... and after it has closed (it reads how it ended).
     await problem(await place(shop, who, sku, quantity=2, key=key), 409, "conflict")
     same = await place(shop, who, sku, quantity=1, key=key)
@@ -450,6 +461,38 @@ async def test_a_customer_never_sees_or_touches_another_customers_order(
     await strangers_cancel()
     after = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=owner)).json()
     assert after == order
+    assert await captures_for(settings, order_id) == 1
+    assert (await stock(shop, sku))["on_hand"] == 1
+
+
+async def test_an_admin_reads_another_customers_order_but_never_acts_on_it(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    sku = await product_with_stock(shop, 2)
+    owner = customer(shop)
+    admin = bearer(
+        shop["minter"].token(
+            sub=str(uuid.uuid4()), scope="profile catalog:read orders:read orders:write admin"
+        )
+    )
+    order_id = (await (await place(shop, owner, sku)).json())["order_id"]
+    order = await final_order(shop, owner, order_id)
+    assert order["status"] == "COMPLETED"
+    path = f"/v1/orders/{order_id}"
+    read = await shop["client"].get(path, headers=admin)
+    assert read.status == 200, await read.text()
+    assert (await read.json())["order_id"] == order_id
+    # Writes touch the caller's own orders only: the admin gets a customer's 404.
+    for action, body, extra in (
+        ("cancel", {"reason": "admin"}, {}),
+        ("refunds", {"amount_minor": 1}, {"Idempotency-Key": f"admin-{uuid.uuid4()}"}),
+        ("payment", {"card_token": card()}, {}),
+    ):
+        response = await shop["client"].post(f"{path}/{action}", json=body, headers=admin | extra)
+        await problem(response, 404, "not-found")
+    after = await (await shop["client"].get(path, headers=owner)).json()
+    assert after == order  # still COMPLETED, nothing refunded
+    assert after["refunded_minor"] == 0
     assert await captures_for(settings, order_id) == 1
     assert (await stock(shop, sku))["on_hand"] == 1
 
