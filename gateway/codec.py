@@ -15,7 +15,10 @@ PII, so:
   docs/temporal-ui.md);
 * CORS answers only the Temporal UI's origins, with credentials, and a request
   from any other origin is refused before anything is decrypted;
-* every decode is logged with who asked and how many payloads (who read PII).
+* every decode is logged with who asked and how many payloads (who read PII);
+* secrets are never decoded for anyone: an account's password hash (any argon2
+  hash, also where a failure's message quotes one) and a card token are replaced
+  by "[redacted]" in each JSON payload before it is answered (`redacted`).
 
 The routes live in gateway/routes/codec.py; this module holds the protocol, the
 authorization and the CORS policy.
@@ -23,10 +26,12 @@ authorization and the CORS policy.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -54,6 +59,18 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 _READ_CHUNK_BYTES = 64 * 1024
 _WWW_AUTHENTICATE = 'Bearer realm="agora-codec"'
 _ALLOWED_HEADERS = "Content-Type, X-Namespace, Authorization, Authorization-Extras"
+
+# Values no one reading a history needs, and support must not get: an account's
+# argon2id hash can be cracked offline (admins' too), and a card token charges the
+# card through POST /v1/orders. Compared without case, "_" or "-", so json/protobuf's
+# camelCase names match as well.
+SECRET_FIELDS = frozenset({"passwordhash", "cardtoken"})
+REDACTED = "[redacted]"
+_JSON_ENCODINGS = frozenset({b"json/plain", b"json/protobuf"})
+# A PHC-format argon2 hash anywhere in a string: a failure's message can quote a row.
+_ARGON2_HASH = re.compile(
+    r"\$argon2(?:id|i|d)\$(?:v=\d+\$)?m=\d+,t=\d+,p=\d+(?:\$[A-Za-z0-9+/]+=*){0,2}"
+)
 
 
 def allowed_origins(settings: Settings) -> frozenset[str]:
@@ -211,6 +228,52 @@ async def decode_each(codec: EncryptionCodec, payloads: list[Payload]) -> tuple[
     return out, failed
 
 
+def _is_secret(key: str) -> bool:
+    return key.lower().replace("_", "").replace("-", "") in SECRET_FIELDS
+
+
+def _redact_in_place(document: list[object]) -> bool:
+    """Redact every secret field's value and argon2 hash in a parsed JSON document
+    (boxed in a list, so a bare string can be replaced too); True if any was.
+
+    A loop, not recursion: json.loads reads nearly as deep as Python's stack goes,
+    and a handler runs with much of that stack in use.
+    """
+    found = False
+    pending: list[dict[Any, Any] | list[Any]] = [document]
+    while pending:
+        node = pending.pop()
+        slots: list[tuple[Any, Any]]
+        slots = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for slot, value in slots:
+            if isinstance(node, dict) and _is_secret(slot):
+                node[slot] = REDACTED
+                found = True
+            elif isinstance(value, str) and _ARGON2_HASH.search(value):
+                node[slot] = _ARGON2_HASH.sub(REDACTED, value)
+                found = True
+            elif isinstance(value, dict | list):
+                pending.append(value)
+    return found
+
+
+def redacted(payload: Payload) -> Payload:
+    """The decoded payload without secrets; the very same payload when it holds none."""
+    if payload.metadata.get("encoding") not in _JSON_ENCODINGS:
+        return payload
+    try:
+        document: list[object] = [json.loads(payload.data)]
+    except (ValueError, RecursionError):
+        # The platform writes only JSON it can read back; what cannot be checked is
+        # not shown (fail closed).
+        document = [REDACTED]
+    else:
+        if not _redact_in_place(document):
+            return payload
+    data = json.dumps(document[0], separators=(",", ":")).encode()
+    return Payload(metadata=payload.metadata, data=data)
+
+
 async def convert(request: web.Request, operation: Literal["encode", "decode"]) -> web.Response:
     cors = cors_headers(request)
     try:
@@ -220,9 +283,11 @@ async def convert(request: web.Request, operation: Literal["encode", "decode"]) 
         payloads = await read_payloads(request)
         codec = payload_codec(request)
         started = time.perf_counter()
-        failed = 0
+        failed = hidden = 0
         if operation == "decode":
-            result, failed = await decode_each(codec, payloads)
+            decoded, failed = await decode_each(codec, payloads)
+            result = [redacted(payload) for payload in decoded]
+            hidden = sum(after is not before for after, before in zip(result, decoded, strict=True))
         else:
             result = await codec.encode(payloads)
         log.info(
@@ -234,6 +299,7 @@ async def convert(request: web.Request, operation: Literal["encode", "decode"]) 
                 "payloads": len(payloads),
                 "encrypted": sum(p.metadata.get("encoding") == ENCODING for p in payloads),
                 "undecodable": failed,
+                "redacted": hidden,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             },
         )

@@ -13,6 +13,7 @@ import html
 from typing import Annotated
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from contracts.agora.identity.v1 import PasswordGrant
@@ -21,6 +22,7 @@ from gateway import codec
 from gateway.deps import deps
 from gateway.failures import UPSTREAM_PROBLEMS
 from gateway.forwarded import client_bucket
+from gateway.openapi import FORM_CONTENT_TYPE
 from gateway.problems import PROBLEM_TYPES, Problem
 from gateway.ratelimit import admit_or_refuse
 from gateway.routes.auth import admit_account_sign_in
@@ -138,11 +140,17 @@ async def _admit_sign_in(request: web.Request) -> None:
 
 async def _read_form(request: web.Request) -> dict[str, str]:
     """The form's text fields; a body aiohttp cannot parse is the sender's error, not a 500."""
+    if request.content_type != FORM_CONTENT_TYPE:
+        # The page posts a urlencoded form. aiohttp's multipart reader raises what no
+        # list here would keep up with (RuntimeError for an unknown transfer encoding).
+        raise Problem(
+            "invalid-argument", f"the sign-in form could not be read: send {FORM_CONTENT_TYPE}"
+        )
     try:
         # LookupError: an unknown charset; ValueError (UnicodeDecodeError included):
-        # bytes that are not in that charset, or a multipart body without a boundary.
+        # bytes that are not in that charset.
         form = await request.post()
-    except (LookupError, ValueError, *UNREADABLE_BODY):
+    except (LookupError, ValueError, HttpProcessingError, *UNREADABLE_BODY):
         raise Problem("invalid-argument", "the sign-in form could not be read") from None
     # The route table's NUL guard covers path, query and JSON bodies, not forms.
     refuse_nul([*form.keys(), *form.values()])

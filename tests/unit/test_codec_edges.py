@@ -78,6 +78,29 @@ async def test_an_unreadable_sign_in_form_is_shown_as_a_400_page(
     assert "the sign-in form could not be read" in (response.text or "")
 
 
+def _multipart(part_headers: bytes) -> bytes:
+    return b"--b\r\n" + part_headers + b"\r\n\r\nx\r\n--b--\r\n"
+
+
+@pytest.mark.parametrize(
+    "part_headers",
+    [
+        # Each raised past the form's handling (a RuntimeError, aiohttp's InvalidHeader
+        # and LineTooLong) and was answered 500 to anyone, signed in or not.
+        b'Content-Disposition: form-data; name="email"\r\nContent-Transfer-Encoding: bogus',
+        b'Content-Disposition: form-data; name="email"\r\nno colon here',
+        b'Content-Disposition: form-data; name="email"\r\nX-Long: ' + b"a" * 9000,
+        b'Content-Disposition: form-data; name="email"',  # well formed: still not the form
+    ],
+    ids=["unknown-transfer-encoding", "header-without-colon", "header-too-long", "well-formed"],
+)
+async def test_a_multipart_sign_in_form_is_shown_as_a_400_page(part_headers: bytes) -> None:
+    request = _sign_in("multipart/form-data; boundary=b", _multipart(part_headers))
+    response = await open_session(request, None)
+    assert (response.status, response.content_type) == (400, "text/html")
+    assert "the sign-in form could not be read" in (response.text or "")
+
+
 async def test_a_nul_in_a_sign_in_field_is_refused_before_identity() -> None:
     response = await open_session(_sign_in(FORM, b"email=a%00b%40c.d&password=x"), None)
     assert (response.status, response.content_type) == (400, "text/html")
