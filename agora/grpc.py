@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from grpclib._typing import IServable
 from grpclib.client import Channel
 from grpclib.const import Handler, Status
 from grpclib.events import SendRequest, listen
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server, Stream
@@ -47,6 +49,7 @@ async def start_server(settings: Settings, service: str, handlers: Sequence[ISer
     return server
 
 
+log = logging.getLogger("agora.grpc")
 _tracer = trace.get_tracer("agora.grpc")
 _meter = metrics.get_meter("agora.grpc")
 # RED for every gRPC method a service serves: rate and errors from the count by
@@ -176,7 +179,14 @@ def _wrap(func: StreamFunc, method: str) -> StreamFunc:
                 code = Status.UNKNOWN
                 span.record_exception(exc)
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
-                raise
+                if not _handler_crash(exc):
+                    raise
+                # Left to grpclib, the traceback is logged ("Application error") after
+                # this span has closed, so without a trace id. Logged here it has one;
+                # the caller gets the status grpclib would send, and grpclib does not
+                # log a GRPCError again.
+                log.exception("gRPC handler failed", extra={"method": method})
+                raise GRPCError(Status.UNKNOWN, "Internal Server Error") from None
             finally:
                 _peer_cn.reset(token)
                 span.set_attribute("rpc.grpc.status_code", code.value)
@@ -185,6 +195,12 @@ def _wrap(func: StreamFunc, method: str) -> StreamFunc:
                 )
 
     return handle
+
+
+def _handler_crash(exc: BaseException) -> bool:
+    """Whether the handler itself failed: not the interpreter stopping (a BaseException)
+    nor the caller's stream ending under it, which grpclib logs as a cancellation."""
+    return isinstance(exc, Exception) and not isinstance(exc, StreamTerminatedError)
 
 
 def with_call_context(mapping: Mapping[str, Handler]) -> dict[str, Handler]:

@@ -29,7 +29,16 @@ class _TraceContext(logging.Filter):
 
 
 def setup_logging(service: str, level: str = "INFO") -> None:
-    """Route every logger (ours, aiohttp's, temporalio's, aiokafka's) to JSON on stderr."""
+    """Route every logger (ours, aiohttp's, temporalio's, aiokafka's) and every
+    `warnings.warn` to JSON on stderr.
+
+    `level` is AGORA_LOG_LEVEL's value: one it does not know is refused before the
+    handler is replaced, so the refusal goes out as JSON if logging was set up before.
+    """
+    if level.upper() not in logging.getLevelNamesMapping():  # WARN and FATAL are known too
+        raise ValueError(
+            f"AGORA_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
+        )
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_TraceContext(service))
     handler.setFormatter(
@@ -42,7 +51,9 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
+    # Without this, a library's `warnings.warn` is bare text on stderr.
+    logging.captureWarnings(True)
     # Chatty libraries: their INFO lines are noise at our INFO.
     for noisy in ("aiokafka", "kafka", "elastic_transport", "temporalio.activity"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

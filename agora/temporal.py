@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -15,7 +16,7 @@ from temporalio.client import Client, TLSConfig
 from temporalio.client import Interceptor as ClientInterceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -162,21 +163,43 @@ class _ActivityLog(ActivityInboundInterceptor):
             result = await super().execute_activity(input)
         except BaseException as error:
             fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            log.warning("activity failed", extra={**fields, "error": type(error).__name__})
+            # The SDK logs the traceback too, but after the span has ended (no trace id).
+            log.warning(
+                "activity failed",
+                exc_info=_unexpected(error),
+                extra={**fields, "error": type(error).__name__},
+            )
             raise
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         log.info("activity completed", extra=fields)
         return result
 
 
+def _unexpected(error: BaseException) -> bool:
+    """Whether a failure's traceback helps a reader: not a business rejection's (a
+    decline, out of stock) nor a cancellation's (the workflow or the worker stopping it)."""
+    if isinstance(error, ApplicationError) and error.category == ApplicationErrorCategory.BENIGN:
+        return False
+    return not isinstance(error, (asyncio.CancelledError, CancelledError))
+
+
 @contextmanager
 def business_rejections() -> Iterator[None]:
     """Inside an activity: a domain error becomes a non-retryable ApplicationError of
     its stable `failure_type` with its `failure_details()` (retrying cannot help);
-    anything else stays retryable."""
+    anything else stays retryable.
+
+    The rejection is BENIGN: the SDK logs it at DEBUG, not as a WARNING with a
+    traceback, and leaves it out of its failure metric and the span's error status.
+    The category changes neither the retries nor the failure the workflow sees
+    (type, non_retryable, details)."""
     try:
         yield
     except DomainError as error:
         raise ApplicationError(
-            error.detail, *error.failure_details(), type=error.failure_type, non_retryable=True
+            error.detail,
+            *error.failure_details(),
+            type=error.failure_type,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
         ) from None

@@ -33,6 +33,7 @@ import uvloop
 from agora import config, temporal
 from agora.config import Settings
 from agora.leave import run_and_leave
+from agora.logs import setup_logging
 from bench import chaos_report
 from bench.auth import _session_token, sign_in
 from bench.chaos_faults import FULL_SEQUENCE, Fault, full_sequence, stack_up
@@ -221,6 +222,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> ChaosResult:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Library warnings (the SDK's, aiohttp's) and a refused setting as JSON lines.
+    setup_logging("bench-chaos")
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
     parser.add_argument(
         "--only", nargs="*", choices=[name for name, _ in FULL_SEQUENCE], metavar="component"
@@ -234,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reads-per-s", type=float, default=4.0)
     parser.add_argument("--searches-per-s", type=float, default=1.0)
     args = parser.parse_args(argv)
+    settings = config.load(service="bench")
+    setup_logging("bench-chaos", settings.log_level)
     # The stack's Kafka health probe retries while the broker restarts: no need to shout.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    settings = config.load(service="bench")
     say(f"platform ({settings.profile}): starting whatever is not running")
     stack_up(show=True)
     result = uvloop.run(run(settings, args))

@@ -40,6 +40,7 @@ import uvloop
 from agora import config, temporal
 from agora.config import Settings
 from agora.leave import run_and_leave
+from agora.logs import setup_logging
 from bench import reports
 from bench.load_client import Customer, Workload, renew_due, sign_up
 from bench.load_cpu import CpuMeter, window
@@ -242,8 +243,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Library warnings (the SDK's, aiohttp's) and a refused setting as JSON lines.
+    setup_logging("bench-load")
     options = parse(argv)
     settings = config.load(service="bench")
+    setup_logging("bench-load", settings.log_level)
     started = datetime.now(UTC)
     meta = {
         "started": started.isoformat(timespec="seconds"),

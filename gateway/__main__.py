@@ -13,6 +13,7 @@ from aiohttp import web
 
 from agora import config
 from agora.leave import run_and_leave
+from agora.logs import setup_logging
 from agora.process import bootstrap
 from agora.sideport import SidePort
 from gateway.app import build_app, close_gateway, create_gateway
@@ -22,6 +23,9 @@ log = logging.getLogger("gateway")
 
 
 async def serve() -> None:
+    # Before the settings are read, so a setting refused is one JSON line, like the
+    # rest; `bootstrap` sets logging up again at the configured level.
+    setup_logging("gateway")
     settings = config.load(service="gateway")
     telemetry, stop = bootstrap(settings, "gateway")
 

@@ -15,6 +15,7 @@ import uvloop
 
 from agora import config
 from agora.leave import run_and_leave
+from agora.logs import setup_logging
 from agora.service import ServiceDefinition, run_service
 
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"service {args.service!r} is not implemented yet", file=sys.stderr)
         return 2
     definition: ServiceDefinition = module.DEFINITION
+    # Before the settings are read, so a setting refused is one JSON line, like the
+    # rest; `run_service` sets logging up again at the configured level.
+    setup_logging(args.service)
     settings = config.load(service=args.service)
     uvloop.run(run_service(definition, settings))
     return 0

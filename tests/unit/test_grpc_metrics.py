@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from grpclib import GRPCError
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
@@ -73,7 +74,7 @@ async def test_a_handler_that_breaks_is_recorded_as_a_server_error(reader) -> No
     async def handler(_: Any) -> None:
         raise RuntimeError("bug")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(GRPCError):
         await grpc._wrap(handler, METHOD)(stream())
     assert recorded_codes(reader) == ["UNKNOWN"]
     assert re.fullmatch(server_error_codes(), "UNKNOWN")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from agora.logs import setup_logging
@@ -35,3 +38,23 @@ def test_log_line_outside_a_span_has_empty_trace_id(monkeypatch) -> None:
     logging.getLogger("agora.test").warning("no span here")
     line = json.loads(stream.getvalue().strip().splitlines()[-1])
     assert line["trace_id"] == "" and line["level"] == "WARNING"
+
+
+def test_an_unknown_level_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match=r"AGORA_LOG_LEVEL .*'LOUD'"):
+        setup_logging("orders", "LOUD")
+
+
+def test_a_python_warning_is_a_json_line_with_service_and_level() -> None:
+    program = (
+        "import warnings\n"
+        "from agora.logs import setup_logging\n"
+        "setup_logging('gateway')\n"
+        "warnings.warn('this call goes away in 2.0', UserWarning)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    [line] = [json.loads(text) for text in done.stderr.splitlines()]
+    assert (line["service"], line["level"], line["logger"]) == ("gateway", "WARNING", "py.warnings")
+    assert "this call goes away in 2.0" in line["message"]

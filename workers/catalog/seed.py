@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.products < 1:
         parser.error("--products must be positive")
+    setup_logging("seed")  # before the settings, so a refused one is a JSON line too
     settings = config.load(service="seed")
     # Library warnings (the SDK's) as JSON lines like every service's; the summary
     # and progress lines stay plain text.

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--password-file", type=Path)
     sub.add_parser("ensure-demo-admin", help="the local demo admin (idempotent)")
     args = parser.parse_args(argv)
+    setup_logging("identity-admin")  # before the settings: a refused one is a JSON line
     settings = config.load(service="identity-admin")
     # Library warnings (the SDK's) as JSON lines like every service's; what the
     # command reports stays plain text on stdout / stderr.

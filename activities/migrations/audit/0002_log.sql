@@ -93,7 +93,8 @@ BEGIN
     END LOOP;
     RETURN made;
 END $$;
-SELECT audit_ensure_partitions(2);
+-- PERFORM, not SELECT: yoyo prints a statement's rows to stdout, among the JSON lines.
+DO $$ BEGIN PERFORM audit_ensure_partitions(2); END $$;
 
 -- The head of the chain: one row, locked FOR UPDATE by every append, which makes
 -- appending serial across processes (Kafka partitions interleave, so the chain's

@@ -1,0 +1,87 @@
+"""A crash in a gRPC handler is logged inside its span, so `make logs TRACE=<id>` shows it.
+
+grpclib logs an unexpected exception ("Application error") once the handler has
+returned, after our server span has closed: that line had an empty trace_id.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from grpclib import GRPCError
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.server import Server
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agora import grpc
+from agora.logs import setup_logging
+from contracts.agora.identity.v1 import (
+    GetJwksRequest,
+    GetJwksResponse,
+    IdentityServiceBase,
+    IdentityServiceStub,
+)
+
+
+class Broken(IdentityServiceBase):
+    async def get_jwks(self, message: GetJwksRequest) -> GetJwksResponse:
+        raise KeyError("kid-that-is-not-there")
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(grpc, "_tracer", provider.get_tracer("test"))
+    return exporter
+
+
+@pytest.fixture
+def log_lines(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    setup_logging("identity", "INFO")
+    return stream
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[IdentityServiceStub]:
+    server = Server([grpc._WithCallContext(Broken())])
+    await server.start("127.0.0.1", 0)
+    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    channel = Channel("127.0.0.1", port)
+    try:
+        yield IdentityServiceStub(channel)
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+def records(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_a_crash_is_one_log_record_with_the_spans_trace_id_and_its_traceback(
+    spans: InMemorySpanExporter, log_lines: io.StringIO, stub: IdentityServiceStub
+) -> None:
+    with pytest.raises(GRPCError) as failed:
+        await stub.get_jwks(GetJwksRequest(), timeout=30)
+    assert failed.value.status == Status.UNKNOWN  # what grpclib itself sends for a crash
+    [span] = spans.get_finished_spans()
+    crashes = [r for r in records(log_lines) if "kid-that-is-not-there" in json.dumps(r)]
+    assert len(crashes) == 1, records(log_lines)  # grpclib's "Application error" is not logged
+    [crash] = crashes
+    assert crash["message"] == "gRPC handler failed"
+    assert (crash["service"], crash["level"]) == ("identity", "ERROR")
+    assert crash["method"] == "/agora.identity.v1.IdentityService/GetJwks"
+    assert crash["trace_id"] == format(span.context.trace_id, "032x")
+    assert "Traceback" in crash["exc_info"] and "KeyError" in crash["exc_info"]
