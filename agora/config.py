@@ -11,7 +11,9 @@ Two local profiles exist: `dev` (what `make run` starts) and `test` (what
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,12 +75,34 @@ DEFAULT_RATE_LIMITS: dict[str, str] = {
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+_HIGHEST_PORT = 65535
+
+
 def _ports(env: Mapping[str, str], offset: int) -> dict[str, int]:
     ports = {}
     for name, base in BASE_PORTS.items():
+        variable = f"AGORA_PORT_{name.upper()}"
+        # Spelled out in env.get: tests/unit/test_config_env.py finds the read names there.
         override = env.get(f"AGORA_PORT_{name.upper()}")
-        ports[name] = int(override) if override else base + offset
+        ports[name] = _port(variable, override) if override else base + offset
     return ports
+
+
+def _port(name: str, text: str) -> int:
+    port = _at_least(1, name, text)
+    if port > _HIGHEST_PORT:
+        raise ValueError(f"{name} must be at most {_HIGHEST_PORT}, not {text!r}")
+    return port
+
+
+def _port_offset(text: str) -> int:
+    """AGORA_PORT_OFFSET; refused when it would push the highest base port past 65535."""
+    offset = _at_least(0, "AGORA_PORT_OFFSET", text)
+    if max(BASE_PORTS.values()) + offset > _HIGHEST_PORT:
+        raise ValueError(
+            f"AGORA_PORT_OFFSET must keep every port at most {_HIGHEST_PORT}, not {text!r}"
+        )
+    return offset
 
 
 @dataclass(frozen=True)
@@ -279,10 +303,47 @@ def _kafka_protocol(text: str) -> str:
 
 def _ratio(text: str) -> float:
     """A head-sampling ratio; out of range is a mistake to refuse, not to clamp."""
-    ratio = float(text)
+    ratio = _number("AGORA_TRACE_SAMPLE_RATIO", text)
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"AGORA_TRACE_SAMPLE_RATIO must be between 0 and 1, not {text!r}")
     return ratio
+
+
+def _number(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {text!r}") from None
+
+
+def _seconds(name: str, text: str) -> float:
+    """A duration in seconds: finite and not negative (`inf` would never answer)."""
+    seconds = _number(name, text)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"{name} must be a number of seconds, at least 0, not {text!r}")
+    return seconds
+
+
+_RATE_LIMIT = re.compile(r"\s*(\d+)\s*/\s*(s|m|h)\s*(?:burst\s+(\d+))?\s*")
+_RATE_PERIOD_S = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_rate_limit(text: str, name: str = "rate limit") -> tuple[int, int, int]:
+    """'<n>/<s|m|h> [burst <b>]' as (count, period in seconds, burst); the burst
+    defaults to the count. `name` is the setting an error names."""
+    match = _RATE_LIMIT.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{name} must be '<n>/<s|m|h> [burst <b>]', not {text!r}")
+    count = int(match[1])
+    burst = int(match[3]) if match[3] else count
+    if count < 1 or burst < 1:
+        raise ValueError(f"{name} {text!r}: count and burst must be positive")
+    return count, _RATE_PERIOD_S[match[2]], burst
+
+
+def _rate_limit(name: str, text: str) -> str:
+    parse_rate_limit(text, name)
+    return text
 
 
 def _credential(env: Mapping[str, str], name: str) -> str:
@@ -299,7 +360,7 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
     if profile not in ("dev", "test", "prod"):
         raise ValueError(f"AGORA_PROFILE must be dev, test or prod, not {profile!r}")
     offset_default = DEFAULT_TEST_OFFSET if profile == "test" else 0
-    offset = int(env.get("AGORA_PORT_OFFSET", offset_default))
+    offset = _port_offset(env.get("AGORA_PORT_OFFSET", str(offset_default)))
     state_dir = Path(env.get("AGORA_STATE_DIR", REPO_ROOT / ".state" / profile)).resolve()
     cache_dir = (
         Path(env.get("AGORA_CACHE_DIR", Path.home() / ".cache" / "agora")).expanduser().resolve()
@@ -333,7 +394,10 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         jwt_issuer=env.get("AGORA_JWT_ISSUER", "agora-identity"),
         jwt_audience=env.get("AGORA_JWT_AUDIENCE", "agora-api"),
         rate_limits={
-            name: env.get(f"AGORA_RATE_LIMIT_{name.upper()}", default)
+            name: _rate_limit(
+                f"AGORA_RATE_LIMIT_{name.upper()}",
+                env.get(f"AGORA_RATE_LIMIT_{name.upper()}", default),
+            )
             for name, default in DEFAULT_RATE_LIMITS.items()
         },
         gateway_max_body_bytes=_at_least(
@@ -393,8 +457,14 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         ),
         search_index_prefix=env.get("AGORA_SEARCH_INDEX_PREFIX", "agora-products"),
         search_refresh_interval=env.get("AGORA_SEARCH_REFRESH_INTERVAL", "100ms"),
-        payments_psp_slow_delay_s=float(env.get("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", 15.0)),
-        payments_psp_flaky_failures=int(env.get("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", 2)),
+        payments_psp_slow_delay_s=_seconds(
+            "AGORA_PAYMENTS_PSP_SLOW_DELAY_S", env.get("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", "15")
+        ),
+        payments_psp_flaky_failures=_at_least(
+            0,
+            "AGORA_PAYMENTS_PSP_FLAKY_FAILURES",
+            env.get("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", "2"),
+        ),
         audit_signing_key=env.get("AGORA_AUDIT_SIGNING_KEY", ""),
         audit_checkpoint_interval_s=_at_least(
             1,

@@ -17,7 +17,6 @@ Keys (an empty name skips that check):
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -25,6 +24,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from agora.config import parse_rate_limit
 from agora.signing import NONCE_TTL_SECONDS
 from gateway.problems import RETRY_SOON, Problem
 
@@ -65,10 +65,6 @@ class Verdict(IntEnum):
     NONCE_REPLAYED = 4
 
 
-_RATE = re.compile(r"\s*(\d+)\s*/\s*(s|m|h)\s*(?:burst\s+(\d+))?\s*")
-_PERIOD_S = {"s": 1, "m": 60, "h": 3600}
-
-
 @dataclass(frozen=True)
 class Rate:
     """A sustained rate plus a burst: "100/s burst 200" (burst defaults to the count)."""
@@ -79,14 +75,9 @@ class Rate:
 
     @classmethod
     def parse(cls, text: str) -> Rate:
-        match = _RATE.fullmatch(text)
-        if match is None:
-            raise ValueError(f"rate limit {text!r} is not '<n>/<s|m|h> [burst <b>]'")
-        count, unit, burst = int(match[1]), match[2], match[3]
-        size = int(burst) if burst else count
-        if count < 1 or size < 1:
-            raise ValueError(f"rate limit {text!r}: count and burst must be positive")
-        return cls(count, _PERIOD_S[unit], size)
+        # The grammar lives with the settings, so a bad AGORA_RATE_LIMIT_<CLASS> stops
+        # every process at start (agora/config.py), not only the gateway.
+        return cls(*parse_rate_limit(text))
 
     @property
     def interval_us(self) -> int:

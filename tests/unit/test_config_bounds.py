@@ -66,3 +66,48 @@ def test_a_tracing_switch_it_does_not_know_is_refused_not_read_as_on(value: str)
 )
 def test_the_tracing_switch_is_read_whatever_its_case_and_spaces(value: str, enabled: bool) -> None:
     assert config.load({"AGORA_TRACING": value}).tracing_enabled is enabled
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AGORA_PORT_OFFSET", "abc"),
+        ("AGORA_PORT_OFFSET", "-100"),
+        ("AGORA_PORT_OFFSET", "60000"),  # every port past 65535
+        ("AGORA_PORT_POSTGRES", "abc"),
+        ("AGORA_PORT_POSTGRES", "0"),
+        ("AGORA_PORT_GATEWAY", "70000"),
+        ("AGORA_TRACE_SAMPLE_RATIO", "abc"),
+        ("AGORA_TRACE_SAMPLE_RATIO", "1.5"),
+        ("AGORA_RATE_LIMIT_READ", "lots"),
+        ("AGORA_RATE_LIMIT_WRITE", "0/s"),
+        ("AGORA_RATE_LIMIT_SIGNIN", "20/m burst 0"),
+        ("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", "-3"),
+        ("AGORA_PAYMENTS_PSP_FLAKY_FAILURES", "two"),
+        ("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", "-5"),
+        ("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", "inf"),
+        ("AGORA_PAYMENTS_PSP_SLOW_DELAY_S", "slow"),
+    ],
+)
+def test_a_malformed_port_ratio_rate_or_psp_setting_is_refused_naming_the_variable(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        config.load({name: value})
+
+
+def test_ports_rates_and_psp_settings_within_bounds_are_taken() -> None:
+    settings = config.load(
+        {
+            "AGORA_PORT_OFFSET": "0",
+            "AGORA_PORT_POSTGRES": "65535",
+            "AGORA_RATE_LIMIT_READ": "7/m",
+            "AGORA_PAYMENTS_PSP_FLAKY_FAILURES": "0",
+            "AGORA_PAYMENTS_PSP_SLOW_DELAY_S": "0.5",
+        }
+    )
+    assert settings.ports["postgres"] == 65535
+    assert settings.ports["redis"] == config.BASE_PORTS["redis"]
+    assert settings.rate_limits["read"] == "7/m"
+    assert settings.payments_psp_flaky_failures == 0
+    assert settings.payments_psp_slow_delay_s == 0.5
