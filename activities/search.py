@@ -35,6 +35,9 @@ from workers.search.index import Indices
 log = logging.getLogger(__name__)
 BACKFILL_PAGE = 100  # catalog's largest page
 STOCK_BATCH = 500  # stock levels carried over per mget + bulk
+# A backfill of a large catalog runs for minutes: a line every this many pages
+# (1,000 products) shows it advancing.
+PROGRESS_PAGES = 10
 
 
 @dataclass
@@ -129,6 +132,7 @@ class SearchActivities:
         state = _Checkpoint("", 0, 0)
         if details:
             state = _Checkpoint(**details[0])
+        pages = 0
         while not state.pages_done:
             page = await self.catalog.list_products(
                 ListProductsRequest(
@@ -145,6 +149,9 @@ class SearchActivities:
             state.cursor = page.page.next_cursor if page.page else ""
             state.pages_done = not state.cursor
             activity.heartbeat(state.__dict__)
+            pages += 1
+            if pages % PROGRESS_PAGES == 0 or state.pages_done:
+                _log_progress(data, state, pages)
         await self._copy_stock(data, state)
         return BackfillResult(state.copied, state.merged)
 
@@ -229,3 +236,19 @@ class SearchActivities:
     @activity.defn(name="search.drop_indices")
     async def drop_indices(self, data: DropInput) -> None:
         await self.indices.drop(data.indices)
+
+
+def _log_progress(data: BackfillInput, state: _Checkpoint, pages: int) -> None:
+    # The module's logger, not activity.logger: agora.logs holds "temporalio.activity"
+    # at WARNING. The line carries the activity's trace id all the same (its span).
+    log.info(
+        "backfill progress",
+        extra={
+            "workflow_id": activity.info().workflow_id,
+            "new_index": data.new_index,
+            "pages": pages,  # in this attempt (a retry resumes from the heartbeat's cursor)
+            "copied": state.copied,
+            "merged": state.merged,
+            "pages_done": state.pages_done,
+        },
+    )

@@ -65,6 +65,8 @@ MIGRATION_LOCK = zlib.crc32(b"agora-migrations")
 # How often a process whose service's migrations another process is applying asks
 # for the lock again.
 MIGRATION_LOCK_POLL_S = 0.5
+# How often a process waiting for that lock says so, with how long it has waited.
+MIGRATION_LOCK_LOG_S = 30.0
 
 
 def _migrate(dsn: str, directory: Path) -> int:
@@ -98,6 +100,12 @@ def _take_migration_lock(lock: psycopg2.extensions.connection) -> None:
     lock waits for every older snapshot in the database to end, so both would wait
     for each other for good (PostgreSQL sees no deadlock: the holder's connection is
     idle). Between tries this connection holds no snapshot.
+
+    Without a deadline: the lock goes with its holder's session (KEEPALIVES end a
+    lost one's within a minute), so a held lock is a live process migrating, and a
+    long migration (an index built on a large table) is no reason to fail this start.
+    The wait is logged every MIGRATION_LOCK_LOG_S with the holder's backend pid, for
+    pg_stat_activity to tell whose it is.
     """
 
     def granted() -> bool:
@@ -106,15 +114,37 @@ def _take_migration_lock(lock: psycopg2.extensions.connection) -> None:
             row = cursor.fetchone()
         return bool(row and row[0])
 
-    def first_wait(state: RetryCallState) -> None:
-        if state.attempt_number == 1:
-            log.info("migrations: another process is applying them; waiting for its lock")
+    logged_at: list[float] = []  # when the wait was last logged, in seconds waited
+
+    def report_wait(state: RetryCallState) -> None:
+        waited = state.seconds_since_start or 0.0
+        if logged_at and waited - logged_at[-1] < MIGRATION_LOCK_LOG_S:
+            return
+        logged_at.append(waited)
+        log.info(
+            "migrations: another process is applying them; waiting for its lock",
+            extra={"waited_s": round(waited, 1), "holder_pid": _migration_lock_holder(lock)},
+        )
 
     Retrying(
         retry=retry_if_result(lambda taken: not taken),
         wait=wait_fixed(MIGRATION_LOCK_POLL_S),
-        before_sleep=first_wait,
+        before_sleep=report_wait,
     )(granted)
+
+
+def _migration_lock_holder(lock: psycopg2.extensions.connection) -> int | None:
+    """The backend pid holding MIGRATION_LOCK in this database; None if just let go."""
+    # A bigint advisory key shows as classid (high 32 bits), objid (low), objsubid 1.
+    with lock.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = 0 AND objid = %s::bigint::oid AND objsubid = 1",
+            (MIGRATION_LOCK,),
+        )
+        row = cursor.fetchone()
+    return int(row[0]) if row else None
 
 
 def connect_sync(dsn: str) -> psycopg2.extensions.connection:

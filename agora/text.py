@@ -7,7 +7,9 @@ retried for ever. Callers refuse it up front, or show it in a form that stores.
 
 from __future__ import annotations
 
-__all__ = ["shown", "storable"]
+from agora.errors import InvalidArgument
+
+__all__ = ["checked", "shown", "storable"]
 
 
 def storable(text: str) -> bool:
@@ -19,6 +21,17 @@ def storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def checked(text: str, name: str) -> str:
+    """`text` if PostgreSQL can store it, else InvalidArgument naming the field `name`.
+
+    For a gRPC handler to call before its query: the query would fail instead
+    (UNKNOWN, as if the service were broken) on what is the caller's mistake.
+    """
+    if not storable(text):
+        raise InvalidArgument(f"{name} must be text without NUL characters, in valid Unicode")
+    return text
 
 
 def shown(text: str) -> str:

@@ -203,6 +203,8 @@ class SteadyLoad:
         headers: dict[str, str] | None = None,
     ) -> Any:
         """Attempts until an `ok` answer, a final refusal or the budget is spent."""
+        # A loop, not tenacity: each attempt is recorded, a 401 renews the token once
+        # without counting as a retry, and the seeded jitter keeps a run reproducible.
         assert self._http is not None
         deadline = request.started + self.mix.budget_s
         backoff = 0.25

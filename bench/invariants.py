@@ -73,24 +73,32 @@ class _Outcome:
 Probe = Callable[[], Awaitable[_Outcome]]
 
 
-async def _until(name: str, probe: Probe, deadline: float) -> Verdict:
+# Between two runs of a probe; and how often a probe that does not hold yet says
+# what it sees (a check may re-poll for minutes: silence reads as a hang).
+POLL_S = 1.0
+REPORT_S = 15.0
+
+
+async def _until(
+    name: str, probe: Probe, deadline: float, progress: Callable[[str], None] = print
+) -> Verdict:
     """Re-runs `probe` until it holds or `deadline` (monotonic) passes."""
-    started = time.monotonic()
+    started = reported = time.monotonic()
     while True:
         try:
             outcome = await probe()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             # A store still coming back after the last fault: not holding yet.
             outcome = _Outcome(False, f"store not answering: {type(error).__name__}: {error}")
-        if outcome.ok or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if outcome.ok or now >= deadline:
             return Verdict(
-                name,
-                outcome.ok,
-                outcome.detail,
-                round(time.monotonic() - started, 1),
-                outcome.problems[:20],
+                name, outcome.ok, outcome.detail, round(now - started, 1), outcome.problems[:20]
             )
-        await asyncio.sleep(1.0)
+        if now - reported >= REPORT_S:
+            reported = now
+            progress(f"  ...  {name}: not yet after {now - started:.0f}s: {outcome.detail}")
+        await asyncio.sleep(POLL_S)
 
 
 async def _fetch(settings: Settings, service: str, sql: str, *args: object) -> list[asyncpg.Record]:
@@ -395,7 +403,7 @@ async def hold(
     deadline = time.monotonic() + within_s
     verdicts = []
     for name, probe in checks:
-        verdict = await _until(name, probe, deadline)
+        verdict = await _until(name, probe, deadline, progress)
         progress(f"  {'ok  ' if verdict.ok else 'FAIL'} {name}: {verdict.detail}")
         verdicts.append(verdict)
     return verdicts

@@ -48,6 +48,8 @@ class Placed:
 
 async def _auth_call(http: aiohttp.ClientSession, url: str, body: dict[str, str]) -> Any:
     """A sign-up or sign-in call, waiting out the per-IP limit of the auth routes."""
+    # A loop, not tenacity: each wait is the answer's Retry-After, which tenacity would
+    # need a custom wait strategy to read back out of the attempt's outcome.
     for _ in range(60):
         async with http.post(url, json=body) as response:
             if response.status == 429:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from agora.text import checked
 from workers.audit.errors import InvalidQuery
 
 DEFAULT_PAGE = 100
@@ -73,6 +74,10 @@ def _conditions(query: EventQuery) -> tuple[list[str], list[object]]:
         raise InvalidQuery("trace_id must be 32 lower-case hex digits")
     if query.start_time and query.end_time and query.start_time >= query.end_time:
         raise InvalidQuery("start_time must be before end_time")
+    # A NUL would fail the query (UNKNOWN, as if audit were broken), not match nothing.
+    checked(query.aggregate_type, "aggregate_type")
+    checked(query.aggregate_id, "aggregate_id")
+    checked(query.workflow_id, "workflow_id")
     where: list[str] = []
     args: list[object] = []
 
@@ -139,6 +144,8 @@ async def events_of_trail(
     apply to each kind apart, so a busy workflow (an import of thousands of
     products) never crowds out the aggregate's own newest events.
     """
+    checked(aggregate_type, "aggregate_type")
+    checked(aggregate_id, "aggregate_id")
     own_limit = MAX_OWN_EVENTS if own_limit is None else own_limit
     linked_limit = MAX_LINKED_EVENTS if linked_limit is None else linked_limit
     # One snapshot: the linked rows are those of the workflows the own rows name.

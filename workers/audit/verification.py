@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -51,6 +52,8 @@ _WALKED = (
     f" trace_id, {checkpoints.readable_time('occurred_at')},"
     f" {checkpoints.readable_time('recorded_at')}"
 )
+# Told after each chunk a walk checked: (the sequence reached, rows checked, the last sequence).
+Progress = Callable[[int, int, int], None]
 log = logging.getLogger(__name__)
 _failures = metrics.get_meter("agora.audit").create_counter(
     "agora_audit_verification_failures",
@@ -99,6 +102,7 @@ async def verify_chain(
     from_genesis: bool = False,
     to_sequence: int = 0,
     whole_log: bool = True,
+    progress: Progress | None = None,
 ) -> Verification:
     """Verify the chain up to `to_sequence` (0: the head) from the last checkpoint a
     trusted key signed (a single key: that key's alone), or from genesis.
@@ -106,8 +110,11 @@ async def verify_chain(
     `whole_log`: count every retained row (a row planted below the starting
     checkpoint is outside the walk); the scheduled checkpoint counts only the range
     it walks, since a count of the whole log grows without bound and must fit its
-    activity's 30 s (the on-demand checks, API and CLI, count it all)."""
-    result = await _verify(pool, TrustedKeys.of(trusted), from_genesis, to_sequence, whole_log)
+    activity's 30 s (the on-demand checks, API and CLI, count it all).
+
+    `progress`: told after each chunk of the walk (a walk from genesis takes long)."""
+    keys = TrustedKeys.of(trusted)
+    result = await _verify(pool, keys, from_genesis, to_sequence, whole_log, progress)
     if not result.ok:
         _failures.add(1)
         log.error(
@@ -118,7 +125,12 @@ async def verify_chain(
 
 
 async def _verify(
-    pool: asyncpg.Pool, keys: TrustedKeys, from_genesis: bool, to_sequence: int, whole_log: bool
+    pool: asyncpg.Pool,
+    keys: TrustedKeys,
+    from_genesis: bool,
+    to_sequence: int,
+    whole_log: bool,
+    progress: Progress | None,
 ) -> Verification:
     # One snapshot for the head, the rows beyond it, the checkpoints and the walk:
     # appends and checkpoints committed meanwhile must not read as a cut-off tail.
@@ -174,7 +186,7 @@ async def _verify(
             for c in await checkpoints.in_range(conn, start.log_sequence if start else 0, last)
             if c.verifies_under(keys)
         }
-        walked = await _walk(conn, start, anchors, last, counted.repeated)
+        walked = await _walk(conn, start, anchors, last, counted.repeated, progress)
         if walked.ok and last == head and walked.head_hash != head_hash:
             return _head_disagrees(walked, head)
         return walked
@@ -297,6 +309,7 @@ async def _walk(
     anchors: dict[int, StoredCheckpoint],
     last: int,
     repeated: tuple[int, int] | None,
+    progress: Progress | None,
 ) -> Verification:
     # From a checkpoint at N, row N itself is recomputed and must give the signed hash.
     first = max(start.log_sequence, 1) if start else 1
@@ -386,6 +399,8 @@ async def _walk(
             prev_recorded_at = recorded_at
             checked += 1
             expected_seq += 1
+        if progress is not None:
+            progress(expected_seq - 1, checked, last)
     if after is not None and await conn.fetchval(
         "SELECT 1 FROM audit_log WHERE (log_sequence, recorded_at) > ($1, $2)"
         " AND log_sequence <= $3 LIMIT 1",

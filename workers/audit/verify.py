@@ -7,9 +7,10 @@ bytes; the value `GET /v1/audit/public-key` publishes), with the keys it replace
 from `--retired-public-key` (repeatable), or, by default, derived from the
 configured signing key, with the retired keys of AGORA_AUDIT_RETIRED_PUBLIC_KEYS
 or the state folder (workers/audit/signing.py `load_trusted_keys`). Prints one
-JSON document; exit status 0 when the chain verifies, 1 when it does not, 2 on a
-usage error, 3 when it could not verify at all (the database unreachable, say):
-no verdict on the chain, so never the tamper status 1.
+JSON document on stdout (the walk's progress goes to stderr as JSON log lines);
+exit status 0 when the chain verifies, 1 when it does not, 2 on a usage error,
+3 when it could not verify at all (the database unreachable, say): no verdict on
+the chain, so never the tamper status 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,12 @@ from agora.logs import setup_logging
 from workers.audit.errors import SigningKeyError
 from workers.audit.signing import PublicKey, TrustedKeys, load_signer, load_trusted_keys
 from workers.audit.verification import Verification, verify_chain
+
+# A walk from genesis over millions of rows takes minutes: a line at least this
+# often says how far it is, so an operator can tell slow from stuck.
+PROGRESS_EVERY_ROWS = 100_000
+PROGRESS_EVERY_S = 10.0
+log = logging.getLogger("workers.audit.verify")
 
 
 def report(result: Verification, seconds: float) -> dict[str, object]:
@@ -44,6 +52,32 @@ def report(result: Verification, seconds: float) -> dict[str, object]:
         "head_hash": result.head_hash.hex(),
         "seconds": round(seconds, 3),
     }
+
+
+class ProgressLog:
+    """The walk's progress callback: a JSON log line (stderr) every
+    PROGRESS_EVERY_ROWS rows or PROGRESS_EVERY_S seconds, whichever comes first."""
+
+    def __init__(self) -> None:
+        self.started = self.logged_at = time.perf_counter()
+        self.logged_rows = 0
+
+    def __call__(self, sequence: int, checked: int, last: int) -> None:
+        now = time.perf_counter()
+        rows_due = checked - self.logged_rows >= PROGRESS_EVERY_ROWS
+        if not rows_due and now - self.logged_at < PROGRESS_EVERY_S:
+            return
+        self.logged_rows, self.logged_at = checked, now
+        elapsed = now - self.started
+        log.info(
+            "audit verification progress",
+            extra={
+                "sequence": sequence,
+                "last_sequence": last,
+                "records_checked": checked,
+                "rows_per_s": round(checked / elapsed) if elapsed > 0 else None,
+            },
+        )
 
 
 def public_key(given: str) -> PublicKey:
@@ -96,7 +130,11 @@ async def verify(
     try:
         started = time.perf_counter()
         result = await verify_chain(
-            pool, keys, from_genesis=args.from_genesis, to_sequence=args.to_sequence
+            pool,
+            keys,
+            from_genesis=args.from_genesis,
+            to_sequence=args.to_sequence,
+            progress=ProgressLog(),
         )
         return result, time.perf_counter() - started
     finally:

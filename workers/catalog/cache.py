@@ -47,6 +47,8 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
 return 1
 """
 # KEYS[1] = lock; ARGV[1] = token. Releases only a lock this loader still holds.
+# Not redis.asyncio.lock.Lock: its release raises LockNotOwnedError, a RedisError, when
+# the lease ran out during a slow load, which here would trip the breaker as an outage.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -100,6 +102,8 @@ class ProductCache:
     def _lock_key(self, sku: str) -> str:
         return f"{self.prefix}lock:product:{sku}"
 
+    # The breaker is a timestamp, not a library (none is a dependency): one error skips
+    # Redis for breaker_s; a library's failure threshold lets more reads wait out timeouts.
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._open_until

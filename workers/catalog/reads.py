@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from agora.errors import InvalidArgument
+from agora.text import checked
 from contracts.agora.catalog.v1 import PricedLine, Product
 from contracts.agora.common.v1 import LineItem, Money
 from workers.catalog.cache import ProductCache
@@ -83,7 +84,8 @@ class CatalogReads:
         return {row["sku"]: from_row(row) for row in rows}
 
     async def get(self, sku: str) -> Product:
-        product = await self.cache.get(sku, self._load_one)
+        # Checked before the loader's query: a NUL would fail it (UNKNOWN), not find nothing.
+        product = await self.cache.get(checked(sku, "sku"), self._load_one)
         if product is None:
             raise ProductNotFound(f"no product with sku {sku!r}")
         return product
@@ -92,6 +94,8 @@ class CatalogReads:
         """Products in request order, and the skus that do not exist."""
         if len(skus) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} skus per batch")
+        for sku in skus:
+            checked(sku, "sku")
         found = await self.cache.get_many(skus, self._load_many)
         products = [found[s] for s in dict.fromkeys(skus) if s in found]
         return products, [s for s in dict.fromkeys(skus) if s not in found]
@@ -162,6 +166,7 @@ class CatalogReads:
         if not lines or len(lines) > MAX_PRICE_LINES:
             raise InvalidArgument(f"an order has 1 to {MAX_PRICE_LINES} lines")
         for line in lines:
+            checked(line.sku, "sku")
             if not 0 < line.quantity <= MAX_LINE_QUANTITY:
                 raise InvalidArgument(
                     f"quantity of {line.sku!r} must be between 1 and {MAX_LINE_QUANTITY}"

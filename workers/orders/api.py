@@ -9,6 +9,7 @@ import asyncpg
 from agora.errors import InvalidArgument, NotFound
 from agora.keyset import decode as decode_cursor
 from agora.keyset import encode as encode_cursor
+from agora.text import checked
 from contracts.agora.common.v1 import Money, PageInfo
 from contracts.agora.orders.v1 import (
     GetOrderRequest,
@@ -50,6 +51,8 @@ class OrdersApi(OrdersServiceBase):
     async def list_orders(self, message: ListOrdersRequest) -> ListOrdersResponse:
         if not message.customer_id:
             raise InvalidArgument("customer_id is required")
+        # Checked before the query: a NUL would fail it (UNKNOWN), not find nothing.
+        customer_id = checked(message.customer_id, "customer_id")
         page = message.page
         size = page.page_size if page and page.page_size else DEFAULT_PAGE
         if not 0 < size <= MAX_PAGE:
@@ -70,7 +73,7 @@ class OrdersApi(OrdersServiceBase):
                 ORDER BY created_at DESC, order_id DESC
                 LIMIT $5
                 """,
-                message.customer_id,
+                customer_id,
                 status,
                 after[0] if after else None,
                 after[1] if after else None,
