@@ -258,16 +258,34 @@ def test_an_audit_position_always_fits_the_bigint_column(cursor: str) -> None:
         assert 0 <= sequence < 2**63
 
 
+# Year 1's first hours in +14:00 are before year 1 in UTC: no datetime holds that instant.
+BEFORE_YEAR_1_IN_UTC = b64(b'["0001-01-01T00:00:00+14:00", "00000000-0000-0000-0000-000000000000"]')
+
+
+def written_time(cursor: str) -> dt.datetime:
+    """The time an orders cursor holds, as its text says (any offset)."""
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    return dt.datetime.fromisoformat(json.loads(raw)[0])
+
+
 @PROPERTY
 @given(ORDERS_CURSORS)
-@example(b64(b'["0001-01-01T00:00:00+14:00", "00000000-0000-0000-0000-000000000000"]'))
+@example(BEFORE_YEAR_1_IN_UTC)
 @example(b64(b'["2020-01-01T00:00:00", "00000000-0000-0000-0000-000000000000"]'))
-def test_an_orders_position_is_an_aware_utc_time_the_database_can_hold(cursor: str) -> None:
+@example(b64(b'["9999-12-31T23:00:00-05:00", "00000000-0000-0000-0000-000000000000"]'))
+def test_an_orders_position_is_the_cursors_instant_in_utc(cursor: str) -> None:
     position = decoded_or_refused(orders.decode_cursor, cursor)
     if position is not None:
         at, _ = position
         assert at.utcoffset() == dt.timedelta(0)
-        assert at.year >= 1
+        # The instant the cursor wrote, not its wall time relabelled UTC.
+        assert at - written_time(cursor) == dt.timedelta(0)
+
+
+def test_an_orders_time_that_is_before_year_1_in_utc_is_refused() -> None:
+    # It would otherwise reach the query and fail there, an INTERNAL error.
+    with pytest.raises(InvalidArgument):
+        orders.decode_cursor(BEFORE_YEAR_1_IN_UTC)
 
 
 @PROPERTY

@@ -27,13 +27,24 @@ def grpc_frame(message: bytes, *, compressed: int = 0, declared_length: int | No
 
 @dataclass
 class Answer:
-    """What the server did with the stream: headers, trailers, or a reset."""
+    """What the server did with the stream: headers, trailers, a reset of the stream
+    (RST_STREAM) or of the whole connection (GOAWAY)."""
 
     headers: dict[str, str] = field(default_factory=dict)
     trailers: dict[str, str] = field(default_factory=dict)
     data: bytes = b""
     reset_code: int | None = None
+    goaway_code: int | None = None
     ended: bool = False
+
+    @property
+    def refused_by_http2(self) -> tuple[str, int] | None:
+        """("RST_STREAM" or "GOAWAY", its error code) when HTTP/2 ended the stream."""
+        if self.reset_code is not None:
+            return ("RST_STREAM", self.reset_code)
+        if self.goaway_code is not None:
+            return ("GOAWAY", self.goaway_code)
+        return None
 
     @property
     def grpc_status(self) -> int | None:
@@ -80,7 +91,7 @@ def call_raw(
         sock.sendall(conn.data_to_send())
         answer = Answer()
         deadline = time.monotonic() + timeout
-        while not (answer.ended or answer.reset_code is not None):
+        while not (answer.ended or answer.refused_by_http2):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{path}: no answer in {timeout}s")
             chunk = sock.recv(65536)
@@ -99,7 +110,7 @@ def call_raw(
                 elif isinstance(event, h2.events.StreamReset):
                     answer.reset_code = event.error_code
                 elif isinstance(event, h2.events.ConnectionTerminated):
-                    answer.reset_code = event.error_code
+                    answer.goaway_code = event.error_code
             pending = conn.data_to_send()
             if pending:
                 sock.sendall(pending)

@@ -24,6 +24,7 @@ from agora.grpc import Channels
 from contracts.agora.audit.v1 import AuditServiceStub, VerifyChainRequest
 from tests.integration.auditkit import recorded
 from tests.integration.conftest import Services
+from tests.integration.holds import Hold
 from tests.integration.waiting import eventually
 from workflows.identity import (
     TASK_QUEUE,
@@ -119,27 +120,64 @@ async def test_events_written_while_kafka_is_down_reach_the_log_exactly_once(
     await assert_each_once_and_chain_verifies(settings, pools["audit"], event_ids)
 
 
-async def test_the_audit_service_catches_up_from_its_offsets_after_being_down(
-    settings: Settings, services: Services, pools: dict[str, asyncpg.Pool]
-) -> None:
-    services("audit").kill()  # a crash: whatever it had not committed is delivered again
-    account_ids = await register_accounts(settings, ACCOUNTS)
-    event_ids = await outbox_event_ids(pools["identity"], account_ids)
+async def published(identity: asyncpg.Pool, event_ids: list[str]) -> bool:
+    """Identity's relay has sent every one of the events to Kafka."""
+    unsent = await identity.fetchval(
+        "SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[]) AND sent_at IS NULL",
+        [uuid.UUID(e) for e in event_ids],
+    )
+    return unsent == 0
 
-    async def published() -> bool:
-        return not await pools["identity"].fetchval(
-            "SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[]) AND sent_at IS NULL",
-            [uuid.UUID(e) for e in event_ids],
-        )
 
-    await eventually(published, what="identity's relay to publish")
-    missing = await pools["audit"].fetchval(
+async def entered(audit: asyncpg.Pool, event_ids: list[str]) -> int:
+    """How many of the events the audit log holds."""
+    count: int = await audit.fetchval(
         "SELECT count(*) FROM audit_entries WHERE event_id = ANY($1::uuid[])",
         [uuid.UUID(e) for e in event_ids],
     )
-    assert missing == 0  # nothing recorded while it was down
+    return count
+
+
+async def hold_chain_head(settings: Settings) -> Hold:
+    """The chain head's row locked as an append locks it (workers/audit/chain.py): every
+    append waits, its round fetched and not committed, until the hold is released."""
+    return await Hold.statement(
+        settings.db_dsn("audit"), "SELECT 1 FROM audit_chain_head WHERE singleton FOR UPDATE"
+    )
+
+
+async def appends_waiting(head: Hold) -> int:
+    """Appends (not checkpoints, which take the head FOR SHARE) waiting for `head`."""
+    count: int = await head.conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+        " AND query LIKE '%audit_chain_head%FOR UPDATE%'",
+        head.conn.get_server_pid(),
+    )
+    return count
+
+
+async def test_the_audit_service_killed_mid_consumption_catches_up_from_its_offsets(
+    settings: Settings, services: Services, pools: dict[str, asyncpg.Pool]
+) -> None:
+    identity, audit = pools["identity"], pools["audit"]
+    half = ACCOUNTS // 2
+    appended = await outbox_event_ids(identity, await register_accounts(settings, half))
+    await recorded(audit, *appended)  # consumed, and its offsets committed
+    head = await hold_chain_head(settings)
+    try:
+        in_flight = await outbox_event_ids(
+            identity, await register_accounts(settings, ACCOUNTS - half)
+        )
+        await eventually(lambda: published(identity, in_flight), what="identity's relay")
+        await eventually(lambda: appends_waiting(head), what="audit to append, and wait")
+        assert await entered(audit, in_flight) == 0
+        # A crash mid-append: its round is neither recorded nor committed in Kafka.
+        services("audit").kill()
+    finally:
+        await head.release()
+    assert await entered(audit, in_flight) == 0, "the killed append recorded nothing"
     services("audit")  # restarts it
-    await assert_each_once_and_chain_verifies(settings, pools["audit"], event_ids)
+    await assert_each_once_and_chain_verifies(settings, audit, appended + in_flight)
 
 
 async def test_orders_placed_while_kafka_is_down_reach_the_audit_log_exactly_once(

@@ -732,12 +732,17 @@ async def test_a_card_number_instead_of_a_token_is_refused_without_echoing_it(
 async def test_no_card_number_is_in_the_database_or_the_service_log(
     steps: Steps, db: asyncpg.Pool, payments_service: ServiceProcess
 ) -> None:
-    # Run every test card through, so each number had its chance to leak.
+    # Run every test card through, tokenized as clients should and raw as a
+    # careless client would (the only way a number reaches the service), so
+    # each number had its chance to leak.
     for pan in (SUCCESS, INSUFFICIENT_FUNDS, EXPIRED, REQUIRES_ACTION, FLAKY):
         try:
             await steps.authorize(authorization(pan))
         except WorkflowFailureError:
             pass
+    for pan in ALL_CARDS:
+        refusal = await application_failure(steps.authorize(authorization(token=pan)))
+        assert refusal.type == "InvalidPaymentRequest"
     dump = []
     for table in ("payment_intents", "payment_operations", "ledger_entries", "outbox"):
         rows = await db.fetch(f"SELECT t::text AS row FROM {table} t")  # bytea as hex

@@ -11,7 +11,9 @@ a body matching the declared schema; no request may hang.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from schemathesis.checks import (
 
 from agora import scopes
 from agora.config import SERVICES, Settings
+from gateway.routes import all_routes
 from tests.integration.conftest import Services
 from tests.integration.livegateway import LiveGateway, live_gateway
 
@@ -37,8 +40,10 @@ EXAMPLES_PER_OPERATION = 20
 # A generated X-Request-Timeout may be up to 30 s; nothing may take longer than that.
 REQUEST_TIMEOUT_S = 40
 # not_a_server_error is replaced by `server_error` below: a 504 upstream-timeout is
-# the documented answer when the deadline the client chose (X-Request-Timeout, as
-# low as 1 ms, or the 2 s default on a loaded machine) passes first.
+# the documented answer when the deadline the client chose (X-Request-Timeout, from
+# 1 ms up) passes first. Whether a short one (say 250 ms to an argon2 sign-in on a
+# loaded machine) is met is a speed question for `make bench`, not this test; a 504
+# on the platform's own 2 s default is a hang, and fails.
 CHECKS = [
     status_code_conformance,
     content_type_conformance,
@@ -67,22 +72,51 @@ def operations(schema: Any) -> list[Any]:
 UPSTREAM_TIMEOUT = "https://agora.dev/problems/upstream-timeout"
 
 
+def client_chose_deadline(response: requests.Response) -> bool:
+    """The request sent its own X-Request-Timeout (the gateway's 2 s default was not it)."""
+    raw = str(response.request.headers.get("X-Request-Timeout", ""))
+    return raw.isascii() and raw.isdigit()
+
+
+def is_upstream_timeout(response: requests.Response) -> bool:
+    try:
+        return bool(response.json().get("type") == UPSTREAM_TIMEOUT)
+    except (ValueError, AttributeError):
+        return False
+
+
 def server_error(response: requests.Response) -> str | None:
     """Why a 5xx answer is a failure, or None when there is none."""
     if response.status_code < 500:
         return None
-    if response.status_code == 504:
-        try:
-            if response.json().get("type") == UPSTREAM_TIMEOUT:
-                return None
-        except ValueError:
-            pass
+    if (
+        response.status_code == 504
+        and is_upstream_timeout(response)
+        and client_chose_deadline(response)
+    ):
+        return None
     return f"server error {response.status_code}: {response.text[:300]}"
 
 
-def fuzz(live: LiveGateway, schema: Any, headers_for: Any) -> list[str]:
-    """Run every operation's generated cases; returns the failures, one line each."""
-    failures: list[str] = []
+@dataclass
+class Fuzzing:
+    """What a fuzzing run saw: its failures, one line each, and answers per operation."""
+
+    failures: list[str] = field(default_factory=list)
+    answered: Counter[str] = field(default_factory=Counter)
+
+
+def routes_to_fuzz() -> set[str]:
+    """Every route of the gateway's table but GET /openapi.json: schemathesis leaves out
+    the operation its document was loaded from (the `schema` fixture fetched it)."""
+    every = {f"{route.method} {route.path}" for route in all_routes()}
+    return every - {"GET /openapi.json"}
+
+
+def fuzz(live: LiveGateway, schema: Any, headers_for: Any) -> Fuzzing:
+    """Run every operation's generated cases."""
+    fuzzing = Fuzzing()
+    failures = fuzzing.failures
     session = requests.Session()
     for operation in operations(schema):
         strategy = st.one_of(
@@ -110,6 +144,7 @@ def fuzz(live: LiveGateway, schema: Any, headers_for: Any) -> list[str]:
             except requests.Timeout:
                 failures.append(f"{case.operation.label}: no answer in {REQUEST_TIMEOUT_S}s")
                 return
+            fuzzing.answered[case.operation.label] += 1
             problems = [server_error(response)]
             try:
                 case.validate_response(response, checks=CHECKS, headers=headers)
@@ -124,12 +159,18 @@ def fuzz(live: LiveGateway, schema: Any, headers_for: Any) -> list[str]:
                 )
 
         run()
-    return failures
+    return fuzzing
 
 
 def summary(failures: list[str]) -> str:
     kinds = sorted({f.split("\n")[0][:200] for f in failures})
     return "\n".join([f"{len(failures)} failures of {len(kinds)} kinds:", *kinds, *failures[:3]])
+
+
+def assert_every_answer_documented(fuzzing: Fuzzing) -> None:
+    # An empty or truncated document, or cases never sent, would otherwise pass.
+    assert not fuzzing.failures, summary(fuzzing.failures)
+    assert set(fuzzing.answered) == routes_to_fuzz()
 
 
 def test_with_a_token_holding_every_scope_every_answer_is_documented(
@@ -140,10 +181,8 @@ def test_with_a_token_holding_every_scope_every_answer_is_documented(
         token = live.minter.token(sub=str(uuid.uuid4()), scope=ALL_SCOPES)
         return {"Authorization": f"Bearer {token}"}
 
-    failures = fuzz(live, schema, headers)
-    assert not failures, summary(failures)
+    assert_every_answer_documented(fuzz(live, schema, headers))
 
 
 def test_without_credentials_every_answer_is_documented(live: LiveGateway, schema: Any) -> None:
-    failures = fuzz(live, schema, dict)
-    assert not failures, summary(failures)
+    assert_every_answer_documented(fuzz(live, schema, dict))

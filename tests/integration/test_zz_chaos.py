@@ -16,20 +16,21 @@ components under the session, and leaves every one of them running.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from agora.config import Settings
 from bench.chaos import initial_stock, inject, order_skus, settle_records
 from bench.chaos_faults import Fault, stack_fault
 from bench.chaos_load import Catalog, Credentials, Mix, SteadyLoad
-from bench.invariants import RunFacts, check_all
+from bench.invariants import FINAL, RunFacts, check_all
 from stack.base import Context
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, running_gateway
+from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +52,25 @@ def faults(services: Services, ctx: Context) -> list[Fault]:
         stack_fault(ctx, "redis", "SIGKILL Redis"),
         stack_fault(ctx, "temporal", "SIGKILL Temporal dev server"),
     ]
+
+
+async def sagas_under_way(settings: Settings, load: SteadyLoad) -> None:
+    """Wait until an order the load placed has been accepted and its saga has not ended."""
+    conn = await asyncpg.connect(settings.db_dsn("orders"))
+
+    async def one_running() -> bool:
+        running: int = await conn.fetchval(
+            "SELECT count(*) FROM orders WHERE order_id = ANY($1::uuid[])"
+            " AND status <> ALL($2::text[])",
+            load.accepted_orders(),
+            list(FINAL),
+        )
+        return running > 0
+
+    try:
+        await eventually(one_running, within=60, interval=0.05, what="an accepted order's saga")
+    finally:
+        await conn.close()
 
 
 async def test_faults_under_a_steady_load_lose_nothing_and_charge_nothing_twice(
@@ -76,7 +96,7 @@ async def test_faults_under_a_steady_load_lose_nothing_and_charge_nothing_twice(
         load = SteadyLoad(base, credentials, Catalog(ordered, repriced, ordered + repriced), MIX)
         await load.start()
         try:
-            await asyncio.sleep(3)  # sagas under way when the first fault hits
+            await sagas_under_way(settings, load)  # when the first fault hits
             records = await inject(load, faults(services, stack_ctx), down_s=1.0, quiet_s=4.0)
         finally:
             await load.stop()

@@ -146,10 +146,19 @@ def dead_letterer(error: Exception) -> EventConsumer:
     return EventConsumer(config.load({}), spec, producer=RefusingProducer(error))  # type: ignore[arg-type]
 
 
-async def test_a_dead_letter_the_producer_itself_refuses_is_skipped_not_raised() -> None:
+async def test_a_dead_letter_the_producer_itself_refuses_is_skipped_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Raised, it would end the consumer and its process, and again after a restart.
     record = ConsumerRecord("t", 0, 7, 0, 0, None, b"x", None, 0, 1, [])
-    await dead_letterer(AssertionError("Need at least one: key or value"))._dead_letter(record, "r")
+    refusal = AssertionError("Need at least one: key or value")
+    await dead_letterer(refusal)._dead_letter(record, "r")
+    # Skipped, the record stays in its topic: the log says where, and why.
+    [skipped] = [
+        r for r in caplog.records if r.getMessage() == "dead letter not written, record skipped"
+    ]
+    assert (skipped.topic, skipped.partition, skipped.offset) == ("t", 0, 7)  # type: ignore[attr-defined]
+    assert skipped.exc_info is not None and skipped.exc_info[1] is refusal
 
 
 async def test_a_dead_letter_the_brokers_refuse_is_raised_for_the_session_to_retry() -> None:
