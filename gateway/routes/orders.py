@@ -308,22 +308,11 @@ async def _recorded_order(request: web.Request, asked: OrderInput, digest: str) 
 
 
 async def _own_order(request: web.Request) -> Order:
-    """One of the caller's own orders, the only ones a write route acts on: an admin's
-    wider reach is for reading (`_readable_order`), never for cancelling or refunding."""
-    return await _order_of(request, principal_of(request).subject)
-
-
-async def _readable_order(request: web.Request) -> Order:
-    """The order, if the caller may read it: its customer, or an admin (any order)."""
+    """The order, if the caller may see and act on it: its customer, or an admin (staff
+    cancel and refund for customers; the request records the admin as its author)."""
+    gw = deps(request)
     principal = principal_of(request)
     owner = "" if scopes.ADMIN in principal.scopes else principal.subject
-    return await _order_of(request, owner)
-
-
-async def _order_of(request: web.Request, owner: str) -> Order:
-    """The path's order if `owner` placed it ("": whoever did); not-found otherwise,
-    the same answer as for an order that does not exist."""
-    gw = deps(request)
     call = GetOrderRequest(order_id=request.match_info["order_id"], customer_id=owner)
     async with gw.upstream.call(request, "orders.GetOrder") as timeout:
         reply = await gw.upstream.orders.get_order(call, timeout=timeout)
@@ -333,7 +322,7 @@ async def _order_of(request: web.Request, owner: str) -> Order:
 
 
 async def get_order(request: web.Request, _: None) -> OrderAnswer:
-    order = await _readable_order(request)
+    order = await _own_order(request)
     answer = _from_proto(request, order)
     if order.status.name == "PENDING":
         # A payment waiting for the customer (3-D Secure) lives in the saga only (the

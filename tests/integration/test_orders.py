@@ -465,36 +465,44 @@ async def test_a_customer_never_sees_or_touches_another_customers_order(
     assert (await stock(shop, sku))["on_hand"] == 1
 
 
-async def test_an_admin_reads_another_customers_order_but_never_acts_on_it(
+async def test_an_admin_reads_and_refunds_a_customers_order_another_customer_cannot(
     settings: Settings, shop: dict[str, Any]
 ) -> None:
-    sku = await product_with_stock(shop, 2)
-    owner = customer(shop)
+    # Staff act for customers (docs/gateway.md): an admin's token reads, refunds and
+    # cancels any order; a customer's token still gets 404 for another's order.
+    sku = await product_with_stock(shop, 2, price=1000)
+    owner, stranger = customer(shop), customer(shop)
     admin = bearer(
         shop["minter"].token(
             sub=str(uuid.uuid4()), scope="profile catalog:read orders:read orders:write admin"
         )
     )
     order_id = (await (await place(shop, owner, sku)).json())["order_id"]
-    order = await final_order(shop, owner, order_id)
-    assert order["status"] == "COMPLETED"
+    assert (await final_order(shop, owner, order_id))["status"] == "COMPLETED"
     path = f"/v1/orders/{order_id}"
     read = await shop["client"].get(path, headers=admin)
     assert read.status == 200, await read.text()
     assert (await read.json())["order_id"] == order_id
-    # Writes touch the caller's own orders only: the admin gets a customer's 404.
     for action, body, extra in (
-        ("cancel", {"reason": "admin"}, {}),
-        ("refunds", {"amount_minor": 1}, {"Idempotency-Key": f"admin-{uuid.uuid4()}"}),
-        ("payment", {"card_token": card()}, {}),
+        ("cancel", {"reason": "not mine"}, {}),
+        ("refunds", {"amount_minor": 1}, {"Idempotency-Key": f"stranger-{uuid.uuid4()}"}),
     ):
-        response = await shop["client"].post(f"{path}/{action}", json=body, headers=admin | extra)
-        await problem(response, 404, "not-found")
+        refused = await shop["client"].post(f"{path}/{action}", json=body, headers=stranger | extra)
+        await problem(refused, 404, "not-found")
+    refund = await shop["client"].post(
+        f"{path}/refunds",
+        json={"amount_minor": 100, "reason": "goodwill"},
+        headers=admin | {"Idempotency-Key": f"admin-{uuid.uuid4()}"},
+    )
+    assert refund.status == 200, await refund.text()
+    assert (await refund.json())["refunded_minor"] == 100
+    cancel = await shop["client"].post(f"{path}/cancel", json={"reason": "staff"}, headers=admin)
+    assert cancel.status == 200, await cancel.text()
     after = await (await shop["client"].get(path, headers=owner)).json()
-    assert after == order  # still COMPLETED, nothing refunded
-    assert after["refunded_minor"] == 0
+    assert (after["status"], after["refunded_minor"]) == ("CANCELLED", 1000)
     assert await captures_for(settings, order_id) == 1
-    assert (await stock(shop, sku))["on_hand"] == 1
+    assert (await stock(shop, sku))["on_hand"] == 2, "the cancel returned the unit"
+    assert (await ledger(settings)).balanced
 
 
 async def test_an_idempotency_key_is_the_customers_own_so_another_using_it_places_another_order(
