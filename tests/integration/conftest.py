@@ -30,7 +30,7 @@ from stack.base import Context, port_free
 from stack.platform import GatewayProcess as StackGateway
 from stack.platform import PlatformProcess
 from stack.platform import ServiceProcess as StackService
-from tests.integration.gatewaykit import TokenMinter, running_gateway
+from tests.integration.gatewaykit import Api, TokenMinter, running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -217,6 +217,18 @@ async def gateway(
     """An in-process gateway on the test stack with identity running."""
     async with running_gateway(settings, minter) as running:
         yield running
+
+
+@pytest.fixture
+def gw(gateway: tuple[Gateway, TestClient]) -> Gateway:
+    """The gateway's dependencies (its upstream clients, settings, caches)."""
+    return gateway[0]
+
+
+@pytest.fixture
+def api(gateway: tuple[Gateway, TestClient]) -> Api:
+    """A client of the gateway's HTTP API (register, sign in, bearer calls)."""
+    return Api(gateway[1])
 
 
 @pytest_asyncio.fixture

@@ -15,7 +15,6 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 
@@ -34,16 +33,6 @@ from tests.integration.gatewaykit import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
-
-
-@pytest.fixture
-def gw(gateway: tuple[Gateway, TestClient]) -> Gateway:
-    return gateway[0]
-
-
-@pytest.fixture
-def api(gateway: tuple[Gateway, TestClient]) -> Api:
-    return Api(gateway[1])
 
 
 # Happy paths ----------------------------------------------------------------

@@ -7,22 +7,11 @@ pipeline as the GET: the same token, the same scopes, the same rate-limit class.
 from __future__ import annotations
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from gateway.deps import Gateway
 from tests.integration.gatewaykit import Api, bearer, no_upstream_call
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def gw(gateway: tuple[Gateway, TestClient]) -> Gateway:
-    return gateway[0]
-
-
-@pytest.fixture
-def api(gateway: tuple[Gateway, TestClient]) -> Api:
-    return Api(gateway[1])
 
 
 async def test_head_of_a_public_route_is_its_get_without_the_body(api: Api) -> None:

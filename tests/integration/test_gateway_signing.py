@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -50,16 +50,6 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     assert pool is not None
     yield pool
     await pool.close()
-
-
-@pytest.fixture
-def gw(gateway: tuple[Gateway, TestClient]) -> Gateway:
-    return gateway[0]
-
-
-@pytest.fixture
-def api(gateway: tuple[Gateway, TestClient]) -> Api:
-    return Api(gateway[1])
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -105,6 +95,23 @@ async def machine(gateway: tuple[Gateway, TestClient], admin_token: str) -> dict
     return {**client, "token": token}
 
 
+async def every_client(fetch: Callable[[dict[str, str]], Awaitable[Any]]) -> list[dict[str, Any]]:
+    """Every listed client, page after page: the list runs oldest first, and a long-lived
+    test stack holds more clients than one page."""
+    clients: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        response = await fetch(
+            {"include_revoked": "true", "page_size": "100"} | ({"cursor": cursor} if cursor else {})
+        )
+        assert response.status == 200, await response.text()
+        page = await response.json()
+        clients += page["clients"]
+        cursor = page.get("next_cursor") or ""
+        if not cursor:
+            return clients
+
+
 # Happy paths ----------------------------------------------------------------
 
 
@@ -114,9 +121,11 @@ async def test_admin_creates_a_client_whose_secret_is_shown_once(
     client = await create_client(api, admin_token, ["catalog:read"])
     assert client["client_secret"] and client["scopes"] == ["catalog:read"]
     assert client["revoked"] is False
-    listed = await api.client.get("/v1/admin/api-clients", headers=bearer(admin_token))
-    assert listed.status == 200
-    clients = (await listed.json())["clients"]
+    clients = await every_client(
+        lambda query: api.client.get(
+            "/v1/admin/api-clients", params=query, headers=bearer(admin_token)
+        )
+    )
     mine = [c for c in clients if c["client_id"] == client["client_id"]]
     assert mine and "client_secret" not in mine[0]
 
@@ -127,15 +136,12 @@ async def test_signed_request_lists_and_revokes_clients(
     victim = await create_client(api, admin_token, ["profile", "catalog:read"])
     victim_token = await client_token(api, victim)
 
-    listed = await api.signed(
-        "GET",
-        "/v1/admin/api-clients",
-        machine["token"],
-        machine["client_secret"],
-        query={"include_revoked": "true", "page_size": "100"},
+    listed = await every_client(
+        lambda query: api.signed(
+            "GET", "/v1/admin/api-clients", machine["token"], machine["client_secret"], query=query
+        )
     )
-    assert listed.status == 200, await listed.text()
-    assert any(c["client_id"] == victim["client_id"] for c in (await listed.json())["clients"])
+    assert any(c["client_id"] == victim["client_id"] for c in listed)
 
     path = f"/v1/admin/api-clients/{victim['client_id']}"
     revoked = await api.signed("DELETE", path, machine["token"], machine["client_secret"])
