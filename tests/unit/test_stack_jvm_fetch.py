@@ -1,8 +1,10 @@
-"""How `stack up` fetches Kafka and Elasticsearch: its own versions, checksums enforced."""
+"""How `stack up` fetches Kafka and Elasticsearch: its own versions, checksums enforced
+(Maven Central's for Kafka's jars, the repo's pinned SHA-512 for the Elasticsearch zip)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,16 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Context:
     )
 
 
+# "Downloads" a zip that is not the pinned one (a tampered or truncated artifact).
+WRONG_ZIP_MVN = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$(dirname "$0")/../mvn-args"
+for arg in "$@"; do
+    case "$arg" in -DoutputDirectory=*) out="${arg#-DoutputDirectory=}" ;; esac
+done
+printf 'not the release' > "$out/elasticsearch-$ES_VERSION.zip"
+"""
+
+
 def _mvn_args(ctx: Context) -> list[str]:
     return (ctx.cache.parent / "mvn-args").read_text().splitlines()
 
@@ -48,12 +60,39 @@ def test_kafka_is_fetched_at_the_stack_version_with_strict_checksums(ctx: Contex
     assert f"-Dkafka.version={kafka.VERSION}" in args
 
 
-def test_elasticsearch_is_fetched_at_the_stack_version_with_strict_checksums(
+def test_elasticsearch_is_fetched_at_the_stack_version_and_its_pinned_digest(
     ctx: Context,
 ) -> None:
     with pytest.raises(ComponentError):
         elasticsearch.Elasticsearch().install(ctx)
     args = _mvn_args(ctx)
-    assert "--strict-checksums" in args
+    # Central serves the zip without a checksum file: strict mode would refuse it.
+    assert "--lax-checksums" in args
     zip_artifact = "org.elasticsearch.distribution.integ-test-zip:elasticsearch"
     assert f"-Dartifact={zip_artifact}:{elasticsearch.VERSION}:zip" in args
+
+
+def test_an_elasticsearch_zip_that_is_not_the_pinned_one_is_never_unpacked(
+    ctx: Context,
+) -> None:
+    mvn = ctx.cache.parent / "bin" / "mvn"
+    mvn.write_text(WRONG_ZIP_MVN)
+    with pytest.raises(ComponentError):
+        elasticsearch.Elasticsearch().install(ctx)
+    assert _mvn_args(ctx)  # it was fetched, then refused
+    assert not (ctx.cache / "elasticsearch" / elasticsearch.VERSION).exists()
+    log = (ctx.cache / "elasticsearch" / f"fetch-{elasticsearch.VERSION}.log").read_text()
+    assert f"(expected {elasticsearch.ZIP_SHA512})" in log
+
+
+def test_the_fetch_script_refuses_to_fetch_elasticsearch_without_a_pinned_digest(
+    ctx: Context,
+) -> None:
+    env = {**os.environ, "FETCH_ONLY": "elasticsearch", "ES_VERSION": elasticsearch.VERSION}
+    env.pop("ES_SHA512", None)
+    done = subprocess.run(
+        ["bash", str(elasticsearch.FETCH), str(ctx.cache)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "ES_SHA512 must be the zip's pinned SHA-512" in done.stderr
+    assert not (ctx.cache.parent / "mvn-args").exists()  # nothing fetched
