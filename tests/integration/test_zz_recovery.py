@@ -21,7 +21,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from elasticsearch import AsyncElasticsearch
-from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from activities.identity import TOPIC as IDENTITY_EVENTS
@@ -149,6 +151,21 @@ async def readiness(settings: Settings) -> tuple[int, dict[str, Any]]:
         return response.status, await response.json()
 
 
+async def polls(client: Client, pid: int) -> bool:
+    """Whether the worker of process `pid` polls both of identity's task queues."""
+    for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY):
+        described = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=IDENTITY_QUEUE),
+                task_queue_type=kind,
+            )
+        )
+        if not any(p.identity.startswith(f"{pid}@") for p in described.pollers):
+            return False
+    return True
+
+
 def logged_since(path: Path, offset: int) -> list[dict[str, Any]]:
     """The JSON log lines written to `path` after byte `offset`."""
     with path.open("rb") as log:
@@ -162,6 +179,16 @@ async def test_a_service_stops_gracefully_on_sigterm(
 ) -> None:
     """SIGTERM: readiness off, intake stopped, in-flight work finished, exit 0."""
     client = await temporal.connect(settings)
+    assert identity_service.proc is not None
+    pid = identity_service.proc.pid
+    # The kill test before this one restarted Temporal under the running service, whose
+    # pollers come back on their own back-off (seconds apart by then): the saga below
+    # must not spend the in-flight wait on that.
+    await eventually(
+        lambda: polls(client, pid),
+        within=60,
+        what="identity's worker to poll its task queues again",
+    )
     account_id, email = str(uuid.uuid4()), f"sigterm-{uuid.uuid4().hex[:10]}@example.com"
     ends = await topic_ends(settings, IDENTITY_EVENTS)
     # The account's row, not committed: the activity's INSERT waits for this transaction.
@@ -189,10 +216,12 @@ async def test_a_service_stops_gracefully_on_sigterm(
             )
             return started and await hold.blocked() > 0
 
-        await eventually(in_flight, within=30, what=f"{CREATE_ACCOUNT} to run and wait")
+        try:
+            await eventually(in_flight, within=30, what=f"{CREATE_ACCOUNT} to run and wait")
+        except AssertionError as err:  # the service's side of it, for whoever reads CI's log
+            raise AssertionError(f"{err}\n{tail(identity_service.log)}") from None
         # Only this stop's lines: the log is appended to by every start of the service.
         offset = identity_service.log.stat().st_size
-        assert identity_service.proc is not None
         os.killpg(identity_service.proc.pid, signal.SIGTERM)
 
         async def draining() -> bool:
