@@ -6,7 +6,9 @@ errors (`agora.errors.DomainError`) to gRPC statuses. betterproto2 servicer
 methods receive only the request message, not the grpclib stream, so each
 servicer's `__mapping__` is wrapped: before a call, the wrapper puts the peer
 certificate's CN into a context variable (the handler runs in the same task,
-so it sees it) and turns domain errors into the error's status.
+so it sees it) and turns domain errors into the error's status. A request that
+is not a valid protobuf message of the method's type is refused with
+INVALID_ARGUMENT (`RequestCodec`), not the UNKNOWN of a handler crash.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from grpclib import GRPCError
 from grpclib._typing import IServable
 from grpclib.client import Channel
 from grpclib.const import Handler, Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import SendRequest, listen
 from grpclib.exceptions import StreamTerminatedError
 from grpclib.health.service import Health
@@ -40,13 +43,31 @@ from agora.pki import client_context, server_context
 async def start_server(settings: Settings, service: str, handlers: Sequence[IServable]) -> Server:
     """Serve `handlers` (plus gRPC health) on the service's port; refuses peers without a cert."""
     all_handlers: list[IServable] = [*(_WithCallContext(h) for h in handlers), Health()]
-    server = Server(ServerReflection.extend(all_handlers))
+    server = Server(ServerReflection.extend(all_handlers), codec=RequestCodec())
     await server.start(
         settings.listen_host,
         settings.grpc_port(service),
         ssl=server_context(settings.pki_dir, service),
     )
     return server
+
+
+class RequestCodec(ProtoCodec):
+    """grpclib's protobuf codec, with an undecodable request refused as the caller's error.
+
+    On a server the codec decodes only requests: a frame that does not parse (a varint
+    cut short or too long) is bad input, so INVALID_ARGUMENT, where grpclib would let
+    the parser's exception crash the handler (UNKNOWN, a server fault on the 5xx panels).
+    """
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        try:
+            return super().decode(data, message_type)
+        except Exception as exc:
+            name = getattr(message_type, "__name__", "the request")
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"the request is not a valid {name} message: {exc}"
+            ) from None
 
 
 log = logging.getLogger("agora.grpc")

@@ -43,6 +43,7 @@ METHODS = {
     "audit": "/agora.audit.v1.AuditService/QueryEvents",
 }
 GRPC_OK = 0
+INVALID_ARGUMENT = 3
 
 # name -> the DATA of one request stream. None of these is a well-formed gRPC message,
 # and each must be answered with a gRPC error status. All are well-formed HTTP/2 (the
@@ -62,6 +63,8 @@ BAD_BODIES = {
     # A compressed flag that is neither 0 nor 1.
     "invalid-compressed-flag": grpc_frame(b"\x0a\x01x", compressed=7),
 }
+# Those whose gRPC framing is whole but whose protobuf does not parse.
+UNPARSABLE = ("unterminated-varint", "overlong-varint")
 # Malformed protobuf that betterproto2 parses leniently instead of refusing: a field
 # whose declared length runs past the end of the message is cut short, and wire type 7
 # is skipped; grpclib answers a unary call after its first message and ignores any
@@ -225,6 +228,17 @@ async def test_malformed_frames_get_grpc_errors_and_the_service_keeps_serving(
         )
         problems.append(grpc_error_missing(answer, case))
     assert not any(problems), [p for p in problems if p]
+    # A frame that arrives whole but does not parse is the caller's bad input.
+    for case in UNPARSABLE:
+        answer = await asyncio.to_thread(
+            call_raw,
+            settings.host,
+            settings.grpc_port(service),
+            context,
+            METHODS[service],
+            BAD_BODIES[case],
+        )
+        assert answer.grpc_status == INVALID_ARGUMENT, (case, answer)
     for case, body in LENIENT_BODIES.items():
         answer = await asyncio.to_thread(
             call_raw, settings.host, settings.grpc_port(service), context, METHODS[service], body
