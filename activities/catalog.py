@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 from agora import outbox
 from agora.db import lock_for_transaction
 from agora.errors import DomainError
+from agora.temporal import rejection
 from agora.text import shown, storable
 from contracts.agora.catalog.v1 import (
     PriceChanged,
@@ -171,7 +172,7 @@ async def _keep_result(conn: asyncpg.Connection, result: WriteResult | UpsertBat
 
 
 def _rejection(error: DomainError, kind: str) -> ApplicationError:
-    return ApplicationError(error.detail, type=kind, non_retryable=True)
+    return rejection(error.detail, type=kind)
 
 
 class CatalogActivities:

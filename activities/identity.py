@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from agora import outbox
 from agora.errors import NotFound
+from agora.temporal import rejection
 from contracts.agora.identity.v1 import AccountRegistered, Role
 from workers.identity import apiclients, keys
 from workers.identity.errors import API_CLIENT_NOT_FOUND, EMAIL_TAKEN, INVALID_REGISTRATION
@@ -92,11 +92,11 @@ def _unstorable_text_refused(failure_type: str) -> Iterator[None]:
     try:
         yield
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
-        raise ApplicationError(_UNSTORABLE, type=failure_type, non_retryable=True) from None
+        raise rejection(_UNSTORABLE, type=failure_type) from None
     except asyncpg.DataError as exc:
         if not isinstance(exc.__cause__, UnicodeError):
             raise
-        raise ApplicationError(_UNSTORABLE, type=failure_type, non_retryable=True) from None
+        raise rejection(_UNSTORABLE, type=failure_type) from None
 
 
 def _workflow_ref() -> outbox.WorkflowRef:
@@ -142,9 +142,7 @@ class IdentityActivities:
             if existing is not None:
                 if str(existing["account_id"]) == data.account_id:
                     return AccountRef(data.account_id, created=False)
-                raise ApplicationError(
-                    "an account with this email exists", type=EMAIL_TAKEN, non_retryable=True
-                )
+                raise rejection("an account with this email exists", type=EMAIL_TAKEN)
             await conn.execute(
                 "INSERT INTO accounts (account_id, email, display_name, password_hash, roles)"
                 " VALUES ($1, $2, $3, $4, $5)",
@@ -208,9 +206,7 @@ class IdentityActivities:
                         conn, data.client_id, data.revoked_by, workflow=_workflow_ref()
                     )
         except NotFound as exc:
-            raise ApplicationError(
-                exc.detail, type=API_CLIENT_NOT_FOUND, non_retryable=True
-            ) from None
+            raise rejection(exc.detail, type=API_CLIENT_NOT_FOUND) from None
         client_id = apiclients.canonical_id(data.client_id)
         return ApiClientRevocation(client_id, revoked_at.isoformat(), newly)
 

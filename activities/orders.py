@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from agora import outbox
 from agora.money import MAX_AMOUNT_MINOR
+from agora.temporal import rejection
 from contracts.agora.catalog.v1 import CatalogServiceStub, PriceLinesRequest
 from contracts.agora.common.v1 import LineItem, Money
 from contracts.agora.orders.v1 import (
@@ -184,9 +185,7 @@ class OrdersActivities:
             if recorded is not None:
                 return recorded
         if not data.lines:
-            raise ApplicationError(
-                "an order needs at least one line", type=INVALID_ORDER, non_retryable=True
-            )
+            raise rejection("an order needs at least one line", type=INVALID_ORDER)
         try:
             reply = await self.catalog.price_lines(
                 PriceLinesRequest(
@@ -199,18 +198,15 @@ class OrdersActivities:
             if error.status == Status.INVALID_ARGUMENT:
                 # The order itself is wrong (a currency catalog does not sell in, too
                 # many lines): retrying cannot help, the order is rejected.
-                raise ApplicationError(
-                    error.message or "catalog refused the order's lines",
-                    type=INVALID_ORDER,
-                    non_retryable=True,
+                raise rejection(
+                    error.message or "catalog refused the order's lines", type=INVALID_ORDER
                 ) from None
             raise
         if reply.unavailable_skus:
-            raise ApplicationError(
+            raise rejection(
                 f"not available: {', '.join(sorted(reply.unavailable_skus))}",
                 sorted(reply.unavailable_skus),
                 type=PRODUCT_UNAVAILABLE,
-                non_retryable=True,
             )
         lines = [
             PricedLine(
@@ -225,11 +221,10 @@ class OrdersActivities:
         total_minor = sum(x.line_total_minor for x in lines)
         if not 0 < total_minor <= MAX_AMOUNT_MINOR:
             # Refused here, before the POST's answer, not by payments after a 201.
-            raise ApplicationError(
+            raise rejection(
                 f"the order's total must be between 1 and {MAX_AMOUNT_MINOR} minor units,"
                 f" not {total_minor}",
                 type=INVALID_ORDER,
-                non_retryable=True,
             )
         return PricedOrder(lines=lines, currency=data.currency, total_minor=total_minor)
 

@@ -196,10 +196,14 @@ def business_rejections() -> Iterator[None]:
     try:
         yield
     except DomainError as error:
-        raise ApplicationError(
-            error.detail,
-            *error.failure_details(),
-            type=error.failure_type,
-            non_retryable=True,
-            category=ApplicationErrorCategory.BENIGN,
-        ) from None
+        raise rejection(error.detail, *error.failure_details(), type=error.failure_type) from None
+
+
+def rejection(message: str, *details: Any, type: str) -> ApplicationError:
+    """A business rejection for an activity to raise: non-retryable and BENIGN, as
+    `business_rejections` makes of a domain error (a taken email, an order the
+    catalog cannot price). A fault that should be looked into (a broken chain, a
+    missing row the saga wrote) stays a plain ApplicationError."""
+    return ApplicationError(
+        message, *details, type=type, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+    )

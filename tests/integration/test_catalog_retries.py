@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.testing import ActivityEnvironment
 
 from activities.catalog import (
@@ -128,6 +128,7 @@ async def test_a_version_guarded_write_retried_after_its_commit_answers_its_resu
     with pytest.raises(ApplicationError) as conflict:
         await attempt().run(catalog.update_product, guarded)
     assert conflict.value.type == "Conflict"
+    assert conflict.value.category == ApplicationErrorCategory.BENIGN  # a caller's, not a fault
 
 
 async def test_an_unchanged_write_retried_after_another_write_stays_unchanged(

@@ -22,7 +22,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet, OKPKey
 from joserfc.jws import extract_compact
 from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ApplicationErrorCategory
 from temporalio.testing import ActivityEnvironment
 
 from activities.identity import IdentityActivities, RotateSigningKeyInput
@@ -252,6 +252,12 @@ async def test_registering_a_taken_email_fails_with_email_taken(temporal: Client
     cause = raised.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "EmailTaken"
     assert cause.non_retryable
+    # The activity's own failure: a business rejection (BENIGN), not a worker WARNING
+    # with a traceback for every taken email.
+    attempt = cause.__cause__
+    assert isinstance(attempt, ActivityError), attempt
+    assert isinstance(attempt.cause, ApplicationError)
+    assert attempt.cause.category == ApplicationErrorCategory.BENIGN
 
 
 async def test_registering_again_with_the_same_account_id_is_idempotent(temporal: Client) -> None:

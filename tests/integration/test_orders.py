@@ -25,7 +25,7 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
@@ -1270,6 +1270,7 @@ async def changed_in_catalog(
     with pytest.raises(ApplicationError) as unavailable:
         await env.run(activities.price, PriceInput(lines, "EUR"))
     assert unavailable.value.type == "ProductUnavailable"
+    assert unavailable.value.category == ApplicationErrorCategory.BENIGN  # no WARNING traceback
 
 
 @pytest.mark.parametrize("change", ["price risen", "product deactivated"])
