@@ -105,10 +105,11 @@ async def running_gateway(
     client = TestClient(TestServer(build_app(gw)))
     await client.start_server()
     # A service reports ready a moment before its gRPC port listens: wait for the keys.
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not gw.jwks.loaded and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
         await gw.jwks.refresh(force=True)
+    assert gw.jwks.loaded, "identity's signing keys not loaded in 60 s (is identity up?)"
     try:
         yield gw, client
     finally:

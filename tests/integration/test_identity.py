@@ -563,7 +563,7 @@ async def test_key_rotation_publishes_the_next_key_before_it_signs_and_keeps_old
         return kid_of((await sign_in(identity, email)).access_token) == next_kid
 
     # Each identity process reloads its cached current key within KEY_RING_MAX_AGE_S.
-    await eventually(signs_with_new_key, within=10, what="new tokens signed with the new key")
+    await eventually(signs_with_new_key, within=30, what="new tokens signed with the new key")
     events = await db.fetchval(
         "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
         next_kid,

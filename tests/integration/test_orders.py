@@ -356,7 +356,7 @@ async def test_a_post_retried_after_a_cancel_in_temporal_answers_the_cancelled_o
         order = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=who)).json()
         return bool(order["status"] == "AWAITING_PAYMENT")
 
-    await eventually(waiting, within=30, what="the order to await the customer")
+    await eventually(waiting, within=90, what="the order to await the customer")
     handle = temporal.get_workflow_handle(order_workflow_id(order_id))
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
@@ -1100,7 +1100,7 @@ async def test_a_payment_needing_the_customer_is_shown_then_completed_once(
         return order if order["status"] == "AWAITING_PAYMENT" else None
 
     # The customer polling the order learns that it waits for them, and where to go.
-    order = await eventually(waiting, within=30, what="the order to await the customer")
+    order = await eventually(waiting, within=90, what="the order to await the customer")
     assert order["next_action_url"].startswith("https://psp.invalid/3ds/"), order
     # The page finishes the step and sends the new token; a double submit joins it.
     token = card()
@@ -1239,7 +1239,7 @@ async def awaiting_customer(shop: dict[str, Any], who: dict[str, str], order_id:
         order = await (await shop["client"].get(f"/v1/orders/{order_id}", headers=who)).json()
         return bool(order["status"] == "AWAITING_PAYMENT")
 
-    await eventually(waiting, within=30, what="the order to await the customer")
+    await eventually(waiting, within=90, what="the order to await the customer")
 
 
 async def cancel(shop: dict[str, Any], who: dict[str, str], order_id: str) -> dict[str, Any]:

@@ -58,6 +58,10 @@ async def test_every_component_comes_back_after_kill_9_with_its_data(
     await conn.execute("INSERT INTO recovery_probe VALUES ($1)", marker)
     await conn.close()
     cache = aioredis.from_url(settings.redis_url)
+    # On disk before the reply, for this write: with everysec Redis may hold back even the
+    # AOF write for up to 2 s while a background fsync runs (a slow disk). The restarted
+    # Redis starts from its own command line again.
+    await cache.config_set("appendfsync", "always")
     await cache.set(f"test:recovery:{marker}", "kept")
     await cache.aclose()
     topic = f"test-recovery-{marker[:8]}"
@@ -73,7 +77,6 @@ async def test_every_component_comes_back_after_kill_9_with_its_data(
     handle = await client.start_workflow(
         ShoutWorkflow.run, "x", id=f"recovery-{marker}", task_queue=f"nobody-{marker}"
     )
-    await asyncio.sleep(1.2)  # Redis appendfsync everysec
 
     victims = ["postgres", "redis", "kafka", "elasticsearch", "temporal"]
     stack("kill", *victims)
@@ -180,6 +183,8 @@ async def test_a_service_stops_gracefully_on_sigterm(
     """SIGTERM: readiness off, intake stopped, in-flight work finished, exit 0."""
     client = await temporal.connect(settings)
     assert identity_service.proc is not None
+    # Not "pollers never came back" for a service that died in the kill test.
+    assert identity_service.proc.poll() is None, tail(identity_service.log)
     pid = identity_service.proc.pid
     # The kill test before this one restarted Temporal under the running service, whose
     # pollers come back on their own back-off (seconds apart by then): the saga below

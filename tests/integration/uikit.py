@@ -47,10 +47,11 @@ async def gateway_on_its_port(
     server = TestServer(build_app(gw), host=settings.host, port=settings.ports["gateway"])
     client = TestClient(server)
     await client.start_server()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not gw.jwks.loaded and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
         await gw.jwks.refresh(force=True)
+    assert gw.jwks.loaded, "identity's signing keys not loaded in 60 s (is identity up?)"
     try:
         yield gw, client
     finally:
