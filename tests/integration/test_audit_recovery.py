@@ -188,7 +188,8 @@ async def test_orders_placed_while_kafka_is_down_reach_the_audit_log_exactly_onc
     from tests.integration.gatewaykit import TokenMinter, bearer, running_gateway
     from tests.integration.test_orders import final_order, place, product_with_stock
 
-    for service in ("catalog", "inventory", "payments", "orders"):
+    # identity too: the gateway takes its signing keys (and the minter's) from it.
+    for service in ("identity", "catalog", "inventory", "payments", "orders"):
         services(service)
     minter = TokenMinter(settings)
     orders_db = await create_pool(settings, "orders", size=2)
