@@ -73,14 +73,21 @@ def test_elasticsearch_is_fetched_at_the_stack_version_and_its_pinned_digest(
 
 
 def test_an_elasticsearch_zip_that_is_not_the_pinned_one_is_never_unpacked(
-    ctx: Context,
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mvn = ctx.cache.parent / "bin" / "mvn"
     mvn.write_text(WRONG_ZIP_MVN)
+    # Maven's local copy, in a home of the test's own (the script removes a bad one).
+    home = ctx.cache.parent / "home"
+    local_copy = home / ".m2/repository/org/elasticsearch/distribution/integ-test-zip"
+    fetched = local_copy / "elasticsearch" / elasticsearch.VERSION
+    fetched.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
     with pytest.raises(ComponentError):
         elasticsearch.Elasticsearch().install(ctx)
     assert _mvn_args(ctx)  # it was fetched, then refused
     assert not (ctx.cache / "elasticsearch" / elasticsearch.VERSION).exists()
+    assert not fetched.exists()  # the next run fetches it afresh
     log = (ctx.cache / "elasticsearch" / f"fetch-{elasticsearch.VERSION}.log").read_text()
     assert f"(expected {elasticsearch.ZIP_SHA512})" in log
 
