@@ -90,9 +90,14 @@ def b64json(value: dict[str, Any]) -> str:
 
 @asynccontextmanager
 async def running_gateway(
-    settings: Settings, minter: TokenMinter | None = None, **overrides: Any
+    settings: Settings,
+    minter: TokenMinter | None = None,
+    *,
+    on_gateway_port: bool = False,
+    **overrides: Any,
 ) -> AsyncIterator[tuple[Gateway, TestClient]]:
-    """A gateway on an ephemeral port; `overrides` replace Settings fields."""
+    """A gateway on an ephemeral port, or on the profile's gateway port (where the
+    Temporal UI's links and a browser expect it); `overrides` replace Settings fields."""
     settings = dataclasses.replace(settings, **{"rate_limits": ROOMY_RATES, **overrides})
     channels = Channels(settings, caller="gateway")
     from_identity = jwks_from_identity(IdentityServiceStub(channels.get("identity")))
@@ -102,7 +107,8 @@ async def running_gateway(
         return [*keys, minter.public_jwk()] if minter else keys
 
     gw = await create_gateway(settings, jwks_fetch=jwks_fetch)
-    client = TestClient(TestServer(build_app(gw)))
+    port = {"host": settings.host, "port": settings.ports["gateway"]} if on_gateway_port else {}
+    client = TestClient(TestServer(build_app(gw), **port))
     await client.start_server()
     # A service reports ready a moment before its gRPC port listens: wait for the keys.
     deadline = time.monotonic() + 60

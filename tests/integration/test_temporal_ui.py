@@ -21,9 +21,8 @@ from temporalio.client import Client
 from agora.config import Settings
 from gateway import codec
 from tests.integration.catalogkit import CatalogApi
-from tests.integration.gatewaykit import PASSWORD, TokenMinter, bearer, problem
+from tests.integration.gatewaykit import PASSWORD, TokenMinter, bearer, problem, running_gateway
 from tests.integration.uikit import (
-    gateway_on_its_port,
     install_browser,
     run_browser_script,
     screenshot,
@@ -53,7 +52,7 @@ async def shop(settings: Settings, services: Any) -> AsyncIterator[dict[str, Any
     for service in SERVICES:
         services(service)
     minter = TokenMinter(settings)
-    async with gateway_on_its_port(settings, minter) as (gw, client):
+    async with running_gateway(settings, minter, on_gateway_port=True) as (gw, client):
         yield {"gw": gw, "client": client, "minter": minter, "catalog": CatalogApi(client, minter)}
 
 
