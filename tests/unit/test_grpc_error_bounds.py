@@ -15,9 +15,7 @@ from typing import Any
 
 import pytest
 from grpclib import GRPCError
-from grpclib.client import Channel
 from grpclib.const import Status
-from grpclib.server import Server
 
 from agora import grpc
 from agora.errors import InvalidArgument
@@ -30,6 +28,7 @@ from contracts.agora.identity.v1 import (
     SignInRequest,
     SignInResponse,
 )
+from tests.unit.grpcserve import serving
 from workers.identity.errors import InvalidScope
 
 # Made-up, non-ASCII scope names: 6 bytes each "é" once percent-encoded.
@@ -90,16 +89,8 @@ class Identity(IdentityServiceBase):
 @pytest.fixture
 async def identity() -> AsyncIterator[tuple[Identity, IdentityServiceStub]]:
     servicer = Identity()
-    server = Server([grpc._WithCallContext(servicer)])
-    await server.start("127.0.0.1", 0)
-    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    channel = Channel("127.0.0.1", port)
-    try:
+    async with serving(servicer) as channel:
         yield servicer, IdentityServiceStub(channel)
-    finally:
-        channel.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_refusal_naming_thousands_of_scopes_fails_only_its_own_call(

@@ -13,12 +13,9 @@ from typing import Any
 
 import pytest
 from grpclib import GRPCError
-from grpclib.client import Channel
 from grpclib.const import Status
-from grpclib.server import Server
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agora import grpc
 from agora.logs import setup_logging
 from contracts.agora.identity.v1 import (
     GetJwksRequest,
@@ -26,6 +23,7 @@ from contracts.agora.identity.v1 import (
     IdentityServiceBase,
     IdentityServiceStub,
 )
+from tests.unit.grpcserve import serving
 
 
 class Broken(IdentityServiceBase):
@@ -43,16 +41,8 @@ def log_lines(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
 
 @pytest.fixture
 async def stub() -> AsyncIterator[IdentityServiceStub]:
-    server = Server([grpc._WithCallContext(Broken())])
-    await server.start("127.0.0.1", 0)
-    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    channel = Channel("127.0.0.1", port)
-    try:
+    async with serving(Broken()) as channel:
         yield IdentityServiceStub(channel)
-    finally:
-        channel.close()
-        server.close()
-        await server.wait_closed()
 
 
 def records(stream: io.StringIO) -> list[dict[str, Any]]:

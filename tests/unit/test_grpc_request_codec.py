@@ -15,7 +15,6 @@ from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.proto import ProtoCodec
-from grpclib.server import Server
 
 from agora import grpc
 from contracts.agora.identity.v1 import (
@@ -23,6 +22,7 @@ from contracts.agora.identity.v1 import (
     GetAccountResponse,
     IdentityServiceBase,
 )
+from tests.unit.grpcserve import serving
 
 METHOD = "/agora.identity.v1.IdentityService/GetAccount"
 
@@ -50,16 +50,8 @@ def servicer() -> Recording:
 
 @pytest.fixture
 async def channel(servicer: Recording) -> AsyncIterator[Channel]:
-    server = Server([grpc._WithCallContext(servicer)], codec=grpc.RequestCodec())
-    await server.start("127.0.0.1", 0)
-    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    client = Channel("127.0.0.1", port, codec=RawBytes())
-    try:
+    async with serving(servicer, codec=grpc.RequestCodec(), client_codec=RawBytes()) as client:
         yield client
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def call(channel: Channel, body: bytes) -> GetAccountResponse:
