@@ -55,6 +55,16 @@ class PartitionsEnsured:
     created: int
 
 
+async def ensure_partitions(pool: asyncpg.Pool) -> int:
+    """Make the months' partitions that are missing; how many it made. Gives up with
+    asyncpg.LockNotAvailableError after PARTITION_LOCK_TIMEOUT rather than queue every
+    append behind it (the scheduled activity is retried, the start-up step too)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
+        made = await conn.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
+    return int(made)
+
+
 class AuditActivities:
     """The checkpoint steps. `retired_keys`: the public keys of signing keys rotated out,
     whose last checkpoint the first runs under the new key go on from."""
@@ -99,7 +109,4 @@ class AuditActivities:
 
     @activity.defn(name="audit.ensure_partitions")
     async def ensure_partitions(self) -> PartitionsEnsured:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
-            made = await conn.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
-        return PartitionsEnsured(created=int(made))
+        return PartitionsEnsured(created=await ensure_partitions(self._pool))

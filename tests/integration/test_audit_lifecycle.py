@@ -1,7 +1,7 @@
 """The audit log over its life, each on a scratch database of its own: a log written
 before migration 0004 migrated (forged rows and ids included), the signing key
 rotated after the log's first month was detached, and a month's partition made while
-a long reader holds the log."""
+a long reader holds the log (by the scheduled activity and at start-up)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from workers.audit.consumer import AuditConsumer
 from workers.audit.envelopes import check
 from workers.audit.signing import CheckpointSigner, TrustedKeys
 from workers.audit.verification import verify_chain
+from workers.audit.wiring import partitions_at_start
 
 pytestmark = pytest.mark.integration
 
@@ -221,6 +222,20 @@ async def test_a_rotated_key_goes_on_from_the_retired_keys_checkpoint_once_genes
         assert "sequence 1 is missing" in broken.value.message
 
 
+async def drop_furthest_partition(settings: Settings, name: str) -> str:
+    """Drop the furthest month's partition (its month comes into the window); its name."""
+    admin = await superuser(settings, name)
+    try:
+        furthest: str = await admin.fetchval(
+            "SELECT format('audit_log_%s', to_char(date_trunc('month', now() AT TIME ZONE 'UTC')"
+            " + interval '2 months', 'YYYY_MM'))"
+        )
+        await admin.execute(f"DROP TABLE {furthest}")
+    finally:
+        await admin.close()
+    return furthest
+
+
 async def test_a_months_partition_made_behind_a_long_reader_gives_up_and_appends_go_on(
     settings: Settings, roles: None
 ) -> None:
@@ -229,15 +244,7 @@ async def test_a_months_partition_made_behind_a_long_reader_gives_up_and_appends
     # append queued behind it in turn: all intake stopped for as long as the reader.
     async with scratch_database(settings) as name, audit_pool(settings, name) as pool:
         await append_rows(pool, [make_envelope()])
-        furthest = await pool.fetchval(
-            "SELECT format('audit_log_%s', to_char(date_trunc('month', now() AT TIME ZONE 'UTC')"
-            " + interval '2 months', 'YYYY_MM'))"
-        )
-        admin = await superuser(settings, name)
-        try:
-            await admin.execute(f"DROP TABLE {furthest}")  # its month comes into the window
-        finally:
-            await admin.close()
+        furthest = await drop_furthest_partition(settings, name)
         activities = AuditActivities(pool, CheckpointSigner(os.urandom(32)))
         reader = await asyncpg.connect(scratch_dsn(settings, name))
         try:
@@ -253,3 +260,27 @@ async def test_a_months_partition_made_behind_a_long_reader_gives_up_and_appends
             await reader.close()
         assert made.created == 1
         assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", furthest)
+
+
+async def test_a_starting_audit_service_waits_for_its_partitions_without_stopping_appends(
+    settings: Settings, roles: None
+) -> None:
+    # The same step at start-up (a new pod while a verification reads the log) had no
+    # lock timeout: queued behind the reader, it stopped the running pods' appends.
+    async with scratch_database(settings) as name, audit_pool(settings, name) as pool:
+        await append_rows(pool, [make_envelope()])
+        furthest = await drop_furthest_partition(settings, name)
+        reader = await asyncpg.connect(scratch_dsn(settings, name))
+        try:
+            async with reader.transaction(isolation="repeatable_read", readonly=True):
+                await reader.fetchval("SELECT count(*) FROM audit_log")
+                starting = asyncio.create_task(partitions_at_start(pool, patience_s=60))
+                await asyncio.sleep(1.5)  # past its first lock timeout
+                await asyncio.wait_for(append_rows(pool, [make_envelope()]), 10)
+                assert not starting.done(), "it waits (retrying) while the reader holds the log"
+            made = await asyncio.wait_for(starting, 30)
+        finally:
+            await reader.close()
+        assert made == 1
+        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", furthest)
+        assert await pool.fetchval("SELECT count(*) FROM audit_log") == 2

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
-from activities.audit import PARTITION_MONTHS_AHEAD, AuditActivities
+import asyncpg
+
+from activities.audit import AuditActivities, ensure_partitions
+from agora import process
 from agora.service import Runtime, ServiceParts
 from workers.audit import verification
 from workers.audit.api import AuditApi
@@ -15,13 +19,26 @@ from workers.audit.signing import load_signer, load_trusted_keys
 from workflows.audit import SignCheckpointWorkflow
 
 
+async def partitions_at_start(
+    pool: asyncpg.Pool, *, patience_s: float = process.STARTUP_PATIENCE_S
+) -> int:
+    """The current months' partitions exist before the first append. Bounded like the
+    scheduled activity: waiting on its lock behind a long reader (a verification), it
+    would hold every append of the running processes queued behind it."""
+    return await process.starting(
+        "audit partitions",
+        partial(ensure_partitions, pool),
+        transient=(asyncpg.LockNotAvailableError,),
+        patience_s=patience_s,
+    )
+
+
 async def build_parts(rt: Runtime) -> ServiceParts:
     settings = rt.settings
     signer = load_signer(settings)
     keys = load_trusted_keys(settings, signer)
     verification.count_failures_from_zero()
-    # The current months' partitions exist before the first append.
-    await rt.pool.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
+    await partitions_at_start(rt.pool)
     await ensure_checkpoint_schedule(
         rt.temporal,
         timedelta(seconds=settings.audit_checkpoint_interval_s),
