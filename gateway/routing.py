@@ -264,12 +264,13 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
     async def handle(request: web.Request) -> web.StreamResponse:
         reject_nul(request)
         payload: BaseModel | None = None
-        if route.body is not None:
-            payload = await parse_body(request, route.body)
-        elif route.query is not None:
+        if route.query is not None:
             payload = parse_query(request, route.query)
         elif request.rel_url.query:
+            # A body route's too: `POST /v1/orders?dry_run=true` placed a real order.
             raise Problem("validation-failed", "this route takes no query parameters")
+        if route.body is not None:
+            payload = await parse_body(request, route.body)
         result = await route.handler(request, payload)
         if result is None:
             return web.Response(status=204)
