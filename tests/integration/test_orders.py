@@ -489,6 +489,11 @@ async def test_an_admin_reads_and_refunds_a_customers_order_another_customer_can
     ):
         refused = await shop["client"].post(f"{path}/{action}", json=body, headers=stranger | extra)
         await problem(refused, 404, "not-found")
+    # A refund without its key is refused as input, before the order is looked up.
+    calls = dict(shop["gw"].upstream.calls)
+    keyless = await shop["client"].post(f"{path}/refunds", json={"amount_minor": 1}, headers=stranger)
+    await problem(keyless, 400, "invalid-argument")
+    assert shop["gw"].upstream.calls == calls, "nothing called for a refund without a key"
     refund = await shop["client"].post(
         f"{path}/refunds",
         json={"amount_minor": 100, "reason": "goodwill"},
@@ -1102,6 +1107,16 @@ async def test_a_payment_needing_the_customer_is_shown_then_completed_once(
     # The customer polling the order learns that it waits for them, and where to go.
     order = await eventually(waiting, within=90, what="the order to await the customer")
     assert order["next_action_url"].startswith("https://psp.invalid/3ds/"), order
+    # Paying is the customer's own act: neither another customer nor staff (who may
+    # cancel and refund it) can pay for it with a card of theirs.
+    admin = bearer(
+        shop["minter"].token(sub=str(uuid.uuid4()), scope="profile orders:read orders:write admin")
+    )
+    for other in (customer(shop), admin):
+        refused = await shop["client"].post(
+            f"/v1/orders/{order_id}/payment", json={"card_token": card()}, headers=other
+        )
+        await problem(refused, 404, "not-found")
     # The page finishes the step and sends the new token; a double submit joins it.
     token = card()
     completions = await asyncio.gather(
