@@ -491,7 +491,9 @@ async def test_an_admin_reads_and_refunds_a_customers_order_another_customer_can
         await problem(refused, 404, "not-found")
     # A refund without its key is refused as input, before the order is looked up.
     calls = dict(shop["gw"].upstream.calls)
-    keyless = await shop["client"].post(f"{path}/refunds", json={"amount_minor": 1}, headers=stranger)
+    keyless = await shop["client"].post(
+        f"{path}/refunds", json={"amount_minor": 1}, headers=stranger
+    )
     await problem(keyless, 400, "invalid-argument")
     assert shop["gw"].upstream.calls == calls, "nothing called for a refund without a key"
     refund = await shop["client"].post(
