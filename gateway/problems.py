@@ -120,14 +120,20 @@ def render(problem: Problem, *, instance: str, trace_id: str) -> web.Response:
         "trace_id": trace_id,
         **problem.extensions,
     }
-    headers = dict(problem.headers)
-    if kind.status == 401:
-        # RFC 9110: every 401 names a scheme; a signature's or a credential's too
-        # (those about the token itself say more: error="invalid_token").
-        headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
     return web.Response(
         status=kind.status,
         body=json.dumps(body).encode(),
         content_type=CONTENT_TYPE,
-        headers=headers,
+        headers=answer_headers(problem),
     )
+
+
+def answer_headers(problem: Problem) -> dict[str, str]:
+    """The headers of any answer to `problem`, problem+json or a page showing it
+    (Retry-After, RateLimit-*, WWW-Authenticate)."""
+    headers = dict(problem.headers)
+    if PROBLEM_TYPES[problem.code].status == 401:
+        # RFC 9110: every 401 names a scheme; a signature's or a credential's too
+        # (those about the token itself say more: error="invalid_token").
+        headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
+    return headers

@@ -10,6 +10,7 @@ codec while the dev server's UI has no sign-in of its own (docs/temporal-ui.md).
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from typing import Annotated
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from gateway.deps import deps
 from gateway.failures import UPSTREAM_PROBLEMS
 from gateway.forwarded import client_bucket
 from gateway.openapi import FORM_CONTENT_TYPE
-from gateway.problems import PROBLEM_TYPES, Problem
+from gateway.problems import PROBLEM_TYPES, Problem, answer_headers
 from gateway.ratelimit import admit_or_refuse
 from gateway.routes.auth import admit_account_sign_in
 from gateway.routing import UNREADABLE_BODY, Answer, Route, refuse_nul
@@ -89,7 +90,9 @@ async def encode_preflight(request: web.Request, _: CodecQuery) -> web.Response:
     return codec.preflight(request)
 
 
-def _page(title: str, body: str, status: int = 200) -> web.Response:
+def _page(
+    title: str, body: str, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
     document = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{html.escape(title)}</title>"
@@ -99,7 +102,10 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
         f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
     return web.Response(
-        text=document, content_type="text/html", status=status, headers=_PAGE_HEADERS
+        text=document,
+        content_type="text/html",
+        status=status,
+        headers={**(headers or {}), **_PAGE_HEADERS},
     )
 
 
@@ -184,8 +190,14 @@ async def open_session(request: web.Request, _: None) -> web.Response:
     except Problem as problem:
         if not from_form:
             raise
+        # The problem's own headers too: Retry-After on a 429 or 503, WWW-Authenticate.
         status = PROBLEM_TYPES[problem.code].status
-        return _page("Agora codec sign-in", _form(problem.detail), status=status)
+        return _page(
+            "Agora codec sign-in",
+            _form(problem.detail),
+            status=status,
+            headers=answer_headers(problem),
+        )
     ui = deps(request).settings.temporal_ui_url
     if from_form:
         response: web.Response = _page(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from unittest import mock
 
@@ -12,9 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway import codec
 from gateway.deps import GATEWAY
+from gateway.ratelimit import Admission, Verdict
 from gateway.routes.codec import open_session
 
 FORM = "application/x-www-form-urlencoded"
@@ -128,3 +131,42 @@ async def test_a_payloads_body_over_the_cap_is_refused_as_too_large() -> None:
     with pytest.raises(codec.Problem) as refused:
         await codec.read_payloads(_payloads_request(stream))
     assert refused.value.code == "body-too-large"
+
+
+def _admitting(admit: Callable[..., Awaitable[Admission]]) -> web.Application:
+    app = web.Application()
+    app[GATEWAY] = SimpleNamespace(admitter=SimpleNamespace(admit=admit))  # type: ignore[assignment]
+    return app
+
+
+async def _refused_sign_in(admit: Callable[..., Awaitable[Admission]]) -> web.Response:
+    body = b"email=a%40b.cd&password=wrong"
+    request = make_mocked_request(
+        "POST",
+        "/codec/session",
+        headers={"Content-Type": FORM, "Content-Length": str(len(body))},
+        payload=_stream(body),
+        app=_admitting(admit),
+    )
+    return await open_session(request, None)
+
+
+async def test_a_rate_limited_sign_in_page_says_when_to_retry() -> None:
+    # The page showing a problem carries the problem's headers, as its JSON would.
+    async def limited(*_: object, **__: object) -> Admission:
+        return Admission(Verdict.RATE_LIMITED, limit=10, remaining=0, retry_after_s=7.2, reset_s=9)
+
+    response = await _refused_sign_in(limited)
+    assert (response.status, response.content_type) == (429, "text/html")
+    assert response.headers["Retry-After"] == "8"
+    assert response.headers["RateLimit-Remaining"] == "0"
+    assert "too many sign-ins" in (response.text or "")
+    assert response.headers["Cache-Control"] == "no-store", "the page's own headers stay"
+
+
+async def test_a_sign_in_page_without_redis_says_retry_soon() -> None:
+    async def down(*_: object, **__: object) -> Admission:
+        raise RedisConnectionError("refused")
+
+    response = await _refused_sign_in(down)
+    assert (response.status, response.headers["Retry-After"]) == (503, "1")
