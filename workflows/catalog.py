@@ -52,6 +52,7 @@ __all__ = [
     "UpdateProductWorkflow",
     "WriteResult",
     "import_workflow_id",
+    "product_create_workflow_id",
     "product_write_workflow_id",
 ]
 
@@ -76,6 +77,14 @@ def product_write_workflow_id(operation: str, sku: str, caller: str, request_key
     between the first and the last one."""
     digest = hashlib.sha256(f"{sku}\n{caller}\n{request_key}".encode()).hexdigest()[:24]
     return f"catalog-{operation}-{sku}-{digest}"
+
+
+def product_create_workflow_id(caller: str, request_key: str) -> str:
+    """A create's: per caller and key only. The sku is in the create's body, so the
+    same key with another sku is another body, refused (409) by the start's digest;
+    with the sku in the id it started a second write and made a second product."""
+    digest = hashlib.sha256(f"{caller}\n{request_key}".encode()).hexdigest()[:24]
+    return f"catalog-create-{digest}"
 
 
 def import_workflow_id(import_id: str) -> str:

@@ -68,6 +68,7 @@ from workflows.catalog import (
     UpdateProductWorkflow,
     WriteResult,
     caller_import_workflow_id,
+    product_create_workflow_id,
     product_write_workflow_id,
 )
 
@@ -189,7 +190,8 @@ def _written(result: WriteResult) -> ProductWriteResponse:
 
 async def create_product(request: web.Request, body: CreateProductRequest) -> ProductWriteResponse:
     data = CreateProductInput(_product_data(body.sku, body))
-    workflow_id = _write_workflow_id(request, "create", body.sku)
+    key = idempotency_key(request, required=False)
+    workflow_id = product_create_workflow_id(principal_of(request).subject, key)
     return _written(
         await _execute(request, "CreateProduct", CreateProductWorkflow.run, data, workflow_id)
     )

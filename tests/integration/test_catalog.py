@@ -168,6 +168,14 @@ async def test_a_write_retried_with_its_key_answers_the_first_and_another_body_i
     detail = (await problem(reused, 409, "conflict"))["detail"]
     assert "Idempotency-Key" in detail
     assert (await api.get(sku))["title"] == "Idempotent lamp"
+    # Another sku is another body too: no second product made under the same key.
+    other_sku = f"IDEM-{uuid.uuid4().hex[:10]}"
+    reused = await api.client.post(
+        "/v1/admin/products", json={**body, "sku": other_sku}, headers=headers
+    )
+    await problem(reused, 409, "conflict")
+    missing = await api.client.get(f"/v1/products/{other_sku}", headers=api.read)
+    await problem(missing, 404, "not-found")
 
 
 async def test_another_callers_write_with_the_same_key_is_a_write_of_its_own(

@@ -28,6 +28,7 @@ from workflows.catalog import (
     ImportInput,
     ImportProductsWorkflow,
     ProductData,
+    product_create_workflow_id,
     product_write_workflow_id,
 )
 
@@ -172,3 +173,14 @@ def test_write_workflow_ids_of_two_callers_with_one_key_never_meet() -> None:
     assert product_write_workflow_id("deactivate", "SKU-1", "a:b", "c:000007") != (
         product_write_workflow_id("deactivate", "SKU-1", "a", "b:c:000007")
     )
+
+
+def test_a_creates_workflow_id_is_its_callers_key_whatever_the_sku() -> None:
+    # The sku of a create is in its body: one caller's key is one create, so another
+    # sku under the same key meets the first run and its digest check (409).
+    assert product_create_workflow_id("a", "k" * 8) == product_create_workflow_id("a", "k" * 8)
+    assert product_create_workflow_id("a", "k" * 8) != product_create_workflow_id("b", "k" * 8)
+    assert product_create_workflow_id("a:b", "c:000007") != (
+        product_create_workflow_id("a", "b:c:000007")
+    )
+    assert product_create_workflow_id("a", "k" * 8).startswith("catalog-create-")
