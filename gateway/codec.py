@@ -128,10 +128,7 @@ async def staff_principal(request: web.Request, token: str) -> Principal:
     try:
         principal = await gw.verifier.verify(token)
     except Problem as problem:
-        if problem.status == 401:  # not a 503: the token may be good (gateway/tokens.py)
-            problem.headers.setdefault(
-                "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
-            )
+        _say_invalid_token(problem)
         raise
     if principal.is_api_client:
         raise Problem(
@@ -147,16 +144,29 @@ async def staff_principal(request: web.Request, token: str) -> Principal:
             },
         )
     # Without the revocation check a revoked staff token could read PII: fail closed.
-    await admit_or_refuse(
-        gw.admitter,
-        "read",
-        principal.subject,
-        jti=principal.jti,
-        sid=principal.sid,
-        unavailable="the revocation check is unavailable; retry shortly",
-        limited="too many codec requests",
-    )
+    try:
+        await admit_or_refuse(
+            gw.admitter,
+            "read",
+            principal.subject,
+            jti=principal.jti,
+            sid=principal.sid,
+            unavailable="the revocation check is unavailable; retry shortly",
+            limited="too many codec requests",
+        )
+    except Problem as problem:
+        _say_invalid_token(problem)  # revoked
+        raise
     return principal
+
+
+def _say_invalid_token(problem: Problem) -> None:
+    """A 401 about the token itself says so (RFC 6750); a 503 is not one: the token
+    may be good (gateway/tokens.py)."""
+    if problem.status == 401:
+        problem.headers.setdefault(
+            "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
+        )
 
 
 def check_namespace(request: web.Request) -> str:

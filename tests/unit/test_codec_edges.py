@@ -17,8 +17,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway import codec
 from gateway.deps import GATEWAY
+from gateway.problems import Problem
 from gateway.ratelimit import Admission, Verdict
 from gateway.routes.codec import open_session
+from gateway.tokens import Principal
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -170,3 +172,27 @@ async def test_a_sign_in_page_without_redis_says_retry_soon() -> None:
 
     response = await _refused_sign_in(down)
     assert (response.status, response.headers["Retry-After"]) == (503, "1")
+
+
+async def test_a_revoked_staff_token_is_named_an_invalid_token() -> None:
+    # RFC 6750: a 401 about the token itself says error="invalid_token", as one the
+    # verifier refuses does; the revocation (found by the admission) said only the realm.
+    staff = Principal("staff-1", "account", frozenset({"support"}), "j", "s", 2_000_000_000, "k")
+
+    async def verify(_: str) -> Principal:
+        return staff
+
+    async def revoked(*_: object, **__: object) -> Admission:
+        return Admission(Verdict.JTI_REVOKED, limit=10, remaining=9, retry_after_s=0, reset_s=0)
+
+    app = web.Application()
+    app[GATEWAY] = SimpleNamespace(  # type: ignore[assignment]
+        verifier=SimpleNamespace(verify=verify), admitter=SimpleNamespace(admit=revoked)
+    )
+    request = make_mocked_request("GET", "/codec/decode", app=app)
+    with pytest.raises(Problem) as refused:
+        await codec.staff_principal(request, "token")
+    assert (refused.value.code, refused.value.status) == ("token-revoked", 401)
+    assert refused.value.headers["WWW-Authenticate"] == (
+        'Bearer realm="agora-codec", error="invalid_token"'
+    )
