@@ -340,7 +340,11 @@ class EventConsumer:
             self._round = None
             if self._consumed:
                 _sessions[self.spec.group] -= 1
-            watcher.cancel()
+            if not self._stalled:
+                watcher.cancel()
+            # A stalled session's watcher is stopping its client (each of its steps
+            # bounded by STALL_STOP_S): cancelled inside that stop(), it never closed
+            # what the stop left open, and every stall restart leaked a client.
             await asyncio.gather(watcher, return_exceptions=True)
             self._forget_lag()  # a new session (or another process) reports from now on
             await consumer.stop()
@@ -439,11 +443,14 @@ class EventConsumer:
         )
         try:
             await asyncio.wait_for(consumer.stop(), STALL_STOP_S)
-        except Exception:
-            # Cut short (waiting on the silent session), stop() left the client half open,
-            # and a later stop() returns at once: what it left is closed here.
+        except (Exception, asyncio.CancelledError) as error:
+            # Cut short (waiting on the silent session, or the service stopping), stop()
+            # left the client half open, and a later stop() returns at once: what it
+            # left is closed here, then a cancel goes on.
             with contextlib.suppress(Exception):  # closing is all that is left to try
                 await asyncio.wait_for(_close_left_open(consumer), STALL_STOP_S)
+            if isinstance(error, asyncio.CancelledError):
+                raise
 
     async def _handle_records(self, records: list[ConsumerRecord]) -> int:
         """Handle one batch (a partition's fetch, or a whole round); returns how many of

@@ -144,3 +144,66 @@ async def test_a_stalled_client_whose_stop_hangs_is_closed_all_the_same(
         assert not connected, "connections to the brokers are still open"
     finally:
         await client.stop()
+
+
+async def test_a_stalled_session_ends_with_its_client_closed_even_when_its_stop_hangs(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole path, not `_stop_stalled` alone: the watcher's stop() marks the client
+    # closed, so the session's fetch ends at once and its `finally` cancelled the
+    # watcher inside that stop(); the clean-up of what stop() had left never ran, and
+    # every stall restart left a client's fetcher, heartbeat and connections behind.
+    monkeypatch.setattr(kafka, "LAG_REFRESH_S", 0.2)
+    monkeypatch.setattr(kafka, "STALL_S", 1.0)
+    monkeypatch.setattr(kafka, "STALL_STOP_S", 1.0)
+    topic = f"test-stall-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    seen: list[int] = []
+
+    async def handle(batch: list[object]) -> None:
+        seen.append(len(batch))
+
+    spec = kafka.ConsumerSpec(
+        group=f"group-{uuid.uuid4().hex[:8]}", topics=[topic], batch_handler=handle
+    )
+    consumer = kafka.EventConsumer(settings, spec, producer)
+    clients: list[AIOKafkaConsumer] = []
+    new_client = consumer._new_consumer
+
+    def counted() -> AIOKafkaConsumer:
+        clients.append(new_client())
+        return clients[-1]
+
+    monkeypatch.setattr(consumer, "_new_consumer", counted)
+    task = asyncio.create_task(consumer.run())
+    try:
+
+        async def assigned() -> bool:
+            return bool(clients and clients[0].assignment())
+
+        await eventually(assigned, within=60, what="the first session's partitions")
+        silent = clients[0]
+
+        async def never_closes() -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(silent._coordinator, "close", never_closes)
+        silent.pause(*silent.assignment())  # silent, as after a broker restart
+        await producer.send_and_wait(topic, envelope(), key=b"k")
+
+        async def handled() -> bool:
+            return sum(seen) == 1
+
+        await eventually(handled, within=60, what="the record handled by a new session")
+        assert len(clients) >= 2
+        coordinator = silent._coordinator
+        assert coordinator._coordination_task.done() and coordinator._heartbeat_task is None
+        assert silent._fetcher._fetch_task.done(), "the stalled client still fetches"
+        connected = [c for c in silent._client._conns.values() if c.connected()]
+        assert not connected, "the stalled client's connections are still open"
+    finally:
+        consumer.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
