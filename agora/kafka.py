@@ -248,7 +248,11 @@ class EventConsumer:
 
     def __init__(self, settings: Settings, spec: ConsumerSpec, producer: AIOKafkaProducer):
         self.spec = spec
+        # Dead letters go through the service's producer until one is refused by the
+        # brokers; then through one of this consumer's own (`_renew_producer`).
         self._producer = producer
+        self._own_producer: AIOKafkaProducer | None = None
+        self._renew_producer = False
         self._settings = settings
         self._stopping = asyncio.Event()
         self._round: _Round | None = None  # the session's, while one runs
@@ -284,15 +288,19 @@ class EventConsumer:
         again, which handlers absorb by deduplicating on the event id. A rebalance is
         not an outage: the session rides it out (see `_commit`).
         """
-        await process.keep_running(
-            "consumer",
-            self._session,
-            transient=(KafkaError,),
-            stopping=self._stopping,
-            progressed=lambda: self._consumed,
-            extra={"group": self.spec.group},
-            logger=log,
-        )
+        try:
+            await process.keep_running(
+                "consumer",
+                self._session,
+                transient=(KafkaError,),
+                stopping=self._stopping,
+                progressed=lambda: self._consumed,
+                extra={"group": self.spec.group},
+                logger=log,
+            )
+        finally:
+            if self._own_producer is not None:
+                await self._own_producer.stop()
 
     async def _session(self) -> None:
         self._consumed = False
@@ -618,13 +626,37 @@ class EventConsumer:
         with trace.use_span(span, end_on_exit=False):
             log.error("dead-lettered", extra={**where, "reason": reason})
             try:
+                if self._renew_producer:
+                    await self._new_dead_letter_producer()
                 await self._write_dead_letter(record, reason)
             except Exception as error:
                 if isinstance(error, KafkaError) and not isinstance(error, _TOO_LARGE):
-                    raise  # brokers away: a new session gets the record again
+                    # Brokers away: a new session gets the record again, and its dead
+                    # letter goes through a new producer (see `_new_dead_letter_producer`).
+                    self._renew_producer = True
+                    raise
                 log.exception("dead letter not written, record skipped", extra=where)
                 return
         _dead.add(1, {"group": self.spec.group, "topic": record.topic})
+
+    async def _new_dead_letter_producer(self) -> None:
+        """A producer of this consumer's own for its dead letters, replacing the last.
+
+        As the outbox relay's sessions: an idempotent producer left with a sequence
+        gap refuses every send for good (OutOfOrderSequenceNumber), and only a new one
+        recovers. Kept on the service's, the poison record would come back to every
+        new session and stop its partition for ever."""
+        fresh = create_producer(self._settings, client_id=f"{self.spec.group}-dlq")
+        try:
+            await fresh.start()
+        except BaseException:
+            await fresh.stop()  # a failed start leaves its client to close
+            raise
+        old, self._own_producer = self._own_producer, fresh
+        self._producer, self._renew_producer = fresh, False
+        if old is not None:
+            with contextlib.suppress(Exception):  # a broken producer's stop may fail too
+                await old.stop()
 
     async def _write_dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         """The DLQ copy of `record`: whole, or its value cut to DLQ_TRUNCATED_BYTES

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 
 from agora import config, kafka, process
 from agora.errors import PoisonMessage
@@ -165,3 +165,65 @@ async def test_a_dead_letter_the_brokers_refuse_is_raised_for_the_session_to_ret
     record = ConsumerRecord("t", 0, 7, 0, 0, None, b"x", None, 0, 1, [])
     with pytest.raises(KafkaConnectionError):
         await dead_letterer(KafkaConnectionError("brokers away"))._dead_letter(record, "r")
+
+
+class StubProducer:
+    """A producer the consumer makes for itself: started, stopped, what it sent."""
+
+    def __init__(self, refuse: Exception | None = None) -> None:
+        self.refuse, self.sent, self.started, self.stopped = refuse, 0, False, False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def send_and_wait(self, *_: object, **__: object) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        self.sent += 1
+
+
+async def test_after_a_dead_letter_the_brokers_refused_the_next_goes_through_a_new_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An idempotent producer left with a sequence gap refuses every send for good: on
+    # the service's one, the poison record came back to every new session for ever.
+    made = [StubProducer(refuse=OutOfOrderSequenceNumber()), StubProducer()]
+    created = list(made)
+    monkeypatch.setattr(kafka, "create_producer", lambda *_, **__: created.pop(0))
+    stuck = OutOfOrderSequenceNumber()
+    letterer = dead_letterer(stuck)
+    record = ConsumerRecord("t", 0, 7, 0, 0, None, b"x", None, 0, 1, [])
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await letterer._dead_letter(record, "r")  # the service's producer
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await letterer._dead_letter(record, "r")  # a new one, broken as well
+    await letterer._dead_letter(record, "r")  # and another
+    assert [p.started for p in made] == [True, True]
+    assert made[0].stopped, "the replaced producer of its own is stopped"
+    assert made[1].sent == 1 and not made[1].stopped
+
+    async def no_session() -> None:
+        letterer.stop()
+
+    letterer._session = no_session  # type: ignore[method-assign]
+    await letterer.run()
+    assert made[1].stopped, "its own producer is stopped with the consumer"
+
+
+async def test_dead_letters_stay_on_the_services_producer_while_it_writes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("a producer was made while the service's one works")
+
+    monkeypatch.setattr(kafka, "create_producer", never)
+    service = StubProducer()
+    spec = ConsumerSpec(group="g", topics=["t"], batch_handler=lambda _: asyncio.sleep(0))
+    letterer = EventConsumer(config.load({}), spec, producer=service)  # type: ignore[arg-type]
+    record = ConsumerRecord("t", 0, 7, 0, 0, None, b"x", None, 0, 1, [])
+    for _ in range(2):
+        await letterer._dead_letter(record, "r")
+    assert service.sent == 2
