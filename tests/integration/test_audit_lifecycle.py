@@ -9,8 +9,8 @@ import asyncio
 import datetime as dt
 import os
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import asyncpg
 import pytest
@@ -222,18 +222,36 @@ async def test_a_rotated_key_goes_on_from_the_retired_keys_checkpoint_once_genes
         assert "sequence 1 is missing" in broken.value.message
 
 
-async def drop_furthest_partition(settings: Settings, name: str) -> str:
-    """Drop the furthest month's partition (its month comes into the window); its name."""
-    admin = await superuser(settings, name)
-    try:
-        furthest: str = await admin.fetchval(
-            "SELECT format('audit_log_%s', to_char(date_trunc('month', now() AT TIME ZONE 'UTC')"
-            " + interval '2 months', 'YYYY_MM'))"
-        )
-        await admin.execute(f"DROP TABLE {furthest}")
-    finally:
-        await admin.close()
-    return furthest
+@asynccontextmanager
+async def log_with_a_month_missing(
+    settings: Settings,
+) -> AsyncIterator[tuple[asyncpg.Pool, str, Callable[[], AbstractAsyncContextManager[None]]]]:
+    """A scratch log of one row whose furthest month's partition is gone (its month
+    comes into the window): its pool, that partition's name, and a long reader of the
+    log (a verification's snapshot holds ACCESS SHARE on it to the end)."""
+    async with scratch_database(settings) as name, audit_pool(settings, name) as pool:
+        await append_rows(pool, [make_envelope()])
+        admin = await superuser(settings, name)
+        try:
+            furthest: str = await admin.fetchval(
+                "SELECT format('audit_log_%s', to_char(date_trunc('month', now()"
+                " AT TIME ZONE 'UTC') + interval '2 months', 'YYYY_MM'))"
+            )
+            await admin.execute(f"DROP TABLE {furthest}")
+        finally:
+            await admin.close()
+
+        @asynccontextmanager
+        async def reading() -> AsyncIterator[None]:
+            reader = await asyncpg.connect(scratch_dsn(settings, name))
+            try:
+                async with reader.transaction(isolation="repeatable_read", readonly=True):
+                    await reader.fetchval("SELECT count(*) FROM audit_log")
+                    yield
+            finally:
+                await reader.close()
+
+        yield pool, furthest, reading
 
 
 async def test_a_months_partition_made_behind_a_long_reader_gives_up_and_appends_go_on(
@@ -242,22 +260,13 @@ async def test_a_months_partition_made_behind_a_long_reader_gives_up_and_appends
     # Making a partition takes ACCESS EXCLUSIVE on the log. Queued behind a reader's
     # ACCESS SHARE (a verification's snapshot holds it to the end), it held every
     # append queued behind it in turn: all intake stopped for as long as the reader.
-    async with scratch_database(settings) as name, audit_pool(settings, name) as pool:
-        await append_rows(pool, [make_envelope()])
-        furthest = await drop_furthest_partition(settings, name)
+    async with log_with_a_month_missing(settings) as (pool, furthest, reading):
         activities = AuditActivities(pool, CheckpointSigner(os.urandom(32)))
-        reader = await asyncpg.connect(scratch_dsn(settings, name))
-        try:
-            async with reader.transaction(isolation="repeatable_read", readonly=True):
-                await reader.fetchval("SELECT count(*) FROM audit_log")
-                with pytest.raises(asyncpg.LockNotAvailableError):
-                    await asyncio.wait_for(
-                        ActivityEnvironment().run(activities.ensure_partitions), 30
-                    )
-                await asyncio.wait_for(append_rows(pool, [make_envelope()]), 30)
-            made = await ActivityEnvironment().run(activities.ensure_partitions)
-        finally:
-            await reader.close()
+        async with reading():
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await asyncio.wait_for(ActivityEnvironment().run(activities.ensure_partitions), 30)
+            await asyncio.wait_for(append_rows(pool, [make_envelope()]), 30)
+        made = await ActivityEnvironment().run(activities.ensure_partitions)
         assert made.created == 1
         assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", furthest)
 
@@ -267,20 +276,13 @@ async def test_a_starting_audit_service_waits_for_its_partitions_without_stoppin
 ) -> None:
     # The same step at start-up (a new pod while a verification reads the log) had no
     # lock timeout: queued behind the reader, it stopped the running pods' appends.
-    async with scratch_database(settings) as name, audit_pool(settings, name) as pool:
-        await append_rows(pool, [make_envelope()])
-        furthest = await drop_furthest_partition(settings, name)
-        reader = await asyncpg.connect(scratch_dsn(settings, name))
-        try:
-            async with reader.transaction(isolation="repeatable_read", readonly=True):
-                await reader.fetchval("SELECT count(*) FROM audit_log")
-                starting = asyncio.create_task(partitions_at_start(pool, patience_s=60))
-                await asyncio.sleep(1.5)  # past its first lock timeout
-                await asyncio.wait_for(append_rows(pool, [make_envelope()]), 10)
-                assert not starting.done(), "it waits (retrying) while the reader holds the log"
-            made = await asyncio.wait_for(starting, 30)
-        finally:
-            await reader.close()
+    async with log_with_a_month_missing(settings) as (pool, furthest, reading):
+        async with reading():
+            starting = asyncio.create_task(partitions_at_start(pool, patience_s=60))
+            await asyncio.sleep(1.5)  # past its first lock timeout
+            await asyncio.wait_for(append_rows(pool, [make_envelope()]), 10)
+            assert not starting.done(), "it waits (retrying) while the reader holds the log"
+        made = await asyncio.wait_for(starting, 30)
         assert made == 1
         assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", furthest)
         assert await pool.fetchval("SELECT count(*) FROM audit_log") == 2

@@ -21,6 +21,21 @@ def envelope() -> bytes:
     return bytes(EventEnvelope(event_id=str(uuid.uuid4()), event_type="test.Thing"))
 
 
+def clients_of(
+    consumer: kafka.EventConsumer, monkeypatch: pytest.MonkeyPatch
+) -> list[AIOKafkaConsumer]:
+    """The clients `consumer`'s sessions make, in order, as they make them."""
+    clients: list[AIOKafkaConsumer] = []
+    new_client = consumer._new_consumer
+
+    def counted() -> AIOKafkaConsumer:
+        clients.append(new_client())
+        return clients[-1]
+
+    monkeypatch.setattr(consumer, "_new_consumer", counted)
+    return clients
+
+
 async def test_a_partition_back_from_another_member_has_the_lag_that_member_left(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -42,14 +57,7 @@ async def test_a_partition_back_from_another_member_has_the_lag_that_member_left
     first = kafka.EventConsumer(
         settings, kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handle), producer
     )
-    clients: list[AIOKafkaConsumer] = []
-    new_client = first._new_consumer
-
-    def counted() -> AIOKafkaConsumer:
-        clients.append(new_client())
-        return clients[-1]
-
-    monkeypatch.setattr(first, "_new_consumer", counted)
+    clients = clients_of(first, monkeypatch)
     second = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -169,14 +177,7 @@ async def test_a_stalled_session_ends_with_its_client_closed_even_when_its_stop_
         group=f"group-{uuid.uuid4().hex[:8]}", topics=[topic], batch_handler=handle
     )
     consumer = kafka.EventConsumer(settings, spec, producer)
-    clients: list[AIOKafkaConsumer] = []
-    new_client = consumer._new_consumer
-
-    def counted() -> AIOKafkaConsumer:
-        clients.append(new_client())
-        return clients[-1]
-
-    monkeypatch.setattr(consumer, "_new_consumer", counted)
+    clients = clients_of(consumer, monkeypatch)
     task = asyncio.create_task(consumer.run())
     try:
 
