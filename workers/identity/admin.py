@@ -125,8 +125,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.password_file:
             password = args.password_file.read_text().strip()
-        else:
+        elif sys.stdin.isatty():
             password = getpass.getpass(f"password for {args.email}: ")
+        else:  # a script's: piped on stdin (getpass would warn it may echo, then read it)
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print(
+                "error: no password given: type it at the prompt, pipe it on stdin,"
+                " or pass --password-file",
+                file=sys.stderr,
+            )
+            return 2
         created = asyncio.run(register(settings, args.email, password, args.role))
         email = emails.normalize(args.email)
         if created:
