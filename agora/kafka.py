@@ -335,7 +335,7 @@ class EventConsumer:
                         handled = await self._handle_records(records)
                         for record in records[:handled]:
                             tp = TopicPartition(record.topic, record.partition)
-                            work.done[tp] = record.offset + 1
+                            work.finished(tp, record.offset + 1)
                     finally:
                         work.idle.set()  # what the batch did is in `done` for the listener
                     if self._interrupted():
@@ -369,7 +369,15 @@ class EventConsumer:
         and rejoin the group, two more rebalances for every member.
         """
         assigned = consumer.assignment()
-        ours = {tp: offset for tp, offset in work.done.items() if tp in assigned}
+        # Only what was done under the assignment it still holds: a partition given up
+        # and given back during the round may have been taken further by the member
+        # that had it meanwhile, and committing the offset done before would move the
+        # group back (the revoke listener committed it, or its records go again).
+        ours = {
+            tp: offset
+            for tp, offset in work.done.items()
+            if tp in assigned and work.done_in.get(tp) == work.forgotten
+        }
         if not ours:
             return
         forgotten = work.forgotten
@@ -717,6 +725,7 @@ class _Round(ConsumerRebalanceListener):
         self._consumer = consumer
         self._group = group
         self.done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+        self.done_in: dict[TopicPartition, int] = {}  # the assignment (`forgotten`) of each
         self.idle = asyncio.Event()  # no batch in hand
         self.idle.set()
         self._revocations = 0
@@ -728,8 +737,13 @@ class _Round(ConsumerRebalanceListener):
         self.forgotten = 0
 
     def begin(self) -> None:
-        self.done = {}
+        self.done, self.done_in = {}, {}
         self._at_start = self._revocations
+
+    def finished(self, tp: TopicPartition, offset: int) -> None:
+        """`tp`'s records before `offset` are done with, under the current assignment."""
+        self.done[tp] = offset
+        self.done_in[tp] = self.forgotten
 
     @property
     def interrupted(self) -> bool:

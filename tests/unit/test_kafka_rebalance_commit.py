@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from agora import kafka
+from agora import config, kafka
 
 
 class StuckConsumer:
@@ -33,3 +33,54 @@ async def test_a_commit_that_never_ends_does_not_hold_the_rejoin(
     # The listener returns (its records are delivered again) instead of waiting on.
     await asyncio.wait_for(round_.on_partitions_revoked({tp}), 5)
     assert consumer.commits == 1 and round_.interrupted
+
+
+class RecordingConsumer:
+    """Holds `assigned`; records each commit's offsets."""
+
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self.assigned = assigned
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+def consumer_of(group: str) -> kafka.EventConsumer:
+    async def handle(_: object) -> None:
+        pass
+
+    spec = kafka.ConsumerSpec(group=group, topics=["orders.events"], batch_handler=handle)
+    return kafka.EventConsumer(config.load({}), spec, producer=None)  # type: ignore[arg-type]
+
+
+async def test_a_partition_given_up_and_back_within_a_round_is_not_committed_back() -> None:
+    # P done to 100, then P moved to another member (which took it to 200 and committed)
+    # and came back while a slow batch of Q held the round: the round's commit of P at
+    # 100 moved the group back, and records 100-199 were applied again later.
+    p, q = TopicPartition("orders.events", 0), TopicPartition("orders.events", 1)
+    client = RecordingConsumer({p, q})
+    round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
+    await round_.on_partitions_assigned({p, q})
+    round_.begin()
+    round_.finished(p, 100)
+    await round_.on_partitions_revoked({p, q})  # commits P at 100 on the way out: right
+    await round_.on_partitions_assigned({p, q})  # P is back, another member took it on
+    round_.finished(q, 7)  # the slow batch of Q ends the round
+    await consumer_of("audit")._commit(client, round_)  # type: ignore[arg-type]
+    assert client.commits == [{p: 100}, {q: 7}]
+
+
+async def test_a_round_without_a_rebalance_commits_every_partition_it_did() -> None:
+    p, q = TopicPartition("orders.events", 0), TopicPartition("orders.events", 1)
+    client = RecordingConsumer({p, q})
+    round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
+    await round_.on_partitions_assigned({p, q})
+    round_.begin()
+    round_.finished(p, 100)
+    round_.finished(q, 7)
+    await consumer_of("audit")._commit(client, round_)  # type: ignore[arg-type]
+    assert client.commits == [{p: 100, q: 7}]
