@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import asyncpg
 import betterproto2
@@ -340,22 +340,32 @@ class CatalogActivities:
             [p.sku for p in valid],
         )
         existing = {row["sku"]: from_row(row) for row in rows}
-        for index, new in enumerate(valid):
+        # In sku order, as the locking read: the new skus' inserts lock too, and two
+        # imports inserting them in opposite orders deadlocked (one batch aborted).
+        # A sku another import inserted since the read waits for it, then is updated.
+        for index, new in enumerate(sorted(valid, key=lambda p: p.sku)):
             if index % 25 == 0:
                 activity.heartbeat(index)
             before = existing.get(new.sku)
             if before is None:
-                product = await _insert(conn, new)
-                await _event(conn, new.sku, ProductCreated(product=product))
-                result.created += 1
-            else:
-                changed = changed_fields(data_of(before), new)
-                if not changed or data.create_only:
-                    result.unchanged += 1
+                inserted = await _insert(conn, new, if_absent=True)
+                if inserted is not None:
+                    await _event(conn, new.sku, ProductCreated(product=inserted))
+                    result.created += 1
+                    existing[new.sku] = inserted
+                    written.append(inserted)
                     continue
-                product = await _update(conn, new)
-                await _event(conn, new.sku, ProductUpdated(product=product, changed_fields=changed))
-                result.updated += 1
+                row = await conn.fetchrow(
+                    f"SELECT {COLUMNS} FROM products WHERE sku = $1 FOR UPDATE", new.sku
+                )
+                before = from_row(row)
+            changed = changed_fields(data_of(before), new)
+            if not changed or data.create_only:
+                result.unchanged += 1
+                continue
+            product = await _update(conn, new)
+            await _event(conn, new.sku, ProductUpdated(product=product, changed_fields=changed))
+            result.updated += 1
             existing[new.sku] = product
             written.append(product)
         await _keep_result(conn, result)
@@ -405,12 +415,23 @@ async def _locked(conn: asyncpg.Connection, sku: str) -> Product | None:
     return from_row(row) if row is not None else None
 
 
-async def _insert(conn: asyncpg.Connection, new: ProductData) -> Product:
+@overload
+async def _insert(conn: asyncpg.Connection, new: ProductData) -> Product: ...
+@overload
+async def _insert(
+    conn: asyncpg.Connection, new: ProductData, *, if_absent: bool
+) -> Product | None: ...
+async def _insert(
+    conn: asyncpg.Connection, new: ProductData, *, if_absent: bool = False
+) -> Product | None:
+    """The new row; with `if_absent`, None when the sku exists (a unique violation
+    otherwise), once the transaction that inserted it has ended."""
     row = await conn.fetchrow(
         f"""
         INSERT INTO products (sku, title, description, brand, category, attributes,
                               price_minor, currency, active)
         VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9)
+        {"ON CONFLICT (sku) DO NOTHING" if if_absent else ""}
         RETURNING {COLUMNS}
         """,
         new.sku,
@@ -423,7 +444,7 @@ async def _insert(conn: asyncpg.Connection, new: ProductData) -> Product:
         new.currency,
         new.active,
     )
-    return from_row(row)
+    return None if row is None else from_row(row)
 
 
 async def _update(conn: asyncpg.Connection, new: ProductData) -> Product:

@@ -4,7 +4,8 @@ A worker that dies after a write's commit but before reporting it makes Temporal
 run the activity again (same workflow run, same activity id). That attempt must
 return what the first committed, not write again: by then another admin may
 have written the product, and a version-guarded write would see its own new
-version as a conflict.
+version as a conflict. And two imports of the same new skus at once, which must
+not abort each other as a deadlock.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.testing import ActivityEnvironment
 
+from activities import catalog as catalog_activities
 from activities.catalog import (
     CatalogActivities,
     CreateProductInput,
@@ -331,3 +333,40 @@ async def test_the_reindex_listing_reads_products_past_a_stale_cache_entry(
         assert result.cache_refreshed is False
     (listed,) = (await reads.list_page(category, True, 10, "")).products
     assert (listed.price.amount_minor, listed.version) == (900, 2)
+
+
+async def test_two_imports_of_the_same_new_skus_in_opposite_orders_both_commit(
+    catalog: CatalogActivities, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Inserting new skus in a batch's own order, import A held X and wanted Y while B
+    # held Y and wanted X: PostgreSQL aborted one batch as a deadlock (to be retried).
+    x, y = (f"DEADLOCK-{uuid.uuid4().hex[:10].upper()}-{n}" for n in "AB")
+    met = asyncio.Barrier(2)
+    inserted_by: set[asyncio.Task[Any]] = set()
+    insert = catalog_activities._insert
+
+    async def meeting_after_the_first(*args: Any, **kwargs: Any) -> Any:
+        made = await insert(*args, **kwargs)
+        task = asyncio.current_task()
+        assert task is not None
+        if task not in inserted_by:  # both batches hold their first row before going on
+            inserted_by.add(task)
+            with contextlib.suppress(TimeoutError):  # the other waits on this one's row
+                await asyncio.wait_for(met.wait(), 3)
+        return made
+
+    monkeypatch.setattr(catalog_activities, "_insert", meeting_after_the_first)
+    batches = [[x, y], [y, x]]
+    results: list[Any] = await asyncio.gather(
+        *(
+            attempt().run(
+                catalog.upsert_batch,
+                UpsertBatchInput(f"import-{n}", 0, [product(sku, "both") for sku in skus]),
+            )
+            for n, skus in enumerate(batches)
+        )
+    )
+    assert sorted((r.created, r.unchanged) for r in results) == [(0, 2), (2, 0)]
+    for sku in (x, y):
+        assert await row(catalog.pool, sku) == ("both", 1)
+        assert await events(catalog.pool, sku) == ["ProductCreated"]
