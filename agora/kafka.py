@@ -373,11 +373,7 @@ class EventConsumer:
         # and given back during the round may have been taken further by the member
         # that had it meanwhile, and committing the offset done before would move the
         # group back (the revoke listener committed it, or its records go again).
-        ours = {
-            tp: offset
-            for tp, offset in work.done.items()
-            if tp in assigned and work.done_in.get(tp) == work.forgotten
-        }
+        ours = {tp: offset for tp, offset in work.current().items() if tp in assigned}
         if not ours:
             return
         forgotten = work.forgotten
@@ -745,6 +741,15 @@ class _Round(ConsumerRebalanceListener):
         self.done[tp] = offset
         self.done_in[tp] = self.forgotten
 
+    def current(self) -> dict[TopicPartition, int]:
+        """What the round did under the current assignment: the rest belongs to one
+        given up since, and its revocation committed it (or its records go again)."""
+        return {
+            tp: offset
+            for tp, offset in self.done.items()
+            if self.done_in.get(tp, self.forgotten) == self.forgotten
+        }
+
     @property
     def interrupted(self) -> bool:
         return self._revocations != self._at_start
@@ -758,7 +763,9 @@ class _Round(ConsumerRebalanceListener):
         except TimeoutError:
             # Its records go to their new owner, from the last commit: applied twice.
             log.info("rebalancing with a batch in hand", extra={"group": self._group})
-        offsets = {tp: offset for tp, offset in self.done.items() if tp in revoked}
+        # Not what an earlier assignment's revocation committed already (a round
+        # that spans two rebalances): the partition's owner since may be further on.
+        offsets = {tp: offset for tp, offset in self.current().items() if tp in revoked}
         if not offsets:
             return
         try:

@@ -84,3 +84,18 @@ async def test_a_round_without_a_rebalance_commits_every_partition_it_did() -> N
     round_.finished(q, 7)
     await consumer_of("audit")._commit(client, round_)  # type: ignore[arg-type]
     assert client.commits == [{p: 100, q: 7}]
+
+
+async def test_a_round_spanning_two_rebalances_commits_its_old_offset_only_once() -> None:
+    # The second revocation of the round committed P at 100 again, over the offset the
+    # member that held P between the two rebalances had committed.
+    p = TopicPartition("orders.events", 0)
+    client = RecordingConsumer({p})
+    round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
+    await round_.on_partitions_assigned({p})
+    round_.begin()
+    round_.finished(p, 100)
+    for _ in range(2):
+        await round_.on_partitions_revoked({p})
+        await round_.on_partitions_assigned({p})
+    assert client.commits == [{p: 100}]
