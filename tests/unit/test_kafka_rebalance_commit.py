@@ -57,45 +57,45 @@ def consumer_of(group: str) -> kafka.EventConsumer:
     return kafka.EventConsumer(config.load({}), spec, producer=None)  # type: ignore[arg-type]
 
 
+P, Q = TopicPartition("orders.events", 0), TopicPartition("orders.events", 1)
+
+
+async def round_on(client: RecordingConsumer) -> kafka._Round:
+    """A round begun on `client`'s partitions, assigned to it, P done to 100."""
+    round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
+    await round_.on_partitions_assigned(client.assigned)
+    round_.begin()
+    round_.finished(P, 100)
+    return round_
+
+
 async def test_a_partition_given_up_and_back_within_a_round_is_not_committed_back() -> None:
     # P done to 100, then P moved to another member (which took it to 200 and committed)
     # and came back while a slow batch of Q held the round: the round's commit of P at
     # 100 moved the group back, and records 100-199 were applied again later.
-    p, q = TopicPartition("orders.events", 0), TopicPartition("orders.events", 1)
-    client = RecordingConsumer({p, q})
-    round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
-    await round_.on_partitions_assigned({p, q})
-    round_.begin()
-    round_.finished(p, 100)
-    await round_.on_partitions_revoked({p, q})  # commits P at 100 on the way out: right
-    await round_.on_partitions_assigned({p, q})  # P is back, another member took it on
-    round_.finished(q, 7)  # the slow batch of Q ends the round
+    client = RecordingConsumer({P, Q})
+    round_ = await round_on(client)
+    await round_.on_partitions_revoked({P, Q})  # commits P at 100 on the way out: right
+    await round_.on_partitions_assigned({P, Q})  # P is back, another member took it on
+    round_.finished(Q, 7)  # the slow batch of Q ends the round
     await consumer_of("audit")._commit(client, round_)  # type: ignore[arg-type]
-    assert client.commits == [{p: 100}, {q: 7}]
+    assert client.commits == [{P: 100}, {Q: 7}]
 
 
 async def test_a_round_without_a_rebalance_commits_every_partition_it_did() -> None:
-    p, q = TopicPartition("orders.events", 0), TopicPartition("orders.events", 1)
-    client = RecordingConsumer({p, q})
-    round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
-    await round_.on_partitions_assigned({p, q})
-    round_.begin()
-    round_.finished(p, 100)
-    round_.finished(q, 7)
+    client = RecordingConsumer({P, Q})
+    round_ = await round_on(client)
+    round_.finished(Q, 7)
     await consumer_of("audit")._commit(client, round_)  # type: ignore[arg-type]
-    assert client.commits == [{p: 100, q: 7}]
+    assert client.commits == [{P: 100, Q: 7}]
 
 
 async def test_a_round_spanning_two_rebalances_commits_its_old_offset_only_once() -> None:
     # The second revocation of the round committed P at 100 again, over the offset the
     # member that held P between the two rebalances had committed.
-    p = TopicPartition("orders.events", 0)
-    client = RecordingConsumer({p})
-    round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
-    await round_.on_partitions_assigned({p})
-    round_.begin()
-    round_.finished(p, 100)
+    client = RecordingConsumer({P})
+    round_ = await round_on(client)
     for _ in range(2):
-        await round_.on_partitions_revoked({p})
-        await round_.on_partitions_assigned({p})
-    assert client.commits == [{p: 100}]
+        await round_.on_partitions_revoked({P})
+        await round_.on_partitions_assigned({P})
+    assert client.commits == [{P: 100}]
