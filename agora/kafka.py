@@ -191,6 +191,19 @@ def create_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     )
 
 
+async def started_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
+    """`create_producer`'s producer, started; one that fails to start is stopped (its
+    client closed) before the error goes on."""
+    producer = create_producer(settings, client_id)
+    try:
+        await producer.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await producer.stop()  # a failed start leaves its client to close
+        raise
+    return producer
+
+
 Handler = Callable[[EventEnvelope, ConsumerRecord], Awaitable[None]]
 Decoded = tuple[EventEnvelope, ConsumerRecord]
 BatchHandler = Callable[[Sequence[Decoded]], Awaitable[None]]
@@ -650,12 +663,7 @@ class EventConsumer:
         gap refuses every send for good (OutOfOrderSequenceNumber), and only a new one
         recovers. Kept on the service's, the poison record would come back to every
         new session and stop its partition for ever."""
-        fresh = create_producer(self._settings, client_id=f"{self.spec.group}-dlq")
-        try:
-            await fresh.start()
-        except BaseException:
-            await fresh.stop()  # a failed start leaves its client to close
-            raise
+        fresh = await started_producer(self._settings, client_id=f"{self.spec.group}-dlq")
         old, self._own_producer = self._own_producer, fresh
         self._producer, self._renew_producer = fresh, False
         if old is not None:

@@ -9,7 +9,6 @@ outbox and telemetry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -99,17 +98,6 @@ class ServiceDefinition:
     needs_redis: bool = False
 
 
-async def _started_producer(settings: Settings, service: str) -> AIOKafkaProducer:
-    producer = kafka.create_producer(settings, client_id=service)
-    try:
-        await producer.start()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await producer.stop()  # a failed start leaves its client to close
-        raise
-    return producer
-
-
 def _certificate_rollover(
     client: Client, settings: Settings, stop: asyncio.Event
 ) -> list[asyncio.Task[None]]:
@@ -143,7 +131,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
     )
-    producer = await starting("kafka producer", lambda: _started_producer(settings, service))
+    producer = await starting("kafka producer", lambda: kafka.started_producer(settings, service))
     client = await starting(
         "temporal client", lambda: temporal.connect(settings), also=(RuntimeError,)
     )
