@@ -75,16 +75,14 @@ def product_write_workflow_id(operation: str, sku: str, caller: str, request_key
     ("SKU-42-000001", "abcdefgh") and ("SKU-42", "000001-abcdefgh") met before). Neither
     a sku nor a key holds a newline, so the caller, whatever it holds, is what lies
     between the first and the last one."""
-    digest = hashlib.sha256(f"{sku}\n{caller}\n{request_key}".encode()).hexdigest()[:24]
-    return f"catalog-{operation}-{sku}-{digest}"
+    return f"catalog-{operation}-{sku}-{_id_digest(sku, caller, request_key)}"
 
 
 def product_create_workflow_id(caller: str, request_key: str) -> str:
     """A create's: per caller and key only. The sku is in the create's body, so the
     same key with another sku is another body, refused (409) by the start's digest;
     with the sku in the id it started a second write and made a second product."""
-    digest = hashlib.sha256(f"{caller}\n{request_key}".encode()).hexdigest()[:24]
-    return f"catalog-create-{digest}"
+    return f"catalog-create-{_id_digest(caller, request_key)}"
 
 
 def import_workflow_id(import_id: str) -> str:
@@ -95,8 +93,13 @@ def caller_import_workflow_id(caller: str, import_id: str) -> str:
     """The workflow of `caller`'s import `import_id` (its Idempotency-Key): another
     caller's key is another import, and its status is not found. The key stays readable
     for the Temporal UI; a key holds no newline, so the digest's input splits one way."""
-    digest = hashlib.sha256(f"{caller}\n{import_id}".encode()).hexdigest()[:24]
-    return import_workflow_id(f"{import_id}-{digest}")
+    return import_workflow_id(f"{import_id}-{_id_digest(caller, import_id)}")
+
+
+def _id_digest(*parts: str) -> str:
+    """What keeps workflow ids of different requests apart: sha256 of the parts, one
+    per line (a sku or a key holds no newline), 24 hex digits."""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
 @contextmanager
