@@ -43,17 +43,20 @@ def _stream(*chunks: bytes, later: tuple[bytes, ...] = ()) -> StreamReader:
     return stream
 
 
+def _gateway(**parts: object) -> web.Application:
+    """An app whose gateway has just `parts` (admitter, upstream, verifier stand-ins)."""
+    app = web.Application()
+    app[GATEWAY] = SimpleNamespace(**parts)  # type: ignore[assignment]
+    return app
+
+
 def _no_upstream() -> web.Application:
     """An app whose dependencies fail the test if the sign-in gets as far as them."""
 
     async def reached(*_: object, **__: object) -> None:
         raise AssertionError("the sign-in reached the rate limiter or identity")
 
-    app = web.Application()
-    app[GATEWAY] = SimpleNamespace(  # type: ignore[assignment]
-        admitter=SimpleNamespace(admit=reached), upstream=SimpleNamespace(call=reached)
-    )
-    return app
+    return _gateway(admitter=SimpleNamespace(admit=reached), upstream=SimpleNamespace(call=reached))
 
 
 def _sign_in(content_type: str, body: bytes) -> web.Request:
@@ -135,12 +138,6 @@ async def test_a_payloads_body_over_the_cap_is_refused_as_too_large() -> None:
     assert refused.value.code == "body-too-large"
 
 
-def _admitting(admit: Callable[..., Awaitable[Admission]]) -> web.Application:
-    app = web.Application()
-    app[GATEWAY] = SimpleNamespace(admitter=SimpleNamespace(admit=admit))  # type: ignore[assignment]
-    return app
-
-
 async def _refused_sign_in(admit: Callable[..., Awaitable[Admission]]) -> web.Response:
     body = b"email=a%40b.cd&password=wrong"
     request = make_mocked_request(
@@ -148,7 +145,7 @@ async def _refused_sign_in(admit: Callable[..., Awaitable[Admission]]) -> web.Re
         "/codec/session",
         headers={"Content-Type": FORM, "Content-Length": str(len(body))},
         payload=_stream(body),
-        app=_admitting(admit),
+        app=_gateway(admitter=SimpleNamespace(admit=admit)),
     )
     return await open_session(request, None)
 
@@ -185,10 +182,7 @@ async def test_a_revoked_staff_token_is_named_an_invalid_token() -> None:
     async def revoked(*_: object, **__: object) -> Admission:
         return Admission(Verdict.JTI_REVOKED, limit=10, remaining=9, retry_after_s=0, reset_s=0)
 
-    app = web.Application()
-    app[GATEWAY] = SimpleNamespace(  # type: ignore[assignment]
-        verifier=SimpleNamespace(verify=verify), admitter=SimpleNamespace(admit=revoked)
-    )
+    app = _gateway(verifier=SimpleNamespace(verify=verify), admitter=SimpleNamespace(admit=revoked))
     request = make_mocked_request("GET", "/codec/decode", app=app)
     with pytest.raises(Problem) as refused:
         await codec.staff_principal(request, "token")

@@ -131,19 +131,28 @@ async def test_the_relay_backoff_starts_over_after_a_session_that_worked(
     assert retry_delays(caplog, "outbox relay") == [0.001, 0.002, 0.004, 0.001, 0.002]
 
 
-class RefusingProducer:
-    """What `_dead_letter` asks of a producer; this one refuses every record with `error`."""
+class StubProducer:
+    """What `_dead_letter` asks of a producer: started, stopped, how many records it
+    sent; with `refuse`, it refuses every record with that error."""
 
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+    def __init__(self, refuse: Exception | None = None) -> None:
+        self.refuse, self.sent, self.started, self.stopped = refuse, 0, False, False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
 
     async def send_and_wait(self, *_: object, **__: object) -> None:
-        raise self.error
+        if self.refuse is not None:
+            raise self.refuse
+        self.sent += 1
 
 
 def dead_letterer(error: Exception) -> EventConsumer:
     spec = ConsumerSpec(group="g", topics=["t"], batch_handler=lambda _: asyncio.sleep(0))
-    return EventConsumer(config.load({}), spec, producer=RefusingProducer(error))  # type: ignore[arg-type]
+    return EventConsumer(config.load({}), spec, producer=StubProducer(error))  # type: ignore[arg-type]
 
 
 async def test_a_dead_letter_the_producer_itself_refuses_is_skipped_not_raised(
@@ -165,24 +174,6 @@ async def test_a_dead_letter_the_brokers_refuse_is_raised_for_the_session_to_ret
     record = ConsumerRecord("t", 0, 7, 0, 0, None, b"x", None, 0, 1, [])
     with pytest.raises(KafkaConnectionError):
         await dead_letterer(KafkaConnectionError("brokers away"))._dead_letter(record, "r")
-
-
-class StubProducer:
-    """A producer the consumer makes for itself: started, stopped, what it sent."""
-
-    def __init__(self, refuse: Exception | None = None) -> None:
-        self.refuse, self.sent, self.started, self.stopped = refuse, 0, False, False
-
-    async def start(self) -> None:
-        self.started = True
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-    async def send_and_wait(self, *_: object, **__: object) -> None:
-        if self.refuse is not None:
-            raise self.refuse
-        self.sent += 1
 
 
 async def test_after_a_dead_letter_the_brokers_refused_the_next_goes_through_a_new_producer(
