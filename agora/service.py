@@ -153,6 +153,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         task_queue=settings.task_queue(service),
         activities=list(parts.activities),
         workflows=list(parts.workflows),
+        workflow_runner=temporal.workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=20),
     )
     server = await grpc.start_server(settings, service, parts.grpc_handlers)

@@ -30,6 +30,7 @@ from temporalio.worker import (
     ExecuteActivityInput,
 )
 from temporalio.worker import Interceptor as WorkerInterceptor
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from agora.codec import EncryptionCodec, load_or_create
 from agora.config import Settings
@@ -50,6 +51,21 @@ def runtime(settings: Settings, *, sdk_metrics: bool = True) -> Runtime:
     if _runtime is None:
         _runtime = Runtime(telemetry=telemetry_config(settings, sdk_metrics=sdk_metrics))
     return _runtime
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox every worker runs its workflows in: the SDK's default, with
+    OpenTelemetry and redis passed through from the process.
+
+    OpenTelemetry as temporalio.contrib.opentelemetry's own plugin passes it through.
+    Redis because a collected connection pool imports redis.observability (and
+    OpenTelemetry through it) in its `__del__`: run on the workflow thread during an
+    activation, that import went through the sandbox's importer, which loaded those
+    modules again for the run and warned for each. No workflow calls redis.
+    """
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("opentelemetry", "redis")
+    )
 
 
 def telemetry_config(settings: Settings, *, sdk_metrics: bool = True) -> TelemetryConfig:

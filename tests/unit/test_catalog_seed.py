@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 
 from activities.catalog import UpsertBatchInput, UpsertBatchResult
 from activities.inventory import SetStockInput
+from agora.temporal import workflow_runner
 from workers.catalog import seed
 from workers.inventory.model import SetStockResult, StockLine
 from workflows.catalog import TASK_QUEUE, ImportProductsWorkflow
@@ -99,6 +100,7 @@ async def test_a_second_catalog_seed_waits_for_the_running_import_instead_of_fai
             env.client,
             task_queue=TASK_QUEUE,
             workflows=[ImportProductsWorkflow],
+            workflow_runner=workflow_runner(),
             activities=[upsert_batch],
         ):
             first, second = await _twice_while_the_first_runs(
@@ -126,6 +128,7 @@ async def test_a_second_stock_seed_waits_for_the_running_one_instead_of_failing(
             env.client,
             task_queue=INVENTORY_QUEUE,
             workflows=[SeedStockWorkflow],
+            workflow_runner=workflow_runner(),
             activities=[set_stock],
         ):
             first, second = await _twice_while_the_first_runs(
@@ -150,6 +153,7 @@ async def test_a_large_stock_seed_is_split_into_workflows_under_the_payload_limi
         env.client,
         task_queue=INVENTORY_QUEUE,
         workflows=[SeedStockWorkflow],
+        workflow_runner=workflow_runner(),
         activities=[set_stock],
     ):
         summary = await seed.seed_stock(env.client, products, 9, part_size=2)

@@ -22,6 +22,7 @@ from activities.catalog import (
     WriteResult,
 )
 from agora.errors import DomainError
+from agora.temporal import workflow_runner
 from workers.catalog.model import validate
 from workflows.catalog import (
     ChangePriceWorkflow,
@@ -85,6 +86,7 @@ async def run_in_worker(
         env.client,
         task_queue=queue,
         workflows=[workflow_cls],
+        workflow_runner=workflow_runner(),
         activities=[upsert_batch, change_price, refresh_cache],
     ):
         result = await env.client.execute_workflow(

@@ -26,6 +26,7 @@ from temporalio.worker import Worker
 
 from activities.orders import PricedOrder, PriceInput
 from agora.config import Settings
+from agora.temporal import workflow_runner
 from contracts.agora.orders.v1 import GetOrderRequest, GetOrderResponse
 from gateway.context import DEADLINE, PRINCIPAL, TIMING, ServerTiming
 from gateway.deps import GATEWAY
@@ -86,6 +87,7 @@ async def temporal(dev_server: WorkflowEnvironment) -> AsyncIterator[WorkflowEnv
         dev_server.client,
         task_queue=TASK_QUEUE,
         workflows=[OrderWorkflow],
+        workflow_runner=workflow_runner(),
         activities=[catalog_silent],
     ):
         yield dev_server

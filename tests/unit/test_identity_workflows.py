@@ -23,6 +23,7 @@ from activities.identity import (
     RotateSigningKeyResult,
 )
 from agora import text
+from agora.temporal import workflow_runner
 from gateway.jwks import PERIODIC_REFRESH_S
 from workflows.identity import (
     PUBLISH_AHEAD_S,
@@ -96,7 +97,13 @@ WORKFLOWS = [RegisterAccountWorkflow, RotateSigningKeyWorkflow, RevokeApiClientW
 
 async def run(env: WorkflowEnvironment, workflow, *args):
     queue = f"test-{uuid.uuid4()}"
-    async with Worker(env.client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES):
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=WORKFLOWS,
+        workflow_runner=workflow_runner(),
+        activities=ACTIVITIES,
+    ):
         return await env.client.execute_workflow(
             workflow, *args, id=f"wf-{uuid.uuid4()}", task_queue=queue
         )
@@ -185,15 +192,21 @@ async def test_a_registration_started_before_the_text_check_replays_on_its_old_p
         with pytest.raises(WorkflowFailureError):
             await handle.result()
     history = await handle.fetch_history()
-    result = await Replayer(workflows=[RegisterAccountWorkflow]).replay_workflow(
-        history, raise_on_replay_failure=False
-    )
+    result = await Replayer(
+        workflows=[RegisterAccountWorkflow], workflow_runner=workflow_runner()
+    ).replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
 
 
 async def test_a_valid_registration_replays_on_the_current_code(env: WorkflowEnvironment) -> None:
     queue = f"test-{uuid.uuid4()}"
-    async with Worker(env.client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES):
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=WORKFLOWS,
+        workflow_runner=workflow_runner(),
+        activities=ACTIVITIES,
+    ):
         handle = await env.client.start_workflow(
             RegisterAccountWorkflow.run,
             registration("ann@example.test"),
@@ -204,9 +217,9 @@ async def test_a_valid_registration_replays_on_the_current_code(env: WorkflowEnv
     history = await handle.fetch_history()
     markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]
     assert markers == [], "a valid registration records no patch marker"
-    result = await Replayer(workflows=[RegisterAccountWorkflow]).replay_workflow(
-        history, raise_on_replay_failure=False
-    )
+    result = await Replayer(
+        workflows=[RegisterAccountWorkflow], workflow_runner=workflow_runner()
+    ).replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None
 
 

@@ -26,6 +26,7 @@ from activities.inventory import (
     StockLine,
     StockSnapshot,
 )
+from agora.temporal import workflow_runner
 from workflows.inventory import (
     SWEEP_BATCHES,
     ReservationSweepWorkflow,
@@ -80,6 +81,7 @@ async def run(env: WorkflowEnvironment, workflow: Any, arg: Any) -> Any:
             RestockWorkflow,
             SeedStockWorkflow,
         ],
+        workflow_runner=workflow_runner(),
         activities=[release, expire_due, restock, set_stock],
     ):
         return await env.client.execute_workflow(

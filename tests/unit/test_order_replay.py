@@ -16,6 +16,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from agora.temporal import workflow_runner
 from workflows.catalog import ImportProductsWorkflow
 from workflows.orders import OrderWorkflow, RefundOrderWorkflow
 
@@ -35,7 +36,7 @@ def test_there_are_histories_to_replay() -> None:
 async def test_history_replays_without_nondeterminism(path: Path) -> None:
     text = path.read_text()  # noqa: ASYNC240 - a small fixture file
     history = WorkflowHistory.from_json(f"replay-{path.stem}", text)
-    result = await Replayer(workflows=WORKFLOWS).replay_workflow(
+    result = await Replayer(workflows=WORKFLOWS, workflow_runner=workflow_runner()).replay_workflow(
         history, raise_on_replay_failure=False
     )
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"

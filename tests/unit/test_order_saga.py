@@ -62,6 +62,7 @@ from activities.orders import (
     TransitionInput,
     UnrecordedEnd,
 )
+from agora.temporal import workflow_runner
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import StartOptions, Upstream
 from workers.payments.model import (
@@ -398,6 +399,7 @@ def orders_worker(env: WorkflowEnvironment, *, cached: bool = True) -> Worker:
         env.client,
         task_queue=ORDERS_QUEUE,
         workflows=[OrderWorkflow, RefundOrderWorkflow],
+        workflow_runner=workflow_runner(),
         activities=[price, record, transition, snapshot, record_refund, count_unrecorded],
         max_cached_workflows=1000 if cached else 0,
     )

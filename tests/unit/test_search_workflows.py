@@ -20,6 +20,7 @@ from activities.search import (
     SwapInput,
     SwapResult,
 )
+from agora.temporal import workflow_runner
 from workflows.search import ReindexInput, ReindexProgress, ReindexWorkflow
 
 dropped: list[list[str]] = []
@@ -55,6 +56,7 @@ async def reindexed(env: WorkflowEnvironment, version: str) -> ReindexProgress:
         env.client,
         task_queue=queue,
         workflows=[ReindexWorkflow],
+        workflow_runner=workflow_runner(),
         activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
     ):
         return await env.client.execute_workflow(
