@@ -25,17 +25,20 @@ def luhn_valid(number: str) -> bool:
 
 
 def holds_card_number(text: str) -> bool:
-    """True when `text` holds a Luhn-valid 12-19 digit number: on its own or as
-    consecutive groups of a separated run ("4242 4242 4242 4242 12/30"). A run of
-    digits inside a token (e.g. a nonce) is one only if it passes the same test."""
+    """True when `text` holds a Luhn-valid 12-19 digit number: on its own, as
+    consecutive groups of a separated run ("4242 4242 4242 4242 12/30"), or with more
+    digits stuck to either end ("42424242424242421230", "pan:4242424242424242123"):
+    any 12-19 digits of a run that begin where a group begins or end where one ends.
+    A run of digits inside a token (e.g. a nonce) is one only if it passes the same test."""
     for run in _DIGIT_RUN.finditer(text):
         groups = _GROUP.findall(run.group())
-        for first in range(len(groups)):
-            digits = ""
-            for group in groups[first:]:
-                digits += group
-                if len(digits) > MAX_DIGITS:
-                    break
-                if len(digits) >= MIN_DIGITS and luhn_valid(digits):
+        digits = "".join(groups)
+        edges, at = {0}, 0
+        for group in groups:
+            at += len(group)
+            edges.add(at)
+        for start in range(len(digits) - MIN_DIGITS + 1):
+            for end in range(start + MIN_DIGITS, min(start + MAX_DIGITS, len(digits)) + 1):
+                if (start in edges or end in edges) and luhn_valid(digits[start:end]):
                     return True
     return False

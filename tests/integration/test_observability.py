@@ -54,6 +54,7 @@ pytestmark = pytest.mark.integration
 PASSWORD = "observability password 1"
 OK_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000009995"
+FLAKY_CARD = "4000000000000119"  # the simulated PSP fails it transiently 3 times
 DASHBOARDS = REPO_ROOT / "deploy" / "grafana" / "dashboards"
 # Labels that name the process (one value per process, not per request) may hold ids.
 PROCESS_LABELS = frozenset({"instance", "service_instance_id", "job"})
@@ -167,10 +168,17 @@ async def _round(
 
     order_id, trace_id = await place(OK_CARD)
     declined_id, _ = await place(DECLINED_CARD)  # a failed saga, for the failure panels
+    # A decline is a business rejection, BENIGN, which the SDK's activity failure
+    # counter leaves out; a transient PSP failure, retried, is what that panel counts.
+    flaky_id, _ = await place(FLAKY_CARD)
     assert await eventually(lambda: finished(order_id), within=90, what="the order") == "COMPLETED"
     assert (
         await eventually(lambda: finished(declined_id), within=90, what="the declined order")
         == "REJECTED"
+    )
+    assert (
+        await eventually(lambda: finished(flaky_id), within=90, what="the flaky card's order")
+        == "COMPLETED"
     )
     return order_id, trace_id
 
