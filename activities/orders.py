@@ -410,24 +410,35 @@ class OrdersActivities:
 
     @activity.defn(name="orders.snapshot")
     async def snapshot(self, order_id: str) -> OrderSnapshot:
-        row = await self.pool.fetchrow(
-            "SELECT order_id, customer_id, status, currency, total_minor, refunded_minor,"
-            " payment_id FROM orders WHERE order_id = $1",
-            uuid.UUID(order_id),
-        )
-        if row is None:
-            raise ApplicationError(f"no order {order_id}", type="OrderNotFound", non_retryable=True)
-        lines = await self.pool.fetch(
-            "SELECT sku, title, quantity, unit_price_minor, line_total_minor FROM order_lines"
-            " WHERE order_id = $1 ORDER BY line_no",
-            uuid.UUID(order_id),
-        )
-        # record_refund's CANCELLED, keyed by its refund key (the saga's is `cancelled`).
-        cancelled_at = await self.pool.fetchval(
-            "SELECT changed_at FROM order_status_history WHERE order_id = $1"
-            " AND status = 'CANCELLED' AND transition_key LIKE 'refund:%'",
-            uuid.UUID(order_id),
-        )
+        key = uuid.UUID(order_id)
+        # One snapshot: the order, its lines and its cancel as they were together.
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(
+                "SELECT order_id, customer_id, status, currency, total_minor, refunded_minor,"
+                " payment_id FROM orders WHERE order_id = $1",
+                key,
+            )
+            if row is None:
+                raise ApplicationError(
+                    f"no order {order_id}", type="OrderNotFound", non_retryable=True
+                )
+            lines = await conn.fetch(
+                "SELECT sku, title, quantity, unit_price_minor, line_total_minor FROM order_lines"
+                " WHERE order_id = $1 ORDER BY line_no",
+                key,
+            )
+            # record_refund's CANCELLED, keyed by its refund key (the saga's is
+            # `cancelled`): the first, the cancel's own. A partial refund recorded after
+            # it keeps the status CANCELLED and is a later row of the same kind.
+            cancelled_at = await conn.fetchval(
+                "SELECT changed_at FROM order_status_history WHERE order_id = $1"
+                " AND status = 'CANCELLED' AND transition_key LIKE 'refund:%'"
+                " ORDER BY seq LIMIT 1",
+                key,
+            )
         return OrderSnapshot(
             order_id=str(row["order_id"]),
             customer_id=row["customer_id"],

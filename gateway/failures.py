@@ -86,7 +86,9 @@ APPLICATION_ERROR_TYPE: dict[str, str] = {
     "OrderAlreadyPlaced": "conflict",
     "NotAwaiting": "conflict",
     "NotRefundable": "conflict",
-    "RefundAmountInvalid": "invalid-argument",
+    # More than is left to refund: the same answer as payments' PaymentAmountExceeded.
+    "RefundAmountInvalid": "precondition-failed",
+    "InvalidOrderId": "invalid-argument",
 }
 
 # Statuses whose upstream message is safe and useful to show the client. Others

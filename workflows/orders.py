@@ -11,6 +11,8 @@ learns at once whether the order was accepted (priced) or rejected.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -1013,6 +1015,7 @@ class RefundOrderWorkflow:
 
     @workflow.run
     async def run(self, request: RefundOrderInput) -> OrderView:
+        request = dataclasses.replace(request, order_id=_canonical_order_id(request.order_id))
         snapshot = await _snapshot(request.order_id)
         if _restock_again(request, snapshot):
             await restock_cancelled(request.order_id, snapshot.lines, self.to_its_end)
@@ -1049,6 +1052,21 @@ class RefundOrderWorkflow:
             if not _cancelled(error) or not workflow.patched(REFUND_TO_ITS_END):
                 raise
         return await run()
+
+
+def _canonical_order_id(order_id: str) -> str:
+    """The order id as the gateway and the saga write it. Every step of a refund is
+    keyed by it (restocks, the refund at payments, the events' aggregate), and an
+    operator starting RefundOrder by hand may write it in capitals or as a urn:uuid:,
+    which still finds the order but would key every step anew: a cancelled order's
+    lines restocked a second time. The gateway's ids are canonical already, so their
+    runs (and their histories) are unchanged."""
+    try:
+        return str(uuid.UUID(order_id))
+    except ValueError:
+        raise ApplicationError(
+            f"not an order id: {order_id[:64]!r}", type="InvalidOrderId", non_retryable=True
+        ) from None
 
 
 def _restock_again(request: RefundOrderInput, snapshot: OrderSnapshot) -> bool:

@@ -129,6 +129,7 @@ def _from_proto(request: web.Request, order: Order | None) -> OrderAnswer:
             )
             for line in order.lines
         ],
+        reason=order.reason,
         payment_id=order.payment_id,
         status_history=[
             StatusChangeAnswer(status=h.status.name, changed_at=h.changed_at, reason=h.reason)
@@ -556,7 +557,8 @@ ROUTES = [
         route_class="write",
         body=RefundOrderRequest,
         response=OrderAnswer,
-        problems=ORDER_PROBLEMS,
+        # precondition-failed: more than is left to refund.
+        problems=(*ORDER_PROBLEMS, "precondition-failed"),
         idempotency="required",
     ),
     Route(

@@ -603,9 +603,17 @@ async def test_a_declined_card_rejects_the_order_and_returns_the_stock(
 ) -> None:
     sku = await product_with_stock(shop, 3)
     who = customer(shop)
-    accepted = await (await place(shop, who, sku, card_token=card(DECLINED_CARD))).json()
+    key = f"declined-{uuid.uuid4()}"
+    accepted = await (await place(shop, who, sku, key=key, card_token=card(DECLINED_CARD))).json()
     order = await final_order(shop, who, accepted["order_id"])
     assert order["status"] == "REJECTED"
+    # Its reason, as the order's GET, its list and a retried POST tell it.
+    assert "insufficient funds" in order["reason"], order
+    assert order["reason"] == order["status_history"][-1]["reason"]
+    listed = await (await shop["client"].get("/v1/orders", headers=who)).json()
+    assert [o["reason"] for o in listed["orders"]] == [order["reason"]]
+    retried = await place(shop, who, sku, key=key, card_token=card(DECLINED_CARD))
+    assert (await retried.json())["reason"] == order["reason"]
     level = await stock(shop, sku)
     assert (level["on_hand"], level["reserved"]) == (3, 0)
     assert (await ledger(settings)).balanced
@@ -1185,7 +1193,8 @@ async def test_a_partial_refund_then_an_excessive_one(shop: dict[str, Any]) -> N
         json={"amount_minor": 5000},
         headers={**who, "Idempotency-Key": f"refund-{uuid.uuid4()}"},
     )
-    await problem(too_much, 400, "invalid-argument")
+    # The same answer payments gives when a refund made meanwhile is not yet recorded.
+    await problem(too_much, 422, "precondition-failed")
 
 
 async def test_refund_keys_are_per_order_so_a_reused_one_refunds_each_order(

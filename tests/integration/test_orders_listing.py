@@ -13,6 +13,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.orders import OrdersActivities, RecordRefundInput
 from agora import db
 from agora.config import Settings
+from contracts.agora.common.v1 import PageRequest
 from contracts.agora.orders.v1 import ListOrdersRequest, Order, OrderStatus
 from tests.integration.conftest import Services
 from workers.orders import api
@@ -68,15 +69,15 @@ async def test_a_refund_committed_while_the_list_is_read_is_not_half_in_it(
 ) -> None:
     customer = f"cust-{uuid.uuid4()}"
     order_id = await a_completed_order(pool, customer)
-    read_order = api._order
+    read_orders = api._orders
 
     async def refund_lands_between_the_reads(
-        conn: asyncpg.Connection, row: asyncpg.Record
-    ) -> Order:
+        conn: asyncpg.Connection, rows: list[asyncpg.Record]
+    ) -> list[Order]:
         await refunded(pool, order_id)  # after the order's row was read, before its history
-        return await read_order(conn, row)
+        return await read_orders(conn, rows)
 
-    monkeypatch.setattr(api, "_order", refund_lands_between_the_reads)
+    monkeypatch.setattr(api, "_orders", refund_lands_between_the_reads)
     listed = await OrdersApi(pool).list_orders(ListOrdersRequest(customer_id=customer))
 
     [order] = listed.orders
@@ -102,3 +103,71 @@ async def test_a_partial_refund_recorded_after_the_cancel_leaves_the_order_cance
         order_id,
     )
     assert [r["status"] for r in history] == ["COMPLETED", "CANCELLED", "CANCELLED"]
+
+
+async def test_the_snapshot_of_a_cancelled_order_gives_its_cancel_s_time(
+    pool: asyncpg.Pool,
+) -> None:
+    # A partial refund recorded after the cancel, under a key that sorts before
+    # `cancel`: the cancel's time is still the one the snapshot gives (a repeated
+    # restock is allowed only within 7 days of it).
+    order_id = await a_completed_order(pool, f"cust-{uuid.uuid4()}")
+    orders = OrdersActivities(pool, None)  # type: ignore[arg-type]  # (no pricing here)
+    run = ActivityEnvironment().run
+    await run(
+        orders.record_refund, RecordRefundInput(str(order_id), "cancel", "r-2", 700, cancel=True)
+    )
+    await run(orders.record_refund, RecordRefundInput(str(order_id), "0-partial", "r-1", 300))
+    # Where a row lands in the table is free space's business, not time's (and which
+    # row a query without an order meets first is the plan's): the cancel's row, a
+    # day older, moved behind the partial refund's.
+    await pool.execute(
+        "WITH gone AS (DELETE FROM order_status_history"
+        " WHERE order_id = $1 AND transition_key = 'refund:cancel' RETURNING *)"
+        " INSERT INTO order_status_history SELECT * FROM gone",
+        order_id,
+    )
+    await pool.execute(
+        "UPDATE order_status_history SET changed_at = now() - interval '1 day'"
+        " WHERE order_id = $1 AND transition_key = 'refund:cancel'",
+        order_id,
+    )
+    cancelled_at = await pool.fetchval(
+        "SELECT changed_at FROM order_status_history"
+        " WHERE order_id = $1 AND transition_key = 'refund:cancel'",
+        order_id,
+    )
+    snapshot = await run(orders.snapshot, str(order_id))
+    assert snapshot.cancel_recorded_at == cancelled_at.isoformat()
+
+
+async def test_a_status_filtered_list_pages_through_that_status_only(pool: asyncpg.Pool) -> None:
+    customer = f"cust-{uuid.uuid4()}"
+    completed = [await a_completed_order(pool, customer) for _ in range(3)]
+    await refunded(pool, await a_completed_order(pool, customer))
+    orders = OrdersApi(pool)
+    pages: list[list[str]] = []
+    cursor = ""
+    while True:
+        answer = await orders.list_orders(
+            ListOrdersRequest(
+                customer_id=customer,
+                status=OrderStatus.COMPLETED,
+                page=PageRequest(page_size=1, cursor=cursor),
+            )
+        )
+        pages.append([o.order_id for o in answer.orders])
+        cursor = answer.page.next_cursor if answer.page else ""
+        if not cursor:
+            break
+        assert len(pages) < 5, pages
+    newest_first = await pool.fetch(
+        "SELECT order_id FROM orders WHERE order_id = ANY($1::uuid[])"
+        " ORDER BY created_at DESC, order_id DESC",
+        completed,
+    )
+    assert pages == [[str(r["order_id"])] for r in newest_first]
+    refunds = await orders.list_orders(
+        ListOrdersRequest(customer_id=customer, status=OrderStatus.REFUNDED)
+    )
+    assert [o.status for o in refunds.orders] == [OrderStatus.REFUNDED]

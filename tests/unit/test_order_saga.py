@@ -13,7 +13,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -1677,3 +1677,27 @@ async def test_a_cancel_of_a_cancelled_order_restocks_nothing_it_cannot_know_is_
     assert isinstance(refused.value.cause, ApplicationError)
     assert refused.value.cause.type == "NotRefundable"
     assert world.calls == []
+
+
+@pytest.mark.parametrize("spelling", [str.upper, "urn:uuid:{}".format], ids=["upper", "urn"])
+async def test_a_refund_started_by_hand_with_the_order_id_spelt_otherwise_keys_by_the_order(
+    client: Client, spelling: Callable[[str], str]
+) -> None:
+    # An operator starting RefundOrder by hand (docs/orders.md) with the id in capitals
+    # or as a urn: every step is keyed by the order's id as the saga wrote it. Before,
+    # the restock keys differed from the first cancel's, so a cancelled order's lines
+    # were restocked a second time.
+    request = two_line_order()
+    spelt = replace(request, order_id=spelling(request.order_id))
+    view = await (await start_refund(client, spelt)).result()
+    assert view.order_id == request.order_id
+    refunded_and_restocked(request)
+    assert world.refund_keys == [f"{request.order_id}:refund:cancel"]
+
+
+async def test_a_refund_of_what_is_no_order_id_fails_at_once(client: Client) -> None:
+    request = replace(two_line_order(), order_id="no-such-order")
+    with pytest.raises(WorkflowFailureError) as raised:
+        await (await start_refund(client, request)).result()
+    assert "InvalidOrderId" in repr(raised.value.__cause__)
+    assert world.refund_keys == []

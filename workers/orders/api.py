@@ -46,7 +46,7 @@ class OrdersApi(OrdersServiceBase):
             # Another customer's order does not exist, as far as this customer can tell.
             if row is None or (message.customer_id and row["customer_id"] != message.customer_id):
                 raise NotFound("no such order")
-            return GetOrderResponse(order=await _order(conn, row))
+            return GetOrderResponse(order=(await _orders(conn, [row]))[0])
 
     async def list_orders(self, message: ListOrdersRequest) -> ListOrdersResponse:
         if not message.customer_id:
@@ -65,37 +65,66 @@ class OrdersApi(OrdersServiceBase):
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             rows = await conn.fetch(
-                """
-                SELECT * FROM orders
-                WHERE customer_id = $1
-                  AND ($2::text IS NULL OR status = $2)
-                  AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4::uuid))
-                ORDER BY created_at DESC, order_id DESC
-                LIMIT $5
-                """,
-                customer_id,
-                status,
-                after[0] if after else None,
-                after[1] if after else None,
-                size + 1,
+                _list_query(status, after), *_list_args(customer_id, status, after, size)
             )
             more = len(rows) > size
             rows = rows[:size]
-            orders = [await _order(conn, row) for row in rows]
+            orders = await _orders(conn, rows)
         cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["order_id"]) if more else ""
         return ListOrdersResponse(orders=orders, page=PageInfo(next_cursor=cursor, has_more=more))
 
 
-async def _order(conn: asyncpg.Connection, row: asyncpg.Record) -> Order:
+def _list_query(status: str | None, after: tuple[object, object] | None) -> str:
+    """The page's query, with only the conditions it has: an `$n IS NULL OR …` would
+    keep a generic plan (asyncpg prepares each text once) from using the
+    (customer_id, created_at, order_id) index for the cursor, and read every newer row."""
+    where = ["customer_id = $1"]
+    if status is not None:
+        where.append("status = $2")
+    if after is not None:
+        first = 2 + (status is not None)
+        where.append(f"(created_at, order_id) < (${first}, ${first + 1}::uuid)")
+    limit = 2 + (status is not None) + 2 * (after is not None)
+    return (
+        f"SELECT * FROM orders WHERE {' AND '.join(where)}"
+        f" ORDER BY created_at DESC, order_id DESC LIMIT ${limit}"
+    )
+
+
+def _list_args(
+    customer_id: str, status: str | None, after: tuple[object, object] | None, size: int
+) -> list[object]:
+    return [
+        customer_id,
+        *([status] if status is not None else []),
+        *(after if after is not None else ()),
+        size + 1,
+    ]
+
+
+async def _orders(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[Order]:
+    """The orders of `rows`, with their lines and histories read in one query each."""
+    ids = [row["order_id"] for row in rows]
+    lines: dict[uuid.UUID, list[asyncpg.Record]] = {i: [] for i in ids}
+    history: dict[uuid.UUID, list[asyncpg.Record]] = {i: [] for i in ids}
+    for line in await conn.fetch(
+        "SELECT * FROM order_lines WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, line_no",
+        ids,
+    ):
+        lines[line["order_id"]].append(line)
+    for change in await conn.fetch(
+        "SELECT order_id, status, reason, changed_at FROM order_status_history"
+        " WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, changed_at, seq",
+        ids,
+    ):
+        history[change["order_id"]].append(change)
+    return [_order(row, lines[row["order_id"]], history[row["order_id"]]) for row in rows]
+
+
+def _order(
+    row: asyncpg.Record, lines: list[asyncpg.Record], history: list[asyncpg.Record]
+) -> Order:
     currency = row["currency"]
-    lines = await conn.fetch(
-        "SELECT * FROM order_lines WHERE order_id = $1 ORDER BY line_no", row["order_id"]
-    )
-    history = await conn.fetch(
-        "SELECT status, reason, changed_at FROM order_status_history WHERE order_id = $1"
-        " ORDER BY changed_at, seq",
-        row["order_id"],
-    )
     return Order(
         order_id=str(row["order_id"]),
         customer_id=row["customer_id"],
@@ -126,4 +155,5 @@ async def _order(conn: asyncpg.Connection, row: asyncpg.Record) -> Order:
         ],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        reason=row["reason"],
     )

@@ -230,6 +230,12 @@ class Order(betterproto2.Message):
         13, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
 
+    reason: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    Why the order has its status, as its last status change gave it: a rejection's
+    or a cancel's reason; empty for most.
+    """
+
 
 default_message_pool.register_message("agora.orders.v1", "Order", Order)
 
