@@ -38,6 +38,7 @@ from contracts.agora.payments.v1 import (
 from tests.integration.conftest import ServiceProcess, Services
 from tests.integration.consumerkit import outbox_events
 from tests.integration.payments_workflow import PaymentStep, PaymentStepWorkflow
+from tests.integration.waiting import eventually
 from workers.payments.errors import PaymentStateConflict
 from workers.payments.intents import PaymentIntents
 from workers.payments.psp_sim import RedisSimStore, SimulatedPsp, tokenize
@@ -539,6 +540,81 @@ async def test_a_capture_the_psp_made_unrecorded_is_booked_only_as_it_was_asked(
     assert done.total_captured_minor == 500
     assert await db.fetchval(captured, uuid.UUID(first.payment_id)) == 500
     await assert_balanced(payments, first.payment_id)
+
+
+@pytest.mark.parametrize("unrecorded", [1000, 400], ids=["whole", "part"])
+async def test_a_void_after_a_capture_the_psp_made_unrecorded_books_only_what_it_released(
+    steps: Steps,
+    db: asyncpg.Pool,
+    redis: aioredis.Redis,
+    payments: PaymentsServiceStub,
+    unrecorded: int,
+) -> None:
+    # The PSP captured under the key, payments' transaction was lost, and a void came
+    # before the capture's retry. Before, the void booked all 1000 as released (the
+    # customer charged, payments saying voided) and the retry was refused.
+    first = await steps.authorize(authorization(amount=1000))
+    key = new_key()
+    psp = SimulatedPsp(RedisSimStore(redis))
+    await psp.capture(
+        key=f"capture:{key}",
+        authorization_key=first.payment_id,
+        amount_minor=unrecorded,
+        currency="EUR",
+    )
+    voided = await steps.void(VoidInput(new_key(), first.payment_id))
+    assert voided.released_minor == 1000 - unrecorded
+    # The retry the lost transaction left owing books the capture.
+    done = await steps.capture(CaptureInput(key, first.payment_id, unrecorded))
+    assert (done.total_captured_minor, done.status) == (unrecorded, "captured")
+    row = await db.fetchrow(
+        "SELECT captured_minor, released_minor FROM payment_intents WHERE payment_id = $1",
+        uuid.UUID(first.payment_id),
+    )
+    assert (row["captured_minor"], row["released_minor"]) == (unrecorded, 1000 - unrecorded)
+    await assert_balanced(payments, first.payment_id)
+
+
+async def test_a_void_meeting_the_authorizations_first_transaction_voids_its_intent(
+    steps: Steps, db: asyncpg.Pool
+) -> None:
+    # The saga voids an authorization whose answer it never had while that
+    # authorization's first transaction (its pending intent) has not committed: the
+    # void's own INSERT waited for it, then failed UniqueViolationError, a fault.
+    payment_id = uuid.uuid4()
+    async with db.acquire() as conn:
+        first = conn.transaction()
+        await first.start()
+        await conn.execute(
+            "INSERT INTO payment_intents (payment_id, order_id, customer_id, currency, status,"
+            " requested_minor, card_token, card_brand, card_last4)"
+            " VALUES ($1, $2, '', 'EUR', 'pending', 1000, $3, 'visa', '4242')",
+            payment_id,
+            str(uuid.uuid4()),
+            card(SUCCESS),
+        )
+        void = asyncio.create_task(
+            steps.run(
+                PaymentStep(
+                    "payments.void", void=VoidInput(new_key(), str(payment_id)), max_attempts=1
+                )
+            )
+        )
+
+        async def waiting_for_the_row() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'INSERT INTO payment_intents%'"
+                )
+            )
+
+        await eventually(waiting_for_the_row, within=30, what="the void to wait for the row")
+        await first.commit()
+    voided = VoidResult(**await void)
+    assert (voided.released_minor, voided.status) == (0, "voided")
+    status = "SELECT status FROM payment_intents WHERE payment_id = $1"
+    assert await db.fetchval(status, payment_id) == "voided"
 
 
 async def test_a_void_the_psp_made_unrecorded_is_not_taken_for_another_payment(

@@ -78,6 +78,7 @@ from workers.payments.psp import (
     PaymentServiceProvider,
     PspKeyReused,
     PspRejected,
+    Receipt,
 )
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,15 @@ _DECLINE_REASONS = {
     "requires_action": DeclineReason.REQUIRES_ACTION,
 }
 # Intents a capture may apply to (given an open hold).
-_CAPTURABLE = {Status.AUTHORIZED, Status.PARTIALLY_CAPTURED, Status.PARTIALLY_REFUNDED}
+# VOIDED: after a void, nothing is open, unless the PSP released less than was open
+# here (a capture it made was not recorded yet; see _release): that capture's retry
+# then books what is left.
+_CAPTURABLE = {
+    Status.AUTHORIZED,
+    Status.PARTIALLY_CAPTURED,
+    Status.PARTIALLY_REFUNDED,
+    Status.VOIDED,
+}
 _REFUNDABLE = {
     Status.PARTIALLY_CAPTURED,
     Status.CAPTURED,
@@ -594,6 +603,8 @@ class PaymentIntents:
             recorded = await self._recorded(conn, key, "void", digest)
             if recorded is not None:
                 return VoidResult(**json.loads(recorded["result"]))
+            if intent is None:
+                intent = await self._voided_in_advance(conn, payment_id)
             released, status, currency = await self._release(conn, payment_id, intent, key)
             if intent is not None and (released or intent["status"] != status):
                 await self._event(
@@ -619,10 +630,24 @@ class PaymentIntents:
         log.info("payment voided", extra={"payment_id": str(payment_id), "amount": released})
         return result
 
-    async def _psp_void(self, psp_void_key: str, payment_id: uuid.UUID) -> None:
+    async def _voided_in_advance(
+        self, conn: asyncpg.Connection, payment_id: uuid.UUID
+    ) -> asyncpg.Record | None:
+        """A voided intent for a payment never seen here (None), or, when another
+        transaction made its intent meanwhile (the authorization's first, or another
+        void), that intent, locked: the plain INSERT waited for that transaction, then
+        failed with a UniqueViolationError that was retried as a fault."""
+        made = await conn.fetchval(
+            "INSERT INTO payment_intents (payment_id, order_id, currency, status)"
+            " VALUES ($1, '', '', 'voided') ON CONFLICT (payment_id) DO NOTHING RETURNING true",
+            payment_id,
+        )
+        return None if made else await self._lock(conn, payment_id)
+
+    async def _psp_void(self, psp_void_key: str, payment_id: uuid.UUID) -> Receipt:
         """Cancel the authorization at the PSP; its refusal is for good (not retried)."""
         try:
-            await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
+            return await self.psp.void(key=psp_void_key, authorization_key=str(payment_id))
         except PspRejected as exc:
             raise _refused("void", exc) from None
 
@@ -636,13 +661,8 @@ class PaymentIntents:
         """Release the open hold; returns (released amount, new status, currency)."""
         psp_void_key = f"void:{key}"
         if intent is None:
-            # Voided before its authorization was ever recorded: leave a voided
-            # intent behind (so a late authorize is refused) and cancel it at the PSP.
-            await conn.execute(
-                "INSERT INTO payment_intents (payment_id, order_id, currency, status)"
-                " VALUES ($1, '', '', 'voided')",
-                payment_id,
-            )
+            # Voided before its authorization was ever recorded (_voided_in_advance
+            # left a voided intent, so a late authorize is refused): cancel it at the PSP.
             await self._psp_void(psp_void_key, payment_id)
             return 0, Status.VOIDED, ""
         status = Status(intent["status"])
@@ -669,7 +689,22 @@ class PaymentIntents:
                 # first, then this void): nothing is held and nothing is owed.
                 return 0, status, currency
             raise PaymentStateConflict(f"payment {payment_id} is captured: refund it instead")
-        await self._psp_void(psp_void_key, payment_id)
+        receipt = await self._psp_void(psp_void_key, payment_id)
+        if receipt.released_minor is not None and receipt.released_minor < open_minor:
+            # The PSP had less open than is recorded here: a capture it made was not
+            # recorded (its transaction lost after the PSP's answer). Only what the PSP
+            # released is booked; that capture's retry books the rest, as captured.
+            log.warning(
+                "the PSP released less than was open: a capture is not recorded yet",
+                extra={
+                    "payment_id": str(payment_id),
+                    "open": open_minor,
+                    "released": receipt.released_minor,
+                },
+            )
+            open_minor = receipt.released_minor
+            if open_minor == 0:
+                return 0, status, currency
         released = intent["released_minor"] + open_minor
         new_status = status_from_amounts(
             intent["authorized_minor"], intent["captured_minor"], released,

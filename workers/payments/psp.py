@@ -52,6 +52,10 @@ class Receipt:
     """The PSP's acknowledgement of a capture, void or refund."""
 
     reference: str
+    # A void's: what it released of the authorization, as the PSP counts it (None
+    # from a PSP that does not say). Less than payments has open when a capture the
+    # PSP made is not recorded yet.
+    released_minor: int | None = None
 
 
 class PspTransientError(Exception):
@@ -86,7 +90,8 @@ class PaymentServiceProvider(Protocol):
     ) -> Receipt: ...
 
     async def void(self, *, key: str, authorization_key: str) -> Receipt:
-        """Release what is left of the authorization, or cancel it if it has not happened yet."""
+        """Release what is left of the authorization, or cancel it if it has not happened
+        yet; the receipt says how much was released."""
         ...
 
     async def refund(

@@ -354,7 +354,9 @@ class SimulatedPsp:
         cancelled = {"state": "cancelled", "behaviour": str(Behaviour.OK)}
         auth = await self.store.add(f"auth:{authorization_key}", cancelled)
         await self._maybe_fail(Behaviour(auth.get("behaviour", "ok")), key)
-        return await self._move(key, "void", request, authorization_key, auth, _voided)
+        return await self._move(
+            key, "void", request, authorization_key, auth, _voided, released=_open_minor
+        )
 
     async def _move(
         self,
@@ -364,14 +366,19 @@ class SimulatedPsp:
         authorization_key: str,
         auth: dict[str, Any],
         moved: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        released: Callable[[dict[str, Any]], int] | None = None,
     ) -> Receipt:
         """Record operation `key` and move the authorization to `moved(auth)` in one
         atomic step (`SimStore.claim`), so a crash between the two cannot leave a
         replayable receipt for money that never moved. Another operation on the
         authorization in between makes the step retry on what it left (`moved` may
-        then refuse: two captures cannot both take the last of an authorization)."""
-        record = {"reference": _reference(kind, key), "request": request}
+        then refuse: two captures cannot both take the last of an authorization).
+        `released`: what the step releases of `auth`, kept in the receipt (a void's)."""
         while True:
+            record = {"reference": _reference(kind, key), "request": request}
+            if released is not None:
+                record["released_minor"] = released(auth)
             try:
                 after = moved(auth)
             except PspRejected:
@@ -398,6 +405,13 @@ def _voided(auth: dict[str, Any]) -> dict[str, Any]:
     return {**auth, "voided": True} if auth["state"] == "authorized" else auth
 
 
+def _open_minor(auth: dict[str, Any]) -> int:
+    """What a void of `auth` releases: what is neither captured nor released before."""
+    if auth["state"] != "authorized" or auth["voided"]:
+        return 0
+    return int(auth["amount_minor"] - auth["captured_minor"])
+
+
 def _request(
     operation: str, authorization_key: str, amount_minor: int = 0, currency: str = ""
 ) -> dict[str, Any]:
@@ -415,7 +429,7 @@ def _replayed(record: dict[str, Any], request: dict[str, Any]) -> Receipt:
     requests were kept hold none, and answer as they did."""
     if record.get("request", request) != request:
         raise PspKeyReused("this operation key was used for another request")
-    return Receipt(record["reference"])
+    return Receipt(record["reference"], record.get("released_minor"))
 
 
 def _outcome(record: dict[str, Any]) -> AuthorizationOutcome:
