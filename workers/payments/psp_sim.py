@@ -376,7 +376,7 @@ class SimulatedPsp:
         then refuse: two captures cannot both take the last of an authorization).
         `released`: what the step releases of `auth`, kept in the receipt (a void's)."""
         while True:
-            record = {"reference": _reference(kind, key), "request": request}
+            record: dict[str, Any] = {"reference": _reference(kind, key), "request": request}
             if released is not None:
                 record["released_minor"] = released(auth)
             try:
