@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,6 +60,8 @@ from workers.identity.sessions import (
     hash_refresh_token,
     revoked_sid_key,
 )
+from workers.identity.signin import TokenService
+from workers.identity.tokens import TokenPolicy
 from workflows.identity import (
     ROTATION_SCHEDULE_ID,
     AccountRef,
@@ -408,6 +411,110 @@ async def test_sign_out_with_an_access_token_revokes_its_session(
     assert not await active(identity, tokens.access_token)
     refresh = identity.refresh(RefreshRequest(refresh_token=tokens.refresh_token))
     assert await status_of(refresh) == Status.UNAUTHENTICATED
+
+
+class FailsOnce:
+    """A pool whose first connection is lost (a failover), then the real one."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.failed = pool, False
+
+    def acquire(self) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+        return self.pool.acquire()
+
+
+class CommitLostOnce:
+    """A pool whose first transaction's commit is lost: rolled back, then an error."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.lost = pool, False
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        async with self.pool.acquire() as conn:
+            yield conn if self.lost else _LosesItsCommit(conn, self)
+
+
+class _LosesItsCommit:
+    def __init__(self, conn: asyncpg.Connection, pool: CommitLostOnce) -> None:
+        self.conn, self.pool = conn, pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        tx = self.conn.transaction()
+        await tx.start()
+        try:
+            yield
+        finally:
+            await tx.rollback()
+        self.pool.lost = True
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def token_service(
+    pool: Any, db: asyncpg.Pool, redis: aioredis.Redis, settings: Settings
+) -> TokenService:
+    """Identity's TokenService in this process, on `pool` for its own transactions."""
+    return TokenService(
+        pool,
+        keys.KeyRing(db, SecretBox(load_kek(settings))),
+        Sessions(Revocations(redis, sid_ttl_s=3600), refresh_ttl_s=3600, reuse_grace_s=5),
+        None,  # type: ignore[arg-type]  # (no API clients here)
+        TokenPolicy(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_s),
+    )
+
+
+async def test_a_sign_out_that_fails_midway_revokes_nothing_so_it_can_be_retried(
+    identity: IdentityServiceStub,
+    temporal: Client,
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis: aioredis.Redis,
+) -> None:
+    # The gateway refuses a revoked access token at admission: had the failed sign-out
+    # revoked the token alone, its retry would be refused 401 and the session would
+    # live on, its refresh token renewing for 30 days.
+    tokens = await signed_in(identity, temporal)
+    service = token_service(FailsOnce(db), db, redis, settings)
+    with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+        await service.sign_out(access_token=tokens.access_token)
+    assert await active(identity, tokens.access_token), "half revoked: the retry is refused"
+
+    out = await service.sign_out(access_token=tokens.access_token)
+    assert not out.already_revoked
+    assert not await active(identity, tokens.access_token)
+    refresh = identity.refresh(RefreshRequest(refresh_token=tokens.refresh_token))
+    assert await status_of(refresh) == Status.UNAUTHENTICATED
+
+
+async def test_a_client_token_sign_out_whose_commit_is_lost_can_be_retried_to_its_event(
+    identity: IdentityServiceStub,
+    temporal: Client,
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis: aioredis.Redis,
+) -> None:
+    # Had Redis been written before the commit, the token would be revoked without
+    # its TokenRevoked event, and the gateway would let no retry through to write it.
+    owner = await register(temporal, new_email())
+    client_id, grant = await created_client(identity, owner, ["catalog:read"])
+    machine = await client_tokens(identity, grant)
+    service = token_service(CommitLostOnce(db), db, redis, settings)
+    with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+        await service.sign_out(access_token=machine.access_token)
+    assert await active(identity, machine.access_token), "revoked, its event lost"
+    assert await revoked_events(db, client_id) == 0
+
+    out = await service.sign_out(access_token=machine.access_token)
+    assert not out.already_revoked
+    assert not await active(identity, machine.access_token)
+    assert await revoked_events(db, client_id) == 1
 
 
 async def test_sign_out_of_another_subjects_session_is_not_found(

@@ -150,7 +150,6 @@ class TokenService:
                 # A client's sid is the client itself: revoking it would disable the client.
                 already = await self._revoke_client_token(verified)
                 return SignOutResult(verified.principal.sid, already_revoked=already)
-            await self._sessions.revocations.revoke_jti(verified.jti, verified.expires_at)
             sid = verified.principal.sid
         async with self._pool.acquire() as conn, conn.transaction():
             family = await self._sessions.family_of(conn, refresh_token=refresh_token, sid=sid)
@@ -159,6 +158,12 @@ class TokenService:
             family_id, _, already = family
             if not already:
                 await self._sessions.revoke_family(conn, family_id, RevocationReason.SIGN_OUT)
+            if access_token:
+                # After the session's own key (revoke_family), never before it: the
+                # gateway refuses a revoked token at admission, so a sign-out that
+                # failed after revoking only the token could not be retried, and its
+                # session (and refresh token) would live on.
+                await self._sessions.revocations.revoke_jti(verified.jti, verified.expires_at)
         return SignOutResult(str(family_id), already_revoked=already)
 
     async def _revoke_client_token(self, verified: tokens.VerifiedToken) -> bool:
@@ -166,19 +171,23 @@ class TokenService:
         True when it already was.
 
         The event's id is derived from the jti, so a repeated sign-out finds it (and
-        two at once collide on it). Redis is written inside the transaction: if it
-        fails, neither happened; if the commit fails after it, a retry writes both.
+        two at once collide on it). Redis is written after the commit, and again by a
+        repeated sign-out: written before it, a commit that failed left the token
+        revoked without its event, and the gateway, which refuses a revoked token at
+        admission, let no retry through to write it.
         """
         event_id = uuid.uuid5(_JTI_REVOKED, verified.jti)
+        already = False
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if await conn.fetchval("SELECT 1 FROM outbox WHERE event_id = $1", event_id):
-                    return True
-                await _append_jti_revoked(conn, verified, event_id)
-                await self._sessions.revocations.revoke_jti(verified.jti, verified.expires_at)
+                    already = True
+                else:
+                    await _append_jti_revoked(conn, verified, event_id)
         except asyncpg.UniqueViolationError:
-            return True  # a concurrent sign-out of the same token committed first
-        return False
+            already = True  # a concurrent sign-out of the same token committed first
+        await self._sessions.revocations.revoke_jti(verified.jti, verified.expires_at)
+        return already
 
 
 def _narrow(granted: list[str], requested: list[str]) -> list[str]:
