@@ -4,7 +4,7 @@ One EVALSHA per request keeps the auth stage well under a millisecond: the
 script checks the two revocation keys identity writes, applies GCRA (generic
 cell rate algorithm: one timestamp per key, no background refill) to the
 principal's bucket for the route class, and for a signed request records its
-nonce with SET NX. Redis's own clock (TIME) is used, so gateways with skewed
+nonce with SET NX, before the rate limit (a refused request spends it too). Redis's own clock (TIME) is used, so gateways with skewed
 clocks still share one schedule.
 
 Keys (an empty name skips that check):
@@ -34,6 +34,13 @@ local function exists(key)
 end
 if exists(KEYS[1]) then return {1, 0, 0, 0} end
 if exists(KEYS[2]) then return {2, 0, 0, 0} end
+-- The nonce is spent before the rate limit: spent only by an admitted request, a
+-- captured one refused 429 could be sent again within the clock window.
+if KEYS[4] ~= '' then
+  if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[3])) then
+    return {4, 0, 0, 0}
+  end
+end
 
 local interval = tonumber(ARGV[1])   -- microseconds between two requests at the sustained rate
 local burst = tonumber(ARGV[2])      -- requests allowed back to back
@@ -46,11 +53,6 @@ local allow_at = new_tat - burst * interval
 if now < allow_at then
   -- denied: {status, remaining, retry after us, reset us}
   return {3, 0, allow_at - now, tat - now}
-end
-if KEYS[4] ~= '' then
-  if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[3])) then
-    return {4, 0, 0, 0}
-  end
 end
 redis.call('SET', KEYS[3], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
 return {0, math.floor((now - allow_at) / interval), 0, new_tat - now}

@@ -6,6 +6,7 @@ after its first verified request, so the check is one HMAC in the gateway).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -297,6 +298,31 @@ async def test_replayed_nonce(gw: Gateway, api: Api, machine: dict[str, Any]) ->
         "GET", "/v1/me", machine["token"], machine["client_secret"], nonce=nonce
     )
     assert first.status == 200
+    with no_upstream_call(gw):
+        replay = await api.signed(
+            "GET", "/v1/me", machine["token"], machine["client_secret"], nonce=nonce
+        )
+        await problem(replay, 401, "nonce-replayed")
+
+
+async def test_a_nonce_refused_429_is_spent_too(
+    gw: Gateway, api: Api, machine: dict[str, Any]
+) -> None:
+    # Spent only by an admitted request, a captured signed request refused 429 could
+    # be sent again within the clock window (with another Idempotency-Key, which the
+    # signature does not cover).
+    subject = json.loads(base64.urlsafe_b64decode(machine["token"].split(".")[1] + "=="))["sub"]
+    bucket = f"gateway:rl:read:{subject}"  # /v1/me's route class
+    full_for_an_hour = (time.time() + 3600) * 1_000_000
+    await gw.redis.set(bucket, int(full_for_an_hour), ex=3600)
+    nonce = signing.new_nonce()
+    try:
+        refused = await api.signed(
+            "GET", "/v1/me", machine["token"], machine["client_secret"], nonce=nonce
+        )
+        await problem(refused, 429, "rate-limited")
+    finally:
+        await gw.redis.delete(bucket)
     with no_upstream_call(gw):
         replay = await api.signed(
             "GET", "/v1/me", machine["token"], machine["client_secret"], nonce=nonce
