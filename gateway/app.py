@@ -132,8 +132,20 @@ def build_app(gw: Gateway) -> web.Application:
     app[DOCS_HTML] = render_docs(document)
     app[_SHUTTING_DOWN] = asyncio.Event()
     app.on_shutdown.append(_shutting_down)
+    app.on_response_prepare.append(_not_stored)
     app.cleanup_ctx.append(_background)
     return app
+
+
+NOT_STORED = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+async def _not_stored(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer of a route whose answers carry credentials, whichever middleware or
+    handler made it, is kept out of caches."""
+    route = request.app[GATEWAY].routes.lookup(request)
+    if route is not None and route.secret_answers:
+        response.headers.update(NOT_STORED)
 
 
 async def _shutting_down(app: web.Application) -> None:

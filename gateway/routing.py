@@ -81,6 +81,9 @@ class Route:
     # Its own body limit instead of the app's client_max_size (the bulk import takes
     # more than any other route); None: the app's.
     max_body_bytes: int | None = None
+    # Its answers carry credentials (tokens, a client secret): every answer, a problem
+    # too, says Cache-Control: no-store and Pragma: no-cache (RFC 6749 §5.1).
+    secret_answers: bool = False
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.body, self.query, self.form)) > 1:

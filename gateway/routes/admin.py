@@ -131,6 +131,7 @@ ROUTES = [
         response=CreatedApiClientResponse,
         status=201,
         problems=("invalid-argument", "permission-denied"),
+        secret_answers=True,
     ),
     Route(
         "GET",

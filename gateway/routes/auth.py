@@ -135,6 +135,7 @@ ROUTES = [
         body=SignInRequest,
         response=TokenResponse,
         problems=_TOKEN_PROBLEMS,
+        secret_answers=True,
     ),
     Route(
         "POST",
@@ -146,6 +147,7 @@ ROUTES = [
         body=ClientCredentialsRequest,
         response=TokenResponse,
         problems=_TOKEN_PROBLEMS,
+        secret_answers=True,
     ),
     Route(
         "POST",
@@ -160,6 +162,7 @@ ROUTES = [
         body=RefreshRequest,
         response=TokenResponse,
         problems=_TOKEN_PROBLEMS,
+        secret_answers=True,
     ),
     Route(
         "POST",

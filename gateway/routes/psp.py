@@ -56,5 +56,6 @@ ROUTES = [
         response=CardTokenAnswer,
         status=201,
         problems=("invalid-argument",),
+        secret_answers=True,
     ),
 ]

@@ -12,6 +12,7 @@ import hmac
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -92,6 +93,33 @@ async def test_wrong_password_is_refused(api: Api) -> None:
         "/v1/auth/signin", json={"email": account["email"], "password": "not the password"}
     )
     await problem(response, 401, "invalid-credentials")
+
+
+def not_stored(response: Any) -> tuple[str | None, str | None]:
+    return response.headers.get("Cache-Control"), response.headers.get("Pragma")
+
+
+async def test_answers_with_credentials_are_never_stored_by_a_cache(api: Api) -> None:
+    # RFC 6749 §5.1: a token answer says Cache-Control: no-store, and so does its
+    # refusal, whichever stage made it; a read does not.
+    account = await api.register()
+    signed_in = await api.client.post(
+        "/v1/auth/signin", json={"email": account["email"], "password": PASSWORD}
+    )
+    assert signed_in.status == 200, await signed_in.text()
+    refreshed = await api.client.post(
+        "/v1/auth/refresh", json={"refresh_token": (await signed_in.json())["refresh_token"]}
+    )
+    assert refreshed.status == 200, await refreshed.text()
+    refused = await api.client.post(
+        "/v1/auth/signin", json={"email": account["email"], "password": "not the password"}
+    )
+    malformed = await api.client.post("/v1/auth/token", json={"client_id": 1})
+    for response in (signed_in, refreshed, refused, malformed):
+        assert not_stored(response) == ("no-store", "no-cache"), response.url
+    me = await api.client.get("/v1/me", headers=bearer((await refreshed.json())["access_token"]))
+    assert me.status == 200
+    assert me.headers.get("Pragma") is None
 
 
 async def test_refresh_rotates_the_refresh_token(api: Api) -> None:

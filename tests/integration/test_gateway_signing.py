@@ -67,6 +67,8 @@ async def create_client(api: Api, admin_token: str, scopes: list[str]) -> dict[s
         headers=bearer(admin_token),
     )
     assert response.status == 201, await response.text()
+    # Its secret, shown this once, is kept out of caches (RFC 6749 §5.1).
+    assert response.headers["Cache-Control"] == "no-store"
     return await response.json()
 
 
