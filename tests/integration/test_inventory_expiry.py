@@ -9,6 +9,7 @@ batching are tested in the time-skipping server by tests/unit/test_inventory_wor
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -202,3 +203,34 @@ async def test_the_sweep_prunes_idempotency_records_past_their_retention_only(
         [*old_keys, recent.reservation_id],
     )
     assert [row["key"] for row in left] == [recent.reservation_id]
+
+
+async def test_a_reservation_that_waited_for_its_row_gets_its_whole_ttl(pool: asyncpg.Pool) -> None:
+    # A reserve that waited on a hot stock row (another order holding it) counts its
+    # TTL from when it held the stock, not from when its transaction began: an
+    # expiry up to that wait early let the sweep take the stock of a saga still paying.
+    inventory = InventoryActivities(pool)
+    sku = await stocked(pool, 5)
+    ttl = 5
+    async with pool.acquire() as hot:
+        busy = hot.transaction()
+        await busy.start()
+        await hot.execute("SELECT 1 FROM stock WHERE sku = $1 FOR UPDATE", sku)
+        reserving = asyncio.create_task(
+            inventory.reserve(ReserveInput(uuid.uuid4().hex, [StockLine(sku, 1)], ttl))
+        )
+
+        async def waiting() -> bool:
+            return bool(
+                await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE stock SET reserved%'"
+                )
+            )
+
+        await eventually(waiting, within=30, what="the reserve to wait for the row")
+        await asyncio.sleep(2)
+        await busy.commit()
+    held = await reserving
+    now = await pool.fetchval("SELECT clock_timestamp()")
+    assert (datetime.fromisoformat(held.expires_at) - now).total_seconds() > ttl - 1

@@ -163,9 +163,12 @@ async def _hold(
     if shortages:
         raise OutOfStock(shortages)
 
+    # From now, not from the transaction's start (now()): a reserve that waited on a
+    # hot row gets its whole TTL.
     expires_at = await conn.fetchval(
         "INSERT INTO reservations (reservation_id, order_id, status, expires_at)"
-        " VALUES ($1, $2, 'held', now() + make_interval(secs => $3)) RETURNING expires_at",
+        " VALUES ($1, $2, 'held', clock_timestamp() + make_interval(secs => $3))"
+        " RETURNING expires_at",
         reservation_id,
         order_id,
         float(ttl_seconds),
