@@ -4,8 +4,9 @@ One EVALSHA per request keeps the auth stage well under a millisecond: the
 script checks the two revocation keys identity writes, applies GCRA (generic
 cell rate algorithm: one timestamp per key, no background refill) to the
 principal's bucket for the route class, and for a signed request records its
-nonce with SET NX, before the rate limit (a refused request spends it too). Redis's own clock (TIME) is used, so gateways with skewed
-clocks still share one schedule.
+nonce with SET NX, before the rate limit (a refused request spends it too).
+Redis's own clock (TIME) is used, so gateways with skewed clocks still share one
+schedule.
 
 Keys (an empty name skips that check):
     KEYS[1] identity:revoked:jti:<jti>      written by identity
