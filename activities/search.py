@@ -3,7 +3,8 @@
 Each is idempotent: the new index's name comes from the workflow, creating it
 twice is a no-op, the backfill writes with the same versioned merge as the
 consumer (a re-copied document changes nothing) and resumes from its last
-heartbeat's cursor, and the swap computes its actions from the aliases as they are.
+heartbeat's cursor, and the swap computes its actions from the aliases as they are
+(its one call fails whole if they move in between, and a retry reads them again).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from workers.search.documents import (
     product_document,
     stock_fields,
 )
-from workers.search.index import Indices
+from workers.search.index import Indices, StaleIndex
 
 log = logging.getLogger(__name__)
 BACKFILL_PAGE = 100  # catalog's largest page
@@ -113,7 +114,16 @@ class SearchActivities:
                 type="InvalidArgument",
                 non_retryable=True,
             )
-        readers = [i for i in await self.indices.behind(self.indices.read_alias) if i != new_index]
+        readers = await self.indices.behind(self.indices.read_alias)
+        # Rebuilt in place, the index searches read would be "reindexed" by a backfill
+        # over itself and a swap that changes nothing: the run would report done
+        # having rebuilt nothing (a new mapping needs a new index).
+        if new_index in readers:
+            raise ApplicationError(
+                f"{new_index!r} is the index searches read already: reindex to a new version",
+                type="InvalidArgument",
+                non_retryable=True,
+            )
         await self.indices.create(new_index)
         await self.indices.add_write_target(new_index)
         return BeginReindexResult(new_index, readers[0] if readers else "")
@@ -230,8 +240,18 @@ class SearchActivities:
 
     @activity.defn(name="search.swap_alias")
     async def swap_alias(self, data: SwapInput) -> SwapResult:
-        await self.es.indices.refresh(index=data.new_index)
-        return SwapResult(await self.indices.swap(data.new_index))
+        """Make the new index the one searches read, unless it has missed updates.
+
+        Another reindex's swap (a run under another workflow id, or started by hand)
+        takes this one's index out of the write alias: from then on events no longer
+        reach it, so it must never be read. Refused for good, not retried: a retry
+        cannot bring back the updates it missed. So is an index the other reindex has
+        dropped since (its refresh's 404 is let through: the swap finds it in no alias)."""
+        await self.es.options(ignore_status=404).indices.refresh(index=data.new_index)
+        try:
+            return SwapResult(await self.indices.swap(data.new_index))
+        except StaleIndex as stale:
+            raise ApplicationError(str(stale), type="Conflict", non_retryable=True) from None
 
     @activity.defn(name="search.drop_indices")
     async def drop_indices(self, data: DropInput) -> None:

@@ -9,7 +9,9 @@
    Anything committed before the read is in the copy; anything after it arrives
    as an event; the versioned merge keeps the newer of the two. No update is lost.
 4. `swap_alias` moves both aliases to the new index in one atomic call: searches
-   never see a missing or half-built index.
+   never see a missing or half-built index. The call holds only if the aliases are
+   as it read them, and never swaps in an index another swap took out of the write
+   alias (it missed updates since); one reindex at a time, under REINDEX_WORKFLOW_ID.
 5. After a grace period (searches in flight on the old index finish) it is dropped.
 """
 
@@ -43,7 +45,8 @@ __all__ = [
 ]
 
 TASK_QUEUE = "agora-search"
-# One reindex at a time: a second start while one runs joins or is refused.
+# One reindex at a time: a second start while one runs joins or is refused. A run
+# under any other id (the temporal CLI makes up one when none is given) is refused.
 REINDEX_WORKFLOW_ID = "search-reindex"
 PROPAGATION_WAIT = timedelta(seconds=TARGETS_TTL_S * 3)
 DROP_GRACE = timedelta(seconds=5)
@@ -61,6 +64,8 @@ INVALID = "InvalidArgument"
 VERSION_CHECKED = "reindex-version-checked"
 # Since this change so does the version whose index name is the write alias's.
 ALIAS_VERSION_CHECKED = "reindex-alias-version-checked"
+# Since this change a run under another id than REINDEX_WORKFLOW_ID fails at once.
+WORKFLOW_ID_CHECKED = "reindex-workflow-id-checked"
 
 
 def version_refusal(version: str) -> tuple[str, str] | None:
@@ -101,6 +106,18 @@ class ReindexWorkflow:
     @workflow.run
     async def run(self, data: ReindexInput) -> ReindexProgress:
         progress = self._progress
+        # Two reindexes at once: the first swap takes the other's index out of the
+        # write alias, and swapped in after, that index would serve without the
+        # updates it missed. So only the one id, which Temporal runs once at a time.
+        # Asked only for another id: a run started before the check replays as it ran.
+        workflow_id = workflow.info().workflow_id
+        if workflow_id != REINDEX_WORKFLOW_ID and workflow.patched(WORKFLOW_ID_CHECKED):
+            raise ApplicationError(
+                f"a reindex runs only as workflow id {REINDEX_WORKFLOW_ID!r}, one at a time,"
+                f" not as {workflow_id[:120]!r}",
+                type=INVALID,
+                non_retryable=True,
+            )
         version = (data.version or "r" + workflow.now().strftime("%Y%m%dt%H%M%S")).lower()
         refusal = version_refusal(version)
         # Asked only for a bad version: a run started before the check replays as it ran.

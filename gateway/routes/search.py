@@ -111,6 +111,7 @@ ROUTES = [
         route_class="read",
         query=SearchQuery,
         response=SearchResponseBody,
-        problems=("invalid-argument",),
+        # upstream-rate-limited: Elasticsearch over its capacity (workers/search/errors.py).
+        problems=("invalid-argument", "upstream-rate-limited"),
     ),
 ]

@@ -260,6 +260,27 @@ async def test_every_part_of_a_hyphenated_word_must_match(search_api: CatalogApi
     assert [h["sku"] for h in result["hits"]] == [usb_c["sku"]]
 
 
+async def test_a_word_of_punctuation_alone_does_not_empty_the_search(
+    search_api: CatalogApi,
+) -> None:
+    # The analyzer keeps no term of "&", "/", "..." or "&&": such a word or phrase
+    # asks for nothing, where it used to match nothing at all.
+    api = search_api
+    tag = word()
+    drill = await api.create(title=f"{tag} Black Decker drill")
+    await api.create(title=f"{tag} Makita saw")
+    await found(api, 2, q=tag)
+    for q in (
+        f"{tag} Black & Decker",
+        f"{tag} Black / Decker ...",
+        f'{tag} "&" Decker',  # a phrase of no terms
+        f"{tag} Decker &&",  # the last word, also a title prefix
+        f'{tag} "Black & Decker" -& -"..."',  # the phrase's "&" is no word between them
+    ):
+        hits = (await api.search(q=q))["hits"]
+        assert [h["sku"] for h in hits] == [drill["sku"]], q
+
+
 async def test_a_brand_filter_matches_as_the_index_lower_cases_it(search_api: CatalogApi) -> None:
     # Final sigma and dotted capital I: Python's lower() and Elasticsearch's disagree.
     api = search_api

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, NotFoundError
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.search import BackfillInput, BeginReindexInput, SearchActivities
+from activities.search import BackfillInput, BeginReindexInput, SearchActivities, SwapInput
 from agora.config import Settings
 from agora.grpc import Channels
 from contracts.agora.catalog.v1 import CatalogServiceStub
@@ -33,7 +33,7 @@ from tests.integration.catalogkit import CatalogApi
 from tests.integration.conftest import Services
 from tests.integration.gatewaykit import TokenMinter, running_gateway
 from tests.integration.waiting import eventually
-from workers.search.index import Indices
+from workers.search.index import Indices, StaleIndex
 from workflows.inventory import TASK_QUEUE as INVENTORY_QUEUE
 from workflows.inventory import RestockInput, RestockWorkflow, restock_workflow_id
 from workflows.search import (
@@ -277,6 +277,114 @@ async def test_begin_reindex_refuses_at_once_a_version_that_names_an_alias(
         await es.options(ignore_status=404).indices.delete(index=first)
         channels.close()
         await es.close()
+
+
+class Deployment:
+    """A deployment of its own (its own index prefix), for alias tests: `live` puts both
+    aliases on its v1."""
+
+    def __init__(self, es: AsyncElasticsearch, channels: Channels):
+        self.indices = Indices(es, f"swap-test-{uuid.uuid4().hex[:8]}")
+        self.activities = SearchActivities(es, self.indices, *_stubs(channels))
+        self.made: list[str] = []
+
+    async def index(self, version: str, *, write: bool = True) -> str:
+        name = self.indices.index_name(version)
+        await self.indices.create(name)
+        self.made.append(name)
+        if write:
+            await self.indices.add_write_target(name)
+        return name
+
+    async def live(self) -> str:
+        first = await self.index("v1", write=False)
+        await self.indices.es.indices.update_aliases(
+            actions=[
+                {"add": {"index": first, "alias": self.indices.read_alias}},
+                {"add": {"index": first, "alias": self.indices.write_alias}},
+            ]
+        )
+        return first
+
+    async def aliases(self) -> tuple[list[str], list[str]]:
+        """The indices behind the read alias and behind the write alias."""
+        return (
+            await self.indices.behind(self.indices.read_alias),
+            await self.indices.behind(self.indices.write_alias),
+        )
+
+
+@pytest_asyncio.fixture
+async def deployment(settings: Settings) -> AsyncIterator[Deployment]:
+    es = AsyncElasticsearch(settings.elasticsearch_url)
+    channels = Channels(settings, caller="search")
+    made = Deployment(es, channels)
+    try:
+        yield made
+    finally:
+        for name in made.made:
+            await es.options(ignore_status=404).indices.delete(index=name)
+        channels.close()
+        await es.close()
+
+
+async def test_begin_reindex_refuses_at_once_the_version_searches_read(
+    deployment: Deployment,
+) -> None:
+    # Rebuilt in place, it would be backfilled over itself and "swapped" to itself:
+    # the reindex would report done having rebuilt nothing.
+    live = await deployment.live()
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(
+            deployment.activities.begin_reindex, BeginReindexInput("v1")
+        )
+    assert (refused.value.type, refused.value.non_retryable) == ("InvalidArgument", True)
+    assert "searches read" in refused.value.message
+    assert await deployment.aliases() == ([live], [live])
+
+
+async def test_a_swap_refuses_an_index_another_reindexs_swap_took_out_of_the_write_alias(
+    deployment: Deployment,
+) -> None:
+    # Two reindexes at once: the first swap leaves only its own index in the write
+    # alias, so the second one's has missed every update since and must not go live.
+    await deployment.live()
+    first, second = await deployment.index("ra"), await deployment.index("rb")
+    env = ActivityEnvironment()
+    swapped = await env.run(deployment.activities.swap_alias, SwapInput(first))
+    assert swapped.old_indices == sorted([deployment.indices.index_name("v1"), second])
+    with pytest.raises(ApplicationError) as refused:
+        await env.run(deployment.activities.swap_alias, SwapInput(second))
+    assert (refused.value.type, refused.value.non_retryable) == ("Conflict", True)
+    assert await deployment.aliases() == ([first], [first])
+    # The first one's swap retried after it went through (its answer lost) changes nothing.
+    assert (await env.run(deployment.activities.swap_alias, SwapInput(first))).old_indices == []
+
+
+async def test_a_swap_changes_nothing_when_the_aliases_moved_after_it_read_them(
+    deployment: Deployment,
+) -> None:
+    # Another swap lands between this one's reading of the aliases and its _aliases
+    # call: the call must fail whole (a retry reads again), not overwrite it.
+    live = await deployment.live()
+    first, second = await deployment.index("ra"), await deployment.index("rb")
+    other = Indices(deployment.indices.es, deployment.indices.prefix)
+    read_aliases = deployment.indices.behind
+
+    async def behind_then_the_other_swap(alias: str) -> list[str]:
+        found = await read_aliases(alias)
+        if alias == deployment.indices.write_alias:
+            deployment.indices.behind = read_aliases  # type: ignore[method-assign]
+            assert await other.swap(first) == sorted([live, second])
+        return found
+
+    deployment.indices.behind = behind_then_the_other_swap  # type: ignore[method-assign]
+    with pytest.raises(NotFoundError):
+        await deployment.indices.swap(second)
+    assert await deployment.aliases() == ([first], [first])
+    # Its retry reads the aliases again: its index no longer receives updates.
+    with pytest.raises(StaleIndex):
+        await deployment.indices.swap(second)
 
 
 async def test_product_indices_keep_a_replica_where_a_second_node_can_hold_it(

@@ -81,6 +81,24 @@ def test_every_part_of_a_word_the_analyzer_splits_must_match() -> None:
         assert match["operator"] == "and"
 
 
+def test_a_word_or_phrase_the_analyzer_keeps_no_term_of_asks_for_nothing() -> None:
+    # The standard analyzer drops "&", "/", "..."; a required clause of no terms
+    # matches nothing unless told otherwise, so "Black & Decker" found nothing.
+    # An excluded one must stay "none": excluding "&" excludes nothing.
+    body = build(SearchRequest(query='Black & Decker "&" -/ &&'))
+    must, must_not = body["query"]["bool"]["must"], body["query"]["bool"]["must_not"]
+    matches = [c.get("multi_match") or c["bool"]["should"][0]["multi_match"] for c in must]
+    assert [(m["query"], m.get("zero_terms_query")) for m in matches] == [
+        ("Black", "all"),
+        ("&", "all"),
+        ("Decker", "all"),
+        ("&&", "all"),  # the last word, also a title prefix
+        ("&", "all"),  # the phrase
+    ]
+    [excluded] = [c["multi_match"] for c in must_not]
+    assert (excluded["query"], excluded.get("zero_terms_query")) == ("/", None)
+
+
 def test_highlights_escape_the_products_own_text_as_html() -> None:
     body = build(SearchRequest(query="lamp", highlight=True))
     assert body["highlight"]["encoder"] == "html"

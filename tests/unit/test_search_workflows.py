@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 from temporalio import activity
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHistory
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from activities.search import (
     BackfillInput,
@@ -21,7 +21,7 @@ from activities.search import (
     SwapResult,
 )
 from agora.temporal import workflow_runner
-from workflows.search import ReindexInput, ReindexProgress, ReindexWorkflow
+from workflows.search import REINDEX_WORKFLOW_ID, ReindexInput, ReindexProgress, ReindexWorkflow
 
 dropped: list[list[str]] = []
 begun: list[str] = []
@@ -49,7 +49,9 @@ async def drop_indices(data: DropInput) -> None:
     dropped.append(data.indices)
 
 
-async def reindexed(env: WorkflowEnvironment, version: str) -> ReindexProgress:
+async def reindexed(
+    env: WorkflowEnvironment, version: str, workflow_id: str = REINDEX_WORKFLOW_ID
+) -> ReindexProgress:
     """A Reindex of `version` run to its end against this module's activities."""
     queue = f"search-{uuid.uuid4()}"
     async with Worker(
@@ -60,7 +62,7 @@ async def reindexed(env: WorkflowEnvironment, version: str) -> ReindexProgress:
         activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
     ):
         return await env.client.execute_workflow(
-            ReindexWorkflow.run, ReindexInput(version), id=f"wf-{uuid.uuid4()}", task_queue=queue
+            ReindexWorkflow.run, ReindexInput(version), id=workflow_id, task_queue=queue
         )
 
 
@@ -109,3 +111,35 @@ async def test_a_version_is_lower_cased_into_the_index_name(env: WorkflowEnviron
     begun.clear()
     progress = await reindexed(env, "V2.1_b")
     assert (begun, progress.new_index) == (["v2.1_b"], "products-v2.1_b")
+
+
+@pytest.mark.parametrize("workflow_id", ["search-reindex-2", f"{uuid.uuid4()}", "Search-Reindex"])
+async def test_a_reindex_under_another_workflow_id_fails_at_once(
+    env: WorkflowEnvironment, workflow_id: str
+) -> None:
+    # Only the one id keeps reindexes one at a time (the temporal CLI makes up an id
+    # when none is given): two at once would swap each other's index out of the write
+    # alias, and one would go live having missed updates.
+    begun.clear()
+    with pytest.raises(WorkflowFailureError) as failed:
+        await reindexed(env, "v2", workflow_id)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == ("InvalidArgument", True)
+    assert REINDEX_WORKFLOW_ID in cause.message
+    assert begun == []
+
+
+async def test_a_reindex_started_under_another_id_before_the_check_replays_as_it_ran(
+    env: WorkflowEnvironment,
+) -> None:
+    # A run the CLI started under a made-up id before the check must go on where it
+    # is when a worker replays it, not fail its workflow task for nondeterminism.
+    # The history of a run under the one id is that run's: it recorded no check.
+    await reindexed(env, "v2")
+    history = await env.client.get_workflow_handle(REINDEX_WORKFLOW_ID).fetch_history()
+    made_up = WorkflowHistory(f"{uuid.uuid4()}", history.events)
+    result = await Replayer(
+        workflows=[ReindexWorkflow], workflow_runner=workflow_runner()
+    ).replay_workflow(made_up, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure

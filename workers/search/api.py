@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from elasticsearch import AsyncElasticsearch, BadRequestError
+import logging
+
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
 from agora.errors import InvalidArgument
 from contracts.agora.search.v1 import SearchRequest, SearchResponse, SearchServiceBase
 from workers.search import query
+from workers.search.errors import SearchFailed, search_failure
 from workers.search.index import Indices
+
+log = logging.getLogger(__name__)
 
 
 class SearchApi(SearchServiceBase):
@@ -21,7 +26,15 @@ class SearchApi(SearchServiceBase):
             answer = await self.es.search(
                 index=self.indices.read_alias, preference=query.preference(message), **body
             )
-        except BadRequestError as error:
-            # Our queries are built, not passed through: this is a cursor from a stale page.
-            raise InvalidArgument(f"search could not run: {error.message}") from error
+        except (ApiError, TransportError) as error:
+            failure = search_failure(error, cursor=bool(message.search_after))
+            if isinstance(failure, SearchFailed):
+                # A query we built that Elasticsearch refuses: a fault to fix, not to retry.
+                log.error("search refused", exc_info=error, extra={"error": str(error)})
+            elif not isinstance(failure, InvalidArgument):
+                log.warning(
+                    "search failed",
+                    extra={"error": str(error), "grpc_status": failure.grpc_status.name},
+                )
+            raise failure from error
         return query.response(message, answer.body)

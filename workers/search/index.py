@@ -99,6 +99,11 @@ def auto_create_refusing(current: str | None, prefix: str) -> str | None:
     return f"{refusal},{patterns}"
 
 
+class StaleIndex(Exception):
+    """A swap to an index that no longer receives updates: swapped in, searches would
+    read it without every update it missed (a reindex never makes it whole again)."""
+
+
 class Indices:
     """Names and alias operations of one deployment's product indices."""
 
@@ -243,18 +248,33 @@ class Indices:
         )
 
     async def swap(self, new_index: str) -> list[str]:
-        """Point both aliases at `new_index` only, in one atomic call; returns the old indices."""
-        old = sorted(
-            set(await self.behind(self.read_alias)) | set(await self.behind(self.write_alias))
-        )
-        old = [name for name in old if name != new_index]
+        """Point both aliases at `new_index` only, in one atomic call; returns the old indices.
+
+        The call holds only if the aliases are still as read here: it takes the
+        read alias off each index it was read on, and `new_index` out of the write
+        alias and back in, all with must_exist, so an alias change in between (another
+        reindex's swap) fails the whole call (404) instead of being overwritten; a
+        retry reads the aliases again. Already swapped (a retry after the call went
+        through, its answer lost): nothing to do, no old index. Raises StaleIndex when
+        `new_index` no longer receives updates."""
+        readers = await self.behind(self.read_alias)
+        if readers == [new_index]:
+            return []
+        writers = await self.behind(self.write_alias)
+        if new_index not in writers:
+            raise StaleIndex(
+                f"{new_index!r} is no longer in the write alias {self.write_alias!r} (another"
+                " swap took it out): it has missed updates since and is not swapped in"
+            )
+        old = sorted((set(readers) | set(writers)) - {new_index})
         actions: list[dict[str, Any]] = [
-            {"add": {"index": new_index, "alias": self.read_alias}},
+            {"remove": {"index": new_index, "alias": self.write_alias, "must_exist": True}},
             {"add": {"index": new_index, "alias": self.write_alias}},
+            {"add": {"index": new_index, "alias": self.read_alias}},
         ]
         for name in old:
             actions.append(
-                {"remove": {"index": name, "alias": self.read_alias, "must_exist": False}}
+                {"remove": {"index": name, "alias": self.read_alias, "must_exist": name in readers}}
             )
             actions.append(
                 {"remove": {"index": name, "alias": self.write_alias, "must_exist": False}}

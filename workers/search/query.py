@@ -2,8 +2,9 @@
 
 The query language is small and strict so that a bad query is an error, not a
 surprise: words (the last may be a prefix, for search-as-you-type),
-"quoted phrases" and -excluded words or phrases. An unbalanced quote, control
-characters or too many terms are rejected with InvalidArgument.
+"quoted phrases" and -excluded words or phrases. A word or phrase the analyzer
+keeps no term of ("&" in "Black & Decker") asks for nothing. An unbalanced quote,
+control characters or too many terms are rejected with InvalidArgument.
 
 Pages continue with `search_after`; the cursor is opaque to clients (base64url
 JSON of the sort values, the sort and a digest of the query), so a cursor used
@@ -44,6 +45,11 @@ MAX_PAGE_SIZE = 100
 FACET_SIZE = 20
 TRACK_TOTAL_HITS = 10_000
 TEXT_FIELDS = ["title^3", "brand^2", "description"]
+# What a required word or phrase the analyzer leaves no terms of ("&", "/", "..."):
+# every document, as if it were not there. Elasticsearch's default ("none") would
+# match nothing, so "Black & Decker" found no Black Decker drill. The analyzer
+# decides, not a character class here: it keeps "™" and emoji, drops "_" and "½".
+REQUIRED_WITHOUT_TERMS = "all"
 # Prices are compared in this currency unless the price bounds name another (the
 # gateway's `currency` default too).
 DEFAULT_CURRENCY = "EUR"
@@ -127,6 +133,7 @@ def _text_clauses(parsed: ParsedQuery) -> tuple[list[dict[str, Any]], list[dict[
                 "fields": TEXT_FIELDS,
                 "type": "best_fields",
                 "operator": "and",
+                "zero_terms_query": REQUIRED_WITHOUT_TERMS,
             }
         }
         if word.lower() == parsed.prefix:
@@ -139,7 +146,17 @@ def _text_clauses(parsed: ParsedQuery) -> tuple[list[dict[str, Any]], list[dict[
             }
         must.append(clause)
     for phrase in parsed.phrases:
-        must.append({"multi_match": {"query": phrase, "fields": TEXT_FIELDS, "type": "phrase"}})
+        must.append(
+            {
+                "multi_match": {
+                    "query": phrase,
+                    "fields": TEXT_FIELDS,
+                    "type": "phrase",
+                    "zero_terms_query": REQUIRED_WITHOUT_TERMS,
+                }
+            }
+        )
+    # Left at Elasticsearch's "none": excluding "&" (no terms) excludes nothing.
     must_not = [
         {"multi_match": {"query": text, "fields": TEXT_FIELDS, "type": "phrase"}}
         for text in parsed.excluded
