@@ -10,6 +10,7 @@ the Temporal UI and reads its lines in clear.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -234,6 +235,24 @@ async def test_admin_search_refuses_anything_but_typed_filters(
     response = await shop["client"].get("/v1/admin/orders", params=params, headers=admin(shop))
     await problem(response, 422, "validation-failed")
     assert gw.upstream.calls["temporal.ListWorkflows"] == before
+
+
+async def test_a_cursor_the_route_did_not_answer_is_refused_before_temporal(
+    shop: dict[str, Any], orders: dict[str, Any]
+) -> None:
+    # Temporal cannot read a page token cut short or made up, and fails it UNKNOWN,
+    # which its SDK retries until the request's deadline: it was a 503 after that.
+    first = await admin_search_page(shop, orders["customer_id"], "")
+    good = first["next_cursor"]
+    made_up = base64.urlsafe_b64encode(b'{"CloseTime":"x","RunID":"y"}' + bytes(8)).decode()
+    gw = shop["gw"]
+    for cursor in ("EEos", "AAAA", good[: len(good) // 2], good[:-4] + "AAAA", made_up):
+        before = gw.upstream.calls["temporal.ListWorkflows"]
+        response = await shop["client"].get(
+            "/v1/admin/orders", params={"cursor": cursor}, headers=admin(shop)
+        )
+        await problem(response, 400, "invalid-argument")
+        assert gw.upstream.calls["temporal.ListWorkflows"] == before, cursor
 
 
 async def test_admin_search_needs_the_admin_scope(shop: dict[str, Any]) -> None:
