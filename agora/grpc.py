@@ -19,6 +19,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from ssl import SSLContext
 from typing import Any
 
 from grpclib import GRPCError
@@ -35,6 +36,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import SpanKind, StatusCode
 
+from agora import pki
 from agora.config import Settings
 from agora.errors import DomainError
 from agora.pki import client_context, server_context
@@ -249,6 +251,22 @@ class _WithCallContext:
         return with_call_context(self._servicer.__mapping__())
 
 
+class _RenewingChannel(Channel):
+    """A channel whose every new connection uses the TLS context built from the
+    certificate files as they are now (`pki.current`): the renewed certificate, and
+    only the CAs of the bundle as it is (a CA dropped from it stays trusted by the
+    context loaded first). grpclib reads the context from `_ssl` when it connects and
+    has no public way to change it."""
+
+    def __init__(self, host: str, port: int, *, ssl: SSLContext) -> None:
+        super().__init__(host, port, ssl=ssl)
+        self._live_ssl = ssl
+
+    async def _create_connection(self) -> Any:
+        self._ssl = pki.current(self._live_ssl)
+        return await super()._create_connection()
+
+
 class Channels:
     """One pooled HTTP/2 channel per target service, shared by the whole process."""
 
@@ -260,7 +278,7 @@ class Channels:
     def get(self, target: str) -> Channel:
         channel = self._channels.get(target)
         if channel is None:
-            channel = Channel(
+            channel = _RenewingChannel(
                 self._settings.grpc_host(target),
                 self._settings.grpc_port(target),
                 ssl=client_context(self._settings.pki_dir, self._caller),

@@ -1,10 +1,11 @@
 """The local platform CA and one certificate per service, generated on first start.
 
 In Kubernetes cert-manager issues the same files (ca.crt, tls.crt, tls.key) into
-each pod and renews them in place; `watch_certificates` loads renewed files into
-the live TLS contexts, so new connections present the new certificate without a
-restart (open connections keep theirs: a peer checks a certificate only at the
-handshake). Locally they live under <state>/pki/<service>/.
+each pod and renews them in place; `watch_certificates` builds new TLS contexts from
+renewed files, which new connections use (`current`), so they present the new
+certificate and trust only the CAs of the new bundle without a restart (open
+connections keep theirs: a peer checks a certificate only at the handshake).
+Locally they live under <state>/pki/<service>/.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ssl
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -34,8 +36,8 @@ RELOAD_CHECK_S = 60.0
 RENEW_BEFORE = dt.timedelta(days=30)
 
 log = logging.getLogger(__name__)
-# Every live context, with the folder its files came from and their digest when loaded.
-_loaded: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[Path, bytes]] = weakref.WeakKeyDictionary()
+# Every live context, with its files and the context last built from them (_Files).
+_loaded: weakref.WeakKeyDictionary[ssl.SSLContext, _Files] = weakref.WeakKeyDictionary()
 # The folders this process keeps issued (locally, where no cert-manager renews them).
 _ensured: dict[Path, tuple[str, ...]] = {}
 
@@ -179,24 +181,67 @@ def _needs_issue(ca_cert: x509.Certificate, own: Path) -> bool:
 
 
 def server_context(pki_dir: Path, name: str) -> ssl.SSLContext:
-    """TLS for a gRPC server that requires a client certificate from the platform CA."""
-    own = pki_dir / name
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(own / "ca.crt"))
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load(context, own)
-    context.set_alpn_protocols(["h2"])
+    """TLS for a gRPC server that requires a client certificate from the platform CA.
+
+    Its handshakes use the context built from the files as they are now (`current`,
+    swapped in by its SNI callback, which OpenSSL runs for every ClientHello, with a
+    server name or without)."""
+    context = _live(ssl.Purpose.CLIENT_AUTH, pki_dir / name)
+    context.sni_callback = _to_current
     return context
 
 
 def client_context(pki_dir: Path, name: str) -> ssl.SSLContext:
-    """TLS for a gRPC client presenting its own certificate and trusting only the platform CA."""
-    own = pki_dir / name
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(own / "ca.crt"))
+    """TLS for a gRPC client presenting its own certificate and trusting only the platform
+    CA. A connection made later should use `current(context)` (agora.grpc's channels do)."""
+    return _live(ssl.Purpose.SERVER_AUTH, pki_dir / name)
+
+
+@dataclass
+class _Files:
+    """Where a live context's files are, their digest when last built, and the context
+    built from them then (None: the live context itself)."""
+
+    own: Path
+    purpose: ssl.Purpose
+    digest: bytes
+    built: ssl.SSLContext | None = None
+
+
+def _live(purpose: ssl.Purpose, own: Path) -> ssl.SSLContext:
+    digest = _digest(own)
+    context = _build(purpose, own)
+    _loaded[context] = _Files(own, purpose, digest)
+    return context
+
+
+def _build(purpose: ssl.Purpose, own: Path) -> ssl.SSLContext:
+    """A context from the files as they are; raises (ssl.SSLError) on a key pair that
+    does not match, as a renewal caught half-written has."""
+    context = ssl.create_default_context(purpose, cafile=str(own / "ca.crt"))
+    if purpose is ssl.Purpose.CLIENT_AUTH:
+        context.verify_mode = ssl.CERT_REQUIRED
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load(context, own)
+    context.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
     context.set_alpn_protocols(["h2"])
     return context
+
+
+def current(context: ssl.SSLContext) -> ssl.SSLContext:
+    """The context built from `context`'s files as they were at the last check: a new
+    one once they changed. Never the live context loaded again: OpenSSL's trust store
+    only adds, so a CA dropped from the bundle (a rotation, a compromised key) would
+    stay trusted until the process restarted."""
+    files = _loaded.get(context)
+    return files.built if files is not None and files.built is not None else context
+
+
+def _to_current(
+    connection: ssl.SSLObject, _server_name: str | None, context: ssl.SSLContext
+) -> None:
+    fresh = current(context)
+    if fresh is not context:
+        connection.context = fresh
 
 
 def _digest(own: Path) -> bytes:
@@ -204,38 +249,27 @@ def _digest(own: Path) -> bytes:
     return hashlib.sha256(b"\0".join((own / name).read_bytes() for name in files)).digest()
 
 
-def _load(context: ssl.SSLContext, own: Path) -> None:
-    """Load the key pair (and, again, the CA: a renewed CA bundle adds its new CA).
-
-    The files are tried on a scratch context first: a pair OpenSSL refuses halfway
-    (a certificate that does not match the key) leaves a live context unusable.
-    """
-    digest = _digest(own)
-    scratch = ssl.SSLContext(context.protocol)
-    scratch.load_verify_locations(cafile=str(own / "ca.crt"))
-    scratch.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
-    context.load_verify_locations(cafile=str(own / "ca.crt"))
-    context.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
-    _loaded[context] = (own, digest)
-
-
 def reload_changed() -> int:
-    """Load renewed files into every live context whose files changed; returns how many.
+    """Build a new context for every live one whose files changed; returns how many.
 
     A renewal caught half-written (a certificate that does not match the key yet)
     leaves the context as it was, to be tried again at the next check.
     """
     reloaded = 0
-    for context, (own, digest) in list(_loaded.items()):
+    for files in list(_loaded.values()):
         try:
-            if _digest(own) == digest:
+            digest = _digest(files.own)
+            if digest == files.digest:
                 continue
-            _load(context, own)
+            built = _build(files.purpose, files.own)
         except (OSError, ssl.SSLError) as error:
-            log.warning("certificate reload failed", extra={"dir": str(own), "error": str(error)})
+            log.warning(
+                "certificate reload failed", extra={"dir": str(files.own), "error": str(error)}
+            )
             continue
+        files.built, files.digest = built, digest
         reloaded += 1
-        log.info("certificate reloaded", extra={"dir": str(own)})
+        log.info("certificate reloaded", extra={"dir": str(files.own)})
     return reloaded
 
 

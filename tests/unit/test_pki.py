@@ -6,9 +6,11 @@ import asyncio
 import ssl
 from pathlib import Path
 
+import pytest
 from cryptography import x509
+from grpclib.client import Channel
 
-from agora import pki
+from agora import grpc, pki
 
 
 def test_pki_is_created_once_and_kept(tmp_path: Path) -> None:
@@ -148,3 +150,98 @@ async def test_the_watcher_renews_an_expiring_certificate_and_serves_it(tmp_path
     finally:
         watcher.cancel()
     assert _serial(tmp_path / "catalog" / "tls.crt") != expiring
+
+
+async def _accepted(server: ssl.SSLContext, client: ssl.SSLContext) -> bool:
+    """Whether a TLS server built on `server` completes a handshake with `client`."""
+    handshakes: asyncio.Queue[bool] = asyncio.Queue()
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handshakes.put_nowait(True)
+        writer.close()
+
+    listener = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=server)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        try:
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client, server_hostname="localhost"
+            )
+            writer.close()
+        except (ssl.SSLError, ConnectionError):
+            return False
+        try:
+            return await asyncio.wait_for(handshakes.get(), timeout=1)
+        except TimeoutError:
+            return False
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+def _with_old_ca(tmp_path: Path, service: str) -> None:
+    """`service`'s CA bundle trusts the old CA of tmp_path/old as well, as during a
+    CA rotation before the old CA is dropped."""
+    bundle = tmp_path / service / "ca.crt"
+    bundle.write_bytes(bundle.read_bytes() + (tmp_path / "old" / "ca" / "ca.crt").read_bytes())
+
+
+async def test_a_ca_dropped_from_the_bundle_is_no_longer_trusted_by_a_live_server(
+    tmp_path: Path,
+) -> None:
+    # OpenSSL's trust store only adds: loaded again, the live context kept trusting
+    # the dropped CA (a compromised key could still call every service) until a restart.
+    pki.ensure_pki(tmp_path, ["catalog", "gateway"])
+    pki.ensure_pki(tmp_path / "old", ["gateway"])
+    _with_old_ca(tmp_path, "catalog")
+    server = pki.server_context(tmp_path, "catalog")
+    stale = pki.client_context(tmp_path / "old", "gateway")  # its certificate: the old CA's
+    stale.check_hostname, stale.verify_mode = False, ssl.CERT_NONE  # it only presents it
+    fresh = pki.client_context(tmp_path, "gateway")
+    assert await _accepted(server, stale) and await _accepted(server, fresh)
+
+    (tmp_path / "catalog" / "ca.crt").write_bytes((tmp_path / "ca" / "ca.crt").read_bytes())
+    assert pki.reload_changed() == 1
+    assert not await _accepted(server, stale)
+    assert await _accepted(server, fresh)
+
+
+async def test_a_ca_dropped_from_the_bundle_is_no_longer_trusted_by_a_client(
+    tmp_path: Path,
+) -> None:
+    pki.ensure_pki(tmp_path, ["catalog", "gateway"])
+    pki.ensure_pki(tmp_path / "old", ["catalog"])
+    _with_old_ca(tmp_path, "gateway")
+    client = pki.client_context(tmp_path, "gateway")
+    impostor = pki.server_context(tmp_path / "old", "catalog")  # the old CA's certificate
+    impostor.verify_mode = ssl.CERT_NONE
+    assert await _accepted(impostor, pki.current(client))
+
+    (tmp_path / "gateway" / "ca.crt").write_bytes((tmp_path / "ca" / "ca.crt").read_bytes())
+    assert pki.reload_changed() == 1
+    assert not await _accepted(impostor, pki.current(client))
+
+
+async def test_a_channel_connects_with_the_context_built_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki.ensure_pki(tmp_path, ["gateway"])
+    live = pki.client_context(tmp_path, "gateway")
+    channel = grpc._RenewingChannel("127.0.0.1", 1, ssl=live)
+    used: list[ssl.SSLContext | None] = []
+
+    async def connected(self: Channel) -> None:
+        used.append(self._ssl)
+
+    monkeypatch.setattr(Channel, "_create_connection", connected)
+    await channel._create_connection()
+    pki.issue(tmp_path / "ca", tmp_path / "gateway", "gateway")  # renewed in place
+    assert pki.reload_changed() == 1
+    await channel._create_connection()
+    pki.issue(tmp_path / "ca", tmp_path / "gateway", "gateway")  # and again
+    assert pki.reload_changed() == 1
+    await channel._create_connection()
+    assert used[0] is live
+    assert used[1] is not live and used[2] not in (live, used[1])
+    assert used[2] is pki.current(live)
+    channel.close()
