@@ -39,6 +39,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
 from agora.config import Settings
+from agora.secrets import write_private
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
@@ -68,10 +69,7 @@ class KeyRing:
             "active": self.active,
             "keys": {kid: base64.b64encode(k).decode() for kid, k in self.keys.items()},
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_private(path, json.dumps(body, indent=2).encode())
 
     def with_new_key(self) -> tuple[KeyRing, str]:
         """This ring plus a new key that decrypts but does not encrypt (yet)."""

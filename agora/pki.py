@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agora.secrets import write_private
+
 CA_NAME = "Agora platform CA"
 RELOAD_CHECK_S = 60.0
 # Renewed this long before expiry, as cert-manager does (its default is a third of
@@ -55,14 +57,12 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    path.chmod(0o600)
+    write_private(path, pem)
 
 
 def create_ca(directory: Path, common_name: str = CA_NAME) -> None:
@@ -163,9 +163,14 @@ def _expiring(cert: x509.Certificate) -> bool:
 
 
 def _needs_new_ca(ca_dir: Path) -> bool:
-    if not (ca_dir / "ca.crt").exists() or not (ca_dir / "ca.key").exists():
+    """Missing, expiring, or its key not the certificate's (a create_ca cut short
+    between the two files: every certificate it issued would fail to verify)."""
+    try:
+        cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+        key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    except (OSError, ValueError, TypeError):
         return True
-    return _expiring(x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes()))
+    return key.public_key() != cert.public_key() or _expiring(cert)
 
 
 def _needs_issue(ca_cert: x509.Certificate, own: Path) -> bool:

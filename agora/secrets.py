@@ -46,6 +46,24 @@ def configured_or_local_key(
     return decode_key(path.read_text(), size=size, env_name=str(path), error=error)
 
 
+def _private_file(path: Path, data: bytes) -> Path:
+    """A new file beside `path` holding `data`, readable by its owner only from the
+    moment it exists (a file written, then chmod-ed, is the umask's 0644 meanwhile:
+    open then, it stays readable after the chmod)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return tmp
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path`, mode 0600, whole or not at all (a private temporary file
+    renamed into place)."""
+    os.replace(_private_file(path, data), path)
+
+
 def create_once(path: Path, size: int) -> None:
     """Write `size` random bytes (base64) to `path` unless it exists.
 
@@ -55,11 +73,9 @@ def create_once(path: Path, size: int) -> None:
     """
     if path.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(secrets.token_bytes(size)).decode() + "\n")
+    tmp = _private_file(
+        path, (base64.b64encode(secrets.token_bytes(size)).decode() + "\n").encode()
+    )
     try:
         os.link(tmp, path)
     except FileExistsError:
