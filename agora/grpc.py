@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from ssl import SSLContext
@@ -251,20 +252,56 @@ class _WithCallContext:
         return with_call_context(self._servicer.__mapping__())
 
 
-class _RenewingChannel(Channel):
-    """A channel whose every new connection uses the TLS context built from the
-    certificate files as they are now (`pki.current`): the renewed certificate, and
-    only the CAs of the bundle as it is (a CA dropped from it stays trusted by the
-    context loaded first). grpclib reads the context from `_ssl` when it connects and
-    has no public way to change it."""
+# A client opens a new connection to a service this often (with jitter). kube-proxy
+# picks a backend pod per connection, never per call: with one connection for the
+# life of the process, a service's pods the autoscaler added got none of its calls.
+MAX_CONNECTION_AGE_S = 60.0
+# A connection replaced by a new one still finishes the calls under way on it: it is
+# closed this much later, longer than any call's deadline.
+CONNECTION_DRAIN_S = 60.0
 
-    def __init__(self, host: str, port: int, *, ssl: SSLContext) -> None:
+
+class _RenewingChannel(Channel):
+    """A channel that connects again every MAX_CONNECTION_AGE_S, each new connection
+    with the TLS context built from the certificate files as they are now
+    (`pki.current`): the renewed certificate, and only the CAs of the bundle as it is
+    (a CA dropped from it stays trusted by the context loaded first).
+
+    grpclib reads the context from `_ssl` when it connects, keeps its one connection
+    in `_protocol`, and has no public way to change either (nor GOAWAY, with which a
+    server could make its clients move)."""
+
+    def __init__(self, host: str, port: int, *, ssl: SSLContext | None) -> None:
         super().__init__(host, port, ssl=ssl)
         self._live_ssl = ssl
+        self._renew_at = 0.0
+        self._draining: dict[Any, asyncio.TimerHandle] = {}  # old connection: its close
 
     async def _create_connection(self) -> Any:
-        self._ssl = pki.current(self._live_ssl)
+        if self._live_ssl is not None:
+            self._ssl = pki.current(self._live_ssl)
         return await super()._create_connection()
+
+    async def __connect__(self) -> Any:
+        loop = asyncio.get_running_loop()
+        old = self._protocol
+        if old is not None and self._connected and loop.time() >= self._renew_at:
+            self._protocol = None
+            self._draining[old] = loop.call_later(CONNECTION_DRAIN_S, self._closed, old)
+        protocol = await super().__connect__()
+        if protocol is not old:
+            self._renew_at = loop.time() + MAX_CONNECTION_AGE_S * random.uniform(0.8, 1.2)
+        return protocol
+
+    def _closed(self, old: Any) -> None:
+        self._draining.pop(old, None)
+        old.processor.close()
+
+    def close(self) -> None:
+        for old, handle in list(self._draining.items()):
+            handle.cancel()
+            self._closed(old)
+        super().close()
 
 
 class Channels:
