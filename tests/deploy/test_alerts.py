@@ -199,6 +199,41 @@ def test_rollout_aborted_alert_fires_whichever_label_holds_the_namespace(rendere
     )
 
 
+def _paused_case(phase: str, minutes: int, fires: bool) -> dict[str, Any]:
+    alert = {
+        "exp_labels": {"severity": "warning", "name": WORKLOAD, "namespace": NAMESPACE},
+        "exp_annotations": {
+            "summary": f"Rollout {WORKLOAD} has been paused for 15 minutes: promote or abort it"
+        },
+    }
+    series = [
+        {
+            "series": (
+                f'rollout_info{{name="{WORKLOAD}",namespace="argo-rollouts",'
+                f'exported_namespace="{NAMESPACE}",phase="{phase}"}}'
+            ),
+            "values": f"1x{minutes}",
+        }
+    ]
+    case = _case(series, "AgoraRolloutPaused", [alert] if fires else [])
+    case["alert_rule_test"][0]["eval_time"] = f"{minutes}m"
+    return case
+
+
+def test_a_rollout_paused_for_a_person_is_an_alert_its_timed_pauses_are_not(rendered, tmp_path):
+    # An inconclusive analysis pauses the rollout until someone promotes or aborts it;
+    # the canary's own 5-minute pauses are no alert.
+    _promtool_test(
+        tmp_path,
+        rendered["production"],
+        [
+            _paused_case("Paused", 20, fires=True),
+            _paused_case("Paused", 5, fires=False),
+            _paused_case("Progressing", 20, fires=False),
+        ],
+    )
+
+
 # ---- the rule files, one PrometheusRule per release ----------------------------------
 
 
