@@ -375,6 +375,18 @@ def test_production_image_by_digest(render_with):
         assert policy.pod_spec(docs, n)["containers"][0]["image"].endswith(f"@{digest}")
 
 
+def test_one_service_can_be_released_on_its_own_image(render_with):
+    # `helm upgrade --reuse-values --set orders.image.digest=…`: only orders changes
+    # (before, only global.image was read, so every workload rolled for one service).
+    digest, own = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    docs = render_with(f"global.image.digest={digest}", f"orders.image.digest={own}")
+    images = {n: policy.pod_spec(docs, n)["containers"][0]["image"] for n in policy.WORKLOADS}
+    assert images.pop("orders").endswith(f"@{own}")
+    assert all(image.endswith(f"@{digest}") for image in images.values()), images
+    tagged = render_with(f"global.image.digest={digest}", "catalog.image.tag=0.2.0")
+    assert policy.pod_spec(tagged, "catalog")["containers"][0]["image"].endswith(":0.2.0")
+
+
 def test_prometheus_rule_includes_every_rules_file(rendered):
     rules_dir = REPO / "deploy" / "prometheus" / "rules"
     wanted = set()

@@ -122,6 +122,11 @@ ingress:
 serviceAccount:
   annotations: {}
 podAnnotations: {}
+# This workload's own image, a digest or a tag of global.image.repository, to release
+# it alone (its canary only); empty: global.image's.
+image:
+  tag: ""
+  digest: ""
 nodeSelector: {}
 tolerations: []
 priorityClassName: ""

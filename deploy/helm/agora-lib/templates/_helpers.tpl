@@ -15,9 +15,15 @@ app.kubernetes.io/name: {{ .v.name }}
 app.kubernetes.io/part-of: agora
 {{- end -}}
 
+{{/* The workload's own digest or tag (`<workload>.image`) before global.image's. */}}
 {{- define "agora-lib.image" -}}
 {{- $img := .v.global.image -}}
-{{- if $img.digest -}}
+{{- $own := .v.image | default dict -}}
+{{- if $own.digest -}}
+{{ $img.repository }}@{{ $own.digest }}
+{{- else if $own.tag -}}
+{{ $img.repository }}:{{ $own.tag }}
+{{- else if $img.digest -}}
 {{ $img.repository }}@{{ $img.digest }}
 {{- else -}}
 {{ $img.repository }}:{{ $img.tag | default .ctx.Chart.AppVersion }}
