@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.resources import OTELResourceDetector
 from temporalio import activity
 from temporalio.client import Client, TLSConfig
 from temporalio.client import Interceptor as ClientInterceptor
@@ -86,6 +87,9 @@ def telemetry_config(settings: Settings, *, sdk_metrics: bool = True) -> Telemet
         # (one overwrites the other). As ours, they get job="agora/<service>" and
         # this process's instance; the SDK's own `service_name` label stays apart.
         global_tags={
+            # OTEL_RESOURCE_ATTRIBUTES' (the chart's deployment.environment.name), which
+            # the OpenTelemetry SDK reads for our own telemetry and the SDK core does not.
+            **{k: str(v) for k, v in OTELResourceDetector().detect().attributes.items()},
             "service.name": settings.service,
             "service.namespace": "agora",
             "service.instance.id": INSTANCE_ID,

@@ -94,3 +94,21 @@ def test_each_release_logs_in_to_a_database_cluster_of_its_own(
         assert roles[name]["passwordSecret"]["name"] == secret, (env, name)
         assert _databases(file, cluster["metadata"]["name"]).get(name) == name, (env, name)
     assert len(used) == 1, f"{env} spreads over {used}"
+
+
+def test_each_release_s_telemetry_names_its_environment_which_the_collector_keeps(
+    rendered: dict[str, list[Manifest]],
+):
+    # Staging sends its telemetry through production's collector, which stamped all of
+    # it production (upsert): staging's traces, sampled at 1.0, passed for production's.
+    for env in ENVIRONMENTS:
+        for name in policy.WORKLOADS:
+            variables = policy.env_of(policy.pod_spec(rendered[env], name)["containers"][0])
+            assert variables["OTEL_RESOURCE_ATTRIBUTES"] == f"deployment.environment.name={env}"
+    collector = yaml.safe_load((REPO / "deploy" / "otelcol" / "config.production.yaml").read_text())
+    (stamp,) = [
+        a
+        for a in collector["processors"]["resource"]["attributes"]
+        if a["key"] == "deployment.environment.name"
+    ]
+    assert stamp["action"] == "insert", "only where a pod did not say"

@@ -138,6 +138,9 @@ global:
     digest: ""
     pullPolicy: IfNotPresent
   imagePullSecrets: []
+  # The deployment environment every pod's telemetry carries
+  # (deployment.environment.name): staging shares production's collector.
+  environment: production
   logLevel: INFO
   traceSampleRatio: "0.1"
   # Agora's gRPC ports (every pod needs all of them to dial its peers) and the

@@ -18,6 +18,9 @@
 - {name: PYTHONDONTWRITEBYTECODE, value: "1"}
 - {name: AGORA_TRACE_SAMPLE_RATIO, value: {{ $g.traceSampleRatio | quote }}}
 - {name: AGORA_OTLP_ENDPOINT, value: {{ $g.otel.endpoint | quote }}}
+# Read by the OpenTelemetry SDK (and agora.temporal for the SDK's metrics); the shared
+# collector only fills it in where it is missing.
+- {name: OTEL_RESOURCE_ATTRIBUTES, value: {{ printf "deployment.environment.name=%s" $g.environment | quote }}}
 - {name: AGORA_TRACING, value: {{ ternary "on" "off" $v.uses.otel | quote }}}
 - {name: AGORA_TEMPORAL_ADDRESS, value: {{ $g.temporal.address | quote }}}
 - {name: AGORA_TEMPORAL_NAMESPACE, value: {{ $g.temporal.namespace | quote }}}
