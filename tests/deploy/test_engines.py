@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -207,11 +208,22 @@ def _max_replicas(docs: list[dict[str, Any]], name: str) -> int:
     raise AssertionError(f"{name} has no autoscaler")
 
 
+def _surge(workload: dict[str, Any], pods: int) -> int:
+    """How many pods a release of `workload` adds over `pods` while it rolls."""
+    strategy = workload["spec"].get("strategy", {})
+    surge = (strategy.get("canary") or strategy.get("rollingUpdate") or {}).get("maxSurge", 0)
+    if isinstance(surge, str) and surge.endswith("%"):
+        return math.ceil(pods * int(surge[:-1]) / 100)
+    if strategy.get("blueGreen") is not None:
+        return pods  # the preview set, as large
+    return int(surge)
+
+
 @pytest.mark.parametrize("env", ["staging", "production"])
 def test_postgres_takes_every_connection_at_full_scale(rendered, env):
     # Each pod's pool (AGORA_DB_POOL_SIZE) plus one for a migration at start, at every
-    # service's largest scale, plus Temporal's pools where Temporal keeps its
-    # databases: a connection refused past max_connections fails activities and
+    # service's largest scale and its release's surge over it, plus Temporal's pools
+    # where Temporal keeps its databases: a connection refused past max_connections fails activities and
     # readiness exactly when load is highest.
     docs = rendered[env]
     host = _env_values(env)["global"]["postgres"]["host"]
@@ -224,6 +236,8 @@ def test_postgres_takes_every_connection_at_full_scale(rendered, env):
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         if "AGORA_DB_POOL_SIZE" in env:
             pods = _max_replicas(docs, workload["metadata"]["name"])
+            # A release at full scale adds its surge of new pods before the old ones go.
+            pods += _surge(workload, pods)
             needed += pods * (int(env["AGORA_DB_POOL_SIZE"]) + 1)
     assert needed, "no workload opens a database pool"
     temporal = yaml.safe_load((ENGINES / "temporal-values.yaml").read_text())
