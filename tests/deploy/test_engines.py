@@ -223,8 +223,8 @@ def _surge(workload: dict[str, Any], pods: int) -> int:
 def test_postgres_takes_every_connection_at_full_scale(rendered, env):
     # Each pod's pool (AGORA_DB_POOL_SIZE) plus one for a migration at start, at every
     # service's largest scale and its release's surge over it, plus Temporal's pools
-    # where Temporal keeps its databases: a connection refused past max_connections fails activities and
-    # readiness exactly when load is highest.
+    # where Temporal keeps its databases: a connection refused past max_connections
+    # fails activities and readiness exactly when load is highest.
     docs = rendered[env]
     host = _env_values(env)["global"]["postgres"]["host"]
     _, cluster = _postgres_cluster(host)
