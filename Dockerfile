@@ -17,20 +17,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/agora
 WORKDIR /src
-COPY pyproject.toml ./
-COPY agora ./agora
-COPY contracts ./contracts
-COPY workers ./workers
-COPY workflows ./workflows
-COPY activities ./activities
-COPY gateway ./gateway
-COPY stack ./stack
-# Install the project to resolve its locked-down dependency set, then drop the
-# installed copy of our own code: the runtime runs it from /app (migrations and
-# other data files are found next to the code).
-RUN /opt/agora/bin/pip install --upgrade pip \
- && /opt/agora/bin/pip install . \
- && /opt/agora/bin/pip uninstall --yes agora \
+# Only the dependencies, at the versions the tests ran against (constraints.txt,
+# `make lock`): this layer is built again only when they change, not for every
+# change to the code, which the runtime stage copies to /app (migrations and other
+# data files are found next to the code).
+COPY pyproject.toml constraints.txt ./
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
+ && /opt/agora/bin/pip install -c constraints.txt -r requirements.txt \
  && /opt/agora/bin/python -m compileall -q /opt/agora/lib
 
 # ---- runtime ----

@@ -11,7 +11,7 @@ TEST_STATE := $(abspath $(or $(AGORA_STATE_DIR),.state))/test
 TEST_ENV := AGORA_PROFILE=test AGORA_STATE_DIR=$(TEST_STATE)
 PYTEST_ARGS ?=
 
-.PHONY: help venv run seed stop status test test-unit test-deploy helm lint bench load chaos protos logs browser-deps
+.PHONY: help venv lock run seed stop status test test-unit test-deploy helm lint bench load chaos protos logs browser-deps
 
 help:
 	@echo "make run     install everything, start the local platform, print its URLs"
@@ -19,17 +19,25 @@ help:
 	@echo "make stop    stop everything 'make run' started;  make status  what runs where"
 	@echo "make test-unit | lint | bench | load | chaos | protos | logs TRACE=<id>"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@echo "==> Python environment ($(VENV))"
 	@# A venv whose creation failed half-way (no python3-venv: it has a python, no pip)
 	@# is made again, not reused for ever.
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } \
 	  || { echo "Creating $(VENV) failed: install python3-venv (apt-get install python3-venv), then run make again." >&2; rm -rf $(VENV); exit 1; }
 	@$(PY) -m pip install --progress-bar off -q --upgrade pip
-	@$(PY) -m pip install --progress-bar off -e '.[dev]'
+	@$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[dev]'
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# Pin what the environment resolved to (pip has no lock of its own to write): the
+# image installs the same versions the tests ran against.
+lock: venv
+	@$(PY) -m pip install --progress-bar off -q -e '.[dev]'
+	@{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+	@echo "constraints.txt: $$(grep -c '==' constraints.txt) packages pinned"
 
 run: venv
 	@$(PY) -m stack up --platform --no-urls

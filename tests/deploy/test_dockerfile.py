@@ -5,6 +5,7 @@ its structure is checked.)"""
 from __future__ import annotations
 
 import re
+import tomllib
 
 from tests.deploy.conftest import REPO
 
@@ -80,3 +81,36 @@ def test_no_secrets_in_image_or_context():
     assert lines[0] == "**", "the context is an allow-list"
     for never in ("!.state", "!.venv", "!.git", "!tests", "!reports"):
         assert never not in lines
+
+
+def _pinned() -> dict[str, str]:
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==", 1) for line in lines if line and not line.startswith("#"))
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins.items()}
+
+
+def test_the_image_installs_the_versions_the_tests_ran_against():
+    # Open ranges resolved at build time made an image that could differ from what
+    # the tests ran against, and two builds of one commit differ.
+    pinned = _pinned()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    for requirement in wanted:
+        name = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]
+        assert re.sub(r"[-_.]+", "-", name).lower() in pinned, f"{name} is not pinned"
+    runs = " ".join(rest for word, rest in instructions() if word == "RUN")
+    assert "-c constraints.txt" in runs
+    assert "-c constraints.txt" in (REPO / "Makefile").read_text(), "make venv uses them too"
+    assert "!constraints.txt" in DOCKERIGNORE.splitlines()
+
+
+def test_the_dependencies_layer_comes_before_the_code():
+    # Copied before the install, any change to the code installed every dependency again.
+    steps = instructions()
+    install = next(
+        i for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install" in rest
+    )
+    copied_before = " ".join(rest for word, rest in steps[:install] if word == "COPY")
+    assert "constraints.txt" in copied_before
+    for package in ("agora", "workers", "workflows", "activities", "gateway", "contracts"):
+        assert f"./{package}" not in copied_before, package
