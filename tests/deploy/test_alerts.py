@@ -90,7 +90,10 @@ def _rollout_info(phase: str, **labels: str) -> list[dict[str, str]]:
 def _rollout_case(series: list[dict[str, str]], fires: bool) -> dict[str, Any]:
     alert = {
         "exp_labels": {"severity": "warning", "name": WORKLOAD, "namespace": NAMESPACE},
-        "exp_annotations": {"summary": f"Rollout {WORKLOAD} was aborted and rolled back"},
+        "exp_annotations": {
+            "summary": f"Rollout {WORKLOAD} is Degraded: aborted and rolled back, or past"
+            " its progress deadline"
+        },
     }
     return _case(series, "AgoraRolloutAborted", [alert] if fires else [])
 

@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -403,3 +404,15 @@ def test_the_audit_log_owner_is_declared_and_audit_does_not_inherit_it(file: str
     from stack.postgres import AUDIT_SCHEMA_GRANT
 
     assert AUDIT_SCHEMA_GRANT in (REPO / "docs" / "deploy.md").read_text()
+
+
+def test_the_collector_writes_to_the_prometheus_the_chart_reads():
+    # It wrote to https://prometheus.monitoring.svc, a Service kube-prometheus-stack
+    # does not make (and it serves plain HTTP): the SDK's metrics never arrived.
+    values = _collector("otel-collector-values.yaml")
+    env = {e["name"]: e["value"] for e in values["extraEnvs"]}
+    written = urlsplit(env["PROMETHEUS_REMOTE_WRITE_URL"])
+    chart = yaml.safe_load((REPO / "deploy" / "helm" / "agora" / "values.yaml").read_text())
+    read = urlsplit(chart["global"]["prometheus"]["address"])
+    assert (written.scheme, written.netloc) == (read.scheme, read.netloc)
+    assert written.path == "/api/v1/write"
