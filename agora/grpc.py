@@ -42,10 +42,30 @@ from agora.config import Settings
 from agora.errors import DomainError
 from agora.pki import client_context, server_context
 
+# Who calls each service's API: any other certificate of the platform CA is refused
+# PERMISSION_DENIED before the handler runs (the same lists as the charts'
+# `grpcCallers`, whose NetworkPolicy enforces them in a cluster; tests/deploy checks
+# they agree). Any service's key could call identity's SignIn, past the gateway's
+# rate limits, or sign any session out. gRPC health answers every platform peer.
+CALLERS: dict[str, frozenset[str]] = {
+    "identity": frozenset({"gateway"}),
+    "catalog": frozenset({"gateway", "orders", "search"}),
+    "search": frozenset({"gateway"}),
+    "inventory": frozenset({"gateway", "search"}),
+    "orders": frozenset({"gateway"}),
+    "payments": frozenset({"gateway"}),
+    "audit": frozenset({"gateway"}),
+}
+
 
 async def start_server(settings: Settings, service: str, handlers: Sequence[IServable]) -> Server:
-    """Serve `handlers` (plus gRPC health) on the service's port; refuses peers without a cert."""
-    all_handlers: list[IServable] = [*(_WithCallContext(h) for h in handlers), Health()]
+    """Serve `handlers` (plus gRPC health) on the service's port; refuses peers without a
+    cert, and (PERMISSION_DENIED) peers not among the service's CALLERS."""
+    callers = CALLERS[service]
+    all_handlers: list[IServable] = [
+        *(_WithCallContext(h, callers=callers) for h in handlers),
+        Health(),
+    ]
     server = Server(ServerReflection.extend(all_handlers), codec=RequestCodec())
     await server.start(
         settings.listen_host,
@@ -154,7 +174,7 @@ def bounded_message(message: str | None) -> str | None:
     return message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def _wrap(func: StreamFunc, method: str) -> StreamFunc:
+def _wrap(func: StreamFunc, method: str, callers: frozenset[str] | None = None) -> StreamFunc:
     @functools.wraps(func)
     async def handle(stream: Stream[Any, Any]) -> None:
         global _in_flight
@@ -180,6 +200,11 @@ def _wrap(func: StreamFunc, method: str) -> StreamFunc:
             set_status_on_exception=False,
         ) as span:
             try:
+                if callers is not None and peer_cn() not in callers:
+                    raise GRPCError(
+                        Status.PERMISSION_DENIED,
+                        f"{peer_cn() or 'a peer without a name'} may not call {method}",
+                    )
                 await func(stream)
             except DomainError as exc:
                 code = exc.grpc_status
@@ -227,10 +252,14 @@ def _handler_crash(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, StreamTerminatedError)
 
 
-def with_call_context(mapping: Mapping[str, Handler]) -> dict[str, Handler]:
-    """The servicer's mapping with every method wrapped as described in the module docstring."""
+def with_call_context(
+    mapping: Mapping[str, Handler], callers: frozenset[str] | None = None
+) -> dict[str, Handler]:
+    """The servicer's mapping with every method wrapped as described in the module
+    docstring; `callers`: the only peers (certificate CNs) it answers, None: any."""
     return {
-        name: handler._replace(func=_wrap(handler.func, name)) for name, handler in mapping.items()
+        name: handler._replace(func=_wrap(handler.func, name, callers))
+        for name, handler in mapping.items()
     }
 
 
@@ -245,11 +274,12 @@ async def _propagate(event: SendRequest) -> None:
 class _WithCallContext:
     """A servicer whose every method runs inside `with_call_context`."""
 
-    def __init__(self, servicer: IServable):
+    def __init__(self, servicer: IServable, *, callers: frozenset[str] | None = None):
         self._servicer = servicer
+        self._callers = callers
 
     def __mapping__(self) -> dict[str, Handler]:
-        return with_call_context(self._servicer.__mapping__())
+        return with_call_context(self._servicer.__mapping__(), self._callers)
 
 
 # A client opens a new connection to a service this often (with jitter). kube-proxy

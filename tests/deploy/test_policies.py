@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from agora import config
+from agora.grpc import CALLERS
 from tests.deploy import policy
 from tests.deploy.conftest import ENVIRONMENTS, NAMESPACE, REPO, Manifest
 from tests.deploy.test_engine_access import kafka_cluster
@@ -712,3 +713,12 @@ def test_no_temporal_client_certificate_without_its_secret(render_with):
         assert not {v for v in variables if v.startswith("AGORA_TEMPORAL_TLS_")}, name
         assert "temporal-tls" not in {v["name"] for v in spec["volumes"]}, name
         assert "temporal-tls" not in {m["name"] for m in container["volumeMounts"]}, name
+
+
+def test_the_services_answer_exactly_the_callers_the_network_policies_let_in(rendered):
+    # agora.grpc.CALLERS refuses any other platform certificate (PERMISSION_DENIED);
+    # the charts' grpcCallers let the same callers in (the default deny the rest).
+    answered = {(caller, service) for service, callers in CALLERS.items() for caller in callers}
+    assert answered == grpc_calls_in_code()
+    _, ingress = policy.grpc_flows(rendered["production"])
+    assert answered == ingress

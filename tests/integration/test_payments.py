@@ -110,7 +110,7 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 async def payments(
     settings: Settings, payments_service: ServiceProcess
 ) -> AsyncIterator[PaymentsServiceStub]:
-    channels = Channels(settings, caller="orders")
+    channels = Channels(settings, caller="gateway")  # payments' one caller (agora.grpc.CALLERS)
     yield PaymentsServiceStub(channels.get("payments"))
     channels.close()
 

@@ -27,6 +27,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from agora import pki
 from agora.config import SERVICES, Settings
+from agora.grpc import CALLERS
 from tests.integration.conftest import Services
 from tests.integration.grpcraw import Answer, call_raw, grpc_frame
 
@@ -278,3 +279,39 @@ async def test_a_service_role_opens_only_its_own_database(
     for other in (*(s for s in SERVICES if s != role), "postgres"):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
             await asyncpg.connect(f"{base}/{other}")
+
+
+# Callers --------------------------------------------------------------------------
+
+PERMISSION_DENIED = 7
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_a_platform_peer_that_is_not_a_caller_of_the_service_is_refused(
+    settings: Settings, every_service: Services, service: str
+) -> None:
+    # Every service's certificate is the platform CA's: any of them could call
+    # identity's SignIn past the gateway's rate limits, or sign a session out by its id.
+    # Only the service's callers (agora.grpc.CALLERS) get past the wrapper; an empty
+    # request (a well-formed message) gets an answer or the service's own refusal.
+    callers = CALLERS[service]
+    for peer in sorted(set(SERVICES) - callers - {service}):
+        answer = await asyncio.to_thread(
+            call_raw,
+            settings.host,
+            settings.grpc_port(service),
+            pki.client_context(settings.pki_dir, peer),
+            METHODS[service],
+            grpc_frame(b""),
+        )
+        assert answer.grpc_status == PERMISSION_DENIED, (peer, answer)
+    for caller in sorted(callers):
+        answer = await asyncio.to_thread(
+            call_raw,
+            settings.host,
+            settings.grpc_port(service),
+            pki.client_context(settings.pki_dir, caller),
+            METHODS[service],
+            grpc_frame(b""),
+        )
+        assert answer.grpc_status not in (None, PERMISSION_DENIED), (caller, answer)
