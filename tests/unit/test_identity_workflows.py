@@ -95,15 +95,20 @@ ACTIVITIES = [
 WORKFLOWS = [RegisterAccountWorkflow, RotateSigningKeyWorkflow, RevokeApiClientWorkflow]
 
 
-async def run(env: WorkflowEnvironment, workflow, *args):
-    queue = f"test-{uuid.uuid4()}"
-    async with Worker(
+def worker(env: WorkflowEnvironment, queue: str) -> Worker:
+    """A worker of identity's workflows and this module's activities on `queue`."""
+    return Worker(
         env.client,
         task_queue=queue,
         workflows=WORKFLOWS,
         workflow_runner=workflow_runner(),
         activities=ACTIVITIES,
-    ):
+    )
+
+
+async def run(env: WorkflowEnvironment, workflow, *args):
+    queue = f"test-{uuid.uuid4()}"
+    async with worker(env, queue):
         return await env.client.execute_workflow(
             workflow, *args, id=f"wf-{uuid.uuid4()}", task_queue=queue
         )
@@ -200,13 +205,7 @@ async def test_a_registration_started_before_the_text_check_replays_on_its_old_p
 
 async def test_a_valid_registration_replays_on_the_current_code(env: WorkflowEnvironment) -> None:
     queue = f"test-{uuid.uuid4()}"
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=WORKFLOWS,
-        workflow_runner=workflow_runner(),
-        activities=ACTIVITIES,
-    ):
+    async with worker(env, queue):
         handle = await env.client.start_workflow(
             RegisterAccountWorkflow.run,
             registration("ann@example.test"),
