@@ -121,7 +121,7 @@ class Settings:
     tracing_enabled: bool = True
     temporal_namespace: str = "default"
     db_password_prefix: str = "agora-local-"
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict, repr=False)  # holds DB passwords
     # Temporal payload encryption key ring (agora/codec.py); empty: <state>/secrets/codec-keys.json.
     codec_keys_file: str = ""
     # The codec server the Temporal web UI calls to show payloads in clear.
@@ -150,7 +150,7 @@ class Settings:
     # Identity: key-encryption key (base64 of 32 bytes; locally generated into
     # <state>/secrets/identity-kek when empty), token lifetimes and the signing-key
     # rotation interval, all in seconds.
-    identity_kek: str = ""
+    identity_kek: str = field(default="", repr=False)  # a secret: never in a repr
     access_token_ttl_s: int = 15 * 60
     refresh_token_ttl_s: int = 30 * 24 * 3600
     refresh_reuse_grace_s: int = 30
@@ -177,7 +177,7 @@ class Settings:
     # private seed; locally generated into <state>/secrets/audit-signing-key when
     # empty), the checkpoint schedule's interval, and the Temporal web UI's base URL
     # used in export links (empty: http://<host>:<temporal_ui port>).
-    audit_signing_key: str = ""
+    audit_signing_key: str = field(default="", repr=False)  # a secret: never in a repr
     audit_checkpoint_interval_s: int = 300
     # Public keys of rotated-out checkpoint signing keys (base64 or PEM, separated by
     # commas or newlines) whose checkpoints verification still trusts (docs/audit.md).
@@ -195,18 +195,18 @@ class Settings:
     # The client cannot load a renewed certificate: once its files change, the process
     # restarts (as on SIGTERM) after a random delay within this many seconds (agora/rollover.py).
     temporal_tls_rollover_s: int = 3600
-    temporal_api_key: str = ""
+    temporal_api_key: str = field(default="", repr=False)  # a secret: never in a repr
     kafka_bootstrap_override: str = ""
     # Kafka over TLS (a Strimzi `tls` listener): SSL plus the cluster CA's PEM file.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_ca_file: str = ""
     redis_url_override: str = ""
     # Redis AUTH (a Secret); kept out of the URL so the URL can stay a plain value.
-    redis_password: str = ""
+    redis_password: str = field(default="", repr=False)  # a secret: never in a repr
     elasticsearch_url_override: str = ""
     # An Elasticsearch with its own CA (ECK's self-signed http certificate) and an API key.
     elasticsearch_ca_file: str = ""
-    elasticsearch_api_key: str = ""
+    elasticsearch_api_key: str = field(default="", repr=False)  # a secret: never in a repr
     postgres_host: str = ""
     # Connections each process's pool may open (the outbox relay's lock is one of them).
     db_pool_size: int = 10

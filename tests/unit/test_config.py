@@ -81,3 +81,20 @@ def test_credentials_from_a_secret_file_lose_their_trailing_newline() -> None:
     assert settings.elasticsearch_api_key == "abc="
     assert settings.redis_password == "s3cret"
     assert settings.temporal_api_key == "key"
+
+
+def test_a_settings_repr_shows_no_secret() -> None:
+    # Printed by mistake (a debugger, a log of the settings, a traceback's locals), a
+    # repr must not hand out a key or a password.
+    secrets = {
+        "AGORA_IDENTITY_KEK": "kek-do-not-show",
+        "AGORA_AUDIT_SIGNING_KEY": "audit-do-not-show",
+        "AGORA_TEMPORAL_API_KEY": "temporal-do-not-show",
+        "AGORA_REDIS_PASSWORD": "redis-do-not-show",
+        "AGORA_ELASTICSEARCH_API_KEY": "es-do-not-show",
+        "AGORA_DB_PASSWORD_ORDERS": "db-do-not-show",
+    }
+    settings = config.load(secrets)
+    assert settings.identity_kek == "kek-do-not-show"
+    shown = repr(settings)
+    assert not [name for name, value in secrets.items() if value in shown]
