@@ -136,4 +136,8 @@ def answer_headers(problem: Problem) -> dict[str, str]:
         # RFC 9110: every 401 names a scheme; a signature's or a credential's too
         # (those about the token itself say more: error="invalid_token").
         headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
+    if PROBLEM_TYPES[problem.code].status == 503:
+        # Every 503 says when to come back (RFC 9110 15.6.4): a service or a dependency
+        # that was unreachable (a search cluster down, a service restarting) gave none.
+        headers.setdefault("Retry-After", RETRY_SOON["Retry-After"])
     return headers
