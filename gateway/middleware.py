@@ -26,6 +26,7 @@ from gateway.deps import deps
 from gateway.forwarded import client_bucket
 from gateway.problems import INVALID_TOKEN, RETRY_SOON, WWW_AUTHENTICATE, Problem, render
 from gateway.ratelimit import Verdict
+from gateway.routing import Route
 from gateway.signatures import signed_headers, verify_request
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,25 @@ def _refusal(request: web.Request, problem: Problem, trace_id: str) -> web.Respo
     return render(problem, instance=request.path, trace_id=trace_id)
 
 
+async def _charge_refused_token(request: web.Request, route: Route) -> None:
+    """A refused token costs its sender a request of its address's bucket, as an
+    unauthenticated request does: refused before admission, a flood of made-up tokens
+    (each one a signature check) was never limited. Raises 429 once the bucket is
+    empty; without Redis the 401 stands."""
+    if route.route_class is None:
+        return
+    try:
+        admission = await deps(request).admitter.admit(route.route_class, client_bucket(request))
+    except (RedisError, OSError):
+        return
+    if admission.verdict is Verdict.RATE_LIMITED:
+        raise Problem(
+            "rate-limited",
+            f"limit for {route.route_class} routes exceeded; retry after the Retry-After delay",
+            headers=admission.headers(),
+        )
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = deps(request)
@@ -171,6 +191,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         except Problem as problem:
             if problem.status == 401:  # not a 503: the token may be good (gateway/tokens.py)
                 problem.headers.setdefault("WWW-Authenticate", INVALID_TOKEN)
+                await _charge_refused_token(request, route)
             raise
         missing = route.scopes - principal.scopes
         if missing:

@@ -322,3 +322,20 @@ async def test_every_error_is_problem_json(api: Api) -> None:
     response = await api.client.put("/v1/me")
     await problem(response, 405, "method-not-allowed")
     assert PROBLEM.startswith("https://")
+
+
+async def test_refused_tokens_are_charged_to_the_sender_s_address(gw: Gateway, api: Api) -> None:
+    # Refused before admission, a flood of made-up tokens (each a signature check) was
+    # never rate limited: each now costs a request of the address's bucket.
+    bucket = "gateway:rl:read:ip:127.0.0.1"  # /v1/me's route class, the test client's
+    full_for_an_hour = (time.time() + 3600) * 1_000_000
+    await gw.redis.set(bucket, int(full_for_an_hour), ex=3600)
+    try:
+        with no_upstream_call(gw):
+            response = await api.client.get("/v1/me", headers=bearer("not.a.jwt"))
+            await problem(response, 429, "rate-limited")
+            assert response.headers["Retry-After"]
+    finally:
+        await gw.redis.delete(bucket)
+    response = await api.client.get("/v1/me", headers=bearer("not.a.jwt"))
+    await problem(response, 401, "token-malformed")
