@@ -226,6 +226,12 @@ def _build(purpose: ssl.Purpose, own: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(purpose, cafile=str(own / "ca.crt"))
     if purpose is ssl.Purpose.CLIENT_AUTH:
         context.verify_mode = ssl.CERT_REQUIRED
+        # No resumed sessions: a resumption skips the certificate check, so a peer
+        # whose CA was dropped from the bundle could go on resuming the session it had
+        # (for up to the tickets' 2 hours). A full handshake per connection is cheap:
+        # clients connect once a minute (agora.grpc.MAX_CONNECTION_AGE_S).
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(own / "tls.crt"), str(own / "tls.key"))
     context.set_alpn_protocols(["h2"])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -245,3 +248,66 @@ async def test_a_channel_connects_with_the_context_built_last(
     assert used[1] is not live and used[2] not in (live, used[1])
     assert used[2] is pki.current(live)
     channel.close()
+
+
+def _resumed_after(server: ssl.SSLContext, client: ssl.SSLContext, between: Any) -> bool:
+    """Whether `client` resumes, after `between()`, the session of its first connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            raw, _ = listener.accept()
+            try:
+                with server.wrap_socket(raw, server_side=True) as tls:
+                    tls.recv(1)
+                    tls.send(b"y")
+            except (ssl.SSLError, OSError):
+                raw.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        first = client.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+        first.send(b"x")
+        first.recv(1)
+        session = first.session
+        first.close()
+        between()
+        try:
+            again = client.wrap_socket(
+                socket.create_connection(("127.0.0.1", port)), session=session
+            )
+            again.send(b"x")
+            answered = again.recv(1) == b"y"
+            resumed = again.session_reused
+            again.close()
+        except (ssl.SSLError, OSError):
+            return False
+        return answered and resumed
+    finally:
+        listener.close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_peer_whose_ca_was_dropped_cannot_resume_its_session(
+    tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    # A resumed session skips the certificate check: the old CA's peer kept resuming
+    # the session it had before the drop, for up to the tickets' two hours.
+    pki.ensure_pki(tmp_path, ["catalog"])
+    pki.ensure_pki(tmp_path / "old", ["gateway"])
+    _with_old_ca(tmp_path, "catalog")
+    server = pki.server_context(tmp_path, "catalog")
+    stale = pki.client_context(tmp_path / "old", "gateway")
+    stale.check_hostname, stale.verify_mode = False, ssl.CERT_NONE
+    stale.maximum_version = version
+
+    def drop_the_old_ca() -> None:
+        (tmp_path / "catalog" / "ca.crt").write_bytes((tmp_path / "ca" / "ca.crt").read_bytes())
+        assert pki.reload_changed() == 1
+
+    assert not _resumed_after(server, stale, drop_the_old_ca)
