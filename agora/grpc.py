@@ -317,8 +317,18 @@ class _RenewingChannel(Channel):
         old = self._protocol
         if old is not None and self._connected and loop.time() >= self._renew_at:
             self._protocol = None
+            try:
+                protocol = await super().__connect__()
+            except Exception:
+                # No new connection (the service has no ready pod, say): the old one
+                # still works, so the call goes on it; the next call tries again.
+                if self._protocol is None:
+                    self._protocol = old
+                    return old
+                raise
             self._draining[old] = loop.call_later(CONNECTION_DRAIN_S, self._closed, old)
-        protocol = await super().__connect__()
+        else:
+            protocol = await super().__connect__()
         if protocol is not old:
             self._renew_at = loop.time() + MAX_CONNECTION_AGE_S * random.uniform(0.8, 1.2)
         return protocol

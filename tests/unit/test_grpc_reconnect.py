@@ -87,3 +87,28 @@ async def test_calls_share_a_connection_until_it_is_old_then_move_to_a_new_one(
     finally:
         channel.close()
     assert all(c.handler.connection_lost for c in connections), "close closes the draining too"
+
+
+async def test_a_renewal_that_cannot_connect_keeps_the_working_connection(
+    catalog: tuple[Catalog, int], connections: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service takes no new connection (no ready pod behind it, or its listener
+    # closed first as a drain does) while the old connection still works: the call
+    # goes on the old one, where the renewal made it fail.
+    _, port = catalog
+    channel = grpc._RenewingChannel("127.0.0.1", port, ssl=None)
+    stub = CatalogServiceStub(channel)
+    try:
+        assert await product(stub, "A-1") == "A-1"
+        refused = ConnectionRefusedError("no listener")
+
+        async def cannot_connect(self: Channel) -> object:
+            raise refused
+
+        monkeypatch.setattr(Channel, "_create_connection", cannot_connect)
+        channel._renew_at = 0.0  # it is old now
+        assert await product(stub, "A-2") == "A-2"
+        assert len(connections) == 1
+        assert not channel._draining, "the working connection is not closed"
+    finally:
+        channel.close()
