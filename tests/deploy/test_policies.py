@@ -386,6 +386,9 @@ def test_one_service_can_be_released_on_its_own_image(render_with):
     assert all(image.endswith(f"@{digest}") for image in images.values()), images
     tagged = render_with(f"global.image.digest={digest}", "catalog.image.tag=0.2.0")
     assert policy.pod_spec(tagged, "catalog")["containers"][0]["image"].endswith(":0.2.0")
+    # Its pods say the version they run (dashboards and rules read the label).
+    labels = policy.find(tagged, "Rollout", "catalog")[0]["spec"]["template"]["metadata"]
+    assert labels["labels"]["app.kubernetes.io/version"] == "0.2.0"
 
 
 def test_prometheus_rule_includes_every_rules_file(rendered):

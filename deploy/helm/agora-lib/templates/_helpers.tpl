@@ -4,7 +4,7 @@ app.kubernetes.io/name: {{ .v.name }}
 app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/part-of: agora
 app.kubernetes.io/component: {{ .v.component }}
-app.kubernetes.io/version: {{ .v.global.image.tag | default .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/version: {{ (.v.image | default dict).tag | default .v.global.image.tag | default .ctx.Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 }}
 {{- end -}}
