@@ -372,12 +372,14 @@ class OrdersActivities:
                     status = "REFUNDED"
                 else:
                     status = "PARTIALLY_REFUNDED"
+                # The order's reason is its last status change's, as transition keeps it.
                 await conn.execute(
-                    "UPDATE orders SET status = $2, refunded_minor = $3, updated_at = now()"
-                    " WHERE order_id = $1",
+                    "UPDATE orders SET status = $2, refunded_minor = $3, reason = $4,"
+                    " updated_at = now() WHERE order_id = $1",
                     order_id,
                     status,
                     refunded,
+                    data.reason,
                 )
                 await conn.execute(
                     "INSERT INTO order_status_history (order_id, transition_key, status, reason)"

@@ -14,7 +14,7 @@ from activities.orders import OrdersActivities, RecordRefundInput
 from agora import db
 from agora.config import Settings
 from contracts.agora.common.v1 import PageRequest
-from contracts.agora.orders.v1 import ListOrdersRequest, Order, OrderStatus
+from contracts.agora.orders.v1 import GetOrderRequest, ListOrdersRequest, Order, OrderStatus
 from tests.integration.conftest import Services
 from workers.orders import api
 from workers.orders.api import OrdersApi
@@ -171,3 +171,20 @@ async def test_a_status_filtered_list_pages_through_that_status_only(pool: async
         ListOrdersRequest(customer_id=customer, status=OrderStatus.REFUNDED)
     )
     assert [o.status for o in refunds.orders] == [OrderStatus.REFUNDED]
+
+
+async def test_a_cancel_after_completion_gives_the_order_its_reason(pool: asyncpg.Pool) -> None:
+    # The order's reason is its last status change's: a cancel or a refund recorded
+    # after completion left the completion's (none) on GET and in the list.
+    customer = f"cust-{uuid.uuid4()}"
+    order_id = await a_completed_order(pool, customer)
+    orders = OrdersActivities(pool, None)  # type: ignore[arg-type]  # (no pricing here)
+    cancel = RecordRefundInput(str(order_id), "cancel", "r-1", 1000, "changed my mind", True)
+    await ActivityEnvironment().run(orders.record_refund, cancel)
+    api_ = OrdersApi(pool)
+    got = (await api_.get_order(GetOrderRequest(order_id=str(order_id)))).order
+    assert got is not None
+    assert (got.status, got.reason) == (OrderStatus.CANCELLED, "changed my mind")
+    assert got.status_history[-1].reason == got.reason
+    listed = await api_.list_orders(ListOrdersRequest(customer_id=customer))
+    assert [o.reason for o in listed.orders] == ["changed my mind"]
