@@ -20,7 +20,7 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, ScheduleOverlapPolicy, WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from activities.audit import CHAIN_BROKEN
@@ -395,7 +395,11 @@ async def test_the_schedule_signs_checkpoints_with_the_published_key(
     pool: asyncpg.Pool, audit: AuditServiceStub, client: Client
 ) -> None:
     before = await pool.fetchval("SELECT count(*) FROM audit_checkpoints")
-    await client.get_schedule_handle(CHECKPOINT_SCHEDULE_ID).trigger()
+    # Buffered, not skipped, when the schedule's own run is still going (its overlap
+    # policy skips): a skipped trigger left the test waiting for the next interval.
+    await client.get_schedule_handle(CHECKPOINT_SCHEDULE_ID).trigger(
+        overlap=ScheduleOverlapPolicy.BUFFER_ONE
+    )
 
     async def signed() -> bool:
         return await pool.fetchval("SELECT count(*) FROM audit_checkpoints") > before

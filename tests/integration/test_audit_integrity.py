@@ -332,3 +332,41 @@ async def test_an_export_response_says_when_it_was_truncated(
         fewer_runs = await audit.export_aggregate(request)
         assert (len(fewer_runs.events), len(fewer_runs.workflows)) == (6, 1)
         assert fewer_runs.truncated
+
+
+async def test_a_tail_cut_off_is_named_though_a_forged_checkpoint_sits_beyond_it(
+    settings: Settings, roles: None
+) -> None:
+    # The audit role may insert any checkpoint row: one at 2^63-1 with the trusted key's
+    # id and no signature was the only checkpoint the tail check looked at; it failed
+    # its signature, so the real one beyond the head set back went unseen, and the cut
+    # log verified (and would have been signed again, shortened).
+    async with scratch_log(settings) as (name, pool):
+        for _ in range(3):
+            await append(pool, make_envelope())
+        signer = CheckpointSigner(os.urandom(32))
+        await checkpoints.sign_head(pool, signer, "direct")  # a real one at 3
+        await pool.execute(
+            """INSERT INTO audit_checkpoints
+                 (idempotency_key, log_sequence, head_hash, signed_at, key_id, signature)
+               VALUES ('planted', $1, $2, now(), $3, $4)""",
+            2**63 - 1,
+            os.urandom(32),
+            signer.public_key.key_id,
+            os.urandom(64),
+        )
+        admin = await superuser(settings, name)
+        try:  # the last row deleted, the head set back to the row before it
+            await admin.execute("SET session_replication_role = replica")
+            await admin.execute("DELETE FROM audit_log WHERE log_sequence = 3")
+            await admin.execute("DELETE FROM audit_entries WHERE log_sequence = 3")
+            before = await admin.fetchval("SELECT hash FROM audit_log WHERE log_sequence = 2")
+            await admin.execute(
+                "UPDATE audit_chain_head SET log_sequence = 2, hash = $1 WHERE singleton", before
+            )
+        finally:
+            await admin.close()
+
+        answer = await verify_chain(pool, signer.public_key, from_genesis=True)
+        assert (answer.ok, answer.first_bad_sequence) == (False, 3), answer.failure
+        assert "a signed checkpoint at 3 is beyond the head at 2" in answer.failure
