@@ -25,7 +25,7 @@ from gateway.context import DEADLINE, PRINCIPAL, REQUEST_ID, TIMING, TRACE_ID, S
 from gateway.deps import deps
 from gateway.forwarded import client_bucket
 from gateway.problems import INVALID_TOKEN, RETRY_SOON, WWW_AUTHENTICATE, Problem, render
-from gateway.ratelimit import Verdict
+from gateway.ratelimit import Admission, Verdict
 from gateway.routing import Route
 from gateway.signatures import signed_headers, verify_request
 
@@ -163,11 +163,15 @@ async def _charge_refused_token(request: web.Request, route: Route) -> None:
     except (RedisError, OSError):
         return
     if admission.verdict is Verdict.RATE_LIMITED:
-        raise Problem(
-            "rate-limited",
-            f"limit for {route.route_class} routes exceeded; retry after the Retry-After delay",
-            headers=admission.headers(),
-        )
+        raise _rate_limited(route, admission)
+
+
+def _rate_limited(route: Route, admission: Admission) -> Problem:
+    return Problem(
+        "rate-limited",
+        f"limit for {route.route_class} routes exceeded; retry after the Retry-After delay",
+        headers=admission.headers(),
+    )
 
 
 @web.middleware
@@ -256,11 +260,7 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
             headers={"WWW-Authenticate": INVALID_TOKEN},
         )
     if admission.verdict is Verdict.RATE_LIMITED:
-        raise Problem(
-            "rate-limited",
-            f"limit for {route.route_class} routes exceeded; retry after the Retry-After delay",
-            headers=admission.headers(),
-        )
+        raise _rate_limited(route, admission)
     if admission.verdict is Verdict.NONCE_REPLAYED:
         raise Problem("nonce-replayed", "this nonce was already used")
     if signed is not None and principal is not None:
