@@ -135,9 +135,12 @@ def visibility_query(filters: AdminOrdersQuery) -> str:
 _CURSOR_CHECK_BYTES = 8
 
 
+def _check(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()[:_CURSOR_CHECK_BYTES]
+
+
 def _cursor(token: bytes) -> str:
-    check = hashlib.sha256(token).digest()[:_CURSOR_CHECK_BYTES]
-    return base64.urlsafe_b64encode(token + check).decode()
+    return base64.urlsafe_b64encode(token + _check(token)).decode()
 
 
 def _cursor_token(cursor: str) -> bytes | None:
@@ -148,9 +151,7 @@ def _cursor_token(cursor: str) -> bytes | None:
     except (binascii.Error, ValueError):
         raw = b""
     token, check = raw[:-_CURSOR_CHECK_BYTES], raw[-_CURSOR_CHECK_BYTES:]
-    if not token or not hmac.compare_digest(
-        check, hashlib.sha256(token).digest()[:_CURSOR_CHECK_BYTES]
-    ):
+    if not token or not hmac.compare_digest(check, _check(token)):
         raise Problem("invalid-argument", "cursor is not one this route answered")
     return token
 
