@@ -64,9 +64,8 @@ class OrdersApi(OrdersServiceBase):
             self.pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            rows = await conn.fetch(
-                _list_query(status, after), *_list_args(customer_id, status, after, size)
-            )
+            query, args = _list_page(customer_id, status, after, size)
+            rows = await conn.fetch(query, *args)
             more = len(rows) > size
             rows = rows[:size]
             orders = await _orders(conn, rows)
@@ -74,32 +73,27 @@ class OrdersApi(OrdersServiceBase):
         return ListOrdersResponse(orders=orders, page=PageInfo(next_cursor=cursor, has_more=more))
 
 
-def _list_query(status: str | None, after: tuple[object, object] | None) -> str:
-    """The page's query, with only the conditions it has: an `$n IS NULL OR …` would
-    keep a generic plan (asyncpg prepares each text once) from using the
-    (customer_id, created_at, order_id) index for the cursor, and read every newer row."""
+def _list_page(
+    customer_id: str, status: str | None, after: tuple[object, object] | None, size: int
+) -> tuple[str, list[object]]:
+    """The page's query and its arguments, with only the conditions it has: an `$n IS
+    NULL OR …` would keep a generic plan (asyncpg prepares each text once) from using
+    the (customer_id, created_at, order_id) index for the cursor, and read every newer
+    row. Each placeholder is numbered by the argument it is added with."""
+    args: list[object] = [customer_id]
     where = ["customer_id = $1"]
     if status is not None:
-        where.append("status = $2")
+        args.append(status)
+        where.append(f"status = ${len(args)}")
     if after is not None:
-        first = 2 + (status is not None)
-        where.append(f"(created_at, order_id) < (${first}, ${first + 1}::uuid)")
-    limit = 2 + (status is not None) + 2 * (after is not None)
-    return (
+        args.extend(after)
+        where.append(f"(created_at, order_id) < (${len(args) - 1}, ${len(args)}::uuid)")
+    args.append(size + 1)
+    query = (
         f"SELECT * FROM orders WHERE {' AND '.join(where)}"
-        f" ORDER BY created_at DESC, order_id DESC LIMIT ${limit}"
+        f" ORDER BY created_at DESC, order_id DESC LIMIT ${len(args)}"
     )
-
-
-def _list_args(
-    customer_id: str, status: str | None, after: tuple[object, object] | None, size: int
-) -> list[object]:
-    return [
-        customer_id,
-        *([status] if status is not None else []),
-        *(after if after is not None else ()),
-        size + 1,
-    ]
+    return query, args
 
 
 async def _orders(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[Order]:
