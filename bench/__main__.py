@@ -134,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     print(f"written: {stem}.md and {stem}.json")
-    met = all(t["met"] for r in results.values() for t in r.get("targets", []))
-    return 0 if met else 1
+    missed = [t["name"] for r in results.values() for t in r.get("targets", []) if not t["met"]]
+    if missed:
+        # The exit status says whether every target was met (a gate for a pipeline);
+        # say so, or make's "Error 1" reads as a crash.
+        print(f"bench: exit 1, targets not met: {'; '.join(missed)}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
