@@ -30,6 +30,7 @@ import betterproto2
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import inject
 from temporalio.exceptions import ApplicationError
@@ -247,15 +248,20 @@ class OutboxRelay:
         after a session that worked, not after one that won the lock and published
         nothing: a row Kafka refuses would otherwise be retried five times a second.
         """
-        await process.keep_running(
-            "outbox relay",
-            self._session,
-            transient=_TRANSIENT,
-            stopping=self._stopping,
-            progressed=lambda: self._worked,
-            extra={"service": self._service},
-            logger=log,
-        )
+        # Its polls (one a second when idle), lock and prune run untraced: with no
+        # request behind them each statement was a trace of its own, crowding real
+        # ones out of the tracing backend. What it publishes is traced ("outbox
+        # publish"), and each event carries the trace that wrote it.
+        with suppress_instrumentation():
+            await process.keep_running(
+                "outbox relay",
+                self._session,
+                transient=_TRANSIENT,
+                stopping=self._stopping,
+                progressed=lambda: self._worked,
+                extra={"service": self._service},
+                logger=log,
+            )
 
     async def _session(self) -> None:
         """Hold the relay lock on one connection, then publish until stopped."""

@@ -78,8 +78,9 @@ LATENCY_BUCKETS_S = (
 
 # Statements that only frame a transaction: their spans say nothing the enclosing
 # span does not (a ROLLBACK does, and is kept). Named by the asyncpg instrumentation
-# after the statement's first word; about a sixth of an order's spans.
-TRANSACTION_FRAMING = frozenset({"BEGIN;", "COMMIT;", "SET", "SAVEPOINT", "RELEASE"})
+# after the statement's first word: "BEGIN;" alone, "BEGIN" when it has options
+# (`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;`); about a sixth of an order's spans.
+TRANSACTION_FRAMING = frozenset({"BEGIN;", "BEGIN", "COMMIT;", "SET", "SAVEPOINT", "RELEASE"})
 
 
 class WithoutTransactionFraming(Sampler):

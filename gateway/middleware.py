@@ -113,10 +113,15 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = _refusal(request, problem, trace_id)
         except web.HTTPException as error:
             response = _refusal(request, _from_http_exception(error), trace_id)
-        except Exception:
+        except Exception as error:
             log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+            span.record_exception(error)
             response = _refusal(request, Problem("internal-error"), trace_id)
         span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            # A server's fault (OpenTelemetry's HTTP semantic conventions leave a 4xx
+            # UNSET on a server span): what the tracing backends' error searches find.
+            span.set_status(trace.StatusCode.ERROR, f"HTTP {response.status}")
         # One access line per request, inside the span so it carries the trace id
         # (`make logs TRACE=<id>` starts here); silence with the gateway.access logger.
         access_log.info(

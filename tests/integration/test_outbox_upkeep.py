@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from agora import kafka, outbox
 from agora.config import Settings
@@ -165,3 +166,65 @@ async def test_a_failed_relay_stops_reporting_once_another_holds_the_lock(
         finally:
             await other.execute("SELECT pg_advisory_unlock_all()")
             await pool.release(other)
+
+
+class _Watched:
+    """A pool (and its connections) that records, for each statement, whether
+    OpenTelemetry's instrumentations were on where it ran."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+        self.traced: list[bool] = []
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[object]:
+        async with self._pool.acquire() as conn:
+            yield _WatchedConnection(conn, self.traced)
+
+
+class _WatchedConnection:
+    def __init__(self, conn: asyncpg.Connection, traced: list[bool]):
+        self._conn = conn
+        self._traced = traced
+
+    def __getattr__(self, name: str) -> object:
+        attribute = getattr(self._conn, name)
+        if name in ("fetch", "fetchval", "fetchrow", "execute"):
+
+            async def watched(*args: object, **kwargs: object) -> object:
+                self._traced.append(is_instrumentation_enabled())
+                return await attribute(*args, **kwargs)
+
+            return watched
+        return attribute
+
+
+async def test_the_relays_polls_lock_and_marks_run_untraced(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    topic = f"outbox-upkeep-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    watched = _Watched(pool)
+    relay = OutboxRelay(
+        watched,  # type: ignore[arg-type]
+        lambda: kafka.create_producer(settings, client_id="outbox-upkeep"),
+        f"upkeep-{uuid.uuid4().hex[:8]}",
+        poll_interval=0.05,
+    )
+
+    async def unsent() -> int:  # on the pool itself: this test's statements are traced
+        return int(await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+
+    running = asyncio.create_task(relay.run())
+    try:
+        await append(pool, topic)
+        for _ in range(600):  # until it published the row, then polled an empty outbox
+            if not await unsent() and len(watched.traced) > 6:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        relay.stop()
+        await running
+    assert not await unsent(), "the relay did not publish the row"
+    # Traced, each poll (one a second when idle) was a trace of its own.
+    assert watched.traced and not any(watched.traced), watched.traced

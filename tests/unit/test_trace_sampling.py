@@ -65,7 +65,7 @@ def test_a_ratio_outside_zero_to_one_is_refused(ratio: str) -> None:
         config.load({"AGORA_TRACE_SAMPLE_RATIO": ratio})
 
 
-@pytest.mark.parametrize("statement", ["BEGIN;", "COMMIT;", "SET", "SAVEPOINT", "RELEASE"])
+@pytest.mark.parametrize("statement", ["BEGIN;", "BEGIN", "COMMIT;", "SET", "SAVEPOINT", "RELEASE"])
 def test_transaction_framing_statements_are_never_recorded(statement: str) -> None:
     decide = sampler(config.load({"AGORA_TRACE_SAMPLE_RATIO": "1.0"})).should_sample
     assert decide(None, random.Random(3).getrandbits(128), statement).decision is Decision.DROP
