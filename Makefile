@@ -76,9 +76,13 @@ browser-deps:
 test: venv helm browser-deps
 	@$(TEST_ENV) $(PY) -m stack down >/dev/null 2>&1 || true
 	@rm -rf "$(TEST_STATE)"
-	@# A start that fails half-way stops what it started (nothing is left holding ports).
-	@$(TEST_ENV) $(PY) -m stack up || { $(TEST_ENV) $(PY) -m stack down; exit 1; }
+	@# A start that fails half-way stops what it started (nothing is left holding ports), and
+	@# so does a run that is stopped: SIGTERM (a CI job cancelled) or SIGHUP (its terminal
+	@# closed). The stack's processes run in sessions of their own and would outlive it.
 	@set -o pipefail; status=0; \
+	  trap '$(TEST_ENV) $(PY) -m stack down; exit 129' HUP; \
+	  trap '$(TEST_ENV) $(PY) -m stack down; exit 143' TERM; \
+	  $(TEST_ENV) $(PY) -m stack up || { $(TEST_ENV) $(PY) -m stack down; exit 1; }; \
 	  $(TEST_ENV) $(PY) -m pytest --basetemp="$(TEST_STATE)/pytest" $(PYTEST_ARGS) || status=$$?; \
 	  $(TEST_ENV) $(PY) -m stack down; \
 	  exit $$status

@@ -1,0 +1,66 @@
+"""`make test` stops its stack however the run ends: a failed test, or the run itself
+stopped (a CI job cancelled: SIGTERM; its terminal closed: SIGHUP)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agora.config import REPO_ROOT
+from tests.unit.test_profile_isolation import MAKE_VARIABLES
+
+# Stands in for the venv's python: logs each `-m stack <command>` and `-m pytest`; pytest
+# waits to be stopped, or fails at once with PYTEST_FAILS set.
+FAKE_PYTHON = """#!/bin/bash
+if [ "$2" = stack ]; then echo "stack-$3"; else echo "$2"; fi >> "$CALLS"
+if [ "$2" = pytest ]; then
+  [ -n "$PYTEST_FAILS" ] && exit 3
+  sleep 60
+fi
+exit 0
+"""
+
+
+def _make_test(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.touch()
+    environ = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}
+    environ.update(CALLS=str(calls), AGORA_STATE_DIR=str(tmp_path / "state"), **env)
+    # The prerequisites (venv, helm, the browser's) taken as made: only the recipe runs.
+    command = ["make", "-s", "-o", "venv", "-o", "helm", "-o", "browser-deps"]
+    command += ["test", f"PY={python}"]
+    make = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=environ, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    return make, calls
+
+
+def _until(calls: Path, line: str) -> None:
+    deadline = time.monotonic() + 20
+    while line not in calls.read_text().split():
+        assert time.monotonic() < deadline, calls.read_text()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_run_stopped_mid_tests_stops_its_stack(tmp_path: Path, stop: signal.Signals) -> None:
+    make, calls = _make_test(tmp_path)
+    _until(calls, "pytest")
+    os.killpg(make.pid, stop)  # what a CI runner or a closing terminal does
+    make.wait(timeout=20)
+    time.sleep(1)  # the recipe's shell may run its trap after make has gone
+    assert calls.read_text().split() == ["stack-down", "stack-up", "pytest", "stack-down"]
+
+
+def test_a_failed_run_stops_its_stack_and_keeps_pytests_status(tmp_path: Path) -> None:
+    make, calls = _make_test(tmp_path, PYTEST_FAILS="1")
+    assert make.wait(timeout=20) != 0
+    assert calls.read_text().split() == ["stack-down", "stack-up", "pytest", "stack-down"]
