@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from agora.config import Settings
 from contracts.agora.identity.v1 import GetJwksRequest, IdentityServiceStub
 from gateway.deps import Gateway
-from tests.integration.conftest import ServiceProcess, tail
+from stack.base import Context
+from tests.integration.conftest import ServiceProcess, stack_component, tail
 from tests.integration.gatewaykit import (
     TokenMinter,
     bearer,
@@ -445,6 +446,8 @@ def test_python_m_gateway_serves_health_docs_and_metrics(
             env={**os.environ, "AGORA_PROFILE": settings.profile},
             start_new_session=True,
         )
+    # Recorded as the stack's gateway: `stack down` stops it if this run is killed.
+    stack_component("gateway").adopt(Context(settings), proc.pid, proc.args)
     base = f"http://{settings.host}:{settings.ports['gateway']}"
     side = f"http://{settings.host}:{settings.ports['gateway_side']}"
     try:

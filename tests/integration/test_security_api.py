@@ -35,7 +35,8 @@ from hypothesis import strategies as st
 from agora import signing
 from agora import temporal as platform_temporal
 from agora.config import SERVICES, Settings
-from tests.integration.conftest import Services, tail
+from stack.base import Context
+from tests.integration.conftest import Services, stack_component, tail
 from tests.integration.observabilitykit import jaeger_trace, services_of
 from tests.integration.waiting import eventually
 from workers.payments.psp_sim import tokenize
@@ -103,6 +104,8 @@ def gateway_process(settings: Settings, services: Services) -> Iterator[str]:
             },
             start_new_session=True,
         )
+    # Recorded as the stack's gateway: `stack down` stops it if this run is killed.
+    stack_component("gateway").adopt(Context(settings), proc.pid, proc.args)
     side = f"http://{settings.host}:{settings.ports['gateway_side']}/readyz"
     deadline = time.monotonic() + 60
     try:
