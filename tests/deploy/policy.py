@@ -219,8 +219,9 @@ def check_spread(docs: list[Manifest], name: str) -> list[str]:
 
 
 def check_zone_failure(docs: list[Manifest], name: str, zones: int = ZONES) -> list[str]:
-    """With maxSkew 1 over `zones` zones, the worst zone holds ceil(n/zones) of n
-    pods; losing it must leave at least one pod (and, with n >= zones, two thirds)."""
+    """With maxSkew 1 over `zones` zones (check_spread), the worst zone holds
+    ceil(n/zones) of n pods; losing it must leave at least one. With n >= zones that is
+    n - ceil(n/3) >= 2n/3 rounded down: two of three pods at production's n = 3."""
     n = min_replicas(docs, name)
     if n is None:
         return [f"{name}: no autoscaler"]

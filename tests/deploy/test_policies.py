@@ -423,6 +423,7 @@ BREAKAGES = [
     ("global.pki.issuerRef.name=nowhere", "audit", policy.check_mtls),
     ("orders.autoscaling.queue.enabled=false", "orders", policy.check_queue_scaling),
     ("gateway.autoscaling.inFlight.enabled=false", "gateway", policy.check_in_flight_scaling),
+    ("catalog.autoscaling.minReplicas=1", "catalog", policy.check_zone_failure),
 ]
 
 
@@ -430,6 +431,22 @@ BREAKAGES = [
 def test_breaking_a_rule_is_caught(render_with, override: str, name: str, check):
     docs = render_with(override)
     assert check(docs, name), f"{override} went unnoticed"
+
+
+@pytest.mark.parametrize("breakage", ["default account", "token mounted", "account missing"])
+def test_a_workload_on_a_token_bearing_service_account_is_caught(rendered, breakage: str):
+    """No values override can break it (the account and its automount: false are
+    the chart's own), so the rendered manifests are changed instead."""
+    docs = copy.deepcopy(rendered["production"])
+    name = "orders"
+    account = policy.pod_spec(docs, name)["serviceAccountName"]
+    if breakage == "default account":
+        policy.pod_spec(docs, name)["serviceAccountName"] = "default"
+    elif breakage == "token mounted":
+        policy.one(docs, "ServiceAccount", account)["automountServiceAccountToken"] = True
+    else:
+        docs.remove(policy.one(docs, "ServiceAccount", account))
+    assert policy.check_service_account(docs, name)
 
 
 def test_gateway_cut_off_from_a_service_is_caught(render_with):
