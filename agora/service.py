@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -28,7 +28,7 @@ from agora import db, grpc, kafka, pki, process, rollover, temporal
 from agora.config import Settings
 from agora.outbox import OutboxRelay
 from agora.process import STARTUP_PATIENCE_S, bootstrap
-from agora.sideport import SidePort
+from agora.sideport import ReadinessCheck, SidePort
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +81,9 @@ class ServiceParts:
     workflows: Sequence[type] = ()
     consumers: Sequence[kafka.ConsumerSpec] = ()
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # Checks of the stores the service's parts use besides PostgreSQL and Redis (search:
+    # its Elasticsearch), each part of its readiness.
+    readiness: Mapping[str, ReadinessCheck] = field(default_factory=dict)
 
 
 REDIS_TIMEOUT_S = 2.0
@@ -96,6 +99,10 @@ class ServiceDefinition:
     # revocations, payments' PSP store): a Redis failover must not take every pod of
     # every service out of rotation (catalog rides it out behind its breaker).
     needs_redis: bool = False
+    # PostgreSQL is part of its readiness where its work uses it: every service but
+    # search, whose store is Elasticsearch (a PostgreSQL failover must not take search
+    # out of rotation, nor Elasticsearch down leave it in).
+    needs_postgres: bool = True
 
 
 def _certificate_rollover(
@@ -164,9 +171,12 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     async def _redis_ready() -> bool:
         return bool(await redis.ping())
 
-    side.add_check("postgres", _pg_ready)
+    if definition.needs_postgres:
+        side.add_check("postgres", _pg_ready)
     if definition.needs_redis:
         side.add_check("redis", _redis_ready)
+    for name, check in parts.readiness.items():
+        side.add_check(name, check)
 
     tasks = [
         asyncio.create_task(worker.run(), name="temporal-worker"),

@@ -11,7 +11,9 @@ adds its prefix to the patterns there and never opens what they close.
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 
@@ -195,3 +197,15 @@ async def test_start_up_merges_into_a_transient_rule_where_it_takes_effect(
     await indices.refuse_auto_create()
     found = await es.cluster.get_settings(flat_settings=True)
     assert found["transient"][AUTO_CREATE] == f"-{indices.prefix}-*,-other-*,+*"
+
+
+def test_search_is_ready_on_its_elasticsearch_not_on_postgresql(settings, services) -> None:
+    """Search's store is Elasticsearch: that is what its readiness checks. PostgreSQL,
+    which its work never uses, is not (a failover of it took search out of rotation)."""
+    services("search")
+    url = f"http://{settings.host}:{settings.side_port('search')}/readyz"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert json.loads(response.read()) == {
+            "status": "ready",
+            "checks": {"elasticsearch": True},
+        }

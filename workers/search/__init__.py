@@ -15,4 +15,6 @@ async def build(rt: Runtime) -> ServiceParts:
     return await build_parts(rt)
 
 
-DEFINITION = ServiceDefinition(name="search", build=build, publishes_events=False)
+DEFINITION = ServiceDefinition(
+    name="search", build=build, publishes_events=False, needs_postgres=False
+)

@@ -54,4 +54,13 @@ async def build_parts(rt: Runtime) -> ServiceParts:
         ],
         workflows=[ReindexWorkflow],
         consumers=[SearchIndexer(es, indices).spec()],
+        readiness={"elasticsearch": lambda: searchable(es, indices)},
     )
+
+
+async def searchable(es: AsyncElasticsearch, indices: Indices) -> bool:
+    """Readiness: the index searches read has its primary shards (health not red).
+    Not `ping()`: a HEAD / that Elasticsearch refuses (405 here) marks its node dead
+    in the client's pool, and every search then waits out the node's timeout."""
+    health = await es.cluster.health(index=indices.read_alias)
+    return bool(health["status"] != "red")
