@@ -119,7 +119,10 @@ class GatewayProcess(PlatformProcess):
         )
 
     def healthy(self, ctx: Context) -> bool:
-        return http_ok(f"http://{ctx.settings.host}:{ctx.port('gateway')}/healthz")
+        # Ready, not only alive: a gateway without the signing keys (JWKS) refuses
+        # every token, so `make run` would print its URLs too early and keep a
+        # gateway that never got them.
+        return http_ok(f"http://{ctx.settings.host}:{ctx.port('gateway_side')}/readyz")
 
     def urls(self, ctx: Context) -> dict[str, str]:
         return {"gateway": f"http://{ctx.settings.host}:{ctx.port('gateway')}"}
