@@ -8,6 +8,7 @@ and downloads nothing that is cached.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -17,7 +18,7 @@ import time
 
 from agora import config
 from agora.leave import run_and_leave
-from stack.base import ComponentError, Context, say
+from stack.base import ComponentError, Context, exclusive, say
 from stack.component import Component
 from stack.elasticsearch import Elasticsearch
 from stack.kafka import Kafka
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "urls": cmd_urls,
     }
     try:
-        handlers[args.command](ctx, args)
+        with exclusive(ctx) if args.command in ("up", "down", "kill") else contextlib.nullcontext():
+            handlers[args.command](ctx, args)
     except ComponentError as error:
         print(f"\nFAILED {error}", file=sys.stderr)
         return 1

@@ -12,6 +12,8 @@ group) are all that is needed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -21,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +116,7 @@ class Context:
             command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *command]
         full_env = {**os.environ, **(env or {})}
         log = self.log_file(name)
+        _rotate(log)
         with log.open("ab") as out:
             out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {command}\n".encode())
             out.flush()
@@ -183,6 +186,10 @@ def _wait_gone(pgid: int, timeout: float = 10.0) -> None:
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # Reaped here when this process started it (in the same command, or a test):
+        # nobody else would, and it stayed a zombie until the timeout.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pgid, os.WNOHANG)
         if not Path(f"/proc/{pgid}").exists() and not _group_members(pgid):
             return
         time.sleep(0.05)
@@ -283,10 +290,42 @@ def wait_until(
 
 def _tail(ctx: Context, name: str, lines: int = 8) -> str:
     try:
-        text = ctx.log_file(name).read_text(errors="replace").splitlines()[-lines:]
+        with ctx.log_file(name).open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - TAIL_BYTES))  # not the whole log
+            text = log.read().decode(errors="replace").splitlines()[-lines:]
     except FileNotFoundError:
         return "no log was written"
     return "read the log; its last lines:\n    " + "\n    ".join(text)
+
+
+# A component's log is kept across its restarts (a crash's last lines stay readable),
+# up to this size: a start that finds it larger moves it to <name>.log.1 (the one
+# before is dropped). Kafka alone wrote 100 MB a day of restarts on the test stack.
+LOG_ROTATE_BYTES = 50 * 2**20
+TAIL_BYTES = 64 * 2**10
+
+
+def _rotate(log: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if log.stat().st_size > LOG_ROTATE_BYTES:
+            log.replace(log.with_name(log.name + ".1"))
+
+
+@contextlib.contextmanager
+def exclusive(ctx: Context) -> Iterator[None]:
+    """One `up`, `down` or `kill` at a time on a stack. Two starts at once (`make run`
+    in two terminals, `make chaos` during `make run`) both spawned a component; one
+    lost the port and exited, and the record could name that one, leaving the
+    running process unknown to `make stop`. The lock file's descriptor is not
+    inherited by what the command spawns (PEP 446)."""
+    ctx.state.mkdir(parents=True, exist_ok=True)
+    with (ctx.state / "stack.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("stack", "waiting for another `python -m stack` command on this stack to end")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def ensure_system_user(name: str) -> str | None:

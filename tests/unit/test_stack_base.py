@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,46 @@ def test_a_process_dying_during_start_up_fails_fast_with_its_log(ctx: Context) -
         wait_until("crasher", lambda: False, timeout=30, ctx=ctx)
     assert "exited during start-up" in str(raised.value)
     assert "bad config line 3" in str(raised.value)
+
+
+def test_a_start_moves_an_outgrown_log_aside_and_keeps_a_small_one(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "LOG_ROTATE_BYTES", 1000)
+    log = ctx.log_file("chatty")
+    log.write_bytes(b"old line\n" * 200)  # 1800 bytes: outgrown
+    ctx.spawn("chatty", [sys.executable, "-c", "print('second start')"])
+    rotated = log.with_name("chatty.log.1")
+    assert rotated.read_bytes() == b"old line\n" * 200
+    assert b"old line" not in log.read_bytes()
+    ctx.stop("chatty")
+    ctx.spawn("chatty", [sys.executable, "-c", "print('third start')"])  # still small
+    assert rotated.read_bytes() == b"old line\n" * 200
+    assert log.read_bytes().count(b"start: ") == 2
+
+
+def test_the_last_lines_of_a_failed_components_log_come_from_its_end(ctx: Context) -> None:
+    ctx.log_file("big").write_bytes(b"x" * (3 * base.TAIL_BYTES) + b"\nlast words\n")
+    assert base._tail(ctx, "big").endswith("last words")
+
+
+def test_stack_commands_on_one_stack_run_one_at_a_time(
+    ctx: Context, capsys: pytest.CaptureFixture[str]
+) -> None:
+    order: list[str] = []
+    first_in = threading.Event()
+
+    def first() -> None:
+        with base.exclusive(ctx):
+            first_in.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(5)
+    with base.exclusive(ctx):  # its own descriptor: flock excludes it as another process
+        order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"]
+    assert "waiting for another" in capsys.readouterr().err
