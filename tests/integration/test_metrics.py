@@ -12,6 +12,7 @@ from grpclib.exceptions import GRPCError
 from agora.config import Settings
 from agora.grpc import Channels
 from contracts.agora.identity.v1 import GetAccountRequest, GetJwksRequest, IdentityServiceStub
+from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -70,11 +71,12 @@ async def test_grpc_calls_are_counted_by_method_and_code_with_latency_buckets(
 async def test_outbox_backlog_and_age_are_exposed_per_service(
     settings: Settings, identity_service
 ) -> None:
-    for _ in range(20):
+    async def both() -> str | None:
         text = await asyncio.to_thread(scrape, settings, "identity")
-        backlog = sample(text, "agora_outbox_backlog", service="identity")
-        if backlog is not None:
-            break
-        await asyncio.sleep(0.5)
-    assert backlog is not None and backlog >= 0
-    assert sample(text, "agora_outbox_oldest_age_seconds", service="identity") is not None
+        exposed = (
+            sample(text, "agora_outbox_backlog", service="identity") is not None
+            and sample(text, "agora_outbox_oldest_age_seconds", service="identity") is not None
+        )
+        return text if exposed else None
+
+    await eventually(both, within=10, what="identity's outbox backlog and age gauges")

@@ -13,6 +13,7 @@ from agora.config import Settings
 from agora.grpc import Channels
 from agora.telemetry import setup_telemetry
 from contracts.agora.identity.v1 import GetJwksRequest, IdentityServiceStub
+from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +46,13 @@ async def test_a_grpc_call_continues_the_callers_trace_down_to_its_sql(
     finally:
         channels.close()
 
-    spans: list[dict] = []
-    for _ in range(60):
-        spans = jaeger_trace(settings, trace_id)
+    async def arrived() -> list[dict] | None:
+        spans = await asyncio.to_thread(jaeger_trace, settings, trace_id)
         names = {s["operationName"] for s in spans}
-        if "agora.identity.v1.IdentityService/GetJwks" in names and len(spans) >= 3:
-            break
-        await asyncio.sleep(0.5)
+        whole = "agora.identity.v1.IdentityService/GetJwks" in names and len(spans) >= 3
+        return spans if whole else None
+
+    spans = await eventually(arrived, within=30, what=f"trace {trace_id} in Jaeger")
     by_id = {s["spanID"]: s for s in spans}
     server = next(
         s for s in spans if s["operationName"] == "agora.identity.v1.IdentityService/GetJwks"

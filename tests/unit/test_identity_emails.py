@@ -136,7 +136,7 @@ async def test_sign_in_sends_the_normalized_email_and_limits_by_it(
 ) -> None:
     for email in (GREEK, DECOMPOSED, COMPOSED.upper()):
         body = SignInRequest(email=email, password="p")
-        assert (await auth_routes.sign_in(None, body)).access_token == "at"  # type: ignore[arg-type]
+        await auth_routes.sign_in(None, body)  # type: ignore[arg-type]
     sent = [call.password.email for call in upstream.sign_ins]
     assert sent == ["οδος@example.gr", COMPOSED, COMPOSED]
     # One bucket per account, however its email was typed.
@@ -176,7 +176,7 @@ def temporal(monkeypatch: pytest.MonkeyPatch) -> FakeTemporal:
 
 
 async def test_the_admin_command_registers_the_normalized_email(temporal: FakeTemporal) -> None:
-    assert await admin.register(None, f" {DECOMPOSED} ", "a long enough password", "admin")  # type: ignore[arg-type]
+    await admin.register(None, f" {DECOMPOSED} ", "a long enough password", "admin")  # type: ignore[arg-type]
     ((data, workflow_id),) = temporal.started
     assert data.email == COMPOSED and workflow_id == register_workflow_id(COMPOSED)
     assert data.roles == ["admin"]
@@ -189,7 +189,8 @@ async def test_the_admin_command_refuses_a_password_registration_would(
     with pytest.raises(admin.Refused, match="at least"):
         await admin.register(None, "ops@example.com", short, "admin")  # type: ignore[arg-type]
     assert temporal.started == []
-    assert await admin.register(None, "ops@example.com", short + "x", "admin")  # type: ignore[arg-type]
+    await admin.register(None, "ops@example.com", short + "x", "admin")  # type: ignore[arg-type]
+    assert [data.email for data, _ in temporal.started] == ["ops@example.com"]
 
 
 @pytest.mark.parametrize(
@@ -208,7 +209,8 @@ async def test_the_admin_command_refuses_what_sign_in_would_refuse(
         await admin.register(None, email, password, "admin")  # type: ignore[arg-type]
     assert temporal.started == []
     # The longest password sign-in takes is taken here too.
-    assert await admin.register(None, "ops@example.com", "x" * 256, "admin")  # type: ignore[arg-type]
+    await admin.register(None, "ops@example.com", "x" * 256, "admin")  # type: ignore[arg-type]
+    assert [data.email for data, _ in temporal.started] == ["ops@example.com"]
 
 
 async def test_the_demo_admin_password_file_is_created_private(
