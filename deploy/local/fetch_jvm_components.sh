@@ -73,8 +73,12 @@ run_with_heartbeat() {
     local comp="$1" logf="$2"
     shift 2
     local start=$SECONDS
-    "$@" >"$logf" 2>&1 &
+    # As run_step (run_step.sh): the lock is not handed down, and Ctrl-C or SIGTERM
+    # stops the command (started with SIGINT ignored, which Maven keeps).
+    "$@" >"$logf" 2>&1 {CACHE_LOCK}>&- &
     local pid=$!
+    trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exit 130' INT
+    trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exit 143' TERM
     while kill -0 "$pid" 2>/dev/null; do
         sleep 2
         if (( (SECONDS - start) % 10 < 2 && SECONDS - start >= 2 )); then
@@ -83,7 +87,10 @@ run_with_heartbeat() {
             log "$comp: still fetching ($((SECONDS - start))s, ${n:-0} files downloaded; log $logf)"
         fi
     done
-    wait "$pid"
+    local rc=0
+    wait "$pid" || rc=$?
+    trap - INT TERM
+    return "$rc"
 }
 
 fetch_kafka() {
@@ -96,7 +103,8 @@ fetch_kafka() {
     mkdir -p "$CACHE/kafka"
     local tmp="$CACHE/kafka/.tmp-$KAFKA_VERSION-$$"
     local logf="$CACHE/kafka/fetch-$KAFKA_VERSION.log"
-    rm -rf "$tmp"
+    # With the lock held no other fetch is running: an interrupted one's folder goes too.
+    rm -rf "$CACHE/kafka/.tmp-$KAFKA_VERSION-"*
     mkdir -p "$tmp/libs"
     local cmd=("$MVN" -B --strict-checksums -Dstyle.color=never -f "$KAFKA_POM" "$DEP_PLUGIN:copy-dependencies"
         "-Dkafka.version=$KAFKA_VERSION" -DincludeScope=runtime
@@ -126,7 +134,7 @@ fetch_elasticsearch() {
     mkdir -p "$CACHE/elasticsearch"
     local tmp="$CACHE/elasticsearch/.tmp-$ES_VERSION-$$"
     local logf="$CACHE/elasticsearch/fetch-$ES_VERSION.log"
-    rm -rf "$tmp"
+    rm -rf "$CACHE/elasticsearch/.tmp-$ES_VERSION-"*  # an interrupted fetch's too (as kafka's)
     mkdir -p "$tmp/dl" "$tmp/unpack"
     [[ "$ES_SHA512" =~ ^[0-9a-f]{128}$ ]] || {
         echo "[fetch-jvm] FAILED: elasticsearch $ES_VERSION: ES_SHA512 must be the zip's pinned SHA-512" \

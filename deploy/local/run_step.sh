@@ -12,8 +12,15 @@ run_step() {
   local start now pid rc last
   start=$(date +%s)
   echo "=== $(date -Is) [$component] \$ $*" >>"$logfile"
-  "$@" >>"$logfile" 2>&1 &
+  # The cache lock's descriptor is not handed to the command: one left running would
+  # hold the lock after this script ended.
+  "$@" >>"$logfile" 2>&1 {CACHE_LOCK}>&- &
   pid=$!
+  # A background job starts with SIGINT ignored (no job control in a script), and Go
+  # and the JVM keep it ignored: on Ctrl-C or SIGTERM stop it here, or it runs on
+  # after the script, and the next `make run` rebuilds beside it.
+  trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exit 130' INT
+  trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exit 143' TERM
   while kill -0 "$pid" 2>/dev/null; do
     local i=0
     while (( i < HEARTBEAT )) && kill -0 "$pid" 2>/dev/null; do sleep 1; i=$((i + 1)); done
@@ -25,6 +32,7 @@ run_step() {
   done
   rc=0
   wait "$pid" || rc=$?
+  trap - INT TERM
   now=$(date +%s)
   if (( rc != 0 )); then
     log "FAILED: component=$component exit=$rc after $((now - start))s"
