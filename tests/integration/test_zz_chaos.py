@@ -29,7 +29,7 @@ from bench.chaos_load import Catalog, Credentials, Mix, SteadyLoad
 from bench.invariants import FINAL, RunFacts, check_all
 from stack.base import Context
 from tests.integration.conftest import Services
-from tests.integration.gatewaykit import TokenMinter, running_gateway
+from tests.integration.gatewaykit import Api, register_admin, running_gateway
 from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -79,16 +79,16 @@ async def test_faults_under_a_steady_load_lose_nothing_and_charge_nothing_twice(
     started = datetime.now(UTC)
     for service in SERVICES:
         services(service)
-    minter = TokenMinter(settings)
-    customer_id = str(uuid.uuid4())
-    credentials = Credentials(
-        customer=minter.token(
-            sub=customer_id, scope="profile catalog:read orders:read orders:write"
-        ),
-        admin=minter.token(scope="profile catalog:read catalog:write inventory:write"),
-        customer_id=customer_id,
-    )
-    async with running_gateway(settings, minter) as (_, client):
+    # Signed in through identity, as a customer and an operator are: no test key.
+    async with running_gateway(settings) as (gw, client):
+        api = Api(client)
+        customer = await api.new_session()
+        admin = await api.sign_in(await register_admin(gw))
+        credentials = Credentials(
+            customer=customer["access_token"],
+            admin=admin["access_token"],
+            customer_id=customer["account"]["account_id"],
+        )
         base = str(client.make_url("")).rstrip("/")
         ordered = await order_skus(base, credentials.admin, uuid.uuid4().hex[:8])
         repriced = await order_skus(base, credentials.admin, uuid.uuid4().hex[:8])
@@ -103,7 +103,7 @@ async def test_faults_under_a_steady_load_lose_nothing_and_charge_nothing_twice(
         settle_records(load, records, quiet_s=4.0)
         facts = RunFacts(
             started_at=started,
-            customer_ids=[customer_id],
+            customer_ids=[credentials.customer_id],
             accepted_orders=load.accepted_orders(),
             initial_stock=stock,
             updated_skus=sorted(load.updated_skus),
