@@ -35,7 +35,9 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     `level` is AGORA_LOG_LEVEL's value: one it does not know is refused before the
     handler is replaced, so the refusal goes out as JSON if logging was set up before.
     """
-    if level.upper() not in logging.getLevelNamesMapping():  # WARN and FATAL are known too
+    # The five names only: logging also knows WARN, FATAL and NOTSET (which logs
+    # everything), which the documentation does not offer.
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError(
             f"AGORA_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
         )

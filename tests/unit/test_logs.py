@@ -40,9 +40,11 @@ def test_log_line_outside_a_span_has_empty_trace_id(monkeypatch) -> None:
     assert line["trace_id"] == "" and line["level"] == "WARNING"
 
 
-def test_an_unknown_level_is_refused_naming_the_variable() -> None:
-    with pytest.raises(ValueError, match=r"AGORA_LOG_LEVEL .*'LOUD'"):
-        setup_logging("orders", "LOUD")
+@pytest.mark.parametrize("level", ["LOUD", "WARN", "FATAL", "NOTSET"])
+def test_a_level_not_documented_is_refused_naming_the_variable(level: str) -> None:
+    # logging knows WARN, FATAL and NOTSET (everything) too; the docs offer five names.
+    with pytest.raises(ValueError, match=rf"AGORA_LOG_LEVEL .*'{level}'"):
+        setup_logging("orders", level)
 
 
 def test_a_python_warning_is_a_json_line_with_service_and_level() -> None:
