@@ -32,7 +32,11 @@ CHAIN_BROKEN = "AuditChainBroken"
 # log may have grown by more than one 30 s attempt can verify: each run then signs
 # the row it verified up to, the next one goes on from there, and the checkpoints
 # catch up with the head run by run instead of every attempt timing out for good.
-CHECKPOINT_MAX_ROWS = 50_000
+# It also bounds how fast checkpoints can follow the log: at the default 300 s
+# interval, 300,000 rows are 1,000 rows/s, four times what 30 orders/s append (about
+# 8 events each); 50,000 (167 rows/s) fell behind at that load for good. About 3 s of
+# verification at 100,000 rows/s (docs/audit.md), 10 s on a loaded host.
+CHECKPOINT_MAX_ROWS = 300_000
 
 
 @dataclass
