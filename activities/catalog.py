@@ -314,7 +314,13 @@ class CatalogActivities:
         # After the commit, as a single write's refresh_cache: a Redis error fails the
         # attempt, and the retry (the stored result above) caches the rows again. An
         # entry left stale would price orders at the old price until its TTL.
-        for product in written:
+        # Heartbeating here too: with Redis slow (20 ms a write, under its timeout) the
+        # caching of a large batch outlasted the heartbeat timeout, on the first attempt
+        # and on every retry (the earlier-result path caches the whole batch again), and
+        # the import never went on.
+        for index, product in enumerate(written):
+            if index % 25 == 0:
+                activity.heartbeat(f"cached {index}")
             await self.cache.put(product)
         return result
 
