@@ -30,15 +30,25 @@ from temporalio.service import RPCError, RPCStatusCode
 log = logging.getLogger(__name__)
 
 
+def run_timeout(every: timedelta) -> timedelta:
+    """How long one scheduled run may take: three intervals, ten minutes at least. A run
+    still going when the next is due skips the next; without a bound, one whose step
+    failed retryably for ever (each scheduled step retries without limit) stopped the
+    schedule for good, with nothing failed anywhere."""
+    return max(3 * every, timedelta(minutes=10))
+
+
 def interval_schedule(
     run: Callable[[Any], Awaitable[Any]], workflow_id: str, every: timedelta, task_queue: str
 ) -> Schedule:
-    """Start `run` every `every`; a run still going when the next is due skips the next."""
+    """Start `run` every `every`; a run still going when the next is due skips the next,
+    and a run is ended after `run_timeout(every)`."""
     return Schedule(
         action=ScheduleActionStartWorkflow(
             run,  # type: ignore[arg-type]
             id=workflow_id,  # the schedule appends the run's timestamp
             task_queue=task_queue,
+            execution_timeout=run_timeout(every),
         ),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
@@ -63,7 +73,12 @@ async def ensure_interval_schedule(
             "schedule created", extra={"schedule": schedule_id, "every_s": every.total_seconds()}
         )
         return "created"
-    if [spec.every for spec in description.schedule.spec.intervals] == [every]:
+    action = description.schedule.action
+    timeout = getattr(action, "execution_timeout", None)
+    wanted_timeout = getattr(wanted.action, "execution_timeout", None)
+    if [spec.every for spec in description.schedule.spec.intervals] == [every] and (
+        timeout == wanted_timeout
+    ):
         return "unchanged"
 
     def update(current: ScheduleUpdateInput) -> ScheduleUpdate:

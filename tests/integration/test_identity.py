@@ -53,7 +53,7 @@ from workers.identity import keys
 from workers.identity.errors import RefreshTokenReused
 from workers.identity.kek import SecretBox, load_kek
 from workers.identity.keys import ALG
-from workers.identity.schedule import ensure_rotation_schedule
+from workers.identity.schedule import ensure_rotation_schedule, rotation_schedule
 from workers.identity.sessions import (
     Revocations,
     Sessions,
@@ -841,8 +841,31 @@ async def test_ensuring_the_schedule_creates_then_updates_then_leaves_it(tempora
         assert await ensure(temporal, hour, TASK_QUEUE, schedule_id=schedule_id) == "updated"
         description = await temporal.get_schedule_handle(schedule_id).describe()
         assert [spec.every for spec in description.schedule.spec.intervals] == [hour]
+        # A run is bounded (three intervals): one stuck retrying stops the schedule no more.
+        action = description.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        assert action.execution_timeout == 3 * hour
     finally:
         await temporal.get_schedule_handle(schedule_id).delete()
+
+
+async def test_a_schedule_made_without_a_run_timeout_gets_one(temporal: Client) -> None:
+    """Schedules created before runs were bounded are updated at the next start."""
+    schedule_id = f"test-rotation-{uuid.uuid4().hex[:8]}"
+    handle = temporal.get_schedule_handle(schedule_id)
+    day = timedelta(days=1)
+    unbounded = rotation_schedule(day, TASK_QUEUE)
+    assert isinstance(unbounded.action, ScheduleActionStartWorkflow)
+    unbounded.action.execution_timeout = None
+    await temporal.create_schedule(schedule_id, unbounded)
+    try:
+        ensured = await ensure_rotation_schedule(temporal, day, TASK_QUEUE, schedule_id=schedule_id)
+        assert ensured == "updated"
+        action = (await handle.describe()).schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        assert action.execution_timeout == 3 * day
+    finally:
+        await handle.delete()
 
 
 async def test_a_new_interval_keeps_the_schedule_paused_by_an_operator(temporal: Client) -> None:
