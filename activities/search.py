@@ -35,6 +35,10 @@ from workers.search.index import Indices, StaleIndex
 
 log = logging.getLogger(__name__)
 BACKFILL_PAGE = 100  # catalog's largest page
+# A page's gRPC calls (catalog's list, inventory's stock) each wait this long at most.
+# The backfill heartbeats once per page, so its heartbeat timeout
+# (workflows.search.BACKFILL_HEARTBEAT) must outlast a slow page's calls and writes.
+PAGE_CALL_TIMEOUT_S = 30
 STOCK_BATCH = 500  # stock levels carried over per mget + bulk
 # A backfill of a large catalog runs for minutes: a line every this many pages
 # (1,000 products) shows it advancing.
@@ -149,7 +153,7 @@ class SearchActivities:
                     include_inactive=True,
                     page=PageRequest(page_size=BACKFILL_PAGE, cursor=state.cursor),
                 ),
-                timeout=30,
+                timeout=PAGE_CALL_TIMEOUT_S,
             )
             products = list(page.products)
             if products:
@@ -207,7 +211,9 @@ class SearchActivities:
             for doc in found["docs"]:
                 if doc.get("found"):
                     stock[doc["_id"]] = doc["_source"]
-        levels = await self.inventory.batch_get_stock(BatchGetStockRequest(skus=skus), timeout=30)
+        levels = await self.inventory.batch_get_stock(
+            BatchGetStockRequest(skus=skus), timeout=PAGE_CALL_TIMEOUT_S
+        )
         for level in levels.stock:
             if level.version > int(stock.get(level.sku, {}).get("stock_version") or 0):
                 stock[level.sku] = stock_fields(level)

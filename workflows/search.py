@@ -51,6 +51,11 @@ REINDEX_WORKFLOW_ID = "search-reindex"
 PROPAGATION_WAIT = timedelta(seconds=TARGETS_TTL_S * 3)
 DROP_GRACE = timedelta(seconds=5)
 STEP = timedelta(seconds=30)
+# The backfill heartbeats once per page: a page's two gRPC calls (30 s each at most,
+# activities.search.PAGE_CALL_TIMEOUT_S) and its Elasticsearch writes (10 s, three
+# tries) must fit. At 30 s one slow page timed the attempt out, and its retry redid
+# the page while the timed-out attempt still wrote beside it.
+BACKFILL_HEARTBEAT = timedelta(minutes=2)
 RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 # What Elasticsearch takes in an index name (lower case; no space, '#', ',', ':', '*'
 # ...), short enough for its 255-byte limit. A version it refuses would fail
@@ -137,7 +142,7 @@ class ReindexWorkflow:
             SearchActivities.backfill,
             BackfillInput(begun.new_index, begun.source_index),
             start_to_close_timeout=timedelta(hours=1),
-            heartbeat_timeout=timedelta(seconds=30),
+            heartbeat_timeout=BACKFILL_HEARTBEAT,
             retry_policy=RETRY,
         )
         progress.copied, progress.merged = copied.copied, copied.merged

@@ -143,3 +143,15 @@ async def test_a_reindex_started_under_another_id_before_the_check_replays_as_it
         workflows=[ReindexWorkflow], workflow_runner=workflow_runner()
     ).replay_workflow(made_up, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
+
+
+def test_the_backfill_heartbeat_outlasts_a_slow_page() -> None:
+    """One heartbeat per page: a page's two gRPC calls at their timeout and its
+    Elasticsearch writes (the client's timeout, three tries) fit in the heartbeat
+    timeout, so a slow page is not taken for a dead attempt and redone beside it."""
+    from activities.search import PAGE_CALL_TIMEOUT_S
+    from workflows.search import BACKFILL_HEARTBEAT
+
+    elasticsearch_s = 10 * 3  # workers/search/wiring.py: request_timeout, max_retries + 1
+    slow_page_s = 2 * PAGE_CALL_TIMEOUT_S + elasticsearch_s
+    assert BACKFILL_HEARTBEAT.total_seconds() > slow_page_s
