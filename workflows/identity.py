@@ -66,7 +66,9 @@ REFUSE_UNSTORABLE_PATCH = "refuse-unstorable-registration-text"
 
 
 def register_workflow_id(email: str) -> str:
-    """One registration per email at a time: a retried request joins the running one.
+    """One registration per email at a time: a second request while one runs is refused
+    (409 `conflict`), and one after it finds the email taken (409 `email-taken`). A
+    client whose first POST timed out signs in to learn its account id.
 
     Workflow ids are visible in clear (the UI, visibility queries), unlike payloads,
     so the id holds a digest of the email, never the email itself. The digest is of
