@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from temporalio import activity, workflow
@@ -106,12 +108,22 @@ def worker(env: WorkflowEnvironment, queue: str) -> Worker:
     )
 
 
-async def run(env: WorkflowEnvironment, workflow, *args):
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+
+
+async def run(env: WorkflowEnvironment, workflow, *args, history: str = ""):
+    """Run one workflow; AGORA_RECORD_HISTORIES=1 keeps a named run's history for the
+    replay test (test_order_replay.py)."""
     queue = f"test-{uuid.uuid4()}"
+    workflow_id = f"wf-{uuid.uuid4()}"
     async with worker(env, queue):
-        return await env.client.execute_workflow(
-            workflow, *args, id=f"wf-{uuid.uuid4()}", task_queue=queue
+        result = await env.client.execute_workflow(
+            workflow, *args, id=workflow_id, task_queue=queue
         )
+    if history and os.environ.get("AGORA_RECORD_HISTORIES"):
+        recorded = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        (HISTORIES / f"identity-{history}.json").write_text(recorded.to_json())
+    return result
 
 
 def registration(email: str, password_hash: str = HASH) -> RegisterAccountInput:
@@ -120,7 +132,8 @@ def registration(email: str, password_hash: str = HASH) -> RegisterAccountInput:
 
 async def test_register_account_creates_the_account(env: WorkflowEnvironment) -> None:
     data = registration("ann@example.test")
-    assert await run(env, RegisterAccountWorkflow.run, data) == AccountRef(data.account_id, True)
+    created = await run(env, RegisterAccountWorkflow.run, data, history="register")
+    assert created == AccountRef(data.account_id, True)
 
 
 async def test_a_taken_email_surfaces_as_the_workflows_own_failure(
@@ -226,7 +239,7 @@ async def test_rotation_publishes_the_key_waits_then_makes_it_current_and_prunes
     env: WorkflowEnvironment,
 ) -> None:
     calls.clear()
-    report = await run(env, RotateSigningKeyWorkflow.run)
+    report = await run(env, RotateSigningKeyWorkflow.run, history="rotation")
     published = calls[0]
     assert isinstance(published, tuple) and published[0] == "publish"
     assert calls[1:] == [published[1], "prune"]

@@ -1,5 +1,5 @@
-"""Committed histories replay on the current code: the order saga, the refund workflow
-and the catalog import.
+"""Committed histories replay on the current code: the order saga, the refund workflow,
+the catalog import, identity's registration and key rotation, and search's reindex.
 
 A change to OrderWorkflow that would break a saga already running in production
 (a reordered, added or removed step without `workflow.patched`) fails here.
@@ -18,10 +18,19 @@ from temporalio.worker import Replayer
 
 from agora.temporal import workflow_runner
 from workflows.catalog import ImportProductsWorkflow
+from workflows.identity import RegisterAccountWorkflow, RotateSigningKeyWorkflow
 from workflows.orders import OrderWorkflow, RefundOrderWorkflow
+from workflows.search import ReindexWorkflow
 
 HISTORIES = sorted((Path(__file__).resolve().parent.parent / "histories").glob("*.json"))
-WORKFLOWS = [OrderWorkflow, RefundOrderWorkflow, ImportProductsWorkflow]
+WORKFLOWS = [
+    OrderWorkflow,
+    RefundOrderWorkflow,
+    ImportProductsWorkflow,
+    RegisterAccountWorkflow,
+    RotateSigningKeyWorkflow,
+    ReindexWorkflow,
+]
 SAGA_TESTS = Path(__file__).resolve().with_name("test_order_saga.py")
 # Parsed once, as the module is collected (see CONFIG_TREE in test_config_env.py).
 SAGA_TESTS_TREE = ast.parse(SAGA_TESTS.read_text())
@@ -30,6 +39,8 @@ SAGA_TESTS_TREE = ast.parse(SAGA_TESTS.read_text())
 def test_there_are_histories_to_replay() -> None:
     assert len([p for p in HISTORIES if p.name.startswith("order-")]) >= 8
     assert len([p for p in HISTORIES if p.name.startswith("import-")]) >= 2
+    for kind in ("identity-register", "identity-rotation", "search-reindex"):
+        assert any(p.stem == kind for p in HISTORIES), kind
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

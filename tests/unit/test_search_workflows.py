@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 from temporalio import activity
@@ -49,10 +51,17 @@ async def drop_indices(data: DropInput) -> None:
     dropped.append(data.indices)
 
 
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+
+
 async def reindexed(
-    env: WorkflowEnvironment, version: str, workflow_id: str = REINDEX_WORKFLOW_ID
+    env: WorkflowEnvironment,
+    version: str,
+    workflow_id: str = REINDEX_WORKFLOW_ID,
+    history: str = "",
 ) -> ReindexProgress:
-    """A Reindex of `version` run to its end against this module's activities."""
+    """A Reindex of `version` run to its end against this module's activities;
+    AGORA_RECORD_HISTORIES=1 keeps a named run's history for the replay test."""
     queue = f"search-{uuid.uuid4()}"
     async with Worker(
         env.client,
@@ -61,16 +70,20 @@ async def reindexed(
         workflow_runner=workflow_runner(),
         activities=[begin_reindex, backfill, swap_alias_retried, drop_indices],
     ):
-        return await env.client.execute_workflow(
+        progress = await env.client.execute_workflow(
             ReindexWorkflow.run, ReindexInput(version), id=workflow_id, task_queue=queue
         )
+    if history and os.environ.get("AGORA_RECORD_HISTORIES"):
+        recorded = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        (HISTORIES / f"search-{history}.json").write_text(recorded.to_json())
+    return progress
 
 
 async def test_a_swap_retried_after_it_succeeded_still_drops_the_old_index(
     env: WorkflowEnvironment,
 ) -> None:
     dropped.clear()
-    progress = await reindexed(env, "v2")
+    progress = await reindexed(env, "v2", history="reindex")
     assert dropped == [["products-old"]]
     assert (progress.phase, progress.old_indices) == ("done", ["products-old"])
 
