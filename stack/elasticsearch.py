@@ -51,6 +51,18 @@ def java_home() -> str:
     )
 
 
+def distribution_config(source: Path, config: Path, version: str) -> None:
+    """The distribution's config files (jvm.options, log4j2.properties, ...) in the
+    data folder's config, copied again when the version changed or a copy was cut
+    short: the stamp is written last. Before, they were copied once, so a version
+    bump kept the old version's files and an interrupted copy stayed half done."""
+    stamp = config / ".agora-version"
+    if stamp.exists() and stamp.read_text() == version:
+        return
+    shutil.copytree(source, config, dirs_exist_ok=True)
+    stamp.write_text(version)
+
+
 class Elasticsearch(Component):
     name = "elasticsearch"
     ports = ("elasticsearch", "elasticsearch_transport")
@@ -83,8 +95,7 @@ class Elasticsearch(Component):
     def prepare(self, ctx: Context) -> None:
         root = ctx.data("elasticsearch")
         config = root / "config"
-        if not (config / "jvm.options").exists():
-            shutil.copytree(self.home(ctx) / "config", config, dirs_exist_ok=True)
+        distribution_config(self.home(ctx) / "config", config, VERSION)
         for sub in ("data", "logs", "tmp"):
             (root / sub).mkdir(exist_ok=True)
         render_template(

@@ -1,0 +1,31 @@
+"""Elasticsearch's config files follow the version the stack runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stack.elasticsearch import distribution_config
+
+
+def _distribution(root: Path, jvm_options: str) -> Path:
+    source = root / "config"
+    source.mkdir(parents=True)
+    (source / "jvm.options").write_text(jvm_options)
+    return source
+
+
+def test_a_new_version_brings_its_own_config_files(tmp_path: Path) -> None:
+    config = tmp_path / "data" / "config"
+    distribution_config(_distribution(tmp_path / "9.5.4", "-Xss1m old"), config, "9.5.4")
+    (config / "elasticsearch.yml").write_text("rendered by the stack")
+    distribution_config(_distribution(tmp_path / "9.6.0", "-Xss1m new"), config, "9.6.0")
+    assert (config / "jvm.options").read_text() == "-Xss1m new"
+    assert (config / "elasticsearch.yml").read_text() == "rendered by the stack"
+
+
+def test_a_copy_cut_short_is_made_again(tmp_path: Path) -> None:
+    config = tmp_path / "data" / "config"
+    config.mkdir(parents=True)
+    (config / "jvm.options").write_text("")  # half written, no stamp
+    distribution_config(_distribution(tmp_path / "9.5.4", "-Xss1m"), config, "9.5.4")
+    assert (config / "jvm.options").read_text() == "-Xss1m"
