@@ -43,11 +43,16 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     await environment.shutdown()
 
 
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
-    """Spans of the gRPC wrapper (agora.grpc), kept in memory for a test to read."""
+def spans_of(monkeypatch: pytest.MonkeyPatch, module: object, tracer: str) -> InMemorySpanExporter:
+    """The spans of `module`'s tracer (its attribute `tracer`), kept in memory."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(grpc, "_tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(module, tracer, provider.get_tracer("test"))
     return exporter
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """Spans of the gRPC wrapper (agora.grpc), kept in memory for a test to read."""
+    return spans_of(monkeypatch, grpc, "_tracer")

@@ -8,8 +8,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -19,16 +17,13 @@ from gateway.deps import GATEWAY
 from gateway.metrics import GatewayMetrics
 from gateway.problems import Problem
 from gateway.routing import RouteTable
+from tests.unit.conftest import spans_of
 
 
 @pytest.fixture
 def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
     """The edge middleware's spans, kept in memory."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(middleware, "tracer", provider.get_tracer("test"))
-    return exporter
+    return spans_of(monkeypatch, middleware, "tracer")
 
 
 async def crash(_: web.Request) -> web.Response:
