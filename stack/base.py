@@ -226,6 +226,15 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def process_age_s(pid: int) -> float | None:
+    """Seconds since `pid` started (None when it is gone)."""
+    started = _start_time(pid)
+    if started is None:
+        return None
+    uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime_s - int(started) / os.sysconf("SC_CLK_TCK")
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -6,7 +6,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stack.base import ComponentError, Context, require_free_ports, say, wait_until
+from stack.base import (
+    ComponentError,
+    Context,
+    process_age_s,
+    require_free_ports,
+    say,
+    wait_until,
+)
 
 
 class Component:
@@ -64,9 +71,12 @@ class Component:
                 say(self.name, "already running")
                 self.after_healthy(ctx)
                 return 0.0
-            # Running but not answering: wait a little (it may be starting), else restart.
+            # Running but not answering: it may be starting (an earlier `up` interrupted,
+            # say), so wait out the rest of its start-up time, 15 s at least, else restart.
             try:
-                wait_until(self.name, lambda: self.healthy(ctx), timeout=15, ctx=ctx)
+                wait_until(
+                    self.name, lambda: self.healthy(ctx), timeout=self.patience(ctx), ctx=ctx
+                )
                 self.after_healthy(ctx)
                 return time.monotonic() - started
             except ComponentError:
@@ -80,6 +90,15 @@ class Component:
         elapsed = time.monotonic() - started
         say(self.name, f"healthy in {elapsed:.1f}s")
         return elapsed
+
+    def patience(self, ctx: Context) -> float:
+        """How long to wait for a running, unhealthy process before restarting it: what is
+        left of its start-up time (Elasticsearch 120 s), 15 s at least. A flat 15 s
+        restarted an Elasticsearch or Kafka still starting."""
+        pid = ctx.running_pid(self.name)
+        age = process_age_s(pid) if pid is not None else None
+        left = self.start_timeout - age if age is not None else 0.0
+        return max(15.0, left)
 
     def down(self, ctx: Context) -> bool:
         return ctx.stop(self.name)

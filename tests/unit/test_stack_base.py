@@ -140,3 +140,21 @@ def test_stack_commands_on_one_stack_run_one_at_a_time(
     thread.join()
     assert order == ["first done", "second in"]
     assert "waiting for another" in capsys.readouterr().err
+
+
+def test_a_component_still_starting_is_given_the_rest_of_its_start_up_time(ctx: Context) -> None:
+    from stack.component import Component
+
+    class Slow(Component):
+        name = "slow"
+        start_timeout = 120.0
+
+    ctx.spawn("slow", [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # Just started: nearly all of its 120 s, not a flat 15 s.
+        assert 110 < Slow().patience(ctx) <= 120
+        assert base.process_age_s(ctx.running_pid("slow") or 0) is not None
+    finally:
+        ctx.stop("slow")
+    # Nothing running (or long past its start-up time): 15 s.
+    assert Slow().patience(ctx) == 15.0
