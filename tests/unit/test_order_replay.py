@@ -1,5 +1,7 @@
 """Committed histories replay on the current code: the order saga, the refund workflow,
-the catalog import, identity's registration and key rotation, and search's reindex.
+the catalog import, identity's registration and key rotation, search's reindex and
+audit's checkpoint (`audit-checkpoint-v1`: partitions made before signing, as before
+the `audit-checkpoint-signed-first` patch).
 
 A change to OrderWorkflow that would break a saga already running in production
 (a reordered, added or removed step without `workflow.patched`) fails here.
@@ -17,6 +19,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from agora.temporal import workflow_runner
+from workflows.audit import SignCheckpointWorkflow
 from workflows.catalog import ImportProductsWorkflow
 from workflows.identity import RegisterAccountWorkflow, RotateSigningKeyWorkflow
 from workflows.orders import OrderWorkflow, RefundOrderWorkflow
@@ -30,6 +33,7 @@ WORKFLOWS = [
     RegisterAccountWorkflow,
     RotateSigningKeyWorkflow,
     ReindexWorkflow,
+    SignCheckpointWorkflow,
 ]
 SAGA_TESTS = Path(__file__).resolve().with_name("test_order_saga.py")
 # Parsed once, as the module is collected (see CONFIG_TREE in test_config_env.py).
@@ -39,7 +43,7 @@ SAGA_TESTS_TREE = ast.parse(SAGA_TESTS.read_text())
 def test_there_are_histories_to_replay() -> None:
     assert len([p for p in HISTORIES if p.name.startswith("order-")]) >= 8
     assert len([p for p in HISTORIES if p.name.startswith("import-")]) >= 2
-    for kind in ("identity-register", "identity-rotation", "search-reindex"):
+    for kind in ("identity-register", "identity-rotation", "search-reindex", "audit-checkpoint-v1"):
         assert any(p.stem == kind for p in HISTORIES), kind
 
 

@@ -1,0 +1,82 @@
+"""The checkpoint workflow signs before it makes partitions: making them may wait
+behind readers of the log and be retried without end, and signing must not wait."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.audit import PartitionsEnsured, SignCheckpointInput, SignedCheckpoint
+from agora.temporal import workflow_runner
+from workflows.audit import SignCheckpointWorkflow
+
+signed: list[str] = []
+
+
+@activity.defn(name="audit.sign_checkpoint")
+async def sign_checkpoint(data: SignCheckpointInput) -> SignedCheckpoint:
+    signed.append(data.idempotency_key)
+    return SignedCheckpoint(7, "ab" * 32, "2026-11-28T00:00:00+00:00", "key-1", True)
+
+
+@activity.defn(name="audit.ensure_partitions")
+async def partitions_locked_out() -> PartitionsEnsured:
+    # As asyncpg.LockNotAvailableError behind a long verification: retried.
+    raise RuntimeError("canceling statement due to lock timeout")
+
+
+async def test_a_checkpoint_is_signed_while_partitions_wait_for_their_lock(
+    env: WorkflowEnvironment,
+) -> None:
+    signed.clear()
+    queue = f"audit-{uuid.uuid4()}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[SignCheckpointWorkflow],
+        workflow_runner=workflow_runner(),
+        activities=[sign_checkpoint, partitions_locked_out],
+    ):
+        with pytest.raises(WorkflowFailureError):  # the run's bound ends it, as a schedule's
+            await env.client.execute_workflow(
+                SignCheckpointWorkflow.run,
+                id=f"audit-checkpoint-{uuid.uuid4()}",
+                task_queue=queue,
+                execution_timeout=timedelta(minutes=15),
+            )
+    assert len(signed) == 1
+
+
+async def test_a_run_signs_first_then_makes_partitions(env: WorkflowEnvironment) -> None:
+    """(A run started before the patch made partitions first: its committed history,
+    tests/histories/audit-checkpoint-v1.json, replays in test_order_replay.py.)"""
+
+    @activity.defn(name="audit.ensure_partitions")
+    async def made() -> PartitionsEnsured:
+        return PartitionsEnsured(created=0)
+
+    queue = f"audit-{uuid.uuid4()}"
+    workflow_id = f"audit-checkpoint-{uuid.uuid4()}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[SignCheckpointWorkflow],
+        workflow_runner=workflow_runner(),
+        activities=[sign_checkpoint, made],
+    ):
+        await env.client.execute_workflow(
+            SignCheckpointWorkflow.run, id=workflow_id, task_queue=queue
+        )
+    history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert scheduled == ["audit.sign_checkpoint", "audit.ensure_partitions"]
