@@ -263,6 +263,12 @@ class SearchActivities:
     async def drop_indices(self, data: DropInput) -> None:
         await self.indices.drop(data.indices)
 
+    @activity.defn(name="search.abandon_reindex")
+    async def abandon_reindex(self, data: SwapInput) -> bool:
+        """The new index of a reindex cancelled or failed before its swap, deleted (and
+        so out of the write alias); left alone if searches read it. True if deleted."""
+        return await self.indices.abandon(data.new_index)
+
 
 def _log_progress(data: BackfillInput, state: _Checkpoint, pages: int) -> None:
     # The module's logger, not activity.logger: agora.logs holds "temporalio.activity"

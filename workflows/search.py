@@ -17,21 +17,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.search import (
         BackfillInput,
         BeginReindexInput,
+        BeginReindexResult,
         DropInput,
         SearchActivities,
         SwapInput,
+        SwapResult,
     )
     from workers.search.index import TARGETS_TTL_S, WRITE_ALIAS_SUFFIX
 
@@ -71,6 +74,11 @@ VERSION_CHECKED = "reindex-version-checked"
 ALIAS_VERSION_CHECKED = "reindex-alias-version-checked"
 # Since this change a run under another id than REINDEX_WORKFLOW_ID fails at once.
 WORKFLOW_ID_CHECKED = "reindex-workflow-id-checked"
+# Since this change a run cancelled, or failed for good, between its begin and its
+# swap deletes the index it began (search.abandon_reindex). Before, that index stayed
+# in the write alias, so every event was written twice until a later reindex's swap
+# took it out, and it was never dropped.
+ABANDONED_CLEANED = "reindex-abandoned-index-deleted"
 
 
 def version_refusal(version: str) -> tuple[str, str] | None:
@@ -96,7 +104,8 @@ class ReindexInput:
 
 @dataclass
 class ReindexProgress:
-    phase: str = "starting"  # starting | propagating | backfilling | swapping | dropping | done
+    # starting | propagating | backfilling | swapping | dropping | done; abandoning (cancelled)
+    phase: str = "starting"
     new_index: str = ""
     old_indices: list[str] | None = None
     copied: int = 0
@@ -135,24 +144,18 @@ class ReindexWorkflow:
             retry_policy=RETRY,
         )
         progress.new_index = begun.new_index
-        progress.phase = "propagating"
-        await workflow.sleep(PROPAGATION_WAIT)
-        progress.phase = "backfilling"
-        copied = await workflow.execute_activity_method(
-            SearchActivities.backfill,
-            BackfillInput(begun.new_index, begun.source_index),
-            start_to_close_timeout=timedelta(hours=1),
-            heartbeat_timeout=BACKFILL_HEARTBEAT,
-            retry_policy=RETRY,
-        )
-        progress.copied, progress.merged = copied.copied, copied.merged
-        progress.phase = "swapping"
-        swapped = await workflow.execute_activity_method(
-            SearchActivities.swap_alias,
-            SwapInput(begun.new_index),
-            start_to_close_timeout=STEP,
-            retry_policy=RETRY,
-        )
+        try:
+            swapped = await self.build(begun)
+        except (asyncio.CancelledError, ActivityError):
+            if workflow.patched(ABANDONED_CLEANED):
+                progress.phase = "abandoning"
+                await workflow.execute_activity_method(
+                    SearchActivities.abandon_reindex,
+                    SwapInput(begun.new_index),
+                    start_to_close_timeout=STEP,
+                    retry_policy=RETRY,
+                )
+            raise
         # A swap retried after it had succeeded (its completion lost) finds the
         # aliases moved already and names no old index: the one searches read
         # when the reindex began is dropped in any case (drop keeps a live one).
@@ -168,6 +171,28 @@ class ReindexWorkflow:
         )
         progress.phase = "done"
         return progress
+
+    async def build(self, begun: BeginReindexResult) -> SwapResult:
+        """The new index filled and swapped in; until the swap it only receives updates."""
+        progress = self._progress
+        progress.phase = "propagating"
+        await workflow.sleep(PROPAGATION_WAIT)
+        progress.phase = "backfilling"
+        copied = await workflow.execute_activity_method(
+            SearchActivities.backfill,
+            BackfillInput(begun.new_index, begun.source_index),
+            start_to_close_timeout=timedelta(hours=1),
+            heartbeat_timeout=BACKFILL_HEARTBEAT,
+            retry_policy=RETRY,
+        )
+        progress.copied, progress.merged = copied.copied, copied.merged
+        progress.phase = "swapping"
+        return await workflow.execute_activity_method(
+            SearchActivities.swap_alias,
+            SwapInput(begun.new_index),
+            start_to_close_timeout=STEP,
+            retry_policy=RETRY,
+        )
 
     @workflow.query(name="progress")
     def progress(self) -> ReindexProgress:

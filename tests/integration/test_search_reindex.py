@@ -343,6 +343,24 @@ async def test_begin_reindex_refuses_at_once_the_version_searches_read(
     assert await deployment.aliases() == ([live], [live])
 
 
+async def test_an_abandoned_reindex_deletes_its_index_unless_searches_read_it(
+    deployment: Deployment,
+) -> None:
+    # Cancelled before its swap: its index leaves the write alias (events no longer
+    # written twice) and Elasticsearch; the live one is untouched.
+    live = await deployment.live()
+    begun = await deployment.index("ra")
+    env = ActivityEnvironment()
+    assert await env.run(deployment.activities.abandon_reindex, SwapInput(begun)) is True
+    assert await deployment.aliases() == ([live], [live])
+    assert not await deployment.indices.es.indices.exists(index=begun)
+    # Swapped in after all (a cancel that came too late): it stays, it is what searches read.
+    swapped = await deployment.index("rb")
+    await env.run(deployment.activities.swap_alias, SwapInput(swapped))
+    assert await env.run(deployment.activities.abandon_reindex, SwapInput(swapped)) is False
+    assert await deployment.aliases() == ([swapped], [swapped])
+
+
 async def test_a_swap_refuses_an_index_another_reindexs_swap_took_out_of_the_write_alias(
     deployment: Deployment,
 ) -> None:

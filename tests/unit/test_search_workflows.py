@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from pathlib import Path
@@ -168,3 +169,64 @@ def test_the_backfill_heartbeat_outlasts_a_slow_page() -> None:
     elasticsearch_s = 10 * 3  # workers/search/wiring.py: request_timeout, max_retries + 1
     slow_page_s = 2 * PAGE_CALL_TIMEOUT_S + elasticsearch_s
     assert BACKFILL_HEARTBEAT.total_seconds() > slow_page_s
+
+
+abandoned: list[str] = []
+
+
+@activity.defn(name="search.abandon_reindex")
+async def abandon_reindex(data: SwapInput) -> bool:
+    abandoned.append(data.new_index)
+    return True
+
+
+@activity.defn(name="search.swap_alias")
+async def swap_refused(data: SwapInput) -> SwapResult:
+    # Another swap took the new index out of the write alias (StaleIndex).
+    raise ApplicationError("no longer in the write alias", type="Conflict", non_retryable=True)
+
+
+def _worker(env: WorkflowEnvironment, queue: str, swap: object) -> Worker:
+    return Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[ReindexWorkflow],
+        workflow_runner=workflow_runner(),
+        activities=[begin_reindex, backfill, swap, drop_indices, abandon_reindex],
+    )
+
+
+async def test_a_reindex_cancelled_before_its_swap_deletes_its_new_index(
+    env: WorkflowEnvironment,
+) -> None:
+    abandoned.clear()
+    queue = f"search-{uuid.uuid4()}"
+    async with _worker(env, queue, swap_alias_retried):
+        handle = await env.client.start_workflow(
+            ReindexWorkflow.run, ReindexInput("v3"), id=REINDEX_WORKFLOW_ID, task_queue=queue
+        )
+        for _ in range(200):  # until it has begun: its index made, not yet filled
+            if (await handle.query(ReindexWorkflow.progress)).phase == "propagating":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the reindex never began")
+        await handle.cancel()  # as `temporal workflow cancel` by an operator
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    # Left in the write alias, it took every event twice and was never dropped.
+    assert abandoned == ["products-v3"]
+
+
+async def test_a_reindex_whose_swap_is_refused_deletes_its_new_index(
+    env: WorkflowEnvironment,
+) -> None:
+    abandoned.clear()
+    dropped.clear()
+    queue = f"search-{uuid.uuid4()}"
+    async with _worker(env, queue, swap_refused):
+        with pytest.raises(WorkflowFailureError):
+            await env.client.execute_workflow(
+                ReindexWorkflow.run, ReindexInput("v4"), id=REINDEX_WORKFLOW_ID, task_queue=queue
+            )
+    assert abandoned == ["products-v4"] and dropped == []

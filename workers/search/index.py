@@ -282,6 +282,15 @@ class Indices:
         await self.es.indices.update_aliases(actions=actions)
         return old
 
+    async def abandon(self, name: str) -> bool:
+        """A reindex given up before its swap: its index `name` deleted, which takes it
+        out of the write alias too, unless searches read it (swapped in after all).
+        True when it was deleted."""
+        if name in await self.behind(self.read_alias):
+            return False
+        await self.drop([name])
+        return True
+
     async def drop(self, names: list[str]) -> None:
         live = set(await self.behind(self.read_alias))
         for name in names:

@@ -51,6 +51,7 @@ async def build_parts(rt: Runtime) -> ServiceParts:
             activities.backfill,
             activities.swap_alias,
             activities.drop_indices,
+            activities.abandon_reindex,
         ],
         workflows=[ReindexWorkflow],
         consumers=[SearchIndexer(es, indices).spec()],
