@@ -39,4 +39,4 @@ def test_the_docs_count_undecodable_records_where_the_code_counts_them() -> None
     assert claims
     for sentence in claims:
         assert not re.search(r"not envelopes at all.*counted \(`agora_audit_rejected`", sentence)
-    assert any("agora_kafka_dead_lettered` only" in s for s in sentences)
+    assert any("agora_kafka_dead_lettered_total` only" in s for s in sentences)
