@@ -79,9 +79,10 @@ test: venv helm browser-deps
 	@# A start that fails half-way stops what it started (nothing is left holding ports), and
 	@# so does a run that is stopped: SIGTERM (a CI job cancelled) or SIGHUP (its terminal
 	@# closed). The stack's processes run in sessions of their own and would outlive it.
+	@# Once: make passes its own SIGTERM on to the recipe, which would run the trap again.
 	@set -o pipefail; status=0; \
-	  trap '$(TEST_ENV) $(PY) -m stack down; exit 129' HUP; \
-	  trap '$(TEST_ENV) $(PY) -m stack down; exit 143' TERM; \
+	  trap 'trap "" HUP TERM; $(TEST_ENV) $(PY) -m stack down; exit 129' HUP; \
+	  trap 'trap "" HUP TERM; $(TEST_ENV) $(PY) -m stack down; exit 143' TERM; \
 	  $(TEST_ENV) $(PY) -m stack up || { $(TEST_ENV) $(PY) -m stack down; exit 1; }; \
 	  $(TEST_ENV) $(PY) -m pytest --basetemp="$(TEST_STATE)/pytest" $(PYTEST_ARGS) || status=$$?; \
 	  $(TEST_ENV) $(PY) -m stack down; \
