@@ -75,14 +75,16 @@ browser-deps:
 # meanwhile removes all but the three newest sessions' folders, one in use included.
 test: venv helm browser-deps
 	@$(TEST_ENV) $(PY) -m stack down >/dev/null 2>&1 || true
-	@rm -rf "$(TEST_STATE)"
+	@rm -rf "$(TEST_STATE)" && mkdir -p "$(TEST_STATE)"
 	@# A start that fails half-way stops what it started (nothing is left holding ports), and
 	@# so does a run that is stopped: SIGTERM (a CI job cancelled) or SIGHUP (its terminal
 	@# closed). The stack's processes run in sessions of their own and would outlive it.
 	@# Once: make passes its own SIGTERM on to the recipe, which would run the trap again.
+	@# After SIGHUP or SIGTERM the terminal or pipe may be gone: the stop logs to a file.
 	@set -o pipefail; status=0; \
-	  trap 'trap "" HUP TERM; $(TEST_ENV) $(PY) -m stack down; exit 129' HUP; \
-	  trap 'trap "" HUP TERM; $(TEST_ENV) $(PY) -m stack down; exit 143' TERM; \
+	  trap 'trap "" HUP TERM INT; $(TEST_ENV) $(PY) -m stack down >>"$(TEST_STATE)/stopped.log" 2>&1; exit 129' HUP; \
+	  trap 'trap "" HUP TERM INT; $(TEST_ENV) $(PY) -m stack down >>"$(TEST_STATE)/stopped.log" 2>&1; exit 143' TERM; \
+	  trap 'trap "" HUP TERM INT; $(TEST_ENV) $(PY) -m stack down; exit 130' INT; \
 	  $(TEST_ENV) $(PY) -m stack up || { $(TEST_ENV) $(PY) -m stack down; exit 1; }; \
 	  $(TEST_ENV) $(PY) -m pytest --basetemp="$(TEST_STATE)/pytest" $(PYTEST_ARGS) || status=$$?; \
 	  $(TEST_ENV) $(PY) -m stack down; \

@@ -44,8 +44,13 @@ class ComponentError(RuntimeError):
 
 
 def say(component: str, message: str) -> None:
-    """Progress line on stderr, flushed at once so long steps show they are alive."""
-    print(f"  {component:<14} {message}", file=sys.stderr, flush=True)
+    """Progress line on stderr, flushed at once so long steps show they are alive. A
+    stderr gone (a terminal hung up, a pipe's reader dead) does not stop the work: a
+    `stack down` run as the terminal closed would otherwise stop one component only."""
+    try:
+        print(f"  {component:<14} {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 @dataclass

@@ -53,7 +53,7 @@ def _until(calls: Path, line: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_run_stopped_mid_tests_stops_its_stack(tmp_path: Path, stop: signal.Signals) -> None:
     make, calls = _make_test(tmp_path)
     _until(calls, "pytest")

@@ -158,3 +158,17 @@ def test_a_component_still_starting_is_given_the_rest_of_its_start_up_time(ctx: 
         ctx.stop("slow")
     # Nothing running (or long past its start-up time): 15 s.
     assert Slow().patience(ctx) == 15.0
+
+
+def test_progress_to_a_stderr_gone_does_not_stop_the_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class HungUp:
+        def write(self, _: str) -> int:
+            raise OSError(5, "Input/output error")  # a terminal closed under it
+
+        def flush(self) -> None:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sys, "stderr", HungUp())
+    base.say("postgres", "stopped")  # `stack down` goes on to the next component
