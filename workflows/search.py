@@ -112,6 +112,17 @@ class ReindexProgress:
     merged: int = 0
 
 
+def _swap_cut_short(phase: str, error: BaseException) -> bool:
+    """A cancel that came while the swap ran: its attempt may still go through (it never
+    heartbeats, so it never hears of the cancel), and deleting the new index then would
+    delete the one searches read. Only a swap that refused (StaleIndex: the index never
+    went live) or one not yet begun leaves the index safe to delete."""
+    if phase != "swapping":
+        return False
+    cause = error.cause if isinstance(error, ActivityError) else None
+    return not (isinstance(cause, ApplicationError) and cause.non_retryable)
+
+
 @workflow.defn(name="Reindex")
 class ReindexWorkflow:
     def __init__(self) -> None:
@@ -146,8 +157,8 @@ class ReindexWorkflow:
         progress.new_index = begun.new_index
         try:
             swapped = await self.build(begun)
-        except (asyncio.CancelledError, ActivityError):
-            if workflow.patched(ABANDONED_CLEANED):
+        except (asyncio.CancelledError, ActivityError) as error:
+            if not _swap_cut_short(progress.phase, error) and workflow.patched(ABANDONED_CLEANED):
                 progress.phase = "abandoning"
                 await workflow.execute_activity_method(
                     SearchActivities.abandon_reindex,

@@ -230,3 +230,32 @@ async def test_a_reindex_whose_swap_is_refused_deletes_its_new_index(
                 ReindexWorkflow.run, ReindexInput("v4"), id=REINDEX_WORKFLOW_ID, task_queue=queue
             )
     assert abandoned == ["products-v4"] and dropped == []
+
+
+@activity.defn(name="search.swap_alias")
+async def swap_slow(data: SwapInput) -> SwapResult:
+    await asyncio.sleep(1)  # no heartbeat: it never hears of a cancel, and goes through
+    return SwapResult(old_indices=["products-old"])
+
+
+async def test_a_reindex_cancelled_while_it_swaps_leaves_its_index(
+    env: WorkflowEnvironment,
+) -> None:
+    # The swap may still go through: deleting the new index then would delete the one
+    # searches read.
+    abandoned.clear()
+    queue = f"search-{uuid.uuid4()}"
+    async with _worker(env, queue, swap_slow):
+        handle = await env.client.start_workflow(
+            ReindexWorkflow.run, ReindexInput("v5"), id=REINDEX_WORKFLOW_ID, task_queue=queue
+        )
+        for _ in range(400):
+            if (await handle.query(ReindexWorkflow.progress)).phase == "swapping":
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the reindex never reached its swap")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert abandoned == []
