@@ -29,7 +29,7 @@ import asyncpg
 import betterproto2
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from opentelemetry import metrics, trace
+from opentelemetry import metrics
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import inject
@@ -231,7 +231,6 @@ class OutboxRelay:
         self._lock_key = zlib.crc32(f"agora-outbox-{service}".encode())
         # The oldest unsent row last seen: its id, and when it was written (time.time()).
         self._oldest: tuple[int, float] | None = None
-        self._tracer = trace.get_tracer("agora.outbox")
         # Whether the current session published, or found nothing to publish: see run().
         self._worked = False
 
@@ -248,10 +247,10 @@ class OutboxRelay:
         after a session that worked, not after one that won the lock and published
         nothing: a row Kafka refuses would otherwise be retried five times a second.
         """
-        # Its polls (one a second when idle), lock and prune run untraced: with no
-        # request behind them each statement was a trace of its own, crowding real
-        # ones out of the tracing backend. What it publishes is traced ("outbox
-        # publish"), and each event carries the trace that wrote it.
+        # It runs untraced (its polls, one a second when idle, its lock, marks and
+        # publishes): with no request behind them each statement was a trace of its own,
+        # crowding real ones out of the tracing backend. Each event carries the trace
+        # that wrote it, which its consumers continue.
         with suppress_instrumentation():
             await process.keep_running(
                 "outbox relay",
@@ -367,8 +366,7 @@ class OutboxRelay:
             if not rows:
                 self._worked = True
                 return 0
-            with self._tracer.start_as_current_span("outbox publish"):
-                acknowledged, error = await _send(producer, rows)
+            acknowledged, error = await _send(producer, rows)
             if acknowledged:
                 await conn.execute(
                     "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",

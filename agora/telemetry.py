@@ -18,6 +18,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -99,7 +100,10 @@ class WithoutTransactionFraming(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
-        if name in TRANSACTION_FRAMING:
+        if name in TRANSACTION_FRAMING or not is_instrumentation_enabled():
+            # Under suppress_instrumentation (work with no request behind it: the outbox
+            # relay, the readiness checks) nothing is recorded, the spans of clients that
+            # trace themselves (Elasticsearch's) and our own included.
             return SamplingResult(Decision.DROP)
         return self._delegate.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state

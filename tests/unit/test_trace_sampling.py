@@ -102,3 +102,15 @@ def test_the_edge_draws_its_own_sampling_for_a_clients_traceparent(chosen_ids: b
     assert 0.07 * TRACES < _edge_kept("0.1", parent_sampled=True, chosen_ids=chosen_ids)
     assert _edge_kept("0.1", parent_sampled=True, chosen_ids=chosen_ids) < 0.13 * TRACES
     assert _edge_kept("1.0", parent_sampled=False, chosen_ids=chosen_ids) == TRACES
+
+
+def test_nothing_is_recorded_under_suppressed_instrumentation() -> None:
+    # The outbox relay and the readiness checks: the spans of clients that trace
+    # themselves (Elasticsearch's `cluster.health`) and manual ones are dropped too.
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    decide = sampler(config.load({"AGORA_TRACE_SAMPLE_RATIO": "1.0"})).should_sample
+    trace_id = random.Random(3).getrandbits(128)
+    with suppress_instrumentation():
+        assert decide(None, trace_id, "cluster.health").decision is Decision.DROP
+    assert decide(None, trace_id, "cluster.health").decision is Decision.RECORD_AND_SAMPLE
