@@ -14,6 +14,7 @@ that step alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -318,10 +319,20 @@ class CatalogActivities:
         # caching of a large batch outlasted the heartbeat timeout, on the first attempt
         # and on every retry (the earlier-result path caches the whole batch again), and
         # the import never went on.
-        for index, product in enumerate(written):
-            if index % 25 == 0:
-                activity.heartbeat(f"cached {index}")
-            await self.cache.put(product)
+        cached = 0
+        try:
+            for product in written:
+                if cached % 25 == 0:
+                    activity.heartbeat(f"cached {cached}")
+                await self.cache.put(product)
+                cached += 1
+        except asyncio.CancelledError:
+            # The import cancelled (the heartbeat delivers it): the batch is committed,
+            # so its entries are cached all the same, or they would price orders at
+            # the old price until their TTL; a cancelled activity is not retried.
+            for product in written[cached:]:
+                await self.cache.put(product)
+            raise
         return result
 
     async def _upsert(

@@ -4,12 +4,14 @@ Redis slow, caching a large batch outlasted the heartbeat timeout, every attempt
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities.catalog import CatalogActivities, UpsertBatchInput
@@ -85,3 +87,27 @@ async def test_the_retry_that_caches_a_committed_batch_heartbeats_as_it_goes() -
     # A heartbeat before every 25 writes, not only once the writes are done.
     puts_between = [len(run) for run in "".join(b[0] for b in beats).split("b") if run]
     assert beats.count("beat") == N // 25 and max(puts_between) <= 25, puts_between
+
+
+async def test_a_batch_cancelled_while_it_caches_caches_the_rest_before_it_ends() -> None:
+    """The batch is committed: an entry left uncached would price orders at the old
+    price until its TTL, and a cancelled activity is not retried."""
+    environment = ActivityEnvironment()
+    cached: list[str] = []
+
+    class CancelledMidway:
+        async def put(self, product: Any) -> bool:
+            if len(cached) == 30 and not environment._cancelled:  # type: ignore[attr-defined]
+                environment.cancel()  # as Temporal does on the next heartbeat
+                await asyncio.sleep(0)  # where the cancel lands
+            cached.append(product.sku)
+            return True
+
+    activities = CatalogActivities(_Pool(), CancelledMidway())  # type: ignore[arg-type]
+    products = [
+        ProductData(sku=r["sku"], title="t", category="a", price_minor=1, currency="EUR")
+        for r in ROWS
+    ]
+    with pytest.raises(asyncio.CancelledError):
+        await environment.run(activities.upsert_batch, UpsertBatchInput("import-1", 0, products))
+    assert set(cached) == {r["sku"] for r in ROWS}
