@@ -35,6 +35,7 @@ STEP_TIMEOUT = timedelta(seconds=30)
 # end: while long verifications or exports kept it waiting, no checkpoint was signed,
 # though the partitions are made two months ahead and nothing urgent.
 SIGN_FIRST_PATCH = "audit-checkpoint-signed-first"
+PARTITIONS_TIMEOUT = timedelta(minutes=2)
 
 
 @dataclass
@@ -56,8 +57,13 @@ class SignCheckpointWorkflow:
         return CheckpointReport(checkpoint=checkpoint, partitions=partitions)
 
     async def ensure_partitions(self) -> PartitionsEnsured:
+        # Bounded: kept waiting behind the log's readers, it fails this run (the
+        # checkpoint is signed already) instead of holding it, and with it the runs due
+        # meanwhile (overlap skip), until the run's own timeout.
         return await workflow.execute_activity_method(
-            AuditActivities.ensure_partitions, start_to_close_timeout=STEP_TIMEOUT
+            AuditActivities.ensure_partitions,
+            start_to_close_timeout=STEP_TIMEOUT,
+            schedule_to_close_timeout=PARTITIONS_TIMEOUT,
         )
 
     async def sign(self) -> SignedCheckpoint:

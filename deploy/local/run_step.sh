@@ -1,5 +1,5 @@
-# Sourced by the build scripts (build_go_tools.sh, build_helm.sh); needs `log` and
-# HEARTBEAT from the caller.
+# Sourced by the build scripts (build_go_tools.sh, build_helm.sh); needs `log`,
+# HEARTBEAT and CACHE_LOCK (the descriptor of the cache's lock) from the caller.
 #
 # run_step <component> <logfile> <cmd...>
 # Runs the command with its output appended to the log, printing a heartbeat every
