@@ -15,7 +15,7 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeGuard, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
@@ -283,6 +283,12 @@ RESTOCK_AGAIN_WITHIN = timedelta(days=7)
 # only logged: no gateway follows that cancel up, and the order stayed COMPLETED or
 # PARTIALLY_REFUNDED with its stock never returned. Asked only on that path.
 REFUSED_CANCEL_RETRIED = "temporal-cancel-retries-refused-refund"
+# A card token payments' PSP does not know (InvalidPaymentRequest, details
+# ["card_token"]): the customer's decline (PAYMENT_DECLINED), not PAYMENT_FAILED, which
+# counts as the platform's failure and pages (OrderSagaFailureRatioHigh): any customer
+# could trip it with made-up tokens. The gateway cannot check a token (only the PSP
+# knows its tokens). Asked only on that path.
+CARD_TOKEN_REFUSED_DECLINES = "card-token-refused-declines"
 # What the saga needs after the payment, of the reservation's life: capture, commit,
 # as they run when payments and inventory answer. A payments outage longer than what
 # is left still outlasts the reservation: the capture is not bounded by it, since a
@@ -317,6 +323,8 @@ class OrderWorkflow:
         self.payment_completion: CompletePaymentInput | None = None
         self.finished = False
         self.compensations: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        # The compensations that failed for good, named in the closing reason.
+        self.compensations_failed: list[str] = []
         # A payment outcome not yet upserted (it goes with the next transition's).
         self.outcome_unsaved = False
         # What a compensation refunded, for the closing transition.
@@ -419,7 +427,7 @@ class OrderWorkflow:
         except CancelRequested:
             await self.compensate()
             assert self.cancel is not None
-            self.view.reason = self.cancel.reason
+            self.set_reason(self.cancel.reason)
             await self.transition(order, "CANCELLED", cancelled_by=self.cancel.requested_by)
         except (asyncio.CancelledError, ActivityError) as error:
             # A cancel requested in Temporal: a wait or a remote step raises
@@ -432,7 +440,7 @@ class OrderWorkflow:
                 await self.cancel_committed_order(order)
             else:
                 await self.compensate()
-                self.view.reason = TEMPORAL_CANCEL.reason
+                self.set_reason(TEMPORAL_CANCEL.reason)
                 await self.transition(order, "CANCELLED", cancelled_by=TEMPORAL_CANCEL.requested_by)
             self.cancelled_in_temporal = True
         if self.cancelled_in_temporal:
@@ -559,6 +567,8 @@ class OrderWorkflow:
                     continue
                 if isinstance(cause, ActivityTimeout):
                     raise Rejected("PAYMENT_TIMEOUT", PSP_SILENT) from None
+                if _card_token_refused(cause) and workflow.patched(CARD_TOKEN_REFUSED_DECLINES):
+                    raise Rejected("PAYMENT_DECLINED", cause.message) from None
                 raise _rejection(error, "PAYMENT_FAILED") from None
             self.view.payment_id = payment_id
             self.set_payment_outcome("authorized")
@@ -613,11 +623,14 @@ class OrderWorkflow:
                 timeout=timedelta(seconds=timeout_s),
             )
         except TimeoutError:
-            self.view.status = "PENDING"
             self.set_payment_outcome("timeout")
             raise Rejected("PAYMENT_TIMEOUT", "the order was not paid in time") from None
-        self.view.status = "PENDING"
-        self.view.next_action_url = ""
+        finally:
+            # However the wait ends (paid, timed out, cancelled here or in Temporal), the
+            # order no longer awaits the customer: no status or link says it does while
+            # the saga compensates.
+            self.view.status = "PENDING"
+            self.view.next_action_url = ""
         self.check_cancel()
         assert self.payment_completion is not None
         return self.payment_completion.card_token
@@ -757,8 +770,15 @@ class OrderWorkflow:
                 workflow.logger.error(
                     "compensation failed", extra={"step": name, "error": str(error.cause)}
                 )
+                self.compensations_failed.append(name)
                 self.view.reason = f"{self.view.reason}; {name} failed".strip("; ")
         self.compensations.clear()
+
+    def set_reason(self, reason: str) -> None:
+        """The order's reason, followed by the compensations that failed for good: a
+        customer charged or stock held after a cancel shows in the order, not only in a log."""
+        failed = [f"{name} failed" for name in self.compensations_failed]
+        self.view.reason = "; ".join(filter(None, [reason, *failed]))
 
     def check_cancel(self) -> None:
         if self.cancel is not None:
@@ -850,7 +870,7 @@ class OrderWorkflow:
         if isinstance(rejected, RoundsCapped) and not _rounds_cap_declines():
             rejected.reason = "PAYMENT_FAILED"  # a saga that reached the cap before
         self.view.rejection = rejected.reason
-        self.view.reason = rejected.detail
+        self.set_reason(rejected.detail)
         if rejected.reason == "PAYMENT_DECLINED":
             self.set_payment_outcome("declined")
         if recorded:
@@ -951,6 +971,15 @@ def _amount_refused(error: ActivityError | ApplicationError) -> bool:
     """Payments refused the refund for good: more than is captured and not refunded."""
     cause = error.cause if isinstance(error, ActivityError) else error
     return isinstance(cause, ApplicationError) and cause.type == "PaymentAmountExceeded"
+
+
+def _card_token_refused(cause: BaseException | None) -> TypeGuard[ApplicationError]:
+    """Payments refused the authorization's card token as none of its PSP's."""
+    return (
+        isinstance(cause, ApplicationError)
+        and cause.type == "InvalidPaymentRequest"
+        and list(cause.details[:1]) == ["card_token"]
+    )
 
 
 def _cancelled(error: ActivityError | ApplicationError) -> bool:

@@ -619,6 +619,29 @@ async def test_a_declined_card_rejects_the_order_and_returns_the_stock(
     assert (await ledger(settings)).balanced
 
 
+async def test_a_made_up_card_token_is_the_customers_decline_and_returns_the_stock(
+    settings: Settings, shop: dict[str, Any]
+) -> None:
+    # Only the PSP knows its tokens: the POST is accepted, payments refuses the token,
+    # and the order ends as the customer's decline (not PAYMENT_FAILED, which pages).
+    sku = await product_with_stock(shop, 3)
+    who = customer(shop)
+    token = f"tok_made_up_{uuid.uuid4().hex[:12]}"
+    placed = await place(shop, who, sku, key=f"made-up-{uuid.uuid4()}", card_token=token)
+    assert placed.status == 201, await placed.text()
+    order = await final_order(shop, who, (await placed.json())["order_id"])
+    assert order["status"] == "REJECTED", order
+    assert order["reason"] == "card_token is not a card token of the PSP"
+    temporal: Client = shop["gw"].upstream.temporal
+    saga = temporal.get_workflow_handle(order_workflow_id(order["order_id"]))
+    attributes = {key.name: value for key, value in (await saga.describe()).typed_search_attributes}
+    assert attributes["PaymentOutcome"] == "declined"
+    assert token not in json.dumps(order)
+    level = await stock(shop, sku)
+    assert (level["on_hand"], level["reserved"]) == (3, 0)
+    assert (await ledger(settings)).balanced
+
+
 async def test_an_unknown_product_is_rejected_at_once_and_nothing_happens(
     settings: Settings, shop: dict[str, Any]
 ) -> None:

@@ -803,6 +803,8 @@ async def test_a_card_number_instead_of_a_token_is_refused_without_echoing_it(
     failure = await application_failure(steps.authorize(authorization(token=SUCCESS)))
     assert (failure.type, failure.non_retryable) == ("InvalidPaymentRequest", True)
     assert SUCCESS not in str(failure)
+    # Names the token, which the saga takes for the customer's decline.
+    assert list(failure.details) == ["card_token"]
 
 
 async def test_no_card_number_is_in_the_database_or_the_service_log(

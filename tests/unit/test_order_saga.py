@@ -61,6 +61,7 @@ from activities.orders import (
     RecordRefundInput,
     TransitionInput,
     UnrecordedEnd,
+    saga_outcome,
 )
 from agora.temporal import workflow_runner
 from gateway.metrics import GatewayMetrics
@@ -109,12 +110,14 @@ class World:
     unknown_sku: bool = False
     # Catalog cannot be reached: pricing fails as a transient error would.
     catalog_down: bool = False
-    card: str = "ok"  # ok | decline | slow | flaky | action
+    card: str = "ok"  # ok | decline | slow | flaky | action | not_a_token
     flaky_failures: int = 2
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     transitions: list[str] = field(default_factory=list)
     # The refunded_minor each transition carried, by status.
     transition_refunds: dict[str, int] = field(default_factory=dict)
+    # The reason each transition carried, by status.
+    transition_reasons: dict[str, str] = field(default_factory=dict)
     refunded: int = 0
     capture_refused: bool = False
     refund_refused: bool = False
@@ -219,6 +222,7 @@ async def transition(data: TransitionInput) -> None:
         )
     world.transitions.append(data.status)
     world.transition_refunds[data.status] = data.refunded_minor
+    world.transition_reasons[data.status] = data.reason
     if world.statuses.get(data.order_id) not in ENDED:  # as orders.transition refuses
         world.statuses[data.order_id] = data.status
     if data.status == "COMPLETED" and world.hold_completed_transition:
@@ -313,6 +317,13 @@ async def authorize(data: AuthorizeInput) -> AuthorizeResult:
         raise ApplicationError(
             "insufficient funds", "insufficient_funds", type="PaymentDeclined", non_retryable=True
         )
+    if card == "not_a_token":  # as payments refuses a token its PSP does not know
+        raise ApplicationError(
+            "card_token is not a card token of the PSP",
+            "card_token",
+            type="InvalidPaymentRequest",
+            non_retryable=True,
+        )
     if card == "slow":
         await asyncio.sleep(3600)
     if card == "flaky" and world.flaky_failures > 0:
@@ -353,6 +364,7 @@ async def capture(data: CaptureInput) -> CaptureResult:
 async def void(data: VoidInput) -> VoidResult:
     world.calls.append("void")
     world.voided.append(data.idempotency_key)
+    await world.gate("void")
     if any(data.idempotency_key.endswith(end) for end in world.refused_voids):
         raise ApplicationError(
             "the PSP refused the void", type="PaymentStateConflict", non_retryable=True
@@ -550,6 +562,18 @@ async def test_decline_releases_the_stock_and_charges_nothing(client: Client) ->
     assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_DECLINED")
     assert "capture" not in world.calls
     assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+
+
+async def test_a_card_token_payments_refuses_is_the_customers_decline(client: Client) -> None:
+    # Not PAYMENT_FAILED, the platform's failure that pages: any customer could send
+    # made-up tokens (only the PSP knows its tokens, so the gateway cannot refuse them).
+    world.card = "not_a_token"
+    view = await run(client, new_order(), "card-token-refused")
+    assert (view.status, view.rejection) == ("REJECTED", "PAYMENT_DECLINED")
+    assert view.reason == "card_token is not a card token of the PSP"
+    assert saga_outcome(view.status, view.rejection, view.reason) == "rejected"
+    assert world.calls[-3:] == ["void", "release", "transition:REJECTED"]
+    assert "capture" not in world.calls
 
 
 async def test_out_of_stock_never_reaches_payments(client: Client) -> None:
@@ -888,6 +912,39 @@ async def test_cancel_at_each_stage_undoes_what_was_done(
     assert world.transition_refunds["CANCELLED"] == (2000 if stage == "capture" else 0)
     assert view.refunded_minor == (2000 if stage == "capture" else 0)
     await keep_history(client, handle.id, f"cancel-at-{stage}")
+
+
+async def test_a_compensation_failing_for_good_is_named_in_the_cancelled_orders_reason(
+    client: Client,
+) -> None:
+    # Cancelled while capturing, and payments then refuses the refund for good: the
+    # customer is charged. The order (its answer, its CANCELLED transition) says so,
+    # after the customer's reason; before, the reason overwrote it and only a log did.
+    world.gates["capture"] = asyncio.Event()
+    world.refund_refused = True
+    _, handle = await started(client)
+    cancel = await customer_cancels_during(handle, "capture", CancelInput("cust-1", "too late"))
+    view = await cancel.result()
+    assert view.status == "CANCELLED"
+    assert view.reason == "too late; refund payment failed"
+    assert world.transition_reasons["CANCELLED"] == "too late; refund payment failed"
+    assert (await handle.result()).reason == "too late; refund payment failed"
+
+
+async def test_a_temporal_cancel_while_awaiting_payment_no_longer_shows_the_payment_step(
+    client: Client,
+) -> None:
+    # While the compensations run (the void held here), the order no longer awaits
+    # the customer: no AWAITING_PAYMENT, no link to the PSP's step.
+    _, handle = await started_awaiting_payment(client, payment_timeout_s=900)
+    world.gates["void"] = asyncio.Event()
+    await handle.cancel()
+    await reached("void")
+    view = await handle.query(OrderWorkflow.status)
+    assert (view.status, view.next_action_url) == ("PENDING", "")
+    world.gates["void"].set()
+    await cancelled_in_temporal(handle)
+    assert world.transitions == ["CANCELLED"]
 
 
 async def cancel_during_commit(client: Client) -> tuple[OrderView, WorkflowHandle[Any, Any]]:

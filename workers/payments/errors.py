@@ -79,8 +79,19 @@ class PaymentNotFound(PaymentError, NotFound):
 
 
 class InvalidPaymentRequest(PaymentError, InvalidArgument):
+    """Malformed input; `field` names the input at fault when a caller acts on which
+    (the saga: a card token its PSP does not know is the customer's decline, not a
+    platform failure)."""
+
     code = "invalid-payment-request"
     failure_type = "InvalidPaymentRequest"
+
+    def __init__(self, message: str, *, field: str = ""):
+        super().__init__(message)
+        self.field = field
+
+    def failure_details(self) -> list[Any]:
+        return [self.field] if self.field else []
 
 
 # The retryable failure type of an activity whose PSP call failed transiently.

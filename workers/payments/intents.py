@@ -278,7 +278,9 @@ class PaymentIntents:
             card = self.psp.card(data.card_token)
         except InvalidCardToken:
             # Never repeat the value: a card number passed by mistake must not be echoed.
-            raise InvalidPaymentRequest("card_token is not a card token of the PSP") from None
+            raise InvalidPaymentRequest(
+                "card_token is not a card token of the PSP", field="card_token"
+            ) from None
         payment_id = uuid.UUID(payment_id_for(key))
         digest = request_hash(
             "authorize",
