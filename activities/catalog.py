@@ -279,8 +279,11 @@ class CatalogActivities:
     @activity.defn(name="catalog.refresh_cache")
     async def refresh_cache(self, data: RefreshCacheInput) -> None:
         """Write the committed products into the cache; raises while Redis is down (retried)."""
+        await self._cache_committed(data.skus)
+
+    async def _cache_committed(self, skus: list[str]) -> None:
         rows = await self.pool.fetch(
-            f"SELECT {COLUMNS} FROM products WHERE sku = ANY($1::text[])", data.skus
+            f"SELECT {COLUMNS} FROM products WHERE sku = ANY($1::text[])", skus
         )
         for row in rows:
             await self.cache.put(from_row(row))
@@ -295,6 +298,22 @@ class CatalogActivities:
         module docstring); unchanged products are counted and left alone, which
         makes a re-run import a no-op. Heartbeats tell Temporal the batch is alive.
         """
+        try:
+            return await self._upsert_and_cache(data)
+        except asyncio.CancelledError:
+            # The import cancelled (a heartbeat delivers it, at any await): after the
+            # commit (while the connection went back to the pool, or while the batch
+            # cached), or with its COMMIT in flight. The batch's committed rows are
+            # cached all the same (set-if-newer; rows of a batch rolled back are cached
+            # as they were): a stale entry would price orders at the old price until its
+            # TTL, and a cancelled activity is not retried.
+            try:
+                await self._cache_committed([p.sku for p in data.products if storable(p.sku)])
+            except Exception as error:  # the cancel stands; the entries expire with their TTL
+                log.warning("cancelled batch not cached again: %s", error)
+            raise
+
+    async def _upsert_and_cache(self, data: UpsertBatchInput) -> UpsertBatchResult:
         async with self.pool.acquire() as conn, conn.transaction():
             earlier = await _earlier_result(conn, UpsertBatchResult)
             if earlier is None:
@@ -319,20 +338,10 @@ class CatalogActivities:
         # caching of a large batch outlasted the heartbeat timeout, on the first attempt
         # and on every retry (the earlier-result path caches the whole batch again), and
         # the import never went on.
-        cached = 0
-        try:
-            for product in written:
-                if cached % 25 == 0:
-                    activity.heartbeat(f"cached {cached}")
-                await self.cache.put(product)
-                cached += 1
-        except asyncio.CancelledError:
-            # The import cancelled (the heartbeat delivers it): the batch is committed,
-            # so its entries are cached all the same, or they would price orders at
-            # the old price until their TTL; a cancelled activity is not retried.
-            for product in written[cached:]:
-                await self.cache.put(product)
-            raise
+        for cached, product in enumerate(written):
+            if cached % 25 == 0:
+                activity.heartbeat(f"cached {cached}")
+            await self.cache.put(product)
         return result
 
     async def _upsert(

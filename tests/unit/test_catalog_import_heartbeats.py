@@ -60,6 +60,23 @@ class _Pool:
     async def acquire(self) -> AsyncIterator[_CommittedBefore]:
         yield _CommittedBefore()
 
+    async def fetch(self, *_: Any) -> list[dict[str, Any]]:
+        return ROWS  # the batch's committed rows
+
+
+class _CancelledOnRelease(_Pool):
+    """The import cancelled as the committed batch's connection goes back to the pool
+    (asyncpg's release is an await a cancel can land on)."""
+
+    def __init__(self, environment: ActivityEnvironment):
+        self.environment = environment
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[_CommittedBefore]:
+        yield _CommittedBefore()
+        self.environment.cancel()  # as Temporal does on a heartbeat
+        await asyncio.sleep(0)  # where the cancel lands
+
 
 class _Cache:
     def __init__(self, beats: list[str]):
@@ -111,3 +128,17 @@ async def test_a_batch_cancelled_while_it_caches_caches_the_rest_before_it_ends(
     with pytest.raises(asyncio.CancelledError):
         await environment.run(activities.upsert_batch, UpsertBatchInput("import-1", 0, products))
     assert set(cached) == {r["sku"] for r in ROWS}
+
+
+async def test_a_batch_cancelled_as_its_connection_goes_back_caches_what_it_committed() -> None:
+    """Cancelled after the commit, before any entry was cached: cached all the same."""
+    environment = ActivityEnvironment()
+    cache = _Cache([])
+    activities = CatalogActivities(_CancelledOnRelease(environment), cache)  # type: ignore[arg-type]
+    products = [
+        ProductData(sku=r["sku"], title="t", category="a", price_minor=1, currency="EUR")
+        for r in ROWS
+    ]
+    with pytest.raises(asyncio.CancelledError):
+        await environment.run(activities.upsert_batch, UpsertBatchInput("import-1", 0, products))
+    assert cache.puts == N
