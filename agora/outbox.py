@@ -53,6 +53,12 @@ _TRANSIENT = (
 SENT_RETENTION = dt.timedelta(days=7)
 PRUNE_EVERY_S = 600.0
 PRUNE_CHUNK = 5000
+# How often the relay asks its lock's connection for a round trip, and how long it
+# waits for the answer. `is_closed()` only sees a connection closed under it; one whose
+# flow was dropped silently (a middlebox, a host gone) stays open here while the server
+# ends the backend, frees the lock and another relay takes it: both would publish.
+LOCK_CHECK_EVERY_S = 5.0
+LOCK_CHECK_TIMEOUT_S = 5.0
 # Below aiokafka's default max_request_size and the brokers' message.max.bytes (1 MiB),
 # with room for the key and headers.
 MAX_EVENT_BYTES = 900 * 1024
@@ -306,12 +312,16 @@ class OutboxRelay:
         self, lock_conn: asyncpg.Connection, producer: AIOKafkaProducer
     ) -> None:
         pruned_at = -PRUNE_EVERY_S  # prune once at the start of each session
+        checked_at = time.monotonic()  # the lock was just taken on it
         while True:
             if lock_conn.is_closed():
                 # Its backend ended (terminated, reset): the lock and the LISTEN went
                 # with it, and another relay may hold the lock now. Start a new
                 # session, which must win the lock before it publishes.
                 raise ConnectionResetError("the relay lock's connection closed")
+            if time.monotonic() - checked_at >= LOCK_CHECK_EVERY_S:
+                await _check_alive(lock_conn)
+                checked_at = time.monotonic()
             if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
                 await self.prune_sent()
                 pruned_at = time.monotonic()
@@ -402,6 +412,18 @@ class OutboxRelay:
     async def backlog(self) -> int:
         async with self._pool.acquire() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+
+
+async def _check_alive(lock_conn: asyncpg.Connection) -> None:
+    """A round trip on the lock's connection: its backend, which holds the session's
+    advisory lock, still answers. If it does not within LOCK_CHECK_TIMEOUT_S, the
+    connection is dropped here (no UNLISTEN or unlock is sent over it: they would
+    hang as the check did) and the session ends; the next must win the lock again."""
+    try:
+        await lock_conn.fetchval("SELECT 1", timeout=LOCK_CHECK_TIMEOUT_S)
+    except (TimeoutError, OSError, asyncpg.InterfaceError) as error:
+        lock_conn.terminate()
+        raise ConnectionResetError(f"the relay lock's connection is silent: {error!r}") from None
 
 
 async def _send(

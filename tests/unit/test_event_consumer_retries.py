@@ -9,7 +9,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 
-from agora import config, kafka, process
+from agora import config, kafka, outbox, process
 from agora.errors import PoisonMessage
 from agora.kafka import ConsumerSpec, Decoded, EventConsumer
 from agora.outbox import OutboxRelay
@@ -218,3 +218,46 @@ async def test_dead_letters_stay_on_the_services_producer_while_it_writes_them(
     for _ in range(2):
         await letterer._dead_letter(record, "r")
     assert service.sent == 2
+
+
+class SilentLockConnection:
+    """The relay lock's connection after its flow was dropped silently: not closed as
+    far as asyncpg knows, but no answer comes (the server has ended its backend and
+    freed the lock, which another relay may hold now)."""
+
+    def __init__(self) -> None:
+        self.terminated = False
+
+    def is_closed(self) -> bool:
+        return self.terminated
+
+    async def fetchval(self, _: str, *, timeout: float | None = None) -> object:  # noqa: ASYNC109 (asyncpg's signature)
+        await asyncio.wait_for(asyncio.Event().wait(), timeout)
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+async def test_a_relay_whose_lock_connection_stopped_answering_publishes_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox, "LOCK_CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr(outbox, "LOCK_CHECK_TIMEOUT_S", 0.05)
+    relay = OutboxRelay(None, None, "silent")  # type: ignore[arg-type]
+    published: list[int] = []
+
+    async def publish_batch(_: object) -> int:
+        published.append(1)
+        return 0
+
+    async def prune_sent() -> int:
+        return 0
+
+    relay.publish_batch = publish_batch  # type: ignore[method-assign]
+    relay.prune_sent = prune_sent  # type: ignore[method-assign]
+    lock_conn = SilentLockConnection()
+    with pytest.raises(ConnectionResetError):
+        await relay._publish_until_stopped(lock_conn, None)  # type: ignore[arg-type]
+    assert published == []
+    # Dropped, so the session's end sends nothing over it (it would hang as well).
+    assert lock_conn.terminated
