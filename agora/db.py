@@ -22,6 +22,10 @@ MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "activities" / "migra
 # reset, the server starting or shutting down (57P03, 57P01, 57P02), and too many
 # connections (53300) while every pool of the platform reconnects at once. Whoever
 # meets them retries (a starting service, the outbox relay): they pass.
+# A statement stopped for taking too long: the pool's `command_timeout` (asyncpg
+# raises TimeoutError), PostgreSQL's statement_timeout or a cancel (57014). A gRPC
+# handler answers DEADLINE_EXCEEDED for it (agora.grpc), not UNKNOWN, a crash.
+STATEMENT_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, asyncpg.QueryCanceledError)
 FAILOVER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,

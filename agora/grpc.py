@@ -39,6 +39,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from agora import pki
 from agora.config import Settings
+from agora.db import STATEMENT_TIMEOUTS
 from agora.errors import DomainError
 from agora.pki import client_context, server_context
 
@@ -224,6 +225,14 @@ def _wrap(func: StreamFunc, method: str, callers: frozenset[str] | None = None) 
                 # caller resets the stream: the caller gave up, the server did not fail.
                 code = Status.CANCELLED
                 raise
+            except STATEMENT_TIMEOUTS as exc:
+                # A query ran past its timeout: the caller may try again (a gateway
+                # answers 504 upstream-timeout), it is no crash of the handler.
+                code = Status.DEADLINE_EXCEEDED
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+                log.warning("gRPC handler timed out", extra={"method": method})
+                raise GRPCError(code, "the request took too long") from None
             except BaseException as exc:
                 code = Status.UNKNOWN
                 span.record_exception(exc)

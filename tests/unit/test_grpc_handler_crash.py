@@ -64,3 +64,22 @@ async def test_a_crash_is_one_log_record_with_the_spans_trace_id_and_its_traceba
     assert crash["method"] == "/agora.identity.v1.IdentityService/GetJwks"
     assert crash["trace_id"] == format(span.context.trace_id, "032x")
     assert "Traceback" in crash["exc_info"] and "KeyError" in crash["exc_info"]
+
+
+class TimedOut(IdentityServiceBase):
+    async def get_jwks(self, message: GetJwksRequest) -> GetJwksResponse:
+        raise TimeoutError  # as asyncpg raises a statement past the pool's command_timeout
+
+
+async def test_a_query_past_its_timeout_is_deadline_exceeded_not_a_crash(
+    spans: InMemorySpanExporter, log_lines: io.StringIO
+) -> None:
+    async with serving(TimedOut()) as channel:
+        with pytest.raises(GRPCError) as failed:
+            await IdentityServiceStub(channel).get_jwks(GetJwksRequest(), timeout=30)
+    # The gateway answers it 504 upstream-timeout (a retry may pass), not 502.
+    assert failed.value.status == Status.DEADLINE_EXCEEDED
+    [logged] = [r for r in records(log_lines) if r["message"] == "gRPC handler timed out"]
+    assert logged["level"] == "WARNING"
+    assert logged["method"] == "/agora.identity.v1.IdentityService/GetJwks"
+    assert not [r for r in records(log_lines) if r["message"] == "gRPC handler failed"]
