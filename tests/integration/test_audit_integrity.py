@@ -32,7 +32,7 @@ from workers.audit.api import AuditApi
 from workers.audit.chain import ChainWriter
 from workers.audit.consumer import AuditConsumer
 from workers.audit.signing import CheckpointSigner, TrustedKeys
-from workers.audit.verification import verify_chain
+from workers.audit.verification import Counted, count_rows, verify_chain
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +107,25 @@ async def test_a_rewritten_head_hash_fails_verification_at_the_head_and_is_never
             )
         assert refused.value.type == CHAIN_BROKEN and "head" in refused.value.message
         assert await pool.fetchval("SELECT count(*) FROM audit_checkpoints") == 0
+
+
+async def test_the_whole_logs_count_is_not_held_to_the_pools_statement_timeout(
+    settings: Settings, roles: None
+) -> None:
+    # The count grows with the log (one statement): under the pool's 30 s timeout a
+    # large log would give every verification no verdict. Here a connection whose
+    # every statement times out at once still counts.
+    async with scratch_log(settings) as (name, pool):
+        await append(pool, make_envelope(), make_envelope(), make_envelope())
+        hurried = await asyncpg.connect(scratch_dsn(settings, name), command_timeout=1e-6)
+        with pytest.raises(TimeoutError):  # (it closes the connection)
+            await hurried.fetchval("SELECT count(*) FROM audit_log")
+        conn = await asyncpg.connect(scratch_dsn(settings, name), command_timeout=1e-6)
+        try:
+            # Three rows for sequences 1..3: nothing repeated, nothing missing.
+            assert await count_rows(conn, 1, 3, whole_log=True) == Counted()
+        finally:
+            await conn.close(timeout=5)
 
 
 # recorded_at --------------------------------------------------------------------

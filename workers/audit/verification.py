@@ -43,6 +43,11 @@ from workers.audit.envelopes import canonical_columns
 from workers.audit.signing import PublicKey, TrustedKeys
 
 CHUNK = 5000
+# The whole log's count is one statement that grows with the log (about 0.13 s per
+# 200,000 rows): the pool's 30 s command_timeout would end every verification of a
+# log past some tens of millions of rows with no verdict. Its statements get an hour;
+# an API call is still bounded by its gRPC deadline, which cancels the handler.
+COUNT_TIMEOUT_S = 3600.0
 # The columns a walk reads; a time Python cannot hold, which the audit role could
 # plant, is read as NULL (checkpoints.readable_time), a row to name. (Sorting by
 # `audit_log.recorded_at` is by the stored time, not this.)
@@ -278,6 +283,7 @@ async def count_rows(
         " WHERE log_sequence BETWEEN $2 AND $1",
         last,
         floor,
+        timeout=COUNT_TIMEOUT_S,
     )
     rows = int(counted["n"])
     if not rows:
@@ -291,6 +297,7 @@ async def count_rows(
                GROUP BY log_sequence HAVING count(*) > 1 ORDER BY log_sequence LIMIT 1""",
             last,
             floor,
+            timeout=COUNT_TIMEOUT_S,
         )
         return Counted(repeated=(int(repeated["log_sequence"]), int(repeated["times"])))
     if rows < covered and lowest < first:
@@ -300,6 +307,7 @@ async def count_rows(
                    FROM audit_log WHERE log_sequence <= $1
                ) AS pairs WHERE n > s + 1 ORDER BY s LIMIT 1""",
             first,
+            timeout=COUNT_TIMEOUT_S,
         )
         if gap is not None and gap < first:
             return Counted(missing=int(gap))
