@@ -7,6 +7,7 @@ own workflow id + run id), and partitions are created only when missing.
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ PARTITION_MONTHS_AHEAD = 2
 # and while it waits behind a reader (a long verification) every append waits behind
 # it: all intake would stop. It gives up instead, and the activity is retried.
 PARTITION_LOCK_TIMEOUT = "1s"
+# The transaction-scoped advisory lock that makes partitions one maker at a time.
+PARTITIONS_LOCK_KEY = zlib.crc32(b"agora-audit-partitions")
 # The failure type of a checkpoint refused because verification found the chain broken.
 CHAIN_BROKEN = "AuditChainBroken"
 
@@ -65,7 +68,16 @@ async def ensure_partitions(pool: asyncpg.Pool) -> int:
     append behind it (the scheduled activity is retried, the start-up step too)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
-        made = await conn.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
+        return await ensure_partitions_in(conn)
+
+
+async def ensure_partitions_in(conn: asyncpg.Connection) -> int:
+    """The partitions made in the caller's transaction, one maker at a time: two (pods
+    starting together, or one beside the scheduled run) both found a month missing,
+    and the second's CREATE failed `duplicate_table` once the first committed, which
+    at start-up is no retried error: the process exited and was restarted."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITIONS_LOCK_KEY)
+    made = await conn.fetchval("SELECT audit_ensure_partitions($1)", PARTITION_MONTHS_AHEAD)
     return int(made)
 
 

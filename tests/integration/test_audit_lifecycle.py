@@ -17,7 +17,13 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.audit import CHAIN_BROKEN, AuditActivities, SignCheckpointInput
+from activities.audit import (
+    CHAIN_BROKEN,
+    AuditActivities,
+    SignCheckpointInput,
+    ensure_partitions,
+    ensure_partitions_in,
+)
 from agora.config import Settings
 from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.auditkit import (
@@ -286,3 +292,19 @@ async def test_a_starting_audit_service_waits_for_its_partitions_without_stoppin
         assert made == 1
         assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", furthest)
         assert await pool.fetchval("SELECT count(*) FROM audit_log") == 2
+
+
+async def test_two_makers_of_a_missing_month_one_commits_the_other_finds_it_made(
+    settings: Settings, roles: None
+) -> None:
+    # Pods starting together at a month's turn (or one beside the scheduled run) both
+    # found the month missing; the second's CREATE failed duplicate_table once the
+    # first committed, and at start-up the process exited.
+    async with log_with_a_month_missing(settings) as (pool, furthest, _):
+        async with pool.acquire() as first, first.transaction():
+            assert await ensure_partitions_in(first) == 1
+            second = asyncio.create_task(ensure_partitions(pool))
+            await asyncio.sleep(0.3)  # it waits on the first, which has not committed
+            assert not second.done()
+        assert await asyncio.wait_for(second, 10) == 0
+        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", furthest)
