@@ -67,7 +67,9 @@ STALL_STOP_S = 10.0
 
 
 def _observe_lag(_: CallbackOptions) -> Iterable[Observation]:
-    for (group, topic, partition), lag in _lag.items():
+    # Snapshots (here and below): the exporter's thread runs these callbacks while the
+    # loop's thread adds and drops keys ("dictionary changed size during iteration").
+    for (group, topic, partition), lag in list(_lag.items()):
         yield Observation(lag, {"group": group, "topic": topic, "partition": str(partition)})
 
 
@@ -83,7 +85,7 @@ _sessions: dict[str, int] = {}
 
 
 def _observe_sessions(_: CallbackOptions) -> Iterable[Observation]:
-    for group, running in _sessions.items():
+    for group, running in list(_sessions.items()):
         yield Observation(running, {"group": group})
 
 

@@ -72,13 +72,14 @@ _backlog: dict[str, tuple[int, float | None]] = {}
 
 
 def _observe_backlog(_: CallbackOptions) -> Iterable[Observation]:
-    for service, (count, _since) in _backlog.items():
+    # A snapshot: the exporter's thread runs this while the loop's thread changes it.
+    for service, (count, _since) in list(_backlog.items()):
         yield Observation(count, {"service": service})
 
 
 def _observe_age(_: CallbackOptions) -> Iterable[Observation]:
     now = time.time()
-    for service, (_count, since) in _backlog.items():
+    for service, (_count, since) in list(_backlog.items()):
         yield Observation(0.0 if since is None else max(now - since, 0.0), {"service": service})
 
 
@@ -279,6 +280,11 @@ class OutboxRelay:
                 if await self._sleep(self._poll_interval * 5):
                     return
             await lock_conn.add_listener("outbox", self._on_notify)
+            # Reported from the moment the lock is won, before the producer starts: a
+            # relay taking over while Kafka is unreachable never gets to publish_batch,
+            # and with the other relay's report gone, OutboxStale would go silent in
+            # the outage it is there for.
+            await self._report_backlog(lock_conn)
             handed_over = True
             try:
                 async with self._session_producer() as producer:
@@ -364,15 +370,7 @@ class OutboxRelay:
             count = len(rows)
             if count == self._batch_size:
                 count = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            since = None
-            if rows:
-                oldest = int(rows[0]["id"])
-                if self._oldest is None or self._oldest[0] != oldest:
-                    # First seen: when it was written, on this process's clock. Kept
-                    # while it stays the oldest, so the age grows steadily.
-                    self._oldest = (oldest, time.time() - float(rows[0]["age"]))
-                since = self._oldest[1]
-            _backlog[self._service] = (count, since)
+            self._note_backlog(count, rows[0] if rows else None)
             if not rows:
                 self._worked = True
                 return 0
@@ -388,6 +386,26 @@ class OutboxRelay:
                 raise error
         self._worked = True
         return len(rows)
+
+    async def _report_backlog(self, conn: asyncpg.Connection) -> None:
+        oldest = await conn.fetchrow(
+            "SELECT id, extract(epoch FROM now() - created_at) AS age,"
+            " (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS count"
+            " FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1"
+        )
+        self._note_backlog(int(oldest["count"]) if oldest else 0, oldest)
+
+    def _note_backlog(self, count: int, oldest: asyncpg.Record | None) -> None:
+        """The backlog gauges: `count` unsent rows, the oldest `oldest` (its id and age)."""
+        since = None
+        if oldest is not None:
+            oldest_id = int(oldest["id"])
+            if self._oldest is None or self._oldest[0] != oldest_id:
+                # First seen: when it was written, on this process's clock. Kept while
+                # it stays the oldest, so the age grows steadily.
+                self._oldest = (oldest_id, time.time() - float(oldest["age"]))
+            since = self._oldest[1]
+        _backlog[self._service] = (count, since)
 
     async def prune_sent(self) -> int:
         """Delete rows sent more than SENT_RETENTION ago, a bounded chunk at a time;

@@ -146,6 +146,42 @@ async def test_a_relay_that_cannot_publish_keeps_reporting_a_backlog_that_ages(
         assert later is not None and later > first, "and ageing"
 
 
+async def test_a_relay_taking_the_lock_while_kafka_is_unreachable_reports_the_backlog(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It takes over from a relay whose Kafka went away, and its own producer never
+    # starts, so it never publishes. It reports from the moment it holds the lock, or
+    # no process would, and OutboxStale would stay silent through the outage.
+    service = f"unreachable-{uuid.uuid4().hex[:8]}"
+    relay = OutboxRelay(
+        pool,
+        lambda: AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", request_timeout_ms=300),
+        service,
+        poll_interval=0.1,
+    )
+    event_id = await append(pool, "t")
+    await pool.execute(
+        "UPDATE outbox SET created_at = now() - interval '600 seconds' WHERE event_id = $1",
+        event_id,
+    )
+    running = asyncio.create_task(relay.run())
+    try:
+        for _ in range(600):
+            if any(
+                "retrying" in r.getMessage() and getattr(r, "service", "") == service
+                for r in caplog.records
+            ):
+                break
+            await asyncio.sleep(0.05)
+        age = observed_age(service)
+        assert age is not None and age >= 600, "reported though it never published"
+        assert outbox._backlog[service][0] >= 1
+    finally:
+        relay.stop()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
 async def test_a_failed_relay_stops_reporting_once_another_holds_the_lock(
     settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
