@@ -9,29 +9,30 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
-
-import uvloop
+from typing import TYPE_CHECKING
 
 from agora import config
 from agora.leave import run_and_leave
 from agora.logs import setup_logging
-from agora.service import ServiceDefinition, run_service
+
+if TYPE_CHECKING:
+    from agora.service import ServiceDefinition
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("service", choices=config.SERVICES)
     args = parser.parse_args(argv)
-    try:
-        module = importlib.import_module(f"workers.{args.service}")
-    except ModuleNotFoundError:
-        print(f"service {args.service!r} is not implemented yet", file=sys.stderr)
-        return 2
-    definition: ServiceDefinition = module.DEFINITION
-    # Before the settings are read, so a setting refused is one JSON line, like the
-    # rest; `run_service` sets logging up again at the configured level.
+    # Before the runtime and the service's modules are imported and the settings read,
+    # so a dependency missing from an image, or a setting refused, is one JSON line
+    # with the service (run_and_leave logs it "crashed"), not a bare traceback;
+    # `run_service` sets logging up again at the configured level.
     setup_logging(args.service)
+    import uvloop
+
+    from agora.service import run_service
+
+    definition: ServiceDefinition = importlib.import_module(f"workers.{args.service}").DEFINITION
     settings = config.load(service=args.service)
     uvloop.run(run_service(definition, settings))
     return 0

@@ -1,0 +1,37 @@
+"""`python -m workers <service>` fails in JSON: a dependency missing from an image
+is one log line with the service and level, not a bare traceback (or, as before, a
+claim that the service "is not implemented yet")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+# Runs the entry point with `grpclib` (which the runtime imports) missing, as from an
+# image built without it.
+BLOCKED = textwrap.dedent(
+    """
+    import builtins, runpy, sys
+    real = builtins.__import__
+    def blocked(name, *args, **kwargs):
+        if name.split(".")[0] == "grpclib":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *args, **kwargs)
+    builtins.__import__ = blocked
+    sys.argv = ["workers", "search"]
+    runpy.run_module("workers", run_name="__main__")
+    """
+)
+
+
+def test_a_missing_dependency_is_one_json_line_naming_the_service() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-c", BLOCKED], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 1, ran.stderr
+    lines = [json.loads(line) for line in ran.stderr.splitlines()]
+    [crash] = [line for line in lines if line["message"] == "crashed"]
+    assert (crash["service"], crash["level"]) == ("search", "CRITICAL")
+    assert "No module named 'grpclib" in crash["exc_info"]
