@@ -482,7 +482,10 @@ def saga_outcome(status: str, rejection: str, reason: str) -> str:
     outcome = {"COMPLETED": "completed", "CANCELLED": "cancelled"}.get(status)
     if outcome is not None:
         return outcome
-    business = rejection not in PLATFORM_FAILURES and reason != PSP_SILENT
+    # The reason may go on with the compensations that failed ("...; void payment
+    # failed", workflows/orders.py set_reason): the rejection's own detail comes first.
+    psp_silent = reason.split("; ", 1)[0] == PSP_SILENT
+    business = rejection not in PLATFORM_FAILURES and not psp_silent
     return "rejected" if business else "failed"
 
 

@@ -289,6 +289,10 @@ REFUSED_CANCEL_RETRIED = "temporal-cancel-retries-refused-refund"
 # could trip it with made-up tokens. The gateway cannot check a token (only the PSP
 # knows its tokens). Asked only on that path.
 CARD_TOKEN_REFUSED_DECLINES = "card-token-refused-declines"
+# A cancel requested in Temporal during the payment wait (3-D Secure) leaves the view
+# PENDING without the PSP's link at once, not AWAITING_PAYMENT until the compensations
+# end. Asked only on that path.
+PAYMENT_WAIT_CANCEL_CLEARS = "payment-wait-cancel-clears"
 # What the saga needs after the payment, of the reservation's life: capture, commit,
 # as they run when payments and inventory answer. A payments outage longer than what
 # is left still outlasts the reservation: the capture is not bounded by it, since a
@@ -623,14 +627,18 @@ class OrderWorkflow:
                 timeout=timedelta(seconds=timeout_s),
             )
         except TimeoutError:
+            self.view.status, self.view.next_action_url = "PENDING", ""
             self.set_payment_outcome("timeout")
             raise Rejected("PAYMENT_TIMEOUT", "the order was not paid in time") from None
-        finally:
-            # However the wait ends (paid, timed out, cancelled here or in Temporal), the
-            # order no longer awaits the customer: no status or link says it does while
-            # the saga compensates.
-            self.view.status = "PENDING"
-            self.view.next_action_url = ""
+        except asyncio.CancelledError:
+            # Cancelled in Temporal: the order no longer awaits the customer, and no
+            # status or link says it does while the saga compensates. Behind a patch:
+            # `complete_payment` waits for the status to leave AWAITING_PAYMENT, so an
+            # update accepted meanwhile now ends earlier than runs before recorded.
+            if workflow.patched(PAYMENT_WAIT_CANCEL_CLEARS):
+                self.view.status, self.view.next_action_url = "PENDING", ""
+            raise
+        self.view.status, self.view.next_action_url = "PENDING", ""
         self.check_cancel()
         assert self.payment_completion is not None
         return self.payment_completion.card_token

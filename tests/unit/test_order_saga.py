@@ -576,6 +576,21 @@ async def test_a_card_token_payments_refuses_is_the_customers_decline(client: Cl
     assert "capture" not in world.calls
 
 
+async def test_a_silent_psp_counts_as_a_failure_though_a_compensation_failed_too(
+    client: Client,
+) -> None:
+    # The reason names the void refused after the PSP's silence; the outcome is still
+    # the platform's failure (an outage pages), not the customer's rejection.
+    world.card = "slow"
+    world.refused_voids.add(":authorize:1:void")
+    view = await run(client, new_order())
+    assert (view.rejection, view.reason) == (
+        "PAYMENT_TIMEOUT",
+        "the payment provider did not answer; void payment failed",
+    )
+    assert saga_outcome(view.status, view.rejection, view.reason) == "failed"
+
+
 async def test_out_of_stock_never_reaches_payments(client: Client) -> None:
     world.out_of_stock = True
     view = await run(client, new_order(), "out-of-stock")
