@@ -280,13 +280,13 @@ class OutboxRelay:
                 if await self._sleep(self._poll_interval * 5):
                     return
             await lock_conn.add_listener("outbox", self._on_notify)
-            # Reported from the moment the lock is won, before the producer starts: a
-            # relay taking over while Kafka is unreachable never gets to publish_batch,
-            # and with the other relay's report gone, OutboxStale would go silent in
-            # the outage it is there for.
-            await self._report_backlog(lock_conn)
-            handed_over = True
+            handed_over, dropped = True, False
             try:
+                # Reported from the moment the lock is won, before the producer starts:
+                # a relay taking over while Kafka is unreachable never gets to
+                # publish_batch, and with the other relay's report gone, OutboxStale
+                # would go silent in the outage it is there for.
+                await self._report_backlog(lock_conn)
                 async with self._session_producer() as producer:
                     await self._publish_until_stopped(lock_conn, producer)
             except KafkaError:
@@ -294,13 +294,18 @@ class OutboxRelay:
                 # reporting the backlog it saw, which keeps ageing meanwhile.
                 handed_over = False
                 raise
+            except LockConnectionSilent:
+                # Dropped (terminated, back to the pool, which detaches it): nothing
+                # more goes over it, not even `is_closed()`.
+                dropped = True
+                raise
             finally:
                 if handed_over:
                     # Stopped, or the lock lost: another process's relay reports the
                     # backlog from now on; a value left here would hold the OutboxStale
                     # page up after the backlog is gone.
                     _backlog.pop(self._service, None)
-                if not lock_conn.is_closed():
+                if not dropped and not lock_conn.is_closed():
                     await lock_conn.remove_listener("outbox", self._on_notify)
                     await lock_conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
 
@@ -441,7 +446,11 @@ async def _check_alive(lock_conn: asyncpg.Connection) -> None:
         await lock_conn.fetchval("SELECT 1", timeout=LOCK_CHECK_TIMEOUT_S)
     except (TimeoutError, OSError, asyncpg.InterfaceError) as error:
         lock_conn.terminate()
-        raise ConnectionResetError(f"the relay lock's connection is silent: {error!r}") from None
+        raise LockConnectionSilent(f"the relay lock's connection is silent: {error!r}") from None
+
+
+class LockConnectionSilent(ConnectionResetError):
+    """The relay lock's connection did not answer its check and was dropped."""
 
 
 async def _send(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
+import asyncpg
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
@@ -223,19 +225,46 @@ async def test_dead_letters_stay_on_the_services_producer_while_it_writes_them(
 class SilentLockConnection:
     """The relay lock's connection after its flow was dropped silently: not closed as
     far as asyncpg knows, but no answer comes (the server has ended its backend and
-    freed the lock, which another relay may hold now)."""
+    freed the lock, which another relay may hold now). As asyncpg's pool proxy, once
+    terminated it is detached: even `is_closed()` raises."""
 
     def __init__(self) -> None:
         self.terminated = False
 
     def is_closed(self) -> bool:
-        return self.terminated
+        if self.terminated:
+            raise asyncpg.InterfaceError("connection has been released back to the pool")
+        return False
 
-    async def fetchval(self, _: str, *, timeout: float | None = None) -> object:  # noqa: ASYNC109 (asyncpg's signature)
+    async def fetchval(self, query: str, *_: object, timeout: float | None = None) -> object:  # noqa: ASYNC109 (asyncpg's signature)
+        if "pg_try_advisory_lock" in query:
+            return True  # the lock is won while the flow still carries
         await asyncio.wait_for(asyncio.Event().wait(), timeout)
+        return None
+
+    async def fetchrow(self, *_: object) -> None:
+        return None  # no unsent row
+
+    async def add_listener(self, *_: object) -> None:
+        pass
+
+    async def remove_listener(self, *_: object) -> None:
+        raise AssertionError("nothing goes over a dropped connection")
+
+    async def execute(self, *_: object) -> None:
+        raise AssertionError("nothing goes over a dropped connection")
 
     def terminate(self) -> None:
         self.terminated = True
+
+
+class OneConnectionPool:
+    def __init__(self, conn: SilentLockConnection) -> None:
+        self.conn = conn
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[SilentLockConnection]:
+        yield self.conn
 
 
 async def test_a_relay_whose_lock_connection_stopped_answering_publishes_no_more(
@@ -243,7 +272,8 @@ async def test_a_relay_whose_lock_connection_stopped_answering_publishes_no_more
 ) -> None:
     monkeypatch.setattr(outbox, "LOCK_CHECK_EVERY_S", 0.0)
     monkeypatch.setattr(outbox, "LOCK_CHECK_TIMEOUT_S", 0.05)
-    relay = OutboxRelay(None, None, "silent")  # type: ignore[arg-type]
+    lock_conn = SilentLockConnection()
+    relay = OutboxRelay(OneConnectionPool(lock_conn), StubProducer, "silent")  # type: ignore[arg-type]
     published: list[int] = []
 
     async def publish_batch(_: object) -> int:
@@ -255,9 +285,9 @@ async def test_a_relay_whose_lock_connection_stopped_answering_publishes_no_more
 
     relay.publish_batch = publish_batch  # type: ignore[method-assign]
     relay.prune_sent = prune_sent  # type: ignore[method-assign]
-    lock_conn = SilentLockConnection()
-    with pytest.raises(ConnectionResetError):
-        await relay._publish_until_stopped(lock_conn, None)  # type: ignore[arg-type]
+    # The session ends with the cause (a reset: retried), and sends nothing more over
+    # the connection it dropped (an UNLISTEN or unlock would hang as the check did).
+    with pytest.raises(outbox.LockConnectionSilent):
+        await asyncio.wait_for(relay._session(), 10)
     assert published == []
-    # Dropped, so the session's end sends nothing over it (it would hang as well).
     assert lock_conn.terminated

@@ -278,12 +278,15 @@ async def count_rows(
     Without `whole_log`, only `first`..`last` is counted (the scheduled checkpoint).
     """
     floor = 1 if whole_log else first  # without the whole log: only what the walk covers
+    # The whole log's statements get COUNT_TIMEOUT_S; a checkpoint's range is bounded
+    # by its rows (CHECKPOINT_MAX_ROWS) and keeps the pool's timeout.
+    timeout = COUNT_TIMEOUT_S if whole_log else None
     counted = await conn.fetchrow(
         "SELECT count(*) AS n, min(log_sequence) AS lowest FROM audit_log"
         " WHERE log_sequence BETWEEN $2 AND $1",
         last,
         floor,
-        timeout=COUNT_TIMEOUT_S,
+        timeout=timeout,
     )
     rows = int(counted["n"])
     if not rows:
@@ -297,7 +300,7 @@ async def count_rows(
                GROUP BY log_sequence HAVING count(*) > 1 ORDER BY log_sequence LIMIT 1""",
             last,
             floor,
-            timeout=COUNT_TIMEOUT_S,
+            timeout=timeout,
         )
         return Counted(repeated=(int(repeated["log_sequence"]), int(repeated["times"])))
     if rows < covered and lowest < first:
@@ -307,7 +310,7 @@ async def count_rows(
                    FROM audit_log WHERE log_sequence <= $1
                ) AS pairs WHERE n > s + 1 ORDER BY s LIMIT 1""",
             first,
-            timeout=COUNT_TIMEOUT_S,
+            timeout=timeout,
         )
         if gap is not None and gap < first:
             return Counted(missing=int(gap))
