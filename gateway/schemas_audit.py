@@ -8,8 +8,18 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field, StringConstraints
 
 from gateway.schemas import Answer, Strict
+from workers.audit.envelopes import MAX_ID_BYTES
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+def _recordable(value: str) -> str:
+    """An id the audit's intake could have recorded: at most MAX_ID_BYTES of UTF-8
+    (a cap below the intake's left longer recorded ids unqueryable)."""
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise ValueError(f"longer than {MAX_ID_BYTES} bytes (UTF-8): no event has such an id")
+    return value
+
+
+Name = Annotated[str, StringConstraints(min_length=1), AfterValidator(_recordable)]
 
 
 def _in_the_log_era(value: datetime) -> datetime:

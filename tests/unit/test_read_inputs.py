@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from agora.errors import InvalidArgument
 from gateway.routes.admin_orders import AdminOrdersQuery
 from gateway.schemas_audit import AuditEventsQuery
+from workers.audit.envelopes import MAX_ID_BYTES
 from workers.catalog.reads import decode_cursor as catalog_cursor
 from workers.identity.apiclients import ApiClients, _decode_cursor
 from workers.orders.api import decode_cursor as orders_cursor
@@ -75,3 +76,15 @@ def test_an_audit_query_time_out_of_range_is_refused(when: str) -> None:
 @pytest.mark.parametrize("status", ["REFUNDED", "PARTIALLY_REFUNDED", "CANCELLED"])
 def test_admin_search_filters_on_every_status_the_saga_writes(status: str) -> None:
     assert AdminOrdersQuery.model_validate({"status": status}).status == status
+
+
+@pytest.mark.parametrize("field", ["aggregate_id", "aggregate_type", "workflow_id"])
+def test_an_audit_query_takes_every_id_the_intake_records(field: str) -> None:
+    # The intake records ids up to MAX_ID_BYTES of UTF-8; the edge once capped them at 200
+    # characters, so an event with a longer id was recorded but could not be asked for.
+    longest = "é" * (MAX_ID_BYTES // 2)
+    assert getattr(AuditEventsQuery.model_validate({field: longest}), field) == longest
+    with pytest.raises(ValidationError, match=f"longer than {MAX_ID_BYTES} bytes"):
+        AuditEventsQuery.model_validate({field: longest + "x"})
+    with pytest.raises(ValidationError):
+        AuditEventsQuery.model_validate({field: ""})
