@@ -3,7 +3,8 @@
 Each test works under its own index prefix, so the platform's indices and aliases
 are never touched.
 
-* A write alias lost while the read alias stayed is put back at start-up, and a
+* A write alias lost while the read alias stayed is put back at start-up, and so
+  is a read alias lost while the write alias stayed (refused mid-reindex); a
   batch that finds no write target fails (and is retried) instead of counting
   as indexed.
 * Two replicas creating the same index at once both start.
@@ -31,7 +32,7 @@ from tests.integration.consumerkit import decoded
 from workers.search.api import SearchApi
 from workers.search.consumer import NoWriteTarget, SearchIndexer
 from workers.search.documents import category_path
-from workers.search.index import FIRST_VERSION, Indices
+from workers.search.index import FIRST_VERSION, AliasLost, Indices
 
 pytestmark = [pytest.mark.integration]
 AUTO_CREATE = "action.auto_create_index"
@@ -63,6 +64,35 @@ async def test_start_up_puts_a_lost_write_alias_back_on_the_read_index(indices: 
 
     assert await indices.behind(indices.write_alias) == [first]
     assert await indices.behind(indices.read_alias) == [first]
+
+
+async def test_start_up_puts_a_lost_read_alias_back_on_the_write_index(indices: Indices) -> None:
+    # After a reindex the first index is gone; a read alias then lost must not look like
+    # a fresh cluster (a new, empty first index served while events went to both).
+    current = indices.index_name("r1")
+    await indices.create(current)
+    await indices.es.indices.put_alias(index=current, name=indices.write_alias)
+    assert await indices.behind(indices.read_alias) == []
+
+    await indices.ensure()
+
+    assert await indices.behind(indices.read_alias) == [current]
+    assert await indices.behind(indices.write_alias) == [current]
+    assert not await indices.es.indices.exists(index=indices.index_name(FIRST_VERSION))
+
+
+async def test_start_up_refuses_a_lost_read_alias_mid_reindex(indices: Indices) -> None:
+    old, new = indices.index_name("r1"), indices.index_name("r2")
+    for name in (old, new):
+        await indices.create(name)
+        await indices.es.indices.put_alias(index=name, name=indices.write_alias)
+
+    with pytest.raises(AliasLost, match=indices.read_alias):
+        await indices.ensure()
+
+    assert await indices.behind(indices.read_alias) == []
+    assert await indices.behind(indices.write_alias) == [old, new]
+    assert not await indices.es.indices.exists(index=indices.index_name(FIRST_VERSION))
 
 
 async def test_a_batch_with_no_write_target_fails_instead_of_counting_as_indexed(

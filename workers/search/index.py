@@ -104,6 +104,10 @@ class StaleIndex(Exception):
     read it without every update it missed (a reindex never makes it whole again)."""
 
 
+class AliasLost(Exception):
+    """The read alias is gone and which index it named cannot be told from the rest."""
+
+
 class Indices:
     """Names and alias operations of one deployment's product indices."""
 
@@ -143,6 +147,8 @@ class Indices:
             await self.restore_write_alias()
             await self.replicate(await self.behind(self.write_alias))
             return
+        if await self.restore_read_alias():
+            return
         first = self.index_name(FIRST_VERSION)
         await self.create(first)
         await self.es.indices.update_aliases(
@@ -163,6 +169,31 @@ class Indices:
                 for name in await self.behind(self.read_alias)
             ]
         )
+
+    async def restore_read_alias(self) -> bool:
+        """Put a lost read alias back on the index the write alias names; False on a
+        fresh cluster (neither alias). Without this, start-up took a lost read alias
+        for a fresh cluster: searches read a new, empty first index (ready, and
+        answering with almost nothing) while every event was written twice."""
+        writers = await self.behind(self.write_alias)
+        if not writers:
+            return False
+        if len(writers) > 1:
+            # Mid-reindex: the old index and the one being built both take writes, and
+            # only the reindex knows which is complete.
+            raise AliasLost(
+                f"the read alias {self.read_alias} is missing and the write alias names "
+                f"{writers}: put it back on the complete one by hand (docs/search.md)"
+            )
+        log.warning(
+            "read alias lost: put back on the write alias's index",
+            extra={"alias": self.read_alias, "index": writers[0]},
+        )
+        await self.es.indices.update_aliases(
+            actions=[{"add": {"index": writers[0], "alias": self.read_alias}}]
+        )
+        await self.replicate(writers)
+        return True
 
     async def refuse_auto_create(self) -> None:
         """No write may create one of our indices by auto-creation (cluster-wide). Read
