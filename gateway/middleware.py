@@ -159,8 +159,9 @@ def _refusal(request: web.Request, problem: Problem, trace_id: str) -> web.Respo
 async def _charge_refused_token(request: web.Request, route: Route) -> None:
     """A refused token costs its sender a request of its address's bucket, as an
     unauthenticated request does: refused before admission, a flood of made-up tokens
-    (each one a signature check) was never limited. Raises 429 once the bucket is
-    empty; without Redis the 401 stands."""
+    (each one a signature check) was never limited. So do a revoked token, a replayed
+    nonce and missing, malformed or stale signature headers. Raises 429 once the
+    bucket is empty; without Redis the 401 stands."""
     if route.route_class is None:
         return
     try:
@@ -219,6 +220,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+_REFUSED_UNCHARGED = frozenset({Verdict.JTI_REVOKED, Verdict.SID_REVOKED, Verdict.NONCE_REPLAYED})
+
+
 @web.middleware
 async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = deps(request)
@@ -228,7 +232,11 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
     principal = request.get(PRINCIPAL)
     signed = None
     if principal is not None and principal.is_api_client:
-        signed = signed_headers(request)
+        try:
+            signed = signed_headers(request)
+        except Problem:
+            await _charge_refused_token(request, route)
+            raise
     started = time.perf_counter()
     try:
         if principal is not None:
@@ -256,6 +264,11 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
         ) from None
     finally:
         request[TIMING].add("ratelimit", time.perf_counter() - started)
+    if admission.verdict in _REFUSED_UNCHARGED:
+        # The script refused these before any bucket: charged here, as a made-up
+        # token is, or a revoked token (anyone's, after a sign-out) or a replayed
+        # request could be sent without limit.
+        await _charge_refused_token(request, route)
     if admission.verdict in (Verdict.JTI_REVOKED, Verdict.SID_REVOKED):
         raise Problem(
             "token-revoked",

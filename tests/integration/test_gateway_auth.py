@@ -339,3 +339,24 @@ async def test_refused_tokens_are_charged_to_the_sender_s_address(gw: Gateway, a
         await gw.redis.delete(bucket)
     response = await api.client.get("/v1/me", headers=bearer("not.a.jwt"))
     await problem(response, 401, "token-malformed")
+
+
+async def test_revoked_tokens_are_charged_to_the_sender_s_address(
+    settings: Settings, gw: Gateway, api: Api, minter: TokenMinter
+) -> None:
+    # Revocation is checked before any bucket: anyone holds a revoked token after a
+    # sign-out, and could send it without limit.
+    token = minter.token(scope="profile")
+    jti = jwt.decode(token, minter.key, algorithms=["EdDSA"]).claims["jti"]
+    bucket = "gateway:rl:read:ip:127.0.0.1"
+    full_for_an_hour = (time.time() + 3600) * 1_000_000
+    await gw.redis.set(f"identity:revoked:jti:{jti}", "1", ex=60)
+    await gw.redis.set(bucket, int(full_for_an_hour), ex=3600)
+    try:
+        with no_upstream_call(gw):
+            response = await api.client.get("/v1/me", headers=bearer(token))
+            await problem(response, 429, "rate-limited")
+    finally:
+        await gw.redis.delete(bucket)
+    response = await api.client.get("/v1/me", headers=bearer(token))
+    await problem(response, 401, "token-revoked")

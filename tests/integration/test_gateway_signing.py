@@ -389,3 +389,30 @@ async def test_malformed_nonce(gw: Gateway, api: Api, machine: dict[str, Any]) -
             "GET", "/v1/me", machine["token"], machine["client_secret"], nonce="short"
         )
         await problem(response, 401, "signature-invalid")
+
+
+async def test_refused_signature_headers_and_replays_are_charged_to_the_sender_s_address(
+    gw: Gateway, api: Api, machine: dict[str, Any]
+) -> None:
+    # Refused before any bucket paid: a captured request replayed, or a client token sent
+    # with no signature, was never rate limited.
+    nonce = signing.new_nonce()
+    first = await api.signed(
+        "GET", "/v1/me", machine["token"], machine["client_secret"], nonce=nonce
+    )
+    assert first.status == 200
+    bucket = "gateway:rl:read:ip:127.0.0.1"  # /v1/me's route class, the test client's
+    full_for_an_hour = (time.time() + 3600) * 1_000_000
+    await gw.redis.set(bucket, int(full_for_an_hour), ex=3600)
+    try:
+        with no_upstream_call(gw):
+            replay = await api.signed(
+                "GET", "/v1/me", machine["token"], machine["client_secret"], nonce=nonce
+            )
+            await problem(replay, 429, "rate-limited")
+            unsigned = await api.client.get("/v1/me", headers=bearer(machine["token"]))
+            await problem(unsigned, 429, "rate-limited")
+    finally:
+        await gw.redis.delete(bucket)
+    unsigned = await api.client.get("/v1/me", headers=bearer(machine["token"]))
+    await problem(unsigned, 401, "signature-required")
