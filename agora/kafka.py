@@ -28,6 +28,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
     TopicAlreadyExistsError,
+    for_code,
 )
 from aiokafka.helpers import create_ssl_context
 from opentelemetry import metrics, trace
@@ -174,9 +175,20 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str] = EVENT_TOPICS) ->
         ]
         if new:
             try:
-                await admin.create_topics(new)
+                answer = await admin.create_topics(new)
             except TopicAlreadyExistsError:
-                pass
+                return
+            # The admin client raises for the request, never for a topic: each topic's
+            # refusal (a timeout right after a restart, a topic still being deleted) is
+            # in the answer, and a topic missing would fail its producers later
+            # (auto-creation is off).
+            refused = {
+                topic: for_code(code).__name__
+                for topic, code, *_ in answer.topic_errors
+                if code not in (0, TopicAlreadyExistsError.errno)
+            }
+            if refused:
+                raise KafkaError(f"topics not created: {refused}")
     finally:
         await admin.close()
 
