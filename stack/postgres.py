@@ -135,35 +135,46 @@ class Postgres(Component):
         run.mkdir(parents=True, exist_ok=True)
         chown_tree(ctx.data("postgres"), user)
         grant_traverse(ctx.data("postgres"), user)
-        if data.exists() and not (data / "PG_VERSION").exists():
+        if data.exists() and not (data / "global" / "pg_control").exists():
+            # Made by an earlier version of this step, which ran initdb in place.
             raise ComponentError(
                 self.name,
                 f"{data} exists but is not a PostgreSQL data folder (an interrupted initdb?)",
                 hint=f"remove it (rm -rf {data}) and run again; it holds no data yet",
             )
         if not data.exists():
-            data.mkdir(mode=0o700)
-            chown_tree(data, user)
-            argv = [
-                pg_bin("initdb"),
-                "-D",
-                data,
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--no-instructions",
-            ]
-            if user:
-                argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
-            run_step(self.name, argv, ctx=ctx)
+            self._initdb(ctx, data, user)
         # A kill -9 leaves postmaster.pid behind; postgres checks that its pid is gone and
         # recovers from its WAL. A pid reused since (after a reboot) would block it.
         if ctx.running_pid(self.name) is None:
             for lock in remove_stale_locks(data, run):
                 say(self.name, f"removed stale lock {lock.name}: its pid is no postgres of ours")
+
+    def _initdb(self, ctx: Context, data: Path, user: str | None) -> None:
+        """A new cluster, made beside `data` and renamed to it once initdb succeeds:
+        `data` existing means a whole cluster. In place, an initdb cut short left a
+        folder the next run refused (Ctrl-C), or took for a cluster (a kill -9 after
+        PG_VERSION, its first file), and postgres then failed on every start."""
+        making = data.with_name(f"{data.name}.initdb")
+        shutil.rmtree(making, ignore_errors=True)  # an earlier attempt's, cut short
+        making.mkdir(mode=0o700)
+        chown_tree(making, user)
+        argv: list[str | Path] = [
+            pg_bin("initdb"),
+            "-D",
+            making,
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-instructions",
+        ]
+        if user:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+        run_step(self.name, argv, ctx=ctx)
+        making.rename(data)
 
     def start(self, ctx: Context) -> None:
         data, run = self._dirs(ctx)

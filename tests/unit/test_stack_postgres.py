@@ -1,16 +1,18 @@
-"""The stack's PostgreSQL: the binaries of the data folder's major, stale locks after a reboot."""
+"""The stack's PostgreSQL: the binaries of the data folder's major, stale locks after a reboot,
+an initdb cut short."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agora import config
+from stack import postgres
 from stack.base import ComponentError, Context
 from stack.postgres import Postgres, pg_bin, remove_stale_locks
 
@@ -61,6 +63,8 @@ def _cluster(ctx: Context) -> tuple[Path, Path]:
     data.mkdir()
     run.mkdir()
     (data / "PG_VERSION").write_text("15\n")
+    (data / "global").mkdir()
+    (data / "global" / "pg_control").touch()
     return data, run
 
 
@@ -140,3 +144,61 @@ def test_the_locks_of_a_postgres_of_another_cluster_are_removed(
     finally:
         other.kill()
         other.wait()
+
+
+def _fake_initdb(calls: list[Path]) -> Callable[..., None]:
+    """run_step as initdb would do it: PG_VERSION first, pg_control later."""
+
+    def run(_: str, argv: list[object], **__: object) -> None:
+        target = Path(str(argv[argv.index("-D") + 1]))
+        calls.append(target)
+        assert not any(target.iterdir()), "initdb needs an empty folder"
+        (target / "PG_VERSION").write_text("15\n")
+        (target / "global").mkdir()
+        (target / "global" / "pg_control").touch()
+
+    return run
+
+
+def test_an_initdb_cut_short_is_started_over(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A kill -9 after PG_VERSION, initdb's first file: in place, the next run took the
+    # folder for a cluster and postgres failed on every start.
+    root = ctx.data("postgres")
+    leftover = root / "data.initdb"
+    leftover.mkdir(parents=True)
+    (leftover / "PG_VERSION").write_text("15\n")
+    calls: list[Path] = []
+    monkeypatch.setattr(postgres, "run_step", _fake_initdb(calls))
+
+    Postgres().prepare(ctx)
+
+    assert calls == [leftover]
+    assert (root / "data" / "global" / "pg_control").exists()
+    assert not leftover.exists()
+
+
+def test_a_failed_initdb_leaves_no_data_folder(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(_: str, argv: list[object], **__: object) -> None:
+        (Path(str(argv[argv.index("-D") + 1])) / "PG_VERSION").write_text("15\n")
+        raise ComponentError("postgres", "initdb failed")
+
+    monkeypatch.setattr(postgres, "run_step", failing)
+    with pytest.raises(ComponentError):
+        Postgres().prepare(ctx)
+    assert not (ctx.data("postgres") / "data").exists()
+
+    calls: list[Path] = []
+    monkeypatch.setattr(postgres, "run_step", _fake_initdb(calls))
+    Postgres().prepare(ctx)  # the next run starts over
+    assert (ctx.data("postgres") / "data" / "global" / "pg_control").exists()
+
+
+def test_a_data_folder_without_pg_control_is_refused_with_the_fix(ctx: Context) -> None:
+    data = ctx.data("postgres") / "data"
+    data.mkdir(parents=True)
+    (data / "PG_VERSION").write_text("15\n")  # an in-place initdb killed early
+    with pytest.raises(ComponentError, match="interrupted initdb") as error:
+        Postgres().prepare(ctx)
+    assert f"rm -rf {data}" in str(error.value)
