@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stack.elasticsearch import distribution_config
+import pytest
+
+from agora import config
+from stack import elasticsearch
+from stack.base import Context
+from stack.elasticsearch import Elasticsearch, distribution_config
 
 
 def _distribution(root: Path, jvm_options: str) -> Path:
@@ -29,3 +34,22 @@ def test_a_copy_cut_short_is_made_again(tmp_path: Path) -> None:
     (config / "jvm.options").write_text("")  # half written, no stamp
     distribution_config(_distribution(tmp_path / "9.5.4", "-Xss1m"), config, "9.5.4")
     assert (config / "jvm.options").read_text() == "-Xss1m"
+
+
+@pytest.mark.parametrize(("euid", "setfacl", "installed"), [(1000, None, True), (0, None, False)])
+def test_acl_is_needed_only_as_root(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    euid: int,
+    setfacl: str | None,
+    installed: bool,
+) -> None:
+    # setfacl lets the elasticsearch user (root only) reach the state folder: without
+    # root a cached Elasticsearch asked for acl and unzip, a failure without sudo.
+    ctx = Context(config.load({"AGORA_CACHE_DIR": str(tmp_path)}))
+    es = Elasticsearch()
+    es.home(ctx).mkdir(parents=True)
+    (es.home(ctx) / ".agora-complete").touch()
+    monkeypatch.setattr(elasticsearch.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(elasticsearch.shutil, "which", lambda _: setfacl)
+    assert es.installed(ctx) is installed
