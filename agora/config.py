@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 SERVICES: tuple[str, ...] = (
     "identity",
@@ -257,9 +258,12 @@ class Settings:
         return self.extra.get(f"db_password_{service}") or f"{self.db_password_prefix}{service}"
 
     def db_dsn(self, service: str) -> str:
-        """DSN for a service's own database under its own login role."""
+        """DSN for a service's own database under its own login role. The login and
+        password are percent-encoded: a generated password holding `/`, `#`, `?`,
+        `@` or `%` was read as part of the host or port, or decoded to another one."""
+        login, password = quote(service, safe=""), quote(self.db_password(service), safe="")
         return (
-            f"postgresql://{service}:{self.db_password(service)}"
+            f"postgresql://{login}:{password}"
             f"@{self.postgres_host or self.host}:{self.ports['postgres']}/{service}"
         )
 

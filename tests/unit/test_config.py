@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from asyncpg import connect_utils
+from yoyo.connections import parse_uri
 
 from agora import config
 
@@ -98,3 +100,39 @@ def test_a_settings_repr_shows_no_secret() -> None:
     assert settings.identity_kek == "kek-do-not-show"
     shown = repr(settings)
     assert not [name for name, value in secrets.items() if value in shown]
+
+
+@pytest.mark.parametrize("password", ["ab/cd", "ab#cd", "pa?ss", "p%41ss", "a@b", "a:b c"])
+def test_a_database_password_reaches_both_dsn_readers_as_it_is(password: str) -> None:
+    # Generated passwords may hold URL characters: unescaped, yoyo (migrations) read a
+    # "/" or "#" as the end of the host (a crash naming part of the password), asyncpg
+    # took "a@b" for password "a" on host "b@…", and "%41" became "A".
+    settings = config.load({"AGORA_DB_PASSWORD_ORDERS": password, "AGORA_POSTGRES_HOST": "db"})
+    dsn = settings.db_dsn("orders")
+
+    migrations = parse_uri(dsn)
+    assert (migrations.username, migrations.password) == ("orders", password)
+    assert (migrations.hostname, migrations.database) == ("db", "orders")
+    addresses, params = connect_utils._parse_connect_dsn_and_args(  # what connect() runs
+        dsn=dsn,
+        **dict.fromkeys(
+            (
+                "host",
+                "port",
+                "user",
+                "password",
+                "passfile",
+                "database",
+                "ssl",
+                "service",
+                "servicefile",
+                "direct_tls",
+                "server_settings",
+                "target_session_attrs",
+                "krbsrvname",
+                "gsslib",
+            )
+        ),
+    )
+    assert (params.user, params.password, params.database) == ("orders", password, "orders")
+    assert [host for host, _ in addresses] == ["db"]
