@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -119,6 +119,14 @@ def _certificate_rollover(
     return [asyncio.create_task(watcher.run(), name="background")]
 
 
+def _failed(tasks: Iterable[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """Those of `tasks` that ended with an exception, each logged."""
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+    for task in failed:
+        log.error("component failed", exc_info=task.exception(), extra={"task": task.get_name()})
+    return failed
+
+
 async def run_service(definition: ServiceDefinition, settings: Settings) -> None:
     service = definition.name
     telemetry, stop = bootstrap(settings, service)
@@ -194,9 +202,7 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
 
     done_or_stop = asyncio.create_task(stop.wait())
     finished, _ = await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    failed = [t for t in finished if t is not done_or_stop and t.exception() is not None]
-    for task in failed:
-        log.error("component failed", exc_info=task.exception(), extra={"task": task.get_name()})
+    failed = _failed(t for t in finished if t is not done_or_stop)
 
     # Graceful shutdown: readiness off, stop intake, drain, flush.
     log.info("shutting down")
@@ -215,6 +221,9 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     remaining = [t for t in tasks if not t.done() and t.get_name() != "background"]
     if remaining:
         await asyncio.wait(remaining, timeout=max(ends - loop.time(), 1.0))
+    # A component that crashed while draining (the relay's last flush, a consumer's
+    # last commit) exits non-zero too: read before, it left with 0 and no log.
+    failed += _failed(t for t in tasks if t not in failed)
     for task in tasks:
         task.cancel()
 
