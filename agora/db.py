@@ -185,3 +185,20 @@ async def create_pool(settings: Settings, service: str, *, size: int = 10) -> as
     )
     assert pool is not None
     return pool
+
+
+# Readiness waits this long for a pooled connection (within the side port's 2 s).
+READY_ACQUIRE_S = 1.0
+
+
+async def answers(pool: asyncpg.Pool) -> bool:
+    """Readiness: PostgreSQL answers `SELECT 1` on a pooled connection, or every
+    connection of the pool is in use. Busy is not down: under a flash sale, with work
+    queued on hot rows holding each connection, a probe that waited its turn failed on
+    every pod of the service at once, and the Service lost all its endpoints. A
+    PostgreSQL gone away fails the idle connections' `SELECT 1` (or their reconnect)."""
+    try:
+        async with pool.acquire(timeout=READY_ACQUIRE_S) as conn:
+            return bool(await conn.fetchval("SELECT 1") == 1)
+    except TimeoutError:
+        return pool.get_idle_size() == 0 and pool.get_size() == pool.get_max_size()

@@ -173,14 +173,11 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
     )
     server = await grpc.start_server(settings, service, parts.grpc_handlers)
 
-    async def _pg_ready() -> bool:
-        return await pool.fetchval("SELECT 1") == 1
-
     async def _redis_ready() -> bool:
         return bool(await redis.ping())
 
     if definition.needs_postgres:
-        side.add_check("postgres", _pg_ready)
+        side.add_check("postgres", lambda: db.answers(pool))
     if definition.needs_redis:
         side.add_check("redis", _redis_ready)
     for name, check in parts.readiness.items():
