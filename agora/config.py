@@ -357,6 +357,15 @@ def _credential(env: Mapping[str, str], name: str) -> str:
     return env.get(name, "").strip()
 
 
+def _paired(env: Mapping[str, str], name: str, other: str) -> str:
+    """A setting that needs `other` set too (a client certificate and its key): one
+    alone was read as the current folder, an OSError retried for a minute as an outage."""
+    value = env.get(name, "")
+    if value and not env.get(other):
+        raise ValueError(f"{name} is set but {other} is not: set both or neither")
+    return value
+
+
 def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Settings:
     """Read the environment once. Documented in docs/configuration.md."""
     env = os.environ if env is None else env
@@ -478,8 +487,8 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
         audit_retired_public_keys=env.get("AGORA_AUDIT_RETIRED_PUBLIC_KEYS", ""),
         temporal_ui_url_override=env.get("AGORA_TEMPORAL_UI_URL", ""),
         temporal_address_override=env.get("AGORA_TEMPORAL_ADDRESS", ""),
-        temporal_tls_cert=env.get("AGORA_TEMPORAL_TLS_CERT", ""),
-        temporal_tls_key=env.get("AGORA_TEMPORAL_TLS_KEY", ""),
+        temporal_tls_cert=_paired(env, "AGORA_TEMPORAL_TLS_CERT", "AGORA_TEMPORAL_TLS_KEY"),
+        temporal_tls_key=_paired(env, "AGORA_TEMPORAL_TLS_KEY", "AGORA_TEMPORAL_TLS_CERT"),
         temporal_tls_ca=env.get("AGORA_TEMPORAL_TLS_CA", ""),
         temporal_tls_rollover_s=_at_least(
             0,

@@ -136,3 +136,17 @@ def test_a_database_password_reaches_both_dsn_readers_as_it_is(password: str) ->
     )
     assert (params.user, params.password, params.database) == ("orders", password, "orders")
     assert [host for host, _ in addresses] == ["db"]
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ("AGORA_TEMPORAL_TLS_CERT", "AGORA_TEMPORAL_TLS_KEY"),
+        ("AGORA_TEMPORAL_TLS_KEY", "AGORA_TEMPORAL_TLS_CERT"),
+    ],
+)
+def test_a_temporal_client_certificate_needs_its_key(given: str, missing: str) -> None:
+    # One alone was read as the current folder at connect: an OSError, retried for a
+    # minute as if Temporal were away.
+    with pytest.raises(ValueError, match=f"{given} is set but {missing} is not"):
+        config.load({given: "/run/secrets/temporal/tls"})
