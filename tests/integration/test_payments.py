@@ -39,7 +39,7 @@ from tests.integration.conftest import ServiceProcess, Services
 from tests.integration.consumerkit import outbox_events
 from tests.integration.payments_workflow import PaymentStep, PaymentStepWorkflow
 from tests.integration.waiting import eventually
-from workers.payments.errors import PaymentStateConflict
+from workers.payments.errors import IdempotencyKeyConflict, PaymentStateConflict
 from workers.payments.intents import PaymentIntents
 from workers.payments.psp_sim import RedisSimStore, SimulatedPsp, tokenize
 from workflows.payments import (
@@ -509,6 +509,47 @@ async def test_one_capture_key_sent_for_two_payments_at_once_captures_one_of_the
             [uuid.UUID(first.payment_id), uuid.UUID(second.payment_id)],
         )
         assert sorted(r["captured_minor"] for r in totals) == [0, 300]
+
+
+class GatedCaptures(SimulatedPsp):
+    """Captures wait at the PSP's door until `open` is set."""
+
+    def __init__(self, store: RedisSimStore):
+        super().__init__(store)
+        self.waiting = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def capture(self, **kw: Any) -> Any:
+        self.waiting.set()
+        await self.open.wait()
+        return await super().capture(**kw)
+
+
+async def test_one_key_sent_for_an_authorize_and_a_capture_at_once_moves_money_once(
+    settings: Settings, redis: aioredis.Redis, payments_service: ServiceProcess
+) -> None:
+    # A caller's bug: one key for two operations. The authorize took no lock on its key,
+    # so a capture at the PSP under the same key went ahead, captured, and failed only
+    # at its record's insert: money moved at the PSP and never booked.
+    pool = await create_pool(settings, "payments", size=4)
+    psp = GatedCaptures(RedisSimStore(redis))
+    intents = PaymentIntents(pool, psp)
+    try:
+        other = await intents.authorize(authorization(amount=700))
+        key = new_key()
+        capturing = asyncio.create_task(intents.capture(CaptureInput(key, other.payment_id, 300)))
+        await psp.waiting.wait()  # inside its transaction, at the PSP
+        authorizing = asyncio.create_task(intents.authorize(authorization(amount=500, key=key)))
+        await asyncio.sleep(0.3)  # the authorize reaches the key's lock (or would finish)
+        psp.open.set()
+        captured, refused = await asyncio.gather(capturing, authorizing, return_exceptions=True)
+        assert not isinstance(captured, BaseException), captured
+        assert captured.total_captured_minor == 300
+        assert isinstance(refused, IdempotencyKeyConflict), refused
+        unauthorized = payment_id_for(key)
+        assert not await redis.exists(f"payments:psp:auth:{unauthorized}")
+    finally:
+        await pool.close()
 
 
 async def test_a_capture_the_psp_made_unrecorded_is_booked_only_as_it_was_asked(

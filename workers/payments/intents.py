@@ -191,13 +191,13 @@ class PaymentIntents:
     async def _recorded(
         self, conn: asyncpg.Connection, key: str, operation: str, digest: str
     ) -> asyncpg.Record | None:
-        if operation != "authorize":
-            # Capture, void and refund lock their intent's row, but one key could be
-            # sent for two intents: serialize on the key too (for this transaction),
-            # so the second finds the first's record and is a conflict, never a
-            # second PSP call that fails only at the record's insert. (An authorize's
-            # key names its intent, whose row lock already serializes it.)
-            await lock_for_transaction(conn, f"payments:{key}")
+        # Each operation locks its intent's row, but one key could be sent for two
+        # intents, or for an authorize and a capture: serialize on the key too (for
+        # this transaction), so the second finds the first's record and is a conflict,
+        # never a PSP call that fails only at the record's insert. (An authorize's row
+        # lock serializes only authorizes: a capture under its key, on another intent,
+        # once captured at the PSP and then failed, booking nothing.)
+        await lock_for_transaction(conn, f"payments:{key}")
         row = await conn.fetchrow(
             "SELECT operation, request_hash, outcome, result FROM payment_operations"
             " WHERE idempotency_key = $1",
