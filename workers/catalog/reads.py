@@ -68,6 +68,28 @@ def in_category(candidate: str, category: str) -> bool:
     return not category or candidate == category or candidate.startswith(category + "/")
 
 
+# A category's page: the index range [c, c + '0') bounds the scan on both sides ('/' <
+# '0' bytewise, so it holds c and its descendants, and siblings such as "c-x", which the
+# filter drops). Started at ("", "") and unbounded above, with the category only a
+# filter (`$1 = '' OR ...`, no index condition in a generic plan), a page read every
+# product listed before the category, and a last page every one after it.
+_LIST_IN_CATEGORY = """
+    SELECT sku, category FROM products
+    WHERE category >= $1 AND category < $1 || '0'
+      AND (category = $1 OR category >= $1 || '/')
+      AND ($2 OR active)
+      AND (category, sku) > ($3, $4)
+    ORDER BY category, sku
+    LIMIT $5
+"""
+_LIST_ALL = """
+    SELECT sku, category FROM products
+    WHERE ($1 OR active) AND (category, sku) > ($2, $3)
+    ORDER BY category, sku
+    LIMIT $4
+"""
+
+
 class CatalogReads:
     def __init__(self, pool: asyncpg.Pool, cache: ProductCache):
         self.pool = pool
@@ -122,20 +144,14 @@ class CatalogReads:
         if cached is not None:
             skus, next_cursor = json.loads(cached)
         else:
-            # '/' < '0' bytewise, so [c + '/', c + '0') is exactly c's descendants.
+            # A first page starts at (category, ""), before every sku of the category
+            # and its descendants (a sku has a character at least).
+            start = max(after, (category, ""))
             rows = await self.pool.fetch(
-                """
-                SELECT sku, category FROM products
-                WHERE ($1 = '' OR category = $1 OR (category >= $1 || '/' AND category < $1 || '0'))
-                  AND ($2 OR active)
-                  AND (category, sku) > ($3, $4)
-                ORDER BY category, sku
-                LIMIT $5
-                """,
-                category,
+                _LIST_IN_CATEGORY if category else _LIST_ALL,
+                *((category,) if category else ()),
                 include_inactive,
-                after[0],
-                after[1],
+                *start,
                 size + 1,
             )
             more = len(rows) > size
