@@ -105,8 +105,11 @@ class ImportProductsRequest(Strict):
     batch_size: Annotated[int, Field(ge=1, le=500)] = 100
 
 
+SkuList = Annotated[list[Sku], BeforeValidator(_as_list)]
+
+
 class ProductsQuery(Lax):
-    sku: QueryList | None = Field(
+    sku: SkuList | None = Field(
         default=None, description=f"Batch get: repeat up to {MAX_BATCH} times"
     )
     category: Category | None = Field(

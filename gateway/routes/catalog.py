@@ -122,7 +122,7 @@ def _product_data(sku: str, fields: ProductFields) -> ProductData:
 
 async def get_product(request: web.Request, _: None) -> ProductResponse:
     gw = deps(request)
-    call = GetProductRequest(sku=request.match_info["sku"])
+    call = GetProductRequest(sku=_sku(request))
     async with gw.upstream.call(request, "catalog.GetProduct") as timeout:
         reply = await gw.upstream.catalog.get_product(call, timeout=timeout)
     return product_response(reply.product)
@@ -172,7 +172,9 @@ async def _execute(
 
 
 def _sku(request: web.Request) -> str:
-    """The sku of a write's path (it becomes part of the write's workflow id)."""
+    """The sku of a path: a write's becomes part of its workflow id, and a read's
+    unchecked (up to the request line's 8 KB) cost catalog a lookup and a cached
+    "not found" entry for a sku no product can have."""
     return path_param(request, "sku", SKU_PATTERN, "1-64 letters, digits, '.', '_' or '-'")
 
 

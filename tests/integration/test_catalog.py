@@ -23,7 +23,7 @@ from contracts.agora.common.v1 import LineItem
 from gateway.deps import Gateway
 from tests.integration.catalogkit import CatalogApi, product_body
 from tests.integration.conftest import Services
-from tests.integration.gatewaykit import TokenMinter, problem, running_gateway
+from tests.integration.gatewaykit import TokenMinter, no_upstream_call, problem, running_gateway
 from workers.catalog.cache import ProductCache, decode
 from workers.catalog.reads import CatalogReads
 
@@ -214,6 +214,27 @@ async def test_reads_need_a_token_and_writes_need_the_write_scope(api: CatalogAp
         403,
         "insufficient-scope",
     )
+
+
+async def test_a_sku_no_product_can_have_is_refused_at_the_edge(
+    catalog_gateway: tuple[Gateway, TestClient], api: CatalogApi, redis: aioredis.Redis
+) -> None:
+    # Unchecked, any string up to the request line's limit cost catalog a lookup and a
+    # cached "not found" entry of its own.
+    gw, _ = catalog_gateway
+    odd = "x" * 5000
+    with no_upstream_call(gw):
+        await problem(
+            await api.client.get(f"/v1/products/{odd}", headers=api.read), 400, "invalid-argument"
+        )
+        await problem(
+            await api.client.get(
+                "/v1/products", params=[("sku", "SKU-1"), ("sku", odd)], headers=api.read
+            ),
+            422,
+            "validation-failed",
+        )
+    assert not await redis.exists(f"catalog:product:{odd}")
 
 
 async def test_bad_input_gets_a_clear_problem_and_changes_nothing(
