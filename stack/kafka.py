@@ -7,6 +7,8 @@ import base64
 import uuid
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
+
 from agora import kafka as agora_kafka
 from agora.config import REPO_ROOT
 from stack.base import ComponentError, Context, run_step, which
@@ -115,7 +117,12 @@ class Kafka(Component):
         return asyncio.run(_produce_and_consume(ctx.settings.kafka_bootstrap))
 
     def after_healthy(self, ctx: Context) -> None:
-        asyncio.run(agora_kafka.ensure_topics(ctx.settings.kafka_bootstrap))
+        try:
+            asyncio.run(agora_kafka.ensure_topics(ctx.settings.kafka_bootstrap))
+        except KafkaError as error:  # a topic refused: one clear message, not a traceback
+            raise ComponentError(
+                self.name, f"event topics not created: {error}", hint="run the command again"
+            ) from None
 
     def urls(self, ctx: Context) -> dict[str, str]:
         return {"kafka": ctx.settings.kafka_bootstrap}

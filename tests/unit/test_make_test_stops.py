@@ -63,7 +63,12 @@ def test_a_run_stopped_mid_tests_stops_its_stack(tmp_path: Path, stop: signal.Si
     time.sleep(0.4)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(make.pid, stop)
-    make.wait(timeout=20)
+    # Generous: on a host loaded by another suite (a CI run beside this one) the stop
+    # took over 20 s once; what is checked is that it happens, not how fast.
+    try:
+        make.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"make still running; calls: {calls.read_text().split()}") from None
     time.sleep(1.5)  # the recipe's shell may run its trap after make has gone
     assert calls.read_text().split() == ["stack-down", "stack-up", "pytest", "stack-down"]
 
