@@ -29,6 +29,11 @@ exit 0
 """
 
 
+def _default_signals() -> None:
+    for stop in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, signal.SIG_DFL)
+
+
 def _make_test(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
     python = tmp_path / "python"
     python.write_text(FAKE_PYTHON)
@@ -40,8 +45,15 @@ def _make_test(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Pat
     # The prerequisites (venv, helm, the browser's) taken as made: only the recipe runs.
     command = ["make", "-s", "-o", "venv", "-o", "helm", "-o", "browser-deps"]
     command += ["test", f"PY={python}"]
+    # As a terminal's job gets them: a run under nohup ignores SIGHUP, and an ignored
+    # signal is inherited (a shell cannot even trap it), so the stand-in pytest slept on.
     make = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=environ, start_new_session=True, stdout=subprocess.DEVNULL
+        command,
+        cwd=REPO_ROOT,
+        env=environ,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=_default_signals,
     )
     return make, calls
 
