@@ -407,6 +407,12 @@ def run_step(
         )
 
 
+def can_grant_traverse() -> bool:
+    """Whether grant_traverse can run here: it calls setfacl only as root (the one
+    case with a user of its own to let through), so only root needs the acl package."""
+    return os.geteuid() != 0 or shutil.which("setfacl") is not None
+
+
 def grant_traverse(path: Path, user: str | None) -> None:
     """Let `user` reach `path` through ancestors it could not enter (e.g. a 0700 /root).
 

@@ -12,6 +12,7 @@ from agora.config import REPO_ROOT
 from stack.base import (
     ComponentError,
     Context,
+    can_grant_traverse,
     chown_tree,
     ensure_system_user,
     grant_traverse,
@@ -79,10 +80,7 @@ class Elasticsearch(Component):
         java_home()
 
     def installed(self, ctx: Context) -> bool:
-        # setfacl serves grant_traverse, which runs only as root (Elasticsearch then
-        # runs as its own user): without root nothing asks for acl (as for Postgres).
-        has_acl = os.geteuid() != 0 or shutil.which("setfacl") is not None
-        return (self.home(ctx) / ".agora-complete").exists() and has_acl
+        return (self.home(ctx) / ".agora-complete").exists() and can_grant_traverse()
 
     def install(self, ctx: Context) -> None:
         which(self.name, "mvn", hint="apt-get install maven")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from agora.config import SERVICES
 from stack.base import (
     ComponentError,
     Context,
+    can_grant_traverse,
     chown_tree,
     ensure_system_user,
     grant_traverse,
@@ -122,8 +122,7 @@ class Postgres(Component):
     start_timeout = 60
 
     def installed(self, ctx: Context) -> bool:
-        has_acl = os.geteuid() != 0 or shutil.which("setfacl") is not None
-        return bool(glob.glob("/usr/lib/postgresql/*/bin/postgres")) and has_acl
+        return bool(glob.glob("/usr/lib/postgresql/*/bin/postgres")) and can_grant_traverse()
 
     def _dirs(self, ctx: Context) -> tuple[Path, Path]:
         root = ctx.data("postgres")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agora import config
-from stack import elasticsearch
+from stack import base
 from stack.base import Context
 from stack.elasticsearch import Elasticsearch, distribution_config
 
@@ -50,6 +50,6 @@ def test_acl_is_needed_only_as_root(
     es = Elasticsearch()
     es.home(ctx).mkdir(parents=True)
     (es.home(ctx) / ".agora-complete").touch()
-    monkeypatch.setattr(elasticsearch.os, "geteuid", lambda: euid)
-    monkeypatch.setattr(elasticsearch.shutil, "which", lambda _: setfacl)
+    monkeypatch.setattr(base.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(base.shutil, "which", lambda _: setfacl)
     assert es.installed(ctx) is installed
