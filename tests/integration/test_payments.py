@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from temporalio.worker import Worker
 
 from agora import temporal as platform_temporal
 from agora.config import Settings
-from agora.db import create_pool
+from agora.db import create_pool, lock_for_transaction
 from agora.grpc import Channels
 from contracts.agora.payments.v1 import (
     GetPaymentRequest,
@@ -548,6 +549,49 @@ async def test_one_key_sent_for_an_authorize_and_a_capture_at_once_moves_money_o
         assert isinstance(refused, IdempotencyKeyConflict), refused
         unauthorized = payment_id_for(key)
         assert not await redis.exists(f"payments:psp:auth:{unauthorized}")
+    finally:
+        await pool.close()
+
+
+def _queued_on_advisory_locks(db: asyncpg.Pool, count: int) -> Any:
+    async def probe() -> bool:
+        waiting = await db.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        return waiting == count
+
+    return probe
+
+
+async def test_one_key_sent_for_an_authorize_and_its_void_at_once_does_not_deadlock(
+    settings: Settings, db: asyncpg.Pool, redis: aioredis.Redis, payments_service: ServiceProcess
+) -> None:
+    # A caller's bug: the void of a payment sent under the key of its own authorize.
+    # The authorize took its intent's row (its INSERT) before the key's lock, and the
+    # void the key before the row (its INSERT of a payment it had not seen): each
+    # waited for the other until PostgreSQL aborted one with a deadlock.
+    pool = await create_pool(settings, "payments", size=4)
+    intents = PaymentIntents(pool, SimulatedPsp(RedisSimStore(redis)))
+    key = new_key()
+    payment_id = payment_id_for(key)
+    try:
+        async with db.acquire() as conn, conn.transaction():
+            # Hold the key so both queue on it: the void first, then the authorize.
+            await lock_for_transaction(conn, f"payments:{key}")
+            voiding = asyncio.create_task(intents.void(VoidInput(key, payment_id)))
+            await eventually(_queued_on_advisory_locks(db, 1), what="the void queued on the key")
+            authorizing = asyncio.create_task(intents.authorize(authorization(key=key)))
+            await eventually(_queued_on_advisory_locks(db, 2), what="the authorize queued too")
+        voided, refused = await asyncio.wait_for(
+            asyncio.gather(voiding, authorizing, return_exceptions=True), timeout=30
+        )
+        assert not isinstance(voided, BaseException), voided
+        assert (voided.status, voided.released_minor) == ("voided", 0)
+        assert isinstance(refused, IdempotencyKeyConflict), refused
+        # Nothing is held at the PSP: the void cancelled the authorization in advance.
+        held = json.loads(await redis.get(f"payments:psp:auth:{payment_id}"))
+        assert held["state"] == "cancelled", held
     finally:
         await pool.close()
 

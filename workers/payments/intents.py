@@ -8,9 +8,10 @@ same key with other parameters is an IdempotencyKeyConflict.
 
 Capture, void and refund hold the intent's row lock across their PSP call, so
 operations on one intent are serialized and the limits (captured <= authorized,
-refunded <= captured) are checked against the current state; they also lock
-their key (a transaction-scoped advisory lock), so one key sent for two intents
-at once reaches the PSP once and the other call is an IdempotencyKeyConflict.
+refunded <= captured) are checked against the current state. Every transaction
+locks its key first (a transaction-scoped advisory lock, taken before any row), so
+one key sent for two intents at once reaches the PSP once and the other call is an
+IdempotencyKeyConflict.
 Authorization does not hold its lock, nor a pooled connection, across its PSP
 call: the "slow" card holds its answer longer than an activity may run, and a
 compensating void (or any other payment's capture) must not wait behind it, for
@@ -23,12 +24,13 @@ PSP key) and marks the intent voided, and the late answer is then refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import asdict
 from typing import Any
 
@@ -188,16 +190,25 @@ class PaymentIntents:
 
     # Idempotency records ------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, key: str) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction on a pooled connection that holds the caller's key first.
+
+        Each operation locks its intent's row, but one key could be sent for two
+        intents, or for an authorize and a capture: serializing on the key too makes
+        the second find the first's record and be a conflict, never a PSP call that
+        fails only at the record's insert. The key is taken before any row, in every
+        operation: an authorize that inserted its intent and then waited for the key
+        held by a void of that intent, waiting in turn to insert it, was a deadlock.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await lock_for_transaction(conn, f"payments:{key}")
+            yield conn
+
     async def _recorded(
         self, conn: asyncpg.Connection, key: str, operation: str, digest: str
     ) -> asyncpg.Record | None:
-        # Each operation locks its intent's row, but one key could be sent for two
-        # intents, or for an authorize and a capture: serialize on the key too (for
-        # this transaction), so the second finds the first's record and is a conflict,
-        # never a PSP call that fails only at the record's insert. (An authorize's row
-        # lock serializes only authorizes: a capture under its key, on another intent,
-        # once captured at the PSP and then failed, booking nothing.)
-        await lock_for_transaction(conn, f"payments:{key}")
+        """The first result under `key`, read in a `_transaction` on that key."""
         row = await conn.fetchrow(
             "SELECT operation, request_hash, outcome, result FROM payment_operations"
             " WHERE idempotency_key = $1",
@@ -292,7 +303,7 @@ class PaymentIntents:
                 "card_token": data.card_token,
             },
         )
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(key) as conn:
             # ON CONFLICT: an earlier attempt (or a void) made the row already.
             await conn.execute(
                 "INSERT INTO payment_intents (payment_id, order_id, customer_id, currency,"
@@ -336,7 +347,7 @@ class PaymentIntents:
         except PspRejected:
             raise PaymentStateConflict(f"payment {payment_id} was voided") from None
 
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(key) as conn:
             # A concurrent attempt may have recorded it first; a void, voided it.
             _, replayed = await self._pending_authorization(conn, payment_id, key, digest)
             if replayed is not None:
@@ -538,7 +549,7 @@ class PaymentIntents:
         requested = _amount(data.amount_minor, optional=True)
         payment_id = _payment_uuid(data.payment_id)
         digest = request_hash("capture", {"payment_id": str(payment_id), "amount": requested})
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(key) as conn:
             intent = await self._lock(conn, payment_id)
             recorded = await self._recorded(conn, key, "capture", digest)
             if recorded is not None:
@@ -600,7 +611,7 @@ class PaymentIntents:
         key = _key(data.idempotency_key)
         payment_id = _payment_uuid(data.payment_id)
         digest = request_hash("void", {"payment_id": str(payment_id)})
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(key) as conn:
             intent = await self._lock(conn, payment_id)
             recorded = await self._recorded(conn, key, "void", digest)
             if recorded is not None:
@@ -738,7 +749,7 @@ class PaymentIntents:
         requested = _amount(data.amount_minor, optional=True)
         payment_id = _payment_uuid(data.payment_id)
         digest = request_hash("refund", {"payment_id": str(payment_id), "amount": requested})
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(key) as conn:
             intent = await self._lock(conn, payment_id)
             recorded = await self._recorded(conn, key, "refund", digest)
             if recorded is not None:
