@@ -255,7 +255,19 @@ class Settings:
         return self.grpc_hosts.get(service) or self.host
 
     def db_password(self, service: str) -> str:
-        return self.extra.get(f"db_password_{service}") or f"{self.db_password_prefix}{service}"
+        """AGORA_DB_PASSWORD_<SERVICE>, else (locally) the stack's `agora-local-<service>`.
+        In prod it must be set: a Secret left out of a pod's environment used to
+        connect with the local default, the cluster's to refuse for a minute of
+        retries as if the database were down."""
+        password = self.extra.get(f"db_password_{service}")
+        if password:
+            return password
+        if self.profile == "prod":
+            raise ValueError(
+                f"AGORA_DB_PASSWORD_{service.upper()} is not set: in prod each service's"
+                " database password must be given (its Secret)"
+            )
+        return f"{self.db_password_prefix}{service}"
 
     def db_dsn(self, service: str) -> str:
         """DSN for a service's own database under its own login role. The login and
@@ -381,8 +393,8 @@ def load(env: Mapping[str, str] | None = None, *, service: str = "agora") -> Set
     ports = _ports(env, offset)
     host = env.get("AGORA_HOST", "127.0.0.1")
     extra = {
-        f"db_password_{key.removeprefix('AGORA_DB_PASSWORD_').lower()}": value
-        for key, value in env.items()
+        f"db_password_{key.removeprefix('AGORA_DB_PASSWORD_').lower()}": _credential(env, key)
+        for key in env
         if key.startswith("AGORA_DB_PASSWORD_")
     }
     return Settings(

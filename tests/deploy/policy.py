@@ -10,6 +10,8 @@ import math
 import re
 from typing import Any
 
+from agora import config
+
 Manifest = dict[str, Any]
 
 SERVICES = ("identity", "catalog", "search", "inventory", "orders", "payments", "audit")
@@ -61,6 +63,14 @@ def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def settings_of(env_vars: dict[str, Any], service: str) -> config.Settings:
+    """What agora/config.py reads from a pod's environment: its plain values, and a
+    stand-in for each database password a Secret gives (prod refuses to run without)."""
+    plain = {k: v for k, v in env_vars.items() if isinstance(v, str)}
+    secret = {k: "from-a-secret" for k in env_vars if k.startswith("AGORA_DB_PASSWORD_")}
+    return config.load({**plain, **secret}, service=service)
 
 
 def _cpu(q: str | int | float) -> float:

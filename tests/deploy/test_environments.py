@@ -23,8 +23,7 @@ State = dict[str, set[tuple[Any, ...]]]
 
 def _settings(docs: list[Manifest], name: str) -> tuple[dict[str, Any], config.Settings]:
     variables = policy.env_of(policy.pod_spec(docs, name)["containers"][0])
-    plain = {k: v for k, v in variables.items() if isinstance(v, str)}
-    return variables, config.load(plain, service=name)
+    return variables, policy.settings_of(variables, name)
 
 
 def _state(docs: list[Manifest]) -> State:

@@ -332,8 +332,7 @@ def test_pod_environment_is_what_agora_config_reads(rendered, env):
         for var in env_vars:
             if var.startswith("AGORA_") and not var.startswith(prefixes):
                 assert f'"{var}"' in source, f"{name}: {var} is not read by agora/config.py"
-        plain = {k: v for k, v in env_vars.items() if isinstance(v, str)}
-        settings = config.load(plain, service=name)
+        settings = policy.settings_of(env_vars, name)
         assert settings.profile == "prod" and settings.service == name
         assert settings.temporal_address == values["temporal"]["address"]
         assert settings.kafka_bootstrap == values["kafka"]["bootstrap"]

@@ -34,6 +34,16 @@ def test_each_service_connects_as_its_own_role_to_its_own_database() -> None:
     assert settings.db_dsn("orders").startswith("postgresql://orders:agora-local-orders@")
 
 
+def test_prod_refuses_a_service_database_password_left_unset() -> None:
+    # The local default, used in prod, was refused by the cluster's database and
+    # retried for a minute as an outage.
+    settings = config.load({"AGORA_PROFILE": "prod", "AGORA_DB_PASSWORD_CATALOG": "s3cret\n"})
+    assert settings.db_dsn("catalog").startswith("postgresql://catalog:s3cret@")
+    with pytest.raises(ValueError, match="AGORA_DB_PASSWORD_ORDERS is not set"):
+        settings.db_dsn("orders")
+    assert "agora-local-orders" in config.load({"AGORA_PROFILE": "test"}).db_dsn("orders")
+
+
 def test_every_service_has_a_grpc_and_a_side_port() -> None:
     settings = config.load({})
     for service in config.SERVICES:
