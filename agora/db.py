@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import zlib
 from pathlib import Path
 
@@ -73,7 +74,7 @@ MIGRATION_LOCK_POLL_S = 0.5
 MIGRATION_LOCK_LOG_S = 30.0
 
 
-def _migrate(dsn: str, directory: Path) -> int:
+def _migrate(dsn: str, directory: Path, halt: threading.Event) -> int:
     backend = get_backend(dsn)
     migrations = read_migrations(str(directory))
     # A session-level advisory lock on a connection of its own, not yoyo's lock table:
@@ -83,7 +84,7 @@ def _migrate(dsn: str, directory: Path) -> int:
     lock = connect_sync(dsn)
     try:
         lock.autocommit = True
-        _take_migration_lock(lock)
+        _take_migration_lock(lock, halt)
         # yoyo still takes its table lock once, to create or upgrade its own tables on
         # a database's first start; a process killed inside that left its row, and
         # every later start waited 10 s and failed (LockTimeout). Under the advisory
@@ -96,8 +97,9 @@ def _migrate(dsn: str, directory: Path) -> int:
     return len(pending)
 
 
-def _take_migration_lock(lock: psycopg2.extensions.connection) -> None:
-    """Ask for MIGRATION_LOCK until it is granted, idle between the asks.
+def _take_migration_lock(lock: psycopg2.extensions.connection, halt: threading.Event) -> None:
+    """Ask for MIGRATION_LOCK until it is granted, idle between the asks, or until
+    `halt` is set (then tenacity's RetryError).
 
     Not a blocking `pg_advisory_lock`: a statement waiting for it holds a snapshot,
     and a `CREATE INDEX CONCURRENTLY` in the migrations of the process holding the
@@ -130,9 +132,14 @@ def _take_migration_lock(lock: psycopg2.extensions.connection) -> None:
             extra={"waited_s": round(waited, 1), "holder_pid": _migration_lock_holder(lock)},
         )
 
+    def pause(seconds: float) -> None:
+        halt.wait(seconds)  # a halt ends the pause between asks too
+
     Retrying(
         retry=retry_if_result(lambda taken: not taken),
         wait=wait_fixed(MIGRATION_LOCK_POLL_S),
+        stop=lambda _: halt.is_set(),
+        sleep=pause,
         before_sleep=report_wait,
     )(granted)
 
@@ -172,7 +179,15 @@ async def migrate(settings: Settings, service: str) -> int:
     directory = migrations_dir(service)
     if not directory.exists():
         return 0
-    return await asyncio.to_thread(_migrate, settings.db_dsn(service), directory)
+    halt = threading.Event()
+    try:
+        return await asyncio.to_thread(_migrate, settings.db_dsn(service), directory, halt)
+    except asyncio.CancelledError:
+        # A stop at start: the thread stops asking for the lock (the process, which
+        # waits for its threads at exit, would wait for the lock). Migrations under
+        # way run to their end.
+        halt.set()
+        raise
 
 
 async def create_pool(settings: Settings, service: str, *, size: int = 10) -> asyncpg.Pool:

@@ -43,15 +43,48 @@ T = TypeVar("T")
 STARTUP_PATIENCE_S = 60.0
 
 
+class StoppedStarting(Exception):
+    """A stop (SIGTERM, Ctrl-C) came while the process was still starting."""
+
+
 async def starting(
     what: str,
     step: Callable[[], Awaitable[T]],
     *,
     transient: tuple[type[BaseException], ...],
     patience_s: float = STARTUP_PATIENCE_S,
+    stop: asyncio.Event | None = None,
 ) -> T:
     """Run a start-up step, retrying it with backoff while an error in `transient`
-    (its dependency away) says it may yet succeed."""
+    (its dependency away) says it may yet succeed. With `stop` (bootstrap's), a stop
+    that comes first cancels the step and raises StoppedStarting: a pod told to stop
+    while it waited at start (for the migrations' lock, or up to a minute per step
+    through an outage) used its whole grace period and was killed."""
+    retried = _retried(what, step, transient=transient, patience_s=patience_s)
+    if stop is None:
+        return await retried
+    work = asyncio.ensure_future(retried)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((work, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    if work.cancelled():
+        raise StoppedStarting(what)
+    return work.result()
+
+
+async def _retried(
+    what: str,
+    step: Callable[[], Awaitable[T]],
+    *,
+    transient: tuple[type[BaseException], ...],
+    patience_s: float,
+) -> T:
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(patience_s),
         wait=wait_exponential(multiplier=0.5, max=5),

@@ -29,6 +29,7 @@ from agora.config import Settings
 from agora.outbox import OutboxRelay
 from agora.process import STARTUP_PATIENCE_S, bootstrap
 from agora.sideport import ReadinessCheck, SidePort
+from agora.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,11 +49,12 @@ async def starting(
     *,
     also: tuple[type[BaseException], ...] = (),
     patience_s: float = STARTUP_PATIENCE_S,
+    stop: asyncio.Event | None = None,
 ) -> T:
     """A service's start-up step against its stores, Kafka or Temporal
     (`agora.process.starting` with STARTUP_TRANSIENT, and `also`)."""
     return await process.starting(
-        what, step, transient=(*STARTUP_TRANSIENT, *also), patience_s=patience_s
+        what, step, transient=(*STARTUP_TRANSIENT, *also), patience_s=patience_s, stop=stop
     )
 
 
@@ -128,16 +130,31 @@ def _failed(tasks: Iterable[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
 
 
 async def run_service(definition: ServiceDefinition, settings: Settings) -> None:
-    service = definition.name
-    telemetry, stop = bootstrap(settings, service)
-
-    side = SidePort(settings.listen_host, settings.side_port(service))
+    telemetry, stop = bootstrap(settings, definition.name)
+    side = SidePort(settings.listen_host, settings.side_port(definition.name))
     await side.start()
+    try:
+        await _serve(definition, settings, telemetry, stop, side)
+    except process.StoppedStarting as stopped:
+        # What was opened goes with the process; there is nothing of its own to flush.
+        log.info("stopped while starting", extra={"step": str(stopped)})
+        await side.stop()
+        telemetry.shutdown()
 
-    applied = await starting("migrations", lambda: db.migrate(settings, service))
+
+async def _serve(
+    definition: ServiceDefinition,
+    settings: Settings,
+    telemetry: Telemetry,
+    stop: asyncio.Event,
+    side: SidePort,
+) -> None:
+    service = definition.name
+    applied = await starting("migrations", lambda: db.migrate(settings, service), stop=stop)
     pool = await starting(
         "database pool",
         lambda: db.create_pool(settings, service, size=settings.db_pool_size),
+        stop=stop,
     )
     redis = aioredis.from_url(
         settings.redis_url,
@@ -146,14 +163,16 @@ async def run_service(definition: ServiceDefinition, settings: Settings) -> None
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
     )
-    producer = await starting("kafka producer", lambda: kafka.started_producer(settings, service))
+    producer = await starting(
+        "kafka producer", lambda: kafka.started_producer(settings, service), stop=stop
+    )
     client = await starting(
-        "temporal client", lambda: temporal.connect(settings), also=(RuntimeError,)
+        "temporal client", lambda: temporal.connect(settings), also=(RuntimeError,), stop=stop
     )
     channels = grpc.Channels(settings, caller=service)
     rt = Runtime(settings, service, pool, redis, producer, client, channels)
     # Building ensures schedules, indices and partitions: idempotent, so retried too.
-    parts = await starting("service parts", lambda: definition.build(rt))
+    parts = await starting("service parts", lambda: definition.build(rt), stop=stop)
 
     relay = (
         OutboxRelay(

@@ -14,7 +14,7 @@ from aiohttp import web
 from agora import config
 from agora.leave import run_and_leave
 from agora.logs import setup_logging
-from agora.process import bootstrap
+from agora.process import StoppedStarting, bootstrap
 from agora.sideport import SidePort
 from gateway.app import build_app, close_gateway, create_gateway
 from gateway.health import readiness_checks
@@ -29,7 +29,12 @@ async def serve() -> None:
     settings = config.load(service="gateway")
     telemetry, stop = bootstrap(settings, "gateway")
 
-    gw = await create_gateway(settings)
+    try:
+        gw = await create_gateway(settings, stop=stop)
+    except StoppedStarting:
+        log.info("stopped while starting")
+        telemetry.shutdown()
+        return
     side = SidePort(settings.listen_host, settings.ports["gateway_side"])
     for name, check in readiness_checks(gw).items():
         side.add_check(name, check)

@@ -77,8 +77,14 @@ def rates_from(settings: Settings) -> dict[str, Rate]:
     return {name: Rate.parse(text) for name, text in limits.items()}
 
 
-async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None = None) -> Gateway:
-    """Open the gateway's clients. `jwks_fetch` replaces identity as the key source (tests)."""
+async def create_gateway(
+    settings: Settings,
+    *,
+    jwks_fetch: JwksFetcher | None = None,
+    stop: asyncio.Event | None = None,
+) -> Gateway:
+    """Open the gateway's clients. `jwks_fetch` replaces identity as the key source
+    (tests); a `stop` set while Temporal is away raises StoppedStarting."""
     metrics = GatewayMetrics()
     redis = Redis.from_url(
         settings.redis_url,
@@ -93,6 +99,7 @@ async def create_gateway(settings: Settings, *, jwks_fetch: JwksFetcher | None =
         "temporal client",
         lambda: temporal.connect(settings),
         transient=(OSError, RPCError, RuntimeError),  # RuntimeError: a failed connect
+        stop=stop,
     )
     upstream = Upstream(channels, client, metrics)
     jwks = JwksCache(jwks_fetch or jwks_from_identity(upstream.identity))

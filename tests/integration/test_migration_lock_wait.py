@@ -40,3 +40,36 @@ async def test_a_process_waiting_for_the_migration_lock_logs_how_long_and_who_ho
     assert {w["holder_pid"] for w in waits} == {holder.get_server_pid()}
     waited = [w["waited_s"] for w in waits]
     assert waited == sorted(waited) and waited[-1] > waited[0], waited
+
+
+async def test_a_migration_wait_cancelled_at_a_stop_lets_its_thread_end(
+    settings: Settings,
+) -> None:
+    # A stop at start cancels the wait for the lock; its thread kept asking, and the
+    # process, which waits for its threads at exit, waited for the lock too.
+    await db.migrate(settings, "catalog")
+    holder = await asyncpg.connect(settings.db_dsn("catalog"))
+
+    async def askers() -> int:
+        return await holder.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = 'catalog' AND query LIKE '%pg_try_advisory_lock%'"
+            " AND pid <> pg_backend_pid()"
+        )
+
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", db.MIGRATION_LOCK)
+        waiting = asyncio.create_task(db.migrate(settings, "catalog"))
+        await eventually(askers, what="the second process asking for the lock")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await eventually(
+            lambda: _none(askers), within=10, what="the cancelled wait's connection closed"
+        )
+    finally:
+        await holder.close()
+
+
+async def _none(count: Any) -> bool:
+    return await count() == 0

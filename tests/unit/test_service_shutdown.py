@@ -16,6 +16,8 @@ import pytest
 from agora import config, service
 from agora.service import ServiceDefinition, ServiceParts
 
+STARTING = service.starting
+
 
 class Closable:
     async def stop(self) -> None: ...
@@ -146,3 +148,27 @@ async def test_a_clean_shutdown_leaves_quietly(
     asyncio.get_running_loop().call_later(0.05, wired.set)
     async with asyncio.timeout(10):
         await service.run_service(definition, config.load({}))  # no SystemExit
+
+
+@pytest.mark.parametrize("step", ["migrations", "temporal client"])
+async def test_a_stop_while_starting_ends_the_wait(
+    wired: asyncio.Event, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    # A pod told to stop while it waited at start (the migrations' lock held by
+    # another pod, Temporal away) read SIGTERM only once started: it used its whole
+    # grace period and was killed.
+    ran: list[str] = []
+    monkeypatch.setattr(service, "starting", STARTING)  # the real one, with its stop
+    waits = {
+        "migrations": (service.db, "migrate"),
+        "temporal client": (service.temporal, "connect"),
+    }
+    monkeypatch.setattr(*waits[step], forever)
+    monkeypatch.setattr(service, "Worker", lambda *_, **__: ran.append("worker"))
+    asyncio.get_running_loop().call_later(0.05, wired.set)  # SIGTERM while waiting
+    definition = ServiceDefinition(name="orders", build=lambda _: give(ServiceParts()))
+
+    async with asyncio.timeout(10):
+        await service.run_service(definition, config.load({}))  # no SystemExit
+
+    assert ran == []
