@@ -49,10 +49,16 @@ _TRANSIENT = (
     KafkaError,
 )
 # Sent rows are kept this long (for inspection), then pruned by the relay holding
-# the lock, in chunks, at the start of each session and every PRUNE_EVERY_S.
+# the lock, in chunks, after the first batch of each session and every PRUNE_EVERY_S,
+# through the outbox_sent index (OUTBOX_SENT_INDEX_STEPS).
 SENT_RETENTION = dt.timedelta(days=7)
 PRUNE_EVERY_S = 600.0
 PRUNE_CHUNK = 5000
+# One chunk of the prune ($1: SENT_RETENTION, $2: PRUNE_CHUNK).
+PRUNE_SQL = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+    " WHERE sent_at < now() - $1::interval ORDER BY sent_at LIMIT $2)"
+)
 # How often the relay asks its lock's connection for a round trip, and how long it
 # waits for the answer. `is_closed()` only sees a connection closed under it; one whose
 # flow was dropped silently (a middlebox, a host gone) stays open here while the server
@@ -123,6 +129,19 @@ DROP TRIGGER IF EXISTS outbox_notify ON outbox;
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
 """
+
+# The prune's index (each service's second outbox migration, 000N_outbox_sent.py).
+# Without it, the last chunk of every prune read the whole table, a week of sent
+# rows: past the pool's 30 s command timeout, which ended the relay's session, at
+# its every start, before it published. Built CONCURRENTLY (outside a transaction,
+# so one statement each): writes go on while a large outbox is indexed, and a build
+# that failed half-way leaves an INVALID index, dropped and built again.
+OUTBOX_SENT_INDEX_STEPS = (
+    "DROP INDEX CONCURRENTLY IF EXISTS outbox_sent",
+    "CREATE INDEX CONCURRENTLY outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL",
+)
+# Every statement of a service's outbox migrations, in order.
+OUTBOX_SCHEMA = (OUTBOX_DDL, *OUTBOX_SENT_INDEX_STEPS)
 
 
 class EventTooLarge(ApplicationError):
@@ -322,7 +341,7 @@ class OutboxRelay:
     async def _publish_until_stopped(
         self, lock_conn: asyncpg.Connection, producer: AIOKafkaProducer
     ) -> None:
-        pruned_at = -PRUNE_EVERY_S  # prune once at the start of each session
+        pruned_at = -PRUNE_EVERY_S  # prune once early in each session
         checked_at = time.monotonic()  # the lock was just taken on it
         while True:
             if lock_conn.is_closed():
@@ -333,10 +352,11 @@ class OutboxRelay:
             if time.monotonic() - checked_at >= LOCK_CHECK_EVERY_S:
                 await _check_alive(lock_conn)
                 checked_at = time.monotonic()
+            published = await self.publish_batch(producer)
             if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                # After a batch: a session's first publish waits for no prune.
                 await self.prune_sent()
                 pruned_at = time.monotonic()
-            published = await self.publish_batch(producer)
             if published == self._batch_size:
                 continue  # more waiting: no pause
             if self._stopping.is_set():
@@ -418,12 +438,7 @@ class OutboxRelay:
         deleted = 0
         async with self._pool.acquire() as conn:
             while True:
-                status = await conn.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                    " WHERE sent_at < now() - $1::interval ORDER BY id LIMIT $2)",
-                    SENT_RETENTION,
-                    PRUNE_CHUNK,
-                )
+                status = await conn.execute(PRUNE_SQL, SENT_RETENTION, PRUNE_CHUNK)
                 count = int(status.rpartition(" ")[2])
                 deleted += count
                 if count < PRUNE_CHUNK or self._stopping.is_set():

@@ -103,7 +103,8 @@ async def private_outbox(settings: Settings, name: str) -> AsyncIterator[asyncpg
     pool = await asyncpg.create_pool(
         settings.db_dsn("identity"), server_settings={"search_path": schema}
     )
-    await pool.execute(outbox.OUTBOX_DDL)
+    for statement in outbox.OUTBOX_SCHEMA:
+        await pool.execute(statement)
     try:
         yield pool
     finally:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -27,7 +28,7 @@ from temporalio.worker import Worker
 
 from agora import db, kafka, outbox
 from agora.config import Settings
-from agora.outbox import OUTBOX_DDL
+from agora.outbox import OUTBOX_SCHEMA
 from contracts.agora.events.v1 import EventEnvelope
 from contracts.agora.identity.v1 import AccountRegistered
 from tests.integration.auditkit import superuser
@@ -99,7 +100,7 @@ async def test_migrations_start_after_a_process_died_inside_yoyos_first_upgrade(
                 " PRIMARY KEY (locked))"
             )
             await leftover.execute("INSERT INTO yoyo_lock VALUES (1, now(), 4242)")
-            assert await asyncio.to_thread(db._migrate, dsn, tmp_path) == 1
+            assert await asyncio.to_thread(db._migrate, dsn, tmp_path, threading.Event()) == 1
             assert await leftover.fetchval("SELECT count(*) FROM probe") == 0
         finally:
             await leftover.close()
@@ -292,7 +293,8 @@ async def test_outbox_relay_delivers_every_event_once_in_effect_across_a_crash(
         settings.db_dsn("identity"), server_settings={"search_path": schema}
     )
     await pool.execute(f"CREATE SCHEMA {schema}")
-    await pool.execute(OUTBOX_DDL)
+    for statement in OUTBOX_SCHEMA:
+        await pool.execute(statement)
     written: list[str] = []
     async with pool.acquire() as conn:
         for start in range(0, total, 500):

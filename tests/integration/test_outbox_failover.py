@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from agora import db, kafka
 from agora.config import Settings
-from agora.outbox import OUTBOX_DDL, OutboxRelay
+from agora.outbox import OUTBOX_SCHEMA, OutboxRelay
 from tests.integration.auditkit import superuser
 from tests.integration.consumerkit import append_event, read_all
 
@@ -79,7 +79,8 @@ async def private(settings: Settings) -> AsyncIterator[Database]:
         await admin.execute(f"CREATE DATABASE {database.name} OWNER {database.name}")
         conn = await asyncpg.connect(database.dsn)
         try:
-            await conn.execute(OUTBOX_DDL)
+            for statement in OUTBOX_SCHEMA:
+                await conn.execute(statement)
         finally:
             await conn.close()
         yield database

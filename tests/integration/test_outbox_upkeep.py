@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import pytest
@@ -51,6 +53,39 @@ async def test_rows_sent_longer_ago_than_the_retention_are_pruned_and_no_others(
     assert await relay.prune_sent() == 1
     left = {row["event_id"] for row in await pool.fetch("SELECT event_id FROM outbox")}
     assert left == {recent_sent, old_unsent}, "an unsent row is never pruned, however old"
+
+
+async def test_the_prune_reads_only_the_rows_it_deletes(pool: asyncpg.Pool) -> None:
+    # With no index on sent_at, every prune's last chunk read the whole table (a
+    # week of sent rows), past the 30 s command timeout on a large one: the relay's
+    # session ended before it published, at every start, for good.
+    await pool.execute(
+        "INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, sequence,"
+        " event_type, envelope, created_at, sent_at)"
+        " SELECT gen_random_uuid(), 't', 'a', 'x', n, 'e', '', now() - age, now() - age"
+        " FROM generate_series(1, 2003) AS n,"
+        " LATERAL (SELECT CASE WHEN n <= 3 THEN interval '8 days' ELSE interval '1 hour' END"
+        " AS age) AS ages"
+    )
+    await pool.execute("ANALYZE outbox")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")  # the plan of a large table
+        [plan] = json.loads(
+            await conn.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {outbox.PRUNE_SQL}",
+                outbox.SENT_RETENTION,
+                outbox.PRUNE_CHUNK,
+            )
+        )
+        await conn.execute("ROLLBACK AND CHAIN")  # nothing deleted here
+    dropped = _rows_dropped(plan["Plan"])
+    assert dropped == 0, f"the prune read {dropped} rows it did not delete to find 3"
+
+
+def _rows_dropped(node: dict[str, Any]) -> int:
+    """Rows the plan's scans read and dropped (not matching its condition)."""
+    here = node.get("Rows Removed by Filter", 0) * node.get("Actual Loops", 1)
+    return here + sum(_rows_dropped(child) for child in node.get("Plans", []))
 
 
 async def test_a_relay_that_ends_its_session_stops_reporting_a_backlog(
