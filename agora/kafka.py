@@ -347,6 +347,7 @@ class EventConsumer:
         try:
             while not self._stopping.is_set():
                 batches = await self._fetch(consumer)
+                fetched_in = work.forgotten
                 if batches:
                     self._delivered_at = time.monotonic()
                 if not self._consumed:  # a fetch answered: the session has joined its group
@@ -362,7 +363,7 @@ class EventConsumer:
                         handled = await self._handle_records(records)
                         for record in records[:handled]:
                             tp = TopicPartition(record.topic, record.partition)
-                            work.finished(tp, record.offset + 1)
+                            work.finished(tp, record.offset + 1, fetched_in)
                     finally:
                         work.idle.set()  # what the batch did is in `done` for the listener
                     if self._interrupted():
@@ -758,10 +759,14 @@ class _Round(ConsumerRebalanceListener):
         self.done, self.done_in = {}, {}
         self._at_start = self._revocations
 
-    def finished(self, tp: TopicPartition, offset: int) -> None:
-        """`tp`'s records before `offset` are done with, under the current assignment."""
+    def finished(self, tp: TopicPartition, offset: int, fetched_in: int) -> None:
+        """`tp`'s records before `offset` are done with, under the assignment they were
+        fetched in (`forgotten` then): a batch fetched before a partition was given up
+        and given back, finished after, is not the current assignment's (counted as
+        done under the assignment it ended in, it was committed over the further
+        offset the partition's owner meanwhile had committed, moving the group back)."""
         self.done[tp] = offset
-        self.done_in[tp] = self.forgotten
+        self.done_in[tp] = fetched_in
 
     def current(self) -> dict[TopicPartition, int]:
         """What the round did under the current assignment: the rest belongs to one

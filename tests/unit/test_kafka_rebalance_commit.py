@@ -65,27 +65,48 @@ async def round_on(client: RecordingConsumer) -> kafka._Round:
     round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
     await round_.on_partitions_assigned(client.assigned)
     round_.begin()
-    round_.finished(P, 100)
+    round_.finished(P, 100, round_.forgotten)
     return round_
 
 
 async def test_a_partition_given_up_and_back_within_a_round_is_not_committed_back() -> None:
     # P done to 100, then P moved to another member (which took it to 200 and committed)
     # and came back while a slow batch of Q held the round: the round's commit of P at
-    # 100 moved the group back, and records 100-199 were applied again later.
+    # 100 moved the group back, and records 100-199 were applied again later. Q's
+    # batch, fetched before the rebalance, is not this assignment's either.
     client = RecordingConsumer({P, Q})
     round_ = await round_on(client)
+    fetched_in = round_.forgotten
     await round_.on_partitions_revoked({P, Q})  # commits P at 100 on the way out: right
-    await round_.on_partitions_assigned({P, Q})  # P is back, another member took it on
-    round_.finished(Q, 7)  # the slow batch of Q ends the round
+    await round_.on_partitions_assigned({P, Q})  # both back, another member took them on
+    round_.finished(Q, 7, fetched_in)  # the slow batch of Q ends the round
     await consumer_of("audit")._commit(client, round_)  # type: ignore[arg-type]
-    assert client.commits == [{P: 100}, {Q: 7}]
+    assert client.commits == [{P: 100}]
+
+
+async def test_a_batch_fetched_before_two_rebalances_is_not_committed_after_them() -> None:
+    # A slow batch of P (100-149) outlasted the revoke listener's wait; P went to
+    # another member, which took it to 400, and came back before the batch ended: its
+    # offset 150, counted as done under the assignment it ended in, was committed and
+    # moved the group back 250 records.
+    client = RecordingConsumer({P})
+    round_ = kafka._Round(client, "audit")  # type: ignore[arg-type]
+    await round_.on_partitions_assigned({P})
+    round_.begin()
+    fetched_in = round_.forgotten
+    for _ in range(2):
+        await round_.on_partitions_revoked({P})  # nothing done yet: nothing to commit
+        await round_.on_partitions_assigned({P})
+    round_.finished(P, 150, fetched_in)
+    assert round_.current() == {}
+    await consumer_of("audit")._commit(client, round_)  # type: ignore[arg-type]
+    assert client.commits == []
 
 
 async def test_a_round_without_a_rebalance_commits_every_partition_it_did() -> None:
     client = RecordingConsumer({P, Q})
     round_ = await round_on(client)
-    round_.finished(Q, 7)
+    round_.finished(Q, 7, round_.forgotten)
     await consumer_of("audit")._commit(client, round_)  # type: ignore[arg-type]
     assert client.commits == [{P: 100, Q: 7}]
 
