@@ -137,6 +137,30 @@ async def test_a_reservation_holds_every_line_or_none(
     assert await level(pool, scarce) == {"on_hand": 1, "reserved": 0}
 
 
+async def test_a_refused_reservation_locks_no_line_after_the_refusal(
+    inventory: InventoryActivities, pool: asyncpg.Pool
+) -> None:
+    # The lines after a refused one were still updated, their rows locked until the
+    # rejection's savepoint ended: each waited for any reserve holding them, and
+    # made every other reserve of them wait.
+    tag = uuid.uuid4().hex[:10].upper()
+    scarce, busy, empty = f"TEST-A{tag}", f"TEST-B{tag}", f"TEST-C{tag}"  # reserved in this order
+    for sku, quantity in ((scarce, 1), (busy, 10), (empty, 0)):
+        await inventory.set_stock(SetStockInput(key(), [StockLine(sku, quantity)]))
+    lines = [StockLine(scarce, 2), StockLine(busy, 1), StockLine(empty, 1)]
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM stock WHERE sku = $1 FOR UPDATE", busy)
+        error = await rejected(
+            asyncio.wait_for(inventory.reserve(ReserveInput(key(), lines, 600)), timeout=10)
+        )
+    assert error.type == "OutOfStock"
+    assert error.details == (
+        {"sku": scarce, "requested": 2, "available": 1},
+        {"sku": empty, "requested": 1, "available": 0},
+    )
+    assert await level(pool, busy) == {"on_hand": 10, "reserved": 0}
+
+
 async def test_two_lines_of_one_sku_are_reserved_as_their_sum(
     inventory: InventoryActivities, pool: asyncpg.Pool
 ) -> None:
@@ -345,6 +369,23 @@ async def test_seeding_creates_missing_skus_only_and_overwrite_sets_them(
     assert (counted.created, counted.updated, counted.unchanged) == (0, 1, 1)
     assert await level(pool, skus[0]) == {"on_hand": 8, "reserved": 5}
     assert len(await events(pool, skus[0])) == 2  # seeded, then counted
+
+
+async def test_a_seed_that_changes_no_existing_row_does_not_wait_for_one(
+    inventory: InventoryActivities, pool: asyncpg.Pool
+) -> None:
+    # Without overwrite a seed leaves existing rows alone, but it locked them for its
+    # whole batch: it waited for every reserve of them, and they for it.
+    busy, fresh = await stocked(inventory, 20), new_sku()
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM stock WHERE sku = $1 FOR UPDATE", busy)
+        seeded = await asyncio.wait_for(
+            inventory.set_stock(SetStockInput(key(), [StockLine(busy, 99), StockLine(fresh, 3)])),
+            timeout=10,
+        )
+    assert (seeded.created, seeded.updated, seeded.unchanged) == (1, 0, 1)
+    assert await level(pool, busy) == {"on_hand": 20, "reserved": 0}
+    assert await level(pool, fresh) == {"on_hand": 3, "reserved": 0}
 
 
 async def test_adjusting_never_drops_on_hand_below_reserved(

@@ -139,25 +139,34 @@ async def _hold(
     shortages: list[Shortage] = []
     unknown: list[str] = []
     for line in lines:
-        row = await conn.fetchrow(
-            """
-            UPDATE stock SET reserved = reserved + $2, version = version + 1, updated_at = now()
-            WHERE sku = $1 AND on_hand - reserved >= $2
-            RETURNING sku, on_hand, reserved, version, updated_at
-            """,
-            line.sku,
-            line.quantity,
-        )
-        if row is not None:
-            after.append(StockSnapshot.from_row(row))
-            continue
+        # Once a line is refused the reservation is: the lines after it are only read
+        # (every short one is reported), not updated and locked. Held to the end of
+        # the rejection's savepoint for nothing, those locks made every reserve of
+        # those skus wait (an order of many lines whose first is sold out).
+        refused = bool(shortages or unknown)
+        if not refused:
+            row = await conn.fetchrow(
+                """
+                UPDATE stock SET reserved = reserved + $2, version = version + 1,
+                    updated_at = now()
+                WHERE sku = $1 AND on_hand - reserved >= $2
+                RETURNING sku, on_hand, reserved, version, updated_at
+                """,
+                line.sku,
+                line.quantity,
+            )
+            if row is not None:
+                after.append(StockSnapshot.from_row(row))
+                continue
         available = await conn.fetchval(
             "SELECT on_hand - reserved FROM stock WHERE sku = $1", line.sku
         )
         if available is None:
             unknown.append(line.sku)
-        else:
+        elif not refused:
             shortages.append(Shortage.after_refusal(line.sku, line.quantity, available))
+        elif available < line.quantity:
+            shortages.append(Shortage(line.sku, line.quantity, available))
     if unknown:
         raise UnknownSku(unknown)
     if shortages:

@@ -152,12 +152,14 @@ async def _set(
     workflow: outbox.WorkflowRef | None,
 ) -> SetStockResult:
     # Lock existing rows in sku order (no deadlock with reservations, which lock the same
-    # way): code-point order (COLLATE "C"), whatever the database's collation.
+    # way): code-point order (COLLATE "C"), whatever the database's collation. Only
+    # to overwrite them: a seed that creates the missing skus changes no existing
+    # row, and its locks held reserves of up to 1,000 skus for the whole batch.
     existing = {
         row["sku"]: row
         for row in await conn.fetch(
             "SELECT sku, on_hand, reserved FROM stock WHERE sku = ANY($1::text[])"
-            ' ORDER BY sku COLLATE "C" FOR UPDATE',
+            ' ORDER BY sku COLLATE "C"' + (" FOR UPDATE" if overwrite else ""),
             skus,
         )
     }
