@@ -136,12 +136,17 @@ class PlacedBefore(Exception):
 
 class CancelledAfterStep(asyncio.CancelledError):
     """Cancelled in Temporal while a remote step ran, which `remote` then ran to its end
-    and which took effect (one whose run to its end failed raises a plain CancelledError).
+    and which took effect (one whose run to its end failed raises CancelledStepFailed).
     `result`: the step's result, for a caller that records what it did (a refund's amount)."""
 
     def __init__(self, result: object = None) -> None:
         super().__init__()
         self.result = result
+
+
+class CancelledStepFailed(asyncio.CancelledError):
+    """Cancelled in Temporal while a remote step ran, whose run to its end then failed
+    for good: the step took no effect."""
 
 
 LOCAL_TIMEOUT = timedelta(seconds=10)
@@ -293,6 +298,12 @@ CARD_TOKEN_REFUSED_DECLINES = "card-token-refused-declines"
 # PENDING without the PSP's link at once, not AWAITING_PAYMENT until the compensations
 # end. Asked only on that path.
 PAYMENT_WAIT_CANCEL_CLEARS = "payment-wait-cancel-clears"
+# A capture cancelled in Temporal whose run to its end was refused for good captured
+# nothing: its refund compensation is dropped (one activity fewer), as for a capture
+# refused without a cancel. Run, it was refused too, and the order's reason said
+# "refund payment failed", which tells support the customer may have been charged.
+# Asked only on that path.
+CANCELLED_CAPTURE_REFUSED = "cancelled-capture-refused-no-refund"
 # What the saga needs after the payment, of the reservation's life: capture, commit,
 # as they run when payments and inventory answer. A payments outage longer than what
 # is left still outlasts the reservation: the capture is not bounded by it, since a
@@ -659,6 +670,10 @@ class OrderWorkflow:
                 raise
             self.compensations.pop()  # nothing was captured: nothing to refund
             raise _rejection(error, "PAYMENT_FAILED") from None
+        except CancelledStepFailed:
+            if workflow.patched(CANCELLED_CAPTURE_REFUSED):
+                self.compensations.pop()  # nothing was captured: nothing to refund
+            raise
         self.set_payment_outcome("captured")
 
     async def refund_capture(self, order: OrderInput, payment_id: str) -> None:
@@ -838,7 +853,7 @@ class OrderWorkflow:
             try:
                 result = await run()
             except ActivityError:
-                raise asyncio.CancelledError from None
+                raise CancelledStepFailed from None
             raise CancelledAfterStep(result) from None
 
     async def transition(self, order: OrderInput, status: str, *, cancelled_by: str = "") -> None:

@@ -1235,6 +1235,21 @@ async def test_a_temporal_cancel_during_the_capture_refunds_what_it_captured(
     await keep_history(client, handle.id, "temporal-cancel-at-capture")
 
 
+async def test_a_temporal_cancel_during_a_capture_refused_for_good_refunds_nothing(
+    client: Client,
+) -> None:
+    # The capture, run to its end after the cancel, is refused for good: nothing was
+    # captured. Its refund still ran, was refused by payments, and the order's reason
+    # said "refund payment failed" (read by support as: the customer may be charged).
+    world.capture_refused = True
+    _, handle = await cancelled_in_temporal_during(client, "capture")
+    assert world.calls.count("capture") == 2
+    assert not [call for call in world.calls if call.startswith("refund")]
+    assert world.calls[-3:] == ["void", "release", "transition:CANCELLED"]
+    assert world.transitions == ["CONFIRMED", "CANCELLED"]
+    await keep_history(client, handle.id, "temporal-cancel-capture-refused")
+
+
 async def test_a_temporal_cancel_while_awaiting_the_payment_action_voids_and_releases(
     client: Client,
 ) -> None:
