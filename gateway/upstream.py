@@ -145,8 +145,9 @@ class Upstream:
         `idempotent`, a second start while one runs is refused (a conflict) and one
         after it has closed runs again. A retry must ask for what the first attempt
         asked (`request_digest` of `arg`, kept in the run's memo): the same key with
-        another request is refused with 409 instead of answered with the first result
-        (`same_request=False` where the id is not the client's key: a cancel's refund).
+        another request is refused with 409 instead of answered with the first result,
+        or, after a failed run, instead of run with the other request (`same_request=False`
+        where the id is not the client's key: a cancel's refund).
         """
         async with asyncio.timeout(start["budget_s"]):
             return await workflow_result(await self.start_workflow(run, arg, **start))
@@ -166,6 +167,11 @@ class Upstream:
         the handle of the run that answers the request, the one started, joined or,
         `idempotent`, the closed run a retry reads."""
         digest = request_digest(arg) if idempotent and same_request else ""
+        if digest:
+            # The run a start over a failed one would replace: compared after the start,
+            # the new run's memo (this request's) always matched, and a failed
+            # request's key took another body (a refund of another amount).
+            await _same_request(self.temporal.get_workflow_handle(id), digest, missing_ok=True)
         try:
             started = await self.temporal.start_workflow(
                 run,
@@ -210,10 +216,18 @@ def request_digest(arg: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def _same_request(handle: WorkflowHandle[Any, Any], digest: str) -> None:
+async def _same_request(
+    handle: WorkflowHandle[Any, Any], digest: str, *, missing_ok: bool = False
+) -> None:
     """Refuse (409) a retry whose request differs from the one that started `handle`'s
-    run. A run started before digests were kept has none and is joined as before."""
-    described = await handle.describe()
+    run. A run started before digests were kept has none and is joined as before;
+    `missing_ok`: no run at all is no conflict either."""
+    try:
+        described = await handle.describe()
+    except RPCError as error:
+        if missing_ok and error.status == RPCStatusCode.NOT_FOUND:
+            return
+        raise
     held = await described.memo_value(DIGEST_MEMO, "")
     if held and held != digest:
         raise Problem("conflict", KEY_REUSED)

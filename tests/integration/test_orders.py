@@ -1211,13 +1211,24 @@ async def test_a_partial_refund_then_an_excessive_one(shop: dict[str, Any]) -> N
     assert response.status == 200, await response.text()
     answer = await response.json()
     assert (answer["status"], answer["refunded_minor"]) == ("PARTIALLY_REFUNDED", 500)
+    failed_key = f"refund-{uuid.uuid4()}"
     too_much = await shop["client"].post(
-        url,
-        json={"amount_minor": 5000},
-        headers={**who, "Idempotency-Key": f"refund-{uuid.uuid4()}"},
+        url, json={"amount_minor": 5000}, headers={**who, "Idempotency-Key": failed_key}
     )
     # The same answer payments gives when a refund made meanwhile is not yet recorded.
     await problem(too_much, 422, "precondition-failed")
+    # A failed run's key may be retried, but for the request it was sent with: another
+    # body under it started a new run, whose own memo the key's check then compared.
+    other = await shop["client"].post(
+        url, json={"amount_minor": 100}, headers={**who, "Idempotency-Key": failed_key}
+    )
+    await problem(other, 409, "conflict")
+    again = await shop["client"].post(
+        url, json={"amount_minor": 5000}, headers={**who, "Idempotency-Key": failed_key}
+    )
+    await problem(again, 422, "precondition-failed")
+    order = await shop["client"].get(f"/v1/orders/{accepted['order_id']}", headers=who)
+    assert (await order.json())["refunded_minor"] == 500
 
 
 async def test_refund_keys_are_per_order_so_a_reused_one_refunds_each_order(
