@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.audit import (
@@ -35,6 +36,11 @@ STEP_TIMEOUT = timedelta(seconds=30)
 # end: while long verifications or exports kept it waiting, no checkpoint was signed,
 # though the partitions are made two months ahead and nothing urgent.
 SIGN_FIRST_PATCH = "audit-checkpoint-signed-first"
+# A signing that fails for good (a broken chain: AuditChainBroken, which pages) no
+# longer skips the partitions: while the break was investigated no month was made,
+# appends went to the default partition, and a month with rows there can no longer
+# be made (PostgreSQL refuses the partition), so the next start of audit failed.
+PARTITIONS_IF_UNSIGNED_PATCH = "audit-partitions-made-if-unsigned"
 PARTITIONS_TIMEOUT = timedelta(minutes=2)
 
 
@@ -49,7 +55,12 @@ class SignCheckpointWorkflow:
     @workflow.run
     async def run(self) -> CheckpointReport:
         if workflow.patched(SIGN_FIRST_PATCH):
-            checkpoint = await self.sign()
+            try:
+                checkpoint = await self.sign()
+            except ActivityError:
+                if workflow.patched(PARTITIONS_IF_UNSIGNED_PATCH):
+                    await self.ensure_partitions()
+                raise
             partitions = await self.ensure_partitions()
         else:
             partitions = await self.ensure_partitions()

@@ -3,8 +3,10 @@ behind readers of the log and be retried without end, and signing must not wait.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from temporalio import activity
@@ -16,6 +18,8 @@ from temporalio.worker import Worker
 from activities.audit import PartitionsEnsured, SignCheckpointInput, SignedCheckpoint
 from agora.temporal import workflow_runner
 from workflows.audit import SignCheckpointWorkflow
+
+HISTORIES = Path(__file__).parents[1] / "histories"
 
 signed: list[str] = []
 
@@ -88,3 +92,42 @@ async def test_a_run_signs_first_then_makes_partitions(env: WorkflowEnvironment)
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
     assert scheduled == ["audit.sign_checkpoint", "audit.ensure_partitions"]
+
+
+async def test_a_signing_refused_for_good_still_makes_the_partitions(
+    env: WorkflowEnvironment,
+) -> None:
+    # A broken chain refuses every checkpoint; the partitions were skipped with it, and
+    # two months on audit could not start (a month with rows in the default partition
+    # cannot be made).
+    made: list[int] = []
+
+    @activity.defn(name="audit.sign_checkpoint")
+    async def chain_broken(_: SignCheckpointInput) -> SignedCheckpoint:
+        raise ApplicationError(
+            "the chain is broken at 41", type="AuditChainBroken", non_retryable=True
+        )
+
+    @activity.defn(name="audit.ensure_partitions")
+    async def ensure() -> PartitionsEnsured:
+        made.append(1)
+        return PartitionsEnsured(created=1)
+
+    queue = f"audit-{uuid.uuid4()}"
+    workflow_id = f"audit-checkpoint-{uuid.uuid4()}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[SignCheckpointWorkflow],
+        workflow_runner=workflow_runner(),
+        activities=[chain_broken, ensure],
+    ):
+        with pytest.raises(WorkflowFailureError) as failed:
+            await env.client.execute_workflow(
+                SignCheckpointWorkflow.run, id=workflow_id, task_queue=queue
+            )
+    assert isinstance(failed.value.cause, ActivityError), repr(failed.value.cause)
+    assert made == [1]
+    if os.environ.get("AGORA_RECORD_HISTORIES"):
+        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        (HISTORIES / "audit-checkpoint-unsigned.json").write_text(history.to_json())
