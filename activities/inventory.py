@@ -177,8 +177,9 @@ class InventoryActivities:
     async def expire_due(self, data: ExpireDueInput) -> ExpireDueResult:
         """Each reservation is its own release transaction (keyed by id and reason
         `expired`), so a retried sweep or a release racing it changes nothing twice.
-        Each call also prunes idempotency records past their retention (the sweep is
-        inventory's housekeeping: its schedule runs it however quiet the shop is)."""
+        Each call also prunes idempotency records and settled reservations past their
+        retention (the sweep is inventory's housekeeping: its schedule runs it however
+        quiet the shop is)."""
         as_of = datetime.fromisoformat(data.as_of)
         expired = 0
         async with self.pool.acquire() as conn:
@@ -189,8 +190,12 @@ class InventoryActivities:
                 )
                 expired += result.released
             pruned = await idempotency.prune(conn, PRUNE_BATCH)
-        if pruned:
-            log.info("idempotency records pruned", extra={"rows": pruned})
+            settled = await reservations.prune(conn, PRUNE_BATCH)
+        if pruned or settled:
+            log.info(
+                "idempotency records and settled reservations pruned",
+                extra={"rows": pruned, "reservations": settled},
+            )
         return ExpireDueResult(expired=expired, more=len(due) == data.limit)
 
     @activity.defn(name="inventory.commit")

@@ -23,6 +23,7 @@ from activities.inventory import (
     ExpireDueInput,
     ExpireDueResult,
     InventoryActivities,
+    ReleaseInput,
     ReserveInput,
     ReserveResult,
     SetStockInput,
@@ -203,6 +204,40 @@ async def test_the_sweep_prunes_idempotency_records_past_their_retention_only(
         [*old_keys, recent.reservation_id],
     )
     assert [row["key"] for row in left] == [recent.reservation_id]
+
+
+async def test_the_sweep_prunes_reservations_settled_past_the_retention_only(
+    pool: asyncpg.Pool,
+) -> None:
+    # Every order left its reservation and lines for good.
+    sku = await stocked(pool, 10)
+    inventory = InventoryActivities(pool)
+    old, recent, held = [await reserve(inventory, sku, 1) for _ in range(3)]
+    for settled in (old, recent):
+        await inventory.release(ReleaseInput(settled.reservation_id, "order_cancelled"))
+    await pool.execute(
+        "UPDATE reservations SET settled_at = now() - make_interval(days => $2),"
+        " created_at = now() - make_interval(days => $2) WHERE reservation_id = $1",
+        old.reservation_id,
+        idempotency.RETENTION_DAYS + 1,
+    )
+    await pool.execute(  # held, however old: never pruned
+        "UPDATE reservations SET created_at = now() - make_interval(days => $2)"
+        " WHERE reservation_id = $1",
+        held.reservation_id,
+        idempotency.RETENTION_DAYS + 1,
+    )
+    await inventory.expire_due(ExpireDueInput(datetime.now(UTC).isoformat()))
+    ids = [old.reservation_id, recent.reservation_id, held.reservation_id]
+    left = await pool.fetch(
+        "SELECT reservation_id FROM reservations WHERE reservation_id = ANY($1::text[])", ids
+    )
+    assert sorted(r["reservation_id"] for r in left) == sorted(ids[1:])
+    lines = await pool.fetchval(
+        "SELECT count(*) FROM reservation_lines WHERE reservation_id = $1", old.reservation_id
+    )
+    assert lines == 0
+    assert await available(pool, sku) == 9  # only the held one holds stock
 
 
 async def test_a_reservation_that_waited_for_its_row_gets_its_whole_ttl(pool: asyncpg.Pool) -> None:

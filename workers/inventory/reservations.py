@@ -295,6 +295,20 @@ async def _first_release(
     return ReleaseResult(reservation_id, status, released=True, stock_after=after)
 
 
+async def prune(conn: asyncpg.Connection, limit: int) -> int:
+    """Delete up to `limit` reservations settled more than RETENTION_DAYS ago (their
+    lines with them), oldest first; how many. Past that retention their keys are
+    pruned too, and nothing asks for them any more; kept, they grew without end."""
+    status = await conn.execute(
+        "DELETE FROM reservations WHERE reservation_id IN (SELECT reservation_id"
+        " FROM reservations WHERE settled_at < now() - make_interval(days => $1)"
+        " AND status <> 'held' ORDER BY settled_at LIMIT $2)",
+        idempotency.RETENTION_DAYS,
+        limit,
+    )
+    return int(status.split()[-1])
+
+
 async def due(conn: asyncpg.Connection, as_of: datetime, limit: int) -> list[str]:
     """Held reservations whose expiry is at or before `as_of`, oldest first
     (the partial index `reservations_held_expiry` holds exactly these rows)."""
