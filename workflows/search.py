@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.search import (
@@ -79,6 +79,10 @@ WORKFLOW_ID_CHECKED = "reindex-workflow-id-checked"
 # in the write alias, so every event was written twice until a later reindex's swap
 # took it out, and it was never dropped.
 ABANDONED_CLEANED = "reindex-abandoned-index-deleted"
+# Since this change a run cancelled after its swap (in the drop's grace or during the
+# drop) still drops the old indices, after the grace, then ends cancelled. Before,
+# they were left for good. Asked only on a cancel then.
+DROPPED_WHEN_CANCELLED = "reindex-old-indices-dropped-when-cancelled"
 
 
 def version_refusal(version: str) -> tuple[str, str] | None:
@@ -173,15 +177,29 @@ class ReindexWorkflow:
         old = set(swapped.old_indices) | ({begun.source_index} - {"", begun.new_index})
         progress.old_indices = sorted(old)
         progress.phase = "dropping"
+        try:
+            await self.drop_after_grace(progress.old_indices)
+        except (asyncio.CancelledError, ActivityError) as error:
+            cancelled = isinstance(error, asyncio.CancelledError) or isinstance(
+                error.cause, CancelledError
+            )
+            if not (cancelled and workflow.patched(DROPPED_WHEN_CANCELLED)):
+                raise
+            # Swapped in: only the old indices are left to drop, and nothing else drops
+            # them. Searches in flight on them get their grace again.
+            await self.drop_after_grace(progress.old_indices)
+            raise
+        progress.phase = "done"
+        return progress
+
+    async def drop_after_grace(self, indices: list[str]) -> None:
         await workflow.sleep(DROP_GRACE)
         await workflow.execute_activity_method(
             SearchActivities.drop_indices,
-            DropInput(progress.old_indices),
+            DropInput(indices),
             start_to_close_timeout=STEP,
             retry_policy=RETRY,
         )
-        progress.phase = "done"
-        return progress
 
     async def build(self, begun: BeginReindexResult) -> SwapResult:
         """The new index filled and swapped in; until the swap it only receives updates."""

@@ -259,3 +259,29 @@ async def test_a_reindex_cancelled_while_it_swaps_leaves_its_index(
         with pytest.raises(WorkflowFailureError):
             await handle.result()
     assert abandoned == []
+
+
+async def test_a_reindex_cancelled_after_its_swap_still_drops_the_old_index(
+    env: WorkflowEnvironment,
+) -> None:
+    # Cancelled in the drop's grace, the old index (still taking no events, read by
+    # nothing) was left for good.
+    dropped.clear()
+    queue = f"search-{uuid.uuid4()}"
+    async with _worker(env, queue, swap_slow):
+        handle = await env.client.start_workflow(
+            ReindexWorkflow.run, ReindexInput("v6"), id=REINDEX_WORKFLOW_ID, task_queue=queue
+        )
+        for _ in range(400):
+            if (await handle.query(ReindexWorkflow.progress)).phase == "dropping":
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the reindex never reached its drop")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert dropped == [["products-old"]]
+    if os.environ.get("AGORA_RECORD_HISTORIES"):
+        recorded = await env.client.get_workflow_handle(REINDEX_WORKFLOW_ID).fetch_history()
+        (HISTORIES / "search-reindex-cancelled-after-swap.json").write_text(recorded.to_json())
