@@ -50,6 +50,10 @@ class UnknownKey(ValueError):
     """A payload was encrypted under a key this process does not have."""
 
 
+class Unencrypted(ValueError):
+    """A payload not encrypted by the platform's codec, refused by its clients and workers."""
+
+
 @dataclass(frozen=True)
 class KeyRing:
     active: str
@@ -109,7 +113,15 @@ def load_or_create(settings: Settings) -> KeyRing:
 
 
 class EncryptionCodec(PayloadCodec):
-    """Encrypts every payload with the active key; decrypts with the key named in it."""
+    """Encrypts every payload with the active key; decrypts with the key named in it.
+
+    A payload that is not encrypted is refused (Unencrypted), not passed through:
+    the encryption is also what proves a payload came from a holder of the key ring.
+    Passed through, anyone who could start a workflow in Temporal (the CLI, the web
+    UI) gave the workers any input in clear, e.g. a RegisterAccount with the admin
+    role. An operator's start or signal goes through the codec server's encode
+    (`--codec-endpoint`, an admin's token; docs/temporal-ui.md).
+    """
 
     def __init__(self, ring: KeyRing):
         self._ring = ring
@@ -131,8 +143,10 @@ class EncryptionCodec(PayloadCodec):
         out = []
         for payload in payloads:
             if payload.metadata.get("encoding") != ENCODING:
-                out.append(payload)  # written before encryption, or by a codec-less client
-                continue
+                raise Unencrypted(
+                    "payload is not encrypted by the platform's codec: refused"
+                    " (start or signal through the codec server's encode)"
+                )
             kid = payload.metadata.get(KEY_ID, b"").decode()
             cipher = self._ciphers.get(kid)
             if cipher is None:

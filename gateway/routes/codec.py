@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from contracts.agora.identity.v1 import PasswordGrant
 from contracts.agora.identity.v1 import SignInRequest as SignInCall
+from contracts.agora.identity.v1 import SignOutRequest as SignOutCall
 from gateway import codec
 from gateway.deps import deps
 from gateway.failures import UPSTREAM_PROBLEMS
@@ -217,6 +218,25 @@ async def open_session(request: web.Request, _: None) -> web.Response:
 
 
 async def close_session(request: web.Request, _: None) -> web.Response:
+    """Sign out: the cookie's token is revoked (identity's SignOut, as POST
+    /v1/auth/signout does), then the cookie cleared. Clearing it alone left the
+    token good until it expired, for whoever had copied it. A token no longer good
+    (expired, revoked) only has its cookie cleared; a revocation that fails (identity
+    or Redis down) is the problem answered, the cookie kept for a retry."""
+    _check_own_origin(request)
+    token = request.cookies.get(codec.COOKIE, "")
+    if token:
+        try:
+            principal = await codec.staff_principal(request, token)
+        except Problem as problem:
+            if problem.status not in (401, 403):
+                raise
+        else:
+            gw = deps(request)
+            async with gw.upstream.call(request, "identity.SignOut") as timeout:
+                await gw.upstream.identity.sign_out(
+                    SignOutCall(access_token=token, subject=principal.subject), timeout=timeout
+                )
     response = web.Response(status=204)
     response.del_cookie(codec.COOKIE, path=codec.COOKIE_PATH)
     return response
@@ -278,8 +298,9 @@ ROUTES = [
         "DELETE",
         "/codec/session",
         close_session,
-        "Close the codec session (clears the cookie)",
+        "Close the codec session: revokes its token and clears the cookie",
         "codec",
         status=204,
+        problems=(*_CODEC_PROBLEMS, *UPSTREAM_PROBLEMS),
     ),
 ]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from agora import temporal
 from agora.config import Settings
+from tests.integration.waiting import eventually
 from workflows.identity import (
     TASK_QUEUE,
     RegisterAccountInput,
@@ -86,3 +87,42 @@ async def test_a_failures_message_is_encrypted_too_and_reads_in_clear_with_the_k
     assert "EmailTaken" in blob  # the type stays in clear, for the UI's lists
     # Neither the message nor the stack trace (which names the activity's source file).
     assert message not in blob and "activities/identity.py" not in blob
+
+
+async def test_a_workflow_started_in_clear_is_refused_by_the_workers(
+    settings: Settings, identity_service
+) -> None:
+    # Anyone able to start a workflow in Temporal (the CLI, the web UI), without the key
+    # ring, registered an account with the roles they chose: the workers took input in
+    # clear as it was.
+    from argon2 import PasswordHasher
+
+    email = f"forged-{uuid.uuid4().hex[:8]}@example.com"
+    raw = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    handle = await raw.start_workflow(
+        RegisterAccountWorkflow.run,
+        RegisterAccountInput(
+            str(uuid.uuid4()), email, "Forger", PasswordHasher().hash("x" * 16), roles=["admin"]
+        ),
+        id=register_workflow_id(email),
+        task_queue=TASK_QUEUE,
+    )
+    try:
+
+        async def refused() -> str | None:
+            history = await handle.fetch_history()
+            for event in history.events:
+                if event.HasField("workflow_task_failed_event_attributes"):
+                    return str(event.workflow_task_failed_event_attributes.failure)
+            return None
+
+        message = await eventually(refused, within=30, what="the workflow task refused")
+        assert "Unencrypted" in message, message
+        described = await handle.describe()
+        assert described.status == WorkflowExecutionStatus.RUNNING  # never ran a step
+        history = await handle.fetch_history()
+        assert not [
+            e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+    finally:
+        await handle.terminate("test done")

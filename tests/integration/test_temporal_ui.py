@@ -316,7 +316,11 @@ async def test_codec_encode_then_decode_round_trips(shop: dict[str, Any]) -> Non
             }
         ]
     }
-    encoded = await shop["client"].post("/codec/encode", json=clear, headers=staff(shop))
+    # Encoding lets a payload into the workers (they refuse one in clear): admin only.
+    refused = await shop["client"].post("/codec/encode", json=clear, headers=staff(shop))
+    await problem(refused, 403, "insufficient-scope")
+    admin = staff(shop, "profile admin")
+    encoded = await shop["client"].post("/codec/encode", json=clear, headers=admin)
     assert encoded.status == 200, await encoded.text()
     sealed = await encoded.json()
     assert b"Private Road" not in base64.b64decode(sealed["payloads"][0]["data"])
@@ -401,6 +405,28 @@ async def test_codec_session_cookie_is_http_only_strict_and_scoped(
     response = await shop["client"].post("/codec/session", headers=customer)
     await problem(response, 403, "insufficient-scope")
     assert "Set-Cookie" not in response.headers
+
+
+async def test_closing_a_codec_session_revokes_its_token(shop: dict[str, Any]) -> None:
+    email = await register_staff(shop, "support")
+    client = shop["client"]
+    form = {"email": email, "password": PASSWORD}
+    response = await client.post("/codec/session", data=form)
+    assert response.status == 200, await response.text()
+    token = response.cookies[codec.COOKIE].value
+    sealed = {"payloads": []}
+    response = await client.post("/codec/decode", json=sealed, headers=bearer(token))
+    assert response.status == 200, await response.text()
+
+    response = await client.delete("/codec/session", headers={"Cookie": f"{codec.COOKIE}={token}"})
+    assert response.status == 204, await response.text()
+    assert response.cookies[codec.COOKIE].value == ""  # cleared in the browser
+    # ... and no longer good anywhere: a copy of the cookie decodes nothing.
+    response = await client.post("/codec/decode", json=sealed, headers=bearer(token))
+    await problem(response, 401, "token-revoked")
+    # Closing again (the cookie left behind by another tab) just clears it.
+    response = await client.delete("/codec/session", headers={"Cookie": f"{codec.COOKIE}={token}"})
+    assert response.status == 204, await response.text()
 
 
 # The browser -------------------------------------------------------------------------

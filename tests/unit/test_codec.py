@@ -68,9 +68,12 @@ async def test_a_payload_relabelled_with_another_known_key_is_refused() -> None:
         await EncryptionCodec(ring).decode([sealed])
 
 
-async def test_unencrypted_payloads_pass_through() -> None:
+async def test_a_payload_in_clear_is_refused() -> None:
+    # Passed through, anyone who could start a workflow in Temporal gave the workers
+    # any input (a RegisterAccount with the admin role) without the key ring.
     ring = KeyRing("k1", {"k1": b"\x01" * 32})
-    assert (await EncryptionCodec(ring).decode([plain("legacy")]))[0].data == b"legacy"
+    with pytest.raises(codec.Unencrypted):
+        await EncryptionCodec(ring).decode([plain('{"roles": ["admin"]}')])
 
 
 async def test_the_local_key_ring_is_created_once_and_kept(tmp_path: Path) -> None:
