@@ -65,10 +65,15 @@ class CreateProductInput:
 
 @dataclass
 class UpdateProductInput:
-    """Replaces every writable field; `expected_version` (0: any) guards against lost updates."""
+    """Replaces every writable field; `expected_version` (0: any) guards against lost updates.
+
+    `keep_active`: the product's `active` stays as it is (a PUT without it): an edit
+    of a product DELETE deactivated does not put it back on sale.
+    """
 
     product: ProductData
     expected_version: int = 0
+    keep_active: bool = False
 
 
 @dataclass
@@ -219,6 +224,8 @@ class CatalogActivities:
 
         async def write(conn: asyncpg.Connection) -> tuple[WriteResult, Product]:
             before = await _existing(conn, new.sku, data.expected_version)
+            if data.keep_active:
+                new.active = before.active
             changed = changed_fields(data_of(before), new)
             if not changed:
                 return WriteResult(new.sku, before.version, False), before

@@ -81,14 +81,19 @@ class ProductFields(Strict):
         Field(default_factory=dict)
     )
     price: MoneyModel
-    active: bool = True
 
 
 class CreateProductRequest(ProductFields):
     sku: Sku
+    active: bool = True
 
 
 class UpdateProductRequest(ProductFields):
+    active: bool | None = Field(
+        default=None,
+        description="Omitted: left as it is (an edit does not bring back a product"
+        " DELETE deactivated)",
+    )
     expected_version: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="Fail with 409 unless the product is at this version"
     )

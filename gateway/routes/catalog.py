@@ -103,7 +103,7 @@ def product_response(product: Product | None) -> ProductResponse:
     )
 
 
-def _product_data(sku: str, fields: ProductFields) -> ProductData:
+def _product_data(sku: str, fields: ProductFields, active: bool) -> ProductData:
     return ProductData(
         sku=sku,
         title=fields.title,
@@ -113,7 +113,7 @@ def _product_data(sku: str, fields: ProductFields) -> ProductData:
         description=fields.description,
         brand=fields.brand,
         attributes=dict(fields.attributes),
-        active=fields.active,
+        active=active,
     )
 
 
@@ -191,7 +191,7 @@ def _written(result: WriteResult) -> ProductWriteResponse:
 
 
 async def create_product(request: web.Request, body: CreateProductRequest) -> ProductWriteResponse:
-    data = CreateProductInput(_product_data(body.sku, body))
+    data = CreateProductInput(_product_data(body.sku, body, body.active))
     key = idempotency_key(request, required=False)
     workflow_id = product_create_workflow_id(principal_of(request).subject, key)
     return _written(
@@ -201,7 +201,11 @@ async def create_product(request: web.Request, body: CreateProductRequest) -> Pr
 
 async def update_product(request: web.Request, body: UpdateProductRequest) -> ProductWriteResponse:
     sku = _sku(request)
-    data = UpdateProductInput(_product_data(sku, body), body.expected_version or 0)
+    data = UpdateProductInput(
+        _product_data(sku, body, True if body.active is None else body.active),
+        body.expected_version or 0,
+        keep_active=body.active is None,
+    )
     workflow_id = _write_workflow_id(request, "update", sku)
     return _written(
         await _execute(request, "UpdateProduct", UpdateProductWorkflow.run, data, workflow_id)
@@ -251,7 +255,7 @@ async def start_import(request: web.Request, body: ImportProductsRequest) -> Imp
     import_id = idempotency_key(request, required=False)
     data = ImportInput(
         import_id=import_id,
-        products=[_product_data(p.sku, p) for p in body.products],
+        products=[_product_data(p.sku, p, p.active) for p in body.products],
         batch_size=body.batch_size,
     )
     await _refuse_input_over_temporal_limit(gw.upstream.temporal, data)

@@ -91,6 +91,17 @@ async def test_product_written_through_admin_route_is_readable_cached_and_refres
     deactivated = await api.get(sku)
     assert deactivated["active"] is False and deactivated["version"] == 4
 
+    # An edit without `active` leaves the product off sale; only `active: true` brings it back.
+    edit = {**update, "title": "Trail Runner Shoe III"}
+    response = await api.client.put(f"/v1/admin/products/{sku}", json=edit, headers=api.admin)
+    assert response.status == 200, await response.text()
+    edited = await api.get(sku)
+    assert edited["title"] == "Trail Runner Shoe III" and edited["active"] is False
+    restored = {**edit, "active": True}
+    response = await api.client.put(f"/v1/admin/products/{sku}", json=restored, headers=api.admin)
+    assert response.status == 200, await response.text()
+    assert (await api.get(sku))["active"] is True
+
 
 async def test_batch_get_and_category_listing_in_keyset_pages(api: CatalogApi) -> None:
     root = f"test-{uuid.uuid4().hex[:8]}"
