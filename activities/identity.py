@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from temporalio import activity
 
-from agora import outbox
+from agora import outbox, scopes
 from agora.errors import NotFound
 from agora.temporal import rejection
 from contracts.agora.identity.v1 import AccountRegistered, Role
@@ -129,6 +129,13 @@ class IdentityActivities:
         is text the database cannot store (the workflow refuses it first; this is
         for a registration started before it did).
         """
+        unknown = sorted(set(data.roles) - set(scopes.ROLE_SCOPES))
+        if unknown or not data.roles:
+            # Role.from_string would raise a ValueError on every retry, for good.
+            raise rejection(
+                f"unknown roles {unknown[:5]!r}" if unknown else "an account needs a role",
+                type=INVALID_REGISTRATION,
+            )
         with _unstorable_text_refused(INVALID_REGISTRATION):
             return await self._create_account(data)
 

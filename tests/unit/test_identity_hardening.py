@@ -108,6 +108,20 @@ async def test_text_the_database_refuses_fails_the_activity_for_good(
     assert raised.value.non_retryable and raised.value.type == "InvalidArgument"
 
 
+@pytest.mark.parametrize("roles", [["customer", "overlord"], []], ids=["unknown", "none"])
+async def test_a_registration_with_an_unknown_role_fails_for_good_before_any_write(
+    roles: list[str],
+) -> None:
+    conn = FakeConn(asyncpg.DataError("must not be reached"))
+    activities = IdentityActivities(FakePool(conn), None, None, access_ttl_s=900)  # type: ignore[arg-type]
+    data = RegisterAccountInput(
+        "6f1c1f8e-2b8c-4f43-9d4e-2a7c1d8e5b10", "a@b.cd", "Ann", HASH, roles=roles
+    )
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(activities.create_account, data)
+    assert raised.value.non_retryable and raised.value.type == "InvalidRegistration"
+
+
 async def test_other_database_errors_stay_retryable() -> None:
     failure = asyncpg.DataError("something else")
     activities = IdentityActivities(FakePool(FakeConn(failure)), None, None, access_ttl_s=900)  # type: ignore[arg-type]
