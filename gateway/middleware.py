@@ -35,6 +35,10 @@ tracer = trace.get_tracer("agora.gateway")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 MAX_TIMEOUT_MS = 30_000
+# The methods a metric or span name carries; any other is "_OTHER", as OpenTelemetry's
+# HTTP conventions have it: aiohttp's parser takes some forty (PROPFIND, MKCOL, ...),
+# each of which would be a series of its own on every 404/405 a scanner is answered.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _from_http_exception(error: web.HTTPException) -> Problem:
@@ -99,7 +103,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     if route is not None and route.max_body_bytes is not None:
         # Before anything reads the body: a signed request's check reads it first.
         request = request.clone(client_max_size=route.max_body_bytes)
-    name = f"{request.method} {route.path if route else 'unmatched'}"
+    method = request.method if request.method in KNOWN_METHODS else "_OTHER"
+    name = f"{method} {route.path if route else 'unmatched'}"
     with tracer.start_as_current_span(
         name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER
     ) as span:
@@ -140,7 +145,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     response.headers["X-Trace-Id"] = trace_id
     timing.add("total", time.perf_counter() - started)
     response.headers["Server-Timing"] = timing.header()
-    attributes = {"route": route.path if route else "unmatched", "method": request.method}
+    attributes = {"route": route.path if route else "unmatched", "method": method}
     counted: dict[str, str | int] = {**attributes, "status": response.status}
     if response.status == 504 and _shortened(request):
         # The client's own deadline, shorter than the platform's p99, ran out: not the

@@ -482,9 +482,22 @@ def test_python_m_gateway_serves_health_docs_and_metrics(
             assert refused.code == 504, refused.read()
         else:
             raise AssertionError("a 1 ms deadline was met")
+        # A method the API does not use (of the few dozen aiohttp's parser takes; it
+        # refuses any other with a 400 of its own) is counted under "_OTHER".
+        brew = urllib.request.Request(f"{base}/v1/products", method="PROPFIND")
+        try:
+            urllib.request.urlopen(brew, timeout=3)
+        except urllib.error.HTTPError as refused:
+            assert refused.code in (404, 405), refused.read()
         with urllib.request.urlopen(f"{side}/metrics", timeout=3) as response:
             scraped = response.read().decode()
         assert "gateway_requests" in scraped
+        assert "PROPFIND" not in scraped
+        assert any(
+            s.name == "gateway_requests_total" and s.labels.get("method") == "_OTHER"
+            for family in text_string_to_metric_families(scraped)
+            for s in family.samples
+        ), scraped
         assert any(
             s.name == "gateway_requests_total"
             and s.labels.get("status") == "504"
