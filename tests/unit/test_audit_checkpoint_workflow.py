@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio import activity
@@ -36,18 +38,23 @@ async def partitions_locked_out() -> PartitionsEnsured:
     raise ApplicationError("canceling statement due to lock timeout", type="LockNotAvailable")
 
 
+def _worker(env: WorkflowEnvironment, queue: str, *activities: Callable[..., Any]) -> Worker:
+    """A worker of the checkpoint workflow with these stand-ins for its activities."""
+    return Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[SignCheckpointWorkflow],
+        workflow_runner=workflow_runner(),
+        activities=list(activities),
+    )
+
+
 async def test_a_checkpoint_is_signed_while_partitions_wait_for_their_lock(
     env: WorkflowEnvironment,
 ) -> None:
     signed.clear()
     queue = f"audit-{uuid.uuid4()}"
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[SignCheckpointWorkflow],
-        workflow_runner=workflow_runner(),
-        activities=[sign_checkpoint, partitions_locked_out],
-    ):
+    async with _worker(env, queue, sign_checkpoint, partitions_locked_out):
         handle = await env.client.start_workflow(
             SignCheckpointWorkflow.run,
             id=f"audit-checkpoint-{uuid.uuid4()}",
@@ -75,13 +82,7 @@ async def test_a_run_signs_first_then_makes_partitions(env: WorkflowEnvironment)
 
     queue = f"audit-{uuid.uuid4()}"
     workflow_id = f"audit-checkpoint-{uuid.uuid4()}"
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[SignCheckpointWorkflow],
-        workflow_runner=workflow_runner(),
-        activities=[sign_checkpoint, made],
-    ):
+    async with _worker(env, queue, sign_checkpoint, made):
         await env.client.execute_workflow(
             SignCheckpointWorkflow.run, id=workflow_id, task_queue=queue
         )
@@ -115,13 +116,7 @@ async def test_a_signing_refused_for_good_still_makes_the_partitions(
 
     queue = f"audit-{uuid.uuid4()}"
     workflow_id = f"audit-checkpoint-{uuid.uuid4()}"
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[SignCheckpointWorkflow],
-        workflow_runner=workflow_runner(),
-        activities=[chain_broken, ensure],
-    ):
+    async with _worker(env, queue, chain_broken, ensure):
         with pytest.raises(WorkflowFailureError) as failed:
             await env.client.execute_workflow(
                 SignCheckpointWorkflow.run, id=workflow_id, task_queue=queue

@@ -238,26 +238,31 @@ async def swap_slow(data: SwapInput) -> SwapResult:
     return SwapResult(old_indices=["products-old"])
 
 
+async def _cancelled_in(env: WorkflowEnvironment, version: str, phase: str) -> None:
+    """Run a reindex with the slow swap, cancel it once it reports `phase`; it fails."""
+    queue = f"search-{uuid.uuid4()}"
+    async with _worker(env, queue, swap_slow):
+        handle = await env.client.start_workflow(
+            ReindexWorkflow.run, ReindexInput(version), id=REINDEX_WORKFLOW_ID, task_queue=queue
+        )
+        for _ in range(400):
+            if (await handle.query(ReindexWorkflow.progress)).phase == phase:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail(f"the reindex never reached {phase}")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+
 async def test_a_reindex_cancelled_while_it_swaps_leaves_its_index(
     env: WorkflowEnvironment,
 ) -> None:
     # The swap may still go through: deleting the new index then would delete the one
     # searches read.
     abandoned.clear()
-    queue = f"search-{uuid.uuid4()}"
-    async with _worker(env, queue, swap_slow):
-        handle = await env.client.start_workflow(
-            ReindexWorkflow.run, ReindexInput("v5"), id=REINDEX_WORKFLOW_ID, task_queue=queue
-        )
-        for _ in range(400):
-            if (await handle.query(ReindexWorkflow.progress)).phase == "swapping":
-                break
-            await asyncio.sleep(0.02)
-        else:
-            pytest.fail("the reindex never reached its swap")
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError):
-            await handle.result()
+    await _cancelled_in(env, "v5", "swapping")
     assert abandoned == []
 
 
@@ -267,20 +272,7 @@ async def test_a_reindex_cancelled_after_its_swap_still_drops_the_old_index(
     # Cancelled in the drop's grace, the old index (still taking no events, read by
     # nothing) was left for good.
     dropped.clear()
-    queue = f"search-{uuid.uuid4()}"
-    async with _worker(env, queue, swap_slow):
-        handle = await env.client.start_workflow(
-            ReindexWorkflow.run, ReindexInput("v6"), id=REINDEX_WORKFLOW_ID, task_queue=queue
-        )
-        for _ in range(400):
-            if (await handle.query(ReindexWorkflow.progress)).phase == "dropping":
-                break
-            await asyncio.sleep(0.02)
-        else:
-            pytest.fail("the reindex never reached its drop")
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError):
-            await handle.result()
+    await _cancelled_in(env, "v6", "dropping")
     assert dropped == [["products-old"]]
     if os.environ.get("AGORA_RECORD_HISTORIES"):
         recorded = await env.client.get_workflow_handle(REINDEX_WORKFLOW_ID).fetch_history()
