@@ -459,7 +459,9 @@ async def _check_alive(lock_conn: asyncpg.Connection) -> None:
     hang as the check did) and the session ends; the next must win the lock again."""
     try:
         await lock_conn.fetchval("SELECT 1", timeout=LOCK_CHECK_TIMEOUT_S)
-    except (TimeoutError, OSError, asyncpg.InterfaceError) as error:
+    except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
+        # InternalClientError: a connection left mid-protocol by a server that went
+        # away ("another operation is in progress"); unusable, as a silent one.
         lock_conn.terminate()
         raise LockConnectionSilent(f"the relay lock's connection is silent: {error!r}") from None
 

@@ -258,6 +258,18 @@ class SilentLockConnection:
         self.terminated = True
 
 
+class BrokenLockConnection(SilentLockConnection):
+    """A connection left mid-protocol by a server that went away (PostgreSQL killed):
+    asyncpg answers the check with InternalClientError, not a connection error."""
+
+    async def fetchval(self, query: str, *_: object, timeout: float | None = None) -> object:  # noqa: ASYNC109 (asyncpg's signature)
+        if "pg_try_advisory_lock" in query:
+            return True
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        )
+
+
 class OneConnectionPool:
     def __init__(self, conn: SilentLockConnection) -> None:
         self.conn = conn
@@ -267,12 +279,17 @@ class OneConnectionPool:
         yield self.conn
 
 
+@pytest.mark.parametrize(
+    "connection", [SilentLockConnection, BrokenLockConnection], ids=["silent", "broken"]
+)
 async def test_a_relay_whose_lock_connection_stopped_answering_publishes_no_more(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, connection: type[SilentLockConnection]
 ) -> None:
+    # Broken: the relay's error ended the process (exit 1) after a PostgreSQL restart,
+    # where a session started again once the database was back.
     monkeypatch.setattr(outbox, "LOCK_CHECK_EVERY_S", 0.0)
     monkeypatch.setattr(outbox, "LOCK_CHECK_TIMEOUT_S", 0.05)
-    lock_conn = SilentLockConnection()
+    lock_conn = connection()
     relay = OutboxRelay(OneConnectionPool(lock_conn), StubProducer, "silent")  # type: ignore[arg-type]
     published: list[int] = []
 
