@@ -25,6 +25,7 @@ import asyncpg
 from temporalio import activity
 
 from agora import outbox
+from agora.errors import DomainError
 from agora.temporal import business_rejections
 from workers.inventory import idempotency, reservations, stocking
 from workers.inventory.model import (
@@ -60,6 +61,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# A release refused with one of these gets the same answer however often it is
+# retried; anything else (a lost connection, a timeout) fails the sweep's activity
+# and Temporal retries it.
+_REFUSED_FOR_GOOD = (
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.DataError,
+    DomainError,
+)
 # Idempotency records past their retention deleted per sweep batch: with one sweep
 # every 30 s, 14 million a day, against the ~5 million 30 orders/s would add.
 PRUNE_BATCH = 5000
@@ -127,7 +136,10 @@ class ExpireDueInput:
 @dataclass
 class ExpireDueResult:
     expired: int  # reservations this call expired (a settled or already expired one is not)
-    more: bool  # the batch was full: more may be due
+    more: bool  # the batch was full and some of it moved: more may be due
+    # Due reservations whose release the database refuses for good (a stock row an
+    # operator corrected under a hold, for one): logged, left held, passed over.
+    failed: int = 0
 
 
 @dataclass
@@ -179,15 +191,27 @@ class InventoryActivities:
         `expired`), so a retried sweep or a release racing it changes nothing twice.
         Each call also prunes idempotency records and settled reservations past their
         retention (the sweep is inventory's housekeeping: its schedule runs it however
-        quiet the shop is)."""
+        quiet the shop is).
+
+        A release the database refuses for good is logged and passed over: one
+        such hold used to fail every attempt of the activity, and with it the
+        expiry of every hold due after it."""
         as_of = datetime.fromisoformat(data.as_of)
-        expired = 0
+        expired = failed = 0
         async with self.pool.acquire() as conn:
             due = await reservations.due(conn, as_of, data.limit)
             for reservation_id in due:
-                result = await reservations.release(
-                    conn, reservation_id, REASON_EXPIRED, workflow=_workflow_ref()
-                )
+                try:
+                    result = await reservations.release(
+                        conn, reservation_id, REASON_EXPIRED, workflow=_workflow_ref()
+                    )
+                except _REFUSED_FOR_GOOD as error:
+                    failed += 1
+                    log.error(
+                        "a due reservation could not be expired; it stays held",
+                        extra={"reservation_id": reservation_id, "error": str(error)},
+                    )
+                    continue
                 expired += result.released
             pruned = await idempotency.prune(conn, PRUNE_BATCH)
             settled = await reservations.prune(conn, PRUNE_BATCH)
@@ -196,7 +220,9 @@ class InventoryActivities:
                 "idempotency records and settled reservations pruned",
                 extra={"rows": pruned, "reservations": settled},
             )
-        return ExpireDueResult(expired=expired, more=len(due) == data.limit)
+        # A batch that all failed would come back whole: no point asking again now.
+        more = len(due) == data.limit and failed < len(due)
+        return ExpireDueResult(expired=expired, more=more, failed=failed)
 
     @activity.defn(name="inventory.commit")
     async def commit(self, data: CommitInput) -> CommitResult:

@@ -161,6 +161,42 @@ async def test_a_reservation_committed_before_its_ttl_is_left_alone_by_the_sweep
     assert await expired_events(pool, reservation.reservation_id) == 0
 
 
+async def test_a_hold_whose_release_is_refused_for_good_does_not_stop_the_sweep(
+    pool: asyncpg.Pool,
+) -> None:
+    # An operator "corrected" a sku's reserved count under a hold: giving the hold
+    # back would take reserved below zero, which the stock row's CHECK refuses on
+    # every attempt. The holds due after it still expire.
+    inventory = InventoryActivities(pool)
+    stuck_sku, sku = await stocked(pool, 5), await stocked(pool, 5)
+    stuck, due = await reserve(inventory, stuck_sku, 2), await reserve(inventory, sku, 3)
+    await pool.execute("UPDATE stock SET reserved = 0 WHERE sku = $1", stuck_sku)
+    await expiring_long_ago(pool, stuck.reservation_id)  # the older: first in the batch
+    await pool.execute(
+        "UPDATE reservations SET expires_at = $2 WHERE reservation_id = $1",
+        due.reservation_id,
+        LONG_AGO + timedelta(seconds=1),
+    )
+    try:
+        # A full batch of nothing but refused holds would come back whole: not "more".
+        only_stuck = await inventory.expire_due(ExpireDueInput(LONG_AGO.isoformat(), limit=1))
+        assert (only_stuck.failed, only_stuck.more) == (1, False)
+        result = await sweep(inventory, LONG_AGO + timedelta(seconds=1))
+        assert result.failed == 1
+        assert (await reservation_row(pool, stuck.reservation_id))["status"] == "held"
+        # Expired by this sweep or, racing it, by the stack's scheduled one: once.
+        assert (await reservation_row(pool, due.reservation_id))["status"] == "expired"
+        assert await available(pool, sku) == 5
+        assert await expired_events(pool, due.reservation_id) == 1
+    finally:
+        # Put the count back, so no later sweep of the stack meets this hold.
+        await pool.execute("UPDATE stock SET reserved = 2 WHERE sku = $1", stuck_sku)
+    again = await sweep(inventory, LONG_AGO + timedelta(seconds=1))
+    assert again.failed == 0
+    assert (await reservation_row(pool, stuck.reservation_id))["status"] == "expired"
+    assert await available(pool, stuck_sku) == 5
+
+
 async def test_on_the_real_stack_the_schedule_expires_a_short_ttl_and_the_stock_returns(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
