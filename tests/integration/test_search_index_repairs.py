@@ -160,6 +160,20 @@ async def test_a_title_prefix_is_highlighted(indices: Indices) -> None:
     assert title == ["<em>Desk</em> <em>lamp</em>"]
 
 
+async def test_a_capitalised_greek_or_turkish_prefix_finds_its_title(indices: Indices) -> None:
+    # Typed in capitals, the last word is lower-cased as the index's analyzer did it:
+    # Python's lower() made ΠΡΟΣ "προς" (final sigma) and İSTA "i̇sta", matching nothing.
+    name = await _searchable(indices)
+    await _index(indices.es, name, "SKU-GREEK", "ΠΡΟΣΦΟΡΑ lamp", "Acme", "home")
+    await _index(indices.es, name, "SKU-TURKISH", "İSTANBUL rug", "Acme", "home")
+    await indices.es.indices.refresh(index=name)
+    api = SearchApi(indices.es, indices)
+
+    for typed, sku in (("ΠΡΟΣ", "SKU-GREEK"), ("İSTA", "SKU-TURKISH")):
+        answer = await api.search(SearchRequest(query=typed))
+        assert [hit.sku for hit in answer.hits] == [sku], typed
+
+
 async def _searchable(indices: Indices) -> str:
     await indices.ensure()
     return indices.index_name(FIRST_VERSION)

@@ -35,6 +35,16 @@ def test_words_phrases_exclusions_and_the_last_word_as_a_prefix() -> None:
 
 
 @pytest.mark.parametrize(
+    ("typed", "indexed"), [("ΠΡΟΣ", "προσ"), ("İSTA", "ista"), ("Lamp", "lamp")]
+)
+def test_the_prefix_is_lower_cased_as_the_index_analyzer_does_it(typed: str, indexed: str) -> None:
+    # Lucene lower-cases code point by code point: no final sigma, no combining dot.
+    assert parse_query(typed).prefix == indexed
+    [must] = build(SearchRequest(query=typed))["query"]["bool"]["must"]
+    assert {"prefix": {"title": {"value": indexed}}} in must["bool"]["should"]
+
+
+@pytest.mark.parametrize(
     "text", ['lamp "warm', "lamp -", "a\x00b", "x" * 300, " ".join(["w"] * 17), "--x"]
 )
 def test_an_unparseable_query_is_an_invalid_argument(text: str) -> None:

@@ -119,8 +119,16 @@ def parse_query(text: str) -> ParsedQuery:
     if terms > MAX_TERMS:
         raise InvalidArgument(f"query has more than {MAX_TERMS} terms")
     if last_bare and not text.endswith((" ", "\t")) and len(last_bare) >= 2:
-        parsed.prefix = last_bare.lower()
+        parsed.prefix = analyzer_lower(last_bare)
     return parsed
+
+
+def analyzer_lower(text: str) -> str:
+    """`text` lower-cased as the index's analyzer did it: Lucene's lowercase filter maps
+    one code point at a time (Java's simple mapping), where `str.lower()` gives a
+    final sigma (ΠΡΟΣ → προς, the index has προσ) and a dotted İ two code points. A
+    prefix query is not analyzed, so its value must be in the index's form already."""
+    return "".join(char.lower()[:1] for char in text)
 
 
 def _text_clauses(parsed: ParsedQuery) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -136,7 +144,7 @@ def _text_clauses(parsed: ParsedQuery) -> tuple[list[dict[str, Any]], list[dict[
                 "zero_terms_query": REQUIRED_WITHOUT_TERMS,
             }
         }
-        if word.lower() == parsed.prefix:
+        if analyzer_lower(word) == parsed.prefix:
             # As-you-type: the last word may be the start of a title word (index_prefixes).
             clause = {
                 "bool": {
