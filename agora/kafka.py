@@ -193,8 +193,12 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str] = EVENT_TOPICS) ->
         await admin.close()
 
 
-def create_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
-    """Idempotent (acks=all, enable_idempotence): a retried send is written once, in order."""
+def create_producer(
+    settings: Settings, client_id: str, *, max_batch_size: int = 16384
+) -> AIOKafkaProducer:
+    """Idempotent (acks=all, enable_idempotence): a retried send is written once, in order.
+    `max_batch_size`: bytes per partition batch (aiokafka's default; the outbox relay's
+    producer takes outbox.ROUND_BYTES, see there)."""
     return AIOKafkaProducer(
         **connection(settings),
         client_id=client_id,
@@ -202,6 +206,7 @@ def create_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         acks="all",
         linger_ms=2,
         request_timeout_ms=10_000,
+        max_batch_size=max_batch_size,
     )
 
 

@@ -22,8 +22,9 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import betterproto2
@@ -68,6 +69,20 @@ LOCK_CHECK_TIMEOUT_S = 5.0
 # Below aiokafka's default max_request_size and the brokers' message.max.bytes (1 MiB),
 # with room for the key and headers.
 MAX_EVENT_BYTES = 900 * 1024
+# A publish round's size, counted as `_record_bytes` does (more than Kafka's record
+# takes), and the relay producer's batch size (kafka.create_producer(max_batch_size=)):
+# a round's rows of any one partition fit one producer batch, so every send of the
+# round is queued at once. With two batches for a partition, the send that opened the
+# second waited for the first to drain; if the first expired meanwhile (a partition
+# without a leader for request_timeout_ms), its sequence numbers were spent, and a
+# broker holding no state for the session's new producer took the second batch: an
+# aggregate's later events in Kafka before the earlier ones the next session resends.
+# It also bounds a round by bytes, not rows alone (500 rows of 900 KiB each were
+# 450 MB in one round's memory). A row larger than this goes in a round by itself.
+ROUND_BYTES = 512 * 1024
+# Per record, above its key, value and headers: Kafka's varints, attributes and
+# deltas take at most about 40 bytes; the rest is margin (the batch header, 61).
+RECORD_OVERHEAD_BYTES = 128
 _meter = metrics.get_meter("agora.outbox")
 _published = _meter.create_counter("agora_outbox_published", description="outbox rows published")
 # Backlog and the oldest unsent row's creation (this process's clock, time.time();
@@ -259,6 +274,8 @@ class OutboxRelay:
         self._oldest: tuple[int, float] | None = None
         # Whether the current session published, or found nothing to publish: see run().
         self._worked = False
+        # The last round left unsent rows behind it (a full read, or cut at ROUND_BYTES).
+        self._more = False
 
     def stop(self) -> None:
         self._stopping.set()
@@ -357,7 +374,7 @@ class OutboxRelay:
                 # After a batch: a session's first publish waits for no prune.
                 await self.prune_sent()
                 pruned_at = time.monotonic()
-            if published == self._batch_size:
+            if published and self._more:
                 continue  # more waiting: no pause
             if self._stopping.is_set():
                 break
@@ -384,7 +401,7 @@ class OutboxRelay:
         row may be of its aggregate, and goes again behind it.
         """
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
+            fetched = await conn.fetch(
                 "SELECT id, topic, aggregate_id, event_id, event_type, envelope,"
                 " extract(epoch FROM now() - created_at) AS age FROM outbox"
                 " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
@@ -392,10 +409,12 @@ class OutboxRelay:
             )
             # The backlog gauge from the same read (one query per wake, not two); only a
             # full batch needs counting what lies beyond it.
-            count = len(rows)
+            count = len(fetched)
             if count == self._batch_size:
                 count = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            self._note_backlog(count, rows[0] if rows else None)
+            self._note_backlog(count, fetched[0] if fetched else None)
+            rows = one_round(fetched)
+            self._more = len(rows) < count
             if not rows:
                 self._worked = True
                 return 0
@@ -468,6 +487,32 @@ async def _check_alive(lock_conn: asyncpg.Connection) -> None:
 
 class LockConnectionSilent(ConnectionResetError):
     """The relay lock's connection did not answer its check and was dropped."""
+
+
+def one_round(rows: Sequence[asyncpg.Record]) -> list[asyncpg.Record]:
+    """The first of `rows` (in id order) that together stay within ROUND_BYTES; the
+    first row always, however large (Kafka refuses one past its limit, see _send)."""
+    taken: list[asyncpg.Record] = []
+    size = 0
+    for row in rows:
+        size += record_bytes(row)
+        if taken and size > ROUND_BYTES:
+            break
+        taken.append(row)
+    return taken
+
+
+def record_bytes(row: Mapping[str, Any]) -> int:
+    """What `row` takes in a producer batch, or a little more: its key, value and
+    headers as _send writes them, plus RECORD_OVERHEAD_BYTES."""
+    headers = len("event_id") + len(str(row["event_id"])) + len("event_type")
+    return (
+        len(row["envelope"])
+        + len(row["aggregate_id"].encode())
+        + headers
+        + len(row["event_type"].encode())
+        + RECORD_OVERHEAD_BYTES
+    )
 
 
 async def _send(

@@ -24,7 +24,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from agora import db, grpc, kafka, pki, process, rollover, temporal
+from agora import db, grpc, kafka, outbox, pki, process, rollover, temporal
 from agora.config import Settings
 from agora.outbox import OutboxRelay
 from agora.process import STARTUP_PATIENCE_S, bootstrap
@@ -176,7 +176,11 @@ async def _serve(
 
     relay = (
         OutboxRelay(
-            pool, lambda: kafka.create_producer(settings, client_id=f"{service}-outbox"), service
+            pool,
+            lambda: kafka.create_producer(
+                settings, client_id=f"{service}-outbox", max_batch_size=outbox.ROUND_BYTES
+            ),
+            service,
         )
         if definition.publishes_events
         else None

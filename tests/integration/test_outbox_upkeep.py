@@ -18,7 +18,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from agora import kafka, outbox
 from agora.config import Settings
 from agora.outbox import OutboxRelay
-from tests.integration.consumerkit import append_event, private_outbox
+from tests.integration.consumerkit import append_event, private_outbox, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -299,3 +299,31 @@ async def test_the_relays_polls_lock_and_marks_run_untraced(
     assert not await unsent(), "the relay did not publish the row"
     # Traced, each poll (one a second when idle) was a trace of its own.
     assert watched.traced and not any(watched.traced), watched.traced
+
+
+async def test_a_backlog_past_a_rounds_bytes_goes_in_rounds_in_order_each_once(
+    settings: Settings, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One aggregate (one partition), more bytes than a round: the relay sends them in
+    # rounds that each fit one producer batch, in the order they were written.
+    monkeypatch.setattr(outbox, "ROUND_BYTES", 4096)
+    topic = f"outbox-rounds-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    written = [await append(pool, topic) for _ in range(40)]
+    relay = OutboxRelay(pool, new_producer=None, service="rounds")  # type: ignore[arg-type]
+    producer = kafka.create_producer(
+        settings, client_id="outbox-rounds", max_batch_size=outbox.ROUND_BYTES
+    )
+    await producer.start()
+    try:
+        rounds = [await relay.publish_batch(producer)]
+        assert 1 < rounds[0] < len(written), "the first round stops at its bytes"
+        while published := await relay.publish_batch(producer):
+            rounds.append(published)
+    finally:
+        await producer.stop()
+    assert sum(rounds) == len(written) and len(rounds) > 2
+    assert not await relay.backlog()
+    records = await read_all(settings, topic, len(written))
+    sent = [uuid.UUID(dict(r.headers)["event_id"].decode()) for r in records]
+    assert sent == written
