@@ -108,6 +108,7 @@ class UpsertBatchInput:
     batch_index: int
     products: list[ProductData]
     create_only: bool = False  # ImportInput.create_only
+    keep_active: list[str] = field(default_factory=list)  # ImportInput.keep_active, this batch's
 
 
 @dataclass
@@ -357,6 +358,7 @@ class CatalogActivities:
         result = UpsertBatchResult()
         written: list[Product] = []
         valid: list[ProductData] = []
+        keep_active = set(data.keep_active)
         for new in data.products:
             try:
                 validate(new)
@@ -392,6 +394,8 @@ class CatalogActivities:
                     f"SELECT {COLUMNS} FROM products WHERE sku = $1 FOR UPDATE", new.sku
                 )
                 before = from_row(row)
+            if new.sku in keep_active:
+                new.active = before.active
             changed = changed_fields(data_of(before), new)
             if not changed or data.create_only:
                 result.unchanged += 1

@@ -105,8 +105,17 @@ class ChangePriceRequest(Strict):
     expected_version: Annotated[int, Field(ge=1)] | None = None
 
 
+class ImportProductRow(ProductFields):
+    sku: Sku
+    active: bool | None = Field(
+        default=None,
+        description="Omitted: a new product is on sale, an existing one keeps its own"
+        " (an import does not bring back a product DELETE deactivated)",
+    )
+
+
 class ImportProductsRequest(Strict):
-    products: Annotated[list[CreateProductRequest], Field(min_length=1, max_length=MAX_IMPORT)]
+    products: Annotated[list[ImportProductRow], Field(min_length=1, max_length=MAX_IMPORT)]
     batch_size: Annotated[int, Field(ge=1, le=500)] = 100
 
 

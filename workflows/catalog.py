@@ -176,6 +176,9 @@ class ImportInput:
     # Products that exist are left as they are, counted unchanged: the demo seed,
     # which `make run` repeats, never reverts an admin's price change or deactivation.
     create_only: bool = False
+    # Skus whose row left `active` out: an existing product keeps its own (a product
+    # DELETE took off sale stays off sale), a new one is on sale.
+    keep_active: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -224,12 +227,14 @@ class ImportProductsWorkflow:
         # patch also screened rows here, in workflow code, where a rule change
         # would have changed their replay; they keep doing so.
         screen_here = not workflow.patched(VALIDATE_IN_ACTIVITY)
+        keep_active = set(data.keep_active)
         for index, batch in enumerate(batches):
             valid = self._screen(batch) if screen_here else batch
             if valid:
+                keep = [p.sku for p in valid if p.sku in keep_active]
                 result = await workflow.execute_activity_method(
                     CatalogActivities.upsert_batch,
-                    UpsertBatchInput(data.import_id, index, valid, data.create_only),
+                    UpsertBatchInput(data.import_id, index, valid, data.create_only, keep),
                     start_to_close_timeout=BATCH_TIMEOUT,
                     heartbeat_timeout=BATCH_HEARTBEAT,
                     retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),

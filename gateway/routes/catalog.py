@@ -255,8 +255,9 @@ async def start_import(request: web.Request, body: ImportProductsRequest) -> Imp
     import_id = idempotency_key(request, required=False)
     data = ImportInput(
         import_id=import_id,
-        products=[_product_data(p.sku, p, p.active) for p in body.products],
+        products=[_product_data(p.sku, p, p.active is not False) for p in body.products],
         batch_size=body.batch_size,
+        keep_active=[p.sku for p in body.products if p.active is None],
     )
     await _refuse_input_over_temporal_limit(gw.upstream.temporal, data)
     async with gw.upstream.call(request, "temporal.ImportProducts") as timeout:

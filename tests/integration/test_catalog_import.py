@@ -172,6 +172,43 @@ async def test_an_import_reports_rejected_rows_and_imports_the_rest(import_api: 
     )
 
 
+async def test_an_import_row_without_active_leaves_a_product_off_sale_and_puts_new_ones_on(
+    import_api: CatalogApi,
+) -> None:
+    # A price feed's rows carry no `active`: it must not bring back a product DELETE
+    # took off sale (a recall), while a new product it brings is on sale.
+    api = import_api
+    pulled, fresh, revived = (f"IMP-{uuid.uuid4().hex[:10]}" for _ in range(3))
+    for sku in (pulled, revived):
+        await api.create(sku=sku)
+        response = await api.client.delete(f"/v1/admin/products/{sku}", headers=api.admin)
+        assert response.status == 200, await response.text()
+    price = {"amount_minor": 777, "currency": "EUR"}
+    rows = [
+        product_body(sku=pulled, price=price),
+        product_body(sku=fresh, price=price),
+        product_body(sku=revived, price=price, active=True),  # said outright: back on sale
+    ]
+    response = await api.client.post(
+        "/v1/admin/products/import", json={"products": rows}, headers=api.admin
+    )
+    assert response.status == 202, await response.text()
+    url = (await response.json())["status_url"]
+
+    async def completed() -> dict[str, Any] | None:
+        status = await _status(api, url)
+        return status if status["state"] == "completed" else None
+
+    status = await eventually(completed)
+    assert (status["created"], status["updated"]) == (1, 2), status
+    shown = {sku: await api.get(sku) for sku in (pulled, fresh, revived)}
+    assert {sku: (p["active"], p["price"]["amount_minor"]) for sku, p in shown.items()} == {
+        pulled: (False, 777),
+        fresh: (True, 777),
+        revived: (True, 777),
+    }
+
+
 async def test_an_import_retried_after_it_completed_does_not_run_again(
     import_api: CatalogApi,
 ) -> None:
