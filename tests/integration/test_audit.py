@@ -39,14 +39,16 @@ from contracts.agora.audit.v1 import (
     VerifyChainRequest,
 )
 from contracts.agora.common.v1 import PageRequest
+from contracts.agora.events.v1 import EventEnvelope
 from tests.integration.auditkit import insert_copy, make_envelope, publish, recorded, superuser
 from tests.integration.conftest import Services
 from tests.integration.consumerkit import decoded
 from tests.integration.observabilitykit import scrape
 from tests.integration.waiting import eventually
 from workers.audit import checkpoints, verification
-from workers.audit.chain import ChainWriter
+from workers.audit.chain import ChainWriter, Incoming, append_in
 from workers.audit.consumer import AuditConsumer
+from workers.audit.envelopes import check
 from workers.audit.signing import PublicKey, load_signer, statement
 from workers.audit.verification import before_first, beyond_head, verify_chain
 from workflows.audit import CHECKPOINT_SCHEDULE_ID, SignCheckpointWorkflow
@@ -163,6 +165,24 @@ async def test_an_unknown_payload_type_is_recorded(settings: Settings, pool: asy
     await publish(settings, "identity.events", bytes(envelope))
     [row] = await recorded(pool, envelope.event_id)
     assert row["payload_type"] == "agora.identity.v2.SomethingNew"
+    # Counted (agora_audit_unknown_payload_type) by the append that stored it, once:
+    # a redelivery, or an append retried after a database error, counts nothing more.
+    async with pool.acquire() as conn, conn.transaction():
+        again = await append_in(conn, [incoming(envelope)])
+    assert (again.appended, again.duplicates, again.unknown_payloads) == (0, 1, ())
+    another = make_envelope()
+    another.payload_type = "agora.identity.v2.SomethingNew"
+    another.event_type = "identity.SomethingNew"
+    async with pool.acquire() as conn, conn.transaction():
+        stored = await append_in(conn, [incoming(another), incoming(make_envelope())])
+    assert stored.appended == 2
+    assert stored.unknown_payloads == ((another.event_id, "agora.identity.v2.SomethingNew"),)
+
+
+def incoming(envelope: EventEnvelope) -> Incoming:
+    """The envelope as the consumer hands it to the chain, checked."""
+    value = bytes(envelope)
+    return Incoming(check(envelope, value), value, "identity.events")
 
 
 async def test_malformed_events_go_to_the_dlq_with_a_reason_and_the_chain_goes_on(

@@ -30,6 +30,10 @@ _appended = _meter.create_counter("agora_audit_appended", description="events ad
 _duplicates = _meter.create_counter(
     "agora_audit_duplicates", description="redelivered events recognised by id and not stored again"
 )
+_unknown_payload = _meter.create_counter(
+    "agora_audit_unknown_payload_type",
+    description="well-formed events recorded whose payload type this build does not know",
+)
 _anomalies = _meter.create_counter(
     "agora_audit_sequence_anomalies",
     description="events whose aggregate sequence has a gap or went backwards",
@@ -70,6 +74,9 @@ class AppendResult:
     head_sequence: int
     head_hash: bytes
     anomalies: tuple[SequenceAnomaly, ...]
+    # (event id, payload type) of the appended events whose payload type this build
+    # does not know: counted once stored, not per delivery or retried append.
+    unknown_payloads: tuple[tuple[str, str], ...] = ()
 
 
 AggregateKey = tuple[str, str, str]
@@ -100,6 +107,12 @@ class ChainWriter:
 def report(result: AppendResult) -> None:
     """Metrics and a warning log line per sequence anomaly of a committed append."""
     _appended.add(result.appended)
+    for event_id, payload_type in result.unknown_payloads:
+        _unknown_payload.add(1, {"payload_type": payload_type})
+        log.warning(
+            "recorded an event of an unknown payload type",
+            extra={"event_id": event_id, "payload_type": payload_type},
+        )
     if result.duplicates:
         _duplicates.add(result.duplicates)
     for anomaly in result.anomalies:
@@ -250,7 +263,12 @@ async def append_in(conn: asyncpg.Connection, items: Sequence[Incoming]) -> Appe
         sequence,
         prev,
     )
-    return AppendResult(len(rows), duplicates, sequence, prev, tuple(anomalies))
+    unknown = tuple(
+        (i.checked.envelope.event_id, i.checked.envelope.payload_type)
+        for i in fresh
+        if not i.checked.payload_known
+    )
+    return AppendResult(len(rows), duplicates, sequence, prev, tuple(anomalies), unknown)
 
 
 LOG_COLUMNS = [

@@ -34,10 +34,6 @@ _meter = metrics.get_meter("agora.audit")
 _rejected = _meter.create_counter(
     "agora_audit_rejected", description="malformed envelopes sent to the dead-letter topic"
 )
-_unknown_payload = _meter.create_counter(
-    "agora_audit_unknown_payload_type",
-    description="well-formed events recorded whose payload type this build does not know",
-)
 
 GROUP = "audit"
 # Each fetch may wait this long to gather events, so a steady trickle costs fewer
@@ -64,14 +60,7 @@ class AuditConsumer:
                 _rejected.add(1, {"topic": record.topic})
                 raise PoisonMessage(f"malformed event: {error}") from error
             incoming.append(Incoming(checked, bytes(record.value), record.topic))
-        for item in incoming:
-            if not item.checked.payload_known:
-                envelope = item.checked.envelope
-                _unknown_payload.add(1, {"payload_type": envelope.payload_type})
-                log.warning(
-                    "recording an event of an unknown payload type",
-                    extra={"event_id": envelope.event_id, "payload_type": envelope.payload_type},
-                )
+        # Events of an unknown payload type are counted by the append, once stored.
         await self._writer.append(incoming)
 
     def spec(self) -> ConsumerSpec:
