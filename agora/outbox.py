@@ -69,7 +69,7 @@ LOCK_CHECK_TIMEOUT_S = 5.0
 # Below aiokafka's default max_request_size and the brokers' message.max.bytes (1 MiB),
 # with room for the key and headers.
 MAX_EVENT_BYTES = 900 * 1024
-# A publish round's size, counted as `_record_bytes` does (more than Kafka's record
+# A publish round's size, counted as `record_bytes` does (more than Kafka's record
 # takes), and the relay producer's batch size (kafka.create_producer(max_batch_size=)):
 # a round's rows of any one partition fit one producer batch, so every send of the
 # round is queued at once. With two batches for a partition, the send that opened the

@@ -105,7 +105,8 @@ class ChainWriter:
 
 
 def report(result: AppendResult) -> None:
-    """Metrics and a warning log line per sequence anomaly of a committed append."""
+    """Metrics, and a warning log line per event of an unknown payload type and per
+    sequence anomaly, of a committed append."""
     _appended.add(result.appended)
     for event_id, payload_type in result.unknown_payloads:
         _unknown_payload.add(1, {"payload_type": payload_type})
