@@ -19,7 +19,6 @@ time, and only the malformed one is refused (and counted, once).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from opentelemetry import metrics
@@ -29,7 +28,6 @@ from agora.kafka import EVENT_TOPICS, ConsumerSpec, Decoded
 from workers.audit.chain import ChainWriter, Incoming
 from workers.audit.envelopes import check
 
-log = logging.getLogger(__name__)
 _meter = metrics.get_meter("agora.audit")
 _rejected = _meter.create_counter(
     "agora_audit_rejected", description="malformed envelopes sent to the dead-letter topic"
