@@ -502,17 +502,24 @@ def one_round(rows: Sequence[asyncpg.Record]) -> list[asyncpg.Record]:
     return taken
 
 
+Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
+
+
+def kafka_record(row: Mapping[str, Any]) -> Record:
+    """An outbox row as the Kafka record _send writes: key, value and headers."""
+    headers = [
+        ("event_id", str(row["event_id"]).encode()),
+        ("event_type", row["event_type"].encode()),
+    ]
+    return row["aggregate_id"].encode(), bytes(row["envelope"]), headers
+
+
 def record_bytes(row: Mapping[str, Any]) -> int:
-    """What `row` takes in a producer batch, or a little more: its key, value and
-    headers as _send writes them, plus RECORD_OVERHEAD_BYTES."""
-    headers = len("event_id") + len(str(row["event_id"])) + len("event_type")
-    return (
-        len(row["envelope"])
-        + len(row["aggregate_id"].encode())
-        + headers
-        + len(row["event_type"].encode())
-        + RECORD_OVERHEAD_BYTES
-    )
+    """What `row` takes in a producer batch, or a little more: its record's key, value
+    and headers plus RECORD_OVERHEAD_BYTES."""
+    key, value, headers = kafka_record(row)
+    named = sum(len(name) + len(content) for name, content in headers)
+    return len(key) + len(value) + named + RECORD_OVERHEAD_BYTES
 
 
 async def _send(
@@ -523,16 +530,9 @@ async def _send(
     futures = []
     refused: BaseException | None = None
     for row in rows:
+        key, value, headers = kafka_record(row)
         try:
-            future = await producer.send(
-                row["topic"],
-                value=bytes(row["envelope"]),
-                key=row["aggregate_id"].encode(),
-                headers=[
-                    ("event_id", str(row["event_id"]).encode()),
-                    ("event_type", row["event_type"].encode()),
-                ],
-            )
+            future = await producer.send(row["topic"], value=value, key=key, headers=headers)
         except KafkaError as error:  # refused before it was queued (too large, say)
             refused = error
             break

@@ -33,15 +33,8 @@ async def test_a_round_of_one_partitions_rows_fits_one_batch_of_the_relays_produ
     )
     batch = producer.create_batch()
     for taken in first:
-        appended = batch.append(
-            key=taken["aggregate_id"].encode(),
-            value=taken["envelope"],
-            timestamp=None,
-            headers=[
-                ("event_id", str(taken["event_id"]).encode()),
-                ("event_type", taken["event_type"].encode()),
-            ],
-        )
+        key, value, headers = outbox.kafka_record(taken)
+        appended = batch.append(key=key, value=value, timestamp=None, headers=headers)
         assert appended is not None, f"row {first.index(taken)} did not fit the batch"
     # The longest such run: one row more would have been past the round's bytes.
     assert sum(outbox.record_bytes(r) for r in rows[: len(first) + 1]) > outbox.ROUND_BYTES
