@@ -43,8 +43,9 @@ from agora import scopes
 from agora.codec import ENCODING, EncryptionCodec, UnknownKey
 from agora.config import Settings
 from gateway.deps import deps
+from gateway.forwarded import client_bucket
 from gateway.problems import Problem
-from gateway.ratelimit import admit_or_refuse
+from gateway.ratelimit import admit_or_refuse, charge_refusal
 from gateway.routing import UNREADABLE_BODY
 from gateway.tokens import Principal
 
@@ -123,12 +124,14 @@ def presented_token(request: web.Request) -> str:
 
 
 async def staff_principal(request: web.Request, token: str) -> Principal:
-    """The token's principal if it is a staff account's, unrevoked and within its rate."""
+    """The token's principal if it is a staff account's, unrevoked and within its rate.
+    A token refused (made up, expired, revoked) costs the sender's address a request
+    of the read class, as on the API's routes (gateway/middleware.py)."""
     gw = deps(request)
     try:
         principal = await gw.verifier.verify(token)
     except Problem as problem:
-        _say_invalid_token(problem)
+        await _refused(request, problem)
         raise
     if principal.is_api_client:
         raise Problem(
@@ -155,18 +158,19 @@ async def staff_principal(request: web.Request, token: str) -> Principal:
             limited="too many codec requests",
         )
     except Problem as problem:
-        _say_invalid_token(problem)  # revoked
+        await _refused(request, problem)  # revoked
         raise
     return principal
 
 
-def _say_invalid_token(problem: Problem) -> None:
-    """A 401 about the token itself says so (RFC 6750); a 503 is not one: the token
-    may be good (gateway/tokens.py)."""
-    if problem.status == 401:
-        problem.headers.setdefault(
-            "WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"'
-        )
+async def _refused(request: web.Request, problem: Problem) -> None:
+    if problem.status != 401:  # a 503 is not a refused token: it may be good
+        return
+    # RFC 6750: a 401 about the token itself says so.
+    problem.headers.setdefault("WWW-Authenticate", f'{_WWW_AUTHENTICATE}, error="invalid_token"')
+    await charge_refusal(
+        deps(request).admitter, "read", client_bucket(request), limited="too many refused tokens"
+    )
 
 
 def check_namespace(request: web.Request) -> str:

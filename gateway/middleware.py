@@ -25,7 +25,7 @@ from gateway.context import DEADLINE, PRINCIPAL, REQUEST_ID, TIMING, TRACE_ID, S
 from gateway.deps import deps
 from gateway.forwarded import client_bucket
 from gateway.problems import INVALID_TOKEN, RETRY_SOON, WWW_AUTHENTICATE, Problem, render
-from gateway.ratelimit import Admission, Verdict
+from gateway.ratelimit import Verdict, charge_refusal
 from gateway.routing import Route
 from gateway.signatures import signed_headers, verify_request
 
@@ -162,27 +162,20 @@ def _refusal(request: web.Request, problem: Problem, trace_id: str) -> web.Respo
 
 
 async def _charge_refused_token(request: web.Request, route: Route) -> None:
-    """A refused token costs its sender a request of its address's bucket, as an
-    unauthenticated request does: refused before admission, a flood of made-up tokens
-    (each one a signature check) was never limited. So do a revoked token, a replayed
-    nonce and missing, malformed or stale signature headers. Raises 429 once the
-    bucket is empty; without Redis the 401 stands."""
+    """A refused token, a revoked one, a replayed nonce and missing, malformed or
+    stale signature headers cost the address a request of the route's class."""
     if route.route_class is None:
         return
-    try:
-        admission = await deps(request).admitter.admit(route.route_class, client_bucket(request))
-    except (RedisError, OSError):
-        return
-    if admission.verdict is Verdict.RATE_LIMITED:
-        raise _rate_limited(route, admission)
-
-
-def _rate_limited(route: Route, admission: Admission) -> Problem:
-    return Problem(
-        "rate-limited",
-        f"limit for {route.route_class} routes exceeded; retry after the Retry-After delay",
-        headers=admission.headers(),
+    await charge_refusal(
+        deps(request).admitter,
+        route.route_class,
+        client_bucket(request),
+        limited=_limited_detail(route),
     )
+
+
+def _limited_detail(route: Route) -> str:
+    return f"limit for {route.route_class} routes exceeded; retry after the Retry-After delay"
 
 
 @web.middleware
@@ -283,7 +276,7 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
             headers={"WWW-Authenticate": INVALID_TOKEN},
         )
     if admission.verdict is Verdict.RATE_LIMITED:
-        raise _rate_limited(route, admission)
+        raise Problem("rate-limited", _limited_detail(route), headers=admission.headers())
     if admission.verdict is Verdict.NONCE_REPLAYED:
         raise Problem("nonce-replayed", "this nonce was already used")
     if signed is not None and principal is not None:

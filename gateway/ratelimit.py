@@ -168,5 +168,21 @@ async def admit_or_refuse(
     return admission
 
 
+async def charge_refusal(
+    admitter: Admitter, route_class: str, bucket: str, *, limited: str
+) -> None:
+    """A request refused before its admission (a made-up or revoked token, a replayed
+    nonce) costs its sender one request of `bucket` (the address's), as an
+    unauthenticated request does: otherwise a flood of them, each a signature check,
+    is never limited. Raises 429 once the bucket is empty; without Redis the refusal
+    the caller is about to raise stands."""
+    try:
+        admission = await admitter.admit(route_class, bucket)
+    except (RedisError, OSError):
+        return
+    if admission.verdict is Verdict.RATE_LIMITED:
+        raise Problem("rate-limited", limited, headers=admission.headers())
+
+
 def nonce_key(client_id: str, nonce: str) -> str:
     return f"gateway:nonce:{client_id}:{nonce}"

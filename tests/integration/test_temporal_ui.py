@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -346,6 +347,32 @@ async def test_codec_refuses_anyone_but_staff(shop: dict[str, Any], orders: dict
     expired = bearer(shop["minter"].token(scope="profile support", exp=1, iat=0, nbf=0))
     response = await client.post("/codec/decode", json=stored, headers=expired)
     await problem(response, 401, "token-expired")
+
+
+async def test_refused_tokens_at_the_codec_are_charged_to_the_sender_s_address(
+    shop: dict[str, Any],
+) -> None:
+    # As on the API's routes: a made-up or revoked token costs the address a request
+    # of the read class, so a flood of them ends in 429s, not endless signature checks.
+    gw, client = shop["gw"], shop["client"]
+    jti = str(uuid.uuid4())
+    revoked = shop["minter"].token(scope="profile support", jti=jti)
+    bucket = "gateway:rl:read:ip:127.0.0.1"  # the test client's address
+    full_for_an_hour = (time.time() + 3600) * 1_000_000
+    await gw.redis.set(f"identity:revoked:jti:{jti}", "1", ex=60)
+    await gw.redis.set(bucket, int(full_for_an_hour), ex=3600)
+    sealed = {"payloads": []}
+    try:
+        for token in ("not.a.jwt", revoked):
+            response = await client.post("/codec/decode", json=sealed, headers=bearer(token))
+            await problem(response, 429, "rate-limited")
+            assert response.headers["Retry-After"]
+    finally:
+        await gw.redis.delete(bucket)
+    response = await client.post("/codec/decode", json=sealed, headers=bearer("not.a.jwt"))
+    await problem(response, 401, "token-malformed")
+    response = await client.post("/codec/decode", json=sealed, headers=bearer(revoked))
+    await problem(response, 401, "token-revoked")
 
 
 async def test_codec_refuses_other_origins_and_namespaces(

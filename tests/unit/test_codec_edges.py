@@ -190,3 +190,81 @@ async def test_a_revoked_staff_token_is_named_an_invalid_token() -> None:
     assert refused.value.headers["WWW-Authenticate"] == (
         'Bearer realm="agora-codec", error="invalid_token"'
     )
+
+
+def _codec_call(verify: Callable[[str], Awaitable[Principal]], admit: object) -> web.Request:
+    app = _gateway(verifier=SimpleNamespace(verify=verify), admitter=SimpleNamespace(admit=admit))
+    return make_mocked_request("POST", "/codec/decode", app=app)
+
+
+async def _made_up(_: str) -> Principal:
+    raise Problem("token-signature-invalid", "the token's signature does not verify")
+
+
+async def _staff(_: str) -> Principal:
+    return Principal("staff-1", "account", frozenset({"support"}), "j", "s", 2_000_000_000, "k")
+
+
+def _admitter(verdicts: dict[str, Verdict], calls: list[tuple[str, str]]) -> object:
+    """An admitter answering per bucket: the staff member's own, or an address's."""
+
+    async def admit(route_class: str, bucket: str, **_: object) -> Admission:
+        calls.append((route_class, bucket))
+        return Admission(verdicts[bucket], limit=10, remaining=0, retry_after_s=3.5, reset_s=9)
+
+    return admit
+
+
+@pytest.mark.parametrize(
+    ("verify", "own_verdict"),
+    [(_made_up, None), (_staff, Verdict.JTI_REVOKED), (_staff, Verdict.SID_REVOKED)],
+    ids=["made-up", "revoked-token", "revoked-session"],
+)
+async def test_a_refused_token_at_the_codec_costs_its_address_a_request(
+    verify: Callable[[str], Awaitable[Principal]], own_verdict: Verdict | None
+) -> None:
+    # As on the API's routes (gateway/middleware.py): refused before any bucket, a
+    # flood of them was answered 401 for ever, each one a signature check.
+    calls: list[tuple[str, str]] = []
+    verdicts = {"staff-1": own_verdict or Verdict.ALLOWED, "ip:127.0.0.1": Verdict.RATE_LIMITED}
+    request = _codec_call(verify, _admitter(verdicts, calls))
+    with mock.patch.object(type(request), "remote", "127.0.0.1"):
+        with pytest.raises(Problem) as refused:
+            await codec.staff_principal(request, "token")
+    assert (refused.value.code, refused.value.status) == ("rate-limited", 429)
+    assert refused.value.headers["Retry-After"] == "4"
+    assert calls[-1] == ("read", "ip:127.0.0.1")
+
+
+async def test_a_refused_token_stays_401_while_its_address_has_requests_left() -> None:
+    calls: list[tuple[str, str]] = []
+    request = _codec_call(_made_up, _admitter({"ip:127.0.0.1": Verdict.ALLOWED}, calls))
+    with mock.patch.object(type(request), "remote", "127.0.0.1"):
+        with pytest.raises(Problem) as refused:
+            await codec.staff_principal(request, "token")
+    assert (refused.value.code, refused.value.status) == ("token-signature-invalid", 401)
+    assert calls == [("read", "ip:127.0.0.1")]
+
+
+async def test_a_refused_token_without_redis_is_still_the_401() -> None:
+    async def down(*_: object, **__: object) -> Admission:
+        raise RedisConnectionError("refused")
+
+    with pytest.raises(Problem) as refused:
+        await codec.staff_principal(_codec_call(_made_up, down), "token")
+    assert (refused.value.code, refused.value.status) == ("token-signature-invalid", 401)
+    assert 'error="invalid_token"' in refused.value.headers["WWW-Authenticate"]
+
+
+async def test_a_token_that_could_not_be_checked_costs_nothing() -> None:
+    # identity's keys unavailable (503): the token may be good; nothing is charged.
+    async def unavailable(_: str) -> Principal:
+        raise Problem("dependency-unavailable", "the signing keys are unavailable")
+
+    async def charged(*_: object, **__: object) -> Admission:
+        raise AssertionError("a token not refused was charged")
+
+    with pytest.raises(Problem) as refused:
+        await codec.staff_principal(_codec_call(unavailable, charged), "token")
+    assert refused.value.status == 503
+    assert "WWW-Authenticate" not in refused.value.headers
