@@ -36,10 +36,12 @@ from grpclib.server import Server, Stream
 from opentelemetry import metrics, trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import SpanKind, StatusCode
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agora import pki
 from agora.config import Settings
-from agora.db import STATEMENT_TIMEOUTS
+from agora.db import FAILOVER_ERRORS, STATEMENT_TIMEOUTS
 from agora.errors import DomainError
 from agora.pki import client_context, server_context
 
@@ -112,6 +114,14 @@ _SERVER_FAULTS = frozenset(
         Status.UNAVAILABLE,
         Status.DATA_LOSS,
     }
+)
+# A store the handler needs could not be reached (PostgreSQL restarting or refusing
+# connections, Redis down): UNAVAILABLE, which callers retry (the gateway's 503),
+# not UNKNOWN, a crash of the handler (the gateway's 502).
+DEPENDENCY_DOWN: tuple[type[BaseException], ...] = (
+    *FAILOVER_ERRORS,
+    RedisConnectionError,
+    RedisTimeoutError,
 )
 _peer_cn: contextvars.ContextVar[str] = contextvars.ContextVar("identity_peer_cn", default="")
 
@@ -233,6 +243,17 @@ def _wrap(func: StreamFunc, method: str, callers: frozenset[str] | None = None) 
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
                 log.warning("gRPC handler timed out", extra={"method": method})
                 raise GRPCError(code, "the request took too long") from None
+            except DEPENDENCY_DOWN as exc:
+                code = Status.UNAVAILABLE
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+                log.warning(
+                    "gRPC handler's store is unavailable: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"method": method},
+                )
+                raise GRPCError(code, "a store the service needs is unavailable; retry") from None
             except BaseException as exc:
                 code = Status.UNKNOWN
                 span.record_exception(exc)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from grpclib import GRPCError
 from grpclib.const import Status
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -83,3 +85,49 @@ async def test_a_query_past_its_timeout_is_deadline_exceeded_not_a_crash(
     assert logged["level"] == "WARNING"
     assert logged["method"] == "/agora.identity.v1.IdentityService/GetJwks"
     assert not [r for r in records(log_lines) if r["message"] == "gRPC handler failed"]
+
+
+async def _redis_down() -> None:
+    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        await dead.exists("identity:revoked:jti:j")  # as Introspect's revocation check
+    finally:
+        await dead.aclose()
+
+
+async def _postgres_down() -> None:
+    await asyncpg.connect("postgresql://agora@127.0.0.1:1/identity", timeout=2)
+
+
+async def _postgres_starting() -> None:
+    raise asyncpg.CannotConnectNowError("the database system is starting up")
+
+
+class StoreDown(IdentityServiceBase):
+    def __init__(self, fail: Callable[[], Awaitable[None]]) -> None:
+        self._fail = fail
+
+    async def get_jwks(self, message: GetJwksRequest) -> GetJwksResponse:
+        await self._fail()
+        raise AssertionError("the store answered")
+
+
+@pytest.mark.parametrize(
+    "fail", [_redis_down, _postgres_down, _postgres_starting], ids=lambda f: f.__name__[1:]
+)
+async def test_a_store_that_cannot_be_reached_is_unavailable_not_a_crash(
+    spans: InMemorySpanExporter, log_lines: io.StringIO, fail: Callable[[], Awaitable[None]]
+) -> None:
+    async with serving(StoreDown(fail)) as channel:
+        with pytest.raises(GRPCError) as failed:
+            await IdentityServiceStub(channel).get_jwks(GetJwksRequest(), timeout=30)
+    # Callers retry UNAVAILABLE (the gateway answers 503); UNKNOWN was a crash (502).
+    assert failed.value.status == Status.UNAVAILABLE
+    assert failed.value.message == "a store the service needs is unavailable; retry"
+    [logged] = [r for r in records(log_lines) if "store is unavailable" in r["message"]]
+    assert logged["level"] == "WARNING"
+    assert logged["method"] == "/agora.identity.v1.IdentityService/GetJwks"
+    assert not [r for r in records(log_lines) if r["message"] == "gRPC handler failed"]
+    [span] = spans.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["rpc.grpc.status_code"] == Status.UNAVAILABLE.value
