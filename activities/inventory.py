@@ -131,15 +131,23 @@ class ExpireDueInput:
 
     as_of: str
     limit: int = 200
+    # The sweep's cursor: only reservations after (after_expires_at, after_id) in the
+    # sweep's order, so holds refused for good are passed over, not read again by
+    # every batch of the run ("" for the first batch).
+    after_expires_at: str = ""
+    after_id: str = ""
 
 
 @dataclass
 class ExpireDueResult:
     expired: int  # reservations this call expired (a settled or already expired one is not)
-    more: bool  # the batch was full and some of it moved: more may be due
+    more: bool  # the batch was full: more may be due after it
     # Due reservations whose release the database refuses for good (a stock row an
     # operator corrected under a hold, for one): logged, left held, passed over.
     failed: int = 0
+    # The last reservation this batch looked at: the next batch's cursor.
+    last_expires_at: str = ""
+    last_id: str = ""
 
 
 @dataclass
@@ -195,12 +203,19 @@ class InventoryActivities:
 
         A release the database refuses for good is logged and passed over: one
         such hold used to fail every attempt of the activity, and with it the
-        expiry of every hold due after it."""
+        expiry of every hold due after it. The next batch starts after the last
+        reservation of this one (the sweep passes the cursor on): a batch of
+        nothing but refused holds, read again, stalled every hold due after them."""
         as_of = datetime.fromisoformat(data.as_of)
+        after = (
+            reservations.DueKey(datetime.fromisoformat(data.after_expires_at), data.after_id)
+            if data.after_expires_at
+            else None
+        )
         expired = failed = 0
         async with self.pool.acquire() as conn:
-            due = await reservations.due(conn, as_of, data.limit)
-            for reservation_id in due:
+            due = await reservations.due(conn, as_of, data.limit, after)
+            for reservation_id in (key.reservation_id for key in due):
                 try:
                     result = await reservations.release(
                         conn, reservation_id, REASON_EXPIRED, workflow=_workflow_ref()
@@ -220,9 +235,14 @@ class InventoryActivities:
                 "idempotency records and settled reservations pruned",
                 extra={"rows": pruned, "reservations": settled},
             )
-        # A batch that all failed would come back whole: no point asking again now.
-        more = len(due) == data.limit and failed < len(due)
-        return ExpireDueResult(expired=expired, more=more, failed=failed)
+        last = due[-1] if due else after
+        return ExpireDueResult(
+            expired=expired,
+            more=len(due) == data.limit,
+            failed=failed,
+            last_expires_at=last.expires_at.isoformat() if last else "",
+            last_id=last.reservation_id if last else "",
+        )
 
     @activity.defn(name="inventory.commit")
     async def commit(self, data: CommitInput) -> CommitResult:

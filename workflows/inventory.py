@@ -95,12 +95,18 @@ class ReservationSweepWorkflow:
     async def run(self) -> int:
         as_of = workflow.now().isoformat()
         expired = 0
+        cursor = ExpireDueInput(as_of)
         for _ in range(SWEEP_BATCHES):
             # Retried until the database takes it (default policy): expiry must happen.
+            # Each batch starts after the last one's (only the activity's input
+            # changes, which replay does not compare: no patch needed).
             done: ExpireDueResult = await workflow.execute_activity_method(
                 InventoryActivities.expire_due,
-                ExpireDueInput(as_of),
+                cursor,
                 start_to_close_timeout=BATCH_STEP_TIMEOUT,
+            )
+            cursor = ExpireDueInput(
+                as_of, after_expires_at=done.last_expires_at, after_id=done.last_id
             )
             expired += done.expired
             if not done.more:

@@ -178,14 +178,26 @@ async def test_a_hold_whose_release_is_refused_for_good_does_not_stop_the_sweep(
         LONG_AGO + timedelta(seconds=1),
     )
     try:
-        # A full batch of nothing but refused holds would come back whole: not "more".
-        only_stuck = await inventory.expire_due(ExpireDueInput(LONG_AGO.isoformat(), limit=1))
-        assert (only_stuck.failed, only_stuck.more) == (1, False)
+        # A full batch of nothing but refused holds: the next batch starts after it
+        # (it used to read the same batch again, and with 200 such holds the sweep
+        # never got past them).
+        cut_off = (LONG_AGO + timedelta(seconds=1)).isoformat()
+        only_stuck = await inventory.expire_due(ExpireDueInput(cut_off, limit=1))
+        assert (only_stuck.failed, only_stuck.expired, only_stuck.more) == (1, 0, True)
+        assert only_stuck.last_id == stuck.reservation_id
+        after = ExpireDueInput(
+            cut_off,
+            limit=1,
+            after_expires_at=only_stuck.last_expires_at,
+            after_id=only_stuck.last_id,
+        )
+        next_batch = await inventory.expire_due(after)
+        assert next_batch.failed == 0, "the refused hold was read again"
+        # Expired by that batch or, racing it, by the stack's scheduled sweep.
+        assert (await reservation_row(pool, due.reservation_id))["status"] == "expired"
         result = await sweep(inventory, LONG_AGO + timedelta(seconds=1))
         assert result.failed == 1
         assert (await reservation_row(pool, stuck.reservation_id))["status"] == "held"
-        # Expired by this sweep or, racing it, by the stack's scheduled one: once.
-        assert (await reservation_row(pool, due.reservation_id))["status"] == "expired"
         assert await available(pool, sku) == 5
         assert await expired_events(pool, due.reservation_id) == 1
     finally:

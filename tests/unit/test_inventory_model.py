@@ -16,10 +16,12 @@ from workers.inventory.model import (
     ReserveResult,
     StockLine,
     StockSnapshot,
+    check_key,
     check_quantity,
     check_sku,
     merge_lines,
 )
+from workers.inventory.reservations import reserve
 
 
 def test_lines_are_merged_per_sku_and_sorted_in_lock_order() -> None:
@@ -45,6 +47,30 @@ def test_ordinary_skus_pass(sku: str) -> None:
 def test_skus_that_cannot_be_catalog_keys_are_refused(sku: str) -> None:
     with pytest.raises(InvalidInventoryRequest):
         check_sku(sku)
+
+
+@pytest.mark.parametrize("key", ["order-\x00", "restock-\ud800", ""])
+def test_keys_postgresql_cannot_store_are_refused_as_the_caller_s_mistake(key: str) -> None:
+    # A NUL (SQLSTATE 22021) or a lone surrogate (asyncpg cannot encode it) failed the
+    # first statement as a retryable error: the activity was retried for ever.
+    with pytest.raises(InvalidInventoryRequest):
+        check_key(key, "key")
+
+
+class _NoDatabase:
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the request reached the database ({name})")
+
+
+async def test_an_order_id_postgresql_cannot_store_is_refused_before_any_query() -> None:
+    with pytest.raises(InvalidInventoryRequest, match="order_id"):
+        await reserve(
+            _NoDatabase(),  # type: ignore[arg-type]
+            "reservation-1",
+            [StockLine("SKU-1", 1)],
+            60,
+            order_id="order-\x00",
+        )
 
 
 def test_zero_is_a_quantity_only_where_allowed() -> None:

@@ -53,7 +53,13 @@ due_batches: list[int] = []
 async def expire_due(data: ExpireDueInput) -> ExpireDueResult:
     calls.append(data)
     found = due_batches.pop(0) if due_batches else 0
-    return ExpireDueResult(expired=found, more=found == data.limit)
+    # The cursor: the batch's last reservation (here the batch's number).
+    return ExpireDueResult(
+        expired=found,
+        more=found == data.limit,
+        last_expires_at="2030-01-01T00:00:00+00:00",
+        last_id=f"batch-{len(calls)}",
+    )
 
 
 @activity.defn(name="inventory.restock")
@@ -106,6 +112,13 @@ async def test_a_sweep_expires_what_is_due_at_its_own_start_batch_after_batch(
     cutoffs = {datetime.fromisoformat(call.as_of) for call in calls}
     assert len(cutoffs) == 1
     assert abs(cutoffs.pop() - started) < timedelta(seconds=5)
+    # Each batch starts after the last reservation the one before looked at, so a
+    # batch of holds the database refuses is not read again by every later batch.
+    assert [(call.after_expires_at, call.after_id) for call in calls] == [
+        ("", ""),
+        ("2030-01-01T00:00:00+00:00", "batch-1"),
+        ("2030-01-01T00:00:00+00:00", "batch-2"),
+    ]
 
 
 async def test_a_sweep_stops_after_its_batch_budget_and_leaves_the_rest_to_the_next(

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from agora import text
 from contracts.agora.inventory.v1 import StockLevel
 from workers.inventory.errors import InvalidInventoryRequest, InvalidQuantity
 
@@ -143,6 +144,9 @@ def check_sku(sku: str) -> str:
 def check_key(key: str, what: str = "key") -> str:
     if not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidInventoryRequest(f"{what} must be 1 to {MAX_KEY_LENGTH} characters")
+    if not text.storable(key):
+        # PostgreSQL refuses it on every retry of the activity: the caller's mistake.
+        raise InvalidInventoryRequest(f"{what} must be text without NUL, in valid Unicode")
     return key
 
 

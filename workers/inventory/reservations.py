@@ -15,6 +15,7 @@ named for its id, so a compensation racing a slow reserve sees a clean state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -86,6 +87,8 @@ async def reserve(
 ) -> ReserveResult:
     """Hold every line or none; raises OutOfStock / UnknownSku (also on a retry of a rejection)."""
     check_key(reservation_id, "reservation_id")
+    if order_id:
+        check_key(order_id, "order_id")
     if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
         raise InvalidInventoryRequest(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")
     merged = merge_lines(lines)
@@ -309,16 +312,40 @@ async def prune(conn: asyncpg.Connection, limit: int) -> int:
     return int(status.split()[-1])
 
 
-async def due(conn: asyncpg.Connection, as_of: datetime, limit: int) -> list[str]:
-    """Held reservations whose expiry is at or before `as_of`, oldest first
-    (the partial index `reservations_held_expiry` holds exactly these rows)."""
-    rows = await conn.fetch(
-        "SELECT reservation_id FROM reservations WHERE status = 'held' AND expires_at <= $1"
-        " ORDER BY expires_at LIMIT $2",
-        as_of,
-        limit,
-    )
-    return [row["reservation_id"] for row in rows]
+@dataclass(frozen=True)
+class DueKey:
+    """A due reservation's place in the sweep's order: (expires_at, reservation_id)."""
+
+    expires_at: datetime
+    reservation_id: str
+
+
+async def due(
+    conn: asyncpg.Connection, as_of: datetime, limit: int, after: DueKey | None = None
+) -> list[DueKey]:
+    """Held reservations whose expiry is at or before `as_of`, oldest first, those
+    after `after` only (the partial index `reservations_held_expiry` holds exactly
+    these rows; the `expires_at >=` bound lets it skip to the cursor)."""
+    if after is None:
+        rows = await conn.fetch(
+            "SELECT expires_at, reservation_id FROM reservations"
+            " WHERE status = 'held' AND expires_at <= $1"
+            " ORDER BY expires_at, reservation_id LIMIT $2",
+            as_of,
+            limit,
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT expires_at, reservation_id FROM reservations"
+            " WHERE status = 'held' AND expires_at <= $1 AND expires_at >= $3"
+            " AND (expires_at, reservation_id) > ($3, $4)"
+            " ORDER BY expires_at, reservation_id LIMIT $2",
+            as_of,
+            limit,
+            after.expires_at,
+            after.reservation_id,
+        )
+    return [DueKey(row["expires_at"], row["reservation_id"]) for row in rows]
 
 
 async def commit(
