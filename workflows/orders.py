@@ -781,21 +781,27 @@ class OrderWorkflow:
         for name, compensation in reversed(self.compensations):
             try:
                 await compensation()
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as cancelled:
                 # Cancelled in Temporal during an undo step, which `remote` has run to
                 # its end: the rest still run; the run ends cancelled (see run).
                 if not workflow.patched(TEMPORAL_CANCEL_COMPENSATES):
                     raise
                 self.cancelled_in_temporal = True
+                if isinstance(cancelled, CancelledStepFailed):
+                    # Its run to its end was refused for good: failed, as below (a
+                    # refund refused so left the customer charged with no trace).
+                    self.compensation_failed(name, "refused when run to its end after a cancel")
             except ActivityError as error:
                 # Compensations are idempotent and retried by Temporal; one that still
                 # fails is logged and the rest still run.
-                workflow.logger.error(
-                    "compensation failed", extra={"step": name, "error": str(error.cause)}
-                )
-                self.compensations_failed.append(name)
-                self.view.reason = f"{self.view.reason}; {name} failed".strip("; ")
+                self.compensation_failed(name, str(error.cause))
         self.compensations.clear()
+
+    def compensation_failed(self, name: str, error: str) -> None:
+        """Logged, and named in the order's reason: the customer may be charged."""
+        workflow.logger.error("compensation failed", extra={"step": name, "error": error})
+        self.compensations_failed.append(name)
+        self.view.reason = f"{self.view.reason}; {name} failed".strip("; ")
 
     def set_reason(self, reason: str) -> None:
         """The order's reason, followed by the compensations that failed for good: a

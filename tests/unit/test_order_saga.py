@@ -1483,6 +1483,29 @@ async def test_a_temporal_cancel_during_the_compensating_refund_records_what_it_
     await keep_history(client, handle.id, "temporal-cancel-at-compensating-refund")
 
 
+async def test_a_compensating_refund_refused_after_a_temporal_cancel_is_named_in_the_reason(
+    client: Client,
+) -> None:
+    # The refund cut short by the cancel, asked again by its key, is refused for good:
+    # the customer stays charged. The order says so, as for any compensation failing
+    # for good; before, the refusal was taken for the cancel itself and left no trace.
+    world.refund_refused = True
+    handle, cancel = await cancelled_in_temporal_during_compensating_refund(client)
+    await cancelled_in_temporal(handle)
+    assert world.calls[-5:] == [
+        "refund:None",
+        "refund:None",
+        "void",
+        "release",
+        "transition:CANCELLED",
+    ]
+    assert world.transition_reasons["CANCELLED"].endswith("; refund payment failed")
+    assert world.transition_refunds["CANCELLED"] == 0
+    answer = await cancel.result()
+    assert (answer.status, answer.refunded_minor) == ("CANCELLED", 0)
+    assert answer.reason.endswith("; refund payment failed")
+
+
 async def cancelled_in_temporal_while_restocking(
     client: Client,
 ) -> tuple[OrderInput, WorkflowHandle[Any, Any]]:
