@@ -58,6 +58,10 @@ class OrdersApi(OrdersServiceBase):
         if not 0 < size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}")
         after = decode_cursor(page.cursor) if page and page.cursor else None
+        if message.status and message.status not in OrderStatus.__members__.values():
+            # A value this service does not know (a newer client's) parses as a nameless
+            # member: it would list nothing, as if the customer had no such orders.
+            raise InvalidArgument(f"status {int(message.status)} is not an order status")
         status = message.status.name if message.status else None
         # One snapshot, as get_order's: each order with the history it had when read.
         async with (
