@@ -29,6 +29,9 @@ from stack.prometheus import Prometheus
 from stack.redis import Redis
 from stack.temporal import Temporal
 
+# apt-get waits this long for a lock another apt holds (a fresh VM's apt-daily).
+APT_LOCK_WAIT = ("-o", "DPkg::Lock::Timeout=300")
+
 
 def infrastructure() -> list[Component]:
     """In start order: telemetry first so every later process can export to it."""
@@ -79,8 +82,9 @@ def install_debian_packages(components: list[Component], ctx: Context) -> None:
     say("apt", f"installing {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        # A fresh VM's apt-daily may hold the lock for a while: wait for it, not fail.
+        ["apt-get", *APT_LOCK_WAIT, "update", "-q"],
+        ["apt-get", *APT_LOCK_WAIT, "install", "-y", "-q", "--no-install-recommends", *missing],
     ):
         if subprocess.run(argv, env=env).returncode != 0:
             raise ComponentError(

@@ -317,6 +317,9 @@ def _tail(ctx: Context, name: str, lines: int = 8) -> str:
 # before is dropped). Kafka alone wrote 100 MB a day of restarts on the test stack.
 LOG_ROTATE_BYTES = 50 * 2**20
 TAIL_BYTES = 64 * 2**10
+# The longest one health-check call may take: a process that accepts the connection
+# and never answers fails the check instead of hanging `up` and `status`.
+HEALTH_CALL_S = 5.0
 
 
 def _rotate(log: Path) -> None:

@@ -65,7 +65,7 @@ class Component:
             self.install(ctx)
         if ctx.running_pid(self.name) is not None and self.stale(ctx):
             say(self.name, "code changed since it started: restarting it")
-            ctx.stop(self.name)
+            self.down(ctx)  # the component's own stop (PostgreSQL's is a fast shutdown)
         if ctx.running_pid(self.name) is not None:
             if _safe(self.healthy, ctx):
                 say(self.name, "already running")
@@ -81,7 +81,7 @@ class Component:
                 return time.monotonic() - started
             except ComponentError:
                 say(self.name, "running but not healthy: restarting it")
-                ctx.stop(self.name)
+                self.down(ctx)
         require_free_ports(self.name, ctx, self.ports)
         self.prepare(ctx)
         self.start(ctx)

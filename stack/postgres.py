@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import math
+import os
 import shutil
 import signal
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from agora.config import SERVICES
 from stack.base import (
+    HEALTH_CALL_S,
     ComponentError,
     Context,
     can_grant_traverse,
@@ -201,8 +204,13 @@ class Postgres(Component):
             user=ensure_system_user(PG_USER),
         )
 
-    def psql(self, ctx: Context, sql: str, *, db: str = "postgres") -> str:
+    def psql(
+        self, ctx: Context, sql: str, *, db: str = "postgres", timeout_s: float | None = None
+    ) -> str:
+        """`sql`'s output; `timeout_s` bounds the whole call (a health check's: a server
+        that accepts the connection and never answers would hang `up` and `status`)."""
         data, run = self._dirs(ctx)
+        env = {**os.environ, "PGCONNECT_TIMEOUT": str(math.ceil(timeout_s))} if timeout_s else None
         result = subprocess.run(
             [
                 pg_bin("psql", data),
@@ -222,13 +230,15 @@ class Postgres(Component):
             ],
             capture_output=True,
             text=True,
+            env=env,
+            timeout=timeout_s,
         )
         if result.returncode != 0:
             raise ComponentError(self.name, f"SQL failed: {sql[:120]}…\n  {result.stderr.strip()}")
         return result.stdout.strip()
 
     def healthy(self, ctx: Context) -> bool:
-        return self.psql(ctx, "select 1") == "1"
+        return self.psql(ctx, "select 1", timeout_s=HEALTH_CALL_S) == "1"
 
     def after_healthy(self, ctx: Context) -> None:
         """One login role and one database per service; a role reaches only its own database."""

@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from stack.base import ComponentError, Context
+from stack.base import HEALTH_CALL_S, ComponentError, Context
 from stack.component import Component
 
 # The dev server runs ONE history shard, and each shard's queue readers are rate
@@ -103,7 +103,9 @@ class Temporal(Component):
         ctx.spawn(self.name, argv)
 
     def healthy(self, ctx: Context) -> bool:
-        return asyncio.run(_describe_namespace(ctx))
+        # Bounded: a server that accepts the connection and never answers would hang
+        # `up` and `status` (wait_until's own timeout is checked between calls).
+        return asyncio.run(asyncio.wait_for(_describe_namespace(ctx), HEALTH_CALL_S))
 
     def urls(self, ctx: Context) -> dict[str, str]:
         return {

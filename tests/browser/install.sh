@@ -17,8 +17,9 @@ apt_install() {
   fi
   say "installing Debian packages: $* (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "$@"
+  # A fresh VM's apt-daily may hold the lock for a while: wait for it, not fail.
+  apt-get -o DPkg::Lock::Timeout=300 update -q
+  apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "$@"
 }
 
 missing=()

@@ -172,3 +172,72 @@ def test_progress_to_a_stderr_gone_does_not_stop_the_work(
 
     monkeypatch.setattr(sys, "stderr", HungUp())
     base.say("postgres", "stopped")  # `stack down` goes on to the next component
+
+
+@pytest.mark.parametrize("why", ["stale", "unhealthy"])
+def test_a_restart_inside_up_stops_the_component_its_own_way(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    # PostgreSQL's own stop is a fast shutdown (SIGINT); the generic SIGTERM waits for
+    # every client session, then SIGKILLs the postmaster alone, leaving its backends.
+    from stack.component import Component
+
+    stops: list[str] = []
+
+    class Restarted(Component):
+        name = "restarted"
+        start_timeout = 5.0
+
+        def installed(self, ctx: Context) -> bool:
+            return True
+
+        def stale(self, ctx: Context) -> bool:
+            return why == "stale"
+
+        def healthy(self, ctx: Context) -> bool:
+            return why == "stale" or ctx.running_pid(self.name) is None
+
+        def patience(self, ctx: Context) -> float:
+            return 0.3
+
+        def down(self, ctx: Context) -> bool:
+            stops.append("own")
+            return ctx.stop(self.name, sig=signal.SIGINT)
+
+        def start(self, ctx: Context) -> None:
+            stops.append("started")
+
+    ctx.spawn("restarted", [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        Restarted().up(ctx)
+    finally:
+        ctx.stop("restarted")
+    assert stops == ["own", "started"]
+
+
+def test_a_temporal_that_accepts_and_never_answers_fails_its_health_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unbounded, the call hung `up` and `status`: wait_until checks its own timeout
+    # only between calls.
+    from stack import temporal
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True)
+    accepting.start()
+    port = silent.getsockname()[1]
+    settings = config.load(
+        {"AGORA_STATE_DIR": str(tmp_path), "AGORA_TEMPORAL_ADDRESS": f"127.0.0.1:{port}"}
+    )
+    assert settings.temporal_address == f"127.0.0.1:{port}"
+    monkeypatch.setattr(temporal, "HEALTH_CALL_S", 0.5)
+    try:
+        with pytest.raises(TimeoutError):
+            temporal.Temporal().healthy(Context(settings))
+    finally:
+        for conn in held:
+            conn.close()
+        silent.close()
