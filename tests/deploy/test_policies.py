@@ -75,7 +75,12 @@ def test_prometheus_backlog_trigger_selects_temporal_namespace_as_scraped(render
     # the server's labels: its `namespace` label is scraped as `exported_namespace`,
     # `namespace` being the Temporal server's Kubernetes namespace.
     temporal = yaml.safe_load((REPO / "deploy/k8s/engines/temporal-values.yaml").read_text())
-    assert not temporal["server"]["metrics"]["serviceMonitor"].get("honorLabels")
+    monitor = temporal["server"]["metrics"]["serviceMonitor"]
+    assert not monitor.get("honorLabels")
+    # Selected by the Prometheus that scrapes Agora's own PodMonitors (the chart's
+    # server-service-monitor.yaml adds additionalLabels to each ServiceMonitor).
+    wanted = _values("production")["global"]["podMonitor"]["labels"]
+    assert wanted and wanted.items() <= (monitor.get("additionalLabels") or {}).items()
     docs = render_with("global.keda.trigger=prometheus")
     namespace = _values("production")["global"]["temporal"]["namespace"]
     for name in policy.SERVICES:
@@ -300,6 +305,27 @@ def test_prometheus_and_ingress_flows(rendered, env):
                 if p["name"] == "http"
             )
             assert from_ns.get("ingress-nginx") == {http}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_ingress_controller_reaches_cert_managers_http01_solver(rendered, env):
+    # The gateway's certificate comes from an ACME issuer; cert-manager runs its
+    # HTTP-01 solver pods in this namespace, which the default deny closed to the
+    # ingress controller: the certificate was never issued, nor renewed.
+    docs = rendered[env]
+    issuers = {
+        ingress["metadata"].get("annotations", {}).get("cert-manager.io/cluster-issuer")
+        for ingress in policy.find(docs, "Ingress")
+    }
+    assert issuers - {None}, "no ingress names an ACME issuer: nothing to check"
+    assert policy.one(docs, "NetworkPolicy", "agora-default-deny")
+    solver = policy.one(docs, "NetworkPolicy", "agora-acme-http01-solver")
+    assert solver is not None
+    solver_pod = {"acme.cert-manager.io/http01-solver": "true"}
+    assert policy.selects(solver["spec"]["podSelector"], solver_pod)
+    [rule] = solver["spec"]["ingress"]
+    assert rule["from"] == _values(env)["global"]["ingressController"]["peers"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8089}]
 
 
 def _values(env: str) -> dict:
@@ -722,6 +748,34 @@ def test_temporal_client_certificate_is_mounted_from_its_secret(render_with, ser
                 TEMPORAL_CLIENT_SECRET,
                 key,
             ), (name, kind)
+
+
+def test_temporal_clouds_api_key_reaches_every_workload_and_keeps_their_own_secrets(
+    render_with,
+):
+    # docs/deploy.md once said to pass it through each chart's secretEnv: a list set
+    # there replaces the chart's own, and identity (its KEK) and audit (its signing
+    # key) then could not start in the prod profile.
+    docs = render_with(
+        "global.temporal.apiKeySecret.name=agora-temporal-api-key",
+        "global.temporal.apiKeySecret.key=api-key",
+    )
+    for name in policy.WORKLOADS:
+        variables = policy.env_of(policy.pod_spec(docs, name)["containers"][0])
+        ref = variables["AGORA_TEMPORAL_API_KEY"]["secretKeyRef"]
+        assert ref == {"name": "agora-temporal-api-key", "key": "api-key"}, name
+    identity = policy.env_of(policy.pod_spec(docs, "identity")["containers"][0])
+    audit = policy.env_of(policy.pod_spec(docs, "audit")["containers"][0])
+    assert "AGORA_IDENTITY_KEK" in identity
+    assert "AGORA_AUDIT_SIGNING_KEY" in audit
+
+
+def test_no_temporal_api_key_by_default_and_none_without_its_key(rendered, render_with):
+    for name in policy.WORKLOADS:
+        variables = policy.env_of(policy.pod_spec(rendered["production"], name)["containers"][0])
+        assert "AGORA_TEMPORAL_API_KEY" not in variables, name
+    with pytest.raises(pytest.fail.Exception, match=r"apiKeySecret.key"):
+        render_with("global.temporal.apiKeySecret.name=agora-temporal-api-key")
 
 
 def test_no_temporal_client_certificate_without_its_secret(render_with):

@@ -179,6 +179,11 @@ global:
     # true: the Secret's ca.crt is the CA of the server's certificate (a cluster with
     # its own CA), AGORA_TEMPORAL_TLS_CA; false: the system's roots (Temporal Cloud).
     tlsServerCA: false
+    # Temporal Cloud's API key: the Secret (in this namespace) and key holding it,
+    # AGORA_TEMPORAL_API_KEY of every workload that uses Temporal. Not through a
+    # chart's secretEnv: a list set there replaces the chart's own (identity's KEK,
+    # audit's signing key), and those would not start.
+    apiKeySecret: {name: "", key: ""}
     peers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: temporal}}}]
   kafka:
     bootstrap: agora-kafka-kafka-bootstrap.kafka.svc:9092

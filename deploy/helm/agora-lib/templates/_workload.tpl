@@ -27,6 +27,14 @@
 {{- with $g.temporal.uiUrl }}
 - {name: AGORA_TEMPORAL_UI_URL, value: {{ . | quote }}}
 {{- end }}
+{{- if and $v.uses.temporal $g.temporal.apiKeySecret.name }}
+{{- if not $g.temporal.apiKeySecret.key }}
+{{- fail "global.temporal.apiKeySecret.key: the key of the Secret that holds the Temporal API key" }}
+{{- end }}
+- name: AGORA_TEMPORAL_API_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ $g.temporal.apiKeySecret.name }}, key: {{ $g.temporal.apiKeySecret.key }}}
+{{- end }}
 {{- if and $v.uses.temporal $g.temporal.tlsSecret }}
 {{- $dir := include "agora-lib.temporalTLSDir" . }}
 - {name: AGORA_TEMPORAL_TLS_CERT, value: {{ printf "%s/tls.crt" $dir | quote }}}
