@@ -342,7 +342,29 @@ def exclusive(ctx: Context) -> Iterator[None]:
         except BlockingIOError:
             say("stack", "waiting for another `python -m stack` command on this stack to end")
             fcntl.flock(lock, fcntl.LOCK_EX)
+        _claim_for_profile(ctx)
         yield
+
+
+def _claim_for_profile(ctx: Context) -> None:
+    """A state folder holds one profile's stack. With AGORA_STATE_DIR exported, the
+    test profile's `up` read the dev stack's pid records: it found each component
+    running and unhealthy on the test ports, restarted it on the dev data, and the
+    tests then wrote to (and killed) the dev stores."""
+    marker = ctx.state / "profile"
+    profile = ctx.settings.profile
+    try:
+        claimed = marker.read_text().strip()
+    except FileNotFoundError:
+        marker.write_text(profile + "\n")
+        return
+    if claimed != profile:
+        raise ComponentError(
+            "stack",
+            f"{ctx.state} holds the {claimed} profile's stack, not the {profile} profile's",
+            hint=f"point AGORA_STATE_DIR at another folder for the {profile} profile"
+            " (make test uses the test/ subfolder of an exported one), or unset it",
+        )
 
 
 def ensure_system_user(name: str) -> str | None:

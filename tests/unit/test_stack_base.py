@@ -241,3 +241,22 @@ def test_a_temporal_that_accepts_and_never_answers_fails_its_health_check(
         for conn in held:
             conn.close()
         silent.close()
+
+
+def test_a_state_folder_holds_one_profiles_stack(tmp_path: Path) -> None:
+    # With AGORA_STATE_DIR exported, the test profile's `up` read the dev stack's pid
+    # records, restarted its components on the test ports over the dev data, and the
+    # tests wrote to (and killed) the dev stores.
+    dev = Context(config.load({"AGORA_STATE_DIR": str(tmp_path)}))
+    test = Context(config.load({"AGORA_STATE_DIR": str(tmp_path), "AGORA_PROFILE": "test"}))
+    with base.exclusive(dev):
+        pass
+    with base.exclusive(dev):  # the same profile again: its own stack
+        pass
+    with pytest.raises(ComponentError, match="holds the dev profile's stack") as refused:
+        with base.exclusive(test):
+            raise AssertionError("the test profile got the dev stack's folder")
+    assert "fix: point AGORA_STATE_DIR at another folder" in str(refused.value)
+    own = Context(config.load({"AGORA_STATE_DIR": str(tmp_path / "test"), "AGORA_PROFILE": "test"}))
+    with base.exclusive(own):  # make test's subfolder
+        pass
