@@ -90,7 +90,8 @@ ROUTES = [
         body=RegisterRequest,
         response=RegisterResponse,
         status=201,
-        problems=("email-taken", "conflict", "invalid-argument"),
+        # upstream-rate-limited: password hashing saturated (agora/passwords.py).
+        problems=("email-taken", "conflict", "invalid-argument", "upstream-rate-limited"),
     ),
     Route(
         "GET",

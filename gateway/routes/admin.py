@@ -107,12 +107,18 @@ async def revoke_api_client(request: web.Request, _: None) -> None:
         raise Problem("not-found", "no such API client") from None
     principal = principal_of(request)
     async with gw.upstream.call(request, "temporal.RevokeApiClient") as timeout:
+        # Idempotent by the client: a second DELETE (a double click, a retry after a
+        # 504) joins the running revoke or reads the done one, 204, where it was a 409
+        # "already started". Another admin's request is the same revoke (the id is not
+        # a caller's key): same_request=False.
         await gw.upstream.execute_workflow(
             RevokeApiClientWorkflow.run,
             RevokeApiClientInput(client_id=client_id, revoked_by=principal.subject),
             id=revoke_api_client_workflow_id(client_id),
             task_queue=TASK_QUEUE,
             budget_s=timeout,
+            idempotent=True,
+            same_request=False,
         )
     gw.secrets.forget(client_id)
 

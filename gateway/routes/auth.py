@@ -134,7 +134,8 @@ ROUTES = [
         route_class="auth",
         body=SignInRequest,
         response=TokenResponse,
-        problems=_TOKEN_PROBLEMS,
+        # upstream-rate-limited: identity's password checks saturated (RESOURCE_EXHAUSTED).
+        problems=(*_TOKEN_PROBLEMS, "upstream-rate-limited"),
         secret_answers=True,
     ),
     Route(

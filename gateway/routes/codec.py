@@ -288,7 +288,12 @@ ROUTES = [
         "codec",
         raw_response="text/html",
         # A form's sign-in goes to identity: its refusal, or its failure to answer.
-        problems=(*_CODEC_PROBLEMS, "invalid-credentials", *UPSTREAM_PROBLEMS),
+        problems=(
+            *_CODEC_PROBLEMS,
+            "invalid-credentials",
+            "upstream-rate-limited",  # identity's password checks saturated
+            *UPSTREAM_PROBLEMS,
+        ),
         form=SignInForm,
         other_answers=(Answer(204, "Session opened for a staff Bearer token (no page)"),),
         # A form's sign-in page shows its problem; a Bearer call gets problem+json.

@@ -7,7 +7,7 @@ from aiohttp import web
 from gateway.deps import deps
 from gateway.health import readiness_checks, run_checks
 from gateway.openapi import DOCS_HTML, OPENAPI
-from gateway.routing import Route
+from gateway.routing import Answer, Route
 from gateway.schemas import HealthResponse, JwksResponse
 
 
@@ -59,6 +59,7 @@ ROUTES = [
         "Readiness: signing keys (JWKS) loaded",
         "meta",
         response=HealthResponse,
+        other_answers=(Answer(503, "Not ready: the same body, a check false", "application/json"),),
     ),
     Route(
         "GET",

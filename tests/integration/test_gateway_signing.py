@@ -6,6 +6,7 @@ after its first verified request, so the check is one HMAC in the gateway).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -187,6 +188,32 @@ async def test_a_client_id_spelled_in_upper_case_signs_in_and_revokes_the_same_c
         "/v1/admin/api-clients/not-a-client", headers=bearer(admin_token)
     )
     await problem(not_an_id, 404, "not-found")
+
+
+async def test_a_revoke_sent_twice_at_once_is_one_revoke_answered_twice(
+    api: Api, admin_token: str
+) -> None:
+    # A double click, or a retry after a 504 while the first still runs: the second
+    # DELETE joins the first's workflow (it was a 409 "already started"), and one sent
+    # after it has ended reads its outcome.
+    victim = await create_client(api, admin_token, ["profile"])
+    path = f"/v1/admin/api-clients/{victim['client_id']}"
+    first, second = await asyncio.gather(
+        api.client.delete(path, headers=bearer(admin_token)),
+        api.client.delete(path, headers=bearer(admin_token)),
+    )
+    assert (first.status, second.status) == (204, 204), (await first.text(), await second.text())
+    again = await api.client.delete(path, headers=bearer(admin_token))
+    assert again.status == 204, await again.text()
+    token = api.client.post(
+        "/v1/auth/token",
+        json={
+            "grant_type": "client_credentials",
+            "client_id": victim["client_id"],
+            "client_secret": victim["client_secret"],
+        },
+    )
+    await problem(await token, 401, "invalid-credentials")
 
 
 async def test_api_clients_cannot_create_api_clients(api: Api, machine: dict[str, Any]) -> None:

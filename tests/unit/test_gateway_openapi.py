@@ -165,3 +165,22 @@ def test_only_plain_reads_are_served_without_redis() -> None:
     assert not by_operation[("GET", "/v1/audit/events")].fails_open
     assert not by_operation[("GET", "/v1/admin/api-clients")].fails_open
     assert not by_operation[("POST", "/v1/orders")].fails_open
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "named"),
+    [
+        # Password hashing or checking saturated (agora/passwords.py, identity's
+        # RESOURCE_EXHAUSTED): answered, but the document named only rate-limited.
+        ("post", "/v1/accounts", "429", "upstream-rate-limited"),
+        ("post", "/v1/auth/signin", "429", "upstream-rate-limited"),
+        ("post", "/codec/session", "429", "upstream-rate-limited"),
+        # Answered while the signing keys are not loaded.
+        ("get", "/readyz", "503", "Not ready"),
+    ],
+)
+def test_every_answer_a_route_gives_is_documented(
+    method: str, path: str, status: str, named: str
+) -> None:
+    responses = offline_app()[OPENAPI]["paths"][path][method]["responses"]
+    assert named in responses[status]["description"]
