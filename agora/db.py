@@ -7,11 +7,13 @@ import logging
 import threading
 import zlib
 from pathlib import Path
+from urllib.parse import quote
 
 import asyncpg
 import psycopg2
 from tenacity import RetryCallState, Retrying, retry_if_result, wait_fixed
 from yoyo import get_backend, read_migrations
+from yoyo.backends import DatabaseBackend
 
 from agora.config import Settings
 
@@ -74,8 +76,17 @@ MIGRATION_LOCK_POLL_S = 0.5
 MIGRATION_LOCK_LOG_S = 30.0
 
 
+def migration_backend(dsn: str) -> DatabaseBackend:
+    """yoyo's backend, whose own connection runs the migrations, each in a transaction
+    that may hold ACCESS EXCLUSIVE locks: with the KEEPALIVES too, or a process lost
+    mid-migration left that transaction, and every pod of the service blocked on it,
+    for the ~2 h of Linux's keepalive defaults."""
+    separator = "&" if "?" in dsn else "?"
+    return get_backend(f"{dsn}{separator}options={quote(keepalive_options(), safe='')}")
+
+
 def _migrate(dsn: str, directory: Path, halt: threading.Event) -> int:
-    backend = get_backend(dsn)
+    backend = migration_backend(dsn)
     migrations = read_migrations(str(directory))
     # A session-level advisory lock on a connection of its own, not yoyo's lock table:
     # a row in the table outlives a process killed while holding it (OOM, SIGKILL, a
@@ -160,8 +171,12 @@ def _migration_lock_holder(lock: psycopg2.extensions.connection) -> int | None:
 
 def connect_sync(dsn: str) -> psycopg2.extensions.connection:
     """A psycopg2 connection (for the migrations' lock) with the platform's KEEPALIVES."""
-    options = " ".join(f"-c {name}={value}" for name, value in KEEPALIVES.items())
-    return psycopg2.connect(backend_dsn(dsn), options=options)
+    return psycopg2.connect(backend_dsn(dsn), options=keepalive_options())
+
+
+def keepalive_options() -> str:
+    """KEEPALIVES as libpq's `options` (settings sent at the connection's start)."""
+    return " ".join(f"-c {name}={value}" for name, value in KEEPALIVES.items())
 
 
 def backend_dsn(dsn: str) -> str:

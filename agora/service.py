@@ -105,6 +105,9 @@ class ServiceDefinition:
     # search, whose store is Elasticsearch (a PostgreSQL failover must not take search
     # out of rotation, nor Elasticsearch down leave it in).
     needs_postgres: bool = True
+    # What its own stores' outages look like while it builds (beyond STARTUP_TRANSIENT):
+    # search's Elasticsearch restarting, whose client errors are not OSErrors.
+    start_transient: tuple[type[BaseException], ...] = ()
 
 
 def _certificate_rollover(
@@ -172,7 +175,12 @@ async def _serve(
     channels = grpc.Channels(settings, caller=service)
     rt = Runtime(settings, service, pool, redis, producer, client, channels)
     # Building ensures schedules, indices and partitions: idempotent, so retried too.
-    parts = await starting("service parts", lambda: definition.build(rt), stop=stop)
+    parts = await starting(
+        "service parts",
+        lambda: definition.build(rt),
+        also=definition.start_transient,
+        stop=stop,
+    )
 
     relay = (
         OutboxRelay(
@@ -244,6 +252,11 @@ async def _serve(
     # A component that crashed while draining (the relay's last flush, a consumer's
     # last commit) exits non-zero too: read before, it left with 0 and no log.
     failed += _failed(t for t in tasks if t not in failed)
+    cut = [t.get_name() for t in remaining if not t.done()]
+    if cut:
+        # Nothing is lost (outbox rows stay, uncommitted offsets are redelivered), but
+        # on-call can tell that a last flush or batch was cut.
+        log.warning("shutdown budget spent: cancelling %s", ", ".join(cut), extra={"tasks": cut})
     for task in tasks:
         task.cancel()
 

@@ -45,10 +45,17 @@ class Telemetry:
     meter_provider: MeterProvider
 
     def shutdown(self) -> None:
-        """Flush what is buffered; called last on graceful shutdown."""
-        self.tracer_provider.force_flush(5_000)
+        """Flush what is buffered; called last on graceful shutdown, after the drain's
+        budget (agora.service.SHUTDOWN_BUDGET_S): a few seconds at most, even with the
+        collector unreachable (it took 12 s, past Kubernetes' SIGKILL)."""
+        self.tracer_provider.force_flush(EXPORT_TIMEOUT_S * 1000)
         self.tracer_provider.shutdown()
-        self.meter_provider.shutdown(timeout_millis=5_000)
+        self.meter_provider.shutdown(timeout_millis=EXPORT_TIMEOUT_S * 1000)
+
+
+# One export to the collector, its retries included (the SDK's default is 10 s): a
+# collector away costs the process's shutdown no more than this, per provider.
+EXPORT_TIMEOUT_S = 2
 
 
 _installed: Telemetry | None = None
@@ -180,7 +187,9 @@ def setup_telemetry(settings: Settings, service: str) -> Telemetry:
     if settings.tracing_enabled:
         tracer_provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True),
+                OTLPSpanExporter(
+                    endpoint=settings.otlp_endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S
+                ),
                 schedule_delay_millis=500,
             )
         )
@@ -189,7 +198,9 @@ def setup_telemetry(settings: Settings, service: str) -> Telemetry:
     if settings.tracing_enabled:
         readers.append(
             PeriodicExportingMetricReader(
-                OTLPMetricExporter(endpoint=settings.otlp_endpoint, insecure=True),
+                OTLPMetricExporter(
+                    endpoint=settings.otlp_endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S
+                ),
                 export_interval_millis=15_000,
             )
         )

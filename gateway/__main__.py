@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import logging
 
-import uvloop
-from aiohttp import web
-
 from agora import config
 from agora.leave import run_and_leave
 from agora.logs import setup_logging
-from agora.process import StoppedStarting, bootstrap
-from agora.sideport import SidePort
-from gateway.app import build_app, close_gateway, create_gateway
-from gateway.health import readiness_checks
 
 log = logging.getLogger("gateway")
 
 
 async def serve() -> None:
-    # Before the settings are read, so a setting refused is one JSON line, like the
-    # rest; `bootstrap` sets logging up again at the configured level.
-    setup_logging("gateway")
+    # Imported once logging is JSON (main): a dependency missing from an image is one
+    # line with the service (run_and_leave logs it "crashed"), not a bare traceback.
+    from aiohttp import web
+
+    from agora.process import StoppedStarting, bootstrap
+    from agora.sideport import SidePort
+    from gateway.app import build_app, close_gateway, create_gateway
+    from gateway.health import readiness_checks
+
     settings = config.load(service="gateway")
     telemetry, stop = bootstrap(settings, "gateway")
 
@@ -56,6 +55,12 @@ async def serve() -> None:
 
 
 def main() -> None:
+    # Before the gateway's modules are imported and the settings read, so a missing
+    # dependency or a setting refused is one JSON line, like the rest; `bootstrap`
+    # sets logging up again at the configured level.
+    setup_logging("gateway")
+    import uvloop
+
     uvloop.run(serve())
 
 

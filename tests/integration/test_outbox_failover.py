@@ -46,6 +46,14 @@ async def test_the_platforms_connections_end_a_silent_peers_backend_within_a_min
             assert cursor.fetchone() == ("20",)
     finally:
         lock.close()
+    # And yoyo's, which runs them (each in a transaction holding its locks).
+    backend = db.migration_backend(settings.db_dsn("identity"))
+    try:
+        cursor = backend.connection.cursor()
+        cursor.execute("SHOW tcp_keepalives_idle")
+        assert cursor.fetchone() == ("20",)
+    finally:
+        backend.connection.close()
 
 
 class Database:

@@ -172,3 +172,24 @@ async def test_a_stop_while_starting_ends_the_wait(
         await service.run_service(definition, config.load({}))  # no SystemExit
 
     assert ran == []
+
+
+async def test_a_component_cut_off_by_the_budget_is_named(
+    wired: asyncio.Event, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A relay whose last flush outlasts the budget is cancelled: nothing is lost (its
+    # rows stay in the outbox), but on-call could not tell it was cut.
+    class SlowRelay(Relay):
+        async def run(self) -> None:
+            await self.stopping.wait()
+            await asyncio.Event().wait()  # a flush that never ends
+
+    monkeypatch.setattr(service, "OutboxRelay", SlowRelay)
+    monkeypatch.setattr(service, "SHUTDOWN_BUDGET_S", 0.2)
+    definition = ServiceDefinition(name="orders", build=lambda _: give(ServiceParts()))
+    asyncio.get_running_loop().call_later(0.05, wired.set)
+    with caplog.at_level(logging.WARNING, logger="agora.service"):
+        async with asyncio.timeout(10):
+            await service.run_service(definition, config.load({}))
+    [cut] = [r for r in caplog.records if r.getMessage().startswith("shutdown budget spent")]
+    assert cut.tasks == ["outbox-relay"]  # type: ignore[attr-defined]

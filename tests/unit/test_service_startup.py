@@ -46,3 +46,27 @@ async def test_an_outage_longer_than_the_patience_ends_the_start() -> None:
 
     with pytest.raises(ConnectionRefusedError):
         await starting("migrations", step, patience_s=0.3)
+
+
+async def test_search_rides_out_elasticsearch_restarting_while_it_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its client's errors are not OSErrors: the first refused connection ended the
+    # start, and the pod went into a crash-loop back-off.
+    import elastic_transport
+
+    from workers.search import DEFINITION
+
+    failures = [
+        elastic_transport.ConnectionError("refused"),
+        elastic_transport.ConnectionTimeout("timed out"),
+    ]
+
+    async def build() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "built"
+
+    monkeypatch.setattr(process, "wait_exponential", lambda **_: lambda _state: 0)
+    built = await starting("service parts", build, also=DEFINITION.start_transient)
+    assert (built, failures) == ("built", [])

@@ -35,3 +35,19 @@ def test_a_missing_dependency_is_one_json_line_naming_the_service() -> None:
     [crash] = [line for line in lines if line["message"] == "crashed"]
     assert (crash["service"], crash["level"]) == ("search", "CRITICAL")
     assert "No module named 'grpclib" in crash["exc_info"]
+
+
+def test_the_gateway_too_fails_in_one_json_line() -> None:
+    # Its entry point imported aiohttp, temporalio, grpclib, redis and joserfc before
+    # logging was set up: a bare Python traceback, no service, no "crashed" line.
+    script = BLOCKED.replace('["workers", "search"]', '["gateway"]').replace(
+        'run_module("workers"', 'run_module("gateway"'
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 1, ran.stderr
+    lines = [json.loads(line) for line in ran.stderr.splitlines()]
+    [crash] = [line for line in lines if line["message"] == "crashed"]
+    assert (crash["service"], crash["level"]) == ("gateway", "CRITICAL")
+    assert "No module named 'grpclib" in crash["exc_info"]

@@ -6,6 +6,8 @@ The wiring lives in `wiring.py`, imported only when the service is built.
 
 from __future__ import annotations
 
+import elastic_transport
+
 from agora.service import Runtime, ServiceDefinition, ServiceParts
 
 
@@ -16,5 +18,10 @@ async def build(rt: Runtime) -> ServiceParts:
 
 
 DEFINITION = ServiceDefinition(
-    name="search", build=build, publishes_events=False, needs_postgres=False
+    name="search",
+    build=build,
+    publishes_events=False,
+    needs_postgres=False,
+    # Elasticsearch restarting while a pod starts: ridden out, not a crash-loop.
+    start_transient=(elastic_transport.ConnectionError, elastic_transport.ConnectionTimeout),
 )

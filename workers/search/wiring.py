@@ -37,7 +37,11 @@ async def build_parts(rt: Runtime) -> ServiceParts:
     settings = rt.settings
     es = elasticsearch(settings)
     indices = Indices(es, settings.search_index_prefix, settings.search_refresh_interval)
-    await indices.ensure()
+    try:
+        await indices.ensure()
+    except BaseException:
+        await es.close()  # the start retries the build with a client of its own
+        raise
     activities = SearchActivities(
         es,
         indices,
