@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 # Runs the entry point with `grpclib` (which the runtime imports) missing, as from an
 # image built without it.
 BLOCKED = textwrap.dedent(
@@ -26,22 +28,20 @@ BLOCKED = textwrap.dedent(
 )
 
 
-def test_a_missing_dependency_is_one_json_line_naming_the_service() -> None:
-    ran = subprocess.run(
-        [sys.executable, "-c", BLOCKED], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert ran.returncode == 1, ran.stderr
-    lines = [json.loads(line) for line in ran.stderr.splitlines()]
-    [crash] = [line for line in lines if line["message"] == "crashed"]
-    assert (crash["service"], crash["level"]) == ("search", "CRITICAL")
-    assert "No module named 'grpclib" in crash["exc_info"]
-
-
-def test_the_gateway_too_fails_in_one_json_line() -> None:
-    # Its entry point imported aiohttp, temporalio, grpclib, redis and joserfc before
-    # logging was set up: a bare Python traceback, no service, no "crashed" line.
-    script = BLOCKED.replace('["workers", "search"]', '["gateway"]').replace(
-        'run_module("workers"', 'run_module("gateway"'
+@pytest.mark.parametrize(
+    ("module", "argv", "service"),
+    [
+        ("workers", '["workers", "search"]', "search"),
+        # The gateway's entry point imported aiohttp, temporalio, grpclib, redis and
+        # joserfc before logging was set up: a bare traceback, no "crashed" line.
+        ("gateway", '["gateway"]', "gateway"),
+    ],
+)
+def test_a_missing_dependency_is_one_json_line_naming_the_service(
+    module: str, argv: str, service: str
+) -> None:
+    script = BLOCKED.replace('["workers", "search"]', argv).replace(
+        'run_module("workers"', f'run_module("{module}"'
     )
     ran = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
@@ -49,5 +49,5 @@ def test_the_gateway_too_fails_in_one_json_line() -> None:
     assert ran.returncode == 1, ran.stderr
     lines = [json.loads(line) for line in ran.stderr.splitlines()]
     [crash] = [line for line in lines if line["message"] == "crashed"]
-    assert (crash["service"], crash["level"]) == ("gateway", "CRITICAL")
+    assert (crash["service"], crash["level"]) == (service, "CRITICAL")
     assert "No module named 'grpclib" in crash["exc_info"]
