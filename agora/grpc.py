@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from ssl import SSLContext
 from typing import Any
 
+import asyncpg
 from grpclib import GRPCError
 from grpclib._typing import IServable
 from grpclib.client import Channel
@@ -41,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agora import pki
 from agora.config import Settings
-from agora.db import FAILOVER_ERRORS, STATEMENT_TIMEOUTS
+from agora.db import STATEMENT_TIMEOUTS
 from agora.errors import DomainError
 from agora.pki import client_context, server_context
 
@@ -118,8 +119,15 @@ _SERVER_FAULTS = frozenset(
 # A store the handler needs could not be reached (PostgreSQL restarting or refusing
 # connections, Redis down): UNAVAILABLE, which callers retry (the gateway's 503),
 # not UNKNOWN, a crash of the handler (the gateway's 502).
+# Connection errors only: another OSError in a handler (a file not found) is a bug,
+# answered UNKNOWN with its traceback.
 DEPENDENCY_DOWN: tuple[type[BaseException], ...] = (
-    *FAILOVER_ERRORS,
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    asyncpg.PostgresConnectionError,  # a connection lost mid-query among them
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
     RedisConnectionError,
     RedisTimeoutError,
 )

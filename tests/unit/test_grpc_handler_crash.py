@@ -51,6 +51,21 @@ def records(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
+async def test_a_file_not_found_in_a_handler_is_a_crash_not_a_store_away(
+    log_lines: io.StringIO,
+) -> None:
+    # An OSError, but no connection's: a bug, answered UNKNOWN with its traceback.
+    async def missing() -> None:
+        raise FileNotFoundError("/var/run/agora/codec/codec-keys.json")
+
+    async with serving(StoreDown(missing)) as channel:
+        with pytest.raises(GRPCError) as failed:
+            await IdentityServiceStub(channel).get_jwks(GetJwksRequest(), timeout=30)
+    assert failed.value.status == Status.UNKNOWN
+    [crash] = [r for r in records(log_lines) if r["message"] == "gRPC handler failed"]
+    assert "FileNotFoundError" in crash["exc_info"]
+
+
 async def test_a_crash_is_one_log_record_with_the_spans_trace_id_and_its_traceback(
     spans: InMemorySpanExporter, log_lines: io.StringIO, stub: IdentityServiceStub
 ) -> None:
