@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(chaos_report.markdown(result))
     say(f"written: {stem}.md and {stem}.json; verdict {'PASS' if result.ok else 'FAIL'}")
+    if not result.ok:
+        say("failed: " + "; ".join(result.failures))
     return 0 if result.ok else 1
 
 

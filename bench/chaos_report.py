@@ -96,7 +96,24 @@ class ChaosResult:
 
     @property
     def ok(self) -> bool:
-        return all(v.ok for v in self.verdicts) and not any(f.restore_error for f, _ in self.faults)
+        return not self.failures
+
+    @property
+    def failures(self) -> list[str]:
+        """Why the run fails: an invariant, a component not restored, and the clients:
+        orders placed again after every fault, none failed after its retries (the
+        stores stayed consistent in a run where no order succeeded, which passed)."""
+        failed = [f"invariant {v.name}" for v in self.verdicts if not v.ok]
+        failed += [f"{f.name} not restored" for f, _ in self.faults if f.restore_error]
+        failed += [
+            f"no order succeeded after {f.name}"
+            for f, _ in self.faults
+            if not f.recovered.get("order")
+        ]
+        lost = self.totals["by_kind"].get("order", {}).get("failed", 0)
+        if lost:
+            failed.append(f"{lost} order requests failed after the client's retries")
+        return failed
 
 
 def _ms(values: tuple[float, float, float]) -> str:
@@ -153,7 +170,8 @@ def markdown(result: ChaosResult) -> str:
         "",
         f"Profile `{meta['profile']}`, {meta['cpus']} CPUs. Load through the gateway: "
         f"{meta['mix']}. Each fault: SIGKILL, {meta['down_s']} s down, `up` again, then"
-        f" {meta['quiet_s']} s of quiet load. Verdict: **{'PASS' if result.ok else 'FAIL'}**.",
+        f" {meta['quiet_s']} s of quiet load. Verdict: **{'PASS' if result.ok else 'FAIL'}**"
+        + (f" ({'; '.join(result.failures)})." if result.failures else "."),
         "",
         "## Faults",
         "",
