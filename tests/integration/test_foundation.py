@@ -318,8 +318,10 @@ async def test_outbox_relay_delivers_every_event_once_in_effect_across_a_crash(
                 schema,
                 str(batch),
             ],
+            # In pytest's process group (no session of its own): not recorded for
+            # `stack down`, it must get the signals that stop pytest, or it outlives
+            # a killed run and keeps retrying against the test ports.
             env={**os.environ, "PYTHONPATH": os.getcwd()},
-            start_new_session=True,
         )
 
     async def sent() -> int:
