@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -324,28 +324,25 @@ async def due(
     conn: asyncpg.Connection, as_of: datetime, limit: int, after: DueKey | None = None
 ) -> list[DueKey]:
     """Held reservations whose expiry is at or before `as_of`, oldest first, those
-    after `after` only (the partial index `reservations_held_expiry` holds exactly
-    these rows; the `expires_at >=` bound lets it skip to the cursor)."""
-    if after is None:
-        rows = await conn.fetch(
-            "SELECT expires_at, reservation_id FROM reservations"
-            " WHERE status = 'held' AND expires_at <= $1"
-            " ORDER BY expires_at, reservation_id LIMIT $2",
-            as_of,
-            limit,
-        )
-    else:
-        rows = await conn.fetch(
-            "SELECT expires_at, reservation_id FROM reservations"
-            " WHERE status = 'held' AND expires_at <= $1 AND expires_at >= $3"
-            " AND (expires_at, reservation_id) > ($3, $4)"
-            " ORDER BY expires_at, reservation_id LIMIT $2",
-            as_of,
-            limit,
-            after.expires_at,
-            after.reservation_id,
-        )
+    after `after` only, from the start without it (the partial index
+    `reservations_held_expiry` holds exactly these rows; the `expires_at >=` bound
+    lets it skip to the cursor)."""
+    after = after or _BEFORE_EVERY_RESERVATION
+    rows = await conn.fetch(
+        "SELECT expires_at, reservation_id FROM reservations"
+        " WHERE status = 'held' AND expires_at <= $1 AND expires_at >= $3"
+        " AND (expires_at, reservation_id) > ($3, $4)"
+        " ORDER BY expires_at, reservation_id LIMIT $2",
+        as_of,
+        limit,
+        after.expires_at,
+        after.reservation_id,
+    )
     return [DueKey(row["expires_at"], row["reservation_id"]) for row in rows]
+
+
+# Sorts before any reservation: ids are never empty (check_key).
+_BEFORE_EVERY_RESERVATION = DueKey(datetime.min.replace(tzinfo=UTC), "")
 
 
 async def commit(
