@@ -20,8 +20,10 @@ from contracts.agora.identity.v1 import (
 from contracts.agora.identity.v1 import (
     CreateApiClientRequest as CreateApiClientCall,
 )
+from gateway import idempotency
 from gateway.context import principal_of
 from gateway.deps import deps
+from gateway.idempotency import idempotency_key
 from gateway.problems import Problem
 from gateway.routing import Route
 from gateway.schemas import (
@@ -70,9 +72,20 @@ async def create_api_client(
             "permission-denied",
             f"your token does not hold these scopes: {' '.join(sorted(beyond))}",
         )
+    # Optional: with a key, a retry after a lost answer gets the same client and
+    # secret again (identity keeps the key an hour) instead of a second client whose
+    # secret nobody received; the same key with another body is 409. Scoped to the
+    # session (which a refresh keeps), so the key read elsewhere, by another session
+    # of the same account, shows no secret.
+    key = ""
+    if idempotency.HEADER in request.headers:
+        key = f"{principal.sid}:{idempotency_key(request, required=True)}"
     gw = deps(request)
     call = CreateApiClientCall(
-        name=body.name, owner_account_id=principal.subject, scopes=list(body.scopes)
+        name=body.name,
+        owner_account_id=principal.subject,
+        scopes=list(body.scopes),
+        idempotency_key=key,
     )
     async with gw.upstream.call(request, "identity.CreateApiClient") as timeout:
         reply = await gw.upstream.identity.create_api_client(call, timeout=timeout)
@@ -128,7 +141,8 @@ ROUTES = [
         "POST",
         "/v1/admin/api-clients",
         create_api_client,
-        "Create an API client; the answer holds its secret, shown this once",
+        "Create an API client; the answer holds its secret, shown this once"
+        " (a retry with the same Idempotency-Key within an hour shows it again)",
         "admin",
         auth=True,
         scopes=ADMIN,
@@ -136,8 +150,9 @@ ROUTES = [
         body=CreateApiClientRequest,
         response=CreatedApiClientResponse,
         status=201,
-        problems=("invalid-argument", "permission-denied"),
+        problems=("invalid-argument", "permission-denied", "conflict"),
         secret_answers=True,
+        idempotency="optional",
     ),
     Route(
         "GET",

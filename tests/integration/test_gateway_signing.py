@@ -190,6 +190,45 @@ async def test_a_client_id_spelled_in_upper_case_signs_in_and_revokes_the_same_c
     await problem(not_an_id, 404, "not-found")
 
 
+async def test_a_creation_retried_with_its_idempotency_key_answers_the_first_client_again(
+    gateway: tuple[Gateway, TestClient], api: Api, db: asyncpg.Pool
+) -> None:
+    # A retry after a lost 201 minted a second client whose secret nobody received.
+    email = await register_admin(gateway[0])
+    admin_token = (await api.sign_in(email))["access_token"]
+    key = f"create-{uuid.uuid4().hex}"
+    body = {"name": f"svc-{uuid.uuid4().hex[:6]}", "scopes": ["profile"]}
+
+    async def create(sent: dict[str, Any], with_key: str, token: str = admin_token) -> Any:
+        headers = bearer(token) | {"Idempotency-Key": with_key}
+        return await api.client.post("/v1/admin/api-clients", json=sent, headers=headers)
+
+    first, second = await asyncio.gather(create(body, key), create(body, key))
+    assert first.status == second.status == 201, await first.text()
+    one, two = await first.json(), await second.json()
+    assert one["client_id"] == two["client_id"]
+    assert one["client_secret"] == two["client_secret"]
+    assert second.headers["Cache-Control"] == "no-store"
+    created = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
+        one["client_id"],
+        "identity.ApiClientCreated",
+    )
+    assert created == 1
+    # The secret it answers again is the client's: it signs in.
+    assert await client_token(api, two)
+
+    other = await create(body | {"scopes": ["catalog:read"]}, key)
+    await problem(other, 409, "conflict")
+    # The key is the session's: the same admin's other session (the key read from a
+    # log, say) gets a client of its own, not this one's secret.
+    elsewhere = await create(body, key, (await api.sign_in(email))["access_token"])
+    assert elsewhere.status == 201, await elsewhere.text()
+    assert (await elsewhere.json())["client_id"] != one["client_id"]
+    malformed = await create(body, "short")
+    await problem(malformed, 400, "invalid-argument")
+
+
 async def test_a_revoke_sent_twice_at_once_is_one_revoke_answered_twice(
     api: Api, admin_token: str
 ) -> None:

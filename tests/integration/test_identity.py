@@ -795,6 +795,64 @@ async def test_api_client_lifecycle(
     ]
 
 
+async def revoke_client(temporal: Client, client_id: str, by: str) -> None:
+    await temporal.execute_workflow(
+        RevokeApiClientWorkflow.run,
+        RevokeApiClientInput(client_id=client_id, revoked_by=by),
+        id=revoke_api_client_workflow_id(client_id),
+        task_queue=TASK_QUEUE,
+    )
+
+
+async def test_an_api_client_creation_key_answers_its_retries_within_an_hour(
+    identity: IdentityServiceStub, temporal: Client, db: asyncpg.Pool
+) -> None:
+    owner, other = await register(temporal, new_email()), await register(temporal, new_email())
+
+    def ask(account: AccountRef, name: str = "nightly export") -> CreateApiClientRequest:
+        return CreateApiClientRequest(
+            name=name,
+            owner_account_id=account.account_id,
+            scopes=["catalog:read", "profile"],
+            idempotency_key="create-export-1",
+        )
+
+    first, second = await asyncio.gather(
+        identity.create_api_client(ask(owner)), identity.create_api_client(ask(owner))
+    )
+    assert first.client is not None and second.client is not None
+    assert first.client.client_id == second.client.client_id
+    assert first.client_secret == second.client_secret
+    owned = await db.fetchval(
+        "SELECT count(*) FROM api_clients WHERE owner_account_id = $1",
+        uuid.UUID(owner.account_id),
+    )
+    assert owned == 1
+    events = await db.fetch(
+        "SELECT event_type FROM outbox WHERE aggregate_id = $1", first.client.client_id
+    )
+    assert [e["event_type"] for e in events] == ["identity.ApiClientCreated"]
+
+    # The key is the owner's: another account's same key is its own client.
+    theirs = await identity.create_api_client(ask(other))
+    assert theirs.client is not None and theirs.client.client_id != first.client.client_id
+
+    # The same key for another client, or a day later, answers nothing.
+    reused = identity.create_api_client(ask(owner, name="another export"))
+    assert await status_of(reused) == Status.ABORTED
+    await db.execute(
+        "UPDATE api_clients SET created_at = now() - interval '61 minutes' WHERE client_id = $1",
+        uuid.UUID(first.client.client_id),
+    )
+    assert await status_of(identity.create_api_client(ask(owner))) == Status.ABORTED
+    # Nor does a revoked client's key: no 201 for a dead client.
+    await revoke_client(temporal, theirs.client.client_id, other.account_id)
+    assert await status_of(identity.create_api_client(ask(other))) == Status.ABORTED
+
+    ownerless = CreateApiClientRequest(name="x", scopes=["profile"], idempotency_key="k" * 8)
+    assert await status_of(identity.create_api_client(ownerless)) == Status.INVALID_ARGUMENT
+
+
 async def test_creating_an_api_client_with_an_unknown_scope_is_rejected(
     identity: IdentityServiceStub,
 ) -> None:

@@ -155,7 +155,7 @@ class RecordingClients:
     def __init__(self) -> None:
         self.created: list[str] = []
 
-    async def create(self, name: str, owner: str, scopes: list[str]) -> Any:
+    async def create(self, name: str, owner: str, scopes: list[str], key: str = "") -> Any:
         self.created.append(name)
         raise LookupError("stop here: the caller check passed")
 

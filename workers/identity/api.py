@@ -144,7 +144,7 @@ class IdentityApi(IdentityServiceBase):
         if peer_cn() not in API_CLIENT_CREATORS:
             raise NotTheGateway("only the gateway may create API clients")
         client, secret = await self.clients.create(
-            message.name, message.owner_account_id, list(message.scopes)
+            message.name, message.owner_account_id, list(message.scopes), message.idempotency_key
         )
         return CreateApiClientResponse(client=_api_client(client), client_secret=secret)
 

@@ -9,7 +9,9 @@ can ask for it to check signatures.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
+import json
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from agora import keyset, outbox, scopes
-from agora.errors import InvalidArgument
+from agora.errors import Conflict, InvalidArgument
 from contracts.agora.identity.v1 import (
     ApiClientCreated,
     ApiClientRevoked,
@@ -37,6 +39,13 @@ TOPIC = "identity.events"
 SECRET_PREFIX = "ags_"  # "Agora signing secret": recognisable by secret scanners
 MAX_PAGE = 200
 _COLUMNS = "client_id, name, owner_account_id, scopes, created_at, revoked_at"
+# How long a creation's Idempotency-Key answers a retry (with the secret) again:
+# long enough for a client's retries after a lost answer, short for a key that leaked.
+KEY_REPLAY = dt.timedelta(hours=1)
+MAX_KEY = 200  # the gateway's `<sid>:<Idempotency-Key>`: 36 + 1 + 128
+KEY_REUSED = "this idempotency key created a client with another name or scopes"
+KEY_EXPIRED = "this idempotency key created a client more than an hour ago: use a new key"
+KEY_REVOKED = "the client this idempotency key created is revoked: use a new key"
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,12 @@ def _context(client_id: str) -> str:
     return f"api_client:{client_id}"
 
 
+def _creation_digest(name: str, granted: list[str]) -> str:
+    """What a creation asked for, so a key reused for another client is refused."""
+    canonical = json.dumps({"name": name, "scopes": sorted(granted)}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def parse_client_id(text: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(text)
@@ -90,9 +105,17 @@ class ApiClients:
         self._box = box
 
     async def create(
-        self, name: str, owner_account_id: str, requested: list[str]
+        self, name: str, owner_account_id: str, requested: list[str], key: str = ""
     ) -> tuple[ApiClientRow, str]:
-        """Insert a client and its ApiClientCreated event; returns it with its clear secret."""
+        """Insert a client and its ApiClientCreated event; returns it with its clear secret.
+
+        `key` (the caller's Idempotency-Key, scoped to the owner): a retry whose
+        answer was lost gets the first creation again, secret included, where it
+        would mint a second client whose secret nobody received. Only within
+        `KEY_REPLAY`, for the same name and scopes, and while the client is not
+        revoked: otherwise `Conflict`. The gateway scopes the key to the caller's
+        session too (`<sid>:<key>`), so another session of the owner reads nothing.
+        """
         if not name.strip():
             raise InvalidArgument("name is required")
         try:
@@ -104,6 +127,11 @@ class ApiClients:
         owner = parse_client_id(owner_account_id) if owner_account_id else None
         if owner_account_id and owner is None:
             raise InvalidArgument("owner_account_id must be a UUID")
+        digest = _creation_digest(name.strip(), granted) if key else None
+        if key and (owner is None or len(key) > MAX_KEY or "\x00" in key):
+            raise InvalidArgument(
+                f"an idempotency_key is 1-{MAX_KEY} characters and needs an owner"
+            )
         client_id = str(uuid.uuid4())
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         async with self._pool.acquire() as conn, conn.transaction():
@@ -111,17 +139,25 @@ class ApiClients:
                 "SELECT 1 FROM accounts WHERE account_id = $1", owner
             ):
                 raise AccountNotFound("no such owner account")
+            # A concurrent creation with the same key waits here for the other's
+            # commit, then inserts nothing and reads the row that one wrote.
             row = await conn.fetchrow(
-                "INSERT INTO api_clients"
-                " (client_id, name, owner_account_id, scopes, secret_sealed, kek_id)"
-                f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+                "INSERT INTO api_clients (client_id, name, owner_account_id, scopes,"
+                " secret_sealed, kek_id, creation_key, creation_digest)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " ON CONFLICT (owner_account_id, creation_key) WHERE creation_key IS NOT NULL"
+                f" DO NOTHING RETURNING {_COLUMNS}",
                 uuid.UUID(client_id),
                 name.strip(),
                 owner,
                 granted,
                 self._box.seal(secret.encode(), _context(client_id)),
                 self._box.kek_id,
+                key or None,
+                digest,
             )
+            if row is None:
+                return await self._replay(conn, owner, key, digest)
             await outbox.append(
                 conn,
                 producer="identity",
@@ -136,6 +172,28 @@ class ApiClients:
                 ),
             )
         return ApiClientRow.of(row), secret
+
+    async def _replay(
+        self, conn: asyncpg.Connection, owner: uuid.UUID | None, key: str, digest: str | None
+    ) -> tuple[ApiClientRow, str]:
+        """The client `key` created, with its secret, as its creation answered."""
+        row = await conn.fetchrow(
+            f"SELECT {_COLUMNS}, secret_sealed, creation_digest, now() - created_at AS age"
+            " FROM api_clients WHERE owner_account_id = $1 AND creation_key = $2",
+            owner,
+            key,
+        )
+        if row["creation_digest"] != digest:
+            raise Conflict(KEY_REUSED)
+        if row["age"] > KEY_REPLAY:
+            # Past the window a key answers nothing: a caller still retrying has long
+            # lost track, and whoever learns the key later reads no secret with it.
+            raise Conflict(KEY_EXPIRED)
+        client = ApiClientRow.of(row)
+        if client.revoked_at is not None:
+            raise Conflict(KEY_REVOKED)  # not a 201 for a client that is dead
+        secret = self._box.open(bytes(row["secret_sealed"]), _context(client.client_id))
+        return client, secret.decode()
 
     async def signing_secret(self, client_id: str) -> tuple[str, tuple[str, ...]]:
         """The clear secret and scopes of an active client whose owner is not disabled.

@@ -272,6 +272,15 @@ class CreateApiClientRequest(betterproto2.Message):
     Scopes the client may request; each must be a known platform scope.
     """
 
+    idempotency_key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The caller's Idempotency-Key (at most 200 characters; the gateway sends
+    `<session id>:<header>`), scoped to the owner account, which it needs: a
+    retry with the same key and request within an hour answers the first
+    creation again, secret included; with another request, later, or once the
+    client is revoked, ABORTED. Empty: every call creates a client.
+    """
+
 
 default_message_pool.register_message(
     "agora.identity.v1", "CreateApiClientRequest", CreateApiClientRequest
