@@ -384,6 +384,7 @@ class OrderWorkflow:
 
     @cancel_order.validator
     def _validate_cancel(self, request: CancelInput) -> None:
+        self._for_this_order(request.order_id)
         if self.finished:
             raise ApplicationError(
                 f"the order is already {self.view.status.lower()}", type="OrderFinished"
@@ -397,8 +398,20 @@ class OrderWorkflow:
 
     @complete_payment.validator
     def _validate_completion(self, request: CompletePaymentInput) -> None:
+        self._for_this_order(request.order_id)
         if self.view.status != "AWAITING_PAYMENT":
             raise ApplicationError("the order is not waiting for a payment", type="NotAwaiting")
+
+    @staticmethod
+    def _for_this_order(order_id: str) -> None:
+        """Refuse an update whose input names another order (or none). The codec's
+        encryption proves a payload was written by a holder of the key ring, not which
+        run it was for: a cancel or a card token copied from another order's history
+        (with the rights to read histories and send updates, not the key) would act
+        here. Validators do not run on replay: updates accepted before the field
+        existed replay as they ran."""
+        if order_workflow_id(order_id) != workflow.info().workflow_id:
+            raise ApplicationError("this update is for another order", type="WrongOrder")
 
     # The saga ---------------------------------------------------------------
 

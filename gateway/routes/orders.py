@@ -411,7 +411,7 @@ async def _cancel_running(
         async with asyncio.timeout(timeout):
             view: OrderView = await handle.execute_update(
                 OrderWorkflow.cancel_order,
-                CancelInput(principal_of(request).subject, body.reason),
+                CancelInput(principal_of(request).subject, body.reason, order.order_id),
                 # One cancel per saga: a retried or repeated cancel joins the first
                 # (Temporal deduplicates updates by id) instead of adding an update
                 # that waits beside it, up to the run's limit of 10 in flight.
@@ -482,7 +482,7 @@ async def complete_payment(request: web.Request, body: CompletePaymentRequest) -
         async with asyncio.timeout(timeout):
             view = await handle.execute_update(
                 OrderWorkflow.complete_payment,
-                CompletePaymentInput(body.card_token),
+                CompletePaymentInput(body.card_token, order.order_id),
                 id=update_id,
                 rpc_timeout=timedelta(seconds=timeout),
             )

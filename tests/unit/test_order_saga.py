@@ -771,7 +771,7 @@ async def test_a_payment_step_landing_with_the_unpaid_timeout_is_taken(
     completion = asyncio.create_task(
         handle.execute_update(
             OrderWorkflow.complete_payment,
-            CompletePaymentInput("tok_after_action"),
+            CompletePaymentInput("tok_after_action", order_id=order_id_of(handle)),
             id="complete-payment",
         )
     )
@@ -800,7 +800,8 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
         "requires_action",
     )
     await handle.execute_update(
-        OrderWorkflow.complete_payment, CompletePaymentInput("tok_after_action")
+        OrderWorkflow.complete_payment,
+        CompletePaymentInput("tok_after_action", order_id=order_id_of(handle)),
     )
     assert (await handle.result()).status == "COMPLETED"
     await keep_history(client, handle.id, "payment-action")
@@ -814,13 +815,42 @@ async def test_a_completed_payment_action_lets_the_order_complete(client: Client
     assert world.voided == [f"{order.order_id}:authorize:1:void"]
 
 
+@pytest.mark.parametrize(
+    "update",
+    [
+        (OrderWorkflow.complete_payment, CompletePaymentInput("tok_stolen", order_id="another")),
+        (OrderWorkflow.cancel_order, CancelInput("cust-2", order_id="another")),
+        (OrderWorkflow.cancel_order, CancelInput("cust-2")),
+    ],
+    ids=["payment-for-another-order", "cancel-for-another-order", "cancel-naming-no-order"],
+)
+async def test_an_update_naming_another_order_is_refused(
+    client: Client, update: tuple[Any, Any]
+) -> None:
+    # An update's payload copied from another order's history (encrypted, so the
+    # workers take it) acted on this one: a cancel, or another customer's card token.
+    order, handle = await started_awaiting_payment(client, payment_timeout_s=900)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(*update)
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "WrongOrder"
+    assert (await handle.query(OrderWorkflow.status)).status == "AWAITING_PAYMENT"
+    assert world.calls.count("authorize") == 1
+    await handle.execute_update(
+        OrderWorkflow.complete_payment,
+        CompletePaymentInput("tok_after_action", order_id=order.order_id),
+    )
+    assert (await handle.result()).status == "COMPLETED"
+
+
 async def paid_after_a_refused_void(client: Client) -> tuple[OrderInput, WorkflowHandle[Any, Any]]:
     """A 3-D Secure order paid on its second attempt, the first one's void refused for
     good by payments; until the run has closed."""
     world.refused_voids.add(":authorize:1:void")
     order, handle = await started_awaiting_payment(client)
     await handle.execute_update(
-        OrderWorkflow.complete_payment, CompletePaymentInput("tok_after_action")
+        OrderWorkflow.complete_payment,
+        CompletePaymentInput("tok_after_action", order_id=order_id_of(handle)),
     )
     await closed(handle)
     return order, handle
@@ -850,7 +880,8 @@ async def test_a_payment_asking_for_the_customer_again_and_again_is_given_up(
     order, handle = await started_awaiting_payment(client)
     for round_ in range(2, PAYMENT_ROUNDS + 1):
         await handle.execute_update(
-            OrderWorkflow.complete_payment, CompletePaymentInput(f"tok_again_{round_}")
+            OrderWorkflow.complete_payment,
+            CompletePaymentInput(f"tok_again_{round_}", order_id=order_id_of(handle)),
         )
         if round_ < PAYMENT_ROUNDS:
             await awaiting_payment(handle)  # the new token asked for the step again
@@ -872,7 +903,7 @@ async def test_cancel_while_waiting_for_the_payment_action_voids_releases_and_ch
     order, handle = await started_awaiting_payment(client, payment_timeout_s=900)
     cancel = await handle.start_update(
         OrderWorkflow.cancel_order,
-        CancelInput("cust-1", "changed mind"),
+        CancelInput("cust-1", "changed mind", order_id=order_id_of(handle)),
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
     view = await cancel.result()
@@ -914,7 +945,7 @@ async def test_cancel_at_each_stage_undoes_what_was_done(
     await reached(stage)
     cancel = await handle.start_update(
         OrderWorkflow.cancel_order,
-        CancelInput("cust-1"),
+        CancelInput("cust-1", order_id=order_id_of(handle)),
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
     world.gates[stage].set()
@@ -938,7 +969,9 @@ async def test_a_compensation_failing_for_good_is_named_in_the_cancelled_orders_
     world.gates["capture"] = asyncio.Event()
     world.refund_refused = True
     _, handle = await started(client)
-    cancel = await customer_cancels_during(handle, "capture", CancelInput("cust-1", "too late"))
+    cancel = await customer_cancels_during(
+        handle, "capture", CancelInput("cust-1", "too late", order_id=order_id_of(handle))
+    )
     view = await cancel.result()
     assert view.status == "CANCELLED"
     assert view.reason == "too late; refund payment failed"
@@ -972,7 +1005,7 @@ async def cancel_during_commit(client: Client) -> tuple[OrderView, WorkflowHandl
     await reached("commit")
     cancel = await handle.start_update(
         OrderWorkflow.cancel_order,
-        CancelInput("cust-1", "changed mind"),
+        CancelInput("cust-1", "changed mind", order_id=order_id_of(handle)),
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
     world.gates["commit"].set()
@@ -1033,7 +1066,9 @@ async def test_cancel_of_a_finished_order_is_refused(client: Client) -> None:
     handle = client.get_workflow_handle(order_workflow_id(order.order_id))
     # A closed saga takes no update: the gateway cancels a completed order with a refund.
     with pytest.raises((WorkflowUpdateFailedError, RPCError)):
-        await handle.execute_update(OrderWorkflow.cancel_order, CancelInput("cust-1"))
+        await handle.execute_update(
+            OrderWorkflow.cancel_order, CancelInput("cust-1", order_id=order_id_of(handle))
+        )
     assert "refund:None" not in world.calls
 
 
@@ -1181,6 +1216,11 @@ async def started(
     return order, handle
 
 
+def order_id_of(handle: WorkflowHandle[Any, Any]) -> str:
+    """The order a saga's handle runs (its id is order_workflow_id's)."""
+    return handle.id.removeprefix("order-")
+
+
 async def customer_cancels_during(
     handle: WorkflowHandle[Any, Any], step: str, cancel: CancelInput | None = None
 ) -> WorkflowUpdateHandle[OrderView]:
@@ -1189,7 +1229,7 @@ async def customer_cancels_during(
     await reached(step)
     update = await handle.start_update(
         OrderWorkflow.cancel_order,
-        cancel or CancelInput("cust-1"),
+        cancel or CancelInput("cust-1", order_id=order_id_of(handle)),
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
     world.gates[step].set()
@@ -1506,7 +1546,9 @@ async def cancelled_in_temporal_while_restocking(
     world.gates["commit"] = asyncio.Event()
     world.gates["restock"] = asyncio.Event()
     order, handle = await started(client)
-    await customer_cancels_during(handle, "commit", CancelInput("cust-1", "changed mind"))
+    await customer_cancels_during(
+        handle, "commit", CancelInput("cust-1", "changed mind", order_id=order_id_of(handle))
+    )
     await temporal_cancel_during(handle, "restock:SKU-1:1", "restock")
     await closed(handle)
     return order, handle

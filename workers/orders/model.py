@@ -142,6 +142,8 @@ class OrderView:
 class CancelInput:
     requested_by: str
     reason: str = "cancelled by the customer"
+    # The order it is for, which the saga checks (OrderWorkflow._for_this_order).
+    order_id: str = ""
 
 
 @dataclass
@@ -149,6 +151,8 @@ class CompletePaymentInput:
     """The customer finished the payment's extra step; a fresh token to authorize with."""
 
     card_token: str
+    # The order it is for, which the saga checks (OrderWorkflow._for_this_order).
+    order_id: str = ""
 
 
 @dataclass
