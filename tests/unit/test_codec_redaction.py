@@ -69,10 +69,10 @@ async def test_an_order_input_decodes_whole_but_for_its_card_token() -> None:
         expected_total_minor=4900,
     )
     order_payload, completion = await decoded_for_staff(
-        order, CompletePaymentInput(order.card_token)
+        order, CompletePaymentInput(order.card_token, order.order_id)
     )
     assert document(order_payload) == {**dataclasses.asdict(order), "card_token": REDACTED}
-    assert document(completion) == {"card_token": REDACTED}
+    assert document(completion) == {"card_token": REDACTED, "order_id": "o-1"}
 
 
 async def test_a_payload_without_secrets_is_answered_as_it_was_written() -> None:
