@@ -288,6 +288,16 @@ RESTOCK_AGAIN_WITHIN = timedelta(days=7)
 # only logged: no gateway follows that cancel up, and the order stayed COMPLETED or
 # PARTIALLY_REFUNDED with its stock never returned. Asked only on that path.
 REFUSED_CANCEL_RETRIED = "temporal-cancel-retries-refused-refund"
+# Since this change a cancel requested in Temporal that comes in the workflow task
+# also holding a step's outcome (the step ended, then the cancel came, before a worker
+# took the next task: an operator cancelling a saga that looks stuck while its worker
+# is down) is taken as cutting that step short, as one that comes while it runs is:
+# temporalio raises a bare asyncio.CancelledError at the step's await there, its
+# outcome dropped (RAISE_ON_CANCELLING_COMPLETED_ACTIVITY), not an ActivityError. Before,
+# no "to its end" path saw it: a committed order was compensated with a release (no
+# stock returned), a cancel's refund was left unrecorded, its lines unrestocked.
+# Asked only on that path (_outcome_dropped).
+CANCEL_WITH_STEP_OUTCOME = "temporal-cancel-with-step-outcome"
 # A card token payments' PSP does not know (InvalidPaymentRequest, details
 # ["card_token"]): the customer's decline (PAYMENT_DECLINED), not PAYMENT_FAILED, which
 # counts as the platform's failure and pages (OrderSagaFailureRatioHigh): any customer
@@ -740,6 +750,13 @@ class OrderWorkflow:
         elif snapshot.status in REFUNDABLE:
             try:
                 snapshot = await refund_completed(cancel_refund(order.order_id, cancel), snapshot)
+            except asyncio.CancelledError as error:
+                if not _outcome_dropped(error):
+                    raise
+                # As below: the step whose outcome was dropped is asked again by its key.
+                self.cancelled_in_temporal = True
+                await self.cancel_completed(order, cancel, restock_if_cancelled=True)
+                return
             except (ActivityError, ApplicationError) as error:
                 if _cancelled(error) and workflow.patched(CANCEL_OF_COMPLETED_TO_ITS_END):
                     # Cancelled in Temporal midway: the same cancel again, from what is
@@ -861,19 +878,22 @@ class OrderWorkflow:
 
         try:
             return await run()
+        except asyncio.CancelledError as error:
+            if not _outcome_dropped(error):
+                raise
         except ActivityError as error:
             if not _cancelled(error):
                 raise
             if not workflow.patched(TEMPORAL_CANCEL_COMPENSATES):
                 raise
-            # Cancelled in Temporal while the step ran (TEMPORAL_CANCEL_COMPENSATES):
-            # run it to its end, by its key (idempotent, serialized at its service), so
-            # the compensations undo exactly what it did.
-            try:
-                result = await run()
-            except ActivityError:
-                raise CancelledStepFailed from None
-            raise CancelledAfterStep(result) from None
+        # Cancelled in Temporal while the step ran (TEMPORAL_CANCEL_COMPENSATES), or as
+        # it ended (CANCEL_WITH_STEP_OUTCOME): run it to its end, by its key (idempotent,
+        # serialized at its service), so the compensations undo exactly what it did.
+        try:
+            result = await run()
+        except ActivityError:
+            raise CancelledStepFailed from None
+        raise CancelledAfterStep(result) from None
 
     async def transition(self, order: OrderInput, status: str, *, cancelled_by: str = "") -> None:
         self.view.status = status
@@ -1029,6 +1049,14 @@ def _cancelled(error: ActivityError | ApplicationError) -> bool:
     return isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
 
 
+def _outcome_dropped(error: asyncio.CancelledError) -> bool:
+    """A step's await raised a bare asyncio.CancelledError: the cancel requested in
+    Temporal came with the step's outcome, which the SDK dropped; the step is to be run
+    again by its key, as one cut short is (CANCEL_WITH_STEP_OUTCOME). Not the saga's own
+    CancelledAfterStep or CancelledStepFailed, which say that was done."""
+    return type(error) is asyncio.CancelledError and workflow.patched(CANCEL_WITH_STEP_OUTCOME)
+
+
 async def _to_its_end(
     write: Callable[[], Awaitable[object]], patch: str = OWN_WRITES_TO_THEIR_END
 ) -> bool:
@@ -1037,12 +1065,16 @@ async def _to_its_end(
     that did so for this write). Whether it was cut short."""
     try:
         await write()
+    except asyncio.CancelledError as error:
+        if not _outcome_dropped(error):
+            raise
     except ActivityError as error:
         if not _cancelled(error) or not workflow.patched(patch):
             raise
-        await write()
-        return True
-    return False
+    else:
+        return False
+    await write()
+    return True
 
 
 def _rejection(error: ActivityError | ApplicationError, default: str) -> Rejected:
@@ -1119,6 +1151,9 @@ class RefundOrderWorkflow:
         left unrestocked, no retry would finish."""
         try:
             return await run()
+        except asyncio.CancelledError as error:
+            if not _outcome_dropped(error):
+                raise
         except ActivityError as error:
             if not _cancelled(error) or not workflow.patched(REFUND_TO_ITS_END):
                 raise

@@ -1840,3 +1840,90 @@ async def test_a_refund_of_what_is_no_order_id_fails_at_once(client: Client) -> 
         await (await start_refund(client, request)).result()
     assert "InvalidOrderId" in repr(raised.value.__cause__)
     assert world.refund_keys == []
+
+
+# A cancel in the workflow task that also holds a step's outcome ---------------------
+# The step ended with its worker away, then the cancel came: the next worker gets both
+# in one task, and temporalio raises a bare CancelledError at the step's await, the
+# outcome dropped. No "to its end" path saw it (CANCEL_WITH_STEP_OUTCOME).
+
+
+async def step_ended_then_cancelled(
+    env: WorkflowEnvironment, client: Client, start: Callable[[], Awaitable[Any]], call: str
+) -> WorkflowHandle[Any, Any]:
+    """Started under an orders worker that then goes; `call` (held at its gate) ends, a
+    cancel is requested in Temporal, and a fresh orders worker takes both at once."""
+    gate = call.split(":")[0]
+    world.gates[gate] = asyncio.Event()
+    async with orders_worker(env, cached=False):
+        handle = await start()
+        await reached(call)
+    world.gates[gate].set()
+    async with asyncio.timeout(30):
+        while True:
+            events = [e.event_type for e in (await handle.fetch_history()).events]
+            if events[-2:] == [
+                EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+                EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+            ]:
+                break
+            await asyncio.sleep(0.05)
+    await handle.cancel()
+    async with orders_worker(env, cached=False):
+        await closed(handle)
+    return handle
+
+
+async def test_a_temporal_cancel_with_the_commits_outcome_cancels_the_order_and_restocks(
+    env: WorkflowEnvironment, others: Client
+) -> None:
+    # Before: the commit's outcome dropped, the saga compensated with a release (a no-op
+    # on committed stock): the customer refunded, the units committed for good.
+    order = new_order()
+
+    async def start() -> WorkflowHandle[Any, Any]:
+        return await others.start_workflow(
+            OrderWorkflow.run, order, id=order_workflow_id(order.order_id), task_queue=ORDERS_QUEUE
+        )
+
+    handle = await step_ended_then_cancelled(env, others, start, "commit")
+    await cancelled_in_temporal(handle)
+    assert world.calls[world.calls.index("commit") :] == [
+        "commit",
+        "commit",
+        "transition:COMPLETED",
+        "refund:None",
+        "record_refund:2000:cancel",
+        "restock:SKU-1:2",
+    ]
+    assert "release" not in world.calls
+    assert world.restock_keys == [f"{order.order_id}:cancel-restock:1"]
+    assert (world.statuses[order.order_id], world.refunded) == ("CANCELLED", 2000)
+    await keep_history(others, handle.id, "temporal-cancel-with-commit-outcome")
+
+
+@pytest.mark.parametrize(
+    ("call", "step", "before_the_rest"),
+    [
+        ("refund:None", "refund", ["refund:None", "refund:None"]),
+        (
+            "restock:SKU-1:1",
+            "restock",
+            ["refund:None", "record_refund:2000:cancel", "restock:SKU-1:1"],
+        ),
+    ],
+    ids=["at-refund", "at-restock"],
+)
+async def test_a_temporal_cancel_with_a_cancels_step_outcome_finishes_the_cancel(
+    env: WorkflowEnvironment, others: Client, call: str, step: str, before_the_rest: list[str]
+) -> None:
+    # Before: the run ended cancelled with the refund made but unrecorded, or the
+    # order CANCELLED with its second line never restocked.
+    request = two_line_order()
+    handle = await step_ended_then_cancelled(
+        env, others, lambda: start_refund(others, request), call
+    )
+    assert world.calls[: len(before_the_rest)] == before_the_rest
+    refunded_and_restocked(request)
+    await completed_with_the_cancelled_order(handle)
+    await keep_history(others, handle.id, f"refund-cancel-temporal-cancel-with-{step}-outcome")
