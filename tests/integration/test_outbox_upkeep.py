@@ -327,3 +327,61 @@ async def test_a_backlog_past_a_rounds_bytes_goes_in_rounds_in_order_each_once(
     records = await read_all(settings, topic, len(written))
     sent = [uuid.UUID(dict(r.headers)["event_id"].decode()) for r in records]
     assert sent == written
+
+
+class EnvelopeBytes:
+    """`pool`, counting the bytes of the bytea values its connections' reads return."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.read = 0
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        async with self.pool.acquire() as conn:
+            yield _Counted(conn, self)
+
+
+class _Counted:
+    def __init__(self, conn: asyncpg.Connection, counter: EnvelopeBytes) -> None:
+        self._conn, self._counter = conn, counter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
+        rows = await self._conn.fetch(*args, **kwargs)
+        values = [value for row in rows for value in row.values()]
+        self._counter.read += sum(len(v) for v in values if isinstance(v, bytes))
+        return rows
+
+
+async def test_a_round_reads_only_its_own_rows_envelopes(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    # A large import's backlog: each round read the 500 oldest rows' envelopes (100 MB
+    # of 200 KB events) to publish the few that fit its bytes.
+    topic = f"outbox-large-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    await pool.execute(
+        "INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, sequence,"
+        " event_type, envelope) SELECT gen_random_uuid(), $1, 'product', 'SKU-1', n,"
+        " 'catalog.ProductUpdated', decode(repeat('ab', 200000), 'hex')"
+        " FROM generate_series(1, 40) AS n",
+        topic,
+    )
+    counted = EnvelopeBytes(pool)
+    relay = OutboxRelay(counted, new_producer=None, service="large")  # type: ignore[arg-type]
+    producer = kafka.create_producer(
+        settings, client_id="outbox-large", max_batch_size=outbox.ROUND_BYTES
+    )
+    await producer.start()
+    try:
+        published = await relay.publish_batch(producer)
+    finally:
+        await producer.stop()
+    assert published == 2, "two 200 KB events fit a round of 512 KiB"
+    assert counted.read == published * 200_000, "only the round's envelopes were read"
+    assert await relay.backlog() == 40 - published
+    records = await read_all(settings, topic, published)
+    assert [len(r.value) for r in records] == [200_000] * published
