@@ -614,13 +614,21 @@ class EventConsumer:
     def _span(self, batch: Sequence[Decoded]) -> AbstractContextManager[trace.Span]:
         """One consumer span for the batch, per the messaging conventions.
 
-        It continues the trace of the batch's first event (the context that wrote
-        an event travels in its envelope), so a one-event batch sits in its
+        It continues the trace of the batch's first sampled event (the context that
+        wrote an event travels in its envelope), so a one-event batch sits in its
         producer's trace exactly as a per-record span would, and it links to every
         event's producer context, which is how the other events' traces find it.
+        The first sampled one, not the first: with the parent-based sampler the
+        parent decides, and a batch led by an unsampled event (most of them, at a
+        ratio of 0.1) recorded no span for the sampled events behind it.
         """
         contexts = [_written_in(envelope) for envelope, _ in batch]
         links: dict[tuple[int, int], Link] = {}
+        parent = contexts[0]
+        for context in reversed(contexts):
+            span_context = trace.get_current_span(context).get_span_context()
+            if span_context.is_valid and span_context.trace_flags.sampled:
+                parent = context
         for context in contexts:
             span_context = trace.get_current_span(context).get_span_context()
             if span_context.is_valid:
@@ -641,7 +649,7 @@ class EventConsumer:
             attributes["messaging.batch.message_count"] = len(batch)
         return _tracer.start_as_current_span(
             f"process {' '.join(topics)}",
-            context=contexts[0],
+            context=parent,
             kind=SpanKind.CONSUMER,
             links=list(links.values()),
             attributes=attributes,

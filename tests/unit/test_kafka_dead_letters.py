@@ -13,6 +13,10 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from agora import config, kafka, process
 from agora.errors import PoisonMessage
@@ -182,3 +186,32 @@ async def test_the_dead_letter_line_carries_the_trace_id_of_the_event(
     [dead] = [line for line in lines if line["message"] == "dead-lettered"]
     assert dead["trace_id"] == trace_id
     assert len(producer.sent) == 1
+
+
+def traced(trace_id: int, sampled: bool) -> EventEnvelope:
+    return EventEnvelope(
+        event_id=f"e-{trace_id}", traceparent=f"00-{trace_id:032x}-{1:016x}-0{int(sampled)}"
+    )
+
+
+@pytest.mark.parametrize("sampled_at", [0, 1, 2])
+def test_a_batch_span_continues_its_first_sampled_events_trace(
+    sampled_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent decides under the parent-based sampler: a batch led by an unsampled
+    # event (most, at a ratio of 0.1) recorded nothing for the sampled event behind it.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(kafka, "_tracer", provider.get_tracer("test"))
+    batch: list[Decoded] = [
+        (traced(n + 1, sampled=n == sampled_at), record(n, b"x")) for n in range(3)
+    ]
+    async def handle(_: object) -> None:
+        pass
+
+    with event_consumer("batch_handler", handle, None)._span(batch):
+        pass
+    (span,) = exporter.get_finished_spans()
+    assert span.context is not None and span.context.trace_id == sampled_at + 1
+    assert len(span.links) == 3
