@@ -207,6 +207,7 @@ def test_a_batch_span_continues_its_first_sampled_events_trace(
     batch: list[Decoded] = [
         (traced(n + 1, sampled=n == sampled_at), record(n, b"x")) for n in range(3)
     ]
+
     async def handle(_: object) -> None:
         pass
 
