@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from types import TracebackType
 
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
@@ -54,8 +56,39 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    _route_uncaught()
     # Without this, a library's `warnings.warn` is bare text on stderr.
     logging.captureWarnings(True)
     # Chatty libraries: their INFO lines are noise at our INFO.
     for noisy in ("aiokafka", "kafka", "elastic_transport", "temporalio.activity"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _route_uncaught() -> None:
+    """What Python prints itself, as JSON lines too: an exception uncaught in the main
+    thread or in another thread, and one raised where nothing can catch it (a `__del__`,
+    a finalizer). They were bare tracebacks on stderr, with no service or level, which
+    the log pipeline keeps unparsed and `make logs` skips."""
+    log = logging.getLogger("agora.uncaught")
+
+    def uncaught(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, error, tb)
+            return
+        log.critical("uncaught exception", exc_info=(kind, error, tb))
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return  # as threading's own hook: a thread's sys.exit() is no error
+        name = args.thread.name if args.thread is not None else "?"
+        exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+        log.error("uncaught exception in thread %s", name, exc_info=exc_info)  # type: ignore[arg-type]
+
+    def unraisable(hook: sys.UnraisableHookArgs) -> None:
+        exc_info = (hook.exc_type, hook.exc_value, hook.exc_traceback)
+        message = hook.err_msg or "Exception ignored in"
+        log.warning("%s: %r", message, hook.object, exc_info=exc_info)  # type: ignore[arg-type]
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
+    sys.unraisablehook = unraisable

@@ -1,6 +1,7 @@
 """`make logs TRACE=<trace id>`: every log line of one trace, across all processes, in time order.
 
-Reads the JSON log files of the local stack (`<state>/logs/*.log`). Lines that
+Reads the JSON log files of the local stack (`<state>/logs/*.log`, and each one's
+rotated part `*.log.1`). Lines that
 are not JSON (the output of third-party components) are skipped. Without a
 trace id it prints the most recent trace ids seen, to pick one.
 """
@@ -17,7 +18,9 @@ from agora import config
 
 
 def records(log_dir: Path) -> Iterator[dict[str, object]]:
-    for path in sorted(log_dir.glob("*.log")):
+    # With each log's rotated part (`<name>.log.1`, stack/base.py): a process restarted
+    # after a load run keeps that run's lines there.
+    for path in sorted([*log_dir.glob("*.log"), *log_dir.glob("*.log.1")]):
         with path.open(errors="replace") as handle:
             for line in handle:
                 if not line.startswith("{"):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +19,15 @@ from agora.leave import leave
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return config.load()
+
+
+@pytest.fixture(autouse=True)
+def python_hooks_kept() -> Iterator[None]:
+    """A test that sets up JSON logging in pytest's process (agora.logs) also routes
+    Python's uncaught-exception hooks to it: they are put back after each test."""
+    kept = (sys.excepthook, threading.excepthook, sys.unraisablehook)
+    yield
+    sys.excepthook, threading.excepthook, sys.unraisablehook = kept
 
 
 _EXIT_STATUS = pytest.StashKey[int]()

@@ -60,3 +60,40 @@ def test_a_python_warning_is_a_json_line_with_service_and_level() -> None:
     [line] = [json.loads(text) for text in done.stderr.splitlines()]
     assert (line["service"], line["level"], line["logger"]) == ("gateway", "WARNING", "py.warnings")
     assert "this call goes away in 2.0" in line["message"]
+
+
+UNCAUGHT = """
+import threading
+from agora.logs import setup_logging
+setup_logging("orders")
+
+class Finalized:
+    def __del__(self):
+        raise ValueError("in a finalizer")
+
+Finalized()
+thread = threading.Thread(target=lambda: 1 / 0, name="worker-1")
+thread.start()
+thread.join()
+raise RuntimeError("uncaught in main")
+"""
+
+
+def test_exceptions_python_prints_itself_are_json_lines_too() -> None:
+    # A thread's exception, a finalizer's and the main thread's uncaught one were bare
+    # multi-line tracebacks: no service or level, unparsed by the pipeline.
+    ran = subprocess.run(
+        [sys.executable, "-c", UNCAUGHT], capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 1
+    lines = [json.loads(line) for line in ran.stderr.splitlines() if line.strip()]
+    assert all(line["service"] == "orders" for line in lines)
+    seen = {(line["level"], line["message"].split(":")[0]) for line in lines}
+    assert seen == {
+        ("WARNING", "Exception ignored in"),
+        ("ERROR", "uncaught exception in thread worker-1"),
+        ("CRITICAL", "uncaught exception"),
+    }
+    tracebacks = " ".join(str(line.get("exc_info", "")) for line in lines)
+    assert "in a finalizer" in tracebacks and "ZeroDivisionError" in tracebacks
+    assert "uncaught in main" in tracebacks

@@ -48,3 +48,14 @@ def test_lines_of_one_trace_are_merged_across_files_in_time_order(tmp_path: Path
         ("gateway", "request"),
         ("orders", "saga step"),
     ]
+
+
+def test_a_logs_rotated_part_is_read_too(tmp_path: Path) -> None:
+    # A process restarted after a load run rotates its log past 50 MiB: that run's
+    # traces were "not found".
+    line = {"timestamp": "2026-01-01T00:00:00Z", "service": "gateway", "trace_id": "t1"}
+    write(tmp_path / "gateway.log.1", line)
+    write(tmp_path / "gateway.log", {**line, "timestamp": "2026-01-01T00:00:01Z"})
+    write(tmp_path / "gateway.log.2", {**line, "message": "not a part the stack writes"})
+    found = trace_lines(tmp_path, "t1")
+    assert [r["timestamp"] for r in found] == ["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z"]
