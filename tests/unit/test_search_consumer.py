@@ -6,8 +6,11 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from aiokafka import ConsumerRecord
 
-from contracts.agora.inventory.v1 import StockLevel
+from agora.errors import PoisonMessage
+from contracts.agora.events.v1 import EventEnvelope
+from contracts.agora.inventory.v1 import StockLevel, StockRestocked
 from workers.search import consumer
 from workers.search.documents import Change, stock_change
 from workers.search.index import TARGETS_TTL_S
@@ -72,3 +75,32 @@ async def test_a_batch_within_the_ttl_trusts_its_view(monkeypatch: pytest.Monkey
     indexer = consumer.SearchIndexer(es=None, indices=alias)  # type: ignore[arg-type]
     await indexer._apply([change()])
     assert written == ["products-v1"] and fetches == [False], "no extra alias read"
+
+
+def test_an_inventory_event_of_a_type_this_version_does_not_know_is_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A newer inventory's event in a rolling deploy went to the dead-letter topic.
+    known = EventEnvelope(
+        producer="inventory",
+        payload_type="agora.inventory.v1.StockRestocked",
+        payload=bytes(StockRestocked(stock_after=StockLevel(sku="SKU-1", on_hand=3, version=2))),
+    )
+    newer = EventEnvelope(producer="inventory", payload_type="agora.inventory.v1.StockAudited")
+    batch = [(newer, record(0)), (known, record(1)), (newer, record(2))]
+    changes, indexed = consumer._changes(batch)  # type: ignore[arg-type]
+    assert [change.sku for change in changes] == ["SKU-1"] and indexed == [batch[1]]
+    warned = [r for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(warned) == 1, "once a type"
+    # A known type that cannot be read is still poison.
+    broken = EventEnvelope(
+        producer="inventory",
+        payload_type="agora.inventory.v1.StockRestocked",
+        payload=b"\n" + b"\xff" * 10,
+    )
+    with pytest.raises(PoisonMessage):
+        consumer._changes([(broken, record(3))])  # type: ignore[list-item]
+
+
+def record(offset: int) -> object:
+    return ConsumerRecord("inventory.events", 0, offset, 0, 0, b"k", b"", None, 0, 0, [])

@@ -67,6 +67,27 @@ def _payload(envelope: EventEnvelope) -> betterproto2.Message:
         raise PoisonMessage(f"unreadable {envelope.payload_type}: {error}") from error
 
 
+_unknown_types: set[str] = set()
+
+
+def _known(payload_type: str) -> bool:
+    """Whether this version knows `payload_type`. An inventory event of a type it does
+    not (a newer inventory's, in a rolling deploy) is skipped, as a catalog type it
+    does not index is, not dead-lettered: it went to the DLQ, which nothing replays,
+    and the next event of the sku brings its level all the same. Logged once a type."""
+    try:
+        message_class(payload_type)
+    except KeyError:
+        if payload_type not in _unknown_types:
+            _unknown_types.add(payload_type)
+            log.warning(
+                "skipping events of a type this version does not know",
+                extra={"payload_type": payload_type[:200]},
+            )
+        return False
+    return True
+
+
 def stock_levels(message: betterproto2.Message) -> list[StockLevel]:
     """The levels an inventory event carries (`stock_after`, one or many)."""
     after = getattr(message, "stock_after", None)
@@ -162,6 +183,8 @@ def _changes(batch: Sequence[Decoded]) -> tuple[list[Change], list[Decoded]]:
                 raise PoisonMessage(f"{envelope.event_type} without its product")
             _keep_newest(products, product.sku, product)
         elif envelope.producer == "inventory":
+            if not _known(envelope.payload_type):
+                continue  # as an unknown catalog type is: a newer inventory's (logged once)
             carried = stock_levels(_payload(envelope))
             if not carried:
                 continue
