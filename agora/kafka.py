@@ -454,11 +454,16 @@ class EventConsumer:
             positions, forgotten = work.positions, work.forgotten
             try:
                 ends = await consumer.end_offsets(assigned)
+                # Owed is counted from the log's start where the group's commit lies
+                # before it (records it never read, expired by retention): the client
+                # resets past them, fetches nothing on a quiet partition, commits
+                # nothing, and a session owed the gone records was restarted as
+                # stalled every minute, rebalancing the whole group each time.
+                starts = await consumer.beginning_offsets(assigned)
                 for partition in assigned:
                     if partition not in positions:
                         committed = await consumer.committed(partition)
                         if committed is None:  # nothing yet: from the earliest record
-                            starts = await consumer.beginning_offsets([partition])
                             committed = starts[partition]
                         # The round may have committed during the awaits: keep its. A
                         # rebalance may have made it stale: read it again next time.
@@ -473,7 +478,8 @@ class EventConsumer:
             for partition, end in ends.items():
                 if partition in positions and partition in consumer.assignment():
                     key = (self.spec.group, partition.topic, partition.partition)
-                    _lag[key] = max(end - positions[partition], 0)
+                    read_from = max(positions[partition], starts.get(partition, 0))
+                    _lag[key] = max(end - read_from, 0)
                     owed = owed or _lag[key] > 0
             silent_s = time.monotonic() - self._delivered_at
             if owed and work.idle.is_set() and silent_s > STALL_S:

@@ -7,7 +7,8 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from agora import kafka
 from agora.config import Settings
@@ -109,6 +110,62 @@ async def test_a_partition_back_from_another_member_has_the_lag_that_member_left
         first.stop()
         await asyncio.gather(task, return_exceptions=True)
         await second.stop()
+        await producer.stop()
+
+
+async def test_records_expired_before_the_group_read_them_are_not_owed(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A group away longer than the topic's retention: its commit lies before the log's
+    # start. The client resets to the end and, on a quiet partition, fetches and commits
+    # nothing; owed the gone records, the session was restarted as stalled each minute.
+    monkeypatch.setattr(kafka, "LAG_REFRESH_S", 0.2)
+    monkeypatch.setattr(kafka, "STALL_S", 1.0)
+    topic = f"test-expired-{uuid.uuid4().hex[:8]}"
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    earlier = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    partition = TopicPartition(topic, 0)
+    try:
+        await earlier.start()
+        await admin.start()
+        earlier.assign([partition])
+        for _ in range(3):
+            await producer.send_and_wait(topic, envelope(), partition=0)
+        await earlier.commit({partition: 1})  # read one, then away
+        await admin.delete_records({partition: RecordsToDelete(before_offset=3)})
+    except BaseException:
+        await producer.stop()
+        raise
+    finally:
+        await earlier.stop()
+        await admin.close()
+
+    async def handle(batch: object) -> None:
+        pass
+
+    consumer = kafka.EventConsumer(
+        settings, kafka.ConsumerSpec(group=group, topics=[topic], batch_handler=handle), producer
+    )
+    clients = clients_of(consumer, monkeypatch)
+    task = asyncio.create_task(consumer.run())
+    try:
+
+        async def measured() -> bool:
+            return kafka._lag.get((group, topic, 0)) == 0
+
+        await eventually(measured, within=60, what="no lag for the expired records")
+        await asyncio.sleep(kafka.STALL_S + 5 * kafka.LAG_REFRESH_S)
+        assert len(clients) == 1, "the session was restarted as stalled"
+        assert kafka._lag.get((group, topic, 0)) == 0
+    finally:
+        consumer.stop()
+        await asyncio.gather(task, return_exceptions=True)
         await producer.stop()
 
 
