@@ -20,6 +20,11 @@ class _TraceContext(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
+        if getattr(record, "trace_id", ""):
+            # Named by the caller (`extra`): a line about one event of a consumed batch
+            # belongs in that event's trace, not in the batch span's (its first event's).
+            record.span_id = getattr(record, "span_id", "")
+            return True
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             record.trace_id = format(context.trace_id, "032x")

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
+import json
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
-from workers.audit.chain import GENESIS_HASH, classify, link_hash
+from agora.logs import setup_logging
+from workers.audit.chain import (
+    GENESIS_HASH,
+    AppendResult,
+    SequenceAnomaly,
+    classify,
+    link_hash,
+    report,
+)
 from workers.audit.errors import InvalidQuery
 from workers.audit.export import ActivityRun, link, ui_url
 from workers.audit.queries import decode_cursor, encode_cursor
@@ -98,3 +109,26 @@ def test_the_fast_envelope_parser_matches_the_contract() -> None:
             assert getattr(fast, name) == getattr(envelope, name), name
     assert fastparse.occurred_at(fast) == NOW
     assert fast.SerializeToString() == bytes(envelope)
+
+
+def test_a_line_about_one_event_of_a_batch_is_in_that_events_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Logged inside the batch's span (its first event's trace), a warning about the
+    # second event carried the first event's trace id: `make logs` missed it.
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    setup_logging("audit")
+    theirs = "b" * 32
+    anomaly = SequenceAnomaly(7, "orders", "order", "o-2", "gap", 2, 4, trace_id=theirs)
+    result = AppendResult(
+        2, 0, 7, b"", (anomaly,), (("e-2", "agora.orders.v9.New"),), {"e-2": theirs}
+    )
+    with TracerProvider().get_tracer("test").start_as_current_span("process orders.events"):
+        report(result)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    warned = {line["message"]: line["trace_id"] for line in lines}
+    assert warned == {
+        "recorded an event of an unknown payload type": theirs,
+        "aggregate sequence anomaly": theirs,
+    }

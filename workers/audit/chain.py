@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 from opentelemetry import metrics
@@ -65,6 +65,7 @@ class SequenceAnomaly:
     kind: str  # "gap" (events missing before this one) or "reordered" (late or repeated)
     expected: int
     got: int
+    trace_id: str = ""  # the event's: its log line goes in its trace
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class AppendResult:
     # (event id, payload type) of the appended events whose payload type this build
     # does not know: counted once stored, not per delivery or retried append.
     unknown_payloads: tuple[tuple[str, str], ...] = ()
+    # Each appended event's trace id, by event id: the log lines about one go in its trace.
+    trace_ids: Mapping[str, str] = field(default_factory=dict)
 
 
 AggregateKey = tuple[str, str, str]
@@ -112,7 +115,11 @@ def report(result: AppendResult) -> None:
         _unknown_payload.add(1, {"payload_type": payload_type})
         log.warning(
             "recorded an event of an unknown payload type",
-            extra={"event_id": event_id, "payload_type": payload_type},
+            extra={
+                "event_id": event_id,
+                "payload_type": payload_type,
+                "trace_id": result.trace_ids.get(event_id, ""),
+            },
         )
     if result.duplicates:
         _duplicates.add(result.duplicates)
@@ -128,6 +135,7 @@ def report(result: AppendResult) -> None:
                 "expected": anomaly.expected,
                 "got": anomaly.got,
                 "log_sequence": anomaly.log_sequence,
+                "trace_id": anomaly.trace_id,
             },
         )
 
@@ -199,7 +207,7 @@ async def append_in(conn: asyncpg.Connection, items: Sequence[Incoming]) -> Appe
         key = (env.producer, env.aggregate_type, env.aggregate_id)
         anomaly = classify(sequence, key, last_seen.get(key, 0), env.sequence)
         if anomaly is not None:
-            anomalies.append(anomaly)
+            anomalies.append(replace(anomaly, trace_id=item.checked.trace_id))
         last_seen[key] = max(last_seen.get(key, 0), env.sequence)
         rows.append(
             (
@@ -269,7 +277,8 @@ async def append_in(conn: asyncpg.Connection, items: Sequence[Incoming]) -> Appe
         for i in fresh
         if not i.checked.payload_known
     )
-    return AppendResult(len(rows), duplicates, sequence, prev, tuple(anomalies), unknown)
+    traces = {i.checked.envelope.event_id: i.checked.trace_id for i in fresh}
+    return AppendResult(len(rows), duplicates, sequence, prev, tuple(anomalies), unknown, traces)
 
 
 LOG_COLUMNS = [
