@@ -286,6 +286,13 @@ async def test_the_sweep_prunes_reservations_settled_past_the_retention_only(
     )
     assert lines == 0
     assert await available(pool, sku) == 9  # only the held one holds stock
+    # Its event sequence went with it (a row per reservation, kept for ever before).
+    sequences = await pool.fetch(
+        "SELECT aggregate_id FROM outbox_sequence"
+        " WHERE aggregate_type = 'reservation' AND aggregate_id = ANY($1::text[])",
+        ids,
+    )
+    assert sorted(r["aggregate_id"] for r in sequences) == sorted(ids[1:])
 
 
 async def test_a_reservation_that_waited_for_its_row_gets_its_whole_ttl(pool: asyncpg.Pool) -> None:

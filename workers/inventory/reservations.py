@@ -301,15 +301,22 @@ async def _first_release(
 async def prune(conn: asyncpg.Connection, limit: int) -> int:
     """Delete up to `limit` reservations settled more than RETENTION_DAYS ago (their
     lines with them), oldest first; how many. Past that retention their keys are
-    pruned too, and nothing asks for them any more; kept, they grew without end."""
-    status = await conn.execute(
-        "DELETE FROM reservations WHERE reservation_id IN (SELECT reservation_id"
-        " FROM reservations WHERE settled_at < now() - make_interval(days => $1)"
-        " AND status <> 'held' ORDER BY settled_at LIMIT $2)",
+    pruned too, and nothing asks for them any more; kept, they grew without end. So
+    did their event sequences (outbox_sequence, a row per reservation): a settled
+    reservation emits no event again, so its row goes with it."""
+    pruned = await conn.fetchval(
+        "WITH pruned AS (DELETE FROM reservations WHERE reservation_id IN"
+        " (SELECT reservation_id FROM reservations"
+        " WHERE settled_at < now() - make_interval(days => $1)"
+        " AND status <> 'held' ORDER BY settled_at LIMIT $2) RETURNING reservation_id),"
+        " sequences AS (DELETE FROM outbox_sequence WHERE aggregate_type = $3"
+        " AND aggregate_id IN (SELECT reservation_id FROM pruned))"
+        " SELECT count(*) FROM pruned",
         idempotency.RETENTION_DAYS,
         limit,
+        AGGREGATE,
     )
-    return int(status.split()[-1])
+    return int(pruned)
 
 
 @dataclass(frozen=True)
