@@ -58,7 +58,8 @@ async def outbox_events(pool: asyncpg.Pool, aggregate_type: str, aggregate_id: s
 
 async def read_all(settings: Settings, topic: str, expected: int) -> list[ConsumerRecord]:
     """The topic's records from the start, once `expected` of them are there (or after
-    about 15 s with what came)."""
+    about 15 s with what came), and then on to the topic's end as it stands: a record
+    beyond `expected` (a second publication) is read too, for the caller to see."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -73,6 +74,16 @@ async def read_all(settings: Settings, topic: str, expected: int) -> list[Consum
                 records.extend(batch)
             if len(records) >= expected:
                 break
+        partitions = list(consumer.assignment())
+        ends = await consumer.end_offsets(partitions)
+        for _ in range(30):
+            positions = {p: await consumer.position(p) for p in partitions}
+            if all(positions[p] >= ends[p] for p in partitions):
+                break
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        else:
+            raise AssertionError(f"{topic}: its end was not reached in 15 s")
     finally:
         await consumer.stop()
     return records

@@ -489,6 +489,8 @@ def test_python_m_gateway_serves_health_docs_and_metrics(
             urllib.request.urlopen(brew, timeout=3)
         except urllib.error.HTTPError as refused:
             assert refused.code in (404, 405), refused.read()
+        else:
+            raise AssertionError("PROPFIND was answered 2xx")
         with urllib.request.urlopen(f"{side}/metrics", timeout=3) as response:
             scraped = response.read().decode()
         assert "gateway_requests" in scraped

@@ -21,7 +21,7 @@ from tests.integration.consumerkit import append_event, read_all
 pytestmark = pytest.mark.integration
 
 
-async def test_the_platforms_connections_end_a_silent_peers_backend_within_a_minute(
+async def test_the_platforms_connections_carry_keepalives_that_end_a_silent_peer_in_a_minute(
     settings: Settings,
 ) -> None:
     # The relay's lock lives on one of these: a holder whose node died without a FIN

@@ -19,7 +19,9 @@ from activities.identity import IdentityActivities, RegisterAccountInput, Revoke
 from agora import grpc
 from agora.errors import InvalidArgument, PermissionDenied
 from contracts.agora.identity.v1 import CreateApiClientRequest
+from gateway import tokens as gateway_tokens
 from workers.identity import signin
+from workers.identity import tokens as identity_tokens
 from workers.identity.api import IdentityApi
 from workers.identity.errors import InvalidCredentials
 from workers.identity.keys import KeyRing
@@ -248,6 +250,7 @@ def test_a_retired_key_verifies_past_the_last_token_a_cached_key_signed() -> Non
     cache = dt.timedelta(seconds=KeyRing(None, None)._max_age)  # type: ignore[arg-type]
     # A process may sign with the key for up to `cache` after the retirement committed
     # (a refresh's transaction adds more); its token expires ttl later, and verifiers
-    # accept it 60 s (their clock leeway) beyond that.
-    last_token_verified = dt.timedelta(seconds=ttl + 60) + cache
+    # accept it their clock leeway beyond that.
+    leeway = max(identity_tokens.LEEWAY_S, gateway_tokens.LEEWAY_S)
+    last_token_verified = dt.timedelta(seconds=ttl + leeway) + cache
     assert activities.key_overlap >= last_token_verified + dt.timedelta(seconds=20)

@@ -164,9 +164,10 @@ def test_the_backfill_heartbeat_outlasts_a_slow_page() -> None:
     Elasticsearch writes (the client's timeout, three tries) fit in the heartbeat
     timeout, so a slow page is not taken for a dead attempt and redone beside it."""
     from activities.search import PAGE_CALL_TIMEOUT_S
+    from workers.search.wiring import MAX_RETRIES, REQUEST_TIMEOUT_S
     from workflows.search import BACKFILL_HEARTBEAT
 
-    elasticsearch_s = 10 * 3  # workers/search/wiring.py: request_timeout, max_retries + 1
+    elasticsearch_s = REQUEST_TIMEOUT_S * (MAX_RETRIES + 1)
     slow_page_s = 2 * PAGE_CALL_TIMEOUT_S + elasticsearch_s
     assert BACKFILL_HEARTBEAT.total_seconds() > slow_page_s
 
