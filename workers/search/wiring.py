@@ -16,6 +16,11 @@ from workers.search.consumer import SearchIndexer
 from workers.search.index import Indices
 from workflows.search import ReindexWorkflow
 
+# Each Elasticsearch request's timeout and retries (a timeout is retried too): the
+# backfill's heartbeat must outlast a page's writes at these (workflows/search.py).
+REQUEST_TIMEOUT_S = 10
+MAX_RETRIES = 2
+
 
 def elasticsearch(settings: Settings) -> AsyncElasticsearch:
     """The client, verifying the cluster's own CA and sending its API key when configured."""
@@ -26,9 +31,9 @@ def elasticsearch(settings: Settings) -> AsyncElasticsearch:
         secured["api_key"] = settings.elasticsearch_api_key
     return AsyncElasticsearch(
         settings.elasticsearch_url,
-        request_timeout=10,
+        request_timeout=REQUEST_TIMEOUT_S,
         retry_on_timeout=True,
-        max_retries=2,
+        max_retries=MAX_RETRIES,
         **secured,
     )
 
