@@ -142,7 +142,9 @@ async def test_a_write_whose_cache_refresh_failed_refreshes_it_durably(
     env: WorkflowEnvironment,
 ) -> None:
     refreshed.clear()
-    result = await run_in_worker(env, ChangePriceWorkflow, ChangePriceInput("SKU-1", 5, "EUR"))
+    result = await run_in_worker(
+        env, ChangePriceWorkflow, ChangePriceInput("SKU-1", 5, "EUR"), history="catalog-change-price"
+    )
     assert result.cache_refreshed and refreshed == [["SKU-1"]]
 
 

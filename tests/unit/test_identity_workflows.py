@@ -256,6 +256,11 @@ async def test_revoking_an_api_client_marks_it_then_revokes_its_tokens(
     env: WorkflowEnvironment,
 ) -> None:
     calls.clear()
-    revocation = await run(env, RevokeApiClientWorkflow.run, RevokeApiClientInput("c-1", "admin"))
+    revocation = await run(
+        env,
+        RevokeApiClientWorkflow.run,
+        RevokeApiClientInput("c-1", "admin"),
+        history="revoke-api-client",
+    )
     assert revocation.newly_revoked
     assert calls == [RevokeApiClientInput("c-1", "admin"), RevokeSessionInput("c-1")]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,8 +78,14 @@ async def set_stock(data: SetStockInput) -> SetStockResult:
     return SetStockResult(created=len(data.levels) - 1, updated=0, unchanged=1)
 
 
-async def run(env: WorkflowEnvironment, workflow: Any, arg: Any) -> Any:
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+
+
+async def run(env: WorkflowEnvironment, workflow: Any, arg: Any, history: str = "") -> Any:
+    """Run one workflow; AGORA_RECORD_HISTORIES=1 keeps a named run's history for the
+    replay test (test_order_replay.py)."""
     queue = f"test-{uuid.uuid4()}"
+    workflow_id = f"wf-{uuid.uuid4()}"
     async with Worker(
         env.client,
         task_queue=queue,
@@ -90,12 +98,16 @@ async def run(env: WorkflowEnvironment, workflow: Any, arg: Any) -> Any:
         workflow_runner=workflow_runner(),
         activities=[release, expire_due, restock, set_stock],
     ):
-        return await env.client.execute_workflow(
+        result = await env.client.execute_workflow(
             workflow,
             args=[] if arg is None else [arg],  # the sweep takes none
-            id=f"wf-{uuid.uuid4()}",
+            id=workflow_id,
             task_queue=queue,
         )
+    if history and os.environ.get("AGORA_RECORD_HISTORIES"):
+        recorded = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        (HISTORIES / f"inventory-{history}.json").write_text(recorded.to_json())
+    return result
 
 
 async def test_a_sweep_expires_what_is_due_at_its_own_start_batch_after_batch(
@@ -105,7 +117,7 @@ async def test_a_sweep_expires_what_is_due_at_its_own_start_batch_after_batch(
     limit = ExpireDueInput("").limit
     due_batches[:] = [limit, limit, 7]  # two full batches, then the rest
     started = await env.get_current_time()
-    expired = await run(env, ReservationSweepWorkflow.run, None)
+    expired = await run(env, ReservationSweepWorkflow.run, None, history="sweep")
     assert expired == 2 * limit + 7
     assert len(calls) == 3
     # Every batch uses the one cut-off taken when the sweep started (its workflow time).
@@ -139,7 +151,10 @@ async def test_the_reservation_timer_releases_as_expired_once_the_ttl_has_passed
     now = await env.get_current_time()
     expires_at = now + timedelta(minutes=15)
     result = await run(
-        env, ReservationTimeoutWorkflow.run, ReservationTimeoutInput("r-1", expires_at.isoformat())
+        env,
+        ReservationTimeoutWorkflow.run,
+        ReservationTimeoutInput("r-1", expires_at.isoformat()),
+        history="reservation-timeout",
     )
     assert result.released
     [(data, released_at)] = calls
@@ -159,7 +174,7 @@ async def test_a_reservation_already_past_its_expiry_is_released_at_once(
 async def test_restock_returns_the_level_and_surfaces_rejections_by_type(
     env: WorkflowEnvironment,
 ) -> None:
-    result = await run(env, RestockWorkflow.run, RestockInput("k", "SKU-1", 5))
+    result = await run(env, RestockWorkflow.run, RestockInput("k", "SKU-1", 5), "restock")
     assert result.stock_after.on_hand == 5
     with pytest.raises(WorkflowFailureError) as raised:
         await run(env, RestockWorkflow.run, RestockInput("k2", "SKU-1", 500))
@@ -172,7 +187,7 @@ async def test_seeding_splits_levels_into_keyed_batches_and_totals_them(
 ) -> None:
     calls.clear()
     levels = [StockLine(f"SKU-{i}", i) for i in range(2500)]
-    progress = await run(env, SeedStockWorkflow.run, SeedStockInput("seed-1", levels))
+    progress = await run(env, SeedStockWorkflow.run, SeedStockInput("seed-1", levels), "seed")
     assert [(c.key, len(c.levels)) for c in calls] == [
         ("seed-1:0", 1000),
         ("seed-1:1", 1000),

@@ -1,6 +1,7 @@
 """Committed histories replay on the current code: the order saga, the refund workflow,
-the catalog import, identity's registration and key rotation, search's reindex and
-audit's checkpoint (`audit-checkpoint-v1`: partitions made before signing, as before
+the catalog import and a price change, identity's registration, key rotation and API
+client revocation, inventory's sweep, reservation timer, restock and seeding, search's
+reindex and audit's checkpoint (`audit-checkpoint-v1`: partitions made before signing, as before
 the `audit-checkpoint-signed-first` patch).
 
 A change to OrderWorkflow that would break a saga already running in production
@@ -20,8 +21,18 @@ from temporalio.worker import Replayer
 
 from agora.temporal import workflow_runner
 from workflows.audit import SignCheckpointWorkflow
-from workflows.catalog import ImportProductsWorkflow
-from workflows.identity import RegisterAccountWorkflow, RotateSigningKeyWorkflow
+from workflows.catalog import ChangePriceWorkflow, ImportProductsWorkflow
+from workflows.identity import (
+    RegisterAccountWorkflow,
+    RevokeApiClientWorkflow,
+    RotateSigningKeyWorkflow,
+)
+from workflows.inventory import (
+    ReservationSweepWorkflow,
+    ReservationTimeoutWorkflow,
+    RestockWorkflow,
+    SeedStockWorkflow,
+)
 from workflows.orders import OrderWorkflow, RefundOrderWorkflow
 from workflows.search import ReindexWorkflow
 
@@ -34,6 +45,12 @@ WORKFLOWS = [
     RotateSigningKeyWorkflow,
     ReindexWorkflow,
     SignCheckpointWorkflow,
+    ChangePriceWorkflow,
+    RevokeApiClientWorkflow,
+    ReservationSweepWorkflow,
+    ReservationTimeoutWorkflow,
+    RestockWorkflow,
+    SeedStockWorkflow,
 ]
 SAGA_TESTS = Path(__file__).resolve().with_name("test_order_saga.py")
 # Parsed once, as the module is collected (see CONFIG_TREE in test_config_env.py).
@@ -43,7 +60,18 @@ SAGA_TESTS_TREE = ast.parse(SAGA_TESTS.read_text())
 def test_there_are_histories_to_replay() -> None:
     assert len([p for p in HISTORIES if p.name.startswith("order-")]) >= 8
     assert len([p for p in HISTORIES if p.name.startswith("import-")]) >= 2
-    for kind in ("identity-register", "identity-rotation", "search-reindex", "audit-checkpoint-v1"):
+    for kind in (
+        "identity-register",
+        "identity-rotation",
+        "identity-revoke-api-client",
+        "search-reindex",
+        "audit-checkpoint-v1",
+        "catalog-change-price",
+        "inventory-sweep",
+        "inventory-reservation-timeout",
+        "inventory-restock",
+        "inventory-seed",
+    ):
         assert any(p.stem == kind for p in HISTORIES), kind
 
 
