@@ -143,7 +143,10 @@ async def test_a_write_whose_cache_refresh_failed_refreshes_it_durably(
 ) -> None:
     refreshed.clear()
     result = await run_in_worker(
-        env, ChangePriceWorkflow, ChangePriceInput("SKU-1", 5, "EUR"), history="catalog-change-price"
+        env,
+        ChangePriceWorkflow,
+        ChangePriceInput("SKU-1", 5, "EUR"),
+        history="catalog-change-price",
     )
     assert result.cache_refreshed and refreshed == [["SKU-1"]]
 
