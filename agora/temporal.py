@@ -36,6 +36,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from agora.codec import EncryptionCodec, load_or_create
 from agora.config import Settings
 from agora.errors import DomainError
+from agora.payloads import PayloadConverter
 from agora.telemetry import INSTANCE_ID
 
 _runtime: Runtime | None = None
@@ -108,6 +109,7 @@ def data_converter(settings: Settings) -> DataConverter:
     the web UI shows the rest through the codec server, the SDK clients decode it."""
     return dataclasses.replace(
         DataConverter.default,
+        payload_converter_class=PayloadConverter,  # an `int` takes an integer (agora.payloads)
         payload_codec=EncryptionCodec(load_or_create(settings)),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
