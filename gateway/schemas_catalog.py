@@ -118,6 +118,17 @@ class ImportProductsRequest(Strict):
     products: Annotated[list[ImportProductRow], Field(min_length=1, max_length=MAX_IMPORT)]
     batch_size: Annotated[int, Field(ge=1, le=500)] = 100
 
+    @model_validator(mode="after")
+    def _each_sku_once(self) -> ImportProductsRequest:
+        # Two rows of one sku, one `"active": false` (a recall) and one without `active`
+        # (keep it as it is), kept the product on sale: "keep" is decided per sku.
+        seen: set[str] = set()
+        for row in self.products:
+            if row.sku in seen:
+                raise ValueError(f"sku {row.sku} appears more than once: one row per sku")
+            seen.add(row.sku)
+        return self
+
 
 SkuList = Annotated[list[Sku], BeforeValidator(_as_list)]
 

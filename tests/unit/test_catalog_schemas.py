@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.schemas_catalog import CreateProductRequest
+from gateway.schemas_catalog import CreateProductRequest, ImportProductsRequest
 
 
 def body(**overrides: Any) -> dict[str, Any]:
@@ -36,3 +36,14 @@ def test_attributes_at_their_limits_are_accepted() -> None:
 def test_an_attribute_name_or_value_too_long_is_a_schema_error(attributes: dict[str, str]) -> None:
     with pytest.raises(ValidationError, match="attributes"):
         CreateProductRequest.model_validate(body(attributes=attributes))
+
+
+def test_an_import_listing_a_sku_twice_is_refused() -> None:
+    # A recall (`"active": false`) beside a row of the same sku without `active` (keep
+    # it as it is) kept the product on sale: "keep" was decided per sku.
+    recall = body(active=False)
+    again = body(price={"amount_minor": 2499, "currency": "EUR"})
+    with pytest.raises(ValidationError, match="SKU-1 appears more than once"):
+        ImportProductsRequest.model_validate({"products": [recall, again]})
+    other = body(sku="SKU-2")
+    assert len(ImportProductsRequest.model_validate({"products": [recall, other]}).products) == 2
