@@ -142,23 +142,32 @@ class ProductCache:
     # Reads -------------------------------------------------------------------
 
     async def get(self, sku: str, loader: Loader) -> Product | None:
+        # Redis away (the breaker open, or this read failing): the database, but still one
+        # load per key in this process. Each caller loaded for itself: 200 concurrent
+        # reads of a popular product were 200 queries, just when the cache was gone.
         if not self.available:
-            return await loader(sku)
+            return await self._single_flight(sku, lambda: loader(sku))
         try:
             raw = await self.redis.get(self.key(sku))
         except RedisError as error:
             self._trip(error)
-            return await loader(sku)
+            return await self._single_flight(sku, lambda: loader(sku))
         if raw is not None:
             _lookups.add(1, {"outcome": "hit"})
             return decode(raw)[1]
         _lookups.add(1, {"outcome": "miss"})
+        return await self._single_flight(sku, lambda: self._load(sku, loader))
+
+    async def _single_flight(
+        self, sku: str, load: Callable[[], Awaitable[Product | None]]
+    ) -> Product | None:
+        """The load of `sku` in flight in this process, or `load` started as it."""
         pending = self._inflight.get(sku)
         if pending is None:
             # The load is its own task, awaited through a shield by every caller, the
             # first included: a caller cancelled (its deadline passed) leaves the load,
             # and everyone else waiting on it, alone.
-            pending = asyncio.ensure_future(self._load(sku, loader))
+            pending = asyncio.ensure_future(load())
             self._inflight[sku] = pending
             pending.add_done_callback(functools.partial(self._landed, sku))
         return await asyncio.shield(pending)
