@@ -251,6 +251,15 @@ async def _closed_order(
         raise Problem("conflict", KEY_REUSED)
     if view.status == "REJECTED" and not view.lines:
         raise Problem("order-rejected", view.reason, extensions=rejection_reason(view.rejection))
+    # The order as it is now, as GET answers it: the closed run's result is frozen at
+    # how the saga ended, and a refund or a cancel after it (RefundOrder, another
+    # workflow) left the retried POST answering COMPLETED, nothing refunded, for an
+    # order cancelled and refunded. The run's own view only if it was never recorded.
+    try:
+        return await _recorded_order(request, order, digest)
+    except Problem as problem:
+        if problem.code != "order-rejected":
+            raise
     return _from_view(request, view)
 
 

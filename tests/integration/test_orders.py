@@ -619,6 +619,30 @@ async def test_a_declined_card_rejects_the_order_and_returns_the_stock(
     assert (await ledger(settings)).balanced
 
 
+async def test_a_post_retried_after_its_order_was_cancelled_answers_the_order_as_it_is(
+    shop: dict[str, Any],
+) -> None:
+    # The closed saga's result is frozen at COMPLETED; the cancel after it ran in another
+    # workflow. The retried POST answered COMPLETED, nothing refunded, while GET said
+    # CANCELLED.
+    sku = await product_with_stock(shop, 3)
+    who = customer(shop)
+    key = f"replayed-{uuid.uuid4()}"
+    accepted = await (await place(shop, who, sku, key=key)).json()
+    assert (await final_order(shop, who, accepted["order_id"]))["status"] == "COMPLETED"
+    await cancel(shop, who, accepted["order_id"])
+    shown = await (
+        await shop["client"].get(f"/v1/orders/{accepted['order_id']}", headers=who)
+    ).json()
+    assert shown["status"] == "CANCELLED"
+    retried = await place(shop, who, sku, key=key)
+    assert retried.status in (200, 201), await retried.text()
+    answer = await retried.json()
+    assert answer["order_id"] == accepted["order_id"]
+    assert (answer["status"], answer["refunded_minor"]) == ("CANCELLED", shown["refunded_minor"])
+    assert answer["refunded_minor"] == answer["total_minor"] > 0
+
+
 async def test_a_made_up_card_token_is_the_customers_decline_and_returns_the_stock(
     settings: Settings, shop: dict[str, Any]
 ) -> None:
