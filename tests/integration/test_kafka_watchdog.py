@@ -7,7 +7,7 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from agora import kafka
@@ -37,6 +37,20 @@ def clients_of(
     return clients
 
 
+async def watched_topic(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, prefix: str, *, stall_s: float
+) -> tuple[str, str, AIOKafkaProducer]:
+    """A new topic, a new group and a started producer, with the lag watcher refreshing
+    every 0.2 s and taking a session silent for `stall_s` for stalled."""
+    monkeypatch.setattr(kafka, "LAG_REFRESH_S", 0.2)
+    monkeypatch.setattr(kafka, "STALL_S", stall_s)
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
+    producer = kafka.create_producer(settings, "test")
+    await producer.start()
+    return topic, f"group-{uuid.uuid4().hex[:8]}", producer
+
+
 async def test_a_partition_back_from_another_member_has_the_lag_that_member_left(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -44,13 +58,7 @@ async def test_a_partition_back_from_another_member_has_the_lag_that_member_left
     # and commits them, and come back. The first member counted their lag from what it
     # knew before they left: a backlog that is gone, kept in the gauges (KEDA scales
     # out again) and, quiet for STALL_S, a healthy session restarted as stalled.
-    monkeypatch.setattr(kafka, "LAG_REFRESH_S", 0.2)
-    monkeypatch.setattr(kafka, "STALL_S", 2.0)
-    topic = f"test-lag-{uuid.uuid4().hex[:8]}"
-    group = f"group-{uuid.uuid4().hex[:8]}"
-    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
-    producer = kafka.create_producer(settings, "test")
-    await producer.start()
+    topic, group, producer = await watched_topic(settings, monkeypatch, "test-lag", stall_s=2.0)
 
     async def handle(batch: object) -> None:
         pass
@@ -119,13 +127,7 @@ async def test_records_expired_before_the_group_read_them_are_not_owed(
     # A group away longer than the topic's retention: its commit lies before the log's
     # start. The client resets to the end and, on a quiet partition, fetches and commits
     # nothing; owed the gone records, the session was restarted as stalled each minute.
-    monkeypatch.setattr(kafka, "LAG_REFRESH_S", 0.2)
-    monkeypatch.setattr(kafka, "STALL_S", 1.0)
-    topic = f"test-expired-{uuid.uuid4().hex[:8]}"
-    group = f"group-{uuid.uuid4().hex[:8]}"
-    await kafka.ensure_topics(settings.kafka_bootstrap, [topic])
-    producer = kafka.create_producer(settings, "test")
-    await producer.start()
+    topic, group, producer = await watched_topic(settings, monkeypatch, "test-expired", stall_s=1.0)
     earlier = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
     )

@@ -241,30 +241,36 @@ async def test_a_failed_relay_stops_reporting_once_another_holds_the_lock(
 
 class _Watched:
     """A pool (and its connections) that records, for each statement, whether
-    OpenTelemetry's instrumentations were on where it ran."""
+    OpenTelemetry's instrumentations were on where it ran, and counts the bytes of the
+    bytea values its `fetch`es returned (`read_bytes`)."""
 
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
         self.traced: list[bool] = []
+        self.read_bytes = 0
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[object]:
         async with self._pool.acquire() as conn:
-            yield _WatchedConnection(conn, self.traced)
+            yield _WatchedConnection(conn, self)
 
 
 class _WatchedConnection:
-    def __init__(self, conn: asyncpg.Connection, traced: list[bool]):
+    def __init__(self, conn: asyncpg.Connection, pool: _Watched):
         self._conn = conn
-        self._traced = traced
+        self._pool = pool
 
     def __getattr__(self, name: str) -> object:
         attribute = getattr(self._conn, name)
         if name in ("fetch", "fetchval", "fetchrow", "execute"):
 
             async def watched(*args: object, **kwargs: object) -> object:
-                self._traced.append(is_instrumentation_enabled())
-                return await attribute(*args, **kwargs)
+                self._pool.traced.append(is_instrumentation_enabled())
+                answer = await attribute(*args, **kwargs)
+                if name == "fetch":
+                    values = [value for row in answer for value in row.values()]
+                    self._pool.read_bytes += sum(len(v) for v in values if isinstance(v, bytes))
+                return answer
 
             return watched
         return attribute
@@ -329,33 +335,6 @@ async def test_a_backlog_past_a_rounds_bytes_goes_in_rounds_in_order_each_once(
     assert sent == written
 
 
-class EnvelopeBytes:
-    """`pool`, counting the bytes of the bytea values its connections' reads return."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.read = 0
-
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        async with self.pool.acquire() as conn:
-            yield _Counted(conn, self)
-
-
-class _Counted:
-    def __init__(self, conn: asyncpg.Connection, counter: EnvelopeBytes) -> None:
-        self._conn, self._counter = conn, counter
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    async def fetch(self, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
-        rows = await self._conn.fetch(*args, **kwargs)
-        values = [value for row in rows for value in row.values()]
-        self._counter.read += sum(len(v) for v in values if isinstance(v, bytes))
-        return rows
-
-
 async def test_a_round_reads_only_its_own_rows_envelopes(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
@@ -370,7 +349,7 @@ async def test_a_round_reads_only_its_own_rows_envelopes(
         " FROM generate_series(1, 40) AS n",
         topic,
     )
-    counted = EnvelopeBytes(pool)
+    counted = _Watched(pool)
     relay = OutboxRelay(counted, new_producer=None, service="large")  # type: ignore[arg-type]
     producer = kafka.create_producer(
         settings, client_id="outbox-large", max_batch_size=outbox.ROUND_BYTES
@@ -381,7 +360,7 @@ async def test_a_round_reads_only_its_own_rows_envelopes(
     finally:
         await producer.stop()
     assert published == 2, "two 200 KB events fit a round of 512 KiB"
-    assert counted.read == published * 200_000, "only the round's envelopes were read"
+    assert counted.read_bytes == published * 200_000, "only the round's envelopes were read"
     assert await relay.backlog() == 40 - published
     records = await read_all(settings, topic, published)
     assert [len(r.value) for r in records] == [200_000] * published
