@@ -34,6 +34,7 @@ from activities.orders import ORDER_ALREADY_PLACED, OrderLineInput
 from agora import scopes
 from contracts.agora.common.v1 import PageRequest
 from contracts.agora.orders.v1 import GetOrderRequest, ListOrdersRequest, Order
+from gateway import idempotency
 from gateway.context import principal_of
 from gateway.deps import deps
 from gateway.failures import rejection_reason
@@ -477,16 +478,7 @@ async def complete_payment(request: web.Request, body: CompletePaymentRequest) -
         raise Problem("conflict", f"the order is {order.status.name.lower()}")
     gw = deps(request)
     handle = gw.upstream.temporal.get_workflow_handle(order_workflow_id(order.order_id))
-    # A retried completion of this round (same token, same step: its next_action_url
-    # is the round's own) joins the first instead of authorizing again or waiting
-    # beside it; a later round with the same token is a new update. Without the
-    # saga's view (it did not answer), an id of the request's own.
-    waiting = await _saga_view(request, order.order_id)
-    update_id = (
-        completion_update_id(body.card_token, waiting.next_action_url)
-        if waiting is not None and waiting.next_action_url
-        else None
-    )
+    update_id = await _completion_id(request, order.order_id, body.card_token)
     async with gw.upstream.call(request, "temporal.CompletePayment") as timeout:
         async with asyncio.timeout(timeout):
             view = await handle.execute_update(
@@ -496,6 +488,26 @@ async def complete_payment(request: web.Request, body: CompletePaymentRequest) -
                 rpc_timeout=timedelta(seconds=timeout),
             )
     return _from_view(request, view)
+
+
+async def _completion_id(request: web.Request, order_id: str, card_token: str) -> str | None:
+    """The completion's update id: Temporal answers an id it has seen with that update's
+    outcome, so a retry sent with the same id joins the first instead of authorizing
+    again or waiting beside it.
+
+    With an Idempotency-Key, the key's (and the token's): it holds however far the saga
+    has gone. Without one, this round's (the token and the round's own next_action_url,
+    so a later round with the same token is a new update), which only a retry sent
+    while the round still waits can make again: once the first was taken the saga no
+    longer shows the round's link, and a retry whose answer was lost got a fresh id, the
+    validator's 409 "not waiting" for a payment going ahead (or, a round later, a second
+    authorization). Without the saga's view (it did not answer), an id of its own."""
+    if idempotency.HEADER in request.headers:
+        return completion_update_id(card_token, f"key:{idempotency_key(request, required=True)}")
+    waiting = await _saga_view(request, order_id)
+    if waiting is not None and waiting.next_action_url:
+        return completion_update_id(card_token, waiting.next_action_url)
+    return None
 
 
 ORDER_PROBLEMS = ("invalid-argument", "not-found", "conflict", "order-rejected")
@@ -582,5 +594,6 @@ ROUTES = [
         body=CompletePaymentRequest,
         response=OrderAnswer,
         problems=ORDER_PROBLEMS,
+        idempotency="optional",
     ),
 ]
