@@ -40,6 +40,7 @@ from tests.integration.conftest import ServiceProcess, Services
 from tests.integration.consumerkit import outbox_events
 from tests.integration.payments_workflow import PaymentStep, PaymentStepWorkflow
 from tests.integration.waiting import eventually
+from workers.payments import ledger
 from workers.payments.errors import IdempotencyKeyConflict, PaymentStateConflict
 from workers.payments.intents import PaymentIntents
 from workers.payments.psp_sim import RedisSimStore, SimulatedPsp, tokenize
@@ -805,6 +806,38 @@ async def test_the_ledger_sums_to_zero_and_matches_the_intents_after_a_mixed_run
     assert accounts == {"customer_funds", "authorized_holds", "merchant_revenue", "refunds"}
     revenue = await payments.ledger_balance(LedgerBalanceRequest(account="merchant_revenue"))
     assert [b.account for b in revenue.balances] == ["merchant_revenue"]
+
+
+async def test_a_currencys_check_sees_an_intent_of_another_currency_with_entries_in_it(
+    db: asyncpg.Pool,
+) -> None:
+    # Under a currency filter only the filter's intents were compared: a USD intent
+    # with balanced EUR entries passed the EUR check.
+    payment_id = uuid.uuid4()
+    async with db.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute(
+                "INSERT INTO payment_intents (payment_id, order_id, currency, status)"
+                " VALUES ($1, 'o-foreign', 'USD', 'authorized')",
+                payment_id,
+            )
+            movement = uuid.uuid4()
+            await conn.executemany(
+                "INSERT INTO ledger_entries"
+                " (movement_id, payment_id, kind, account, amount_minor, currency)"
+                " VALUES ($1, $2, 'authorize', $3, $4, 'EUR')",
+                [
+                    (movement, payment_id, "customer_funds", -500),
+                    (movement, payment_id, "authorized_holds", 500),
+                ],
+            )
+            report = await ledger.check(conn, currency="EUR")
+        finally:
+            await transaction.rollback()  # planted for the check only: never committed
+    assert not report.balanced
+    assert any(str(payment_id) in problem for problem in report.problems), report.problems
 
 
 async def test_the_database_refuses_an_unbalanced_movement_and_any_edit(

@@ -173,22 +173,30 @@ async def check(
     )
     report.problems += [f"movement {r['movement_id']} nets to {r['net']}" for r in unbalanced]
 
+    # Each intent's balances in its own currency, and its entries in any other counted
+    # apart. Under a currency filter, an intent is in scope when its currency is the
+    # filter's or it has entries in it: filtered by the intent's currency alone, a USD
+    # intent with (balanced) EUR entries was never compared, and the EUR check passed.
     intents = await conn.fetch(
-        f"""
+        """
         WITH b AS (
             SELECT payment_id, account, currency, sum(amount_minor)::bigint AS balance
-              FROM ledger_entries WHERE {scope} GROUP BY payment_id, account, currency
+              FROM ledger_entries WHERE ($1::uuid IS NULL OR payment_id = $1)
+             GROUP BY payment_id, account, currency
         )
         SELECT i.payment_id, i.currency, i.authorized_minor, i.captured_minor,
                i.released_minor, i.refunded_minor,
-               coalesce(array_agg(b.account) FILTER (WHERE b.account IS NOT NULL), '{{}}')
+               coalesce(array_agg(b.account) FILTER (WHERE b.currency = i.currency), '{}')
                    AS accounts,
-               coalesce(array_agg(b.balance) FILTER (WHERE b.account IS NOT NULL), '{{}}')
+               coalesce(array_agg(b.balance) FILTER (WHERE b.currency = i.currency), '{}')
                    AS amounts,
                count(*) FILTER (WHERE b.currency IS NOT NULL AND b.currency <> i.currency)
                    AS foreign_entries
           FROM payment_intents i LEFT JOIN b USING (payment_id)
-         WHERE ($1::uuid IS NULL OR i.payment_id = $1) AND ($2 = '' OR i.currency = $2)
+         WHERE ($1::uuid IS NULL OR i.payment_id = $1)
+           AND ($2 = '' OR i.currency = $2 OR EXISTS (
+                SELECT 1 FROM ledger_entries e
+                 WHERE e.payment_id = i.payment_id AND e.currency = $2))
          GROUP BY i.payment_id
         """,
         payment_id,
