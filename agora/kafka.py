@@ -629,14 +629,17 @@ class EventConsumer:
         ratio of 0.1) recorded no span for the sampled events behind it.
         """
         contexts = [_written_in(envelope) for envelope, _ in batch]
+        written = [trace.get_current_span(c).get_span_context() for c in contexts]
+        parent = next(
+            (
+                c
+                for c, sc in zip(contexts, written, strict=True)
+                if sc.is_valid and sc.trace_flags.sampled
+            ),
+            contexts[0],
+        )
         links: dict[tuple[int, int], Link] = {}
-        parent = contexts[0]
-        for context in reversed(contexts):
-            span_context = trace.get_current_span(context).get_span_context()
-            if span_context.is_valid and span_context.trace_flags.sampled:
-                parent = context
-        for context in contexts:
-            span_context = trace.get_current_span(context).get_span_context()
+        for span_context in written:
             if span_context.is_valid:
                 links.setdefault((span_context.trace_id, span_context.span_id), Link(span_context))
         first_envelope, first = batch[0]
